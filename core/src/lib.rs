@@ -1,0 +1,29 @@
+//! Toro's host-testable core: the parsers early boot runs on what the VMM hands over.
+//!
+//! Everything here reads firmware or VMM data that the kernel cannot trust,
+//! so the rules are strict: no heap (the heap does not exist yet when these
+//! run), no `unsafe`, and no panic on any input — bad data gives an error or
+//! a count in a report, never a fault. The same code runs under plain
+//! `cargo test` on the host, where the tests feed it the layouts QEMU and
+//! Firecracker produce, and malformed ones.
+//!
+//! - [`pvh`]: the Xen PVH `hvm_start_info` structure (entry point of the boot).
+//! - [`memory_map`]: a fixed-capacity, normalised map of physical memory.
+//! - [`command_line`]: the kernel command line, sanitised and split.
+//! - [`acpi`]: just enough ACPI to find the tables and count the CPUs.
+//! - [`physical_memory`]: the one seam to the machine, [`PhysicalMemory`].
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod acpi;
+pub mod command_line;
+pub mod memory_map;
+pub mod physical_memory;
+pub mod pvh;
+
+#[cfg(test)]
+pub(crate) mod test_memory;
+
+pub use physical_memory::{PhysicalMemory, SliceMemory, Unreadable};

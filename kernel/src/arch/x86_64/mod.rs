@@ -1,0 +1,12 @@
+//! Everything specific to x86_64: boot entry, descriptor tables, paging,
+//! interrupts, the serial port and VM exit. The rest of the kernel reaches
+//! the hardware only through this module.
+
+pub mod boot;
+pub mod cpu;
+pub mod exit;
+pub mod gdt;
+pub mod interrupts;
+pub mod paging;
+pub mod sections;
+pub mod serial;

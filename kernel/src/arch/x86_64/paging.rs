@@ -1,0 +1,175 @@
+//! The final page tables: identity mapping of all RAM with W^X for the image.
+//!
+//! Layout (physical = virtual everywhere; Toro never demand-pages):
+//! - `0 .. 4 KiB`: not mapped, so a null dereference faults.
+//! - `4 KiB .. KERNEL_MAP_LIMIT` (16 MiB): 4 KiB pages. Kernel text is
+//!   read+execute, read-only data read-only, everything else read+write and
+//!   no-execute; guard pages below every kernel stack are not mapped.
+//! - The rest of RAM: 1 GiB pages where the CPU has them, else 2 MiB pages,
+//!   read+write, no-execute. Only kernel text is executable.
+//! - The 3-4 GiB hole (LAPIC, IOAPIC, virtio-mmio, firmware): 2 MiB pages;
+//!   those not backed by RAM are uncached, since they hold device registers.
+//!
+//! Page-table frames come from `FrameBump`, right after the kernel image;
+//! the caller removes them from the memory map before handing RAM out.
+
+use toro_core::memory_map::{MemoryMap, RegionKind};
+
+use super::cpu::cpuid;
+use super::sections;
+
+/// Bytes in a small page.
+pub const PAGE_SIZE: usize = 4096;
+const SIZE_2M: u64 = 2 << 20;
+const SIZE_1G: u64 = 1 << 30;
+/// Memory below this is mapped with 4 KiB pages (it must hold the image).
+pub const KERNEL_MAP_LIMIT: u64 = 16 << 20;
+/// One PDPT: the identity map covers at most 512 GiB of physical addresses.
+pub const MAX_MAPPED: u64 = 512 * SIZE_1G;
+
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+const WRITE_THROUGH: u64 = 1 << 3;
+const CACHE_DISABLE: u64 = 1 << 4;
+const HUGE: u64 = 1 << 7;
+const GLOBAL: u64 = 1 << 8;
+const NO_EXECUTE: u64 = 1 << 63;
+
+/// Data pages: read, write, never execute.
+const DATA: u64 = PRESENT | WRITABLE | NO_EXECUTE | GLOBAL;
+/// Table entries pointing at a lower-level table; permissions are decided at
+/// the leaf.
+const TABLE: u64 = PRESENT | WRITABLE;
+
+/// Hands out zeroed 4 KiB frames from one range of usable RAM, bottom up.
+pub struct FrameBump {
+    next: u64,
+    end: u64,
+}
+
+impl FrameBump {
+    /// Frames from `[start, end)` (rounded inward to pages).
+    pub fn new(start: u64, end: u64) -> Self {
+        let page = PAGE_SIZE as u64;
+        Self {
+            next: start.div_ceil(page) * page,
+            end: end / page * page,
+        }
+    }
+
+    /// The first byte not handed out.
+    pub fn next_free(&self) -> u64 {
+        self.next
+    }
+
+    fn allocate(&mut self) -> &'static mut [u64; 512] {
+        if self.next + PAGE_SIZE as u64 > self.end {
+            panic!("out of memory for page tables at {:#x}", self.next);
+        }
+        let frame = self.next;
+        self.next += PAGE_SIZE as u64;
+        // SAFETY: the frame is usable RAM inside the boot identity map (the
+        // caller takes it from the region holding the kernel, below 4 GiB),
+        // handed out once, and never used for anything else afterwards.
+        let table = unsafe { &mut *(frame as *mut [u64; 512]) };
+        table.fill(0);
+        table
+    }
+}
+
+/// What `init` built, for the boot log.
+pub struct PagingReport {
+    pub mapped_bytes: u64,
+    pub gigabyte_pages: bool,
+    pub table_frames: u64,
+}
+
+/// Whether the CPU supports 1 GiB pages (CPUID 8000_0001h EDX bit 26).
+fn has_gigabyte_pages() -> bool {
+    let (extended, ..) = cpuid(0x8000_0000);
+    extended >= 0x8000_0001 && cpuid(0x8000_0001).3 & (1 << 26) != 0
+}
+
+/// Flags of the 4 KiB page at `address` below `KERNEL_MAP_LIMIT`, or `None`
+/// if it must stay unmapped.
+fn small_page_flags(address: u64, guard_pages: &[u64]) -> Option<u64> {
+    let layout = sections::layout();
+    if address < PAGE_SIZE as u64 || guard_pages.contains(&address) {
+        None
+    } else if layout.text.contains(&address) {
+        Some(PRESENT | GLOBAL)
+    } else if layout.rodata.contains(&address) {
+        Some(PRESENT | NO_EXECUTE | GLOBAL)
+    } else {
+        Some(DATA)
+    }
+}
+
+/// Whether `[start, start + size)` lies entirely in usable RAM.
+fn is_ram(map: &MemoryMap, start: u64, size: u64) -> bool {
+    map.regions()
+        .iter()
+        .any(|r| r.kind == RegionKind::Usable && r.start <= start && start + size <= r.end)
+}
+
+/// Builds the final page tables and switches to them.
+///
+/// `guard_pages` lists the addresses of pages to leave unmapped (stack
+/// guards), all below `KERNEL_MAP_LIMIT`.
+pub fn init(map: &MemoryMap, frames: &mut FrameBump, guard_pages: &[u64]) -> PagingReport {
+    let first_frame = frames.next_free();
+    let gigabyte_pages = has_gigabyte_pages();
+    let top = map.highest_address().max(4 * SIZE_1G).min(MAX_MAPPED);
+    let gigabytes = top.div_ceil(SIZE_1G);
+
+    let pml4 = frames.allocate();
+    let pdpt = frames.allocate();
+    pml4[0] = pdpt.as_ptr() as u64 | TABLE;
+
+    for gigabyte in 0..gigabytes {
+        let base = gigabyte * SIZE_1G;
+        let needs_directory = gigabyte == 0 || gigabyte == 3 || !gigabyte_pages;
+        if !needs_directory {
+            pdpt[gigabyte as usize] = base | DATA | HUGE;
+            continue;
+        }
+        let directory = frames.allocate();
+        for (index, entry) in directory.iter_mut().enumerate() {
+            let address = base + index as u64 * SIZE_2M;
+            if address < KERNEL_MAP_LIMIT {
+                let table = frames.allocate();
+                for (page, small) in table.iter_mut().enumerate() {
+                    let page_address = address + (page * PAGE_SIZE) as u64;
+                    *small = match small_page_flags(page_address, guard_pages) {
+                        Some(flags) => page_address | flags,
+                        None => 0,
+                    };
+                }
+                *entry = table.as_ptr() as u64 | TABLE;
+            } else if gigabyte == 3 && !is_ram(map, address, SIZE_2M) {
+                *entry = address | DATA | HUGE | CACHE_DISABLE | WRITE_THROUGH;
+            } else {
+                *entry = address | DATA | HUGE;
+            }
+        }
+        pdpt[gigabyte as usize] = directory.as_ptr() as u64 | TABLE;
+    }
+
+    // SAFETY: the new tables map the running code (text stays executable at
+    // the same addresses), the stack and all data identically to the boot
+    // tables, so execution continues unchanged; writing CR3 flushes the TLB
+    // of non-global entries and the boot tables had no global ones.
+    unsafe {
+        core::arch::asm!("mov cr3, {}", in(reg) pml4.as_ptr() as u64, options(nostack, preserves_flags));
+        // CR4.PGE (bit 7): keep kernel mappings across future CR3 loads.
+        core::arch::asm!(
+            "mov {tmp}, cr4", "or {tmp}, 0x80", "mov cr4, {tmp}",
+            tmp = out(reg) _, options(nostack, preserves_flags)
+        );
+    }
+    PagingReport {
+        mapped_bytes: gigabytes * SIZE_1G,
+        gigabyte_pages,
+        table_frames: (frames.next_free() - first_frame) / PAGE_SIZE as u64,
+    }
+}

@@ -1,0 +1,90 @@
+//! Toro: a dedicated kernel for one multi-threaded Rust application.
+//!
+//! An application is a `#![no_std]`, `#![no_main]` crate that depends on
+//! this one and marks its entry point with `#[toro::main]`; the kernel and
+//! the application link into one image that boots through PVH. See
+//! `docs/` for each subsystem and `examples/hello` for the smallest
+//! application.
+
+#![no_std]
+
+/// `alloc`, re-exported so applications need no `extern crate alloc`.
+pub extern crate alloc;
+pub use toro_macros::main;
+
+mod arch;
+mod backtrace;
+mod boot;
+pub mod console;
+mod heap;
+mod logger;
+mod once;
+mod panic;
+mod sync;
+pub mod system;
+pub mod time;
+
+pub use log;
+
+/// What `main` may return; it becomes the VM's exit status.
+pub trait Termination {
+    /// The exit status (0 = success).
+    fn report(self) -> i32;
+}
+
+impl Termination for () {
+    fn report(self) -> i32 {
+        0
+    }
+}
+
+impl Termination for i32 {
+    fn report(self) -> i32 {
+        self
+    }
+}
+
+impl<T: Termination, E: core::fmt::Debug> Termination for Result<T, E> {
+    fn report(self) -> i32 {
+        match self {
+            Ok(value) => value.report(),
+            Err(error) => {
+                println!("Error: {error:?}");
+                1
+            }
+        }
+    }
+}
+
+/// Largest status QEMU's `isa-debug-exit` carries through (`(s << 1) | 1`
+/// must fit the host's 8-bit exit status).
+pub const MAX_EXIT_STATUS: i32 = 127;
+
+/// Ends the VM with `status`. Statuses outside `0..=127` become 127.
+pub fn exit(status: i32) -> ! {
+    let status = if (0..=MAX_EXIT_STATUS).contains(&status) {
+        status
+    } else {
+        println!("toro: exit status {status} out of range 0..=127; exiting with 127");
+        MAX_EXIT_STATUS
+    };
+    arch::exit::exit_vm(status as u32)
+}
+
+/// Heap bytes in use and free.
+pub fn heap_usage() -> (usize, usize) {
+    heap::usage()
+}
+
+/// The id of the CPU running the caller (its local APIC id for now).
+pub fn cpu_id() -> u32 {
+    // CPUID.01h:EBX[31:24] is the initial APIC id of the executing CPU.
+    arch::cpu::cpuid(1).1 >> 24
+}
+
+/// Stops the calling CPU for good without ending the VM: it halts and costs
+/// the host nothing. For applications whose work is done but whose VM is
+/// stopped from outside.
+pub fn park() -> ! {
+    arch::cpu::halt_forever()
+}

@@ -1,0 +1,45 @@
+//! Panics: message, location and backtrace on the console, then the VM ends
+//! with `EXIT_PANIC` (or every CPU halts where the VMM cannot exit).
+
+use core::fmt::Write;
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// Exit status of the VM after a panic (the status Rust's `std` uses).
+pub const EXIT_PANIC: u32 = 101;
+
+/// Set by the first panic; a panic while reporting one stops at once.
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    if PANICKING.load(Ordering::Relaxed) {
+        crate::arch::exit::fail(EXIT_PANIC);
+    }
+    PANICKING.store(true, Ordering::Relaxed);
+    let mut out = crate::console::Emergency::lock();
+    let _ = write!(out, "\n!!! panic on cpu {}: panicked at ", crate::cpu_id());
+    match info.location() {
+        Some(location) => {
+            let _ = writeln!(
+                out,
+                "{}:{}:{}:",
+                location.file(),
+                location.line(),
+                location.column()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "an unknown location:");
+        }
+    }
+    let _ = writeln!(out, "{}", info.message());
+    let here: u64;
+    // SAFETY: reading RIP through a RIP-relative LEA has no side effects.
+    unsafe {
+        core::arch::asm!("lea {}, [rip]", out(reg) here, options(nomem, nostack, preserves_flags))
+    };
+    crate::backtrace::write(&mut out, here, crate::arch::cpu::frame_pointer());
+    drop(out);
+    crate::arch::exit::fail(EXIT_PANIC)
+}

@@ -1,0 +1,102 @@
+//! Time from the TSC: its frequency, and durations since boot.
+//!
+//! The frequency comes from CPUID (leaf 15h, else the hypervisor leaf
+//! 4000_0010h that KVM and VMware fill in) and otherwise from a calibration
+//! against the PIT (channel 0 read back, 1.193182 MHz), done on first use so
+//! boots that never ask for time pay nothing.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
+
+use x86_64::instructions::port::Port;
+
+use crate::arch::cpu::{cpuid, rdtsc};
+
+/// 0 = not yet known; u64::MAX = could not be determined.
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+const PIT_HZ: u64 = 1_193_182;
+/// PIT ticks to calibrate over (about 2 ms).
+const CALIBRATION_TICKS: u64 = 2_386;
+
+fn from_cpuid() -> Option<u64> {
+    let (max_leaf, ..) = cpuid(0);
+    if max_leaf >= 0x15 {
+        let (denominator, numerator, crystal_hz, _) = cpuid(0x15);
+        if denominator != 0 && numerator != 0 && crystal_hz != 0 {
+            return Some(crystal_hz as u64 * numerator as u64 / denominator as u64);
+        }
+    }
+    let (_, _, features, _) = cpuid(1);
+    let hypervisor_present = features & (1 << 31) != 0;
+    if hypervisor_present && cpuid(0x4000_0000).0 >= 0x4000_0010 {
+        let (tsc_khz, ..) = cpuid(0x4000_0010);
+        if tsc_khz != 0 {
+            return Some(tsc_khz as u64 * 1000);
+        }
+    }
+    None
+}
+
+fn pit_count() -> u16 {
+    let mut command = Port::<u8>::new(0x43);
+    let mut data = Port::<u8>::new(0x40);
+    // SAFETY: latching and reading PIT channel 0 only reads the counter.
+    unsafe {
+        command.write(0x00);
+        let low = data.read() as u16;
+        let high = data.read() as u16;
+        (high << 8) | low
+    }
+}
+
+fn from_pit() -> Option<u64> {
+    // Channel 0, lobyte/hibyte, mode 2 (rate generator), binary, reload 0.
+    // SAFETY: programming PIT channel 0; no interrupt is routed from it.
+    unsafe {
+        Port::<u8>::new(0x43).write(0x34);
+        Port::<u8>::new(0x40).write(0);
+        Port::<u8>::new(0x40).write(0);
+    }
+    let start_count = pit_count();
+    let start_tsc = rdtsc();
+    let mut previous = start_count;
+    let mut elapsed: u64 = 0;
+    let mut unchanged_reads = 0u32;
+    while elapsed < CALIBRATION_TICKS {
+        let count = pit_count();
+        if count == previous {
+            unchanged_reads += 1;
+            if unchanged_reads > 100_000 {
+                return None; // no PIT
+            }
+            continue;
+        }
+        unchanged_reads = 0;
+        // The counter counts down and wraps at 0 (reload 0 = 65536).
+        elapsed += previous.wrapping_sub(count) as u64;
+        previous = count;
+    }
+    let cycles = rdtsc() - start_tsc;
+    Some(cycles * PIT_HZ / elapsed)
+}
+
+/// TSC ticks per second, if it can be found out.
+pub fn tsc_hz() -> Option<u64> {
+    match TSC_HZ.load(Ordering::Relaxed) {
+        0 => {
+            let hz = from_cpuid().or_else(from_pit).unwrap_or(u64::MAX);
+            TSC_HZ.store(hz, Ordering::Relaxed);
+            (hz != u64::MAX).then_some(hz)
+        }
+        u64::MAX => None,
+        hz => Some(hz),
+    }
+}
+
+/// Converts TSC ticks to a duration (None if the frequency is unknown).
+pub fn ticks_to_duration(ticks: u64) -> Option<Duration> {
+    let hz = tsc_hz()?;
+    let nanoseconds = ticks as u128 * 1_000_000_000 / hz as u128;
+    Some(Duration::from_nanos(nanoseconds as u64))
+}

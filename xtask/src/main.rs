@@ -1,0 +1,171 @@
+//! `cargo xtask`: Toro's host tool.
+//!
+//! ```text
+//! cargo xtask run [APP] [options]     build APP (default hello) and boot it
+//! cargo xtask test [--filter WORD]    host unit tests, then every in-VM test
+//! cargo xtask gdb [APP] [options]     boot halted and attach gdb
+//! cargo xtask boot ELF [options]      boot an already built image (cargo runner)
+//! cargo xtask setup                   install the Rust target and QEMU
+//! options: --cpus N  --memory MIB  --machine microvm|q35  --accel kvm|tcg
+//!          --cmdline "..."  --debug  --timeout SECONDS
+//! ```
+
+mod accel;
+mod build;
+mod qemu;
+mod setup;
+mod symbols;
+mod vmtest;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::accel::Accel;
+use crate::qemu::{Machine, VmConfig};
+use crate::symbols::Symbols;
+
+/// Options shared by the commands that boot something.
+#[derive(Debug)]
+pub struct BootOptions {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub machine: Machine,
+    pub accel: Option<Accel>,
+    pub command_line: String,
+    pub debug: bool,
+    pub timeout: Option<Duration>,
+    pub positional: Vec<String>,
+}
+
+fn parse_options(arguments: &[String]) -> Result<BootOptions> {
+    let mut options = BootOptions {
+        cpus: 2,
+        memory_mib: 128,
+        machine: Machine::Microvm,
+        accel: None,
+        command_line: String::new(),
+        debug: false,
+        timeout: None,
+        positional: Vec::new(),
+    };
+    let mut iterator = arguments.iter();
+    while let Some(argument) = iterator.next() {
+        let mut value = |name: &str| iterator.next().with_context(|| format!("{name} needs a value")).cloned();
+        match argument.as_str() {
+            "--cpus" => options.cpus = value("--cpus")?.parse().context("--cpus takes a number")?,
+            "--memory" => options.memory_mib = value("--memory")?.parse().context("--memory takes MiB")?,
+            "--machine" => {
+                let name = value("--machine")?;
+                options.machine = Machine::parse(&name).with_context(|| format!("unknown machine {name:?}: microvm or q35"))?;
+            }
+            "--accel" => {
+                let name = value("--accel")?;
+                options.accel = Some(Accel::parse(&name).with_context(|| format!("unknown accelerator {name:?}: kvm or tcg"))?);
+            }
+            "--cmdline" => options.command_line = value("--cmdline")?,
+            "--timeout" => {
+                options.timeout = Some(Duration::from_secs(value("--timeout")?.parse().context("--timeout takes seconds")?))
+            }
+            "--debug" => options.debug = true,
+            flag if flag.starts_with("--") => bail!("unknown option {flag}"),
+            _ => options.positional.push(argument.clone()),
+        }
+    }
+    if options.cpus == 0 || options.cpus > 255 {
+        bail!("--cpus must be 1..=255");
+    }
+    Ok(options)
+}
+
+/// The accelerator to use, said at start.
+pub fn choose_accel(requested: Option<Accel>) -> Accel {
+    match requested {
+        Some(accel) => {
+            eprintln!("accelerator: {accel} (requested)");
+            accel
+        }
+        None => {
+            let (accel, reason) = accel::detect();
+            eprintln!("accelerator: {accel}: {reason}");
+            accel
+        }
+    }
+}
+
+fn vm_config(kernel: PathBuf, options: &BootOptions) -> VmConfig {
+    let mut config = VmConfig::new(kernel, choose_accel(options.accel));
+    config.cpus = options.cpus;
+    config.memory_mib = options.memory_mib;
+    config.machine = options.machine;
+    config.command_line = options.command_line.clone();
+    config
+}
+
+fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
+    let symbols = Symbols::load(&image)?;
+    let config = vm_config(image, options);
+    let result = qemu::run(&config, options.timeout, true, &|line| symbols.annotate(line))?;
+    if !matches!(result.outcome, qemu::Outcome::Exited(0)) {
+        eprintln!("toro: {}", result.outcome);
+    }
+    Ok(ExitCode::from(result.outcome.exit_code() as u8))
+}
+
+fn run(arguments: &[String]) -> Result<ExitCode> {
+    let options = parse_options(arguments)?;
+    setup::ensure()?;
+    let app = options.positional.first().map(String::as_str).unwrap_or("hello");
+    let image = build::build(&[build::example(app)], options.debug)?.remove(0);
+    boot(image, &options)
+}
+
+fn gdb(arguments: &[String]) -> Result<ExitCode> {
+    const PORT: u16 = 1234;
+    let options = parse_options(arguments)?;
+    setup::ensure()?;
+    let app = options.positional.first().map(String::as_str).unwrap_or("hello");
+    let image = build::build(&[build::example(app)], options.debug)?.remove(0);
+    let mut config = vm_config(image.clone(), &options);
+    config.gdb_port = Some(PORT);
+    let mut qemu = config.command().spawn().context("starting QEMU")?;
+    eprintln!("QEMU waits for gdb on 127.0.0.1:{PORT}; the VM starts at `continue`");
+    let status = std::process::Command::new("gdb")
+        .arg("-q")
+        .arg(&image)
+        .args(["-ex", &format!("target remote 127.0.0.1:{PORT}")])
+        .args(["-ex", "hbreak kernel_entry"])
+        .status()
+        .context("starting gdb (install the Debian package gdb)")?;
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    Ok(ExitCode::from(if status.success() { 0 } else { 1 }))
+}
+
+fn main() -> ExitCode {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = arguments.split_first() else {
+        eprintln!("usage: cargo xtask run|test|gdb|boot|setup ... (see xtask/src/main.rs)");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "run" => run(rest),
+        "test" => vmtest::test(rest),
+        "gdb" => gdb(rest),
+        "boot" => parse_options(rest).and_then(|options| {
+            let image = options.positional.first().context("boot needs the path of an image")?.into();
+            boot(image, &options)
+        }),
+        "setup" => setup::ensure().map(|()| ExitCode::SUCCESS),
+        other => Err(anyhow::anyhow!("unknown command {other:?}: run, test, gdb, boot or setup")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The one launcher: builds the QEMU command line for every guest (Toro
+//! images and, for benchmarks, the Linux yardstick), so the conditions they
+//! run under cannot drift apart, and runs it with a timeout while reading
+//! the serial console.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::accel::Accel;
+use crate::setup::QEMU;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    Microvm,
+    Q35,
+}
+
+impl Machine {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "microvm" => Some(Self::Microvm),
+            "q35" => Some(Self::Q35),
+            _ => None,
+        }
+    }
+}
+
+/// Everything that decides how a guest runs.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub command_line: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub machine: Machine,
+    pub accel: Accel,
+    /// Stop at the first instruction and wait for gdb on this TCP port.
+    pub gdb_port: Option<u16>,
+    /// A virtio network card on QEMU user networking, if any.
+    pub network: Option<UserNetwork>,
+}
+
+/// QEMU user-mode networking (slirp: the guest is 10.0.2.15, the gateway
+/// 10.0.2.2) with TCP ports forwarded from the host's loopback only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserNetwork {
+    /// (host port on 127.0.0.1, guest port) pairs.
+    pub tcp_forwards: Vec<(u16, u16)>,
+}
+
+impl UserNetwork {
+    /// The `-netdev` and `-device` arguments: a virtio-mmio card on microvm,
+    /// virtio-pci on q35.
+    fn arguments(&self, machine: Machine) -> [String; 4] {
+        let mut netdev = String::from("user,id=net0");
+        for (host, guest) in &self.tcp_forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        let device = match machine {
+            Machine::Microvm => "virtio-net-device,netdev=net0",
+            Machine::Q35 => "virtio-net-pci,netdev=net0",
+        };
+        ["-netdev".into(), netdev, "-device".into(), device.into()]
+    }
+}
+
+impl VmConfig {
+    pub fn new(kernel: PathBuf, accel: Accel) -> Self {
+        Self {
+            kernel,
+            initrd: None,
+            command_line: String::new(),
+            cpus: 2,
+            memory_mib: 128,
+            machine: Machine::Microvm,
+            accel,
+            gdb_port: None,
+            network: None,
+        }
+    }
+
+    /// The QEMU command for this configuration.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(QEMU);
+        let machine = match self.machine {
+            // PIT on for TSC calibration under TCG; no legacy PIC or RTC.
+            Machine::Microvm => "microvm,pit=on,pic=off,rtc=off",
+            Machine::Q35 => "q35",
+        };
+        command
+            .args(["-machine", machine])
+            .args(["-accel", self.accel.qemu_argument()])
+            .args(["-cpu", self.accel.cpu_model()])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-m", &format!("{}M", self.memory_mib)])
+            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+            .args(["-serial", "stdio"])
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+            .arg("-kernel")
+            .arg(&self.kernel);
+        if let Some(initrd) = &self.initrd {
+            command.arg("-initrd").arg(initrd);
+        }
+        if !self.command_line.is_empty() {
+            command.args(["-append", &self.command_line]);
+        }
+        if let Some(network) = &self.network {
+            command.args(network.arguments(self.machine));
+        }
+        if let Some(port) = self.gdb_port {
+            command.args(["-gdb", &format!("tcp:127.0.0.1:{port}"), "-S"]);
+        }
+        command
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest wrote this status to `isa-debug-exit`.
+    Exited(i32),
+    /// QEMU ended with status 0: the guest reset or powered off without an
+    /// exit status (a triple fault ends this way, with `-no-reboot`).
+    NoStatus,
+    /// QEMU itself failed (bad option, missing file).
+    QemuFailed(i32),
+    /// Killed after the timeout.
+    TimedOut,
+}
+
+impl Outcome {
+    /// The status the host tool should exit with.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Exited(status) => *status,
+            Self::NoStatus => 124,
+            Self::QemuFailed(_) => 125,
+            Self::TimedOut => 124,
+        }
+    }
+
+    fn from_qemu(code: Option<i32>) -> Self {
+        match code {
+            Some(code) if code & 1 == 1 => Self::Exited(code >> 1),
+            Some(0) => Self::NoStatus,
+            Some(code) => Self::QemuFailed(code),
+            None => Self::TimedOut,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Self::Exited(status) => write!(f, "exit status {status}"),
+            Self::NoStatus => write!(f, "the VM stopped without an exit status (reset or triple fault?)"),
+            Self::QemuFailed(code) => write!(f, "QEMU failed with status {code}"),
+            Self::TimedOut => write!(f, "timed out"),
+        }
+    }
+}
+
+/// The result of one run.
+pub struct RunResult {
+    pub outcome: Outcome,
+    /// Everything the guest printed (after symbolisation).
+    pub output: String,
+    /// Wall time of the QEMU process.
+    pub wall: Duration,
+    /// When the first line of output arrived, from QEMU start.
+    pub first_line: Option<Duration>,
+}
+
+/// Runs `config`; each line of serial output goes through `annotate`, then
+/// to our stdout if `echo`. Kills QEMU after `timeout`.
+pub fn run(
+    config: &VmConfig,
+    timeout: Option<Duration>,
+    echo: bool,
+    annotate: &dyn Fn(&str) -> String,
+) -> Result<RunResult> {
+    let mut command = config.command();
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = command.spawn().with_context(|| format!("starting {QEMU}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines_tx, lines_rx) = mpsc::channel::<(Instant, String)>();
+    let reader = std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&raw).trim_end_matches(['\r', '\n']).to_string();
+                    if lines_tx.send((Instant::now(), line)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
+    let mut output = String::new();
+    let mut first_line = None;
+    let mut timed_out = false;
+    let deadline = timeout.map(|t| start + t);
+    loop {
+        let wait = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => Duration::from_secs(3600),
+        };
+        match lines_rx.recv_timeout(wait) {
+            Ok((when, line)) => {
+                first_line.get_or_insert(when - start);
+                let line = annotate(&line);
+                if echo {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                }
+                output.push_str(&line);
+                output.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    timed_out = true;
+                    kill(&mut child);
+                    break;
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    let wall = start.elapsed();
+    let _ = reader.join();
+    let errors = errors.join().unwrap_or_default();
+    let outcome = if timed_out { Outcome::TimedOut } else { Outcome::from_qemu(status.code()) };
+    if let Outcome::QemuFailed(_) = outcome {
+        bail!("{QEMU} failed ({status}): {}", errors.trim());
+    }
+    if !errors.trim().is_empty() {
+        eprintln!("{}", errors.trim_end());
+    }
+    Ok(RunResult { outcome, output, wall, first_line })
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_debug_exit_statuses() {
+        assert_eq!(Outcome::from_qemu(Some(1)), Outcome::Exited(0));
+        assert_eq!(Outcome::from_qemu(Some(85)), Outcome::Exited(42));
+        assert_eq!(Outcome::from_qemu(Some(203)), Outcome::Exited(101));
+        assert_eq!(Outcome::from_qemu(Some(0)), Outcome::NoStatus);
+        assert_eq!(Outcome::from_qemu(Some(2)), Outcome::QemuFailed(2));
+        assert_eq!(Outcome::from_qemu(None), Outcome::TimedOut);
+    }
+
+    #[test]
+    fn command_line_names_machine_accel_and_exit_device() {
+        let mut config = VmConfig::new(PathBuf::from("/tmp/image"), Accel::Tcg);
+        config.command_line = "toro.log=debug".into();
+        let command = config.command();
+        let arguments: Vec<String> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let joined = arguments.join(" ");
+        assert!(joined.contains("-machine microvm"));
+        assert!(joined.contains("-accel tcg,thread=multi"));
+        assert!(joined.contains("isa-debug-exit,iobase=0xf4,iosize=0x04"));
+        assert!(joined.contains("-append toro.log=debug"));
+        assert!(joined.contains("-smp 2"));
+        assert!(!joined.contains("-netdev"));
+    }
+
+    #[test]
+    fn user_network_forwards_from_loopback_only() {
+        let mut config = VmConfig::new(PathBuf::from("/tmp/image"), Accel::Tcg);
+        config.network = Some(UserNetwork { tcp_forwards: vec![(18080, 80)] });
+        let arguments: Vec<String> = config.command().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let joined = arguments.join(" ");
+        assert!(joined.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:18080-:80"));
+        assert!(joined.contains("-device virtio-net-device,netdev=net0"));
+    }
+}

@@ -1,0 +1,164 @@
+//! `cargo xtask test`: the host unit tests, then every in-VM test image,
+//! each booted with a timeout and judged by its exit status and output.
+
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::build::{self, ImageSpec};
+use crate::qemu::{self, Outcome, VmConfig};
+use crate::symbols::Symbols;
+
+/// One in-VM test: which image, how to boot it, what must come out.
+struct VmTest {
+    name: &'static str,
+    package: &'static str,
+    binary: &'static str,
+    cpus: u32,
+    memory_mib: u32,
+    command_line: &'static str,
+    status: i32,
+    /// Each must appear in the output.
+    expect: &'static [&'static str],
+}
+
+const PANIC: i32 = 101;
+const CPU_EXCEPTION: i32 = 102;
+
+const fn vm(package: &'static str, binary: &'static str) -> VmTest {
+    VmTest { name: binary, package, binary, cpus: 2, memory_mib: 128, command_line: "", status: 0, expect: &[] }
+}
+
+fn tests() -> Vec<VmTest> {
+    vec![
+        VmTest {
+            expect: &["Hello from Toro!", "cpus: 2", "memory: ", "command line: \"\"", "boot: "],
+            ..vm("hello", "hello")
+        },
+        VmTest {
+            name: "hello-4cpus-args",
+            cpus: 4,
+            memory_mib: 256,
+            command_line: "toro.log=info greeting=\"a b\"",
+            expect: &["cpus: 4", "command line: \"toro.log=info greeting=\\\"a b\\\"\"", "[INFO"],
+            ..vm("hello", "hello")
+        },
+        VmTest {
+            name: "hello-bad-cmdline",
+            command_line: "toro.log=loud \"unterminated",
+            expect: &["unknown log level", "Hello from Toro!"],
+            ..vm("hello", "hello")
+        },
+        VmTest { status: 42, expect: &["returning 42"], ..vm("vm-tests", "exit_status") },
+        VmTest {
+            status: CPU_EXCEPTION,
+            expect: &["CPU exception: page fault (#PF, vector 14)", "null pointer dereference", "cr2 0x0000000000000000", "<fault_null::main"],
+            ..vm("vm-tests", "fault_null")
+        },
+        VmTest {
+            status: CPU_EXCEPTION,
+            expect: &["CPU exception: page fault (#PF, vector 14)", "write to kernel text (read-only)"],
+            ..vm("vm-tests", "fault_write_text")
+        },
+        VmTest {
+            status: CPU_EXCEPTION,
+            expect: &["CPU exception: divide error (#DE, vector 0)", "<fault_divide::main"],
+            ..vm("vm-tests", "fault_divide")
+        },
+        VmTest {
+            status: CPU_EXCEPTION,
+            expect: &["CPU exception: double fault (#DF, vector 8)", "kernel stack overflow: boot stack guard page hit"],
+            ..vm("vm-tests", "fault_stack_overflow")
+        },
+        VmTest {
+            status: PANIC,
+            expect: &["panicked at tests/vm/src/bin/panic.rs:10:9:", "deliberate panic for the test suite", "backtrace:"],
+            ..vm("vm-tests", "panic")
+        },
+    ]
+}
+
+/// Runs the host unit tests; returns (passed, failed) from cargo's summary
+/// lines.
+fn host_tests() -> Result<(usize, usize)> {
+    let output = Command::new(env!("CARGO"))
+        .current_dir(build::workspace_root())
+        .args(["test", "--workspace", "--exclude", "toro", "--exclude", "hello", "--exclude", "vm-tests", "--exclude", "toro-macros"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo test")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    print!("{text}");
+    let (mut passed, mut failed) = (0, 0);
+    for line in text.lines().filter(|l| l.starts_with("test result:")) {
+        let number = |word: &str| {
+            line.split(';')
+                .find(|part| part.trim_end().ends_with(word))
+                .and_then(|part| part.split_whitespace().rev().nth(1)?.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        passed += number("passed");
+        failed += number("failed");
+    }
+    if !output.status.success() && failed == 0 {
+        failed = 1; // a build failure counts as a failure
+    }
+    Ok((passed, failed))
+}
+
+pub fn test(arguments: &[String]) -> Result<ExitCode> {
+    let filter = match arguments {
+        [flag, word] if flag == "--filter" => Some(word.clone()),
+        [] => None,
+        _ => anyhow::bail!("usage: cargo xtask test [--filter WORD]"),
+    };
+    crate::setup::ensure()?;
+    let (mut passed, mut failed) = if filter.is_none() { host_tests()? } else { (0, 0) };
+
+    let tests: Vec<VmTest> =
+        tests().into_iter().filter(|t| filter.as_ref().is_none_or(|f| t.name.contains(f.as_str()))).collect();
+    let mut specs: Vec<ImageSpec> = Vec::new();
+    for test in &tests {
+        if !specs.iter().any(|s| s.binary == test.binary) {
+            specs.push(ImageSpec { package: test.package.into(), binary: test.binary.into() });
+        }
+    }
+    let images = build::build(&specs, false)?;
+    let accel = crate::choose_accel(None);
+    for test in &tests {
+        let index = specs.iter().position(|s| s.binary == test.binary).expect("built above");
+        let image = images[index].clone();
+        let symbols = Symbols::load(&image)?;
+        let mut config = VmConfig::new(image, accel);
+        config.cpus = test.cpus;
+        config.memory_mib = test.memory_mib;
+        config.command_line = test.command_line.into();
+        let result = qemu::run(&config, Some(Duration::from_secs(60)), false, &|l| symbols.annotate(l))?;
+        let mut problems = Vec::new();
+        if result.outcome != Outcome::Exited(test.status) {
+            problems.push(format!("expected exit status {}, got: {}", test.status, result.outcome));
+        }
+        for expected in test.expect {
+            if !result.output.contains(expected) {
+                problems.push(format!("output lacks {expected:?}"));
+            }
+        }
+        if problems.is_empty() {
+            passed += 1;
+            println!("vm test {} ... ok ({:.2} s)", test.name, result.wall.as_secs_f64());
+        } else {
+            failed += 1;
+            println!("vm test {} ... FAILED", test.name);
+            for problem in &problems {
+                println!("    {problem}");
+            }
+            println!("    --- output ---");
+            for line in result.output.lines() {
+                println!("    {line}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
