@@ -6,12 +6,15 @@
 //! cargo xtask gdb [APP] [options]     boot halted and attach gdb
 //! cargo xtask boot ELF [options]      boot an already built image (cargo runner)
 //! cargo xtask setup                   install the Rust target and QEMU
+//! cargo xtask bench [--runs N] [--quick]  Toro against the Linux guest yardstick
 //! options: --cpus N  --memory MIB  --machine microvm|q35  --accel kvm|tcg
 //!          --cmdline "..."  --debug  --timeout SECONDS
 //! ```
 
 mod accel;
+mod bench;
 mod build;
+mod linux_guest;
 mod qemu;
 mod setup;
 mod symbols;
@@ -159,6 +162,7 @@ fn main() -> ExitCode {
             boot(image, &options)
         }),
         "setup" => setup::ensure().map(|()| ExitCode::SUCCESS),
+        "bench" => bench::bench(rest),
         other => Err(anyhow::anyhow!("unknown command {other:?}: run, test, gdb, boot or setup")),
     };
     match result {
