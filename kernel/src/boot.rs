@@ -18,19 +18,31 @@ const BOOT_MAPPED_LIMIT: u64 = 4 << 30;
 /// Low memory kept for firmware tables and the AP trampoline.
 const LOW_MEMORY_END: u64 = 1 << 20;
 
-/// Reads physical memory through the identity map, refusing page 0 and
-/// anything the boot tables do not map.
-struct IdentityMemory;
+/// Reads physical memory below 4 GiB through the identity map.
+///
+/// Firmware may put boot data in page 0 (SeaBIOS on q35 puts the PVH memory
+/// map at 0x5a8): it is readable through the boot page tables, but not once
+/// `paging::init` has unmapped it to catch null dereferences.
+struct IdentityMemory {
+    page_zero_mapped: bool,
+}
+
+/// Before `paging::init`.
+const BOOT_MEMORY: IdentityMemory = IdentityMemory { page_zero_mapped: true };
+/// After `paging::init`.
+const MAPPED_MEMORY: IdentityMemory = IdentityMemory { page_zero_mapped: false };
 
 impl PhysicalMemory for IdentityMemory {
     fn read(&self, address: u64, buffer: &mut [u8]) -> Result<(), Unreadable> {
         let length = buffer.len();
         let end = address.checked_add(length as u64);
+        let lowest = if self.page_zero_mapped { 0 } else { paging::PAGE_SIZE as u64 };
         match end {
-            Some(end) if address >= paging::PAGE_SIZE as u64 && end <= BOOT_MAPPED_LIMIT => {
-                // SAFETY: the range is identity-mapped (below 4 GiB, not page
-                // 0) and read with volatile byte copies, so firmware memory
-                // that changes underneath is no soundness issue.
+            Some(end) if address >= lowest && end <= BOOT_MAPPED_LIMIT => {
+                // SAFETY: the range is identity-mapped (below 4 GiB, page 0
+                // only while the boot tables map it) and read with volatile
+                // byte copies, so firmware memory that changes underneath is
+                // no soundness issue.
                 unsafe {
                     for (index, byte) in buffer.iter_mut().enumerate() {
                         *byte = core::ptr::read_volatile((address as *const u8).add(index));
@@ -143,7 +155,7 @@ impl Phases {
 }
 
 fn read_start_info(address: u64) -> StartInfo {
-    match pvh::parse_start_info(&IdentityMemory, address) {
+    match pvh::parse_start_info(&BOOT_MEMORY, address) {
         Ok(info) => info,
         Err(error) => boot_failure(format_args!(
             "bad PVH start info at {address:#x}: {error} (was the image started by a PVH loader?)"
@@ -155,7 +167,7 @@ fn read_command_line(info: &StartInfo) -> &'static str {
     let mut raw = [0u8; toro_core::command_line::MAX_COMMAND_LINE + 1];
     let mut buffer = CommandLineBuffer::new();
     let mut warnings = heapless_warnings::Warnings::new();
-    match pvh::read_command_line(&IdentityMemory, info, &mut raw) {
+    match pvh::read_command_line(&BOOT_MEMORY, info, &mut raw) {
         Ok((bytes, truncated)) => {
             let report = buffer.fill(bytes);
             if truncated || report.truncated {
@@ -218,7 +230,7 @@ fn start_logging(command_line: &str) {
 
 fn read_memory_map(info: &StartInfo) -> MemoryMap {
     let mut map = MemoryMap::new();
-    match pvh::read_memory_map(&IdentityMemory, info, &mut map) {
+    match pvh::read_memory_map(&BOOT_MEMORY, info, &mut map) {
         Ok(report) => log::debug!("memory map read: {report:?}"),
         Err(error) => boot_failure(format_args!("no usable memory map: {error}")),
     }
@@ -285,7 +297,7 @@ fn count_cpus(info: &StartInfo) -> usize {
     let rsdp_address = if info.rsdp_address != 0 {
         info.rsdp_address
     } else {
-        match acpi::scan_for_rsdp(&IdentityMemory) {
+        match acpi::scan_for_rsdp(&MAPPED_MEMORY) {
             Ok(address) => address,
             Err(error) => {
                 log::warn!("no ACPI RSDP ({error}); assuming one CPU");
@@ -293,7 +305,7 @@ fn count_cpus(info: &StartInfo) -> usize {
             }
         }
     };
-    let rsdp = match acpi::parse_rsdp(&IdentityMemory, rsdp_address) {
+    let rsdp = match acpi::parse_rsdp(&MAPPED_MEMORY, rsdp_address) {
         Ok(rsdp) => rsdp,
         Err(error) => {
             log::warn!("bad ACPI RSDP at {rsdp_address:#x} ({error}); assuming one CPU");
@@ -301,7 +313,7 @@ fn count_cpus(info: &StartInfo) -> usize {
         }
     };
     let mut madt_address = None;
-    if let Err(error) = acpi::for_each_table(&IdentityMemory, &rsdp, |signature, address, _| {
+    if let Err(error) = acpi::for_each_table(&MAPPED_MEMORY, &rsdp, |signature, address, _| {
         if &signature == b"APIC" {
             madt_address = Some(address);
         }
@@ -313,7 +325,7 @@ fn count_cpus(info: &StartInfo) -> usize {
         log::warn!("no ACPI MADT; assuming one CPU");
         return 1;
     };
-    match acpi::parse_madt(&IdentityMemory, madt_address) {
+    match acpi::parse_madt(&MAPPED_MEMORY, madt_address) {
         Ok(madt) if madt.processor_count > 0 => {
             log::info!(
                 "ACPI MADT: {} CPUs, {} IO APICs",

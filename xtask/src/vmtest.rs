@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::build::{self, ImageSpec};
-use crate::qemu::{self, Outcome, VmConfig};
+use crate::qemu::{self, Machine, Outcome, VmConfig};
 use crate::symbols::Symbols;
 
 /// One in-VM test: which image, how to boot it, what must come out.
@@ -18,16 +18,18 @@ struct VmTest {
     cpus: u32,
     memory_mib: u32,
     command_line: &'static str,
+    machine: Machine,
     status: i32,
     /// Each must appear in the output.
     expect: &'static [&'static str],
 }
 
 const PANIC: i32 = 101;
+
 const CPU_EXCEPTION: i32 = 102;
 
 const fn vm(package: &'static str, binary: &'static str) -> VmTest {
-    VmTest { name: binary, package, binary, cpus: 2, memory_mib: 128, command_line: "", status: 0, expect: &[] }
+    VmTest { name: binary, package, binary, cpus: 2, memory_mib: 128, command_line: "", machine: Machine::Microvm, status: 0, expect: &[] }
 }
 
 fn tests() -> Vec<VmTest> {
@@ -48,6 +50,25 @@ fn tests() -> Vec<VmTest> {
             name: "hello-bad-cmdline",
             command_line: "toro.log=loud \"unterminated",
             expect: &["unknown log level", "Hello from Toro!"],
+            ..vm("hello", "hello")
+        },
+        VmTest {
+            name: "hello-q35",
+            machine: Machine::Q35,
+            expect: &["Hello from Toro!", "cpus: 2"],
+            ..vm("hello", "hello")
+        },
+        VmTest {
+            name: "hello-long-cmdline",
+            // Longer than the 4096 bytes the kernel keeps.
+            command_line: Box::leak(format!("toro.log=warn {}", "x".repeat(5000)).into_boxed_str()),
+            expect: &["command line longer than 4096 bytes: truncated", "Hello from Toro!"],
+            ..vm("hello", "hello")
+        },
+        VmTest {
+            name: "hello-control-bytes-cmdline",
+            command_line: "a=\u{1}b \u{7f} c=\u{1b}[31m",
+            expect: &["control bytes: replaced by '?'", "command line: \"a=?b ? c=?[31m\""],
             ..vm("hello", "hello")
         },
         VmTest { status: 42, expect: &["returning 42"], ..vm("vm-tests", "exit_status") },
@@ -135,6 +156,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         config.cpus = test.cpus;
         config.memory_mib = test.memory_mib;
         config.command_line = test.command_line.into();
+        config.machine = test.machine;
         let result = qemu::run(&config, Some(Duration::from_secs(60)), false, &|l| symbols.annotate(l))?;
         let mut problems = Vec::new();
         if result.outcome != Outcome::Exited(test.status) {
