@@ -133,7 +133,9 @@ fn gdb(arguments: &[String]) -> Result<ExitCode> {
     let image = build::build(&[build::example(app)], options.debug)?.remove(0);
     let mut config = vm_config(image.clone(), &options);
     config.gdb_port = Some(PORT);
-    let mut qemu = config.command().spawn().context("starting QEMU")?;
+    // QEMU's serial output still reaches the terminal; the terminal's input
+    // belongs to gdb.
+    let mut qemu = config.command().stdin(std::process::Stdio::null()).spawn().context("starting QEMU")?;
     eprintln!("QEMU waits for gdb on 127.0.0.1:{PORT}; the VM starts at `continue`");
     let status = std::process::Command::new("gdb")
         .arg("-q")
