@@ -1,0 +1,558 @@
+//! `cargo xtask bench`: the same workloads on Toro and on the Linux guest
+//! yardstick (`linux_guest.rs`), in the same run, under the same launcher
+//! (`qemu.rs`: same QEMU, accelerator, machine, vCPUs and memory), repeated;
+//! prints one table (median, min–max, Linux/Toro), writes a JSON record to
+//! `target/bench/` and, for full runs, refreshes `docs/benchmarks.md` and
+//! its plots.
+//!
+//! ```text
+//! cargo xtask bench [--runs N] [--quick]
+//! ```
+//!
+//! The metrics, all lower-is-better:
+//!
+//! - boot: QEMU start to the first line the application prints (Toro's
+//!   `hello`) or `/init` prints (Linux, which keeps its own log off the
+//!   console with `loglevel=1`), from `qemu::RunResult::first_line`;
+//! - first HTTP 200: QEMU start to the first `200` from nginx through QEMU
+//!   user networking (hostfwd on 127.0.0.1);
+//! - smallest `-m` that works, by bisection: Toro's `hello` exits 0, Linux
+//!   answers HTTP;
+//! - host CPU time (user + system, `/proc/PID/stat`) of the idle VM over
+//!   10 s, from the moment it printed its first line;
+//! - image size: Toro's ELF stripped, Linux's vmlinux plus initramfs.
+//!
+//! `--quick` (the test suite's mode) runs each once, shortens the idle
+//! window to 1 s, skips the memory bisection and leaves `docs/` alone: it
+//! checks that the benchmark works, never its speed.
+
+mod report;
+mod stats;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+
+use crate::accel::Accel;
+use crate::linux_guest::{self, LinuxGuest, Mode, GUEST_HTTP_PORT, INIT_MARKER};
+use crate::qemu::{self, Outcome, UserNetwork, VmConfig};
+
+use report::{Metric, Side};
+use vm::RunningVm;
+
+/// The idle window for full runs.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// The idle window in `--quick` mode.
+const QUICK_IDLE_WINDOW: Duration = Duration::from_secs(1);
+/// Longest a Toro run may take before it counts as failed.
+const TORO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a Linux run may take to reach its marker or first HTTP answer
+/// (about 4 s is normal here).
+const LINUX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Per probe of the memory bisection: a guest short of memory may hang.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The bisection's range in MiB; the top is the launcher's default `-m`.
+const TORO_MEMORY_RANGE: (u32, u32) = (1, 128);
+const LINUX_MEMORY_RANGE: (u32, u32) = (16, 128);
+/// What the Toro `hello` example prints first.
+const HELLO_LINE: &str = "Hello from Toro!";
+const DEFAULT_RUNS: usize = 5;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub runs: usize,
+    pub quick: bool,
+}
+
+fn parse_options(arguments: &[String]) -> Result<Options> {
+    let mut options = Options { runs: DEFAULT_RUNS, quick: false };
+    let mut runs_given = false;
+    let mut iterator = arguments.iter();
+    while let Some(argument) = iterator.next() {
+        match argument.as_str() {
+            "--quick" => options.quick = true,
+            "--runs" => {
+                options.runs = iterator.next().context("--runs needs a number")?.parse().context("--runs takes a number")?;
+                runs_given = true;
+            }
+            other => bail!("unknown option {other:?}: cargo xtask bench [--runs N] [--quick]"),
+        }
+    }
+    if options.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    if options.quick && !runs_given {
+        options.runs = 1;
+    }
+    Ok(options)
+}
+
+/// `cargo xtask bench ...`
+pub fn bench(arguments: &[String]) -> Result<ExitCode> {
+    let options = parse_options(arguments)?;
+    let command = ["cargo", "xtask", "bench"].iter().map(|s| s.to_string()).chain(arguments.iter().cloned());
+    let command = command.collect::<Vec<_>>().join(" ");
+    let failures = run(&options, &command)?;
+    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The test suite's check: the quick mode runs and every workload works.
+pub fn quick_check() -> Result<()> {
+    let failures = run(&Options { runs: 1, quick: true }, "cargo xtask bench --quick (from cargo xtask test)")?;
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// What the runs share.
+struct Bench {
+    accel: Accel,
+    hello: PathBuf,
+    idle: Option<PathBuf>,
+    linux: LinuxGuest,
+    /// Runs that failed, with why.
+    failures: Vec<String>,
+}
+
+/// Runs everything; returns the runs that failed, with why.
+fn run(options: &Options, command: &str) -> Result<Vec<String>> {
+    let began = Instant::now();
+    crate::setup::ensure()?;
+    let accel = crate::choose_accel(None);
+
+    // Toro images: hello, and the idle application once it exists.
+    let root = crate::build::workspace_root();
+    let has_idle = root.join("examples/idle/Cargo.toml").is_file();
+    let mut specs = vec![crate::build::example("hello")];
+    if has_idle {
+        specs.push(crate::build::example("idle"));
+    }
+    let mut images = crate::build::build(&specs, false)?.into_iter();
+    let hello = images.next().expect("hello was built");
+    let idle = images.next();
+
+    let linux = linux_guest::ensure()?;
+    let mut bench = Bench { accel, hello, idle, linux, failures: Vec::new() };
+    let runs = options.runs;
+    eprintln!(
+        "bench: {runs} run(s) per side{}; Linux guest {} ({} + {})",
+        if options.quick { ", quick mode" } else { "" },
+        bench.linux.release,
+        bench.linux.vmlinux.display(),
+        bench.linux.initramfs.display()
+    );
+
+    let mut metrics = vec![bench.boot(runs), bench.http(runs)];
+    metrics.push(if options.quick {
+        Metric {
+            key: "memory",
+            title: "smallest -m that works",
+            unit: "MiB",
+            toro: Side::Missing("skipped (--quick)".into()),
+            linux: Side::Missing("skipped (--quick)".into()),
+        }
+    } else {
+        bench.memory()
+    });
+    let window = if options.quick { QUICK_IDLE_WINDOW } else { IDLE_WINDOW };
+    metrics.push(bench.idle(runs, window));
+    metrics.push(bench.image_size()?);
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let context = report::Context {
+        timestamp: report::iso8601(now),
+        command: command.to_string(),
+        runs,
+        quick: options.quick,
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpu_model: cpu_model(),
+        qemu_version: qemu_version(),
+        accelerator: accel.to_string(),
+        vm: describe_vm(&VmConfig::new(PathBuf::new(), accel)),
+        linux_kernel: bench.linux.release.clone(),
+        linux_command_line: bench.linux.command_line(Mode::Serve),
+        host_tsc_khz: bench.linux.tsc_khz,
+        duration_seconds: began.elapsed().as_secs_f64(),
+    };
+
+    println!();
+    print!("{}", report::table(&metrics));
+    println!("(median of {runs} run(s), min–max in brackets; Linux/Toro: how many times lower Toro's figure is)");
+    let record = write_record(&context, &metrics)?;
+    println!("record: {}", record.display());
+    if !options.quick {
+        let document = write_docs(&context, &metrics)?;
+        println!("docs: {}", document.display());
+    }
+    for failure in &bench.failures {
+        eprintln!("bench: FAILED: {failure}");
+    }
+    eprintln!("bench: took {:.0} s", began.elapsed().as_secs_f64());
+    Ok(bench.failures)
+}
+
+impl Bench {
+    fn fail(&mut self, what: String) -> f64 {
+        eprintln!("bench: {what}");
+        self.failures.push(what);
+        f64::NAN
+    }
+
+    // -- boot --------------------------------------------------------------
+
+    fn boot(&mut self, runs: usize) -> Metric {
+        let (mut toro, mut linux) = (Vec::new(), Vec::new());
+        for run in 1..=runs {
+            let toro_ms = self.toro_boot_ms();
+            let linux_ms = self.linux_boot_ms();
+            eprintln!("bench: boot {run}/{runs}: Toro {} ms, Linux {} ms", report::number(toro_ms), report::number(linux_ms));
+            toro.push(toro_ms);
+            linux.push(linux_ms);
+        }
+        Metric {
+            key: "boot",
+            title: "boot: QEMU start to first line",
+            unit: "ms",
+            toro: Side::measured(toro),
+            linux: Side::measured(linux),
+        }
+    }
+
+    /// QEMU start to `hello`'s first line, which must be its greeting; the
+    /// run must end with exit status 0.
+    fn toro_boot_ms(&mut self) -> f64 {
+        let config = VmConfig::new(self.hello.clone(), self.accel);
+        match qemu::run(&config, Some(TORO_TIMEOUT), false, &|line| line.to_string()) {
+            Err(error) => self.fail(format!("Toro boot: {error:#}")),
+            Ok(result) => {
+                let first = result.output.lines().next().unwrap_or("");
+                match (result.outcome, result.first_line) {
+                    (Outcome::Exited(0), Some(time)) if first.contains(HELLO_LINE) => milliseconds(time),
+                    (outcome, _) => self.fail(format!(
+                        "Toro boot: {outcome}, first line {first:?} (expected {HELLO_LINE:?})\n{}",
+                        tail(&result.output)
+                    )),
+                }
+            }
+        }
+    }
+
+    /// QEMU start to `/init`'s marker, which must be the first line; `/init`
+    /// then ends the VM with status 0.
+    fn linux_boot_ms(&mut self) -> f64 {
+        let config = self.linux.vm_config(self.accel, Mode::Boot);
+        match qemu::run(&config, Some(LINUX_TIMEOUT), false, &|line| line.to_string()) {
+            Err(error) => self.fail(format!("Linux boot: {error:#}")),
+            Ok(result) => {
+                let first = result.output.lines().next().unwrap_or("");
+                match (result.outcome, result.first_line) {
+                    (Outcome::Exited(0), Some(time)) if first == INIT_MARKER => milliseconds(time),
+                    (outcome, _) => self.fail(format!(
+                        "Linux boot: {outcome}, first line {first:?} (expected the /init marker)\n{}",
+                        tail(&result.output)
+                    )),
+                }
+            }
+        }
+    }
+
+    // -- first HTTP answer -------------------------------------------------
+
+    fn http(&mut self, runs: usize) -> Metric {
+        let mut linux = Vec::new();
+        for run in 1..=runs {
+            let ms = match self.linux_http(VmConfig::new(PathBuf::new(), self.accel).memory_mib, LINUX_TIMEOUT) {
+                Ok(Some(time)) => milliseconds(time),
+                Ok(None) => self.fail("Linux HTTP: no HTTP 200 from nginx before the timeout".into()),
+                Err(error) => self.fail(format!("Linux HTTP: {error:#}")),
+            };
+            eprintln!("bench: first HTTP 200 {run}/{runs}: Linux {} ms", report::number(ms));
+            linux.push(ms);
+        }
+        Metric {
+            key: "http",
+            title: "boot: QEMU start to first HTTP 200",
+            unit: "ms",
+            toro: Side::Missing("n/a — no network yet".into()),
+            linux: Side::measured(linux),
+        }
+    }
+
+    /// Boots the Linux guest in serve mode with `memory_mib` and polls nginx
+    /// through a forwarded loopback port; the time from QEMU start to the
+    /// first 200, `None` if none came before `timeout` (or the VM died).
+    fn linux_http(&self, memory_mib: u32, timeout: Duration) -> Result<Option<Duration>> {
+        let port = vm::free_loopback_port()?;
+        let mut config = self.linux.vm_config(self.accel, Mode::Serve);
+        config.memory_mib = memory_mib;
+        config.network = Some(UserNetwork { tcp_forwards: vec![(port, GUEST_HTTP_PORT)] });
+        let mut running = RunningVm::spawn(&config)?;
+        let deadline = running.start + timeout;
+        let answer = running.first_http_ok(port, deadline);
+        let (output, errors) = running.stop();
+        if answer.is_none() && (output.contains("failed") || !errors.trim().is_empty()) {
+            eprintln!("bench: Linux serve at {memory_mib} MiB gave no answer:\n{}{}", tail(&output), errors.trim_end());
+        }
+        Ok(answer)
+    }
+
+    // -- memory ------------------------------------------------------------
+
+    fn memory(&mut self) -> Metric {
+        eprintln!("bench: bisecting the smallest -m for Toro (hello exits 0)");
+        let toro = {
+            let image = self.hello.clone();
+            let accel = self.accel;
+            let mut works = |memory_mib: u32| -> Result<bool> {
+                let mut config = VmConfig::new(image.clone(), accel);
+                config.memory_mib = memory_mib;
+                let outcome = match qemu::run(&config, Some(TORO_TIMEOUT), false, &|line| line.to_string()) {
+                    Ok(result) => result.outcome,
+                    // QEMU may refuse a size outright: that size does not work.
+                    Err(_) => Outcome::QemuFailed(1),
+                };
+                let works = outcome == Outcome::Exited(0);
+                eprintln!("bench:   Toro -m {memory_mib}: {}", if works { "ok" } else { "no" });
+                Ok(works)
+            };
+            stats::smallest_working(TORO_MEMORY_RANGE.0, TORO_MEMORY_RANGE.1, &mut works)
+        };
+        eprintln!("bench: bisecting the smallest -m for Linux (nginx answers HTTP 200)");
+        let linux = {
+            let mut works = |memory_mib: u32| -> Result<bool> {
+                let works = self.linux_http(memory_mib, PROBE_TIMEOUT)?.is_some();
+                eprintln!("bench:   Linux -m {memory_mib}: {}", if works { "ok" } else { "no" });
+                Ok(works)
+            };
+            stats::smallest_working(LINUX_MEMORY_RANGE.0, LINUX_MEMORY_RANGE.1, &mut works)
+        };
+        let mut side = |name: &str, result: Result<Option<u32>>, high: u32| match result {
+            Ok(Some(mib)) => Side::measured(vec![f64::from(mib)]),
+            Ok(None) => Side::measured(vec![self.fail(format!("{name} memory: does not work even with -m {high}"))]),
+            Err(error) => Side::measured(vec![self.fail(format!("{name} memory: {error:#}"))]),
+        };
+        let toro = side("Toro", toro, TORO_MEMORY_RANGE.1);
+        let linux = side("Linux", linux, LINUX_MEMORY_RANGE.1);
+        Metric { key: "memory", title: "smallest -m that works", unit: "MiB", toro, linux }
+    }
+
+    // -- idle --------------------------------------------------------------
+
+    fn idle(&mut self, runs: usize, window: Duration) -> Metric {
+        let (mut toro, mut linux) = (Vec::new(), Vec::new());
+        for run in 1..=runs {
+            let toro_ms = match self.idle.clone() {
+                Some(image) => {
+                    let config = VmConfig::new(image, self.accel);
+                    self.idle_cpu_ms("Toro", &config, &|_| true, TORO_TIMEOUT, window)
+                }
+                None => f64::NAN,
+            };
+            let config = self.linux.vm_config(self.accel, Mode::Idle);
+            let linux_ms = self.idle_cpu_ms("Linux", &config, &|line| line == INIT_MARKER, LINUX_TIMEOUT, window);
+            eprintln!(
+                "bench: idle {run}/{runs}: host CPU over {} s: Toro {}, Linux {} ms",
+                window.as_secs(),
+                if self.idle.is_some() { format!("{} ms", report::number(toro_ms)) } else { "n/a".into() },
+                report::number(linux_ms)
+            );
+            toro.push(toro_ms);
+            linux.push(linux_ms);
+        }
+        let toro = if self.idle.is_some() {
+            Side::measured(toro)
+        } else {
+            Side::Missing("n/a — no examples/idle yet".into())
+        };
+        let title = if window == IDLE_WINDOW { "idle VM: host CPU over 10 s" } else { "idle VM: host CPU over 1 s (quick)" };
+        Metric { key: "idle", title, unit: "ms", toro, linux: Side::measured(linux) }
+    }
+
+    /// Host CPU time QEMU spends over `window`, counted from the first line
+    /// that satisfies `ready`.
+    fn idle_cpu_ms(
+        &mut self,
+        name: &str,
+        config: &VmConfig,
+        ready: &dyn Fn(&str) -> bool,
+        timeout: Duration,
+        window: Duration,
+    ) -> f64 {
+        let measured = (|| -> Result<f64> {
+            let mut running = RunningVm::spawn(config)?;
+            if running.wait_for_line(ready, running.start + timeout).is_none() {
+                let (output, errors) = running.stop();
+                bail!("no first line before the timeout\n{}{}", tail(&output), errors.trim_end());
+            }
+            let before = running.cpu_time()?;
+            std::thread::sleep(window);
+            if running.has_exited() {
+                let (output, errors) = running.stop();
+                bail!("the VM ended while idle\n{}{}", tail(&output), errors.trim_end());
+            }
+            let after = running.cpu_time()?;
+            Ok(milliseconds(after.saturating_sub(before)))
+        })();
+        measured.unwrap_or_else(|error| self.fail(format!("{name} idle: {error:#}")))
+    }
+
+    // -- image size --------------------------------------------------------
+
+    fn image_size(&mut self) -> Result<Metric> {
+        let stripped = strip_copy(&self.hello)?;
+        let toro_bytes = std::fs::metadata(&stripped)?.len();
+        let vmlinux = std::fs::metadata(&self.linux.vmlinux)?.len();
+        let initramfs = std::fs::metadata(&self.linux.initramfs)?.len();
+        let kib = |bytes: u64| bytes as f64 / 1024.0;
+        Ok(Metric {
+            key: "image",
+            title: "image size",
+            unit: "KiB",
+            toro: Side::Measured { samples: vec![kib(toro_bytes).round()], detail: Some("hello, stripped ELF".into()) },
+            linux: Side::Measured {
+                samples: vec![kib(vmlinux + initramfs).round()],
+                detail: Some(format!("vmlinux {:.0} + initramfs {:.0}", kib(vmlinux), kib(initramfs))),
+            },
+        })
+    }
+}
+
+/// A stripped copy of `image` under `target/bench/`.
+fn strip_copy(image: &Path) -> Result<PathBuf> {
+    let dir = crate::build::workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let name = image.file_name().context("image has no file name")?.to_string_lossy();
+    let stripped = dir.join(format!("{name}.stripped"));
+    let status = if Command::new("llvm-objcopy").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        Command::new("llvm-objcopy").arg("--strip-all").arg(image).arg(&stripped).status()?
+    } else {
+        linux_guest::ensure_tool("strip", "binutils")?;
+        Command::new("strip").arg("--strip-all").arg("-o").arg(&stripped).arg(image).status()?
+    };
+    if !status.success() {
+        bail!("stripping {} failed", image.display());
+    }
+    Ok(stripped)
+}
+
+fn milliseconds(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// The last lines of a guest's output, indented, for a failure report.
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    let start = lines.len().saturating_sub(15);
+    lines[start..].iter().map(|line| format!("    | {line}\n")).collect()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|model| model.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn qemu_version() -> String {
+    Command::new(crate::setup::QEMU)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8_lossy(&output.stdout).lines().next().map(str::to_string))
+        .unwrap_or_else(|| "QEMU (version unknown)".into())
+}
+
+/// The launcher's conditions, in words, from the command it builds.
+fn describe_vm(config: &VmConfig) -> String {
+    let arguments: Vec<String> = config.command().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let value = |flag: &str| {
+        arguments.iter().position(|a| a == flag).and_then(|i| arguments.get(i + 1)).cloned().unwrap_or_default()
+    };
+    format!(
+        "`-machine {}`, `-accel {}`, `-cpu {}`, `-smp {}`, `-m {}` (the HTTP runs add a virtio-net card on user networking)",
+        value("-machine"),
+        value("-accel"),
+        value("-cpu"),
+        value("-smp"),
+        value("-m")
+    )
+}
+
+fn write_record(context: &report::Context, metrics: &[Metric]) -> Result<PathBuf> {
+    let dir = crate::build::workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("bench-{}.json", context.timestamp.replace(':', "-")));
+    std::fs::write(&path, report::json(context, metrics).render()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Refreshes the generated part of `docs/benchmarks.md` and the plots.
+fn write_docs(context: &report::Context, metrics: &[Metric]) -> Result<PathBuf> {
+    let docs = crate::build::workspace_root().join("docs");
+    std::fs::create_dir_all(&docs)?;
+    let mut plots = Vec::new();
+    for metric in metrics {
+        let file = format!("bench-{}.svg", metric.key);
+        std::fs::write(docs.join(&file), report::svg(metric))?;
+        plots.push((file, metric));
+    }
+    let path = docs.join("benchmarks.md");
+    let document = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let generated = report::markdown(context, metrics, &plots);
+    std::fs::write(&path, report::splice(&document, &generated))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(parse_options(&[]).unwrap(), Options { runs: 5, quick: false });
+        assert_eq!(parse_options(&strings(&["--quick"])).unwrap(), Options { runs: 1, quick: true });
+        assert_eq!(parse_options(&strings(&["--runs", "7"])).unwrap(), Options { runs: 7, quick: false });
+        assert_eq!(parse_options(&strings(&["--quick", "--runs", "2"])).unwrap(), Options { runs: 2, quick: true });
+        assert!(parse_options(&strings(&["--runs", "0"])).is_err());
+        assert!(parse_options(&strings(&["--runs"])).is_err());
+        assert!(parse_options(&strings(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn describes_the_launchers_conditions() {
+        let text = describe_vm(&VmConfig::new(PathBuf::from("/x"), Accel::Tcg));
+        assert!(text.contains("`-machine microvm,pit=on,pic=off,rtc=off`"));
+        assert!(text.contains("`-smp 2`"));
+        assert!(text.contains("`-m 128M`"));
+    }
+}
+
+#[cfg(test)]
+mod scratch {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn scratch_linux() {
+        let linux = linux_guest::ensure().unwrap();
+        eprintln!("{}", linux.manifest);
+        let mut bench = Bench { accel: Accel::Tcg, hello: PathBuf::new(), idle: None, linux, failures: Vec::new() };
+        let mode = std::env::var("SCRATCH").unwrap_or_default();
+        if mode.contains("boot") { eprintln!("boot {}", bench.linux_boot_ms()); }
+        if mode.contains("http") { eprintln!("http {:?}", bench.linux_http(128, LINUX_TIMEOUT)); }
+        if mode.contains("idle") { let c = bench.linux.vm_config(bench.accel, Mode::Idle); eprintln!("idle {}", bench.idle_cpu_ms("Linux", &c, &|l| l == INIT_MARKER, LINUX_TIMEOUT, IDLE_WINDOW)); }
+        eprintln!("{:?}", bench.failures);
+    }
+}

@@ -1,0 +1,236 @@
+//! A VM the benchmark keeps running while it measures from outside: its
+//! host CPU time, or the first HTTP answer through a forwarded port. Started
+//! from the launcher's own command (`VmConfig::command`), so it runs under
+//! exactly the conditions `qemu::run` uses; killed when dropped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::qemu::VmConfig;
+
+/// Linux reports process times in USER_HZ ticks, 100 per second on every
+/// architecture's user ABI (`sysconf(_SC_CLK_TCK)`).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+pub struct RunningVm {
+    child: Child,
+    /// Taken just before QEMU was started: every time is measured from it.
+    pub start: Instant,
+    lines: mpsc::Receiver<(Instant, String)>,
+    /// The serial output so far, each line with its time from `start`.
+    pub output: Vec<(Duration, String)>,
+    errors: Option<JoinHandle<String>>,
+}
+
+impl RunningVm {
+    pub fn spawn(config: &VmConfig) -> Result<Self> {
+        let mut command = config.command();
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = command.spawn().context("starting QEMU")?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (sender, lines) = mpsc::channel();
+        // Keep reading even when nobody waits for a line: a full pipe would
+        // stall the guest's serial port.
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match reader.read_until(b'\n', &mut raw) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&raw).trim_end_matches(['\r', '\n']).to_string();
+                        if sender.send((Instant::now(), line)).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            text
+        });
+        Ok(Self { child, start, lines, output: Vec::new(), errors: Some(errors) })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Takes in the lines printed so far.
+    fn collect(&mut self) {
+        while let Ok((when, line)) = self.lines.try_recv() {
+            self.output.push((when - self.start, line));
+        }
+    }
+
+    /// Waits for a line that satisfies `wanted`; its time from QEMU start,
+    /// or `None` if QEMU ended or `deadline` passed first.
+    pub fn wait_for_line(&mut self, wanted: &dyn Fn(&str) -> bool, deadline: Instant) -> Option<Duration> {
+        if let Some((when, _)) = self.output.iter().find(|(_, line)| wanted(line)) {
+            return Some(*when);
+        }
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(wait) {
+                Ok((when, line)) => {
+                    let elapsed = when - self.start;
+                    let found = wanted(&line);
+                    self.output.push((elapsed, line));
+                    if found {
+                        return Some(elapsed);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether QEMU has ended.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// QEMU's host CPU time so far (user + system, all its threads).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).context("reading QEMU's /proc stat")?;
+        let ticks = stat_cpu_ticks(&stat).context("unexpected /proc/PID/stat format")?;
+        Ok(Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND))
+    }
+
+    /// Polls `http://127.0.0.1:port/` until it answers 200; the time from
+    /// QEMU start to that answer, or `None` if QEMU ended or `deadline`
+    /// passed first.
+    pub fn first_http_ok(&mut self, port: u16, deadline: Instant) -> Option<Duration> {
+        // QEMU accepts on the forwarded port at once and only then tries the
+        // guest; until nginx listens, an attempt ends in a reset, a close or
+        // (before the guest's network is up) silence. Silence is cut short
+        // so a new attempt goes out soon after the guest can answer.
+        const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(200);
+        const PAUSE: Duration = Duration::from_millis(5);
+        while Instant::now() < deadline {
+            self.collect();
+            if self.has_exited() {
+                return None;
+            }
+            if let Ok(true) = http_get_ok(port, ATTEMPT_TIMEOUT) {
+                return Some(self.start.elapsed());
+            }
+            std::thread::sleep(PAUSE);
+        }
+        None
+    }
+
+    /// Stops QEMU; returns the serial output and QEMU's own messages, for
+    /// error reports.
+    pub fn stop(mut self) -> (String, String) {
+        self.kill();
+        self.collect();
+        let errors = self.errors.take().and_then(|handle| handle.join().ok()).unwrap_or_default();
+        let output = self.output.iter().map(|(_, line)| format!("{line}\n")).collect();
+        (output, errors)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One `GET /` on the loopback; whether the status line says 200.
+fn http_get_ok(port: u16, timeout: Duration) -> std::io::Result<bool> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 256];
+    while head.len() < 12 {
+        let count = stream.read(&mut buffer)?;
+        if count == 0 {
+            break;
+        }
+        head.extend_from_slice(&buffer[..count]);
+    }
+    Ok(status_is_ok(&head))
+}
+
+fn status_is_ok(head: &[u8]) -> bool {
+    head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200")
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for QEMU's hostfwd.
+pub fn free_loopback_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command
+/// name (field 2) is in parentheses and may hold spaces, so count from the
+/// last `)`.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after_name starts at field 3 (state): utime is field 14, index 11.
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_utime_and_stime() {
+        let stat = "4242 (qemu-system-x86) S 1 4242 4242 0 -1 4194560 2530 0 0 0 137 42 0 0 20 0 5 0 1 0 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(179));
+        let tricky = "7 (a) b (c) R 1 7 7 0 -1 0 0 0 0 0 10 5 0 0 20 0 1 0 1 0 0";
+        assert_eq!(stat_cpu_ticks(tricky), Some(15));
+        assert_eq!(stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_has_cpu_time() {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(stat_cpu_ticks(&stat).is_some());
+    }
+
+    #[test]
+    fn recognises_http_ok() {
+        assert!(status_is_ok(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!status_is_ok(b"HTTP/1.1 404 Not Found\r\n"));
+        assert!(!status_is_ok(b""));
+    }
+
+    #[test]
+    fn http_probe_against_a_local_server() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 512];
+            let _ = stream.read(&mut request).unwrap();
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        });
+        assert!(http_get_ok(port, Duration::from_secs(5)).unwrap());
+        server.join().unwrap();
+    }
+}
