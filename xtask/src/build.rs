@@ -26,6 +26,9 @@ pub fn profile_dir(debug: bool) -> &'static str {
 
 /// Builds the given binaries in one cargo run; returns their ELF paths.
 pub fn build(images: &[ImageSpec], debug: bool) -> Result<Vec<PathBuf>> {
+    if images.is_empty() {
+        return Ok(Vec::new());
+    }
     let root = workspace_root();
     let mut command = Command::new(env!("CARGO"));
     command.current_dir(&root).args(["build", "--target", TARGET]);

@@ -14,6 +14,7 @@
 mod accel;
 mod bench;
 mod build;
+mod floor;
 mod linux_guest;
 mod qemu;
 mod setup;

@@ -100,6 +100,17 @@ fn tests() -> Vec<VmTest> {
     ]
 }
 
+/// The floor kernel (exits at its first instruction) must end with status 0.
+fn floor_test(accel: crate::accel::Accel) -> Result<(bool, String)> {
+    let image = crate::floor::write(&build::workspace_root().join("target"))?;
+    let config = VmConfig::new(image, accel);
+    let result = qemu::run(&config, Some(Duration::from_secs(30)), false, &|l| l.to_string())?;
+    Ok(match result.outcome {
+        Outcome::Exited(0) => (true, format!("ok ({:.2} s)", result.wall.as_secs_f64())),
+        other => (false, format!("FAILED: {other}")),
+    })
+}
+
 /// Runs the host unit tests; returns (passed, failed) from cargo's summary
 /// lines.
 fn host_tests() -> Result<(usize, usize)> {
@@ -148,6 +159,11 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     }
     let images = build::build(&specs, false)?;
     let accel = crate::choose_accel(None);
+    if filter.as_ref().is_none_or(|f| "floor".contains(f.as_str())) {
+        let (ok, summary) = floor_test(accel)?;
+        println!("vm test floor ... {summary}");
+        if ok { passed += 1 } else { failed += 1 }
+    }
     for test in &tests {
         let index = specs.iter().position(|s| s.binary == test.binary).expect("built above");
         let image = images[index].clone();
