@@ -28,15 +28,23 @@ struct IdentityMemory {
 }
 
 /// Before `paging::init`.
-const BOOT_MEMORY: IdentityMemory = IdentityMemory { page_zero_mapped: true };
+const BOOT_MEMORY: IdentityMemory = IdentityMemory {
+    page_zero_mapped: true,
+};
 /// After `paging::init`.
-const MAPPED_MEMORY: IdentityMemory = IdentityMemory { page_zero_mapped: false };
+const MAPPED_MEMORY: IdentityMemory = IdentityMemory {
+    page_zero_mapped: false,
+};
 
 impl PhysicalMemory for IdentityMemory {
     fn read(&self, address: u64, buffer: &mut [u8]) -> Result<(), Unreadable> {
         let length = buffer.len();
         let end = address.checked_add(length as u64);
-        let lowest = if self.page_zero_mapped { 0 } else { paging::PAGE_SIZE as u64 };
+        let lowest = if self.page_zero_mapped {
+            0
+        } else {
+            paging::PAGE_SIZE as u64
+        };
         match end {
             Some(end) if address >= lowest && end <= BOOT_MAPPED_LIMIT => {
                 // SAFETY: the range is identity-mapped (below 4 GiB, page 0

@@ -5,7 +5,7 @@
 //! paging off and `ebx` holding the physical address of `hvm_start_info`. It
 //! gives no stack, GDT or IDT. This code:
 //! 1. reads the TSC first (boot time is measured from here),
-//! 2. zeroes `.bss` (loaders are not required to),
+//! 2. zeroes `.bss` (loaders are not required to; stacks are left out),
 //! 3. identity-maps the first 4 GiB with 2 MiB pages (enough to reach the
 //!    kernel, `hvm_start_info` and the boot stack; `paging::init` replaces
 //!    these tables with the final W^X ones),
@@ -27,6 +27,7 @@ pub struct BootStack {
 
 /// Written only by the boot code below (before Rust runs); read-only after.
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".stacks.boot")]
 pub static mut BOOT_STACK: BootStack = BootStack {
     guard: [0; PAGE_SIZE],
     stack: [0; BOOT_STACK_SIZE],
@@ -82,12 +83,14 @@ pvh_entry32:
     mov %eax, %esi
     mov %edx, %ebp
 
-    /* Zero .bss; the boot tables and stack live there. */
+    /* Zero .bss (page-aligned at both ends) 4 bytes at a time; the boot
+       tables live there. Stacks are in .stacks, not zeroed. */
     mov $__bss_start, %edi
     mov $__bss_end, %ecx
     sub %edi, %ecx
+    shr $2, %ecx
     xor %eax, %eax
-    rep stosb
+    rep stosl
 
     /* PML4[0] -> PDPT; PDPT[0..4] -> four page directories. */
     mov $BOOT_TABLES, %edi

@@ -34,6 +34,7 @@ struct GuardedStack {
 }
 
 /// The boot CPU's fault stacks. Written only by the CPU itself (as stack).
+#[unsafe(link_section = ".stacks.interrupt")]
 static mut IST_STACKS: [GuardedStack; IST_COUNT] = [const {
     GuardedStack {
         guard: [0; PAGE_SIZE],

@@ -119,7 +119,10 @@ fn is_ram(map: &MemoryMap, start: u64, size: u64) -> bool {
 pub fn init(map: &MemoryMap, frames: &mut FrameBump, guard_pages: &[u64]) -> PagingReport {
     let first_frame = frames.next_free();
     let gigabyte_pages = has_gigabyte_pages();
-    let top = map.highest_usable_address().max(4 * SIZE_1G).min(MAX_MAPPED);
+    let top = map
+        .highest_usable_address()
+        .max(4 * SIZE_1G)
+        .min(MAX_MAPPED);
     let gigabytes = top.div_ceil(SIZE_1G);
 
     let pml4 = frames.allocate();
