@@ -17,10 +17,10 @@ pub fn write(out: &mut impl Write, rip: u64, mut rbp: u64) {
     let _ = writeln!(out, "backtrace:");
     let _ = writeln!(out, "    #0  {rip:#018x}");
     let stacks = crate::arch::gdt::stacks();
-    let stack = stacks.iter().find(|s| s.stack.contains(&rbp));
+    let stack = stacks.iter().find(|s| s.contains(rbp));
     let Some(stack) = stack else { return };
     for index in 1..MAX_FRAMES {
-        if rbp % 8 != 0 || !stack.stack.contains(&rbp) || !stack.stack.contains(&(rbp + 15)) {
+        if rbp % 8 != 0 || !stack.contains(rbp) || !stack.contains(rbp + 15) {
             break;
         }
         // SAFETY: rbp and rbp + 8 lie inside a mapped kernel stack (checked).

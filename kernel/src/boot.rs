@@ -7,7 +7,7 @@ use toro_core::memory_map::MemoryMap;
 use toro_core::pvh::{self, PhysicalMemory, StartInfo, Unreadable};
 
 use crate::arch::paging::{self, FrameBump};
-use crate::arch::{cpu, exit, gdt, interrupts, sections};
+use crate::arch::{apic, cpu, exit, gdt, interrupts, percpu, sections, smp};
 use crate::once::BootCell;
 use crate::{console, heap, logger, system};
 
@@ -18,37 +18,22 @@ const BOOT_MAPPED_LIMIT: u64 = 4 << 30;
 /// Low memory kept for firmware tables and the AP trampoline.
 const LOW_MEMORY_END: u64 = 1 << 20;
 
-/// Reads physical memory below 4 GiB through the identity map.
-///
-/// Firmware may put boot data in page 0 (SeaBIOS on q35 puts the PVH memory
-/// map at 0x5a8): it is readable through the boot page tables, but not once
-/// `paging::init` has unmapped it to catch null dereferences.
-struct IdentityMemory {
-    page_zero_mapped: bool,
-}
+/// Reads firmware data (start info, memory map, command line, ACPI) below
+/// 4 GiB through the boot page tables. Every such read happens before
+/// `paging::init`, while page 0 is still mapped: firmware may put boot data
+/// there (SeaBIOS on q35 puts the PVH memory map at 0x5a8).
+struct IdentityMemory;
 
-/// Before `paging::init`.
-const BOOT_MEMORY: IdentityMemory = IdentityMemory {
-    page_zero_mapped: true,
-};
-/// After `paging::init`.
-const MAPPED_MEMORY: IdentityMemory = IdentityMemory {
-    page_zero_mapped: false,
-};
+const BOOT_MEMORY: IdentityMemory = IdentityMemory;
 
 impl PhysicalMemory for IdentityMemory {
     fn read(&self, address: u64, buffer: &mut [u8]) -> Result<(), Unreadable> {
         let length = buffer.len();
         let end = address.checked_add(length as u64);
-        let lowest = if self.page_zero_mapped {
-            0
-        } else {
-            paging::PAGE_SIZE as u64
-        };
         match end {
-            Some(end) if address >= lowest && end <= BOOT_MAPPED_LIMIT => {
-                // SAFETY: the range is identity-mapped (below 4 GiB, page 0
-                // only while the boot tables map it) and read with volatile
+            Some(end) if end <= BOOT_MAPPED_LIMIT => {
+                // SAFETY: the range is mapped by the boot tables (below 4
+                // GiB; see above for when this runs) and read with volatile
                 // byte copies, so firmware memory that changes underneath is
                 // no soundness issue.
                 unsafe {
@@ -85,10 +70,11 @@ fn boot_failure(what: core::fmt::Arguments) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     let mut phases = Phases::new(entry_tsc);
+    percpu::init_boot_cpu(cpu::initial_apic_id()); // GS: "which CPU am I" works
     console::init(); // COM1, so everything below can report
-                     // SAFETY: once, on the boot CPU, interrupts off.
-    unsafe { gdt::init() }; // our GDT, TSS and fault stacks
-                            // SAFETY: once, after gdt::init.
+                     // SAFETY: once, on the boot CPU, interrupts off, after percpu.
+    unsafe { gdt::init_boot_cpu() }; // our GDT, TSS and fault stacks
+                                     // SAFETY: once, after the GDT.
     unsafe { interrupts::init() }; // exception reports from here on
     interrupts::mask_legacy_pic(); // firmware's 8259 must not deliver
     phases.mark("console, GDT, IDT");
@@ -97,12 +83,22 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     start_logging(command_line); // at the level it asks for
     phases.mark("start info, command line");
     let mut map = read_memory_map(&info); // sorted, merged, cleaned RAM map
+    let trampoline_usable = is_usable_page(&map, smp::TRAMPOLINE); // before low memory is reserved
     let mut frames = reserve_image_and_low_memory(&mut map); // page-table frames
     phases.mark("memory map");
-    map_memory(&mut map, &mut frames); // W^X image, huge pages elsewhere
-    phases.mark("page tables");
-    let cpus = count_cpus(&info); // CPUs the firmware lists
+    let madt = read_madt(&info); // the CPUs the firmware lists
     phases.mark("ACPI");
+    let application_processors = application_processor_ids(madt.as_ref());
+    map_memory(&mut map, &mut frames, application_processors.len()); // W^X image, huge pages elsewhere
+    phases.mark("page tables");
+    apic::init_boot_cpu(
+        madt.as_ref()
+            .map_or(apic::DEFAULT_XAPIC_BASE, |m| m.local_apic_address),
+    ); // IPIs
+    let cpus =
+        start_application_processors(&application_processors, trampoline_usable, &mut frames); // every CPU up
+    reserve_boot_frames(&mut map, &frames); // stacks and tables out of the heap
+    phases.mark("CPUs");
     start_heap(&mut map); // Box, Vec and friends work now
     phases.mark("heap");
     system::publish(system::SystemInfo {
@@ -281,14 +277,13 @@ fn reserve_image_and_low_memory(map: &mut MemoryMap) -> FrameBump {
     FrameBump::new(image.end, region_end.min(BOOT_MAPPED_LIMIT))
 }
 
-fn map_memory(map: &mut MemoryMap, frames: &mut FrameBump) {
-    let stacks = gdt::stacks();
-    let guards = stacks.each_ref().map(|s| s.guard);
-    let first = frames.next_free();
-    let report = paging::init(map, frames, &guards);
-    if let Err(error) = map.reserve(first, frames.next_free()) {
-        boot_failure(format_args!("cannot reserve the page tables: {error}"));
-    }
+fn map_memory(map: &mut MemoryMap, frames: &mut FrameBump, application_processors: usize) {
+    let guards = gdt::boot_cpu_stacks().map(|s| s.guard);
+    // 4 KiB pages far enough for the page tables themselves (a few pages,
+    // one per 2 MiB below the limit) and every AP's stacks.
+    let small_pages =
+        frames.next_free() + (1 << 20) + application_processors as u64 * smp::BYTES_PER_AP;
+    let report = paging::init(map, frames, &guards, small_pages);
     log::info!(
         "paging: {} GiB identity-mapped ({} pages), {} table frames, W^X image",
         report.mapped_bytes >> 30,
@@ -301,55 +296,124 @@ fn map_memory(map: &mut MemoryMap, frames: &mut FrameBump) {
     );
 }
 
-fn count_cpus(info: &StartInfo) -> usize {
+/// The firmware's MADT, or None (then only the boot CPU runs).
+fn read_madt(info: &StartInfo) -> Option<acpi::MadtSummary> {
     let rsdp_address = if info.rsdp_address != 0 {
         info.rsdp_address
     } else {
-        match acpi::scan_for_rsdp(&MAPPED_MEMORY) {
+        match acpi::scan_for_rsdp(&BOOT_MEMORY) {
             Ok(address) => address,
             Err(error) => {
-                log::warn!("no ACPI RSDP ({error}); assuming one CPU");
-                return 1;
+                log::warn!("no ACPI RSDP ({error}); running on the boot CPU only");
+                return None;
             }
         }
     };
-    let rsdp = match acpi::parse_rsdp(&MAPPED_MEMORY, rsdp_address) {
+    let rsdp = match acpi::parse_rsdp(&BOOT_MEMORY, rsdp_address) {
         Ok(rsdp) => rsdp,
         Err(error) => {
-            log::warn!("bad ACPI RSDP at {rsdp_address:#x} ({error}); assuming one CPU");
-            return 1;
+            log::warn!(
+                "bad ACPI RSDP at {rsdp_address:#x} ({error}); running on the boot CPU only"
+            );
+            return None;
         }
     };
-    let mut madt_address = None;
-    if let Err(error) = acpi::for_each_table(&MAPPED_MEMORY, &rsdp, |signature, address, _| {
-        if &signature == b"APIC" {
-            madt_address = Some(address);
+    let madt_address = match acpi::find_table(&BOOT_MEMORY, &rsdp, *b"APIC") {
+        Ok(Some((address, _))) => address,
+        Ok(None) => {
+            log::warn!("no ACPI MADT; running on the boot CPU only");
+            return None;
         }
-    }) {
-        log::warn!("cannot walk the ACPI tables ({error}); assuming one CPU");
-        return 1;
-    }
-    let Some(madt_address) = madt_address else {
-        log::warn!("no ACPI MADT; assuming one CPU");
-        return 1;
+        Err(error) => {
+            log::warn!("cannot walk the ACPI tables ({error}); running on the boot CPU only");
+            return None;
+        }
     };
-    match acpi::parse_madt(&MAPPED_MEMORY, madt_address) {
-        Ok(madt) if madt.processor_count > 0 => {
+    match acpi::parse_madt(&BOOT_MEMORY, madt_address) {
+        Ok(madt) => {
+            if let Some(entry) = &madt.malformed_entry {
+                log::warn!("ACPI MADT: malformed entry {entry:?}; later entries ignored");
+            }
             log::info!(
                 "ACPI MADT: {} CPUs, {} IO APICs",
                 madt.processor_count,
                 madt.io_apics
             );
-            madt.processor_count
-        }
-        Ok(_) => {
-            log::warn!("the ACPI MADT lists no enabled CPU; assuming one");
-            1
+            Some(madt)
         }
         Err(error) => {
-            log::warn!("bad ACPI MADT ({error}); assuming one CPU");
-            1
+            log::warn!("bad ACPI MADT ({error}); running on the boot CPU only");
+            None
         }
+    }
+}
+
+/// APIC ids of the CPUs to start: the MADT's enabled CPUs but this one.
+fn application_processor_ids(madt: Option<&acpi::MadtSummary>) -> ApicIds {
+    let mut ids = ApicIds {
+        ids: [0; acpi::MAX_CPUS],
+        length: 0,
+    };
+    let me = cpu::initial_apic_id();
+    for processor in madt.map(|m| m.processors()).unwrap_or(&[]) {
+        if processor.apic_id != me && ids.length < ids.ids.len() {
+            ids.ids[ids.length] = processor.apic_id;
+            ids.length += 1;
+        }
+    }
+    ids
+}
+
+struct ApicIds {
+    ids: [u32; acpi::MAX_CPUS],
+    length: usize,
+}
+
+impl ApicIds {
+    fn as_slice(&self) -> &[u32] {
+        &self.ids[..self.length]
+    }
+    fn len(&self) -> usize {
+        self.length
+    }
+}
+
+fn is_usable_page(map: &MemoryMap, address: u64) -> bool {
+    map.usable()
+        .any(|r| r.start <= address && address + paging::PAGE_SIZE as u64 <= r.end)
+}
+
+/// Starts the other CPUs; returns how many CPUs run (this one included).
+fn start_application_processors(
+    ids: &ApicIds,
+    trampoline_usable: bool,
+    frames: &mut FrameBump,
+) -> usize {
+    if ids.len() == 0 {
+        return 1;
+    }
+    if !trampoline_usable {
+        log::error!(
+            "page {:#x} for the AP trampoline is not RAM; running on the boot CPU only",
+            smp::TRAMPOLINE
+        );
+        return 1;
+    }
+    let started = smp::start(ids.as_slice(), frames);
+    let online = 1 + started;
+    percpu::set_online(online);
+    log::info!(
+        "{online} CPUs running ({} started, {} failed)",
+        started,
+        ids.len() - started
+    );
+    online
+}
+
+fn reserve_boot_frames(map: &mut MemoryMap, frames: &FrameBump) {
+    let image_end = sections::layout().image.end;
+    if let Err(error) = map.reserve(image_end, frames.next_free()) {
+        boot_failure(format_args!("cannot reserve boot structures: {error}"));
     }
 }
 

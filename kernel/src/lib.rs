@@ -76,10 +76,15 @@ pub fn heap_usage() -> (usize, usize) {
     heap::usage()
 }
 
-/// The id of the CPU running the caller (its local APIC id for now).
+/// The index of the CPU running the caller: 0 is the boot CPU, then the
+/// firmware's (MADT) order.
 pub fn cpu_id() -> u32 {
-    // CPUID.01h:EBX[31:24] is the initial APIC id of the executing CPU.
-    arch::cpu::cpuid(1).1 >> 24
+    arch::percpu::current_index() as u32
+}
+
+/// What a CPU does when it has nothing to run: halt until an interrupt.
+pub(crate) fn cpu_idle_loop() -> ! {
+    arch::cpu::halt_forever()
 }
 
 /// Stops the calling CPU for good without ending the VM: it halts and costs

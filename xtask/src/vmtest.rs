@@ -52,10 +52,13 @@ fn tests() -> Vec<VmTest> {
             expect: &["unknown log level", "Hello from Toro!"],
             ..vm("hello", "hello")
         },
+        VmTest { name: "hello-1cpu", cpus: 1, expect: &["cpus: 1"], ..vm("hello", "hello") },
+        VmTest { name: "hello-8cpus", cpus: 8, expect: &["cpus: 8"], ..vm("hello", "hello") },
         VmTest {
             name: "hello-q35",
             machine: Machine::Q35,
-            expect: &["Hello from Toro!", "cpus: 2"],
+            cpus: 4,
+            expect: &["Hello from Toro!", "cpus: 4"],
             ..vm("hello", "hello")
         },
         VmTest {

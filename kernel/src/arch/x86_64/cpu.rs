@@ -44,3 +44,8 @@ pub fn frame_pointer() -> u64 {
     };
     value
 }
+
+/// This CPU's initial APIC id (CPUID.01h:EBX[31:24]).
+pub fn initial_apic_id() -> u32 {
+    cpuid(1).1 >> 24
+}

@@ -6,6 +6,8 @@
 //! stops the VM on an i8042 reset (the status is lost), and after that this
 //! CPU halts.
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use x86_64::instructions::port::Port;
 
 const DEBUG_EXIT_PORT: u16 = 0xf4;
@@ -23,10 +25,24 @@ pub fn exit_vm(status: u32) -> ! {
     super::cpu::halt_forever()
 }
 
+/// Set when the kernel stops every CPU after a fatal error; an NMI then
+/// means "halt", not a hardware problem.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a fatal error is stopping all CPUs.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::Acquire)
+}
+
 /// Stops after a fatal error: `exit_vm` with a failure status when the VMM
-/// has `isa-debug-exit`; otherwise all CPUs halt (the VMM keeps the output).
+/// has `isa-debug-exit`; otherwise every CPU halts (others through an NMI),
+/// leaving the report on the console.
 pub fn fail(status: u32) -> ! {
     // SAFETY: as in `exit_vm`.
     unsafe { Port::<u32>::new(DEBUG_EXIT_PORT).write(status) };
+    if super::percpu::online() > 1 {
+        STOPPING.store(true, Ordering::Release);
+        super::apic::send_nmi_to_others();
+    }
     super::cpu::halt_forever()
 }

@@ -1,21 +1,20 @@
-//! The boot CPU's GDT and TSS, with separate stacks for faults that must not
+//! Each CPU's GDT and TSS, with separate stacks for faults that must not
 //! run on a possibly broken stack.
 //!
 //! Interrupt stack table (IST) use: a double fault (what a kernel stack
 //! overflow becomes, since the CPU cannot push the page-fault frame onto the
 //! guard page), an NMI and a machine check each switch to a stack of their
-//! own. Every stack here has an unmapped guard page below it.
-
-use core::ops::Range;
+//! own. Every stack has an unmapped guard page below it. The GDT and TSS
+//! live in the CPU's `PerCpu` block.
 
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
 use x86_64::instructions::tables::load_tss;
-use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
-use x86_64::structures::tss::TaskStateSegment;
+use x86_64::structures::gdt::Descriptor;
 use x86_64::VirtAddr;
 
 use super::boot::{BOOT_STACK, BOOT_STACK_SIZE};
 use super::paging::PAGE_SIZE;
+use super::percpu::{self, PerCpu, StackInfo, STACKS};
 
 /// IST slot (1-based, as in the IDT gate) of the double-fault stack.
 pub const DOUBLE_FAULT_IST: u8 = 1;
@@ -26,6 +25,13 @@ pub const MACHINE_CHECK_IST: u8 = 3;
 const IST_COUNT: usize = 3;
 /// Bytes of each IST stack.
 pub const IST_STACK_SIZE: usize = 16 * 1024;
+/// Names of a CPU's stacks, in `PerCpu::stacks` order.
+pub const STACK_NAMES: [&str; STACKS] = [
+    "kernel stack",
+    "double-fault stack",
+    "NMI stack",
+    "machine-check stack",
+];
 
 #[repr(C, align(4096))]
 struct GuardedStack {
@@ -33,7 +39,8 @@ struct GuardedStack {
     stack: [u8; IST_STACK_SIZE],
 }
 
-/// The boot CPU's fault stacks. Written only by the CPU itself (as stack).
+/// The boot CPU's fault stacks (other CPUs get theirs from `smp`). Used
+/// only as stacks by the boot CPU.
 #[unsafe(link_section = ".stacks.interrupt")]
 static mut IST_STACKS: [GuardedStack; IST_COUNT] = [const {
     GuardedStack {
@@ -41,67 +48,75 @@ static mut IST_STACKS: [GuardedStack; IST_COUNT] = [const {
         stack: [0; IST_STACK_SIZE],
     }
 }; IST_COUNT];
-/// Set up once by `init` on the boot CPU, then only read by the CPU.
-static mut TSS: TaskStateSegment = TaskStateSegment::new();
-/// Set up once by `init` on the boot CPU, then only read by the CPU.
-static mut GDT: GlobalDescriptorTable = GlobalDescriptorTable::new();
 
-/// A stack the kernel runs on, with its name for fault reports.
-pub struct KnownStack {
-    pub name: &'static str,
-    pub guard: u64,
-    pub stack: Range<u64>,
+/// The running CPU's stacks: kernel stack first, then the IST stacks.
+pub fn stacks() -> [StackInfo; STACKS] {
+    percpu::current().stacks
 }
 
-/// The boot CPU's stacks: boot stack first, then the IST stacks.
-pub fn stacks() -> [KnownStack; 1 + IST_COUNT] {
+/// The boot CPU's stacks (statics in the image).
+pub fn boot_cpu_stacks() -> [StackInfo; STACKS] {
     let boot = (&raw const BOOT_STACK) as u64;
+    // Only addresses are taken.
     let ist = |index: usize| {
-        // SAFETY: only the address of the static is taken.
-        let base = unsafe { (&raw const IST_STACKS[index]) as u64 };
-        base + PAGE_SIZE as u64
+        (&raw const IST_STACKS) as u64 + (index * core::mem::size_of::<GuardedStack>()) as u64
     };
-    let names = ["double-fault stack", "NMI stack", "machine-check stack"];
-    let known = |index: usize| KnownStack {
-        name: names[index],
-        guard: ist(index) - PAGE_SIZE as u64,
-        stack: ist(index)..ist(index) + IST_STACK_SIZE as u64,
+    let page = PAGE_SIZE as u64;
+    let mut stacks = [StackInfo::EMPTY; STACKS];
+    stacks[0] = StackInfo {
+        name: "boot stack",
+        guard: boot,
+        start: boot + page,
+        end: boot + page + BOOT_STACK_SIZE as u64,
     };
-    [
-        KnownStack {
-            name: "boot stack",
-            guard: boot,
-            stack: boot + PAGE_SIZE as u64..boot + (PAGE_SIZE + BOOT_STACK_SIZE) as u64,
-        },
-        known(0),
-        known(1),
-        known(2),
-    ]
+    for slot in 0..IST_COUNT {
+        let base = ist(slot);
+        stacks[1 + slot] = StackInfo {
+            name: STACK_NAMES[1 + slot],
+            guard: base,
+            start: base + page,
+            end: base + page + IST_STACK_SIZE as u64,
+        };
+    }
+    stacks
 }
 
-/// Loads the GDT (kernel code and data, TSS) and the TSS on this CPU.
+/// Fills the CPU's TSS (IST entries from `cpu.stacks`) and GDT (kernel code,
+/// data, TSS), and loads them on this CPU.
 ///
 /// # Safety
-/// Call once, on the boot CPU, before interrupts can happen.
-pub unsafe fn init() {
-    let stacks = stacks();
-    // SAFETY: single-threaded boot: nothing else references TSS or GDT yet;
-    // after this they are only read by the CPU.
+/// `cpu` must be the running CPU's block, set up once, before interrupts
+/// can happen; its stacks must be mapped.
+pub unsafe fn load(cpu: &'static mut PerCpu) {
+    for slot in 0..IST_COUNT {
+        // Stacks grow down: the IST entry is the top (16-byte aligned).
+        cpu.tss.interrupt_stack_table[slot] = VirtAddr::new(cpu.stacks[1 + slot].end);
+    }
+    let code = cpu.gdt.append(Descriptor::kernel_code_segment());
+    let data = cpu.gdt.append(Descriptor::kernel_data_segment());
+    // SAFETY: the TSS lives in the PerCpu block, which lives forever.
+    let tss: &'static x86_64::structures::tss::TaskStateSegment = unsafe { &*(&raw const cpu.tss) };
+    let tss_selector = cpu.gdt.append(Descriptor::tss_segment(tss));
+    // SAFETY: as above for the GDT; the selectors were just appended to it.
     unsafe {
-        let tss = &mut *(&raw mut TSS);
-        for slot in 0..IST_COUNT {
-            // Stacks grow down: the IST entry is the top, 16-byte aligned.
-            tss.interrupt_stack_table[slot] = VirtAddr::new(stacks[1 + slot].stack.end);
-        }
-        let gdt = &mut *(&raw mut GDT);
-        let code = gdt.append(Descriptor::kernel_code_segment());
-        let data = gdt.append(Descriptor::kernel_data_segment());
-        let tss_selector = gdt.append(Descriptor::tss_segment(&*(&raw const TSS)));
-        (*(&raw const GDT)).load();
+        let gdt: &'static x86_64::structures::gdt::GlobalDescriptorTable = &*(&raw const cpu.gdt);
+        gdt.load();
         CS::set_reg(code);
         SS::set_reg(data);
         DS::set_reg(data);
         ES::set_reg(data);
         load_tss(tss_selector);
     }
+}
+
+/// Sets up the boot CPU's stacks record, GDT and TSS.
+///
+/// # Safety
+/// Once, on the boot CPU, after `percpu::init_boot_cpu`, interrupts off.
+pub unsafe fn init_boot_cpu() {
+    // SAFETY: the boot CPU sets itself up; nothing else holds its block.
+    let cpu = unsafe { percpu::current_mut() };
+    cpu.stacks = boot_cpu_stacks();
+    // SAFETY: as the caller guarantees.
+    unsafe { load(cpu) };
 }

@@ -157,14 +157,24 @@ pub unsafe fn init() {
             reserved: 0,
         };
     }
+    // SAFETY: just filled.
+    unsafe { load() };
+}
+
+/// Loads the (shared, read-only after `init`) IDT on this CPU.
+///
+/// # Safety
+/// `init` must have run; this CPU's GDT must hold the code selector.
+pub unsafe fn load() {
+    let idt = &raw const IDT;
     #[repr(C, packed)]
     struct Pointer {
         limit: u16,
         base: u64,
     }
     let pointer = Pointer {
-        limit: (core::mem::size_of_val(idt) - 1) as u16,
-        base: idt.as_ptr() as u64,
+        limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
+        base: idt as u64,
     };
     // SAFETY: the IDT is static and fully initialised.
     unsafe {
@@ -214,6 +224,9 @@ pub const EXIT_CPU_EXCEPTION: u32 = 102;
 /// Called by `interrupt_common` for every vector.
 #[unsafe(no_mangle)]
 extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
+    if frame.vector == 2 && super::exit::stopping() {
+        super::cpu::halt_forever();
+    }
     if frame.vector == 3 {
         log::warn!("breakpoint at rip {:#018x}", frame.rip);
         return;
@@ -234,10 +247,7 @@ fn page_fault_cause(address: u64, error_code: u64) -> &'static str {
     let layout = super::sections::layout();
     if address < super::paging::PAGE_SIZE as u64 {
         "null pointer dereference"
-    } else if gdt::stacks()
-        .iter()
-        .any(|s| (s.guard..s.guard + super::paging::PAGE_SIZE as u64).contains(&address))
-    {
+    } else if gdt::stacks().iter().any(|s| s.guard_contains(address)) {
         "stack overflow (guard page hit)"
     } else if present && write && layout.text.contains(&address) {
         "write to kernel text (read-only)"
@@ -286,10 +296,7 @@ fn report_exception(frame: &InterruptFrame) {
         // The CPU's saved RIP/RSP are undefined for #DF; CR2 still holds the
         // address of the page fault that could not be delivered.
         let address = cpu::cr2();
-        if let Some(stack) = gdt::stacks()
-            .iter()
-            .find(|s| (s.guard..s.guard + super::paging::PAGE_SIZE as u64).contains(&address))
-        {
+        if let Some(stack) = gdt::stacks().iter().find(|s| s.guard_contains(address)) {
             let _ = writeln!(
                 out,
                 "    kernel stack overflow: {} guard page hit (cr2 {address:#018x})",

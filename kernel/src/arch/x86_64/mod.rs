@@ -2,11 +2,14 @@
 //! interrupts, the serial port and VM exit. The rest of the kernel reaches
 //! the hardware only through this module.
 
+pub mod apic;
 pub mod boot;
 pub mod cpu;
 pub mod exit;
 pub mod gdt;
 pub mod interrupts;
 pub mod paging;
+pub mod percpu;
 pub mod sections;
 pub mod serial;
+pub mod smp;

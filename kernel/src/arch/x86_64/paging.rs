@@ -22,8 +22,12 @@ use super::sections;
 pub const PAGE_SIZE: usize = 4096;
 const SIZE_2M: u64 = 2 << 20;
 const SIZE_1G: u64 = 1 << 30;
-/// Memory below this is mapped with 4 KiB pages (it must hold the image).
+/// Memory below this at least is mapped with 4 KiB pages: the image, boot
+/// page tables and per-CPU stacks, whose guard pages must be unmappable one
+/// page at a time. `init` extends it (in 2 MiB steps) when asked.
 pub const KERNEL_MAP_LIMIT: u64 = 16 << 20;
+/// The small-page limit chosen by `init`; below 1 GiB.
+static SMALL_PAGE_LIMIT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// One PDPT: the identity map covers at most 512 GiB of physical addresses.
 pub const MAX_MAPPED: u64 = 512 * SIZE_1G;
 
@@ -60,6 +64,20 @@ impl FrameBump {
     /// The first byte not handed out.
     pub fn next_free(&self) -> u64 {
         self.next
+    }
+
+    /// `pages` contiguous frames, not zeroed; returns the first address.
+    pub fn allocate_range(&mut self, pages: usize) -> u64 {
+        let bytes = (pages * PAGE_SIZE) as u64;
+        if self.next + bytes > self.end {
+            panic!(
+                "out of low memory for boot structures at {:#x} (+{bytes:#x})",
+                self.next
+            );
+        }
+        let start = self.next;
+        self.next += bytes;
+        start
     }
 
     fn allocate(&mut self) -> &'static mut [u64; 512] {
@@ -115,9 +133,20 @@ fn is_ram(map: &MemoryMap, start: u64, size: u64) -> bool {
 /// Builds the final page tables and switches to them.
 ///
 /// `guard_pages` lists the addresses of pages to leave unmapped (stack
-/// guards), all below `KERNEL_MAP_LIMIT`.
-pub fn init(map: &MemoryMap, frames: &mut FrameBump, guard_pages: &[u64]) -> PagingReport {
+/// guards); 4 KiB pages are used up to `small_pages_up_to` (at least
+/// `KERNEL_MAP_LIMIT`, at most 1 GiB).
+pub fn init(
+    map: &MemoryMap,
+    frames: &mut FrameBump,
+    guard_pages: &[u64],
+    small_pages_up_to: u64,
+) -> PagingReport {
     let first_frame = frames.next_free();
+    let small_limit = small_pages_up_to
+        .max(KERNEL_MAP_LIMIT)
+        .next_multiple_of(SIZE_2M)
+        .min(SIZE_1G);
+    SMALL_PAGE_LIMIT.store(small_limit, core::sync::atomic::Ordering::Relaxed);
     let gigabyte_pages = has_gigabyte_pages();
     let top = map
         .highest_usable_address()
@@ -139,7 +168,7 @@ pub fn init(map: &MemoryMap, frames: &mut FrameBump, guard_pages: &[u64]) -> Pag
         let directory = frames.allocate();
         for (index, entry) in directory.iter_mut().enumerate() {
             let address = base + index as u64 * SIZE_2M;
-            if address < KERNEL_MAP_LIMIT {
+            if address < small_limit {
                 let table = frames.allocate();
                 for (page, small) in table.iter_mut().enumerate() {
                     let page_address = address + (page * PAGE_SIZE) as u64;
@@ -175,4 +204,34 @@ pub fn init(map: &MemoryMap, frames: &mut FrameBump, guard_pages: &[u64]) -> Pag
         gigabyte_pages,
         table_frames: (frames.next_free() - first_frame) / PAGE_SIZE as u64,
     }
+}
+
+/// Unmaps the 4 KiB page at `address` (a stack guard made after `init`).
+/// Returns false if the address is not in the small-page range.
+///
+/// Only this CPU's TLB is flushed: call it before any other CPU could have
+/// used the page (guards are made before their CPU starts).
+pub fn unmap_small_page(address: u64) -> bool {
+    let limit = SMALL_PAGE_LIMIT.load(core::sync::atomic::Ordering::Relaxed);
+    if address < PAGE_SIZE as u64 || address >= limit || address % PAGE_SIZE as u64 != 0 {
+        return false;
+    }
+    let root: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, cr3", out(reg) root, options(nomem, nostack, preserves_flags))
+    };
+    let frame_mask = 0x000f_ffff_ffff_f000u64;
+    // SAFETY: page tables are identity-mapped frames built by `init`; below
+    // `limit` the walk is PML4[0] -> PDPT[0] -> PD -> PT, all present tables.
+    // Only this entry changes, and it maps a page no code uses (a guard).
+    unsafe {
+        let pml4 = (root & frame_mask) as *const u64;
+        let pdpt = (*pml4 & frame_mask) as *const u64;
+        let directory = (*pdpt & frame_mask) as *const u64;
+        let table = (*directory.add((address >> 21) as usize & 511) & frame_mask) as *mut u64;
+        table.add((address >> 12) as usize & 511).write_volatile(0);
+        core::arch::asm!("invlpg [{}]", in(reg) address, options(nostack, preserves_flags));
+    }
+    true
 }

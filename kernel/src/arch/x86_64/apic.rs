@@ -1,0 +1,158 @@
+//! The local APIC: this CPU's id, inter-processor interrupts, EOI.
+//!
+//! x2APIC (MSR access, 32-bit ids) when CPUID says the CPU has it, otherwise
+//! xAPIC through its MMIO page. Register offsets: Intel SDM vol. 3, table
+//! 11-1 (xAPIC MMIO offset = x2APIC MSR index - 0x800, times 16).
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use x86_64::registers::model_specific::Msr;
+
+use super::cpu::cpuid;
+
+/// IA32_APIC_BASE.
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+const APIC_BASE_X2APIC: u64 = 1 << 10;
+/// The architectural default xAPIC MMIO base.
+pub const DEFAULT_XAPIC_BASE: u64 = 0xfee0_0000;
+
+/// x2APIC MSR numbers; the xAPIC MMIO offset is `(msr - 0x800) << 4`.
+const REGISTER_ID: u32 = 0x802;
+const REGISTER_EOI: u32 = 0x80b;
+const REGISTER_SPURIOUS: u32 = 0x80f;
+const REGISTER_ICR: u32 = 0x830;
+/// xAPIC only: the ICR's destination half (offset 0x310).
+const XAPIC_ICR_HIGH_OFFSET: u64 = 0x310;
+
+/// Spurious-interrupt vector register: software enable.
+const SPURIOUS_ENABLE: u32 = 1 << 8;
+/// The spurious vector (its stub ignores it).
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+/// ICR delivery modes and flags (SDM vol. 3, 11.6.1).
+const DELIVERY_INIT: u32 = 0b101 << 8;
+const DELIVERY_STARTUP: u32 = 0b110 << 8;
+const LEVEL_ASSERT: u32 = 1 << 14;
+const DELIVERY_PENDING: u32 = 1 << 12;
+
+/// Chosen once by the boot CPU (`init_boot_cpu`), read by all.
+static X2APIC: AtomicBool = AtomicBool::new(false);
+static XAPIC_BASE: AtomicU64 = AtomicU64::new(DEFAULT_XAPIC_BASE);
+
+/// Whether this CPU has an x2APIC (CPUID.01h:ECX bit 21).
+pub fn has_x2apic() -> bool {
+    cpuid(1).2 & (1 << 21) != 0
+}
+
+/// Picks the mode for all CPUs (x2APIC if the boot CPU has it) and enables
+/// the boot CPU's APIC.
+pub fn init_boot_cpu(xapic_base: u64) {
+    X2APIC.store(has_x2apic(), Ordering::Relaxed);
+    XAPIC_BASE.store(xapic_base, Ordering::Relaxed);
+    enable();
+}
+
+/// Whether the APICs run in x2APIC mode.
+pub fn x2apic_mode() -> bool {
+    X2APIC.load(Ordering::Relaxed)
+}
+
+/// Enables this CPU's local APIC in the chosen mode, with the spurious
+/// vector set.
+pub fn enable() {
+    let mut base = Msr::new(IA32_APIC_BASE);
+    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; setting the enable
+    // bits (and x2APIC mode, which the CPU supports when chosen) keeps the
+    // base address.
+    unsafe {
+        let mut value = base.read() | APIC_BASE_ENABLE;
+        if x2apic_mode() {
+            value |= APIC_BASE_X2APIC;
+        }
+        base.write(value);
+    }
+    write(REGISTER_SPURIOUS, SPURIOUS_ENABLE | SPURIOUS_VECTOR as u32);
+}
+
+fn read(register: u32) -> u32 {
+    if x2apic_mode() {
+        // SAFETY: an x2APIC register MSR, readable in x2APIC mode.
+        unsafe { Msr::new(register).read() as u32 }
+    } else {
+        let address = XAPIC_BASE.load(Ordering::Relaxed) + (((register - 0x800) as u64) << 4);
+        // SAFETY: the xAPIC page is identity-mapped uncached (paging.rs maps
+        // the 3-4 GiB hole); registers are 32-bit aligned.
+        unsafe { core::ptr::read_volatile(address as *const u32) }
+    }
+}
+
+fn write(register: u32, value: u32) {
+    if x2apic_mode() {
+        // SAFETY: an x2APIC register MSR, writable in x2APIC mode.
+        unsafe { Msr::new(register).write(value as u64) }
+    } else {
+        let address = XAPIC_BASE.load(Ordering::Relaxed) + (((register - 0x800) as u64) << 4);
+        // SAFETY: as in `read`.
+        unsafe { core::ptr::write_volatile(address as *mut u32, value) }
+    }
+}
+
+/// This CPU's APIC id.
+pub fn id() -> u32 {
+    let raw = read(REGISTER_ID);
+    if x2apic_mode() {
+        raw
+    } else {
+        raw >> 24
+    }
+}
+
+/// Signals the end of an interrupt.
+pub fn end_of_interrupt() {
+    write(REGISTER_EOI, 0);
+}
+
+/// Sends an IPI with `command` (vector and delivery mode) to `apic_id`.
+fn send(apic_id: u32, command: u32) {
+    if x2apic_mode() {
+        // SAFETY: writing the x2APIC ICR sends the IPI described; the
+        // destination goes in the high half.
+        unsafe { Msr::new(REGISTER_ICR).write(((apic_id as u64) << 32) | command as u64) }
+    } else {
+        let base = XAPIC_BASE.load(Ordering::Relaxed);
+        // SAFETY: as in `read`; the destination half is written first, the
+        // low half's write sends.
+        unsafe {
+            core::ptr::write_volatile((base + XAPIC_ICR_HIGH_OFFSET) as *mut u32, apic_id << 24);
+        }
+        write(REGISTER_ICR, command);
+        while read(REGISTER_ICR) & DELIVERY_PENDING != 0 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// INIT IPI: puts the target into wait-for-SIPI.
+pub fn send_init(apic_id: u32) {
+    send(apic_id, DELIVERY_INIT | LEVEL_ASSERT);
+}
+
+/// Start-up IPI: the target starts in real mode at `page << 12`.
+pub fn send_startup(apic_id: u32, page: u8) {
+    send(apic_id, DELIVERY_STARTUP | LEVEL_ASSERT | page as u32);
+}
+
+/// ICR destination shorthand "all excluding self" (bits 19:18 = 11).
+const ALL_EXCLUDING_SELF: u32 = 0b11 << 18;
+const DELIVERY_NMI: u32 = 0b100 << 8;
+
+/// An NMI to every other CPU (used to stop them after a fatal error).
+pub fn send_nmi_to_others() {
+    send(0, ALL_EXCLUDING_SELF | DELIVERY_NMI | LEVEL_ASSERT);
+}
+
+/// A fixed interrupt with `vector` to `apic_id`.
+pub fn send_fixed(apic_id: u32, vector: u8) {
+    send(apic_id, LEVEL_ASSERT | vector as u32);
+}
