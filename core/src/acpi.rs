@@ -12,9 +12,7 @@
 
 use core::fmt;
 
-use crate::physical_memory::{
-    read_bytes, read_u32, read_u64, read_u8, PhysicalMemory, SliceMemory, Unreadable,
-};
+use crate::physical_memory::{read_bytes, read_u32, read_u64, read_u8, PhysicalMemory, SliceMemory, Unreadable};
 
 /// Where the BIOS area searched for the RSDP begins (ACPI 6.5, section 5.2.5.1).
 pub const RSDP_SEARCH_START: u64 = 0xE0000;
@@ -176,11 +174,9 @@ impl fmt::Display for AcpiError {
                 "ACPI table \"{}\" at {address:#x} gives an invalid length of {length} bytes",
                 Signature(&signature)
             ),
-            Self::TableChecksum { address, signature } => write!(
-                formatter,
-                "ACPI table \"{}\" at {address:#x} has a bad checksum",
-                Signature(&signature)
-            ),
+            Self::TableChecksum { address, signature } => {
+                write!(formatter, "ACPI table \"{}\" at {address:#x} has a bad checksum", Signature(&signature))
+            }
         }
     }
 }
@@ -191,11 +187,7 @@ struct Signature<'a>(&'a [u8]);
 impl fmt::Display for Signature<'_> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.iter().try_for_each(|&byte| {
-            let shown = if byte.is_ascii_graphic() || byte == b' ' {
-                char::from(byte)
-            } else {
-                '.'
-            };
+            let shown = if byte.is_ascii_graphic() || byte == b' ' { char::from(byte) } else { '.' };
             fmt::Write::write_char(formatter, shown)
         })
     }
@@ -224,8 +216,7 @@ pub struct Rsdp {
 pub fn find_rsdp_in(bytes: &[u8]) -> Option<usize> {
     (0..bytes.len()).step_by(RSDP_ALIGNMENT).find(|&offset| {
         bytes.get(offset..).is_some_and(|candidate| {
-            candidate.starts_with(RSDP_SIGNATURE)
-                && parse_rsdp(&SliceMemory::new(0, candidate), 0).is_ok()
+            candidate.starts_with(RSDP_SIGNATURE) && parse_rsdp(&SliceMemory::new(0, candidate), 0).is_ok()
         })
     })
 }
@@ -244,10 +235,7 @@ pub fn scan_for_rsdp(memory: &impl PhysicalMemory) -> Result<u64, AcpiError> {
         if memory.read(chunk_address, &mut chunk).is_ok() {
             any_readable = true;
             for offset in (0..SCAN_CHUNK).step_by(RSDP_ALIGNMENT) {
-                if chunk
-                    .get(offset..)
-                    .is_some_and(|candidate| candidate.starts_with(RSDP_SIGNATURE))
-                {
+                if chunk.get(offset..).is_some_and(|candidate| candidate.starts_with(RSDP_SIGNATURE)) {
                     // offset < 1024, and the area is far below u64::MAX.
                     let address = chunk_address + offset as u64;
                     // Validated in place, not in the chunk: an RSDP may
@@ -279,10 +267,7 @@ pub fn parse_rsdp(memory: &impl PhysicalMemory, address: u64) -> Result<Rsdp, Ac
         return Err(AcpiError::RsdpSignature { address });
     }
     if checksum(memory, address, RSDP_V1_LENGTH)? != 0 {
-        return Err(AcpiError::RsdpChecksum {
-            address,
-            extended: false,
-        });
+        return Err(AcpiError::RsdpChecksum { address, extended: false });
     }
     let revision = read_u8(memory, address, RSDP_REVISION_OFFSET)?;
     let xsdt_address = if revision >= RSDP_FIRST_EXTENDED_REVISION {
@@ -291,10 +276,7 @@ pub fn parse_rsdp(memory: &impl PhysicalMemory, address: u64) -> Result<Rsdp, Ac
             return Err(AcpiError::RsdpLength { address, length });
         }
         if checksum(memory, address, length)? != 0 {
-            return Err(AcpiError::RsdpChecksum {
-                address,
-                extended: true,
-            });
+            return Err(AcpiError::RsdpChecksum { address, extended: true });
         }
         Some(read_u64(memory, address, RSDP_XSDT_ADDRESS_OFFSET)?).filter(|&xsdt| xsdt != 0)
     } else {
@@ -363,11 +345,7 @@ pub fn for_each_table(
         None if rsdp.rsdt_address == 0 => return Err(AcpiError::NoRootTable),
         None => {
             let address = u64::from(rsdp.rsdt_address);
-            (
-                RootTable::Rsdt,
-                address,
-                check_table(memory, address, Some(*b"RSDT"), HEADER_LENGTH)?,
-            )
+            (RootTable::Rsdt, address, check_table(memory, address, Some(*b"RSDT"), HEADER_LENGTH)?)
         }
     };
     report.used_xsdt = root == RootTable::Xsdt;
@@ -382,11 +360,8 @@ pub fn for_each_table(
             RootTable::Xsdt => read_u64(memory, root_address, offset)?,
             RootTable::Rsdt => u64::from(read_u32(memory, root_address, offset)?),
         };
-        let table = if table_address == 0 {
-            None
-        } else {
-            check_table(memory, table_address, None, HEADER_LENGTH).ok()
-        };
+        let table =
+            if table_address == 0 { None } else { check_table(memory, table_address, None, HEADER_LENGTH).ok() };
         match table {
             Some(table) => {
                 report.tables += 1;
@@ -465,17 +440,10 @@ pub struct MadtSummary {
 impl MadtSummary {
     /// The enabled processors.
     pub fn processors(&self) -> &[ProcessorEntry] {
-        self.processors
-            .get(..self.processor_count)
-            .unwrap_or(&self.processors)
+        self.processors.get(..self.processor_count).unwrap_or(&self.processors)
     }
 
-    fn count_processor(
-        &mut self,
-        processor: ProcessorEntry,
-        flags: u32,
-        online_capable_defined: bool,
-    ) {
+    fn count_processor(&mut self, processor: ProcessorEntry, flags: u32, online_capable_defined: bool) {
         if flags & PROCESSOR_ENABLED != 0 {
             self.add_processor(processor);
         } else if online_capable_defined && flags & PROCESSOR_ONLINE_CAPABLE != 0 {
@@ -486,11 +454,7 @@ impl MadtSummary {
     }
 
     fn add_processor(&mut self, processor: ProcessorEntry) {
-        if self
-            .processors()
-            .iter()
-            .any(|known| known.apic_id == processor.apic_id)
-        {
+        if self.processors().iter().any(|known| known.apic_id == processor.apic_id) {
             self.duplicate_processors += 1;
             return;
         }
@@ -535,26 +499,16 @@ pub fn parse_madt(memory: &impl PhysicalMemory, address: u64) -> Result<MadtSumm
     // length, which is at least 2, so the walk ends.
     let mut offset = MADT_ENTRIES_OFFSET;
     while offset < header.length {
-        let entry = address
-            .checked_add(u64::from(offset))
-            .ok_or(Unreadable { address, length: 0 })?;
+        let entry = address.checked_add(u64::from(offset)).ok_or(Unreadable { address, length: 0 })?;
         let remaining = header.length - offset;
-        let mut malformed = MalformedEntry {
-            offset,
-            entry_type: 0,
-            length: 0,
-        };
+        let mut malformed = MalformedEntry { offset, entry_type: 0, length: 0 };
         if remaining < u32::from(ENTRY_HEADER_LENGTH) {
             summary.malformed_entry = Some(malformed);
             break;
         }
         let entry_type = read_u8(memory, entry, 0)?;
         let length = read_u8(memory, entry, 1)?;
-        malformed = MalformedEntry {
-            offset,
-            entry_type,
-            length,
-        };
+        malformed = MalformedEntry { offset, entry_type, length };
         let needed = match entry_type {
             ENTRY_LOCAL_APIC => ENTRY_LOCAL_APIC_LENGTH,
             ENTRY_IO_APIC => ENTRY_IO_APIC_LENGTH,
@@ -573,11 +527,7 @@ pub fn parse_madt(memory: &impl PhysicalMemory, address: u64) -> Result<MadtSumm
                     apic_id: read_u8(memory, entry, 3)?.into(),
                     x2apic: false,
                 };
-                summary.count_processor(
-                    processor,
-                    read_u32(memory, entry, 4)?,
-                    online_capable_defined,
-                );
+                summary.count_processor(processor, read_u32(memory, entry, 4)?, online_capable_defined);
             }
             ENTRY_LOCAL_X2APIC => {
                 let processor = ProcessorEntry {
@@ -585,16 +535,10 @@ pub fn parse_madt(memory: &impl PhysicalMemory, address: u64) -> Result<MadtSumm
                     processor_uid: read_u32(memory, entry, 12)?,
                     x2apic: true,
                 };
-                summary.count_processor(
-                    processor,
-                    read_u32(memory, entry, 8)?,
-                    online_capable_defined,
-                );
+                summary.count_processor(processor, read_u32(memory, entry, 8)?, online_capable_defined);
             }
             ENTRY_IO_APIC => summary.io_apics += 1,
-            ENTRY_LOCAL_APIC_ADDRESS_OVERRIDE => {
-                summary.local_apic_address = read_u64(memory, entry, 4)?
-            }
+            ENTRY_LOCAL_APIC_ADDRESS_OVERRIDE => summary.local_apic_address = read_u64(memory, entry, 4)?,
             _ => {}
         }
         offset += u32::from(length);
@@ -621,20 +565,12 @@ fn check_table(
     let signature: [u8; 4] = read_bytes(memory, address, 0)?;
     if let Some(expected) = expected {
         if signature != expected {
-            return Err(AcpiError::TableSignature {
-                address,
-                expected,
-                found: signature,
-            });
+            return Err(AcpiError::TableSignature { address, expected, found: signature });
         }
     }
     let length = read_u32(memory, address, HEADER_LENGTH_OFFSET)?;
     if !(minimum_length.max(HEADER_LENGTH)..=MAX_TABLE_LENGTH).contains(&length) {
-        return Err(AcpiError::TableLength {
-            address,
-            signature,
-            length,
-        });
+        return Err(AcpiError::TableLength { address, signature, length });
     }
     if checksum(memory, address, length)? != 0 {
         return Err(AcpiError::TableChecksum { address, signature });
@@ -651,10 +587,8 @@ fn checksum(memory: &impl PhysicalMemory, address: u64, length: u32) -> Result<u
     while done < length {
         let size = (length - done).min(PIECE);
         let bytes = piece.get_mut(..size as usize).unwrap_or(&mut []);
-        let bytes_address = address.checked_add(u64::from(done)).ok_or(Unreadable {
-            address,
-            length: length as usize,
-        })?;
+        let bytes_address =
+            address.checked_add(u64::from(done)).ok_or(Unreadable { address, length: length as usize })?;
         memory.read(bytes_address, bytes)?;
         sum = bytes.iter().fold(sum, |sum, &byte| sum.wrapping_add(byte));
         done += size;
@@ -685,10 +619,7 @@ mod tests {
 
     #[test]
     fn find_rsdp_in_finds_valid_v1_and_v2() {
-        let area = bios_area(&[
-            (0x10, rsdp_v1(0x7fe_0000)),
-            (0x200, rsdp_v2(0x7fe_0000, 0x7fe_1000)),
-        ]);
+        let area = bios_area(&[(0x10, rsdp_v1(0x7fe_0000)), (0x200, rsdp_v2(0x7fe_0000, 0x7fe_1000))]);
         assert_eq!(find_rsdp_in(&area), Some(0x10));
         let area = bios_area(&[(0x200, rsdp_v2(0x7fe_0000, 0x7fe_1000))]);
         assert_eq!(find_rsdp_in(&area), Some(0x200));
@@ -718,62 +649,35 @@ mod tests {
     fn scan_finds_the_rsdp_after_a_bad_one() {
         let memory = FakeMemory::new().with(
             RSDP_SEARCH_START,
-            bios_area(&[
-                (0x0, corrupt(rsdp_v1(0x1000), 8)),
-                (0x1_f5e0, rsdp_v2(0x7fe_0000, 0x7fe_1000)),
-            ]),
+            bios_area(&[(0x0, corrupt(rsdp_v1(0x1000), 8)), (0x1_f5e0, rsdp_v2(0x7fe_0000, 0x7fe_1000))]),
         );
         assert_eq!(scan_for_rsdp(&memory), Ok(RSDP_SEARCH_START + 0x1_f5e0));
     }
 
     #[test]
     fn scan_finds_an_rsdp_straddling_two_chunks() {
-        let memory = FakeMemory::new().with(
-            RSDP_SEARCH_START,
-            bios_area(&[(0x3f0, rsdp_v2(0x1000, 0x2000))]),
-        );
+        let memory = FakeMemory::new().with(RSDP_SEARCH_START, bios_area(&[(0x3f0, rsdp_v2(0x1000, 0x2000))]));
         assert_eq!(scan_for_rsdp(&memory), Ok(RSDP_SEARCH_START + 0x3f0));
     }
 
     #[test]
     fn scan_reports_rejected_candidates_and_unreadable_areas() {
-        let memory = FakeMemory::new().with(
-            RSDP_SEARCH_START,
-            bios_area(&[(0x100, corrupt(rsdp_v1(0x1000), 19))]),
-        );
+        let memory = FakeMemory::new().with(RSDP_SEARCH_START, bios_area(&[(0x100, corrupt(rsdp_v1(0x1000), 19))]));
         let error = scan_for_rsdp(&memory).unwrap_err();
         assert_eq!(error, AcpiError::RsdpNotFound { rejected: 1 });
-        assert_eq!(
-            error.to_string(),
-            "no valid ACPI RSDP in 0xe0000..0x100000 (1 candidates rejected)"
-        );
-        assert!(matches!(
-            scan_for_rsdp(&FakeMemory::new()),
-            Err(AcpiError::Unreadable(_))
-        ));
+        assert_eq!(error.to_string(), "no valid ACPI RSDP in 0xe0000..0x100000 (1 candidates rejected)");
+        assert!(matches!(scan_for_rsdp(&FakeMemory::new()), Err(AcpiError::Unreadable(_))));
         // Only the upper half readable: still searched.
-        let memory = FakeMemory::new().with(
-            0xf_0000,
-            bios_area(&[(0x40, rsdp_v1(0x1000))])[..0x1_0000].to_vec(),
-        );
+        let memory = FakeMemory::new().with(0xf_0000, bios_area(&[(0x40, rsdp_v1(0x1000))])[..0x1_0000].to_vec());
         assert_eq!(scan_for_rsdp(&memory), Ok(0xf_0040));
     }
 
     #[test]
     fn parse_rsdp_reads_both_revisions() {
-        let memory = FakeMemory::new()
-            .with(0xf_0000, rsdp_v1(0x7fe_0000))
-            .with(0xf_1000, rsdp_v2(0x7fe_0000, 0x7fe_1000));
+        let memory =
+            FakeMemory::new().with(0xf_0000, rsdp_v1(0x7fe_0000)).with(0xf_1000, rsdp_v2(0x7fe_0000, 0x7fe_1000));
         let v1 = parse_rsdp(&memory, 0xf_0000).unwrap();
-        assert_eq!(
-            v1,
-            Rsdp {
-                revision: 0,
-                rsdt_address: 0x7fe_0000,
-                xsdt_address: None,
-                oem_id: *b"TOROVM"
-            }
-        );
+        assert_eq!(v1, Rsdp { revision: 0, rsdt_address: 0x7fe_0000, xsdt_address: None, oem_id: *b"TOROVM" });
         let v2 = parse_rsdp(&memory, 0xf_1000).unwrap();
         assert_eq!(v2.revision, 2);
         assert_eq!(v2.xsdt_address, Some(0x7fe_1000));
@@ -787,71 +691,33 @@ mod tests {
             .with(0x1000, corrupt(rsdp_v2(1, 2), 33))
             .with(0x2000, b"RSD PTX \0\0\0\0\0\0\0\0\0\0\0\0".to_vec())
             .with(0x3000, crate::test_memory::fix_checksum(long, 8, 20));
+        assert_eq!(parse_rsdp(&memory, 0x1000), Err(AcpiError::RsdpChecksum { address: 0x1000, extended: true }));
+        assert_eq!(parse_rsdp(&memory, 0x2000), Err(AcpiError::RsdpSignature { address: 0x2000 }));
+        assert_eq!(parse_rsdp(&memory, 0x3000), Err(AcpiError::RsdpLength { address: 0x3000, length: 5000 }));
+        assert!(matches!(parse_rsdp(&memory, 0x4000), Err(AcpiError::Unreadable(_))));
         assert_eq!(
-            parse_rsdp(&memory, 0x1000),
-            Err(AcpiError::RsdpChecksum {
-                address: 0x1000,
-                extended: true
-            })
-        );
-        assert_eq!(
-            parse_rsdp(&memory, 0x2000),
-            Err(AcpiError::RsdpSignature { address: 0x2000 })
-        );
-        assert_eq!(
-            parse_rsdp(&memory, 0x3000),
-            Err(AcpiError::RsdpLength {
-                address: 0x3000,
-                length: 5000
-            })
-        );
-        assert!(matches!(
-            parse_rsdp(&memory, 0x4000),
-            Err(AcpiError::Unreadable(_))
-        ));
-        assert_eq!(
-            AcpiError::RsdpChecksum {
-                address: 0x1000,
-                extended: true
-            }
-            .to_string(),
+            AcpiError::RsdpChecksum { address: 0x1000, extended: true }.to_string(),
             "ACPI RSDP at 0x1000 has a bad extended checksum"
         );
     }
 
     /// A QEMU-like set of tables: XSDT and RSDT both listing FACP, APIC and HPET.
     fn qemu_tables() -> (FakeMemory, Rsdp) {
-        let madt = madt_bytes(
-            1,
-            0xfee0_0000,
-            1,
-            &[&[0, 8, 0, 0, 1, 0, 0, 0], &[0, 8, 1, 1, 1, 0, 0, 0]],
-        );
+        let madt = madt_bytes(1, 0xfee0_0000, 1, &[&[0, 8, 0, 0, 1, 0, 0, 0], &[0, 8, 1, 1, 1, 0, 0, 0]]);
         let tables = [
             (0x7fe_2000u64, acpi_table(b"FACP", 6, &[0; 80])),
             (0x7fe_3000, madt),
             (0x7fe_4000, acpi_table(b"HPET", 1, &[0; 20])),
         ];
-        let xsdt_body: Vec<u8> = tables
-            .iter()
-            .flat_map(|(address, _)| address.to_le_bytes())
-            .collect();
-        let rsdt_body: Vec<u8> = tables
-            .iter()
-            .flat_map(|(address, _)| (*address as u32).to_le_bytes())
-            .collect();
+        let xsdt_body: Vec<u8> = tables.iter().flat_map(|(address, _)| address.to_le_bytes()).collect();
+        let rsdt_body: Vec<u8> = tables.iter().flat_map(|(address, _)| (*address as u32).to_le_bytes()).collect();
         let mut memory = FakeMemory::new()
             .with(0x7fe_0000, acpi_table(b"RSDT", 1, &rsdt_body))
             .with(0x7fe_1000, acpi_table(b"XSDT", 1, &xsdt_body));
         for (address, table) in tables {
             memory = memory.with(address, table);
         }
-        let rsdp = Rsdp {
-            revision: 2,
-            rsdt_address: 0x7fe_0000,
-            xsdt_address: Some(0x7fe_1000),
-            oem_id: *b"TOROVM",
-        };
+        let rsdp = Rsdp { revision: 2, rsdt_address: 0x7fe_0000, xsdt_address: Some(0x7fe_1000), oem_id: *b"TOROVM" };
         (memory, rsdp)
     }
 
@@ -869,20 +735,10 @@ mod tests {
     fn walks_the_xsdt_when_valid() {
         let (memory, rsdp) = qemu_tables();
         let (seen, report) = walk(&memory, &rsdp);
-        assert_eq!(
-            seen,
-            [
-                ("FACP".into(), 0x7fe_2000),
-                ("APIC".into(), 0x7fe_3000),
-                ("HPET".into(), 0x7fe_4000)
-            ]
-        );
+        assert_eq!(seen, [("FACP".into(), 0x7fe_2000), ("APIC".into(), 0x7fe_3000), ("HPET".into(), 0x7fe_4000)]);
         assert!(report.used_xsdt && !report.xsdt_rejected);
         assert_eq!((report.tables, report.invalid_tables), (3, 0));
-        assert_eq!(
-            find_table(&memory, &rsdp, *b"APIC"),
-            Ok(Some((0x7fe_3000, 44 + 16)))
-        );
+        assert_eq!(find_table(&memory, &rsdp, *b"APIC"), Ok(Some((0x7fe_3000, 44 + 16))));
         assert_eq!(find_table(&memory, &rsdp, *b"SRAT"), Ok(None));
     }
 
@@ -894,11 +750,7 @@ mod tests {
         assert_eq!(seen.len(), 3);
         assert!(!report.used_xsdt && report.xsdt_rejected);
         // And with no XSDT at all (ACPI 1.0).
-        let v1 = Rsdp {
-            revision: 0,
-            xsdt_address: None,
-            ..rsdp
-        };
+        let v1 = Rsdp { revision: 0, xsdt_address: None, ..rsdp };
         let (_, report) = walk(&memory, &v1);
         assert!(!report.used_xsdt && !report.xsdt_rejected);
     }
@@ -911,15 +763,9 @@ mod tests {
         assert_eq!(seen.len(), 2);
         assert_eq!(report.invalid_tables, 1);
         // Entries pointing at nothing or at 0.
-        let body: Vec<u8> = [0u64, 0x5000_0000, 0x7fe_3000]
-            .iter()
-            .flat_map(|a| a.to_le_bytes())
-            .collect();
+        let body: Vec<u8> = [0u64, 0x5000_0000, 0x7fe_3000].iter().flat_map(|a| a.to_le_bytes()).collect();
         memory.insert(0x8000_0000, acpi_table(b"XSDT", 1, &body));
-        let rsdp = Rsdp {
-            xsdt_address: Some(0x8000_0000),
-            ..rsdp
-        };
+        let rsdp = Rsdp { xsdt_address: Some(0x8000_0000), ..rsdp };
         let (seen, report) = walk(&memory, &rsdp);
         assert_eq!(seen, [("APIC".into(), 0x7fe_3000)]);
         assert_eq!(report.invalid_tables, 2);
@@ -929,35 +775,16 @@ mod tests {
     fn a_bad_root_table_is_an_error() {
         let (mut memory, rsdp) = qemu_tables();
         memory.write(0x7fe_0000 + 9, &[0x42]);
-        let v1 = Rsdp {
-            revision: 0,
-            xsdt_address: None,
-            ..rsdp
-        };
+        let v1 = Rsdp { revision: 0, xsdt_address: None, ..rsdp };
         assert_eq!(
             for_each_table(&memory, &v1, |_, _, _| {}),
-            Err(AcpiError::TableChecksum {
-                address: 0x7fe_0000,
-                signature: *b"RSDT"
-            })
+            Err(AcpiError::TableChecksum { address: 0x7fe_0000, signature: *b"RSDT" })
         );
-        let nothing = Rsdp {
-            rsdt_address: 0,
-            ..v1
-        };
-        assert_eq!(
-            for_each_table(&memory, &nothing, |_, _, _| {}),
-            Err(AcpiError::NoRootTable)
-        );
-        let wrong = Rsdp {
-            rsdt_address: 0x7fe_2000,
-            ..v1
-        };
+        let nothing = Rsdp { rsdt_address: 0, ..v1 };
+        assert_eq!(for_each_table(&memory, &nothing, |_, _, _| {}), Err(AcpiError::NoRootTable));
+        let wrong = Rsdp { rsdt_address: 0x7fe_2000, ..v1 };
         let error = for_each_table(&memory, &wrong, |_, _, _| {}).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "ACPI table at 0x7fe2000 is \"FACP\", expected \"RSDT\""
-        );
+        assert_eq!(error.to_string(), "ACPI table at 0x7fe2000 is \"FACP\", expected \"RSDT\"");
     }
 
     #[test]
@@ -965,19 +792,10 @@ mod tests {
         let mut table = acpi_table(b"RSDT", 1, &[]);
         table[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         let memory = FakeMemory::new().with(0x1000, table);
-        let rsdp = Rsdp {
-            revision: 0,
-            rsdt_address: 0x1000,
-            xsdt_address: None,
-            oem_id: [0; 6],
-        };
+        let rsdp = Rsdp { revision: 0, rsdt_address: 0x1000, xsdt_address: None, oem_id: [0; 6] };
         assert_eq!(
             for_each_table(&memory, &rsdp, |_, _, _| {}),
-            Err(AcpiError::TableLength {
-                address: 0x1000,
-                signature: *b"RSDT",
-                length: u32::MAX
-            })
+            Err(AcpiError::TableLength { address: 0x1000, signature: *b"RSDT", length: u32::MAX })
         );
     }
 
@@ -1006,16 +824,8 @@ mod tests {
         assert_eq!(
             summary.processors(),
             &[
-                ProcessorEntry {
-                    apic_id: 0,
-                    processor_uid: 0,
-                    x2apic: false
-                },
-                ProcessorEntry {
-                    apic_id: 1,
-                    processor_uid: 1,
-                    x2apic: false
-                }
+                ProcessorEntry { apic_id: 0, processor_uid: 0, x2apic: false },
+                ProcessorEntry { apic_id: 1, processor_uid: 1, x2apic: false }
             ]
         );
         assert_eq!(summary.disabled_processors, 1);
@@ -1053,16 +863,8 @@ mod tests {
         assert_eq!(
             summary.processors(),
             &[
-                ProcessorEntry {
-                    apic_id: 4,
-                    processor_uid: 0,
-                    x2apic: false
-                },
-                ProcessorEntry {
-                    apic_id: 300,
-                    processor_uid: 7,
-                    x2apic: true
-                }
+                ProcessorEntry { apic_id: 4, processor_uid: 0, x2apic: false },
+                ProcessorEntry { apic_id: 300, processor_uid: 7, x2apic: true }
             ]
         );
         assert_eq!(summary.duplicate_processors, 1);
@@ -1074,77 +876,28 @@ mod tests {
 
     #[test]
     fn madt_zero_length_entry_stops_the_walk() {
-        let madt = madt_bytes(
-            1,
-            0xfee0_0000,
-            1,
-            &[
-                &[0, 8, 0, 0, 1, 0, 0, 0],
-                &[0, 0, 0, 0],
-                &[0, 8, 1, 1, 1, 0, 0, 0],
-            ],
-        );
+        let madt =
+            madt_bytes(1, 0xfee0_0000, 1, &[&[0, 8, 0, 0, 1, 0, 0, 0], &[0, 0, 0, 0], &[0, 8, 1, 1, 1, 0, 0, 0]]);
         let memory = FakeMemory::new().with(0x1000, madt);
         let summary = parse_madt(&memory, 0x1000).unwrap();
         assert_eq!(summary.processor_count, 1);
-        assert_eq!(
-            summary.malformed_entry,
-            Some(MalformedEntry {
-                offset: 52,
-                entry_type: 0,
-                length: 0
-            })
-        );
+        assert_eq!(summary.malformed_entry, Some(MalformedEntry { offset: 52, entry_type: 0, length: 0 }));
     }
 
     #[test]
     fn madt_entries_running_past_the_table_or_too_short_stop_the_walk() {
-        let past_end = madt_bytes(
-            1,
-            0xfee0_0000,
-            1,
-            &[&[0, 8, 0, 0, 1, 0, 0, 0], &[1, 40, 0, 0]],
-        );
+        let past_end = madt_bytes(1, 0xfee0_0000, 1, &[&[0, 8, 0, 0, 1, 0, 0, 0], &[1, 40, 0, 0]]);
         let one_byte_left = madt_bytes(1, 0xfee0_0000, 1, &[&[0, 8, 0, 0, 1, 0, 0, 0], &[7]]);
-        let too_short = madt_bytes(
-            1,
-            0xfee0_0000,
-            1,
-            &[&[0, 4, 0, 0], &[0, 8, 1, 1, 1, 0, 0, 0]],
-        );
-        let memory = FakeMemory::new()
-            .with(0x1000, past_end)
-            .with(0x2000, one_byte_left)
-            .with(0x3000, too_short);
+        let too_short = madt_bytes(1, 0xfee0_0000, 1, &[&[0, 4, 0, 0], &[0, 8, 1, 1, 1, 0, 0, 0]]);
+        let memory = FakeMemory::new().with(0x1000, past_end).with(0x2000, one_byte_left).with(0x3000, too_short);
         let summary = parse_madt(&memory, 0x1000).unwrap();
         assert_eq!(summary.processor_count, 1);
-        assert_eq!(
-            summary.malformed_entry,
-            Some(MalformedEntry {
-                offset: 52,
-                entry_type: 1,
-                length: 40
-            })
-        );
+        assert_eq!(summary.malformed_entry, Some(MalformedEntry { offset: 52, entry_type: 1, length: 40 }));
         let summary = parse_madt(&memory, 0x2000).unwrap();
-        assert_eq!(
-            summary.malformed_entry,
-            Some(MalformedEntry {
-                offset: 52,
-                entry_type: 0,
-                length: 0
-            })
-        );
+        assert_eq!(summary.malformed_entry, Some(MalformedEntry { offset: 52, entry_type: 0, length: 0 }));
         let summary = parse_madt(&memory, 0x3000).unwrap();
         assert_eq!(summary.processor_count, 0);
-        assert_eq!(
-            summary.malformed_entry,
-            Some(MalformedEntry {
-                offset: 44,
-                entry_type: 0,
-                length: 4
-            })
-        );
+        assert_eq!(summary.malformed_entry, Some(MalformedEntry { offset: 44, entry_type: 0, length: 4 }));
     }
 
     #[test]
@@ -1163,10 +916,7 @@ mod tests {
         let summary = parse_madt(&memory, 0x1000).unwrap();
         assert_eq!(summary.processor_count, MAX_CPUS);
         assert_eq!(summary.processors_over_limit, 300 - MAX_CPUS);
-        assert_eq!(
-            summary.processors().last().unwrap().apic_id,
-            MAX_CPUS as u32 - 1
-        );
+        assert_eq!(summary.processors().last().unwrap().apic_id, MAX_CPUS as u32 - 1);
     }
 
     #[test]
@@ -1175,24 +925,11 @@ mod tests {
             .with(0x1000, acpi_table(b"FACP", 1, &[0; 16]))
             .with(0x2000, acpi_table(b"APIC", 1, &[0; 4]))
             .with(0x3000, corrupt(madt_bytes(1, 0xfee0_0000, 1, &[]), 40));
-        assert!(matches!(
-            parse_madt(&memory, 0x1000),
-            Err(AcpiError::TableSignature { .. })
-        ));
+        assert!(matches!(parse_madt(&memory, 0x1000), Err(AcpiError::TableSignature { .. })));
         assert_eq!(
             parse_madt(&memory, 0x2000),
-            Err(AcpiError::TableLength {
-                address: 0x2000,
-                signature: *b"APIC",
-                length: 40
-            })
+            Err(AcpiError::TableLength { address: 0x2000, signature: *b"APIC", length: 40 })
         );
-        assert_eq!(
-            parse_madt(&memory, 0x3000),
-            Err(AcpiError::TableChecksum {
-                address: 0x3000,
-                signature: *b"APIC"
-            })
-        );
+        assert_eq!(parse_madt(&memory, 0x3000), Err(AcpiError::TableChecksum { address: 0x3000, signature: *b"APIC" }));
     }
 }

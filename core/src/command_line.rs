@@ -49,10 +49,7 @@ pub struct CommandLineBuffer {
 impl CommandLineBuffer {
     /// An empty command line.
     pub const fn new() -> Self {
-        Self {
-            bytes: [0; MAX_COMMAND_LINE],
-            len: 0,
-        }
+        Self { bytes: [0; MAX_COMMAND_LINE], len: 0 }
     }
 
     /// Replaces the contents with `raw`, sanitised.
@@ -90,10 +87,7 @@ impl CommandLineBuffer {
     pub fn as_str(&self) -> &str {
         // Always valid: `fill` only ever writes whole encoded characters.
         // The empty fallback keeps this panic-free all the same.
-        self.bytes
-            .get(..self.len)
-            .and_then(|bytes| core::str::from_utf8(bytes).ok())
-            .unwrap_or("")
+        self.bytes.get(..self.len).and_then(|bytes| core::str::from_utf8(bytes).ok()).unwrap_or("")
     }
 
     /// The sanitised command line, split into arguments.
@@ -127,10 +121,7 @@ impl Default for CommandLineBuffer {
 
 impl fmt::Debug for CommandLineBuffer {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_tuple("CommandLineBuffer")
-            .field(&self.as_str())
-            .finish()
+        formatter.debug_tuple("CommandLineBuffer").field(&self.as_str()).finish()
     }
 }
 
@@ -174,17 +165,9 @@ impl<'a> Argument<'a> {
                     Some(inner) => inner,
                     None => value,
                 };
-                Self {
-                    key,
-                    value: Some(value),
-                    raw,
-                }
+                Self { key, value: Some(value), raw }
             }
-            None => Self {
-                key: body,
-                value: None,
-                raw,
-            },
+            None => Self { key: body, value: None, raw },
         }
     }
 
@@ -213,27 +196,19 @@ impl<'a> CommandLine<'a> {
 
     /// The arguments before a standalone `--`: the ones the kernel reads.
     pub fn arguments(&self) -> Arguments<'a> {
-        Arguments {
-            tokens: Tokens::new(self.text),
-        }
+        Arguments { tokens: Tokens::new(self.text) }
     }
 
     /// The value of the last argument named `key` before `--`; a bare `key` gives `Some("")`.
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.arguments()
-            .filter(|argument| argument.key == key)
-            .last()
-            .map(|argument| argument.value.unwrap_or(""))
+        self.arguments().filter(|argument| argument.key == key).last().map(|argument| argument.value.unwrap_or(""))
     }
 
     /// What the application sees: the arguments before `--` whose key does
     /// not start with `toro.`, then every argument after `--` as it is
     /// (`toro.` keys and further `--` included).
     pub fn application_arguments(&self) -> ApplicationArguments<'a> {
-        ApplicationArguments {
-            tokens: Tokens::new(self.text),
-            after_end_of_kernel_arguments: false,
-        }
+        ApplicationArguments { tokens: Tokens::new(self.text), after_end_of_kernel_arguments: false }
     }
 }
 
@@ -297,9 +272,7 @@ impl<'a> Iterator for Tokens<'a> {
     type Item = Argument<'a>;
 
     fn next(&mut self) -> Option<Argument<'a>> {
-        let text = self
-            .rest
-            .trim_start_matches(|character: char| character.is_ascii_whitespace());
+        let text = self.rest.trim_start_matches(|character: char| character.is_ascii_whitespace());
         if text.is_empty() {
             self.rest = "";
             return None;
@@ -415,17 +388,11 @@ mod tests {
     }
 
     fn keys(line: &str) -> Vec<&str> {
-        CommandLine::new(line)
-            .arguments()
-            .map(|argument| argument.key)
-            .collect()
+        CommandLine::new(line).arguments().map(|argument| argument.key).collect()
     }
 
     fn application_raws(line: &str) -> Vec<&str> {
-        CommandLine::new(line)
-            .application_arguments()
-            .map(|argument| argument.raw)
-            .collect()
+        CommandLine::new(line).application_arguments().map(|argument| argument.raw).collect()
     }
 
     #[test]
@@ -486,8 +453,7 @@ mod tests {
 
     #[test]
     fn firecracker_line_splits_into_arguments() {
-        let line =
-            CommandLine::new("console=ttyS0 reboot=k panic=1 virtio_mmio.device=4K@0xd0000000:5");
+        let line = CommandLine::new("console=ttyS0 reboot=k panic=1 virtio_mmio.device=4K@0xd0000000:5");
         let arguments: Vec<_> = line.arguments().collect();
         assert_eq!(arguments.len(), 4);
         assert_eq!(
@@ -523,9 +489,7 @@ mod tests {
 
     #[test]
     fn quoted_values_keep_their_spaces() {
-        let line = CommandLine::new(
-            r#"greeting="hello big world" x=1 "whole=quoted arg" empty="" mixed=a"b c"d"#,
-        );
+        let line = CommandLine::new(r#"greeting="hello big world" x=1 "whole=quoted arg" empty="" mixed=a"b c"d"#);
         let arguments: Vec<_> = line.arguments().collect();
         assert_eq!(arguments[0].key, "greeting");
         assert_eq!(arguments[0].value, Some("hello big world"));
@@ -556,21 +520,13 @@ mod tests {
 
     #[test]
     fn double_dash_ends_the_kernel_arguments() {
-        let line =
-            CommandLine::new("console=ttyS0 toro.log=debug port=80 -- toro.log=app --verbose -- x");
+        let line = CommandLine::new("console=ttyS0 toro.log=debug port=80 -- toro.log=app --verbose -- x");
         assert_eq!(keys(line.as_str()), ["console", "toro.log", "port"]);
         assert_eq!(line.get("toro.log"), Some("debug"));
         assert_eq!(line.get("--verbose"), None);
         assert_eq!(
             application_raws(line.as_str()),
-            [
-                "console=ttyS0",
-                "port=80",
-                "toro.log=app",
-                "--verbose",
-                "--",
-                "x"
-            ]
+            ["console=ttyS0", "port=80", "toro.log=app", "--verbose", "--", "x"]
         );
         // Quoted, or part of a longer word, it is an ordinary argument.
         assert_eq!(keys(r#"a "--" b --c"#), ["a", "--", "b", "--c"]);
@@ -609,10 +565,7 @@ mod tests {
         }
         assert!(LogLevel::Error < LogLevel::Trace);
         for bad in ["", "6", "-1", "verbose", "info ", "10", "ınfo"] {
-            assert_eq!(
-                parse_log_level(bad),
-                Err(CommandLineError::UnknownLogLevel { given: bad })
-            );
+            assert_eq!(parse_log_level(bad), Err(CommandLineError::UnknownLogLevel { given: bad }));
         }
         assert_eq!(
             parse_log_level("loud").unwrap_err().to_string(),

@@ -2,7 +2,8 @@
 //!
 //! Everything here reads firmware or VMM data that the kernel cannot trust,
 //! so the rules are strict: no heap (the heap does not exist yet when these
-//! run), no `unsafe`, and no panic on any input — bad data gives an error or
+//! run), no `unsafe` outside [`spsc`] (the one lock-free cell between two
+//! CPUs), and no panic on any input — bad data gives an error or
 //! a count in a report, never a fault. The same code runs under plain
 //! `cargo test` on the host, where the tests feed it the layouts QEMU and
 //! Firecracker produce, and malformed ones.
@@ -12,16 +13,23 @@
 //! - [`command_line`]: the kernel command line, sanitised and split.
 //! - [`acpi`]: just enough ACPI to find the tables and count the CPUs.
 //! - [`physical_memory`]: the one seam to the machine, [`PhysicalMemory`].
+//! - [`spsc`]: the single-producer single-consumer ring between two CPUs.
+//! - [`allocator`]: the per-CPU heap (size classes, spans, page runs) and the
+//!   remote-free hand-off, written against [`allocator::WordMemory`].
 
 #![cfg_attr(not(test), no_std)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod acpi;
+pub mod allocator;
 pub mod command_line;
 pub mod memory_map;
+pub mod memory_split;
+pub mod numa;
 pub mod physical_memory;
 pub mod pvh;
+pub mod spsc;
 
 #[cfg(test)]
 pub(crate) mod test_memory;

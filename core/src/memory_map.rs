@@ -119,11 +119,7 @@ pub struct Region {
 
 impl Region {
     /// The filler for unused slots.
-    const EMPTY: Self = Self {
-        start: 0,
-        end: 0,
-        kind: RegionKind::Reserved,
-    };
+    const EMPTY: Self = Self { start: 0, end: 0, kind: RegionKind::Reserved };
 
     /// The size of the region in bytes (0 if `end <= start`).
     pub const fn size(&self) -> u64 {
@@ -143,11 +139,7 @@ impl Region {
 
 impl fmt::Display for Region {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            formatter,
-            "{:#014x}..{:#014x} {}",
-            self.start, self.end, self.kind
-        )
+        write!(formatter, "{:#014x}..{:#014x} {}", self.start, self.end, self.kind)
     }
 }
 
@@ -170,10 +162,7 @@ impl fmt::Display for MemoryMapError {
         match self {
             Self::Full => write!(formatter, "the memory map is full ({MAX_REGIONS} regions)"),
             Self::InvalidRange { start, end } => {
-                write!(
-                    formatter,
-                    "invalid memory range {start:#x}..{end:#x}: it ends before it starts"
-                )
+                write!(formatter, "invalid memory range {start:#x}..{end:#x}: it ends before it starts")
             }
         }
     }
@@ -223,11 +212,7 @@ pub struct MemoryMap {
 impl MemoryMap {
     /// An empty map.
     pub const fn new() -> Self {
-        Self {
-            regions: [Region::EMPTY; MAX_REGIONS],
-            len: 0,
-            clamped_since_normalize: 0,
-        }
+        Self { regions: [Region::EMPTY; MAX_REGIONS], len: 0, clamped_since_normalize: 0 }
     }
 
     /// Adds the raw entry `start .. start + size` of `kind`, as the VMM gave it.
@@ -271,15 +256,12 @@ impl MemoryMap {
 
     /// The usable regions.
     pub fn usable(&self) -> impl Iterator<Item = &Region> {
-        self.regions()
-            .iter()
-            .filter(|region| region.kind.is_usable())
+        self.regions().iter().filter(|region| region.kind.is_usable())
     }
 
     /// The total size of the usable regions, in bytes.
     pub fn usable_bytes(&self) -> u64 {
-        self.usable()
-            .fold(0, |total, region| total.saturating_add(region.size()))
+        self.usable().fold(0, |total, region| total.saturating_add(region.size()))
     }
 
     /// One past the highest byte any region describes, of any kind (0 for an empty map).
@@ -287,11 +269,7 @@ impl MemoryMap {
     /// Reserved regions count, since the kernel maps firmware ranges (APIC,
     /// ACPI tables) too; see [`MemoryMap::highest_usable_address`] for RAM only.
     pub fn highest_address(&self) -> u64 {
-        self.regions()
-            .iter()
-            .map(|region| region.end)
-            .max()
-            .unwrap_or(0)
+        self.regions().iter().map(|region| region.end).max().unwrap_or(0)
     }
 
     /// One past the highest usable byte (0 if there is no usable region).
@@ -317,10 +295,7 @@ impl MemoryMap {
         }
         let start = align_down(start);
         let end = align_up(end).unwrap_or(u64::MAX);
-        let holes = self
-            .usable()
-            .filter(|region| region.start < start && end < region.end)
-            .count();
+        let holes = self.usable().filter(|region| region.start < start && end < region.end).count();
         if self.len.saturating_add(holes) > MAX_REGIONS {
             return Err(MemoryMapError::Full);
         }
@@ -330,16 +305,8 @@ impl MemoryMap {
                 index += 1;
                 continue;
             }
-            let below = Region {
-                start: region.start,
-                end: start,
-                kind: region.kind,
-            };
-            let above = Region {
-                start: end,
-                end: region.end,
-                kind: region.kind,
-            };
+            let below = Region { start: region.start, end: start, kind: region.kind };
+            let above = Region { start: end, end: region.end, kind: region.kind };
             match (!below.is_empty(), !above.is_empty()) {
                 (true, true) => {
                     self.replace(index, below);
@@ -391,26 +358,21 @@ impl MemoryMap {
         // inside a usable one makes three), so it is built in a scratch array.
         let mut result = [Region::EMPTY; MAX_REGIONS];
         let mut result_len = 0;
-        let mut store =
-            |region: Region, report: &mut NormalizeReport| match result.get_mut(result_len) {
-                Some(slot) => {
-                    *slot = region;
-                    result_len += 1;
-                    report.regions += 1;
-                }
-                None => report.regions_lost += 1,
-            };
+        let mut store = |region: Region, report: &mut NormalizeReport| match result.get_mut(result_len) {
+            Some(slot) => {
+                *slot = region;
+                result_len += 1;
+                report.regions += 1;
+            }
+            None => report.regions_lost += 1,
+        };
         let mut current: Option<Region> = None;
         for piece in Sweep::new(entries) {
             if piece.usable_overridden {
-                report.usable_bytes_overridden = report
-                    .usable_bytes_overridden
-                    .saturating_add(piece.region.size());
+                report.usable_bytes_overridden = report.usable_bytes_overridden.saturating_add(piece.region.size());
             }
             match current.as_mut() {
-                Some(region)
-                    if region.end == piece.region.start && region.kind == piece.region.kind =>
-                {
+                Some(region) if region.end == piece.region.start && region.kind == piece.region.kind => {
                     region.end = piece.region.end;
                 }
                 _ => {
@@ -487,10 +449,7 @@ impl MemoryMap {
         }
         // `index..=len` is non-empty and in bounds (len < MAX_REGIONS), so
         // rotating it by one moves the free slot at `len` down to `index`.
-        let tail = self
-            .regions
-            .get_mut(index..=self.len)
-            .ok_or(MemoryMapError::Full)?;
+        let tail = self.regions.get_mut(index..=self.len).ok_or(MemoryMapError::Full)?;
         tail.rotate_right(1);
         if let Some(slot) = tail.first_mut() {
             *slot = region;
@@ -541,11 +500,8 @@ const fn align_up(address: u64) -> Option<u64> {
 /// Counts the entries merged with a same-kind neighbour and those in conflict with another kind.
 fn count_overlaps(entries: &[Region], report: &mut NormalizeReport) {
     for (index, entry) in entries.iter().enumerate() {
-        let others = entries
-            .iter()
-            .enumerate()
-            .filter(|(other_index, _)| *other_index != index)
-            .map(|(_, other)| other);
+        let others =
+            entries.iter().enumerate().filter(|(other_index, _)| *other_index != index).map(|(_, other)| other);
         let mut merged = false;
         let mut conflicting = false;
         for other in others {
@@ -583,10 +539,7 @@ struct Sweep<'a> {
 
 impl<'a> Sweep<'a> {
     fn new(entries: &'a [Region]) -> Self {
-        Self {
-            entries,
-            position: entries.iter().map(|entry| entry.start).min(),
-        }
+        Self { entries, position: entries.iter().map(|entry| entry.start).min() }
     }
 }
 
@@ -614,11 +567,7 @@ impl Iterator for Sweep<'_> {
             }
             if let Some(kind) = winner {
                 return Some(Piece {
-                    region: Region {
-                        start: position,
-                        end: next,
-                        kind,
-                    },
+                    region: Region { start: position, end: next, kind },
                     usable_overridden: usable_seen && !kind.is_usable(),
                 });
             }
@@ -668,10 +617,7 @@ mod tests {
         let report = map.normalize();
         assert_eq!(report.entries, MAX_REGIONS);
         assert_eq!(report.merged, MAX_REGIONS);
-        assert_eq!(
-            map.regions(),
-            &[region(0, MAX_REGIONS as u64 * PAGE_SIZE, Usable)]
-        );
+        assert_eq!(map.regions(), &[region(0, MAX_REGIONS as u64 * PAGE_SIZE, Usable)]);
     }
 
     #[test]
@@ -686,11 +632,7 @@ mod tests {
         let report = map.normalize();
         assert_eq!(
             map.regions(),
-            &[
-                region(0, 0x9_f000, Usable),
-                region(0xf_0000, 0x10_0000, Reserved),
-                region(0x10_0000, 0x20_0000, Usable),
-            ]
+            &[region(0, 0x9_f000, Usable), region(0xf_0000, 0x10_0000, Reserved), region(0x10_0000, 0x20_0000, Usable),]
         );
         assert_eq!(report.empty_dropped, 2);
         assert_eq!(report.entries, 3);
@@ -705,11 +647,7 @@ mod tests {
         let report = map.normalize();
         assert_eq!(
             map.regions(),
-            &[
-                region(0, 0x4_0000, Usable),
-                region(0x4_0000, 0x4_1000, Reserved),
-                region(0x4_1000, 0x10_0000, Usable),
-            ]
+            &[region(0, 0x4_0000, Usable), region(0x4_0000, 0x4_1000, Reserved), region(0x4_1000, 0x10_0000, Usable),]
         );
         assert_eq!(report.conflicting, 2);
         assert_eq!(report.usable_bytes_overridden, 0x1000);
@@ -721,10 +659,8 @@ mod tests {
         let order = [Usable, AcpiReclaimable, AcpiNvs, Reserved, Unusable];
         for (low_index, &low) in order.iter().enumerate() {
             for &high in &order[low_index + 1..] {
-                for entries in [
-                    [(0, 0x2000, low), (0x1000, 0x2000, high)],
-                    [(0x1000, 0x2000, high), (0, 0x2000, low)],
-                ] {
+                for entries in [[(0, 0x2000, low), (0x1000, 0x2000, high)], [(0x1000, 0x2000, high), (0, 0x2000, low)]]
+                {
                     let mut map = map_of(&entries);
                     map.normalize();
                     let expected = [region(0, 0x1000, low), region(0x1000, 0x3000, high)];
@@ -744,23 +680,14 @@ mod tests {
             (0x10_1000, 0x1000, Usable),
         ]);
         let report = map.normalize();
-        assert_eq!(
-            map.regions(),
-            &[
-                region(0x1000, 0x5000, Reserved),
-                region(0x10_0000, 0x10_2000, Usable)
-            ]
-        );
+        assert_eq!(map.regions(), &[region(0x1000, 0x5000, Reserved), region(0x10_0000, 0x10_2000, Usable)]);
         assert_eq!(report.merged, 5);
         assert_eq!(report.regions, 2);
     }
 
     #[test]
     fn overflowing_entries_are_clamped() {
-        let mut map = map_of(&[
-            (u64::MAX - 0xfff, 0x10_0000, Reserved),
-            (0x1_0000_0000, u64::MAX, Usable),
-        ]);
+        let mut map = map_of(&[(u64::MAX - 0xfff, 0x10_0000, Reserved), (0x1_0000_0000, u64::MAX, Usable)]);
         let report = map.normalize();
         assert_eq!(report.clamped, 2);
         assert_eq!(
@@ -786,17 +713,11 @@ mod tests {
         let report = map.normalize();
         assert_eq!(
             map.regions(),
-            &[
-                region(0, 0x9_f000, Usable),
-                region(0x9_fc00, 0xa_0000, Reserved),
-                region(0x20_1000, 0x20_3000, Usable)
-            ]
+            &[region(0, 0x9_f000, Usable), region(0x9_fc00, 0xa_0000, Reserved), region(0x20_1000, 0x20_3000, Usable)]
         );
         assert_eq!(report.usable_regions_dropped, 1);
         assert_eq!(report.usable_bytes_trimmed, 0xc00 + 0x800 + 0xfff);
-        assert!(map
-            .usable()
-            .all(|r| r.start % PAGE_SIZE == 0 && r.end % PAGE_SIZE == 0));
+        assert!(map.usable().all(|r| r.start % PAGE_SIZE == 0 && r.end % PAGE_SIZE == 0));
     }
 
     #[test]
@@ -816,17 +737,13 @@ mod tests {
         assert!(regions
             .iter()
             .filter(|r| r.kind == Usable)
-            .all(|r| (1..=100u64)
-                .all(|hole| r.end <= hole * 0x10_0000 || hole * 0x10_0000 + PAGE_SIZE <= r.start)));
+            .all(|r| (1..=100u64).all(|hole| r.end <= hole * 0x10_0000 || hole * 0x10_0000 + PAGE_SIZE <= r.start)));
     }
 
     #[test]
     fn reserve_carves_the_middle_edges_and_whole_regions() {
-        let mut map = map_of(&[
-            (0, 0x9_f000, Usable),
-            (0xf_0000, 0x1_0000, Reserved),
-            (0x10_0000, 0x3f00_0000, Usable),
-        ]);
+        let mut map =
+            map_of(&[(0, 0x9_f000, Usable), (0xf_0000, 0x1_0000, Reserved), (0x10_0000, 0x3f00_0000, Usable)]);
         map.normalize();
         // Kernel image in the middle of high RAM, not page aligned.
         map.reserve(0x20_0123, 0x40_0456).unwrap();
@@ -844,13 +761,7 @@ mod tests {
         );
         // Empty and reversed ranges.
         assert_eq!(map.reserve(0x5000, 0x5000), Ok(()));
-        assert_eq!(
-            map.reserve(0x6000, 0x5000),
-            Err(MemoryMapError::InvalidRange {
-                start: 0x6000,
-                end: 0x5000
-            })
-        );
+        assert_eq!(map.reserve(0x6000, 0x5000), Err(MemoryMapError::InvalidRange { start: 0x6000, end: 0x5000 }));
         // Reserving up to the very end does not overflow.
         map.reserve(0x3000_0000, u64::MAX).unwrap();
         assert_eq!(map.highest_usable_address(), 0x3000_0000);
@@ -883,14 +794,8 @@ mod tests {
 
     #[test]
     fn errors_and_regions_display_clearly() {
-        assert_eq!(
-            MemoryMapError::Full.to_string(),
-            "the memory map is full (128 regions)"
-        );
-        assert_eq!(
-            region(0x10_0000, 0x20_0000, AcpiNvs).to_string(),
-            "0x000000100000..0x000000200000 ACPI NVS"
-        );
+        assert_eq!(MemoryMapError::Full.to_string(), "the memory map is full (128 regions)");
+        assert_eq!(region(0x10_0000, 0x20_0000, AcpiNvs).to_string(), "0x000000100000..0x000000200000 ACPI NVS");
     }
 
     /// The kind the entries give `address`, by precedence, or `None` where no entry covers it.
@@ -903,10 +808,7 @@ mod tests {
     }
 
     fn kind_at(regions: &[Region], address: u64) -> Option<RegionKind> {
-        regions
-            .iter()
-            .find(|region| region.contains(address))
-            .map(|region| region.kind)
+        regions.iter().find(|region| region.contains(address)).map(|region| region.kind)
     }
 
     fn kind() -> impl Strategy<Value = RegionKind> {

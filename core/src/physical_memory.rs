@@ -30,11 +30,7 @@ pub struct Unreadable {
 
 impl fmt::Display for Unreadable {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            formatter,
-            "cannot read {} bytes of physical memory at {:#x}",
-            self.length, self.address
-        )
+        write!(formatter, "cannot read {} bytes of physical memory at {:#x}", self.length, self.address)
     }
 }
 
@@ -57,14 +53,8 @@ impl<'a> SliceMemory<'a> {
 
 impl PhysicalMemory for SliceMemory<'_> {
     fn read(&self, address: u64, buffer: &mut [u8]) -> Result<(), Unreadable> {
-        let unreadable = Unreadable {
-            address,
-            length: buffer.len(),
-        };
-        let start = address
-            .checked_sub(self.base)
-            .and_then(|offset| usize::try_from(offset).ok())
-            .ok_or(unreadable)?;
+        let unreadable = Unreadable { address, length: buffer.len() };
+        let start = address.checked_sub(self.base).and_then(|offset| usize::try_from(offset).ok()).ok_or(unreadable)?;
         let end = start.checked_add(buffer.len()).ok_or(unreadable)?;
         let source = self.bytes.get(start..end).ok_or(unreadable)?;
         for (target, byte) in buffer.iter_mut().zip(source) {
@@ -79,10 +69,7 @@ impl PhysicalMemory for SliceMemory<'_> {
 fn field_address(base: u64, offset: u64, length: usize) -> Result<u64, Unreadable> {
     base.checked_add(offset).ok_or_else(|| Unreadable {
         address: base,
-        length: usize::try_from(offset)
-            .ok()
-            .and_then(|offset| offset.checked_add(length))
-            .unwrap_or(usize::MAX),
+        length: usize::try_from(offset).ok().and_then(|offset| offset.checked_add(length)).unwrap_or(usize::MAX),
     })
 }
 
@@ -99,29 +86,17 @@ pub(crate) fn read_bytes<const N: usize>(
 }
 
 /// Reads the byte at `base + offset`.
-pub(crate) fn read_u8(
-    memory: &(impl PhysicalMemory + ?Sized),
-    base: u64,
-    offset: u64,
-) -> Result<u8, Unreadable> {
+pub(crate) fn read_u8(memory: &(impl PhysicalMemory + ?Sized), base: u64, offset: u64) -> Result<u8, Unreadable> {
     read_bytes::<1>(memory, base, offset).map(|[byte]| byte)
 }
 
 /// Reads the little-endian `u32` at `base + offset`.
-pub(crate) fn read_u32(
-    memory: &(impl PhysicalMemory + ?Sized),
-    base: u64,
-    offset: u64,
-) -> Result<u32, Unreadable> {
+pub(crate) fn read_u32(memory: &(impl PhysicalMemory + ?Sized), base: u64, offset: u64) -> Result<u32, Unreadable> {
     read_bytes(memory, base, offset).map(u32::from_le_bytes)
 }
 
 /// Reads the little-endian `u64` at `base + offset`.
-pub(crate) fn read_u64(
-    memory: &(impl PhysicalMemory + ?Sized),
-    base: u64,
-    offset: u64,
-) -> Result<u64, Unreadable> {
+pub(crate) fn read_u64(memory: &(impl PhysicalMemory + ?Sized), base: u64, offset: u64) -> Result<u64, Unreadable> {
     read_bytes(memory, base, offset).map(u64::from_le_bytes)
 }
 
@@ -137,13 +112,7 @@ mod tests {
         assert_eq!(read_u32(&memory, 0x1000, 4), Ok(0x0807_0605));
         assert_eq!(read_u64(&memory, 0x1000, 0), Ok(0x0807_0605_0403_0201));
         assert_eq!(read_u8(&memory, 0x1007, 0), Ok(8));
-        assert_eq!(
-            read_u32(&memory, 0x1000, 6),
-            Err(Unreadable {
-                address: 0x1006,
-                length: 4
-            })
-        );
+        assert_eq!(read_u32(&memory, 0x1000, 6), Err(Unreadable { address: 0x1006, length: 4 }));
         assert!(read_u8(&memory, 0xfff, 0).is_err());
         assert!(read_u8(&memory, 0x1008, 0).is_err());
     }
@@ -154,23 +123,13 @@ mod tests {
         let memory = SliceMemory::new(u64::MAX - 7, &bytes);
         assert_eq!(read_u64(&memory, u64::MAX - 7, 0), Ok(0));
         let error = read_u32(&memory, u64::MAX - 3, 8).unwrap_err();
-        assert_eq!(
-            error,
-            Unreadable {
-                address: u64::MAX - 3,
-                length: 12
-            }
-        );
+        assert_eq!(error, Unreadable { address: u64::MAX - 3, length: 12 });
         assert!(read_u64(&memory, u64::MAX, 0).is_err());
     }
 
     #[test]
     fn unreadable_says_where() {
-        let message = Unreadable {
-            address: 0x1234,
-            length: 24,
-        }
-        .to_string();
+        let message = Unreadable { address: 0x1234, length: 24 }.to_string();
         assert_eq!(message, "cannot read 24 bytes of physical memory at 0x1234");
     }
 }

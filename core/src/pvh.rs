@@ -107,13 +107,13 @@ impl From<Unreadable> for StartInfoError {
 impl fmt::Display for StartInfoError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::WrongMagic { found } => write!(
-                formatter,
-                "PVH start info has magic {found:#010x}, expected {START_INFO_MAGIC:#010x}"
-            ),
+            Self::WrongMagic { found } => {
+                write!(formatter, "PVH start info has magic {found:#010x}, expected {START_INFO_MAGIC:#010x}")
+            }
             Self::Unreadable(unreadable) => write!(formatter, "PVH start info: {unreadable}"),
-            Self::NoMemoryMap => formatter
-                .write_str("PVH start info carries no memory map (version 0, or zero entries)"),
+            Self::NoMemoryMap => {
+                formatter.write_str("PVH start info carries no memory map (version 0, or zero entries)")
+            }
         }
     }
 }
@@ -148,20 +148,14 @@ impl ReadReport {
 /// [`read_memory_map`] then reports [`StartInfoError::NoMemoryMap`]), so the
 /// command line can still be read. Versions above 1 are read as version 1,
 /// whose fields they keep.
-pub fn parse_start_info(
-    memory: &impl PhysicalMemory,
-    address: u64,
-) -> Result<StartInfo, StartInfoError> {
+pub fn parse_start_info(memory: &impl PhysicalMemory, address: u64) -> Result<StartInfo, StartInfoError> {
     let magic = read_u32(memory, address, MAGIC_OFFSET)?;
     if magic != START_INFO_MAGIC {
         return Err(StartInfoError::WrongMagic { found: magic });
     }
     let version = read_u32(memory, address, VERSION_OFFSET)?;
     let (memory_map_address, memory_map_entries) = if version >= FIRST_VERSION_WITH_MEMORY_MAP {
-        (
-            read_u64(memory, address, MEMORY_MAP_OFFSET)?,
-            read_u32(memory, address, MEMORY_MAP_ENTRIES_OFFSET)?,
-        )
+        (read_u64(memory, address, MEMORY_MAP_OFFSET)?, read_u32(memory, address, MEMORY_MAP_ENTRIES_OFFSET)?)
     } else {
         (0, 0)
     };
@@ -188,15 +182,10 @@ pub fn read_memory_map(
     info: &StartInfo,
     map: &mut MemoryMap,
 ) -> Result<ReadReport, StartInfoError> {
-    if info.version < FIRST_VERSION_WITH_MEMORY_MAP
-        || info.memory_map_entries == 0
-        || info.memory_map_address == 0
-    {
+    if info.version < FIRST_VERSION_WITH_MEMORY_MAP || info.memory_map_entries == 0 || info.memory_map_address == 0 {
         return Err(StartInfoError::NoMemoryMap);
     }
-    let readable_entries = info
-        .memory_map_entries
-        .min(MAX_START_INFO_MEMORY_MAP_ENTRIES);
+    let readable_entries = info.memory_map_entries.min(MAX_START_INFO_MEMORY_MAP_ENTRIES);
     let mut report = ReadReport {
         entries_declared: info.memory_map_entries,
         entries_over_limit: info.memory_map_entries - readable_entries,
@@ -221,11 +210,7 @@ pub fn read_memory_map(
 }
 
 /// Reads one `hvm_memmap_table_entry` at `base + offset`: (address, size, type).
-fn read_entry(
-    memory: &impl PhysicalMemory,
-    base: u64,
-    offset: u64,
-) -> Result<(u64, u64, u32), Unreadable> {
+fn read_entry(memory: &impl PhysicalMemory, base: u64, offset: u64) -> Result<(u64, u64, u32), Unreadable> {
     let entry: [u8; MEMORY_MAP_ENTRY_SIZE as usize] = read_bytes(memory, base, offset)?;
     // Decoded from the copy, through the same field readers: they cannot
     // fail on offsets inside the 24 bytes, and no indexing is needed.
@@ -299,11 +284,7 @@ mod tests {
 
     /// A machine with a start info at START_INFO, the map at MEMORY_MAP and
     /// the command line (NUL-terminated) at COMMAND_LINE.
-    fn machine(
-        layout: StartInfoLayout,
-        map: &[(u64, u64, u32)],
-        command_line: &[u8],
-    ) -> FakeMemory {
+    fn machine(layout: StartInfoLayout, map: &[(u64, u64, u32)], command_line: &[u8]) -> FakeMemory {
         let mut line = command_line.to_vec();
         line.push(0);
         FakeMemory::new()
@@ -353,11 +334,7 @@ mod tests {
             (0, 0x9_fc00, RAM),
             (0xf_0000, 0x1_0000, RESERVED),
         ];
-        let memory = machine(
-            version_1(map.len(), 0),
-            &map,
-            b"console=ttyS0 earlyprintk=ttyS0 toro.log=debug",
-        );
+        let memory = machine(version_1(map.len(), 0), &map, b"console=ttyS0 earlyprintk=ttyS0 toro.log=debug");
         let (info, normalized, report) = boot(&memory);
         assert_eq!(info.version, 1);
         assert_eq!(info.rsdp(), None);
@@ -376,10 +353,7 @@ mod tests {
         assert_eq!(normalized.usable_bytes(), 0x9_f000 + 255 * MIB);
         let (line, truncated) = command_line_of(&memory, &info);
         assert!(!truncated);
-        assert_eq!(
-            CommandLine::new(core::str::from_utf8(&line).unwrap()).get("toro.log"),
-            Some("debug")
-        );
+        assert_eq!(CommandLine::new(core::str::from_utf8(&line).unwrap()).get("toro.log"), Some("debug"));
     }
 
     #[test]
@@ -400,14 +374,8 @@ mod tests {
         assert_eq!(info.rsdp(), Some(0xf_52e0));
         assert_eq!(normalized.len(), 8);
         assert_eq!(normalized.regions()[7], region(4 * GIB, 6 * GIB, Usable));
-        assert_eq!(
-            normalized.regions()[6],
-            region(0xfffc_0000, 4 * GIB, Reserved)
-        );
-        assert_eq!(
-            normalized.usable_bytes(),
-            0x9_f000 + 2 * GIB - MIB + 2 * GIB
-        );
+        assert_eq!(normalized.regions()[6], region(0xfffc_0000, 4 * GIB, Reserved));
+        assert_eq!(normalized.usable_bytes(), 0x9_f000 + 2 * GIB - MIB + 2 * GIB);
         assert_eq!(normalized.highest_address(), 6 * GIB);
     }
 
@@ -426,10 +394,7 @@ mod tests {
         let memory = machine(version_1(map.len(), 0xf_5a40), &map, b"");
         let (info, normalized, _) = boot(&memory);
         assert_eq!(normalized.len(), 7);
-        assert_eq!(
-            normalized.usable_bytes(),
-            0x9_f000 + 3 * GIB - MIB + 5 * GIB
-        );
+        assert_eq!(normalized.usable_bytes(), 0x9_f000 + 3 * GIB - MIB + 5 * GIB);
         assert_eq!(normalized.highest_usable_address(), 9 * GIB);
         assert_eq!(command_line_of(&memory, &info), (vec![], false));
     }
@@ -438,32 +403,21 @@ mod tests {
     fn firecracker_large_memory_with_the_32_bit_gap() {
         // Firecracker with 4 GiB: RSDP not passed (the kernel scans for it),
         // RAM up to the MMIO gap at 3 GiB, then from 4 GiB on.
-        let map = [
-            (0, 0x9_fc00, RAM),
-            (0x10_0000, 3 * GIB - 0x10_0000, RAM),
-            (4 * GIB, GIB, RAM),
-        ];
+        let map = [(0, 0x9_fc00, RAM), (0x10_0000, 3 * GIB - 0x10_0000, RAM), (4 * GIB, GIB, RAM)];
         let command_line = b"console=ttyS0 reboot=k panic=1 virtio_mmio.device=4K@0xd0000000:5";
         let memory = machine(version_1(map.len(), 0), &map, command_line);
         let (info, normalized, _) = boot(&memory);
         assert_eq!(info.rsdp(), None);
         assert_eq!(
             normalized.regions(),
-            &[
-                region(0, 0x9_f000, Usable),
-                region(0x10_0000, 3 * GIB, Usable),
-                region(4 * GIB, 5 * GIB, Usable)
-            ]
+            &[region(0, 0x9_f000, Usable), region(0x10_0000, 3 * GIB, Usable), region(4 * GIB, 5 * GIB, Usable)]
         );
         let (line, truncated) = command_line_of(&memory, &info);
         assert!(!truncated);
         let mut sanitized = CommandLineBuffer::new();
         assert_eq!(sanitized.fill(&line), Default::default());
         let command_line = CommandLine::new(sanitized.as_str());
-        assert_eq!(
-            command_line.get("virtio_mmio.device"),
-            Some("4K@0xd0000000:5")
-        );
+        assert_eq!(command_line.get("virtio_mmio.device"), Some("4K@0xd0000000:5"));
         assert_eq!(command_line.get("panic"), Some("1"));
     }
 
@@ -477,17 +431,11 @@ mod tests {
 
     #[test]
     fn wrong_magic_is_refused() {
-        let layout = StartInfoLayout {
-            magic: 0x1bad_b002,
-            ..version_1(0, 0)
-        };
+        let layout = StartInfoLayout { magic: 0x1bad_b002, ..version_1(0, 0) };
         let memory = FakeMemory::new().with(START_INFO, layout.bytes());
         let error = parse_start_info(&memory, START_INFO).unwrap_err();
         assert_eq!(error, StartInfoError::WrongMagic { found: 0x1bad_b002 });
-        assert_eq!(
-            error.to_string(),
-            "PVH start info has magic 0x1badb002, expected 0x336ec578"
-        );
+        assert_eq!(error.to_string(), "PVH start info has magic 0x1badb002, expected 0x336ec578");
     }
 
     #[test]
@@ -495,17 +443,11 @@ mod tests {
         let memory = FakeMemory::new();
         assert!(matches!(
             parse_start_info(&memory, START_INFO),
-            Err(StartInfoError::Unreadable(Unreadable {
-                address: START_INFO,
-                length: 4
-            }))
+            Err(StartInfoError::Unreadable(Unreadable { address: START_INFO, length: 4 }))
         ));
         // A truncated structure: the magic is there, the rest is not.
         let memory = FakeMemory::new().with(START_INFO, version_1(1, 0).bytes()[..40].to_vec());
-        assert!(matches!(
-            parse_start_info(&memory, START_INFO),
-            Err(StartInfoError::Unreadable(_))
-        ));
+        assert!(matches!(parse_start_info(&memory, START_INFO), Err(StartInfoError::Unreadable(_))));
         // At the very top of the address space.
         assert!(parse_start_info(&memory, u64::MAX - 2).is_err());
     }
@@ -513,18 +455,12 @@ mod tests {
     #[test]
     fn version_0_has_no_memory_map_but_a_command_line() {
         // Version 0 is 48 bytes long: whatever follows is not a memory map.
-        let layout = StartInfoLayout {
-            version: 0,
-            ..version_1(3, 0)
-        };
+        let layout = StartInfoLayout { version: 0, ..version_1(3, 0) };
         let memory = machine(layout, &[(0, 0x9_fc00, RAM)], b"quiet");
         let info = parse_start_info(&memory, START_INFO).unwrap();
         assert_eq!((info.memory_map_address, info.memory_map_entries), (0, 0));
         let mut map = MemoryMap::new();
-        assert_eq!(
-            read_memory_map(&memory, &info, &mut map),
-            Err(StartInfoError::NoMemoryMap)
-        );
+        assert_eq!(read_memory_map(&memory, &info, &mut map), Err(StartInfoError::NoMemoryMap));
         assert!(map.is_empty());
         assert_eq!(command_line_of(&memory, &info), (b"quiet".to_vec(), false));
     }
@@ -540,48 +476,26 @@ mod tests {
 
     #[test]
     fn huge_entry_count_pointing_at_unreadable_memory() {
-        let layout = StartInfoLayout {
-            memory_map: 0x4000_0000,
-            memory_map_entries: u32::MAX,
-            ..version_1(0, 0)
-        };
+        let layout = StartInfoLayout { memory_map: 0x4000_0000, memory_map_entries: u32::MAX, ..version_1(0, 0) };
         let memory = FakeMemory::new().with(START_INFO, layout.bytes());
         let info = parse_start_info(&memory, START_INFO).unwrap();
         let mut map = MemoryMap::new();
         let error = read_memory_map(&memory, &info, &mut map).unwrap_err();
-        assert_eq!(
-            error,
-            StartInfoError::Unreadable(Unreadable {
-                address: 0x4000_0000,
-                length: 24
-            })
-        );
+        assert_eq!(error, StartInfoError::Unreadable(Unreadable { address: 0x4000_0000, length: 24 }));
     }
 
     #[test]
     fn huge_entry_count_is_capped_and_stops_at_unreadable_memory() {
         let map_entries = [(0, 0x9_fc00, RAM), (0x10_0000, 64 * MIB, RAM)];
-        let layout = StartInfoLayout {
-            memory_map_entries: u32::MAX,
-            ..version_1(0, 0)
-        };
+        let layout = StartInfoLayout { memory_map_entries: u32::MAX, ..version_1(0, 0) };
         let memory = machine(layout, &map_entries, b"");
         let info = parse_start_info(&memory, START_INFO).unwrap();
         let mut map = MemoryMap::new();
         let report = read_memory_map(&memory, &info, &mut map).unwrap();
         assert_eq!(report.entries_declared, u32::MAX);
-        assert_eq!(
-            report.entries_over_limit,
-            u32::MAX - MAX_START_INFO_MEMORY_MAP_ENTRIES
-        );
+        assert_eq!(report.entries_over_limit, u32::MAX - MAX_START_INFO_MEMORY_MAP_ENTRIES);
         assert_eq!(report.entries_stored, 2);
-        assert_eq!(
-            report.stopped_at,
-            Some(Unreadable {
-                address: MEMORY_MAP + 48,
-                length: 24
-            })
-        );
+        assert_eq!(report.stopped_at, Some(Unreadable { address: MEMORY_MAP + 48, length: 24 }));
         assert!(!report.is_complete());
         map.normalize();
         assert_eq!(map.usable_bytes(), 0x9_f000 + 64 * MIB);
@@ -605,32 +519,17 @@ mod tests {
     #[test]
     fn a_map_at_the_top_of_the_address_space_does_not_overflow() {
         let base = u64::MAX - 30;
-        let layout = StartInfoLayout {
-            memory_map: base,
-            memory_map_entries: 4,
-            ..version_1(0, 0)
-        };
+        let layout = StartInfoLayout { memory_map: base, memory_map_entries: 4, ..version_1(0, 0) };
         let mut top = memory_map_bytes(&[(0, MIB, RAM)]);
         top.resize(30, 0);
-        let memory = FakeMemory::new()
-            .with(START_INFO, layout.bytes())
-            .with(base, top);
+        let memory = FakeMemory::new().with(START_INFO, layout.bytes()).with(base, top);
         let info = parse_start_info(&memory, START_INFO).unwrap();
         let mut map = MemoryMap::new();
         let report = read_memory_map(&memory, &info, &mut map).unwrap();
         assert_eq!(report.entries_stored, 1);
-        assert_eq!(
-            report.stopped_at,
-            Some(Unreadable {
-                address: base + 24,
-                length: 24
-            })
-        );
+        assert_eq!(report.stopped_at, Some(Unreadable { address: base + 24, length: 24 }));
         // Entirely past the end.
-        let layout = StartInfoLayout {
-            memory_map: u64::MAX - 4,
-            ..layout
-        };
+        let layout = StartInfoLayout { memory_map: u64::MAX - 4, ..layout };
         let memory = FakeMemory::new().with(START_INFO, layout.bytes());
         let info = parse_start_info(&memory, START_INFO).unwrap();
         let error = read_memory_map(&memory, &info, &mut MemoryMap::new()).unwrap_err();
@@ -672,9 +571,7 @@ mod tests {
 
     #[test]
     fn map_full_entries_are_counted() {
-        let entries: Vec<_> = (0..200u64)
-            .map(|index| (index * 2 * MIB, MIB, RAM))
-            .collect();
+        let entries: Vec<_> = (0..200u64).map(|index| (index * 2 * MIB, MIB, RAM)).collect();
         let memory = machine(version_1(entries.len(), 0), &entries, b"");
         let info = parse_start_info(&memory, START_INFO).unwrap();
         let mut map = MemoryMap::new();
@@ -690,20 +587,12 @@ mod tests {
             .with(MEMORY_MAP, memory_map_bytes(&[(0, MIB, RAM)]))
             .with(COMMAND_LINE, b"console=ttyS0 toro.log=info".to_vec());
         let info = parse_start_info(&memory, START_INFO).unwrap();
-        assert_eq!(
-            command_line_of(&memory, &info),
-            (b"console=ttyS0 toro.log=info".to_vec(), true)
-        );
+        assert_eq!(command_line_of(&memory, &info), (b"console=ttyS0 toro.log=info".to_vec(), true));
     }
 
     #[test]
     fn ten_kilobyte_command_line_is_truncated() {
-        let long: Vec<u8> = b"toro.padding="
-            .iter()
-            .copied()
-            .chain(core::iter::repeat(b'x'))
-            .take(10 * 1024)
-            .collect();
+        let long: Vec<u8> = b"toro.padding=".iter().copied().chain(core::iter::repeat(b'x')).take(10 * 1024).collect();
         let memory = machine(version_1(1, 0), &[(0, MIB, RAM)], &long);
         let info = parse_start_info(&memory, START_INFO).unwrap();
         let (line, truncated) = command_line_of(&memory, &info);
@@ -716,45 +605,27 @@ mod tests {
         let memory = machine(version_1(1, 0), &[(0, MIB, RAM)], b"abcd");
         let info = parse_start_info(&memory, START_INFO).unwrap();
         let mut buffer = [0; 4];
-        assert_eq!(
-            read_command_line(&memory, &info, &mut buffer).unwrap(),
-            (&b"abcd"[..], false)
-        );
+        assert_eq!(read_command_line(&memory, &info, &mut buffer).unwrap(), (&b"abcd"[..], false));
         let mut small = [0; 3];
-        assert_eq!(
-            read_command_line(&memory, &info, &mut small).unwrap(),
-            (&b"abc"[..], true)
-        );
+        assert_eq!(read_command_line(&memory, &info, &mut small).unwrap(), (&b"abc"[..], true));
         let mut none: [u8; 0] = [];
-        assert_eq!(
-            read_command_line(&memory, &info, &mut none).unwrap(),
-            (&b""[..], true)
-        );
+        assert_eq!(read_command_line(&memory, &info, &mut none).unwrap(), (&b""[..], true));
     }
 
     #[test]
     fn absent_and_unreadable_command_lines() {
-        let layout = StartInfoLayout {
-            command_line: 0,
-            ..version_1(1, 0)
-        };
+        let layout = StartInfoLayout { command_line: 0, ..version_1(1, 0) };
         let memory = FakeMemory::new().with(START_INFO, layout.bytes());
         let info = parse_start_info(&memory, START_INFO).unwrap();
         assert_eq!(command_line_of(&memory, &info), (vec![], false));
 
-        let layout = StartInfoLayout {
-            command_line: 0x9999_0000,
-            ..version_1(1, 0)
-        };
+        let layout = StartInfoLayout { command_line: 0x9999_0000, ..version_1(1, 0) };
         let memory = FakeMemory::new().with(START_INFO, layout.bytes());
         let info = parse_start_info(&memory, START_INFO).unwrap();
         let mut buffer = [0; 16];
         assert_eq!(
             read_command_line(&memory, &info, &mut buffer),
-            Err(StartInfoError::Unreadable(Unreadable {
-                address: 0x9999_0000,
-                length: 1
-            }))
+            Err(StartInfoError::Unreadable(Unreadable { address: 0x9999_0000, length: 1 }))
         );
     }
 
@@ -767,15 +638,9 @@ mod tests {
         assert!(!truncated);
         let mut sanitized = CommandLineBuffer::new();
         let report = sanitized.fill(&line);
-        assert_eq!(
-            sanitized.as_str(),
-            "console=ttyS0? bad=??  toro.log=\"warn\" ?"
-        );
+        assert_eq!(sanitized.as_str(), "console=ttyS0? bad=??  toro.log=\"warn\" ?");
         assert_eq!(report.control_bytes_replaced, 2);
         assert_eq!(report.invalid_bytes_replaced, 2);
-        assert_eq!(
-            CommandLine::new(sanitized.as_str()).get("toro.log"),
-            Some("warn")
-        );
+        assert_eq!(CommandLine::new(sanitized.as_str()).get("toro.log"), Some("warn"));
     }
 }

@@ -25,10 +25,7 @@ impl FakeMemory {
     }
 
     pub(crate) fn insert(&mut self, base: u64, bytes: Vec<u8>) {
-        assert!(
-            u128::from(base) + bytes.len() as u128 <= 1 << 64,
-            "a chunk must end inside the address space"
-        );
+        assert!(u128::from(base) + bytes.len() as u128 <= 1 << 64, "a chunk must end inside the address space");
         self.chunks.push((base, bytes));
     }
 
@@ -37,9 +34,7 @@ impl FakeMemory {
         let (base, chunk) = self
             .chunks
             .iter_mut()
-            .find(|(base, chunk)| {
-                *base <= address && address - *base + bytes.len() as u64 <= chunk.len() as u64
-            })
+            .find(|(base, chunk)| *base <= address && address - *base + bytes.len() as u64 <= chunk.len() as u64)
             .expect("write inside a chunk");
         let start = (address - *base) as usize;
         chunk[start..start + bytes.len()].copy_from_slice(bytes);
@@ -57,10 +52,7 @@ impl PhysicalMemory for FakeMemory {
                 return Ok(());
             }
         }
-        Err(Unreadable {
-            address,
-            length: buffer.len(),
-        })
+        Err(Unreadable { address, length: buffer.len() })
     }
 }
 
@@ -123,9 +115,7 @@ pub(crate) fn memory_map_bytes(entries: &[(u64, u64, u32)]) -> Vec<u8> {
 /// Sets `bytes[index]` so that `bytes[..length]` sums to 0 (mod 256).
 pub(crate) fn fix_checksum(mut bytes: Vec<u8>, index: usize, length: usize) -> Vec<u8> {
     bytes[index] = 0;
-    let sum = bytes[..length]
-        .iter()
-        .fold(0u8, |sum, &byte| sum.wrapping_add(byte));
+    let sum = bytes[..length].iter().fold(0u8, |sum, &byte| sum.wrapping_add(byte));
     bytes[index] = 0u8.wrapping_sub(sum);
     bytes
 }
@@ -168,12 +158,7 @@ pub(crate) fn acpi_table(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<
 }
 
 /// A MADT: local APIC address, flags, then the entries as given.
-pub(crate) fn madt_bytes(
-    revision: u8,
-    local_apic_address: u32,
-    flags: u32,
-    entries: &[&[u8]],
-) -> Vec<u8> {
+pub(crate) fn madt_bytes(revision: u8, local_apic_address: u32, flags: u32, entries: &[&[u8]]) -> Vec<u8> {
     let mut body = local_apic_address.to_le_bytes().to_vec();
     body.extend_from_slice(&flags.to_le_bytes());
     for entry in entries {

@@ -9,7 +9,7 @@ use toro_core::pvh::{self, PhysicalMemory, StartInfo, Unreadable};
 use crate::arch::paging::{self, FrameBump};
 use crate::arch::{apic, cpu, exit, gdt, interrupts, percpu, sections, smp};
 use crate::once::BootCell;
-use crate::{console, heap, logger, system};
+use crate::{console, heap, logger, system, time};
 
 /// Exit status when the kernel cannot boot (bad start info, no memory).
 pub const EXIT_BOOT_FAILURE: u32 = 103;
@@ -91,14 +91,10 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     let application_processors = application_processor_ids(madt.as_ref());
     map_memory(&mut map, &mut frames, application_processors.len()); // W^X image, huge pages elsewhere
     phases.mark("page tables");
-    apic::init_boot_cpu(
-        madt.as_ref()
-            .map_or(apic::DEFAULT_XAPIC_BASE, |m| m.local_apic_address),
-    ); // IPIs
-    let cpus =
-        start_application_processors(&application_processors, trampoline_usable, &mut frames); // every CPU up
+    apic::init_boot_cpu(madt.as_ref().map_or(apic::DEFAULT_XAPIC_BASE, |m| m.local_apic_address)); // IPIs
+    let cpus = start_application_processors(&application_processors, trampoline_usable, &mut frames); // every CPU up
     reserve_boot_frames(&mut map, &frames); // stacks and tables out of the heap
-    phases.mark("CPUs");
+    phases.mark("CPUs, TSC frequency");
     start_heap(&mut map); // Box, Vec and friends work now
     phases.mark("heap");
     system::publish(system::SystemInfo {
@@ -124,11 +120,7 @@ struct Phases {
 
 impl Phases {
     fn new(entry_tsc: u64) -> Self {
-        Self {
-            marks: [("", 0); 8],
-            count: 0,
-            previous: entry_tsc,
-        }
+        Self { marks: [("", 0); 8], count: 0, previous: entry_tsc }
     }
 
     fn mark(&mut self, name: &'static str) {
@@ -142,10 +134,7 @@ impl Phases {
 
     /// Prints the steps when the command line has `toro.boottrace`.
     fn log(&self) {
-        if CommandLine::new(command_line())
-            .get("toro.boottrace")
-            .is_none()
-        {
+        if CommandLine::new(command_line()).get("toro.boottrace").is_none() {
             return;
         }
         crate::println!("boot: TSC at {:?} Hz", crate::time::tsc_hz());
@@ -200,10 +189,7 @@ mod heapless_warnings {
     }
     impl Warnings {
         pub fn new() -> Self {
-            Self {
-                items: [""; 4],
-                length: 0,
-            }
+            Self { items: [""; 4], length: 0 }
         }
         pub fn push(&mut self, warning: &'static str) {
             if self.length < self.items.len() {
@@ -241,12 +227,7 @@ fn read_memory_map(info: &StartInfo) -> MemoryMap {
     let report = map.normalize();
     log::debug!("memory map normalised: {report:?}");
     for region in map.regions() {
-        log::info!(
-            "memory {:#014x}..{:#014x} {:?}",
-            region.start,
-            region.end,
-            region.kind
-        );
+        log::info!("memory {:#014x}..{:#014x} {:?}", region.start, region.end, region.kind);
     }
     if map.usable_bytes() == 0 {
         boot_failure(format_args!("the memory map lists no usable RAM"));
@@ -258,15 +239,9 @@ fn read_memory_map(info: &StartInfo) -> MemoryMap {
 /// allocator over the RAM right after the image.
 fn reserve_image_and_low_memory(map: &mut MemoryMap) -> FrameBump {
     let image = sections::layout().image;
-    let region = map
-        .usable()
-        .find(|r| r.start <= image.end && image.end < r.end)
-        .map(|r| (r.start, r.end));
+    let region = map.usable().find(|r| r.start <= image.end && image.end < r.end).map(|r| (r.start, r.end));
     let Some((_, region_end)) = region else {
-        boot_failure(format_args!(
-            "the memory map has no usable RAM after the kernel image at {:#x}",
-            image.end
-        ))
+        boot_failure(format_args!("the memory map has no usable RAM after the kernel image at {:#x}", image.end))
     };
     let reservations = [(0, LOW_MEMORY_END), (image.start, image.end)];
     for (start, end) in reservations {
@@ -281,17 +256,12 @@ fn map_memory(map: &mut MemoryMap, frames: &mut FrameBump, application_processor
     let guards = gdt::boot_cpu_stacks().map(|s| s.guard);
     // 4 KiB pages far enough for the page tables themselves (a few pages,
     // one per 2 MiB below the limit) and every AP's stacks.
-    let small_pages =
-        frames.next_free() + (1 << 20) + application_processors as u64 * smp::BYTES_PER_AP;
+    let small_pages = frames.next_free() + (1 << 20) + application_processors as u64 * smp::BYTES_PER_AP;
     let report = paging::init(map, frames, &guards, small_pages);
     log::info!(
         "paging: {} GiB identity-mapped ({} pages), {} table frames, W^X image",
         report.mapped_bytes >> 30,
-        if report.gigabyte_pages {
-            "1 GiB"
-        } else {
-            "2 MiB"
-        },
+        if report.gigabyte_pages { "1 GiB" } else { "2 MiB" },
         report.table_frames
     );
 }
@@ -312,9 +282,7 @@ fn read_madt(info: &StartInfo) -> Option<acpi::MadtSummary> {
     let rsdp = match acpi::parse_rsdp(&BOOT_MEMORY, rsdp_address) {
         Ok(rsdp) => rsdp,
         Err(error) => {
-            log::warn!(
-                "bad ACPI RSDP at {rsdp_address:#x} ({error}); running on the boot CPU only"
-            );
+            log::warn!("bad ACPI RSDP at {rsdp_address:#x} ({error}); running on the boot CPU only");
             return None;
         }
     };
@@ -334,11 +302,7 @@ fn read_madt(info: &StartInfo) -> Option<acpi::MadtSummary> {
             if let Some(entry) = &madt.malformed_entry {
                 log::warn!("ACPI MADT: malformed entry {entry:?}; later entries ignored");
             }
-            log::info!(
-                "ACPI MADT: {} CPUs, {} IO APICs",
-                madt.processor_count,
-                madt.io_apics
-            );
+            log::info!("ACPI MADT: {} CPUs, {} IO APICs", madt.processor_count, madt.io_apics);
             Some(madt)
         }
         Err(error) => {
@@ -350,10 +314,7 @@ fn read_madt(info: &StartInfo) -> Option<acpi::MadtSummary> {
 
 /// APIC ids of the CPUs to start: the MADT's enabled CPUs but this one.
 fn application_processor_ids(madt: Option<&acpi::MadtSummary>) -> ApicIds {
-    let mut ids = ApicIds {
-        ids: [0; acpi::MAX_CPUS],
-        length: 0,
-    };
+    let mut ids = ApicIds { ids: [0; acpi::MAX_CPUS], length: 0 };
     let me = cpu::initial_apic_id();
     for processor in madt.map(|m| m.processors()).unwrap_or(&[]) {
         if processor.apic_id != me && ids.length < ids.ids.len() {
@@ -379,34 +340,26 @@ impl ApicIds {
 }
 
 fn is_usable_page(map: &MemoryMap, address: u64) -> bool {
-    map.usable()
-        .any(|r| r.start <= address && address + paging::PAGE_SIZE as u64 <= r.end)
+    map.usable().any(|r| r.start <= address && address + paging::PAGE_SIZE as u64 <= r.end)
 }
 
-/// Starts the other CPUs; returns how many CPUs run (this one included).
-fn start_application_processors(
-    ids: &ApicIds,
-    trampoline_usable: bool,
-    frames: &mut FrameBump,
-) -> usize {
+/// Starts the other CPUs and finds the TSC frequency meanwhile; returns how
+/// many CPUs run (this one included).
+fn start_application_processors(ids: &ApicIds, trampoline_usable: bool, frames: &mut FrameBump) -> usize {
     if ids.len() == 0 {
+        time::calibrate();
         return 1;
     }
     if !trampoline_usable {
-        log::error!(
-            "page {:#x} for the AP trampoline is not RAM; running on the boot CPU only",
-            smp::TRAMPOLINE
-        );
+        log::error!("page {:#x} for the AP trampoline is not RAM; running on the boot CPU only", smp::TRAMPOLINE);
+        time::calibrate();
         return 1;
     }
-    let started = smp::start(ids.as_slice(), frames);
+    // The TSC calibration overlaps the APs' start-up.
+    let started = smp::start(ids.as_slice(), frames, time::calibrate);
     let online = 1 + started;
     percpu::set_online(online);
-    log::info!(
-        "{online} CPUs running ({} started, {} failed)",
-        started,
-        ids.len() - started
-    );
+    log::info!("{online} CPUs running ({} started, {} failed)", started, ids.len() - started);
     online
 }
 
@@ -418,23 +371,13 @@ fn reserve_boot_frames(map: &mut MemoryMap, frames: &FrameBump) {
 }
 
 fn start_heap(map: &mut MemoryMap) {
-    let largest = map
-        .usable()
-        .max_by_key(|r| r.end - r.start)
-        .map(|r| (r.start, r.end));
-    let Some((start, end)) = largest else {
-        boot_failure(format_args!("no RAM left for the heap"))
-    };
+    let largest = map.usable().max_by_key(|r| r.end - r.start).map(|r| (r.start, r.end));
+    let Some((start, end)) = largest else { boot_failure(format_args!("no RAM left for the heap")) };
     let end = end.min(paging::MAX_MAPPED);
     // SAFETY: a usable region of the memory map, mapped by paging::init,
     // handed to nothing else (the heap owns it from now on).
     unsafe { heap::init(start, end) };
-    log::info!(
-        "heap: {:#x}..{:#x} ({} MiB)",
-        start,
-        end,
-        (end - start) >> 20
-    );
+    log::info!("heap: {:#x}..{:#x} ({} MiB)", start, end, (end - start) >> 20);
 }
 
 /// The sanitised command line.

@@ -57,11 +57,7 @@ impl Drop for Writer<'_> {
 
 /// The console for ordinary output.
 pub fn writer() -> Writer<'static> {
-    Writer {
-        serial: CONSOLE.lock(),
-        buffer: [0; 128],
-        length: 0,
-    }
+    Writer { serial: CONSOLE.lock(), buffer: [0; 128], length: 0 }
 }
 
 /// The console for fatal reports (see the module docs).
@@ -70,11 +66,7 @@ pub struct Emergency;
 impl Emergency {
     #[allow(clippy::new_ret_no_self)]
     pub fn lock() -> Writer<'static> {
-        Writer {
-            serial: CONSOLE.lock_or_steal(EMERGENCY_SPINS),
-            buffer: [0; 128],
-            length: 0,
-        }
+        Writer { serial: CONSOLE.lock_or_steal(EMERGENCY_SPINS), buffer: [0; 128], length: 0 }
     }
 }
 

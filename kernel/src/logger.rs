@@ -20,13 +20,7 @@ impl Log for ConsoleLogger {
             return;
         }
         let mut out = crate::console::writer();
-        let _ = writeln!(
-            out,
-            "[{:<5} {}] {}",
-            record.level(),
-            record.target(),
-            record.args()
-        );
+        let _ = writeln!(out, "[{:<5} {}] {}", record.level(), record.target(), record.args());
     }
 
     fn flush(&self) {}

@@ -15,10 +15,7 @@ unsafe impl<T: Sync> Sync for BootCell<T> {}
 
 impl<T> BootCell<T> {
     pub const fn new() -> Self {
-        Self {
-            ready: AtomicBool::new(false),
-            value: UnsafeCell::new(MaybeUninit::uninit()),
-        }
+        Self { ready: AtomicBool::new(false), value: UnsafeCell::new(MaybeUninit::uninit()) }
     }
 
     /// Stores the value. Only the boot CPU calls this, once, before any

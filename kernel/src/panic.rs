@@ -21,13 +21,7 @@ fn panic(info: &PanicInfo) -> ! {
     let _ = write!(out, "\n!!! panic on cpu {}: panicked at ", crate::cpu_id());
     match info.location() {
         Some(location) => {
-            let _ = writeln!(
-                out,
-                "{}:{}:{}:",
-                location.file(),
-                location.line(),
-                location.column()
-            );
+            let _ = writeln!(out, "{}:{}:{}:", location.file(), location.line(), location.column());
         }
         None => {
             let _ = writeln!(out, "an unknown location:");
@@ -36,9 +30,7 @@ fn panic(info: &PanicInfo) -> ! {
     let _ = writeln!(out, "{}", info.message());
     let here: u64;
     // SAFETY: reading RIP through a RIP-relative LEA has no side effects.
-    unsafe {
-        core::arch::asm!("lea {}, [rip]", out(reg) here, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("lea {}, [rip]", out(reg) here, options(nomem, nostack, preserves_flags)) };
     crate::backtrace::write(&mut out, here, crate::arch::cpu::frame_pointer());
     drop(out);
     crate::arch::exit::fail(EXIT_PANIC)

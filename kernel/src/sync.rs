@@ -26,26 +26,16 @@ pub struct Guard<'a, T> {
 
 impl<T> SpinLock<T> {
     pub const fn new(value: T) -> Self {
-        Self {
-            owner: AtomicU32::new(FREE),
-            value: UnsafeCell::new(value),
-        }
+        Self { owner: AtomicU32::new(FREE), value: UnsafeCell::new(value) }
     }
 
     /// Takes the lock, spinning while another CPU holds it.
     pub fn lock(&self) -> Guard<'_, T> {
         let me = crate::cpu_id() + 1;
-        while self
-            .owner
-            .compare_exchange_weak(FREE, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        while self.owner.compare_exchange_weak(FREE, me, Ordering::Acquire, Ordering::Relaxed).is_err() {
             core::hint::spin_loop();
         }
-        Guard {
-            lock: self,
-            release: true,
-        }
+        Guard { lock: self, release: true }
     }
 
     /// For fatal reports: takes the lock, or uses the value anyway if this
@@ -54,24 +44,13 @@ impl<T> SpinLock<T> {
     pub fn lock_or_steal(&self, spins: u32) -> Guard<'_, T> {
         let me = crate::cpu_id() + 1;
         for _ in 0..spins {
-            match self
-                .owner
-                .compare_exchange_weak(FREE, me, Ordering::Acquire, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    return Guard {
-                        lock: self,
-                        release: true,
-                    }
-                }
+            match self.owner.compare_exchange_weak(FREE, me, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Guard { lock: self, release: true },
                 Err(owner) if owner == me => break,
                 Err(_) => core::hint::spin_loop(),
             }
         }
-        Guard {
-            lock: self,
-            release: false,
-        }
+        Guard { lock: self, release: false }
     }
 }
 

@@ -20,8 +20,7 @@ pub(crate) fn publish(info: SystemInfo) {
 }
 
 fn info() -> &'static SystemInfo {
-    INFO.get()
-        .expect("system information is published before main")
+    INFO.get().expect("system information is published before main")
 }
 
 /// CPUs the firmware describes (ACPI MADT), at least 1.

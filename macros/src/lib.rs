@@ -27,10 +27,7 @@ pub fn main(attribute: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
     let Some(name) = name else {
-        return compile_error(
-            "#[toro::main] must be placed on a function",
-            Span::call_site(),
-        );
+        return compile_error("#[toro::main] must be placed on a function", Span::call_site());
     };
     // The kernel calls `__toro_application_main` (declared `extern "Rust"`
     // in toro::application) after boot; it reports the exit status.

@@ -21,7 +21,11 @@ pub struct ImageSpec {
 
 /// The release profile unless `debug`.
 pub fn profile_dir(debug: bool) -> &'static str {
-    if debug { "debug" } else { "release" }
+    if debug {
+        "debug"
+    } else {
+        "release"
+    }
 }
 
 /// Builds the given binaries in one cargo run; returns their ELF paths.

@@ -48,7 +48,7 @@ pub fn image() -> Vec<u8> {
     };
     segment(1, 5, 0, total, 0x1000); // PT_LOAD, R+X: the whole file
     segment(4, 4, NOTE_OFFSET, NOTE_SIZE, 4); // PT_NOTE
-    // Xen note: namesz 4, descsz 8, type 18 (XEN_ELFNOTE_PHYS32_ENTRY).
+                                              // Xen note: namesz 4, descsz 8, type 18 (XEN_ELFNOTE_PHYS32_ENTRY).
     for word in [4u32, 8, 18] {
         elf.extend_from_slice(&word.to_le_bytes());
     }

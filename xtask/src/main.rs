@@ -16,6 +16,7 @@ mod bench;
 mod build;
 mod floor;
 mod linux_guest;
+mod lockcheck;
 mod qemu;
 mod setup;
 mod symbols;
@@ -63,15 +64,18 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
             "--memory" => options.memory_mib = value("--memory")?.parse().context("--memory takes MiB")?,
             "--machine" => {
                 let name = value("--machine")?;
-                options.machine = Machine::parse(&name).with_context(|| format!("unknown machine {name:?}: microvm or q35"))?;
+                options.machine =
+                    Machine::parse(&name).with_context(|| format!("unknown machine {name:?}: microvm or q35"))?;
             }
             "--accel" => {
                 let name = value("--accel")?;
-                options.accel = Some(Accel::parse(&name).with_context(|| format!("unknown accelerator {name:?}: kvm or tcg"))?);
+                options.accel =
+                    Some(Accel::parse(&name).with_context(|| format!("unknown accelerator {name:?}: kvm or tcg"))?);
             }
             "--cmdline" => options.command_line = value("--cmdline")?,
             "--timeout" => {
-                options.timeout = Some(Duration::from_secs(value("--timeout")?.parse().context("--timeout takes seconds")?))
+                options.timeout =
+                    Some(Duration::from_secs(value("--timeout")?.parse().context("--timeout takes seconds")?))
             }
             "--debug" => options.debug = true,
             flag if flag.starts_with("--") => bail!("unknown option {flag}"),

@@ -14,11 +14,7 @@ fn have(program: &str) -> bool {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 /// Makes sure the target and QEMU are there, installing them if possible.
@@ -36,7 +32,9 @@ pub fn ensure() -> Result<()> {
     }
     if !have(QEMU) {
         if !is_root() {
-            bail!("{QEMU} is missing: install the Debian package `{QEMU_PACKAGE}` (sudo apt-get install {QEMU_PACKAGE})");
+            bail!(
+                "{QEMU} is missing: install the Debian package `{QEMU_PACKAGE}` (sudo apt-get install {QEMU_PACKAGE})"
+            );
         }
         eprintln!("setup: installing {QEMU_PACKAGE} with apt-get");
         let quiet = ["-qq", "-o", "Dpkg::Use-Pty=0"];

@@ -19,7 +19,9 @@ impl Symbols {
         let file = object::File::parse(&*data).context("parsing the image as ELF")?;
         let mut functions: Vec<(u64, u64, String)> = file
             .symbols()
-            .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Label | SymbolKind::Unknown) && s.address() != 0)
+            .filter(|s| {
+                matches!(s.kind(), SymbolKind::Text | SymbolKind::Label | SymbolKind::Unknown) && s.address() != 0
+            })
             .filter(|s| s.section_index().is_some())
             .filter_map(|s| {
                 let name = s.name().ok()?;
@@ -36,11 +38,8 @@ impl Symbols {
         let (start, size, name) = &self.functions[index];
         let offset = address - start;
         // Symbols of size 0 (assembly labels) cover up to the next symbol.
-        let inside = if *size > 0 {
-            offset < *size
-        } else {
-            self.functions.get(index + 1).is_none_or(|next| address < next.0)
-        };
+        let inside =
+            if *size > 0 { offset < *size } else { self.functions.get(index + 1).is_none_or(|next| address < next.0) };
         inside.then(|| format!("{name}+{offset:#x}"))
     }
 

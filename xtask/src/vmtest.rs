@@ -29,7 +29,17 @@ const PANIC: i32 = 101;
 const CPU_EXCEPTION: i32 = 102;
 
 const fn vm(package: &'static str, binary: &'static str) -> VmTest {
-    VmTest { name: binary, package, binary, cpus: 2, memory_mib: 128, command_line: "", machine: Machine::Microvm, status: 0, expect: &[] }
+    VmTest {
+        name: binary,
+        package,
+        binary,
+        cpus: 2,
+        memory_mib: 128,
+        command_line: "",
+        machine: Machine::Microvm,
+        status: 0,
+        expect: &[],
+    }
 }
 
 fn tests() -> Vec<VmTest> {
@@ -77,7 +87,12 @@ fn tests() -> Vec<VmTest> {
         VmTest { status: 42, expect: &["returning 42"], ..vm("vm-tests", "exit_status") },
         VmTest {
             status: CPU_EXCEPTION,
-            expect: &["CPU exception: page fault (#PF, vector 14)", "null pointer dereference", "cr2 0x0000000000000000", "<fault_null::main"],
+            expect: &[
+                "CPU exception: page fault (#PF, vector 14)",
+                "null pointer dereference",
+                "cr2 0x0000000000000000",
+                "<fault_null::main",
+            ],
             ..vm("vm-tests", "fault_null")
         },
         VmTest {
@@ -92,12 +107,19 @@ fn tests() -> Vec<VmTest> {
         },
         VmTest {
             status: CPU_EXCEPTION,
-            expect: &["CPU exception: double fault (#DF, vector 8)", "kernel stack overflow: boot stack guard page hit"],
+            expect: &[
+                "CPU exception: double fault (#DF, vector 8)",
+                "kernel stack overflow: boot stack guard page hit",
+            ],
             ..vm("vm-tests", "fault_stack_overflow")
         },
         VmTest {
             status: PANIC,
-            expect: &["panicked at tests/vm/src/bin/panic.rs:10:9:", "deliberate panic for the test suite", "backtrace:"],
+            expect: &[
+                "panicked at tests/vm/src/bin/panic.rs:10:9:",
+                "deliberate panic for the test suite",
+                "backtrace:",
+            ],
             ..vm("vm-tests", "panic")
         },
     ]
@@ -165,7 +187,11 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     if filter.as_ref().is_none_or(|f| "floor".contains(f.as_str())) {
         let (ok, summary) = floor_test(accel)?;
         println!("vm test floor ... {summary}");
-        if ok { passed += 1 } else { failed += 1 }
+        if ok {
+            passed += 1
+        } else {
+            failed += 1
+        }
     }
     for test in &tests {
         let index = specs.iter().position(|s| s.binary == test.binary).expect("built above");
@@ -198,6 +224,22 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             println!("    --- output ---");
             for line in result.output.lines() {
                 println!("    {line}");
+            }
+        }
+    }
+    // The benchmark's quick mode: Toro and the Linux guest each once. It
+    // checks that the benchmark works, never its speed.
+    if filter.as_ref().is_none_or(|f| "bench-quick".contains(f.as_str())) {
+        let started = std::time::Instant::now();
+        match crate::bench::quick_check() {
+            Ok(()) => {
+                passed += 1;
+                println!("vm test bench-quick ... ok ({:.2} s)", started.elapsed().as_secs_f64());
+            }
+            Err(error) => {
+                failed += 1;
+                println!("vm test bench-quick ... FAILED");
+                println!("    {error:#}");
             }
         }
     }

@@ -16,9 +16,6 @@ fn main() {
     println!("command line: {:?}", system::command_line());
     match system::boot_duration() {
         Some(duration) => println!("boot: {} us from PVH entry to main", duration.as_micros()),
-        None => println!(
-            "boot: {} TSC ticks from PVH entry to main",
-            system::boot_ticks()
-        ),
+        None => println!("boot: {} TSC ticks from PVH entry to main", system::boot_ticks()),
     }
 }

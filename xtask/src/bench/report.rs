@@ -59,7 +59,12 @@ pub struct Context {
     pub vm: String,
     pub linux_kernel: String,
     pub linux_command_line: String,
+    /// What went into the Linux guest (packages, modules, libraries).
+    pub linux_manifest: String,
     pub host_tsc_khz: u64,
+    /// `/proc/loadavg`'s 1-minute figure when the run started: other work
+    /// on the host's cores disturbs every figure.
+    pub load_average: f64,
     pub duration_seconds: f64,
 }
 
@@ -289,6 +294,7 @@ pub fn json(context: &Context, metrics: &[Metric]) -> Json {
                 ("qemu", Json::string(&context.qemu_version)),
                 ("accelerator", Json::string(&context.accelerator)),
                 ("host_tsc_khz", Json::Number(context.host_tsc_khz as f64)),
+                ("load_average_at_start", Json::Number(context.load_average)),
             ]),
         ),
         ("vm", Json::string(&context.vm)),
@@ -297,6 +303,7 @@ pub fn json(context: &Context, metrics: &[Metric]) -> Json {
             Json::object(vec![
                 ("kernel", Json::string(&context.linux_kernel)),
                 ("command_line", Json::string(&context.linux_command_line)),
+                ("manifest", Json::Array(context.linux_manifest.lines().map(|l| Json::string(l.trim())).collect())),
             ]),
         ),
         (
@@ -328,11 +335,24 @@ pub fn markdown(context: &Context, metrics: &[Metric], plots: &[(String, &Metric
     let mut out = String::new();
     let _ = writeln!(out, "Latest run: {} (took {:.0} s).\n", context.timestamp, context.duration_seconds);
     let _ = writeln!(out, "- Command: `{}`", context.command);
-    let _ = writeln!(out, "- Machine: {} × {} (`nproc` {}), host TSC {} kHz", context.cpus, context.cpu_model, context.cpus, context.host_tsc_khz);
+    let _ = writeln!(
+        out,
+        "- Machine: `nproc` {}, {} (from /proc/cpuinfo), host TSC {} kHz, load average {:.2} at the start",
+        context.cpus, context.cpu_model, context.host_tsc_khz, context.load_average
+    );
     let _ = writeln!(out, "- Emulator: {}, accelerator {}", context.qemu_version, context.accelerator);
     let _ = writeln!(out, "- Both guests: {}", context.vm);
-    let _ = writeln!(out, "- Linux guest: Debian kernel {}, command line `{}`", context.linux_kernel, context.linux_command_line);
-    let _ = writeln!(out, "- Figures: median of {} runs per side, (min–max) after it; ratio = Linux median / Toro median (higher is better for Toro).\n", context.runs);
+    let _ = writeln!(
+        out,
+        "- Linux guest: Debian kernel {}, command line `{}`",
+        context.linux_kernel, context.linux_command_line
+    );
+    let _ = writeln!(
+        out,
+        "- Figures: median of {} runs per side, (min–max) after it; memory and image size are single figures. \
+         Ratio = Linux median / Toro median (higher is better for Toro).\n",
+        context.runs
+    );
     out.push_str(&markdown_table(metrics));
     out.push('\n');
     for (file, metric) in plots {
@@ -382,13 +402,18 @@ pub fn svg(metric: &Metric) -> String {
          font-family=\"sans-serif\" font-size=\"14\">"
     );
     let _ = writeln!(out, "<rect width=\"{WIDTH}\" height=\"{HEIGHT}\" fill=\"#ffffff\"/>");
-    let _ = writeln!(out, "<text x=\"20\" y=\"28\" font-size=\"17\" font-weight=\"bold\">{}</text>", escape_xml(metric.title));
+    let _ = writeln!(
+        out,
+        "<text x=\"20\" y=\"28\" font-size=\"17\" font-weight=\"bold\">{}</text>",
+        escape_xml(metric.title)
+    );
     let subtitle = match metric.ratio() {
         Some(_) => format!("{}, lower is better; Linux/Toro = {}", metric.unit, ratio_cell(metric)),
         None => format!("{}, lower is better", metric.unit),
     };
     let _ = writeln!(out, "<text x=\"20\" y=\"50\" fill=\"#555555\">{}</text>", escape_xml(&subtitle));
-    let _ = writeln!(out, "<line x1=\"60\" y1=\"{BOTTOM}\" x2=\"{}\" y2=\"{BOTTOM}\" stroke=\"#333333\"/>", WIDTH - 40.0);
+    let _ =
+        writeln!(out, "<line x1=\"60\" y1=\"{BOTTOM}\" x2=\"{}\" y2=\"{BOTTOM}\" stroke=\"#333333\"/>", WIDTH - 40.0);
     for (name, side, colour, x) in sides {
         let centre = x + BAR / 2.0;
         let _ = writeln!(out, "<text x=\"{centre}\" y=\"{}\" text-anchor=\"middle\">{name}</text>", BOTTOM + 22.0);
@@ -431,6 +456,12 @@ pub fn svg(metric: &Metric) -> String {
             }
         }
     }
+    let _ = writeln!(
+        out,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#868e96\" font-size=\"11\">bar: median; whisker: min–max</text>",
+        WIDTH - 12.0,
+        HEIGHT - 8.0
+    );
     out.push_str("</svg>\n");
     out
 }

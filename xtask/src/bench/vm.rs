@@ -103,7 +103,8 @@ impl RunningVm {
 
     /// QEMU's host CPU time so far (user + system, all its threads).
     pub fn cpu_time(&self) -> Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).context("reading QEMU's /proc stat")?;
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).context("reading QEMU's /proc stat")?;
         let ticks = stat_cpu_ticks(&stat).context("unexpected /proc/PID/stat format")?;
         Ok(Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND))
     }
@@ -114,19 +115,41 @@ impl RunningVm {
     pub fn first_http_ok(&mut self, port: u16, deadline: Instant) -> Option<Duration> {
         // QEMU accepts on the forwarded port at once and only then tries the
         // guest; until nginx listens, an attempt ends in a reset, a close or
-        // (before the guest's network is up) silence. Silence is cut short
-        // so a new attempt goes out soon after the guest can answer.
-        const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(200);
-        const PAUSE: Duration = Duration::from_millis(5);
+        // (before the guest's network is up) silence, and a silent attempt
+        // may stay silent after the guest comes up, waiting for a SYN
+        // retransmission. So attempts overlap: a new one every STAGGER,
+        // each given up after ATTEMPT_LIFETIME, which keeps the answer's
+        // time within about STAGGER of when nginx could first give it.
+        const STAGGER: Duration = Duration::from_millis(20);
+        const ATTEMPT_LIFETIME: Duration = Duration::from_millis(500);
+        const POLL: Duration = Duration::from_millis(2);
+        let mut attempts: Vec<HttpAttempt> = Vec::new();
+        let mut next_attempt = Instant::now();
         while Instant::now() < deadline {
             self.collect();
             if self.has_exited() {
                 return None;
             }
-            if let Ok(true) = http_get_ok(port, ATTEMPT_TIMEOUT) {
+            let now = Instant::now();
+            if now >= next_attempt {
+                next_attempt = now + STAGGER;
+                if let Ok(attempt) = HttpAttempt::start(port) {
+                    attempts.push(attempt);
+                }
+            }
+            let mut answered = false;
+            attempts.retain_mut(|attempt| match attempt.poll() {
+                AttemptState::Ok => {
+                    answered = true;
+                    false
+                }
+                AttemptState::Waiting => attempt.started.elapsed() < ATTEMPT_LIFETIME,
+                AttemptState::Failed => false,
+            });
+            if answered {
                 return Some(self.start.elapsed());
             }
-            std::thread::sleep(PAUSE);
+            std::thread::sleep(POLL);
         }
         None
     }
@@ -153,23 +176,45 @@ impl Drop for RunningVm {
     }
 }
 
-/// One `GET /` on the loopback; whether the status line says 200.
-fn http_get_ok(port: u16, timeout: Duration) -> std::io::Result<bool> {
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&address, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 256];
-    while head.len() < 12 {
-        let count = stream.read(&mut buffer)?;
-        if count == 0 {
-            break;
-        }
-        head.extend_from_slice(&buffer[..count]);
+/// One `GET /` on the loopback, read without blocking.
+struct HttpAttempt {
+    stream: TcpStream,
+    started: Instant,
+    head: Vec<u8>,
+}
+
+enum AttemptState {
+    Waiting,
+    Ok,
+    Failed,
+}
+
+impl HttpAttempt {
+    fn start(port: u16) -> std::io::Result<Self> {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(100))?;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        stream.set_nonblocking(true)?;
+        Ok(Self { stream, started: Instant::now(), head: Vec::new() })
     }
-    Ok(status_is_ok(&head))
+
+    fn poll(&mut self) -> AttemptState {
+        let mut buffer = [0u8; 256];
+        loop {
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return AttemptState::Failed,
+                Ok(count) => {
+                    self.head.extend_from_slice(&buffer[..count]);
+                    if self.head.len() >= 12 {
+                        return if status_is_ok(&self.head) { AttemptState::Ok } else { AttemptState::Failed };
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return AttemptState::Waiting,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return AttemptState::Failed,
+            }
+        }
+    }
 }
 
 fn status_is_ok(head: &[u8]) -> bool {
@@ -221,16 +266,33 @@ mod tests {
     }
 
     #[test]
-    fn http_probe_against_a_local_server() {
+    fn http_attempt_against_a_local_server() {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0u8; 512];
-            let _ = stream.read(&mut request).unwrap();
-            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+            for answer in [&b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..], b"HTTP/1.1 503 Busy\r\n\r\n", b""] {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut request = [0u8; 512];
+                let _ = stream.read(&mut request).unwrap();
+                stream.write_all(answer).unwrap();
+            }
         });
-        assert!(http_get_ok(port, Duration::from_secs(5)).unwrap());
+        let wait = |mut attempt: HttpAttempt| {
+            let started = Instant::now();
+            loop {
+                match attempt.poll() {
+                    AttemptState::Waiting if started.elapsed() < Duration::from_secs(5) => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    AttemptState::Waiting => panic!("no answer"),
+                    AttemptState::Ok => return true,
+                    AttemptState::Failed => return false,
+                }
+            }
+        };
+        assert!(wait(HttpAttempt::start(port).unwrap()), "200 is ok");
+        assert!(!wait(HttpAttempt::start(port).unwrap()), "503 is not");
+        assert!(!wait(HttpAttempt::start(port).unwrap()), "a close without an answer is not");
         server.join().unwrap();
     }
 }

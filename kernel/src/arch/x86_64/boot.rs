@@ -28,10 +28,7 @@ pub struct BootStack {
 /// Written only by the boot code below (before Rust runs); read-only after.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".stacks.boot")]
-pub static mut BOOT_STACK: BootStack = BootStack {
-    guard: [0; PAGE_SIZE],
-    stack: [0; BOOT_STACK_SIZE],
-};
+pub static mut BOOT_STACK: BootStack = BootStack { guard: [0; PAGE_SIZE], stack: [0; BOOT_STACK_SIZE] };
 
 /// The first page tables: PML4, one PDPT, four page directories (4 GiB).
 #[repr(C, align(4096))]
@@ -42,11 +39,7 @@ pub struct BootTables {
 }
 
 #[unsafe(no_mangle)]
-pub static mut BOOT_TABLES: BootTables = BootTables {
-    pml4: [0; 512],
-    pdpt: [0; 512],
-    directories: [[0; 512]; 4],
-};
+pub static mut BOOT_TABLES: BootTables = BootTables { pml4: [0; 512], pdpt: [0; 512], directories: [[0; 512]; 4] };
 
 core::arch::global_asm!(
     r#"

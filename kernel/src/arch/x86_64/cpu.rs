@@ -19,9 +19,7 @@ pub fn cpuid(leaf: u32) -> (u32, u32, u32, u32) {
 pub fn cr2() -> u64 {
     let value: u64;
     // SAFETY: reading CR2 at ring 0 has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, cr2", out(reg) value, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mov {}, cr2", out(reg) value, options(nomem, nostack, preserves_flags)) };
     value
 }
 
@@ -39,9 +37,7 @@ pub fn frame_pointer() -> u64 {
     let value: u64;
     // SAFETY: reading RBP has no side effects; the kernel is built with
     // frame pointers, so it holds the current frame.
-    unsafe {
-        core::arch::asm!("mov {}, rbp", out(reg) value, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) value, options(nomem, nostack, preserves_flags)) };
     value
 }
 

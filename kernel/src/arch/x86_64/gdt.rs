@@ -26,12 +26,7 @@ const IST_COUNT: usize = 3;
 /// Bytes of each IST stack.
 pub const IST_STACK_SIZE: usize = 16 * 1024;
 /// Names of a CPU's stacks, in `PerCpu::stacks` order.
-pub const STACK_NAMES: [&str; STACKS] = [
-    "kernel stack",
-    "double-fault stack",
-    "NMI stack",
-    "machine-check stack",
-];
+pub const STACK_NAMES: [&str; STACKS] = ["kernel stack", "double-fault stack", "NMI stack", "machine-check stack"];
 
 #[repr(C, align(4096))]
 struct GuardedStack {
@@ -42,12 +37,8 @@ struct GuardedStack {
 /// The boot CPU's fault stacks (other CPUs get theirs from `smp`). Used
 /// only as stacks by the boot CPU.
 #[unsafe(link_section = ".stacks.interrupt")]
-static mut IST_STACKS: [GuardedStack; IST_COUNT] = [const {
-    GuardedStack {
-        guard: [0; PAGE_SIZE],
-        stack: [0; IST_STACK_SIZE],
-    }
-}; IST_COUNT];
+static mut IST_STACKS: [GuardedStack; IST_COUNT] =
+    [const { GuardedStack { guard: [0; PAGE_SIZE], stack: [0; IST_STACK_SIZE] } }; IST_COUNT];
 
 /// The running CPU's stacks: kernel stack first, then the IST stacks.
 pub fn stacks() -> [StackInfo; STACKS] {
@@ -58,17 +49,11 @@ pub fn stacks() -> [StackInfo; STACKS] {
 pub fn boot_cpu_stacks() -> [StackInfo; STACKS] {
     let boot = (&raw const BOOT_STACK) as u64;
     // Only addresses are taken.
-    let ist = |index: usize| {
-        (&raw const IST_STACKS) as u64 + (index * core::mem::size_of::<GuardedStack>()) as u64
-    };
+    let ist = |index: usize| (&raw const IST_STACKS) as u64 + (index * core::mem::size_of::<GuardedStack>()) as u64;
     let page = PAGE_SIZE as u64;
     let mut stacks = [StackInfo::EMPTY; STACKS];
-    stacks[0] = StackInfo {
-        name: "boot stack",
-        guard: boot,
-        start: boot + page,
-        end: boot + page + BOOT_STACK_SIZE as u64,
-    };
+    stacks[0] =
+        StackInfo { name: "boot stack", guard: boot, start: boot + page, end: boot + page + BOOT_STACK_SIZE as u64 };
     for slot in 0..IST_COUNT {
         let base = ist(slot);
         stacks[1 + slot] = StackInfo {

@@ -117,15 +117,8 @@ struct Gate {
 const INTERRUPT_GATE: u8 = 0x8e;
 
 /// Set once by `init` on the boot CPU; afterwards read only by CPUs.
-static mut IDT: [Gate; 256] = [Gate {
-    offset_low: 0,
-    selector: 0,
-    ist: 0,
-    attributes: 0,
-    offset_middle: 0,
-    offset_high: 0,
-    reserved: 0,
-}; 256];
+static mut IDT: [Gate; 256] =
+    [Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_middle: 0, offset_high: 0, reserved: 0 }; 256];
 
 /// Fills and loads the IDT.
 ///
@@ -172,14 +165,9 @@ pub unsafe fn load() {
         limit: u16,
         base: u64,
     }
-    let pointer = Pointer {
-        limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
-        base: idt as u64,
-    };
+    let pointer = Pointer { limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16, base: idt as u64 };
     // SAFETY: the IDT is static and fully initialised.
-    unsafe {
-        core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
 }
 
 /// Names of the architectural exceptions (Intel SDM vol. 3, table 6-1).
@@ -265,12 +253,8 @@ fn page_fault_cause(address: u64, error_code: u64) -> &'static str {
 fn report_exception(frame: &InterruptFrame) {
     let (name, mnemonic) = EXCEPTIONS[frame.vector as usize];
     let mut out = crate::console::Emergency::lock();
-    let _ = writeln!(
-        out,
-        "\n!!! CPU exception: {name} ({mnemonic}, vector {}) on cpu {}",
-        frame.vector,
-        crate::cpu_id()
-    );
+    let _ =
+        writeln!(out, "\n!!! CPU exception: {name} ({mnemonic}, vector {}) on cpu {}", frame.vector, crate::cpu_id());
     let _ = writeln!(out, "    error code {:#x}", frame.error_code);
     if frame.vector == 14 {
         let address = cpu::cr2();
@@ -285,11 +269,7 @@ fn report_exception(frame: &InterruptFrame) {
             } else {
                 "read"
             },
-            if frame.error_code & 1 != 0 {
-                "of a present page"
-            } else {
-                "of a non-present page"
-            },
+            if frame.error_code & 1 != 0 { "of a present page" } else { "of a non-present page" },
         );
     }
     if frame.vector == 8 {
@@ -297,11 +277,7 @@ fn report_exception(frame: &InterruptFrame) {
         // address of the page fault that could not be delivered.
         let address = cpu::cr2();
         if let Some(stack) = gdt::stacks().iter().find(|s| s.guard_contains(address)) {
-            let _ = writeln!(
-                out,
-                "    kernel stack overflow: {} guard page hit (cr2 {address:#018x})",
-                stack.name
-            );
+            let _ = writeln!(out, "    kernel stack overflow: {} guard page hit (cr2 {address:#018x})", stack.name);
         }
     }
     let _ = writeln!(

@@ -55,10 +55,7 @@ impl FrameBump {
     /// Frames from `[start, end)` (rounded inward to pages).
     pub fn new(start: u64, end: u64) -> Self {
         let page = PAGE_SIZE as u64;
-        Self {
-            next: start.div_ceil(page) * page,
-            end: end / page * page,
-        }
+        Self { next: start.div_ceil(page) * page, end: end / page * page }
     }
 
     /// The first byte not handed out.
@@ -70,10 +67,7 @@ impl FrameBump {
     pub fn allocate_range(&mut self, pages: usize) -> u64 {
         let bytes = (pages * PAGE_SIZE) as u64;
         if self.next + bytes > self.end {
-            panic!(
-                "out of low memory for boot structures at {:#x} (+{bytes:#x})",
-                self.next
-            );
+            panic!("out of low memory for boot structures at {:#x} (+{bytes:#x})", self.next);
         }
         let start = self.next;
         self.next += bytes;
@@ -125,9 +119,7 @@ fn small_page_flags(address: u64, guard_pages: &[u64]) -> Option<u64> {
 
 /// Whether `[start, start + size)` lies entirely in usable RAM.
 fn is_ram(map: &MemoryMap, start: u64, size: u64) -> bool {
-    map.regions()
-        .iter()
-        .any(|r| r.kind == RegionKind::Usable && r.start <= start && start + size <= r.end)
+    map.regions().iter().any(|r| r.kind == RegionKind::Usable && r.start <= start && start + size <= r.end)
 }
 
 /// Builds the final page tables and switches to them.
@@ -135,23 +127,12 @@ fn is_ram(map: &MemoryMap, start: u64, size: u64) -> bool {
 /// `guard_pages` lists the addresses of pages to leave unmapped (stack
 /// guards); 4 KiB pages are used up to `small_pages_up_to` (at least
 /// `KERNEL_MAP_LIMIT`, at most 1 GiB).
-pub fn init(
-    map: &MemoryMap,
-    frames: &mut FrameBump,
-    guard_pages: &[u64],
-    small_pages_up_to: u64,
-) -> PagingReport {
+pub fn init(map: &MemoryMap, frames: &mut FrameBump, guard_pages: &[u64], small_pages_up_to: u64) -> PagingReport {
     let first_frame = frames.next_free();
-    let small_limit = small_pages_up_to
-        .max(KERNEL_MAP_LIMIT)
-        .next_multiple_of(SIZE_2M)
-        .min(SIZE_1G);
+    let small_limit = small_pages_up_to.max(KERNEL_MAP_LIMIT).next_multiple_of(SIZE_2M).min(SIZE_1G);
     SMALL_PAGE_LIMIT.store(small_limit, core::sync::atomic::Ordering::Relaxed);
     let gigabyte_pages = has_gigabyte_pages();
-    let top = map
-        .highest_usable_address()
-        .max(4 * SIZE_1G)
-        .min(MAX_MAPPED);
+    let top = map.highest_usable_address().max(4 * SIZE_1G).min(MAX_MAPPED);
     let gigabytes = top.div_ceil(SIZE_1G);
 
     let pml4 = frames.allocate();
@@ -218,9 +199,7 @@ pub fn unmap_small_page(address: u64) -> bool {
     }
     let root: u64;
     // SAFETY: reading CR3 has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, cr3", out(reg) root, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) root, options(nomem, nostack, preserves_flags)) };
     let frame_mask = 0x000f_ffff_ffff_f000u64;
     // SAFETY: page tables are identity-mapped frames built by `init`; below
     // `limit` the walk is PML4[0] -> PDPT[0] -> PD -> PT, all present tables.

@@ -28,20 +28,14 @@ pub struct StackInfo {
 }
 
 impl StackInfo {
-    pub const EMPTY: Self = Self {
-        name: "",
-        guard: 0,
-        start: 0,
-        end: 0,
-    };
+    pub const EMPTY: Self = Self { name: "", guard: 0, start: 0, end: 0 };
 
     pub fn contains(&self, address: u64) -> bool {
         (self.start..self.end).contains(&address)
     }
 
     pub fn guard_contains(&self, address: u64) -> bool {
-        self.guard != 0
-            && (self.guard..self.guard + super::paging::PAGE_SIZE as u64).contains(&address)
+        self.guard != 0 && (self.guard..self.guard + super::paging::PAGE_SIZE as u64).contains(&address)
     }
 }
 
@@ -113,9 +107,7 @@ pub fn current_index() -> usize {
     let index: u32;
     // SAFETY: GS points at this CPU's PerCpu from the first instruction of
     // `kernel_entry` / `ap_main`; offset 8 is `index`.
-    unsafe {
-        core::arch::asm!("mov {0:e}, gs:[8]", out(reg) index, options(nostack, preserves_flags, readonly))
-    };
+    unsafe { core::arch::asm!("mov {0:e}, gs:[8]", out(reg) index, options(nostack, preserves_flags, readonly)) };
     index as usize
 }
 
@@ -123,9 +115,7 @@ pub fn current_index() -> usize {
 pub fn current() -> &'static PerCpu {
     let address: u64;
     // SAFETY: as in `current_index`; offset 0 is the block's own address.
-    unsafe {
-        core::arch::asm!("mov {}, gs:[0]", out(reg) address, options(nostack, preserves_flags, readonly))
-    };
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) address, options(nostack, preserves_flags, readonly)) };
     // SAFETY: the block lives forever; callers only read through this.
     unsafe { &*(address as *const PerCpu) }
 }
@@ -138,9 +128,7 @@ pub fn current() -> &'static PerCpu {
 pub unsafe fn current_mut() -> &'static mut PerCpu {
     let address: u64;
     // SAFETY: as in `current`.
-    unsafe {
-        core::arch::asm!("mov {}, gs:[0]", out(reg) address, options(nostack, preserves_flags, readonly))
-    };
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) address, options(nostack, preserves_flags, readonly)) };
     // SAFETY: the caller guarantees exclusive use.
     unsafe { &mut *(address as *mut PerCpu) }
 }

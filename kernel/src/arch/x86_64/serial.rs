@@ -21,10 +21,7 @@ pub struct Serial {
 impl Serial {
     /// COM1, not yet initialised.
     pub const fn com1() -> Self {
-        Self {
-            data: Port::new(COM1),
-            line_status: Port::new(COM1 + 5),
-        }
+        Self { data: Port::new(COM1), line_status: Port::new(COM1 + 5) }
     }
 
     /// 115200 baud, 8N1, FIFOs on, interrupts off.

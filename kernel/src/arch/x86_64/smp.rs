@@ -128,9 +128,9 @@ unsafe extern "C" {
 }
 
 /// Starts every AP in `apic_ids` (the boot CPU's id excluded by the
-/// caller); returns how many checked in. CPU indexes follow the order of
-/// `apic_ids`, from 1.
-pub fn start(apic_ids: &[u32], frames: &mut FrameBump) -> usize {
+/// caller) and runs `meanwhile` while they come up; returns how many
+/// checked in. CPU indexes follow the order of `apic_ids`, from 1.
+pub fn start(apic_ids: &[u32], frames: &mut FrameBump, meanwhile: impl FnOnce()) -> usize {
     let count = apic_ids.len().min(MAX_CPUS - 1);
     let apic_ids = &apic_ids[..count];
     for (position, &apic_id) in apic_ids.iter().enumerate() {
@@ -143,9 +143,7 @@ pub fn start(apic_ids: &[u32], frames: &mut FrameBump) -> usize {
     copy_trampoline();
     let root: u64;
     // SAFETY: reading CR3 has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, cr3", out(reg) root, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) root, options(nomem, nostack, preserves_flags)) };
     AP_CR3.store(root, Ordering::Release);
 
     let page = (TRAMPOLINE >> 12) as u8;
@@ -156,11 +154,10 @@ pub fn start(apic_ids: &[u32], frames: &mut FrameBump) -> usize {
         apic::send_startup(apic_id, page);
     }
     let start = cpu::rdtsc();
+    meanwhile();
     let mut resent = false;
     loop {
-        let waiting = (1..=count)
-            .filter(|&index| !CHECKED_IN[index].load(Ordering::Acquire))
-            .count();
+        let waiting = (1..=count).filter(|&index| !CHECKED_IN[index].load(Ordering::Acquire)).count();
         if waiting == 0 {
             break;
         }
@@ -176,27 +173,19 @@ pub fn start(apic_ids: &[u32], frames: &mut FrameBump) -> usize {
         if elapsed > GIVE_UP_TICKS {
             for (position, &apic_id) in apic_ids.iter().enumerate() {
                 if !CHECKED_IN[position + 1].load(Ordering::Acquire) {
-                    log::error!(
-                        "cpu {} (APIC id {apic_id}) did not start; running without it",
-                        position + 1
-                    );
+                    log::error!("cpu {} (APIC id {apic_id}) did not start; running without it", position + 1);
                 }
             }
             break;
         }
         core::hint::spin_loop();
     }
-    (1..=count)
-        .filter(|&index| CHECKED_IN[index].load(Ordering::Acquire))
-        .count()
+    (1..=count).filter(|&index| CHECKED_IN[index].load(Ordering::Acquire)).count()
 }
 
 /// Whether CPU `index` is running.
 pub fn is_up(index: usize) -> bool {
-    index == 0
-        || CHECKED_IN
-            .get(index)
-            .is_some_and(|flag| flag.load(Ordering::Acquire))
+    index == 0 || CHECKED_IN.get(index).is_some_and(|flag| flag.load(Ordering::Acquire))
 }
 
 /// Carves the stacks and `PerCpu` block of one AP.
@@ -206,18 +195,10 @@ fn prepare(index: u32, apic_id: u32, frames: &mut FrameBump) {
     let mut stacks = [StackInfo::EMPTY; STACKS];
     let mut cursor = area;
     for (slot, stack) in stacks.iter_mut().enumerate() {
-        let size = if slot == 0 {
-            AP_STACK_SIZE
-        } else {
-            gdt::IST_STACK_SIZE
-        } as u64;
+        let size = if slot == 0 { AP_STACK_SIZE } else { gdt::IST_STACK_SIZE } as u64;
         paging::unmap_small_page(cursor);
-        *stack = StackInfo {
-            name: gdt::STACK_NAMES[slot],
-            guard: cursor,
-            start: cursor + page,
-            end: cursor + page + size,
-        };
+        *stack =
+            StackInfo { name: gdt::STACK_NAMES[slot], guard: cursor, start: cursor + page, end: cursor + page + size };
         cursor += page + size;
     }
     let block = frames.allocate_range(1) as *mut PerCpu;
