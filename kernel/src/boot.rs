@@ -4,12 +4,14 @@
 use toro_core::acpi;
 use toro_core::command_line::{parse_log_level, CommandLine, CommandLineBuffer};
 use toro_core::memory_map::MemoryMap;
+use toro_core::memory_split;
+use toro_core::numa::{self, NumaTopology};
 use toro_core::pvh::{self, PhysicalMemory, StartInfo, Unreadable};
 
 use crate::arch::paging::{self, FrameBump};
 use crate::arch::{apic, cpu, exit, gdt, interrupts, percpu, sections, smp};
 use crate::once::BootCell;
-use crate::{console, heap, logger, system, time};
+use crate::{console, logger, memory, system, time};
 
 /// Exit status when the kernel cannot boot (bad start info, no memory).
 pub const EXIT_BOOT_FAILURE: u32 = 103;
@@ -86,7 +88,7 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     let trampoline_usable = is_usable_page(&map, smp::TRAMPOLINE); // before low memory is reserved
     let mut frames = reserve_image_and_low_memory(&mut map); // page-table frames
     phases.mark("memory map");
-    let madt = read_madt(&info); // the CPUs the firmware lists
+    let (madt, numa) = read_acpi(&info); // the CPUs and NUMA nodes the firmware lists
     phases.mark("ACPI");
     let application_processors = application_processor_ids(madt.as_ref());
     map_memory(&mut map, &mut frames, application_processors.len()); // W^X image, huge pages elsewhere
@@ -95,8 +97,8 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     let cpus = start_application_processors(&application_processors, trampoline_usable, &mut frames); // every CPU up
     reserve_boot_frames(&mut map, &frames); // stacks and tables out of the heap
     phases.mark("CPUs, TSC frequency");
-    start_heap(&mut map); // Box, Vec and friends work now
-    phases.mark("heap");
+    split_memory(&map, numa.as_ref()); // a share of RAM and an allocator per CPU
+    phases.mark("memory split, allocators");
     system::publish(system::SystemInfo {
         cpu_count: cpus,
         memory_bytes: map.usable_bytes(),
@@ -266,8 +268,25 @@ fn map_memory(map: &mut MemoryMap, frames: &mut FrameBump, application_processor
     );
 }
 
-/// The firmware's MADT, or None (then only the boot CPU runs).
-fn read_madt(info: &StartInfo) -> Option<acpi::MadtSummary> {
+/// The firmware's MADT (None: only the boot CPU runs) and SRAT (None: no
+/// NUMA nodes).
+fn read_acpi(info: &StartInfo) -> (Option<acpi::MadtSummary>, Option<NumaTopology>) {
+    let Some(rsdp) = read_rsdp(info) else { return (None, None) };
+    let numa = match numa::find_srat(&BOOT_MEMORY, &rsdp) {
+        Ok(Some(topology)) => {
+            log::info!("ACPI SRAT: {} NUMA nodes", topology.domains().count());
+            Some(topology)
+        }
+        Ok(None) => None,
+        Err(error) => {
+            log::warn!("bad ACPI SRAT ({error}); memory is split without NUMA nodes");
+            None
+        }
+    };
+    (read_madt(&rsdp), numa)
+}
+
+fn read_rsdp(info: &StartInfo) -> Option<acpi::Rsdp> {
     let rsdp_address = if info.rsdp_address != 0 {
         info.rsdp_address
     } else {
@@ -279,14 +298,17 @@ fn read_madt(info: &StartInfo) -> Option<acpi::MadtSummary> {
             }
         }
     };
-    let rsdp = match acpi::parse_rsdp(&BOOT_MEMORY, rsdp_address) {
-        Ok(rsdp) => rsdp,
+    match acpi::parse_rsdp(&BOOT_MEMORY, rsdp_address) {
+        Ok(rsdp) => Some(rsdp),
         Err(error) => {
             log::warn!("bad ACPI RSDP at {rsdp_address:#x} ({error}); running on the boot CPU only");
-            return None;
+            None
         }
-    };
-    let madt_address = match acpi::find_table(&BOOT_MEMORY, &rsdp, *b"APIC") {
+    }
+}
+
+fn read_madt(rsdp: &acpi::Rsdp) -> Option<acpi::MadtSummary> {
+    let madt_address = match acpi::find_table(&BOOT_MEMORY, rsdp, *b"APIC") {
         Ok(Some((address, _))) => address,
         Ok(None) => {
             log::warn!("no ACPI MADT; running on the boot CPU only");
@@ -370,14 +392,38 @@ fn reserve_boot_frames(map: &mut MemoryMap, frames: &FrameBump) {
     }
 }
 
-fn start_heap(map: &mut MemoryMap) {
-    let largest = map.usable().max_by_key(|r| r.end - r.start).map(|r| (r.start, r.end));
-    let Some((start, end)) = largest else { boot_failure(format_args!("no RAM left for the heap")) };
-    let end = end.min(paging::MAX_MAPPED);
-    // SAFETY: a usable region of the memory map, mapped by paging::init,
-    // handed to nothing else (the heap owns it from now on).
-    unsafe { heap::init(start, end) };
-    log::info!("heap: {:#x}..{:#x} ({} MiB)", start, end, (end - start) >> 20);
+/// Splits free RAM among the running CPUs and sets up their allocators.
+fn split_memory(map: &MemoryMap, numa: Option<&NumaTopology>) {
+    let mut apic_ids = [0u32; percpu::MAX_CPUS];
+    let mut indexes = [0usize; percpu::MAX_CPUS];
+    let mut count = 0;
+    for index in 0..percpu::MAX_CPUS {
+        if let (true, Some(cpu)) = (smp::is_up(index), percpu::by_index(index)) {
+            apic_ids[count] = cpu.apic_id;
+            indexes[count] = index;
+            count += 1;
+        }
+    }
+    let plan = match memory_split::plan(map, &apic_ids[..count], numa) {
+        Ok(plan) => plan,
+        Err(error) => boot_failure(format_args!("cannot split memory among {count} CPUs: {error}")),
+    };
+    for share in plan.shares() {
+        log::info!(
+            "memory: cpu {} node {}: {:#x}..{:#x} ({} MiB)",
+            indexes[share.cpu_index],
+            share.domain.map_or(-1, |d| d as i64),
+            share.start,
+            share.end,
+            share.size() >> 20
+        );
+    }
+    if plan.unassigned_bytes() > 0 {
+        log::info!("memory: {} KiB in fragments too small to share", plan.unassigned_bytes() >> 10);
+    }
+    if let Err(error) = memory::init(plan.shares(), &indexes[..count]) {
+        boot_failure(format_args!("cannot set up the allocators: {error}"));
+    }
 }
 
 /// The sanitised command line.

@@ -16,8 +16,8 @@ mod arch;
 mod backtrace;
 mod boot;
 pub mod console;
-mod heap;
 mod logger;
+pub mod memory;
 mod once;
 mod panic;
 mod sync;
@@ -71,11 +71,6 @@ pub fn exit(status: i32) -> ! {
     arch::exit::exit_vm(status as u32)
 }
 
-/// Heap bytes in use and free.
-pub fn heap_usage() -> (usize, usize) {
-    heap::usage()
-}
-
 /// The index of the CPU running the caller: 0 is the boot CPU, then the
 /// firmware's (MADT) order.
 pub fn cpu_id() -> u32 {
@@ -84,6 +79,7 @@ pub fn cpu_id() -> u32 {
 
 /// What a CPU does when it has nothing to run: halt until an interrupt.
 pub(crate) fn cpu_idle_loop() -> ! {
+    memory::idle();
     arch::cpu::halt_forever()
 }
 

@@ -28,6 +28,7 @@ fn panic(info: &PanicInfo) -> ! {
         }
     }
     let _ = writeln!(out, "{}", info.message());
+    crate::memory::write_failure_report(&mut out);
     let here: u64;
     // SAFETY: reading RIP through a RIP-relative LEA has no side effects.
     unsafe { core::arch::asm!("lea {}, [rip]", out(reg) here, options(nomem, nostack, preserves_flags)) };

@@ -1,0 +1,392 @@
+//! Memory: each CPU's share of RAM, and the per-CPU allocator behind
+//! `#[global_allocator]`.
+//!
+//! At boot, usable RAM is split into one contiguous share per CPU (per NUMA
+//! node when the firmware's SRAT describes nodes; `toro_core::memory_split`).
+//! Each share starts with that CPU's `CpuAllocator` and the rings through
+//! which other CPUs return its blocks; the rest is its heap. A thread's
+//! allocation comes from the heap of the CPU it runs on. A block freed on
+//! another CPU goes back to its owner through the single-producer,
+//! single-consumer ring of that CPU pair; the owner takes such blocks back
+//! when it allocates or idles. No path here takes a lock or executes a
+//! locked instruction (`cargo xtask test` checks the disassembly).
+//!
+//! Running low: a CPU allocates only from its own share; when it is full,
+//! the allocation fails (`GlobalAlloc` returns null) instead of taking
+//! memory behind another CPU's back. Fallible paths (`Vec::try_reserve`,
+//! `toro::memory::try_allocate`) see the failure quietly; an infallible
+//! allocation panics, and the panic report lists every CPU's usage.
+//!
+//! Interrupt handlers must not allocate: the allocator of a CPU is used by
+//! that CPU's running code only, and Toro's scheduling is cooperative.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use toro_core::allocator::{CpuAllocator, CpuHeap, RemoteRing, Usage, WordMemory, DEFAULT_BATCH_BLOCKS};
+use toro_core::memory_split::CpuShare;
+
+use crate::arch::paging::PAGE_SIZE;
+use crate::arch::percpu::{self, MAX_CPUS};
+use crate::once::BootCell;
+
+type Allocator = CpuAllocator<'static, MAX_CPUS>;
+
+/// The allocator's view of memory: physical = virtual, plain loads and
+/// stores.
+struct Words;
+
+impl WordMemory for Words {
+    #[inline(always)]
+    fn load(&self, address: u64) -> u64 {
+        // SAFETY: the bookkeeping only names 8-aligned words inside CPU
+        // shares (identity-mapped RAM given to the allocator at boot) that
+        // belong to its metadata or to free blocks, never to live data.
+        unsafe { (address as *const u64).read() }
+    }
+
+    #[inline(always)]
+    fn store(&mut self, address: u64, value: u64) {
+        // SAFETY: as in `load`.
+        unsafe { (address as *mut u64).write(value) }
+    }
+}
+
+/// Each CPU's allocator (address inside its share); published by the boot
+/// CPU once set up, then used by its CPU only.
+static ALLOCATORS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Which CPU owns an address: shares sorted by start. Read-only after boot.
+struct Owners {
+    shares: [(u64, u64, u16); MAX_CPUS],
+    count: usize,
+}
+
+static OWNERS: BootCell<Owners> = BootCell::new();
+
+/// The last usage each CPU published (every `PUBLISH_INTERVAL`
+/// allocations and when it idles), for other CPUs to read.
+struct PublishedUsage {
+    in_use: AtomicU64,
+    free: AtomicU64,
+    capacity: AtomicU64,
+    remote_sent: AtomicU64,
+    remote_received: AtomicU64,
+    remote_pending: AtomicU64,
+    allocations: AtomicU64,
+}
+
+static PUBLISHED: [PublishedUsage; MAX_CPUS] = [const {
+    PublishedUsage {
+        in_use: AtomicU64::new(0),
+        free: AtomicU64::new(0),
+        capacity: AtomicU64::new(0),
+        remote_sent: AtomicU64::new(0),
+        remote_received: AtomicU64::new(0),
+        remote_pending: AtomicU64::new(0),
+        allocations: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+
+/// Allocations between two publications of a CPU's usage.
+const PUBLISH_INTERVAL: u64 = 256;
+
+/// The running CPU's allocator, if memory is set up.
+///
+/// # Safety
+/// The caller must not hold another reference from an earlier call: the
+/// allocator is used by its own CPU only, by non-reentrant code (no
+/// interrupt handler allocates).
+#[inline(always)]
+unsafe fn mine() -> Option<&'static mut Allocator> {
+    let address = ALLOCATORS[percpu::current_index()].load(Ordering::Acquire);
+    // SAFETY: published by `init`, owned by this CPU; see above.
+    (address != 0).then(|| unsafe { &mut *(address as *mut Allocator) })
+}
+
+fn publish(allocator: &Allocator) {
+    let usage = allocator.usage();
+    let published = &PUBLISHED[allocator.cpu()];
+    published.in_use.store(usage.heap.bytes_in_use, Ordering::Relaxed);
+    published.free.store(usage.heap.bytes_free, Ordering::Relaxed);
+    published.capacity.store(usage.heap.capacity_bytes, Ordering::Relaxed);
+    published.remote_sent.store(usage.remote_sent.bytes, Ordering::Relaxed);
+    published.remote_received.store(usage.remote_received.bytes, Ordering::Relaxed);
+    published.remote_pending.store(usage.remote_pending.bytes, Ordering::Relaxed);
+}
+
+/// Allocates from the running CPU's share. Null when it is full.
+#[inline(never)]
+pub fn allocate(size: usize, align: usize) -> *mut u8 {
+    // SAFETY: one use of this CPU's allocator, not nested.
+    let Some(allocator) = (unsafe { mine() }) else { return core::ptr::null_mut() };
+    let published = &PUBLISHED[allocator.cpu()];
+    let count = published.allocations.load(Ordering::Relaxed) + 1;
+    published.allocations.store(count, Ordering::Relaxed);
+    if count % PUBLISH_INTERVAL == 0 {
+        publish(allocator);
+    }
+    match allocator.allocate(&mut Words, size.max(1), align) {
+        Some(address) => address as *mut u8,
+        None => {
+            allocation_failure_record(allocator, size, align);
+            core::ptr::null_mut()
+        }
+    }
+}
+
+/// Frees a block: locally if this CPU owns it, else through the ring to
+/// its owner.
+#[inline(never)]
+pub fn free(address: u64, size: usize) {
+    // SAFETY: one use of this CPU's allocator, not nested.
+    let Some(allocator) = (unsafe { mine() }) else { return };
+    if allocator.owns(address) {
+        if let Err(error) = allocator.free_local(&mut Words, address) {
+            allocation_failure_bad_free(address, size, error);
+        }
+        return;
+    }
+    match owner_of(address) {
+        Some(owner) => {
+            if let Err(error) = allocator.free_remote(&mut Words, owner, address, size as u64) {
+                allocation_failure_bad_remote_free(address, owner, error);
+            }
+        }
+        None => allocation_failure_not_heap(address, size),
+    }
+}
+
+/// The CPU whose share holds `address`.
+#[inline]
+fn owner_of(address: u64) -> Option<usize> {
+    let owners = OWNERS.get()?;
+    let shares = &owners.shares[..owners.count];
+    let index = shares.partition_point(|&(start, _, _)| start <= address).checked_sub(1)?;
+    let (start, end, cpu) = shares[index];
+    (start <= address && address < end).then_some(cpu as usize)
+}
+
+/// Takes back this CPU's blocks freed elsewhere and hands over blocks freed
+/// here; called before a CPU halts.
+#[inline(never)]
+pub(crate) fn idle() {
+    // SAFETY: one use of this CPU's allocator, not nested.
+    if let Some(allocator) = unsafe { mine() } {
+        allocator.idle(&mut Words);
+        publish(allocator);
+    }
+}
+
+/// The per-CPU allocator as Rust's global allocator.
+pub struct Global;
+
+// SAFETY: `allocate` returns blocks of at least `size` bytes aligned to
+// `align` that no one else uses until `free`; `free` takes them back.
+unsafe impl GlobalAlloc for Global {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        allocate(layout.size(), layout.align())
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        free(pointer as u64, layout.size())
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Global = Global;
+
+/// Allocates `layout` from the running CPU's memory, or `None` when it is
+/// full: the fallible path (no report, no panic).
+pub fn try_allocate(layout: Layout) -> Option<core::ptr::NonNull<u8>> {
+    core::ptr::NonNull::new(allocate(layout.size(), layout.align()))
+}
+
+/// One CPU's memory figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuUsage {
+    pub cpu: usize,
+    /// Bytes the heap can hand out (its share less its metadata).
+    pub capacity: u64,
+    /// Bytes of blocks handed out and not freed.
+    pub in_use: u64,
+    /// Bytes free.
+    pub free: u64,
+    /// Bytes of other CPUs' blocks freed here and handed back to them.
+    pub remote_sent: u64,
+    /// Bytes of other CPUs' blocks freed here, not yet handed back.
+    pub remote_pending: u64,
+    /// Bytes of this CPU's blocks freed elsewhere and taken back.
+    pub remote_received: u64,
+}
+
+fn exact(usage: Usage) -> CpuUsage {
+    CpuUsage {
+        cpu: usage.cpu,
+        capacity: usage.heap.capacity_bytes,
+        in_use: usage.heap.bytes_in_use,
+        free: usage.heap.bytes_free,
+        remote_sent: usage.remote_sent.bytes,
+        remote_pending: usage.remote_pending.bytes,
+        remote_received: usage.remote_received.bytes,
+    }
+}
+
+/// The running CPU's figures, exact. Takes back blocks freed for it
+/// elsewhere first, so a quiet system shows what is really in use.
+pub fn usage_here() -> CpuUsage {
+    // SAFETY: one use of this CPU's allocator, not nested.
+    match unsafe { mine() } {
+        Some(allocator) => {
+            allocator.idle(&mut Words);
+            publish(allocator);
+            exact(allocator.usage())
+        }
+        None => CpuUsage::default(),
+    }
+}
+
+/// CPU `cpu`'s figures as it last published them (when it last idled, or
+/// within its last 256 allocations); exact for the running CPU.
+pub fn usage(cpu: usize) -> Option<CpuUsage> {
+    if cpu == percpu::current_index() {
+        return Some(usage_here());
+    }
+    if ALLOCATORS.get(cpu)?.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let published = &PUBLISHED[cpu];
+    Some(CpuUsage {
+        cpu,
+        capacity: published.capacity.load(Ordering::Relaxed),
+        in_use: published.in_use.load(Ordering::Relaxed),
+        free: published.free.load(Ordering::Relaxed),
+        remote_sent: published.remote_sent.load(Ordering::Relaxed),
+        remote_pending: published.remote_pending.load(Ordering::Relaxed),
+        remote_received: published.remote_received.load(Ordering::Relaxed),
+    })
+}
+
+/// Where the failing CPU keeps its last failure, for the panic report.
+static LAST_FAILURE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+#[cold]
+#[inline(never)]
+fn allocation_failure_record(allocator: &Allocator, size: usize, _align: usize) {
+    LAST_FAILURE[allocator.cpu()].store(size as u64, Ordering::Relaxed);
+    publish(allocator);
+}
+
+#[cold]
+#[inline(never)]
+fn allocation_failure_bad_free(address: u64, size: usize, error: toro_core::allocator::FreeError) {
+    log::error!("bad free of {size} bytes at {address:#x} on cpu {}: {error}; block leaked", percpu::current_index());
+}
+
+#[cold]
+#[inline(never)]
+fn allocation_failure_bad_remote_free(address: u64, owner: usize, error: toro_core::allocator::RemoteError) {
+    log::error!("cannot return block {address:#x} to cpu {owner}: {error}; block leaked");
+}
+
+#[cold]
+#[inline(never)]
+fn allocation_failure_not_heap(address: u64, size: usize) {
+    log::error!("free of {size} bytes at {address:#x}, which no CPU's heap holds; ignored");
+}
+
+/// After an allocation failed on this CPU: which size, and every CPU's
+/// usage (for the panic report of an infallible allocation).
+pub(crate) fn write_failure_report(out: &mut impl Write) {
+    let here = percpu::current_index();
+    let failed = LAST_FAILURE[here].load(Ordering::Relaxed);
+    if failed == 0 {
+        return;
+    }
+    let _ = writeln!(out, "out of memory: cpu {here} could not allocate {failed} bytes from its share");
+    let _ = writeln!(out, "memory by cpu (capacity / in use / free / remote frees sent, pending, received; KiB):");
+    for cpu in 0..percpu::online() {
+        let published = &PUBLISHED[cpu];
+        let kib = |value: &AtomicU64| value.load(Ordering::Relaxed) >> 10;
+        let _ = writeln!(
+            out,
+            "    cpu {cpu:<3} {:>9} / {:>9} / {:>9} / {} {} {}",
+            kib(&published.capacity),
+            kib(&published.in_use),
+            kib(&published.free),
+            kib(&published.remote_sent),
+            kib(&published.remote_pending),
+            kib(&published.remote_received)
+        );
+    }
+}
+
+/// Sets up every CPU's allocator over its share; the boot CPU calls this
+/// once, while the other CPUs wait, before anything allocates.
+///
+/// `shares[i]` belongs to CPU index `cpus[i]`.
+pub(crate) fn init(shares: &[CpuShare], cpus: &[usize]) -> Result<(), &'static str> {
+    let count = shares.len();
+    let ring_bytes = core::mem::size_of::<RemoteRing>() as u64;
+    let ring_align = core::mem::align_of::<RemoteRing>() as u64;
+    let allocator_bytes = core::mem::size_of::<Allocator>() as u64;
+    let rings_offset = allocator_bytes.next_multiple_of(ring_align);
+    let header = (rings_offset + count as u64 * ring_bytes).next_multiple_of(PAGE_SIZE as u64);
+    let mut owners = Owners { shares: [(0, 0, 0); MAX_CPUS], count: 0 };
+    // First every CPU's allocator and inbound rings, at its share's start.
+    for (position, share) in shares.iter().enumerate() {
+        let cpu = cpus[position];
+        if share.end - share.start < header + CpuHeap::MIN_REGION_BYTES {
+            return Err("a CPU's share of memory is too small for its allocator");
+        }
+        let heap = match CpuHeap::new(&mut Words, share.start + header, share.end - share.start - header) {
+            Ok(heap) => heap,
+            Err(_) => return Err("a CPU's share of memory cannot hold a heap"),
+        };
+        let allocator = share.start as *mut Allocator;
+        // SAFETY: the share is usable RAM given to this CPU alone, mapped,
+        // page-aligned (so aligned for Allocator and the rings); nothing
+        // uses it yet.
+        unsafe {
+            allocator.write(CpuAllocator::new(cpu, heap, DEFAULT_BATCH_BLOCKS));
+            for source in 0..count {
+                let ring = (share.start + rings_offset + source as u64 * ring_bytes) as *mut RemoteRing;
+                ring.write(RemoteRing::new());
+            }
+        }
+        owners.shares[position] = (share.start, share.end, cpu as u16);
+    }
+    // Then connect each ring: producer end to the source, consumer end to
+    // the destination (the share holding the ring).
+    for (destination_position, destination_share) in shares.iter().enumerate() {
+        for source_position in 0..count {
+            if source_position == destination_position {
+                continue;
+            }
+            let ring =
+                (destination_share.start + rings_offset + source_position as u64 * ring_bytes) as *mut RemoteRing;
+            // SAFETY: each ring is split once, here, and lives as long as
+            // the kernel; its ends go to one CPU each.
+            let (producer, consumer) = unsafe { (*ring).split() };
+            let source = shares[source_position].start as *mut Allocator;
+            let destination = destination_share.start as *mut Allocator;
+            // SAFETY: the allocators were written above and are not yet
+            // published, so these are the only references.
+            unsafe {
+                let _ = (*source).connect_outbound(cpus[destination_position], producer);
+                let _ = (*destination).connect_inbound(cpus[source_position], consumer);
+            }
+        }
+    }
+    owners.count = count;
+    owners.shares[..count].sort_unstable_by_key(|&(start, _, _)| start);
+    OWNERS.set(owners);
+    for (position, share) in shares.iter().enumerate() {
+        let allocator = share.start as *mut Allocator;
+        // SAFETY: set up above; publishing hands it to its CPU.
+        publish(unsafe { &*allocator });
+        ALLOCATORS[cpus[position]].store(share.start, Ordering::Release);
+    }
+    Ok(())
+}
