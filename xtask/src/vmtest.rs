@@ -125,6 +125,20 @@ fn tests() -> Vec<VmTest> {
     ]
 }
 
+/// Functions that must contain, or reach by calls, no locked instruction:
+/// allocate, free and remote free (and the drain when idle).
+pub const LOCK_FREE_ROOTS: &[&str] = &["toro::memory::allocate", "toro::memory::free", "toro::memory::idle"];
+
+/// Disassembles an image and checks the lock-free paths.
+fn lock_free_test(image: &std::path::Path) -> Result<(bool, String)> {
+    let problems = crate::lockcheck::check(image, LOCK_FREE_ROOTS)?;
+    Ok(if problems.is_empty() {
+        (true, format!("ok ({} roots, no lock or xchg reachable)", LOCK_FREE_ROOTS.len()))
+    } else {
+        (false, format!("FAILED\n    {}", problems.join("\n    ")))
+    })
+}
+
 /// The floor kernel (exits at its first instruction) must end with status 0.
 fn floor_test(accel: crate::accel::Accel) -> Result<(bool, String)> {
     let image = crate::floor::write(&build::workspace_root().join("target"))?;
@@ -184,6 +198,11 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     }
     let images = build::build(&specs, false)?;
     let accel = crate::choose_accel(None);
+    if let Some(index) = specs.iter().position(|s| s.binary == "hello") {
+        let (ok, summary) = lock_free_test(&images[index])?;
+        println!("vm test lock-free-paths ... {summary}");
+        if ok { passed += 1 } else { failed += 1 }
+    }
     if filter.as_ref().is_none_or(|f| "floor".contains(f.as_str())) {
         let (ok, summary) = floor_test(accel)?;
         println!("vm test floor ... {summary}");
