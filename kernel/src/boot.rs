@@ -424,6 +424,7 @@ fn split_memory(map: &MemoryMap, numa: Option<&NumaTopology>) {
     if let Err(error) = memory::init(plan.shares(), &indexes[..count]) {
         boot_failure(format_args!("cannot set up the allocators: {error}"));
     }
+    crate::cpu::init(&indexes[..count]); // job rings between every pair of CPUs
 }
 
 /// The sanitised command line.

@@ -16,6 +16,7 @@ mod arch;
 mod backtrace;
 mod boot;
 pub mod console;
+pub mod cpu;
 mod logger;
 pub mod memory;
 mod once;
@@ -25,6 +26,8 @@ pub mod system;
 pub mod time;
 
 pub use log;
+/// Single-producer, single-consumer rings (`toro_core::spsc`).
+pub use toro_core::spsc;
 
 /// What `main` may return; it becomes the VM's exit status.
 pub trait Termination {
@@ -77,10 +80,9 @@ pub fn cpu_id() -> u32 {
     arch::percpu::current_index() as u32
 }
 
-/// What a CPU does when it has nothing to run: halt until an interrupt.
+/// What a CPU does when it has nothing to run (see `cpu`).
 pub(crate) fn cpu_idle_loop() -> ! {
-    memory::idle();
-    arch::cpu::halt_forever()
+    cpu::idle_loop()
 }
 
 /// Stops the calling CPU for good without ending the VM: it halts and costs

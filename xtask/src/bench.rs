@@ -60,7 +60,9 @@ const LINUX_TIMEOUT: Duration = Duration::from_secs(60);
 /// Per probe of the memory bisection: a guest short of memory may hang.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The bisection's range in MiB; the top is the launcher's default `-m`.
-const TORO_MEMORY_RANGE: (u32, u32) = (1, 128);
+/// Toro's image is loaded at 1 MiB, so it needs more than 1 MiB (with
+/// `-m 1` the run only times out).
+const TORO_MEMORY_RANGE: (u32, u32) = (2, 128);
 const LINUX_MEMORY_RANGE: (u32, u32) = (64, 128);
 /// What the Toro `hello` example prints first.
 const HELLO_LINE: &str = "Hello from Toro!";
@@ -323,7 +325,7 @@ impl Bench {
             let mut works = |memory_mib: u32| -> Result<bool> {
                 let mut config = VmConfig::new(image.clone(), accel);
                 config.memory_mib = memory_mib;
-                let outcome = match qemu::run(&config, Some(TORO_TIMEOUT), false, &|line| line.to_string()) {
+                let outcome = match qemu::run(&config, Some(PROBE_TIMEOUT), false, &|line| line.to_string()) {
                     Ok(result) => result.outcome,
                     // QEMU may refuse a size outright: that size does not work.
                     Err(_) => Outcome::QemuFailed(1),

@@ -34,13 +34,18 @@ impl Symbols {
 
     /// `name+0xoffset` for an address inside a known function.
     pub fn lookup(&self, address: u64) -> Option<String> {
+        self.lookup_parts(address).map(|(name, offset)| format!("{name}+{offset:#x}"))
+    }
+
+    /// The function holding `address` and the offset into it.
+    fn lookup_parts(&self, address: u64) -> Option<(&str, u64)> {
         let index = self.functions.partition_point(|f| f.0 <= address).checked_sub(1)?;
         let (start, size, name) = &self.functions[index];
         let offset = address - start;
         // Symbols of size 0 (assembly labels) cover up to the next symbol.
         let inside =
             if *size > 0 { offset < *size } else { self.functions.get(index + 1).is_none_or(|next| address < next.0) };
-        inside.then(|| format!("{name}+{offset:#x}"))
+        inside.then_some((name.as_str(), offset))
     }
 
     /// Appends `<function+offset>` to lines that carry code addresses: the
@@ -54,7 +59,18 @@ impl Symbols {
         let address = trimmed
             .split_whitespace()
             .find_map(|word| word.strip_prefix("0x").and_then(|hex| u64::from_str_radix(hex, 16).ok()));
-        match address.and_then(|a| self.lookup(a)) {
+        // Return addresses (frames after #0) point after their call, which
+        // may be the last instruction of a function: look up the byte before.
+        let is_return_address = trimmed.starts_with('#') && !trimmed.starts_with("#0 ");
+        let found = address.and_then(|a| {
+            if is_return_address {
+                let (name, offset) = self.lookup_parts(a.checked_sub(1)?)?;
+                Some(format!("{name}+{:#x}", offset + 1))
+            } else {
+                self.lookup(a)
+            }
+        });
+        match found {
             Some(name) => format!("{line}  <{name}>"),
             None => line.to_string(),
         }

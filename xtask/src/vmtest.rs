@@ -86,6 +86,51 @@ fn tests() -> Vec<VmTest> {
         },
         VmTest { status: 42, expect: &["returning 42"], ..vm("vm-tests", "exit_status") },
         VmTest {
+            name: "alloc_all_cpus-2",
+            memory_mib: 256,
+            expect: &["no corruption, no leak"],
+            ..vm("vm-tests", "alloc_all_cpus")
+        },
+        VmTest {
+            name: "alloc_all_cpus-4",
+            cpus: 4,
+            memory_mib: 256,
+            expect: &["no corruption, no leak"],
+            ..vm("vm-tests", "alloc_all_cpus")
+        },
+        VmTest {
+            name: "alloc_all_cpus-8",
+            cpus: 8,
+            memory_mib: 256,
+            expect: &["no corruption, no leak"],
+            ..vm("vm-tests", "alloc_all_cpus")
+        },
+        VmTest {
+            memory_mib: 64,
+            status: PANIC,
+            expect: &[
+                "fallible allocation failed cleanly after",
+                "memory allocation of 1048576 bytes failed",
+                "out of memory: cpu 0 could not allocate 1048576 bytes",
+                "memory by cpu",
+                "    cpu 1 ",
+            ],
+            ..vm("vm-tests", "alloc_exhaust")
+        },
+        VmTest {
+            name: "alloc_remote-2",
+            memory_mib: 256,
+            expect: &["no corruption, no leak"],
+            ..vm("vm-tests", "alloc_remote")
+        },
+        VmTest {
+            name: "alloc_remote-4",
+            cpus: 4,
+            memory_mib: 256,
+            expect: &["no corruption, no leak"],
+            ..vm("vm-tests", "alloc_remote")
+        },
+        VmTest {
             status: CPU_EXCEPTION,
             expect: &[
                 "CPU exception: page fault (#PF, vector 14)",
@@ -201,7 +246,11 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     if let Some(index) = specs.iter().position(|s| s.binary == "hello") {
         let (ok, summary) = lock_free_test(&images[index])?;
         println!("vm test lock-free-paths ... {summary}");
-        if ok { passed += 1 } else { failed += 1 }
+        if ok {
+            passed += 1
+        } else {
+            failed += 1
+        }
     }
     if filter.as_ref().is_none_or(|f| "floor".contains(f.as_str())) {
         let (ok, summary) = floor_test(accel)?;

@@ -18,7 +18,6 @@ const APIC_BASE_X2APIC: u64 = 1 << 10;
 pub const DEFAULT_XAPIC_BASE: u64 = 0xfee0_0000;
 
 /// x2APIC MSR numbers; the xAPIC MMIO offset is `(msr - 0x800) << 4`.
-const REGISTER_ID: u32 = 0x802;
 const REGISTER_EOI: u32 = 0x80b;
 const REGISTER_SPURIOUS: u32 = 0x80f;
 const REGISTER_ICR: u32 = 0x830;
@@ -95,16 +94,6 @@ fn write(register: u32, value: u32) {
         let address = XAPIC_BASE.load(Ordering::Relaxed) + (((register - 0x800) as u64) << 4);
         // SAFETY: as in `read`.
         unsafe { core::ptr::write_volatile(address as *mut u32, value) }
-    }
-}
-
-/// This CPU's APIC id.
-pub fn id() -> u32 {
-    let raw = read(REGISTER_ID);
-    if x2apic_mode() {
-        raw
-    } else {
-        raw >> 24
     }
 }
 

@@ -219,6 +219,13 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
         log::warn!("breakpoint at rip {:#018x}", frame.rip);
         return;
     }
+    if frame.vector == crate::cpu::WAKE_VECTOR as u64 {
+        super::apic::end_of_interrupt();
+        return;
+    }
+    if frame.vector == super::apic::SPURIOUS_VECTOR as u64 {
+        return;
+    }
     if frame.vector >= 32 {
         log::warn!("unexpected interrupt, vector {}", frame.vector);
         return;

@@ -1,0 +1,296 @@
+//! Running work on other CPUs, and what a CPU does when it has none.
+//!
+//! `run_on(cpu, closure)` hands a closure to another CPU through the
+//! single-producer, single-consumer ring of that CPU pair (one ring per
+//! ordered pair, so each ring has exactly one writer CPU and one reader
+//! CPU): no lock and no locked instruction on the way. A CPU with nothing to
+//! do drains its rings, returns remotely freed memory, and halts; a sender
+//! wakes it with an IPI only when it is halted.
+//!
+//! The sleep/wake hand-shake is Dekker-style: the sleeper stores "sleeping"
+//! then checks its rings; the sender pushes then checks "sleeping". Each
+//! side puts an `mfence` between its store and its load (x86 may reorder a
+//! store with a later load), so at least one of them sees the other: no
+//! lost wake-up. `mfence` is a fence, not a locked instruction.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use toro_core::spsc::{Consumer, Producer, Ring};
+
+use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::{apic, smp};
+
+/// Jobs in flight per CPU pair.
+const JOB_SLOTS: usize = 64;
+/// The IPI vector that wakes a halted CPU.
+pub(crate) const WAKE_VECTOR: u8 = 0xf0;
+
+/// A closure to run, type-erased: `run(data)` runs it and signals its
+/// `Pending`.
+#[derive(Clone, Copy)]
+struct Job {
+    run: unsafe fn(*mut u8),
+    data: *mut u8,
+}
+
+// SAFETY: a Job carries a `Task` whose closure and result are `Send`.
+unsafe impl Send for Job {}
+
+type JobRing = Ring<Job, JOB_SLOTS>;
+
+/// One CPU's ends of the job rings: producer ends towards every other CPU,
+/// consumer ends from every other CPU. Used by its CPU only.
+struct Mailboxes {
+    outgoing: Vec<Option<Producer<'static, Job, JOB_SLOTS>>>,
+    incoming: Vec<Option<Consumer<'static, Job, JOB_SLOTS>>>,
+}
+
+/// Each CPU's mailboxes; published by the boot CPU, then used by that CPU.
+static MAILBOXES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Whether a CPU is halted (or about to); written only by that CPU.
+#[repr(align(64))]
+struct Sleeping(AtomicBool);
+static SLEEPING: [Sleeping; MAX_CPUS] = [const { Sleeping(AtomicBool::new(false)) }; MAX_CPUS];
+
+#[inline(always)]
+fn full_fence() {
+    // SAFETY: a memory fence only orders this CPU's loads and stores.
+    unsafe { core::arch::asm!("mfence", options(nostack, preserves_flags)) };
+}
+
+/// # Safety
+/// The caller must not hold another reference from an earlier call (the
+/// mailboxes are used by their CPU only, not from interrupt handlers).
+unsafe fn mine() -> Option<&'static mut Mailboxes> {
+    let address = MAILBOXES[percpu::current_index()].load(Ordering::Acquire);
+    // SAFETY: published by `init`, used by this CPU only; see above.
+    (address != 0).then(|| unsafe { &mut *(address as *mut Mailboxes) })
+}
+
+/// Sets up the job rings between every pair of running CPUs. Boot CPU,
+/// once, after memory is up and before any job is sent.
+pub(crate) fn init(cpus: &[usize]) {
+    let mut boxes: Vec<Mailboxes> = cpus
+        .iter()
+        .map(|_| Mailboxes {
+            outgoing: (0..MAX_CPUS.min(cpus.iter().max().map_or(1, |m| m + 1))).map(|_| None).collect(),
+            incoming: (0..MAX_CPUS.min(cpus.iter().max().map_or(1, |m| m + 1))).map(|_| None).collect(),
+        })
+        .collect();
+    for (source_position, &source) in cpus.iter().enumerate() {
+        for (destination_position, &destination) in cpus.iter().enumerate() {
+            if source == destination {
+                continue;
+            }
+            let ring: &'static mut JobRing = Box::leak(Box::new(JobRing::new()));
+            let (producer, consumer) = ring.split();
+            boxes[source_position].outgoing[destination] = Some(producer);
+            boxes[destination_position].incoming[source] = Some(consumer);
+        }
+    }
+    for (position, mailboxes) in boxes.into_iter().enumerate() {
+        let address = Box::leak(Box::new(mailboxes)) as *mut Mailboxes as u64;
+        MAILBOXES[cpus[position]].store(address, Ordering::Release);
+    }
+}
+
+/// Runs every job waiting for this CPU; returns how many ran.
+#[inline(never)]
+pub(crate) fn run_incoming() -> usize {
+    let mut ran = 0;
+    loop {
+        let mut found = None;
+        // SAFETY: one use of this CPU's mailboxes; released before the job
+        // runs (a job may send jobs itself).
+        if let Some(mailboxes) = unsafe { mine() } {
+            found = mailboxes.incoming.iter_mut().flatten().find_map(|consumer| consumer.pop());
+        }
+        let Some(job) = found else { return ran };
+        // SAFETY: the job was made by `run_on` for exactly one run.
+        unsafe { (job.run)(job.data) };
+        ran += 1;
+    }
+}
+
+fn has_incoming() -> bool {
+    // SAFETY: one use of this CPU's mailboxes.
+    match unsafe { mine() } {
+        Some(mailboxes) => mailboxes.incoming.iter_mut().flatten().any(|consumer| !consumer.is_empty()),
+        None => false,
+    }
+}
+
+/// What a CPU does when it has nothing to run: jobs, then memory, then halt
+/// until an IPI.
+pub(crate) fn idle_loop() -> ! {
+    let me = percpu::current_index();
+    loop {
+        run_incoming();
+        crate::memory::idle();
+        SLEEPING[me].0.store(true, Ordering::Relaxed);
+        full_fence();
+        if !has_incoming() {
+            // SAFETY: STI's one-instruction delay makes `sti; hlt` atomic:
+            // a wake-up IPI arriving after the check above ends the HLT.
+            // Interrupts are off again before any job runs.
+            unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) };
+        }
+        SLEEPING[me].0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Why a job could not be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunError {
+    /// No running CPU has this index.
+    NoSuchCpu(usize),
+    /// The CPUs' mailboxes are not set up (called before `main`).
+    NotReady,
+}
+
+impl core::fmt::Display for RunError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoSuchCpu(cpu) => write!(f, "no running CPU {cpu}"),
+            Self::NotReady => write!(f, "CPU mailboxes not set up yet"),
+        }
+    }
+}
+
+/// The part of a task the waiting side reads. First field of `Task`.
+#[repr(C)]
+struct TaskHeader<T> {
+    done: AtomicBool,
+    result: Option<T>,
+    /// Frees the whole `Task` (its type is known only where it was made).
+    free: unsafe fn(*mut u8),
+}
+
+#[repr(C)]
+struct Task<F, T> {
+    header: TaskHeader<T>,
+    function: Option<F>,
+}
+
+unsafe fn run_task<F: FnOnce() -> T, T>(data: *mut u8) {
+    // SAFETY: `data` is the `Task<F, T>` made by `run_on`; until `done` is
+    // set, only this CPU touches it.
+    let task = unsafe { &mut *(data as *mut Task<F, T>) };
+    if let Some(function) = task.function.take() {
+        task.header.result = Some(function());
+    }
+    task.header.done.store(true, Ordering::Release);
+}
+
+unsafe fn free_task<F, T>(data: *mut u8) {
+    // SAFETY: made by `Box::into_raw` in `run_on` with this type.
+    drop(unsafe { Box::from_raw(data as *mut Task<F, T>) });
+}
+
+/// A job started by `run_on`; `wait` gives its result. Dropping it waits
+/// too (the job may still use what it captured).
+pub struct Pending<T> {
+    task: *mut TaskHeader<T>,
+}
+
+impl<T> Pending<T> {
+    /// Whether the job has finished.
+    pub fn is_done(&self) -> bool {
+        // SAFETY: the task lives until this Pending frees it.
+        unsafe { (*self.task).done.load(Ordering::Acquire) }
+    }
+
+    /// Waits for the job, running jobs sent to this CPU meanwhile.
+    pub fn wait(self) -> T {
+        let result = self.finish();
+        core::mem::forget(self);
+        result
+    }
+
+    fn finish(&self) -> T {
+        while !self.is_done() {
+            if run_incoming() == 0 {
+                core::hint::spin_loop();
+            }
+        }
+        // SAFETY: `done` was set with Release after the last write by the
+        // running CPU; the task is ours again.
+        unsafe {
+            let result = (*self.task).result.take().expect("a finished job has a result");
+            ((*self.task).free)(self.task as *mut u8);
+            result
+        }
+    }
+}
+
+impl<T> Drop for Pending<T> {
+    fn drop(&mut self) {
+        drop(self.finish());
+    }
+}
+
+/// Runs `function` on CPU `cpu` (directly if that is the running CPU) and
+/// returns at once; `Pending::wait` gives its result.
+pub fn run_on<F, T>(cpu: usize, function: F) -> Result<Pending<T>, RunError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    if cpu >= MAX_CPUS || !smp::is_up(cpu) || cpu >= percpu::online() {
+        return Err(RunError::NoSuchCpu(cpu));
+    }
+    let task: *mut Task<F, T> = Box::into_raw(Box::new(Task {
+        header: TaskHeader { done: AtomicBool::new(false), result: None, free: free_task::<F, T> },
+        function: Some(function),
+    }));
+    let job = Job { run: run_task::<F, T>, data: task as *mut u8 };
+    if cpu == percpu::current_index() {
+        // SAFETY: a fresh task, run once.
+        unsafe { (job.run)(job.data) };
+        return Ok(Pending { task: task as *mut TaskHeader<T> });
+    }
+    loop {
+        // SAFETY: one use of this CPU's mailboxes.
+        let Some(mailboxes) = (unsafe { mine() }) else {
+            // SAFETY: never sent; freed here.
+            unsafe { free_task::<F, T>(task as *mut u8) };
+            return Err(RunError::NotReady);
+        };
+        let Some(producer) = mailboxes.outgoing.get_mut(cpu).and_then(Option::as_mut) else {
+            // SAFETY: as above.
+            unsafe { free_task::<F, T>(task as *mut u8) };
+            return Err(RunError::NoSuchCpu(cpu));
+        };
+        if producer.push(job).is_ok() {
+            break;
+        }
+        // The ring is full: the other CPU is busy; serve our own meanwhile.
+        run_incoming();
+        core::hint::spin_loop();
+    }
+    wake(cpu);
+    Ok(Pending { task: task as *mut TaskHeader<T> })
+}
+
+/// Wakes CPU `cpu` if it is halted.
+fn wake(cpu: usize) {
+    full_fence();
+    if SLEEPING[cpu].0.load(Ordering::Relaxed) {
+        if let Some(block) = percpu::by_index(cpu) {
+            apic::send_fixed(block.apic_id, WAKE_VECTOR);
+        }
+    }
+}
+
+/// CPUs running.
+pub fn count() -> usize {
+    percpu::online()
+}
+
+/// The index of the running CPU (0 = boot CPU).
+pub fn current() -> usize {
+    percpu::current_index()
+}
