@@ -252,16 +252,24 @@ where
         unsafe { (job.run)(job.data) };
         return Ok(Pending { task: task as *mut TaskHeader<T> });
     }
-    loop {
-        // SAFETY: one use of this CPU's mailboxes.
-        let Some(mailboxes) = (unsafe { mine() }) else {
+    match send(cpu, job) {
+        Ok(()) => Ok(Pending { task: task as *mut TaskHeader<T> }),
+        Err(error) => {
             // SAFETY: never sent; freed here.
             unsafe { free_task::<F, T>(task as *mut u8) };
-            return Err(RunError::NotReady);
-        };
+            Err(error)
+        }
+    }
+}
+
+/// Puts `job` in the ring from this CPU to `cpu` (waiting, while serving
+/// this CPU's own jobs, if it is full) and wakes `cpu` if it sleeps.
+#[inline(never)]
+fn send(cpu: usize, job: Job) -> Result<(), RunError> {
+    loop {
+        // SAFETY: one use of this CPU's mailboxes, ended before jobs run.
+        let Some(mailboxes) = (unsafe { mine() }) else { return Err(RunError::NotReady) };
         let Some(producer) = mailboxes.outgoing.get_mut(cpu).and_then(Option::as_mut) else {
-            // SAFETY: as above.
-            unsafe { free_task::<F, T>(task as *mut u8) };
             return Err(RunError::NoSuchCpu(cpu));
         };
         if producer.push(job).is_ok() {
@@ -272,7 +280,7 @@ where
         core::hint::spin_loop();
     }
     wake(cpu);
-    Ok(Pending { task: task as *mut TaskHeader<T> })
+    Ok(())
 }
 
 /// Wakes CPU `cpu` if it is halted.

@@ -171,8 +171,18 @@ fn tests() -> Vec<VmTest> {
 }
 
 /// Functions that must contain, or reach by calls, no locked instruction:
-/// allocate, free and remote free (and the drain when idle).
-pub const LOCK_FREE_ROOTS: &[&str] = &["toro::memory::allocate", "toro::memory::free", "toro::memory::idle"];
+/// allocate, free and remote free (and the drain when idle), sending a job
+/// to another CPU, receiving jobs, and the idle loop with its wake-up.
+pub const LOCK_FREE_ROOTS: &[&str] = &[
+    "toro::memory::allocate",
+    "toro::memory::free",
+    "toro::memory::idle",
+    "toro::cpu::send",
+    "toro::cpu::run_incoming",
+    "toro::cpu::idle_loop",
+];
+/// The image the lock check disassembles: one that uses all those paths.
+const LOCK_CHECK_IMAGE: &str = "alloc_remote";
 
 /// Disassembles an image and checks the lock-free paths.
 fn lock_free_test(image: &std::path::Path) -> Result<(bool, String)> {
@@ -243,7 +253,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     }
     let images = build::build(&specs, false)?;
     let accel = crate::choose_accel(None);
-    if let Some(index) = specs.iter().position(|s| s.binary == "hello") {
+    if let Some(index) = specs.iter().position(|s| s.binary == LOCK_CHECK_IMAGE) {
         let (ok, summary) = lock_free_test(&images[index])?;
         println!("vm test lock-free-paths ... {summary}");
         if ok {
