@@ -205,16 +205,29 @@ fn floor_test(accel: crate::accel::Accel) -> Result<(bool, String)> {
     })
 }
 
-/// Runs the host unit tests; returns (passed, failed) from cargo's summary
-/// lines.
+/// Runs the host unit tests, then the loom models of the cross-CPU
+/// structures; returns (passed, failed) from cargo's summary lines.
 fn host_tests() -> Result<(usize, usize)> {
-    let output = Command::new(env!("CARGO"))
-        .current_dir(build::workspace_root())
-        // The workspace's default members: everything that runs on the host.
-        .arg("test")
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("running cargo test")?;
+    let root = build::workspace_root();
+    let mut unit = Command::new(env!("CARGO"));
+    // The workspace's default members: everything that runs on the host.
+    unit.current_dir(&root).arg("test");
+    let (passed, failed) = cargo_test(unit)?;
+    let mut loom = Command::new(env!("CARGO"));
+    // Its own target directory: `--cfg loom` would otherwise rebuild the
+    // shared one.
+    loom.current_dir(&root)
+        .args(["test", "-p", "toro-core", "--release", "--test", "loom"])
+        .env("RUSTFLAGS", "--cfg loom")
+        .env("CARGO_TARGET_DIR", root.join("target").join("loom"));
+    let (loom_passed, loom_failed) = cargo_test(loom)?;
+    Ok((passed + loom_passed, failed + loom_failed))
+}
+
+/// Runs a `cargo test` command; returns (passed, failed) from its summary
+/// lines (a build failure counts as one failure).
+fn cargo_test(mut command: Command) -> Result<(usize, usize)> {
+    let output = command.stderr(std::process::Stdio::inherit()).output().context("running cargo test")?;
     let text = String::from_utf8_lossy(&output.stdout);
     print!("{text}");
     let (mut passed, mut failed) = (0, 0);
