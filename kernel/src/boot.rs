@@ -86,22 +86,23 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     phases.mark("start info, command line");
     let mut map = read_memory_map(&info); // sorted, merged, cleaned RAM map
     let trampoline_usable = is_usable_page(&map, smp::TRAMPOLINE); // before low memory is reserved
-    let mut frames = reserve_image_and_low_memory(&mut map); // page-table frames
-    phases.mark("memory map");
     let (madt, numa) = read_acpi(&info); // the CPUs and NUMA nodes the firmware lists
-    phases.mark("ACPI");
-    let application_processors = application_processor_ids(madt.as_ref());
-    map_memory(&mut map, &mut frames, application_processors.len()); // W^X image, huge pages elsewhere
+    let cpus = cpu_list(madt.as_ref()); // boot CPU first, then the APs to start
+    let zone_bytes = stack_zone_bytes(&map, cpus.len()); // thread stacks per CPU
+    let mut frames = reserve_boot_memory(&mut map, cpus.len(), zone_bytes); // image, page tables, AP stacks
+    let plan = plan_memory(&map, &cpus, numa.as_ref()); // a share of RAM per CPU
+    let zones = stack_zones(&plan, zone_bytes); // at the start of each share
+    phases.mark("memory map, ACPI");
+    map_memory(&map, &mut frames, &zones.zones[..zones.count]); // W^X image, guards, huge pages elsewhere
     phases.mark("page tables");
     apic::init_boot_cpu(madt.as_ref().map_or(apic::DEFAULT_XAPIC_BASE, |m| m.local_apic_address)); // IPIs
-    let cpus = start_application_processors(&application_processors, trampoline_usable, &mut frames); // every CPU up
-    reserve_boot_frames(&mut map, &frames); // stacks and tables out of the heap
+    let online = start_application_processors(&cpus, trampoline_usable, &mut frames); // every CPU up
     phases.mark("CPUs, TSC frequency");
-    split_memory(&map, numa.as_ref()); // a share of RAM and an allocator per CPU
-    phases.mark("memory split, allocators");
+    start_allocators(&plan, &zones); // each CPU's heap behind its thread stacks
+    phases.mark("allocators");
     system::publish(system::SystemInfo {
-        cpu_count: cpus,
-        memory_bytes: map.usable_bytes(),
+        cpu_count: online,
+        memory_bytes: plan.assigned_bytes(),
         entry_tsc,
         main_tsc: cpu::rdtsc(),
     });
@@ -237,34 +238,76 @@ fn read_memory_map(info: &StartInfo) -> MemoryMap {
     map
 }
 
-/// Takes the image and low memory out of the map; returns a frame
-/// allocator over the RAM right after the image.
-fn reserve_image_and_low_memory(map: &mut MemoryMap) -> FrameBump {
+/// Bytes of each CPU's thread-stack zone: a quarter of its expected share,
+/// between 2 and 64 MiB, in whole slots.
+fn stack_zone_bytes(map: &MemoryMap, cpus: usize) -> u64 {
+    let per_cpu = map.usable_bytes() / cpus.max(1) as u64;
+    let bytes = (per_cpu / 4).clamp(2 << 20, 64 << 20);
+    bytes / STACK_SLOT * STACK_SLOT
+}
+
+/// Takes low memory, the image, and a window for page tables and AP
+/// stacks out of the map; returns a frame allocator over that window.
+fn reserve_boot_memory(map: &mut MemoryMap, cpus: usize, zone_bytes: u64) -> FrameBump {
     let image = sections::layout().image;
     let region = map.usable().find(|r| r.start <= image.end && image.end < r.end).map(|r| (r.start, r.end));
     let Some((_, region_end)) = region else {
         boot_failure(format_args!("the memory map has no usable RAM after the kernel image at {:#x}", image.end))
     };
-    let reservations = [(0, LOW_MEMORY_END), (image.start, image.end)];
+    // Page-table frames: root and PDPT, a directory per GiB (no 1 GiB
+    // pages), tables for the low 4 KiB-mapped range (image, this window),
+    // tables for every stack zone; then every AP's stacks.
+    let gigabytes = map.highest_usable_address().max(4 << 30).min(paging::MAX_MAPPED) >> 30;
+    let application_processors = cpus.saturating_sub(1) as u64;
+    let ap_bytes = application_processors * smp::BYTES_PER_AP;
+    let low_tables = (image.end + ap_bytes).max(paging::KERNEL_MAP_LIMIT) / (2 << 20) + 64;
+    let zone_tables = cpus as u64 * (paging::StackZone::table_frames(zone_bytes) + 1);
+    let window = ap_bytes + (4 + gigabytes + low_tables + zone_tables) * paging::PAGE_SIZE as u64;
+    let window_end = (image.end + window).next_multiple_of(paging::PAGE_SIZE as u64);
+    if window_end > region_end.min(BOOT_MAPPED_LIMIT) {
+        boot_failure(format_args!("not enough RAM after the image for page tables and CPU stacks ({window} bytes)"));
+    }
+    let reservations = [(0, LOW_MEMORY_END), (image.start, window_end)];
     for (start, end) in reservations {
         if let Err(error) = map.reserve(start, end) {
             boot_failure(format_args!("cannot reserve {start:#x}..{end:#x}: {error}"));
         }
     }
-    FrameBump::new(image.end, region_end.min(BOOT_MAPPED_LIMIT))
+    FrameBump::new(image.end, window_end)
 }
 
-fn map_memory(map: &mut MemoryMap, frames: &mut FrameBump, application_processors: usize) {
+/// Thread-stack slot: a guard page and a 28 KiB stack.
+pub const STACK_SLOT: u64 = 32 * 1024;
+
+/// One stack zone per planned share.
+struct Zones {
+    zones: [paging::StackZone; percpu::MAX_CPUS],
+    count: usize,
+}
+
+fn stack_zones(plan: &memory_split::SplitPlan, zone_bytes: u64) -> Zones {
+    let mut zones =
+        Zones { zones: [paging::StackZone { start: 0, end: 0, slot: STACK_SLOT }; percpu::MAX_CPUS], count: 0 };
+    for share in plan.shares() {
+        // Leave at least three quarters of a small share to the heap.
+        let bytes = zone_bytes.min((share.end - share.start) / 4 / STACK_SLOT * STACK_SLOT);
+        zones.zones[zones.count] = paging::StackZone { start: share.start, end: share.start + bytes, slot: STACK_SLOT };
+        zones.count += 1;
+    }
+    zones
+}
+
+fn map_memory(map: &MemoryMap, frames: &mut FrameBump, zones: &[paging::StackZone]) {
     let guards = gdt::boot_cpu_stacks().map(|s| s.guard);
-    // 4 KiB pages far enough for the page tables themselves (a few pages,
-    // one per 2 MiB below the limit) and every AP's stacks.
-    let small_pages = frames.next_free() + (1 << 20) + application_processors as u64 * smp::BYTES_PER_AP;
-    let report = paging::init(map, frames, &guards, small_pages);
+    // 4 KiB pages over the whole boot window (page tables and AP stacks,
+    // whose guards `smp` unmaps one by one).
+    let report = paging::init(map, frames, &guards, frames.end(), zones);
     log::info!(
-        "paging: {} GiB identity-mapped ({} pages), {} table frames, W^X image",
+        "paging: {} GiB identity-mapped ({} pages), {} table frames, W^X image, {} stack zones",
         report.mapped_bytes >> 30,
         if report.gigabyte_pages { "1 GiB" } else { "2 MiB" },
-        report.table_frames
+        report.table_frames,
+        zones.len()
     );
 }
 
@@ -334,10 +377,12 @@ fn read_madt(rsdp: &acpi::Rsdp) -> Option<acpi::MadtSummary> {
     }
 }
 
-/// APIC ids of the CPUs to start: the MADT's enabled CPUs but this one.
-fn application_processor_ids(madt: Option<&acpi::MadtSummary>) -> ApicIds {
-    let mut ids = ApicIds { ids: [0; acpi::MAX_CPUS], length: 0 };
+/// APIC ids of the CPUs, in CPU index order: this one, then the MADT's
+/// other enabled CPUs.
+fn cpu_list(madt: Option<&acpi::MadtSummary>) -> ApicIds {
     let me = cpu::initial_apic_id();
+    let mut ids = ApicIds { ids: [0; acpi::MAX_CPUS], length: 1 };
+    ids.ids[0] = me;
     for processor in madt.map(|m| m.processors()).unwrap_or(&[]) {
         if processor.apic_id != me && ids.length < ids.ids.len() {
             ids.ids[ids.length] = processor.apic_id;
@@ -353,6 +398,12 @@ struct ApicIds {
 }
 
 impl ApicIds {
+    /// All but the first (the boot CPU).
+    fn tail(&self, of: &ApicIds) -> ApicIds {
+        let mut ids = ApicIds { ids: [0; acpi::MAX_CPUS], length: of.length.saturating_sub(1) };
+        ids.ids[..ids.length].copy_from_slice(&of.ids[1..of.length]);
+        ids
+    }
     fn as_slice(&self) -> &[u32] {
         &self.ids[..self.length]
     }
@@ -367,7 +418,8 @@ fn is_usable_page(map: &MemoryMap, address: u64) -> bool {
 
 /// Starts the other CPUs and finds the TSC frequency meanwhile; returns how
 /// many CPUs run (this one included).
-fn start_application_processors(ids: &ApicIds, trampoline_usable: bool, frames: &mut FrameBump) -> usize {
+fn start_application_processors(cpus: &ApicIds, trampoline_usable: bool, frames: &mut FrameBump) -> usize {
+    let ids = &ApicIds { ids: cpus.ids, length: 0 }.tail(cpus);
     if ids.len() == 0 {
         time::calibrate();
         return 1;
@@ -385,33 +437,17 @@ fn start_application_processors(ids: &ApicIds, trampoline_usable: bool, frames: 
     online
 }
 
-fn reserve_boot_frames(map: &mut MemoryMap, frames: &FrameBump) {
-    let image_end = sections::layout().image.end;
-    if let Err(error) = map.reserve(image_end, frames.next_free()) {
-        boot_failure(format_args!("cannot reserve boot structures: {error}"));
-    }
-}
-
-/// Splits free RAM among the running CPUs and sets up their allocators.
-fn split_memory(map: &MemoryMap, numa: Option<&NumaTopology>) {
-    let mut apic_ids = [0u32; percpu::MAX_CPUS];
-    let mut indexes = [0usize; percpu::MAX_CPUS];
-    let mut count = 0;
-    for index in 0..percpu::MAX_CPUS {
-        if let (true, Some(cpu)) = (smp::is_up(index), percpu::by_index(index)) {
-            apic_ids[count] = cpu.apic_id;
-            indexes[count] = index;
-            count += 1;
-        }
-    }
-    let plan = match memory_split::plan(map, &apic_ids[..count], numa) {
+/// Splits free RAM among the CPUs (all the firmware lists; a CPU that then
+/// fails to start leaves its share unused).
+fn plan_memory(map: &MemoryMap, cpus: &ApicIds, numa: Option<&NumaTopology>) -> memory_split::SplitPlan {
+    let plan = match memory_split::plan(map, cpus.as_slice(), numa) {
         Ok(plan) => plan,
-        Err(error) => boot_failure(format_args!("cannot split memory among {count} CPUs: {error}")),
+        Err(error) => boot_failure(format_args!("cannot split memory among {} CPUs: {error}", cpus.len())),
     };
     for share in plan.shares() {
         log::info!(
             "memory: cpu {} node {}: {:#x}..{:#x} ({} MiB)",
-            indexes[share.cpu_index],
+            share.cpu_index,
             share.domain.map_or(-1, |d| d as i64),
             share.start,
             share.end,
@@ -421,7 +457,26 @@ fn split_memory(map: &MemoryMap, numa: Option<&NumaTopology>) {
     if plan.unassigned_bytes() > 0 {
         log::info!("memory: {} KiB in fragments too small to share", plan.unassigned_bytes() >> 10);
     }
-    if let Err(error) = memory::init(plan.shares(), &indexes[..count]) {
+    plan
+}
+
+/// Sets up the allocator of every running CPU over its share, less its
+/// stack zone, and the job rings between CPUs.
+fn start_allocators(plan: &memory_split::SplitPlan, zones: &Zones) {
+    let empty = memory_split::CpuShare { cpu_index: 0, apic_id: 0, domain: None, cpu_domain: None, start: 0, end: 0 };
+    let mut shares = [empty; percpu::MAX_CPUS];
+    let mut indexes = [0usize; percpu::MAX_CPUS];
+    let mut count = 0;
+    for (share, zone) in plan.shares().iter().zip(&zones.zones[..zones.count]) {
+        if smp::is_up(share.cpu_index) {
+            shares[count] = memory_split::CpuShare { start: zone.end, ..*share };
+            indexes[count] = share.cpu_index;
+            count += 1;
+        } else {
+            log::warn!("cpu {} is not running: its {} MiB stay unused", share.cpu_index, share.size() >> 20);
+        }
+    }
+    if let Err(error) = memory::init(&shares[..count], &indexes[..count]) {
         boot_failure(format_args!("cannot set up the allocators: {error}"));
     }
     crate::cpu::init(&indexes[..count]); // job rings between every pair of CPUs

@@ -63,6 +63,11 @@ impl FrameBump {
         self.next
     }
 
+    /// The end of the range.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
     /// `pages` contiguous frames, not zeroed; returns the first address.
     pub fn allocate_range(&mut self, pages: usize) -> u64 {
         let bytes = (pages * PAGE_SIZE) as u64;
@@ -86,6 +91,30 @@ impl FrameBump {
         let table = unsafe { &mut *(frame as *mut [u64; 512]) };
         table.fill(0);
         table
+    }
+}
+
+/// A range mapped with 4 KiB pages and cut into thread-stack slots, each
+/// starting with an unmapped guard page. Guards are made once, here, so
+/// no page table changes later (no TLB shoot-downs).
+#[derive(Clone, Copy, Debug)]
+pub struct StackZone {
+    pub start: u64,
+    pub end: u64,
+    /// Bytes per slot (guard page included), a multiple of the page size.
+    pub slot: u64,
+}
+
+impl StackZone {
+    /// Whether `page` is the guard page of a slot.
+    pub fn is_guard(&self, page: u64) -> bool {
+        (self.start..self.end).contains(&page) && (page - self.start) % self.slot == 0
+    }
+
+    /// Page-table frames needed to map a zone of `bytes` (one per 2 MiB
+    /// it touches, plus one for an unaligned end).
+    pub fn table_frames(bytes: u64) -> u64 {
+        bytes.div_ceil(SIZE_2M) + 1
     }
 }
 
@@ -127,7 +156,13 @@ fn is_ram(map: &MemoryMap, start: u64, size: u64) -> bool {
 /// `guard_pages` lists the addresses of pages to leave unmapped (stack
 /// guards); 4 KiB pages are used up to `small_pages_up_to` (at least
 /// `KERNEL_MAP_LIMIT`, at most 1 GiB).
-pub fn init(map: &MemoryMap, frames: &mut FrameBump, guard_pages: &[u64], small_pages_up_to: u64) -> PagingReport {
+pub fn init(
+    map: &MemoryMap,
+    frames: &mut FrameBump,
+    guard_pages: &[u64],
+    small_pages_up_to: u64,
+    zones: &[StackZone],
+) -> PagingReport {
     let first_frame = frames.next_free();
     let small_limit = small_pages_up_to.max(KERNEL_MAP_LIMIT).next_multiple_of(SIZE_2M).min(SIZE_1G);
     SMALL_PAGE_LIMIT.store(small_limit, core::sync::atomic::Ordering::Relaxed);
@@ -141,7 +176,8 @@ pub fn init(map: &MemoryMap, frames: &mut FrameBump, guard_pages: &[u64], small_
 
     for gigabyte in 0..gigabytes {
         let base = gigabyte * SIZE_1G;
-        let needs_directory = gigabyte == 0 || gigabyte == 3 || !gigabyte_pages;
+        let in_zone = |start: u64, size: u64| zones.iter().any(|z| z.start < start + size && start < z.end);
+        let needs_directory = gigabyte == 0 || gigabyte == 3 || !gigabyte_pages || in_zone(base, SIZE_1G);
         if !needs_directory {
             pdpt[gigabyte as usize] = base | DATA | HUGE;
             continue;
@@ -149,11 +185,12 @@ pub fn init(map: &MemoryMap, frames: &mut FrameBump, guard_pages: &[u64], small_
         let directory = frames.allocate();
         for (index, entry) in directory.iter_mut().enumerate() {
             let address = base + index as u64 * SIZE_2M;
-            if address < small_limit {
+            if address < small_limit || in_zone(address, SIZE_2M) {
                 let table = frames.allocate();
                 for (page, small) in table.iter_mut().enumerate() {
                     let page_address = address + (page * PAGE_SIZE) as u64;
-                    *small = match small_page_flags(page_address, guard_pages) {
+                    let guard = zones.iter().any(|z| z.is_guard(page_address));
+                    *small = match small_page_flags(page_address, guard_pages).filter(|_| !guard) {
                         Some(flags) => page_address | flags,
                         None => 0,
                     };
