@@ -480,6 +480,12 @@ fn start_allocators(plan: &memory_split::SplitPlan, zones: &Zones) {
         boot_failure(format_args!("cannot set up the allocators: {error}"));
     }
     crate::cpu::init(&indexes[..count]); // job rings between every pair of CPUs
+                                         // Plan positions are CPU indexes: zone `i` belongs to CPU `i`.
+    let mut thread_zones = [(0usize, zones.zones[0]); percpu::MAX_CPUS];
+    for (slot, &cpu) in thread_zones.iter_mut().zip(&indexes[..count]) {
+        *slot = (cpu, zones.zones[cpu]);
+    }
+    crate::thread::init(&thread_zones[..count]); // a scheduler per CPU; this context becomes `main`
 }
 
 /// The sanitised command line.

@@ -1,11 +1,12 @@
-//! Running work on other CPUs, and what a CPU does when it has none.
+//! Messages between CPUs, and waking a halted CPU.
 //!
-//! `run_on(cpu, closure)` hands a closure to another CPU through the
-//! single-producer, single-consumer ring of that CPU pair (one ring per
-//! ordered pair, so each ring has exactly one writer CPU and one reader
-//! CPU): no lock and no locked instruction on the way. A CPU with nothing to
-//! do drains its rings, returns remotely freed memory, and halts; a sender
-//! wakes it with an IPI only when it is halted.
+//! Every cross-CPU action (starting a thread on another CPU, moving one,
+//! waking one) is a `Job` sent through the single-producer, single-consumer
+//! ring of that CPU pair (one ring per ordered pair, so each ring has
+//! exactly one writer CPU and one reader CPU): no lock and no locked
+//! instruction on the way. The receiving CPU runs its jobs at its next
+//! scheduling point or when idle; a sender wakes it with an IPI only when
+//! it is halted.
 //!
 //! The sleep/wake hand-shake is Dekker-style: the sleeper stores "sleeping"
 //! then checks its rings; the sender pushes then checks "sleeping". Each
@@ -19,20 +20,22 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use toro_core::spsc::{Consumer, Producer, Ring};
 
+use crate::arch::apic;
 use crate::arch::percpu::{self, MAX_CPUS};
-use crate::arch::{apic, smp};
 
 /// Jobs in flight per CPU pair.
 const JOB_SLOTS: usize = 64;
 /// The IPI vector that wakes a halted CPU.
 pub(crate) const WAKE_VECTOR: u8 = 0xf0;
 
-/// A closure to run, type-erased: `run(data)` runs it and signals its
-/// `Pending`.
+/// A message to a CPU: `run(data, extra)` runs there, in scheduler
+/// context (short, never blocking): enqueue a thread, wake one, release
+/// one, start a `run_on` closure.
 #[derive(Clone, Copy)]
-struct Job {
-    run: unsafe fn(*mut u8),
-    data: *mut u8,
+pub(crate) struct Job {
+    pub run: unsafe fn(*mut u8, u64),
+    pub data: *mut u8,
+    pub extra: u64,
 }
 
 // SAFETY: a Job carries a `Task` whose closure and result are `Send`.
@@ -56,7 +59,7 @@ struct Sleeping(AtomicBool);
 static SLEEPING: [Sleeping; MAX_CPUS] = [const { Sleeping(AtomicBool::new(false)) }; MAX_CPUS];
 
 #[inline(always)]
-fn full_fence() {
+pub(crate) fn full_fence() {
     // SAFETY: a memory fence only orders this CPU's loads and stores.
     unsafe { core::arch::asm!("mfence", options(nostack, preserves_flags)) };
 }
@@ -109,8 +112,8 @@ pub(crate) fn run_incoming() -> usize {
             found = mailboxes.incoming.iter_mut().flatten().find_map(|consumer| consumer.pop());
         }
         let Some(job) = found else { return ran };
-        // SAFETY: the job was made by `run_on` for exactly one run.
-        unsafe { (job.run)(job.data) };
+        // SAFETY: each job is made for exactly one run on this CPU.
+        unsafe { (job.run)(job.data, job.extra) };
         ran += 1;
     }
 }
@@ -123,26 +126,23 @@ fn has_incoming() -> bool {
     }
 }
 
-/// What a CPU does when it has nothing to run: jobs, then memory, then halt
-/// until an IPI.
-pub(crate) fn idle_loop() -> ! {
+/// Halts this CPU until an interrupt, unless a job arrived: the sleeping
+/// half of the wake-up hand-shake (see the module docs). Called with
+/// interrupts off, by the idle thread.
+pub(crate) fn halt_unless_work() {
     let me = percpu::current_index();
-    loop {
-        run_incoming();
-        crate::memory::idle();
-        SLEEPING[me].0.store(true, Ordering::Relaxed);
-        full_fence();
-        if !has_incoming() {
-            // SAFETY: STI's one-instruction delay makes `sti; hlt` atomic:
-            // a wake-up IPI arriving after the check above ends the HLT.
-            // Interrupts are off again before any job runs.
-            unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) };
-        }
-        SLEEPING[me].0.store(false, Ordering::Relaxed);
+    SLEEPING[me].0.store(true, Ordering::Relaxed);
+    full_fence();
+    if !has_incoming() {
+        // SAFETY: STI's one-instruction delay makes `sti; hlt` atomic: a
+        // wake-up IPI or timer interrupt arriving after the check above
+        // ends the HLT. Interrupts are off again before anything else runs.
+        unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) };
     }
+    SLEEPING[me].0.store(false, Ordering::Relaxed);
 }
 
-/// Why a job could not be started.
+/// Why a message could not be sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunError {
     /// No running CPU has this index.
@@ -160,112 +160,10 @@ impl core::fmt::Display for RunError {
     }
 }
 
-/// The part of a task the waiting side reads. First field of `Task`.
-#[repr(C)]
-struct TaskHeader<T> {
-    done: AtomicBool,
-    result: Option<T>,
-    /// Frees the whole `Task` (its type is known only where it was made).
-    free: unsafe fn(*mut u8),
-}
-
-#[repr(C)]
-struct Task<F, T> {
-    header: TaskHeader<T>,
-    function: Option<F>,
-}
-
-unsafe fn run_task<F: FnOnce() -> T, T>(data: *mut u8) {
-    // SAFETY: `data` is the `Task<F, T>` made by `run_on`; until `done` is
-    // set, only this CPU touches it.
-    let task = unsafe { &mut *(data as *mut Task<F, T>) };
-    if let Some(function) = task.function.take() {
-        task.header.result = Some(function());
-    }
-    task.header.done.store(true, Ordering::Release);
-}
-
-unsafe fn free_task<F, T>(data: *mut u8) {
-    // SAFETY: made by `Box::into_raw` in `run_on` with this type.
-    drop(unsafe { Box::from_raw(data as *mut Task<F, T>) });
-}
-
-/// A job started by `run_on`; `wait` gives its result. Dropping it waits
-/// too (the job may still use what it captured).
-pub struct Pending<T> {
-    task: *mut TaskHeader<T>,
-}
-
-impl<T> Pending<T> {
-    /// Whether the job has finished.
-    pub fn is_done(&self) -> bool {
-        // SAFETY: the task lives until this Pending frees it.
-        unsafe { (*self.task).done.load(Ordering::Acquire) }
-    }
-
-    /// Waits for the job, running jobs sent to this CPU meanwhile.
-    pub fn wait(self) -> T {
-        let result = self.finish();
-        core::mem::forget(self);
-        result
-    }
-
-    fn finish(&self) -> T {
-        while !self.is_done() {
-            if run_incoming() == 0 {
-                core::hint::spin_loop();
-            }
-        }
-        // SAFETY: `done` was set with Release after the last write by the
-        // running CPU; the task is ours again.
-        unsafe {
-            let result = (*self.task).result.take().expect("a finished job has a result");
-            ((*self.task).free)(self.task as *mut u8);
-            result
-        }
-    }
-}
-
-impl<T> Drop for Pending<T> {
-    fn drop(&mut self) {
-        drop(self.finish());
-    }
-}
-
-/// Runs `function` on CPU `cpu` (directly if that is the running CPU) and
-/// returns at once; `Pending::wait` gives its result.
-pub fn run_on<F, T>(cpu: usize, function: F) -> Result<Pending<T>, RunError>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    if cpu >= MAX_CPUS || !smp::is_up(cpu) || cpu >= percpu::online() {
-        return Err(RunError::NoSuchCpu(cpu));
-    }
-    let task: *mut Task<F, T> = Box::into_raw(Box::new(Task {
-        header: TaskHeader { done: AtomicBool::new(false), result: None, free: free_task::<F, T> },
-        function: Some(function),
-    }));
-    let job = Job { run: run_task::<F, T>, data: task as *mut u8 };
-    if cpu == percpu::current_index() {
-        // SAFETY: a fresh task, run once.
-        unsafe { (job.run)(job.data) };
-        return Ok(Pending { task: task as *mut TaskHeader<T> });
-    }
-    match send(cpu, job) {
-        Ok(()) => Ok(Pending { task: task as *mut TaskHeader<T> }),
-        Err(error) => {
-            // SAFETY: never sent; freed here.
-            unsafe { free_task::<F, T>(task as *mut u8) };
-            Err(error)
-        }
-    }
-}
-
 /// Puts `job` in the ring from this CPU to `cpu` (waiting, while serving
 /// this CPU's own jobs, if it is full) and wakes `cpu` if it sleeps.
 #[inline(never)]
-fn send(cpu: usize, job: Job) -> Result<(), RunError> {
+pub(crate) fn send(cpu: usize, job: Job) -> Result<(), RunError> {
     loop {
         // SAFETY: one use of this CPU's mailboxes, ended before jobs run.
         let Some(mailboxes) = (unsafe { mine() }) else { return Err(RunError::NotReady) };

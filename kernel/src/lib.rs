@@ -23,6 +23,7 @@ mod once;
 mod panic;
 mod sync;
 pub mod system;
+pub mod thread;
 pub mod time;
 
 pub use log;
@@ -80,9 +81,9 @@ pub fn cpu_id() -> u32 {
     arch::percpu::current_index() as u32
 }
 
-/// What a CPU does when it has nothing to run (see `cpu`).
+/// What a CPU does once started: wait for its scheduler, then idle.
 pub(crate) fn cpu_idle_loop() -> ! {
-    cpu::idle_loop()
+    thread::early_idle_loop()
 }
 
 /// Stops the calling CPU for good without ending the VM: it halts and costs

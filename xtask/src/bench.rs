@@ -345,13 +345,13 @@ impl Bench {
             };
             stats::smallest_working(LINUX_MEMORY_RANGE.0, LINUX_MEMORY_RANGE.1, &mut works)
         };
-        let mut side = |name: &str, result: Result<Option<u32>>, high: u32| match result {
-            Ok(Some(mib)) => Side::measured(vec![f64::from(mib)]),
+        let mut side = |name: &str, result: Result<Option<u32>>, high: u32, criterion: &str| match result {
+            Ok(Some(mib)) => Side::Measured { samples: vec![f64::from(mib)], detail: Some(criterion.into()) },
             Ok(None) => Side::measured(vec![self.fail(format!("{name} memory: does not work even with -m {high}"))]),
             Err(error) => Side::measured(vec![self.fail(format!("{name} memory: {error:#}"))]),
         };
-        let toro = side("Toro", toro, TORO_MEMORY_RANGE.1);
-        let linux = side("Linux", linux, LINUX_MEMORY_RANGE.1);
+        let toro = side("Toro", toro, TORO_MEMORY_RANGE.1, "hello exits 0");
+        let linux = side("Linux", linux, LINUX_MEMORY_RANGE.1, "nginx answers 200");
         Metric { key: "memory", title: "smallest -m that works", unit: "MiB", toro, linux }
     }
 
@@ -572,65 +572,5 @@ mod tests {
         assert!(text.contains("`-machine microvm,pit=on,pic=off,rtc=off`"));
         assert!(text.contains("`-smp 2`"));
         assert!(text.contains("`-m 128M`"));
-    }
-}
-
-#[cfg(test)]
-mod scratch {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn scratch_linux() {
-        let mut linux = linux_guest::ensure().unwrap();
-        if let Ok(i) = std::env::var("SCRATCH_INITRD") {
-            linux.initramfs = i.into();
-        }
-        eprintln!("{}", linux.manifest);
-        let mut bench = Bench { accel: Accel::Tcg, hello: PathBuf::new(), idle: None, linux, failures: Vec::new() };
-        let mode = std::env::var("SCRATCH").unwrap_or_default();
-        if mode.contains("boot") {
-            eprintln!("boot {}", bench.linux_boot_ms());
-        }
-        if mode.contains("http") {
-            eprintln!("http {:?}", bench.linux_http(128, LINUX_TIMEOUT));
-        }
-        if mode.contains("idle") {
-            let c = bench.linux.vm_config(bench.accel, Mode::Idle);
-            eprintln!("idle {}", bench.idle_cpu_ms("Linux", &c, &|l| l == INIT_MARKER, LINUX_TIMEOUT, IDLE_WINDOW));
-        }
-        if mode.contains("mem") {
-            let mut w = |m: u32| -> Result<bool> {
-                let t = Instant::now();
-                let ok = bench.linux_http(m, PROBE_TIMEOUT)?.is_some();
-                eprintln!("-m {m}: {ok} {:?}", t.elapsed());
-                Ok(ok)
-            };
-            eprintln!("mem {:?}", stats::smallest_working(16, 128, &mut w));
-        }
-        if mode.contains("pipeline") {
-            bench.hello = crate::build::workspace_root().join("target/x86_64-unknown-none/release/exit_status");
-            bench.idle = Some(bench.hello.clone());
-            let metrics =
-                vec![bench.boot(2), bench.http(2), bench.idle(1, QUICK_IDLE_WINDOW), bench.image_size().unwrap()];
-            print!("{}", report::table(&metrics));
-            let context = report::Context { timestamp: "scratch".into(), ..Default::default() };
-            println!("{}", report::markdown(&context, &metrics, &[]));
-            std::fs::write("/tmp/scratch.svg", report::svg(&metrics[0])).unwrap();
-            std::fs::write("/tmp/scratch.json", report::json(&context, &metrics).render()).unwrap();
-        }
-        if mode.contains("settle") {
-            let c = bench.linux.vm_config(bench.accel, Mode::Idle);
-            let mut r = RunningVm::spawn(&c).unwrap();
-            let t = r.wait_for_line(&|l| l == INIT_MARKER, r.start + LINUX_TIMEOUT).unwrap();
-            let mut last = r.cpu_time().unwrap();
-            eprintln!("marker at {t:?}");
-            for s in 0..12 {
-                std::thread::sleep(Duration::from_secs(1));
-                let now = r.cpu_time().unwrap();
-                eprintln!("second {s}: {:?}", now - last);
-                last = now;
-            }
-        }
-        eprintln!("{:?}", bench.failures);
     }
 }

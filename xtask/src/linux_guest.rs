@@ -1050,6 +1050,45 @@ mod tests {
     }
 
     #[test]
+    fn symbolic_links_resolve_inside_the_root_never_the_host() {
+        let root = std::env::temp_dir().join(format!("toro-linux-guest-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("lib/x86_64-linux-gnu")).unwrap();
+        std::fs::create_dir_all(root.join("lib64")).unwrap();
+        std::fs::write(root.join("lib/x86_64-linux-gnu/libz.so.1.2.13"), b"z").unwrap();
+        std::os::unix::fs::symlink("libz.so.1.2.13", root.join("lib/x86_64-linux-gnu/libz.so.1")).unwrap();
+        std::fs::write(root.join("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"), b"ld").unwrap();
+        // An absolute link, as libc6 ships it: it must stay inside `root`.
+        std::os::unix::fs::symlink(
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            root.join("lib64/ld-linux-x86-64.so.2"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("lib64/escape")).unwrap();
+        assert_eq!(
+            resolve_in_root(&root, "/lib64/ld-linux-x86-64.so.2"),
+            Some(root.join("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"))
+        );
+        assert_eq!(
+            resolve_in_root(&root, "lib/x86_64-linux-gnu/libz.so.1"),
+            Some(root.join("lib/x86_64-linux-gnu/libz.so.1.2.13"))
+        );
+        assert_eq!(resolve_in_root(&root, "/lib64/escape"), None);
+        assert_eq!(find_library(&root, "libz.so.1"), Some((root.join("lib/x86_64-linux-gnu/libz.so.1.2.13"), false)));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn reads_interpreter_and_needed_libraries() {
+        // This test program is itself a dynamically linked host ELF.
+        let data = std::fs::read("/proc/self/exe").unwrap();
+        let (interpreter, needed) = elf_dependencies(&data).unwrap();
+        assert!(interpreter.unwrap().contains("ld-linux"));
+        assert!(needed.iter().any(|name| name.starts_with("libc.so")), "{needed:?}");
+        assert!(!has_pvh_note(&data).unwrap());
+    }
+
+    #[test]
     fn normalizes_paths_inside_the_root() {
         assert_eq!(normalize(Path::new("/lib/x86_64-linux-gnu/../../lib64/ld.so")), Some(PathBuf::from("lib64/ld.so")));
         assert_eq!(normalize(Path::new("/../x")), None);

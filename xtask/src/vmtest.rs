@@ -118,6 +118,33 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "alloc_exhaust")
         },
         VmTest {
+            name: "threads-1",
+            cpus: 1,
+            memory_mib: 256,
+            expect: &["threads: all checks passed"],
+            ..vm("vm-tests", "threads")
+        },
+        VmTest {
+            name: "threads-2",
+            memory_mib: 256,
+            expect: &["threads: all checks passed"],
+            ..vm("vm-tests", "threads")
+        },
+        VmTest {
+            name: "threads-4",
+            cpus: 4,
+            memory_mib: 256,
+            expect: &["threads: all checks passed"],
+            ..vm("vm-tests", "threads")
+        },
+        VmTest {
+            name: "threads-8",
+            cpus: 8,
+            memory_mib: 256,
+            expect: &["threads: all checks passed"],
+            ..vm("vm-tests", "threads")
+        },
+        VmTest {
             name: "alloc_remote-2",
             memory_mib: 256,
             expect: &["no corruption, no leak"],
@@ -174,15 +201,32 @@ fn tests() -> Vec<VmTest> {
 /// allocate, free and remote free (and the drain when idle), sending a job
 /// to another CPU, receiving jobs, and the idle loop with its wake-up.
 pub const LOCK_FREE_ROOTS: &[&str] = &[
+    // allocate, free, remote free, and taking remote frees back
     "toro::memory::allocate",
     "toro::memory::free",
     "toro::memory::idle",
+    // messages between CPUs, and sleeping until one arrives
     "toro::cpu::send",
     "toro::cpu::run_incoming",
-    "toro::cpu::idle_loop",
+    "toro::cpu::halt_unless_work",
+    // spawn (a control block, its stack, the hand-over), migrate, wake,
+    // block, switch, exit, join's release, idle
+    "toro::thread::scheduler::new_thread_control",
+    "toro::thread::scheduler::hand_over",
+    "toro::thread::scheduler::enqueue_job",
+    "toro::thread::migrate_to",
+    "toro::thread::scheduler::wake",
+    "toro::thread::scheduler::wake_job",
+    "toro::thread::scheduler::block",
+    "toro::thread::scheduler::switch_away",
+    "toro::thread::scheduler::finish_switch",
+    "toro::thread::scheduler::exit_current",
+    "toro::thread::scheduler::release",
+    "toro::thread::scheduler::release_job",
+    "toro::thread::scheduler::idle_loop",
 ];
 /// The image the lock check disassembles: one that uses all those paths.
-const LOCK_CHECK_IMAGE: &str = "alloc_remote";
+const LOCK_CHECK_IMAGE: &str = "threads";
 
 /// Disassembles an image and checks the lock-free paths.
 fn lock_free_test(image: &std::path::Path) -> Result<(bool, String)> {

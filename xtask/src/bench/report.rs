@@ -103,6 +103,7 @@ fn cell(side: &Side, unit: &str) -> String {
 fn ratio_cell(metric: &Metric) -> String {
     match metric.ratio() {
         Some(ratio) if ratio >= 10.0 => format!("{ratio:.0}x"),
+        Some(ratio) if ratio >= 1.0 => format!("{ratio:.1}x"),
         Some(ratio) => format!("{ratio:.2}x"),
         None => "—".into(),
     }
@@ -456,9 +457,11 @@ pub fn svg(metric: &Metric) -> String {
             }
         }
     }
+    let repeated = sides.iter().any(|(_, side, _, _)| side.summary().is_some_and(|s| s.count > 1));
+    let caption = if repeated { "bar: median; whisker: min–max" } else { "a single figure per side" };
     let _ = writeln!(
         out,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#868e96\" font-size=\"11\">bar: median; whisker: min–max</text>",
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#868e96\" font-size=\"11\">{caption}</text>",
         WIDTH - 12.0,
         HEIGHT - 8.0
     );

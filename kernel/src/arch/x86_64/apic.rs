@@ -145,3 +145,77 @@ pub fn send_nmi_to_others() {
 pub fn send_fixed(apic_id: u32, vector: u8) {
     send(apic_id, LEVEL_ASSERT | vector as u32);
 }
+
+/// LVT timer register, divide configuration, initial count (x2APIC MSR
+/// numbers; SDM vol. 3, 11.5.4).
+const REGISTER_LVT_TIMER: u32 = 0x832;
+const REGISTER_TIMER_INITIAL_COUNT: u32 = 0x838;
+const REGISTER_TIMER_CURRENT_COUNT: u32 = 0x839;
+const REGISTER_TIMER_DIVIDE: u32 = 0x83e;
+/// LVT timer mode bits 18:17: 00 one-shot, 10 TSC-deadline.
+const TIMER_MODE_TSC_DEADLINE: u32 = 0b10 << 17;
+/// Divide configuration 1011b: divide by 1.
+const TIMER_DIVIDE_BY_1: u32 = 0b1011;
+/// IA32_TSC_DEADLINE.
+const IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// Whether the local APIC timer has TSC-deadline mode (CPUID.01h:ECX[24]),
+/// as found by the boot CPU's `timer_init` (CPUID is a VM exit under KVM:
+/// not something to ask on every arm).
+static TSC_DEADLINE: AtomicBool = AtomicBool::new(false);
+
+pub fn has_tsc_deadline() -> bool {
+    TSC_DEADLINE.load(Ordering::Relaxed)
+}
+
+/// APIC timer ticks per TSC tick, as a 32.32 fixed-point fraction; used
+/// only without TSC-deadline mode. Measured once by the boot CPU.
+static TIMER_PER_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// Programs this CPU's timer to raise `vector` when armed: TSC-deadline
+/// mode where the CPU has it, else one-shot mode (calibrated against the
+/// TSC on the boot CPU, about 1 ms, the first time).
+pub fn timer_init(vector: u8) {
+    if cpuid(1).2 & (1 << 24) != 0 {
+        TSC_DEADLINE.store(true, Ordering::Relaxed);
+        write(REGISTER_LVT_TIMER, vector as u32 | TIMER_MODE_TSC_DEADLINE);
+        return;
+    }
+    write(REGISTER_TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
+    write(REGISTER_LVT_TIMER, vector as u32);
+    if TIMER_PER_TSC.load(Ordering::Relaxed) == 0 {
+        // Count down from the top for about a million TSC ticks.
+        let start = super::cpu::rdtsc();
+        write(REGISTER_TIMER_INITIAL_COUNT, u32::MAX);
+        while super::cpu::rdtsc() - start < 1_000_000 {
+            core::hint::spin_loop();
+        }
+        let counted = u32::MAX - read(REGISTER_TIMER_CURRENT_COUNT);
+        let elapsed = super::cpu::rdtsc() - start;
+        write(REGISTER_TIMER_INITIAL_COUNT, 0);
+        TIMER_PER_TSC.store(((counted as u64) << 32) / elapsed.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Raises the timer interrupt at TSC value `deadline` (at once if past).
+pub fn timer_arm(deadline: u64) {
+    if has_tsc_deadline() {
+        // SAFETY: IA32_TSC_DEADLINE exists in TSC-deadline mode; writing it
+        // arms the timer.
+        unsafe { Msr::new(IA32_TSC_DEADLINE).write(deadline.max(1)) };
+        return;
+    }
+    let now = super::cpu::rdtsc();
+    let ticks = ((deadline.saturating_sub(now) as u128 * TIMER_PER_TSC.load(Ordering::Relaxed) as u128) >> 32) as u64;
+    write(REGISTER_TIMER_INITIAL_COUNT, ticks.clamp(1, u32::MAX as u64) as u32);
+}
+
+/// Stops this CPU's timer.
+pub fn timer_disarm() {
+    if has_tsc_deadline() {
+        // SAFETY: writing 0 to IA32_TSC_DEADLINE disarms the timer.
+        unsafe { Msr::new(IA32_TSC_DEADLINE).write(0) };
+    } else {
+        write(REGISTER_TIMER_INITIAL_COUNT, 0);
+    }
+}

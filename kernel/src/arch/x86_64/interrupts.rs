@@ -219,7 +219,7 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
         log::warn!("breakpoint at rip {:#018x}", frame.rip);
         return;
     }
-    if frame.vector == crate::cpu::WAKE_VECTOR as u64 {
+    if frame.vector == crate::cpu::WAKE_VECTOR as u64 || frame.vector == crate::thread::scheduler::TIMER_VECTOR as u64 {
         super::apic::end_of_interrupt();
         return;
     }

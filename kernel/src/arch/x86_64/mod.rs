@@ -4,6 +4,7 @@
 
 pub mod apic;
 pub mod boot;
+pub mod context;
 pub mod cpu;
 pub mod exit;
 pub mod gdt;

@@ -53,7 +53,7 @@ fn intact(block: &[u8]) -> bool {
 fn in_use_by_cpu(into: &mut Vec<u64>) {
     into.clear();
     for target in 0..cpu::count() {
-        let in_use = cpu::run_on(target, || memory::usage_here().in_use).expect("cpu is up").wait();
+        let in_use = toro::thread::spawn_on(target, || memory::usage_here().in_use).join();
         into.push(in_use);
     }
 }
@@ -63,11 +63,16 @@ fn main() -> i32 {
     let cpus = cpu::count();
     let mut baseline = Vec::with_capacity(cpus);
     let mut after = Vec::with_capacity(cpus);
+    // Warm up: thread control blocks are kept for reuse (never freed), so
+    // create as many at once as the test will before taking the baseline.
+    let warm: Vec<_> = (0..8 * cpus).map(|n| toro::thread::spawn_on(n % cpus, || 0u64)).collect();
+    warm.into_iter().for_each(|job| drop(job.join()));
+    in_use_by_cpu(&mut baseline);
     in_use_by_cpu(&mut baseline);
     let start = toro::time::Instant::now();
     let jobs: Vec<_> =
-        (0..cpus).map(|target| cpu::run_on(target, move || churn(target as u64 + 1)).expect("cpu is up")).collect();
-    let corrupted: u64 = jobs.into_iter().map(|job| job.wait()).sum();
+        (0..cpus).map(|target| toro::thread::spawn_on(target, move || churn(target as u64 + 1))).collect();
+    let corrupted: u64 = jobs.into_iter().map(|job| job.join()).sum();
     let elapsed = start.elapsed();
     in_use_by_cpu(&mut after);
     println!("{cpus} cpus x {ROUNDS} alloc+free pairs in {} ms, {corrupted} corrupted blocks", elapsed.as_millis());

@@ -13,7 +13,7 @@ use toro::{cpu, memory, println};
 const BLOCKS: usize = 1_000_000;
 
 fn producer_in_use() -> u64 {
-    cpu::run_on(1, || memory::usage_here().in_use).expect("cpu 1 is up").wait()
+    toro::thread::spawn_on(1, || memory::usage_here().in_use).join()
 }
 
 #[toro::main]
@@ -26,7 +26,7 @@ fn main() -> i32 {
     let (mut producer, mut consumer) = ring.split();
     let baseline = producer_in_use();
     let start = toro::time::Instant::now();
-    let sending = cpu::run_on(1, move || {
+    let sending = toro::thread::spawn_on(1, move || {
         for index in 0..BLOCKS {
             let size = 16 + (index * 7919) % 241;
             let mut block = toro::alloc::vec![(index % 251) as u8; size].into_boxed_slice();
@@ -35,8 +35,7 @@ fn main() -> i32 {
                 core::hint::spin_loop();
             }
         }
-    })
-    .expect("cpu 1 is up");
+    });
     let mut received = 0;
     let mut corrupted = 0;
     while received < BLOCKS {
@@ -51,7 +50,7 @@ fn main() -> i32 {
             None => core::hint::spin_loop(),
         }
     }
-    sending.wait();
+    sending.join();
     let elapsed = start.elapsed();
     // Hand the last batches back and let the producer take them in.
     let mut after = 0;

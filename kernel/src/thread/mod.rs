@@ -1,0 +1,370 @@
+//! Threads: spawn them on any CPU, join them, move them, let them sleep.
+//!
+//! Scheduling is cooperative and per CPU (`scheduler`): a thread runs until
+//! it yields, blocks, sleeps or exits. Threads cross CPUs (spawned on
+//! another CPU, moved with `migrate_to`, woken from another CPU) only as
+//! messages through the per-CPU-pair rings: no lock and no locked
+//! instruction (`cargo xtask test` checks the disassembly).
+//!
+//! Placement: `spawn` puts the k-th thread spawned from CPU c on CPU
+//! (c + 1 + k) mod n, so every CPU spawning spreads its threads evenly over
+//! all CPUs (itself last) without any shared counter. `spawn_on` names
+//! the CPU.
+//!
+//! Stacks: each thread has a 28 KiB stack in a slot of its CPU's stack zone
+//! with an unmapped guard page below it; an overflow is reported with the
+//! thread's name and CPU. Slots are recycled with their control blocks.
+
+pub(crate) mod scheduler;
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use core::marker::PhantomData;
+use core::sync::atomic::Ordering;
+use core::time::Duration;
+
+use crate::arch::percpu;
+use crate::cpu as messages;
+use scheduler::Control;
+
+/// Why a thread could not be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnError {
+    /// No running CPU has this index.
+    NoSuchCpu(usize),
+    /// The spawning CPU's stack zone has no free slot (too many live
+    /// threads were created from it).
+    NoStack,
+}
+
+impl core::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoSuchCpu(cpu) => write!(f, "no running CPU {cpu}"),
+            Self::NoStack => write!(f, "no free thread stack on this CPU"),
+        }
+    }
+}
+
+/// A thread's identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ThreadId(u64);
+
+impl ThreadId {
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+/// What `current()` tells about the running thread.
+#[derive(Debug)]
+pub struct Thread {
+    id: ThreadId,
+    name: Option<String>,
+    cpu: usize,
+}
+
+impl Thread {
+    pub fn id(&self) -> ThreadId {
+        self.id
+    }
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    /// The CPU it runs on (now).
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+}
+
+/// The running thread.
+pub fn current() -> Thread {
+    let control = scheduler::current();
+    // SAFETY: ours (the running thread).
+    unsafe {
+        Thread {
+            id: ThreadId((*control).id.load(Ordering::Relaxed)),
+            name: (*control).name.clone(),
+            cpu: percpu::current_index(),
+        }
+    }
+}
+
+/// Lets the other ready threads of this CPU run.
+pub fn yield_now() {
+    scheduler::yield_now();
+}
+
+/// Sleeps for at least `duration` (the LAPIC timer wakes the CPU; no
+/// polling).
+pub fn sleep(duration: Duration) {
+    let now = crate::time::Instant::now();
+    match now.checked_add(duration) {
+        Some(deadline) => scheduler::sleep_until(deadline.ticks()),
+        None => scheduler::sleep_until(u64::MAX),
+    }
+}
+
+/// Moves the running thread to CPU `cpu`; it continues there.
+pub fn migrate_to(cpu: usize) -> Result<(), SpawnError> {
+    if cpu >= messages::count() || !crate::arch::smp::is_up(cpu) {
+        return Err(SpawnError::NoSuchCpu(cpu));
+    }
+    scheduler::migrate(cpu);
+    Ok(())
+}
+
+/// Options for a new thread.
+#[derive(Default)]
+pub struct Builder {
+    name: Option<String>,
+}
+
+impl Builder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Starts `function` on `cpu`.
+    pub fn spawn_on<F, T>(self, cpu: usize, function: F) -> Result<JoinHandle<T>, SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if cpu >= messages::count() || !crate::arch::smp::is_up(cpu) {
+            return Err(SpawnError::NoSuchCpu(cpu));
+        }
+        let control = scheduler::new_thread_control().ok_or(SpawnError::NoStack)?;
+        unsafe fn drop_result<T>(result: *mut u8) {
+            // SAFETY: made by `Box::into_raw` of a `Box<T>` below.
+            drop(unsafe { Box::from_raw(result as *mut T) });
+        }
+        // SAFETY: a fresh control block of this CPU, not yet handed over.
+        unsafe {
+            (*control).name = self.name;
+            (*control).result_drop = Some(drop_result::<T>);
+            (*control).entry = Some(Box::new(move || {
+                let value = Box::into_raw(Box::new(function()));
+                let me = scheduler::current();
+                (*me).result.store(value as u64, Ordering::Release);
+            }));
+            scheduler::prepare(control);
+            (*control).cpu.store(cpu, Ordering::Release);
+        }
+        let id = ThreadId(unsafe { (*control).id.load(Ordering::Relaxed) });
+        scheduler::hand_over(cpu, control);
+        Ok(JoinHandle { thread: control, id, joined: false, _result: PhantomData })
+    }
+
+    /// Starts `function` on the next CPU by the placement policy.
+    pub fn spawn<F, T>(self, function: F) -> Result<JoinHandle<T>, SpawnError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let cpu = next_cpu();
+        self.spawn_on(cpu, function)
+    }
+}
+
+/// The CPU the next `spawn` from this CPU goes to (see the module docs).
+fn next_cpu() -> usize {
+    let count = messages::count().max(1);
+    let me = percpu::current_index();
+    // SAFETY: not held across a switch.
+    let scheduler = unsafe { scheduler::mine() };
+    scheduler.spawned += 1;
+    let mut cpu = (me + scheduler.spawned as usize) % count;
+    // Skip CPUs that failed to start.
+    for _ in 0..count {
+        if crate::arch::smp::is_up(cpu) {
+            break;
+        }
+        cpu = (cpu + 1) % count;
+    }
+    cpu
+}
+
+/// Starts `function` on CPU `cpu`. Panics if that CPU does not run or no
+/// stack is free (`Builder::spawn_on` returns the error instead).
+pub fn spawn_on<F, T>(cpu: usize, function: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match Builder::new().spawn_on(cpu, function) {
+        Ok(handle) => handle,
+        Err(error) => panic!("cannot spawn a thread on cpu {cpu}: {error}"),
+    }
+}
+
+/// Starts `function` on a CPU chosen by the placement policy.
+pub fn spawn<F, T>(function: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match Builder::new().spawn(function) {
+        Ok(handle) => handle,
+        Err(error) => panic!("cannot spawn a thread: {error}"),
+    }
+}
+
+/// Owns a thread's result. `join` waits for it; dropping the handle
+/// detaches the thread.
+pub struct JoinHandle<T> {
+    thread: *mut Control,
+    id: ThreadId,
+    joined: bool,
+    _result: PhantomData<T>,
+}
+
+// SAFETY: the handle only reads atomics of the control block and moves a
+// `T: Send` out of it.
+unsafe impl<T: Send> Send for JoinHandle<T> {}
+
+impl<T> JoinHandle<T> {
+    pub fn id(&self) -> ThreadId {
+        self.id
+    }
+
+    /// Whether the thread has finished.
+    pub fn is_finished(&self) -> bool {
+        // SAFETY: control blocks are never freed; held until released.
+        unsafe { (*self.thread).done.load(Ordering::Acquire) }
+    }
+
+    /// Waits for the thread and returns what its closure returned.
+    pub fn join(mut self) -> T {
+        let thread = self.thread;
+        // SAFETY: held (not released) until the end of this function; the
+        // atomics are the hand-shake with the exiting thread (see
+        // `scheduler::exit_current`): each side stores, fences, then loads.
+        unsafe {
+            while !(*thread).done.load(Ordering::Acquire) {
+                let epoch = scheduler::begin_wait();
+                (*thread).waiter_epoch.store(epoch, Ordering::Relaxed);
+                (*thread).waiter.store(scheduler::current() as u64, Ordering::Release);
+                messages::full_fence();
+                if (*thread).done.load(Ordering::Acquire) {
+                    break;
+                }
+                scheduler::block();
+            }
+            let result = (*thread).result.load(Ordering::Acquire) as *mut T;
+            (*thread).result.store(0, Ordering::Relaxed);
+            (*thread).waiter.store(0, Ordering::Relaxed);
+            self.joined = true;
+            scheduler::release(thread);
+            *Box::from_raw(result)
+        }
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        if !self.joined {
+            scheduler::release(self.thread);
+        }
+    }
+}
+
+/// A thread-local value: each thread sees its own, made by `init` on first
+/// use and dropped when the thread exits. Declare with `toro::thread_local!`.
+pub struct LocalKey<T: 'static> {
+    init: fn() -> T,
+}
+
+impl<T: 'static> LocalKey<T> {
+    #[doc(hidden)]
+    pub const fn new(init: fn() -> T) -> Self {
+        Self { init }
+    }
+
+    /// Runs `f` with this thread's value.
+    pub fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
+        let key = self as *const Self as usize;
+        let thread = scheduler::current();
+        // SAFETY: the running thread's own locals; the reference handed to
+        // `f` points into a Box, which stays put while the thread lives even
+        // if `locals` grows (another key's first use inside `f`).
+        let value: *const T = unsafe {
+            let locals = &mut (*thread).locals;
+            let index = match locals.iter().position(|(k, _)| *k == key) {
+                Some(index) => index,
+                None => {
+                    let value = (self.init)();
+                    let locals = &mut (*thread).locals;
+                    locals.push((key, Box::new(value)));
+                    locals.len() - 1
+                }
+            };
+            let locals = &(*thread).locals;
+            locals[index].1.downcast_ref::<T>().expect("a key holds values of its type") as *const T
+        };
+        // SAFETY: see above.
+        f(unsafe { &*value })
+    }
+}
+
+/// Declares thread-local values, like `std::thread_local!`:
+/// `toro::thread_local!(static COUNTER: Cell<u32> = Cell::new(0));`
+#[macro_export]
+macro_rules! thread_local {
+    ($(#[$attribute:meta])* $visibility:vis static $name:ident: $type:ty = $init:expr $(;)?) => {
+        $(#[$attribute])* $visibility static $name: $crate::thread::LocalKey<$type> =
+            $crate::thread::LocalKey::new({
+                fn init() -> $type {
+                    $init
+                }
+                init
+            });
+    };
+}
+
+/// Sets up threads on every running CPU: the boot CPU's context becomes
+/// `main` (with an idle thread of its own); each other CPU's context
+/// becomes its idle thread. Boot CPU, after memory and messages.
+pub(crate) fn init(zones: &[(usize, crate::arch::paging::StackZone)]) {
+    for &(cpu, zone) in zones {
+        if cpu == percpu::current_index() {
+            scheduler::init_cpu(zone, "main");
+            scheduler::make_idle_thread();
+        } else {
+            let job = messages::Job { run: init_job, data: zone.start as *mut u8, extra: zone.end };
+            if messages::send(cpu, job).is_err() {
+                panic!("cannot reach cpu {cpu} to start its scheduler");
+            }
+        }
+    }
+    // Wait until every CPU's scheduler is up, so `main` may spawn anywhere.
+    for &(cpu, _) in zones {
+        while !scheduler::ready_on(cpu) {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+unsafe fn init_job(start: *mut u8, end: u64) {
+    let zone = crate::arch::paging::StackZone { start: start as u64, end, slot: crate::boot::STACK_SLOT };
+    scheduler::init_cpu(zone, "idle");
+}
+
+/// What a CPU does until its scheduler exists, then its idle thread.
+pub(crate) fn early_idle_loop() -> ! {
+    loop {
+        if scheduler::ready() {
+            scheduler::idle_loop();
+        }
+        messages::run_incoming();
+        if scheduler::ready() {
+            scheduler::idle_loop();
+        }
+        messages::halt_unless_work();
+    }
+}

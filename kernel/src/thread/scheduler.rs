@@ -1,0 +1,649 @@
+//! Each CPU's cooperative scheduler: run queue, sleepers, the idle thread,
+//! and the hand-over of threads between CPUs.
+//!
+//! A CPU's `Scheduler` and every thread control block queued on it are
+//! touched only by that CPU. Threads cross CPUs only as messages through the
+//! per-CPU-pair rings (`crate::cpu`), which carry ownership with them
+//! (release on push, acquire on pop). Picking the next thread is O(1): a
+//! FIFO of control blocks linked through their own `next` field.
+//!
+//! Control blocks are type-stable: never freed, only recycled through a
+//! per-CPU pool. So a late message naming a thread (a wake-up for a wait
+//! that already ended) never touches freed memory; it carries the wait's
+//! epoch and is dropped when the epoch no longer matches.
+
+use alloc::boxed::Box;
+use alloc::collections::BinaryHeap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::any::Any;
+use core::cmp::Reverse;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use crate::arch::context::{prepare_stack, switch_context};
+use crate::arch::paging::{StackZone, PAGE_SIZE};
+use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::{apic, cpu as arch_cpu};
+use crate::cpu::{self as messages, Job};
+
+/// The IPI vector of the timer interrupt.
+pub(crate) const TIMER_VECTOR: u8 = 0xef;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    Running,
+    Ready,
+    Blocked,
+    Sleeping,
+    Exited,
+}
+
+/// A thread control block. Fields marked "owner" are used only by the CPU
+/// the thread is on (`cpu`); the atomics may be read by any CPU.
+#[repr(C)]
+pub(crate) struct Control {
+    /// Owner: the saved stack pointer while not running (offset 0).
+    pub saved_rsp: u64,
+    /// Owner: the run-queue link.
+    pub next: *mut Control,
+    /// The CPU the thread is on; written by the owner before it hands the
+    /// thread to another CPU.
+    pub cpu: AtomicUsize,
+    /// Unique id (never reused), written at spawn.
+    pub id: AtomicU64,
+    /// Incremented by the owner each time the thread starts a wait; a
+    /// wake-up names the epoch it is for.
+    pub wait_epoch: AtomicU64,
+    /// Owner: scheduling state.
+    pub state: State,
+    /// Owner: a wake-up for the current wait arrived before it blocked.
+    pub wake_pending: bool,
+    /// Owner: the thread's name.
+    pub name: Option<String>,
+    /// Owner: what the thread runs (taken at start).
+    pub entry: Option<Box<dyn FnOnce() + Send>>,
+    /// The stack slot `[guard, top)`; `None` for a CPU's original context
+    /// (boot or AP stack).
+    pub stack: Option<(u64, u64)>,
+    /// The CPU whose stack zone holds the slot; the block returns to that
+    /// CPU's pool when recycled.
+    pub home: usize,
+    /// Owner: thread-local values by key.
+    pub locals: Vec<(usize, Box<dyn Any>)>,
+    /// Set (release) when the thread's result is stored.
+    pub done: AtomicBool,
+    /// The joining thread and its wait epoch, or 0.
+    pub waiter: AtomicU64,
+    pub waiter_epoch: AtomicU64,
+    /// The boxed result (`Box<T>` as a raw pointer) and how to drop it if
+    /// no one joins.
+    pub result: AtomicU64,
+    pub result_drop: Option<unsafe fn(*mut u8)>,
+    /// Owner of the exit CPU: exit finished / the JoinHandle let go. The
+    /// control block is recycled when both are true (both are decided on
+    /// the CPU the thread exited on, so exactly once).
+    pub exited: bool,
+    pub handle_released: bool,
+}
+
+impl Control {
+    fn new() -> Self {
+        Self {
+            saved_rsp: 0,
+            next: core::ptr::null_mut(),
+            cpu: AtomicUsize::new(0),
+            id: AtomicU64::new(0),
+            wait_epoch: AtomicU64::new(0),
+            state: State::Running,
+            wake_pending: false,
+            name: None,
+            entry: None,
+            stack: None,
+            home: 0,
+            locals: Vec::new(),
+            done: AtomicBool::new(false),
+            waiter: AtomicU64::new(0),
+            waiter_epoch: AtomicU64::new(0),
+            result: AtomicU64::new(0),
+            result_drop: None,
+            exited: false,
+            handle_released: false,
+        }
+    }
+}
+
+/// What the thread that switched away asked for, done by whatever runs
+/// next on this CPU (once off the old thread's stack).
+pub(crate) enum After {
+    Nothing,
+    Migrate(*mut Control, usize),
+    Exit(*mut Control),
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Sleeper {
+    deadline: u64,
+    thread: usize,
+}
+
+/// One CPU's scheduler; used by that CPU only.
+pub(crate) struct Scheduler {
+    cpu: usize,
+    pub current: *mut Control,
+    idle: *mut Control,
+    head: *mut Control,
+    tail: *mut Control,
+    sleepers: BinaryHeap<Reverse<Sleeper>>,
+    pool: Vec<*mut Control>,
+    zone: StackZone,
+    next_slot: u64,
+    next_id: u64,
+    after: After,
+    /// Threads spawned here, for `spawn`'s placement.
+    pub spawned: u64,
+}
+
+/// Each CPU's scheduler; published by `init`, then used by its CPU only.
+static SCHEDULERS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// # Safety
+/// The caller must not keep the reference across a context switch or hold
+/// another one (the scheduler is used by its CPU only, never from
+/// interrupt handlers).
+pub(crate) unsafe fn mine() -> &'static mut Scheduler {
+    let address = SCHEDULERS[percpu::current_index()].load(Ordering::Acquire);
+    debug_assert!(address != 0, "scheduler used before thread::init");
+    // SAFETY: published by `init_cpu`; see above.
+    unsafe { &mut *(address as *mut Scheduler) }
+}
+
+/// Whether this CPU's scheduler is set up.
+pub(crate) fn ready() -> bool {
+    ready_on(percpu::current_index())
+}
+
+/// Whether CPU `cpu`'s scheduler is set up.
+pub(crate) fn ready_on(cpu: usize) -> bool {
+    SCHEDULERS[cpu].load(Ordering::Acquire) != 0
+}
+
+/// Sets up CPU `cpu`'s scheduler with its stack zone; its current context
+/// becomes a thread named `name` (the boot CPU: "main"; APs: their idle
+/// thread). Runs on that CPU.
+pub(crate) fn init_cpu(zone: StackZone, name: &str) {
+    let cpu = percpu::current_index();
+    let first = Box::into_raw(Box::new(Control::new()));
+    // SAFETY: fresh, ours.
+    unsafe {
+        (*first).cpu.store(cpu, Ordering::Relaxed);
+        (*first).id.store(((cpu as u64) << 40) | 1, Ordering::Relaxed);
+        (*first).name = Some(String::from(name));
+    }
+    let scheduler = Box::new(Scheduler {
+        cpu,
+        current: first,
+        idle: first,
+        head: core::ptr::null_mut(),
+        tail: core::ptr::null_mut(),
+        sleepers: BinaryHeap::new(),
+        pool: Vec::new(),
+        zone,
+        next_slot: zone.start,
+        next_id: 2,
+        after: After::Nothing,
+        spawned: 0,
+    });
+    SCHEDULERS[cpu].store(Box::into_raw(scheduler) as u64, Ordering::Release);
+    apic::timer_init(TIMER_VECTOR);
+}
+
+/// On the boot CPU: the original context is `main`; the idle thread gets a
+/// stack of its own.
+pub(crate) fn make_idle_thread() {
+    // SAFETY: boot CPU, not nested.
+    let scheduler = unsafe { mine() };
+    let idle = scheduler.new_control().expect("a stack slot for the idle thread");
+    // SAFETY: fresh control block, ours.
+    unsafe {
+        (*idle).name = Some(String::from("idle"));
+        let (_, top) = (*idle).stack.expect("zone stacks have slots");
+        (*idle).saved_rsp = prepare_stack(top, idle_entry, 0);
+    }
+    scheduler.idle = idle;
+}
+
+extern "C" fn idle_entry(_: u64) -> ! {
+    finish_switch();
+    idle_loop()
+}
+
+impl Scheduler {
+    fn push_back(&mut self, thread: *mut Control) {
+        // SAFETY: queued control blocks are ours (this CPU's).
+        unsafe {
+            (*thread).next = core::ptr::null_mut();
+            (*thread).state = State::Ready;
+            if self.tail.is_null() {
+                self.head = thread;
+            } else {
+                (*self.tail).next = thread;
+            }
+        }
+        self.tail = thread;
+    }
+
+    fn pop_front(&mut self) -> Option<*mut Control> {
+        let thread = self.head;
+        if thread.is_null() {
+            return None;
+        }
+        // SAFETY: as in `push_back`.
+        self.head = unsafe { (*thread).next };
+        if self.head.is_null() {
+            self.tail = core::ptr::null_mut();
+        }
+        Some(thread)
+    }
+
+    /// A control block with a stack: recycled, or new with the next slot
+    /// of this CPU's zone. `None` when the zone is used up.
+    pub(crate) fn new_control(&mut self) -> Option<*mut Control> {
+        let control = match self.pool.pop() {
+            Some(control) => control,
+            None => {
+                if self.next_slot + self.zone.slot > self.zone.end {
+                    return self.pool.pop();
+                }
+                let guard = self.next_slot;
+                self.next_slot += self.zone.slot;
+                let control = Box::into_raw(Box::new(Control::new()));
+                // SAFETY: fresh, ours.
+                unsafe {
+                    (*control).stack = Some((guard, guard + self.zone.slot));
+                    (*control).home = self.cpu;
+                }
+                control
+            }
+        };
+        let id = ((self.cpu as u64) << 40) | self.next_id;
+        self.next_id += 1;
+        // SAFETY: ours (fresh or recycled by this CPU).
+        unsafe {
+            (*control).id.store(id, Ordering::Relaxed);
+            (*control).cpu.store(self.cpu, Ordering::Relaxed);
+            (*control).done.store(false, Ordering::Relaxed);
+            (*control).waiter.store(0, Ordering::Relaxed);
+            (*control).result.store(0, Ordering::Relaxed);
+            (*control).state = State::Ready;
+            (*control).wake_pending = false;
+            (*control).exited = false;
+            (*control).handle_released = false;
+        }
+        Some(control)
+    }
+
+    fn recycle(&mut self, thread: *mut Control) {
+        // SAFETY: an exited, released thread of this CPU: nothing else
+        // refers to it but late messages, which check its epoch.
+        unsafe {
+            let result = (*thread).result.swap_relaxed_take();
+            if result != 0 {
+                if let Some(drop_result) = (*thread).result_drop {
+                    drop_result(result as *mut u8);
+                }
+            }
+            (*thread).name = None;
+            (*thread).entry = None;
+            (*thread).wait_epoch.store((*thread).wait_epoch.load(Ordering::Relaxed) + 1, Ordering::Release);
+            let home = (*thread).home;
+            if home != self.cpu {
+                // Back to the CPU whose zone holds its stack.
+                let _ = messages::send(home, Job { run: pool_return_job, data: thread as *mut u8, extra: 0 });
+                return;
+            }
+        }
+        self.pool.push(thread);
+    }
+
+    /// Moves expired sleepers to the run queue.
+    fn wake_sleepers(&mut self) {
+        let now = arch_cpu::rdtsc();
+        while let Some(Reverse(first)) = self.sleepers.peek() {
+            if first.deadline > now {
+                break;
+            }
+            let thread = first.thread as *mut Control;
+            self.sleepers.pop();
+            self.push_back(thread);
+        }
+    }
+}
+
+/// `AtomicU64` read-and-clear for the owner only: a load and a store, no
+/// read-modify-write instruction (nothing else writes it concurrently).
+trait TakeRelaxed {
+    fn swap_relaxed_take(&self) -> u64;
+}
+
+impl TakeRelaxed for AtomicU64 {
+    fn swap_relaxed_take(&self) -> u64 {
+        let value = self.load(Ordering::Acquire);
+        self.store(0, Ordering::Relaxed);
+        value
+    }
+}
+
+/// Switches from the current thread to the next ready one (or the idle
+/// thread), after handling messages and expired sleepers. `requeue` puts
+/// the current thread at the back of the queue first (yield).
+pub(crate) fn switch_away(after: After, requeue: bool) {
+    messages::run_incoming();
+    // SAFETY: not held across the switch below (re-fetched after it).
+    let scheduler = unsafe { mine() };
+    scheduler.wake_sleepers();
+    let previous = scheduler.current;
+    if requeue {
+        scheduler.push_back(previous);
+    }
+    let next = match scheduler.pop_front() {
+        Some(next) => next,
+        None if previous == scheduler.idle => return,
+        None => scheduler.idle,
+    };
+    if next == previous {
+        // SAFETY: ours.
+        unsafe { (*next).state = State::Running };
+        scheduler.after = after;
+        finish_switch();
+        return;
+    }
+    scheduler.after = after;
+    scheduler.current = next;
+    // SAFETY: ours; `next` was queued (or is the idle thread), so its saved
+    // stack pointer is valid; `previous` keeps its control block.
+    unsafe {
+        (*next).state = State::Running;
+        switch_context(&raw mut (*previous).saved_rsp, (*next).saved_rsp);
+    }
+    finish_switch();
+}
+
+/// Runs what the previous thread asked for once we are off its stack.
+pub(crate) fn finish_switch() {
+    // SAFETY: not held across a switch.
+    let scheduler = unsafe { mine() };
+    match core::mem::replace(&mut scheduler.after, After::Nothing) {
+        After::Nothing => {}
+        After::Migrate(thread, cpu) => {
+            // SAFETY: the thread is off its stack; we hand it over.
+            unsafe { (*thread).cpu.store(cpu, Ordering::Release) };
+            hand_over(cpu, thread);
+        }
+        After::Exit(thread) => {
+            // SAFETY: ours, off its stack for good.
+            unsafe {
+                (*thread).exited = true;
+                if (*thread).handle_released {
+                    scheduler.recycle(thread);
+                }
+            }
+        }
+    }
+}
+
+/// Makes `thread` (owned by us, its `cpu` already set to `cpu`) ready on
+/// `cpu`.
+pub(crate) fn hand_over(cpu: usize, thread: *mut Control) {
+    if cpu == percpu::current_index() {
+        // SAFETY: not held across a switch.
+        unsafe { mine() }.push_back(thread);
+        return;
+    }
+    let job = Job { run: enqueue_job, data: thread as *mut u8, extra: 0 };
+    if messages::send(cpu, job).is_err() {
+        panic!("cannot hand a thread to cpu {cpu}");
+    }
+}
+
+unsafe fn pool_return_job(data: *mut u8, _: u64) {
+    // SAFETY: a recycled block whose stack is in this CPU's zone; ours now.
+    unsafe { mine() }.pool.push(data as *mut Control);
+}
+
+unsafe fn enqueue_job(data: *mut u8, _: u64) {
+    // SAFETY: the sender handed this thread over; it is ours now.
+    unsafe { mine() }.push_back(data as *mut Control);
+}
+
+/// Wakes `thread` from its wait number `epoch`, wherever it is.
+#[inline(never)]
+pub(crate) fn wake(thread: *mut Control, epoch: u64) {
+    // SAFETY: control blocks are never freed; `cpu` is atomic.
+    let cpu = unsafe { (*thread).cpu.load(Ordering::Acquire) };
+    if cpu == percpu::current_index() {
+        // SAFETY: job function called directly, on the thread's CPU.
+        unsafe { wake_job(thread as *mut u8, epoch) };
+    } else {
+        let _ = messages::send(cpu, Job { run: wake_job, data: thread as *mut u8, extra: epoch });
+    }
+}
+
+unsafe fn wake_job(data: *mut u8, epoch: u64) {
+    let thread = data as *mut Control;
+    // SAFETY: never freed; the owner-only fields are read only if the
+    // thread is on this CPU.
+    unsafe {
+        let cpu = (*thread).cpu.load(Ordering::Acquire);
+        if cpu != percpu::current_index() {
+            // It moved since the message was sent: a late wake-up for a
+            // wait that ended (a thread never moves while blocked).
+            return;
+        }
+        if (*thread).wait_epoch.load(Ordering::Relaxed) != epoch {
+            return;
+        }
+        match (*thread).state {
+            State::Blocked => mine().push_back(thread),
+            State::Running | State::Ready => (*thread).wake_pending = true,
+            State::Sleeping | State::Exited => {}
+        }
+    }
+}
+
+/// The current thread's control block.
+pub(crate) fn current() -> *mut Control {
+    // SAFETY: read only.
+    unsafe { mine() }.current
+}
+
+/// Starts a wait: returns its epoch (give it to whoever will wake us).
+pub(crate) fn begin_wait() -> u64 {
+    let thread = current();
+    // SAFETY: ours (the running thread).
+    unsafe {
+        let epoch = (*thread).wait_epoch.load(Ordering::Relaxed) + 1;
+        (*thread).wait_epoch.store(epoch, Ordering::Release);
+        (*thread).wake_pending = false;
+        epoch
+    }
+}
+
+/// Blocks the current thread until woken for the wait begun last (returns
+/// at once if that wake-up already came).
+pub(crate) fn block() {
+    let thread = current();
+    // SAFETY: ours.
+    unsafe {
+        if (*thread).wake_pending {
+            (*thread).wake_pending = false;
+            return;
+        }
+        (*thread).state = State::Blocked;
+    }
+    switch_away(After::Nothing, false);
+}
+
+/// Sleeps until TSC value `deadline`.
+pub(crate) fn sleep_until(deadline: u64) {
+    let thread = current();
+    {
+        // SAFETY: not held across the switch.
+        let scheduler = unsafe { mine() };
+        // SAFETY: ours.
+        unsafe { (*thread).state = State::Sleeping };
+        scheduler.sleepers.push(Reverse(Sleeper { deadline, thread: thread as usize }));
+    }
+    switch_away(After::Nothing, false);
+}
+
+pub(crate) fn yield_now() {
+    switch_away(After::Nothing, true);
+}
+
+pub(crate) fn migrate(cpu: usize) {
+    let thread = current();
+    if cpu == percpu::current_index() {
+        return;
+    }
+    switch_away(After::Migrate(thread, cpu), false);
+}
+
+/// Ends the current thread (its result is already stored).
+pub(crate) fn exit_current() -> ! {
+    let thread = current();
+    // SAFETY: ours; dropping thread-locals runs on the thread's own stack.
+    unsafe {
+        drop(core::mem::take(&mut (*thread).locals));
+        (*thread).state = State::Exited;
+        (*thread).done.store(true, Ordering::Release);
+        messages::full_fence();
+        let waiter = (*thread).waiter.load(Ordering::Acquire);
+        if waiter != 0 {
+            wake(waiter as *mut Control, (*thread).waiter_epoch.load(Ordering::Relaxed));
+        }
+    }
+    switch_away(After::Exit(thread), false);
+    unreachable!("an exited thread was scheduled again");
+}
+
+/// Gives up the JoinHandle's claim on `thread` (joined or detached).
+pub(crate) fn release(thread: *mut Control) {
+    // SAFETY: never freed; `cpu` is atomic.
+    let cpu = unsafe { (*thread).cpu.load(Ordering::Acquire) };
+    if cpu == percpu::current_index() {
+        // SAFETY: job function called directly on the thread's CPU.
+        unsafe { release_job(thread as *mut u8, 0) };
+    } else {
+        let _ = messages::send(cpu, Job { run: release_job, data: thread as *mut u8, extra: 0 });
+    }
+}
+
+unsafe fn release_job(data: *mut u8, _: u64) {
+    let thread = data as *mut Control;
+    // SAFETY: never freed; owner fields touched only on its CPU.
+    unsafe {
+        let cpu = (*thread).cpu.load(Ordering::Acquire);
+        if cpu != percpu::current_index() {
+            // Still running and moved on: follow it.
+            let _ = messages::send(cpu, Job { run: release_job, data, extra: 0 });
+            return;
+        }
+        (*thread).handle_released = true;
+        if (*thread).exited {
+            mine().recycle(thread);
+        }
+    }
+}
+
+/// A new thread's first code: finish the switch that started it, run its
+/// entry, exit.
+pub(crate) extern "C" fn thread_entry(thread: u64) -> ! {
+    finish_switch();
+    let thread = thread as *mut Control;
+    // SAFETY: ours (we are it).
+    let entry = unsafe { (*thread).entry.take() };
+    if let Some(entry) = entry {
+        entry();
+    }
+    exit_current()
+}
+
+/// Prepares `thread`'s stack to start in `thread_entry`.
+pub(crate) fn prepare(thread: *mut Control) {
+    // SAFETY: ours, not running; its slot is mapped RW (zone).
+    unsafe {
+        let (_, top) = (*thread).stack.expect("spawned threads have a stack slot");
+        (*thread).saved_rsp = prepare_stack(top, thread_entry, thread as u64);
+    }
+}
+
+/// What an idle CPU does: messages, sleepers, run queue; else halt until
+/// an interrupt (timer armed for the first sleeper).
+pub(crate) fn idle_loop() -> ! {
+    loop {
+        switch_away(After::Nothing, false);
+        crate::memory::idle();
+        {
+            // SAFETY: not held across a switch.
+            let scheduler = unsafe { mine() };
+            if !scheduler.head.is_null() {
+                continue;
+            }
+            match scheduler.sleepers.peek() {
+                Some(Reverse(first)) => apic::timer_arm(first.deadline),
+                None => apic::timer_disarm(),
+            }
+        }
+        messages::halt_unless_work();
+    }
+}
+
+/// The current thread's stack, if it has a slot: (guard page, top).
+pub(crate) fn current_stack() -> Option<(u64, u64)> {
+    if !ready() {
+        return None;
+    }
+    // SAFETY: read only.
+    unsafe { (*current()).stack }
+}
+
+/// Name and id of the current thread, for fault reports.
+pub(crate) fn describe_current(out: &mut impl core::fmt::Write) {
+    if !ready() {
+        return;
+    }
+    let thread = current();
+    // SAFETY: read only, ours.
+    unsafe {
+        let _ = write!(
+            out,
+            "thread '{}' (id {:#x})",
+            (*thread).name.as_deref().unwrap_or("<unnamed>"),
+            (*thread).id.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// A control block with a stack for a new thread. When this CPU's zone is
+/// used up, waits (up to about 100 ms, serving messages) for blocks of
+/// finished threads to come back from the CPUs they ended on.
+pub(crate) fn new_thread_control() -> Option<*mut Control> {
+    let start = arch_cpu::rdtsc();
+    loop {
+        // SAFETY: not held across the yield below.
+        if let Some(control) = unsafe { mine() }.new_control() {
+            return Some(control);
+        }
+        let waited = crate::time::ticks_to_duration(arch_cpu::rdtsc() - start).unwrap_or_default();
+        if waited > core::time::Duration::from_millis(100) {
+            return None;
+        }
+        messages::run_incoming();
+        yield_now();
+    }
+}
+
+/// Bytes of a stack slot usable as stack.
+pub(crate) fn stack_bytes(zone: &StackZone) -> u64 {
+    zone.slot - PAGE_SIZE as u64
+}
