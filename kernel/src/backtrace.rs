@@ -16,8 +16,16 @@ const MAX_FRAMES: usize = 32;
 pub fn write(out: &mut impl Write, rip: u64, mut rbp: u64) {
     let _ = writeln!(out, "backtrace:");
     let _ = writeln!(out, "    #0  {rip:#018x}");
-    let stacks = crate::arch::gdt::stacks();
-    let stack = stacks.iter().find(|s| s.contains(rbp));
+    // The CPU's own stacks and the running thread's (no allocation: this
+    // runs in fault reports).
+    let cpu_stacks = crate::arch::gdt::stacks();
+    let thread_stack = crate::thread::scheduler::current_stack().map(|(guard, top)| crate::arch::percpu::StackInfo {
+        name: "thread stack",
+        guard,
+        start: guard + crate::arch::paging::PAGE_SIZE as u64,
+        end: top,
+    });
+    let stack = cpu_stacks.iter().copied().chain(thread_stack).find(|s| s.contains(rbp));
     let Some(stack) = stack else { return };
     for index in 1..MAX_FRAMES {
         if rbp % 8 != 0 || !stack.contains(rbp) || !stack.contains(rbp + 15) {

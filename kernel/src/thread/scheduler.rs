@@ -642,8 +642,3 @@ pub(crate) fn new_thread_control() -> Option<*mut Control> {
         yield_now();
     }
 }
-
-/// Bytes of a stack slot usable as stack.
-pub(crate) fn stack_bytes(zone: &StackZone) -> u64 {
-    zone.slot - PAGE_SIZE as u64
-}

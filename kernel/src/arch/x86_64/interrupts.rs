@@ -235,6 +235,12 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
 }
 
 /// What a page fault's address and error code say happened.
+/// Whether `address` is in the guard page of the running thread's stack.
+fn in_thread_guard(address: u64) -> bool {
+    crate::thread::scheduler::current_stack()
+        .is_some_and(|(guard, _)| (guard..guard + super::paging::PAGE_SIZE as u64).contains(&address))
+}
+
 fn page_fault_cause(address: u64, error_code: u64) -> &'static str {
     let present = error_code & 1 != 0;
     let write = error_code & 2 != 0;
@@ -242,7 +248,7 @@ fn page_fault_cause(address: u64, error_code: u64) -> &'static str {
     let layout = super::sections::layout();
     if address < super::paging::PAGE_SIZE as u64 {
         "null pointer dereference"
-    } else if gdt::stacks().iter().any(|s| s.guard_contains(address)) {
+    } else if gdt::stacks().iter().any(|s| s.guard_contains(address)) || in_thread_guard(address) {
         "stack overflow (guard page hit)"
     } else if present && write && layout.text.contains(&address) {
         "write to kernel text (read-only)"
@@ -262,7 +268,9 @@ fn report_exception(frame: &InterruptFrame) {
     let mut out = crate::console::Emergency::lock();
     let _ =
         writeln!(out, "\n!!! CPU exception: {name} ({mnemonic}, vector {}) on cpu {}", frame.vector, crate::cpu_id());
-    let _ = writeln!(out, "    error code {:#x}", frame.error_code);
+    let _ = write!(out, "    in ");
+    crate::thread::scheduler::describe_current(&mut out);
+    let _ = writeln!(out, "\n    error code {:#x}", frame.error_code);
     if frame.vector == 14 {
         let address = cpu::cr2();
         let _ = writeln!(
@@ -285,6 +293,10 @@ fn report_exception(frame: &InterruptFrame) {
         let address = cpu::cr2();
         if let Some(stack) = gdt::stacks().iter().find(|s| s.guard_contains(address)) {
             let _ = writeln!(out, "    kernel stack overflow: {} guard page hit (cr2 {address:#018x})", stack.name);
+        } else if in_thread_guard(address) {
+            let _ = write!(out, "    stack overflow: ");
+            crate::thread::scheduler::describe_current(&mut out);
+            let _ = writeln!(out, " on cpu {} hit its guard page (cr2 {address:#018x})", crate::cpu_id());
         }
     }
     let _ = writeln!(
