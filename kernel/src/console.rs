@@ -9,7 +9,7 @@
 use core::fmt::{self, Write};
 
 use crate::arch::serial::Serial;
-use crate::sync::{Guard, SpinLock};
+use crate::sync::spin::{Guard, SpinLock};
 
 static CONSOLE: SpinLock<Serial> = SpinLock::new(Serial::com1());
 

@@ -21,7 +21,7 @@ mod logger;
 pub mod memory;
 mod once;
 mod panic;
-mod sync;
+pub mod sync;
 pub mod system;
 pub mod thread;
 pub mod time;

@@ -145,6 +145,28 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "threads")
         },
         VmTest {
+            name: "sync-1",
+            cpus: 1,
+            memory_mib: 256,
+            expect: &["sync: all checks passed"],
+            ..vm("vm-tests", "sync")
+        },
+        VmTest { name: "sync-2", memory_mib: 256, expect: &["sync: all checks passed"], ..vm("vm-tests", "sync") },
+        VmTest {
+            name: "sync-4",
+            cpus: 4,
+            memory_mib: 256,
+            expect: &["sync: all checks passed"],
+            ..vm("vm-tests", "sync")
+        },
+        VmTest {
+            name: "sync-8",
+            cpus: 8,
+            memory_mib: 256,
+            expect: &["sync: all checks passed"],
+            ..vm("vm-tests", "sync")
+        },
+        VmTest {
             name: "alloc_remote-2",
             memory_mib: 256,
             expect: &["no corruption, no leak"],
@@ -214,7 +236,6 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     "toro::thread::scheduler::new_thread_control",
     "toro::thread::scheduler::hand_over",
     "toro::thread::scheduler::enqueue_job",
-    "toro::thread::migrate_to",
     "toro::thread::scheduler::wake",
     "toro::thread::scheduler::wake_job",
     "toro::thread::scheduler::block",
@@ -224,9 +245,21 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     "toro::thread::scheduler::release",
     "toro::thread::scheduler::release_job",
     "toro::thread::scheduler::idle_loop",
+    // channel send (wake-up) and the end-of-channel clean-up; mutex and
+    // condition variable requests and their handling on the home CPU
+    "toro::sync::channel::wake_receiver",
+    "toro::sync::channel::report_drop",
+    "toro::sync::channel::dropped_job",
+    "toro::sync::mutex::RawMutex::lock",
+    "toro::sync::mutex::RawMutex::on_home",
+    "toro::sync::mutex::lock_job",
+    "toro::sync::mutex::unlock_job",
+    "toro::sync::mutex::wait_job",
+    "toro::sync::mutex::notify_job",
+    "toro::sync::mutex::Condvar::notify",
 ];
 /// The image the lock check disassembles: one that uses all those paths.
-const LOCK_CHECK_IMAGE: &str = "threads";
+const LOCK_CHECK_IMAGE: &str = "sync";
 
 /// Disassembles an image and checks the lock-free paths.
 fn lock_free_test(image: &std::path::Path) -> Result<(bool, String)> {

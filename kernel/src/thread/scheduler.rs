@@ -21,7 +21,7 @@ use core::cmp::Reverse;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::context::{prepare_stack, switch_context};
-use crate::arch::paging::{StackZone, PAGE_SIZE};
+use crate::arch::paging::StackZone;
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::{apic, cpu as arch_cpu};
 use crate::cpu::{self as messages, Job};

@@ -1,0 +1,25 @@
+//! Synchronisation between threads, on one CPU or across CPUs, without
+//! locked instructions: channels, a mutex and a condition variable.
+//!
+//! - `channel()`: a single-producer, single-consumer, unbounded queue of
+//!   values; `recv` blocks cooperatively.
+//! - `Mutex` and `Condvar`: each mutex has a home CPU, which alone keeps its
+//!   state (locked, who waits). A thread on the home CPU locks with plain
+//!   memory operations (scheduling is cooperative, so nothing interleaves);
+//!   a thread elsewhere sends a request through the CPU-pair ring to the
+//!   home CPU and blocks until the home CPU grants it the lock. No lock
+//!   instruction is needed anywhere; the price is a message round trip for
+//!   a lock taken away from home, and lock requests wait for the home CPU's
+//!   next scheduling point.
+//!
+//! Waking a thread on another CPU: the waker sends a wake-up (thread,
+//! wait epoch) to the CPU the thread is on; the waiter publishes itself,
+//! fences, and re-checks before blocking (and the waker publishes its
+//! change, fences, then reads the waiter), so a wake-up is never lost.
+
+mod channel;
+mod mutex;
+pub(crate) mod spin;
+
+pub use channel::{channel, Receiver, RecvError, SendError, Sender, TryRecvError};
+pub use mutex::{Condvar, Mutex, MutexGuard};
