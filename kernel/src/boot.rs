@@ -96,10 +96,15 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     map_memory(&map, &mut frames, &zones.zones[..zones.count]); // W^X image, guards, huge pages elsewhere
     phases.mark("page tables");
     apic::init_boot_cpu(madt.as_ref().map_or(apic::DEFAULT_XAPIC_BASE, |m| m.local_apic_address)); // IPIs
-    let online = start_application_processors(&cpus, trampoline_usable, &mut frames); // every CPU up
-    phases.mark("CPUs, TSC frequency");
-    start_allocators(&plan, &zones); // each CPU's heap behind its thread stacks
+    let launch = launch_application_processors(&cpus, trampoline_usable, &mut frames); // they start meanwhile
+    time::calibrate(); // TSC frequency, while the other CPUs start
+    phases.mark("TSC frequency");
+    start_allocators(&plan, &zones); // each CPU's heap behind its thread stacks, rings between CPUs
     phases.mark("allocators");
+    crate::thread::init(&zones.zones[..zones.count]); // schedulers; this context becomes `main`
+    phases.mark("schedulers");
+    let online = wait_for_application_processors(launch); // every CPU up
+    phases.mark("CPUs");
     system::publish(system::SystemInfo {
         cpu_count: online,
         memory_bytes: plan.assigned_bytes(),
@@ -116,14 +121,14 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
 
 /// TSC stamps of the boot steps (`toro.boottrace` prints them).
 struct Phases {
-    marks: [(&'static str, u64); 8],
+    marks: [(&'static str, u64); 12],
     count: usize,
     previous: u64,
 }
 
 impl Phases {
     fn new(entry_tsc: u64) -> Self {
-        Self { marks: [("", 0); 8], count: 0, previous: entry_tsc }
+        Self { marks: [("", 0); 12], count: 0, previous: entry_tsc }
     }
 
     fn mark(&mut self, name: &'static str) {
@@ -416,24 +421,33 @@ fn is_usable_page(map: &MemoryMap, address: u64) -> bool {
     map.usable().any(|r| r.start <= address && address + paging::PAGE_SIZE as u64 <= r.end)
 }
 
-/// Starts the other CPUs and finds the TSC frequency meanwhile; returns how
-/// many CPUs run (this one included).
-fn start_application_processors(cpus: &ApicIds, trampoline_usable: bool, frames: &mut FrameBump) -> usize {
-    let ids = &ApicIds { ids: cpus.ids, length: 0 }.tail(cpus);
+/// Sends the other CPUs on their way (they start while the boot CPU goes
+/// on).
+fn launch_application_processors(
+    cpus: &ApicIds,
+    trampoline_usable: bool,
+    frames: &mut FrameBump,
+) -> Option<smp::Launch> {
+    let ids = ApicIds { ids: cpus.ids, length: 0 }.tail(cpus);
     if ids.len() == 0 {
-        time::calibrate();
-        return 1;
+        return None;
     }
     if !trampoline_usable {
         log::error!("page {:#x} for the AP trampoline is not RAM; running on the boot CPU only", smp::TRAMPOLINE);
-        time::calibrate();
-        return 1;
+        return None;
     }
-    // The TSC calibration overlaps the APs' start-up.
-    let started = smp::start(ids.as_slice(), frames, time::calibrate);
+    Some(smp::launch(ids.as_slice(), frames))
+}
+
+/// Waits for the launched CPUs, lets them start their schedulers; returns
+/// how many CPUs run (this one included).
+fn wait_for_application_processors(launch: Option<smp::Launch>) -> usize {
+    let Some(launch) = launch else { return 1 };
+    let started = smp::wait(&launch);
     let online = 1 + started;
     percpu::set_online(online);
-    log::info!("{online} CPUs running ({} started, {} failed)", started, ids.len() - started);
+    crate::thread::wake_application_processors();
+    log::info!("{online} CPUs running ({started} started)");
     online
 }
 
@@ -460,32 +474,22 @@ fn plan_memory(map: &MemoryMap, cpus: &ApicIds, numa: Option<&NumaTopology>) -> 
     plan
 }
 
-/// Sets up the allocator of every running CPU over its share, less its
-/// stack zone, and the job rings between CPUs.
+/// Sets up the allocator of every planned CPU over its share, less its
+/// stack zone, and the job rings between CPUs. (A CPU that then fails to
+/// start leaves its share unused.)
 fn start_allocators(plan: &memory_split::SplitPlan, zones: &Zones) {
     let empty = memory_split::CpuShare { cpu_index: 0, apic_id: 0, domain: None, cpu_domain: None, start: 0, end: 0 };
     let mut shares = [empty; percpu::MAX_CPUS];
     let mut indexes = [0usize; percpu::MAX_CPUS];
-    let mut count = 0;
-    for (share, zone) in plan.shares().iter().zip(&zones.zones[..zones.count]) {
-        if smp::is_up(share.cpu_index) {
-            shares[count] = memory_split::CpuShare { start: zone.end, ..*share };
-            indexes[count] = share.cpu_index;
-            count += 1;
-        } else {
-            log::warn!("cpu {} is not running: its {} MiB stay unused", share.cpu_index, share.size() >> 20);
-        }
+    let count = plan.shares().len();
+    for (position, share) in plan.shares().iter().enumerate() {
+        shares[position] = memory_split::CpuShare { start: zones.zones[position].end, ..*share };
+        indexes[position] = share.cpu_index;
     }
     if let Err(error) = memory::init(&shares[..count], &indexes[..count]) {
         boot_failure(format_args!("cannot set up the allocators: {error}"));
     }
     crate::cpu::init(&indexes[..count]); // job rings between every pair of CPUs
-                                         // Plan positions are CPU indexes: zone `i` belongs to CPU `i`.
-    let mut thread_zones = [(0usize, zones.zones[0]); percpu::MAX_CPUS];
-    for (slot, &cpu) in thread_zones.iter_mut().zip(&indexes[..count]) {
-        *slot = (cpu, zones.zones[cpu]);
-    }
-    crate::thread::init(&thread_zones[..count]); // a scheduler per CPU; this context becomes `main`
 }
 
 /// The sanitised command line.

@@ -129,6 +129,7 @@ fn has_incoming() -> bool {
 /// Halts this CPU until an interrupt, unless a job arrived: the sleeping
 /// half of the wake-up hand-shake (see the module docs). Called with
 /// interrupts off, by the idle thread.
+#[inline(never)]
 pub(crate) fn halt_unless_work() {
     let me = percpu::current_index();
     SLEEPING[me].0.store(true, Ordering::Relaxed);

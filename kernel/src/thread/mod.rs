@@ -327,44 +327,55 @@ macro_rules! thread_local {
     };
 }
 
-/// Sets up threads on every running CPU: the boot CPU's context becomes
-/// `main` (with an idle thread of its own); each other CPU's context
-/// becomes its idle thread. Boot CPU, after memory and messages.
-pub(crate) fn init(zones: &[(usize, crate::arch::paging::StackZone)]) {
-    for &(cpu, zone) in zones {
-        if cpu == percpu::current_index() {
-            scheduler::init_cpu(zone, "main");
-            scheduler::make_idle_thread();
-        } else {
-            let job = messages::Job { run: init_job, data: zone.start as *mut u8, extra: zone.end };
-            if messages::send(cpu, job).is_err() {
-                panic!("cannot reach cpu {cpu} to start its scheduler");
-            }
+/// Thread-stack zones of the other CPUs, published by the boot CPU; each
+/// CPU starts its own scheduler once it sees its zone.
+static ZONES: [(core::sync::atomic::AtomicU64, core::sync::atomic::AtomicU64); percpu::MAX_CPUS] =
+    [const { (core::sync::atomic::AtomicU64::new(0), core::sync::atomic::AtomicU64::new(0)) }; percpu::MAX_CPUS];
+
+/// Sets up threads: the boot CPU's context becomes `main` (with an idle
+/// thread of its own); every other CPU gets its stack zone and starts its
+/// scheduler when woken (`wake_application_processors`). Boot CPU, after
+/// memory and messages. `zones[i]` belongs to CPU `i`.
+pub(crate) fn init(zones: &[crate::arch::paging::StackZone]) {
+    let me = percpu::current_index();
+    for (cpu, zone) in zones.iter().enumerate() {
+        if cpu == me {
+            continue;
         }
+        ZONES[cpu].1.store(zone.end, Ordering::Relaxed);
+        ZONES[cpu].0.store(zone.start, Ordering::Release);
     }
-    // Wait until every CPU's scheduler is up, so `main` may spawn anywhere.
-    for &(cpu, _) in zones {
-        while !scheduler::ready_on(cpu) {
-            core::hint::spin_loop();
+    scheduler::init_cpu(zones[me], "main");
+    scheduler::make_idle_thread();
+}
+
+/// Wakes every other running CPU so it starts its scheduler.
+pub(crate) fn wake_application_processors() {
+    for cpu in 1..messages::count() {
+        if let Some(block) = percpu::by_index(cpu) {
+            crate::arch::apic::send_fixed(block.apic_id, messages::WAKE_VECTOR);
         }
     }
 }
 
-unsafe fn init_job(start: *mut u8, end: u64) {
-    let zone = crate::arch::paging::StackZone { start: start as u64, end, slot: crate::boot::STACK_SLOT };
-    scheduler::init_cpu(zone, "idle");
-}
-
-/// What a CPU does until its scheduler exists, then its idle thread.
+/// What a CPU does once started: wait (halted) for its stack zone, start
+/// its scheduler, then be its idle thread. Messages sent to it meanwhile
+/// wait in its rings.
 pub(crate) fn early_idle_loop() -> ! {
+    let me = percpu::current_index();
     loop {
-        if scheduler::ready() {
+        let start = ZONES[me].0.load(Ordering::Acquire);
+        if start != 0 {
+            let zone = crate::arch::paging::StackZone {
+                start,
+                end: ZONES[me].1.load(Ordering::Relaxed),
+                slot: crate::boot::STACK_SLOT,
+            };
+            scheduler::init_cpu(zone, "idle");
             scheduler::idle_loop();
         }
-        messages::run_incoming();
-        if scheduler::ready() {
-            scheduler::idle_loop();
-        }
-        messages::halt_unless_work();
+        // SAFETY: `sti; hlt` is atomic (see `cpu::halt_unless_work`); the
+        // boot CPU's wake-up IPI ends it.
+        unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) };
     }
 }

@@ -3,7 +3,8 @@
 //! The boot CPU gives each AP a `PerCpu` block and its stacks (each with an
 //! unmapped guard page) carved from low memory, copies a real-mode
 //! trampoline to `TRAMPOLINE`, and sends INIT then STARTUP IPIs to all APs
-//! at once. Each AP goes real mode -> protected mode -> long mode on the
+//! at once, then goes on booting while they start. Each AP goes real mode
+//! -> protected mode -> long mode on the
 //! boot page tables (which map low memory executable), jumps to
 //! `ap_entry64` in kernel text, switches to the final page tables, picks its
 //! stack by APIC id, and enters `ap_main`, which loads its GDT, TSS and IDT,
@@ -127,13 +128,21 @@ unsafe extern "C" {
     static ap_trampoline_end: u8;
 }
 
-/// Starts every AP in `apic_ids` (the boot CPU's id excluded by the
-/// caller) and runs `meanwhile` while they come up; returns how many
-/// checked in. CPU indexes follow the order of `apic_ids`, from 1.
-pub fn start(apic_ids: &[u32], frames: &mut FrameBump, meanwhile: impl FnOnce()) -> usize {
+/// APs sent on their way, for `wait`.
+pub struct Launch {
+    apic_ids: [u32; MAX_CPUS],
+    count: usize,
+    start: u64,
+}
+
+/// Gives every AP in `apic_ids` (the boot CPU's id excluded by the caller)
+/// its stacks and block, and sends INIT and STARTUP to all of them; returns
+/// at once. CPU indexes follow the order of `apic_ids`, from 1.
+pub fn launch(apic_ids: &[u32], frames: &mut FrameBump) -> Launch {
     let count = apic_ids.len().min(MAX_CPUS - 1);
-    let apic_ids = &apic_ids[..count];
-    for (position, &apic_id) in apic_ids.iter().enumerate() {
+    let mut launch = Launch { apic_ids: [0; MAX_CPUS], count, start: 0 };
+    launch.apic_ids[..count].copy_from_slice(&apic_ids[..count]);
+    for (position, &apic_id) in apic_ids[..count].iter().enumerate() {
         if apic_id as usize >= MAX_CPUS {
             log::warn!("cpu with APIC id {apic_id} is beyond the xAPIC range; left out");
             continue;
@@ -145,23 +154,29 @@ pub fn start(apic_ids: &[u32], frames: &mut FrameBump, meanwhile: impl FnOnce())
     // SAFETY: reading CR3 has no side effects.
     unsafe { core::arch::asm!("mov {}, cr3", out(reg) root, options(nomem, nostack, preserves_flags)) };
     AP_CR3.store(root, Ordering::Release);
-
     let page = (TRAMPOLINE >> 12) as u8;
-    for &apic_id in apic_ids {
+    for &apic_id in &apic_ids[..count] {
         apic::send_init(apic_id);
     }
-    for &apic_id in apic_ids {
+    for &apic_id in &apic_ids[..count] {
         apic::send_startup(apic_id, page);
     }
-    let start = cpu::rdtsc();
-    meanwhile();
+    launch.start = cpu::rdtsc();
+    launch
+}
+
+/// Waits until every launched AP checked in (sending a second STARTUP to
+/// late ones, giving up on silent ones); returns how many did.
+pub fn wait(launch: &Launch) -> usize {
+    let apic_ids = &launch.apic_ids[..launch.count];
+    let page = (TRAMPOLINE >> 12) as u8;
     let mut resent = false;
     loop {
-        let waiting = (1..=count).filter(|&index| !CHECKED_IN[index].load(Ordering::Acquire)).count();
+        let waiting = (1..=launch.count).filter(|&index| !CHECKED_IN[index].load(Ordering::Acquire)).count();
         if waiting == 0 {
             break;
         }
-        let elapsed = cpu::rdtsc() - start;
+        let elapsed = cpu::rdtsc() - launch.start;
         if !resent && elapsed > RESEND_TICKS {
             resent = true;
             for (position, &apic_id) in apic_ids.iter().enumerate() {
@@ -180,7 +195,7 @@ pub fn start(apic_ids: &[u32], frames: &mut FrameBump, meanwhile: impl FnOnce())
         }
         core::hint::spin_loop();
     }
-    (1..=count).filter(|&index| CHECKED_IN[index].load(Ordering::Acquire)).count()
+    (1..=launch.count).filter(|&index| CHECKED_IN[index].load(Ordering::Acquire)).count()
 }
 
 /// Whether CPU `index` is running.

@@ -67,7 +67,9 @@ fn main() -> i32 {
     // control blocks for reuse and its queues keep their capacity, so the
     // baseline is taken once those have reached their working size.
     let warm: Vec<_> = (0..8 * cpus).map(|n| toro::thread::spawn_on(n % cpus, move || churn(n as u64, 1000))).collect();
-    warm.into_iter().for_each(|job| drop(job.join()));
+    warm.into_iter().for_each(|job| {
+        job.join();
+    });
     in_use_by_cpu(&mut baseline);
     in_use_by_cpu(&mut baseline);
     let start = toro::time::Instant::now();
