@@ -118,6 +118,20 @@ pub(crate) fn run_incoming() -> usize {
     }
 }
 
+/// Polls this CPU's rings for up to `ticks` TSC ticks; true if a message
+/// arrived.
+#[inline(never)]
+pub(crate) fn poll_for_work(ticks: u64) -> bool {
+    let start = crate::arch::cpu::rdtsc();
+    while crate::arch::cpu::rdtsc() - start < ticks {
+        if has_incoming() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
 fn has_incoming() -> bool {
     // SAFETY: one use of this CPU's mailboxes.
     match unsafe { mine() } {

@@ -167,6 +167,12 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "sync")
         },
         VmTest {
+            name: "pingpong-2",
+            command_line: "rounds=2000",
+            expect: &["pingpong: 2 threads", "ns per hop", "cpu 1: sent 100000 messages to cpu 0"],
+            ..vm("pingpong", "pingpong")
+        },
+        VmTest {
             name: "alloc_remote-2",
             memory_mib: 256,
             expect: &["no corruption, no leak"],
