@@ -579,7 +579,7 @@ fn check_table(
 }
 
 /// The byte sum of `length` bytes at `address`; 0 for a valid ACPI structure.
-fn checksum(memory: &impl PhysicalMemory, address: u64, length: u32) -> Result<u8, Unreadable> {
+pub(crate) fn checksum(memory: &impl PhysicalMemory, address: u64, length: u32) -> Result<u8, Unreadable> {
     const PIECE: u32 = 64;
     let mut piece = [0u8; PIECE as usize];
     let mut sum = 0u8;

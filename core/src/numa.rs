@@ -27,7 +27,7 @@
 
 use core::fmt;
 
-use crate::acpi::{find_table, AcpiError, MalformedEntry, Rsdp, MAX_CPUS, MAX_TABLE_LENGTH};
+use crate::acpi::{checksum, find_table, AcpiError, MalformedEntry, Rsdp, MAX_CPUS, MAX_TABLE_LENGTH};
 use crate::physical_memory::{read_bytes, read_u32, read_u64, read_u8, PhysicalMemory, Unreadable};
 
 /// The most memory ranges a [`NumaTopology`] lists (QEMU emits two or three per node).
@@ -460,24 +460,6 @@ fn check_srat(memory: &impl PhysicalMemory, address: u64) -> Result<u32, NumaErr
         return Err(AcpiError::TableChecksum { address, signature }.into());
     }
     Ok(length)
-}
-
-/// The byte sum of `length` bytes at `address`; 0 for a valid ACPI table.
-fn checksum(memory: &impl PhysicalMemory, address: u64, length: u32) -> Result<u8, Unreadable> {
-    const PIECE: u32 = 64;
-    let mut piece = [0u8; PIECE as usize];
-    let mut sum = 0u8;
-    let mut done = 0u32;
-    while done < length {
-        let size = (length - done).min(PIECE);
-        let bytes = piece.get_mut(..size as usize).unwrap_or(&mut []);
-        let bytes_address =
-            address.checked_add(u64::from(done)).ok_or(Unreadable { address, length: length as usize })?;
-        memory.read(bytes_address, bytes)?;
-        sum = bytes.iter().fold(sum, |sum, &byte| sum.wrapping_add(byte));
-        done += size;
-    }
-    Ok(sum)
 }
 
 // The header length is what the SRAT's fixed fields extend.

@@ -85,6 +85,11 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
     if options.cpus == 0 || options.cpus > 255 {
         bail!("--cpus must be 1..=255");
     }
+    if options.memory_mib < 2 {
+        // The image loads at 1 MiB: with less RAM QEMU runs whatever is at
+        // the entry point, and the VM never ends.
+        bail!("--memory must be at least 2 (MiB): Toro images load at 1 MiB");
+    }
     Ok(options)
 }
 
