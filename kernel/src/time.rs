@@ -21,10 +21,10 @@ use crate::arch::cpu::{cpuid, rdtsc};
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 
 const PIT_HZ: u64 = 1_193_182;
-/// PIT ticks to calibrate over (about 2 ms).
+/// PIT ticks to calibrate over (about 2 ms). One tick of the PIT is 838 ns;
+/// the count is read within a few ticks' uncertainty at each end, so 2 ms
+/// gives about 0.2% accuracy.
 const CALIBRATION_TICKS: u64 = 2_386;
-/// One tick of the PIT is 838 ns; the count is read within a few ticks'
-/// uncertainty at each end, so 2 ms gives about 0.2% accuracy.
 
 fn from_cpuid() -> Option<u64> {
     let (max_leaf, ..) = cpuid(0);
