@@ -44,6 +44,9 @@ pub struct VmConfig {
     pub gdb_port: Option<u16>,
     /// A virtio network card on QEMU user networking, if any.
     pub network: Option<UserNetwork>,
+    /// Split CPUs and memory evenly into this many NUMA nodes (the firmware
+    /// then describes them in the ACPI SRAT; q35 only).
+    pub numa_nodes: Option<u32>,
 }
 
 /// QEMU user-mode networking (slirp: the guest is 10.0.2.15, the gateway
@@ -82,6 +85,7 @@ impl VmConfig {
             accel,
             gdb_port: None,
             network: None,
+            numa_nodes: None,
         }
     }
 
@@ -109,6 +113,16 @@ impl VmConfig {
         }
         if !self.command_line.is_empty() {
             command.args(["-append", &self.command_line]);
+        }
+        if let Some(nodes) = self.numa_nodes.filter(|&n| n > 1) {
+            let cpus_per_node = (self.cpus / nodes).max(1);
+            for node in 0..nodes {
+                let first = node * cpus_per_node;
+                let last = if node + 1 == nodes { self.cpus - 1 } else { first + cpus_per_node - 1 };
+                command
+                    .args(["-object", &format!("memory-backend-ram,id=node{node},size={}M", self.memory_mib / nodes)]);
+                command.args(["-numa", &format!("node,nodeid={node},cpus={first}-{last},memdev=node{node}")]);
+            }
         }
         if let Some(network) = &self.network {
             command.args(network.arguments(self.machine));

@@ -19,6 +19,7 @@ struct VmTest {
     memory_mib: u32,
     command_line: &'static str,
     machine: Machine,
+    numa_nodes: Option<u32>,
     status: i32,
     /// Each must appear in the output.
     expect: &'static [&'static str],
@@ -37,6 +38,7 @@ const fn vm(package: &'static str, binary: &'static str) -> VmTest {
         memory_mib: 128,
         command_line: "",
         machine: Machine::Microvm,
+        numa_nodes: None,
         status: 0,
         expect: &[],
     }
@@ -69,6 +71,23 @@ fn tests() -> Vec<VmTest> {
             machine: Machine::Q35,
             cpus: 4,
             expect: &["Hello from Toro!", "cpus: 4"],
+            ..vm("hello", "hello")
+        },
+        VmTest {
+            name: "hello-numa",
+            machine: Machine::Q35,
+            cpus: 4,
+            memory_mib: 512,
+            numa_nodes: Some(2),
+            command_line: "toro.log=info",
+            expect: &[
+                "ACPI SRAT: 2 NUMA nodes",
+                "memory: cpu 0 node 0",
+                "memory: cpu 1 node 0",
+                "memory: cpu 2 node 1",
+                "memory: cpu 3 node 1",
+                "cpus: 4",
+            ],
             ..vm("hello", "hello")
         },
         VmTest {
@@ -376,6 +395,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         config.memory_mib = test.memory_mib;
         config.command_line = test.command_line.into();
         config.machine = test.machine;
+        config.numa_nodes = test.numa_nodes;
         let result = qemu::run(&config, Some(Duration::from_secs(60)), false, &|l| symbols.annotate(l))?;
         let mut problems = Vec::new();
         if result.outcome != Outcome::Exited(test.status) {
