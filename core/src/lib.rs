@@ -1,10 +1,11 @@
-//! Toro's host-testable core: the parsers early boot runs on what the VMM hands over.
+//! Toro's host-testable core: the parsers early boot runs on what the VMM
+//! hands over, and the bookkeeping of the allocator and the scheduler.
 //!
-//! Everything here reads firmware or VMM data that the kernel cannot trust,
+//! Much of this reads firmware or VMM data that the kernel cannot trust,
 //! so the rules are strict: no heap (the heap does not exist yet when these
-//! run), no `unsafe` outside [`spsc`] (the one lock-free cell between two
-//! CPUs), and no panic on any input — bad data gives an error or
-//! a count in a report, never a fault. The same code runs under plain
+//! run), no `unsafe` outside [`spsc`] (the lock-free cell between two CPUs)
+//! and [`run_queue`] (an intrusive list), and no panic on any input — bad
+//! data gives an error or a count in a report, never a fault. The same code runs under plain
 //! `cargo test` on the host, where the tests feed it the layouts QEMU and
 //! Firecracker produce, and malformed ones.
 //!
@@ -16,6 +17,10 @@
 //! - [`spsc`]: the single-producer single-consumer ring between two CPUs.
 //! - [`allocator`]: the per-CPU heap (size classes, spans, page runs) and the
 //!   remote-free hand-off, written against [`allocator::WordMemory`].
+//! - [`numa`]: the ACPI SRAT (NUMA nodes); [`memory_split`]: RAM split into
+//!   one share per CPU.
+//! - [`run_queue`]: the scheduler's O(1) FIFO; [`wake`]: the wake-up
+//!   hand-shake (waiter slot, fences, wait epochs) between CPUs.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -29,7 +34,9 @@ pub mod memory_split;
 pub mod numa;
 pub mod physical_memory;
 pub mod pvh;
+pub mod run_queue;
 pub mod spsc;
+pub mod wake;
 
 #[cfg(test)]
 pub(crate) mod test_memory;

@@ -1,4 +1,4 @@
-//! Loom models of the cross-CPU paths: the SPSC ring, and remote frees handed to their owner.
+//! Loom models of the cross-CPU paths: the SPSC ring, remote frees handed to their owner, and the wake-up hand-shake.
 //!
 //! Loom runs each model under every interleaving (and every reordering the
 //! C++/Rust memory model allows for the `Acquire`/`Release` accesses) and
@@ -199,4 +199,233 @@ fn remote_frees_come_back_to_their_owner_exactly_once() {
 #[test]
 fn remote_frees_wait_out_a_full_ring() {
     hand_off::<1>(3, 1);
+}
+
+// The wake-up hand-shake (`toro_core::wake`): the waiter publishes itself,
+// fences and re-checks its condition before blocking; the waker changes the
+// condition, fences and reads the waiter. Loom implements `fence(SeqCst)`
+// (all SeqCst fences in one order) and lets each load return any store the
+// memory model allows, including one still "in the store buffer" of the
+// other thread, so leaving out a fence shows up as a lost wake-up.
+
+/// The waiting thread's name in the slot (a control block's address in the
+/// kernel).
+const WAITING_THREAD: u64 = 0x1000;
+
+/// The fence the kernel makes with `mfence`.
+fn full_fence() {
+    loom::sync::atomic::fence(loom::sync::atomic::Ordering::SeqCst);
+}
+
+/// A fence left out.
+fn no_fence() {}
+
+/// How many executions of a model took each branch (plain `std` atomics:
+/// loom runs one execution at a time and does not track these).
+#[derive(Default)]
+struct Outcomes {
+    blocked: std::sync::atomic::AtomicUsize,
+    not_blocked: std::sync::atomic::AtomicUsize,
+    stale: std::sync::atomic::AtomicUsize,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Outcomes {
+    fn count(counter: &std::sync::atomic::AtomicUsize) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(counter: &std::sync::atomic::AtomicUsize) -> usize {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One wait, one wake-up. The waker sets a flag, then reads the slot; its
+/// result is the wake-up it sends. The waiter registers, then checks the
+/// flag; if the flag is clear it "blocks": it then waits (by joining the
+/// waker) for the wake-up token and checks it is for this wait. Returns how
+/// often the waiter blocked and how often it did not.
+fn one_wait_one_wake(waiter_fence: fn(), waker_fence: fn()) -> std::sync::Arc<Outcomes> {
+    use loom::sync::atomic::{AtomicBool, Ordering};
+    use toro_core::wake::{WaitEpoch, Waiter, WaiterSlot};
+
+    let outcomes = std::sync::Arc::new(Outcomes::default());
+    let counted = std::sync::Arc::clone(&outcomes);
+    loom::model(move || {
+        let slot = Arc::new(WaiterSlot::new());
+        let flag = Arc::new(AtomicBool::new(false));
+        let (waker_slot, waker_flag) = (Arc::clone(&slot), Arc::clone(&flag));
+        let waker = thread::spawn(move || {
+            waker_flag.store(true, Ordering::Release);
+            waker_slot.waiter(waker_fence)
+        });
+
+        let epoch = WaitEpoch::new();
+        let this_wait = epoch.advance();
+        slot.publish(WAITING_THREAD, this_wait, waiter_fence);
+        let would_block = !flag.load(Ordering::Acquire);
+        let wake_up = waker.join().unwrap();
+        if would_block {
+            Outcomes::count(&counted.blocked);
+            assert_eq!(
+                wake_up,
+                Some(Waiter { thread: WAITING_THREAD, epoch: this_wait }),
+                "lost wake-up: the waiter blocked but the waker did not see it"
+            );
+            assert!(epoch.is_current(this_wait));
+        } else {
+            Outcomes::count(&counted.not_blocked);
+        }
+        slot.clear();
+    });
+    outcomes
+}
+
+/// Whenever the waiter blocks, the waker saw it registered (and both
+/// orders of the race happen).
+#[test]
+fn wake_up_is_never_lost() {
+    let outcomes = one_wait_one_wake(full_fence, full_fence);
+    assert!(Outcomes::get(&outcomes.blocked) > 0, "some execution blocks");
+    assert!(Outcomes::get(&outcomes.not_blocked) > 0, "some execution sees the flag");
+}
+
+/// Without the waiter's fence, its load of the flag can pass its store to
+/// the slot: loom finds an execution where both sides miss each other.
+#[test]
+#[should_panic(expected = "lost wake-up")]
+fn wake_up_is_lost_without_the_waiters_fence() {
+    one_wait_one_wake(no_fence, full_fence);
+}
+
+/// Without the waker's fence, its load of the slot can pass its store to
+/// the flag: the same lost wake-up.
+#[test]
+#[should_panic(expected = "lost wake-up")]
+fn wake_up_is_lost_without_the_wakers_fence() {
+    one_wait_one_wake(full_fence, no_fence);
+}
+
+/// The epoch rule: the waiter's first wait ends (here without blocking, as
+/// when its re-check finds the condition true) and it starts a second wait
+/// on the same slot before the waker's wake-up is delivered. A wake-up
+/// naming the first wait is recognised as stale; one naming the second is
+/// for the current wait (a wake-up the waiter's loop re-checks). A waker
+/// that sees the waiter never pairs it with the epoch of no wait (the
+/// slot's `Release`/`Acquire` pairing of thread and epoch).
+#[test]
+fn a_late_wake_up_for_an_ended_wait_is_stale() {
+    use toro_core::wake::{WaitEpoch, WaiterSlot};
+
+    let outcomes = std::sync::Arc::new(Outcomes::default());
+    let counted = std::sync::Arc::clone(&outcomes);
+    loom::model(move || {
+        let slot = Arc::new(WaiterSlot::new());
+        let waker_slot = Arc::clone(&slot);
+        let waker = thread::spawn(move || waker_slot.waiter(full_fence));
+
+        let epoch = WaitEpoch::new();
+        let first = epoch.advance();
+        slot.publish(WAITING_THREAD, first, full_fence);
+        slot.clear();
+        let second = epoch.advance();
+        slot.publish(WAITING_THREAD, second, full_fence);
+
+        // The wake-up arrives now, during the second wait. `None`: the
+        // waker read the slot empty (before the first wait or between
+        // the two), and sends nothing.
+        if let Some(wake_up) = waker.join().unwrap() {
+            assert_eq!(wake_up.thread, WAITING_THREAD);
+            assert!(
+                wake_up.epoch == first || wake_up.epoch == second,
+                "the waiter was read with the epoch of no wait: {wake_up:?}"
+            );
+            let accepted = epoch.is_current(wake_up.epoch);
+            assert_eq!(accepted, wake_up.epoch == second, "only the current wait's wake-up is accepted");
+            Outcomes::count(if accepted { &counted.current } else { &counted.stale });
+        }
+        slot.clear();
+    });
+    assert!(Outcomes::get(&outcomes.stale) > 0, "some execution delivers a stale wake-up");
+    assert!(Outcomes::get(&outcomes.current) > 0, "some execution wakes the second wait");
+}
+
+/// A miniature of the channel: the sender publishes two values, waking the
+/// receiver after each through a real ring (the CPU-pair message path); the
+/// receiver takes values, and when none is there it waits as `recv` does:
+/// new epoch, publish, re-check, block. Blocking serves the ring, dropping
+/// stale wake-ups, until one for the current wait comes. The sender never
+/// waits for the receiver, so a blocked receiver may wait for the sender to
+/// finish (join it): every wake-up it will ever send is in the ring then,
+/// and if none is for the current wait, the receiver would sleep forever.
+/// (Blocking by spinning on the ring would also let a second wait race the
+/// sender after a first block, but took ~40 s to explore; this version
+/// takes about one. A second wait races the sender here whenever the first
+/// re-check found the value.)
+#[test]
+fn a_receiver_waiting_again_and_again_is_always_woken() {
+    use loom::sync::atomic::{AtomicU64, Ordering};
+    use toro_core::wake::{WaitEpoch, WaiterSlot};
+
+    const VALUES: u64 = 2;
+    let outcomes = std::sync::Arc::new(Outcomes::default());
+    let counted = std::sync::Arc::clone(&outcomes);
+    loom::model(move || {
+        let sent = Arc::new(AtomicU64::new(0));
+        let slot = Arc::new(WaiterSlot::new());
+        // One wake-up per value at most, so it never fills.
+        let wake_ups = Arc::new(Ring::<u64, { VALUES as usize }>::new());
+        let sender = {
+            let (sent, slot, wake_ups) = (Arc::clone(&sent), Arc::clone(&slot), Arc::clone(&wake_ups));
+            thread::spawn(move || {
+                // SAFETY: the only producer of the wake-up ring.
+                let mut producer = unsafe { wake_ups.producer() };
+                for value in 1..=VALUES {
+                    sent.store(value, Ordering::Release);
+                    if let Some(waiter) = slot.waiter(full_fence) {
+                        assert_eq!(waiter.thread, WAITING_THREAD);
+                        assert!(producer.push(waiter.epoch).is_ok(), "one ring slot per value");
+                    }
+                }
+            })
+        };
+
+        // SAFETY: the only consumer of the wake-up ring.
+        let mut consumer = unsafe { wake_ups.consumer() };
+        let mut sender = Some(sender);
+        let epoch = WaitEpoch::new();
+        let mut received = 0;
+        while received < VALUES {
+            if sent.load(Ordering::Acquire) > received {
+                received += 1;
+                continue;
+            }
+            let this_wait = epoch.advance();
+            slot.publish(WAITING_THREAD, this_wait, full_fence);
+            if sent.load(Ordering::Acquire) > received {
+                slot.clear();
+                continue;
+            }
+            // Blocked: only a wake-up for this wait ends it.
+            Outcomes::count(&counted.blocked);
+            if let Some(sender) = sender.take() {
+                sender.join().unwrap();
+            }
+            let mut woken = false;
+            while let Some(wake_up) = consumer.pop() {
+                if epoch.is_current(wake_up) {
+                    woken = true;
+                } else {
+                    Outcomes::count(&counted.stale);
+                }
+            }
+            assert!(woken, "lost wake-up: the receiver blocked and no wake-up for its wait came");
+            slot.clear();
+        }
+        if let Some(sender) = sender {
+            sender.join().unwrap();
+        }
+    });
+    assert!(Outcomes::get(&outcomes.blocked) > 0, "some execution blocks");
+    assert!(Outcomes::get(&outcomes.stale) > 0, "some execution drops a stale wake-up");
 }

@@ -15,7 +15,9 @@
 use alloc::boxed::Box;
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+use toro_core::wake::WaiterSlot;
 
 use crate::arch::percpu;
 use crate::cpu::{self as messages, full_fence, Job};
@@ -48,9 +50,9 @@ struct Shared<T> {
     dropped: UnsafeCell<u8>,
     sender_gone: AtomicBool,
     receiver_gone: AtomicBool,
-    /// A receiver waiting (its control block) and its wait epoch, or 0.
-    waiter: AtomicU64,
-    waiter_epoch: AtomicU64,
+    /// The receiver (its control block) and its wait's epoch while it
+    /// waits (`toro_core::wake`: it publishes, the sender reads).
+    waiter: WaiterSlot,
     /// Where the receiver stopped (written by it before it reports its
     /// drop), for the final clean-up.
     receiver_segment: UnsafeCell<*mut Segment<T>>,
@@ -108,8 +110,7 @@ pub fn channel<T: Send>() -> (Sender<T>, Receiver<T>) {
         dropped: UnsafeCell::new(0),
         sender_gone: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
-        waiter: AtomicU64::new(0),
-        waiter_epoch: AtomicU64::new(0),
+        waiter: WaiterSlot::new(),
         receiver_segment: UnsafeCell::new(core::ptr::null_mut()),
         receiver_index: UnsafeCell::new(0),
     }));
@@ -146,10 +147,8 @@ impl<T> Sender<T> {
 
 #[inline(never)]
 fn wake_receiver<T>(shared: &Shared<T>) {
-    full_fence();
-    let waiter = shared.waiter.load(Ordering::Acquire);
-    if waiter != 0 {
-        scheduler::wake(waiter as *mut scheduler::Control, shared.waiter_epoch.load(Ordering::Relaxed));
+    if let Some(waiter) = shared.waiter.waiter(full_fence) {
+        scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
     }
 }
 
@@ -178,15 +177,13 @@ impl<T> Receiver<T> {
             // SAFETY: as above.
             let shared = unsafe { &*self.shared };
             let epoch = scheduler::begin_wait();
-            shared.waiter_epoch.store(epoch, Ordering::Relaxed);
-            shared.waiter.store(scheduler::current() as u64, Ordering::Release);
-            full_fence();
+            shared.waiter.publish(scheduler::current() as u64, epoch, full_fence);
             if self.has_value() || shared.sender_gone.load(Ordering::Acquire) {
-                shared.waiter.store(0, Ordering::Relaxed);
+                shared.waiter.clear();
                 continue;
             }
             scheduler::block();
-            shared.waiter.store(0, Ordering::Relaxed);
+            shared.waiter.clear();
         }
     }
 

@@ -156,6 +156,8 @@ impl Builder {
             scheduler::prepare(control);
             (*control).cpu.store(cpu, Ordering::Release);
         }
+        // SAFETY: control blocks are never freed; `id` is atomic and was
+        // written by this CPU in `new_thread_control`.
         let id = ThreadId(unsafe { (*control).id.load(Ordering::Relaxed) });
         scheduler::hand_over(cpu, control);
         Ok(JoinHandle { thread: control, id, joined: false, _result: PhantomData })
@@ -243,14 +245,13 @@ impl<T> JoinHandle<T> {
     pub fn join(mut self) -> T {
         let thread = self.thread;
         // SAFETY: held (not released) until the end of this function; the
-        // atomics are the hand-shake with the exiting thread (see
-        // `scheduler::exit_current`): each side stores, fences, then loads.
+        // waiter slot is the hand-shake with the exiting thread (see
+        // `scheduler::exit_current` and `toro_core::wake`): each side
+        // stores, fences, then loads.
         unsafe {
             while !(*thread).done.load(Ordering::Acquire) {
                 let epoch = scheduler::begin_wait();
-                (*thread).waiter_epoch.store(epoch, Ordering::Relaxed);
-                (*thread).waiter.store(scheduler::current() as u64, Ordering::Release);
-                messages::full_fence();
+                (*thread).waiter.publish(scheduler::current() as u64, epoch, messages::full_fence);
                 if (*thread).done.load(Ordering::Acquire) {
                     break;
                 }
@@ -258,7 +259,7 @@ impl<T> JoinHandle<T> {
             }
             let result = (*thread).result.load(Ordering::Acquire) as *mut T;
             (*thread).result.store(0, Ordering::Relaxed);
-            (*thread).waiter.store(0, Ordering::Relaxed);
+            (*thread).waiter.clear();
             self.joined = true;
             scheduler::release(thread);
             *Box::from_raw(result)

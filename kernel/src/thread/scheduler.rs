@@ -5,7 +5,8 @@
 //! touched only by that CPU. Threads cross CPUs only as messages through the
 //! per-CPU-pair rings (`crate::cpu`), which carry ownership with them
 //! (release on push, acquire on pop). Picking the next thread is O(1): a
-//! FIFO of control blocks linked through their own `next` field.
+//! FIFO of control blocks linked through their own `next` field
+//! (`toro_core::run_queue`, tested on the host).
 //!
 //! Control blocks are type-stable: never freed, only recycled through a
 //! per-CPU pool. So a late message naming a thread (a wake-up for a wait
@@ -19,6 +20,9 @@ use alloc::vec::Vec;
 use core::any::Any;
 use core::cmp::Reverse;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use toro_core::run_queue::{Linked, RunQueue};
+use toro_core::wake::{WaitEpoch, WaiterSlot};
 
 use crate::arch::context::{prepare_stack, switch_context};
 use crate::arch::paging::StackZone;
@@ -44,16 +48,17 @@ pub(crate) enum State {
 pub(crate) struct Control {
     /// Owner: the saved stack pointer while not running (offset 0).
     pub saved_rsp: u64,
-    /// Owner: the run-queue link.
+    /// Owner: the run-queue link (see `Linked` below); null unless queued
+    /// behind another thread.
     pub next: *mut Control,
     /// The CPU the thread is on; written by the owner before it hands the
     /// thread to another CPU.
     pub cpu: AtomicUsize,
     /// Unique id (never reused), written at spawn.
     pub id: AtomicU64,
-    /// Incremented by the owner each time the thread starts a wait; a
+    /// Advanced by the owner each time the thread starts a wait; a
     /// wake-up names the epoch it is for.
-    pub wait_epoch: AtomicU64,
+    pub wait_epoch: WaitEpoch,
     /// Owner: scheduling state.
     pub state: State,
     /// Owner: a wake-up for the current wait arrived before it blocked.
@@ -72,9 +77,9 @@ pub(crate) struct Control {
     pub locals: Vec<(usize, Box<dyn Any>)>,
     /// Set (release) when the thread's result is stored.
     pub done: AtomicBool,
-    /// The joining thread and its wait epoch, or 0.
-    pub waiter: AtomicU64,
-    pub waiter_epoch: AtomicU64,
+    /// The joining thread and its wait epoch, if one waits (written by
+    /// the joiner; read by the exiting thread, see `exit_current`).
+    pub waiter: WaiterSlot,
     /// The boxed result (`Box<T>` as a raw pointer) and how to drop it if
     /// no one joins.
     pub result: AtomicU64,
@@ -86,6 +91,24 @@ pub(crate) struct Control {
     pub handle_released: bool,
 }
 
+// SAFETY: `next` is a plain field of the control block, read and written
+// only through these two functions while the block is in a run queue, and
+// they touch nothing else. They go through the raw pointer to the one
+// field: other CPUs may read the block's atomics meanwhile, so no `&mut`
+// to the whole block is made.
+unsafe impl Linked for Control {
+    unsafe fn next(node: *mut Self) -> *mut Self {
+        // SAFETY: the caller (the run queue) promises `node` is live and
+        // its link is ours.
+        unsafe { (*node).next }
+    }
+
+    unsafe fn set_next(node: *mut Self, next: *mut Self) {
+        // SAFETY: as above.
+        unsafe { (*node).next = next }
+    }
+}
+
 impl Control {
     fn new() -> Self {
         Self {
@@ -93,7 +116,7 @@ impl Control {
             next: core::ptr::null_mut(),
             cpu: AtomicUsize::new(0),
             id: AtomicU64::new(0),
-            wait_epoch: AtomicU64::new(0),
+            wait_epoch: WaitEpoch::new(),
             state: State::Running,
             wake_pending: false,
             name: None,
@@ -102,8 +125,7 @@ impl Control {
             home: 0,
             locals: Vec::new(),
             done: AtomicBool::new(false),
-            waiter: AtomicU64::new(0),
-            waiter_epoch: AtomicU64::new(0),
+            waiter: WaiterSlot::new(),
             result: AtomicU64::new(0),
             result_drop: None,
             exited: false,
@@ -131,8 +153,8 @@ pub(crate) struct Scheduler {
     cpu: usize,
     pub current: *mut Control,
     idle: *mut Control,
-    head: *mut Control,
-    tail: *mut Control,
+    /// Threads ready to run here, in the order they became ready.
+    run_queue: RunQueue<Control>,
     sleepers: BinaryHeap<Reverse<Sleeper>>,
     pool: Vec<*mut Control>,
     zone: StackZone,
@@ -185,8 +207,7 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         cpu,
         current: first,
         idle: first,
-        head: core::ptr::null_mut(),
-        tail: core::ptr::null_mut(),
+        run_queue: RunQueue::new(),
         sleepers: BinaryHeap::new(),
         pool: Vec::new(),
         zone,
@@ -222,30 +243,19 @@ extern "C" fn idle_entry(_: u64) -> ! {
 
 impl Scheduler {
     fn push_back(&mut self, thread: *mut Control) {
-        // SAFETY: queued control blocks are ours (this CPU's).
+        // SAFETY: `thread` is ours (this CPU's) and never freed. It is in no
+        // run queue: the callers push the running thread (yield), a sleeper
+        // whose deadline passed, a blocked thread being woken (`wake_job`
+        // checks `Blocked`, and pushing makes it `Ready`), or a thread just
+        // created or handed to this CPU; none of these is queued anywhere.
         unsafe {
-            (*thread).next = core::ptr::null_mut();
             (*thread).state = State::Ready;
-            if self.tail.is_null() {
-                self.head = thread;
-            } else {
-                (*self.tail).next = thread;
-            }
+            self.run_queue.push_back(thread);
         }
-        self.tail = thread;
     }
 
     fn pop_front(&mut self) -> Option<*mut Control> {
-        let thread = self.head;
-        if thread.is_null() {
-            return None;
-        }
-        // SAFETY: as in `push_back`.
-        self.head = unsafe { (*thread).next };
-        if self.head.is_null() {
-            self.tail = core::ptr::null_mut();
-        }
-        Some(thread)
+        self.run_queue.pop_front()
     }
 
     /// A control block with a stack: recycled, or new with the next slot
@@ -275,7 +285,7 @@ impl Scheduler {
             (*control).id.store(id, Ordering::Relaxed);
             (*control).cpu.store(self.cpu, Ordering::Relaxed);
             (*control).done.store(false, Ordering::Relaxed);
-            (*control).waiter.store(0, Ordering::Relaxed);
+            (*control).waiter.clear();
             (*control).result.store(0, Ordering::Relaxed);
             (*control).state = State::Ready;
             (*control).wake_pending = false;
@@ -297,7 +307,8 @@ impl Scheduler {
             }
             (*thread).name = None;
             (*thread).entry = None;
-            (*thread).wait_epoch.store((*thread).wait_epoch.load(Ordering::Relaxed) + 1, Ordering::Release);
+            // Ends the last wait of this life: a late wake-up for it is stale.
+            (*thread).wait_epoch.advance();
             let home = (*thread).home;
             if home != self.cpu {
                 // Back to the CPU whose zone holds its stack.
@@ -443,7 +454,7 @@ unsafe fn wake_job(data: *mut u8, epoch: u64) {
             // wait that ended (a thread never moves while blocked).
             return;
         }
-        if (*thread).wait_epoch.load(Ordering::Relaxed) != epoch {
+        if !(*thread).wait_epoch.is_current(epoch) {
             return;
         }
         match (*thread).state {
@@ -465,8 +476,7 @@ pub(crate) fn begin_wait() -> u64 {
     let thread = current();
     // SAFETY: ours (the running thread).
     unsafe {
-        let epoch = (*thread).wait_epoch.load(Ordering::Relaxed) + 1;
-        (*thread).wait_epoch.store(epoch, Ordering::Release);
+        let epoch = (*thread).wait_epoch.advance();
         (*thread).wake_pending = false;
         epoch
     }
@@ -520,10 +530,9 @@ pub(crate) fn exit_current() -> ! {
         drop(core::mem::take(&mut (*thread).locals));
         (*thread).state = State::Exited;
         (*thread).done.store(true, Ordering::Release);
-        messages::full_fence();
-        let waiter = (*thread).waiter.load(Ordering::Acquire);
-        if waiter != 0 {
-            wake(waiter as *mut Control, (*thread).waiter_epoch.load(Ordering::Relaxed));
+        // The waker's side of the hand-shake with `JoinHandle::join`.
+        if let Some(waiter) = (*thread).waiter.waiter(messages::full_fence) {
+            wake(waiter.thread as *mut Control, waiter.epoch);
         }
     }
     switch_away(After::Exit(thread), false);
@@ -601,7 +610,7 @@ pub(crate) fn idle_loop() -> ! {
         {
             // SAFETY: not held across a switch.
             let scheduler = unsafe { mine() };
-            if !scheduler.head.is_null() {
+            if !scheduler.run_queue.is_empty() {
                 continue;
             }
             match scheduler.sleepers.peek() {
