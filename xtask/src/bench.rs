@@ -22,14 +22,24 @@
 //!   10 s, from 2 s after it printed its first line;
 //! - image size: Toro's ELF stripped, Linux's vmlinux plus initramfs.
 //!
+//! Then the allocation and thread/message workloads (`workloads.rs`):
+//! Toro's `examples/bench` against the static Linux programs of
+//! `bench/linux` run by the guest's `/init` in bench mode, each a fresh
+//! boot per run; every figure read from `BENCH` lines. Full runs also run
+//! those Linux programs host-native, shown apart and marked as not the
+//! comparison.
+//!
 //! `--quick` (the test suite's mode) runs each once, shortens the idle
-//! window to 1 s, skips the memory bisection and leaves `docs/` alone: it
-//! checks that the benchmark works, never its speed.
+//! window to 1 s and every workload to 15 ms, skips the memory bisection
+//! and the host-native runs, and leaves `docs/` alone: it checks that the
+//! benchmark works, never its speed.
 
 mod report;
 mod stats;
 mod vm;
+mod workloads;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,6 +52,7 @@ use crate::qemu::{self, Outcome, UserNetwork, VmConfig};
 
 use report::{Metric, Side};
 use vm::RunningVm;
+use workloads::{Reading, Source, Workload};
 
 /// The idle window for full runs.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
@@ -59,6 +70,12 @@ const TORO_TIMEOUT: Duration = Duration::from_secs(30);
 const LINUX_TIMEOUT: Duration = Duration::from_secs(60);
 /// Per probe of the memory bisection: a guest short of memory may hang.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest one run of the workloads may take: Toro's takes about 3 s here,
+/// the Linux guest's about 15 s (boot included).
+const TORO_WORKLOADS_TIMEOUT: Duration = Duration::from_secs(90);
+const LINUX_WORKLOADS_TIMEOUT: Duration = Duration::from_secs(240);
+/// What Toro's `bench` reads to shorten its workloads.
+const TORO_QUICK_ARGUMENT: &str = "bench.quick=1";
 /// The bisection's range in MiB; the top is the launcher's default `-m`.
 /// Toro's image is loaded at 1 MiB, so it needs more than 1 MiB (with
 /// `-m 1` the run only times out).
@@ -121,7 +138,11 @@ struct Bench {
     accel: Accel,
     hello: PathBuf,
     idle: Option<PathBuf>,
+    /// Toro's workloads (`examples/bench`).
+    workloads: PathBuf,
     linux: LinuxGuest,
+    /// The Linux workload programs, to run host-native too.
+    linux_programs: Vec<PathBuf>,
     /// Runs that failed, with why.
     failures: Vec<String>,
 }
@@ -141,16 +162,18 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     let root = crate::build::workspace_root();
     let has_idle = root.join("examples/idle/Cargo.toml").is_file()
         && std::fs::read_to_string(root.join("Cargo.toml")).is_ok_and(|text| text.contains("\"examples/idle\""));
-    let mut specs = vec![crate::build::example("hello")];
+    let mut specs = vec![crate::build::example("hello"), crate::build::example("bench")];
     if has_idle {
         specs.push(crate::build::example("idle"));
     }
     let mut images = crate::build::build(&specs, false)?.into_iter();
     let hello = images.next().expect("hello was built");
+    let workloads = images.next().expect("bench was built");
     let idle = images.next();
 
     let linux = linux_guest::ensure()?;
-    let mut bench = Bench { accel, hello, idle, linux, failures: Vec::new() };
+    let (linux, linux_programs) = linux_guest::ensure_bench(&linux)?;
+    let mut bench = Bench { accel, hello, idle, workloads, linux, linux_programs, failures: Vec::new() };
     let runs = options.runs;
     eprintln!(
         "bench: {runs} run(s) per side{}; Linux guest {} ({} + {})",
@@ -175,6 +198,7 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     let window = if options.quick { QUICK_IDLE_WINDOW } else { IDLE_WINDOW };
     metrics.push(bench.idle(runs, window));
     metrics.push(bench.image_size()?);
+    let workloads = bench.workloads(runs, options.quick);
 
     let context = report::Context {
         timestamp: report::iso8601(started_at),
@@ -188,6 +212,7 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
         vm: describe_vm(&VmConfig::new(PathBuf::new(), accel)),
         linux_kernel: bench.linux.release.clone(),
         linux_command_line: bench.linux.command_line(Mode::Serve),
+        linux_bench_command_line: bench.linux.command_line(Mode::Bench { quick: options.quick }),
         linux_manifest: bench.linux.manifest.clone(),
         host_tsc_khz: bench.linux.tsc_khz,
         load_average,
@@ -197,10 +222,21 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     println!();
     print!("{}", report::table(&metrics));
     println!("(median of {runs} run(s), min–max in brackets; Linux/Toro: how many times lower Toro's figure is)");
-    let record = write_record(&context, &metrics)?;
+    println!();
+    print!("{}", workloads::table(&workloads));
+    println!(
+        "(median of {runs} run(s), min–max in brackets; Toro's advantage: how many times better Toro's median is, \
+         Linux/Toro for times, Toro/Linux for rates)"
+    );
+    if !options.quick {
+        println!();
+        println!("host-native Linux, outside any VM: for orientation only, NOT the comparison");
+        print!("{}", workloads::host_table(&workloads));
+    }
+    let record = write_record(&context, &metrics, &workloads)?;
     println!("record: {}", record.display());
     if !options.quick {
-        let document = write_docs(&context, &metrics)?;
+        let document = write_docs(&context, &metrics, &workloads)?;
         println!("docs: {}", document.display());
     }
     for failure in &bench.failures {
@@ -417,6 +453,123 @@ impl Bench {
         measured.unwrap_or_else(|error| self.fail(format!("{name} idle: {error:#}")))
     }
 
+    // -- workloads ---------------------------------------------------------
+
+    /// The allocation and thread/message workloads, `runs` times on each
+    /// side (Toro and Linux alternating, so drift in the host's load hits
+    /// both), plus host-native Linux in full runs.
+    fn workloads(&mut self, runs: usize, quick: bool) -> Vec<Workload> {
+        let (mut toro, mut linux, mut host) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 1..=runs {
+            let started = Instant::now();
+            let toro_readings = self.toro_workloads(quick);
+            let toro_seconds = started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            let linux_readings = self.linux_workloads(quick);
+            let linux_seconds = started.elapsed().as_secs_f64();
+            let mut progress = format!(
+                "bench: workloads {run}/{runs}: Toro {} ({toro_seconds:.1} s), Linux guest {} ({linux_seconds:.1} s)",
+                if toro_readings.is_empty() { "failed" } else { "ok" },
+                if linux_readings.is_empty() { "failed" } else { "ok" },
+            );
+            if !quick {
+                let started = Instant::now();
+                let host_readings = self.host_workloads();
+                let _ = write!(
+                    progress,
+                    ", host-native {} ({:.1} s)",
+                    if host_readings.is_empty() { "failed" } else { "ok" },
+                    started.elapsed().as_secs_f64()
+                );
+                host.push(host_readings);
+            }
+            eprintln!("{progress}");
+            toro.push(toro_readings);
+            linux.push(linux_readings);
+        }
+        workloads::collect(&toro, &linux, &host, "not run (--quick)")
+    }
+
+    /// One boot of Toro's `bench`: its readings, or none if it failed.
+    fn toro_workloads(&mut self, quick: bool) -> Vec<Reading> {
+        let mut config = VmConfig::new(self.workloads.clone(), self.accel);
+        if quick {
+            config.command_line = TORO_QUICK_ARGUMENT.into();
+        }
+        match qemu::run(&config, Some(TORO_WORKLOADS_TIMEOUT), false, &|line| line.to_string()) {
+            Err(error) => {
+                self.fail(format!("Toro workloads: {error:#}"));
+                Vec::new()
+            }
+            Ok(result) => self.judge("Toro workloads", &result.output, &result.outcome, Source::Toro),
+        }
+    }
+
+    /// One boot of the Linux guest in bench mode: its readings, or none if
+    /// it failed.
+    fn linux_workloads(&mut self, quick: bool) -> Vec<Reading> {
+        let config = self.linux.vm_config(self.accel, Mode::Bench { quick });
+        match qemu::run(&config, Some(LINUX_WORKLOADS_TIMEOUT), false, &|line| line.to_string()) {
+            Err(error) => {
+                self.fail(format!("Linux workloads: {error:#}"));
+                Vec::new()
+            }
+            Ok(result) => {
+                let mut readings = self.judge("Linux workloads", &result.output, &result.outcome, Source::Linux);
+                if !result.output.lines().any(|line| line == linux_guest::BENCH_DONE_MARKER) && !readings.is_empty() {
+                    self.fail(format!("Linux workloads: no {:?} line", linux_guest::BENCH_DONE_MARKER));
+                    readings.clear();
+                }
+                readings
+            }
+        }
+    }
+
+    /// The Linux programs run directly on the host (full runs only). Not
+    /// the comparison, so a failure here (say, a host with one CPU) is
+    /// only a warning.
+    fn host_workloads(&mut self) -> Vec<Reading> {
+        let mut output = String::new();
+        for program in &self.linux_programs {
+            match Command::new(program).arg("full").stderr(std::process::Stdio::inherit()).output() {
+                Ok(result) if result.status.success() => output.push_str(&String::from_utf8_lossy(&result.stdout)),
+                Ok(result) => {
+                    eprintln!("bench: warning: host-native {} ended with {}", program.display(), result.status);
+                    return Vec::new();
+                }
+                Err(error) => {
+                    eprintln!("bench: warning: host-native {}: {error}", program.display());
+                    return Vec::new();
+                }
+            }
+        }
+        let (readings, mut problems) = workloads::parse_output(&output);
+        problems.extend(workloads::check(&readings, Source::Linux));
+        if !problems.is_empty() {
+            eprintln!("bench: warning: host-native: {}", problems.join("; "));
+        }
+        readings
+    }
+
+    /// The readings of a run that must end with status 0 and report every
+    /// workload; a failure is recorded, with the guest's last lines.
+    fn judge(&mut self, name: &str, output: &str, outcome: &Outcome, source: Source) -> Vec<Reading> {
+        let (readings, mut problems) = workloads::parse_output(output);
+        if *outcome != Outcome::Exited(0) {
+            problems.insert(0, outcome.to_string());
+        }
+        problems.extend(workloads::check(&readings, source));
+        if problems.is_empty() {
+            return readings;
+        }
+        self.fail(format!("{name}: {}\n{}", problems.join("; "), tail(output)));
+        if *outcome == Outcome::Exited(0) {
+            readings
+        } else {
+            Vec::new()
+        }
+    }
+
     // -- image size --------------------------------------------------------
 
     fn image_size(&mut self) -> Result<Metric> {
@@ -521,17 +674,17 @@ fn describe_vm(config: &VmConfig) -> String {
     )
 }
 
-fn write_record(context: &report::Context, metrics: &[Metric]) -> Result<PathBuf> {
+fn write_record(context: &report::Context, metrics: &[Metric], workloads: &[Workload]) -> Result<PathBuf> {
     let dir = crate::build::workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("bench-{}.json", context.timestamp.replace(':', "-")));
-    std::fs::write(&path, report::json(context, metrics).render())
+    std::fs::write(&path, report::json(context, metrics, workloads::json(workloads)).render())
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
 /// Refreshes the generated part of `docs/benchmarks.md` and the plots.
-fn write_docs(context: &report::Context, metrics: &[Metric]) -> Result<PathBuf> {
+fn write_docs(context: &report::Context, metrics: &[Metric], workloads: &[Workload]) -> Result<PathBuf> {
     let docs = crate::build::workspace_root().join("docs");
     std::fs::create_dir_all(&docs)?;
     let mut plots = Vec::new();
@@ -540,9 +693,17 @@ fn write_docs(context: &report::Context, metrics: &[Metric]) -> Result<PathBuf> 
         std::fs::write(docs.join(&file), report::svg(metric))?;
         plots.push((file, metric));
     }
+    let mut workload_plots = Vec::new();
+    for workload in workloads {
+        let file = format!("bench-{}.svg", workload.spec.key);
+        std::fs::write(docs.join(&file), workloads::svg(workload))?;
+        workload_plots.push((file, workload.spec.title.to_string()));
+    }
+    let workload_part =
+        workloads::markdown(workloads, context.runs, &context.linux_bench_command_line, &workload_plots);
     let path = docs.join("benchmarks.md");
     let document = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let generated = report::markdown(context, metrics, &plots);
+    let generated = report::markdown(context, metrics, &plots, &workload_part);
     std::fs::write(&path, report::splice(&document, &generated))?;
     Ok(path)
 }

@@ -15,6 +15,13 @@
 //!   `virtio_blk` and what they depend on: they are modules in Debian's
 //!   config), nginx with its ELF interpreter and shared libraries, and the
 //!   device nodes `/init` needs (`/dev/console` above all).
+//! - For the benchmark's workloads, a second, uncompressed archive placed
+//!   in front of that one (`bench-initramfs.cpio.gz`): the static programs
+//!   of `bench/linux`, built here by cargo for `x86_64-unknown-linux-gnu`
+//!   with `+crt-static` (see [`ensure_bench`]). The kernel unpacks
+//!   concatenated archives one after the other, as it does for early
+//!   microcode, so the workloads' programs change without rebuilding the
+//!   guest.
 //!
 //! Pitfalls met on the way (each cost a boot that hung or died):
 //!
@@ -51,12 +58,17 @@ use crate::qemu::VmConfig;
 pub const INIT_MARKER: &str = "toro-bench: linux /init started";
 /// The line `/init` prints once nginx runs (serve mode).
 pub const NGINX_MARKER: &str = "toro-bench: nginx started";
+/// The line `/init` prints when every benchmark program succeeded (bench
+/// mode), before ending the VM with status 0.
+pub const BENCH_DONE_MARKER: &str = "toro-bench: workloads done";
+/// The status bench mode ends the VM with when a program failed.
+pub const BENCH_FAILED_STATUS: i32 = 1;
 /// The port nginx listens on inside the guest.
 pub const GUEST_HTTP_PORT: u16 = 80;
 
 /// Bumped whenever what goes into the guest changes, so a cached guest built
 /// by an older recipe is rebuilt.
-const RECIPE_VERSION: u32 = 2;
+const RECIPE_VERSION: u32 = 3;
 
 /// The Debian packages fetched directly; the kernel package and nginx's
 /// libraries are found through their `Depends` fields.
@@ -135,6 +147,12 @@ pub enum Mode {
     Serve,
     /// Print the marker and idle with nothing else running.
     Idle,
+    /// Run the benchmark programs ([`BENCH_PROGRAMS`], from the bench
+    /// archive) one after the other, each printing its `BENCH` lines, then
+    /// end the VM: status 0 after [`BENCH_DONE_MARKER`] if all succeeded,
+    /// [`BENCH_FAILED_STATUS`] at the first that failed. `quick` shortens
+    /// every workload (the programs' `quick` argument).
+    Bench { quick: bool },
 }
 
 impl Mode {
@@ -143,9 +161,20 @@ impl Mode {
             Self::Boot => "boot",
             Self::Serve => "serve",
             Self::Idle => "idle",
+            Self::Bench { .. } => "bench",
         }
     }
 }
+
+/// The benchmark programs `/init` runs in bench mode, in order, from
+/// [`BENCH_DIR`]: the allocation workloads on glibc malloc and the thread
+/// workloads, then the allocation workloads on mimalloc.
+pub const BENCH_PROGRAMS: &[&str] = &["toro-bench-glibc", "toro-bench-mimalloc"];
+/// Where the bench archive puts them in the guest.
+const BENCH_DIR: &str = "bench";
+/// The Rust target of the Linux programs: the host's own (static), so the
+/// toolchain always has its standard library.
+const LINUX_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// A built guest: the two files QEMU loads.
 #[derive(Clone, Debug)]
@@ -158,6 +187,9 @@ pub struct LinuxGuest {
     pub tsc_khz: u64,
     /// What went in (package files, modules), for the record.
     pub manifest: String,
+    /// The bench archive in front of `initramfs`, once [`ensure_bench`]
+    /// has built it; bench mode boots this instead.
+    pub bench_initramfs: Option<PathBuf>,
 }
 
 impl LinuxGuest {
@@ -170,7 +202,12 @@ impl LinuxGuest {
     /// image (machine, vCPUs, memory), with the initramfs and command line.
     pub fn vm_config(&self, accel: Accel, mode: Mode) -> VmConfig {
         let mut config = VmConfig::new(self.vmlinux.clone(), accel);
-        config.initrd = Some(self.initramfs.clone());
+        let initramfs = match (mode, &self.bench_initramfs) {
+            (Mode::Bench { .. }, Some(bench)) => bench,
+            // Without the bench archive, /init reports the programs missing.
+            _ => &self.initramfs,
+        };
+        config.initrd = Some(initramfs.clone());
         config.command_line = self.command_line(mode);
         config
     }
@@ -192,11 +229,17 @@ fn command_line(tsc_khz: u64, mode: Mode) -> String {
     // back to the jiffies clocksource, loses tickless idle and takes 250
     // timer interrupts a second per vCPU while idle (measured: about 6x the
     // idle host CPU). The check is wrong about this machine, so it is off.
-    format!(
+    // toro_bench= (bench mode): the workloads' length, `quick` or `full`;
+    // like toro_mode=, it reaches /init as an environment variable.
+    let mut line = format!(
         "console=ttyS0 loglevel=1 panic=-1 tsc_early_khz={tsc_khz} tsc=reliable initcall_blacklist=cmos_init \
          toro_mode={}",
         mode.name()
-    )
+    );
+    if let Mode::Bench { quick } = mode {
+        line.push_str(if quick { " toro_bench=quick" } else { " toro_bench=full" });
+    }
+    line
 }
 
 /// The `/init` script. `modules` are the module names in load order.
@@ -207,10 +250,23 @@ fn init_script(modules: &[String]) -> String {
     // isa-debug-exit (iobase 0xf4) turns the byte written into QEMU's exit
     // status (byte << 1) | 1; /dev/port is the way to an `out` from a shell.
     script.push_str("exit_vm() { printf '\\000' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null; }\n");
+    script.push_str(&format!(
+        "fail_vm() {{ printf '\\{BENCH_FAILED_STATUS:03o}' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null; }}\n"
+    ));
     script.push_str("idle() { while :; do sleep 3600; done; }\n");
+    // Bench mode: each program in turn; the first failure ends the VM
+    // with the failure status.
+    script.push_str("run_bench() {\n");
+    for program in BENCH_PROGRAMS {
+        script.push_str(&format!(
+            "  /{BENCH_DIR}/{program} \"$toro_bench\" || {{ echo 'toro-bench: {program} failed'; fail_vm; idle; }}\n"
+        ));
+    }
+    script.push_str(&format!("  echo '{BENCH_DONE_MARKER}'; exit_vm; idle\n}}\n"));
     script.push_str("case \"$toro_mode\" in\n");
     script.push_str("boot) exit_vm; idle ;;\n");
     script.push_str("idle) idle ;;\n");
+    script.push_str("bench) run_bench ;;\n");
     script.push_str("esac\n");
     script.push_str("mount -t proc proc /proc\n");
     script.push_str("mount -t sysfs sysfs /sys\n");
@@ -250,7 +306,7 @@ pub fn ensure() -> Result<LinuxGuest> {
     {
         let manifest = std::fs::read_to_string(&manifest_path).unwrap_or_default();
         let release = std::fs::read_to_string(&release_path).unwrap_or_default().trim().to_string();
-        return Ok(LinuxGuest { vmlinux, initramfs, release, tsc_khz, manifest });
+        return Ok(LinuxGuest { vmlinux, initramfs, release, tsc_khz, manifest, bench_initramfs: None });
     }
     eprintln!("linux guest: building under {}", cache.display());
     std::fs::create_dir_all(&cache)?;
@@ -304,7 +360,61 @@ pub fn ensure() -> Result<LinuxGuest> {
         compressed.len() / 1024,
         archive.len() / 1024
     );
-    Ok(LinuxGuest { vmlinux, initramfs, release, tsc_khz, manifest: manifest_text })
+    Ok(LinuxGuest { vmlinux, initramfs, release, tsc_khz, manifest: manifest_text, bench_initramfs: None })
+}
+
+// ---------------------------------------------------------------------------
+// The benchmark programs
+
+/// The Linux benchmark programs (`bench/linux`), built for the guest: the
+/// host-native copies `bench` may also run. Cargo rebuilds them only when
+/// their sources changed.
+pub fn build_bench_programs() -> Result<Vec<PathBuf>> {
+    // Static glibc (libc.a) is in libc6-dev; mimalloc is C, built by gcc.
+    ensure_tool("gcc", "gcc")?;
+    let static_libc = Path::new("/usr/lib/x86_64-linux-gnu/libc.a");
+    if !static_libc.is_file() {
+        ensure!(is_root(), "{} is missing: install the Debian package libc6-dev", static_libc.display());
+        eprintln!("linux guest: installing libc6-dev with apt-get");
+        let mut installed =
+            apt_get().args(["install", "-y", "--no-install-recommends", "libc6-dev"]).status()?.success();
+        if !installed {
+            apt_update()?;
+            installed = apt_get().args(["install", "-y", "--no-install-recommends", "libc6-dev"]).status()?.success();
+        }
+        ensure!(installed && static_libc.is_file(), "installing libc6-dev failed");
+    }
+    let root = crate::build::workspace_root();
+    let target_dir = root.join("target").join("bench-linux");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args(["build", "--release", "--manifest-path", "bench/linux/Cargo.toml", "--target", LINUX_TARGET])
+        // Static: the guest's initramfs has no shared libraries for them.
+        // RUSTFLAGS replaces any flags from the environment for this build
+        // only (its own target directory keeps the workspace's untouched).
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .status()
+        .context("running cargo build for bench/linux")?;
+    ensure!(status.success(), "building the Linux benchmark programs (bench/linux) failed");
+    Ok(BENCH_PROGRAMS.iter().map(|program| target_dir.join(LINUX_TARGET).join("release").join(program)).collect())
+}
+
+/// Builds the benchmark programs and the bench archive (the programs in an
+/// uncompressed newc archive, followed by the guest's own compressed
+/// initramfs); returns the guest with `bench_initramfs` set, and the
+/// programs' paths on the host.
+pub fn ensure_bench(guest: &LinuxGuest) -> Result<(LinuxGuest, Vec<PathBuf>)> {
+    let programs = build_bench_programs()?;
+    let mut contents = Vec::new();
+    for (name, path) in BENCH_PROGRAMS.iter().zip(&programs) {
+        contents.push((*name, std::fs::read(path).with_context(|| format!("reading {}", path.display()))?));
+    }
+    let base = std::fs::read(&guest.initramfs).context("reading the guest's initramfs")?;
+    let path = cache_dir().join("bench-initramfs.cpio.gz");
+    write_atomically(&path, &bench_archive(&contents, &base))?;
+    Ok((LinuxGuest { bench_initramfs: Some(path), ..guest.clone() }, programs))
 }
 
 /// What decides the guest's contents, apart from the packages themselves.
@@ -327,6 +437,23 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(&partial, data).with_context(|| format!("writing {}", partial.display()))?;
     std::fs::rename(&partial, path)?;
     Ok(())
+}
+
+/// The bench archive: `programs` (name, contents) under [`BENCH_DIR`] in
+/// an uncompressed newc archive, then `base` (the guest's compressed
+/// initramfs). The kernel takes an uncompressed archive only at a 4-byte
+/// boundary and a compressed one after it at any offset
+/// (`init/initramfs.c`, `unpack_to_rootfs`), so this order needs no
+/// padding between them; the newc writer ends on a 4-byte boundary anyway.
+fn bench_archive(programs: &[(&str, Vec<u8>)], base: &[u8]) -> Vec<u8> {
+    let mut archive = cpio::Writer::new();
+    archive.directory(BENCH_DIR, 0o755);
+    for (name, data) in programs {
+        archive.file(&format!("{BENCH_DIR}/{name}"), 0o755, data);
+    }
+    let mut bytes = archive.finish();
+    bytes.extend_from_slice(base);
+    bytes
 }
 
 // ---------------------------------------------------------------------------
@@ -1042,6 +1169,40 @@ mod tests {
         let virtio = script.find("insmod /lib/modules/virtio.ko").unwrap();
         assert!(ring < virtio);
         assert!(script.contains("/usr/sbin/nginx"));
+    }
+
+    #[test]
+    fn bench_mode_runs_every_program_and_reports_the_outcome() {
+        let script = init_script(&[]);
+        assert!(script.contains("bench) run_bench ;;"));
+        for program in BENCH_PROGRAMS {
+            assert!(script.contains(&format!("/{BENCH_DIR}/{program} \"$toro_bench\" ||")), "{program}");
+        }
+        // The first failure ends the VM with status 1 (octal \001 through
+        // isa-debug-exit); success prints the marker, then status 0.
+        assert!(script.contains("fail_vm() { printf '\\001'"));
+        assert!(script.contains(&format!("echo '{BENCH_DONE_MARKER}'; exit_vm")));
+        // Bench mode is decided before the network set-up.
+        assert!(script.find("bench) run_bench").unwrap() < script.find("mount -t proc").unwrap());
+        let quick = command_line(2_445_432, Mode::Bench { quick: true });
+        assert!(quick.ends_with("toro_mode=bench toro_bench=quick"), "{quick}");
+        assert!(command_line(1, Mode::Bench { quick: false }).ends_with("toro_bench=full"));
+        assert!(!command_line(1, Mode::Boot).contains("toro_bench"));
+    }
+
+    #[test]
+    fn bench_archive_puts_the_programs_before_the_compressed_guest() {
+        let base = b"\x1f\x8b\x08rest-of-the-gzip-stream".to_vec();
+        let archive = bench_archive(&[("toro-bench-glibc", b"\x7fELF-one".to_vec())], &base);
+        assert!(archive.starts_with(b"070701"));
+        assert!(archive.ends_with(&base));
+        let uncompressed = archive.len() - base.len();
+        assert_eq!(uncompressed % 4, 0, "the compressed part starts on a 4-byte boundary");
+        let head = &archive[..uncompressed];
+        let holds = |needle: &[u8]| head.windows(needle.len()).any(|window| window == needle);
+        assert!(holds(b"bench/toro-bench-glibc"));
+        assert!(holds(b"\x7fELF-one"));
+        assert!(holds(b"TRAILER!!!\0"));
     }
 
     #[test]

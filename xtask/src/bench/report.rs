@@ -59,6 +59,8 @@ pub struct Context {
     pub vm: String,
     pub linux_kernel: String,
     pub linux_command_line: String,
+    /// The Linux guest's command line for the workloads (bench mode).
+    pub linux_bench_command_line: String,
     /// What went into the Linux guest (packages, modules, libraries).
     pub linux_manifest: String,
     pub host_tsc_khz: u64,
@@ -81,7 +83,7 @@ pub fn number(value: f64) -> String {
 }
 
 /// "3412 ms (3390–3450)", or the reason it is missing.
-fn cell(side: &Side, unit: &str) -> String {
+pub fn cell(side: &Side, unit: &str) -> String {
     match side {
         Side::Missing(reason) => reason.clone(),
         Side::Measured { detail, .. } => match side.summary() {
@@ -100,62 +102,80 @@ fn cell(side: &Side, unit: &str) -> String {
     }
 }
 
-fn ratio_cell(metric: &Metric) -> String {
-    match metric.ratio() {
-        Some(ratio) if ratio >= 10.0 => format!("{ratio:.0}x"),
-        Some(ratio) if ratio >= 1.0 => format!("{ratio:.1}x"),
-        Some(ratio) => format!("{ratio:.2}x"),
-        None => "—".into(),
+/// A ratio as "78x", "7.0x" or "0.55x".
+pub fn times(ratio: f64) -> String {
+    if ratio >= 10.0 {
+        format!("{ratio:.0}x")
+    } else if ratio >= 1.0 {
+        format!("{ratio:.1}x")
+    } else {
+        format!("{ratio:.2}x")
     }
+}
+
+fn ratio_cell(metric: &Metric) -> String {
+    metric.ratio().map_or_else(|| "—".into(), times)
 }
 
 const HEADERS: [&str; 4] = ["metric", "Toro", "Linux guest", "Linux/Toro"];
 
-fn rows(metrics: &[Metric]) -> Vec<[String; 4]> {
+fn rows(metrics: &[Metric]) -> Vec<Vec<String>> {
     metrics
         .iter()
-        .map(|m| [m.title.to_string(), cell(&m.toro, m.unit), cell(&m.linux, m.unit), ratio_cell(m)])
+        .map(|m| vec![m.title.to_string(), cell(&m.toro, m.unit), cell(&m.linux, m.unit), ratio_cell(m)])
         .collect()
 }
 
 /// The table for the terminal: aligned columns, medians with (min–max).
 pub fn table(metrics: &[Metric]) -> String {
-    let rows = rows(metrics);
-    let mut widths = HEADERS.map(|h| h.chars().count());
-    for row in &rows {
+    aligned(&HEADERS, &rows(metrics))
+}
+
+/// Rows under headers in aligned columns, two spaces apart, with a rule
+/// under the headers.
+pub fn aligned(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (width, text) in widths.iter_mut().zip(row) {
             *width = (*width).max(text.chars().count());
         }
     }
     let mut out = String::new();
-    let mut line = |cells: [&str; 4]| {
+    let mut line = |cells: &[&str]| {
         let mut text = String::new();
-        for (index, (cell, width)) in cells.iter().zip(widths).enumerate() {
+        for (index, (cell, width)) in cells.iter().zip(&widths).enumerate() {
             if index > 0 {
                 text.push_str("  ");
             }
             text.push_str(cell);
-            if index < 3 {
+            if index + 1 < cells.len() {
                 text.push_str(&" ".repeat(width - cell.chars().count()));
             }
         }
         out.push_str(text.trim_end());
         out.push('\n');
     };
-    line(HEADERS);
-    let rule = widths.map(|w| "-".repeat(w));
-    line([&rule[0], &rule[1], &rule[2], &rule[3]]);
-    for row in &rows {
-        line([&row[0], &row[1], &row[2], &row[3]]);
+    line(headers);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    line(&rule.iter().map(String::as_str).collect::<Vec<_>>());
+    for row in rows {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
     out
 }
 
 /// The same table in Markdown.
 pub fn markdown_table(metrics: &[Metric]) -> String {
-    let mut out = format!("| {} |\n| --- | --: | --: | --: |\n", HEADERS.join(" | "));
-    for row in rows(metrics) {
-        let _ = writeln!(out, "| {} |", row.map(|c| c.replace('|', "\\|")).join(" | "));
+    markdown_grid(&HEADERS, &rows(metrics), &["---", "--:", "--:", "--:"])
+}
+
+/// Rows under headers as a Markdown table; `alignments` is each column's
+/// rule (`---` or `--:`).
+pub fn markdown_grid(headers: &[&str], rows: &[Vec<String>], alignments: &[&str]) -> String {
+    let mut out = format!("| {} |\n| {} |\n", headers.join(" | "), alignments.join(" | "));
+    for row in rows {
+        let cells: Vec<String> = row.iter().map(|c| c.replace('|', "\\|")).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     out
 }
@@ -175,7 +195,7 @@ pub enum Json {
 }
 
 impl Json {
-    fn object(fields: Vec<(&str, Json)>) -> Self {
+    pub fn object(fields: Vec<(&str, Json)>) -> Self {
         Self::Object(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
     }
 
@@ -257,7 +277,7 @@ impl Json {
     }
 }
 
-fn side_json(side: &Side) -> Json {
+pub fn side_json(side: &Side) -> Json {
     match side {
         Side::Missing(reason) => Json::object(vec![("missing", Json::string(reason))]),
         Side::Measured { samples, detail } => {
@@ -278,10 +298,11 @@ fn side_json(side: &Side) -> Json {
     }
 }
 
-/// The record of one run, as written to `target/bench/`.
-pub fn json(context: &Context, metrics: &[Metric]) -> Json {
+/// The record of one run, as written to `target/bench/`; `workloads` is
+/// the workloads' part (`workloads::json`).
+pub fn json(context: &Context, metrics: &[Metric], workloads: Json) -> Json {
     Json::object(vec![
-        ("schema", Json::Number(1.0)),
+        ("schema", Json::Number(2.0)),
         ("timestamp", Json::string(&context.timestamp)),
         ("command", Json::string(&context.command)),
         ("runs", Json::Number(context.runs as f64)),
@@ -304,6 +325,7 @@ pub fn json(context: &Context, metrics: &[Metric]) -> Json {
             Json::object(vec![
                 ("kernel", Json::string(&context.linux_kernel)),
                 ("command_line", Json::string(&context.linux_command_line)),
+                ("bench_command_line", Json::string(&context.linux_bench_command_line)),
                 ("manifest", Json::Array(context.linux_manifest.lines().map(|l| Json::string(l.trim())).collect())),
             ]),
         ),
@@ -325,14 +347,16 @@ pub fn json(context: &Context, metrics: &[Metric]) -> Json {
                     .collect(),
             ),
         ),
+        ("workloads", workloads),
     ])
 }
 
 // ---------------------------------------------------------------------------
 // Markdown and plots
 
-/// The generated part of `docs/benchmarks.md` (between the markers).
-pub fn markdown(context: &Context, metrics: &[Metric], plots: &[(String, &Metric)]) -> String {
+/// The generated part of `docs/benchmarks.md` (between the markers);
+/// `workloads` is the workloads' part (`workloads::markdown`), placed last.
+pub fn markdown(context: &Context, metrics: &[Metric], plots: &[(String, &Metric)], workloads: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Latest run: {} (took {:.0} s).\n", context.timestamp, context.duration_seconds);
     let _ = writeln!(out, "- Command: `{}`", context.command);
@@ -359,6 +383,10 @@ pub fn markdown(context: &Context, metrics: &[Metric], plots: &[(String, &Metric
     for (file, metric) in plots {
         let _ = writeln!(out, "![{}]({file})", metric.title);
     }
+    if !workloads.is_empty() {
+        out.push('\n');
+        out.push_str(workloads);
+    }
     out
 }
 
@@ -380,21 +408,45 @@ fn escape_xml(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// Toro's colour in every chart.
+pub const TORO_COLOUR: &str = "#d9480f";
+const LINUX_COLOUR: &str = "#495057";
+
+/// One bar of a chart.
+pub struct Bar<'a> {
+    pub label: String,
+    pub side: &'a Side,
+    pub colour: &'static str,
+}
+
 /// A bar chart of one metric: Toro beside Linux, the bar at the median and
 /// a whisker from min to max, the figure written above.
 pub fn svg(metric: &Metric) -> String {
+    let subtitle = match metric.ratio() {
+        Some(_) => format!("{}, lower is better; Linux/Toro = {}", metric.unit, ratio_cell(metric)),
+        None => format!("{}, lower is better", metric.unit),
+    };
+    let bars = [
+        Bar { label: "Toro".into(), side: &metric.toro, colour: TORO_COLOUR },
+        Bar { label: "Linux guest".into(), side: &metric.linux, colour: LINUX_COLOUR },
+    ];
+    bar_chart(metric.title, &subtitle, metric.unit, &bars)
+}
+
+/// Bars side by side on one scale: each at its median with a whisker from
+/// min to max and the figure above, or the reason it is missing.
+pub fn bar_chart(title: &str, subtitle: &str, unit: &str, bars: &[Bar]) -> String {
     const WIDTH: f64 = 520.0;
     const HEIGHT: f64 = 300.0;
     const TOP: f64 = 70.0;
     const BOTTOM: f64 = 250.0;
-    const BAR: f64 = 110.0;
-    let sides = [("Toro", &metric.toro, "#d9480f", 120.0), ("Linux guest", &metric.linux, "#495057", 300.0)];
-    let scale_max = sides
-        .iter()
-        .filter_map(|(_, side, _, _)| side.summary().map(|s| s.max))
-        .fold(0.0_f64, f64::max)
-        .max(f64::MIN_POSITIVE)
-        * 1.1;
+    const LEFT: f64 = 60.0;
+    const RIGHT: f64 = WIDTH - 40.0;
+    let slot = (RIGHT - LEFT) / bars.len().max(1) as f64;
+    let bar_width = (slot * 0.7).min(110.0);
+    let scale_max =
+        bars.iter().filter_map(|bar| bar.side.summary().map(|s| s.max)).fold(0.0_f64, f64::max).max(f64::MIN_POSITIVE)
+            * 1.1;
     let y = |value: f64| BOTTOM - (BOTTOM - TOP) * (value / scale_max);
     let mut out = String::new();
     let _ = writeln!(
@@ -403,61 +455,59 @@ pub fn svg(metric: &Metric) -> String {
          font-family=\"sans-serif\" font-size=\"14\">"
     );
     let _ = writeln!(out, "<rect width=\"{WIDTH}\" height=\"{HEIGHT}\" fill=\"#ffffff\"/>");
-    let _ = writeln!(
-        out,
-        "<text x=\"20\" y=\"28\" font-size=\"17\" font-weight=\"bold\">{}</text>",
-        escape_xml(metric.title)
-    );
-    let subtitle = match metric.ratio() {
-        Some(_) => format!("{}, lower is better; Linux/Toro = {}", metric.unit, ratio_cell(metric)),
-        None => format!("{}, lower is better", metric.unit),
-    };
-    let _ = writeln!(out, "<text x=\"20\" y=\"50\" fill=\"#555555\">{}</text>", escape_xml(&subtitle));
-    let _ =
-        writeln!(out, "<line x1=\"60\" y1=\"{BOTTOM}\" x2=\"{}\" y2=\"{BOTTOM}\" stroke=\"#333333\"/>", WIDTH - 40.0);
-    for (name, side, colour, x) in sides {
-        let centre = x + BAR / 2.0;
-        let _ = writeln!(out, "<text x=\"{centre}\" y=\"{}\" text-anchor=\"middle\">{name}</text>", BOTTOM + 22.0);
-        match side.summary() {
+    let _ = writeln!(out, "<text x=\"20\" y=\"28\" font-size=\"17\" font-weight=\"bold\">{}</text>", escape_xml(title));
+    let _ = writeln!(out, "<text x=\"20\" y=\"50\" fill=\"#555555\" font-size=\"12\">{}</text>", escape_xml(subtitle));
+    let _ = writeln!(out, "<line x1=\"{LEFT}\" y1=\"{BOTTOM}\" x2=\"{RIGHT}\" y2=\"{BOTTOM}\" stroke=\"#333333\"/>");
+    for (index, bar) in bars.iter().enumerate() {
+        let x = LEFT + slot * index as f64 + (slot - bar_width) / 2.0;
+        let centre = x + bar_width / 2.0;
+        let _ = writeln!(
+            out,
+            "<text x=\"{centre:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            BOTTOM + 22.0,
+            escape_xml(&bar.label)
+        );
+        match bar.side.summary() {
             Some(summary) => {
                 let top = y(summary.median);
                 let _ = writeln!(
                     out,
-                    "<rect x=\"{x}\" y=\"{top:.1}\" width=\"{BAR}\" height=\"{:.1}\" fill=\"{colour}\"/>",
-                    (BOTTOM - top).max(1.0)
+                    "<rect x=\"{x:.1}\" y=\"{top:.1}\" width=\"{bar_width:.1}\" height=\"{:.1}\" fill=\"{}\"/>",
+                    (BOTTOM - top).max(1.0),
+                    bar.colour
                 );
                 if summary.count > 1 && summary.max > summary.min {
                     let (low, high) = (y(summary.min), y(summary.max));
                     let _ = writeln!(
                         out,
-                        "<path d=\"M{centre} {low:.1}V{high:.1}M{} {low:.1}h20M{} {high:.1}h20\" stroke=\"#000000\" stroke-width=\"1.5\"/>",
+                        "<path d=\"M{centre:.1} {low:.1}V{high:.1}M{:.1} {low:.1}h20M{:.1} {high:.1}h20\" stroke=\"#000000\" stroke-width=\"1.5\"/>",
                         centre - 10.0,
                         centre - 10.0
                     );
                 }
-                let label = format!("{} {}", number(summary.median), metric.unit);
+                let label = format!("{} {unit}", number(summary.median));
                 let _ = writeln!(
                     out,
-                    "<text x=\"{centre}\" y=\"{:.1}\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>",
+                    "<text x=\"{centre:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>",
                     y(summary.max) - 8.0,
                     escape_xml(&label)
                 );
             }
             None => {
-                let reason = match side {
+                let reason = match bar.side {
                     Side::Missing(reason) => reason.clone(),
                     Side::Measured { .. } => "failed".into(),
                 };
                 let _ = writeln!(
                     out,
-                    "<text x=\"{centre}\" y=\"{}\" text-anchor=\"middle\" fill=\"#868e96\" font-size=\"12\">{}</text>",
+                    "<text x=\"{centre:.1}\" y=\"{}\" text-anchor=\"middle\" fill=\"#868e96\" font-size=\"12\">{}</text>",
                     BOTTOM - 12.0,
                     escape_xml(&reason)
                 );
             }
         }
     }
-    let repeated = sides.iter().any(|(_, side, _, _)| side.summary().is_some_and(|s| s.count > 1));
+    let repeated = bars.iter().any(|bar| bar.side.summary().is_some_and(|s| s.count > 1));
     let caption = if repeated { "bar: median; whisker: min–max" } else { "a single figure per side" };
     let _ = writeln!(
         out,
@@ -543,9 +593,10 @@ mod tests {
     #[test]
     fn json_record_shape() {
         let context = Context { timestamp: "2025-01-01T00:00:00Z".into(), runs: 3, ..Context::default() };
-        let text = json(&context, &sample_metrics()).render();
+        let text = json(&context, &sample_metrics(), Json::Array(Vec::new())).render();
         for expected in [
-            "\"schema\": 1",
+            "\"schema\": 2",
+            "\"workloads\": []",
             "\"timestamp\": \"2025-01-01T00:00:00Z\"",
             "\"runs\": 3",
             "\"key\": \"boot\"",

@@ -1,0 +1,10 @@
+//! The Linux yardstick with mimalloc as the global allocator: the
+//! allocation workloads only.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let plan = toro_bench_linux::plan_from_arguments();
+    toro_bench_linux::allocation(plan, "mimalloc");
+}

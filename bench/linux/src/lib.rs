@@ -1,0 +1,336 @@
+//! The Linux side of `cargo xtask bench`: the workloads of Toro's
+//! `examples/bench`, on Linux's own means, printed as the same
+//! `BENCH <name>:<yardstick> <value> <unit>` lines.
+//!
+//! The allocation loops and the remote-free hand-off are Toro's own text
+//! (`examples/bench/src/common.rs`, included below) running over this
+//! program's global allocator (glibc malloc or mimalloc: one binary each).
+//! The thread workloads use what a Linux program would: `std::thread`,
+//! `sched_yield`, `std::sync::mpsc`, `crossbeam-channel`,
+//! `std::thread::sleep`. Every thread is pinned with `sched_setaffinity` to
+//! the CPU Toro's side uses: the measuring thread to CPU 0, its partner to
+//! CPU 0 (same-CPU workloads) or CPU 1.
+//!
+//! `quick` as the first argument shortens every workload, as
+//! `bench.quick=1` does for Toro.
+
+extern crate alloc;
+
+#[path = "../../../examples/bench/src/common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+// The shared code names the ring through `crate::spsc`.
+use toro_core::spsc::{self, Ring};
+
+use common::{Block, Line, Plan, Tenths, Value, RING_SLOTS};
+
+/// The CPU the measuring thread runs on and the one it reaches across to.
+const HOME: usize = 0;
+const OTHER: usize = 1;
+const SPAWN_BATCH: u64 = 16;
+const ROUND_TRIP_BATCH: u64 = 16;
+const SEND_BATCH: u64 = 1024;
+const YIELD_BATCH: u64 = 64;
+const END: u64 = u64::MAX;
+const SLEEP: Duration = Duration::from_millis(1);
+
+/// `quick` as the first argument: the short plan.
+pub fn plan_from_arguments() -> Plan {
+    match std::env::args().nth(1).as_deref() {
+        Some("quick") => Plan::QUICK,
+        _ => Plan::FULL,
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the TSC underneath, as for Toro).
+fn now_ns() -> u64 {
+    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `time` is a valid timespec to write to.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut time) };
+    assert_eq!(status, 0, "clock_gettime failed");
+    time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it;
+    // sched_setaffinity reads `size` bytes of it. Pid 0 is the caller.
+    let status = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if status != 0 {
+        panic!("sched_setaffinity to cpu {cpu}: {}", std::io::Error::last_os_error());
+    }
+}
+
+fn report(name: &str, variant: &str, value: Value) {
+    println!("{}", Line { name, variant: Some(variant), value });
+}
+
+fn seed(cpu: usize) -> u64 {
+    0x5eed_0000 + cpu as u64
+}
+
+/// The allocation workloads over this binary's global allocator, reported
+/// under `allocator`'s name.
+pub fn allocation(plan: Plan, allocator: &str) {
+    pin_to(HOME);
+    let (pairs, nanoseconds) = common::alloc_free_pairs(now_ns, plan.target_ns, seed(HOME));
+    report("alloc-1cpu", allocator, Value::PerSecond(common::per_second(pairs, nanoseconds)));
+
+    let target = plan.target_ns;
+    let workers: Vec<_> = [HOME, OTHER]
+        .into_iter()
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                common::alloc_free_pairs(now_ns, target, seed(cpu))
+            })
+        })
+        .collect();
+    let rates: Vec<u64> = workers
+        .into_iter()
+        .map(|worker| {
+            let (pairs, nanoseconds) = worker.join().expect("worker");
+            common::per_second(pairs, nanoseconds)
+        })
+        .collect();
+    report("alloc-2cpu", allocator, Value::PerSecond(rates.iter().sum::<u64>() / rates.len() as u64));
+
+    let ring: &'static mut Ring<Option<Block>, RING_SLOTS> = Box::leak(Box::new(Ring::new()));
+    let (mut producer, mut consumer) = ring.split();
+    let sending = std::thread::spawn(move || {
+        pin_to(OTHER);
+        common::produce_blocks(&mut producer, now_ns, target)
+    });
+    let (blocks, nanoseconds) = common::consume_blocks(&mut consumer, now_ns);
+    sending.join().expect("producer");
+    report("alloc-remote", allocator, Value::PerSecond(common::per_second(blocks, nanoseconds)));
+}
+
+/// The thread and message workloads.
+pub fn threads(plan: Plan) {
+    pin_to(HOME);
+    report("yield", "sched_yield", Value::Nanoseconds(yield_switch(plan)));
+    report("spawn-join-same", "std", Value::Nanoseconds(spawn_join(false, plan)));
+    report("spawn-join-other", "std", Value::Nanoseconds(spawn_join(true, plan)));
+    report("message-latency", "mpsc", Value::Nanoseconds(message_latency::<Mpsc>(plan)));
+    report("message-latency", "crossbeam", Value::Nanoseconds(message_latency::<Crossbeam>(plan)));
+    report("channel-throughput", "mpsc", Value::PerSecond(channel_throughput::<Mpsc>(plan)));
+    report("channel-throughput", "crossbeam", Value::PerSecond(channel_throughput::<Crossbeam>(plan)));
+    let (median, p99) = sleep_lateness(plan);
+    report("sleep-late-p50", "std", Value::Microseconds(median));
+    report("sleep-late-p99", "std", Value::Microseconds(p99));
+}
+
+/// Nanoseconds per switch between two threads pinned to CPU 0 that only
+/// call `sched_yield` (the measuring thread waits in `join` meanwhile).
+fn yield_switch(plan: Plan) -> Tenths {
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let target = plan.target_ns;
+    let arrive = |arrived: &AtomicUsize| {
+        pin_to(HOME);
+        arrived.fetch_add(1, Ordering::Relaxed);
+        while arrived.load(Ordering::Relaxed) < 2 {
+            // SAFETY: no arguments, no memory.
+            unsafe { libc::sched_yield() };
+        }
+    };
+    let timer = {
+        let (arrived, stop) = (arrived.clone(), stop.clone());
+        std::thread::spawn(move || {
+            arrive(&arrived);
+            let start = now_ns();
+            let mut yields = 0u64;
+            loop {
+                for _ in 0..YIELD_BATCH {
+                    // SAFETY: as above.
+                    unsafe { libc::sched_yield() };
+                }
+                yields += YIELD_BATCH;
+                let elapsed = now_ns().saturating_sub(start);
+                if elapsed >= target {
+                    stop.store(true, Ordering::Relaxed);
+                    return (yields, elapsed);
+                }
+            }
+        })
+    };
+    let partner = std::thread::spawn(move || {
+        arrive(&arrived);
+        let mut yields = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            // SAFETY: as above.
+            unsafe { libc::sched_yield() };
+            yields += 1;
+        }
+        yields
+    });
+    let (timer_yields, elapsed) = timer.join().expect("yielder");
+    let partner_yields = partner.join().expect("yielder");
+    Tenths::ratio(elapsed, timer_yields + partner_yields)
+}
+
+/// Nanoseconds per `std::thread::spawn` + `join` from a thread pinned to
+/// CPU 0. The new thread inherits that pinning (same CPU); with `other` it
+/// first pins itself to CPU 1, the one way std offers to start a thread
+/// on a given CPU.
+fn spawn_join(other: bool, plan: Plan) -> Tenths {
+    let start = now_ns();
+    let mut threads = 0u64;
+    loop {
+        for _ in 0..SPAWN_BATCH {
+            let handle = if other {
+                std::thread::spawn(|| {
+                    pin_to(OTHER);
+                    black_box(1u64)
+                })
+            } else {
+                std::thread::spawn(|| black_box(1u64))
+            };
+            black_box(handle.join().expect("thread"));
+        }
+        threads += SPAWN_BATCH;
+        let elapsed = now_ns().saturating_sub(start);
+        if elapsed >= plan.target_ns {
+            return Tenths::ratio(elapsed, threads);
+        }
+    }
+}
+
+/// An unbounded channel of `u64` (Toro's `channel()` is unbounded too).
+trait Channel {
+    type Sender: Send + 'static;
+    type Receiver: Send + 'static;
+    fn new() -> (Self::Sender, Self::Receiver);
+    fn send(sender: &Self::Sender, value: u64);
+    /// `None` once the sender is gone.
+    fn recv(receiver: &Self::Receiver) -> Option<u64>;
+}
+
+struct Mpsc;
+
+impl Channel for Mpsc {
+    type Sender = std::sync::mpsc::Sender<u64>;
+    type Receiver = std::sync::mpsc::Receiver<u64>;
+    fn new() -> (Self::Sender, Self::Receiver) {
+        std::sync::mpsc::channel()
+    }
+    fn send(sender: &Self::Sender, value: u64) {
+        sender.send(value).expect("receiver alive");
+    }
+    fn recv(receiver: &Self::Receiver) -> Option<u64> {
+        receiver.recv().ok()
+    }
+}
+
+struct Crossbeam;
+
+impl Channel for Crossbeam {
+    type Sender = crossbeam_channel::Sender<u64>;
+    type Receiver = crossbeam_channel::Receiver<u64>;
+    fn new() -> (Self::Sender, Self::Receiver) {
+        crossbeam_channel::unbounded()
+    }
+    fn send(sender: &Self::Sender, value: u64) {
+        sender.send(value).expect("receiver alive");
+    }
+    fn recv(receiver: &Self::Receiver) -> Option<u64> {
+        receiver.recv().ok()
+    }
+}
+
+/// One-way latency of a `u64` message between threads pinned to CPU 0 and
+/// CPU 1: ping-pong over two channels, round trip / 2.
+fn message_latency<C: Channel>(plan: Plan) -> Tenths {
+    let (to_partner, partner_inbox) = C::new();
+    let (partner_outbox, from_partner) = C::new();
+    let partner = std::thread::spawn(move || {
+        pin_to(OTHER);
+        while let Some(value) = C::recv(&partner_inbox) {
+            if value == END {
+                break;
+            }
+            C::send(&partner_outbox, value);
+        }
+    });
+    let round_trip = |value: u64| {
+        C::send(&to_partner, value);
+        C::recv(&from_partner).expect("partner alive")
+    };
+    round_trip(0); // the partner is running, on CPU 1, from here on
+    let start = now_ns();
+    let mut trips = 0u64;
+    let elapsed = loop {
+        for value in 0..ROUND_TRIP_BATCH {
+            black_box(round_trip(value));
+        }
+        trips += ROUND_TRIP_BATCH;
+        let elapsed = now_ns().saturating_sub(start);
+        if elapsed >= plan.target_ns {
+            break elapsed;
+        }
+    };
+    C::send(&to_partner, END);
+    partner.join().expect("partner");
+    Tenths::ratio(elapsed, 2 * trips)
+}
+
+/// `u64` messages per second from a sender pinned to CPU 1 to the
+/// measuring thread on CPU 0, from the first message received to the last.
+fn channel_throughput<C: Channel>(plan: Plan) -> u64 {
+    let (sender, receiver) = C::new();
+    let target = plan.target_ns;
+    let producer = std::thread::spawn(move || {
+        pin_to(OTHER);
+        let start = now_ns();
+        let mut value = 0u64;
+        loop {
+            for _ in 0..SEND_BATCH {
+                C::send(&sender, value);
+                value += 1;
+            }
+            if now_ns().saturating_sub(start) >= target {
+                break;
+            }
+        }
+        C::send(&sender, END);
+    });
+    let mut start = None;
+    let mut received = 0u64;
+    while let Some(value) = C::recv(&receiver) {
+        start.get_or_insert_with(now_ns);
+        if value == END {
+            break;
+        }
+        received += 1;
+    }
+    let elapsed = start.map_or(0, |start| now_ns().saturating_sub(start));
+    producer.join().expect("producer");
+    common::per_second(received, elapsed)
+}
+
+/// How late `std::thread::sleep(1 ms)` wakes on CPU 0 (default timer slack,
+/// 50 µs, as any program has): median and 99th percentile in microseconds.
+fn sleep_lateness(plan: Plan) -> (Tenths, Tenths) {
+    let asked = SLEEP.as_nanos() as u64;
+    let mut late: Vec<u64> = (0..plan.sleeps)
+        .map(|_| {
+            let start = now_ns();
+            std::thread::sleep(SLEEP);
+            now_ns().saturating_sub(start).saturating_sub(asked)
+        })
+        .collect();
+    late.sort_unstable();
+    let microseconds = |nanoseconds: u64| Tenths::ratio(nanoseconds, 1000);
+    (microseconds(common::percentile(&late, 50)), microseconds(common::percentile(&late, 99)))
+}
