@@ -471,6 +471,13 @@ pub(crate) fn current() -> *mut Control {
     unsafe { mine() }.current
 }
 
+/// Whether no other thread is ready on this CPU (a thread about to block
+/// may then poll briefly without holding anyone up).
+pub(crate) fn nothing_else_ready() -> bool {
+    // SAFETY: read only.
+    unsafe { mine() }.run_queue.is_empty()
+}
+
 /// Starts a wait: returns its epoch (give it to whoever will wake us).
 pub(crate) fn begin_wait() -> u64 {
     let thread = current();
@@ -668,6 +675,12 @@ pub(crate) fn describe_current(out: &mut impl core::fmt::Write) {
 /// used up, waits (up to about 100 ms, serving messages) for blocks of
 /// finished threads to come back from the CPUs they ended on.
 pub(crate) fn new_thread_control() -> Option<*mut Control> {
+    // Blocks of finished threads come back as messages: take them in before
+    // cutting a new stack slot.
+    // SAFETY: read only.
+    if unsafe { mine() }.pool.is_empty() {
+        messages::run_incoming();
+    }
     let start = arch_cpu::rdtsc();
     loop {
         // SAFETY: not held across the yield below.
