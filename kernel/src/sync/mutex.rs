@@ -42,6 +42,7 @@ struct LockState {
 
 impl RawMutex {
     /// Runs `run(self, argument)` on the home CPU: directly if we are there.
+    #[inline(never)]
     fn on_home(&self, run: unsafe fn(*mut u8, u64), argument: u64) {
         let data = self as *const Self as *mut u8;
         if percpu::current_index() == self.home {
@@ -52,6 +53,7 @@ impl RawMutex {
         }
     }
 
+    #[inline(never)]
     fn lock(&self) {
         if percpu::current_index() == self.home {
             // SAFETY: on the home CPU; cooperative scheduling means no
@@ -273,6 +275,7 @@ impl Condvar {
         self.notify(true);
     }
 
+    #[inline(never)]
     fn notify(&self, all: bool) {
         let home = self.home.load(Ordering::Relaxed);
         if home == NO_HOME {

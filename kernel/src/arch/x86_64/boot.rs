@@ -15,8 +15,10 @@
 
 use super::paging::PAGE_SIZE;
 
-/// Bytes of the boot stack (the stack `main` runs on for now).
-pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// Bytes of the boot stack, which `main` keeps. Generous: the boot path keeps
+/// fixed-size tables (memory map, CPU lists, the split plan) on it, and it
+/// costs nothing in the image (`.stacks` is not loaded or zeroed).
+pub const BOOT_STACK_SIZE: usize = 256 * 1024;
 
 /// The boot CPU's stack, with an unmapped guard page below it.
 #[repr(C, align(4096))]
