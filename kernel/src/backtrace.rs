@@ -28,7 +28,7 @@ pub fn write(out: &mut impl Write, rip: u64, mut rbp: u64) {
     let stack = cpu_stacks.iter().copied().chain(thread_stack).find(|s| s.contains(rbp));
     let Some(stack) = stack else { return };
     for index in 1..MAX_FRAMES {
-        if rbp % 8 != 0 || !stack.contains(rbp) || !stack.contains(rbp + 15) {
+        if !rbp.is_multiple_of(8) || !stack.contains(rbp) || !stack.contains(rbp + 15) {
             break;
         }
         // SAFETY: rbp and rbp + 8 lie inside a mapped kernel stack (checked).

@@ -124,7 +124,7 @@ pub fn allocate(size: usize, align: usize) -> *mut u8 {
     let published = &PUBLISHED[allocator.cpu()];
     let count = published.allocations.load(Ordering::Relaxed) + 1;
     published.allocations.store(count, Ordering::Relaxed);
-    if count % PUBLISH_INTERVAL == 0 {
+    if count.is_multiple_of(PUBLISH_INTERVAL) {
         publish(allocator);
     }
     match allocator.allocate(&mut Words, size.max(1), align) {

@@ -108,7 +108,7 @@ pub struct StackZone {
 impl StackZone {
     /// Whether `page` is the guard page of a slot.
     pub fn is_guard(&self, page: u64) -> bool {
-        (self.start..self.end).contains(&page) && (page - self.start) % self.slot == 0
+        (self.start..self.end).contains(&page) && (page - self.start).is_multiple_of(self.slot)
     }
 
     /// Page-table frames needed to map a zone of `bytes` (one per 2 MiB
@@ -231,7 +231,7 @@ pub fn init(
 /// used the page (guards are made before their CPU starts).
 pub fn unmap_small_page(address: u64) -> bool {
     let limit = SMALL_PAGE_LIMIT.load(core::sync::atomic::Ordering::Relaxed);
-    if address < PAGE_SIZE as u64 || address >= limit || address % PAGE_SIZE as u64 != 0 {
+    if address < PAGE_SIZE as u64 || address >= limit || !address.is_multiple_of(PAGE_SIZE as u64) {
         return false;
     }
     let root: u64;
