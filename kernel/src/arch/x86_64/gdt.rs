@@ -80,11 +80,11 @@ pub unsafe fn load(cpu: &'static mut PerCpu) {
     let code = cpu.gdt.append(Descriptor::kernel_code_segment());
     let data = cpu.gdt.append(Descriptor::kernel_data_segment());
     // SAFETY: the TSS lives in the PerCpu block, which lives forever.
-    let tss: &'static x86_64::structures::tss::TaskStateSegment = unsafe { &cpu.tss };
+    let tss: &'static x86_64::structures::tss::TaskStateSegment = unsafe { &*(&raw const cpu.tss) };
     let tss_selector = cpu.gdt.append(Descriptor::tss_segment(tss));
     // SAFETY: as above for the GDT; the selectors were just appended to it.
     unsafe {
-        let gdt: &'static x86_64::structures::gdt::GlobalDescriptorTable = &cpu.gdt;
+        let gdt: &'static x86_64::structures::gdt::GlobalDescriptorTable = &*(&raw const cpu.gdt);
         gdt.load();
         CS::set_reg(code);
         SS::set_reg(data);

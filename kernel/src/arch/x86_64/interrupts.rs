@@ -131,7 +131,7 @@ pub unsafe fn init() {
     // SAFETY: reading CS has no side effects.
     unsafe { core::arch::asm!("mov {0:x}, cs", out(reg) code_selector, options(nomem, nostack)) };
     // SAFETY: single-threaded boot; nothing reads the IDT until `lidt`.
-    let idt = unsafe { &mut IDT };
+    let idt = unsafe { &mut *(&raw mut IDT) };
     for (vector, gate) in idt.iter_mut().enumerate() {
         let handler = stubs + 16 * vector as u64;
         let ist = match vector {
