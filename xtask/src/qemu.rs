@@ -203,30 +203,7 @@ pub fn run(
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = command.spawn().with_context(|| format!("starting {QEMU}"))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (lines_tx, lines_rx) = mpsc::channel::<(Instant, String)>();
-    let reader = std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut raw = Vec::new();
-        loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&raw).trim_end_matches(['\r', '\n']).to_string();
-                    if lines_tx.send((Instant::now(), line)).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let errors = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
-        text
-    });
+    let (lines_rx, reader, errors) = read_output(&mut child);
     let mut output = String::new();
     let mut first_line = None;
     let mut timed_out = false;
@@ -269,6 +246,40 @@ pub fn run(
         eprintln!("{}", errors.trim_end());
     }
     Ok(RunResult { outcome, output, wall, first_line })
+}
+
+/// Reads a started QEMU's piped stdout line by line (with the time each
+/// line arrived) and its stderr whole, each on a thread of its own: a full
+/// pipe would stall the guest's serial port. Returns the lines, and the two
+/// reader threads (the second gives stderr's text).
+pub fn read_output(
+    child: &mut Child,
+) -> (mpsc::Receiver<(Instant, String)>, std::thread::JoinHandle<()>, std::thread::JoinHandle<String>) {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines_tx, lines_rx) = mpsc::channel::<(Instant, String)>();
+    let reader = std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&raw).trim_end_matches(['\r', '\n']).to_string();
+                    if lines_tx.send((Instant::now(), line)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
+    (lines_rx, reader, errors)
 }
 
 fn kill(child: &mut Child) {

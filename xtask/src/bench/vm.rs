@@ -3,7 +3,7 @@
 //! from the launcher's own command (`VmConfig::command`), so it runs under
 //! exactly the conditions `qemu::run` uses; killed when dropped.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
@@ -34,32 +34,8 @@ impl RunningVm {
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let start = Instant::now();
         let mut child = command.spawn().context("starting QEMU")?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (sender, lines) = mpsc::channel();
-        // Keep reading even when nobody waits for a line: a full pipe would
-        // stall the guest's serial port.
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut raw = Vec::new();
-            loop {
-                raw.clear();
-                match reader.read_until(b'\n', &mut raw) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&raw).trim_end_matches(['\r', '\n']).to_string();
-                        if sender.send((Instant::now(), line)).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        let errors = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut text);
-            text
-        });
+        // Keep reading even when nobody waits for a line (see read_output).
+        let (lines, _reader, errors) = crate::qemu::read_output(&mut child);
         Ok(Self { child, start, lines, output: Vec::new(), errors: Some(errors) })
     }
 
