@@ -26,7 +26,7 @@ use crate::arch::percpu::{self, MAX_CPUS};
 /// Jobs in flight per CPU pair.
 const JOB_SLOTS: usize = 64;
 /// The IPI vector that wakes a halted CPU.
-pub(crate) const WAKE_VECTOR: u8 = 0xf0;
+pub(crate) use crate::arch::apic::WAKE_VECTOR;
 
 /// A message to a CPU: `run(data, extra)` runs there, in scheduler
 /// context (short, never blocking): enqueue a thread, wake one, release
@@ -58,11 +58,7 @@ static MAILBOXES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS
 struct Sleeping(AtomicBool);
 static SLEEPING: [Sleeping; MAX_CPUS] = [const { Sleeping(AtomicBool::new(false)) }; MAX_CPUS];
 
-#[inline(always)]
-pub(crate) fn full_fence() {
-    // SAFETY: a memory fence only orders this CPU's loads and stores.
-    unsafe { core::arch::asm!("mfence", options(nostack, preserves_flags)) };
-}
+pub(crate) use crate::arch::cpu::full_fence;
 
 /// # Safety
 /// The caller must not hold another reference from an earlier call (the
@@ -149,10 +145,9 @@ pub(crate) fn halt_unless_work() {
     SLEEPING[me].0.store(true, Ordering::Relaxed);
     full_fence();
     if !has_incoming() {
-        // SAFETY: STI's one-instruction delay makes `sti; hlt` atomic: a
-        // wake-up IPI or timer interrupt arriving after the check above
-        // ends the HLT. Interrupts are off again before anything else runs.
-        unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) };
+        // A wake-up IPI or timer interrupt arriving after the check above
+        // ends the HLT (see `halt_until_interrupt`).
+        crate::arch::cpu::halt_until_interrupt();
     }
     SLEEPING[me].0.store(false, Ordering::Relaxed);
 }

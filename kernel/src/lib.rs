@@ -81,11 +81,6 @@ pub fn cpu_id() -> u32 {
     arch::percpu::current_index() as u32
 }
 
-/// What a CPU does once started: wait for its scheduler, then idle.
-pub(crate) fn cpu_idle_loop() -> ! {
-    thread::early_idle_loop()
-}
-
 /// Stops the calling CPU for good without ending the VM: it halts and costs
 /// the host nothing. For applications whose work is done but whose VM is
 /// stopped from outside.

@@ -29,9 +29,7 @@ fn panic(info: &PanicInfo) -> ! {
     }
     let _ = writeln!(out, "{}", info.message());
     crate::memory::write_failure_report(&mut out);
-    let here: u64;
-    // SAFETY: reading RIP through a RIP-relative LEA has no side effects.
-    unsafe { core::arch::asm!("lea {}, [rip]", out(reg) here, options(nomem, nostack, preserves_flags)) };
+    let here = crate::arch::cpu::instruction_pointer();
     crate::backtrace::write(&mut out, here, crate::arch::cpu::frame_pointer());
     drop(out);
     crate::arch::exit::fail(EXIT_PANIC)

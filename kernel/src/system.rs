@@ -2,7 +2,7 @@
 
 use core::time::Duration;
 
-use toro_core::command_line::{Argument, CommandLine};
+use toro_core::command_line::{Argument, CommandLine, CommandLineBuffer};
 
 use crate::once::BootCell;
 
@@ -14,6 +14,15 @@ pub(crate) struct SystemInfo {
 }
 
 static INFO: BootCell<SystemInfo> = BootCell::new();
+
+/// The command line, kept for the application (sanitised UTF-8).
+static COMMAND_LINE: BootCell<CommandLineBuffer> = BootCell::new();
+
+/// Keeps the command line boot read (once); returns it.
+pub(crate) fn keep_command_line(buffer: CommandLineBuffer) -> &'static str {
+    COMMAND_LINE.set(buffer);
+    command_line()
+}
 
 pub(crate) fn publish(info: SystemInfo) {
     INFO.set(info);
@@ -36,7 +45,7 @@ pub fn memory_size() -> u64 {
 
 /// The whole kernel command line (invalid bytes replaced by `?`).
 pub fn command_line() -> &'static str {
-    crate::boot::command_line()
+    COMMAND_LINE.get().map(|c| c.as_str()).unwrap_or("")
 }
 
 /// The command-line arguments meant for the application: all but the

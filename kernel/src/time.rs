@@ -13,14 +13,12 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 pub use core::time::Duration;
 
-use x86_64::instructions::port::Port;
-
 use crate::arch::cpu::{cpuid, rdtsc};
+use crate::arch::pit::{self, PIT_HZ};
 
 /// 0 = not yet known; u64::MAX = could not be determined.
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 
-const PIT_HZ: u64 = 1_193_182;
 /// PIT ticks to calibrate over (about 2 ms). One tick of the PIT is 838 ns;
 /// the count is read within a few ticks' uncertainty at each end, so 2 ms
 /// gives about 0.2% accuracy.
@@ -45,33 +43,15 @@ fn from_cpuid() -> Option<u64> {
     None
 }
 
-fn pit_count() -> u16 {
-    let mut command = Port::<u8>::new(0x43);
-    let mut data = Port::<u8>::new(0x40);
-    // SAFETY: latching and reading PIT channel 0 only reads the counter.
-    unsafe {
-        command.write(0x00);
-        let low = data.read() as u16;
-        let high = data.read() as u16;
-        (high << 8) | low
-    }
-}
-
 fn from_pit() -> Option<u64> {
-    // Channel 0, lobyte/hibyte, mode 2 (rate generator), binary, reload 0.
-    // SAFETY: programming PIT channel 0; no interrupt is routed from it.
-    unsafe {
-        Port::<u8>::new(0x43).write(0x34);
-        Port::<u8>::new(0x40).write(0);
-        Port::<u8>::new(0x40).write(0);
-    }
-    let start_count = pit_count();
+    pit::start_free_running();
+    let start_count = pit::count();
     let start_tsc = rdtsc();
     let mut previous = start_count;
     let mut elapsed: u64 = 0;
     let mut unchanged_reads = 0u32;
     while elapsed < CALIBRATION_TICKS {
-        let count = pit_count();
+        let count = pit::count();
         if count == previous {
             unchanged_reads += 1;
             if unchanged_reads > 100_000 {

@@ -358,6 +358,10 @@ macro_rules! thread_local {
 static ZONES: [(core::sync::atomic::AtomicU64, core::sync::atomic::AtomicU64); percpu::MAX_CPUS] =
     [const { (core::sync::atomic::AtomicU64::new(0), core::sync::atomic::AtomicU64::new(0)) }; percpu::MAX_CPUS];
 
+/// Thread-stack slot: a guard page and a 28 KiB stack (boot sizes each
+/// CPU's stack zone in whole slots).
+pub(crate) const STACK_SLOT: u64 = 32 * 1024;
+
 /// Sets up threads: the boot CPU's context becomes `main` (with an idle
 /// thread of its own); every other CPU gets its stack zone and starts its
 /// scheduler when woken (`wake_application_processors`). Boot CPU, after
@@ -392,16 +396,12 @@ pub(crate) fn early_idle_loop() -> ! {
     loop {
         let start = ZONES[me].0.load(Ordering::Acquire);
         if start != 0 {
-            let zone = crate::arch::paging::StackZone {
-                start,
-                end: ZONES[me].1.load(Ordering::Relaxed),
-                slot: crate::boot::STACK_SLOT,
-            };
+            let zone =
+                crate::arch::paging::StackZone { start, end: ZONES[me].1.load(Ordering::Relaxed), slot: STACK_SLOT };
             scheduler::init_cpu(zone, "idle");
             scheduler::idle_loop();
         }
-        // SAFETY: `sti; hlt` is atomic (see `cpu::halt_unless_work`); the
-        // boot CPU's wake-up IPI ends it.
-        unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) };
+        // The boot CPU's wake-up IPI ends the halt.
+        crate::arch::cpu::halt_until_interrupt();
     }
 }

@@ -31,7 +31,7 @@ use crate::arch::{apic, cpu as arch_cpu};
 use crate::cpu::{self as messages, Job};
 
 /// The IPI vector of the timer interrupt.
-pub(crate) const TIMER_VECTOR: u8 = 0xef;
+pub(crate) use crate::arch::apic::TIMER_VECTOR;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {

@@ -28,6 +28,10 @@ const XAPIC_ICR_HIGH_OFFSET: u64 = 0x310;
 const SPURIOUS_ENABLE: u32 = 1 << 8;
 /// The spurious vector (its stub ignores it).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// The IPI vector that wakes a halted CPU (`cpu::send`'s wake-up).
+pub const WAKE_VECTOR: u8 = 0xf0;
+/// The vector of the local APIC timer (the scheduler's sleeps).
+pub const TIMER_VECTOR: u8 = 0xef;
 
 /// ICR delivery modes and flags (SDM vol. 3, 11.6.1).
 const DELIVERY_INIT: u32 = 0b101 << 8;

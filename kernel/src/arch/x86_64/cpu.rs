@@ -1,4 +1,5 @@
-//! Single instructions the rest of the kernel needs: TSC, CPUID, halting.
+//! Single instructions the rest of the kernel needs: TSC, CPUID, halting,
+//! fences.
 
 use core::arch::x86_64::{__cpuid, _rdtsc};
 
@@ -29,6 +30,35 @@ pub fn halt_forever() -> ! {
         // SAFETY: disabling interrupts and halting only stops this CPU.
         unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
     }
+}
+
+/// Halts this CPU until the next interrupt, which is taken before this
+/// returns with interrupts off again. Call with interrupts off: STI's
+/// one-instruction delay makes `sti; hlt` atomic, so an interrupt that
+/// arrives after the caller's last check still ends the HLT.
+#[inline(always)]
+pub fn halt_until_interrupt() {
+    // SAFETY: enabling interrupts for the duration of one HLT; the kernel's
+    // handlers run on their own stacks and return here.
+    unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) };
+}
+
+/// A full memory fence (MFENCE): orders this CPU's earlier stores before its
+/// later loads (x86 may otherwise reorder them). A fence, not a locked
+/// instruction.
+#[inline(always)]
+pub fn full_fence() {
+    // SAFETY: a memory fence only orders this CPU's loads and stores.
+    unsafe { core::arch::asm!("mfence", options(nostack, preserves_flags)) };
+}
+
+/// The address of this instruction (RIP), for backtraces.
+#[inline(always)]
+pub fn instruction_pointer() -> u64 {
+    let here: u64;
+    // SAFETY: reading RIP through a RIP-relative LEA has no side effects.
+    unsafe { core::arch::asm!("lea {}, [rip]", out(reg) here, options(nomem, nostack, preserves_flags)) };
+    here
 }
 
 /// The frame pointer of the caller, for backtraces.

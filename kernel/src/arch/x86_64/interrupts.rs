@@ -7,8 +7,36 @@
 //! `x86-interrupt` ABI needs nightly, so the stubs are assembly.)
 
 use core::fmt::Write;
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use super::{cpu, gdt};
+
+/// What fault reports need to know about the running thread. `arch` does
+/// not call up into the scheduler: boot hands these in (`set_thread_info`).
+pub struct ThreadInfo {
+    /// The running thread's stack, if it has a slot: (guard page, top).
+    pub current_stack: fn() -> Option<(u64, u64)>,
+    /// Writes the running thread's name and id.
+    pub describe_current: fn(&mut dyn Write),
+}
+
+static THREAD_INFO: AtomicPtr<ThreadInfo> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Tells fault reports how to describe the running thread (once, at boot).
+pub fn set_thread_info(info: &'static ThreadInfo) {
+    THREAD_INFO.store(info as *const ThreadInfo as *mut ThreadInfo, Ordering::Release);
+}
+
+fn thread_info() -> Option<&'static ThreadInfo> {
+    // SAFETY: only ever set from a `&'static ThreadInfo`.
+    unsafe { THREAD_INFO.load(Ordering::Acquire).as_ref() }
+}
+
+fn describe_current(out: &mut dyn Write) {
+    if let Some(info) = thread_info() {
+        (info.describe_current)(out);
+    }
+}
 
 /// Registers as saved by the stubs, lowest address first.
 #[repr(C)]
@@ -219,7 +247,7 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
         log::warn!("breakpoint at rip {:#018x}", frame.rip);
         return;
     }
-    if frame.vector == crate::cpu::WAKE_VECTOR as u64 || frame.vector == crate::thread::scheduler::TIMER_VECTOR as u64 {
+    if frame.vector == super::apic::WAKE_VECTOR as u64 || frame.vector == super::apic::TIMER_VECTOR as u64 {
         super::apic::end_of_interrupt();
         return;
     }
@@ -237,7 +265,8 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
 /// What a page fault's address and error code say happened.
 /// Whether `address` is in the guard page of the running thread's stack.
 fn in_thread_guard(address: u64) -> bool {
-    crate::thread::scheduler::current_stack()
+    thread_info()
+        .and_then(|info| (info.current_stack)())
         .is_some_and(|(guard, _)| (guard..guard + super::paging::PAGE_SIZE as u64).contains(&address))
 }
 
@@ -269,7 +298,7 @@ fn report_exception(frame: &InterruptFrame) {
     let _ =
         writeln!(out, "\n!!! CPU exception: {name} ({mnemonic}, vector {}) on cpu {}", frame.vector, crate::cpu_id());
     let _ = write!(out, "    in ");
-    crate::thread::scheduler::describe_current(&mut out);
+    describe_current(&mut out);
     let _ = writeln!(out, "\n    error code {:#x}", frame.error_code);
     if frame.vector == 14 {
         let address = cpu::cr2();
@@ -295,7 +324,7 @@ fn report_exception(frame: &InterruptFrame) {
             let _ = writeln!(out, "    kernel stack overflow: {} guard page hit (cr2 {address:#018x})", stack.name);
         } else if in_thread_guard(address) {
             let _ = write!(out, "    stack overflow: ");
-            crate::thread::scheduler::describe_current(&mut out);
+            describe_current(&mut out);
             let _ = writeln!(out, " on cpu {} hit its guard page (cr2 {address:#018x})", crate::cpu_id());
         }
     }

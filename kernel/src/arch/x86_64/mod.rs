@@ -11,6 +11,7 @@ pub mod gdt;
 pub mod interrupts;
 pub mod paging;
 pub mod percpu;
+pub mod pit;
 pub mod sections;
 pub mod serial;
 pub mod smp;

@@ -17,7 +17,7 @@
 //! STARTUP goes only to APs that have not checked in after
 //! `RESEND_TICKS`, and an AP that never checks in is reported and left out.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use super::paging::{self, FrameBump, PAGE_SIZE};
 use super::percpu::{PerCpu, StackInfo, MAX_CPUS, STACKS};
@@ -128,6 +128,9 @@ unsafe extern "C" {
     static ap_trampoline_end: u8;
 }
 
+/// What each AP runs once set up (from `launch`).
+static AP_ENTRY: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
 /// APs sent on their way, for `wait`.
 pub struct Launch {
     apic_ids: [u32; MAX_CPUS],
@@ -137,8 +140,10 @@ pub struct Launch {
 
 /// Gives every AP in `apic_ids` (the boot CPU's id excluded by the caller)
 /// its stacks and block, and sends INIT and STARTUP to all of them; returns
-/// at once. CPU indexes follow the order of `apic_ids`, from 1.
-pub fn launch(apic_ids: &[u32], frames: &mut FrameBump) -> Launch {
+/// at once. CPU indexes follow the order of `apic_ids`, from 1. Each AP,
+/// once set up, calls `entry` (`arch` does not call up into the kernel).
+pub fn launch(apic_ids: &[u32], frames: &mut FrameBump, entry: fn() -> !) -> Launch {
+    AP_ENTRY.store(entry as *mut (), Ordering::Release);
     let count = apic_ids.len().min(MAX_CPUS - 1);
     let mut launch = Launch { apic_ids: [0; MAX_CPUS], count, start: 0 };
     launch.apic_ids[..count].copy_from_slice(&apic_ids[..count]);
@@ -255,5 +260,8 @@ extern "C" fn ap_main(apic_id: u32) -> ! {
     apic::enable();
     let index = super::percpu::current_index();
     CHECKED_IN[index].store(true, Ordering::Release);
-    crate::cpu_idle_loop()
+    let entry = AP_ENTRY.load(Ordering::Acquire);
+    // SAFETY: `launch` stored a `fn() -> !` there before any AP started.
+    let entry: fn() -> ! = unsafe { core::mem::transmute::<*mut (), fn() -> !>(entry) };
+    entry()
 }
