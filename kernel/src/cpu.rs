@@ -8,6 +8,25 @@
 //! scheduling point or when idle; a sender wakes it with an IPI only when
 //! it is halted.
 //!
+//! # A full ring
+//!
+//! A full ring is back-pressure, and no job ever runs inside [`send`]:
+//!
+//! - A thread that may block (not the idle thread, not scheduler or job
+//!   context) waits: it yields until the ring has room, so its CPU keeps
+//!   running its other threads and its own incoming jobs at each
+//!   scheduling point.
+//! - Scheduler and job context cannot wait (they may be what the other CPU
+//!   waits for). There the job goes to this CPU's overflow queue for that
+//!   destination, which the scheduler moves into the ring at every
+//!   scheduling point (`drain_overflow`); an idle CPU with overflow left
+//!   keeps polling instead of halting. Each job in it costs 24 bytes of
+//!   heap: the queue is bounded by memory, never by recursion. Jobs of one
+//!   pair keep their order: once a destination has overflow, every job for
+//!   it waits behind (a thread waits until the overflow is gone).
+//!
+//! Each CPU counts the full rings it met ([`stats`]).
+//!
 //! The sleep/wake hand-shake is Dekker-style: the sleeper stores "sleeping"
 //! then checks its rings; the sender pushes then checks "sleeping". Each
 //! side puts an `mfence` between its store and its load (x86 may reorder a
@@ -15,13 +34,14 @@
 //! lost wake-up. `mfence` is a fence, not a locked instruction.
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use toro_core::spsc::{Consumer, Producer, Ring};
 
 use crate::arch::apic;
-use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::percpu::{self, PerCpuCell, MAX_CPUS};
 
 /// Jobs in flight per CPU pair.
 const JOB_SLOTS: usize = 64;
@@ -44,39 +64,125 @@ unsafe impl Send for Job {}
 type JobRing = Ring<Job, JOB_SLOTS>;
 
 /// One CPU's ends of the job rings: producer ends towards every other CPU,
-/// consumer ends from every other CPU. Used by its CPU only.
+/// consumer ends from every other CPU, and the jobs waiting for room in a
+/// full ring. Used by its CPU only.
 struct Mailboxes {
     outgoing: Vec<Option<Producer<'static, Job, JOB_SLOTS>>>,
     incoming: Vec<Option<Consumer<'static, Job, JOB_SLOTS>>>,
+    /// By destination: jobs sent from scheduler context that found the
+    /// ring full, oldest first.
+    overflow: Vec<VecDeque<Job>>,
+    /// Jobs in all of `overflow`.
+    overflowing: usize,
 }
 
-/// Each CPU's mailboxes; published by the boot CPU, then used by that CPU.
-static MAILBOXES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+// SAFETY: the ring ends and queued jobs move with the mailboxes to the CPU
+// they are made for (set up by the boot CPU, then used only there).
+unsafe impl Send for Mailboxes {}
+
+/// Each CPU's mailboxes; set up by the boot CPU, then used by that CPU.
+static MAILBOXES: PerCpuCell<Mailboxes> = PerCpuCell::new();
 
 /// Whether a CPU is halted (or about to); written only by that CPU.
 #[repr(align(64))]
 struct Sleeping(AtomicBool);
 static SLEEPING: [Sleeping; MAX_CPUS] = [const { Sleeping(AtomicBool::new(false)) }; MAX_CPUS];
 
-pub(crate) use crate::arch::cpu::full_fence;
-
-/// # Safety
-/// The caller must not hold another reference from an earlier call (the
-/// mailboxes are used by their CPU only, not from interrupt handlers).
-unsafe fn mine() -> Option<&'static mut Mailboxes> {
-    let address = MAILBOXES[percpu::current_index()].load(Ordering::Acquire);
-    // SAFETY: published by `init`, used by this CPU only; see above.
-    (address != 0).then(|| unsafe { &mut *(address as *mut Mailboxes) })
+/// A CPU's message counters and context flag. Written only by that CPU
+/// (a load and a store: no read-modify-write), read by any.
+#[repr(align(64))]
+struct Counters {
+    /// Times a job met a full ring.
+    ring_full: AtomicU64,
+    /// Times a thread waited (yielded) for room in a ring.
+    thread_waits: AtomicU64,
+    /// Jobs put in the overflow queue (scheduler or job context).
+    overflowed: AtomicU64,
+    /// Most jobs ever in the overflow queue at once.
+    overflow_peak: AtomicU64,
+    /// Jobs sent and jobs run.
+    sent: AtomicU64,
+    ran: AtomicU64,
+    /// Running jobs (job context): a send there must not wait.
+    in_job: AtomicBool,
 }
+
+static COUNTERS: [Counters; MAX_CPUS] = [const {
+    Counters {
+        ring_full: AtomicU64::new(0),
+        thread_waits: AtomicU64::new(0),
+        overflowed: AtomicU64::new(0),
+        overflow_peak: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        ran: AtomicU64::new(0),
+        in_job: AtomicBool::new(false),
+    }
+}; MAX_CPUS];
+
+/// Adds `amount` to an owner-only counter without a locked instruction.
+#[inline(always)]
+fn bump(counter: &AtomicU64, amount: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + amount, Ordering::Relaxed);
+}
+
+/// One CPU's message figures (`stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Times a job this CPU sent found its ring full.
+    pub ring_full: u64,
+    /// Times a thread of this CPU waited for room in a full ring.
+    pub thread_waits: u64,
+    /// Jobs sent from scheduler or job context that waited in the overflow
+    /// queue instead.
+    pub overflowed: u64,
+    /// Most jobs in the overflow queue at once.
+    pub overflow_peak: u64,
+    /// Jobs sent to other CPUs.
+    pub sent: u64,
+    /// Jobs from other CPUs run here.
+    pub ran: u64,
+}
+
+impl core::fmt::Display for CpuStats {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} jobs sent, {} run; ring full {} times ({} thread waits, {} jobs overflowed, overflow peak {})",
+            self.sent, self.ran, self.ring_full, self.thread_waits, self.overflowed, self.overflow_peak
+        )
+    }
+}
+
+/// CPU `cpu`'s message figures (as of now; each CPU updates its own).
+pub fn stats(cpu: usize) -> Option<CpuStats> {
+    if cpu >= count() {
+        return None;
+    }
+    let counters = &COUNTERS[cpu];
+    let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    Some(CpuStats {
+        ring_full: read(&counters.ring_full),
+        thread_waits: read(&counters.thread_waits),
+        overflowed: read(&counters.overflowed),
+        overflow_peak: read(&counters.overflow_peak),
+        sent: read(&counters.sent),
+        ran: read(&counters.ran),
+    })
+}
+
+pub(crate) use crate::arch::cpu::full_fence;
 
 /// Sets up the job rings between every pair of running CPUs. Boot CPU,
 /// once, after memory is up and before any job is sent.
 pub(crate) fn init(cpus: &[usize]) {
+    let slots = MAX_CPUS.min(cpus.iter().max().map_or(1, |m| m + 1));
     let mut boxes: Vec<Mailboxes> = cpus
         .iter()
         .map(|_| Mailboxes {
-            outgoing: (0..MAX_CPUS.min(cpus.iter().max().map_or(1, |m| m + 1))).map(|_| None).collect(),
-            incoming: (0..MAX_CPUS.min(cpus.iter().max().map_or(1, |m| m + 1))).map(|_| None).collect(),
+            outgoing: (0..slots).map(|_| None).collect(),
+            incoming: (0..slots).map(|_| None).collect(),
+            overflow: (0..slots).map(|_| VecDeque::new()).collect(),
+            overflowing: 0,
         })
         .collect();
     for (source_position, &source) in cpus.iter().enumerate() {
@@ -91,27 +197,80 @@ pub(crate) fn init(cpus: &[usize]) {
         }
     }
     for (position, mailboxes) in boxes.into_iter().enumerate() {
-        let address = Box::leak(Box::new(mailboxes)) as *mut Mailboxes as u64;
-        MAILBOXES[cpus[position]].store(address, Ordering::Release);
+        MAILBOXES.set(cpus[position], Box::leak(Box::new(mailboxes)));
     }
 }
 
-/// Runs every job waiting for this CPU; returns how many ran.
+/// Runs `f` in scheduler context: what it sends never waits (the
+/// scheduler finishing a switch, which a thread's wait must not re-enter).
+pub(crate) fn in_scheduler_context<R>(f: impl FnOnce() -> R) -> R {
+    let counters = &COUNTERS[percpu::current_index()];
+    let outer = counters.in_job.load(Ordering::Relaxed);
+    counters.in_job.store(true, Ordering::Relaxed);
+    let result = f();
+    counters.in_job.store(outer, Ordering::Relaxed);
+    result
+}
+
+/// Runs every job waiting for this CPU; returns how many ran. Jobs run in
+/// job context: what they send never waits (see the module docs).
 #[inline(never)]
 pub(crate) fn run_incoming() -> usize {
+    let counters = &COUNTERS[percpu::current_index()];
+    let outer = counters.in_job.load(Ordering::Relaxed);
+    counters.in_job.store(true, Ordering::Relaxed);
     let mut ran = 0;
     loop {
-        let mut found = None;
-        // SAFETY: one use of this CPU's mailboxes; released before the job
-        // runs (a job may send jobs itself).
-        if let Some(mailboxes) = unsafe { mine() } {
-            found = mailboxes.incoming.iter_mut().flatten().find_map(|consumer| consumer.pop());
-        }
-        let Some(job) = found else { return ran };
+        // The borrow ends before the job runs (a job may send jobs itself).
+        let found = MAILBOXES
+            .try_with(|mailboxes| mailboxes.incoming.iter_mut().flatten().find_map(|consumer| consumer.pop()))
+            .ok()
+            .flatten();
+        let Some(job) = found else { break };
         // SAFETY: each job is made for exactly one run on this CPU.
         unsafe { (job.run)(job.data, job.extra) };
         ran += 1;
     }
+    counters.in_job.store(outer, Ordering::Relaxed);
+    bump(&counters.ran, ran as u64);
+    ran
+}
+
+/// Moves jobs waiting in this CPU's overflow queue into their rings as far
+/// as there is room, waking their destinations; true if some are left.
+/// Called at every scheduling point.
+#[inline(never)]
+pub(crate) fn drain_overflow() -> bool {
+    MAILBOXES
+        .try_with(|mailboxes| {
+            if mailboxes.overflowing == 0 {
+                return false;
+            }
+            for (destination, queue) in mailboxes.overflow.iter_mut().enumerate() {
+                let Some(producer) = mailboxes.outgoing.get_mut(destination).and_then(Option::as_mut) else {
+                    continue;
+                };
+                let mut moved = 0;
+                while let Some(&job) = queue.front() {
+                    if producer.push(job).is_err() {
+                        break;
+                    }
+                    queue.pop_front();
+                    moved += 1;
+                }
+                if moved > 0 {
+                    mailboxes.overflowing -= moved;
+                    wake(destination);
+                }
+            }
+            mailboxes.overflowing != 0
+        })
+        .unwrap_or(false)
+}
+
+/// Whether jobs wait in this CPU's overflow queue.
+pub(crate) fn overflow_pending() -> bool {
+    MAILBOXES.try_with(|mailboxes| mailboxes.overflowing != 0).unwrap_or(false)
 }
 
 /// Polls this CPU's rings for up to `ticks` TSC ticks; true if a message
@@ -129,11 +288,9 @@ pub(crate) fn poll_for_work(ticks: u64) -> bool {
 }
 
 fn has_incoming() -> bool {
-    // SAFETY: one use of this CPU's mailboxes.
-    match unsafe { mine() } {
-        Some(mailboxes) => mailboxes.incoming.iter_mut().flatten().any(|consumer| !consumer.is_empty()),
-        None => false,
-    }
+    MAILBOXES
+        .try_with(|mailboxes| mailboxes.incoming.iter_mut().flatten().any(|consumer| !consumer.is_empty()))
+        .unwrap_or(false)
 }
 
 /// Halts this CPU until an interrupt, unless a job arrived: the sleeping
@@ -170,25 +327,73 @@ impl core::fmt::Display for RunError {
     }
 }
 
-/// Puts `job` in the ring from this CPU to `cpu` (waiting, while serving
-/// this CPU's own jobs, if it is full) and wakes `cpu` if it sleeps.
+/// What one try to send found.
+enum Attempt {
+    /// In the ring (or, from scheduler or job context, in the overflow queue).
+    Sent,
+    /// The ring is full (or overflow waits before it); the thread waits.
+    Full,
+}
+
+/// Puts `job` in the ring from this CPU to `cpu` and wakes `cpu` if it
+/// sleeps. When the ring is full, a thread that may block yields until it
+/// has room; scheduler and job context queue the job in the overflow queue
+/// instead (see the module docs). Never runs a job.
 #[inline(never)]
 pub(crate) fn send(cpu: usize, job: Job) -> Result<(), RunError> {
+    let me = percpu::current_index();
+    let counters = &COUNTERS[me];
+    let may_wait = !counters.in_job.load(Ordering::Relaxed) && crate::thread::scheduler::may_block();
+    let mut counted = false;
     loop {
-        // SAFETY: one use of this CPU's mailboxes, ended before jobs run.
-        let Some(mailboxes) = (unsafe { mine() }) else { return Err(RunError::NotReady) };
-        let Some(producer) = mailboxes.outgoing.get_mut(cpu).and_then(Option::as_mut) else {
-            return Err(RunError::NoSuchCpu(cpu));
-        };
-        if producer.push(job).is_ok() {
-            break;
+        let attempt = MAILBOXES
+            .try_with(|mailboxes| {
+                let producer =
+                    mailboxes.outgoing.get_mut(cpu).and_then(Option::as_mut).ok_or(RunError::NoSuchCpu(cpu))?;
+                let queue = &mut mailboxes.overflow[cpu];
+                if queue.is_empty() && producer.push(job).is_ok() {
+                    return Ok(Attempt::Sent);
+                }
+                if !counted {
+                    bump(&counters.ring_full, 1);
+                }
+                if may_wait {
+                    return Ok(Attempt::Full);
+                }
+                if queue.try_reserve(1).is_err() {
+                    overflow_out_of_memory(cpu);
+                }
+                queue.push_back(job);
+                mailboxes.overflowing += 1;
+                bump(&counters.overflowed, 1);
+                if mailboxes.overflowing as u64 > counters.overflow_peak.load(Ordering::Relaxed) {
+                    counters.overflow_peak.store(mailboxes.overflowing as u64, Ordering::Relaxed);
+                }
+                Ok(Attempt::Sent)
+            })
+            .map_err(|_| RunError::NotReady)??;
+        match attempt {
+            Attempt::Sent => break,
+            Attempt::Full => {
+                if !counted {
+                    bump(&counters.thread_waits, 1);
+                }
+                counted = true;
+                // Back-pressure: let this CPU run its other threads and
+                // its incoming jobs (and drain its overflow) meanwhile.
+                crate::thread::scheduler::yield_now();
+            }
         }
-        // The ring is full: the other CPU is busy; serve our own meanwhile.
-        run_incoming();
-        core::hint::spin_loop();
     }
+    bump(&counters.sent, 1);
     wake(cpu);
     Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn overflow_out_of_memory(cpu: usize) -> ! {
+    panic!("out of memory for a job waiting for room in the full ring to cpu {cpu}");
 }
 
 /// Wakes CPU `cpu` if it is halted.

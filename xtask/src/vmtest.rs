@@ -164,6 +164,26 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "threads")
         },
         VmTest {
+            name: "ring_pressure-2",
+            memory_mib: 256,
+            expect: &["ring_pressure: all checks passed"],
+            ..vm("vm-tests", "ring_pressure")
+        },
+        VmTest {
+            name: "ring_pressure-4",
+            cpus: 4,
+            memory_mib: 256,
+            expect: &["ring_pressure: all checks passed"],
+            ..vm("vm-tests", "ring_pressure")
+        },
+        VmTest {
+            name: "ring_pressure-8",
+            cpus: 8,
+            memory_mib: 512,
+            expect: &["ring_pressure: all checks passed"],
+            ..vm("vm-tests", "ring_pressure")
+        },
+        VmTest {
             name: "sync-1",
             cpus: 1,
             memory_mib: 256,
@@ -256,6 +276,7 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     "toro::cpu::send",
     "toro::cpu::run_incoming",
     "toro::cpu::halt_unless_work",
+    "toro::cpu::drain_overflow",
     // spawn (a control block, its stack, the hand-over), migrate, wake,
     // block, switch, exit, join's release, idle
     "toro::thread::scheduler::new_thread_control",

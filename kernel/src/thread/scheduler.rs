@@ -351,6 +351,7 @@ impl TakeRelaxed for AtomicU64 {
 /// thread), after handling messages and expired sleepers. `requeue` puts
 /// the current thread at the back of the queue first (yield).
 pub(crate) fn switch_away(after: After, requeue: bool) {
+    messages::drain_overflow();
     messages::run_incoming();
     // SAFETY: not held across the switch below (re-fetched after it).
     let scheduler = unsafe { mine() };
@@ -383,8 +384,13 @@ pub(crate) fn switch_away(after: After, requeue: bool) {
     finish_switch();
 }
 
-/// Runs what the previous thread asked for once we are off its stack.
+/// Runs what the previous thread asked for once we are off its stack, in
+/// scheduler context (what it sends never waits).
 pub(crate) fn finish_switch() {
+    messages::in_scheduler_context(finish_switch_now);
+}
+
+fn finish_switch_now() {
     // SAFETY: not held across a switch.
     let scheduler = unsafe { mine() };
     match core::mem::replace(&mut scheduler.after, After::Nothing) {
@@ -463,6 +469,21 @@ unsafe fn wake_job(data: *mut u8, epoch: u64) {
             State::Sleeping | State::Exited => {}
         }
     }
+}
+
+/// Whether the running code is a thread that may wait (yield) here: the
+/// scheduler is up, the thread is not the idle thread and is running (not
+/// exiting). Job and scheduler context are excluded by the caller
+/// (`cpu::send`).
+pub(crate) fn may_block() -> bool {
+    if !ready() {
+        return false;
+    }
+    // SAFETY: read only, not held.
+    let scheduler = unsafe { mine() };
+    let current = scheduler.current;
+    // SAFETY: ours (the running thread).
+    current != scheduler.idle && unsafe { (*current).state } == State::Running
 }
 
 /// The current thread's control block.
@@ -624,6 +645,12 @@ pub(crate) fn idle_loop() -> ! {
                 Some(Reverse(first)) => apic::timer_arm(first.deadline),
                 None => apic::timer_disarm(),
             }
+        }
+        if messages::overflow_pending() {
+            // Jobs wait for room in a full ring: no IPI tells us when there
+            // is, so poll (each pass through `switch_away` retries).
+            core::hint::spin_loop();
+            continue;
         }
         if arch_cpu::rdtsc() - last_work < RECENT_WORK_TICKS && messages::poll_for_work(SPIN_BEFORE_HALT_TICKS) {
             continue;

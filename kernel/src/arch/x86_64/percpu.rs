@@ -150,3 +150,118 @@ pub fn online() -> usize {
 pub fn set_online(count: usize) {
     ONLINE.store(count, Ordering::Release);
 }
+
+/// A value of each CPU that only its CPU uses (a scheduler, the job
+/// mailboxes, an allocator). [`PerCpuCell::with`] lends the running CPU's
+/// value to a closure; a second `with` on the same cell and CPU while the
+/// first is running (reentrancy) fails, so no two `&mut` to one value are
+/// ever live. The borrow cannot outlive the closure, so it cannot be held
+/// across a context switch either (the next thread's `with` would fail).
+/// Not for interrupt handlers: they may interrupt a borrow.
+pub struct PerCpuCell<T> {
+    slots: [CellSlot<T>; MAX_CPUS],
+}
+
+/// One CPU's value and its borrow flag, on a cache line of its own so that
+/// CPUs do not share lines through their flags.
+#[repr(align(64))]
+struct CellSlot<T> {
+    value: core::sync::atomic::AtomicPtr<T>,
+    /// Written and read by the slot's CPU only (plain load and store).
+    borrowed: core::sync::atomic::AtomicBool,
+}
+
+/// Why a per-CPU value could not be lent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CellError {
+    /// The running CPU's value is not set up yet.
+    NotSet,
+    /// The running CPU's value is already lent (a nested `with`).
+    Borrowed,
+}
+
+// SAFETY: each slot's value is reached only by its own CPU, through `with`,
+// which allows one borrow at a time; the value moved there from the CPU
+// that set it up (hence `T: Send`).
+unsafe impl<T: Send> Sync for PerCpuCell<T> {}
+
+impl<T> Default for PerCpuCell<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[allow(dead_code)] // `with`, `is_set` and `for_report`: for the scheduler and allocator next
+impl<T> PerCpuCell<T> {
+    pub const fn new() -> Self {
+        Self {
+            slots: [const {
+                CellSlot {
+                    value: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
+                    borrowed: core::sync::atomic::AtomicBool::new(false),
+                }
+            }; MAX_CPUS],
+        }
+    }
+
+    /// Hands `value` to CPU `cpu` (from then on used by that CPU only).
+    /// Panics if that CPU's value is already set.
+    pub fn set(&self, cpu: usize, value: &'static mut T) {
+        let slot = &self.slots[cpu];
+        assert!(slot.value.load(Ordering::Relaxed).is_null(), "per-CPU value set twice");
+        slot.value.store(value, Ordering::Release);
+    }
+
+    /// Whether CPU `cpu`'s value is set.
+    pub fn is_set(&self, cpu: usize) -> bool {
+        self.slots.get(cpu).is_some_and(|slot| !slot.value.load(Ordering::Acquire).is_null())
+    }
+
+    /// Runs `f` with the running CPU's value, or says why it cannot.
+    #[inline(always)]
+    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, CellError> {
+        let slot = &self.slots[current_index()];
+        let value = slot.value.load(Ordering::Acquire);
+        if value.is_null() {
+            return Err(CellError::NotSet);
+        }
+        if slot.borrowed.load(Ordering::Relaxed) {
+            return Err(CellError::Borrowed);
+        }
+        slot.borrowed.store(true, Ordering::Relaxed);
+        // SAFETY: the value is this CPU's (published by `set`, never freed)
+        // and the flag above says no other borrow of it is live on this
+        // CPU; no other CPU touches it.
+        let result = f(unsafe { &mut *value });
+        slot.borrowed.store(false, Ordering::Relaxed);
+        Ok(result)
+    }
+
+    /// Runs `f` with the running CPU's value. Panics if it is not set or
+    /// already lent: both are kernel bugs.
+    #[inline(always)]
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        match self.try_with(f) {
+            Ok(result) => result,
+            Err(error) => cell_failure(error),
+        }
+    }
+
+    /// The running CPU's value for a fault or panic report, which may have
+    /// interrupted a borrow: only for reading plain fields, and only when
+    /// the system is stopping.
+    pub fn for_report(&self) -> Option<*const T> {
+        let value = self.slots[current_index()].value.load(Ordering::Acquire);
+        (!value.is_null()).then_some(value as *const T)
+    }
+}
+
+#[allow(dead_code)]
+#[cold]
+#[inline(never)]
+fn cell_failure(error: CellError) -> ! {
+    match error {
+        CellError::NotSet => panic!("per-CPU value used before it was set up"),
+        CellError::Borrowed => panic!("per-CPU value borrowed twice (reentrant use)"),
+    }
+}
