@@ -17,6 +17,7 @@ mod backtrace;
 mod boot;
 pub mod console;
 pub mod cpu;
+pub mod io;
 mod logger;
 pub mod memory;
 mod once;
