@@ -1,5 +1,5 @@
 //! Installs what building and booting need when it is missing: the Rust
-//! target (rustup) and QEMU (apt-get, when running as root).
+//! target (rustup), QEMU and e2fsprogs (apt-get, when running as root).
 
 use std::process::Command;
 
@@ -8,6 +8,37 @@ use anyhow::{bail, Context, Result};
 pub const TARGET: &str = "x86_64-unknown-none";
 pub const QEMU: &str = "qemu-system-x86_64";
 const QEMU_PACKAGE: &str = "qemu-system-x86";
+const E2FSPROGS_PACKAGE: &str = "e2fsprogs";
+
+/// The path of an e2fsprogs program (`mkfs.ext2`, `debugfs`, `e2fsck`):
+/// they live in the sbin directories, often not on a user's PATH.
+pub fn e2fsprogs(program: &str) -> Option<std::path::PathBuf> {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|path| path.exists())
+}
+
+/// Installs a Debian package with apt-get (as root), then checks with
+/// `present` that what was missing is there.
+fn apt_install(package: &str, present: impl Fn() -> bool) -> Result<()> {
+    if !is_root() {
+        bail!("the Debian package `{package}` is missing: sudo apt-get install {package}");
+    }
+    eprintln!("setup: installing {package} with apt-get");
+    let quiet = ["-qq", "-o", "Dpkg::Use-Pty=0"];
+    let update = Command::new("apt-get").arg("update").args(quiet).status()?;
+    let install = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(quiet)
+        .arg(package)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !update.success() || !install.success() || !present() {
+        bail!("installing {package} failed");
+    }
+    Ok(())
+}
 
 fn have(program: &str) -> bool {
     Command::new(program).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
@@ -31,23 +62,11 @@ pub fn ensure() -> Result<()> {
         }
     }
     if !have(QEMU) {
-        if !is_root() {
-            bail!(
-                "{QEMU} is missing: install the Debian package `{QEMU_PACKAGE}` (sudo apt-get install {QEMU_PACKAGE})"
-            );
-        }
-        eprintln!("setup: installing {QEMU_PACKAGE} with apt-get");
-        let quiet = ["-qq", "-o", "Dpkg::Use-Pty=0"];
-        let update = Command::new("apt-get").arg("update").args(quiet).status()?;
-        let install = Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(quiet)
-            .arg(QEMU_PACKAGE)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()?;
-        if !update.success() || !install.success() || !have(QEMU) {
-            bail!("installing {QEMU_PACKAGE} failed");
-        }
+        apt_install(QEMU_PACKAGE, || have(QEMU))?;
+    }
+    // The storage tests make and check ext2 images with the host's tools.
+    if e2fsprogs("mkfs.ext2").is_none() {
+        apt_install(E2FSPROGS_PACKAGE, || e2fsprogs("mkfs.ext2").is_some())?;
     }
     Ok(())
 }
