@@ -206,6 +206,19 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "sync")
         },
         VmTest {
+            name: "sync_lifetime-2",
+            memory_mib: 256,
+            expect: &["sync_lifetime: all checks passed"],
+            ..vm("vm-tests", "sync_lifetime")
+        },
+        VmTest {
+            name: "sync_lifetime-4",
+            cpus: 4,
+            memory_mib: 256,
+            expect: &["sync_lifetime: all checks passed"],
+            ..vm("vm-tests", "sync_lifetime")
+        },
+        VmTest {
             name: "pingpong-2",
             command_line: "rounds=2000",
             expect: &["pingpong: 2 threads", "ns per hop", "cpu 1: sent 100000 messages to cpu 0"],
