@@ -316,6 +316,12 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     "toro::sync::mutex::wait_job",
     "toro::sync::mutex::notify_job",
     "toro::sync::mutex::Condvar::notify",
+    "toro::sync::mutex::RawMutex::try_lock",
+    "toro::sync::mutex::try_lock_job",
+    "toro::sync::mutex::mutex_free_job",
+    "toro::sync::mutex::condvar_free_job",
+    "toro::sync::mutex::install_job",
+    "toro::sync::on_home",
 ];
 /// The image the lock check disassembles: one that uses all those paths.
 const LOCK_CHECK_IMAGE: &str = "sync";

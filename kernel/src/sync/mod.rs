@@ -22,4 +22,20 @@ mod mutex;
 pub(crate) mod spin;
 
 pub use channel::{channel, Receiver, RecvError, SendError, Sender, TryRecvError};
-pub use mutex::{Condvar, Mutex, MutexGuard};
+pub use mutex::{Condvar, Mutex, MutexGuard, TryLockError, TryLockResult};
+
+use crate::arch::percpu;
+use crate::cpu::{self as messages, Job};
+
+/// Runs the job `run(data, extra)` on CPU `home`: directly if we are
+/// there, else as a message (`what` names the object for the panic when
+/// `home` cannot be reached).
+#[inline(never)]
+fn on_home(home: usize, run: unsafe fn(*mut u8, u64), data: *mut u8, extra: u64, what: &str) {
+    if percpu::current_index() == home {
+        // SAFETY: a job function, run on its CPU.
+        unsafe { run(data, extra) };
+    } else if let Err(error) = messages::send(home, Job { run, data, extra }) {
+        panic!("{what}: cannot reach its home cpu {home}: {error}");
+    }
+}

@@ -1,34 +1,84 @@
-//! `Mutex` and `Condvar` with a home CPU (see the module docs of `sync`).
+//! `Mutex` and `Condvar` with a home CPU (see the module docs of `sync`
+//! and `docs/sync.md`).
+//!
+//! # Lifetimes of what messages point to
+//!
+//! A message to the home CPU may still be in flight when the `Mutex` or
+//! `Condvar` it is about has been dropped and its memory reused. So no
+//! message points into them: each keeps its home-side state in a block of
+//! its own (`RawMutex`, `CondvarBlock`), allocated at first use and freed
+//! only by the home CPU, and only once no message for it is in flight:
+//!
+//! - Messages that wait for an answer (lock, try-lock, wait, install)
+//!   come from a thread that borrows the object until the home CPU answered;
+//!   the answer is the last thing the home CPU does with the request.
+//! - The only fire-and-forget message to a mutex is the unlock from another
+//!   CPU, and at most one is in flight: the mutex stays locked at home until
+//!   it arrives, so nobody can take it and send another. When the `Mutex`
+//!   is dropped, its block is freed at once if it is unlocked at home, or
+//!   by that one late unlock.
+//! - Notifications are fire-and-forget and several may be in flight from
+//!   several CPUs. Each CPU counts those it sent (a counter only it
+//!   writes) and the home CPU counts those it ran, per CPU; the block is
+//!   freed when the `Condvar` is gone and every count matches. No
+//!   read-modify-write is shared between CPUs.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
+use super::on_home;
 use crate::arch::percpu;
-use crate::cpu::{self as messages, Job};
 use crate::thread::scheduler::{self, Control};
 
-/// A thread asking for the lock; lives on its stack while it waits.
+/// A request not answered yet.
+const PENDING: u8 = 0;
+/// The lock is the requester's (or the install is done).
+const GRANTED: u8 = 1;
+/// A try-lock found the mutex held.
+const REFUSED: u8 = 2;
+
+/// A thread asking the home CPU for something; lives on its stack while
+/// it waits for the answer.
 struct Request {
     thread: *mut Control,
     epoch: u64,
-    granted: AtomicBool,
+    answer: AtomicU8,
 }
 
 impl Request {
     fn for_current_thread() -> Self {
-        Self { thread: scheduler::current(), epoch: scheduler::begin_wait(), granted: AtomicBool::new(false) }
+        Self { thread: scheduler::current(), epoch: scheduler::begin_wait(), answer: AtomicU8::new(PENDING) }
     }
 
-    fn wait(&self) {
-        while !self.granted.load(Ordering::Acquire) {
+    /// Blocks until answered; returns the answer.
+    fn wait(&self) -> u8 {
+        loop {
+            let answer = self.answer.load(Ordering::Acquire);
+            if answer != PENDING {
+                return answer;
+            }
             scheduler::block();
         }
     }
 }
 
-/// The lock itself, apart from the value (so the jobs need no type).
+/// Home CPU: answers `request` (its thread wakes with the answer).
+fn answer(request: *const Request, answer: u8) {
+    // SAFETY: the requester waits (on its stack) until answered; read its
+    // fields before answering, after which the request may be gone.
+    unsafe {
+        let (thread, epoch) = ((*request).thread, (*request).epoch);
+        (*request).answer.store(answer, Ordering::Release);
+        scheduler::wake(thread, epoch);
+    }
+}
+
+/// A mutex's home-side state (see the module docs): made at first use,
+/// freed by the home CPU.
 struct RawMutex {
     home: usize,
     /// Home CPU only.
@@ -37,20 +87,23 @@ struct RawMutex {
 
 struct LockState {
     locked: bool,
+    /// The `Mutex` is gone; free the block when it is unlocked.
+    orphaned: bool,
     waiters: VecDeque<*const Request>,
 }
 
 impl RawMutex {
+    fn new_block(home: usize) -> *mut RawMutex {
+        Box::into_raw(Box::new(RawMutex {
+            home,
+            state: UnsafeCell::new(LockState { locked: false, orphaned: false, waiters: VecDeque::new() }),
+        }))
+    }
+
     /// Runs `run(self, argument)` on the home CPU: directly if we are there.
     #[inline(never)]
     fn on_home(&self, run: unsafe fn(*mut u8, u64), argument: u64) {
-        let data = self as *const Self as *mut u8;
-        if percpu::current_index() == self.home {
-            // SAFETY: a job function, run on its CPU.
-            unsafe { run(data, argument) };
-        } else if let Err(error) = messages::send(self.home, Job { run, data, extra: argument }) {
-            panic!("mutex: cannot reach its home cpu {}: {error}", self.home);
-        }
+        on_home(self.home, run, self as *const Self as *mut u8, argument, "mutex");
     }
 
     #[inline(never)]
@@ -69,6 +122,22 @@ impl RawMutex {
         request.wait();
     }
 
+    /// Takes the lock if it is free now; from another CPU this asks the
+    /// home CPU and waits for its answer (not for the lock).
+    #[inline(never)]
+    fn try_lock(&self) -> bool {
+        if percpu::current_index() == self.home {
+            // SAFETY: as in `lock`.
+            let state = unsafe { &mut *self.state.get() };
+            let free = !state.locked;
+            state.locked = true;
+            return free;
+        }
+        let request = Request::for_current_thread();
+        self.on_home(try_lock_job, &request as *const Request as u64);
+        request.wait() == GRANTED
+    }
+
     /// Home CPU: gives the lock to `request` now or queues it.
     fn acquire_for(&self, request: *const Request) {
         // SAFETY: home CPU only.
@@ -77,104 +146,227 @@ impl RawMutex {
             state.waiters.push_back(request);
         } else {
             state.locked = true;
-            grant(request);
+            answer(request, GRANTED);
         }
     }
 
-    /// Home CPU: passes the lock to the next waiter, or frees it.
-    fn release(&self) {
-        // SAFETY: home CPU only.
-        let state = unsafe { &mut *self.state.get() };
+    /// Home CPU: passes the lock to the next waiter, or frees it (and the
+    /// block itself if its `Mutex` is gone). The last use of `this`.
+    ///
+    /// # Safety
+    /// Home CPU, `this` live.
+    unsafe fn release(this: *const RawMutex) {
+        // SAFETY: home CPU only, live (the caller's promise).
+        let state = unsafe { &mut *(*this).state.get() };
         match state.waiters.pop_front() {
             // Ownership passes straight to the next waiter (FIFO, no barging).
-            Some(next) => grant(next),
-            None => state.locked = false,
+            Some(next) => answer(next, GRANTED),
+            None => {
+                state.locked = false;
+                if state.orphaned {
+                    // SAFETY: the `Mutex` is gone and this was the last
+                    // message for it (see the module docs).
+                    drop(unsafe { Box::from_raw(this as *mut RawMutex) });
+                }
+            }
         }
-    }
-}
-
-/// Home CPU: hands the lock to `request` (its thread wakes holding it).
-fn grant(request: *const Request) {
-    // SAFETY: the requester waits (on its stack) until `granted`; read its
-    // fields before setting it, after which the request may be gone.
-    unsafe {
-        let (thread, epoch) = ((*request).thread, (*request).epoch);
-        (*request).granted.store(true, Ordering::Release);
-        scheduler::wake(thread, epoch);
     }
 }
 
 unsafe fn lock_job(data: *mut u8, request: u64) {
-    // SAFETY: run on the home CPU; the request lives until granted.
+    // SAFETY: run on the home CPU; the request lives until answered.
     unsafe { (*(data as *const RawMutex)).acquire_for(request as *const Request) };
 }
 
+unsafe fn try_lock_job(data: *mut u8, request: u64) {
+    // SAFETY: home CPU only; the request lives until answered.
+    let state = unsafe { &mut *(*(data as *const RawMutex)).state.get() };
+    if state.locked {
+        answer(request as *const Request, REFUSED);
+    } else {
+        state.locked = true;
+        answer(request as *const Request, GRANTED);
+    }
+}
+
 unsafe fn unlock_job(data: *mut u8, _: u64) {
-    // SAFETY: run on the home CPU.
-    unsafe { (*(data as *const RawMutex)).release() };
+    // SAFETY: run on the home CPU; the block lives until this unlock (its
+    // `Mutex` cannot be dropped while locked, and an orphaned block is
+    // freed by this very release).
+    unsafe { RawMutex::release(data as *const RawMutex) };
+}
+
+/// Home CPU: the `Mutex` is gone; free its block now, or at the unlock
+/// still in flight.
+unsafe fn mutex_free_job(data: *mut u8, _: u64) {
+    let block = data as *mut RawMutex;
+    // SAFETY: home CPU only; nothing else refers to the block but the one
+    // unlock that may still be in flight (see the module docs).
+    unsafe {
+        let state = &mut *(*block).state.get();
+        if state.locked {
+            state.orphaned = true;
+        } else {
+            drop(Box::from_raw(block));
+        }
+    }
+}
+
+/// The home of a mutex made by `Mutex::new`: decided at first use.
+const UNDECIDED: usize = usize::MAX;
+/// The CPU that decides the home of a `Mutex::new` mutex at its first use
+/// (the boot CPU, which every application has).
+const ARBITER: usize = 0;
+
+/// A request to make a mutex's block, sent to its home (or, for a home
+/// decided at first use, to `ARBITER`).
+struct Install {
+    block: *const AtomicPtr<RawMutex>,
+    home: usize,
+    request: Request,
+}
+
+/// Makes the block if there is none yet; runs on the one CPU that installs
+/// blocks for this mutex, so there is no race to lose.
+unsafe fn install_job(data: *mut u8, _: u64) {
+    let install = data as *const Install;
+    // SAFETY: the requester waits for the answer, borrowing the mutex.
+    unsafe {
+        let slot = &*(*install).block;
+        if slot.load(Ordering::Acquire).is_null() {
+            slot.store(RawMutex::new_block((*install).home), Ordering::Release);
+        }
+        answer(&(*install).request, GRANTED);
+    }
 }
 
 /// A mutual-exclusion lock usable from any CPU, with no locked
-/// instruction. Its state is kept by its home CPU (where `new` ran, or the
-/// one given to `new_on`).
-pub struct Mutex<T> {
-    raw: RawMutex,
+/// instruction. Its state is kept by its home CPU: the CPU of its first
+/// use (`new`, `const`, usable in a `static`) or the one given to `new_on`.
+///
+/// No poisoning: a panic ends the whole VM (there is no unwinding), so no
+/// thread ever sees a mutex a panicking thread left behind; `lock` returns
+/// the guard itself and `try_lock` fails only with `WouldBlock`.
+pub struct Mutex<T: ?Sized> {
+    home: usize,
+    /// The home-side state, made at first use (see the module docs).
+    block: AtomicPtr<RawMutex>,
     value: UnsafeCell<T>,
 }
 
 // SAFETY: the value is reached only through a guard, handed to one thread
 // at a time by the home CPU; the state is touched only on the home CPU.
-unsafe impl<T: Send> Sync for Mutex<T> {}
+unsafe impl<T: ?Sized + Send> Sync for Mutex<T> {}
 // SAFETY: as above.
-unsafe impl<T: Send> Send for Mutex<T> {}
+unsafe impl<T: ?Sized + Send> Send for Mutex<T> {}
 
 /// Holds the lock; unlocks when dropped.
-pub struct MutexGuard<'a, T> {
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct MutexGuard<'a, T: ?Sized> {
     mutex: &'a Mutex<T>,
 }
 
+// SAFETY: a guard gives `&T` to whoever holds it, like std's.
+unsafe impl<T: ?Sized + Sync> Sync for MutexGuard<'_, T> {}
+
+/// Why `try_lock` gave no guard. Like std's, minus `Poisoned` (no
+/// poisoning, see `Mutex`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryLockError {
+    /// The lock is held by another thread.
+    WouldBlock,
+}
+
+impl core::fmt::Display for TryLockError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("try_lock failed because the operation would block")
+    }
+}
+
+impl core::error::Error for TryLockError {}
+
+/// What `try_lock` returns, like std's.
+pub type TryLockResult<Guard> = Result<Guard, TryLockError>;
+
 impl<T> Mutex<T> {
-    /// A mutex homed on the calling CPU.
-    pub fn new(value: T) -> Self {
-        Self::new_on(percpu::current_index(), value)
+    /// A mutex whose home is the CPU that first locks it (`const`: usable
+    /// in a `static`). That first use asks CPU 0, which decides homes
+    /// one at a time, unless it runs there.
+    pub const fn new(value: T) -> Self {
+        Self { home: UNDECIDED, block: AtomicPtr::new(core::ptr::null_mut()), value: UnsafeCell::new(value) }
     }
 
     /// A mutex homed on CPU `home` (`const`, for statics).
     pub const fn new_on(home: usize, value: T) -> Self {
-        Self {
-            raw: RawMutex { home, state: UnsafeCell::new(LockState { locked: false, waiters: VecDeque::new() }) },
-            value: UnsafeCell::new(value),
-        }
+        Self { home, block: AtomicPtr::new(core::ptr::null_mut()), value: UnsafeCell::new(value) }
     }
 
-    /// The home CPU.
+    pub fn into_inner(self) -> T {
+        let this = core::mem::ManuallyDrop::new(self);
+        this.release_block();
+        // SAFETY: read once from a value that is not dropped (ManuallyDrop).
+        unsafe { core::ptr::read(&this.value) }.into_inner()
+    }
+}
+
+impl<T: ?Sized> Mutex<T> {
+    /// The home CPU (deciding it now if this is the first use).
     pub fn home(&self) -> usize {
-        self.raw.home
+        self.raw().home
+    }
+
+    /// The home-side state, made at first use.
+    #[inline]
+    fn raw(&self) -> &RawMutex {
+        let block = self.block.load(Ordering::Acquire);
+        if block.is_null() {
+            return self.install();
+        }
+        // SAFETY: freed only after this `Mutex` is gone.
+        unsafe { &*block }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn install(&self) -> &RawMutex {
+        let here = percpu::current_index();
+        let (installer, home) = match self.home {
+            UNDECIDED => (ARBITER, here),
+            home => (home, home),
+        };
+        let install = Install { block: &self.block, home, request: Request::for_current_thread() };
+        let data = &install as *const Install as *mut u8;
+        on_home(installer, install_job, data, 0, "mutex");
+        install.request.wait();
+        // SAFETY: installed (acquire) and freed only after we are gone.
+        unsafe { &*self.block.load(Ordering::Acquire) }
+    }
+
+    /// Hands the block to its home CPU to free (after any unlock in flight).
+    fn release_block(&self) {
+        let block = self.block.load(Ordering::Acquire);
+        if !block.is_null() {
+            // SAFETY: live until the job below runs.
+            let home = unsafe { (*block).home };
+            on_home(home, mutex_free_job, block as *mut u8, 0, "mutex");
+        }
     }
 
     /// Waits for the lock.
     pub fn lock(&self) -> MutexGuard<'_, T> {
-        self.raw.lock();
+        self.raw().lock();
         MutexGuard { mutex: self }
     }
 
-    /// The lock if it is free now, on the home CPU; `None` elsewhere or if
-    /// it is held (asking the home CPU would mean waiting).
-    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        if percpu::current_index() != self.raw.home {
-            return None;
+    /// The lock if it is free now. From a CPU other than the home, the
+    /// home CPU answers (a message round trip); the thread waits for that
+    /// answer, never for the lock.
+    pub fn try_lock(&self) -> TryLockResult<MutexGuard<'_, T>> {
+        if self.raw().try_lock() {
+            Ok(MutexGuard { mutex: self })
+        } else {
+            Err(TryLockError::WouldBlock)
         }
-        // SAFETY: on the home CPU, see `RawMutex::lock`.
-        let state = unsafe { &mut *self.raw.state.get() };
-        if state.locked {
-            return None;
-        }
-        state.locked = true;
-        Some(MutexGuard { mutex: self })
-    }
-
-    pub fn into_inner(self) -> T {
-        self.value.into_inner()
     }
 
     pub fn get_mut(&mut self) -> &mut T {
@@ -182,7 +374,31 @@ impl<T> Mutex<T> {
     }
 }
 
-impl<T> Deref for MutexGuard<'_, T> {
+impl<T: ?Sized> Drop for Mutex<T> {
+    fn drop(&mut self) {
+        self.release_block();
+    }
+}
+
+impl<T: Default> Default for Mutex<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T> From<T> for Mutex<T> {
+    fn from(value: T) -> Self {
+        Self::new(value)
+    }
+}
+
+impl<T: ?Sized> core::fmt::Debug for Mutex<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Mutex").field("home", &self.home).finish_non_exhaustive()
+    }
+}
+
+impl<T: ?Sized> Deref for MutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the guard holds the lock.
@@ -190,34 +406,70 @@ impl<T> Deref for MutexGuard<'_, T> {
     }
 }
 
-impl<T> DerefMut for MutexGuard<'_, T> {
+impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the guard holds the lock.
         unsafe { &mut *self.mutex.value.get() }
     }
 }
 
-impl<T> Drop for MutexGuard<'_, T> {
+impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
-        self.mutex.raw.on_home(unlock_job, 0);
+        // The last use of the mutex by this guard: the block outlives the
+        // message (see the module docs).
+        self.mutex.raw().on_home(unlock_job, 0);
     }
 }
 
-/// A condition variable for one `Mutex` (its waiters are kept by that
-/// mutex's home CPU).
-pub struct Condvar {
-    /// The home CPU of the mutex it is used with (set at first use).
-    home: AtomicUsize,
-    /// Home CPU only: waiters and the mutex each will take back.
-    waiters: UnsafeCell<VecDeque<(*const Request, *const RawMutex)>>,
+impl<T: ?Sized + core::fmt::Debug> core::fmt::Debug for MutexGuard<'_, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        (**self).fmt(f)
+    }
 }
 
-// SAFETY: `waiters` is touched only on the home CPU.
+/// A condition variable for one home CPU's mutexes (its waiters are kept
+/// by that CPU).
+pub struct Condvar {
+    /// The home-side state, made by the home CPU at the first wait.
+    block: AtomicPtr<CondvarBlock>,
+}
+
+/// A waiter and the mutex it takes back when notified.
+#[derive(Clone, Copy)]
+struct Waiting {
+    request: *const Request,
+    mutex: *const RawMutex,
+}
+
+/// A condition variable's home-side state (see the module docs).
+struct CondvarBlock {
+    home: usize,
+    /// Home CPU only.
+    waiters: UnsafeCell<VecDeque<Waiting>>,
+    /// Per CPU: notifications that CPU sent here (written by it alone).
+    sent: Vec<AtomicU32>,
+    /// Home CPU only: per CPU, notifications from it that ran.
+    ran: UnsafeCell<Vec<u32>>,
+    /// Home CPU only: the `Condvar` is gone.
+    orphaned: UnsafeCell<bool>,
+}
+
+impl CondvarBlock {
+    /// Home CPU: whether no notification for it is in flight.
+    ///
+    /// # Safety
+    /// Home CPU.
+    unsafe fn settled(&self) -> bool {
+        // SAFETY: home CPU only.
+        let ran = unsafe { &*self.ran.get() };
+        self.sent.iter().zip(ran).all(|(sent, ran)| sent.load(Ordering::Acquire) == *ran)
+    }
+}
+
+// SAFETY: the home-only fields are touched only on the home CPU.
 unsafe impl Sync for Condvar {}
 // SAFETY: as above.
 unsafe impl Send for Condvar {}
-
-const NO_HOME: usize = usize::MAX;
 
 struct WaitArguments {
     condvar: *const Condvar,
@@ -226,25 +478,30 @@ struct WaitArguments {
 
 impl Condvar {
     pub const fn new() -> Self {
-        Self { home: AtomicUsize::new(NO_HOME), waiters: UnsafeCell::new(VecDeque::new()) }
+        Self { block: AtomicPtr::new(core::ptr::null_mut()) }
     }
 
     /// Unlocks, waits for a notification, and holds the lock again when it
     /// returns. The unlock and the enqueueing happen together on the home
     /// CPU, so no notification in between is missed.
-    pub fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    pub fn wait<'a, T: ?Sized>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
         let mutex = guard.mutex;
-        self.bind(mutex.raw.home);
+        let raw = mutex.raw();
+        let block = self.block.load(Ordering::Acquire);
+        // SAFETY: freed only after this `Condvar` is gone.
+        if !block.is_null() && unsafe { (*block).home } != raw.home {
+            panic!("a Condvar must be used with mutexes of one home CPU");
+        }
         core::mem::forget(guard);
         let request = Request::for_current_thread();
         let arguments = WaitArguments { condvar: self, request: &request };
-        mutex.raw.on_home(wait_job, &arguments as *const WaitArguments as u64);
+        raw.on_home(wait_job, &arguments as *const WaitArguments as u64);
         request.wait();
         MutexGuard { mutex }
     }
 
     /// Waits while `condition` holds, like `std`'s `wait_while`.
-    pub fn wait_while<'a, T>(
+    pub fn wait_while<'a, T: ?Sized>(
         &self,
         mut guard: MutexGuard<'a, T>,
         mut condition: impl FnMut(&mut T) -> bool,
@@ -253,16 +510,6 @@ impl Condvar {
             guard = self.wait(guard);
         }
         guard
-    }
-
-    fn bind(&self, home: usize) {
-        let bound = self.home.load(Ordering::Relaxed);
-        if bound == NO_HOME {
-            // Every first user stores the same value: no race to lose.
-            self.home.store(home, Ordering::Relaxed);
-        } else {
-            assert_eq!(bound, home, "a Condvar must be used with mutexes of one home CPU");
-        }
     }
 
     /// Wakes one waiter (which then takes the mutex back).
@@ -277,17 +524,21 @@ impl Condvar {
 
     #[inline(never)]
     fn notify(&self, all: bool) {
-        let home = self.home.load(Ordering::Relaxed);
-        if home == NO_HOME {
+        let block = self.block.load(Ordering::Acquire);
+        if block.is_null() {
             return; // never waited on: nothing to wake
         }
-        let data = self as *const Self as *mut u8;
-        if home == percpu::current_index() {
-            // SAFETY: a job function, run on its CPU.
-            unsafe { notify_job(data, all as u64) };
-        } else if let Err(error) = messages::send(home, Job { run: notify_job, data, extra: all as u64 }) {
-            panic!("condvar: cannot reach its home cpu {home}: {error}");
+        let here = percpu::current_index();
+        // SAFETY: freed only after this `Condvar` is gone (and after every
+        // notification counted below has run).
+        let shared = unsafe { &*block };
+        let home = shared.home;
+        if here != home {
+            // Only this CPU writes its own counter: a load and a store.
+            let sent = &shared.sent[here];
+            sent.store(sent.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
         }
+        on_home(home, notify_job, block as *mut u8, ((here as u64) << 1) | all as u64, "condvar");
     }
 }
 
@@ -297,30 +548,81 @@ impl Default for Condvar {
     }
 }
 
+impl core::fmt::Debug for Condvar {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Condvar").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Condvar {
+    fn drop(&mut self) {
+        let block = self.block.load(Ordering::Acquire);
+        if !block.is_null() {
+            // SAFETY: live until the job below frees it.
+            let home = unsafe { (*block).home };
+            on_home(home, condvar_free_job, block as *mut u8, 0, "condvar");
+        }
+    }
+}
+
 unsafe fn wait_job(data: *mut u8, arguments: u64) {
-    // SAFETY: home CPU; the waiter keeps `arguments` and the request alive
-    // until granted.
+    // SAFETY: home CPU; the waiter keeps `arguments`, the request, the
+    // condition variable and the mutex alive until answered.
     unsafe {
         let mutex = data as *const RawMutex;
         let arguments = &*(arguments as *const WaitArguments);
-        (*(*arguments.condvar).waiters.get()).push_back((arguments.request, mutex));
-        (*mutex).release();
+        let slot = &(*arguments.condvar).block;
+        let mut block = slot.load(Ordering::Acquire);
+        if block.is_null() {
+            let cpus = crate::cpu::count();
+            block = Box::into_raw(Box::new(CondvarBlock {
+                home: (*mutex).home,
+                waiters: UnsafeCell::new(VecDeque::new()),
+                sent: (0..cpus).map(|_| AtomicU32::new(0)).collect(),
+                ran: UnsafeCell::new(alloc::vec![0; cpus]),
+                orphaned: UnsafeCell::new(false),
+            }));
+            slot.store(block, Ordering::Release);
+        }
+        (*(*block).waiters.get()).push_back(Waiting { request: arguments.request, mutex });
+        RawMutex::release(mutex);
     }
 }
 
 /// Home CPU: moves waiters from the condvar to their mutex's queue (or
 /// gives them the mutex if it is free).
-unsafe fn notify_job(data: *mut u8, all: u64) {
+unsafe fn notify_job(data: *mut u8, extra: u64) {
+    let block = data as *mut CondvarBlock;
+    let (source, all) = ((extra >> 1) as usize, extra & 1 != 0);
+    // SAFETY: home CPU only; the block lives until every notification
+    // counted in `sent` has run (see the module docs).
+    unsafe {
+        let waiters = &mut *(*block).waiters.get();
+        let count = if all { waiters.len() } else { waiters.len().min(1) };
+        for waiting in waiters.drain(..count) {
+            // The mutex outlives its waiters (they hold its guard's lifetime).
+            (*waiting.mutex).acquire_for(waiting.request);
+        }
+        if source != (*block).home {
+            let ran = &mut *(*block).ran.get();
+            ran[source] = ran[source].wrapping_add(1);
+            if *(*block).orphaned.get() && (*block).settled() {
+                drop(Box::from_raw(block));
+            }
+        }
+    }
+}
+
+/// Home CPU: the `Condvar` is gone; free its block now or when the last
+/// notification in flight has run.
+unsafe fn condvar_free_job(data: *mut u8, _: u64) {
+    let block = data as *mut CondvarBlock;
     // SAFETY: home CPU only.
-    let condvar = unsafe { &*(data as *const Condvar) };
-    // SAFETY: as above.
-    let waiters = unsafe { &mut *condvar.waiters.get() };
-    let count = if all != 0 { waiters.len() } else { waiters.len().min(1) };
-    for _ in 0..count {
-        if let Some((request, mutex)) = waiters.pop_front() {
-            // SAFETY: the mutex outlives its waiters (they hold its guard's
-            // lifetime); home CPU.
-            unsafe { (*mutex).acquire_for(request) };
+    unsafe {
+        if (*block).settled() {
+            drop(Box::from_raw(block));
+        } else {
+            *(*block).orphaned.get() = true;
         }
     }
 }

@@ -7,7 +7,7 @@ use toro::alloc::boxed::Box;
 use toro::alloc::collections::VecDeque;
 use toro::alloc::sync::Arc;
 use toro::alloc::vec::Vec;
-use toro::sync::{channel, Condvar, Mutex};
+use toro::sync::{channel, Condvar, Mutex, TryLockError};
 use toro::thread;
 use toro::{cpu, println};
 
@@ -104,6 +104,32 @@ fn main() -> i32 {
     workers.into_iter().for_each(|w| w.join());
     ok &= check(*counter.lock() == 2 * cpus as u64 * 500, "mutex increments all counted");
     println!("mutex: {} increments from {} threads", *counter.lock(), 2 * cpus);
+
+    // A static mutex (const `new`), homed where it is first used.
+    static TOTAL: Mutex<u64> = Mutex::new(0);
+    let adders: Vec<_> = (0..cpus).map(|n| thread::spawn_on(n, move || *TOTAL.lock() += n as u64 + 1)).collect();
+    adders.into_iter().for_each(|a| a.join());
+    ok &= check(*TOTAL.lock() == (cpus * (cpus + 1) / 2) as u64, "static mutex sums every CPU's share");
+    println!("static mutex: homed on cpu {}", TOTAL.home());
+
+    // try_lock from every CPU: refused while held, granted once free.
+    let held = Arc::new(Mutex::new_on(0, 0u32));
+    let guard = held.lock();
+    let refused = (0..cpus)
+        .map(|n| {
+            let held = held.clone();
+            thread::spawn_on(n, move || matches!(held.try_lock(), Err(TryLockError::WouldBlock))).join()
+        })
+        .all(|refused| refused);
+    drop(guard);
+    let granted = (0..cpus)
+        .map(|n| {
+            let held = held.clone();
+            thread::spawn_on(n, move || held.try_lock().map(|mut g| *g += 1).is_ok()).join()
+        })
+        .all(|granted| granted);
+    ok &= check(refused && granted && *held.lock() == cpus as u32, "try_lock refused while held, granted when free");
+    println!("try_lock: from {cpus} cpus");
 
     // Condvar: a queue fed from one CPU, drained on another.
     let queue = Arc::new((Mutex::new(VecDeque::new()), Condvar::new()));
