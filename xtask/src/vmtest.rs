@@ -307,8 +307,16 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     // channel send (wake-up) and the end-of-channel clean-up; mutex and
     // condition variable requests and their handling on the home CPU
     "toro::sync::channel::wake_receiver",
-    "toro::sync::channel::report_drop",
-    "toro::sync::channel::dropped_job",
+    "toro::sync::channel::SenderInner<T>::send",
+    "toro::sync::channel::SenderInner<T>::split",
+    "toro::sync::channel::Receiver<T>::pop",
+    "toro::sync::channel::Receiver<T>::receive",
+    "toro::sync::channel::Select::ready_until",
+    "toro::sync::channel::wait_for_room",
+    "toro::sync::channel::wait_ready",
+    "toro::sync::channel::more_weight_job",
+    "toro::sync::channel::weight_back_job",
+    "toro::sync::channel::receiver_gone_job",
     "toro::sync::mutex::RawMutex::lock",
     "toro::sync::mutex::RawMutex::on_home",
     "toro::sync::mutex::lock_job",

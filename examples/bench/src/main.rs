@@ -187,8 +187,8 @@ fn spawn_join(cpu: usize, plan: Plan) -> Tenths {
 /// One-way latency of a `u64` message between CPU 0 and CPU 1: ping-pong
 /// over two channels, round trip / 2.
 fn message_latency(plan: Plan) -> Tenths {
-    let (mut to_partner, mut partner_inbox) = channel::<u64>();
-    let (mut partner_outbox, mut from_partner) = channel::<u64>();
+    let (to_partner, partner_inbox) = channel::<u64>();
+    let (partner_outbox, from_partner) = channel::<u64>();
     let partner = thread::spawn_on(OTHER, move || {
         while let Ok(value) = partner_inbox.recv() {
             if value == END {
@@ -199,7 +199,7 @@ fn message_latency(plan: Plan) -> Tenths {
             }
         }
     });
-    let mut round_trip = |value: u64| {
+    let round_trip = |value: u64| {
         to_partner.send(value).expect("partner alive");
         from_partner.recv().expect("partner alive")
     };
@@ -224,7 +224,7 @@ fn message_latency(plan: Plan) -> Tenths {
 /// `u64` messages per second from a sender on CPU 1 to `main` on CPU 0,
 /// from the first message received to the last.
 fn channel_throughput(plan: Plan) -> u64 {
-    let (mut sender, mut receiver) = channel::<u64>();
+    let (sender, receiver) = channel::<u64>();
     let target = plan.target_ns;
     let producer = thread::spawn_on(OTHER, move || {
         let start = now_ns();

@@ -29,8 +29,8 @@ fn main() -> i32 {
     let start = Instant::now();
     let mut threads = Vec::new();
     for index in 0..cpus {
-        let mut to_next = senders[index].take().expect("one sender each");
-        let mut from_previous = receivers[(index + cpus - 1) % cpus].take().expect("one receiver each");
+        let to_next = senders[index].take().expect("one sender each");
+        let from_previous = receivers[(index + cpus - 1) % cpus].take().expect("one receiver each");
         threads.push(thread::spawn_on(index, move || {
             // The token carries its round; thread 0 starts each round.
             if index == 0 {

@@ -1,38 +1,86 @@
-//! `channel()`: one sender, one receiver, unbounded, across CPUs.
+//! Channels shaped like `std::sync::mpsc`: `channel()` (unbounded) and
+//! `sync_channel(bound)`, many senders on many CPUs, one receiver, with no
+//! locked instruction anywhere.
 //!
-//! Values live in segments of `SEGMENT` slots linked in a list: the sender
-//! fills the tail segment and publishes how many slots are written
-//! (release); the receiver reads up to that count (acquire) and frees a
-//! segment once past it. A value moves into its slot and out again: a
-//! `Box` or `Vec` payload is never copied, only its pointer.
+//! # Lanes
 //!
-//! The shared part is freed when both ends are gone. Deciding "the other
-//! end is gone too" takes one read-modify-write between two CPUs, which
-//! Toro avoids: instead both ends report their drop to the channel's home
-//! CPU (where it was made) by message, and that CPU, counting alone,
-//! frees it.
+//! Each CPU that sends on a channel has a lane of its own: a queue of
+//! segments of `SEGMENT` slots written only by that CPU and read only by
+//! the receiver (single producer, single consumer). Every sender running on
+//! a CPU writes that CPU's lane; scheduling is cooperative and `send` does
+//! not yield between claiming a slot and publishing it, so the senders of
+//! one CPU never interleave. A lane counts the values written (by its CPU,
+//! `Release` after the value) and taken (by the receiver); the receiver
+//! reads a slot only below `written`. A value moves into its slot and out
+//! again: a `Box` payload is never copied, only its pointer.
+//!
+//! # Order per sender
+//!
+//! A sender that moved to another CPU since its last value writes to a new
+//! lane; its earlier values may still wait in the old one. So a value whose
+//! sender changed lanes carries a mark (the old lane, how many values that
+//! lane held after the sender's last one there); the receiver takes it only
+//! once it has taken that many from the old lane, and turns to the old lane
+//! first. Marks cannot form a cycle: each one points to values written
+//! before (in happens-before order) the value that carries it.
+//!
+//! # Disconnection without a shared counter
+//!
+//! Counting senders would take a read-modify-write between CPUs. Instead
+//! senders hold weights (weighted reference counting): the first has
+//! `FULL_WEIGHT`; a clone takes half of its parent's (no message); a
+//! sender with weight 1 asks the home CPU (where the channel was made) for
+//! more and waits for the answer. A dropped sender sends its weight back
+//! to the home CPU, which alone keeps the weight still out; when it
+//! reaches zero every sender is gone. A clone dropped on another CPU may
+//! report before its parent: its weight was part of what is out, so the
+//! count never reaches zero early. The home CPU frees the channel once the
+//! receiver has reported its drop too; each end's report is its last use.
+//!
+//! # Bounds
+//!
+//! `sync_channel(bound)` bounds each lane: a sender waits while its CPU's
+//! lane holds `bound` values (so at most `bound` per sending CPU are
+//! buffered: an exact bound over all CPUs would need the CPUs to agree,
+//! which takes a read-modify-write or a round trip per value). With bound 0
+//! a send waits until the receiver has taken its value (a rendezvous).
 
 use alloc::boxed::Box;
-use core::cell::UnsafeCell;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::cell::{Cell, UnsafeCell};
+use core::marker::PhantomData;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::time::Duration;
 
 use toro_core::wake::WaiterSlot;
 
+use super::on_home;
 use crate::arch::percpu;
-use crate::cpu::{self as messages, full_fence, Job};
+use crate::cpu::{self as messages, full_fence};
 use crate::thread::scheduler;
+use crate::time::Instant;
 
 /// Values per segment.
 const SEGMENT: usize = 32;
 /// How long `recv` polls before blocking when its CPU has nothing else to
 /// run (about 10-20 us at 2-3 GHz).
 const RECEIVE_SPIN_TICKS: u64 = 40_000;
+/// The weight of a channel's first sender (see the module docs).
+const FULL_WEIGHT: u64 = 1 << 62;
+/// Bits of a mark that hold the position; the lane is above them.
+const MARK_POSITION_BITS: u32 = 56;
+
+/// A value and its mark: 0, or (old lane << 56) | count the old lane must
+/// have been taken up to first.
+struct Slot<T> {
+    value: T,
+    mark: u64,
+}
 
 struct Segment<T> {
-    slots: [UnsafeCell<MaybeUninit<T>>; SEGMENT],
-    /// Slots written, published by the sender.
-    written: AtomicUsize,
+    slots: [UnsafeCell<MaybeUninit<Slot<T>>>; SEGMENT],
     next: AtomicPtr<Segment<T>>,
 }
 
@@ -40,55 +88,125 @@ impl<T> Segment<T> {
     fn new() -> *mut Self {
         Box::into_raw(Box::new(Self {
             slots: [const { UnsafeCell::new(MaybeUninit::uninit()) }; SEGMENT],
-            written: AtomicUsize::new(0),
             next: AtomicPtr::new(core::ptr::null_mut()),
         }))
     }
 }
 
-struct Shared<T> {
-    /// The CPU that frees this (see the module docs).
+/// What the receiver and `Select` need of a lane, whatever its type.
+struct LaneHeader {
+    /// Values written (by the lane's CPU; `Release` after the value).
+    written: AtomicU64,
+    /// Values taken (by the receiver; `Release` after the slot is read).
+    taken: AtomicU64,
+    /// A sender of this lane's CPU waiting for room (bounded channels):
+    /// it publishes, the receiver reads after taking (`toro_core::wake`).
+    room_waiter: WaiterSlot,
+    /// Lane CPU only: `room_waiter` is taken by one of its threads.
+    room_waiter_busy: UnsafeCell<bool>,
+    /// Lane CPU only: its other threads waiting for room, woken one by one.
+    room_queue: UnsafeCell<VecDeque<(u64, u64)>>,
+}
+
+impl LaneHeader {
+    fn has_value(&self, taken: u64) -> bool {
+        self.written.load(Ordering::Acquire) > taken
+    }
+}
+
+/// One CPU's lane (see the module docs). The header comes first, so a
+/// pointer to the lane is one to its header.
+#[repr(C)]
+struct Lane<T> {
+    header: LaneHeader,
+    /// Lane CPU only: the segment being filled and its next free slot.
+    tail: UnsafeCell<*mut Segment<T>>,
+    tail_index: UnsafeCell<usize>,
+    /// Receiver only: the segment being read and its next slot.
+    head: UnsafeCell<*mut Segment<T>>,
+    head_index: UnsafeCell<usize>,
+}
+
+/// What the receiver, `Select` and the home CPU need, whatever the type.
+struct SharedHeader {
+    /// The CPU that keeps the weights and frees the channel.
     home: usize,
-    /// Home CPU only: ends dropped so far.
-    dropped: UnsafeCell<u8>,
-    sender_gone: AtomicBool,
-    receiver_gone: AtomicBool,
-    /// The receiver (its control block) and its wait's epoch while it
-    /// waits (`toro_core::wake`: it publishes, the sender reads).
+    /// Values a lane may hold (`None`: unbounded; 0: rendezvous).
+    bound: Option<usize>,
+    /// Per CPU: its lane, made by that CPU at its first send.
+    lanes: Box<[AtomicPtr<LaneHeader>]>,
+    /// The receiver (or its `Select`) while it waits.
     waiter: WaiterSlot,
-    /// Where the receiver stopped (written by it before it reports its
-    /// drop), for the final clean-up.
-    receiver_segment: UnsafeCell<*mut Segment<T>>,
-    receiver_index: UnsafeCell<usize>,
+    /// Set by the home CPU when the last sender's weight came back.
+    senders_gone: AtomicBool,
+    receiver_gone: AtomicBool,
+    /// Home CPU only: sender weight not yet returned.
+    weight_out: UnsafeCell<u64>,
+    /// Home CPU only: the receiver reported its drop.
+    receiver_reported: UnsafeCell<bool>,
 }
 
-/// The sending end. Moving it to another thread or CPU is fine; there is
-/// one per channel.
+impl SharedHeader {
+    /// Whether the receiver would get something now (a value, or the news
+    /// that every sender is gone).
+    fn ready(&self) -> bool {
+        self.senders_gone.load(Ordering::Acquire)
+            || self.lanes.iter().any(|lane| {
+                let lane = lane.load(Ordering::Acquire);
+                // SAFETY: lanes live as long as the channel; `taken` is the
+                // receiver's own counter.
+                !lane.is_null() && unsafe { (*lane).has_value((*lane).taken.load(Ordering::Relaxed)) }
+            })
+    }
+}
+
+#[repr(C)]
+struct Shared<T> {
+    header: SharedHeader,
+    _values: PhantomData<T>,
+}
+
+/// The sending half of `channel()`: `Clone` for more producers, on any
+/// CPU. Not `Sync` (a sender's state is its own): clone it per thread.
 pub struct Sender<T> {
-    shared: *mut Shared<T>,
-    tail: *mut Segment<T>,
-    index: usize,
+    inner: SenderInner<T>,
+}
+
+/// The sending half of `sync_channel(bound)`.
+pub struct SyncSender<T> {
+    inner: SenderInner<T>,
+}
+
+struct SenderInner<T> {
+    shared: *const Shared<T>,
+    /// This sender's share of the weight (see the module docs).
+    weight: Cell<u64>,
+    /// The lane of this sender's last value and that lane's count after it.
+    last: Cell<(usize, u64)>,
     /// The receiver's wait (thread, epoch) this sender last woke.
-    last_woken: Option<(u64, u64)>,
+    last_woken: Cell<Option<(u64, u64)>>,
 }
 
-/// The receiving end; one per channel.
+/// The receiving half; one per channel. Not `Sync`, like std's.
 pub struct Receiver<T> {
-    shared: *mut Shared<T>,
-    head: *mut Segment<T>,
-    index: usize,
+    shared: *const Shared<T>,
+    /// The lane to look at first.
+    next_lane: Cell<usize>,
 }
 
-// SAFETY: each end is used by one thread at a time; values are `Send`.
+// SAFETY: each end's state is used by one thread at a time (they are not
+// `Sync`); values are `Send`.
 unsafe impl<T: Send> Send for Sender<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Send for SyncSender<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Send for Receiver<T> {}
 
 /// The receiver is gone; the value comes back.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq, Clone, Copy)]
 pub struct SendError<T>(pub T);
 
-/// The sender is gone and every value was received.
+/// Every sender is gone and every value was received.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub struct RecvError;
 
@@ -97,224 +215,819 @@ pub struct RecvError;
 pub enum TryRecvError {
     /// Nothing yet.
     Empty,
-    /// The sender is gone and every value was received.
+    /// Every sender is gone and every value was received.
     Disconnected,
+}
+
+/// Why `recv_timeout` returned nothing.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum RecvTimeoutError {
+    /// Nothing arrived in time.
+    Timeout,
+    /// Every sender is gone and every value was received.
+    Disconnected,
+}
+
+/// Why `try_send` gave the value back.
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum TrySendError<T> {
+    /// The sending CPU's lane is full (see the module docs on bounds).
+    Full(T),
+    /// The receiver is gone.
+    Disconnected(T),
+}
+
+impl<T> core::fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SendError { .. }")
+    }
+}
+
+impl<T> core::fmt::Display for SendError<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("sending on a closed channel")
+    }
+}
+
+impl<T> core::error::Error for SendError<T> {}
+
+impl<T> core::fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Full(_) => f.write_str("Full(..)"),
+            Self::Disconnected(_) => f.write_str("Disconnected(..)"),
+        }
+    }
+}
+
+impl<T> core::fmt::Display for TrySendError<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Full(_) => f.write_str("sending on a full channel"),
+            Self::Disconnected(_) => f.write_str("sending on a closed channel"),
+        }
+    }
+}
+
+impl<T> core::error::Error for TrySendError<T> {}
+
+impl<T> From<SendError<T>> for TrySendError<T> {
+    fn from(error: SendError<T>) -> Self {
+        Self::Disconnected(error.0)
+    }
 }
 
 impl core::fmt::Display for RecvError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("the sender is gone and the channel is empty")
+        f.write_str("receiving on a closed channel")
     }
 }
 
-/// A new channel, homed on the calling CPU.
+impl core::error::Error for RecvError {}
+
+impl core::fmt::Display for TryRecvError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Empty => f.write_str("receiving on an empty channel"),
+            Self::Disconnected => f.write_str("receiving on an empty and disconnected channel"),
+        }
+    }
+}
+
+impl core::error::Error for TryRecvError {}
+
+impl From<RecvError> for TryRecvError {
+    fn from(_: RecvError) -> Self {
+        Self::Disconnected
+    }
+}
+
+impl core::fmt::Display for RecvTimeoutError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("timed out waiting on channel"),
+            Self::Disconnected => f.write_str("channel is empty and sending half is closed"),
+        }
+    }
+}
+
+impl core::error::Error for RecvTimeoutError {}
+
+impl From<RecvError> for RecvTimeoutError {
+    fn from(_: RecvError) -> Self {
+        Self::Disconnected
+    }
+}
+
+fn new_shared<T>(bound: Option<usize>) -> *const Shared<T> {
+    Box::into_raw(Box::new(Shared::<T> {
+        header: SharedHeader {
+            home: percpu::current_index(),
+            bound,
+            lanes: (0..messages::count().max(1)).map(|_| AtomicPtr::new(core::ptr::null_mut())).collect(),
+            waiter: WaiterSlot::new(),
+            senders_gone: AtomicBool::new(false),
+            receiver_gone: AtomicBool::new(false),
+            weight_out: UnsafeCell::new(FULL_WEIGHT),
+            receiver_reported: UnsafeCell::new(false),
+        },
+        _values: PhantomData,
+    }))
+}
+
+fn ends<T>(shared: *const Shared<T>) -> (SenderInner<T>, Receiver<T>) {
+    (
+        SenderInner {
+            shared,
+            weight: Cell::new(FULL_WEIGHT),
+            last: Cell::new((usize::MAX, 0)),
+            last_woken: Cell::new(None),
+        },
+        Receiver { shared, next_lane: Cell::new(0) },
+    )
+}
+
+/// A new unbounded channel, kept by the calling CPU (see the module docs).
 pub fn channel<T: Send>() -> (Sender<T>, Receiver<T>) {
-    let segment = Segment::<T>::new();
-    let shared = Box::into_raw(Box::new(Shared {
-        home: percpu::current_index(),
-        dropped: UnsafeCell::new(0),
-        sender_gone: AtomicBool::new(false),
-        receiver_gone: AtomicBool::new(false),
-        waiter: WaiterSlot::new(),
-        receiver_segment: UnsafeCell::new(core::ptr::null_mut()),
-        receiver_index: UnsafeCell::new(0),
-    }));
-    (Sender { shared, tail: segment, index: 0, last_woken: None }, Receiver { shared, head: segment, index: 0 })
+    let (inner, receiver) = ends(new_shared::<T>(None));
+    (Sender { inner }, receiver)
+}
+
+/// A new bounded channel: each sending CPU's lane holds up to `bound`
+/// values (0: every send waits for its value to be received).
+pub fn sync_channel<T: Send>(bound: usize) -> (SyncSender<T>, Receiver<T>) {
+    let (inner, receiver) = ends(new_shared::<T>(Some(bound)));
+    (SyncSender { inner }, receiver)
 }
 
 impl<T> Sender<T> {
-    /// Sends `value`; fails only if the receiver is gone.
-    pub fn send(&mut self, value: T) -> Result<(), SendError<T>> {
-        // SAFETY: `shared` lives until both ends reported their drop.
-        let shared = unsafe { &*self.shared };
-        if shared.receiver_gone.load(Ordering::Acquire) {
-            return Err(SendError(value));
+    /// Sends `value` (never waits); fails only if the receiver is gone.
+    pub fn send(&self, value: T) -> Result<(), SendError<T>> {
+        self.inner.send(value, true).map_err(|error| match error {
+            TrySendError::Full(value) | TrySendError::Disconnected(value) => SendError(value),
+        })
+    }
+}
+
+impl<T> SyncSender<T> {
+    /// Sends `value`, waiting while this CPU's lane is full (and, for a
+    /// rendezvous channel, until the value is received).
+    pub fn send(&self, value: T) -> Result<(), SendError<T>> {
+        self.inner.send(value, true).map_err(|error| match error {
+            TrySendError::Full(value) | TrySendError::Disconnected(value) => SendError(value),
+        })
+    }
+
+    /// Sends `value` if this CPU's lane has room now (a rendezvous channel
+    /// has room when the receiver has taken every earlier value).
+    pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        self.inner.send(value, false)
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.split() }
+    }
+}
+
+impl<T> Clone for SyncSender<T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.split() }
+    }
+}
+
+impl<T> core::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Sender { .. }")
+    }
+}
+
+impl<T> core::fmt::Debug for SyncSender<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SyncSender { .. }")
+    }
+}
+
+impl<T> core::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Receiver { .. }")
+    }
+}
+
+impl<T> SenderInner<T> {
+    fn header(&self) -> &SharedHeader {
+        // SAFETY: the channel lives until every sender returned its weight.
+        unsafe { &(*self.shared).header }
+    }
+
+    /// This CPU's lane, made at its first send here.
+    fn lane(&self, cpu: usize) -> *mut Lane<T> {
+        let slot = &self.header().lanes[cpu];
+        let lane = slot.load(Ordering::Relaxed) as *mut Lane<T>;
+        if !lane.is_null() {
+            return lane;
         }
-        if self.index == SEGMENT {
-            let next = Segment::new();
-            // SAFETY: the tail segment is ours to link; the receiver frees
-            // it only after seeing `next`.
-            unsafe { (*self.tail).next.store(next, Ordering::Release) };
-            self.tail = next;
-            self.index = 0;
+        let segment = Segment::<T>::new();
+        let lane = Box::into_raw(Box::new(Lane {
+            header: LaneHeader {
+                written: AtomicU64::new(0),
+                taken: AtomicU64::new(0),
+                room_waiter: WaiterSlot::new(),
+                room_waiter_busy: UnsafeCell::new(false),
+                room_queue: UnsafeCell::new(VecDeque::new()),
+            },
+            tail: UnsafeCell::new(segment),
+            tail_index: UnsafeCell::new(0),
+            head: UnsafeCell::new(segment),
+            head_index: UnsafeCell::new(0),
+        }));
+        // Only this CPU writes its lane pointer, and nothing interleaves
+        // with this code on it (cooperative scheduling).
+        slot.store(lane as *mut LaneHeader, Ordering::Release);
+        lane
+    }
+
+    #[inline(never)]
+    fn send(&self, value: T, wait: bool) -> Result<(), TrySendError<T>> {
+        let header = self.header();
+        if header.receiver_gone.load(Ordering::Acquire) {
+            return Err(TrySendError::Disconnected(value));
         }
-        // SAFETY: slot `index` of the tail is not yet published, so only we
-        // touch it.
-        unsafe {
-            (*(*self.tail).slots[self.index].get()).write(value);
-            self.index += 1;
-            (*self.tail).written.store(self.index, Ordering::Release);
+        let cpu = percpu::current_index();
+        let lane = self.lane(cpu);
+        // SAFETY: lanes live as long as the channel.
+        let lane_header = unsafe { &(*lane).header };
+        if let Some(bound) = header.bound {
+            let room = |header: &SharedHeader| {
+                let written = lane_header.written.load(Ordering::Relaxed);
+                header.receiver_gone.load(Ordering::Acquire)
+                    || written - lane_header.taken.load(Ordering::Acquire) < bound.max(1) as u64
+            };
+            if !room(header) {
+                if !wait {
+                    return Err(TrySendError::Full(value));
+                }
+                wait_for_room(lane_header, || room(header));
+            }
+            if header.receiver_gone.load(Ordering::Acquire) {
+                return Err(TrySendError::Disconnected(value));
+            }
+            // A send that waited may have moved on (no: threads never move
+            // while blocked) — the lane is still this CPU's.
         }
-        wake_receiver(shared, &mut self.last_woken);
+        let (last_lane, last_count) = self.last.get();
+        let mark = if last_lane != cpu && last_lane != usize::MAX {
+            ((last_lane as u64) << MARK_POSITION_BITS) | last_count
+        } else {
+            0
+        };
+        // SAFETY: this CPU alone writes its lane, and nothing interleaves
+        // with this code on it; slot `tail_index` is not published yet.
+        let written = unsafe {
+            let tail = &mut *(*lane).tail.get();
+            let index = &mut *(*lane).tail_index.get();
+            if *index == SEGMENT {
+                let next = Segment::new();
+                // The receiver follows `next` only after seeing a count
+                // past this segment (published below, `Release`).
+                (**tail).next.store(next, Ordering::Relaxed);
+                *tail = next;
+                *index = 0;
+            }
+            (*(**tail).slots[*index].get()).write(Slot { value, mark });
+            *index += 1;
+            let written = lane_header.written.load(Ordering::Relaxed) + 1;
+            lane_header.written.store(written, Ordering::Release);
+            written
+        };
+        self.last.set((cpu, written));
+        wake_receiver(header, &self.last_woken);
+        if header.bound == Some(0) && wait {
+            // A rendezvous: wait until the receiver took this value.
+            let header = self.header();
+            wait_for_room(lane_header, || {
+                header.receiver_gone.load(Ordering::Acquire) || lane_header.taken.load(Ordering::Acquire) >= written
+            });
+        }
         Ok(())
+    }
+
+    /// A new sender with half of this one's weight (more from the home CPU
+    /// first if this one has only 1).
+    fn split(&self) -> Self {
+        let mut weight = self.weight.get();
+        if weight == 1 {
+            let request = WeightRequest {
+                thread: scheduler::current(),
+                epoch: scheduler::begin_wait(),
+                done: AtomicBool::new(false),
+            };
+            on_home(
+                self.header().home,
+                more_weight_job,
+                self.shared as *mut u8,
+                &request as *const WeightRequest as u64,
+                "channel",
+            );
+            while !request.done.load(Ordering::Acquire) {
+                scheduler::block();
+            }
+            weight += FULL_WEIGHT;
+        }
+        let given = weight / 2;
+        self.weight.set(weight - given);
+        Self {
+            shared: self.shared,
+            weight: Cell::new(given),
+            last: Cell::new(self.last.get()),
+            last_woken: Cell::new(None),
+        }
+    }
+}
+
+/// A sender waiting for the home CPU to hand out more weight.
+struct WeightRequest {
+    thread: *mut scheduler::Control,
+    epoch: u64,
+    done: AtomicBool,
+}
+
+unsafe fn more_weight_job(data: *mut u8, request: u64) {
+    // SAFETY: home CPU only; the channel lives (the requester still holds
+    // weight) and the request lives until `done`.
+    unsafe {
+        let header = &(*(data as *const SharedHeader));
+        *header.weight_out.get() += FULL_WEIGHT;
+        let request = request as *const WeightRequest;
+        let (thread, epoch) = ((*request).thread, (*request).epoch);
+        (*request).done.store(true, Ordering::Release);
+        scheduler::wake(thread, epoch);
+    }
+}
+
+/// Waits (blocking this thread) until `room()`: the first waiting thread of
+/// this CPU publishes itself in the lane's slot for the receiver; the
+/// others queue behind it on this CPU and are woken one by one.
+#[inline(never)]
+fn wait_for_room(lane: &LaneHeader, room: impl Fn() -> bool) {
+    let me = scheduler::current() as u64;
+    loop {
+        if room() {
+            return;
+        }
+        let epoch = scheduler::begin_wait();
+        // SAFETY: this CPU's own fields of its lane; nothing interleaves.
+        let busy = unsafe { &mut *lane.room_waiter_busy.get() };
+        if *busy {
+            // SAFETY: as above.
+            unsafe { (*lane.room_queue.get()).push_back((me, epoch)) };
+            scheduler::block();
+            continue;
+        }
+        *busy = true;
+        lane.room_waiter.publish(me, epoch, full_fence);
+        if !room() {
+            scheduler::block();
+        }
+        lane.room_waiter.clear();
+        // SAFETY: as above (re-borrowed after the switch).
+        unsafe {
+            *lane.room_waiter_busy.get() = false;
+            if let Some((thread, epoch)) = (*lane.room_queue.get()).pop_front() {
+                scheduler::wake(thread as *mut scheduler::Control, epoch);
+            }
+        }
     }
 }
 
 /// Wakes the receiver if it waits, once per wait: a burst of sends to a
 /// blocked receiver sends one wake-up, not one per value.
 #[inline(never)]
-fn wake_receiver<T>(shared: &Shared<T>, last_woken: &mut Option<(u64, u64)>) {
-    if let Some(waiter) = shared.waiter.waiter(full_fence) {
+fn wake_receiver(header: &SharedHeader, last_woken: &Cell<Option<(u64, u64)>>) {
+    if let Some(waiter) = header.waiter.waiter(full_fence) {
         let this_wait = Some((waiter.thread, waiter.epoch));
-        if *last_woken != this_wait {
-            *last_woken = this_wait;
+        if last_woken.get() != this_wait {
+            last_woken.set(this_wait);
             scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
         }
     }
 }
 
+impl<T> Drop for SenderInner<T> {
+    fn drop(&mut self) {
+        // The last use of the channel by this sender: its weight goes home.
+        on_home(self.header().home, weight_back_job::<T>, self.shared as *mut u8, self.weight.get(), "channel");
+    }
+}
+
+/// Home CPU: a sender's weight came back; the last one tells the receiver.
+unsafe fn weight_back_job<T>(data: *mut u8, weight: u64) {
+    let shared = data as *mut Shared<T>;
+    // SAFETY: home CPU only; the channel lives until both the weight and
+    // the receiver's report are in.
+    unsafe {
+        let header = &(*shared).header;
+        let out = &mut *header.weight_out.get();
+        *out -= weight;
+        if *out != 0 {
+            return;
+        }
+        header.senders_gone.store(true, Ordering::Release);
+        if let Some(waiter) = header.waiter.waiter(full_fence) {
+            scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
+        }
+        if *header.receiver_reported.get() {
+            free::<T>(shared);
+        }
+    }
+}
+
+/// Home CPU: the receiver is gone.
+unsafe fn receiver_gone_job<T>(data: *mut u8, _: u64) {
+    let shared = data as *mut Shared<T>;
+    // SAFETY: home CPU only; see `weight_back_job`.
+    unsafe {
+        let header = &(*shared).header;
+        *header.receiver_reported.get() = true;
+        if *header.weight_out.get() == 0 {
+            free::<T>(shared);
+        }
+    }
+}
+
+/// Home CPU, both ends gone: drops what was never received and frees the
+/// lanes and the channel.
+///
+/// # Safety
+/// Home CPU; every sender and the receiver have reported.
+unsafe fn free<T>(shared: *mut Shared<T>) {
+    // SAFETY: nothing else refers to the channel any more; the receiver's
+    // positions and the lanes' counts were published before the reports
+    // (release through the rings).
+    unsafe {
+        for lane in (*shared).header.lanes.iter() {
+            let lane = lane.load(Ordering::Acquire) as *mut Lane<T>;
+            if lane.is_null() {
+                continue;
+            }
+            let written = (*lane).header.written.load(Ordering::Acquire);
+            let mut taken = (*lane).header.taken.load(Ordering::Relaxed);
+            let mut segment = *(*lane).head.get();
+            let mut index = *(*lane).head_index.get();
+            while taken < written {
+                if index == SEGMENT {
+                    let next = (*segment).next.load(Ordering::Acquire);
+                    drop(Box::from_raw(segment));
+                    segment = next;
+                    index = 0;
+                }
+                (*(*segment).slots[index].get()).assume_init_drop();
+                index += 1;
+                taken += 1;
+            }
+            while !segment.is_null() {
+                let next = (*segment).next.load(Ordering::Acquire);
+                drop(Box::from_raw(segment));
+                segment = next;
+            }
+            drop(Box::from_raw(lane));
+        }
+        drop(Box::from_raw(shared));
+    }
+}
+
 impl<T> Receiver<T> {
+    fn header(&self) -> &SharedHeader {
+        // SAFETY: the channel lives until the receiver reported its drop.
+        unsafe { &(*self.shared).header }
+    }
+
+    /// Takes the next value if one is there, honouring marks (see the
+    /// module docs).
+    #[inline(never)]
+    fn pop(&self) -> Option<T> {
+        let lanes = &self.header().lanes;
+        let count = lanes.len();
+        let start = self.next_lane.get();
+        for step in 0..count {
+            let mut cpu = (start + step) % count;
+            let mut lane = lanes[cpu].load(Ordering::Acquire) as *mut Lane<T>;
+            // SAFETY: lanes live as long as the channel; the receiver alone
+            // reads them and writes `taken`, `head`, `head_index`; slots
+            // below `written` (acquire) are initialised and read once.
+            unsafe {
+                if lane.is_null() || !(*lane).header.has_value((*lane).header.taken.load(Ordering::Relaxed)) {
+                    continue;
+                }
+                // Follow marks to the lane whose values come first.
+                loop {
+                    let mark = (*Self::front(lane)).mark;
+                    if mark == 0 {
+                        break;
+                    }
+                    let (before, count_there) =
+                        ((mark >> MARK_POSITION_BITS) as usize, mark & ((1 << MARK_POSITION_BITS) - 1));
+                    let other = lanes[before].load(Ordering::Acquire) as *mut Lane<T>;
+                    if (*other).header.taken.load(Ordering::Relaxed) >= count_there {
+                        break;
+                    }
+                    cpu = before;
+                    lane = other;
+                }
+                let taken = (*lane).header.taken.load(Ordering::Relaxed);
+                let slot = Self::front(lane);
+                let value = core::ptr::read(&(*slot).value);
+                *(*lane).head_index.get() += 1;
+                (*lane).header.taken.store(taken + 1, Ordering::Release);
+                if self.header().bound.is_some() {
+                    if let Some(waiter) = (*lane).header.room_waiter.waiter(full_fence) {
+                        scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
+                    }
+                }
+                self.next_lane.set(cpu);
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    /// The lane's next unread slot (moving to the next segment, and freeing
+    /// the one read up, if needed).
+    ///
+    /// # Safety
+    /// Receiver only; the lane has a value (`written > taken`, acquired).
+    unsafe fn front(lane: *mut Lane<T>) -> *const Slot<T> {
+        // SAFETY: the caller's promise: the segments up to the value are
+        // linked (the sender stored `next` before publishing the count).
+        unsafe {
+            let head = &mut *(*lane).head.get();
+            let index = &mut *(*lane).head_index.get();
+            if *index == SEGMENT {
+                let next = (**head).next.load(Ordering::Acquire);
+                drop(Box::from_raw(*head));
+                *head = next;
+                *index = 0;
+            }
+            (*(**head).slots[*index].get()).as_ptr()
+        }
+    }
+
     /// A value if one is there.
-    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
         if let Some(value) = self.pop() {
             return Ok(value);
         }
-        // SAFETY: `shared` lives until both ends reported their drop.
-        if unsafe { &*self.shared }.sender_gone.load(Ordering::Acquire) {
-            // Values sent before the sender left are visible now.
+        if self.header().senders_gone.load(Ordering::Acquire) {
+            // Values sent before the last sender left are visible now.
             return self.pop().ok_or(TryRecvError::Disconnected);
         }
         Err(TryRecvError::Empty)
     }
 
     /// Waits for a value (blocking this thread, not the CPU).
-    pub fn recv(&mut self) -> Result<T, RecvError> {
+    pub fn recv(&self) -> Result<T, RecvError> {
+        self.receive(None).map_err(|_| RecvError)
+    }
+
+    /// Waits for a value for up to `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        let deadline = Instant::now().checked_add(timeout).map_or(u64::MAX, Instant::ticks);
+        self.receive(Some(deadline))
+    }
+
+    /// Waits for a value until TSC value `deadline`, if given.
+    #[inline(never)]
+    fn receive(&self, deadline: Option<u64>) -> Result<T, RecvTimeoutError> {
         loop {
             match self.try_recv() {
                 Ok(value) => return Ok(value),
-                Err(TryRecvError::Disconnected) => return Err(RecvError),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
                 Err(TryRecvError::Empty) => {}
+            }
+            if deadline.is_some_and(|deadline| Instant::now().ticks() >= deadline) {
+                return Err(RecvTimeoutError::Timeout);
             }
             // Nothing else to run here: poll a little before blocking (a
             // value is often on its way; blocking and waking cost far more).
-            if scheduler::nothing_else_ready() && self.poll(RECEIVE_SPIN_TICKS) {
+            if scheduler::nothing_else_ready() && poll(&[self.header()], RECEIVE_SPIN_TICKS).is_some() {
                 continue;
             }
-            // SAFETY: as above.
-            let shared = unsafe { &*self.shared };
-            let epoch = scheduler::begin_wait();
-            shared.waiter.publish(scheduler::current() as u64, epoch, full_fence);
-            if self.has_value() || shared.sender_gone.load(Ordering::Acquire) {
-                shared.waiter.clear();
-                continue;
-            }
-            scheduler::block();
-            shared.waiter.clear();
+            wait_ready(&[self.header()], deadline);
         }
     }
 
-    /// Polls for a value (or a gone sender) for up to `ticks` TSC ticks.
-    fn poll(&self, ticks: u64) -> bool {
-        let start = crate::time::Instant::now().ticks();
-        while crate::time::Instant::now().ticks() - start < ticks {
-            // SAFETY: as in `recv`.
-            if self.has_value() || unsafe { &*self.shared }.sender_gone.load(Ordering::Acquire) {
-                return true;
-            }
-            // Keep serving messages: other CPUs may be waiting for this one.
-            if messages::run_incoming() == 0 {
-                core::hint::spin_loop();
-            }
-        }
-        false
+    /// Values as they come, until every sender is gone.
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter { receiver: self }
     }
 
-    fn has_value(&self) -> bool {
-        // SAFETY: segments stay until we free them.
-        unsafe {
-            self.index < (*self.head).written.load(Ordering::Acquire)
-                || (self.index == SEGMENT && !(*self.head).next.load(Ordering::Acquire).is_null())
-        }
-    }
-
-    fn pop(&mut self) -> Option<T> {
-        // SAFETY: the head segment is ours; slots below `written` were
-        // published by the sender (acquire) and are read once.
-        unsafe {
-            if self.index == SEGMENT {
-                let next = (*self.head).next.load(Ordering::Acquire);
-                if next.is_null() {
-                    return None;
-                }
-                drop(Box::from_raw(self.head));
-                self.head = next;
-                self.index = 0;
-            }
-            if self.index < (*self.head).written.load(Ordering::Acquire) {
-                let value = (*(*self.head).slots[self.index].get()).assume_init_read();
-                self.index += 1;
-                Some(value)
-            } else {
-                None
-            }
-        }
+    /// The values there now, without waiting.
+    pub fn try_iter(&self) -> TryIter<'_, T> {
+        TryIter { receiver: self }
     }
 }
 
-impl<T> Iterator for Receiver<T> {
-    type Item = T;
-    fn next(&mut self) -> Option<T> {
-        self.recv().ok()
+/// Polls `headers` for up to `ticks` TSC ticks, serving this CPU's
+/// messages meanwhile; the index of one that is ready.
+fn poll(headers: &[&SharedHeader], ticks: u64) -> Option<usize> {
+    let start = Instant::now().ticks();
+    while Instant::now().ticks() - start < ticks {
+        if let Some(index) = headers.iter().position(|header| header.ready()) {
+            return Some(index);
+        }
+        // Keep serving messages: other CPUs may be waiting for this one.
+        if messages::run_incoming() == 0 {
+            core::hint::spin_loop();
+        }
     }
+    None
 }
 
-impl<T> Drop for Sender<T> {
-    fn drop(&mut self) {
-        // SAFETY: alive until reported.
-        let shared = unsafe { &*self.shared };
-        shared.sender_gone.store(true, Ordering::Release);
-        wake_receiver(shared, &mut None);
-        report_drop::<T>(self.shared);
+/// Blocks the current thread until one of `headers` may be ready (or TSC
+/// `deadline` passes): it publishes itself in each, fences, re-checks, and
+/// blocks (`toro_core::wake`).
+#[inline(never)]
+fn wait_ready(headers: &[&SharedHeader], deadline: Option<u64>) {
+    let me = scheduler::current() as u64;
+    let epoch = scheduler::begin_wait();
+    for header in headers {
+        header.waiter.publish(me, epoch, full_fence);
+    }
+    if !headers.iter().any(|header| header.ready()) {
+        match deadline {
+            Some(deadline) => scheduler::block_until(epoch, deadline),
+            None => scheduler::block(),
+        }
+    }
+    for header in headers {
+        header.waiter.clear();
     }
 }
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        // SAFETY: alive until reported; the position is read by the home
-        // CPU only after our report (release through the ring).
-        unsafe {
-            *(*self.shared).receiver_segment.get() = self.head;
-            *(*self.shared).receiver_index.get() = self.index;
-            (*self.shared).receiver_gone.store(true, Ordering::Release);
-        }
-        report_drop::<T>(self.shared);
-    }
-}
-
-fn report_drop<T>(shared: *mut Shared<T>) {
-    // SAFETY: alive until both reports arrived.
-    let home = unsafe { (*shared).home };
-    if home == percpu::current_index() {
-        // SAFETY: job run directly on the home CPU.
-        unsafe { dropped_job::<T>(shared as *mut u8, 0) };
-    } else if messages::send(home, Job { run: dropped_job::<T>, data: shared as *mut u8, extra: 0 }).is_err() {
-        // The home CPU is unreachable: leak the channel rather than free it
-        // from the wrong CPU.
-    }
-}
-
-unsafe fn dropped_job<T>(data: *mut u8, _: u64) {
-    let shared = data as *mut Shared<T>;
-    // SAFETY: runs on the home CPU, the only one to touch `dropped`.
-    unsafe {
-        *(*shared).dropped.get() += 1;
-        if *(*shared).dropped.get() < 2 {
-            return;
-        }
-        // Both ends are gone: drop what was never received, free segments.
-        let mut segment = *(*shared).receiver_segment.get();
-        let mut index = *(*shared).receiver_index.get();
-        while !segment.is_null() {
-            let written = (*segment).written.load(Ordering::Acquire);
-            while index < written {
-                (*(*segment).slots[index].get()).assume_init_drop();
-                index += 1;
+        let header = self.header();
+        header.receiver_gone.store(true, Ordering::Release);
+        // Senders waiting for room learn it now.
+        for lane in header.lanes.iter() {
+            let lane = lane.load(Ordering::Acquire);
+            // SAFETY: lanes live as long as the channel.
+            if let Some(waiter) = (!lane.is_null()).then(|| unsafe { (*lane).room_waiter.waiter(full_fence) }).flatten()
+            {
+                scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
             }
-            let next = (*segment).next.load(Ordering::Acquire);
-            drop(Box::from_raw(segment));
-            segment = next;
-            index = 0;
         }
-        drop(Box::from_raw(shared));
+        // The receiver's positions are in the lanes; the report (release
+        // through the ring) is its last use of the channel.
+        on_home(header.home, receiver_gone_job::<T>, self.shared as *mut u8, 0, "channel");
+    }
+}
+
+/// `Receiver::iter`: waits for each value; ends when every sender is gone.
+pub struct Iter<'a, T> {
+    receiver: &'a Receiver<T>,
+}
+
+/// `Receiver::try_iter`: the values there now.
+pub struct TryIter<'a, T> {
+    receiver: &'a Receiver<T>,
+}
+
+/// `Receiver::into_iter`: like `Iter`, owning the receiver.
+pub struct IntoIter<T> {
+    receiver: Receiver<T>,
+}
+
+impl<T> Iterator for Iter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.receiver.recv().ok()
+    }
+}
+
+impl<T> Iterator for TryIter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.receiver.try_recv().ok()
+    }
+}
+
+impl<T> Iterator for IntoIter<T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.receiver.recv().ok()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Receiver<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+impl<T> IntoIterator for Receiver<T> {
+    type Item = T;
+    type IntoIter = IntoIter<T>;
+    fn into_iter(self) -> IntoIter<T> {
+        IntoIter { receiver: self }
+    }
+}
+
+/// Waits on several receivers at once (std has no such type; this one is
+/// shaped like `crossbeam_channel::Select`, receive side only).
+///
+/// ```ignore
+/// let mut select = Select::new();
+/// let first = select.recv(&numbers);
+/// let second = select.recv(&words);
+/// match select.ready() {
+///     index if index == first => println!("{:?}", numbers.try_recv()),
+///     _ => println!("{:?}", words.try_recv()),
+/// }
+/// ```
+///
+/// `ready` returns the index of a receiver that has a value or whose
+/// senders are all gone (so its `try_recv` does not say `Empty`), blocking
+/// the thread until there is one. It publishes the thread in every
+/// receiver's waiter slot, so a value sent to any of them wakes it.
+#[derive(Default)]
+pub struct Select<'a> {
+    headers: Vec<&'a SharedHeader>,
+}
+
+/// `Select::try_ready` found no receiver ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TryReadyError;
+
+/// `Select::ready_timeout` found no receiver ready in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyTimeoutError;
+
+impl core::fmt::Display for TryReadyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("no operation is ready")
+    }
+}
+
+impl core::error::Error for TryReadyError {}
+
+impl core::fmt::Display for ReadyTimeoutError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("timed out waiting for an operation to become ready")
+    }
+}
+
+impl core::error::Error for ReadyTimeoutError {}
+
+impl<'a> Select<'a> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `receiver`; returns its index.
+    pub fn recv<T>(&mut self, receiver: &'a Receiver<T>) -> usize {
+        self.headers.push(receiver.header());
+        self.headers.len() - 1
+    }
+
+    /// The index of a ready receiver, if one is ready now.
+    pub fn try_ready(&mut self) -> Result<usize, TryReadyError> {
+        self.headers.iter().position(|header| header.ready()).ok_or(TryReadyError)
+    }
+
+    /// Waits for a ready receiver; its index.
+    pub fn ready(&mut self) -> usize {
+        loop {
+            if let Ok(index) = self.ready_until(None) {
+                return index;
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a ready receiver.
+    pub fn ready_timeout(&mut self, timeout: Duration) -> Result<usize, ReadyTimeoutError> {
+        let deadline = Instant::now().checked_add(timeout).map_or(u64::MAX, Instant::ticks);
+        self.ready_until(Some(deadline))
+    }
+
+    #[inline(never)]
+    fn ready_until(&mut self, deadline: Option<u64>) -> Result<usize, ReadyTimeoutError> {
+        loop {
+            if let Ok(index) = self.try_ready() {
+                return Ok(index);
+            }
+            if deadline.is_some_and(|deadline| Instant::now().ticks() >= deadline) {
+                return Err(ReadyTimeoutError);
+            }
+            if scheduler::nothing_else_ready() {
+                if let Some(index) = poll(&self.headers, RECEIVE_SPIN_TICKS) {
+                    return Ok(index);
+                }
+            }
+            wait_ready(&self.headers, deadline);
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! Synchronisation between threads, on one CPU or across CPUs, without
 //! locked instructions: channels, a mutex and a condition variable.
 //!
-//! - `channel()`: a single-producer, single-consumer, unbounded queue of
-//!   values; `recv` blocks cooperatively.
+//! - `channel()` and `sync_channel(bound)`, shaped like `std::sync::mpsc`:
+//!   many senders on any CPUs (each sending CPU writes a lane of its own),
+//!   one receiver; `recv` blocks cooperatively; `Select` waits on several
+//!   receivers.
 //! - `Mutex` and `Condvar`: each mutex has a home CPU, which alone keeps its
 //!   state (locked, who waits). A thread on the home CPU locks with plain
 //!   memory operations (scheduling is cooperative, so nothing interleaves);
@@ -21,7 +23,10 @@ mod channel;
 mod mutex;
 pub(crate) mod spin;
 
-pub use channel::{channel, Receiver, RecvError, SendError, Sender, TryRecvError};
+pub use channel::{
+    channel, sync_channel, IntoIter, Iter, ReadyTimeoutError, Receiver, RecvError, RecvTimeoutError, Select, SendError,
+    Sender, SyncSender, TryIter, TryReadyError, TryRecvError, TrySendError,
+};
 pub use mutex::{Condvar, Mutex, MutexGuard, TryLockError, TryLockResult};
 
 use crate::arch::percpu;

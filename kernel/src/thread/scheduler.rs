@@ -146,6 +146,9 @@ pub(crate) enum After {
 struct Sleeper {
     deadline: u64,
     thread: usize,
+    /// 0: a sleep; else the wait (epoch) of a `block_until`, ended by the
+    /// deadline only if the thread still blocks in it.
+    epoch: u64,
 }
 
 /// One CPU's scheduler; used by that CPU only.
@@ -326,9 +329,20 @@ impl Scheduler {
             if first.deadline > now {
                 break;
             }
-            let thread = first.thread as *mut Control;
+            let (thread, epoch) = (first.thread as *mut Control, first.epoch);
             self.sleepers.pop();
-            self.push_back(thread);
+            // SAFETY: control blocks are never freed; a thread with a
+            // sleeper entry here is on this CPU (it blocked here and a
+            // blocked thread never moves; a stale entry fails the checks).
+            let stale = epoch != 0
+                && unsafe {
+                    (*thread).cpu.load(Ordering::Relaxed) != self.cpu
+                        || (*thread).state != State::Blocked
+                        || !(*thread).wait_epoch.is_current(epoch)
+                };
+            if !stale {
+                self.push_back(thread);
+            }
         }
     }
 }
@@ -513,14 +527,23 @@ pub(crate) fn begin_wait() -> u64 {
 /// Blocks the current thread until woken for the wait begun last (returns
 /// at once if that wake-up already came).
 pub(crate) fn block() {
+    block_with_deadline(None);
+}
+
+/// `block`, ending also at TSC value `deadline` if given (`(epoch,
+/// deadline)`: the wait's epoch, from `begin_wait`).
+fn block_with_deadline(deadline: Option<(u64, u64)>) {
     let thread = current();
-    // SAFETY: ours.
+    // SAFETY: ours; the scheduler is not held across the switch.
     unsafe {
         if (*thread).wake_pending {
             (*thread).wake_pending = false;
             return;
         }
         (*thread).state = State::Blocked;
+        if let Some((epoch, deadline)) = deadline {
+            mine().sleepers.push(Reverse(Sleeper { deadline, thread: thread as usize, epoch }));
+        }
     }
     switch_away(After::Nothing, false);
 }
@@ -533,9 +556,16 @@ pub(crate) fn sleep_until(deadline: u64) {
         let scheduler = unsafe { mine() };
         // SAFETY: ours.
         unsafe { (*thread).state = State::Sleeping };
-        scheduler.sleepers.push(Reverse(Sleeper { deadline, thread: thread as usize }));
+        scheduler.sleepers.push(Reverse(Sleeper { deadline, thread: thread as usize, epoch: 0 }));
     }
     switch_away(After::Nothing, false);
+}
+
+/// Like `block`, but also ends at TSC value `deadline`: for waits with a
+/// timeout (`recv_timeout`, `Condvar::wait_timeout`). `epoch` is the wait's
+/// (from `begin_wait`). The caller re-checks its condition and the time.
+pub(crate) fn block_until(epoch: u64, deadline: u64) {
+    block_with_deadline(Some((epoch, deadline)));
 }
 
 pub(crate) fn yield_now() {

@@ -3,12 +3,17 @@
 #![no_std]
 #![no_main]
 
+use core::time::Duration;
 use toro::alloc::boxed::Box;
 use toro::alloc::collections::VecDeque;
 use toro::alloc::sync::Arc;
 use toro::alloc::vec::Vec;
-use toro::sync::{channel, Condvar, Mutex, TryLockError};
+
+use toro::sync::{
+    channel, sync_channel, Condvar, Mutex, RecvTimeoutError, Select, TryLockError, TryRecvError, TrySendError,
+};
 use toro::thread;
+use toro::time::Instant;
 use toro::{cpu, println};
 
 fn check(condition: bool, what: &str) -> bool {
@@ -32,7 +37,7 @@ fn main() -> i32 {
     let mut ok = true;
 
     // Boxes across CPUs: values arrive in order, payloads not copied.
-    let (mut sender, mut receiver) = channel::<Box<u64>>();
+    let (sender, receiver) = channel::<Box<u64>>();
     let producer = thread::spawn_on(cpus - 1, move || {
         for value in 0..100_000u64 {
             sender.send(Box::new(value)).expect("receiver alive");
@@ -53,7 +58,7 @@ fn main() -> i32 {
     let mut collectors = Vec::new();
     let mut senders = Vec::new();
     for id in 0..SENDERS {
-        let (mut tx, mut rx) = channel::<(usize, u64)>();
+        let (tx, rx) = channel::<(usize, u64)>();
         collectors.push(thread::spawn_on(id % cpus, move || {
             let mut next_sequence = 0u64;
             let mut in_order = true;
@@ -85,6 +90,159 @@ fn main() -> i32 {
     }
     ok &= check(hops == SENDERS as u64 * MESSAGES / 10, "every hop landed on its CPU");
     println!("migration storm: {SENDERS} senders x {MESSAGES} messages, {hops} hops");
+
+    // Many producers: clones of one sender on every CPU (some hopping
+    // CPUs), one receiver; every value once, in order per sender.
+    const PRODUCERS: usize = 12;
+    const EACH: u64 = 3_000;
+    let (tx, rx) = channel::<(usize, u64)>();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|id| {
+            let tx = tx.clone();
+            thread::spawn_on(id % cpus, move || {
+                let mut state = id as u64 + 17;
+                for sequence in 0..EACH {
+                    if id % 3 == 0 && sequence % 100 == 0 {
+                        thread::migrate_to((next(&mut state) % cpus as u64) as usize).expect("cpu exists");
+                    }
+                    // Clones of clones: weight is split further.
+                    if sequence % 1000 == 999 {
+                        let extra = tx.clone();
+                        extra.send((usize::MAX, 0)).expect("receiver alive");
+                    }
+                    tx.send((id, sequence)).expect("receiver alive");
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut next_sequence = [0u64; PRODUCERS];
+    let (mut in_order, mut extras) = (true, 0);
+    for (id, sequence) in rx.iter() {
+        if id == usize::MAX {
+            extras += 1;
+            continue;
+        }
+        in_order &= next_sequence[id] == sequence;
+        next_sequence[id] += 1;
+    }
+    producers.into_iter().for_each(|p| p.join());
+    ok &= check(in_order, "multi-producer: in order per sender");
+    ok &= check(next_sequence.iter().all(|&n| n == EACH), "multi-producer: every value once");
+    ok &= check(extras == PRODUCERS * (EACH as usize / 1000), "multi-producer: values of short-lived clones");
+    ok &= check(rx.try_recv() == Err(TryRecvError::Disconnected), "multi-producer: disconnected at the end");
+    println!("mpsc: {PRODUCERS} senders x {EACH} values on {cpus} cpus");
+
+    // A chain of 100 clones each from the previous one (weight runs out
+    // and is topped up by the home CPU), dropped on other CPUs.
+    let (tx, rx) = channel::<u32>();
+    let mut chain = Vec::new();
+    let mut last = tx;
+    for n in 0..100u32 {
+        let clone = last.clone();
+        chain.push(core::mem::replace(&mut last, clone));
+        chain.last().expect("pushed").send(n).expect("receiver alive");
+    }
+    let droppers: Vec<_> =
+        chain.into_iter().enumerate().map(|(n, tx)| thread::spawn_on(n % cpus, move || drop(tx))).collect();
+    droppers.into_iter().for_each(|d| d.join());
+    ok &= check(rx.try_iter().count() == 100, "clone chain: all values there");
+    ok &= check(rx.try_recv() == Err(TryRecvError::Empty), "clone chain: one sender left, so not disconnected");
+    drop(last);
+    ok &= check(rx.recv().is_err(), "clone chain: disconnected after the last drop");
+    println!("clone chain: 100 clones");
+
+    // recv_timeout: times out, then gets a value sent from another CPU.
+    let (tx, rx) = channel::<u32>();
+    let start = Instant::now();
+    ok &= check(rx.recv_timeout(Duration::from_millis(5)) == Err(RecvTimeoutError::Timeout), "recv_timeout times out");
+    ok &= check(start.elapsed() >= Duration::from_millis(5), "recv_timeout waited its time");
+    let late = thread::spawn_on(cpus - 1, move || {
+        thread::sleep(Duration::from_millis(2));
+        tx.send(9).expect("receiver alive");
+    });
+    ok &= check(rx.recv_timeout(Duration::from_secs(5)) == Ok(9), "recv_timeout gets a late value");
+    late.join();
+    ok &= check(
+        rx.recv_timeout(Duration::from_secs(5)) == Err(RecvTimeoutError::Disconnected),
+        "recv_timeout sees disconnect",
+    );
+    println!("recv_timeout: ok");
+
+    // Select over three receivers fed from different CPUs.
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| channel::<usize>()).unzip();
+    let feeders: Vec<_> = txs
+        .into_iter()
+        .enumerate()
+        .map(|(n, tx)| {
+            thread::spawn_on((n + 1) % cpus, move || {
+                for k in 0..200 {
+                    tx.send(n * 1000 + k).expect("receiver alive");
+                    if k % 50 == 0 {
+                        thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut got, mut closed) = ([0usize; 3], [false; 3]);
+    while closed.iter().any(|c| !c) {
+        let mut select = Select::new();
+        let indices: Vec<_> =
+            rxs.iter().enumerate().filter(|(n, _)| !closed[*n]).map(|(n, r)| (select.recv(r), n)).collect();
+        let ready = select.ready();
+        let n = indices.iter().find(|(index, _)| *index == ready).expect("an index we added").1;
+        match rxs[n].try_recv() {
+            Ok(value) => {
+                in_order &= value == n * 1000 + got[n];
+                got[n] += 1;
+            }
+            Err(TryRecvError::Disconnected) => closed[n] = true,
+            Err(TryRecvError::Empty) => ok &= check(false, "select: a ready receiver is not empty"),
+        }
+    }
+    feeders.into_iter().for_each(|f| f.join());
+    ok &= check(got == [200; 3] && in_order, "select: every value of every receiver, in order");
+    let mut select = Select::new();
+    let (_tx, idle) = channel::<u8>();
+    select.recv(&idle);
+    ok &= check(select.ready_timeout(Duration::from_millis(2)).is_err(), "select: ready_timeout times out");
+    println!("select: 3 receivers");
+
+    // sync_channel: bounded lanes make senders wait; rendezvous.
+    let (tx, rx) = sync_channel::<u32>(4);
+    for n in 0..4 {
+        tx.try_send(n).expect("room for 4");
+    }
+    ok &= check(matches!(tx.try_send(4), Err(TrySendError::Full(4))), "sync_channel: full at its bound");
+    let filler = {
+        let tx = tx.clone();
+        thread::spawn(move || (4..1000u32).for_each(|n| tx.send(n).expect("receiver alive")))
+    };
+    drop(tx);
+    let mut all_in_order = true;
+    for (expected, value) in rx.iter().enumerate() {
+        all_in_order &= value == expected as u32;
+        if expected % 100 == 0 {
+            thread::sleep(Duration::from_micros(100));
+        }
+    }
+    filler.join();
+    ok &= check(all_in_order, "sync_channel: 1000 values through a bound of 4");
+    let (tx, rx) = sync_channel::<u32>(0);
+    let meeting = thread::spawn_on(cpus - 1, move || {
+        let before = Instant::now();
+        tx.send(1).expect("receiver alive");
+        before.elapsed()
+    });
+    thread::sleep(Duration::from_millis(3));
+    ok &= check(rx.recv() == Ok(1), "rendezvous: value arrives");
+    ok &= check(meeting.join() >= Duration::from_millis(2), "rendezvous: send waited for recv");
+    let (tx, rx) = sync_channel::<Box<u32>>(2);
+    drop(rx);
+    ok &=
+        check(tx.send(Box::new(1)).map_err(|e| *e.0) == Err(1), "send after the receiver is gone gives the value back");
+    println!("sync_channel: ok");
 
     // Mutex: increments from every CPU.
     let counter = Arc::new(Mutex::new(0u64));

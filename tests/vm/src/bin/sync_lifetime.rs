@@ -133,7 +133,7 @@ fn main() -> i32 {
     // Channel: made on the home CPU, both ends dropped here, their drop
     // reports in flight to the busy home.
     for _ in 0..ROUNDS {
-        let (mut sender, receiver) = thread::spawn_on(HOME, channel::<Box<u64>>).join();
+        let (sender, receiver) = thread::spawn_on(HOME, channel::<Box<u64>>).join();
         sender.send(Box::new(7)).expect("receiver alive");
         let ends = Box::new((sender, receiver));
         let busy = occupy_home();
