@@ -298,6 +298,7 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     "toro::thread::scheduler::wake",
     "toro::thread::scheduler::wake_job",
     "toro::thread::scheduler::block",
+    "toro::thread::scheduler::block_until",
     "toro::thread::scheduler::switch_away",
     "toro::thread::scheduler::finish_switch",
     "toro::thread::scheduler::exit_current",

@@ -526,12 +526,14 @@ pub(crate) fn begin_wait() -> u64 {
 
 /// Blocks the current thread until woken for the wait begun last (returns
 /// at once if that wake-up already came).
+#[inline(never)]
 pub(crate) fn block() {
     block_with_deadline(None);
 }
 
 /// `block`, ending also at TSC value `deadline` if given (`(epoch,
 /// deadline)`: the wait's epoch, from `begin_wait`).
+#[inline(never)]
 fn block_with_deadline(deadline: Option<(u64, u64)>) {
     let thread = current();
     // SAFETY: ours; the scheduler is not held across the switch.
@@ -564,6 +566,7 @@ pub(crate) fn sleep_until(deadline: u64) {
 /// Like `block`, but also ends at TSC value `deadline`: for waits with a
 /// timeout (`recv_timeout`, `Condvar::wait_timeout`). `epoch` is the wait's
 /// (from `begin_wait`). The caller re-checks its condition and the time.
+#[inline(never)]
 pub(crate) fn block_until(epoch: u64, deadline: u64) {
     block_with_deadline(Some((epoch, deadline)));
 }
