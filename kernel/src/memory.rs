@@ -28,7 +28,7 @@ use toro_core::allocator::{CpuAllocator, CpuHeap, RemoteRing, Usage, WordMemory,
 use toro_core::memory_split::CpuShare;
 
 use crate::arch::paging::PAGE_SIZE;
-use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::percpu::{self, CellError, PerCpuCell, MAX_CPUS};
 use crate::once::BootCell;
 
 type Allocator = CpuAllocator<'static, MAX_CPUS>;
@@ -53,9 +53,10 @@ impl WordMemory for Words {
     }
 }
 
-/// Each CPU's allocator (address inside its share); published by the boot
-/// CPU once set up, then used by its CPU only.
-static ALLOCATORS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Each CPU's allocator (inside its share); set up by the boot CPU, then
+/// used by its CPU only, through `PerCpuCell::with` (an allocation inside
+/// an allocation, which only an interrupt handler could make, panics).
+static ALLOCATORS: PerCpuCell<Allocator> = PerCpuCell::new();
 
 /// Which CPU owns an address: shares sorted by start. Read-only after boot.
 struct Owners {
@@ -92,19 +93,6 @@ static PUBLISHED: [PublishedUsage; MAX_CPUS] = [const {
 /// Allocations between two publications of a CPU's usage.
 const PUBLISH_INTERVAL: u64 = 256;
 
-/// The running CPU's allocator, if memory is set up.
-///
-/// # Safety
-/// The caller must not hold another reference from an earlier call: the
-/// allocator is used by its own CPU only, by non-reentrant code (no
-/// interrupt handler allocates).
-#[inline(always)]
-unsafe fn mine() -> Option<&'static mut Allocator> {
-    let address = ALLOCATORS[percpu::current_index()].load(Ordering::Acquire);
-    // SAFETY: published by `init`, owned by this CPU; see above.
-    (address != 0).then(|| unsafe { &mut *(address as *mut Allocator) })
-}
-
 fn publish(allocator: &Allocator) {
     let usage = allocator.usage();
     let published = &PUBLISHED[allocator.cpu()];
@@ -119,8 +107,27 @@ fn publish(allocator: &Allocator) {
 /// Allocates from the running CPU's share. Null when it is full.
 #[inline(never)]
 pub fn allocate(size: usize, align: usize) -> *mut u8 {
-    // SAFETY: one use of this CPU's allocator, not nested.
-    let Some(allocator) = (unsafe { mine() }) else { return core::ptr::null_mut() };
+    lend(|allocator| allocate_here(allocator, size, align)).unwrap_or(core::ptr::null_mut())
+}
+
+/// Runs `f` with this CPU's allocator; `None` before memory is set up.
+#[inline(always)]
+fn lend<R>(f: impl FnOnce(&mut Allocator) -> R) -> Option<R> {
+    match ALLOCATORS.try_with(f) {
+        Ok(result) => Some(result),
+        Err(CellError::NotSet) => None,
+        Err(CellError::Borrowed) => reentrant_allocation(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn reentrant_allocation() -> ! {
+    panic!("allocation inside an allocation on cpu {} (an interrupt handler allocating?)", percpu::current_index());
+}
+
+#[inline(always)]
+fn allocate_here(allocator: &mut Allocator, size: usize, align: usize) -> *mut u8 {
     let published = &PUBLISHED[allocator.cpu()];
     let count = published.allocations.load(Ordering::Relaxed) + 1;
     published.allocations.store(count, Ordering::Relaxed);
@@ -140,8 +147,11 @@ pub fn allocate(size: usize, align: usize) -> *mut u8 {
 /// its owner.
 #[inline(never)]
 pub fn free(address: u64, size: usize) {
-    // SAFETY: one use of this CPU's allocator, not nested.
-    let Some(allocator) = (unsafe { mine() }) else { return };
+    lend(|allocator| free_here(allocator, address, size));
+}
+
+#[inline(always)]
+fn free_here(allocator: &mut Allocator, address: u64, size: usize) {
     if allocator.owns(address) {
         if let Err(error) = allocator.free_local(&mut Words, address) {
             allocation_failure_bad_free(address, size, error);
@@ -172,11 +182,10 @@ fn owner_of(address: u64) -> Option<usize> {
 /// here; called before a CPU halts.
 #[inline(never)]
 pub(crate) fn idle() {
-    // SAFETY: one use of this CPU's allocator, not nested.
-    if let Some(allocator) = unsafe { mine() } {
+    lend(|allocator| {
         allocator.idle(&mut Words);
         publish(allocator);
-    }
+    });
 }
 
 /// The per-CPU allocator as Rust's global allocator.
@@ -236,15 +245,12 @@ fn exact(usage: Usage) -> CpuUsage {
 /// The running CPU's figures, exact. Takes back blocks freed for it
 /// elsewhere first, so a quiet system shows what is really in use.
 pub fn usage_here() -> CpuUsage {
-    // SAFETY: one use of this CPU's allocator, not nested.
-    match unsafe { mine() } {
-        Some(allocator) => {
-            allocator.idle(&mut Words);
-            publish(allocator);
-            exact(allocator.usage())
-        }
-        None => CpuUsage::default(),
-    }
+    lend(|allocator| {
+        allocator.idle(&mut Words);
+        publish(allocator);
+        exact(allocator.usage())
+    })
+    .unwrap_or_default()
 }
 
 /// CPU `cpu`'s figures as it last published them (when it last idled, or
@@ -253,7 +259,7 @@ pub fn usage(cpu: usize) -> Option<CpuUsage> {
     if cpu == percpu::current_index() {
         return Some(usage_here());
     }
-    if ALLOCATORS.get(cpu)?.load(Ordering::Acquire) == 0 {
+    if !ALLOCATORS.is_set(cpu) {
         return None;
     }
     let published = &PUBLISHED[cpu];
@@ -384,9 +390,11 @@ pub(crate) fn init(shares: &[CpuShare], cpus: &[usize]) -> Result<(), &'static s
     OWNERS.set(owners);
     for (position, share) in shares.iter().enumerate() {
         let allocator = share.start as *mut Allocator;
-        // SAFETY: set up above; publishing hands it to its CPU.
-        publish(unsafe { &*allocator });
-        ALLOCATORS[cpus[position]].store(share.start, Ordering::Release);
+        // SAFETY: set up above, in the CPU's share, which nothing else
+        // uses; publishing hands it to its CPU for good.
+        let allocator = unsafe { &mut *allocator };
+        publish(allocator);
+        ALLOCATORS.set(cpus[position], allocator);
     }
     Ok(())
 }

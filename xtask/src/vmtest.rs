@@ -295,6 +295,7 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     "toro::thread::scheduler::new_thread_control",
     "toro::thread::scheduler::hand_over",
     "toro::thread::scheduler::enqueue_job",
+    "toro::thread::scheduler::pool_return_job",
     "toro::thread::scheduler::wake",
     "toro::thread::scheduler::wake_job",
     "toro::thread::scheduler::block",

@@ -178,10 +178,11 @@ impl Builder {
 fn next_cpu() -> usize {
     let count = messages::count().max(1);
     let me = percpu::current_index();
-    // SAFETY: not held across a switch.
-    let scheduler = unsafe { scheduler::mine() };
-    scheduler.spawned += 1;
-    let mut cpu = (me + scheduler.spawned as usize) % count;
+    let spawned = scheduler::with_scheduler(|scheduler| {
+        scheduler.spawned += 1;
+        scheduler.spawned
+    });
+    let mut cpu = (me + spawned as usize) % count;
     // Skip CPUs that failed to start.
     for _ in 0..count {
         if crate::arch::smp::is_up(cpu) {

@@ -26,7 +26,7 @@ use toro_core::wake::{WaitEpoch, WaiterSlot};
 
 use crate::arch::context::{prepare_stack, switch_context};
 use crate::arch::paging::StackZone;
-use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::percpu::{self, PerCpuCell};
 use crate::arch::{apic, cpu as arch_cpu};
 use crate::cpu::{self as messages, Job};
 
@@ -170,18 +170,20 @@ pub(crate) struct Scheduler {
     pub spawned: u64,
 }
 
-/// Each CPU's scheduler; published by `init`, then used by its CPU only.
-static SCHEDULERS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+// SAFETY: the scheduler's raw pointers name control blocks it owns; it is
+// built by its CPU and used there only (through `SCHEDULERS`).
+unsafe impl Send for Scheduler {}
 
-/// # Safety
-/// The caller must not keep the reference across a context switch or hold
-/// another one (the scheduler is used by its CPU only, never from
-/// interrupt handlers).
-pub(crate) unsafe fn mine() -> &'static mut Scheduler {
-    let address = SCHEDULERS[percpu::current_index()].load(Ordering::Acquire);
-    debug_assert!(address != 0, "scheduler used before thread::init");
-    // SAFETY: published by `init_cpu`; see above.
-    unsafe { &mut *(address as *mut Scheduler) }
+/// Each CPU's scheduler; set up by `init_cpu` on that CPU, used by it only.
+/// Reached through `with_scheduler`, whose borrow ends before any context
+/// switch and before any job runs.
+static SCHEDULERS: PerCpuCell<Scheduler> = PerCpuCell::new();
+
+/// Runs `f` with this CPU's scheduler (a nested use panics: see
+/// `PerCpuCell`).
+#[inline(always)]
+pub(crate) fn with_scheduler<R>(f: impl FnOnce(&mut Scheduler) -> R) -> R {
+    SCHEDULERS.with(f)
 }
 
 /// Whether this CPU's scheduler is set up.
@@ -191,7 +193,7 @@ pub(crate) fn ready() -> bool {
 
 /// Whether CPU `cpu`'s scheduler is set up.
 pub(crate) fn ready_on(cpu: usize) -> bool {
-    SCHEDULERS[cpu].load(Ordering::Acquire) != 0
+    SCHEDULERS.is_set(cpu)
 }
 
 /// Sets up CPU `cpu`'s scheduler with its stack zone; its current context
@@ -220,23 +222,21 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         switches: 0,
         spawned: 0,
     });
-    SCHEDULERS[cpu].store(Box::into_raw(scheduler) as u64, Ordering::Release);
+    SCHEDULERS.set(cpu, Box::leak(scheduler));
     apic::timer_init(TIMER_VECTOR);
 }
 
 /// On the boot CPU: the original context is `main`; the idle thread gets a
 /// stack of its own.
 pub(crate) fn make_idle_thread() {
-    // SAFETY: boot CPU, not nested.
-    let scheduler = unsafe { mine() };
-    let idle = scheduler.new_control().expect("a stack slot for the idle thread");
+    let idle = with_scheduler(Scheduler::new_control).expect("a stack slot for the idle thread");
     // SAFETY: fresh control block, ours.
     unsafe {
         (*idle).name = Some(String::from("idle"));
         let (_, top) = (*idle).stack.expect("zone stacks have slots");
         (*idle).saved_rsp = prepare_stack(top, idle_entry, 0);
     }
-    scheduler.idle = idle;
+    with_scheduler(|scheduler| scheduler.idle = idle);
 }
 
 extern "C" fn idle_entry(_: u64) -> ! {
@@ -298,30 +298,6 @@ impl Scheduler {
         Some(control)
     }
 
-    fn recycle(&mut self, thread: *mut Control) {
-        // SAFETY: an exited, released thread of this CPU: nothing else
-        // refers to it but late messages, which check its epoch.
-        unsafe {
-            let result = (*thread).result.swap_relaxed_take();
-            if result != 0 {
-                if let Some(drop_result) = (*thread).result_drop {
-                    drop_result(result as *mut u8);
-                }
-            }
-            (*thread).name = None;
-            (*thread).entry = None;
-            // Ends the last wait of this life: a late wake-up for it is stale.
-            (*thread).wait_epoch.advance();
-            let home = (*thread).home;
-            if home != self.cpu {
-                // Back to the CPU whose zone holds its stack.
-                let _ = messages::send(home, Job { run: pool_return_job, data: thread as *mut u8, extra: 0 });
-                return;
-            }
-        }
-        self.pool.push(thread);
-    }
-
     /// Moves expired sleepers to the run queue.
     fn wake_sleepers(&mut self) {
         let now = arch_cpu::rdtsc();
@@ -347,6 +323,52 @@ impl Scheduler {
     }
 }
 
+/// Recycles an exited thread whose handle let go: back to the pool of the
+/// CPU whose zone holds its stack. Scheduler or job context, so no
+/// application code runs here: a result no one joined is dropped by the
+/// thread itself, brought back for that (`drop_result_entry`).
+fn recycle(thread: *mut Control) {
+    // SAFETY: an exited, released thread of this CPU: nothing else refers
+    // to it but late messages, which check its epoch.
+    unsafe {
+        if (*thread).result.load(Ordering::Relaxed) != 0 {
+            // The result's `Drop` is application code: run it in thread
+            // context, on the thread's own stack, then exit again.
+            let (_, top) = (*thread).stack.expect("spawned threads have a stack slot");
+            (*thread).saved_rsp = prepare_stack(top, drop_result_entry, thread as u64);
+            (*thread).exited = false;
+            with_scheduler(|scheduler| scheduler.push_back(thread));
+            return;
+        }
+        debug_assert!((*thread).entry.is_none(), "a thread's closure is consumed by the thread");
+        (*thread).name = None;
+        // Ends the last wait of this life: a late wake-up for it is stale.
+        (*thread).wait_epoch.advance();
+        let home = (*thread).home;
+        if home != percpu::current_index() {
+            // Back to the CPU whose zone holds its stack.
+            let _ = messages::send(home, Job { run: pool_return_job, data: thread as *mut u8, extra: 0 });
+            return;
+        }
+    }
+    with_scheduler(|scheduler| scheduler.pool.push(thread));
+}
+
+/// A detached thread's second, short life: drop its result (application
+/// `Drop` code) in thread context, then exit for good.
+extern "C" fn drop_result_entry(thread: u64) -> ! {
+    finish_switch();
+    let thread = thread as *mut Control;
+    // SAFETY: ours (we are it); no handle claims the result any more.
+    unsafe {
+        let result = (*thread).result.swap_relaxed_take();
+        if let (true, Some(drop_result)) = (result != 0, (*thread).result_drop) {
+            drop_result(result as *mut u8);
+        }
+    }
+    exit_current()
+}
+
 /// `AtomicU64` read-and-clear for the owner only: a load and a store, no
 /// read-modify-write instruction (nothing else writes it concurrently).
 trait TakeRelaxed {
@@ -367,33 +389,32 @@ impl TakeRelaxed for AtomicU64 {
 pub(crate) fn switch_away(after: After, requeue: bool) {
     messages::drain_overflow();
     messages::run_incoming();
-    // SAFETY: not held across the switch below (re-fetched after it).
-    let scheduler = unsafe { mine() };
-    scheduler.wake_sleepers();
-    let previous = scheduler.current;
-    if requeue {
-        scheduler.push_back(previous);
-    }
-    let next = match scheduler.pop_front() {
-        Some(next) => next,
-        None if previous == scheduler.idle => return,
-        None => scheduler.idle,
-    };
-    if next == previous {
-        // SAFETY: ours.
-        unsafe { (*next).state = State::Running };
+    let switch = with_scheduler(|scheduler| {
+        scheduler.wake_sleepers();
+        let previous = scheduler.current;
+        if requeue {
+            scheduler.push_back(previous);
+        }
+        let next = match scheduler.pop_front() {
+            Some(next) => next,
+            None if previous == scheduler.idle => return None,
+            None => scheduler.idle,
+        };
         scheduler.after = after;
-        finish_switch();
-        return;
-    }
-    scheduler.after = after;
-    scheduler.current = next;
-    scheduler.switches += 1;
-    // SAFETY: ours; `next` was queued (or is the idle thread), so its saved
-    // stack pointer is valid; `previous` keeps its control block.
-    unsafe {
-        (*next).state = State::Running;
-        switch_context(&raw mut (*previous).saved_rsp, (*next).saved_rsp);
+        if next != previous {
+            scheduler.current = next;
+            scheduler.switches += 1;
+        }
+        // SAFETY: ours (queued here, or the idle thread).
+        unsafe { (*next).state = State::Running };
+        Some((previous, next))
+    });
+    let Some((previous, next)) = switch else { return };
+    if next != previous {
+        // SAFETY: ours; `next` was queued (or is the idle thread), so its
+        // saved stack pointer is valid; `previous` keeps its control block.
+        // No per-CPU borrow is live across the switch.
+        unsafe { switch_context(&raw mut (*previous).saved_rsp, (*next).saved_rsp) };
     }
     finish_switch();
 }
@@ -405,9 +426,7 @@ pub(crate) fn finish_switch() {
 }
 
 fn finish_switch_now() {
-    // SAFETY: not held across a switch.
-    let scheduler = unsafe { mine() };
-    match core::mem::replace(&mut scheduler.after, After::Nothing) {
+    match with_scheduler(|scheduler| core::mem::replace(&mut scheduler.after, After::Nothing)) {
         After::Nothing => {}
         After::Migrate(thread, cpu) => {
             // SAFETY: the thread is off its stack; we hand it over.
@@ -416,11 +435,12 @@ fn finish_switch_now() {
         }
         After::Exit(thread) => {
             // SAFETY: ours, off its stack for good.
-            unsafe {
+            let released = unsafe {
                 (*thread).exited = true;
-                if (*thread).handle_released {
-                    scheduler.recycle(thread);
-                }
+                (*thread).handle_released
+            };
+            if released {
+                recycle(thread);
             }
         }
     }
@@ -430,8 +450,7 @@ fn finish_switch_now() {
 /// `cpu`.
 pub(crate) fn hand_over(cpu: usize, thread: *mut Control) {
     if cpu == percpu::current_index() {
-        // SAFETY: not held across a switch.
-        unsafe { mine() }.push_back(thread);
+        with_scheduler(|scheduler| scheduler.push_back(thread));
         return;
     }
     let job = Job { run: enqueue_job, data: thread as *mut u8, extra: 0 };
@@ -441,13 +460,13 @@ pub(crate) fn hand_over(cpu: usize, thread: *mut Control) {
 }
 
 unsafe fn pool_return_job(data: *mut u8, _: u64) {
-    // SAFETY: a recycled block whose stack is in this CPU's zone; ours now.
-    unsafe { mine() }.pool.push(data as *mut Control);
+    // A recycled block whose stack is in this CPU's zone; ours now.
+    with_scheduler(|scheduler| scheduler.pool.push(data as *mut Control));
 }
 
 unsafe fn enqueue_job(data: *mut u8, _: u64) {
-    // SAFETY: the sender handed this thread over; it is ours now.
-    unsafe { mine() }.push_back(data as *mut Control);
+    // The sender handed this thread over; it is ours now.
+    with_scheduler(|scheduler| scheduler.push_back(data as *mut Control));
 }
 
 /// Wakes `thread` from its wait number `epoch`, wherever it is.
@@ -478,7 +497,7 @@ unsafe fn wake_job(data: *mut u8, epoch: u64) {
             return;
         }
         match (*thread).state {
-            State::Blocked => mine().push_back(thread),
+            State::Blocked => with_scheduler(|scheduler| scheduler.push_back(thread)),
             State::Running | State::Ready => (*thread).wake_pending = true,
             State::Sleeping | State::Exited => {}
         }
@@ -493,24 +512,25 @@ pub(crate) fn may_block() -> bool {
     if !ready() {
         return false;
     }
-    // SAFETY: read only, not held.
-    let scheduler = unsafe { mine() };
-    let current = scheduler.current;
-    // SAFETY: ours (the running thread).
-    current != scheduler.idle && unsafe { (*current).state } == State::Running
+    // Not while the scheduler is lent (an allocation inside it, say).
+    SCHEDULERS
+        .try_with(|scheduler| {
+            let current = scheduler.current;
+            // SAFETY: ours (the running thread).
+            current != scheduler.idle && unsafe { (*current).state } == State::Running
+        })
+        .unwrap_or(false)
 }
 
 /// The current thread's control block.
 pub(crate) fn current() -> *mut Control {
-    // SAFETY: read only.
-    unsafe { mine() }.current
+    with_scheduler(|scheduler| scheduler.current)
 }
 
 /// Whether no other thread is ready on this CPU (a thread about to block
 /// may then poll briefly without holding anyone up).
 pub(crate) fn nothing_else_ready() -> bool {
-    // SAFETY: read only.
-    unsafe { mine() }.run_queue.is_empty()
+    with_scheduler(|scheduler| scheduler.run_queue.is_empty())
 }
 
 /// Starts a wait: returns its epoch (give it to whoever will wake us).
@@ -543,23 +563,28 @@ fn block_with_deadline(deadline: Option<(u64, u64)>) {
             return;
         }
         (*thread).state = State::Blocked;
-        if let Some((epoch, deadline)) = deadline {
-            mine().sleepers.push(Reverse(Sleeper { deadline, thread: thread as usize, epoch }));
-        }
+    }
+    if let Some((epoch, deadline)) = deadline {
+        add_sleeper(Sleeper { deadline, thread: thread as usize, epoch });
     }
     switch_away(After::Nothing, false);
+}
+
+/// Puts an entry in this CPU's deadline heap. The heap is taken out of the
+/// scheduler while it grows: growing allocates, and the allocator must
+/// never run inside a scheduler borrow that it might need.
+fn add_sleeper(sleeper: Sleeper) {
+    let mut sleepers = with_scheduler(|scheduler| core::mem::take(&mut scheduler.sleepers));
+    sleepers.push(Reverse(sleeper));
+    with_scheduler(|scheduler| scheduler.sleepers = sleepers);
 }
 
 /// Sleeps until TSC value `deadline`.
 pub(crate) fn sleep_until(deadline: u64) {
     let thread = current();
-    {
-        // SAFETY: not held across the switch.
-        let scheduler = unsafe { mine() };
-        // SAFETY: ours.
-        unsafe { (*thread).state = State::Sleeping };
-        scheduler.sleepers.push(Reverse(Sleeper { deadline, thread: thread as usize, epoch: 0 }));
-    }
+    // SAFETY: ours.
+    unsafe { (*thread).state = State::Sleeping };
+    add_sleeper(Sleeper { deadline, thread: thread as usize, epoch: 0 });
     switch_away(After::Nothing, false);
 }
 
@@ -624,7 +649,7 @@ unsafe fn release_job(data: *mut u8, _: u64) {
         }
         (*thread).handle_released = true;
         if (*thread).exited {
-            mine().recycle(thread);
+            recycle(thread);
         }
     }
 }
@@ -668,16 +693,18 @@ pub(crate) fn idle_loop() -> ! {
             last_work = arch_cpu::rdtsc();
         }
         crate::memory::idle();
-        {
-            // SAFETY: not held across a switch.
-            let scheduler = unsafe { mine() };
+        let ready = with_scheduler(|scheduler| {
             if !scheduler.run_queue.is_empty() {
-                continue;
+                return true;
             }
             match scheduler.sleepers.peek() {
                 Some(Reverse(first)) => apic::timer_arm(first.deadline),
                 None => apic::timer_disarm(),
             }
+            false
+        });
+        if ready {
+            continue;
         }
         if messages::overflow_pending() {
             // Jobs wait for room in a full ring: no IPI tells us when there
@@ -701,25 +728,26 @@ const SPIN_BEFORE_HALT_TICKS: u64 = 100_000;
 /// Context switches made by this CPU (to tell whether the idle thread ran
 /// anything).
 fn current_switches() -> u64 {
-    // SAFETY: read only.
-    unsafe { mine() }.switches
+    with_scheduler(|scheduler| scheduler.switches)
+}
+
+/// The current thread as a fault or panic report sees it: read without
+/// borrowing the scheduler (the fault may have interrupted a borrow).
+fn current_for_report() -> Option<*mut Control> {
+    // SAFETY: a plain read of `current` (a pointer field) for a report;
+    // control blocks are never freed.
+    SCHEDULERS.for_report().map(|scheduler| unsafe { (*scheduler).current })
 }
 
 /// The current thread's stack, if it has a slot: (guard page, top).
 pub(crate) fn current_stack() -> Option<(u64, u64)> {
-    if !ready() {
-        return None;
-    }
-    // SAFETY: read only.
-    unsafe { (*current()).stack }
+    // SAFETY: read only; control blocks are never freed.
+    current_for_report().and_then(|thread| unsafe { (*thread).stack })
 }
 
-/// Name and id of the current thread, for fault reports.
+/// Name and id of the current thread, for fault and panic reports.
 pub(crate) fn describe_current(out: &mut impl core::fmt::Write) {
-    if !ready() {
-        return;
-    }
-    let thread = current();
+    let Some(thread) = current_for_report() else { return };
     // SAFETY: read only, ours.
     unsafe {
         let _ = write!(
@@ -737,14 +765,12 @@ pub(crate) fn describe_current(out: &mut impl core::fmt::Write) {
 pub(crate) fn new_thread_control() -> Option<*mut Control> {
     // Blocks of finished threads come back as messages: take them in before
     // cutting a new stack slot.
-    // SAFETY: read only.
-    if unsafe { mine() }.pool.is_empty() {
+    if with_scheduler(|scheduler| scheduler.pool.is_empty()) {
         messages::run_incoming();
     }
     let start = arch_cpu::rdtsc();
     loop {
-        // SAFETY: not held across the yield below.
-        if let Some(control) = unsafe { mine() }.new_control() {
+        if let Some(control) = with_scheduler(Scheduler::new_control) {
             return Some(control);
         }
         let waited = crate::time::ticks_to_duration(arch_cpu::rdtsc() - start).unwrap_or_default();

@@ -191,7 +191,6 @@ impl<T> Default for PerCpuCell<T> {
     }
 }
 
-#[allow(dead_code)] // `with`, `is_set` and `for_report`: for the scheduler and allocator next
 impl<T> PerCpuCell<T> {
     pub const fn new() -> Self {
         Self {
@@ -256,7 +255,6 @@ impl<T> PerCpuCell<T> {
     }
 }
 
-#[allow(dead_code)]
 #[cold]
 #[inline(never)]
 fn cell_failure(error: CellError) -> ! {

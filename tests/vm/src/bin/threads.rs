@@ -5,6 +5,7 @@
 #![no_main]
 
 use core::cell::Cell;
+use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration;
 
 use toro::alloc::vec::Vec;
@@ -13,6 +14,24 @@ use toro::time::Instant;
 use toro::{cpu, println};
 
 toro::thread_local!(static COUNTER: Cell<u32> = Cell::new(0));
+
+/// Results dropped in the thread that made them, and anywhere else.
+static DROPPED_IN_THREAD: AtomicU32 = AtomicU32::new(0);
+static DROPPED_ELSEWHERE: AtomicU32 = AtomicU32::new(0);
+
+/// A result whose `Drop` is application code that needs a thread: it
+/// sleeps, and it checks which thread runs it.
+struct Noisy {
+    maker: thread::ThreadId,
+}
+
+impl Drop for Noisy {
+    fn drop(&mut self) {
+        thread::sleep(Duration::from_millis(1));
+        let counter = if thread::current().id() == self.maker { &DROPPED_IN_THREAD } else { &DROPPED_ELSEWHERE };
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
 
 fn check(condition: bool, what: &str) -> bool {
     if !condition {
@@ -126,6 +145,22 @@ fn main() -> i32 {
     ok &= check(counts == [1, 2, 3, 4], "thread-locals are separate");
     COUNTER.with(|c| ok &= check(c.get() == 0, "main's thread-local untouched"));
     println!("thread-locals {counts:?}");
+
+    // Detached threads' results are dropped in thread context (the thread's
+    // own), never in the scheduler: their `Drop` may sleep.
+    const DETACHED: u32 = 20;
+    for i in 0..DETACHED {
+        drop(thread::spawn_on(i as usize % cpus, || Noisy { maker: thread::current().id() }));
+    }
+    let start = Instant::now();
+    while DROPPED_IN_THREAD.load(Ordering::Relaxed) + DROPPED_ELSEWHERE.load(Ordering::Relaxed) < DETACHED
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let (here, elsewhere) = (DROPPED_IN_THREAD.load(Ordering::Relaxed), DROPPED_ELSEWHERE.load(Ordering::Relaxed));
+    ok &= check(here == DETACHED && elsewhere == 0, "detached results dropped by their own threads");
+    println!("detached results dropped: {here} by their threads, {elsewhere} elsewhere");
 
     if ok {
         println!("threads: all checks passed");
