@@ -28,6 +28,27 @@ pub trait BlockDevice {
     fn flush(&mut self) -> Result<()>;
 }
 
+impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
+    fn sector_size(&self) -> usize {
+        (**self).sector_size()
+    }
+    fn sector_count(&self) -> u64 {
+        (**self).sector_count()
+    }
+    fn read_only(&self) -> bool {
+        (**self).read_only()
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read(sector, buf)
+    }
+    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<()> {
+        (**self).write(sector, buf)
+    }
+    fn flush(&mut self) -> Result<()> {
+        (**self).flush()
+    }
+}
+
 /// The error of a transfer outside the device.
 pub const OUT_OF_RANGE: Error = Error::from_static(ErrorKind::InvalidInput, "block device access past its end");
 /// The error of a write to a read-only device.

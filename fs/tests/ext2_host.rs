@@ -233,6 +233,15 @@ fn writes_read_back_with_debugfs_and_fsck_clean() {
             fs.create(&format!("/many/extra-{i}"), 0o644).unwrap();
         }
         fs.symlink("d1/renamed-small", "/new-link").unwrap();
+        // A file removed while open stays readable until released.
+        let orphan = fs.create("/orphan", 0o644).unwrap();
+        fs.write_at(orphan, 0, &pattern(20_000, 4)).unwrap();
+        assert_eq!(fs.unlink("/orphan", |ino| ino == orphan).unwrap(), Some(orphan));
+        assert_eq!(fs.resolve("/orphan").unwrap_err().kind(), ErrorKind::NotFound);
+        let mut back = vec![0u8; 20_000];
+        fs.read_at(orphan, 0, &mut back).unwrap();
+        assert_eq!(back, pattern(20_000, 4));
+        fs.release_orphan(orphan).unwrap();
         fs.unmount().unwrap();
 
         assert_clean(&image);

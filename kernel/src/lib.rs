@@ -17,6 +17,7 @@ mod backtrace;
 mod boot;
 pub mod console;
 pub mod cpu;
+pub mod fs;
 pub mod io;
 mod logger;
 pub mod memory;
@@ -73,6 +74,8 @@ pub fn exit(status: i32) -> ! {
         println!("toro: exit status {status} out of range 0..=127; exiting with 127");
         MAX_EXIT_STATUS
     };
+    // A clean exit: every filesystem's changes reach its disk.
+    fs::shutdown();
     arch::exit::exit_vm(status as u32)
 }
 

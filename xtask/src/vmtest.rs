@@ -190,6 +190,25 @@ fn tests() -> Vec<VmTest> {
             expect: &["sync: all checks passed"],
             ..vm("vm-tests", "sync")
         },
+        VmTest {
+            name: "fs_ramdisk-1",
+            cpus: 1,
+            expect: &["host files read and checked", "fs: all checks passed"],
+            ..vm("vm-tests", "fs_ramdisk")
+        },
+        VmTest {
+            name: "fs_ramdisk-2",
+            expect: &["host files read and checked", "2 CPUs wrote at once", "fs: all checks passed"],
+            ..vm("vm-tests", "fs_ramdisk")
+        },
+        VmTest {
+            name: "fs_ramdisk-4-q35",
+            cpus: 4,
+            machine: Machine::Q35,
+            memory_mib: 256,
+            expect: &["host files read and checked", "4 CPUs wrote at once", "fs: all checks passed"],
+            ..vm("vm-tests", "fs_ramdisk")
+        },
         VmTest { name: "sync-2", memory_mib: 256, expect: &["sync: all checks passed"], ..vm("vm-tests", "sync") },
         VmTest {
             name: "sync-4",

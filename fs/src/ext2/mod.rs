@@ -324,7 +324,8 @@ impl<D: BlockDevice> Ext2<D> {
     /// The attributes of inode `ino`.
     pub fn stat(&mut self, ino: u32) -> Result<Stat> {
         let inode = self.inode(ino)?;
-        if inode.links_count == 0 {
+        // Links 0 and no deletion time: an open file whose name is gone.
+        if inode.links_count == 0 && inode.dtime != 0 {
             return Err(corrupt("reference to a deleted inode"));
         }
         Ok(Stat {
@@ -1082,13 +1083,42 @@ impl<D: BlockDevice> Ext2<D> {
 
     /// Removes the file (or symbolic link) at `path`.
     pub fn remove_file(&mut self, path: &str) -> Result<()> {
+        self.unlink(path, |_| false).map(|_| ())
+    }
+
+    /// Removes the name `path` (not a directory). When that was the inode's
+    /// last link and `in_use(ino)` says it is still open, the inode stays
+    /// allocated and is returned: free it with [`Ext2::release_orphan`]
+    /// when the last user is done.
+    pub fn unlink(&mut self, path: &str, in_use: impl Fn(u32) -> bool) -> Result<Option<u32>> {
         self.check_writable()?;
         let (parent, name) = self.parent_of(path)?;
         let ino = self.lookup(parent, name)?.ok_or(NOT_FOUND)?;
-        if self.inode(ino)?.is_dir() {
+        let inode = self.inode(ino)?;
+        if inode.is_dir() {
             return Err(IS_DIR);
         }
         self.remove_entry(parent, name)?;
+        if inode.links_count <= 1 && in_use(ino) {
+            let mut inode = inode;
+            inode.links_count = 0;
+            inode.ctime = self.now();
+            self.write_inode(ino, &mut inode)?;
+            return Ok(Some(ino));
+        }
+        self.unlink_inode(ino)?;
+        Ok(None)
+    }
+
+    /// Frees an inode [`Ext2::unlink`] left allocated for an open file.
+    pub fn release_orphan(&mut self, ino: u32) -> Result<()> {
+        self.check_writable()?;
+        let mut inode = self.inode(ino)?;
+        if inode.links_count != 0 || inode.dtime != 0 {
+            return Err(Error::from_static(ErrorKind::InvalidInput, "inode is not an orphan"));
+        }
+        inode.links_count = 1;
+        self.write_inode(ino, &mut inode)?;
         self.unlink_inode(ino)
     }
 
