@@ -6,6 +6,8 @@
 //! - [`block`]: [`BlockDevice`] (sectors: read, write, flush, size,
 //!   read-only) and [`BlockCache`], a write-back cache of filesystem blocks.
 //! - [`ext2`]: ext2 revision 1 as `mkfs.ext2` makes it, read and write.
+//! - [`virtio_blk`]: the virtio-blk protocol (configuration, requests,
+//!   status) the kernel's driver speaks.
 //!
 //! Errors are [`toro_io::Error`]s with std's kinds; a corrupt image gives
 //! [`ErrorKind::InvalidData`](toro_io::ErrorKind::InvalidData) with a fixed
@@ -19,5 +21,6 @@ extern crate alloc;
 
 pub mod block;
 pub mod ext2;
+pub mod virtio_blk;
 
 pub use block::{BlockCache, BlockDevice, MemoryDevice};

@@ -14,6 +14,7 @@
 mod accel;
 mod bench;
 mod build;
+mod disk;
 mod floor;
 mod linux_guest;
 mod lockcheck;
@@ -43,6 +44,8 @@ pub struct BootOptions {
     pub debug: bool,
     pub timeout: Option<Duration>,
     pub positional: Vec<String>,
+    /// Disks to attach as virtio-blk (`--disk PATH[,ro]`).
+    pub disks: Vec<disk::Disk>,
 }
 
 fn parse_options(arguments: &[String]) -> Result<BootOptions> {
@@ -55,6 +58,7 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
         debug: false,
         timeout: None,
         positional: Vec::new(),
+        disks: Vec::new(),
     };
     let mut iterator = arguments.iter();
     while let Some(argument) = iterator.next() {
@@ -78,6 +82,7 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
                     Some(Duration::from_secs(value("--timeout")?.parse().context("--timeout takes seconds")?))
             }
             "--debug" => options.debug = true,
+            "--disk" => options.disks.push(disk::parse(&value("--disk")?)?),
             flag if flag.starts_with("--") => bail!("unknown option {flag}"),
             _ => options.positional.push(argument.clone()),
         }
@@ -114,6 +119,7 @@ fn vm_config(kernel: PathBuf, options: &BootOptions) -> VmConfig {
     config.memory_mib = options.memory_mib;
     config.machine = options.machine;
     config.command_line = options.command_line.clone();
+    config.disks = options.disks.clone();
     config
 }
 

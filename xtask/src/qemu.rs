@@ -47,6 +47,8 @@ pub struct VmConfig {
     /// Split CPUs and memory evenly into this many NUMA nodes (the firmware
     /// then describes them in the ACPI SRAT; q35 only).
     pub numa_nodes: Option<u32>,
+    /// Disks attached as virtio-blk, in order.
+    pub disks: Vec<crate::disk::Disk>,
 }
 
 /// QEMU user-mode networking (slirp: the guest is 10.0.2.15, the gateway
@@ -86,6 +88,7 @@ impl VmConfig {
             gdb_port: None,
             network: None,
             numa_nodes: None,
+            disks: Vec::new(),
         }
     }
 
@@ -126,6 +129,18 @@ impl VmConfig {
         }
         if let Some(network) = &self.network {
             command.args(network.arguments(self.machine));
+        }
+        for (index, disk) in self.disks.iter().enumerate() {
+            let read_only = if disk.read_only { ",readonly=on" } else { "" };
+            let mut drive = std::ffi::OsString::from("file=");
+            drive.push(&disk.image);
+            drive.push(format!(",if=none,id=disk{index},format=raw,cache=writeback{read_only}"));
+            command.arg("-drive").arg(drive);
+            let device = match self.machine {
+                Machine::Microvm => "virtio-blk-device",
+                Machine::Q35 => "virtio-blk-pci",
+            };
+            command.args(["-device", &format!("{device},drive=disk{index}")]);
         }
         if let Some(port) = self.gdb_port {
             command.args(["-gdb", &format!("tcp:127.0.0.1:{port}"), "-S"]);
@@ -323,5 +338,26 @@ mod tests {
         let joined = arguments.join(" ");
         assert!(joined.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:18080-:80"));
         assert!(joined.contains("-device virtio-net-device,netdev=net0"));
+    }
+
+    #[test]
+    fn disks_attach_as_virtio_blk_on_either_machine() {
+        let mut config = VmConfig::new(PathBuf::from("/tmp/image"), Accel::Tcg);
+        config.disks = vec![
+            crate::disk::Disk { image: PathBuf::from("/tmp/a.img"), read_only: false },
+            crate::disk::Disk { image: PathBuf::from("/tmp/b.img"), read_only: true },
+        ];
+        let joined = |config: &VmConfig| {
+            config.command().get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        };
+        let microvm = joined(&config);
+        assert!(microvm.contains(
+            "-drive file=/tmp/a.img,if=none,id=disk0,format=raw,cache=writeback -device virtio-blk-device,drive=disk0"
+        ));
+        assert!(
+            microvm.contains("id=disk1,format=raw,cache=writeback,readonly=on -device virtio-blk-device,drive=disk1")
+        );
+        config.machine = Machine::Q35;
+        assert!(joined(&config).contains("-device virtio-blk-pci,drive=disk0"));
     }
 }

@@ -47,6 +47,8 @@ const BAD_POINTER: Error = corrupt("block pointer outside the filesystem");
 const BAD_INODE: Error = corrupt("inode number out of range");
 const LOOP: Error = Error::from_static(ErrorKind::Other, "too many levels of symbolic links");
 
+/// Most blocks one device transfer of file data covers (256 KiB of 4 KiB blocks).
+pub const MAX_READ_RUN_BLOCKS: usize = 64;
 /// Longest chain of symbolic links a path may follow (Linux's `MAXSYMLINKS`).
 pub const MAX_SYMLINKS: usize = 40;
 /// Largest `i_links_count` (ext2's `EXT2_LINK_MAX`).
@@ -631,6 +633,20 @@ impl<D: BlockDevice> Ext2<D> {
         while done < len {
             let pos = offset + done as u64;
             let within = (pos % bs) as usize;
+            // Whole blocks: consecutive physical blocks in one transfer.
+            if within == 0 && len - done >= self.block_size {
+                if let Some(first) = self.map(inode, pos / bs)? {
+                    let most = ((len - done) / self.block_size).min(MAX_READ_RUN_BLOCKS) as u32;
+                    let mut count = 1u32;
+                    while count < most && self.map(inode, pos / bs + u64::from(count))? == Some(first + count) {
+                        count += 1;
+                    }
+                    let bytes = count as usize * self.block_size;
+                    self.cache.read_run(u64::from(first), &mut buf[done..done + bytes])?;
+                    done += bytes;
+                    continue;
+                }
+            }
             let n = (self.block_size - within).min(len - done);
             let out = &mut buf[done..done + n];
             match self.map(inode, pos / bs)? {
