@@ -14,20 +14,29 @@
 //!   a lock taken away from home, and lock requests wait for the home CPU's
 //!   next scheduling point.
 //!
+//! - `OnceLock`, `LazyLock`, `RwLock` and `Barrier`, shaped like std's,
+//!   built on the home-CPU `Mutex` and `Condvar`.
+//!
 //! Waking a thread on another CPU: the waker sends a wake-up (thread,
 //! wait epoch) to the CPU the thread is on; the waiter publishes itself,
 //! fences, and re-checks before blocking (and the waker publishes its
 //! change, fences, then reads the waiter), so a wake-up is never lost.
 
+mod barrier;
 mod channel;
 mod mutex;
+mod once;
+mod rwlock;
 pub(crate) mod spin;
 
+pub use barrier::{Barrier, BarrierWaitResult};
 pub use channel::{
     channel, sync_channel, IntoIter, Iter, ReadyTimeoutError, Receiver, RecvError, RecvTimeoutError, Select, SendError,
     Sender, SyncSender, TryIter, TryReadyError, TryRecvError, TrySendError,
 };
-pub use mutex::{Condvar, Mutex, MutexGuard, TryLockError, TryLockResult};
+pub use mutex::{Condvar, Mutex, MutexGuard, TryLockError, TryLockResult, WaitTimeoutResult};
+pub use once::{LazyLock, OnceLock};
+pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::arch::percpu;
 use crate::cpu::{self as messages, Job};

@@ -28,11 +28,13 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, Ordering};
+use core::time::Duration;
 
 use super::on_home;
 use crate::arch::percpu;
 use crate::thread::scheduler::{self, Control};
+use crate::time::Instant;
 
 /// A request not answered yet.
 const PENDING: u8 = 0;
@@ -47,11 +49,22 @@ struct Request {
     thread: *mut Control,
     epoch: u64,
     answer: AtomicU8,
+    /// A timed condvar wait: the home CPU took it out of the condvar's
+    /// queue at its timeout (not notified).
+    timed_out: AtomicBool,
+    /// A timed condvar wait: the home CPU has handled its cancellation.
+    cancel_done: AtomicBool,
 }
 
 impl Request {
     fn for_current_thread() -> Self {
-        Self { thread: scheduler::current(), epoch: scheduler::begin_wait(), answer: AtomicU8::new(PENDING) }
+        Self {
+            thread: scheduler::current(),
+            epoch: scheduler::begin_wait(),
+            answer: AtomicU8::new(PENDING),
+            timed_out: AtomicBool::new(false),
+            cancel_done: AtomicBool::new(false),
+        }
     }
 
     /// Blocks until answered; returns the answer.
@@ -485,6 +498,47 @@ impl Condvar {
     /// returns. The unlock and the enqueueing happen together on the home
     /// CPU, so no notification in between is missed.
     pub fn wait<'a, T: ?Sized>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        self.wait_until(guard, None).0
+    }
+
+    /// Like `wait`, for at most `timeout` (then it takes the mutex back
+    /// and says it timed out), like std's.
+    pub fn wait_timeout<'a, T: ?Sized>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> (MutexGuard<'a, T>, WaitTimeoutResult) {
+        let deadline = Instant::now().checked_add(timeout).map_or(u64::MAX, Instant::ticks);
+        let (guard, timed_out) = self.wait_until(guard, Some(deadline));
+        (guard, WaitTimeoutResult(timed_out))
+    }
+
+    /// Waits while `condition` holds, for at most `timeout` in all; times
+    /// out if it still holds then. Like std's.
+    pub fn wait_timeout_while<'a, T: ?Sized>(
+        &self,
+        mut guard: MutexGuard<'a, T>,
+        timeout: Duration,
+        mut condition: impl FnMut(&mut T) -> bool,
+    ) -> (MutexGuard<'a, T>, WaitTimeoutResult) {
+        let start = Instant::now();
+        loop {
+            if !condition(&mut *guard) {
+                return (guard, WaitTimeoutResult(false));
+            }
+            let Some(left) = timeout.checked_sub(start.elapsed()) else {
+                return (guard, WaitTimeoutResult(true));
+            };
+            guard = self.wait_timeout(guard, left).0;
+        }
+    }
+
+    /// `wait`, ending also at TSC value `deadline`: then the waiter asks
+    /// the home CPU to take it out of the queue (unless a notification
+    /// moved it already) and waits for that answer and for the mutex.
+    /// Returns whether it timed out.
+    #[inline(never)]
+    fn wait_until<'a, T: ?Sized>(&self, guard: MutexGuard<'a, T>, deadline: Option<u64>) -> (MutexGuard<'a, T>, bool) {
         let mutex = guard.mutex;
         let raw = mutex.raw();
         let block = self.block.load(Ordering::Acquire);
@@ -496,8 +550,30 @@ impl Condvar {
         let request = Request::for_current_thread();
         let arguments = WaitArguments { condvar: self, request: &request };
         raw.on_home(wait_job, &arguments as *const WaitArguments as u64);
-        request.wait();
-        MutexGuard { mutex }
+        let Some(deadline) = deadline else {
+            request.wait();
+            return (MutexGuard { mutex }, false);
+        };
+        let mut cancelled = false;
+        loop {
+            let granted = request.answer.load(Ordering::Acquire) != PENDING;
+            if granted && (!cancelled || request.cancel_done.load(Ordering::Acquire)) {
+                break;
+            }
+            if !cancelled && Instant::now().ticks() >= deadline {
+                cancelled = true;
+                // After `wait_job` in the same ring (or run here directly).
+                let data = self as *const Condvar as *mut u8;
+                on_home(raw.home, cancel_job, data, &request as *const Request as u64, "condvar");
+                continue;
+            }
+            if cancelled {
+                scheduler::block();
+            } else {
+                scheduler::block_until(request.epoch, deadline);
+            }
+        }
+        (MutexGuard { mutex }, request.timed_out.load(Ordering::Relaxed))
     }
 
     /// Waits while `condition` holds, like `std`'s `wait_while`.
@@ -542,6 +618,17 @@ impl Condvar {
     }
 }
 
+/// Whether a timed wait timed out; like std's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitTimeoutResult(bool);
+
+impl WaitTimeoutResult {
+    /// True if the wait ended by its timeout.
+    pub fn timed_out(&self) -> bool {
+        self.0
+    }
+}
+
 impl Default for Condvar {
     fn default() -> Self {
         Self::new()
@@ -561,6 +648,35 @@ impl Drop for Condvar {
             // SAFETY: live until the job below frees it.
             let home = unsafe { (*block).home };
             on_home(home, condvar_free_job, block as *mut u8, 0, "condvar");
+        }
+    }
+}
+
+/// Home CPU: a timed wait reached its timeout. If it still waits for a
+/// notification, it leaves the queue and queues for the mutex instead.
+unsafe fn cancel_job(data: *mut u8, request: u64) {
+    let request = request as *const Request;
+    // SAFETY: home CPU; the waiter keeps the condition variable and the
+    // request alive until `cancel_done` (and the mutex answer) are set;
+    // this runs after its `wait_job` (same ring, or the same CPU), so the
+    // block exists.
+    unsafe {
+        let block = (*(data as *const Condvar)).block.load(Ordering::Acquire);
+        let waiters = &mut *(*block).waiters.get();
+        match waiters.iter().position(|waiting| waiting.request == request) {
+            Some(position) => {
+                let waiting = waiters.remove(position).expect("found above");
+                (*request).timed_out.store(true, Ordering::Relaxed);
+                (*request).cancel_done.store(true, Ordering::Release);
+                // The last use of the request (it may be answered now).
+                (*waiting.mutex).acquire_for(request);
+            }
+            None => {
+                // Notified already: the mutex answer comes (or came).
+                let (thread, epoch) = ((*request).thread, (*request).epoch);
+                (*request).cancel_done.store(true, Ordering::Release);
+                scheduler::wake(thread, epoch);
+            }
         }
     }
 }

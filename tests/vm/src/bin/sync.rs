@@ -10,7 +10,8 @@ use toro::alloc::sync::Arc;
 use toro::alloc::vec::Vec;
 
 use toro::sync::{
-    channel, sync_channel, Condvar, Mutex, RecvTimeoutError, Select, TryLockError, TryRecvError, TrySendError,
+    channel, sync_channel, Barrier, Condvar, LazyLock, Mutex, OnceLock, RecvTimeoutError, RwLock, Select, TryLockError,
+    TryRecvError, TrySendError,
 };
 use toro::thread;
 use toro::time::Instant;
@@ -29,6 +30,11 @@ fn next(state: &mut u64) -> u64 {
     *state ^= *state >> 7;
     *state ^= *state << 17;
     *state
+}
+
+/// The parties of the barrier in the test (every CPU and main).
+fn barrier_parties(_: &Barrier) -> usize {
+    cpu::count() + 1
 }
 
 #[toro::main]
@@ -319,6 +325,118 @@ fn main() -> i32 {
     }
     ok &= check(consumer.join() == 500_500, "condvar consumer saw every item");
     println!("condvar: 1000 items handed over");
+
+    // Condvar::wait_timeout: times out with nobody notifying (waiter on
+    // another CPU than the mutex's home), then is notified in time.
+    let pair = Arc::new((Mutex::new_on(0, 0u32), Condvar::new()));
+    let timed = {
+        let pair = pair.clone();
+        thread::spawn_on(cpus - 1, move || {
+            let (value, changed) = &*pair;
+            let start = Instant::now();
+            let (guard, result) = changed.wait_timeout(value.lock(), Duration::from_millis(5));
+            let first = (result.timed_out(), start.elapsed() >= Duration::from_millis(5), *guard);
+            drop(guard);
+            let (guard, result) = changed.wait_timeout_while(value.lock(), Duration::from_secs(10), |v| *v == 0);
+            (first, result.timed_out(), *guard)
+        })
+    };
+    thread::sleep(Duration::from_millis(20));
+    {
+        let (value, changed) = &*pair;
+        *value.lock() = 5;
+        changed.notify_all();
+    }
+    let ((timed_out, waited, seen), second_timed_out, last) = timed.join();
+    ok &= check(timed_out && waited && seen == 0, "wait_timeout times out after its time");
+    ok &= check(!second_timed_out && last == 5, "wait_timeout_while ends when notified");
+    let (value, changed) = &*pair;
+    let (_, result) = changed.wait_timeout_while(value.lock(), Duration::from_millis(2), |v| *v == 5);
+    ok &= check(result.timed_out(), "wait_timeout_while times out while the condition holds");
+    println!("condvar timeouts: ok");
+
+    // OnceLock and LazyLock: set once, seen by every CPU.
+    static ONCE: OnceLock<usize> = OnceLock::new();
+    static CALLS: Mutex<u32> = Mutex::new(0);
+    static LAZY: LazyLock<Vec<u64>> = LazyLock::new(|| {
+        *CALLS.lock() += 1;
+        (0..100).collect()
+    });
+    let racers: Vec<_> = (0..2 * cpus)
+        .map(|n| {
+            thread::spawn_on(n % cpus, move || {
+                let winner = *ONCE.get_or_init(|| n);
+                (winner, LAZY.iter().sum::<u64>())
+            })
+        })
+        .collect();
+    let results: Vec<_> = racers.into_iter().map(|r| r.join()).collect();
+    let winner = results[0].0;
+    ok &= check(results.iter().all(|&(w, sum)| w == winner && sum == 4950), "OnceLock/LazyLock: one value for all");
+    ok &= check(*CALLS.lock() == 1 && ONCE.set(99) == Err(99), "LazyLock made once; OnceLock set once");
+    println!("once: winner {winner}");
+
+    // RwLock: readers on every CPU at once, writers exclusive.
+    let table = Arc::new(RwLock::new(Vec::<u64>::new()));
+    let users: Vec<_> = (0..2 * cpus)
+        .map(|n| {
+            let table = table.clone();
+            thread::spawn_on(n % cpus, move || {
+                let mut consistent = true;
+                for k in 0..50u64 {
+                    if n % 2 == 0 {
+                        let mut writer = table.write();
+                        writer.push(k);
+                        writer.push(k);
+                    } else {
+                        let reader = table.read();
+                        consistent &= reader.len() % 2 == 0;
+                    }
+                }
+                consistent
+            })
+        })
+        .collect();
+    let consistent = users.into_iter().all(|u| u.join());
+    ok &= check(consistent && table.read().len() == 2 * 50 * cpus, "RwLock: readers never see half a write");
+    let reader = table.read();
+    ok &= check(table.try_write().is_err() && table.try_read().is_ok(), "RwLock: try_write refused while read");
+    drop(reader);
+    println!("rwlock: ok");
+
+    // Barrier: rounds over every CPU; one leader per round.
+    let barrier = Arc::new(Barrier::new(cpus + 1));
+    let arrivals = Arc::new(Mutex::new(0usize));
+    let parties: Vec<_> = (0..cpus)
+        .map(|n| {
+            let (barrier, arrivals) = (barrier.clone(), arrivals.clone());
+            thread::spawn_on(n, move || {
+                let mut leaders = 0;
+                let mut counted = true;
+                for round in 1..=20usize {
+                    *arrivals.lock() += 1;
+                    leaders += barrier.wait().is_leader() as usize;
+                    counted &= *arrivals.lock() >= round * (barrier_parties(&barrier));
+                    leaders += barrier.wait().is_leader() as usize;
+                }
+                (leaders, counted)
+            })
+        })
+        .collect();
+    let mut leaders = 0;
+    for _ in 1..=20usize {
+        *arrivals.lock() += 1;
+        leaders += barrier.wait().is_leader() as usize;
+        leaders += barrier.wait().is_leader() as usize;
+    }
+    let mut counted = true;
+    for party in parties {
+        let (l, c) = party.join();
+        leaders += l;
+        counted &= c;
+    }
+    ok &= check(leaders == 40 && counted, "Barrier: one leader per round, nobody passes early");
+    println!("barrier: {} parties x 20 rounds", cpus + 1);
 
     if ok {
         println!("sync: all checks passed");
