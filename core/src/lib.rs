@@ -19,6 +19,8 @@
 //!   remote-free hand-off, written against [`allocator::WordMemory`].
 //! - [`numa`]: the ACPI SRAT (NUMA nodes); [`memory_split`]: RAM split into
 //!   one share per CPU.
+//! - [`rtc`]: the CMOS real-time clock's date registers (BCD, 12-hour,
+//!   century) to Unix time.
 //! - [`run_queue`]: the scheduler's O(1) FIFO; [`wake`]: the wake-up
 //!   hand-shake (waiter slot, fences, wait epochs) between CPUs.
 
@@ -34,6 +36,7 @@ pub mod memory_split;
 pub mod numa;
 pub mod physical_memory;
 pub mod pvh;
+pub mod rtc;
 pub mod run_queue;
 pub mod spsc;
 pub mod wake;

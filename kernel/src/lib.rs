@@ -23,6 +23,7 @@ mod logger;
 pub mod memory;
 mod once;
 mod panic;
+pub mod random;
 pub mod sync;
 pub mod system;
 pub mod thread;

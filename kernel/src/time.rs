@@ -9,6 +9,11 @@
 //!
 //! `Instant` is a TSC reading: monotonic and consistent across CPUs on
 //! machines with an invariant TSC (every VMM we target provides one).
+//!
+//! `SystemTime` is the wall clock: the CMOS RTC read once at boot (where
+//! the VMM has one), advanced by the TSC; where there is none,
+//! `SystemTime::try_now` says `NoWallClock` and `now` panics (see
+//! `docs/time.md`).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 pub use core::time::Duration;
@@ -76,6 +81,7 @@ pub(crate) fn calibrate() {
         log::warn!("TSC frequency unknown (no CPUID leaf, no PIT): durations unavailable");
     }
     TSC_HZ.store(hz, Ordering::Release);
+    read_wall_clock();
 }
 
 /// TSC ticks per second, if known.
@@ -93,7 +99,17 @@ pub fn ticks_to_duration(ticks: u64) -> Option<Duration> {
     Some(Duration::from_nanos(nanoseconds as u64))
 }
 
+/// Converts a duration to TSC ticks (None if the frequency is unknown or
+/// it does not fit).
+fn duration_to_ticks(duration: Duration) -> Option<u64> {
+    let hz = tsc_hz()? as u128;
+    u64::try_from(duration.as_nanos().checked_mul(hz)? / NANOS_PER_SECOND).ok()
+}
+
+const NANOS_PER_SECOND: u128 = 1_000_000_000;
+
 /// A point in time: a TSC reading. Monotonic; comparable across CPUs.
+/// Shaped like `std::time::Instant`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Instant(u64);
 
@@ -109,21 +125,36 @@ impl Instant {
         self.0
     }
 
-    /// Time from `earlier` to `self` (zero if `earlier` is later).
-    pub fn duration_since(self, earlier: Instant) -> Duration {
+    /// Time from `earlier` to `self` (zero if `earlier` is later, as std
+    /// does since Rust 1.60).
+    pub fn duration_since(&self, earlier: Instant) -> Duration {
+        self.saturating_duration_since(earlier)
+    }
+
+    /// Time from `earlier` to `self`, or `None` if `earlier` is later.
+    pub fn checked_duration_since(&self, earlier: Instant) -> Option<Duration> {
+        ticks_to_duration(self.0.checked_sub(earlier.0)?)
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn saturating_duration_since(&self, earlier: Instant) -> Duration {
         ticks_to_duration(self.0.saturating_sub(earlier.0)).unwrap_or(Duration::ZERO)
     }
 
     /// Time since `self`.
-    pub fn elapsed(self) -> Duration {
-        Self::now().duration_since(self)
+    pub fn elapsed(&self) -> Duration {
+        Self::now().duration_since(*self)
     }
 
     /// `self + duration`, if the TSC frequency is known and it fits.
-    pub fn checked_add(self, duration: Duration) -> Option<Instant> {
-        let hz = tsc_hz()? as u128;
-        let ticks = duration.as_nanos().checked_mul(hz)? / 1_000_000_000;
-        Some(Self(self.0.checked_add(u64::try_from(ticks).ok()?)?))
+    pub fn checked_add(&self, duration: Duration) -> Option<Instant> {
+        Some(Self(self.0.checked_add(duration_to_ticks(duration)?)?))
+    }
+
+    /// `self - duration`, if the TSC frequency is known and the result is
+    /// not before the TSC's zero (about when the VM started).
+    pub fn checked_sub(&self, duration: Duration) -> Option<Instant> {
+        Some(Self(self.0.checked_sub(duration_to_ticks(duration)?)?))
     }
 }
 
@@ -139,6 +170,176 @@ impl core::ops::Add<Duration> for Instant {
     /// Panics if the TSC frequency is unknown or the result overflows, like
     /// `std::time::Instant`.
     fn add(self, duration: Duration) -> Instant {
-        self.checked_add(duration).expect("overflow when adding a duration to an instant")
+        self.checked_add(duration).expect("overflow when adding duration to instant")
+    }
+}
+
+impl core::ops::Sub<Duration> for Instant {
+    type Output = Instant;
+    /// Panics if the result would be before the TSC's zero, like std.
+    fn sub(self, duration: Duration) -> Instant {
+        self.checked_sub(duration).expect("overflow when subtracting duration from instant")
+    }
+}
+
+impl core::ops::AddAssign<Duration> for Instant {
+    fn add_assign(&mut self, duration: Duration) {
+        *self = *self + duration;
+    }
+}
+
+impl core::ops::SubAssign<Duration> for Instant {
+    fn sub_assign(&mut self, duration: Duration) {
+        *self = *self - duration;
+    }
+}
+
+/// Where the wall clock comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WallClock {
+    /// The CMOS RTC, read once at boot (whole seconds), then advanced by
+    /// the TSC.
+    Rtc,
+}
+
+/// No wall clock: the VMM offers none that Toro reads (no CMOS RTC, e.g.
+/// QEMU microvm with `rtc=off` or Firecracker; kvmclock is not read yet),
+/// or the RTC held no valid date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoWallClock;
+
+impl core::fmt::Display for NoWallClock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("no wall clock: the VMM offers no CMOS RTC (see docs/time.md)")
+    }
+}
+
+impl core::error::Error for NoWallClock {}
+
+/// Unix time in nanoseconds at TSC value `WALL_TSC`; 0 = no wall clock.
+static WALL_NANOS: AtomicU64 = AtomicU64::new(0);
+static WALL_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the RTC once (boot CPU, at boot, after the TSC frequency).
+fn read_wall_clock() {
+    let Some(registers) = crate::arch::rtc::read_registers() else {
+        log::info!("wall clock: absent (no CMOS RTC)");
+        return;
+    };
+    let tsc = rdtsc();
+    // Platforms without a century register read garbage there: try
+    // without it before giving up.
+    let seconds =
+        registers.unix_seconds().or_else(|_| toro_core::rtc::Registers { century: None, ..registers }.unix_seconds());
+    match seconds {
+        Ok(seconds) => {
+            WALL_TSC.store(tsc, Ordering::Relaxed);
+            WALL_NANOS.store(seconds.saturating_mul(1_000_000_000).max(1), Ordering::Release);
+        }
+        Err(error) => log::warn!("wall clock: absent ({error})"),
+    }
+}
+
+/// The wall clock's source, if there is one.
+pub fn wall_clock() -> Option<WallClock> {
+    (WALL_NANOS.load(Ordering::Acquire) != 0).then_some(WallClock::Rtc)
+}
+
+/// A point in wall-clock time (UTC), shaped like `std::time::SystemTime`.
+/// Not monotonic in general; here it advances with the TSC from one RTC
+/// reading at boot (so it is, but do not rely on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SystemTime(Duration);
+
+/// 1970-01-01 00:00:00 UTC.
+pub const UNIX_EPOCH: SystemTime = SystemTime(Duration::ZERO);
+
+/// `duration_since` got a later time; the error holds by how much.
+#[derive(Clone, Debug)]
+pub struct SystemTimeError(Duration);
+
+impl SystemTimeError {
+    /// How much later the argument was.
+    pub fn duration(&self) -> Duration {
+        self.0
+    }
+}
+
+impl core::fmt::Display for SystemTimeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("second time provided was later than self")
+    }
+}
+
+impl core::error::Error for SystemTimeError {}
+
+impl SystemTime {
+    /// 1970-01-01 00:00:00 UTC.
+    pub const UNIX_EPOCH: SystemTime = UNIX_EPOCH;
+
+    /// Now. Panics where there is no wall clock (see `wall_clock` and
+    /// `try_now`): std's `now` cannot fail, and a made-up date would be
+    /// worse than a clear stop.
+    pub fn now() -> SystemTime {
+        match Self::try_now() {
+            Ok(now) => now,
+            Err(error) => panic!("SystemTime::now: {error}"),
+        }
+    }
+
+    /// Now, or `NoWallClock` where the VMM offers none.
+    pub fn try_now() -> Result<SystemTime, NoWallClock> {
+        let base = WALL_NANOS.load(Ordering::Acquire);
+        if base == 0 {
+            return Err(NoWallClock);
+        }
+        let since = ticks_to_duration(rdtsc().saturating_sub(WALL_TSC.load(Ordering::Relaxed))).ok_or(NoWallClock)?;
+        Ok(SystemTime(Duration::from_nanos(base) + since))
+    }
+
+    /// Time from `earlier` to `self`, or by how much `earlier` is later.
+    pub fn duration_since(&self, earlier: SystemTime) -> Result<Duration, SystemTimeError> {
+        self.0.checked_sub(earlier.0).ok_or_else(|| SystemTimeError(earlier.0 - self.0))
+    }
+
+    /// Time since `self` (panics without a wall clock, like `now`).
+    pub fn elapsed(&self) -> Result<Duration, SystemTimeError> {
+        SystemTime::now().duration_since(*self)
+    }
+
+    pub fn checked_add(&self, duration: Duration) -> Option<SystemTime> {
+        self.0.checked_add(duration).map(SystemTime)
+    }
+
+    /// `self - duration`, if not before the epoch (this `SystemTime` does
+    /// not represent earlier times).
+    pub fn checked_sub(&self, duration: Duration) -> Option<SystemTime> {
+        self.0.checked_sub(duration).map(SystemTime)
+    }
+}
+
+impl core::ops::Add<Duration> for SystemTime {
+    type Output = SystemTime;
+    fn add(self, duration: Duration) -> SystemTime {
+        self.checked_add(duration).expect("overflow when adding duration to instant")
+    }
+}
+
+impl core::ops::Sub<Duration> for SystemTime {
+    type Output = SystemTime;
+    fn sub(self, duration: Duration) -> SystemTime {
+        self.checked_sub(duration).expect("overflow when subtracting duration from instant")
+    }
+}
+
+impl core::ops::AddAssign<Duration> for SystemTime {
+    fn add_assign(&mut self, duration: Duration) {
+        *self = *self + duration;
+    }
+}
+
+impl core::ops::SubAssign<Duration> for SystemTime {
+    fn sub_assign(&mut self, duration: Duration) {
+        *self = *self - duration;
     }
 }

@@ -237,6 +237,14 @@ fn tests() -> Vec<VmTest> {
             expect: &["sync_lifetime: all checks passed"],
             ..vm("vm-tests", "sync_lifetime")
         },
+        VmTest { expect: &["wall clock: absent", "time: all checks passed"], ..vm("vm-tests", "time") },
+        VmTest {
+            name: "time-q35",
+            machine: Machine::Q35,
+            expect: &["wall clock: rtc, unix time", "time: all checks passed"],
+            ..vm("vm-tests", "time")
+        },
+        VmTest { expect: &["random: keys ", "random: all checks passed"], ..vm("vm-tests", "random") },
         VmTest {
             name: "pingpong-2",
             command_line: "rounds=2000",
@@ -368,6 +376,31 @@ fn lock_free_test(image: &std::path::Path) -> Result<(bool, String)> {
     })
 }
 
+/// The image that prints its `RandomState` keys.
+const RANDOM_IMAGE: &str = "random";
+
+/// Boots the random image twice: the keys it prints must differ (hash maps
+/// are not predictable across boots).
+fn two_boots_test(image: &std::path::Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let result =
+            qemu::run(&VmConfig::new(image.to_path_buf(), accel), Some(Duration::from_secs(30)), false, &|l| {
+                l.to_string()
+            })?;
+        let line = result.output.lines().find_map(|l| l.split("random: keys ").nth(1).map(str::to_string));
+        match line {
+            Some(line) => keys.push(line),
+            None => return Ok((false, format!("FAILED: no keys printed ({})", result.outcome))),
+        }
+    }
+    Ok(if keys[0] != keys[1] {
+        (true, format!("ok ({} then {})", keys[0], keys[1]))
+    } else {
+        (false, format!("FAILED: both boots got keys {}", keys[0]))
+    })
+}
+
 /// The floor kernel (exits at its first instruction) must end with status 0.
 fn floor_test(accel: crate::accel::Accel) -> Result<(bool, String)> {
     let image = crate::floor::write(&build::workspace_root().join("target"))?;
@@ -443,6 +476,15 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     if let Some(index) = specs.iter().position(|s| s.binary == LOCK_CHECK_IMAGE) {
         let (ok, summary) = lock_free_test(&images[index])?;
         println!("vm test lock-free-paths ... {summary}");
+        if ok {
+            passed += 1
+        } else {
+            failed += 1
+        }
+    }
+    if let Some(index) = specs.iter().position(|s| s.binary == RANDOM_IMAGE) {
+        let (ok, summary) = two_boots_test(&images[index], accel)?;
+        println!("vm test random-two-boots ... {summary}");
         if ok {
             passed += 1
         } else {

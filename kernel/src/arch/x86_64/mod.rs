@@ -12,6 +12,8 @@ pub mod interrupts;
 pub mod paging;
 pub mod percpu;
 pub mod pit;
+pub mod rng;
+pub mod rtc;
 pub mod sections;
 pub mod serial;
 pub mod smp;

@@ -8,6 +8,7 @@ use toro::alloc::boxed::Box;
 use toro::alloc::collections::VecDeque;
 use toro::alloc::sync::Arc;
 use toro::alloc::vec::Vec;
+use vm_tests::check;
 
 use toro::sync::{
     channel, sync_channel, Barrier, Condvar, LazyLock, Mutex, OnceLock, RecvTimeoutError, RwLock, Select, TryLockError,
@@ -16,13 +17,6 @@ use toro::sync::{
 use toro::thread;
 use toro::time::Instant;
 use toro::{cpu, println};
-
-fn check(condition: bool, what: &str) -> bool {
-    if !condition {
-        println!("FAILED: {what}");
-    }
-    condition
-}
 
 /// xorshift, for hop targets.
 fn next(state: &mut u64) -> u64 {
@@ -279,19 +273,15 @@ fn main() -> i32 {
     // try_lock from every CPU: refused while held, granted once free.
     let held = Arc::new(Mutex::new_on(0, 0u32));
     let guard = held.lock();
-    let refused = (0..cpus)
-        .map(|n| {
-            let held = held.clone();
-            thread::spawn_on(n, move || matches!(held.try_lock(), Err(TryLockError::WouldBlock))).join()
-        })
-        .all(|refused| refused);
+    let refused = (0..cpus).all(|n| {
+        let held = held.clone();
+        thread::spawn_on(n, move || matches!(held.try_lock(), Err(TryLockError::WouldBlock))).join()
+    });
     drop(guard);
-    let granted = (0..cpus)
-        .map(|n| {
-            let held = held.clone();
-            thread::spawn_on(n, move || held.try_lock().map(|mut g| *g += 1).is_ok()).join()
-        })
-        .all(|granted| granted);
+    let granted = (0..cpus).all(|n| {
+        let held = held.clone();
+        thread::spawn_on(n, move || held.try_lock().map(|mut g| *g += 1).is_ok()).join()
+    });
     ok &= check(refused && granted && *held.lock() == cpus as u32, "try_lock refused while held, granted when free");
     println!("try_lock: from {cpus} cpus");
 
@@ -390,7 +380,7 @@ fn main() -> i32 {
                         writer.push(k);
                     } else {
                         let reader = table.read();
-                        consistent &= reader.len() % 2 == 0;
+                        consistent &= reader.len().is_multiple_of(2);
                     }
                 }
                 consistent
