@@ -21,6 +21,8 @@
 //!   one share per CPU.
 //! - [`rtc`]: the CMOS real-time clock's date registers (BCD, 12-hour,
 //!   century) to Unix time.
+//! - [`virtio`]: split virtqueues (both sides' bookkeeping) and virtio-mmio
+//!   discovery from the command line and the ACPI DSDT.
 //! - [`run_queue`]: the scheduler's O(1) FIFO; [`wake`]: the wake-up
 //!   hand-shake (waiter slot, fences, wait epochs) between CPUs.
 
@@ -39,6 +41,7 @@ pub mod pvh;
 pub mod rtc;
 pub mod run_queue;
 pub mod spsc;
+pub mod virtio;
 pub mod wake;
 
 #[cfg(test)]
