@@ -1,0 +1,353 @@
+//! Network instances: one TCP/IP stack (`toro_net::Stack`) with its device,
+//! owned by one CPU, served by a thread on that CPU, and reached from the
+//! others by moving the calling thread there for the call.
+//!
+//! Ownership: an instance is made by its service thread on its owner CPU
+//! (so its memory is that CPU's) and only threads running on that CPU touch
+//! it, between scheduling points. Scheduling is cooperative and interrupt
+//! handlers never touch an instance, so a `&mut Instance` taken in
+//! [`with_local`] is never aliased; it must not be held across a switch
+//! (the closures passed to `with_local` never block).
+//!
+//! Waiting: a thread whose socket call would block registers a [`Waiter`]
+//! (its thread, wait epoch, what it waits for, its deadline) in the
+//! instance and blocks. After every poll ([`Instance::pump`]) the instance
+//! wakes the waiters whose condition holds or whose deadline passed; the
+//! wake-up is a same-CPU call (the waiter is on the owner CPU), no
+//! message. The service thread polls for arriving frames and timers.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use toro_net::stack::{IcmpHandle, TcpHandle, UdpHandle};
+use toro_net::{Addressing, NetError, Stack, StackConfig};
+
+use super::device::Device;
+use crate::thread::scheduler::{self, Control};
+use crate::time::Instant;
+
+/// Instances a machine may have (loopback, NICs, queue pairs).
+pub(crate) const MAX_INSTANCES: usize = 64;
+/// Longest the service thread sleeps while a timer or a deadline is
+/// pending: it bounds how late a timeout or retransmission may fire.
+const SERVICE_TICK_MICROS: u64 = 1_000;
+
+/// What a blocked thread waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Interest {
+    /// Data, end of stream or an error on a connection.
+    Readable(TcpHandle),
+    /// Room in the send buffer (or an error).
+    Writable(TcpHandle),
+    /// A connection ready to accept on a port.
+    Accept(u16),
+    /// The handshake of an outgoing connection ended.
+    Connected(TcpHandle),
+    /// A datagram.
+    UdpReadable(UdpHandle),
+    /// Room for a datagram.
+    UdpWritable(UdpHandle),
+    /// An echo reply.
+    IcmpReply(IcmpHandle),
+}
+
+struct Waiter {
+    thread: *mut Control,
+    epoch: u64,
+    interest: Interest,
+    /// TSC deadline (`u64::MAX`: none).
+    deadline: u64,
+}
+
+/// Counts kept per instance beyond the stack's and the device's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InstanceCounters {
+    /// Calls made from a thread on another CPU (it moved here and back).
+    pub remote_calls: u64,
+    /// Threads woken because their socket became ready.
+    pub wakeups: u64,
+    /// Waits that ended at their deadline.
+    pub timeouts: u64,
+}
+
+/// One TCP/IP instance.
+pub(crate) struct Instance {
+    pub(crate) name: &'static str,
+    pub(crate) owner: usize,
+    pub(crate) stack: Stack<Device>,
+    pub(crate) counters: InstanceCounters,
+    waiters: Vec<Waiter>,
+    /// The service thread when it blocks with nothing to do: a socket call
+    /// that starts a timer wakes it.
+    idle_service: Option<(*mut Control, u64)>,
+}
+
+/// Where each instance lives, published by its service thread.
+static INSTANCES: [AtomicU64; MAX_INSTANCES] = [const { AtomicU64::new(0) }; MAX_INSTANCES];
+/// Each instance's owner CPU, written before the instance is published.
+static OWNERS: [AtomicUsize; MAX_INSTANCES] = [const { AtomicUsize::new(usize::MAX) }; MAX_INSTANCES];
+/// Instances planned (written by the boot CPU before starting them).
+static PLANNED: AtomicUsize = AtomicUsize::new(0);
+
+/// TSC ticks to microseconds since the TSC started.
+pub(crate) fn now_micros() -> u64 {
+    let ticks = Instant::now().ticks();
+    match crate::time::tsc_hz() {
+        Some(hz) => (ticks as u128 * 1_000_000 / hz as u128) as u64,
+        None => ticks / 1000,
+    }
+}
+
+fn micros_to_ticks(micros: u64) -> u64 {
+    match crate::time::tsc_hz() {
+        Some(hz) => (micros as u128 * hz as u128 / 1_000_000).min(u64::MAX as u128) as u64,
+        None => micros.saturating_mul(1000),
+    }
+}
+
+/// How many instances exist (all published once `init` returned).
+pub(crate) fn count() -> usize {
+    PLANNED.load(Ordering::Acquire)
+}
+
+/// The CPU that owns instance `id`.
+pub(crate) fn owner(id: usize) -> usize {
+    OWNERS[id].load(Ordering::Acquire)
+}
+
+/// What `start` needs to make an instance on its CPU.
+pub(crate) struct Plan {
+    pub name: &'static str,
+    pub owner: usize,
+    /// Makes the device on the owner CPU.
+    pub device: Box<dyn FnOnce() -> Device + Send>,
+    pub addressing: Addressing,
+    pub config: StackConfig,
+}
+
+/// Starts every planned instance's service thread on its CPU and waits
+/// until each has published its instance. Boot CPU, once.
+pub(crate) fn start(plans: Vec<Plan>) {
+    let total = plans.len().min(MAX_INSTANCES);
+    for (id, plan) in plans.into_iter().take(total).enumerate() {
+        OWNERS[id].store(plan.owner, Ordering::Release);
+        let owner = plan.owner;
+        let result = crate::thread::Builder::new().name(plan.name).spawn_on(owner, move || service(id, plan));
+        match result {
+            // The service runs for the life of the system.
+            Ok(handle) => core::mem::forget(handle),
+            Err(error) => panic!("net: cannot start the service of instance {id} on CPU {owner}: {error}"),
+        }
+    }
+    for slot in INSTANCES.iter().take(total) {
+        while slot.load(Ordering::Acquire) == 0 {
+            crate::thread::yield_now();
+        }
+    }
+    PLANNED.store(total, Ordering::Release);
+}
+
+/// Runs `function` with instance `id` if the calling thread is on its
+/// owner CPU; `None` otherwise.
+pub(crate) fn with_local<R>(id: usize, function: impl FnOnce(&mut Instance) -> R) -> Option<R> {
+    if id >= MAX_INSTANCES || owner(id) != crate::cpu::current() {
+        return None;
+    }
+    let address = INSTANCES[id].load(Ordering::Acquire);
+    if address == 0 {
+        return None;
+    }
+    // SAFETY: published by its service thread, never freed; only threads
+    // on the owner CPU (checked above) use it, one at a time, and the
+    // reference does not outlive `function`, which does not switch (see
+    // the module docs).
+    let instance = unsafe { &mut *(address as *mut Instance) };
+    Some(function(instance))
+}
+
+/// Runs `function` on instance `id`'s owner CPU: directly when the caller
+/// is there, otherwise the calling thread moves there for the call and
+/// back after it (two cross-CPU hops; see docs/net.md).
+pub(crate) fn on_owner<R>(id: usize, function: impl FnOnce() -> R) -> R {
+    let owner = owner(id);
+    let home = crate::cpu::current();
+    if owner == home {
+        return function();
+    }
+    if crate::thread::migrate_to(owner).is_err() {
+        // The owner CPU does not run: the instance was never published.
+        return function();
+    }
+    with_local(id, |instance| instance.counters.remote_calls += 1);
+    let result = function();
+    // The home CPU ran the caller a moment ago.
+    let _ = crate::thread::migrate_to(home);
+    result
+}
+
+/// Runs `operation` on instance `id` until it stops answering
+/// `WouldBlock`, blocking the thread (not the CPU) on `interest` between
+/// tries; gives up with `TimedOut` at `timeout_micros`, and returns
+/// `WouldBlock` at once if `nonblocking`. Must run on the owner CPU (inside
+/// `on_owner`).
+pub(crate) fn wait_on<R>(
+    id: usize,
+    interest: Interest,
+    timeout_micros: Option<u64>,
+    nonblocking: bool,
+    mut operation: impl FnMut(&mut Instance) -> Result<R, NetError>,
+) -> Result<R, WaitError> {
+    let deadline =
+        timeout_micros.map_or(u64::MAX, |micros| Instant::now().ticks().saturating_add(micros_to_ticks(micros)));
+    loop {
+        let result = with_local(id, |instance| {
+            let result = operation(instance);
+            instance.pump();
+            result
+        })
+        .ok_or(WaitError::Net(NetError::BadHandle))?;
+        match result {
+            Err(NetError::WouldBlock) if !nonblocking => {}
+            Err(error) => return Err(WaitError::Net(error)),
+            Ok(value) => return Ok(value),
+        }
+        if Instant::now().ticks() >= deadline {
+            return Err(WaitError::TimedOut);
+        }
+        let epoch = scheduler::begin_wait();
+        let thread = scheduler::current();
+        with_local(id, |instance| {
+            instance.waiters.push(Waiter { thread, epoch, interest, deadline });
+            instance.wake_service();
+        });
+        scheduler::block();
+        // Woken: by readiness or the deadline (the entry is gone), or a
+        // stray wake-up of an older wait (then drop our entry and retry).
+        with_local(id, |instance| {
+            instance.waiters.retain(|waiter| !(waiter.thread == thread && waiter.epoch == epoch))
+        });
+    }
+}
+
+/// Why a blocking wait ended without a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitError {
+    /// The operation failed.
+    Net(NetError),
+    /// The deadline passed.
+    TimedOut,
+}
+
+impl Instance {
+    /// Polls the stack until no frame waits (a loopback delivers its own
+    /// frames on the next poll), then wakes the threads whose wait is over.
+    pub(crate) fn pump(&mut self) {
+        const MAX_ROUNDS: usize = 16;
+        for _ in 0..MAX_ROUNDS {
+            self.stack.poll(now_micros());
+            if !self.stack.device().rx_pending_now() {
+                break;
+            }
+        }
+        self.wake_waiters();
+    }
+
+    fn ready(&mut self, interest: Interest) -> bool {
+        let stack = &mut self.stack;
+        match interest {
+            Interest::Readable(handle) => stack.tcp_readable(handle),
+            Interest::Writable(handle) => stack.tcp_writable(handle),
+            Interest::Accept(port) => stack.tcp_accept_ready(port),
+            Interest::Connected(handle) => {
+                !matches!(stack.tcp_connect_state(handle), Ok(toro_net::ConnectState::Pending))
+            }
+            Interest::UdpReadable(handle) => stack.udp_readable(handle),
+            Interest::UdpWritable(handle) => stack.udp_writable(handle),
+            Interest::IcmpReply(handle) => stack.icmp_readable(handle),
+        }
+    }
+
+    fn wake_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let now = Instant::now().ticks();
+        let mut index = 0;
+        while index < self.waiters.len() {
+            let waiter = &self.waiters[index];
+            let (interest, expired) = (waiter.interest, waiter.deadline <= now);
+            if expired || self.ready(interest) {
+                let waiter = self.waiters.swap_remove(index);
+                if expired {
+                    self.counters.timeouts += 1;
+                } else {
+                    self.counters.wakeups += 1;
+                }
+                scheduler::wake(waiter.thread, waiter.epoch);
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// Wakes the service thread if it blocked with nothing to do (a timer
+    /// or a deadline may have started).
+    fn wake_service(&mut self) {
+        if let Some((thread, epoch)) = self.idle_service.take() {
+            scheduler::wake(thread, epoch);
+        }
+    }
+
+    /// Microseconds until the service must poll again, `None` for never
+    /// (until a frame or a call).
+    fn next_poll_micros(&mut self) -> Option<u64> {
+        let now = now_micros();
+        let stack_delay = self.stack.poll_delay_micros(now);
+        let waiter_delay =
+            (!self.waiters.iter().all(|waiter| waiter.deadline == u64::MAX)).then_some(SERVICE_TICK_MICROS);
+        match (stack_delay, waiter_delay) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(u64::MAX).min(b.unwrap_or(u64::MAX))),
+        }
+    }
+}
+
+/// The service thread of instance `id`: makes it, publishes it, then polls
+/// for frames and timers for the life of the system.
+fn service(id: usize, plan: Plan) {
+    let device = (plan.device)();
+    let stack = Stack::new(device, plan.addressing, plan.config, now_micros());
+    let instance = Box::new(Instance {
+        name: plan.name,
+        owner: plan.owner,
+        stack,
+        counters: InstanceCounters::default(),
+        waiters: Vec::new(),
+        idle_service: None,
+    });
+    INSTANCES[id].store(Box::into_raw(instance) as u64, Ordering::Release);
+    loop {
+        let (next, device_wants_poll) = with_local(id, |instance| {
+            instance.pump();
+            (instance.next_poll_micros(), instance.stack.device().needs_polling())
+        })
+        .expect("the service runs on its instance's CPU");
+        match (next, device_wants_poll) {
+            (None, false) => {
+                let epoch = scheduler::begin_wait();
+                let me = scheduler::current();
+                with_local(id, |instance| instance.idle_service = Some((me, epoch)));
+                scheduler::block();
+            }
+            (next, _) => {
+                let micros = next.unwrap_or(SERVICE_TICK_MICROS).clamp(0, SERVICE_TICK_MICROS);
+                if micros == 0 {
+                    crate::thread::yield_now();
+                } else {
+                    crate::thread::sleep(core::time::Duration::from_micros(micros));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The seam between a network driver and the stack: [`NetDevice`], a
+//! batched frame queue with checksum-offload flags, its adapter to smoltcp,
+//! and in-memory devices (a loopback and a connected pair) for tests and
+//! for the kernel's loopback interface.
+
+use alloc::collections::VecDeque;
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+/// Ethernet header: destination, source, EtherType (IEEE 802.3 clause 3.1.1).
+pub const ETHERNET_HEADER_BYTES: usize = 14;
+/// The IP MTU of a standard Ethernet link.
+pub const ETHERNET_MTU: usize = 1500;
+
+/// What a device does for the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Largest frame it carries, Ethernet header included (1514 for a
+    /// standard link).
+    pub max_frame: usize,
+    /// Frames the stack may hand over in one poll before the device must
+    /// flush (its transmit ring size); `None` for no limit.
+    pub max_burst: Option<usize>,
+    /// Every frame handed to the stack has had its TCP and UDP checksums
+    /// verified (by the device, e.g. virtio's `DATA_VALID`, or by the
+    /// driver when the device did not): the stack skips verifying them.
+    pub rx_checksum_verified: bool,
+    /// The device completes the TCP and UDP checksums of transmitted frames
+    /// (virtio's `NEEDS_CSUM`): the stack leaves them to it.
+    pub tx_checksum_offload: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            max_frame: ETHERNET_MTU + ETHERNET_HEADER_BYTES,
+            max_burst: None,
+            rx_checksum_verified: false,
+            tx_checksum_offload: false,
+        }
+    }
+}
+
+/// Counts a device keeps (shown by `/stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Frames received and handed to the stack.
+    pub rx_frames: u64,
+    /// Frames queued for transmission.
+    pub tx_frames: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes transmitted.
+    pub tx_bytes: u64,
+    /// Transmits refused because the ring was full.
+    pub tx_ring_full: u64,
+    /// Received frames dropped by the driver (bad header, bad checksum,
+    /// too long).
+    pub rx_dropped: u64,
+    /// Notifications (doorbells) sent to the device.
+    pub notifications: u64,
+}
+
+/// A network device as the stack drives it: frames in, frames out, in
+/// batches. One owner (one CPU) uses it; nothing here is shared.
+///
+/// The stack calls [`receive`](Self::receive) and
+/// [`transmit`](Self::transmit) any number of times during one poll, then
+/// [`flush`](Self::flush) once: a driver posts its consumed receive
+/// buffers back and notifies the device of all queued transmits there, so
+/// a poll costs at most one notification each way.
+pub trait NetDevice {
+    /// The device's MAC address.
+    fn mac(&self) -> [u8; 6];
+    /// What the device offers (fixed after set-up).
+    fn capabilities(&self) -> Capabilities;
+    /// Whether a received frame waits.
+    fn rx_pending(&mut self) -> bool;
+    /// Calls `consume` with the oldest received frame (Ethernet header
+    /// first) and returns its result; `None` when no frame waits.
+    fn receive<R>(&mut self, consume: impl FnOnce(&[u8]) -> R) -> Option<R>;
+    /// Whether a frame can be queued for transmission now.
+    fn tx_room(&mut self) -> bool;
+    /// Queues one frame of `len` bytes that `fill` writes; `None` (and
+    /// `fill` not called) if the transmit ring is full or `len` is over
+    /// [`Capabilities::max_frame`].
+    fn transmit<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R>;
+    /// Ends a batch: hands queued transmits to the device with one
+    /// notification, reposts consumed receive buffers.
+    fn flush(&mut self);
+    /// The device's counts.
+    fn stats(&self) -> DeviceStats;
+}
+
+/// smoltcp's view of a [`NetDevice`] for one poll. smoltcp answers a
+/// received frame (an ACK, an ARP reply) from inside the receive token, so
+/// the device cannot stay borrowed while the frame is read: the frame is
+/// copied into `frame` (one copy of at most an MTU, reused) and the
+/// transmit token borrows the device through the `RefCell` only while it
+/// fills a frame. No `unsafe` is needed for the two live tokens.
+pub(crate) struct Port<'a, D: NetDevice> {
+    pub(crate) device: &'a RefCell<D>,
+    pub(crate) frame: &'a mut Vec<u8>,
+}
+
+/// smoltcp's checksum settings for a device's capabilities. IPv4 header
+/// and ICMP checksums stay in software: virtio offloads only the
+/// transport checksum (virtio 1.2, 5.1.6.2).
+pub(crate) fn checksum_capabilities(capabilities: &Capabilities) -> ChecksumCapabilities {
+    let transport = match (capabilities.rx_checksum_verified, capabilities.tx_checksum_offload) {
+        (false, false) => Checksum::Both,
+        (true, false) => Checksum::Tx,
+        (false, true) => Checksum::Rx,
+        (true, true) => Checksum::None,
+    };
+    let mut checksum = ChecksumCapabilities::default();
+    checksum.tcp = transport;
+    checksum.udp = transport;
+    checksum
+}
+
+impl<D: NetDevice> phy::Device for Port<'_, D> {
+    type RxToken<'a>
+        = RxToken<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a, D>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let frame = &mut *self.frame;
+        frame.clear();
+        self.device.borrow_mut().receive(|received| frame.extend_from_slice(received))?;
+        Some((RxToken { frame }, TxToken { device: self.device }))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        self.device.borrow_mut().tx_room().then_some(TxToken { device: self.device })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let device = self.device.borrow();
+        let capabilities = device.capabilities();
+        let mut smoltcp = DeviceCapabilities::default();
+        smoltcp.medium = Medium::Ethernet;
+        smoltcp.max_transmission_unit = capabilities.max_frame;
+        smoltcp.max_burst_size = capabilities.max_burst;
+        smoltcp.checksum = checksum_capabilities(&capabilities);
+        smoltcp
+    }
+}
+
+pub(crate) struct RxToken<'a> {
+    frame: &'a [u8],
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.frame)
+    }
+}
+
+pub(crate) struct TxToken<'a, D: NetDevice> {
+    device: &'a RefCell<D>,
+}
+
+impl<D: NetDevice> phy::TxToken for TxToken<'_, D> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut f = Some(f);
+        let result = self.device.borrow_mut().transmit(len, |buffer| (f.take().expect("called once"))(buffer));
+        match result {
+            Some(result) => result,
+            // Full ring after `tx_room` said yes, or an oversized frame:
+            // smoltcp needs the result, so build the frame in scratch
+            // space and drop it (TCP retransmits it).
+            None => {
+                let mut scratch = alloc::vec![0u8; len];
+                (f.take().expect("not called"))(&mut scratch)
+            }
+        }
+    }
+}
+
+/// One direction of an in-memory link.
+type Wire = Rc<RefCell<VecDeque<Vec<u8>>>>;
+
+/// An in-memory device: frames it transmits go to `peer`'s receive queue
+/// (its own, for a loopback). Bounded like a real ring.
+pub struct MemoryDevice {
+    mac: [u8; 6],
+    inbox: Wire,
+    outbox: Wire,
+    ring: usize,
+    capabilities: Capabilities,
+    stats: DeviceStats,
+}
+
+/// Default ring size of an in-memory device, in frames.
+pub const MEMORY_RING_FRAMES: usize = 256;
+
+impl MemoryDevice {
+    /// A loopback: what it sends, it receives.
+    pub fn loopback(mac: [u8; 6]) -> Self {
+        let wire: Wire = Rc::new(RefCell::new(VecDeque::new()));
+        Self {
+            mac,
+            inbox: wire.clone(),
+            outbox: wire,
+            ring: MEMORY_RING_FRAMES,
+            capabilities: Capabilities::default(),
+            stats: DeviceStats::default(),
+        }
+    }
+
+    /// Two devices connected back to back.
+    pub fn pair(mac_a: [u8; 6], mac_b: [u8; 6]) -> (Self, Self) {
+        let a_to_b: Wire = Rc::new(RefCell::new(VecDeque::new()));
+        let b_to_a: Wire = Rc::new(RefCell::new(VecDeque::new()));
+        let make = |mac, inbox, outbox| Self {
+            mac,
+            inbox,
+            outbox,
+            ring: MEMORY_RING_FRAMES,
+            capabilities: Capabilities::default(),
+            stats: DeviceStats::default(),
+        };
+        (make(mac_a, b_to_a.clone(), a_to_b.clone()), make(mac_b, a_to_b, b_to_a))
+    }
+
+    /// Puts `frame` in this device's receive queue as if it had arrived
+    /// (tests feed garbage this way).
+    pub fn inject(&self, frame: &[u8]) {
+        self.inbox.borrow_mut().push_back(frame.to_vec());
+    }
+
+    /// Takes every frame this device has sent and not yet delivered.
+    pub fn drain_sent(&self) -> Vec<Vec<u8>> {
+        self.outbox.borrow_mut().drain(..).collect()
+    }
+
+    /// Claims offloads (the tests check smoltcp's settings follow them).
+    pub fn set_capabilities(&mut self, capabilities: Capabilities) {
+        self.capabilities = capabilities;
+    }
+
+    /// Frames waiting in this device's receive queue.
+    pub fn rx_queued(&self) -> usize {
+        self.inbox.borrow().len()
+    }
+}
+
+impl NetDevice for MemoryDevice {
+    fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    fn rx_pending(&mut self) -> bool {
+        !self.inbox.borrow().is_empty()
+    }
+
+    fn receive<R>(&mut self, consume: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let frame = self.inbox.borrow_mut().pop_front()?;
+        self.stats.rx_frames += 1;
+        self.stats.rx_bytes += frame.len() as u64;
+        Some(consume(&frame))
+    }
+
+    fn tx_room(&mut self) -> bool {
+        self.outbox.borrow().len() < self.ring
+    }
+
+    fn transmit<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if len > self.capabilities.max_frame || !self.tx_room() {
+            self.stats.tx_ring_full += 1;
+            return None;
+        }
+        let mut frame = alloc::vec![0u8; len];
+        let result = fill(&mut frame);
+        self.stats.tx_frames += 1;
+        self.stats.tx_bytes += len as u64;
+        self.outbox.borrow_mut().push_back(frame);
+        Some(result)
+    }
+
+    fn flush(&mut self) {
+        self.stats.notifications += 1;
+    }
+
+    fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+}

@@ -1,0 +1,674 @@
+//! HTTP/1.1 server logic with no I/O: a [`Connection`] takes the bytes a
+//! socket read, answers every complete request in order (pipelining) by
+//! calling the application's handler, and appends the responses for the
+//! socket to write. `httparse` parses request heads; bodies
+//! (`Content-Length` or chunked) are read here.
+//!
+//! Limits (RFC 9110 section 15.5 names the statuses): a request line over
+//! [`Limits::max_uri_bytes`] gets 414, a head over
+//! [`Limits::max_head_bytes`] or with more than [`Limits::max_headers`]
+//! headers 431, a body over [`Limits::max_body_bytes`] 413, a malformed
+//! request 400, an HTTP version other than 1.0/1.1 505, an unknown method
+//! or transfer coding 501. Each error response closes the connection. A
+//! connection idle past its deadline with half a request buffered gets 408
+//! ([`Connection::timeout`]).
+
+use alloc::borrow::Cow;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+/// What a connection accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Request line and headers, CRLFs included.
+    pub max_head_bytes: usize,
+    /// Header lines.
+    pub max_headers: usize,
+    /// The request line.
+    pub max_uri_bytes: usize,
+    /// Decoded body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_head_bytes: 8 * 1024, max_headers: 32, max_uri_bytes: 2 * 1024, max_body_bytes: 64 * 1024 }
+    }
+}
+
+/// Header lines a connection can parse at most (the array `httparse`
+/// fills lives on the stack).
+pub const MAX_HEADERS: usize = 64;
+
+/// Methods the server knows (RFC 9110 section 9); others get 501.
+const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"];
+
+/// A parsed request, as the handler sees it.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// `GET`, `POST`, ... (one of the known methods).
+    pub method: &'a str,
+    /// The request target as sent (`/stats?format=json`).
+    pub target: &'a str,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// The decoded body.
+    pub body: &'a [u8],
+    /// The value of the `Accept` header, if any.
+    pub accept: Option<&'a str>,
+}
+
+impl Request<'_> {
+    /// The target without its query.
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(self.target, |(path, _)| path)
+    }
+
+    /// The query, without `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, query)| query)
+    }
+}
+
+/// What the handler answers.
+#[derive(Debug)]
+pub struct Response<'a> {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'a str,
+    /// Body (sent for every method but HEAD).
+    pub body: Cow<'a, [u8]>,
+    /// An extra header line (`Allow: GET, HEAD` for 405), without CRLF.
+    pub extra_header: Option<&'a str>,
+}
+
+impl<'a> Response<'a> {
+    /// A response with a body.
+    pub fn new(status: u16, content_type: &'a str, body: impl Into<Cow<'a, [u8]>>) -> Self {
+        Self { status, content_type, body: body.into(), extra_header: None }
+    }
+
+    /// A plain-text response naming the status.
+    pub fn status(status: u16) -> Self {
+        let mut text = alloc::string::String::new();
+        let _ = writeln!(text, "{status} {}", reason(status));
+        Self::new(status, "text/plain", text.into_bytes())
+    }
+}
+
+/// The reason phrase of a status (RFC 9110 section 15).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// Whether the connection stays open after the responses written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Keep reading requests.
+    KeepOpen,
+    /// Write what was produced, then close.
+    Close,
+}
+
+/// Counts of one connection (summed into `/stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Requests answered by the handler.
+    pub requests: u64,
+    /// Requests refused with a 4xx/5xx by the parser.
+    pub rejected: u64,
+}
+
+/// One HTTP connection's state: bytes received and not yet consumed.
+pub struct Connection {
+    input: Vec<u8>,
+    limits: Limits,
+    closed: bool,
+    stats: ConnectionStats,
+}
+
+enum Body {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+/// A request whose head and body are complete: where its parts are.
+struct Parsed {
+    total: usize,
+    method: (usize, usize),
+    target: (usize, usize),
+    minor_version: u8,
+    keep_alive: bool,
+    accept: Option<(usize, usize)>,
+    body: Vec<u8>,
+    body_in_place: Option<(usize, usize)>,
+}
+
+enum Step {
+    Partial,
+    Complete(Parsed),
+    Reject(u16),
+}
+
+fn span(base: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start, start + part.len())
+}
+
+fn header_has_token(value: &[u8], token: &str) -> bool {
+    value.split(|&byte| byte == b',').any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+impl Connection {
+    /// A fresh connection.
+    pub fn new(limits: Limits) -> Self {
+        Self { input: Vec::new(), limits, closed: false, stats: ConnectionStats::default() }
+    }
+
+    /// Bytes the connection may still buffer: the caller reads at most this
+    /// much (a client that sends more than one request head and body can
+    /// hold must wait for answers).
+    pub fn input_room(&self) -> usize {
+        (self.limits.max_head_bytes + self.limits.max_body_bytes + 64).saturating_sub(self.input.len())
+    }
+
+    /// Whether part of a request is buffered.
+    pub fn has_partial_request(&self) -> bool {
+        !self.input.is_empty()
+    }
+
+    /// The connection's counts.
+    pub fn stats(&self) -> ConnectionStats {
+        self.stats
+    }
+
+    /// Takes bytes read from the socket (at most [`input_room`](Self::input_room)
+    /// are kept; the rest would be refused by the limits anyway).
+    pub fn feed(&mut self, data: &[u8]) {
+        let room = self.input_room();
+        self.input.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    /// Answers every complete request buffered, in order, appending the
+    /// responses to `out`. `date` is the `Date` header's value, if the
+    /// system knows the time.
+    pub fn respond(
+        &mut self,
+        out: &mut Vec<u8>,
+        date: Option<&str>,
+        mut handler: impl FnMut(&Request<'_>) -> Response<'static>,
+    ) -> Outcome {
+        while !self.closed && !self.input.is_empty() {
+            match self.step() {
+                Step::Partial => break,
+                Step::Reject(status) => {
+                    self.stats.rejected += 1;
+                    write_response(out, 1, &Response::status(status), false, false, date);
+                    self.closed = true;
+                }
+                Step::Complete(parsed) => {
+                    let body = match parsed.body_in_place {
+                        Some((start, end)) => &self.input[start..end],
+                        None => &parsed.body[..],
+                    };
+                    let method = core::str::from_utf8(&self.input[parsed.method.0..parsed.method.1]).unwrap_or("");
+                    let target = core::str::from_utf8(&self.input[parsed.target.0..parsed.target.1]).unwrap_or("");
+                    let accept =
+                        parsed.accept.and_then(|(start, end)| core::str::from_utf8(&self.input[start..end]).ok());
+                    let request = Request { method, target, minor_version: parsed.minor_version, body, accept };
+                    let response = handler(&request);
+                    let head_only = method == "HEAD";
+                    write_response(out, parsed.minor_version, &response, parsed.keep_alive, head_only, date);
+                    self.stats.requests += 1;
+                    self.input.drain(..parsed.total);
+                    if !parsed.keep_alive {
+                        self.closed = true;
+                    }
+                }
+            }
+        }
+        if self.closed {
+            Outcome::Close
+        } else {
+            Outcome::KeepOpen
+        }
+    }
+
+    /// The connection's deadline passed: a 408 if a request was under way
+    /// (then close), nothing for an idle keep-alive connection.
+    pub fn timeout(&mut self, out: &mut Vec<u8>, date: Option<&str>) {
+        if !self.input.is_empty() && !self.closed {
+            self.stats.rejected += 1;
+            write_response(out, 1, &Response::status(408), false, false, date);
+        }
+        self.closed = true;
+    }
+
+    fn step(&self) -> Step {
+        let limits = &self.limits;
+        let input = &self.input[..];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let max_headers = limits.max_headers.min(MAX_HEADERS);
+        let mut request = httparse::Request::new(&mut headers[..max_headers]);
+        let head_end = match request.parse(input) {
+            Ok(httparse::Status::Complete(end)) => end,
+            Ok(httparse::Status::Partial) => {
+                let line_end = input.windows(2).position(|pair| pair == b"\r\n");
+                return match line_end {
+                    None if input.len() > limits.max_uri_bytes => Step::Reject(414),
+                    _ if input.len() > limits.max_head_bytes => Step::Reject(431),
+                    _ => Step::Partial,
+                };
+            }
+            Err(httparse::Error::TooManyHeaders) => return Step::Reject(431),
+            Err(httparse::Error::Version) => return Step::Reject(505),
+            Err(_) => return Step::Reject(400),
+        };
+        if head_end > limits.max_head_bytes {
+            return Step::Reject(431);
+        }
+        let (Some(method), Some(target), Some(minor_version)) = (request.method, request.path, request.version) else {
+            return Step::Reject(400);
+        };
+        if method.len() + target.len() + 10 > limits.max_uri_bytes {
+            return Step::Reject(414);
+        }
+        if !KNOWN_METHODS.contains(&method) {
+            return Step::Reject(501);
+        }
+        let mut keep_alive = minor_version >= 1;
+        let mut body = Body::None;
+        let mut content_length: Option<usize> = None;
+        let mut host = false;
+        let mut accept = None;
+        for header in request.headers.iter() {
+            let name = header.name;
+            if name.eq_ignore_ascii_case("connection") {
+                if header_has_token(header.value, "close") {
+                    keep_alive = false;
+                } else if header_has_token(header.value, "keep-alive") {
+                    keep_alive = true;
+                }
+            } else if name.eq_ignore_ascii_case("host") {
+                if host {
+                    return Step::Reject(400);
+                }
+                host = true;
+            } else if name.eq_ignore_ascii_case("accept") {
+                accept = Some(span(input, header.value));
+            } else if name.eq_ignore_ascii_case("content-length") {
+                let Some(length) = core::str::from_utf8(header.value)
+                    .ok()
+                    .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
+                    .and_then(|text| text.parse::<usize>().ok())
+                else {
+                    return Step::Reject(400);
+                };
+                if content_length.is_some_and(|earlier| earlier != length) {
+                    return Step::Reject(400);
+                }
+                content_length = Some(length);
+                if !matches!(body, Body::Chunked) {
+                    body = Body::Length(length);
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // Only `chunked` is implemented (RFC 9112 section 7), and it
+                // must be the final coding.
+                let last = header.value.rsplit(|&byte| byte == b',').next().unwrap_or(b"").trim_ascii();
+                if !last.eq_ignore_ascii_case(b"chunked") || header.value.split(|&b| b == b',').count() > 1 {
+                    return Step::Reject(501);
+                }
+                body = Body::Chunked;
+            }
+        }
+        // RFC 9112 section 3.2: a 1.1 request without Host is a 400.
+        if minor_version == 1 && !host {
+            return Step::Reject(400);
+        }
+        // RFC 9112 section 6.1: both framings at once is a smuggling vector.
+        if matches!(body, Body::Chunked) && content_length.is_some() {
+            return Step::Reject(400);
+        }
+        let method = span(input, method.as_bytes());
+        let target = span(input, target.as_bytes());
+        let mut parsed = Parsed {
+            total: head_end,
+            method,
+            target,
+            minor_version,
+            keep_alive,
+            accept,
+            body: Vec::new(),
+            body_in_place: None,
+        };
+        match body {
+            Body::None => Step::Complete(parsed),
+            Body::Length(length) => {
+                if length > limits.max_body_bytes {
+                    return Step::Reject(413);
+                }
+                if input.len() - head_end < length {
+                    return Step::Partial;
+                }
+                parsed.body_in_place = Some((head_end, head_end + length));
+                parsed.total = head_end + length;
+                Step::Complete(parsed)
+            }
+            Body::Chunked => match decode_chunked(&input[head_end..], limits.max_body_bytes) {
+                Chunked::Partial => Step::Partial,
+                Chunked::Reject(status) => Step::Reject(status),
+                Chunked::Complete { body, consumed } => {
+                    parsed.body = body;
+                    parsed.total = head_end + consumed;
+                    Step::Complete(parsed)
+                }
+            },
+        }
+    }
+}
+
+enum Chunked {
+    Partial,
+    Reject(u16),
+    Complete { body: Vec<u8>, consumed: usize },
+}
+
+/// Decodes a chunked body (RFC 9112 section 7.1) from the start of `input`.
+fn decode_chunked(input: &[u8], max_body: usize) -> Chunked {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let (size_bytes, size) = match httparse::parse_chunk_size(&input[at..]) {
+            Ok(httparse::Status::Complete(found)) => found,
+            Ok(httparse::Status::Partial) => return Chunked::Partial,
+            Err(_) => return Chunked::Reject(400),
+        };
+        at += size_bytes;
+        if size == 0 {
+            // Trailer fields, then an empty line; trailers are skipped.
+            loop {
+                let rest = &input[at..];
+                let Some(line_end) = rest.windows(2).position(|pair| pair == b"\r\n") else {
+                    return Chunked::Partial;
+                };
+                at += line_end + 2;
+                if line_end == 0 {
+                    return Chunked::Complete { body, consumed: at };
+                }
+            }
+        }
+        let size = match usize::try_from(size) {
+            Ok(size) if body.len().saturating_add(size) <= max_body => size,
+            _ => return Chunked::Reject(413),
+        };
+        if input.len() - at < size + 2 {
+            return Chunked::Partial;
+        }
+        body.extend_from_slice(&input[at..at + size]);
+        at += size;
+        if &input[at..at + 2] != b"\r\n" {
+            return Chunked::Reject(400);
+        }
+        at += 2;
+    }
+}
+
+/// Appends one response.
+fn write_response(
+    out: &mut Vec<u8>,
+    minor_version: u8,
+    response: &Response<'_>,
+    keep_alive: bool,
+    head_only: bool,
+    date: Option<&str>,
+) {
+    struct Sink<'a>(&'a mut Vec<u8>);
+    impl core::fmt::Write for Sink<'_> {
+        fn write_str(&mut self, text: &str) -> core::fmt::Result {
+            self.0.extend_from_slice(text.as_bytes());
+            Ok(())
+        }
+    }
+    let mut sink = Sink(out);
+    let _ = write!(
+        sink,
+        "HTTP/1.{} {} {}\r\nServer: toro\r\n",
+        minor_version.min(1),
+        response.status,
+        reason(response.status)
+    );
+    if let Some(date) = date {
+        let _ = write!(sink, "Date: {date}\r\n");
+    }
+    let _ = write!(sink, "Content-Type: {}\r\nContent-Length: {}\r\n", response.content_type, response.body.len());
+    if let Some(extra) = response.extra_header {
+        let _ = write!(sink, "{extra}\r\n");
+    }
+    match (keep_alive, minor_version) {
+        (false, _) => sink.0.extend_from_slice(b"Connection: close\r\n"),
+        (true, 0) => sink.0.extend_from_slice(b"Connection: keep-alive\r\n"),
+        (true, _) => {}
+    }
+    sink.0.extend_from_slice(b"\r\n");
+    if !head_only {
+        sink.0.extend_from_slice(&response.body);
+    }
+}
+
+/// Formats a Unix time as an IMF-fixdate (RFC 9110 section 5.6.7), e.g.
+/// `Tue, 01 Dec 2026 20:13:36 GMT`.
+pub fn http_date(unix_seconds: u64, out: &mut alloc::string::String) {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let days = unix_seconds / 86_400;
+    let seconds = unix_seconds % 86_400;
+    // Civil from days (Howard Hinnant's algorithm), epoch 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn site(request: &Request<'_>) -> Response<'static> {
+        match (request.method, request.path()) {
+            ("GET" | "HEAD", "/") => Response::new(200, "text/html", &b"<html>hi</html>"[..]),
+            ("POST", "/echo") => Response::new(200, "application/octet-stream", request.body.to_vec()),
+            (_, "/") => Response { extra_header: Some("Allow: GET, HEAD"), ..Response::status(405) },
+            _ => Response::status(404),
+        }
+    }
+
+    fn run(input: &[u8]) -> (String, Outcome) {
+        let mut connection = Connection::new(Limits::default());
+        connection.feed(input);
+        let mut out = Vec::new();
+        let outcome = connection.respond(&mut out, Some("Thu, 01 Jan 1970 00:00:00 GMT"), site);
+        (String::from_utf8(out).unwrap(), outcome)
+    }
+
+    fn statuses(text: &str) -> Vec<u16> {
+        text.match_indices("HTTP/1.").map(|(at, _)| text[at + 9..at + 12].parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn get_keep_alive_and_head() {
+        let (out, outcome) = run(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(outcome, Outcome::KeepOpen);
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("Content-Length: 15\r\n") && out.ends_with("<html>hi</html>"));
+        assert!(out.contains("Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n"));
+        let (out, _) = run(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(out.contains("Content-Length: 15\r\n") && out.ends_with("\r\n\r\n"), "HEAD has no body: {out}");
+    }
+
+    #[test]
+    fn connection_close_and_http_1_0() {
+        let (out, outcome) = run(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        assert_eq!(outcome, Outcome::Close);
+        assert!(out.contains("Connection: close\r\n"));
+        let (_, outcome) = run(b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(outcome, Outcome::Close, "1.0 closes by default");
+        let (out, outcome) = run(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(outcome, Outcome::KeepOpen);
+        assert!(out.starts_with("HTTP/1.0 200") && out.contains("Connection: keep-alive\r\n"));
+    }
+
+    #[test]
+    fn pipelined_requests_answered_in_order() {
+        let (out, outcome) = run(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\nPOST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
+        assert_eq!(statuses(&out), [200, 404, 200, 200], "nothing after Connection: close");
+        assert!(out.contains("\r\n\r\nabc"));
+        assert_eq!(outcome, Outcome::Close);
+    }
+
+    #[test]
+    fn chunked_body() {
+        let (out, _) = run(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\n");
+        assert!(out.ends_with("\r\n\r\nWikipedia"), "{out}");
+        let (out, _) = run(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!(statuses(&out), [501]);
+        let (out, _) =
+            run(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(statuses(&out), [400]);
+        let (out, _) = run(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY");
+        assert_eq!(statuses(&out), [400], "chunk not followed by CRLF");
+    }
+
+    #[test]
+    fn errors_and_limits() {
+        let cases: [(&[u8], u16); 10] = [
+            (b"GARBAGE\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\n\r\n", 400),                       // no Host
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400), // two Hosts
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            (b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+            (b"DELETE / HTTP/1.1\r\nHost: a\r\n\r\n", 405),
+            (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999\r\n\r\n", 413),
+            (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
+            (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", 400),
+        ];
+        for (input, status) in cases {
+            let (out, outcome) = run(input);
+            assert_eq!(statuses(&out), [status], "{}", String::from_utf8_lossy(input));
+            if status != 405 {
+                assert_eq!(outcome, Outcome::Close);
+            }
+        }
+        let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(3000));
+        assert_eq!(statuses(&run(long_uri.as_bytes()).0), [414]);
+        let long_line_no_crlf = format!("GET /{}", "a".repeat(3000));
+        assert_eq!(statuses(&run(long_line_no_crlf.as_bytes()).0), [414], "request line without CRLF");
+        let many_headers: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
+        let request = format!("GET / HTTP/1.1\r\nHost: a\r\n{many_headers}\r\n");
+        assert_eq!(statuses(&run(request.as_bytes()).0), [431]);
+        let big_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "v".repeat(9000));
+        assert_eq!(statuses(&run(big_header.as_bytes()).0), [431]);
+    }
+
+    #[test]
+    fn timeout_sends_408_only_mid_request() {
+        let mut connection = Connection::new(Limits::default());
+        let mut out = Vec::new();
+        connection.timeout(&mut out, None);
+        assert!(out.is_empty(), "an idle keep-alive connection just closes");
+        let mut connection = Connection::new(Limits::default());
+        connection.feed(b"GET / HT");
+        assert_eq!(connection.respond(&mut out, None, site), Outcome::KeepOpen);
+        connection.timeout(&mut out, None);
+        assert_eq!(statuses(&String::from_utf8(out).unwrap()), [408]);
+    }
+
+    #[test]
+    fn http_dates() {
+        let mut text = String::new();
+        http_date(0, &mut text);
+        assert_eq!(text, "Thu, 01 Jan 1970 00:00:00 GMT");
+        text.clear();
+        http_date(1_796_154_816, &mut text);
+        assert_eq!(text, "Tue, 01 Dec 2026 19:53:36 GMT");
+        text.clear();
+        http_date(951_782_400, &mut text);
+        assert_eq!(text, "Tue, 29 Feb 2000 00:00:00 GMT");
+    }
+
+    proptest! {
+        /// Any bytes, fed in any pieces: no panic, only statuses the
+        /// server uses, bounded buffering.
+        #[test]
+        fn arbitrary_input_never_panics(data in proptest::collection::vec(any::<u8>(), 0..4096), cut in 1usize..512) {
+            let mut connection = Connection::new(Limits::default());
+            let mut out = Vec::new();
+            for piece in data.chunks(cut) {
+                connection.feed(piece);
+                if connection.respond(&mut out, None, site) == Outcome::Close {
+                    break;
+                }
+                prop_assert!(connection.input_room() > 0 || connection.has_partial_request());
+            }
+            let text = String::from_utf8_lossy(&out);
+            for status in statuses(&text) {
+                prop_assert!([200, 400, 404, 405, 413, 414, 431, 501, 505].contains(&status), "{status}");
+            }
+        }
+
+        /// A valid pipeline split anywhere gives the same responses as
+        /// whole: a header split across many small packets still parses.
+        #[test]
+        fn splitting_does_not_change_answers(cuts in proptest::collection::vec(1usize..40, 1..60)) {
+            let whole: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+            let (expected, _) = run(whole);
+            let mut connection = Connection::new(Limits::default());
+            let mut out = Vec::new();
+            let mut at = 0;
+            for cut in cuts.iter().cycle() {
+                if at >= whole.len() { break; }
+                let end = (at + cut).min(whole.len());
+                connection.feed(&whole[at..end]);
+                connection.respond(&mut out, Some("Thu, 01 Jan 1970 00:00:00 GMT"), site);
+                at = end;
+            }
+            prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Toro's network stack, host-testable: one TCP/IP instance ([`Stack`],
+//! smoltcp underneath) per owner CPU over a batched [`NetDevice`], with a
+//! pool of listening sockets per port, and the HTTP/1.1 server logic
+//! ([`http`]) the web server example runs. The kernel (`toro::net`) puts
+//! std-shaped sockets and blocking on top; nothing here touches hardware
+//! or blocks, so `cargo test -p toro-net` runs it all on the host,
+//! including two stacks talking over an in-memory link.
+
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod http;
+pub mod stack;
+
+pub use config::{addressing_from, Addressing, ConfigError, QEMU_USER_ADDRESS, QEMU_USER_GATEWAY};
+pub use device::{Capabilities, DeviceStats, MemoryDevice, NetDevice};
+pub use error::NetError;
+pub use smoltcp;
+pub use stack::{ConnectState, IcmpHandle, Stack, StackConfig, StackStats, TcpHandle, UdpHandle};

@@ -1,0 +1,713 @@
+//! One TCP/IP instance: a smoltcp `Interface`, its `SocketSet` and the
+//! device it drives, owned by one CPU. Sockets are named by small handles;
+//! every call is non-blocking (`NetError::WouldBlock`), the kernel blocks
+//! threads on top.
+//!
+//! What smoltcp lacks and this adds:
+//! - **listen backlog**: smoltcp answers a SYN only with a socket in
+//!   `Listen` on that port, so a listening port keeps a pool of such
+//!   sockets; [`Stack::tcp_accept`] hands out one that left `Listen` and
+//!   puts a fresh one in its place.
+//! - **closing sockets**: a socket the application closed stays in the set
+//!   until its FIN exchange ends, then is removed ([`Stack::poll`]).
+//! - **request/response defaults**: Nagle and delayed ACK off.
+//! - **DHCP**: a DHCPv4 socket when no static address is given; its lease
+//!   configures the interface.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::socket::{dhcpv4, icmp, tcp, udp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Cidr,
+};
+
+use crate::config::Addressing;
+use crate::device::{NetDevice, Port};
+use crate::error::NetError;
+
+/// Sizes and defaults of one stack.
+#[derive(Clone, Copy, Debug)]
+pub struct StackConfig {
+    /// Receive buffer of each TCP socket (also its largest window).
+    pub tcp_rx_bytes: usize,
+    /// Send buffer of each TCP socket.
+    pub tcp_tx_bytes: usize,
+    /// Listening sockets kept per listening port (connections that may be
+    /// in their handshake or waiting for `accept` at once).
+    pub listen_pool: usize,
+    /// Datagrams buffered per UDP socket, each way.
+    pub udp_packets: usize,
+    /// Payload bytes buffered per UDP socket, each way.
+    pub udp_bytes: usize,
+    /// Sockets closed by the application still finishing their FIN
+    /// exchange; beyond this the oldest is reset.
+    pub max_closing: usize,
+    /// Seed for smoltcp's initial sequence numbers and ports.
+    pub random_seed: u64,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            tcp_rx_bytes: 32 * 1024,
+            tcp_tx_bytes: 32 * 1024,
+            listen_pool: 8,
+            udp_packets: 64,
+            udp_bytes: 64 * 1024,
+            max_closing: 1024,
+            random_seed: 0x746f_726f_6e65_7421,
+        }
+    }
+}
+
+/// First port handed out for outgoing connections and unbound UDP sockets
+/// (IANA dynamic range, RFC 6335 section 6).
+pub const EPHEMERAL_FIRST: u16 = 49152;
+
+/// A TCP socket of a stack (listening pools keep theirs internal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TcpHandle(SocketHandle);
+
+/// A UDP socket of a stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UdpHandle(SocketHandle);
+
+/// An ICMP echo socket of a stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IcmpHandle(SocketHandle);
+
+/// How far an outgoing connection got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectState {
+    /// Still in the handshake.
+    Pending,
+    /// Established (or already past it, with data to read).
+    Established,
+}
+
+/// Counts shown by `/stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackStats {
+    /// Sockets in the set (listening pools, connections, closing, UDP).
+    pub sockets: usize,
+    /// Connections handed out by `tcp_accept`.
+    pub accepted: u64,
+    /// Outgoing connections started.
+    pub connected: u64,
+    /// Sockets closed by the application still in their FIN exchange.
+    pub closing: usize,
+    /// Polls that found work.
+    pub busy_polls: u64,
+    /// Closing sockets reset because too many were closing.
+    pub closing_evicted: u64,
+    /// Pool sockets recycled after a handshake failed (reset, timeout).
+    pub handshakes_failed: u64,
+    /// DHCP leases applied.
+    pub dhcp_leases: u64,
+}
+
+/// The two port spaces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Tcp,
+    Udp,
+}
+
+struct Listener {
+    port: u16,
+    pool: Vec<SocketHandle>,
+}
+
+/// One TCP/IP instance over device `D`.
+pub struct Stack<D: NetDevice> {
+    device: RefCell<D>,
+    interface: Interface,
+    sockets: SocketSet<'static>,
+    config: StackConfig,
+    listeners: Vec<Listener>,
+    /// Sockets handed to the application (connections, UDP, ICMP).
+    open: Vec<SocketHandle>,
+    closing: Vec<SocketHandle>,
+    dhcp: Option<SocketHandle>,
+    next_port: u16,
+    stats: StackStats,
+    /// Where a received frame is copied for smoltcp (see `device::Port`).
+    frame: Vec<u8>,
+}
+
+fn to_instant(micros: u64) -> Instant {
+    Instant::from_micros(micros.min(i64::MAX as u64) as i64)
+}
+
+impl<D: NetDevice> Stack<D> {
+    /// A stack on `device` with `addressing`; `now_micros` is the
+    /// monotonic clock every later call uses.
+    pub fn new(device: D, addressing: Addressing, config: StackConfig, now_micros: u64) -> Self {
+        let device = RefCell::new(device);
+        let mac = device.borrow().mac();
+        let mut interface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        interface_config.random_seed = config.random_seed;
+        let mut frame = Vec::new();
+        let interface =
+            Interface::new(interface_config, &mut Port { device: &device, frame: &mut frame }, to_instant(now_micros));
+        let mut stack = Self {
+            device,
+            interface,
+            sockets: SocketSet::new(Vec::new()),
+            config,
+            listeners: Vec::new(),
+            open: Vec::new(),
+            closing: Vec::new(),
+            dhcp: None,
+            next_port: EPHEMERAL_FIRST + (config.random_seed % 1024) as u16,
+            stats: StackStats::default(),
+            frame,
+        };
+        match addressing {
+            Addressing::Static { address, gateway } => stack.set_ipv4(Some(address), gateway),
+            Addressing::Dhcp => {
+                let handle = stack.sockets.add(dhcpv4::Socket::new());
+                stack.dhcp = Some(handle);
+            }
+        }
+        stack
+    }
+
+    /// Sets (or clears) the IPv4 address and default gateway.
+    pub fn set_ipv4(&mut self, address: Option<Ipv4Cidr>, gateway: Option<Ipv4Address>) {
+        self.interface.update_ip_addrs(|addresses| {
+            addresses.retain(|cidr| !matches!(cidr, IpCidr::Ipv4(_)));
+            if let Some(address) = address {
+                // Capacity is IFACE_MAX_ADDR_COUNT (at least 2); one IPv4
+                // address always fits after the retain above.
+                let _ = addresses.push(IpCidr::Ipv4(address));
+            }
+        });
+        self.interface.routes_mut().remove_default_ipv4_route();
+        if let (Some(_), Some(gateway)) = (address, gateway) {
+            // Fails only when the route table is full; it has just lost
+            // its default IPv4 route.
+            let _ = self.interface.routes_mut().add_default_ipv4_route(gateway);
+        }
+    }
+
+    /// The interface's IPv4 address, once it has one.
+    pub fn ipv4(&self) -> Option<Ipv4Address> {
+        self.interface.ipv4_addr()
+    }
+
+    /// The interface's IPv4 address with its prefix.
+    pub fn ipv4_cidr(&self) -> Option<Ipv4Cidr> {
+        self.interface.ip_addrs().iter().find_map(|cidr| match cidr {
+            IpCidr::Ipv4(cidr) => Some(*cidr),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        })
+    }
+
+    /// The device (to read its counts, or for a driver's housekeeping).
+    pub fn device(&self) -> core::cell::RefMut<'_, D> {
+        self.device.borrow_mut()
+    }
+
+    /// The stack's counts.
+    pub fn stats(&self) -> StackStats {
+        let mut stats = self.stats;
+        stats.sockets = self.sockets.iter().count();
+        stats.closing = self.closing.len();
+        stats
+    }
+
+    /// Moves frames both ways, runs timers, reaps closed sockets, applies
+    /// DHCP leases. Returns whether any socket may have changed state.
+    pub fn poll(&mut self, now_micros: u64) -> bool {
+        let now = to_instant(now_micros);
+        let result =
+            self.interface.poll(now, &mut Port { device: &self.device, frame: &mut self.frame }, &mut self.sockets);
+        self.device.borrow_mut().flush();
+        self.poll_dhcp();
+        self.reap_closing();
+        self.recycle_failed_handshakes();
+        let changed = result == PollResult::SocketStateChanged;
+        if changed {
+            self.stats.busy_polls += 1;
+        }
+        changed
+    }
+
+    /// How long until the stack needs polling again with nothing arriving
+    /// (`None`: not until a frame arrives or a socket call).
+    pub fn poll_delay_micros(&mut self, now_micros: u64) -> Option<u64> {
+        self.interface.poll_delay(to_instant(now_micros), &self.sockets).map(|delay| delay.total_micros())
+    }
+
+    fn poll_dhcp(&mut self) {
+        let Some(handle) = self.dhcp else { return };
+        let event = self.sockets.get_mut::<dhcpv4::Socket>(handle).poll();
+        match event {
+            None => {}
+            Some(dhcpv4::Event::Configured(lease)) => {
+                let (address, router) = (lease.address, lease.router);
+                log::info!("net: DHCP lease {address}, gateway {router:?}");
+                self.set_ipv4(Some(address), router);
+                self.stats.dhcp_leases += 1;
+            }
+            Some(dhcpv4::Event::Deconfigured) => {
+                log::warn!("net: DHCP lease lost");
+                self.set_ipv4(None, None);
+            }
+        }
+    }
+
+    fn reap_closing(&mut self) {
+        let sockets = &mut self.sockets;
+        self.closing.retain(|&handle| {
+            let state = sockets.get::<tcp::Socket>(handle).state();
+            let done = matches!(state, tcp::State::Closed | tcp::State::TimeWait);
+            if done {
+                sockets.remove(handle);
+            }
+            !done
+        });
+    }
+
+    /// A pool socket whose handshake failed (reset, timed out) went back to
+    /// `Closed`: listen again.
+    fn recycle_failed_handshakes(&mut self) {
+        for listener in &self.listeners {
+            for &handle in &listener.pool {
+                let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+                if socket.state() == tcp::State::Closed {
+                    // Listen fails only on port 0 or an open socket.
+                    let _ = socket.listen(listener.port);
+                    self.stats.handshakes_failed += 1;
+                }
+            }
+        }
+    }
+
+    fn new_tcp_socket(&self) -> tcp::Socket<'static> {
+        let rx = tcp::SocketBuffer::new(vec![0u8; self.config.tcp_rx_bytes]);
+        let tx = tcp::SocketBuffer::new(vec![0u8; self.config.tcp_tx_bytes]);
+        let mut socket = tcp::Socket::new(rx, tx);
+        // Request/response traffic: send each write at once, ACK at once.
+        socket.set_nagle_enabled(false);
+        socket.set_ack_delay(None);
+        socket
+    }
+
+    fn port_in_use(&self, port: u16, protocol: Protocol) -> bool {
+        self.listeners.iter().any(|listener| listener.port == port && protocol == Protocol::Tcp)
+            || self.sockets.iter().any(|(_, socket)| match socket {
+                smoltcp::socket::Socket::Udp(udp) => protocol == Protocol::Udp && udp.endpoint().port == port,
+                smoltcp::socket::Socket::Tcp(tcp) if protocol == Protocol::Tcp => {
+                    tcp.local_endpoint().is_some_and(|endpoint| endpoint.port == port)
+                        && tcp.state() != tcp::State::Closed
+                }
+                _ => false,
+            })
+    }
+
+    fn ephemeral_port(&mut self, protocol: Protocol) -> Result<u16, NetError> {
+        let span = u16::MAX - EPHEMERAL_FIRST + 1;
+        for _ in 0..span {
+            let port = self.next_port;
+            self.next_port = if port == u16::MAX { EPHEMERAL_FIRST } else { port + 1 };
+            if !self.port_in_use(port, protocol) {
+                return Ok(port);
+            }
+        }
+        Err(NetError::AddrNotAvailable)
+    }
+
+    /// Starts listening on `port` (0 picks one) with the configured pool;
+    /// returns the port.
+    pub fn tcp_listen(&mut self, port: u16) -> Result<u16, NetError> {
+        let port = if port == 0 { self.ephemeral_port(Protocol::Tcp)? } else { port };
+        if self.port_in_use(port, Protocol::Tcp) {
+            return Err(NetError::AddrInUse);
+        }
+        let mut pool = Vec::with_capacity(self.config.listen_pool);
+        for _ in 0..self.config.listen_pool.max(1) {
+            let mut socket = self.new_tcp_socket();
+            socket.listen(port).map_err(|_| NetError::InvalidInput)?;
+            pool.push(self.sockets.add(socket));
+        }
+        self.listeners.push(Listener { port, pool });
+        Ok(port)
+    }
+
+    /// Stops listening on `port`: handshakes in progress are reset.
+    pub fn tcp_unlisten(&mut self, port: u16) {
+        let Some(position) = self.listeners.iter().position(|listener| listener.port == port) else { return };
+        let listener = self.listeners.swap_remove(position);
+        for handle in listener.pool {
+            self.sockets.get_mut::<tcp::Socket>(handle).abort();
+            self.closing.push(handle);
+        }
+    }
+
+    /// A connection that arrived on `port`, if one finished its handshake
+    /// (or already closed with data in it).
+    pub fn tcp_accept(&mut self, port: u16) -> Result<TcpHandle, NetError> {
+        let listener =
+            self.listeners.iter_mut().find(|listener| listener.port == port).ok_or(NetError::InvalidInput)?;
+        let sockets = &self.sockets;
+        let ready = listener.pool.iter().position(|&handle| {
+            let state = sockets.get::<tcp::Socket>(handle).state();
+            !matches!(state, tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed)
+        });
+        let Some(position) = ready else { return Err(NetError::WouldBlock) };
+        let handle = listener.pool.swap_remove(position);
+        let mut fresh = self.new_tcp_socket();
+        fresh.listen(port).map_err(|_| NetError::InvalidInput)?;
+        let fresh = self.sockets.add(fresh);
+        if let Some(listener) = self.listeners.iter_mut().find(|listener| listener.port == port) {
+            listener.pool.push(fresh);
+        }
+        self.open.push(handle);
+        self.stats.accepted += 1;
+        Ok(TcpHandle(handle))
+    }
+
+    /// Whether `port` has a connection ready for `tcp_accept`.
+    pub fn tcp_accept_ready(&self, port: u16) -> bool {
+        self.listeners.iter().filter(|listener| listener.port == port).flat_map(|listener| &listener.pool).any(
+            |&handle| {
+                let state = self.sockets.get::<tcp::Socket>(handle).state();
+                !matches!(state, tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed)
+            },
+        )
+    }
+
+    /// Starts a connection to `remote`; see [`Stack::tcp_connect_state`].
+    pub fn tcp_connect(&mut self, remote: IpEndpoint) -> Result<TcpHandle, NetError> {
+        if remote.port == 0 || remote.addr.is_unspecified() {
+            return Err(NetError::InvalidInput);
+        }
+        let local = self.ephemeral_port(Protocol::Tcp)?;
+        let mut socket = self.new_tcp_socket();
+        socket.connect(self.interface.context(), remote, local).map_err(|error| match error {
+            tcp::ConnectError::Unaddressable => NetError::Unreachable,
+            tcp::ConnectError::InvalidState => NetError::InvalidInput,
+        })?;
+        let handle = self.sockets.add(socket);
+        self.open.push(handle);
+        self.stats.connected += 1;
+        Ok(TcpHandle(handle))
+    }
+
+    fn tcp(&mut self, handle: TcpHandle) -> Result<&mut tcp::Socket<'static>, NetError> {
+        if !self.open.contains(&handle.0) {
+            return Err(NetError::BadHandle);
+        }
+        Ok(self.sockets.get_mut::<tcp::Socket>(handle.0))
+    }
+
+    fn tcp_ref(&self, handle: TcpHandle) -> Result<&tcp::Socket<'static>, NetError> {
+        if !self.open.contains(&handle.0) {
+            return Err(NetError::BadHandle);
+        }
+        Ok(self.sockets.get::<tcp::Socket>(handle.0))
+    }
+
+    /// How an outgoing connection stands: `ConnectionRefused` if the peer
+    /// reset it (or it timed out) before it was established.
+    pub fn tcp_connect_state(&self, handle: TcpHandle) -> Result<ConnectState, NetError> {
+        let socket = self.tcp_ref(handle)?;
+        match socket.state() {
+            tcp::State::SynSent | tcp::State::SynReceived => Ok(ConnectState::Pending),
+            tcp::State::Closed if socket.recv_queue() == 0 => Err(NetError::ConnectionRefused),
+            _ => Ok(ConnectState::Established),
+        }
+    }
+
+    /// Reads what has arrived: `Ok(0)` at end of stream (the peer's FIN),
+    /// `WouldBlock` when nothing waits yet, `ConnectionReset` when the
+    /// connection broke without a FIN.
+    pub fn tcp_recv(&mut self, handle: TcpHandle, buffer: &mut [u8]) -> Result<usize, NetError> {
+        let socket = self.tcp(handle)?;
+        if buffer.is_empty() {
+            return Ok(0);
+        }
+        match socket.recv_slice(buffer) {
+            Ok(0) => Err(NetError::WouldBlock),
+            Ok(count) => Ok(count),
+            Err(tcp::RecvError::Finished) => Ok(0),
+            Err(tcp::RecvError::InvalidState) => Err(NetError::ConnectionReset),
+        }
+    }
+
+    /// Whether `tcp_recv` would not block (data, end of stream or error).
+    pub fn tcp_readable(&self, handle: TcpHandle) -> bool {
+        match self.tcp_ref(handle) {
+            Ok(socket) => socket.can_recv() || !socket.may_recv() && socket.state() != tcp::State::SynSent,
+            Err(_) => true,
+        }
+    }
+
+    /// Queues `data` for sending: how much fit (`WouldBlock` if nothing
+    /// did), `BrokenPipe` after this side shut down, `ConnectionReset` if
+    /// the connection broke.
+    pub fn tcp_send(&mut self, handle: TcpHandle, data: &[u8]) -> Result<usize, NetError> {
+        let socket = self.tcp(handle)?;
+        match socket.state() {
+            tcp::State::SynSent | tcp::State::SynReceived => return Err(NetError::WouldBlock),
+            tcp::State::Closed => return Err(NetError::ConnectionReset),
+            _ => {}
+        }
+        if !socket.may_send() {
+            return Err(NetError::BrokenPipe);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        match socket.send_slice(data) {
+            Ok(0) => Err(NetError::WouldBlock),
+            Ok(count) => Ok(count),
+            Err(tcp::SendError::InvalidState) => Err(NetError::BrokenPipe),
+        }
+    }
+
+    /// Whether `tcp_send` would not block.
+    pub fn tcp_writable(&self, handle: TcpHandle) -> bool {
+        match self.tcp_ref(handle) {
+            Ok(socket) => match socket.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => false,
+                _ => socket.can_send() || !socket.may_send(),
+            },
+            Err(_) => true,
+        }
+    }
+
+    /// Bytes queued and not yet acknowledged by the peer.
+    pub fn tcp_unacked(&self, handle: TcpHandle) -> usize {
+        self.tcp_ref(handle).map_or(0, |socket| socket.send_queue())
+    }
+
+    /// Sends a FIN after what is queued (`shutdown(Write)`).
+    pub fn tcp_shutdown_write(&mut self, handle: TcpHandle) -> Result<(), NetError> {
+        self.tcp(handle)?.close();
+        Ok(())
+    }
+
+    /// Closes the socket: queued data still goes out, then a FIN; the
+    /// socket leaves the set when the exchange ends. The handle is dead
+    /// after this.
+    pub fn tcp_close(&mut self, handle: TcpHandle) {
+        let Some(position) = self.open.iter().position(|&open| open == handle.0) else { return };
+        self.open.swap_remove(position);
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle.0);
+        if socket.recv_queue() > 0 {
+            // Unread data: like Linux, reset rather than pretend a clean end.
+            socket.abort();
+        } else {
+            socket.close();
+        }
+        if self.closing.len() >= self.config.max_closing {
+            let oldest = self.closing.remove(0);
+            self.sockets.get_mut::<tcp::Socket>(oldest).abort();
+            self.sockets.remove(oldest);
+            self.stats.closing_evicted += 1;
+        }
+        self.closing.push(handle.0);
+    }
+
+    /// Resets the connection (RST) and frees the socket at the next poll.
+    pub fn tcp_abort(&mut self, handle: TcpHandle) {
+        if let Ok(socket) = self.tcp(handle) {
+            socket.abort();
+        }
+        self.tcp_close(handle);
+    }
+
+    /// The peer's address.
+    pub fn tcp_peer(&self, handle: TcpHandle) -> Result<IpEndpoint, NetError> {
+        self.tcp_ref(handle)?.remote_endpoint().ok_or(NetError::NotConnected)
+    }
+
+    /// This side's address.
+    pub fn tcp_local(&self, handle: TcpHandle) -> Result<IpEndpoint, NetError> {
+        self.tcp_ref(handle)?.local_endpoint().ok_or(NetError::NotConnected)
+    }
+
+    /// Nagle's algorithm off (`true`, the default here) or on.
+    pub fn tcp_set_nodelay(&mut self, handle: TcpHandle, nodelay: bool) -> Result<(), NetError> {
+        self.tcp(handle)?.set_nagle_enabled(!nodelay);
+        Ok(())
+    }
+
+    /// Whether Nagle's algorithm is off.
+    pub fn tcp_nodelay(&self, handle: TcpHandle) -> Result<bool, NetError> {
+        Ok(!self.tcp_ref(handle)?.nagle_enabled())
+    }
+
+    /// The connection's state (for tests and `/stats`).
+    pub fn tcp_state(&self, handle: TcpHandle) -> Result<tcp::State, NetError> {
+        Ok(self.tcp_ref(handle)?.state())
+    }
+
+    /// Opens a UDP socket on `port` (0 picks one); returns it and its port.
+    pub fn udp_bind(&mut self, port: u16) -> Result<(UdpHandle, u16), NetError> {
+        let port = if port == 0 { self.ephemeral_port(Protocol::Udp)? } else { port };
+        if self.port_in_use(port, Protocol::Udp) {
+            return Err(NetError::AddrInUse);
+        }
+        let buffer = || {
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; self.config.udp_packets],
+                vec![0u8; self.config.udp_bytes],
+            )
+        };
+        let mut socket = udp::Socket::new(buffer(), buffer());
+        socket.bind(IpListenEndpoint { addr: None, port }).map_err(|_| NetError::InvalidInput)?;
+        let handle = self.sockets.add(socket);
+        self.open.push(handle);
+        Ok((UdpHandle(handle), port))
+    }
+
+    fn udp(&mut self, handle: UdpHandle) -> Result<&mut udp::Socket<'static>, NetError> {
+        if !self.open.contains(&handle.0) {
+            return Err(NetError::BadHandle);
+        }
+        Ok(self.sockets.get_mut::<udp::Socket>(handle.0))
+    }
+
+    /// Queues one datagram to `remote`; `TooLarge` if it does not fit one
+    /// frame (smoltcp is built without IP fragmentation).
+    pub fn udp_send_to(&mut self, handle: UdpHandle, data: &[u8], remote: IpEndpoint) -> Result<usize, NetError> {
+        if remote.port == 0 || remote.addr.is_unspecified() {
+            return Err(NetError::InvalidInput);
+        }
+        // No IP fragmentation: a datagram must fit one frame (Ethernet,
+        // IPv4 and UDP headers: 14 + 20 + 8 bytes).
+        let max = self.config.udp_bytes.min(self.device.borrow().capabilities().max_frame.saturating_sub(42));
+        let socket = self.udp(handle)?;
+        if data.len() > max {
+            return Err(NetError::TooLarge);
+        }
+        match socket.send_slice(data, remote) {
+            Ok(()) => Ok(data.len()),
+            Err(udp::SendError::BufferFull) => Err(NetError::WouldBlock),
+            Err(udp::SendError::Unaddressable) => Err(NetError::Unreachable),
+        }
+    }
+
+    /// Takes one datagram: its length (truncated to `buffer`, like std)
+    /// and sender.
+    pub fn udp_recv_from(&mut self, handle: UdpHandle, buffer: &mut [u8]) -> Result<(usize, IpEndpoint), NetError> {
+        let socket = self.udp(handle)?;
+        match socket.recv() {
+            Ok((data, meta)) => {
+                let count = data.len().min(buffer.len());
+                buffer[..count].copy_from_slice(&data[..count]);
+                Ok((count, meta.endpoint))
+            }
+            Err(udp::RecvError::Exhausted) => Err(NetError::WouldBlock),
+            Err(udp::RecvError::Truncated) => Err(NetError::TooLarge),
+        }
+    }
+
+    /// Whether a datagram waits.
+    pub fn udp_readable(&mut self, handle: UdpHandle) -> bool {
+        self.udp(handle).map_or(true, |socket| socket.can_recv())
+    }
+
+    /// Whether a datagram can be queued.
+    pub fn udp_writable(&mut self, handle: UdpHandle) -> bool {
+        self.udp(handle).map_or(true, |socket| socket.can_send())
+    }
+
+    /// The UDP socket's local port.
+    pub fn udp_port(&mut self, handle: UdpHandle) -> Result<u16, NetError> {
+        Ok(self.udp(handle)?.endpoint().port)
+    }
+
+    /// Closes a UDP socket.
+    pub fn udp_close(&mut self, handle: UdpHandle) {
+        if let Some(position) = self.open.iter().position(|&open| open == handle.0) {
+            self.open.swap_remove(position);
+            self.sockets.remove(handle.0);
+        }
+    }
+
+    /// Opens an ICMP socket for echo replies to `ident`.
+    pub fn icmp_open(&mut self, ident: u16) -> Result<IcmpHandle, NetError> {
+        let buffer = || icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0u8; 4096]);
+        let mut socket = icmp::Socket::new(buffer(), buffer());
+        socket.bind(icmp::Endpoint::Ident(ident)).map_err(|_| NetError::AddrInUse)?;
+        let handle = self.sockets.add(socket);
+        self.open.push(handle);
+        Ok(IcmpHandle(handle))
+    }
+
+    /// Sends an echo request (`seq`, `payload`) to `target`.
+    pub fn icmp_echo(
+        &mut self,
+        handle: IcmpHandle,
+        target: Ipv4Address,
+        ident: u16,
+        seq: u16,
+        payload: &[u8],
+    ) -> Result<(), NetError> {
+        use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr};
+        if !self.open.contains(&handle.0) {
+            return Err(NetError::BadHandle);
+        }
+        let checksum = smoltcp::phy::ChecksumCapabilities::default();
+        let repr = Icmpv4Repr::EchoRequest { ident, seq_no: seq, data: payload };
+        let socket = self.sockets.get_mut::<icmp::Socket>(handle.0);
+        let buffer = socket.send(repr.buffer_len(), IpAddress::Ipv4(target)).map_err(|error| match error {
+            icmp::SendError::BufferFull => NetError::WouldBlock,
+            icmp::SendError::Unaddressable => NetError::Unreachable,
+        })?;
+        repr.emit(&mut Icmpv4Packet::new_unchecked(buffer), &checksum);
+        Ok(())
+    }
+
+    /// Takes one echo reply: its sequence number, sender and payload size.
+    pub fn icmp_reply(&mut self, handle: IcmpHandle) -> Result<(u16, IpAddress, usize), NetError> {
+        use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr};
+        if !self.open.contains(&handle.0) {
+            return Err(NetError::BadHandle);
+        }
+        let checksum = smoltcp::phy::ChecksumCapabilities::default();
+        let socket = self.sockets.get_mut::<icmp::Socket>(handle.0);
+        loop {
+            let (data, from) = socket.recv().map_err(|_| NetError::WouldBlock)?;
+            let Ok(packet) = Icmpv4Packet::new_checked(data) else { continue };
+            if let Ok(Icmpv4Repr::EchoReply { seq_no, data, .. }) = Icmpv4Repr::parse(&packet, &checksum) {
+                return Ok((seq_no, from, data.len()));
+            }
+        }
+    }
+
+    /// Whether an ICMP packet waits.
+    pub fn icmp_readable(&mut self, handle: IcmpHandle) -> bool {
+        !self.open.contains(&handle.0) || self.sockets.get_mut::<icmp::Socket>(handle.0).can_recv()
+    }
+
+    /// Closes an ICMP socket.
+    pub fn icmp_close(&mut self, handle: IcmpHandle) {
+        if let Some(position) = self.open.iter().position(|&open| open == handle.0) {
+            self.open.swap_remove(position);
+            self.sockets.remove(handle.0);
+        }
+    }
+
+    /// Sockets in the set.
+    pub fn sockets_in_use(&self) -> usize {
+        self.sockets.iter().count()
+    }
+
+    /// Sets smoltcp's per-socket inactivity timeout on a connection: a
+    /// peer silent this long gets the connection reset.
+    pub fn tcp_set_timeout(&mut self, handle: TcpHandle, timeout_micros: Option<u64>) -> Result<(), NetError> {
+        self.tcp(handle)?.set_timeout(timeout_micros.map(Duration::from_micros));
+        Ok(())
+    }
+}
