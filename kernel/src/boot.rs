@@ -107,6 +107,8 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     phases.mark("schedulers");
     let online = wait_for_application_processors(launch); // every CPU up
     phases.mark("CPUs");
+    crate::net::init(); // TCP/IP instances, each served on its CPU
+    phases.mark("network");
     system::publish(system::SystemInfo {
         cpu_count: online,
         memory_bytes: plan.assigned_bytes(),

@@ -21,6 +21,7 @@ pub mod fs;
 pub mod io;
 mod logger;
 pub mod memory;
+pub mod net;
 mod once;
 mod panic;
 pub mod random;

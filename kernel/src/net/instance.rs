@@ -242,6 +242,7 @@ pub(crate) enum WaitError {
 impl Instance {
     /// Polls the stack until no frame waits (a loopback delivers its own
     /// frames on the next poll), then wakes the threads whose wait is over.
+    #[inline(never)]
     pub(crate) fn pump(&mut self) {
         const MAX_ROUNDS: usize = 16;
         for _ in 0..MAX_ROUNDS {

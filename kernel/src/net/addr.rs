@@ -1,0 +1,147 @@
+//! `ToSocketAddrs` like std's (without DNS), and conversions between
+//! `core::net` addresses and smoltcp's.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use toro_net::smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address, Ipv6Address};
+
+use crate::io::{self, ErrorKind};
+
+/// Things that name socket addresses, like `std::net::ToSocketAddrs`:
+/// `SocketAddr`s, `(IpAddr, u16)`, and strings `"10.0.2.15:80"`,
+/// `("10.0.2.15", 80)`, `("localhost", 80)`. There is no resolver: other
+/// host names are `InvalidInput`.
+pub trait ToSocketAddrs {
+    /// The addresses' iterator.
+    type Iter: Iterator<Item = SocketAddr>;
+    /// The addresses named.
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter>;
+}
+
+impl ToSocketAddrs for SocketAddr {
+    type Iter = core::option::IntoIter<SocketAddr>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        Ok(Some(*self).into_iter())
+    }
+}
+
+impl ToSocketAddrs for SocketAddrV4 {
+    type Iter = core::option::IntoIter<SocketAddr>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        SocketAddr::V4(*self).to_socket_addrs()
+    }
+}
+
+impl ToSocketAddrs for SocketAddrV6 {
+    type Iter = core::option::IntoIter<SocketAddr>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        SocketAddr::V6(*self).to_socket_addrs()
+    }
+}
+
+impl ToSocketAddrs for (IpAddr, u16) {
+    type Iter = core::option::IntoIter<SocketAddr>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        SocketAddr::new(self.0, self.1).to_socket_addrs()
+    }
+}
+
+impl ToSocketAddrs for (Ipv4Addr, u16) {
+    type Iter = core::option::IntoIter<SocketAddr>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        SocketAddr::new(IpAddr::V4(self.0), self.1).to_socket_addrs()
+    }
+}
+
+impl ToSocketAddrs for (Ipv6Addr, u16) {
+    type Iter = core::option::IntoIter<SocketAddr>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        SocketAddr::new(IpAddr::V6(self.0), self.1).to_socket_addrs()
+    }
+}
+
+fn host_port(host: &str, port: u16) -> io::Result<core::option::IntoIter<SocketAddr>> {
+    if let Ok(address) = host.parse::<IpAddr>() {
+        return SocketAddr::new(address, port).to_socket_addrs();
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port).to_socket_addrs();
+    }
+    Err(io::Error::from_static(ErrorKind::InvalidInput, "no resolver: give an IP address or localhost"))
+}
+
+impl ToSocketAddrs for (&str, u16) {
+    type Iter = core::option::IntoIter<SocketAddr>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        host_port(self.0, self.1)
+    }
+}
+
+impl ToSocketAddrs for (String, u16) {
+    type Iter = core::option::IntoIter<SocketAddr>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        host_port(&self.0, self.1)
+    }
+}
+
+impl ToSocketAddrs for str {
+    type Iter = core::option::IntoIter<SocketAddr>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        if let Ok(address) = self.parse::<SocketAddr>() {
+            return address.to_socket_addrs();
+        }
+        let (host, port) =
+            self.rsplit_once(':').ok_or(io::Error::from_static(ErrorKind::InvalidInput, "invalid socket address"))?;
+        let port: u16 =
+            port.parse().map_err(|_| io::Error::from_static(ErrorKind::InvalidInput, "invalid port value"))?;
+        host_port(host, port)
+    }
+}
+
+impl ToSocketAddrs for String {
+    type Iter = core::option::IntoIter<SocketAddr>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        self.as_str().to_socket_addrs()
+    }
+}
+
+impl<'a> ToSocketAddrs for &'a [SocketAddr] {
+    type Iter = core::iter::Cloned<core::slice::Iter<'a, SocketAddr>>;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        Ok(self.iter().cloned())
+    }
+}
+
+impl<T: ToSocketAddrs + ?Sized> ToSocketAddrs for &T {
+    type Iter = T::Iter;
+    fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
+        (**self).to_socket_addrs()
+    }
+}
+
+/// The addresses `addresses` names, or the error std gives for none.
+pub(crate) fn resolve<A: ToSocketAddrs + ?Sized>(addresses: &A) -> io::Result<Vec<SocketAddr>> {
+    let all: Vec<SocketAddr> = addresses.to_socket_addrs()?.collect();
+    if all.is_empty() {
+        return Err(io::Error::from_static(ErrorKind::InvalidInput, "could not resolve to any addresses"));
+    }
+    Ok(all)
+}
+
+pub(crate) fn to_endpoint(address: SocketAddr) -> IpEndpoint {
+    let ip = match address.ip() {
+        IpAddr::V4(v4) => IpAddress::Ipv4(Ipv4Address::from(v4.octets())),
+        IpAddr::V6(v6) => IpAddress::Ipv6(Ipv6Address::from(v6.octets())),
+    };
+    IpEndpoint::new(ip, address.port())
+}
+
+pub(crate) fn from_endpoint(endpoint: IpEndpoint) -> SocketAddr {
+    let ip = match endpoint.addr {
+        IpAddress::Ipv4(v4) => IpAddr::V4(Ipv4Addr::from(v4.octets())),
+        IpAddress::Ipv6(v6) => IpAddr::V6(Ipv6Addr::from(v6.octets())),
+    };
+    SocketAddr::new(ip, endpoint.port)
+}

@@ -1,0 +1,340 @@
+//! `toro::net`: TCP and UDP sockets shaped like `std::net`, over TCP/IP
+//! instances dedicated to CPUs (docs/net.md).
+//!
+//! Each instance (a smoltcp stack and its device, `toro_net::Stack`) is
+//! owned by one CPU. A socket lives in one instance; a call from a thread
+//! on the owner CPU runs directly, a call from another CPU moves the thread
+//! to the owner for the call and back (two cross-CPU hops; docs/net.md has
+//! the cost). A listener bound to `0.0.0.0` listens on every instance: a
+//! thread accepting on a CPU that owns instances gets the connections that
+//! arrived there, so a server with one accepting thread per CPU serves each
+//! connection on the CPU its packets reach, with no cross-CPU message.
+//!
+//! Blocking calls block the thread, not the CPU. Errors are `toro::io`
+//! errors with std's kinds (`ConnectionRefused`, `ConnectionReset`,
+//! `TimedOut`, `AddrInUse`, `WouldBlock`, ...). Differences from std, by
+//! design: no DNS (names other than `localhost` are `InvalidInput`); a read
+//! or write timeout reports `TimedOut` (std says the kind is
+//! platform-specific); `TcpStream::flush` returns at once, as std's does
+//! (each write is already queued for sending).
+
+mod addr;
+mod device;
+pub(crate) mod instance;
+mod tcp;
+mod udp;
+
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+pub use addr::ToSocketAddrs;
+pub use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+pub use instance::InstanceCounters;
+pub use tcp::{Incoming, TcpListener, TcpStream};
+pub use toro_net::device::DeviceStats;
+pub use toro_net::StackStats;
+pub use udp::UdpSocket;
+
+use crate::io::{self, ErrorKind};
+use toro_net::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
+use toro_net::{Addressing, MemoryDevice, NetError, StackConfig};
+
+/// Which halves of a connection to shut down (like `std::net::Shutdown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// No more reads: later reads return end of stream.
+    Read,
+    /// No more writes: a FIN goes to the peer after what is queued.
+    Write,
+    /// Both.
+    Both,
+}
+
+/// The loopback instance's MAC (locally administered, RFC 7042 section 2.1).
+const LOOPBACK_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+/// The loopback interface's address.
+const LOOPBACK_CIDR: Ipv4Cidr = Ipv4Cidr::new(Ipv4Address::new(127, 0, 0, 1), 8);
+
+/// Maps the stack's error to std's kind.
+pub(crate) fn to_io(error: NetError) -> io::Error {
+    let kind = match error {
+        NetError::WouldBlock => ErrorKind::WouldBlock,
+        NetError::ConnectionReset => ErrorKind::ConnectionReset,
+        NetError::ConnectionRefused => ErrorKind::ConnectionRefused,
+        NetError::NotConnected | NetError::BadHandle => ErrorKind::NotConnected,
+        NetError::BrokenPipe => ErrorKind::BrokenPipe,
+        NetError::AddrInUse => ErrorKind::AddrInUse,
+        NetError::AddrNotAvailable => ErrorKind::AddrNotAvailable,
+        NetError::InvalidInput | NetError::TooLarge => ErrorKind::InvalidInput,
+        NetError::Unreachable => ErrorKind::NetworkUnreachable,
+    };
+    io::Error::from_static(kind, error.message())
+}
+
+/// Maps the end of a blocking wait to std's kinds.
+pub(crate) fn wait_to_io(error: instance::WaitError) -> io::Error {
+    match error {
+        instance::WaitError::Net(error) => to_io(error),
+        instance::WaitError::TimedOut => io::Error::from_static(ErrorKind::TimedOut, "timed out"),
+    }
+}
+
+/// A timeout as std takes it: `Some(zero)` is `InvalidInput`.
+pub(crate) fn timeout_micros(timeout: Option<Duration>) -> io::Result<u64> {
+    match timeout {
+        Some(duration) if duration.is_zero() => {
+            Err(io::Error::from_static(ErrorKind::InvalidInput, "cannot set a 0 duration timeout"))
+        }
+        Some(duration) => Ok(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX - 1).max(1)),
+        None => Ok(u64::MAX),
+    }
+}
+
+/// The timeout and blocking-mode methods std gives both `TcpStream` and
+/// `UdpSocket`, on a type with an `options: Options` field.
+macro_rules! socket_options {
+    ($socket:ty) => {
+        impl $socket {
+            /// Limits how long a read waits (`None`: forever); then `TimedOut`.
+            pub fn set_read_timeout(&self, timeout: Option<core::time::Duration>) -> crate::io::Result<()> {
+                self.options.set_read_timeout(timeout)
+            }
+
+            /// Limits how long a write waits for room (`None`: forever).
+            pub fn set_write_timeout(&self, timeout: Option<core::time::Duration>) -> crate::io::Result<()> {
+                self.options.set_write_timeout(timeout)
+            }
+
+            /// The read timeout.
+            pub fn read_timeout(&self) -> crate::io::Result<Option<core::time::Duration>> {
+                self.options.read_timeout()
+            }
+
+            /// The write timeout.
+            pub fn write_timeout(&self) -> crate::io::Result<Option<core::time::Duration>> {
+                self.options.write_timeout()
+            }
+
+            /// Makes calls return `WouldBlock` instead of waiting.
+            pub fn set_nonblocking(&self, nonblocking: bool) -> crate::io::Result<()> {
+                self.options.set_nonblocking(nonblocking)
+            }
+        }
+    };
+}
+pub(crate) use socket_options;
+
+/// A socket's timeouts and blocking mode (atomics, so sockets are `Sync`
+/// like std's; plain loads and stores, no read-modify-write).
+pub(crate) struct Options {
+    /// Microseconds; `u64::MAX` for none.
+    read_timeout: core::sync::atomic::AtomicU64,
+    write_timeout: core::sync::atomic::AtomicU64,
+    nonblocking: core::sync::atomic::AtomicBool,
+}
+
+impl Options {
+    pub(crate) const fn new() -> Self {
+        use core::sync::atomic::{AtomicBool, AtomicU64};
+        Self {
+            read_timeout: AtomicU64::new(u64::MAX),
+            write_timeout: AtomicU64::new(u64::MAX),
+            nonblocking: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read_timeout.store(timeout_micros(timeout)?, core::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.write_timeout.store(timeout_micros(timeout)?, core::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The read timeout in microseconds.
+    pub(crate) fn read_micros(&self) -> Option<u64> {
+        Some(self.read_timeout.load(core::sync::atomic::Ordering::Relaxed)).filter(|&micros| micros != u64::MAX)
+    }
+
+    /// The write timeout in microseconds.
+    pub(crate) fn write_micros(&self) -> Option<u64> {
+        Some(self.write_timeout.load(core::sync::atomic::Ordering::Relaxed)).filter(|&micros| micros != u64::MAX)
+    }
+
+    pub(crate) fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.read_micros().map(Duration::from_micros))
+    }
+
+    pub(crate) fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.write_micros().map(Duration::from_micros))
+    }
+
+    pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.nonblocking.store(nonblocking, core::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn nonblocking(&self) -> bool {
+        self.nonblocking.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Which instances exist and what they serve.
+pub(crate) struct Topology {
+    /// The loopback instance.
+    pub loopback: Option<usize>,
+    /// Instances with a NIC (or a NIC's queue pair), in CPU order.
+    pub nics: Vec<usize>,
+}
+
+static TOPOLOGY: crate::once::BootCell<Topology> = crate::once::BootCell::new();
+
+pub(crate) fn topology() -> &'static Topology {
+    TOPOLOGY.get().expect("net::init runs before main")
+}
+
+/// Sets up the instances: the loopback on the boot CPU, and one per NIC or
+/// queue pair the drivers found. Boot CPU, once, after the schedulers.
+pub(crate) fn init() {
+    let config = StackConfig { random_seed: crate::time::Instant::now().ticks(), ..StackConfig::default() };
+    let plans = vec![instance::Plan {
+        name: "lo",
+        owner: 0,
+        device: Box::new(|| device::Device::Loopback(MemoryDevice::loopback(LOOPBACK_MAC))),
+        addressing: Addressing::Static { address: LOOPBACK_CIDR, gateway: None },
+        config,
+    }];
+    let topology = Topology { loopback: Some(0), nics: Vec::new() };
+    instance::start(plans);
+    TOPOLOGY.set(topology);
+}
+
+/// The instance a new outgoing socket to `destination` uses from the
+/// current CPU: the loopback for 127/8 (and with no NIC), else this CPU's
+/// NIC instance, else the first NIC's.
+pub(crate) fn route(destination: Option<IpAddr>) -> io::Result<usize> {
+    let topology = topology();
+    let loopback_destination = destination.is_some_and(|address| address.is_loopback());
+    let here = crate::cpu::current();
+    let nic = topology
+        .nics
+        .iter()
+        .copied()
+        .find(|&id| instance::owner(id) == here)
+        .or_else(|| topology.nics.first().copied());
+    match (loopback_destination, nic, topology.loopback) {
+        (false, Some(nic), _) => Ok(nic),
+        (_, _, Some(loopback)) => Ok(loopback),
+        (true, Some(nic), None) => Ok(nic),
+        (_, None, None) => Err(io::Error::from_static(ErrorKind::NetworkDown, "no network interface")),
+    }
+}
+
+/// The instances a bind to `address` listens on: all for an unspecified
+/// address, the loopback for 127/8, else those whose address it is.
+pub(crate) fn instances_for(address: IpAddr) -> io::Result<Vec<usize>> {
+    let topology = topology();
+    let all: Vec<usize> = topology.loopback.iter().chain(topology.nics.iter()).copied().collect();
+    if address.is_unspecified() {
+        return Ok(all);
+    }
+    if address.is_loopback() {
+        return topology
+            .loopback
+            .map(|id| vec![id])
+            .ok_or(io::Error::from_static(ErrorKind::AddrNotAvailable, "no loopback interface"));
+    }
+    let IpAddr::V4(v4) = address else {
+        return Err(io::Error::from_static(ErrorKind::AddrNotAvailable, "no IPv6 address configured"));
+    };
+    let wanted = Ipv4Address::from(v4.octets());
+    let matching: Vec<usize> = topology
+        .nics
+        .iter()
+        .copied()
+        .filter(|&id| {
+            instance::on_owner(id, || instance::with_local(id, |i| i.stack.ipv4() == Some(wanted)).unwrap_or(false))
+        })
+        .collect();
+    if matching.is_empty() {
+        Err(io::Error::from_static(ErrorKind::AddrNotAvailable, "not an address of this machine"))
+    } else {
+        Ok(matching)
+    }
+}
+
+/// What one instance reports (for `/stats` and tests).
+#[derive(Clone, Debug)]
+pub struct InterfaceInfo {
+    /// `lo`, `eth0`, `eth0.q1`, ...
+    pub name: &'static str,
+    /// The owner CPU.
+    pub cpu: usize,
+    /// Its IPv4 address and prefix, once it has one.
+    pub ipv4: Option<(Ipv4Addr, u8)>,
+    /// The stack's counts.
+    pub stack: StackStats,
+    /// The device's counts.
+    pub device: DeviceStats,
+    /// Remote calls, wake-ups, timeouts.
+    pub counters: InstanceCounters,
+}
+
+/// Every instance's figures (a call to each owner CPU).
+pub fn interfaces() -> Vec<InterfaceInfo> {
+    (0..instance::count())
+        .filter_map(|id| {
+            instance::on_owner(id, || {
+                instance::with_local(id, |instance| {
+                    use toro_net::NetDevice;
+                    InterfaceInfo {
+                        name: instance.name,
+                        cpu: instance.owner,
+                        ipv4: instance
+                            .stack
+                            .ipv4_cidr()
+                            .map(|cidr| (Ipv4Addr::from(cidr.address().octets()), cidr.prefix_len())),
+                        stack: instance.stack.stats(),
+                        device: instance.stack.device().stats(),
+                        counters: instance.counters,
+                    }
+                })
+            })
+        })
+        .collect()
+}
+
+/// Sends one ICMP echo request to `target` and waits up to `timeout` for
+/// the reply; returns the round-trip time. Toro's addition (std has no
+/// ping; it needs no raw socket here).
+pub fn ping(target: Ipv4Addr, sequence: u16, payload: &[u8], timeout: Duration) -> io::Result<Duration> {
+    let id = route(Some(IpAddr::V4(target)))?;
+    let ident = (crate::time::Instant::now().ticks() as u16) | 1;
+    let timeout = timeout_micros(Some(timeout))?;
+    instance::on_owner(id, || {
+        let handle = instance::with_local(id, |i| i.stack.icmp_open(ident))
+            .ok_or(io::Error::from_static(ErrorKind::NotConnected, "no instance"))?
+            .map_err(to_io)?;
+        let start = crate::time::Instant::now();
+        let target_address = Ipv4Address::from(target.octets());
+        let sent = instance::wait_on(id, instance::Interest::IcmpReply(handle), Some(timeout), false, |i| {
+            i.stack.icmp_echo(handle, target_address, ident, sequence, payload)
+        });
+        let result = sent.map_err(wait_to_io).and_then(|()| {
+            instance::wait_on(id, instance::Interest::IcmpReply(handle), Some(timeout), false, |i| {
+                match i.stack.icmp_reply(handle) {
+                    Ok((seq, _, _)) if seq == sequence => Ok(()),
+                    Ok(_) => Err(NetError::WouldBlock),
+                    Err(error) => Err(error),
+                }
+            })
+            .map_err(wait_to_io)
+        });
+        instance::with_local(id, |i| i.stack.icmp_close(handle));
+        result.map(|()| start.elapsed())
+    })
+}

@@ -1,0 +1,362 @@
+//! `TcpListener` and `TcpStream`, shaped like std's.
+
+use alloc::vec::Vec;
+use core::net::SocketAddr;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::time::Duration;
+
+use toro_net::stack::TcpHandle;
+use toro_net::{ConnectState, NetError};
+
+use super::addr::{from_endpoint, resolve, to_endpoint, ToSocketAddrs};
+use super::instance::{self, Interest};
+use super::{timeout_micros, to_io, topology, wait_to_io, Shutdown};
+use crate::io::{self, ErrorKind, Read, Write};
+
+/// How long an accepting thread waits on one of several instances of its
+/// CPU before looking at the others (only when its CPU owns more than one
+/// instance the listener uses, e.g. the loopback and a NIC).
+const ACCEPT_ROTATE_MICROS: u64 = 10_000;
+
+/// A listening TCP port, like `std::net::TcpListener`.
+pub struct TcpListener {
+    local: SocketAddr,
+    instances: Vec<usize>,
+    /// Round robin over instances for accepts from CPUs that own none.
+    next: AtomicUsize,
+    nonblocking: AtomicBool,
+}
+
+impl TcpListener {
+    /// Listens on `address`: on every instance for `0.0.0.0` (each CPU's
+    /// connections are accepted on that CPU), on the loopback for
+    /// `127.0.0.1`. Port 0 picks a free port.
+    pub fn bind<A: ToSocketAddrs>(address: A) -> io::Result<TcpListener> {
+        let mut last_error = None;
+        for address in resolve(&address)? {
+            match Self::bind_one(address) {
+                Ok(listener) => return Ok(listener),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or(io::Error::from_static(ErrorKind::InvalidInput, "no address")))
+    }
+
+    fn bind_one(address: SocketAddr) -> io::Result<TcpListener> {
+        let instances = super::instances_for(address.ip())?;
+        let mut port = address.port();
+        let mut bound = Vec::new();
+        for &id in &instances {
+            let result = instance::on_owner(id, || {
+                instance::with_local(id, |i| i.stack.tcp_listen(port)).unwrap_or(Err(NetError::BadHandle))
+            });
+            match result {
+                Ok(chosen) => {
+                    port = chosen;
+                    bound.push(id);
+                }
+                Err(error) => {
+                    for &id in &bound {
+                        instance::on_owner(id, || instance::with_local(id, |i| i.stack.tcp_unlisten(port)));
+                    }
+                    return Err(to_io(error));
+                }
+            }
+        }
+        Ok(TcpListener {
+            local: SocketAddr::new(address.ip(), port),
+            instances,
+            next: AtomicUsize::new(0),
+            nonblocking: AtomicBool::new(false),
+        })
+    }
+
+    /// The address it listens on (with the port chosen for port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    /// Waits for a connection. On a CPU that owns instances, it takes the
+    /// connections that arrived there; elsewhere it goes to an owner CPU
+    /// for it (and the stream's calls go there too).
+    pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let port = self.local.port();
+        let nonblocking = self.nonblocking.load(Ordering::Relaxed);
+        let here = crate::cpu::current();
+        let local: Vec<usize> = self.instances.iter().copied().filter(|&id| instance::owner(id) == here).collect();
+        let try_accept = |id: usize| {
+            instance::with_local(id, |i| {
+                i.pump();
+                i.stack.tcp_accept(port)
+            })
+            .unwrap_or(Err(NetError::BadHandle))
+        };
+        let (id, handle) = if !local.is_empty() {
+            'found: loop {
+                for &id in &local {
+                    match try_accept(id) {
+                        Ok(handle) => break 'found (id, handle),
+                        Err(NetError::WouldBlock) => {}
+                        Err(error) => return Err(to_io(error)),
+                    }
+                }
+                if nonblocking {
+                    return Err(to_io(NetError::WouldBlock));
+                }
+                let id = local[0];
+                let rotate = (local.len() > 1).then_some(ACCEPT_ROTATE_MICROS);
+                match instance::wait_on(id, Interest::Accept(port), rotate, false, |i| i.stack.tcp_accept(port)) {
+                    Ok(handle) => break 'found (id, handle),
+                    Err(instance::WaitError::TimedOut) => {}
+                    Err(error) => return Err(wait_to_io(error)),
+                }
+            }
+        } else {
+            let nics: Vec<usize> = self.instances.iter().copied().filter(|id| topology().nics.contains(id)).collect();
+            let candidates = if nics.is_empty() { &self.instances } else { &nics };
+            let turn = self.next.load(Ordering::Relaxed);
+            self.next.store(turn.wrapping_add(1), Ordering::Relaxed);
+            let id = candidates[turn % candidates.len()];
+            let handle = instance::on_owner(id, || {
+                instance::wait_on(id, Interest::Accept(port), None, nonblocking, |i| i.stack.tcp_accept(port))
+            })
+            .map_err(wait_to_io)?;
+            (id, handle)
+        };
+        let stream = TcpStream::new(id, handle);
+        let peer = stream.peer_addr()?;
+        Ok((stream, peer))
+    }
+
+    /// An endless iterator of accepted connections, like std's.
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming { listener: self }
+    }
+
+    /// Makes `accept` return `WouldBlock` instead of waiting.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.nonblocking.store(nonblocking, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        let port = self.local.port();
+        for &id in &self.instances {
+            instance::on_owner(id, || instance::with_local(id, |i| i.stack.tcp_unlisten(port)));
+        }
+    }
+}
+
+/// The iterator of [`TcpListener::incoming`].
+pub struct Incoming<'a> {
+    listener: &'a TcpListener,
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = io::Result<TcpStream>;
+    fn next(&mut self) -> Option<io::Result<TcpStream>> {
+        Some(self.listener.accept().map(|(stream, _)| stream))
+    }
+}
+
+/// A TCP connection, like `std::net::TcpStream`.
+pub struct TcpStream {
+    instance: usize,
+    handle: TcpHandle,
+    options: super::Options,
+    read_shut: AtomicBool,
+}
+
+impl TcpStream {
+    fn new(instance: usize, handle: TcpHandle) -> Self {
+        Self { instance, handle, options: super::Options::new(), read_shut: AtomicBool::new(false) }
+    }
+
+    /// Connects to the first of `address` that answers.
+    pub fn connect<A: ToSocketAddrs>(address: A) -> io::Result<TcpStream> {
+        let mut last_error = None;
+        for address in resolve(&address)? {
+            match Self::connect_one(&address, None) {
+                Ok(stream) => return Ok(stream),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or(io::Error::from_static(ErrorKind::InvalidInput, "no address")))
+    }
+
+    /// Connects to `address`, giving up with `TimedOut` after `timeout`.
+    pub fn connect_timeout(address: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let micros = timeout_micros(Some(timeout))?;
+        Self::connect_one(address, Some(micros))
+    }
+
+    fn connect_one(address: &SocketAddr, timeout: Option<u64>) -> io::Result<TcpStream> {
+        let id = super::route(Some(address.ip()))?;
+        let remote = to_endpoint(*address);
+        instance::on_owner(id, || {
+            let handle = instance::with_local(id, |i| i.stack.tcp_connect(remote))
+                .unwrap_or(Err(NetError::BadHandle))
+                .map_err(to_io)?;
+            let result = instance::wait_on(id, Interest::Connected(handle), timeout, false, |i| {
+                match i.stack.tcp_connect_state(handle) {
+                    Ok(ConnectState::Pending) => Err(NetError::WouldBlock),
+                    Ok(ConnectState::Established) => Ok(()),
+                    Err(error) => Err(error),
+                }
+            });
+            match result {
+                Ok(()) => Ok(TcpStream::new(id, handle)),
+                Err(error) => {
+                    instance::with_local(id, |i| i.stack.tcp_abort(handle));
+                    Err(wait_to_io(error))
+                }
+            }
+        })
+    }
+
+    /// Runs `function` on this stream's instance, on its owner CPU.
+    fn with<R>(&self, function: impl FnOnce(&mut instance::Instance) -> Result<R, NetError>) -> io::Result<R> {
+        let id = self.instance;
+        instance::on_owner(id, || instance::with_local(id, function).unwrap_or(Err(NetError::BadHandle))).map_err(to_io)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        let handle = self.handle;
+        self.with(|i| i.stack.tcp_peer(handle)).map(from_endpoint)
+    }
+
+    /// This side's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        let handle = self.handle;
+        self.with(|i| i.stack.tcp_local(handle)).map(from_endpoint)
+    }
+
+    /// The CPU whose instance carries this connection (Toro's addition).
+    pub fn cpu(&self) -> usize {
+        instance::owner(self.instance)
+    }
+
+    /// Shuts down reading, writing or both.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        if matches!(how, Shutdown::Read | Shutdown::Both) {
+            self.read_shut.store(true, Ordering::Relaxed);
+        }
+        if matches!(how, Shutdown::Write | Shutdown::Both) {
+            let handle = self.handle;
+            self.with(|i| {
+                let result = i.stack.tcp_shutdown_write(handle);
+                i.pump();
+                result
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Nagle's algorithm off (`true`; the default here, unlike std, for
+    /// request/response traffic) or on.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        let handle = self.handle;
+        self.with(|i| i.stack.tcp_set_nodelay(handle, nodelay))
+    }
+
+    /// Whether Nagle's algorithm is off.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        let handle = self.handle;
+        self.with(|i| i.stack.tcp_nodelay(handle))
+    }
+
+    #[inline(never)]
+    fn read_some(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        if self.read_shut.load(Ordering::Relaxed) || buffer.is_empty() {
+            return Ok(0);
+        }
+        let (id, handle) = (self.instance, self.handle);
+        let timeout = self.options.read_micros();
+        let nonblocking = self.options.nonblocking();
+        instance::on_owner(id, || {
+            instance::wait_on(id, Interest::Readable(handle), timeout, nonblocking, |i| {
+                i.stack.tcp_recv(handle, buffer)
+            })
+        })
+        .map_err(wait_to_io)
+    }
+
+    #[inline(never)]
+    fn write_some(&self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let (id, handle) = (self.instance, self.handle);
+        let timeout = self.options.write_micros();
+        let nonblocking = self.options.nonblocking();
+        instance::on_owner(id, || {
+            instance::wait_on(id, Interest::Writable(handle), timeout, nonblocking, |i| i.stack.tcp_send(handle, data))
+        })
+        .map_err(wait_to_io)
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        let (id, handle) = (self.instance, self.handle);
+        instance::on_owner(id, || {
+            instance::with_local(id, |i| {
+                i.stack.tcp_close(handle);
+                i.pump();
+            })
+        });
+    }
+}
+
+impl Read for TcpStream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        self.read_some(buffer)
+    }
+}
+
+impl Read for &TcpStream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        self.read_some(buffer)
+    }
+}
+
+impl Write for TcpStream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_some(data)
+    }
+
+    /// Returns at once: each write is already queued for sending (std's
+    /// `TcpStream::flush` does nothing either).
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for &TcpStream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_some(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+crate::io::impl_embedded_io!(TcpStream: Read, Write);
+
+impl core::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TcpStream").field("instance", &self.instance).field("handle", &self.handle).finish()
+    }
+}
+
+impl core::fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TcpListener").field("local", &self.local).field("instances", &self.instances).finish()
+    }
+}
+
+super::socket_options!(TcpStream);
