@@ -135,6 +135,7 @@ pub struct Stack<D: NetDevice> {
     dhcp: Option<SocketHandle>,
     next_port: u16,
     stats: StackStats,
+    gateway: Option<Ipv4Address>,
     /// Where a received frame is copied for smoltcp (see `device::Port`).
     frame: Vec<u8>,
 }
@@ -165,6 +166,7 @@ impl<D: NetDevice> Stack<D> {
             dhcp: None,
             next_port: EPHEMERAL_FIRST + (config.random_seed % 1024) as u16,
             stats: StackStats::default(),
+            gateway: None,
             frame,
         };
         match addressing {
@@ -188,11 +190,17 @@ impl<D: NetDevice> Stack<D> {
             }
         });
         self.interface.routes_mut().remove_default_ipv4_route();
+        self.gateway = address.and(gateway);
         if let (Some(_), Some(gateway)) = (address, gateway) {
             // Fails only when the route table is full; it has just lost
             // its default IPv4 route.
             let _ = self.interface.routes_mut().add_default_ipv4_route(gateway);
         }
+    }
+
+    /// The default IPv4 gateway, if one is set.
+    pub fn gateway(&self) -> Option<Ipv4Address> {
+        self.gateway
     }
 
     /// The interface's IPv4 address, once it has one.

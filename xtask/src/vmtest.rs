@@ -259,6 +259,33 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "net_loopback")
         },
         VmTest {
+            name: "webserver-selftest-2",
+            memory_mib: 256,
+            command_line: "selftest=1",
+            expect: &["webserver: serving port 80", "selftest: protocol checks done", "webserver selftest: all passed"],
+            ..vm("webserver", "webserver")
+        },
+        VmTest {
+            name: "echo-selftest-1",
+            cpus: 1,
+            memory_mib: 256,
+            command_line: "selftest=1",
+            expect: &["echo tcp 16777216 B: ok", "echo udp 1472 B: ok", "echo selftest: all passed"],
+            ..vm("echo", "echo")
+        },
+        VmTest {
+            name: "ping-loopback",
+            command_line: "target=127.0.0.1 count=2",
+            expect: &["seq=1 time=", "2 sent, 2 replies"],
+            ..vm("ping", "ping")
+        },
+        VmTest {
+            name: "ping-no-gateway",
+            status: 2,
+            expect: &["ping: no interface has a gateway"],
+            ..vm("ping", "ping")
+        },
+        VmTest {
             name: "pingpong-2",
             command_line: "rounds=2000",
             expect: &["pingpong: 2 threads", "ns per hop", "cpu 1: sent 100000 messages to cpu 0"],
@@ -378,8 +405,11 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
 ];
 /// Lock-free roots of the network paths, checked in [`NET_LOCK_CHECK_IMAGE`]:
 /// a socket call on its owner CPU (the stack's poll, waking waiters).
-pub const NET_LOCK_FREE_ROOTS: &[&str] =
-    &["toro::net::instance::Instance::pump", "toro::net::tcp::TcpStream::read_some", "toro::net::tcp::TcpStream::write_some"];
+pub const NET_LOCK_FREE_ROOTS: &[&str] = &[
+    "toro::net::instance::Instance::pump",
+    "toro::net::tcp::TcpStream::read_some",
+    "toro::net::tcp::TcpStream::write_some",
+];
 /// The image that uses the network paths.
 const NET_LOCK_CHECK_IMAGE: &str = "net_loopback";
 /// The image the lock check disassembles: one that uses all those paths.

@@ -276,6 +276,8 @@ pub struct InterfaceInfo {
     pub cpu: usize,
     /// Its IPv4 address and prefix, once it has one.
     pub ipv4: Option<(Ipv4Addr, u8)>,
+    /// Its default gateway.
+    pub gateway: Option<Ipv4Addr>,
     /// The stack's counts.
     pub stack: StackStats,
     /// The device's counts.
@@ -298,6 +300,7 @@ pub fn interfaces() -> Vec<InterfaceInfo> {
                             .stack
                             .ipv4_cidr()
                             .map(|cidr| (Ipv4Addr::from(cidr.address().octets()), cidr.prefix_len())),
+                        gateway: instance.stack.gateway().map(|gateway| Ipv4Addr::from(gateway.octets())),
                         stack: instance.stack.stats(),
                         device: instance.stack.device().stats(),
                         counters: instance.counters,

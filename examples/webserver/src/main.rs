@@ -1,0 +1,149 @@
+//! A multi-core HTTP/1.1 web server on Toro.
+//!
+//! One listener on `0.0.0.0:PORT` (80, or `port=N` on the command line)
+//! listens on every network instance. Each CPU that owns an instance runs
+//! an accepting thread; it takes the connections that reached its CPU and
+//! serves each in a thread of its own on that CPU, so a connection's
+//! packets, its socket calls and its requests never cross CPUs.
+//!
+//! Pages: `/` (612 bytes, like nginx's default page), `/live` (per-CPU
+//! figures refreshed every second) and `/stats` (text, or JSON with
+//! `?format=json` or `Accept: application/json`). Protocol details (keep-
+//! alive, pipelining, chunked bodies, limits and error statuses) are in
+//! `toro_net::http`; per connection: 10 s to finish a request once begun,
+//! 30 s idle between keep-alive requests, then 408 or a close.
+//!
+//! `selftest=1` runs clients on the other CPUs over the loopback (keep-
+//! alive, pipelining, bad requests, concurrent and idle clients), prints
+//! `webserver selftest: all passed` and exits: the in-VM test.
+
+#![no_std]
+#![no_main]
+
+mod selftest;
+mod site;
+mod stats;
+
+use toro::alloc::sync::Arc;
+use toro::alloc::vec;
+use toro::alloc::vec::Vec;
+use toro::io::{ErrorKind, Read, Write};
+use toro::net::{Shutdown, TcpListener, TcpStream};
+use toro::{println, system, thread};
+use toro_net::http::{Connection, Limits, Outcome};
+
+/// How long a begun request may take to arrive whole.
+const REQUEST_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(10);
+/// How long a keep-alive connection may sit idle between requests.
+const IDLE_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(30);
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 4096;
+
+#[toro::main]
+fn main() -> i32 {
+    let port: u16 = match system::argument("port").map(str::parse) {
+        None => 80,
+        Some(Ok(port)) => port,
+        Some(Err(_)) => {
+            println!("webserver: port= must be a number 1-65535; using 80");
+            80
+        }
+    };
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(listener) => Arc::new(listener),
+        Err(error) => {
+            println!("webserver: cannot listen on port {port}: {error}");
+            return 1;
+        }
+    };
+    let mut cpus: Vec<usize> = toro::net::interfaces().iter().map(|interface| interface.cpu).collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    for interface in toro::net::interfaces() {
+        match interface.ipv4 {
+            Some((address, prefix)) => {
+                println!("webserver: {} on cpu {}: http://{address}:{port}/ (/{prefix})", interface.name, interface.cpu)
+            }
+            None => println!("webserver: {} on cpu {}: no address yet", interface.name, interface.cpu),
+        }
+    }
+    for &cpu in &cpus {
+        let listener = listener.clone();
+        let started = thread::Builder::new().name("accept").spawn_on(cpu, move || accept_loop(&listener));
+        match started {
+            Ok(handle) => core::mem::forget(handle),
+            Err(error) => println!("webserver: no accepting thread on cpu {cpu}: {error}"),
+        }
+    }
+    println!("webserver: serving port {port} on cpus {cpus:?} of {}", toro::cpu::count());
+    if system::argument("selftest") == Some("1") {
+        return selftest::run(port);
+    }
+    toro::park()
+}
+
+/// Takes the connections that reach this CPU; each gets a thread here.
+fn accept_loop(listener: &TcpListener) {
+    let cpu = toro::cpu::current();
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                println!("webserver: accept on cpu {cpu}: {error}");
+                thread::sleep(core::time::Duration::from_millis(10));
+                continue;
+            }
+        };
+        stats::connection_opened();
+        let spawned = thread::Builder::new().name("http").spawn_on(cpu, move || serve(stream));
+        match spawned {
+            Ok(handle) => core::mem::forget(handle),
+            Err(_) => {
+                // No thread stack left: refuse this one, keep serving.
+                stats::connection_closed();
+                stats::refused();
+            }
+        }
+    }
+}
+
+/// Serves one connection until it closes, errs or times out.
+fn serve(mut stream: TcpStream) {
+    let mut connection = Connection::new(Limits::default());
+    let mut buffer = vec![0u8; READ_CHUNK];
+    let mut out = Vec::new();
+    loop {
+        let timeout = if connection.has_partial_request() { REQUEST_TIMEOUT } else { IDLE_TIMEOUT };
+        let _ = stream.set_read_timeout(Some(timeout));
+        let room = connection.input_room().clamp(1, READ_CHUNK);
+        let count = match stream.read(&mut buffer[..room]) {
+            Ok(0) => break,
+            Ok(count) => count,
+            Err(error) if error.kind() == ErrorKind::TimedOut => {
+                connection.timeout(&mut out, None);
+                stats::timed_out();
+                let _ = stream.write_all(&out);
+                break;
+            }
+            Err(_) => break,
+        };
+        stats::bytes_in(count);
+        connection.feed(&buffer[..count]);
+        let before = connection.stats().requests;
+        let outcome = connection.respond(&mut out, None, site::handle);
+        stats::requests(connection.stats().requests - before);
+        if !out.is_empty() {
+            if stream.write_all(&out).is_err() {
+                break;
+            }
+            stats::bytes_out(out.len());
+            out.clear();
+        }
+        if outcome == Outcome::Close {
+            let _ = stream.shutdown(Shutdown::Write);
+            break;
+        }
+    }
+    stats::rejected(connection.stats().rejected);
+    stats::connection_closed();
+}
