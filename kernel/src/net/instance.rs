@@ -29,9 +29,8 @@ use crate::time::Instant;
 
 /// Instances a machine may have (loopback, NICs, queue pairs).
 pub(crate) const MAX_INSTANCES: usize = 64;
-/// Longest the service thread sleeps while a timer or a deadline is
-/// pending: it bounds how late a timeout or retransmission may fire.
-const SERVICE_TICK_MICROS: u64 = 1_000;
+/// How often the service polls a device that raises no interrupt.
+const POLLING_MICROS: u64 = 1_000;
 
 /// What a blocked thread waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,9 +77,11 @@ pub(crate) struct Instance {
     pub(crate) stack: Stack<Device>,
     pub(crate) counters: InstanceCounters,
     waiters: Vec<Waiter>,
-    /// The service thread when it blocks with nothing to do: a socket call
-    /// that starts a timer wakes it.
+    /// The service thread while it blocks, and the TSC deadline it blocks
+    /// until (`u64::MAX`: none): a socket call that makes a timer due
+    /// sooner wakes it (`pump`).
     idle_service: Option<(*mut Control, u64)>,
+    service_deadline: u64,
 }
 
 /// Where each instance lives, published by its service thread.
@@ -219,11 +220,14 @@ pub(crate) fn wait_on<R>(
         let thread = scheduler::current();
         with_local(id, |instance| {
             instance.waiters.push(Waiter { thread, epoch, interest, deadline });
-            instance.wake_service();
         });
-        scheduler::block();
-        // Woken: by readiness or the deadline (the entry is gone), or a
-        // stray wake-up of an older wait (then drop our entry and retry).
+        if deadline == u64::MAX {
+            scheduler::block();
+        } else {
+            scheduler::block_until(epoch, deadline);
+        }
+        // Woken: by readiness (the entry is gone), by the deadline, or by a
+        // stray wake-up of an older wait; drop our entry if left, retry.
         with_local(id, |instance| {
             instance.waiters.retain(|waiter| !(waiter.thread == thread && waiter.epoch == epoch))
         });
@@ -252,6 +256,13 @@ impl Instance {
             }
         }
         self.wake_waiters();
+        if self.idle_service.is_some() {
+            if let Some(micros) = self.next_poll_micros() {
+                if Instant::now().ticks().saturating_add(micros_to_ticks(micros)) < self.service_deadline {
+                    self.wake_service();
+                }
+            }
+        }
     }
 
     fn ready(&mut self, interest: Interest) -> bool {
@@ -301,13 +312,11 @@ impl Instance {
     }
 
     /// Microseconds until the service must poll again, `None` for never
-    /// (until a frame or a call).
+    /// (until a frame arrives or a socket call wakes it).
     fn next_poll_micros(&mut self) -> Option<u64> {
-        let now = now_micros();
-        let stack_delay = self.stack.poll_delay_micros(now);
-        let waiter_delay =
-            (!self.waiters.iter().all(|waiter| waiter.deadline == u64::MAX)).then_some(SERVICE_TICK_MICROS);
-        match (stack_delay, waiter_delay) {
+        let stack_delay = self.stack.poll_delay_micros(now_micros());
+        let device_delay = self.stack.device().needs_polling().then_some(POLLING_MICROS);
+        match (stack_delay, device_delay) {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or(u64::MAX).min(b.unwrap_or(u64::MAX))),
         }
@@ -326,29 +335,33 @@ fn service(id: usize, plan: Plan) {
         counters: InstanceCounters::default(),
         waiters: Vec::new(),
         idle_service: None,
+        service_deadline: u64::MAX,
     });
     INSTANCES[id].store(Box::into_raw(instance) as u64, Ordering::Release);
     loop {
-        let (next, device_wants_poll) = with_local(id, |instance| {
+        let next = with_local(id, |instance| {
             instance.pump();
-            (instance.next_poll_micros(), instance.stack.device().needs_polling())
+            instance.next_poll_micros()
         })
         .expect("the service runs on its instance's CPU");
-        match (next, device_wants_poll) {
-            (None, false) => {
-                let epoch = scheduler::begin_wait();
-                let me = scheduler::current();
-                with_local(id, |instance| instance.idle_service = Some((me, epoch)));
-                scheduler::block();
-            }
-            (next, _) => {
-                let micros = next.unwrap_or(SERVICE_TICK_MICROS).clamp(0, SERVICE_TICK_MICROS);
-                if micros == 0 {
-                    crate::thread::yield_now();
-                } else {
-                    crate::thread::sleep(core::time::Duration::from_micros(micros));
-                }
-            }
+        if next == Some(0) {
+            crate::thread::yield_now();
+            continue;
         }
+        // Block until the next timer, or until a socket call or a frame
+        // wakes us (a call that starts a timer does: `wake_service`).
+        let epoch = scheduler::begin_wait();
+        let me = scheduler::current();
+        let deadline = next.map_or(u64::MAX, |micros| Instant::now().ticks().saturating_add(micros_to_ticks(micros)));
+        with_local(id, |instance| {
+            instance.idle_service = Some((me, epoch));
+            instance.service_deadline = deadline;
+        });
+        if deadline == u64::MAX {
+            scheduler::block();
+        } else {
+            scheduler::block_until(epoch, deadline);
+        }
+        with_local(id, |instance| instance.idle_service = None);
     }
 }
