@@ -390,6 +390,36 @@ pub(crate) fn send(cpu: usize, job: Job) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Puts `job` in the ring to `cpu` only if there is room right now (and no
+/// overflow waits for that ring): no wait, no overflow, no allocation. For
+/// the allocator, which may run anywhere (even inside a mailbox borrow:
+/// then nothing is sent). True if sent.
+#[inline(never)]
+pub(crate) fn send_if_room(cpu: usize, job: Job) -> bool {
+    let counters = &COUNTERS[percpu::current_index()];
+    let sent = MAILBOXES
+        .try_with(|mailboxes| {
+            let Some(producer) = mailboxes.outgoing.get_mut(cpu).and_then(Option::as_mut) else { return false };
+            if !mailboxes.overflow[cpu].is_empty() || producer.push(job).is_err() {
+                bump(&counters.ring_full, 1);
+                return false;
+            }
+            true
+        })
+        .unwrap_or(false);
+    if sent {
+        bump(&counters.sent, 1);
+        wake(cpu);
+    }
+    sent
+}
+
+/// Whether this CPU is running jobs or finishing a switch (where a send
+/// must not wait).
+pub(crate) fn in_job() -> bool {
+    COUNTERS[percpu::current_index()].in_job.load(Ordering::Relaxed)
+}
+
 #[cold]
 #[inline(never)]
 fn overflow_out_of_memory(cpu: usize) -> ! {

@@ -107,7 +107,11 @@ fn publish(allocator: &Allocator) {
 /// Allocates from the running CPU's share. Null when it is full.
 #[inline(never)]
 pub fn allocate(size: usize, align: usize) -> *mut u8 {
-    lend(|allocator| allocate_here(allocator, size, align)).unwrap_or(core::ptr::null_mut())
+    match lend(|allocator| allocate_here(allocator, size, align)) {
+        Some(Some(address)) => address as *mut u8,
+        Some(None) => allocate_after_reclaim(size, align),
+        None => core::ptr::null_mut(),
+    }
 }
 
 /// Runs `f` with this CPU's allocator; `None` before memory is set up.
@@ -127,20 +131,88 @@ fn reentrant_allocation() -> ! {
 }
 
 #[inline(always)]
-fn allocate_here(allocator: &mut Allocator, size: usize, align: usize) -> *mut u8 {
+fn allocate_here(allocator: &mut Allocator, size: usize, align: usize) -> Option<u64> {
     let published = &PUBLISHED[allocator.cpu()];
     let count = published.allocations.load(Ordering::Relaxed) + 1;
     published.allocations.store(count, Ordering::Relaxed);
     if count.is_multiple_of(PUBLISH_INTERVAL) {
         publish(allocator);
     }
-    match allocator.allocate(&mut Words, size.max(1), align) {
-        Some(address) => address as *mut u8,
-        None => {
-            allocation_failure_record(allocator, size, align);
-            core::ptr::null_mut()
+    allocator.allocate(&mut Words, size.max(1), align)
+}
+
+/// How long, at most, an allocation that found its share full waits for the
+/// other CPUs to answer its flush requests (it stops as soon as all have).
+/// A CPU answers at its next scheduling point: within microseconds unless a
+/// thread there runs without yielding, or the host does not run that vCPU
+/// (emulation on a loaded host: several milliseconds).
+const RECLAIM_WAIT: core::time::Duration = core::time::Duration::from_millis(50);
+
+/// Flush requests each CPU has served (`flush_owed_job`); written only by
+/// that CPU, read by the CPUs that asked.
+#[repr(align(64))]
+struct Served(AtomicU64);
+static FLUSHES_SERVED: [Served; MAX_CPUS] = [const { Served(AtomicU64::new(0)) }; MAX_CPUS];
+
+/// The slow path of an allocation that found this CPU's share full: take
+/// back what other CPUs owe it before failing. Hands over this CPU's own
+/// outbox, asks every other CPU (by a job, only where its ring has room) to
+/// flush its outbox, then drains the inbox and retries until the request
+/// fits, every asked CPU has answered, or `RECLAIM_WAIT` passed. A thread
+/// yields while it waits (its CPU keeps running); scheduler and job context
+/// spin, never running jobs. Reports the failure if it still does not fit.
+#[cold]
+#[inline(never)]
+fn allocate_after_reclaim(size: usize, align: usize) -> *mut u8 {
+    let me = percpu::current_index();
+    let cpus = percpu::online();
+    let mut served_before = [u64::MAX; MAX_CPUS];
+    for (cpu, before) in served_before.iter_mut().enumerate().take(cpus) {
+        if cpu == me {
+            continue;
+        }
+        let count = FLUSHES_SERVED[cpu].0.load(Ordering::Acquire);
+        let job = crate::cpu::Job { run: flush_owed_job, data: core::ptr::null_mut(), extra: me as u64 };
+        if crate::cpu::send_if_room(cpu, job) {
+            *before = count;
         }
     }
+    let may_yield = !crate::cpu::in_job() && crate::thread::scheduler::may_block();
+    let start = crate::time::Instant::now();
+    loop {
+        let answered = (0..cpus).all(|cpu| {
+            served_before[cpu] == u64::MAX || FLUSHES_SERVED[cpu].0.load(Ordering::Acquire) > served_before[cpu]
+        });
+        let retry = lend(|allocator| {
+            allocator.idle(&mut Words);
+            allocator.allocate(&mut Words, size.max(1), align)
+        })
+        .flatten();
+        if let Some(address) = retry {
+            return address as *mut u8;
+        }
+        if answered || start.elapsed() > RECLAIM_WAIT {
+            break;
+        }
+        if may_yield {
+            crate::thread::scheduler::yield_now();
+        } else {
+            core::hint::spin_loop();
+        }
+    }
+    lend(|allocator| allocation_failure_record(allocator, size, align));
+    core::ptr::null_mut()
+}
+
+/// Job: another CPU found its share full; hand over every block freed here
+/// for other CPUs (this CPU's outbox), then count the request as served.
+unsafe fn flush_owed_job(_: *mut u8, _: u64) {
+    lend(|allocator| {
+        allocator.idle(&mut Words);
+        publish(allocator);
+    });
+    let served = &FLUSHES_SERVED[percpu::current_index()].0;
+    served.store(served.load(Ordering::Relaxed) + 1, Ordering::Release);
 }
 
 /// Frees a block: locally if this CPU owns it, else through the ring to

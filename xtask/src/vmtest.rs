@@ -136,6 +136,7 @@ fn tests() -> Vec<VmTest> {
             ],
             ..vm("vm-tests", "alloc_exhaust")
         },
+        VmTest { expect: &["alloc_owed: memory owed by other CPUs came back"], ..vm("vm-tests", "alloc_owed") },
         VmTest {
             name: "threads-1",
             cpus: 1,
@@ -352,6 +353,8 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     "toro::memory::allocate",
     "toro::memory::free",
     "toro::memory::idle",
+    "toro::memory::flush_owed_job",
+    "toro::cpu::send_if_room",
     // messages between CPUs, and sleeping until one arrives
     "toro::cpu::send",
     "toro::cpu::run_incoming",

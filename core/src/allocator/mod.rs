@@ -24,7 +24,9 @@
 //! ([`CpuHeap::trim`]) and taking back the blocks other CPUs freed
 //! ([`RemoteInbox::drain`]), [`CpuAllocator::allocate`] returns `None`. It
 //! never waits and never takes memory from another CPU behind its back. The
-//! kernel turns `None` into a report (which CPU, which size, every CPU's
+//! kernel then asks the other CPUs to hand over what they owe it (their
+//! outboxes) and retries for a bounded time; after that it turns `None`
+//! into a report (which CPU, which size, every CPU's
 //! [`Usage`]) and a failed allocation that applications see through their
 //! fallible paths (`try_reserve`, a `try_` allocation API).
 //!
