@@ -384,8 +384,7 @@ pub(crate) fn write_failure_report(out: &mut impl Write) {
     }
     let _ = writeln!(out, "out of memory: cpu {here} could not allocate {failed} bytes from its share");
     let _ = writeln!(out, "memory by cpu (capacity / in use / free / remote frees sent, pending, received; KiB):");
-    for cpu in 0..percpu::online() {
-        let published = &PUBLISHED[cpu];
+    for (cpu, published) in PUBLISHED.iter().enumerate().take(percpu::online()) {
         let kib = |value: &AtomicU64| value.load(Ordering::Relaxed) >> 10;
         let _ = writeln!(
             out,
