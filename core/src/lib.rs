@@ -19,6 +19,8 @@
 //!   remote-free hand-off, written against [`allocator::WordMemory`].
 //! - [`numa`]: the ACPI SRAT (NUMA nodes); [`memory_split`]: RAM split into
 //!   one share per CPU.
+//! - [`channel`]: the many-producer channels' bookkeeping (sender weights,
+//!   per-sender order marks).
 //! - [`rtc`]: the CMOS real-time clock's date registers (BCD, 12-hour,
 //!   century) to Unix time.
 //! - [`virtio`]: split virtqueues (both sides' bookkeeping) and virtio-mmio
@@ -32,6 +34,7 @@
 
 pub mod acpi;
 pub mod allocator;
+pub mod channel;
 pub mod command_line;
 pub mod memory_map;
 pub mod memory_split;

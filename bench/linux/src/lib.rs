@@ -126,6 +126,8 @@ pub fn threads(plan: Plan) {
     report("message-latency", "crossbeam", Value::Nanoseconds(message_latency::<Crossbeam>(plan)));
     report("channel-throughput", "mpsc", Value::PerSecond(channel_throughput::<Mpsc>(plan)));
     report("channel-throughput", "crossbeam", Value::PerSecond(channel_throughput::<Crossbeam>(plan)));
+    report("channel-4-producers", "mpsc", Value::PerSecond(channel_producers::<Mpsc>(plan)));
+    report("channel-4-producers", "crossbeam", Value::PerSecond(channel_producers::<Crossbeam>(plan)));
     let (median, p99) = sleep_lateness(plan);
     report("sleep-late-p50", "std", Value::Microseconds(median));
     report("sleep-late-p99", "std", Value::Microseconds(p99));
@@ -209,7 +211,7 @@ fn spawn_join(other: bool, plan: Plan) -> Tenths {
 
 /// An unbounded channel of `u64` (Toro's `channel()` is unbounded too).
 trait Channel {
-    type Sender: Send + 'static;
+    type Sender: Clone + Send + 'static;
     type Receiver: Send + 'static;
     fn new() -> (Self::Sender, Self::Receiver);
     fn send(sender: &Self::Sender, value: u64);
@@ -316,6 +318,43 @@ fn channel_throughput<C: Channel>(plan: Plan) -> u64 {
     }
     let elapsed = start.map_or(0, |start| now_ns().saturating_sub(start));
     producer.join().expect("producer");
+    common::per_second(received, elapsed)
+}
+
+/// `u64` messages per second from `PRODUCERS` clones of one sender, each
+/// pinned to its CPU (spread over all, CPU 0 last), to the measuring thread
+/// on CPU 0, from the first message received to the last sender's end.
+fn channel_producers<C: Channel>(plan: Plan) -> u64 {
+    let (sender, receiver) = C::new();
+    let count = common::values_per_producer(plan);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let producers: Vec<_> = (0..common::PRODUCERS)
+        .map(|k| {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                pin_to(common::producer_cpu(k, cpus));
+                for value in 0..count {
+                    C::send(&sender, value);
+                }
+                C::send(&sender, END);
+            })
+        })
+        .collect();
+    drop(sender);
+    let (mut start, mut received, mut ended) = (None, 0u64, 0);
+    while let Some(value) = C::recv(&receiver) {
+        start.get_or_insert_with(now_ns);
+        if value == END {
+            ended += 1;
+            if ended == common::PRODUCERS {
+                break;
+            }
+        } else {
+            received += 1;
+        }
+    }
+    let elapsed = start.map_or(0, |start| now_ns().saturating_sub(start));
+    producers.into_iter().for_each(|producer| producer.join().expect("producer"));
     common::per_second(received, elapsed)
 }
 

@@ -37,6 +37,21 @@ pub const ALLOC_BATCH: u64 = 1024;
 /// Slots of the producer/consumer ring in the remote-free workload.
 pub const RING_SLOTS: usize = 1024;
 
+/// Senders in the multi-producer channel workload.
+pub const PRODUCERS: usize = 4;
+/// The CPU sender `k` of the multi-producer workload runs on, of `cpus`:
+/// spread over all of them, the receiver's CPU (0) last.
+pub fn producer_cpu(k: usize, cpus: usize) -> usize {
+    (k + 1) % cpus
+}
+
+/// Values each sender of the multi-producer workload sends: a count, not a
+/// time, so the values waiting in the (unbounded) channel stay bounded
+/// whatever the receiver's speed: 2 M in all at 300 ms per workload.
+pub fn values_per_producer(plan: Plan) -> u64 {
+    plan.target_ns / 600
+}
+
 /// How long each timed workload runs, and how many sleeps are measured.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {

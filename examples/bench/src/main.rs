@@ -82,6 +82,7 @@ fn main() -> i32 {
     report("spawn-join-other", Value::Nanoseconds(spawn_join(OTHER, plan)));
     report("message-latency", Value::Nanoseconds(message_latency(plan)));
     report("channel-throughput", Value::PerSecond(channel_throughput(plan)));
+    report("channel-4-producers", Value::PerSecond(channel_producers(plan)));
     let (median, p99) = sleep_lateness(plan);
     report("sleep-late-p50", Value::Microseconds(median));
     report("sleep-late-p99", Value::Microseconds(p99));
@@ -251,6 +252,47 @@ fn channel_throughput(plan: Plan) -> u64 {
     }
     let elapsed = start.map_or(0, |start| now_ns().saturating_sub(start));
     producer.join();
+    common::per_second(received, elapsed)
+}
+
+/// `u64` messages per second from `PRODUCERS` clones of one sender, spread
+/// over the CPUs, to `main` on CPU 0, from the first message received to the
+/// last sender's end. The senders yield after each batch (scheduling is
+/// cooperative: on CPU 0 the receiver runs only then).
+fn channel_producers(plan: Plan) -> u64 {
+    let (sender, receiver) = channel::<u64>();
+    let count = common::values_per_producer(plan);
+    let producers: Vec<_> = (0..common::PRODUCERS)
+        .map(|k| {
+            let sender = sender.clone();
+            thread::spawn_on(common::producer_cpu(k, cpu::count()), move || {
+                let mut value = 0u64;
+                while value < count {
+                    for _ in 0..SEND_BATCH.min(count - value) {
+                        sender.send(value).expect("receiver alive");
+                        value += 1;
+                    }
+                    thread::yield_now();
+                }
+                sender.send(END).expect("receiver alive");
+            })
+        })
+        .collect();
+    drop(sender);
+    let (mut start, mut received, mut ended) = (None, 0u64, 0);
+    while let Ok(value) = receiver.recv() {
+        start.get_or_insert_with(now_ns);
+        if value == END {
+            ended += 1;
+            if ended == common::PRODUCERS {
+                break;
+            }
+        } else {
+            received += 1;
+        }
+    }
+    let elapsed = start.map_or(0, |start| now_ns().saturating_sub(start));
+    producers.into_iter().for_each(|producer| producer.join());
     common::per_second(received, elapsed)
 }
 

@@ -37,6 +37,9 @@
 //! count never reaches zero early. The home CPU frees the channel once the
 //! receiver has reported its drop too; each end's report is its last use.
 //!
+//! The weights and the marks are `toro_core::channel` (host-tested with
+//! random senders, clones, moves and drops).
+//!
 //! # Bounds
 //!
 //! `sync_channel(bound)` bounds each lane: a sender waits while its CPU's
@@ -54,6 +57,7 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use core::time::Duration;
 
+use toro_core::channel::{encode_mark, lane_to_take, split_weight, Lanes, WeightLedger, FULL_WEIGHT};
 use toro_core::wake::WaiterSlot;
 
 use super::on_home;
@@ -67,13 +71,8 @@ const SEGMENT: usize = 32;
 /// How long `recv` polls before blocking when its CPU has nothing else to
 /// run (about 10-20 us at 2-3 GHz).
 const RECEIVE_SPIN_TICKS: u64 = 40_000;
-/// The weight of a channel's first sender (see the module docs).
-const FULL_WEIGHT: u64 = 1 << 62;
-/// Bits of a mark that hold the position; the lane is above them.
-const MARK_POSITION_BITS: u32 = 56;
 
-/// A value and its mark: 0, or (old lane << 56) | count the old lane must
-/// have been taken up to first.
+/// A value and its mark (`toro_core::channel::encode_mark`; 0: none).
 struct Slot<T> {
     value: T,
     mark: u64,
@@ -141,7 +140,7 @@ struct SharedHeader {
     senders_gone: AtomicBool,
     receiver_gone: AtomicBool,
     /// Home CPU only: sender weight not yet returned.
-    weight_out: UnsafeCell<u64>,
+    weight_out: UnsafeCell<WeightLedger>,
     /// Home CPU only: the receiver reported its drop.
     receiver_reported: UnsafeCell<bool>,
 }
@@ -182,7 +181,7 @@ struct SenderInner<T> {
     /// This sender's share of the weight (see the module docs).
     weight: Cell<u64>,
     /// The lane of this sender's last value and that lane's count after it.
-    last: Cell<(usize, u64)>,
+    last: Cell<Option<(usize, u64)>>,
     /// The receiver's wait (thread, epoch) this sender last woke.
     last_woken: Cell<Option<(u64, u64)>>,
 }
@@ -192,6 +191,9 @@ pub struct Receiver<T> {
     shared: *const Shared<T>,
     /// The lane to look at first.
     next_lane: Cell<usize>,
+    /// Values taken in a row from `next_lane`; at `SEGMENT` the receiver
+    /// moves on, so a busy lane cannot hold back the others.
+    streak: Cell<usize>,
 }
 
 // SAFETY: each end's state is used by one thread at a time (they are not
@@ -328,7 +330,7 @@ fn new_shared<T>(bound: Option<usize>) -> *const Shared<T> {
             waiter: WaiterSlot::new(),
             senders_gone: AtomicBool::new(false),
             receiver_gone: AtomicBool::new(false),
-            weight_out: UnsafeCell::new(FULL_WEIGHT),
+            weight_out: UnsafeCell::new(WeightLedger::new()),
             receiver_reported: UnsafeCell::new(false),
         },
         _values: PhantomData,
@@ -340,10 +342,10 @@ fn ends<T>(shared: *const Shared<T>) -> (SenderInner<T>, Receiver<T>) {
         SenderInner {
             shared,
             weight: Cell::new(FULL_WEIGHT),
-            last: Cell::new((usize::MAX, 0)),
+            last: Cell::new(None),
             last_woken: Cell::new(None),
         },
-        Receiver { shared, next_lane: Cell::new(0) },
+        Receiver { shared, next_lane: Cell::new(0), streak: Cell::new(0) },
     )
 }
 
@@ -476,12 +478,7 @@ impl<T> SenderInner<T> {
             // A send that waited may have moved on (no: threads never move
             // while blocked) — the lane is still this CPU's.
         }
-        let (last_lane, last_count) = self.last.get();
-        let mark = if last_lane != cpu && last_lane != usize::MAX {
-            ((last_lane as u64) << MARK_POSITION_BITS) | last_count
-        } else {
-            0
-        };
+        let mark = encode_mark(self.last.get(), cpu);
         // SAFETY: this CPU alone writes its lane, and nothing interleaves
         // with this code on it; slot `tail_index` is not published yet.
         let written = unsafe {
@@ -501,7 +498,7 @@ impl<T> SenderInner<T> {
             lane_header.written.store(written, Ordering::Release);
             written
         };
-        self.last.set((cpu, written));
+        self.last.set(Some((cpu, written)));
         wake_receiver(header, &self.last_woken);
         if header.bound == Some(0) && wait {
             // A rendezvous: wait until the receiver took this value.
@@ -517,7 +514,7 @@ impl<T> SenderInner<T> {
     /// first if this one has only 1).
     fn split(&self) -> Self {
         let mut weight = self.weight.get();
-        if weight == 1 {
+        if split_weight(weight).is_none() {
             let request = WeightRequest {
                 thread: scheduler::current(),
                 epoch: scheduler::begin_wait(),
@@ -535,8 +532,8 @@ impl<T> SenderInner<T> {
             }
             weight += FULL_WEIGHT;
         }
-        let given = weight / 2;
-        self.weight.set(weight - given);
+        let (kept, given) = split_weight(weight).expect("topped up");
+        self.weight.set(kept);
         Self {
             shared: self.shared,
             weight: Cell::new(given),
@@ -558,7 +555,7 @@ unsafe fn more_weight_job(data: *mut u8, request: u64) {
     // weight) and the request lives until `done`.
     unsafe {
         let header = &(*(data as *const SharedHeader));
-        *header.weight_out.get() += FULL_WEIGHT;
+        (*header.weight_out.get()).top_up();
         let request = request as *const WeightRequest;
         let (thread, epoch) = ((*request).thread, (*request).epoch);
         (*request).done.store(true, Ordering::Release);
@@ -628,9 +625,7 @@ unsafe fn weight_back_job<T>(data: *mut u8, weight: u64) {
     // the receiver's report are in.
     unsafe {
         let header = &(*shared).header;
-        let out = &mut *header.weight_out.get();
-        *out -= weight;
-        if *out != 0 {
+        if !(*header.weight_out.get()).give_back(weight) {
             return;
         }
         header.senders_gone.store(true, Ordering::Release);
@@ -650,7 +645,7 @@ unsafe fn receiver_gone_job<T>(data: *mut u8, _: u64) {
     unsafe {
         let header = &(*shared).header;
         *header.receiver_reported.get() = true;
-        if *header.weight_out.get() == 0 {
+        if (*header.weight_out.get()).all_returned() {
             free::<T>(shared);
         }
     }
@@ -704,52 +699,39 @@ impl<T> Receiver<T> {
     }
 
     /// Takes the next value if one is there, honouring marks (see the
-    /// module docs).
+    /// module docs and `toro_core::channel::lane_to_take`).
     #[inline(never)]
     fn pop(&self) -> Option<T> {
         let lanes = &self.header().lanes;
         let count = lanes.len();
-        let start = self.next_lane.get();
-        for step in 0..count {
-            let mut cpu = (start + step) % count;
-            let mut lane = lanes[cpu].load(Ordering::Acquire) as *mut Lane<T>;
-            // SAFETY: lanes live as long as the channel; the receiver alone
-            // reads them and writes `taken`, `head`, `head_index`; slots
-            // below `written` (acquire) are initialised and read once.
-            unsafe {
-                if lane.is_null() || !(*lane).header.has_value((*lane).header.taken.load(Ordering::Relaxed)) {
-                    continue;
+        let view = LaneView::<T> { lanes, _values: PhantomData };
+        let cpu = lane_to_take(&view, self.next_lane.get())?;
+        let lane = view.lane(cpu);
+        // SAFETY: lanes live as long as the channel; the receiver alone
+        // reads them and writes `taken`, `head`, `head_index`; the chosen
+        // lane has a value below `written` (acquired in `has_value`), read
+        // once here.
+        unsafe {
+            let taken = (*lane).header.taken.load(Ordering::Relaxed);
+            let slot = Self::front(lane);
+            let value = core::ptr::read(&(*slot).value);
+            *(*lane).head_index.get() += 1;
+            (*lane).header.taken.store(taken + 1, Ordering::Release);
+            if self.header().bound.is_some() {
+                if let Some(waiter) = (*lane).header.room_waiter.waiter(full_fence) {
+                    scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
                 }
-                // Follow marks to the lane whose values come first.
-                loop {
-                    let mark = (*Self::front(lane)).mark;
-                    if mark == 0 {
-                        break;
-                    }
-                    let (before, count_there) =
-                        ((mark >> MARK_POSITION_BITS) as usize, mark & ((1 << MARK_POSITION_BITS) - 1));
-                    let other = lanes[before].load(Ordering::Acquire) as *mut Lane<T>;
-                    if (*other).header.taken.load(Ordering::Relaxed) >= count_there {
-                        break;
-                    }
-                    cpu = before;
-                    lane = other;
-                }
-                let taken = (*lane).header.taken.load(Ordering::Relaxed);
-                let slot = Self::front(lane);
-                let value = core::ptr::read(&(*slot).value);
-                *(*lane).head_index.get() += 1;
-                (*lane).header.taken.store(taken + 1, Ordering::Release);
-                if self.header().bound.is_some() {
-                    if let Some(waiter) = (*lane).header.room_waiter.waiter(full_fence) {
-                        scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
-                    }
-                }
-                self.next_lane.set(cpu);
-                return Some(value);
             }
+            let streak = if cpu == self.next_lane.get() { self.streak.get() + 1 } else { 1 };
+            if streak >= SEGMENT {
+                self.next_lane.set((cpu + 1) % count);
+                self.streak.set(0);
+            } else {
+                self.next_lane.set(cpu);
+                self.streak.set(streak);
+            }
+            Some(value)
         }
-        None
     }
 
     /// The lane's next unread slot (moving to the next segment, and freeing
@@ -825,6 +807,43 @@ impl<T> Receiver<T> {
     /// The values there now, without waiting.
     pub fn try_iter(&self) -> TryIter<'_, T> {
         TryIter { receiver: self }
+    }
+}
+
+/// The receiver's view of its lanes for `lane_to_take`.
+struct LaneView<'a, T> {
+    lanes: &'a [AtomicPtr<LaneHeader>],
+    _values: PhantomData<T>,
+}
+
+impl<T> LaneView<'_, T> {
+    fn lane(&self, cpu: usize) -> *mut Lane<T> {
+        self.lanes[cpu].load(Ordering::Acquire) as *mut Lane<T>
+    }
+}
+
+impl<T> Lanes for LaneView<'_, T> {
+    fn count(&self) -> usize {
+        self.lanes.len()
+    }
+
+    fn has_value(&self, lane: usize) -> bool {
+        let lane = self.lanes[lane].load(Ordering::Acquire);
+        // SAFETY: lanes live as long as the channel; `taken` is the
+        // receiver's own counter.
+        !lane.is_null() && unsafe { (*lane).has_value((*lane).taken.load(Ordering::Relaxed)) }
+    }
+
+    fn front_mark(&self, lane: usize) -> u64 {
+        // SAFETY: asked only for a lane with a value (acquired in
+        // `has_value`); receiver only.
+        unsafe { (*Receiver::<T>::front(self.lane(lane))).mark }
+    }
+
+    fn taken(&self, lane: usize) -> u64 {
+        let lane = self.lanes[lane].load(Ordering::Acquire);
+        // SAFETY: as in `has_value`.
+        if lane.is_null() { 0 } else { unsafe { (*lane).taken.load(Ordering::Relaxed) } }
     }
 }
 

@@ -151,6 +151,15 @@ pub const SPECS: &[Spec] = &[
         yardsticks: CHANNELS,
     },
     Spec {
+        key: "channel-4-producers",
+        title: "channel throughput, 4 senders over the CPUs to 1 receiver (u64)",
+        line_unit: LineUnit::PerSecond,
+        unit: "M msg/s",
+        divisor: 1e6,
+        better: Better::Higher,
+        yardsticks: CHANNELS,
+    },
+    Spec {
         key: "sleep-late-p50",
         title: "sleep(1 ms): lateness, median",
         line_unit: LineUnit::Microseconds,

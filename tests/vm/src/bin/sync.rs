@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 use toro::alloc::boxed::Box;
 use toro::alloc::collections::VecDeque;
@@ -230,14 +231,20 @@ fn main() -> i32 {
     filler.join();
     ok &= check(all_in_order, "sync_channel: 1000 values through a bound of 4");
     let (tx, rx) = sync_channel::<u32>(0);
-    let meeting = thread::spawn_on(cpus - 1, move || {
-        let before = Instant::now();
-        tx.send(1).expect("receiver alive");
-        before.elapsed()
-    });
+    let sent = Arc::new(AtomicBool::new(false));
+    let meeting = {
+        let sent = sent.clone();
+        thread::spawn_on(cpus - 1, move || {
+            tx.send(1).expect("receiver alive");
+            sent.store(true, Ordering::Release);
+        })
+    };
     thread::sleep(Duration::from_millis(3));
+    // Nobody has received yet, so the send cannot have returned.
+    ok &= check(!sent.load(Ordering::Acquire), "rendezvous: send waits for recv");
     ok &= check(rx.recv() == Ok(1), "rendezvous: value arrives");
-    ok &= check(meeting.join() >= Duration::from_millis(2), "rendezvous: send waited for recv");
+    meeting.join();
+    ok &= check(sent.load(Ordering::Acquire), "rendezvous: send returned after recv");
     let (tx, rx) = sync_channel::<Box<u32>>(2);
     drop(rx);
     ok &=
@@ -319,19 +326,23 @@ fn main() -> i32 {
     // Condvar::wait_timeout: times out with nobody notifying (waiter on
     // another CPU than the mutex's home), then is notified in time.
     let pair = Arc::new((Mutex::new_on(0, 0u32), Condvar::new()));
+    let first_done = Arc::new(AtomicBool::new(false));
     let timed = {
-        let pair = pair.clone();
+        let (pair, first_done) = (pair.clone(), first_done.clone());
         thread::spawn_on(cpus - 1, move || {
             let (value, changed) = &*pair;
             let start = Instant::now();
             let (guard, result) = changed.wait_timeout(value.lock(), Duration::from_millis(5));
             let first = (result.timed_out(), start.elapsed() >= Duration::from_millis(5), *guard);
             drop(guard);
+            first_done.store(true, Ordering::Release);
             let (guard, result) = changed.wait_timeout_while(value.lock(), Duration::from_secs(10), |v| *v == 0);
             (first, result.timed_out(), *guard)
         })
     };
-    thread::sleep(Duration::from_millis(20));
+    while !first_done.load(Ordering::Acquire) {
+        thread::sleep(Duration::from_millis(1));
+    }
     {
         let (value, changed) = &*pair;
         *value.lock() = 5;
