@@ -12,7 +12,9 @@
 
 use core::fmt;
 
-use crate::physical_memory::{read_bytes, read_u32, read_u64, read_u8, PhysicalMemory, SliceMemory, Unreadable};
+use crate::physical_memory::{
+    read_bytes, read_u16, read_u32, read_u64, read_u8, PhysicalMemory, SliceMemory, Unreadable,
+};
 
 /// Where the BIOS area searched for the RSDP begins (ACPI 6.5, section 5.2.5.1).
 pub const RSDP_SEARCH_START: u64 = 0xE0000;
@@ -68,6 +70,8 @@ const ENTRY_LOCAL_APIC: u8 = 0;
 const ENTRY_LOCAL_APIC_LENGTH: u8 = 8;
 const ENTRY_IO_APIC: u8 = 1;
 const ENTRY_IO_APIC_LENGTH: u8 = 12;
+const ENTRY_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
+const ENTRY_INTERRUPT_SOURCE_OVERRIDE_LENGTH: u8 = 10;
 const ENTRY_LOCAL_APIC_ADDRESS_OVERRIDE: u8 = 5;
 const ENTRY_LOCAL_APIC_ADDRESS_OVERRIDE_LENGTH: u8 = 12;
 const ENTRY_LOCAL_X2APIC: u8 = 9;
@@ -410,6 +414,75 @@ pub struct MalformedEntry {
     pub length: u8,
 }
 
+/// I/O APICs kept from the MADT; more are counted in
+/// [`MadtSummary::io_apics_over_limit`].
+pub const MAX_IO_APICS: usize = 8;
+/// Interrupt source overrides kept from the MADT; more are counted in
+/// [`MadtSummary::bad_overrides`].
+pub const MAX_SOURCE_OVERRIDES: usize = 16;
+/// ISA interrupts (IRQ 0-15) an override can name.
+pub const ISA_INTERRUPTS: u8 = 16;
+
+/// An I/O APIC (MADT entry type 1, section 5.2.12.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoApicEntry {
+    /// Its I/O APIC ID.
+    pub id: u8,
+    /// The physical address of its registers.
+    pub address: u32,
+    /// The first global system interrupt (GSI) it serves.
+    pub gsi_base: u32,
+}
+
+/// An interrupt's polarity (MPS INTI flags, table 5.26).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Polarity {
+    /// As the bus says: active high for ISA.
+    #[default]
+    ConformsToBus,
+    /// Active high.
+    ActiveHigh,
+    /// Active low.
+    ActiveLow,
+}
+
+/// An interrupt's trigger mode (MPS INTI flags, table 5.26).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TriggerMode {
+    /// As the bus says: edge for ISA.
+    #[default]
+    ConformsToBus,
+    /// Edge-triggered.
+    Edge,
+    /// Level-triggered.
+    Level,
+}
+
+/// An ISA interrupt wired to another GSI or with other flags (MADT entry
+/// type 2, section 5.2.12.5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceOverride {
+    /// The ISA IRQ (bus-relative source).
+    pub source: u8,
+    /// The GSI it arrives on.
+    pub gsi: u32,
+    /// Its polarity.
+    pub polarity: Polarity,
+    /// Its trigger mode.
+    pub trigger: TriggerMode,
+}
+
+/// Where an ISA interrupt arrives and how it signals, after overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsaRoute {
+    /// The GSI.
+    pub gsi: u32,
+    /// Active low (else active high).
+    pub active_low: bool,
+    /// Level-triggered (else edge).
+    pub level: bool,
+}
+
 /// What the MADT (section 5.2.12) says about interrupt controllers and processors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MadtSummary {
@@ -429,6 +502,17 @@ pub struct MadtSummary {
     pub duplicate_processors: usize,
     /// I/O APIC entries (type 1).
     pub io_apics: usize,
+    /// `io_apic_entries[..io_apics.min(MAX_IO_APICS)]` are the I/O APICs, in table order.
+    pub io_apic_entries: [IoApicEntry; MAX_IO_APICS],
+    /// I/O APICs beyond [`MAX_IO_APICS`], not listed.
+    pub io_apics_over_limit: usize,
+    /// `overrides[..override_count]` are the valid interrupt source overrides.
+    pub overrides: [SourceOverride; MAX_SOURCE_OVERRIDES],
+    /// Valid overrides listed.
+    pub override_count: usize,
+    /// Overrides ignored: not for the ISA bus or an ISA IRQ, reserved flag
+    /// values, or beyond [`MAX_SOURCE_OVERRIDES`].
+    pub bad_overrides: usize,
     /// The machine also has the two 8259 PICs (flag `PCAT_COMPAT`), which the kernel should mask.
     pub has_8259: bool,
     /// The entry that stopped the walk: shorter than 2 bytes or than its
@@ -438,6 +522,73 @@ pub struct MadtSummary {
 }
 
 impl MadtSummary {
+    /// The I/O APICs.
+    pub fn io_apic_entries(&self) -> &[IoApicEntry] {
+        self.io_apic_entries.get(..self.io_apics.min(MAX_IO_APICS)).unwrap_or(&self.io_apic_entries)
+    }
+
+    /// The valid interrupt source overrides.
+    pub fn overrides(&self) -> &[SourceOverride] {
+        self.overrides.get(..self.override_count).unwrap_or(&self.overrides)
+    }
+
+    /// Where ISA interrupt `irq` arrives: its override if there is one,
+    /// else the GSI of the same number, edge-triggered and active high (the
+    /// ISA bus's conventions).
+    pub fn isa_interrupt(&self, irq: u8) -> IsaRoute {
+        match self.overrides().iter().find(|o| o.source == irq) {
+            Some(found) => IsaRoute {
+                gsi: found.gsi,
+                active_low: found.polarity == Polarity::ActiveLow,
+                level: found.trigger == TriggerMode::Level,
+            },
+            None => IsaRoute { gsi: u32::from(irq), active_low: false, level: false },
+        }
+    }
+
+    /// The I/O APIC serving `gsi` and the pin it arrives on: the one with
+    /// the highest GSI base not above it (the caller checks the pin against
+    /// the I/O APIC's own count of pins).
+    pub fn io_apic_for(&self, gsi: u32) -> Option<(IoApicEntry, u32)> {
+        self.io_apic_entries()
+            .iter()
+            .filter(|entry| entry.gsi_base <= gsi)
+            .max_by_key(|entry| entry.gsi_base)
+            .map(|entry| (*entry, gsi - entry.gsi_base))
+    }
+
+    fn add_override(&mut self, bus: u8, source: u8, gsi: u32, flags: u16) {
+        // MPS INTI flags: bits 1:0 polarity, bits 3:2 trigger mode; 10b is
+        // reserved in both.
+        let polarity = match flags & 0b11 {
+            0b00 => Some(Polarity::ConformsToBus),
+            0b01 => Some(Polarity::ActiveHigh),
+            0b11 => Some(Polarity::ActiveLow),
+            _ => None,
+        };
+        let trigger = match (flags >> 2) & 0b11 {
+            0b00 => Some(TriggerMode::ConformsToBus),
+            0b01 => Some(TriggerMode::Edge),
+            0b11 => Some(TriggerMode::Level),
+            _ => None,
+        };
+        let (Some(polarity), Some(trigger)) = (polarity, trigger) else {
+            self.bad_overrides += 1;
+            return;
+        };
+        if bus != 0 || source >= ISA_INTERRUPTS || self.overrides().iter().any(|o| o.source == source) {
+            self.bad_overrides += 1;
+            return;
+        }
+        match self.overrides.get_mut(self.override_count) {
+            Some(slot) => {
+                *slot = SourceOverride { source, gsi, polarity, trigger };
+                self.override_count += 1;
+            }
+            None => self.bad_overrides += 1,
+        }
+    }
+
     /// The enabled processors.
     pub fn processors(&self) -> &[ProcessorEntry] {
         self.processors.get(..self.processor_count).unwrap_or(&self.processors)
@@ -490,6 +641,11 @@ pub fn parse_madt(memory: &impl PhysicalMemory, address: u64) -> Result<MadtSumm
         processors_over_limit: 0,
         duplicate_processors: 0,
         io_apics: 0,
+        io_apic_entries: [IoApicEntry::default(); MAX_IO_APICS],
+        io_apics_over_limit: 0,
+        overrides: [SourceOverride::default(); MAX_SOURCE_OVERRIDES],
+        override_count: 0,
+        bad_overrides: 0,
         has_8259: flags & MADT_PCAT_COMPAT != 0,
         malformed_entry: None,
     };
@@ -514,6 +670,7 @@ pub fn parse_madt(memory: &impl PhysicalMemory, address: u64) -> Result<MadtSumm
             ENTRY_IO_APIC => ENTRY_IO_APIC_LENGTH,
             ENTRY_LOCAL_APIC_ADDRESS_OVERRIDE => ENTRY_LOCAL_APIC_ADDRESS_OVERRIDE_LENGTH,
             ENTRY_LOCAL_X2APIC => ENTRY_LOCAL_X2APIC_LENGTH,
+            ENTRY_INTERRUPT_SOURCE_OVERRIDE => ENTRY_INTERRUPT_SOURCE_OVERRIDE_LENGTH,
             _ => ENTRY_HEADER_LENGTH,
         };
         if length < needed || u32::from(length) > remaining {
@@ -537,7 +694,27 @@ pub fn parse_madt(memory: &impl PhysicalMemory, address: u64) -> Result<MadtSumm
                 };
                 summary.count_processor(processor, read_u32(memory, entry, 8)?, online_capable_defined);
             }
-            ENTRY_IO_APIC => summary.io_apics += 1,
+            ENTRY_IO_APIC => {
+                let io_apic = IoApicEntry {
+                    id: read_u8(memory, entry, 2)?,
+                    address: read_u32(memory, entry, 4)?,
+                    gsi_base: read_u32(memory, entry, 8)?,
+                };
+                match summary.io_apic_entries.get_mut(summary.io_apics) {
+                    Some(slot) => {
+                        *slot = io_apic;
+                        summary.io_apics += 1;
+                    }
+                    None => summary.io_apics_over_limit += 1,
+                }
+            }
+            ENTRY_INTERRUPT_SOURCE_OVERRIDE => {
+                let bus = read_u8(memory, entry, 2)?;
+                let source = read_u8(memory, entry, 3)?;
+                let gsi = read_u32(memory, entry, 4)?;
+                let flags = read_u16(memory, entry, 8)?;
+                summary.add_override(bus, source, gsi, flags);
+            }
             ENTRY_LOCAL_APIC_ADDRESS_OVERRIDE => summary.local_apic_address = read_u64(memory, entry, 4)?,
             _ => {}
         }
@@ -833,6 +1010,96 @@ mod tests {
         assert_eq!(summary.io_apics, 1);
         assert!(summary.has_8259);
         assert_eq!(summary.malformed_entry, None);
+        assert_eq!(summary.io_apic_entries(), &[IoApicEntry { id: 0, address: 0xfec0_0000, gsi_base: 0 }]);
+        assert_eq!(
+            summary.overrides(),
+            &[
+                SourceOverride {
+                    source: 0,
+                    gsi: 2,
+                    polarity: Polarity::ConformsToBus,
+                    trigger: TriggerMode::ConformsToBus
+                },
+                SourceOverride { source: 9, gsi: 9, polarity: Polarity::ActiveHigh, trigger: TriggerMode::Level },
+            ]
+        );
+        assert_eq!(summary.isa_interrupt(0), IsaRoute { gsi: 2, active_low: false, level: false });
+        assert_eq!(summary.isa_interrupt(9), IsaRoute { gsi: 9, active_low: false, level: true });
+        assert_eq!(summary.isa_interrupt(4), IsaRoute { gsi: 4, active_low: false, level: false });
+        assert_eq!(summary.io_apic_for(9), Some((summary.io_apic_entries[0], 9)));
+    }
+
+    #[test]
+    fn madt_garbled_overrides_and_io_apics() {
+        let mut entries: Vec<Vec<u8>> = vec![
+            vec![1, 12, 1, 0, 0x00, 0x00, 0xc0, 0xfe, 0, 0, 0, 0],
+            vec![1, 12, 2, 0, 0x00, 0x10, 0xc0, 0xfe, 24, 0, 0, 0],
+            // Reserved polarity (10b), reserved trigger (10b), not ISA
+            // (bus 1), IRQ 16 (not ISA), a repeat of IRQ 5, then a valid
+            // active-low level override of IRQ 5 to GSI 30.
+            vec![2, 10, 0, 3, 3, 0, 0, 0, 0b0010, 0],
+            vec![2, 10, 0, 4, 4, 0, 0, 0, 0b1000, 0],
+            vec![2, 10, 1, 5, 5, 0, 0, 0, 0, 0],
+            vec![2, 10, 0, 16, 16, 0, 0, 0, 0, 0],
+            vec![2, 10, 0, 5, 30, 0, 0, 0, 0b1111, 0],
+            vec![2, 10, 0, 5, 31, 0, 0, 0, 0b0101, 0],
+        ];
+        for id in 0..MAX_IO_APICS as u8 {
+            entries.push(vec![1, 12, 10 + id, 0, 0, 0, 0xc1, 0xfe, 100 + id, 0, 0, 0]);
+        }
+        // A truncated override stops the walk.
+        entries.push(vec![2, 8, 0, 6, 6, 0, 0, 0]);
+        entries.push(vec![2, 10, 0, 7, 7, 0, 0, 0, 0, 0]);
+        let entries: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        let memory = FakeMemory::new().with(0x1000, madt_bytes(1, 0xfee0_0000, 1, &entries));
+        let summary = parse_madt(&memory, 0x1000).unwrap();
+        assert_eq!(summary.io_apics, MAX_IO_APICS);
+        assert_eq!(summary.io_apics_over_limit, 2);
+        assert_eq!(summary.io_apic_for(23).map(|(a, pin)| (a.id, pin)), Some((1, 23)));
+        assert_eq!(summary.io_apic_for(30).map(|(a, pin)| (a.id, pin)), Some((2, 6)));
+        assert_eq!(
+            summary.overrides(),
+            &[SourceOverride { source: 5, gsi: 30, polarity: Polarity::ActiveLow, trigger: TriggerMode::Level }]
+        );
+        assert_eq!(summary.bad_overrides, 5);
+        assert_eq!(summary.isa_interrupt(5), IsaRoute { gsi: 30, active_low: true, level: true });
+        assert_eq!(summary.isa_interrupt(3), IsaRoute { gsi: 3, active_low: false, level: false });
+        assert!(matches!(summary.malformed_entry, Some(MalformedEntry { entry_type: 2, length: 8, .. })));
+    }
+
+    #[test]
+    fn madt_parse_never_panics_on_flipped_bytes() {
+        let madt = madt_bytes(
+            1,
+            0xfee0_0000,
+            1,
+            &[
+                &[0, 8, 0, 0, 1, 0, 0, 0],
+                &[1, 12, 0, 0, 0x00, 0x00, 0xc0, 0xfe, 0, 0, 0, 0],
+                &[2, 10, 0, 0, 2, 0, 0, 0, 0, 0],
+                &[2, 10, 0, 9, 9, 0, 0, 0, 0x0d, 0],
+            ],
+        );
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..5_000 {
+            let mut garbled = madt.clone();
+            for _ in 0..3 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let index = 44 + (state as usize) % (garbled.len() - 44);
+                garbled[index] = (state >> 32) as u8;
+            }
+            // Fix the checksum so the entries themselves are parsed.
+            let sum = garbled.iter().fold(0u8, |sum, &b| sum.wrapping_add(b));
+            garbled[9] = garbled[9].wrapping_sub(sum);
+            let memory = FakeMemory::new().with(0x1000, garbled);
+            let summary = parse_madt(&memory, 0x1000).unwrap();
+            assert!(summary.override_count <= MAX_SOURCE_OVERRIDES && summary.io_apics <= MAX_IO_APICS);
+            for irq in 0..ISA_INTERRUPTS {
+                let _ = summary.isa_interrupt(irq);
+            }
+        }
     }
 
     #[test]

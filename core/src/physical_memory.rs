@@ -90,6 +90,11 @@ pub(crate) fn read_u8(memory: &(impl PhysicalMemory + ?Sized), base: u64, offset
     read_bytes::<1>(memory, base, offset).map(|[byte]| byte)
 }
 
+/// Reads the little-endian `u16` at `base + offset`.
+pub(crate) fn read_u16(memory: &(impl PhysicalMemory + ?Sized), base: u64, offset: u64) -> Result<u16, Unreadable> {
+    read_bytes(memory, base, offset).map(u16::from_le_bytes)
+}
+
 /// Reads the little-endian `u32` at `base + offset`.
 pub(crate) fn read_u32(memory: &(impl PhysicalMemory + ?Sized), base: u64, offset: u64) -> Result<u32, Unreadable> {
     read_bytes(memory, base, offset).map(u32::from_le_bytes)

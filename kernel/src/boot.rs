@@ -96,10 +96,15 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     let zones = stack_zones(&plan, zone_bytes); // at the start of each share
     phases.mark("memory map, ACPI");
     map_memory(&map, &mut frames, &zones.zones[..zones.count]); // W^X image, guards, huge pages elsewhere
+    crate::devices::memory::remember_memory_map(&map); // so device mappings can refuse RAM
     phases.mark("page tables");
     apic::init_boot_cpu(madt.as_ref().map_or(apic::DEFAULT_XAPIC_BASE, |m| m.local_apic_address)); // IPIs
+    if let Some(madt) = &madt {
+        crate::interrupts::init(madt); // I/O APIC pins masked until a driver routes one
+    }
     let launch = launch_application_processors(&cpus, trampoline_usable, &mut frames); // they start meanwhile
     time::calibrate(); // TSC frequency, while the other CPUs start
+    crate::arch::irq::set_tsc_hz(time::tsc_hz().unwrap_or(0)); // interrupt storm windows
     phases.mark("TSC frequency");
     start_allocators(&plan, &zones); // each CPU's heap behind its thread stacks, rings between CPUs
     phases.mark("allocators");

@@ -223,6 +223,7 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         spawned: 0,
     });
     SCHEDULERS.set(cpu, Box::leak(scheduler));
+    crate::arch::irq::init_cpu();
     apic::timer_init(TIMER_VECTOR);
 }
 
@@ -387,6 +388,11 @@ impl TakeRelaxed for AtomicU64 {
 /// thread), after handling messages and expired sleepers. `requeue` puts
 /// the current thread at the back of the queue first (yield).
 pub(crate) fn switch_away(after: After, requeue: bool) {
+    // Threads run with interrupts off; a scheduling point is where they
+    // are taken (docs/interrupts.md). Handlers only mark work, which is
+    // done here, in scheduler context.
+    arch_cpu::interrupt_window();
+    crate::arch::irq::run_marked_work();
     messages::drain_overflow();
     messages::run_incoming();
     let switch = with_scheduler(|scheduler| {

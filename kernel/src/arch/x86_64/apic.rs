@@ -26,12 +26,9 @@ const XAPIC_ICR_HIGH_OFFSET: u64 = 0x310;
 
 /// Spurious-interrupt vector register: software enable.
 const SPURIOUS_ENABLE: u32 = 1 << 8;
-/// The spurious vector (its stub ignores it).
-pub const SPURIOUS_VECTOR: u8 = 0xff;
-/// The IPI vector that wakes a halted CPU (`cpu::send`'s wake-up).
-pub const WAKE_VECTOR: u8 = 0xf0;
-/// The vector of the local APIC timer (the scheduler's sleeps).
-pub const TIMER_VECTOR: u8 = 0xef;
+/// The fixed vectors, defined once in `irq` (spurious: counted, never
+/// acknowledged; wake-up IPI; local APIC timer).
+pub use super::irq::{SPURIOUS_VECTOR, TIMER_VECTOR, WAKE_VECTOR};
 
 /// ICR delivery modes and flags (SDM vol. 3, 11.6.1).
 const DELIVERY_INIT: u32 = 0b101 << 8;

@@ -75,3 +75,16 @@ pub fn frame_pointer() -> u64 {
 pub fn initial_apic_id() -> u32 {
     cpuid(1).1 >> 24
 }
+
+/// Lets pending interrupts in for one instruction, then turns them off
+/// again: the scheduling-point window of docs/interrupts.md. Threads run
+/// with interrupts off; this is where (besides the idle `hlt`) they are
+/// taken.
+#[inline(always)]
+pub fn interrupt_window() {
+    // SAFETY: STI takes effect after the next instruction, so pending
+    // interrupts are delivered between the NOP and the CLI; their handlers
+    // only acknowledge and mark work (arch::irq), and the compiler treats
+    // the block as a memory clobber, so nothing is cached across it.
+    unsafe { core::arch::asm!("sti; nop; cli", options(nostack)) };
+}

@@ -247,15 +247,10 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
         log::warn!("breakpoint at rip {:#018x}", frame.rip);
         return;
     }
-    if frame.vector == super::apic::WAKE_VECTOR as u64 || frame.vector == super::apic::TIMER_VECTOR as u64 {
-        super::apic::end_of_interrupt();
-        return;
-    }
-    if frame.vector == super::apic::SPURIOUS_VECTOR as u64 {
-        return;
-    }
-    if frame.vector >= 32 {
-        log::warn!("unexpected interrupt, vector {}", frame.vector);
+    if frame.vector >= super::irq::EXCEPTION_VECTORS as u64 {
+        // Every interrupt (device, IPI, timer, spurious): the handler
+        // table, which also sends the EOI.
+        super::irq::dispatch(frame.vector as u8);
         return;
     }
     report_exception(frame);

@@ -9,6 +9,8 @@ pub mod cpu;
 pub mod exit;
 pub mod gdt;
 pub mod interrupts;
+pub mod ioapic;
+pub mod irq;
 pub mod paging;
 pub mod percpu;
 pub mod pit;

@@ -251,3 +251,158 @@ pub fn unmap_small_page(address: u64) -> bool {
     }
     true
 }
+
+/// Device pages: read, write, never execute, uncached (PCD and PWT: PAT
+/// entry 3, UC, with the power-on PAT; Intel SDM vol. 3, 12.12.3).
+const DEVICE: u64 = PRESENT | WRITABLE | NO_EXECUTE | CACHE_DISABLE | WRITE_THROUGH;
+/// The paging structures cover 48-bit physical addresses (4 levels).
+pub const MAX_DEVICE_ADDRESS: u64 = 1 << 48;
+const FRAME_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// Why a device range was not mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// The range is empty or wraps around.
+    Empty,
+    /// The range reaches past [`MAX_DEVICE_ADDRESS`].
+    TooHigh { start: u64, size: u64 },
+    /// The range overlaps RAM, firmware memory, low memory or the kernel
+    /// image (`region` is the overlapping range).
+    OverlapsMemory { start: u64, size: u64, region: (u64, u64) },
+    /// No memory for a page table.
+    OutOfMemory,
+}
+
+impl core::fmt::Display for MapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Empty => write!(f, "empty device range"),
+            Self::TooHigh { start, size } => {
+                write!(f, "device range {start:#x}+{size:#x} is beyond the 48-bit physical address space")
+            }
+            Self::OverlapsMemory { start, size, region } => write!(
+                f,
+                "device range {start:#x}+{size:#x} overlaps memory {:#x}..{:#x} (RAM, firmware or the kernel image)",
+                region.0, region.1
+            ),
+            Self::OutOfMemory => write!(f, "no memory for a page table"),
+        }
+    }
+}
+
+/// A zeroed, page-aligned frame for a page table (from this CPU's heap,
+/// which is identity-mapped RAM; never freed: tables stay).
+fn table_frame() -> Result<*mut u64, MapError> {
+    let layout = core::alloc::Layout::from_size_align(PAGE_SIZE, PAGE_SIZE).map_err(|_| MapError::OutOfMemory)?;
+    // SAFETY: a non-zero size.
+    let frame = unsafe { alloc::alloc::alloc_zeroed(layout) } as *mut u64;
+    if frame.is_null() {
+        return Err(MapError::OutOfMemory);
+    }
+    Ok(frame)
+}
+
+/// The table under `entry` (making or splitting one): `level_size` is the
+/// bytes one entry of `entry`'s table maps; a huge page is split into 512
+/// entries of the same flags.
+///
+/// # Safety
+/// `entry` points at a live page-table entry; the caller holds
+/// the caller's page-table serialisation.
+unsafe fn table_under(entry: *mut u64, level_size: u64) -> Result<*mut u64, MapError> {
+    // SAFETY: the caller's promise.
+    let value = unsafe { entry.read_volatile() };
+    if value & PRESENT != 0 && value & HUGE == 0 {
+        return Ok((value & FRAME_MASK) as *mut u64);
+    }
+    let table = table_frame()?;
+    if value & PRESENT != 0 {
+        // Split: the same translation, one level down.
+        let base = value & FRAME_MASK & !(level_size - 1);
+        let child_size = level_size / 512;
+        let flags = value & !FRAME_MASK & !(HUGE) & !(1 << 12);
+        let huge = if child_size == PAGE_SIZE as u64 { 0 } else { HUGE };
+        for index in 0..512u64 {
+            // SAFETY: a fresh frame of 512 entries.
+            unsafe { table.add(index as usize).write((base + index * child_size) | flags | huge) };
+        }
+    }
+    // SAFETY: as above; the new table maps what the entry mapped.
+    unsafe { entry.write_volatile(table as u64 | TABLE) };
+    Ok(table)
+}
+
+/// The 4 KiB page-table entry for `address`, made (and huge pages above it
+/// split) as needed.
+///
+/// # Safety
+/// The caller serialises page-table changes.
+unsafe fn leaf_entry(address: u64) -> Result<*mut u64, MapError> {
+    let root: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) root, options(nomem, nostack, preserves_flags)) };
+    let pml4 = (root & FRAME_MASK) as *mut u64;
+    // SAFETY: page tables are identity-mapped frames; each step follows or
+    // makes a present table entry.
+    unsafe {
+        let pdpt = table_under(pml4.add((address >> 39) as usize & 511), 512 * SIZE_1G)?;
+        let directory = table_under(pdpt.add((address >> 30) as usize & 511), SIZE_1G)?;
+        let table = table_under(directory.add((address >> 21) as usize & 511), SIZE_2M)?;
+        Ok(table.add((address >> 12) as usize & 511))
+    }
+}
+
+/// Flushes this CPU's whole TLB, global translations included (toggling
+/// CR4.PGE; Intel SDM vol. 3, 4.10.4.1): the huge pages split above were
+/// global.
+pub fn flush_tlb() {
+    // SAFETY: clearing and setting CR4.PGE (bit 7) only flushes the TLB.
+    unsafe {
+        core::arch::asm!(
+            "mov {t}, cr4", "and {t}, ~0x80", "mov cr4, {t}", "or {t}, 0x80", "mov cr4, {t}",
+            t = out(reg) _, options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// Maps `pages` pages from `first` uncached, no-execute, identity; returns
+/// what the entries held before, for `restore_pages`. Flushes only this
+/// CPU's TLB.
+///
+/// # Safety
+/// The caller serialises page-table changes and has checked that the pages
+/// hold no RAM, firmware memory or kernel image (nothing else uses them).
+pub unsafe fn map_device_pages(first: u64, pages: u64) -> Result<alloc::vec::Vec<u64>, MapError> {
+    let mut previous = alloc::vec::Vec::new();
+    previous.try_reserve_exact(pages as usize).map_err(|_| MapError::OutOfMemory)?;
+    for page in 0..pages {
+        let address = first + page * PAGE_SIZE as u64;
+        // SAFETY: the caller's promise; the entry maps only this page.
+        unsafe {
+            let entry = leaf_entry(address)?;
+            previous.push(entry.read_volatile());
+            entry.write_volatile(address | DEVICE);
+        }
+    }
+    flush_tlb();
+    Ok(previous)
+}
+
+/// Gives the pages from `first` back what `map_device_pages` found.
+/// Flushes only this CPU's TLB.
+///
+/// # Safety
+/// As for `map_device_pages`; `previous` came from it for `first`.
+pub unsafe fn restore_pages(first: u64, previous: &[u64]) {
+    for (page, value) in previous.iter().enumerate() {
+        let address = first + (page * PAGE_SIZE) as u64;
+        // SAFETY: `map_device_pages` made these entries, so the walk finds
+        // present tables and allocates nothing.
+        unsafe {
+            if let Ok(entry) = leaf_entry(address) {
+                entry.write_volatile(*value);
+            }
+        }
+    }
+    flush_tlb();
+}
