@@ -723,6 +723,17 @@ pub fn parse_madt(memory: &impl PhysicalMemory, address: u64) -> Result<MadtSumm
     Ok(summary)
 }
 
+/// Checks the table header at `address` (signature, length between
+/// `minimum_length` and [`MAX_TABLE_LENGTH`], checksum); returns its length.
+pub(crate) fn check_table_header(
+    memory: &impl PhysicalMemory,
+    address: u64,
+    signature: [u8; 4],
+    minimum_length: u32,
+) -> Result<u32, AcpiError> {
+    check_table(memory, address, Some(signature), minimum_length).map(|header| header.length)
+}
+
 /// The header fields of a checked table.
 #[derive(Debug, Clone, Copy)]
 struct TableHeader {

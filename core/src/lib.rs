@@ -17,6 +17,8 @@
 //! - [`spsc`]: the single-producer single-consumer ring between two CPUs.
 //! - [`allocator`]: the per-CPU heap (size classes, spans, page runs) and the
 //!   remote-free hand-off, written against [`allocator::WordMemory`].
+//! - [`dedicate`]: `toro.dedicate=...`, which CPU owns which device.
+//! - [`pci`]: the ACPI MCFG, PCI enumeration, BAR sizing, capabilities, MSI.
 //! - [`numa`]: the ACPI SRAT (NUMA nodes); [`memory_split`]: RAM split into
 //!   one share per CPU.
 //! - [`channel`]: the many-producer channels' bookkeeping (sender weights,
@@ -36,9 +38,11 @@ pub mod acpi;
 pub mod allocator;
 pub mod channel;
 pub mod command_line;
+pub mod dedicate;
 pub mod memory_map;
 pub mod memory_split;
 pub mod numa;
+pub mod pci;
 pub mod physical_memory;
 pub mod pvh;
 pub mod rtc;

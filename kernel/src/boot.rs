@@ -111,6 +111,8 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     crate::thread::init(&zones.zones[..zones.count]); // schedulers; this context becomes `main`
     phases.mark("schedulers");
     let online = wait_for_application_processors(launch); // every CPU up
+    crate::devices::discover(); // PCI functions, each given an owner CPU
+    crate::devices::report_and_close(); // the boot report; the list is read-only from here
     phases.mark("CPUs");
     crate::net::init(); // TCP/IP instances, each served on its CPU
     phases.mark("network");
@@ -336,6 +338,13 @@ fn read_acpi(info: &StartInfo) -> (Option<acpi::MadtSummary>, Option<NumaTopolog
             None
         }
     };
+    match toro_core::pci::find_mcfg(&BOOT_MEMORY, &rsdp) {
+        Ok(mcfg) => crate::devices::pci::set_mcfg(mcfg), // ECAM regions, if any
+        Err(error) => {
+            log::warn!("bad ACPI MCFG ({error}); PCI configuration through port I/O");
+            crate::devices::pci::set_mcfg(None);
+        }
+    }
     (read_madt(&rsdp), numa)
 }
 

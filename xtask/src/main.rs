@@ -8,7 +8,7 @@
 //! cargo xtask setup                   install the Rust target and QEMU
 //! cargo xtask bench [--runs N] [--quick]  Toro against the Linux guest yardstick
 //! options: --cpus N  --memory MIB  --machine microvm|q35  --accel kvm|tcg
-//!          --cmdline "..."  --debug  --timeout SECONDS
+//!          --cmdline "..."  --debug  --timeout SECONDS  --device QEMU-DEVICE (repeatable)
 //! ```
 
 mod accel;
@@ -46,6 +46,8 @@ pub struct BootOptions {
     pub positional: Vec<String>,
     /// Disks to attach as virtio-blk (`--disk PATH[,ro]`).
     pub disks: Vec<disk::Disk>,
+    /// Extra QEMU devices (`--device virtio-rng-pci`).
+    pub devices: Vec<String>,
 }
 
 fn parse_options(arguments: &[String]) -> Result<BootOptions> {
@@ -59,6 +61,7 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
         timeout: None,
         positional: Vec::new(),
         disks: Vec::new(),
+        devices: Vec::new(),
     };
     let mut iterator = arguments.iter();
     while let Some(argument) = iterator.next() {
@@ -83,6 +86,7 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
             }
             "--debug" => options.debug = true,
             "--disk" => options.disks.push(disk::parse(&value("--disk")?)?),
+            "--device" => options.devices.push(value("--device")?),
             flag if flag.starts_with("--") => bail!("unknown option {flag}"),
             _ => options.positional.push(argument.clone()),
         }
@@ -120,6 +124,7 @@ fn vm_config(kernel: PathBuf, options: &BootOptions) -> VmConfig {
     config.machine = options.machine;
     config.command_line = options.command_line.clone();
     config.disks = options.disks.clone();
+    config.devices = options.devices.clone();
     config
 }
 

@@ -49,6 +49,9 @@ pub struct VmConfig {
     pub numa_nodes: Option<u32>,
     /// Disks attached as virtio-blk, in order.
     pub disks: Vec<crate::disk::Disk>,
+    /// Extra `-device` arguments, as given (`virtio-rng-pci`,
+    /// `virtio-rng-device`, ...).
+    pub devices: Vec<String>,
 }
 
 /// QEMU user-mode networking (slirp: the guest is 10.0.2.15, the gateway
@@ -89,6 +92,7 @@ impl VmConfig {
             network: None,
             numa_nodes: None,
             disks: Vec::new(),
+            devices: Vec::new(),
         }
     }
 
@@ -141,6 +145,9 @@ impl VmConfig {
                 Machine::Q35 => "virtio-blk-pci",
             };
             command.args(["-device", &format!("{device},drive=disk{index}")]);
+        }
+        for device in &self.devices {
+            command.args(["-device", device]);
         }
         if let Some(port) = self.gdb_port {
             command.args(["-gdb", &format!("tcp:127.0.0.1:{port}"), "-S"]);

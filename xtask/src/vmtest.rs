@@ -20,6 +20,8 @@ struct VmTest {
     command_line: &'static str,
     machine: Machine,
     numa_nodes: Option<u32>,
+    /// Extra QEMU `-device` arguments.
+    devices: &'static [&'static str],
     status: i32,
     /// Each must appear in the output.
     expect: &'static [&'static str],
@@ -39,6 +41,7 @@ const fn vm(package: &'static str, binary: &'static str) -> VmTest {
         command_line: "",
         machine: Machine::Microvm,
         numa_nodes: None,
+        devices: &[],
         status: 0,
         expect: &[],
     }
@@ -110,6 +113,38 @@ fn tests() -> Vec<VmTest> {
             command_line: "toro.log=info",
             expect: &["services: all checks passed", "interrupt storm: vector"],
             ..vm("vm-tests", "services")
+        },
+        VmTest {
+            name: "devices-q35-1",
+            cpus: 1,
+            machine: Machine::Q35,
+            devices: &["virtio-rng-pci"],
+            command_line: "toro.log=info test.rng",
+            expect: &[
+                "devices: all checks passed",
+                "ACPI MCFG: ECAM at 0xb0000000",
+                "device: pci 0000:00:00.0 8086:29c0 host-bridge",
+            ],
+            ..vm("vm-tests", "devices")
+        },
+        VmTest {
+            name: "devices-q35-4-dedicate",
+            cpus: 4,
+            machine: Machine::Q35,
+            devices: &["virtio-rng-pci"],
+            command_line: "toro.log=info test.rng test.rng-owner=3 toro.dedicate=bogus,rng@3,net@9",
+            expect: &[
+                "devices: all checks passed",
+                "toro.dedicate entry \"bogus\" has no @CPU",
+                "rng interrupt INTA, MSI-X x2, owner cpu 3",
+            ],
+            ..vm("vm-tests", "devices")
+        },
+        VmTest {
+            name: "devices-microvm-2",
+            command_line: "toro.log=info",
+            expect: &["devices: all checks passed", "devices: 0 found"],
+            ..vm("vm-tests", "devices")
         },
         VmTest {
             name: "services-4-q35",
@@ -618,6 +653,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         config.command_line = test.command_line.into();
         config.machine = test.machine;
         config.numa_nodes = test.numa_nodes;
+        config.devices = test.devices.iter().map(|d| d.to_string()).collect();
         let result = qemu::run(&config, Some(Duration::from_secs(60)), false, &|l| symbols.annotate(l))?;
         let mut problems = Vec::new();
         if result.outcome != Outcome::Exited(test.status) {

@@ -122,8 +122,12 @@ pub fn threads(plan: Plan) {
     report("yield", "sched_yield", Value::Nanoseconds(yield_switch(plan)));
     report("spawn-join-same", "std", Value::Nanoseconds(spawn_join(false, plan)));
     report("spawn-join-other", "std", Value::Nanoseconds(spawn_join(true, plan)));
-    report("message-latency", "mpsc", Value::Nanoseconds(message_latency::<Mpsc>(plan)));
-    report("message-latency", "crossbeam", Value::Nanoseconds(message_latency::<Crossbeam>(plan)));
+    report("message-latency", "mpsc", Value::Nanoseconds(message_latency::<Mpsc>(plan, 2)));
+    report("message-latency", "crossbeam", Value::Nanoseconds(message_latency::<Crossbeam>(plan, 2)));
+    // A request to a thread that owns a resource on the other CPU and its
+    // reply: Toro's service call from another CPU.
+    report("service-call-other", "mpsc", Value::Nanoseconds(message_latency::<Mpsc>(plan, 1)));
+    report("service-call-other", "crossbeam", Value::Nanoseconds(message_latency::<Crossbeam>(plan, 1)));
     report("channel-throughput", "mpsc", Value::PerSecond(channel_throughput::<Mpsc>(plan)));
     report("channel-throughput", "crossbeam", Value::PerSecond(channel_throughput::<Crossbeam>(plan)));
     report("channel-4-producers", "mpsc", Value::PerSecond(channel_producers::<Mpsc>(plan)));
@@ -253,7 +257,7 @@ impl Channel for Crossbeam {
 
 /// One-way latency of a `u64` message between threads pinned to CPU 0 and
 /// CPU 1: ping-pong over two channels, round trip / 2.
-fn message_latency<C: Channel>(plan: Plan) -> Tenths {
+fn message_latency<C: Channel>(plan: Plan, legs: u64) -> Tenths {
     let (to_partner, partner_inbox) = C::new();
     let (partner_outbox, from_partner) = C::new();
     let partner = std::thread::spawn(move || {
@@ -284,7 +288,7 @@ fn message_latency<C: Channel>(plan: Plan) -> Tenths {
     };
     C::send(&to_partner, END);
     partner.join().expect("partner");
-    Tenths::ratio(elapsed, 2 * trips)
+    Tenths::ratio(elapsed, legs * trips)
 }
 
 /// `u64` messages per second from a sender pinned to CPU 1 to the

@@ -81,6 +81,7 @@ fn main() -> i32 {
     report("spawn-join-same", Value::Nanoseconds(spawn_join(HOME, plan)));
     report("spawn-join-other", Value::Nanoseconds(spawn_join(OTHER, plan)));
     report("message-latency", Value::Nanoseconds(message_latency(plan)));
+    report("service-call-other", Value::Nanoseconds(service_call(OTHER, plan)));
     report("channel-throughput", Value::PerSecond(channel_throughput(plan)));
     report("channel-4-producers", Value::PerSecond(channel_producers(plan)));
     let (median, p99) = sleep_lateness(plan);
@@ -220,6 +221,31 @@ fn message_latency(plan: Plan) -> Tenths {
     to_partner.send(END).expect("partner alive");
     partner.join();
     Tenths::ratio(elapsed, 2 * trips)
+}
+
+/// Nanoseconds per `call` from `main` on CPU 0 to a service (a counter)
+/// owned by CPU `owner`: request, run on the owner's service thread,
+/// reply.
+fn service_call(owner: usize, plan: Plan) -> Tenths {
+    let counter = toro::service::Builder::new("bench-counter").cpu(owner).start(|| 0u64).expect("service starts");
+    counter.call(|n| *n += 1); // the service thread is running from here on
+    let start = now_ns();
+    let mut calls = 0u64;
+    let elapsed = loop {
+        for _ in 0..ROUND_TRIP_BATCH {
+            black_box(counter.call(|n| {
+                *n += 1;
+                *n
+            }));
+        }
+        calls += ROUND_TRIP_BATCH;
+        let elapsed = now_ns().saturating_sub(start);
+        if elapsed >= plan.target_ns {
+            break elapsed;
+        }
+    };
+    let _ = counter.stop();
+    Tenths::ratio(elapsed, calls)
 }
 
 /// `u64` messages per second from a sender on CPU 1 to `main` on CPU 0,

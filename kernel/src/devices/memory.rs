@@ -31,6 +31,19 @@ pub(crate) fn remember_memory_map(map: &MemoryMap) {
 /// check's roots.
 static PAGE_TABLE_LOCK: SpinLock<()> = SpinLock::new(());
 
+/// Whether `[start, start + size)` may be device-mapped: not RAM, firmware
+/// memory, low memory or the kernel image, and inside the address space.
+pub fn check_range(start: u64, size: u64) -> Result<(), MapError> {
+    let end = start.checked_add(size).filter(|_| size > 0).ok_or(MapError::Empty)?;
+    if end > paging::MAX_DEVICE_ADDRESS {
+        return Err(MapError::TooHigh { start, size });
+    }
+    match memory_overlap(start, end) {
+        Some(region) => Err(MapError::OverlapsMemory { start, size, region }),
+        None => Ok(()),
+    }
+}
+
 /// The overlap of `[start, end)` with memory that must not be device-mapped.
 fn memory_overlap(start: u64, end: u64) -> Option<(u64, u64)> {
     let image = sections::layout().image;
@@ -77,13 +90,8 @@ pub type Mmio = DeviceMemory;
 impl DeviceMemory {
     /// Maps `[start, start + size)` (whole pages around it) uncached.
     pub fn map(start: u64, size: u64) -> Result<Self, MapError> {
-        let end = start.checked_add(size).filter(|_| size > 0).ok_or(MapError::Empty)?;
-        if end > paging::MAX_DEVICE_ADDRESS {
-            return Err(MapError::TooHigh { start, size });
-        }
-        if let Some(region) = memory_overlap(start, end) {
-            return Err(MapError::OverlapsMemory { start, size, region });
-        }
+        check_range(start, size)?;
+        let end = start + size;
         let page = paging::PAGE_SIZE as u64;
         let first = start & !(page - 1);
         let pages = (end - first).div_ceil(page);

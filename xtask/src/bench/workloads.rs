@@ -142,6 +142,15 @@ pub const SPECS: &[Spec] = &[
         yardsticks: CHANNELS,
     },
     Spec {
+        key: "service-call-other",
+        title: "service call from another CPU (request + reply)",
+        line_unit: LineUnit::Nanoseconds,
+        unit: "µs",
+        divisor: 1e3,
+        better: Better::Lower,
+        yardsticks: CHANNELS,
+    },
+    Spec {
         key: "channel-throughput",
         title: "channel throughput across CPUs (u64)",
         line_unit: LineUnit::PerSecond,

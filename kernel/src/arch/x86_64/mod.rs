@@ -12,6 +12,7 @@ pub mod interrupts;
 pub mod ioapic;
 pub mod irq;
 pub mod paging;
+pub mod pci_port;
 pub mod percpu;
 pub mod pit;
 pub mod rng;
