@@ -62,6 +62,9 @@ static ALLOCATORS: PerCpuCell<Allocator> = PerCpuCell::new();
 struct Owners {
     shares: [(u64, u64, u16); MAX_CPUS],
     count: usize,
+    /// Each CPU's NUMA node (its share's proximity domain; 0 if unknown),
+    /// by CPU index.
+    nodes: [u32; MAX_CPUS],
 }
 
 static OWNERS: BootCell<Owners> = BootCell::new();
@@ -76,6 +79,10 @@ struct PublishedUsage {
     remote_received: AtomicU64,
     remote_pending: AtomicU64,
     allocations: AtomicU64,
+    /// Bytes this CPU lent to others, and borrowed from others (so far;
+    /// written by this CPU only when it lends or borrows).
+    lent: AtomicU64,
+    borrowed: AtomicU64,
 }
 
 static PUBLISHED: [PublishedUsage; MAX_CPUS] = [const {
@@ -87,6 +94,8 @@ static PUBLISHED: [PublishedUsage; MAX_CPUS] = [const {
         remote_received: AtomicU64::new(0),
         remote_pending: AtomicU64::new(0),
         allocations: AtomicU64::new(0),
+        lent: AtomicU64::new(0),
+        borrowed: AtomicU64::new(0),
     }
 }; MAX_CPUS];
 
@@ -200,8 +209,88 @@ fn allocate_after_reclaim(size: usize, align: usize) -> *mut u8 {
             core::hint::spin_loop();
         }
     }
+    if may_yield {
+        if let Some(address) = borrow(size, align) {
+            return address as *mut u8;
+        }
+    }
     lend(|allocator| allocation_failure_record(allocator, size, align));
     core::ptr::null_mut()
+}
+
+/// A request to another CPU: "allocate this from your share for me". It
+/// lives on the borrowing thread's stack, and that thread waits until
+/// `done`, so the job never outlives it.
+struct LoanRequest {
+    size: usize,
+    align: usize,
+    /// The block (0: the lender could not serve it); valid once `done`.
+    address: AtomicU64,
+    done: core::sync::atomic::AtomicBool,
+}
+
+/// Borrows a block from another CPU's share (thread context only: it waits
+/// for each answer, yielding): CPUs of this CPU's NUMA node first, then the
+/// others, each by most free memory as last published, skipping those
+/// that published less free memory than the request. The block belongs to
+/// the lender: freeing it anywhere returns it there (the remote-free path).
+/// A block must be contiguous, so one request is served by one share.
+fn borrow(size: usize, align: usize) -> Option<u64> {
+    let me = percpu::current_index();
+    let owners = OWNERS.get()?;
+    // No heap here (this CPU's share is full): a bitmap of CPUs tried, and
+    // the next candidate picked by scanning.
+    let mut tried = [0u64; MAX_CPUS / 64];
+    loop {
+        let mut best: Option<(bool, u64, usize)> = None;
+        for cpu in (0..percpu::online()).filter(|&cpu| cpu != me && tried[cpu / 64] & (1 << (cpu % 64)) == 0) {
+            let free = PUBLISHED[cpu].free.load(Ordering::Relaxed);
+            let key = (owners.nodes[cpu] != owners.nodes[me], u64::MAX - free, cpu);
+            if free >= size as u64 && best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        let (_, _, cpu) = best?;
+        tried[cpu / 64] |= 1 << (cpu % 64);
+        let request =
+            LoanRequest { size, align, address: AtomicU64::new(0), done: core::sync::atomic::AtomicBool::new(false) };
+        let job = crate::cpu::Job { run: lend_job, data: &request as *const LoanRequest as *mut u8, extra: 0 };
+        if crate::cpu::send(cpu, job).is_err() {
+            continue;
+        }
+        // The lender answers at its next scheduling point; `request` must
+        // outlive the job, so wait for the answer however long it takes.
+        while !request.done.load(Ordering::Acquire) {
+            crate::thread::scheduler::yield_now();
+        }
+        let address = request.address.load(Ordering::Relaxed);
+        if address != 0 {
+            let borrowed = &PUBLISHED[me].borrowed;
+            borrowed.store(borrowed.load(Ordering::Relaxed) + size as u64, Ordering::Relaxed);
+            return Some(address);
+        }
+    }
+}
+
+/// Job: another CPU asks for a block of this CPU's share (`LoanRequest`).
+/// Allocates it here (no reclaim, no borrowing: job context) and answers;
+/// after `done` the request is not touched again.
+unsafe fn lend_job(data: *mut u8, _: u64) {
+    // SAFETY: the borrower keeps the request alive until it sees `done`.
+    let request = unsafe { &*(data as *const LoanRequest) };
+    let me = percpu::current_index();
+    let address = lend(|allocator| {
+        let address = allocator.allocate(&mut Words, request.size.max(1), request.align);
+        publish(allocator);
+        address
+    })
+    .flatten();
+    if address.is_some() {
+        let lent = &PUBLISHED[me].lent;
+        lent.store(lent.load(Ordering::Relaxed) + request.size as u64, Ordering::Relaxed);
+    }
+    request.address.store(address.unwrap_or(0), Ordering::Relaxed);
+    request.done.store(true, Ordering::Release);
 }
 
 /// Job: another CPU found its share full; hand over every block freed here
@@ -300,6 +389,11 @@ pub struct CpuUsage {
     pub remote_pending: u64,
     /// Bytes of this CPU's blocks freed elsewhere and taken back.
     pub remote_received: u64,
+    /// Bytes of this CPU's share lent to other CPUs so far (requests their
+    /// own shares could not serve; the blocks come back when freed).
+    pub lent: u64,
+    /// Bytes this CPU borrowed from other CPUs' shares so far.
+    pub borrowed: u64,
 }
 
 fn exact(usage: Usage) -> CpuUsage {
@@ -311,6 +405,8 @@ fn exact(usage: Usage) -> CpuUsage {
         remote_sent: usage.remote_sent.bytes,
         remote_pending: usage.remote_pending.bytes,
         remote_received: usage.remote_received.bytes,
+        lent: PUBLISHED[usage.cpu].lent.load(Ordering::Relaxed),
+        borrowed: PUBLISHED[usage.cpu].borrowed.load(Ordering::Relaxed),
     }
 }
 
@@ -343,6 +439,8 @@ pub fn usage(cpu: usize) -> Option<CpuUsage> {
         remote_sent: published.remote_sent.load(Ordering::Relaxed),
         remote_pending: published.remote_pending.load(Ordering::Relaxed),
         remote_received: published.remote_received.load(Ordering::Relaxed),
+        lent: published.lent.load(Ordering::Relaxed),
+        borrowed: published.borrowed.load(Ordering::Relaxed),
     })
 }
 
@@ -410,7 +508,7 @@ pub(crate) fn init(shares: &[CpuShare], cpus: &[usize]) -> Result<(), &'static s
     let allocator_bytes = core::mem::size_of::<Allocator>() as u64;
     let rings_offset = allocator_bytes.next_multiple_of(ring_align);
     let header = (rings_offset + count as u64 * ring_bytes).next_multiple_of(PAGE_SIZE as u64);
-    let mut owners = Owners { shares: [(0, 0, 0); MAX_CPUS], count: 0 };
+    let mut owners = Owners { shares: [(0, 0, 0); MAX_CPUS], count: 0, nodes: [0; MAX_CPUS] };
     // First every CPU's allocator and inbound rings, at its share's start.
     for (position, share) in shares.iter().enumerate() {
         let cpu = cpus[position];
@@ -433,6 +531,7 @@ pub(crate) fn init(shares: &[CpuShare], cpus: &[usize]) -> Result<(), &'static s
             }
         }
         owners.shares[position] = (share.start, share.end, cpu as u16);
+        owners.nodes[cpu] = share.domain.or(share.cpu_domain).unwrap_or(0);
     }
     // Then connect each ring: producer end to the source, consumer end to
     // the destination (the share holding the ring).

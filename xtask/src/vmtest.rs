@@ -186,6 +186,7 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "alloc_exhaust")
         },
         VmTest { expect: &["alloc_owed: memory owed by other CPUs came back"], ..vm("vm-tests", "alloc_owed") },
+        VmTest { expect: &["alloc_borrow: all checks passed"], ..vm("vm-tests", "alloc_borrow") },
         VmTest {
             name: "threads-1",
             cpus: 1,
@@ -403,6 +404,7 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     "toro::memory::free",
     "toro::memory::idle",
     "toro::memory::flush_owed_job",
+    "toro::memory::lend_job",
     "toro::cpu::send_if_room",
     // messages between CPUs, and sleeping until one arrives
     "toro::cpu::send",
