@@ -43,11 +43,26 @@ pub struct BootOptions {
     pub command_line: String,
     pub debug: bool,
     pub timeout: Option<Duration>,
+    /// A virtio-net card on QEMU user networking (`--net user`), with
+    /// these (host port on 127.0.0.1, guest port) TCP forwards.
+    pub network: Option<qemu::UserNetwork>,
     pub positional: Vec<String>,
     /// Disks to attach as virtio-blk (`--disk PATH[,ro]`).
     pub disks: Vec<disk::Disk>,
     /// Extra QEMU devices (`--device virtio-rng-pci`).
     pub devices: Vec<String>,
+}
+
+/// The forward `--net user` gets without `--forward`: the web server's
+/// port 80 on the host's 127.0.0.1:8080.
+pub const DEFAULT_FORWARD: (u16, u16) = (8080, 80);
+
+/// Reads `HOST:GUEST` (two TCP ports).
+fn parse_forward(text: &str) -> Result<(u16, u16)> {
+    let (host, guest) = text.split_once(':').with_context(|| format!("--forward {text:?}: give HOST:GUEST ports"))?;
+    let port =
+        |p: &str| p.parse::<u16>().ok().filter(|&p| p != 0).with_context(|| format!("--forward: bad port {p:?}"));
+    Ok((port(host)?, port(guest)?))
 }
 
 fn parse_options(arguments: &[String]) -> Result<BootOptions> {
@@ -59,10 +74,12 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
         command_line: String::new(),
         debug: false,
         timeout: None,
+        network: None,
         positional: Vec::new(),
         disks: Vec::new(),
         devices: Vec::new(),
     };
+    let mut forwards = Vec::new();
     let mut iterator = arguments.iter();
     while let Some(argument) = iterator.next() {
         let mut value = |name: &str| iterator.next().with_context(|| format!("{name} needs a value")).cloned();
@@ -87,9 +104,20 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
             "--debug" => options.debug = true,
             "--disk" => options.disks.push(disk::parse(&value("--disk")?)?),
             "--device" => options.devices.push(value("--device")?),
+            "--net" => match value("--net")?.as_str() {
+                "user" => options.network = Some(qemu::UserNetwork::default()),
+                "none" => options.network = None,
+                other => bail!("unknown --net {other:?}: user or none"),
+            },
+            "--forward" => forwards.push(parse_forward(&value("--forward")?)?),
             flag if flag.starts_with("--") => bail!("unknown option {flag}"),
             _ => options.positional.push(argument.clone()),
         }
+    }
+    if let Some(network) = &mut options.network {
+        network.tcp_forwards = if forwards.is_empty() { vec![DEFAULT_FORWARD] } else { forwards };
+    } else if !forwards.is_empty() {
+        bail!("--forward needs --net user");
     }
     if options.cpus == 0 || options.cpus > 255 {
         bail!("--cpus must be 1..=255");
@@ -125,12 +153,18 @@ fn vm_config(kernel: PathBuf, options: &BootOptions) -> VmConfig {
     config.command_line = options.command_line.clone();
     config.disks = options.disks.clone();
     config.devices = options.devices.clone();
+    config.network = options.network.clone();
     config
 }
 
 fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
     let symbols = Symbols::load(&image)?;
     let config = vm_config(image, options);
+    if let Some(network) = &config.network {
+        for (host, guest) in &network.tcp_forwards {
+            eprintln!("network: QEMU user networking; the guest's TCP port {guest} is http://127.0.0.1:{host}/");
+        }
+    }
     let result = qemu::run(&config, options.timeout, true, &|line| symbols.annotate(line))?;
     if !matches!(result.outcome, qemu::Outcome::Exited(0)) {
         eprintln!("toro: {}", result.outcome);
@@ -194,5 +228,31 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(words: &[&str]) -> Result<BootOptions> {
+        parse_options(&words.iter().map(|word| word.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn user_network_gets_the_web_forward_by_default() {
+        let parsed = options(&["--net", "user"]).unwrap();
+        assert_eq!(parsed.network.unwrap().tcp_forwards, vec![DEFAULT_FORWARD]);
+        let parsed = options(&["--net", "user", "--forward", "8007:7", "--forward", "9000:80"]).unwrap();
+        assert_eq!(parsed.network.unwrap().tcp_forwards, vec![(8007, 7), (9000, 80)]);
+        assert!(options(&[]).unwrap().network.is_none());
+    }
+
+    #[test]
+    fn bad_network_options_are_errors() {
+        assert!(options(&["--forward", "8080:80"]).is_err(), "--forward without --net user");
+        assert!(options(&["--net", "user", "--forward", "8080"]).is_err());
+        assert!(options(&["--net", "user", "--forward", "0:80"]).is_err());
+        assert!(options(&["--net", "carrier-pigeon"]).is_err());
     }
 }
