@@ -4,7 +4,9 @@
 //! ([`http`]) the web server example runs. The kernel (`toro::net`) puts
 //! std-shaped sockets and blocking on top; nothing here touches hardware
 //! or blocks, so `cargo test -p toro-net` runs it all on the host,
-//! including two stacks talking over an in-memory link.
+//! including two stacks talking over an in-memory link. [`virtio_net`]
+//! holds the virtio-net device rules (features, header, checksum offload,
+//! merged buffers, multi-queue control) for the driver.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -17,6 +19,7 @@ pub mod device;
 pub mod error;
 pub mod http;
 pub mod stack;
+pub mod virtio_net;
 
 pub use config::{addressing_from, Addressing, ConfigError, QEMU_USER_ADDRESS, QEMU_USER_GATEWAY};
 pub use device::{Capabilities, DeviceStats, MemoryDevice, NetDevice};

@@ -317,6 +317,15 @@ fn tests() -> Vec<VmTest> {
             ..vm("webserver", "webserver")
         },
         VmTest {
+            name: "webserver-selftest-q35-4",
+            machine: Machine::Q35,
+            cpus: 4,
+            memory_mib: 256,
+            command_line: "selftest=1",
+            expect: &["selftest: protocol checks done", "selftest: dated responses", "webserver selftest: all passed"],
+            ..vm("webserver", "webserver")
+        },
+        VmTest {
             name: "echo-selftest-1",
             cpus: 1,
             memory_mib: 256,

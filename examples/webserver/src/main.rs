@@ -24,6 +24,7 @@ mod selftest;
 mod site;
 mod stats;
 
+use toro::alloc::string::String;
 use toro::alloc::sync::Arc;
 use toro::alloc::vec;
 use toro::alloc::vec::Vec;
@@ -107,6 +108,17 @@ fn accept_loop(listener: &TcpListener) {
     }
 }
 
+/// The `Date` header's value, if the machine has a wall clock (the CMOS
+/// RTC on q35; microvm has none, and RFC 9110 section 6.6.1 says a server
+/// without a clock sends no `Date`).
+fn http_date() -> Option<String> {
+    let now = toro::time::SystemTime::try_now().ok()?;
+    let seconds = now.duration_since(toro::time::UNIX_EPOCH).ok()?.as_secs();
+    let mut text = String::new();
+    toro_net::http::http_date(seconds, &mut text);
+    Some(text)
+}
+
 /// Serves one connection until it closes, errs or times out.
 fn serve(mut stream: TcpStream) {
     let mut connection = Connection::new(Limits::default());
@@ -120,7 +132,7 @@ fn serve(mut stream: TcpStream) {
             Ok(0) => break,
             Ok(count) => count,
             Err(error) if error.kind() == ErrorKind::TimedOut => {
-                connection.timeout(&mut out, None);
+                connection.timeout(&mut out, http_date().as_deref());
                 stats::timed_out();
                 let _ = stream.write_all(&out);
                 break;
@@ -130,7 +142,8 @@ fn serve(mut stream: TcpStream) {
         stats::bytes_in(count);
         connection.feed(&buffer[..count]);
         let before = connection.stats().requests;
-        let outcome = connection.respond(&mut out, None, site::handle);
+        let date = http_date();
+        let outcome = connection.respond(&mut out, date.as_deref(), site::handle);
         stats::requests(connection.stats().requests - before);
         if !out.is_empty() {
             if stream.write_all(&out).is_err() {

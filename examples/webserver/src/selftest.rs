@@ -120,6 +120,11 @@ fn protocol_checks(port: u16) -> bool {
         let reply = client.reply(false).expect("reply");
         ok &= check(reply.status == 200 && reply.body == INDEX, "GET / keep-alive: 200 and the page");
         ok &= check(reply.body.len() == 612, "the index page is 612 bytes");
+        let dated = reply.headers.contains("\r\nDate: ");
+        ok &= check(dated == toro::time::SystemTime::try_now().is_ok(), "Date exactly when there is a wall clock");
+    }
+    if toro::time::SystemTime::try_now().is_ok() {
+        println!("selftest: dated responses");
     }
     // Pipelined requests, answered in order; HEAD has no body.
     client.send(
