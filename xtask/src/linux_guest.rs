@@ -11,8 +11,8 @@
 //!   it through its PVH note, skipping the bzImage's self-decompression.
 //! - `initramfs.cpio.gz`: a newc archive written here (gzip-compressed by
 //!   the host's `gzip`, which is Essential in Debian), with
-//!   busybox as the shell, the virtio modules (`virtio_mmio`, `virtio_net`,
-//!   `virtio_blk` and what they depend on: they are modules in Debian's
+//!   busybox as the shell, the virtio modules (`virtio_mmio`, `virtio_pci`
+//!   for q35, `virtio_net`, `virtio_blk` and what they depend on: they are modules in Debian's
 //!   config), nginx with its ELF interpreter and shared libraries, and the
 //!   device nodes `/init` needs (`/dev/console` above all).
 //! - For the benchmark's workloads, a second, uncompressed archive placed
@@ -77,7 +77,7 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 const NGINX_PACKAGE: &str = "nginx";
 
 /// The modules `/init` loads (with their dependencies, found in `.modinfo`).
-const WANTED_MODULES: &[&str] = &["virtio_mmio", "virtio_net", "virtio_blk"];
+const WANTED_MODULES: &[&str] = &["virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk"];
 
 /// Busybox applets `/init` calls by name (symlinks to `/bin/busybox`).
 const APPLETS: &[&str] = &["sh", "insmod", "ip", "mount", "sleep", "dd", "printf", "cat"];
