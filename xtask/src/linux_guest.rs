@@ -1084,6 +1084,9 @@ mod tests {
         // The real graph of Debian 6.1's virtio modules.
         let graph: BTreeMap<&str, &[&str]> = [
             ("virtio_mmio", &["virtio", "virtio_ring"][..]),
+            ("virtio_pci", &["virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_ring", "virtio"][..]),
+            ("virtio_pci_modern_dev", &[][..]),
+            ("virtio_pci_legacy_dev", &[][..]),
             ("virtio_net", &["virtio_ring", "virtio", "net_failover"][..]),
             ("virtio_blk", &["virtio", "virtio_ring"][..]),
             ("virtio", &["virtio_ring"][..]),
@@ -1099,7 +1102,18 @@ mod tests {
         let order = load_order(WANTED_MODULES, &dependencies).unwrap();
         assert_eq!(
             order,
-            ["virtio_ring", "virtio", "virtio_mmio", "failover", "net_failover", "virtio_net", "virtio_blk"]
+            [
+                "virtio_ring",
+                "virtio",
+                "virtio_mmio",
+                "virtio_pci_modern_dev",
+                "virtio_pci_legacy_dev",
+                "virtio_pci",
+                "failover",
+                "net_failover",
+                "virtio_net",
+                "virtio_blk"
+            ]
         );
         for (index, module) in order.iter().enumerate() {
             for dependency in dependencies(module).unwrap() {

@@ -339,12 +339,7 @@ fn new_shared<T>(bound: Option<usize>) -> *const Shared<T> {
 
 fn ends<T>(shared: *const Shared<T>) -> (SenderInner<T>, Receiver<T>) {
     (
-        SenderInner {
-            shared,
-            weight: Cell::new(FULL_WEIGHT),
-            last: Cell::new(None),
-            last_woken: Cell::new(None),
-        },
+        SenderInner { shared, weight: Cell::new(FULL_WEIGHT), last: Cell::new(None), last_woken: Cell::new(None) },
         Receiver { shared, next_lane: Cell::new(0), streak: Cell::new(0) },
     )
 }
@@ -843,7 +838,11 @@ impl<T> Lanes for LaneView<'_, T> {
     fn taken(&self, lane: usize) -> u64 {
         let lane = self.lanes[lane].load(Ordering::Acquire);
         // SAFETY: as in `has_value`.
-        if lane.is_null() { 0 } else { unsafe { (*lane).taken.load(Ordering::Relaxed) } }
+        if lane.is_null() {
+            0
+        } else {
+            unsafe { (*lane).taken.load(Ordering::Relaxed) }
+        }
     }
 }
 
