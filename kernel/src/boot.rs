@@ -123,8 +123,9 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
         main_tsc: cpu::rdtsc(),
     });
     phases.log();
-    // SAFETY: the application crate defines this symbol through
-    // `#[toro::main]`; it is an ordinary Rust function.
+    crate::virtio::discovery::start(); // probe virtio devices, start their drivers on their owners
+                                       // SAFETY: the application crate defines this symbol through
+                                       // `#[toro::main]`; it is an ordinary Rust function.
     let status = unsafe { __toro_application_main() };
     crate::exit(status)
 }
@@ -326,7 +327,9 @@ fn map_memory(map: &MemoryMap, frames: &mut FrameBump, zones: &[paging::StackZon
 /// The firmware's MADT (None: only the boot CPU runs) and SRAT (None: no
 /// NUMA nodes).
 fn read_acpi(info: &StartInfo) -> (Option<acpi::MadtSummary>, Option<NumaTopology>) {
-    let Some(rsdp) = read_rsdp(info) else { return (None, None) };
+    let rsdp = read_rsdp(info);
+    crate::virtio::discovery::read_firmware(&BOOT_MEMORY, rsdp.as_ref(), system::command_line()); // virtio-mmio devices
+    let Some(rsdp) = rsdp else { return (None, None) };
     let numa = match numa::find_srat(&BOOT_MEMORY, &rsdp) {
         Ok(Some(topology)) => {
             log::info!("ACPI SRAT: {} NUMA nodes", topology.domains().count());

@@ -32,6 +32,7 @@ pub mod sync;
 pub mod system;
 pub mod thread;
 pub mod time;
+pub mod virtio;
 
 pub use log;
 /// Single-producer, single-consumer rings (`toro_core::spsc`).

@@ -52,6 +52,8 @@ pub struct VmConfig {
     /// Extra `-device` arguments, as given (`virtio-rng-pci`,
     /// `virtio-rng-device`, ...).
     pub devices: Vec<String>,
+    /// More QEMU arguments, appended as they are (devices a test needs).
+    pub extra_arguments: Vec<String>,
 }
 
 /// QEMU user-mode networking (slirp: the guest is 10.0.2.15, the gateway
@@ -93,6 +95,7 @@ impl VmConfig {
             numa_nodes: None,
             disks: Vec::new(),
             devices: Vec::new(),
+            extra_arguments: Vec::new(),
         }
     }
 
@@ -113,6 +116,9 @@ impl VmConfig {
             .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
             .args(["-serial", "stdio"])
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+            // microvm's virtio-mmio devices are legacy (version 1) unless told
+            // otherwise; Toro drives version 2 only (docs/virtio.md).
+            .args(["-global", "virtio-mmio.force-legacy=false"])
             .arg("-kernel")
             .arg(&self.kernel);
         if let Some(initrd) = &self.initrd {
@@ -149,6 +155,7 @@ impl VmConfig {
         for device in &self.devices {
             command.args(["-device", device]);
         }
+        command.args(&self.extra_arguments);
         if let Some(port) = self.gdb_port {
             command.args(["-gdb", &format!("tcp:127.0.0.1:{port}"), "-S"]);
         }

@@ -25,6 +25,8 @@ struct VmTest {
     status: i32,
     /// Each must appear in the output.
     expect: &'static [&'static str],
+    /// More QEMU arguments (devices the test needs).
+    qemu_arguments: &'static [&'static str],
 }
 
 const PANIC: i32 = 101;
@@ -44,6 +46,7 @@ const fn vm(package: &'static str, binary: &'static str) -> VmTest {
         devices: &[],
         status: 0,
         expect: &[],
+        qemu_arguments: &[],
     }
 }
 
@@ -107,6 +110,54 @@ fn tests() -> Vec<VmTest> {
             ..vm("hello", "hello")
         },
         VmTest { status: 42, expect: &["returning 42"], ..vm("vm-tests", "exit_status") },
+        VmTest {
+            name: "virtio-rng-1",
+            cpus: 1,
+            command_line: "toro.log=info",
+            qemu_arguments: &["-device", "virtio-rng-device"],
+            expect: &["virtio: mmio 0xfeb02e00 (512 bytes) GSI 47 level: rng", "virtio-rng: all checks passed"],
+            ..vm("vm-tests", "virtio_rng")
+        },
+        VmTest {
+            name: "virtio-rng-2",
+            qemu_arguments: &["-device", "virtio-rng-device"],
+            expect: &["virtio-rng: owner cpu 1", "virtio-rng: all checks passed", "on cpu 1, 0 elsewhere"],
+            ..vm("vm-tests", "virtio_rng")
+        },
+        VmTest {
+            name: "virtio-rng-4",
+            cpus: 4,
+            memory_mib: 256,
+            // A second device of another type is listed and left to its driver.
+            qemu_arguments: &["-device", "virtio-rng-device", "-device", "virtio-rng-device"],
+            expect: &[
+                "virtio-rng: owner cpu 1",
+                "owner cpu 2",
+                "virtio-rng: all checks passed",
+                "4000 calls from 4 CPUs",
+            ],
+            ..vm("vm-tests", "virtio_rng")
+        },
+        VmTest {
+            name: "virtio-rng-stuck",
+            command_line: "stuck",
+            // rng-egd on a socket nobody serves: the device never completes a request.
+            qemu_arguments: &[
+                "-chardev",
+                "socket,id=egd0,host=127.0.0.1,port=0,server=on,wait=off",
+                "-object",
+                "rng-egd,id=rng0,chardev=egd0",
+                "-device",
+                "virtio-rng-device,rng=rng0",
+            ],
+            expect: &[
+                "no completion in 2000 ms; device reset and left out",
+                "first call: Err(Timeout)",
+                "second call: Err(LeftOut)",
+                "timed out, left out, system goes on",
+            ],
+            ..vm("vm-tests", "virtio_rng")
+        },
         VmTest { name: "services-1", cpus: 1, expect: &["services: all checks passed"], ..vm("vm-tests", "services") },
         VmTest {
             name: "services-2",
@@ -665,6 +716,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         config.machine = test.machine;
         config.numa_nodes = test.numa_nodes;
         config.devices = test.devices.iter().map(|d| d.to_string()).collect();
+        config.extra_arguments = test.qemu_arguments.iter().map(|argument| argument.to_string()).collect();
         let result = qemu::run(&config, Some(Duration::from_secs(60)), false, &|l| symbols.annotate(l))?;
         let mut problems = Vec::new();
         if result.outcome != Outcome::Exited(test.status) {

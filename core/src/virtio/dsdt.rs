@@ -30,7 +30,8 @@
 //!
 //! Resource descriptors (section 6.4) read from `_CRS`: the memory range
 //! from `Memory32Fixed` (or a DWord/QWord memory address space), the
-//! interrupt from an extended `Interrupt` descriptor (or a legacy `IRQ`).
+//! interrupt (and its trigger mode and polarity) from an extended
+//! `Interrupt` descriptor (or a legacy `IRQ`).
 
 use core::fmt;
 
@@ -505,7 +506,10 @@ fn resources(bytes: &[u8]) -> Option<MmioDevice> {
             (false, resource::SMALL_END) => break,
             (false, resource::SMALL_IRQ) if gsi.is_none() => {
                 let mask = u16::from_le_bytes([*body.first()?, *body.get(1)?]);
-                gsi = (mask != 0).then(|| mask.trailing_zeros());
+                // Information byte (optional; absent: edge, active high):
+                // bit 0 edge, bit 3 active low.
+                let information = body.get(2).copied().unwrap_or(0x01);
+                gsi = (mask != 0).then(|| (mask.trailing_zeros(), information & 0x01 == 0, information & 0x08 != 0));
             }
             (true, resource::MEMORY32_FIXED) if memory.is_none() => {
                 // Information byte, base, length.
@@ -520,10 +524,11 @@ fn resources(bytes: &[u8]) -> Option<MmioDevice> {
             }
             (true, resource::EXTENDED_INTERRUPT)
                 if gsi.is_none()
-                // Flags, count, then the interrupt numbers.
+                // Flags (bit 1 edge, bit 2 active low), count, then the interrupt numbers.
                 && *body.get(1)? >= 1 =>
             {
-                gsi = Some(le32(2)?);
+                let flags = *body.first()?;
+                gsi = Some((le32(2)?, flags & 0x02 == 0, flags & 0x04 != 0));
             }
             _ => {}
         }
@@ -533,7 +538,8 @@ fn resources(bytes: &[u8]) -> Option<MmioDevice> {
     if address == 0 || size < super::mmio::MIN_REGISTER_BLOCK_BYTES || address.checked_add(size).is_none() {
         return None;
     }
-    Some(MmioDevice { address, size, gsi: gsi? })
+    let (gsi, level, active_low) = gsi?;
+    Some(MmioDevice { address, size, gsi, level, active_low })
 }
 
 #[cfg(test)]

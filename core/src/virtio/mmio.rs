@@ -3,7 +3,8 @@
 //! The syntax is Linux's (`drivers/virtio/virtio_mmio.c`, `vm_cmdline_set`):
 //! `SIZE` is a number with an optional `K`, `M` or `G` suffix (`memparse`),
 //! `ADDR` a number in C notation (`0x` hex, leading-`0` octal, else decimal),
-//! `IRQ` a decimal interrupt number (for Toro: a GSI, an IOAPIC input), and
+//! `IRQ` a decimal interrupt number (for Toro: a GSI, an IOAPIC input,
+//! taken as edge-triggered and active high), and
 //! `ID` an optional platform-device id, which Toro reads and ignores.
 //! Firecracker passes one such word per device (`4K@0xc0001000:5`); QEMU
 //! microvm does too when ACPI is off. Nothing here assumes where the
@@ -79,7 +80,9 @@ pub fn parse_device(value: &str) -> Result<MmioDevice, MmioParameterError> {
         let id = id.strip_prefix('-').unwrap_or(id);
         parse_decimal(id).ok_or(MmioParameterError::TrailingCharacters)?;
     }
-    Ok(MmioDevice { address, size, gsi })
+    // No trigger mode on the command line: an edge-triggered, active-high
+    // line, as Firecracker signals it (and as Linux takes GSIs below 16).
+    Ok(MmioDevice { address, size, gsi, level: false, active_low: false })
 }
 
 /// Adds every `virtio_mmio.device=` device on `line` to `devices`;
@@ -144,7 +147,7 @@ mod tests {
     use super::*;
 
     fn device(address: u64, size: u64, gsi: u32) -> MmioDevice {
-        MmioDevice { address, size, gsi }
+        MmioDevice { address, size, gsi, level: false, active_low: false }
     }
 
     #[test]

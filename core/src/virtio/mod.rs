@@ -27,6 +27,10 @@ pub struct MmioDevice {
     pub size: u64,
     /// Its interrupt: a GSI (an IOAPIC input).
     pub gsi: u32,
+    /// Level-triggered (else edge), as the firmware describes the line.
+    pub level: bool,
+    /// Active low (else active high).
+    pub active_low: bool,
 }
 
 /// The most virtio-mmio devices [`MmioDevices`] keeps (QEMU microvm has 24 slots).
@@ -45,7 +49,11 @@ pub struct MmioDevices {
 impl MmioDevices {
     /// An empty list.
     pub const fn new() -> Self {
-        Self { devices: [MmioDevice { address: 0, size: 0, gsi: 0 }; MAX_MMIO_DEVICES], count: 0, dropped: 0 }
+        Self {
+            devices: [MmioDevice { address: 0, size: 0, gsi: 0, level: false, active_low: false }; MAX_MMIO_DEVICES],
+            count: 0,
+            dropped: 0,
+        }
     }
 
     /// Adds `device` unless one at the same address is listed; returns whether it was added.

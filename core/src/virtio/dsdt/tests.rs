@@ -21,8 +21,14 @@ fn read(table: &[u8]) -> (Result<DsdtReport, DsdtError>, Vec<MmioDevice>, Vec<Ds
     (result, devices.as_slice().to_vec(), problems)
 }
 
+/// An edge-triggered, active-high device (Firecracker's).
 fn device(address: u64, size: u64, gsi: u32) -> MmioDevice {
-    MmioDevice { address, size, gsi }
+    MmioDevice { address, size, gsi, level: false, active_low: false }
+}
+
+/// A level-triggered, active-high device (QEMU microvm's).
+fn level_device(address: u64, size: u64, gsi: u32) -> MmioDevice {
+    MmioDevice { level: true, ..device(address, size, gsi) }
 }
 
 /// Sets the checksum byte so the table adds up to zero.
@@ -36,10 +42,14 @@ fn fix_checksum(table: &mut [u8]) {
 fn qemu_microvm_lists_its_three_devices() {
     let (result, devices, problems) = read(MICROVM_THREE);
     // microvm puts virtio-mmio slot n at 0xfeb00000 + n * 0x200, on GSI 24 + n
-    // (its second IOAPIC); devices fill the slots from the top (23, 22, 21).
+    // (its second IOAPIC), level-triggered; devices fill the slots from the top (23, 22, 21).
     assert_eq!(
         devices,
-        [device(0xfeb0_2e00, 0x200, 47), device(0xfeb0_2c00, 0x200, 46), device(0xfeb0_2a00, 0x200, 45)]
+        [
+            level_device(0xfeb0_2e00, 0x200, 47),
+            level_device(0xfeb0_2c00, 0x200, 46),
+            level_device(0xfeb0_2a00, 0x200, 45)
+        ]
     );
     // The GED device's OperationRegion, Field and Method are stepped over:
     // no problem reported, the devices after it found.
@@ -53,7 +63,7 @@ fn qemu_microvm_lists_its_three_devices() {
 #[test]
 fn qemu_microvm_with_one_device() {
     let (result, devices, problems) = read(MICROVM_RNG);
-    assert_eq!(devices, [device(0xfeb0_2e00, 0x200, 47)]);
+    assert_eq!(devices, [level_device(0xfeb0_2e00, 0x200, 47)]);
     assert_eq!(problems, []);
     assert_eq!(result.unwrap().virtio_devices, 1);
 }
@@ -153,7 +163,8 @@ fn memory32_fixed(address: u32, length: u32) -> Vec<u8> {
 }
 
 fn interrupt(gsi: u32) -> Vec<u8> {
-    let mut bytes = vec![0x89, 6, 0, 0x01, 1];
+    // Consumer, edge-triggered, active high (Firecracker's `Interrupt::new(true, true, false, false, ..)`).
+    let mut bytes = vec![0x89, 6, 0, 0x03, 1];
     bytes.extend_from_slice(&gsi.to_le_bytes());
     bytes
 }
@@ -209,11 +220,11 @@ fn qword_memory_and_legacy_irq_descriptors() {
     qword.extend_from_slice(&0u64.to_le_bytes()); // translation
     qword.extend_from_slice(&0x1000u64.to_le_bytes()); // length
     assert_eq!(qword.len(), 46);
-    let irq = [0x22, 0x00, 0x04]; // IRQ 10
+    let irq = [0x23, 0x00, 0x04, 0x18]; // IRQ 10, level, active low (information byte 0x18)
     let resources = resources_of(&[&qword, &irq]);
     let (_, devices, problems) = read(&table(&virtio_device(b"VIRT", &resources)));
     assert_eq!(problems, []);
-    assert_eq!(devices, [device(0x1_0000_0000, 0x1000, 10)]);
+    assert_eq!(devices, [MmioDevice { level: true, active_low: true, ..device(0x1_0000_0000, 0x1000, 10) }]);
 }
 
 #[test]

@@ -1,0 +1,131 @@
+//! Finding virtio devices: virtio-mmio ones from the ACPI DSDT and the command line, probed and listed at boot.
+//!
+//! At boot, while the firmware's tables are reachable, [`read_firmware`]
+//! reads the DSDT's `LNRO0005` devices (QEMU microvm, Firecracker) and the
+//! `virtio_mmio.device=` words (Firecracker, microvm with `acpi=off`).
+//! Before the application starts, [`start`] probes each one (magic value,
+//! version 2, device type), gives it an owner CPU (spread over the CPUs),
+//! logs it at `info`, and starts the drivers Toro has (virtio-rng here).
+//! [`devices`] lists what was found, for drivers built elsewhere (net, blk).
+
+use alloc::vec::Vec;
+
+use toro_core::acpi::Rsdp;
+use toro_core::command_line::CommandLine;
+use toro_core::virtio::{dsdt, mmio, MmioDevices};
+use toro_core::PhysicalMemory;
+
+use super::{device_type, InterruptLine, Transport, VirtioError};
+use crate::once::BootCell;
+
+/// The largest DSDT read (microvm's is about 500 bytes, q35's about 8 KiB).
+const DSDT_BUFFER_BYTES: usize = 32 * 1024;
+
+/// The virtio-mmio devices the firmware and the command line name.
+static FIRMWARE_DEVICES: BootCell<MmioDevices> = BootCell::new();
+/// What [`start`] found.
+static FOUND: BootCell<Vec<FoundDevice>> = BootCell::new();
+
+/// A virtio device found at boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoundDevice {
+    /// The device type (`virtio::device_type`).
+    pub device_type: u32,
+    /// Its register block (virtio-mmio).
+    pub address: u64,
+    /// Bytes of registers.
+    pub size: u64,
+    /// Its interrupt.
+    pub interrupt: InterruptLine,
+    /// The CPU that owns it: its driver's service runs there.
+    pub owner: usize,
+}
+
+impl FoundDevice {
+    /// Opens the device's transport (call on the owner CPU, in the driver's service `init`).
+    pub fn open(&self) -> Result<Transport, VirtioError> {
+        Transport::mmio(self.address, self.size, self.interrupt)
+    }
+}
+
+/// Reads the DSDT (at boot, while `memory` reaches the firmware's tables)
+/// and the command line; bad entries are logged and left out.
+pub(crate) fn read_firmware(memory: &impl PhysicalMemory, rsdp: Option<&Rsdp>, command_line: &str) {
+    let mut devices = MmioDevices::new();
+    if let Some(rsdp) = rsdp {
+        read_dsdt(memory, rsdp, &mut devices);
+    }
+    mmio::devices_from_command_line(&CommandLine::new(command_line), &mut devices, |value, error| {
+        log::warn!("virtio: {}={value:?} left out: {error}", mmio::KEY);
+    });
+    if devices.dropped > 0 {
+        log::warn!(
+            "virtio: {} virtio-mmio devices beyond the first {} left out",
+            devices.dropped,
+            devices.as_slice().len()
+        );
+    }
+    FIRMWARE_DEVICES.set(devices);
+}
+
+fn read_dsdt(memory: &impl PhysicalMemory, rsdp: &Rsdp, devices: &mut MmioDevices) {
+    let (address, length) = match dsdt::find_dsdt(memory, rsdp) {
+        Ok(Some(found)) => found,
+        Ok(None) => return,
+        Err(error) => {
+            log::warn!("virtio: {error}; no virtio-mmio devices from ACPI");
+            return;
+        }
+    };
+    let mut buffer = [0u8; DSDT_BUFFER_BYTES];
+    let Some(table) = buffer.get_mut(..length as usize) else {
+        log::warn!("virtio: DSDT of {length} bytes is larger than {DSDT_BUFFER_BYTES}; not read");
+        return;
+    };
+    if let Err(error) = memory.read(address, table) {
+        log::warn!("virtio: DSDT: {error}");
+        return;
+    }
+    match dsdt::virtio_mmio_devices(table, devices, |problem| log::warn!("virtio: {problem}")) {
+        Ok(report) => {
+            log::debug!("virtio: DSDT: {} devices, {} virtio-mmio", report.devices_seen, report.virtio_devices)
+        }
+        Err(error) => log::warn!("virtio: {error}; no virtio-mmio devices from ACPI"),
+    }
+}
+
+/// Probes the devices named at boot, logs them, starts Toro's own drivers.
+/// Runs once on the boot CPU before the application.
+pub(crate) fn start() {
+    let cpus = crate::system::cpu_count().max(1);
+    let mut found = Vec::new();
+    for device in FIRMWARE_DEVICES.get().map(MmioDevices::as_slice).unwrap_or(&[]) {
+        let interrupt = InterruptLine::Gsi { gsi: device.gsi, level: device.level, active_low: device.active_low };
+        match Transport::mmio(device.address, device.size, interrupt) {
+            Ok(transport) => {
+                // Spread over the CPUs, starting with the second (the
+                // first runs `main`).
+                let owner = (found.len() + 1) % cpus;
+                let device_type = transport.device_type();
+                log::info!(
+                    "virtio: mmio {:#x} ({} bytes) GSI {} {}: {} (type {device_type}), owner cpu {owner}",
+                    device.address,
+                    device.size,
+                    device.gsi,
+                    if device.level { "level" } else { "edge" },
+                    device_type::name(device_type),
+                );
+                found.push(FoundDevice { device_type, address: device.address, size: device.size, interrupt, owner });
+            }
+            Err(VirtioError::NoDevice) => {}
+            Err(error) => log::warn!("virtio: mmio {:#x} left out: {error}", device.address),
+        }
+    }
+    FOUND.set(found);
+    super::rng::start_default();
+}
+
+/// The virtio devices found at boot (empty before [`start`]).
+pub fn devices() -> &'static [FoundDevice] {
+    FOUND.get().map(Vec::as_slice).unwrap_or(&[])
+}

@@ -1,0 +1,224 @@
+//! One virtio device's transport, whatever the bus: status, feature negotiation, queues, notifications, interrupts.
+//!
+//! The device-initialisation sequence is the spec's (virtio 1.2, section
+//! 3.1.1): reset, `ACKNOWLEDGE`, `DRIVER`, features, `FEATURES_OK` (and
+//! check it stayed), queues, `DRIVER_OK`. A driver calls
+//! [`Transport::negotiate`], then [`Transport::setup_queue`] for each queue,
+//! then [`Transport::driver_ok`].
+
+use crate::time::Instant;
+
+use super::mmio::{self, MmioTransport};
+use super::queue::VirtQueue;
+use super::{feature, status, VirtioError};
+
+/// How long a reset may take before the device is given up (section 2.4:
+/// the driver waits for status to read 0).
+const RESET_TIMEOUT: core::time::Duration = core::time::Duration::from_millis(100);
+
+/// How the device interrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptLine {
+    /// An I/O APIC input (virtio-mmio): all of the device's queues share it.
+    Gsi {
+        /// The GSI.
+        gsi: u32,
+        /// Level-triggered (else edge).
+        level: bool,
+        /// Active low (else high).
+        active_low: bool,
+    },
+}
+
+/// What an interrupt was for (the mmio `InterruptStatus`, the PCI ISR).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InterruptCause {
+    /// A queue has used buffers.
+    pub used_buffers: bool,
+    /// The device configuration changed.
+    pub configuration: bool,
+}
+
+/// The bus a device sits on.
+enum Bus {
+    Mmio(MmioTransport),
+}
+
+/// One device's transport. Owned by the device's owner CPU.
+pub struct Transport {
+    bus: Bus,
+    device_type: u32,
+    interrupt: InterruptLine,
+    /// What negotiation settled on (0 before).
+    features: u64,
+    /// Where the device's registers are, for logs.
+    address: u64,
+}
+
+impl Transport {
+    /// A virtio-mmio device at `address` (`size` bytes of registers) with interrupt `interrupt`.
+    pub fn mmio(address: u64, size: u64, interrupt: InterruptLine) -> Result<Self, VirtioError> {
+        let (transport, identity) = MmioTransport::open(address, size)?;
+        Ok(Self { bus: Bus::Mmio(transport), device_type: identity.device_id, interrupt, features: 0, address })
+    }
+
+    /// The device type (`super::device_type`).
+    pub fn device_type(&self) -> u32 {
+        self.device_type
+    }
+
+    /// The register block's address.
+    pub fn address(&self) -> u64 {
+        self.address
+    }
+
+    /// The device's interrupt.
+    pub fn interrupt(&self) -> InterruptLine {
+        self.interrupt
+    }
+
+    /// The negotiated features.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_status(&self) -> u8 {
+        match &self.bus {
+            Bus::Mmio(mmio) => mmio.read_status(),
+        }
+    }
+
+    fn write_status(&mut self, value: u8) {
+        match &mut self.bus {
+            Bus::Mmio(mmio) => mmio.write_status(value),
+        }
+    }
+
+    fn add_status(&mut self, bits: u8) {
+        let current = self.read_status();
+        self.write_status(current | bits);
+    }
+
+    /// Resets the device (status 0) and waits for it to finish: after
+    /// this the device touches no queue memory.
+    pub fn reset(&mut self) -> Result<(), VirtioError> {
+        self.write_status(0);
+        let deadline = Instant::now() + RESET_TIMEOUT;
+        while self.read_status() != 0 {
+            if Instant::now() > deadline {
+                return Err(VirtioError::ResetTimeout);
+            }
+            core::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    /// Marks the device `FAILED` (the driver gave up on it).
+    pub fn fail(&mut self) {
+        self.add_status(status::FAILED);
+    }
+
+    /// Whether the device set `DEVICE_NEEDS_RESET`.
+    pub fn needs_reset(&self) -> bool {
+        self.read_status() & status::DEVICE_NEEDS_RESET != 0
+    }
+
+    /// Resets the device and negotiates features: the result is `wanted`
+    /// ∩ offered, plus `VIRTIO_F_VERSION_1` (required: legacy devices are
+    /// refused). Drivers state exactly what they can use; bits they do not
+    /// name are never accepted.
+    pub fn negotiate(&mut self, wanted: u64) -> Result<u64, VirtioError> {
+        self.reset()?;
+        self.add_status(status::ACKNOWLEDGE);
+        self.add_status(status::DRIVER);
+        let offered = match &mut self.bus {
+            Bus::Mmio(mmio) => mmio.device_features(),
+        };
+        if offered & feature::VERSION_1 == 0 {
+            self.fail();
+            return Err(VirtioError::Legacy);
+        }
+        let accepted = (wanted | feature::VERSION_1) & offered;
+        match &mut self.bus {
+            Bus::Mmio(mmio) => mmio.write_driver_features(accepted),
+        }
+        self.add_status(status::FEATURES_OK);
+        if self.read_status() & status::FEATURES_OK == 0 {
+            self.fail();
+            return Err(VirtioError::FeaturesRefused { wanted: accepted });
+        }
+        self.features = accepted;
+        Ok(accepted)
+    }
+
+    /// The device's maximum size for `queue` (0: no such queue).
+    pub fn queue_maximum(&mut self, queue: u16) -> u32 {
+        match &mut self.bus {
+            Bus::Mmio(mmio) => mmio.queue_maximum(queue),
+        }
+    }
+
+    /// Sets up `queue` with `N` entries and `I`-entry indirect tables, in
+    /// this CPU's memory, and gives it to the device. Event-idx and
+    /// indirect descriptors are used if negotiated.
+    pub fn setup_queue<T, const N: usize, const I: usize>(
+        &mut self,
+        queue: u16,
+    ) -> Result<VirtQueue<T, N, I>, VirtioError> {
+        let maximum = self.queue_maximum(queue);
+        if maximum == 0 {
+            return Err(VirtioError::QueueUnavailable(queue));
+        }
+        // N <= 32768 (checked by the queue); a device offering more than
+        // the spec allows is broken.
+        if maximum > toro_core::virtio::queue::MAX_QUEUE_SIZE as u32 || (maximum as usize) < N {
+            return Err(VirtioError::QueueSize { queue, maximum, needed: N as u16 });
+        }
+        let event_index = self.features & feature::EVENT_IDX != 0;
+        let indirect = self.features & feature::INDIRECT_DESC != 0;
+        let virtqueue = VirtQueue::new(queue, event_index, indirect);
+        match &mut self.bus {
+            Bus::Mmio(mmio) => mmio.enable_queue(queue, N as u16, virtqueue.addresses()),
+        }
+        Ok(virtqueue)
+    }
+
+    /// Tells the device the driver is ready (`DRIVER_OK`).
+    pub fn driver_ok(&mut self) {
+        self.add_status(status::DRIVER_OK);
+    }
+
+    /// Notifies the device of new buffers in `queue` (the queue decides when: [`VirtQueue::kick`]).
+    pub(super) fn notify(&mut self, queue: u16) {
+        match &mut self.bus {
+            Bus::Mmio(mmio) => mmio.notify(queue),
+        }
+    }
+
+    /// Reads and acknowledges the interrupt status: call first in the interrupt hook.
+    pub fn take_interrupt(&mut self) -> InterruptCause {
+        match &mut self.bus {
+            Bus::Mmio(mmio) => {
+                let status = mmio.take_interrupt();
+                InterruptCause {
+                    used_buffers: status & mmio::INTERRUPT_USED_BUFFER != 0,
+                    configuration: status & mmio::INTERRUPT_CONFIGURATION_CHANGE != 0,
+                }
+            }
+        }
+    }
+
+    /// Reads the device configuration with `read(offset)` until the
+    /// configuration generation is the same before and after (section 2.5.1).
+    pub fn read_config<R>(&self, mut read: impl FnMut(&crate::devices::DeviceMemory, u64) -> R) -> R {
+        match &self.bus {
+            Bus::Mmio(mmio) => loop {
+                let before = mmio.config_generation();
+                let value = read(&mmio.registers, mmio.config_offset());
+                if mmio.config_generation() == before {
+                    return value;
+                }
+            },
+        }
+    }
+}
