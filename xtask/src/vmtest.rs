@@ -553,6 +553,16 @@ pub const SERVICE_LOCK_FREE_ROOTS: &[&str] = &[
 /// The image that uses the service paths.
 const SERVICE_LOCK_CHECK_IMAGE: &str = "services";
 
+/// A virtio-rng request from any CPU, its submission to the queue on the
+/// owner, and the interrupt hook that hands the bytes back.
+pub const VIRTIO_LOCK_FREE_ROOTS: &[&str] = &[
+    "toro::virtio::rng::Rng::fill",
+    "toro::virtio::rng::RngDevice::submit",
+    "toro::virtio::rng::RngDevice::on_interrupt",
+];
+/// The image that uses the virtio-rng paths.
+const VIRTIO_LOCK_CHECK_IMAGE: &str = "virtio_rng";
+
 /// Disassembles an image and checks the lock-free paths.
 fn lock_free_test(image: &std::path::Path, roots: &[&str]) -> Result<(bool, String)> {
     let problems = crate::lockcheck::check(image, roots)?;
@@ -690,6 +700,15 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     if let Some(index) = specs.iter().position(|s| s.binary == SERVICE_LOCK_CHECK_IMAGE) {
         let (ok, summary) = lock_free_test(&images[index], SERVICE_LOCK_FREE_ROOTS)?;
         println!("vm test lock-free-service-paths ... {summary}");
+        if ok {
+            passed += 1
+        } else {
+            failed += 1
+        }
+    }
+    if let Some(index) = specs.iter().position(|s| s.binary == VIRTIO_LOCK_CHECK_IMAGE) {
+        let (ok, summary) = lock_free_test(&images[index], VIRTIO_LOCK_FREE_ROOTS)?;
+        println!("vm test lock-free-virtio-paths ... {summary}");
         if ok {
             passed += 1
         } else {

@@ -17,14 +17,16 @@ pub struct VirtQueue<T, const N: usize, const I: usize> {
 }
 
 impl<T, const N: usize, const I: usize> VirtQueue<T, N, I> {
-    /// An empty queue number `index` (not yet given to a device).
-    pub(super) fn new(index: u16, event_index: bool, indirect: bool) -> Self {
+    /// An empty queue number `index` (not yet given to a device), boxed:
+    /// with `N` in the hundreds its bookkeeping is several KiB, too much to
+    /// move around on a 32 KiB thread stack.
+    pub(super) fn new(index: u16, event_index: bool, indirect: bool) -> Box<Self> {
         // SAFETY: every field of QueueMemory is an atomic integer (or an
         // array of them), for which all-zero bytes are a valid value.
         let memory: Box<QueueMemory<N, I>> = unsafe { Box::new_zeroed().assume_init() };
         let base = physical_address(&*memory);
         assert!(base.is_multiple_of(4096), "queue memory must be page aligned (the allocator honours alignment)");
-        Self { index, driver: Driver::new(memory, base, event_index, indirect) }
+        Box::new(Self { index, driver: Driver::new(memory, base, event_index, indirect) })
     }
 
     pub(super) fn addresses(&self) -> QueueAddresses {

@@ -57,7 +57,9 @@ struct Request {
 /// The device, on its owner CPU.
 pub struct RngDevice {
     transport: Transport,
-    queue: VirtQueue<Request, QUEUE_SIZE, 0>,
+    /// Boxed (as `Transport::setup_queue` gives it): its bookkeeping stays
+    /// off the service thread's 32 KiB stack while the value is moved.
+    queue: Box<VirtQueue<Request, QUEUE_SIZE, 0>>,
     /// Requests waiting for a free descriptor.
     backlog: VecDeque<Request>,
     /// When the oldest request in flight was sent, or the last completion came.
@@ -99,6 +101,7 @@ impl RngDevice {
     }
 
     /// Queues a request for `bytes` bytes (on the owner CPU).
+    #[inline(never)]
     fn submit(&mut self, bytes: usize, reply: SyncSender<Reply>) {
         if self.left_out {
             let _ = reply.send(Err(VirtioError::LeftOut));
@@ -136,6 +139,7 @@ impl RngDevice {
     }
 
     /// The interrupt hook: acknowledge, hand back what completed, refill.
+    #[inline(never)]
     fn on_interrupt(&mut self) {
         self.interrupts += 1;
         self.transport.take_interrupt();
@@ -240,6 +244,7 @@ impl Rng {
 
     /// Fills `buffer` with bytes from the device (from any CPU; the thread
     /// blocks, not the CPU). Long buffers take several requests.
+    #[inline(never)]
     pub fn fill(&self, buffer: &mut [u8]) -> Result<(), VirtioError> {
         let mut filled = 0;
         while filled < buffer.len() {

@@ -164,7 +164,7 @@ impl Transport {
     pub fn setup_queue<T, const N: usize, const I: usize>(
         &mut self,
         queue: u16,
-    ) -> Result<VirtQueue<T, N, I>, VirtioError> {
+    ) -> Result<alloc::boxed::Box<VirtQueue<T, N, I>>, VirtioError> {
         let maximum = self.queue_maximum(queue);
         if maximum == 0 {
             return Err(VirtioError::QueueUnavailable(queue));
