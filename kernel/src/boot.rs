@@ -112,6 +112,7 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     phases.mark("schedulers");
     let online = wait_for_application_processors(launch); // every CPU up
     crate::devices::discover(); // PCI functions, each given an owner CPU
+    crate::virtio::discovery::probe(); // virtio-mmio devices from the DSDT and command line, listed
     crate::devices::report_and_close(); // the boot report; the list is read-only from here
     phases.mark("CPUs");
     crate::net::init(); // TCP/IP instances, each served on its CPU
@@ -123,7 +124,7 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
         main_tsc: cpu::rdtsc(),
     });
     phases.log();
-    crate::virtio::discovery::start(); // probe virtio devices, start their drivers on their owners
+    crate::virtio::discovery::start(); // Toro's virtio drivers, each on its device's owner
                                        // SAFETY: the application crate defines this symbol through
                                        // `#[toro::main]`; it is an ordinary Rust function.
     let status = unsafe { __toro_application_main() };

@@ -3,9 +3,10 @@
 //! At boot, while the firmware's tables are reachable, [`read_firmware`]
 //! reads the DSDT's `LNRO0005` devices (QEMU microvm, Firecracker) and the
 //! `virtio_mmio.device=` words (Firecracker, microvm with `acpi=off`).
-//! Before the application starts, [`start`] probes each one (magic value,
-//! version 2, device type), gives it an owner CPU (spread over the CPUs),
-//! logs it at `info`, and starts the drivers Toro has (virtio-rng here).
+//! Then [`probe`] checks each one (magic value, version 2, device type),
+//! adds it to the device list (`crate::devices`, which gives it an owner
+//! CPU: `toro.dedicate=...`, else spread over the CPUs) and logs it at
+//! `info`; [`start`] starts the drivers Toro has (virtio-rng here).
 //! [`devices`] lists what was found, for drivers built elsewhere (net, blk).
 
 use alloc::vec::Vec;
@@ -23,7 +24,7 @@ const DSDT_BUFFER_BYTES: usize = 32 * 1024;
 
 /// The virtio-mmio devices the firmware and the command line name.
 static FIRMWARE_DEVICES: BootCell<MmioDevices> = BootCell::new();
-/// What [`start`] found.
+/// What [`probe`] found.
 static FOUND: BootCell<Vec<FoundDevice>> = BootCell::new();
 
 /// A virtio device found at boot.
@@ -94,26 +95,30 @@ fn read_dsdt(memory: &impl PhysicalMemory, rsdp: &Rsdp, devices: &mut MmioDevice
     }
 }
 
-/// Probes the devices named at boot, logs them, starts Toro's own drivers.
-/// Runs once on the boot CPU before the application.
-pub(crate) fn start() {
-    let cpus = crate::system::cpu_count().max(1);
+/// Probes the virtio-mmio devices named at boot and adds them to the
+/// device list (`crate::devices`), which gives each its owner CPU
+/// (`toro.dedicate=...`, else spread over the CPUs). Boot CPU, before the
+/// device list is closed.
+pub(crate) fn probe() {
     let mut found = Vec::new();
     for device in FIRMWARE_DEVICES.get().map(MmioDevices::as_slice).unwrap_or(&[]) {
         let interrupt = InterruptLine::Gsi { gsi: device.gsi, level: device.level, active_low: device.active_low };
         match Transport::mmio(device.address, device.size, interrupt) {
             Ok(transport) => {
-                // Spread over the CPUs, starting with the second (the
-                // first runs `main`).
-                let owner = (found.len() + 1) % cpus;
                 let device_type = transport.device_type();
+                let kind = device_type::name(device_type);
+                let owner = crate::devices::add(
+                    crate::devices::Transport::Mmio { address: device.address, size: device.size },
+                    kind,
+                    crate::devices::InterruptLine::Gsi(device.gsi),
+                )
+                .unwrap_or(0);
                 log::info!(
-                    "virtio: mmio {:#x} ({} bytes) GSI {} {}: {} (type {device_type}), owner cpu {owner}",
+                    "virtio: mmio {:#x} ({} bytes) GSI {} {}: {kind} (type {device_type}), owner cpu {owner}",
                     device.address,
                     device.size,
                     device.gsi,
                     if device.level { "level" } else { "edge" },
-                    device_type::name(device_type),
                 );
                 found.push(FoundDevice { device_type, address: device.address, size: device.size, interrupt, owner });
             }
@@ -122,10 +127,15 @@ pub(crate) fn start() {
         }
     }
     FOUND.set(found);
+}
+
+/// Starts the drivers Toro has for the devices found (virtio-rng), each
+/// on its device's owner CPU. Boot CPU, before the application.
+pub(crate) fn start() {
     super::rng::start_default();
 }
 
-/// The virtio devices found at boot (empty before [`start`]).
+/// The virtio-mmio devices found at boot (empty before [`probe`]).
 pub fn devices() -> &'static [FoundDevice] {
     FOUND.get().map(Vec::as_slice).unwrap_or(&[])
 }

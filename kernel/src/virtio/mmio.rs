@@ -46,8 +46,13 @@ pub(super) const INTERRUPT_USED_BUFFER: u32 = 1;
 pub(super) const INTERRUPT_CONFIGURATION_CHANGE: u32 = 2;
 
 /// One virtio-mmio device's registers.
+///
+/// The mapping is never undone (`ManuallyDrop`): unmapping takes the
+/// page-table lock, and a driver's value is dropped on its service thread,
+/// a path that must reach no locked instruction (the lock check). An
+/// uncached mapping of a device page left in place costs nothing.
 pub struct MmioTransport {
-    pub(super) registers: DeviceMemory,
+    pub(super) registers: core::mem::ManuallyDrop<DeviceMemory>,
 }
 
 /// What [`MmioTransport::probe`] finds.
@@ -62,7 +67,7 @@ pub struct MmioIdentity {
 impl MmioTransport {
     /// Maps the register block and checks the magic value and version.
     pub fn open(address: u64, size: u64) -> Result<(Self, MmioIdentity), VirtioError> {
-        let registers = DeviceMemory::map(address, size).map_err(VirtioError::Map)?;
+        let registers = core::mem::ManuallyDrop::new(DeviceMemory::map(address, size).map_err(VirtioError::Map)?);
         let transport = Self { registers };
         if transport.registers.read::<u32>(register::MAGIC_VALUE) != MAGIC {
             return Err(VirtioError::NotVirtio { address });

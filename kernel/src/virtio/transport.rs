@@ -55,6 +55,15 @@ pub struct Transport {
     address: u64,
 }
 
+impl Drop for Transport {
+    /// A driver that goes away resets its device first, so the device stops
+    /// using queue memory and buffers about to be freed (a driver declares
+    /// its transport before its queues, so it drops first).
+    fn drop(&mut self) {
+        let _ = self.reset();
+    }
+}
+
 impl Transport {
     /// A virtio-mmio device at `address` (`size` bytes of registers) with interrupt `interrupt`.
     pub fn mmio(address: u64, size: u64, interrupt: InterruptLine) -> Result<Self, VirtioError> {
