@@ -1,4 +1,4 @@
-//! Loom models of the cross-CPU paths: the SPSC ring, remote frees handed to their owner, the wake-up hand-shake, and a virtqueue shared with a device.
+//! Loom models of the cross-CPU paths: the SPSC ring, remote frees handed to their owner, the wake-up hand-shake, a virtqueue shared with a device, and the channel lanes with their order marks.
 //!
 //! Loom runs each model under every interleaving (and every reordering the
 //! C++/Rust memory model allows for the `Acquire`/`Release` accesses) and
@@ -586,4 +586,112 @@ mod virtqueue {
     fn virtqueue_loses_a_request_without_the_devices_fence() {
         session(full_fence, no_fence);
     }
+}
+
+/// A lane of the channel model: two slots of (value, mark), a count of
+/// values written (by its producer, `Release` after the slot) and taken
+/// (by the receiver) — the kernel's lane (`toro::sync::channel`) shrunk.
+struct ModelLane {
+    slots: [UnsafeCell<(u64, u64)>; 2],
+    written: loom::sync::atomic::AtomicU64,
+    taken: loom::sync::atomic::AtomicU64,
+}
+
+struct ModelLanes([ModelLane; 2]);
+
+impl ModelLanes {
+    fn new() -> Self {
+        let lane = || ModelLane {
+            slots: [UnsafeCell::new((0, 0)), UnsafeCell::new((0, 0))],
+            written: loom::sync::atomic::AtomicU64::new(0),
+            taken: loom::sync::atomic::AtomicU64::new(0),
+        };
+        Self([lane(), lane()])
+    }
+
+    /// The lane's producer only.
+    fn push(&self, lane: usize, value: u64, mark: u64) -> u64 {
+        let lane = &self.0[lane];
+        let index = lane.written.load(loom::sync::atomic::Ordering::Relaxed);
+        lane.slots[index as usize].with_mut(|slot| {
+            // SAFETY: slot `index` is not published yet: only we touch it.
+            unsafe { *slot = (value, mark) }
+        });
+        lane.written.store(index + 1, loom::sync::atomic::Ordering::Release);
+        index + 1
+    }
+
+    /// The receiver only, on a lane with a value.
+    fn pop(&self, lane: usize) -> u64 {
+        let lane = &self.0[lane];
+        let index = lane.taken.load(loom::sync::atomic::Ordering::Relaxed);
+        // SAFETY: below `written` (acquired in `has_value`): published.
+        let value = lane.slots[index as usize].with(|slot| unsafe { (*slot).0 });
+        lane.taken.store(index + 1, loom::sync::atomic::Ordering::Release);
+        value
+    }
+}
+
+impl toro_core::channel::Lanes for ModelLanes {
+    fn count(&self) -> usize {
+        2
+    }
+    fn has_value(&self, lane: usize) -> bool {
+        let lane = &self.0[lane];
+        lane.written.load(loom::sync::atomic::Ordering::Acquire)
+            > lane.taken.load(loom::sync::atomic::Ordering::Relaxed)
+    }
+    fn front_mark(&self, lane: usize) -> u64 {
+        let lane = &self.0[lane];
+        let index = lane.taken.load(loom::sync::atomic::Ordering::Relaxed);
+        // SAFETY: asked only after `has_value` (acquire): published.
+        lane.slots[index as usize].with(|slot| unsafe { (*slot).1 })
+    }
+    fn taken(&self, lane: usize) -> u64 {
+        self.0[lane].taken.load(loom::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A sender writes two values on CPU 0's lane, moves to CPU 1 (a hand-off
+/// with `Release`/`Acquire`, as the migration message is) and writes a
+/// third there with its mark; the receiver, looking at lane 1 first,
+/// chooses with `toro_core::channel::lane_to_take`. Under every
+/// interleaving it takes 0, 1, 2 in order, and every slot read is ordered
+/// after its write (loom checks the cells).
+#[test]
+fn channel_marks_keep_a_moving_senders_order() {
+    use loom::sync::atomic::AtomicBool;
+    use toro_core::channel::{encode_mark, lane_to_take};
+
+    loom::model(|| {
+        let lanes = Arc::new(ModelLanes::new());
+        let moved = Arc::new(AtomicBool::new(false));
+        let (first_lanes, first_moved) = (Arc::clone(&lanes), Arc::clone(&moved));
+        let on_cpu_0 = thread::spawn(move || {
+            first_lanes.push(0, 0, 0);
+            let count = first_lanes.push(0, 1, 0);
+            first_moved.store(true, loom::sync::atomic::Ordering::Release);
+            count
+        });
+        let (second_lanes, second_moved) = (Arc::clone(&lanes), Arc::clone(&moved));
+        let on_cpu_1 = thread::spawn(move || {
+            while !second_moved.load(loom::sync::atomic::Ordering::Acquire) {
+                thread::yield_now();
+            }
+            // The sender's last value went to lane 0, which then held 2.
+            second_lanes.push(1, 2, encode_mark(Some((0, 2)), 1));
+        });
+        let mut expected = 0;
+        while expected < 3 {
+            match lane_to_take(&*lanes, 1) {
+                Some(lane) => {
+                    assert_eq!(lanes.pop(lane), expected, "the moving sender's values in order");
+                    expected += 1;
+                }
+                None => thread::yield_now(),
+            }
+        }
+        assert_eq!(on_cpu_0.join().unwrap(), 2);
+        on_cpu_1.join().unwrap();
+    });
 }
