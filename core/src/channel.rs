@@ -32,6 +32,7 @@ pub const FULL_WEIGHT: u64 = 1 << 62;
 
 /// Splits a sender's `weight` for a clone: `(kept, given)`; `None` when it
 /// is 1 (top it up first).
+#[inline]
 pub fn split_weight(weight: u64) -> Option<(u64, u64)> {
     (weight >= 2).then(|| (weight - weight / 2, weight / 2))
 }
@@ -92,6 +93,7 @@ pub struct Mark {
 /// The mark for a value a sender writes to `lane`, whose previous value
 /// went to lane `previous.0`, which then held `previous.1` values; 0 (no
 /// mark) for a first value or the same lane.
+#[inline]
 pub fn encode_mark(previous: Option<(usize, u64)>, lane: usize) -> u64 {
     match previous {
         Some((before, count)) if before != lane => {
@@ -102,7 +104,28 @@ pub fn encode_mark(previous: Option<(usize, u64)>, lane: usize) -> u64 {
     }
 }
 
+/// A sender's last value's place as one word: lane and that lane's count
+/// after it (`count` >= 1, so never 0; 0 means "no value yet"). A sender
+/// keeps this and derives each mark from it ([`mark_from_place`]): one load
+/// and one store per value.
+#[inline]
+pub fn place(lane: usize, count: u64) -> u64 {
+    ((lane as u64) << MARK_COUNT_BITS) | count
+}
+
+/// The mark for a value written to `lane` by a sender whose last value is
+/// at `place`: the same as [`encode_mark`].
+#[inline]
+pub fn mark_from_place(place: u64, lane: usize) -> u64 {
+    if place != 0 && (place >> MARK_COUNT_BITS) as usize != lane {
+        place
+    } else {
+        0
+    }
+}
+
 /// The mark `raw` stands for, if any.
+#[inline]
 pub fn decode_mark(raw: u64) -> Option<Mark> {
     (raw != 0).then(|| Mark { lane: (raw >> MARK_COUNT_BITS) as usize, count: raw & ((1 << MARK_COUNT_BITS) - 1) })
 }
@@ -123,6 +146,7 @@ pub trait Lanes {
 /// The lane whose first value the receiver takes next, looking from lane
 /// `start` on (round robin) and following marks; `None` if every lane is
 /// empty.
+#[inline]
 pub fn lane_to_take(lanes: &impl Lanes, start: usize) -> Option<usize> {
     let count = lanes.count();
     let first = (0..count).map(|step| (start + step) % count).find(|&lane| lanes.has_value(lane))?;
@@ -162,6 +186,10 @@ mod tests {
         assert_eq!(encode_mark(Some((3, 9)), 3), 0);
         assert_eq!(decode_mark(encode_mark(Some((7, 1234)), 2)), Some(Mark { lane: 7, count: 1234 }));
         assert_eq!(decode_mark(0), None);
+        for (lane, count, to) in [(0, 1, 1), (0, 1, 0), (5, 77, 2), (255, (1 << 56) - 1, 0)] {
+            assert_eq!(mark_from_place(place(lane, count), to), encode_mark(Some((lane, count)), to));
+        }
+        assert_eq!(mark_from_place(0, 3), 0);
     }
 
     /// A lane of the model: (sender, sequence, mark) and how many were taken.

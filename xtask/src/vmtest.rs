@@ -489,11 +489,9 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     "toro::thread::scheduler::idle_loop",
     // channel send (wake-up) and the end-of-channel clean-up; mutex and
     // condition variable requests and their handling on the home CPU
-    "toro::sync::channel::wake_receiver",
     "toro::sync::channel::SenderInner<T>::send",
     "toro::sync::channel::SenderInner<T>::split",
     "toro::sync::channel::Receiver<T>::pop",
-    "toro::sync::channel::Receiver<T>::receive",
     "toro::sync::channel::Select::ready_until",
     "toro::sync::channel::wait_for_room",
     "toro::sync::channel::wait_ready",

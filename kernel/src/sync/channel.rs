@@ -57,7 +57,7 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use core::time::Duration;
 
-use toro_core::channel::{encode_mark, lane_to_take, split_weight, Lanes, WeightLedger, FULL_WEIGHT};
+use toro_core::channel::{lane_to_take, mark_from_place, place, split_weight, Lanes, WeightLedger, FULL_WEIGHT};
 use toro_core::wake::WaiterSlot;
 
 use super::on_home;
@@ -72,7 +72,8 @@ const SEGMENT: usize = 32;
 /// run (about 10-20 us at 2-3 GHz).
 const RECEIVE_SPIN_TICKS: u64 = 40_000;
 
-/// A value and its mark (`toro_core::channel::encode_mark`; 0: none).
+/// A value and its mark (`toro_core::channel::encode_mark`, as
+/// `mark_from_place` computes it; 0: none).
 struct Slot<T> {
     value: T,
     mark: u64,
@@ -92,12 +93,29 @@ impl<T> Segment<T> {
     }
 }
 
+/// A field alone on its cache line: the sender's and the receiver's
+/// per-value writes must not invalidate each other's lines.
+#[repr(align(64))]
+struct Padded<T>(T);
+
+impl<T> core::ops::Deref for Padded<T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// What the receiver and `Select` need of a lane, whatever its type.
 struct LaneHeader {
     /// Values written (by the lane's CPU; `Release` after the value).
-    written: AtomicU64,
-    /// Values taken (by the receiver; `Release` after the slot is read).
-    taken: AtomicU64,
+    written: Padded<AtomicU64>,
+    /// Values taken, published by the receiver (`Release` after the slot
+    /// is read) for the senders of a bounded channel only: an unbounded
+    /// channel's senders never look, so the receiver does not store it.
+    taken: Padded<AtomicU64>,
+    /// Receiver only: its own counts.
+    counts: Padded<UnsafeCell<ReceiverCounts>>,
     /// A sender of this lane's CPU waiting for room (bounded channels):
     /// it publishes, the receiver reads after taking (`toro_core::wake`).
     room_waiter: WaiterSlot,
@@ -108,10 +126,36 @@ struct LaneHeader {
 }
 
 impl LaneHeader {
-    fn has_value(&self, taken: u64) -> bool {
-        self.written.load(Ordering::Acquire) > taken
+    /// Receiver only: whether a value it has not taken is published.
+    #[inline(always)]
+    fn has_value(&self) -> bool {
+        // SAFETY: the receiver's own field.
+        let counts = unsafe { &mut *self.counts.get() };
+        if counts.seen_written > counts.taken {
+            return true;
+        }
+        counts.seen_written = self.written.load(Ordering::Acquire);
+        counts.seen_written > counts.taken
+    }
+
+    /// Receiver only: values taken so far.
+    #[inline(always)]
+    fn taken_here(&self) -> u64 {
+        // SAFETY: the receiver's own field.
+        unsafe { (*self.counts.get()).taken }
     }
 }
+
+/// A lane's counts that only the receiver uses.
+struct ReceiverCounts {
+    /// Values taken.
+    taken: u64,
+    /// `written` as the receiver last read it (`Acquire`), so it reads the
+    /// sender's line again only once it has caught up.
+    seen_written: u64,
+}
+
+impl LaneHeader {}
 
 /// One CPU's lane (see the module docs). The header comes first, so a
 /// pointer to the lane is one to its header.
@@ -119,10 +163,10 @@ impl LaneHeader {
 struct Lane<T> {
     header: LaneHeader,
     /// Lane CPU only: the segment being filled and its next free slot.
-    tail: UnsafeCell<*mut Segment<T>>,
+    tail: Padded<UnsafeCell<*mut Segment<T>>>,
     tail_index: UnsafeCell<usize>,
     /// Receiver only: the segment being read and its next slot.
-    head: UnsafeCell<*mut Segment<T>>,
+    head: Padded<UnsafeCell<*mut Segment<T>>>,
     head_index: UnsafeCell<usize>,
 }
 
@@ -154,7 +198,7 @@ impl SharedHeader {
                 let lane = lane.load(Ordering::Acquire);
                 // SAFETY: lanes live as long as the channel; `taken` is the
                 // receiver's own counter.
-                !lane.is_null() && unsafe { (*lane).has_value((*lane).taken.load(Ordering::Relaxed)) }
+                !lane.is_null() && unsafe { (*lane).has_value() }
             })
     }
 }
@@ -181,7 +225,8 @@ struct SenderInner<T> {
     /// This sender's share of the weight (see the module docs).
     weight: Cell<u64>,
     /// The lane of this sender's last value and that lane's count after it.
-    last: Cell<Option<(usize, u64)>>,
+    /// (`toro_core::channel::place`; 0: no value yet.)
+    last: Cell<u64>,
     /// The receiver's wait (thread, epoch) this sender last woke.
     last_woken: Cell<Option<(u64, u64)>>,
 }
@@ -339,7 +384,7 @@ fn new_shared<T>(bound: Option<usize>) -> *const Shared<T> {
 
 fn ends<T>(shared: *const Shared<T>) -> (SenderInner<T>, Receiver<T>) {
     (
-        SenderInner { shared, weight: Cell::new(FULL_WEIGHT), last: Cell::new(None), last_woken: Cell::new(None) },
+        SenderInner { shared, weight: Cell::new(FULL_WEIGHT), last: Cell::new(0), last_woken: Cell::new(None) },
         Receiver { shared, next_lane: Cell::new(0), streak: Cell::new(0) },
     )
 }
@@ -413,12 +458,14 @@ impl<T> core::fmt::Debug for Receiver<T> {
 }
 
 impl<T> SenderInner<T> {
+    #[inline(always)]
     fn header(&self) -> &SharedHeader {
         // SAFETY: the channel lives until every sender returned its weight.
         unsafe { &(*self.shared).header }
     }
 
     /// This CPU's lane, made at its first send here.
+    #[inline(always)]
     fn lane(&self, cpu: usize) -> *mut Lane<T> {
         let slot = &self.header().lanes[cpu];
         let lane = slot.load(Ordering::Relaxed) as *mut Lane<T>;
@@ -428,15 +475,16 @@ impl<T> SenderInner<T> {
         let segment = Segment::<T>::new();
         let lane = Box::into_raw(Box::new(Lane {
             header: LaneHeader {
-                written: AtomicU64::new(0),
-                taken: AtomicU64::new(0),
+                written: Padded(AtomicU64::new(0)),
+                taken: Padded(AtomicU64::new(0)),
+                counts: Padded(UnsafeCell::new(ReceiverCounts { taken: 0, seen_written: 0 })),
                 room_waiter: WaiterSlot::new(),
                 room_waiter_busy: UnsafeCell::new(false),
                 room_queue: UnsafeCell::new(VecDeque::new()),
             },
-            tail: UnsafeCell::new(segment),
+            tail: Padded(UnsafeCell::new(segment)),
             tail_index: UnsafeCell::new(0),
-            head: UnsafeCell::new(segment),
+            head: Padded(UnsafeCell::new(segment)),
             head_index: UnsafeCell::new(0),
         }));
         // Only this CPU writes its lane pointer, and nothing interleaves
@@ -473,7 +521,7 @@ impl<T> SenderInner<T> {
             // A send that waited may have moved on (no: threads never move
             // while blocked) — the lane is still this CPU's.
         }
-        let mark = encode_mark(self.last.get(), cpu);
+        let mark = mark_from_place(self.last.get(), cpu);
         // SAFETY: this CPU alone writes its lane, and nothing interleaves
         // with this code on it; slot `tail_index` is not published yet.
         let written = unsafe {
@@ -493,7 +541,7 @@ impl<T> SenderInner<T> {
             lane_header.written.store(written, Ordering::Release);
             written
         };
-        self.last.set(Some((cpu, written)));
+        self.last.set(place(cpu, written));
         wake_receiver(header, &self.last_woken);
         if header.bound == Some(0) && wait {
             // A rendezvous: wait until the receiver took this value.
@@ -594,8 +642,9 @@ fn wait_for_room(lane: &LaneHeader, room: impl Fn() -> bool) {
 }
 
 /// Wakes the receiver if it waits, once per wait: a burst of sends to a
-/// blocked receiver sends one wake-up, not one per value.
-#[inline(never)]
+/// blocked receiver sends one wake-up, not one per value. Inlined in
+/// `send` (a call and return per value cost a lot under emulation).
+#[inline(always)]
 fn wake_receiver(header: &SharedHeader, last_woken: &Cell<Option<(u64, u64)>>) {
     if let Some(waiter) = header.waiter.waiter(full_fence) {
         let this_wait = Some((waiter.thread, waiter.epoch));
@@ -662,7 +711,7 @@ unsafe fn free<T>(shared: *mut Shared<T>) {
                 continue;
             }
             let written = (*lane).header.written.load(Ordering::Acquire);
-            let mut taken = (*lane).header.taken.load(Ordering::Relaxed);
+            let mut taken = (*lane).header.taken_here();
             let mut segment = *(*lane).head.get();
             let mut index = *(*lane).head_index.get();
             while taken < written {
@@ -688,6 +737,7 @@ unsafe fn free<T>(shared: *mut Shared<T>) {
 }
 
 impl<T> Receiver<T> {
+    #[inline(always)]
     fn header(&self) -> &SharedHeader {
         // SAFETY: the channel lives until the receiver reported its drop.
         unsafe { &(*self.shared).header }
@@ -700,19 +750,30 @@ impl<T> Receiver<T> {
         let lanes = &self.header().lanes;
         let count = lanes.len();
         let view = LaneView::<T> { lanes, _values: PhantomData };
-        let cpu = lane_to_take(&view, self.next_lane.get())?;
-        let lane = view.lane(cpu);
+        let current = self.next_lane.get();
+        let lane = view.lane(current);
+        // The common case first: the lane read last has an unmarked value
+        // (else `lane_to_take` looks at every lane and follows marks).
+        // SAFETY: receiver only; `front` only after `has_value`.
+        let fast = !lane.is_null() && unsafe { (*lane).header.has_value() && (*Self::front(lane)).mark == 0 };
+        let (cpu, lane) = if fast {
+            (current, lane)
+        } else {
+            let cpu = lane_to_take(&view, current)?;
+            (cpu, view.lane(cpu))
+        };
         // SAFETY: lanes live as long as the channel; the receiver alone
         // reads them and writes `taken`, `head`, `head_index`; the chosen
         // lane has a value below `written` (acquired in `has_value`), read
         // once here.
         unsafe {
-            let taken = (*lane).header.taken.load(Ordering::Relaxed);
             let slot = Self::front(lane);
             let value = core::ptr::read(&(*slot).value);
             *(*lane).head_index.get() += 1;
-            (*lane).header.taken.store(taken + 1, Ordering::Release);
+            let counts = &mut *(*lane).header.counts.get();
+            counts.taken += 1;
             if self.header().bound.is_some() {
+                (*lane).header.taken.store(counts.taken, Ordering::Release);
                 if let Some(waiter) = (*lane).header.room_waiter.waiter(full_fence) {
                     scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
                 }
@@ -734,6 +795,7 @@ impl<T> Receiver<T> {
     ///
     /// # Safety
     /// Receiver only; the lane has a value (`written > taken`, acquired).
+    #[inline(always)]
     unsafe fn front(lane: *mut Lane<T>) -> *const Slot<T> {
         // SAFETY: the caller's promise: the segments up to the value are
         // linked (the sender stored `next` before publishing the count).
@@ -773,8 +835,9 @@ impl<T> Receiver<T> {
         self.receive(Some(deadline))
     }
 
-    /// Waits for a value until TSC value `deadline`, if given.
-    #[inline(never)]
+    /// Waits for a value until TSC value `deadline`, if given (its cross-CPU
+    /// parts, `pop` and `wait_ready`, stay out of line for the lock check).
+    #[inline]
     fn receive(&self, deadline: Option<u64>) -> Result<T, RecvTimeoutError> {
         loop {
             match self.try_recv() {
@@ -812,36 +875,41 @@ struct LaneView<'a, T> {
 }
 
 impl<T> LaneView<'_, T> {
+    #[inline(always)]
     fn lane(&self, cpu: usize) -> *mut Lane<T> {
         self.lanes[cpu].load(Ordering::Acquire) as *mut Lane<T>
     }
 }
 
 impl<T> Lanes for LaneView<'_, T> {
+    #[inline(always)]
     fn count(&self) -> usize {
         self.lanes.len()
     }
 
+    #[inline(always)]
     fn has_value(&self, lane: usize) -> bool {
         let lane = self.lanes[lane].load(Ordering::Acquire);
         // SAFETY: lanes live as long as the channel; `taken` is the
         // receiver's own counter.
-        !lane.is_null() && unsafe { (*lane).has_value((*lane).taken.load(Ordering::Relaxed)) }
+        !lane.is_null() && unsafe { (*lane).has_value() }
     }
 
+    #[inline(always)]
     fn front_mark(&self, lane: usize) -> u64 {
         // SAFETY: asked only for a lane with a value (acquired in
         // `has_value`); receiver only.
         unsafe { (*Receiver::<T>::front(self.lane(lane))).mark }
     }
 
+    #[inline(always)]
     fn taken(&self, lane: usize) -> u64 {
         let lane = self.lanes[lane].load(Ordering::Acquire);
         // SAFETY: as in `has_value`.
         if lane.is_null() {
             0
         } else {
-            unsafe { (*lane).taken.load(Ordering::Relaxed) }
+            unsafe { (*lane).taken_here() }
         }
     }
 }
