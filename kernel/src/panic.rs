@@ -18,7 +18,12 @@ fn panic(info: &PanicInfo) -> ! {
     }
     PANICKING.store(true, Ordering::Relaxed);
     let mut out = crate::console::Emergency::lock();
-    let _ = write!(out, "\n!!! panic on cpu {}: panicked at ", crate::cpu_id());
+    let _ = write!(out, "\n!!! panic on cpu {}", crate::cpu_id());
+    // Which thread: read without borrowing the scheduler (the panic may
+    // have interrupted a borrow of it).
+    let _ = write!(out, " in ");
+    crate::thread::scheduler::describe_current(&mut out);
+    let _ = write!(out, ": panicked at ");
     match info.location() {
         Some(location) => {
             let _ = writeln!(out, "{}:{}:{}:", location.file(), location.line(), location.column());

@@ -56,13 +56,21 @@ impl ThreadId {
     }
 }
 
-/// What `current()` tells about the running thread.
-#[derive(Debug)]
+/// A handle to a thread, as std's `Thread`: its id and name, and
+/// `unpark`. Valid after the thread ends (unpark is then ignored).
+#[derive(Debug, Clone)]
 pub struct Thread {
     id: ThreadId,
     name: Option<String>,
     cpu: usize,
+    control: *mut Control,
 }
+
+// SAFETY: `control` is only used through `scheduler::unpark`, which checks
+// the id and reaches the thread's owner CPU by message.
+unsafe impl Send for Thread {}
+// SAFETY: as above; all methods take `&self` and read plain fields.
+unsafe impl Sync for Thread {}
 
 impl Thread {
     pub fn id(&self) -> ThreadId {
@@ -71,9 +79,14 @@ impl Thread {
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
-    /// The CPU it runs on (now).
+    /// The CPU it ran on when this handle was made (Toro's extension).
     pub fn cpu(&self) -> usize {
         self.cpu
+    }
+    /// Wakes the thread from `park` (or makes its next `park` return at
+    /// once), from any CPU.
+    pub fn unpark(&self) {
+        scheduler::unpark(self.control, self.id.0);
     }
 }
 
@@ -86,8 +99,35 @@ pub fn current() -> Thread {
             id: ThreadId((*control).id.load(Ordering::Relaxed)),
             name: (*control).name.clone(),
             cpu: percpu::current_index(),
+            control,
         }
     }
+}
+
+/// Blocks until another thread calls `unpark` on this one (returns at once
+/// if that already happened since the last `park`). Like std's, it may
+/// return spuriously: check the condition in a loop.
+pub fn park() {
+    scheduler::park(None);
+}
+
+/// `park`, returning after `timeout` at the latest.
+pub fn park_timeout(timeout: Duration) {
+    let deadline = crate::time::Instant::now().checked_add(timeout).map_or(u64::MAX, |d| d.ticks());
+    scheduler::park(Some(deadline));
+}
+
+/// Sleeps until `deadline` (at once if it passed).
+pub fn sleep_until(deadline: crate::time::Instant) {
+    if deadline > crate::time::Instant::now() {
+        scheduler::sleep_until(deadline.ticks());
+    }
+}
+
+/// How many threads can run at once: the CPUs running (as std's; never an
+/// error here).
+pub fn available_parallelism() -> crate::io::Result<core::num::NonZeroUsize> {
+    Ok(core::num::NonZeroUsize::new(messages::count()).unwrap_or(core::num::NonZeroUsize::MIN))
 }
 
 /// Lets the other ready threads of this CPU run.
@@ -144,6 +184,13 @@ impl Builder {
             // SAFETY: made by `Box::into_raw` of a `Box<T>` below.
             drop(unsafe { Box::from_raw(result as *mut T) });
         }
+        let thread = Thread {
+            // SAFETY: written by this CPU in `new_thread_control`.
+            id: ThreadId(unsafe { (*control).id.load(Ordering::Relaxed) }),
+            name: self.name.clone(),
+            cpu,
+            control,
+        };
         // SAFETY: a fresh control block of this CPU, not yet handed over.
         unsafe {
             (*control).name = self.name;
@@ -160,7 +207,7 @@ impl Builder {
         // written by this CPU in `new_thread_control`.
         let id = ThreadId(unsafe { (*control).id.load(Ordering::Relaxed) });
         scheduler::hand_over(cpu, control);
-        Ok(JoinHandle { thread: control, id, joined: false, _result: PhantomData })
+        Ok(JoinHandle { thread: control, id, handle: thread, joined: false, _result: PhantomData })
     }
 
     /// Starts `function` on the next CPU by the placement policy.
@@ -223,6 +270,7 @@ where
 pub struct JoinHandle<T> {
     thread: *mut Control,
     id: ThreadId,
+    handle: Thread,
     joined: bool,
     _result: PhantomData<T>,
 }
@@ -234,6 +282,11 @@ unsafe impl<T: Send> Send for JoinHandle<T> {}
 impl<T> JoinHandle<T> {
     pub fn id(&self) -> ThreadId {
         self.id
+    }
+
+    /// The thread (as std's `JoinHandle::thread`).
+    pub fn thread(&self) -> &Thread {
+        &self.handle
     }
 
     /// Whether the thread has finished.

@@ -89,6 +89,10 @@ pub(crate) struct Control {
     /// the CPU the thread exited on, so exactly once).
     pub exited: bool,
     pub handle_released: bool,
+    /// Owner: `Thread::unpark` came (std's park token).
+    pub unpark_token: bool,
+    /// Owner: the epoch of the wait while parked (0: not parked).
+    pub park_epoch: u64,
 }
 
 // SAFETY: `next` is a plain field of the control block, read and written
@@ -130,6 +134,8 @@ impl Control {
             result_drop: None,
             exited: false,
             handle_released: false,
+            unpark_token: false,
+            park_epoch: 0,
         }
     }
 }
@@ -295,6 +301,8 @@ impl Scheduler {
             (*control).wake_pending = false;
             (*control).exited = false;
             (*control).handle_released = false;
+            (*control).unpark_token = false;
+            (*control).park_epoch = 0;
         }
         Some(control)
     }
@@ -478,13 +486,21 @@ unsafe fn enqueue_job(data: *mut u8, _: u64) {
 /// Wakes `thread` from its wait number `epoch`, wherever it is.
 #[inline(never)]
 pub(crate) fn wake(thread: *mut Control, epoch: u64) {
+    on_thread_cpu(thread, wake_job, epoch);
+}
+
+/// Runs job `run(thread, extra)` on the CPU `thread` is on: directly if
+/// that is this CPU, else as a message (the job re-checks where the thread
+/// is when it runs).
+#[inline(always)]
+fn on_thread_cpu(thread: *mut Control, run: unsafe fn(*mut u8, u64), extra: u64) {
     // SAFETY: control blocks are never freed; `cpu` is atomic.
     let cpu = unsafe { (*thread).cpu.load(Ordering::Acquire) };
     if cpu == percpu::current_index() {
-        // SAFETY: job function called directly, on the thread's CPU.
-        unsafe { wake_job(thread as *mut u8, epoch) };
+        // SAFETY: a job function for `thread`, called on the thread's CPU.
+        unsafe { run(thread as *mut u8, extra) };
     } else {
-        let _ = messages::send(cpu, Job { run: wake_job, data: thread as *mut u8, extra: epoch });
+        let _ = messages::send(cpu, Job { run, data: thread as *mut u8, extra });
     }
 }
 
@@ -631,16 +647,59 @@ pub(crate) fn exit_current() -> ! {
     unreachable!("an exited thread was scheduled again");
 }
 
+/// Blocks the current thread until `unpark` (or `deadline`, a TSC value),
+/// unless its unpark token is set (then it is used up). May return
+/// spuriously, as std's `park` may.
+pub(crate) fn park(deadline: Option<u64>) {
+    let thread = current();
+    // SAFETY: ours (the running thread); unpark_job touches these fields
+    // only on this CPU, between scheduling points.
+    unsafe {
+        if (*thread).unpark_token {
+            (*thread).unpark_token = false;
+            return;
+        }
+        let epoch = begin_wait();
+        (*thread).park_epoch = epoch;
+        match deadline {
+            Some(deadline) => block_until(epoch, deadline),
+            None => block(),
+        }
+        (*thread).park_epoch = 0;
+        (*thread).unpark_token = false;
+    }
+}
+
+/// Unparks the thread with id `id` if it still lives in `thread` (control
+/// blocks are recycled; a stale handle's unpark is dropped).
+pub(crate) fn unpark(thread: *mut Control, id: u64) {
+    on_thread_cpu(thread, unpark_job, id);
+}
+
+unsafe fn unpark_job(data: *mut u8, id: u64) {
+    let thread = data as *mut Control;
+    // SAFETY: never freed; owner fields touched only on its CPU.
+    unsafe {
+        if (*thread).id.load(Ordering::Relaxed) != id || (*thread).state == State::Exited {
+            return;
+        }
+        let cpu = (*thread).cpu.load(Ordering::Acquire);
+        if cpu != percpu::current_index() {
+            // It moved: follow it.
+            let _ = messages::send(cpu, Job { run: unpark_job, data, extra: id });
+            return;
+        }
+        (*thread).unpark_token = true;
+        let epoch = (*thread).park_epoch;
+        if epoch != 0 {
+            wake_job(data, epoch);
+        }
+    }
+}
+
 /// Gives up the JoinHandle's claim on `thread` (joined or detached).
 pub(crate) fn release(thread: *mut Control) {
-    // SAFETY: never freed; `cpu` is atomic.
-    let cpu = unsafe { (*thread).cpu.load(Ordering::Acquire) };
-    if cpu == percpu::current_index() {
-        // SAFETY: job function called directly on the thread's CPU.
-        unsafe { release_job(thread as *mut u8, 0) };
-    } else {
-        let _ = messages::send(cpu, Job { run: release_job, data: thread as *mut u8, extra: 0 });
-    }
+    on_thread_cpu(thread, release_job, 0);
 }
 
 unsafe fn release_job(data: *mut u8, _: u64) {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use core::time::Duration;
 
 use toro::alloc::vec::Vec;
@@ -18,6 +18,8 @@ toro::thread_local!(static COUNTER: Cell<u32> = Cell::new(0));
 /// Results dropped in the thread that made them, and anywhere else.
 static DROPPED_IN_THREAD: AtomicU32 = AtomicU32::new(0);
 static DROPPED_ELSEWHERE: AtomicU32 = AtomicU32::new(0);
+/// Set before the parked thread is unparked.
+static UNPARKED: AtomicBool = AtomicBool::new(false);
 
 /// A result whose `Drop` is application code that needs a thread: it
 /// sleeps, and it checks which thread runs it.
@@ -161,6 +163,36 @@ fn main() -> i32 {
     let (here, elsewhere) = (DROPPED_IN_THREAD.load(Ordering::Relaxed), DROPPED_ELSEWHERE.load(Ordering::Relaxed));
     ok &= check(here == DETACHED && elsewhere == 0, "detached results dropped by their own threads");
     println!("detached results dropped: {here} by their threads, {elsewhere} elsewhere");
+
+    // std's park/unpark, across CPUs: the token is kept if unpark comes
+    // first; park_timeout ends on time; sleep_until; the handle's Thread.
+    let parked = Builder::new()
+        .name("parker")
+        .spawn_on(cpus - 1, || {
+            let mut rounds = 0;
+            while !UNPARKED.load(Ordering::Acquire) {
+                thread::park();
+                rounds += 1;
+            }
+            rounds
+        })
+        .unwrap();
+    ok &= check(parked.thread().name() == Some("parker"), "JoinHandle::thread names the thread");
+    thread::sleep(Duration::from_millis(5));
+    UNPARKED.store(true, Ordering::Release);
+    parked.thread().unpark();
+    ok &= check(parked.join() >= 1, "an unparked thread returns from park");
+    thread::current().unpark();
+    let start = Instant::now();
+    thread::park(); // the token from the unpark above: returns at once
+    thread::park_timeout(Duration::from_millis(10));
+    ok &= check(start.elapsed() >= Duration::from_millis(10), "park_timeout waits for its timeout");
+    let deadline = Instant::now().checked_add(Duration::from_millis(3)).unwrap();
+    thread::sleep_until(deadline);
+    ok &= check(Instant::now() >= deadline, "sleep_until sleeps until its deadline");
+    ok &=
+        check(thread::available_parallelism().is_ok_and(|n| n.get() == cpus), "available_parallelism is the CPU count");
+    println!("park/unpark, park_timeout, sleep_until, available_parallelism ok");
 
     if ok {
         println!("threads: all checks passed");
