@@ -486,7 +486,6 @@ pub const LOCK_FREE_ROOTS: &[&str] = &[
     "toro::thread::scheduler::exit_current",
     "toro::thread::scheduler::release",
     "toro::thread::scheduler::release_job",
-    "toro::thread::scheduler::unpark_job",
     "toro::thread::scheduler::idle_loop",
     // channel send (wake-up) and the end-of-channel clean-up; mutex and
     // condition variable requests and their handling on the home CPU
