@@ -736,15 +736,15 @@ pub(crate) fn check_table_header(
 
 /// The header fields of a checked table.
 #[derive(Debug, Clone, Copy)]
-struct TableHeader {
-    signature: [u8; 4],
-    length: u32,
+pub(crate) struct TableHeader {
+    pub(crate) signature: [u8; 4],
+    pub(crate) length: u32,
 }
 
 /// Reads the table header at `address` and verifies the signature (if
 /// `expected`), that the length is between `minimum_length` and
 /// [`MAX_TABLE_LENGTH`], and the checksum over that length.
-fn check_table(
+pub(crate) fn check_table(
     memory: &impl PhysicalMemory,
     address: u64,
     expected: Option<[u8; 4]>,

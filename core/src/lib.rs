@@ -13,6 +13,7 @@
 //! - [`memory_map`]: a fixed-capacity, normalised map of physical memory.
 //! - [`command_line`]: the kernel command line, sanitised and split.
 //! - [`acpi`]: just enough ACPI to find the tables and count the CPUs.
+//! - [`fadt`]: the FADT and how to power off; [`s5`]: the DSDT's `\_S5` sleep type.
 //! - [`physical_memory`]: the one seam to the machine, [`PhysicalMemory`].
 //! - [`spsc`]: the single-producer single-consumer ring between two CPUs.
 //! - [`allocator`]: the per-CPU heap (size classes, spans, page runs) and the
@@ -39,6 +40,7 @@ pub mod allocator;
 pub mod channel;
 pub mod command_line;
 pub mod dedicate;
+pub mod fadt;
 pub mod memory_map;
 pub mod memory_split;
 pub mod numa;
@@ -47,6 +49,7 @@ pub mod physical_memory;
 pub mod pvh;
 pub mod rtc;
 pub mod run_queue;
+pub mod s5;
 pub mod spsc;
 pub mod virtio;
 pub mod wake;

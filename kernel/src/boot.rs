@@ -3,6 +3,7 @@
 
 use toro_core::acpi;
 use toro_core::command_line::{parse_log_level, CommandLine, CommandLineBuffer};
+use toro_core::fadt;
 use toro_core::memory_map::MemoryMap;
 use toro_core::memory_split;
 use toro_core::numa::{self, NumaTopology};
@@ -331,6 +332,10 @@ fn read_acpi(info: &StartInfo) -> (Option<acpi::MadtSummary>, Option<NumaTopolog
     let rsdp = read_rsdp(info);
     crate::virtio::discovery::read_firmware(&BOOT_MEMORY, rsdp.as_ref(), system::command_line()); // virtio-mmio devices
     let Some(rsdp) = rsdp else { return (None, None) };
+    if CommandLine::new(command_line()).get("toro.acpidump").is_some() {
+        crate::acpi_dump::dump(&BOOT_MEMORY, &rsdp);
+    }
+    read_power_off(&rsdp);
     let numa = match numa::find_srat(&BOOT_MEMORY, &rsdp) {
         Ok(Some(topology)) => {
             log::info!("ACPI SRAT: {} NUMA nodes", topology.domains().count());
@@ -350,6 +355,21 @@ fn read_acpi(info: &StartInfo) -> (Option<acpi::MadtSummary>, Option<NumaTopolog
         }
     }
     (read_madt(&rsdp), numa)
+}
+
+/// How ACPI powers the VM off (the last step before the i8042 reset when
+/// the VM ends), from the FADT and the DSDT's `\_S5`.
+fn read_power_off(rsdp: &acpi::Rsdp) {
+    match fadt::read_power_off(&BOOT_MEMORY, rsdp) {
+        Ok(plan) => {
+            if let fadt::SleepTypeSource::Default(why) = plan.sleep_type_from {
+                log::warn!("ACPI power-off: {why}; using the S5 sleep type {}", plan.sleep_types.a);
+            }
+            log::info!("ACPI power-off: {:?}, S5 sleep types {:?}", plan.registers, plan.sleep_types);
+            exit::set_power_off(plan);
+        }
+        Err(error) => log::info!("no ACPI power-off ({error}); the VM ends by the i8042 reset"),
+    }
 }
 
 fn read_rsdp(info: &StartInfo) -> Option<acpi::Rsdp> {

@@ -12,6 +12,7 @@
 pub extern crate alloc;
 pub use toro_macros::main;
 
+mod acpi_dump;
 mod arch;
 mod backtrace;
 mod boot;
