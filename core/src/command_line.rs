@@ -11,8 +11,10 @@
 //!   (`"key=value with spaces"`); a quote left open runs to the end of the line;
 //! - a standalone `--` ends the kernel's arguments: everything after it
 //!   belongs to the application alone. Keys starting with `toro.` before it
-//!   are the kernel's; the rest before it are seen by both (as Linux passes
-//!   unknown parameters on to `init`).
+//!   are the kernel's, and so are the words VMMs add for Linux guests
+//!   ([`VMM_KEYS`]: Firecracker appends `pci=off`, and names its virtio-mmio
+//!   devices with `virtio_mmio.device=`); the rest before it are seen by both
+//!   (as Linux passes unknown parameters on to `init`).
 
 use core::fmt;
 
@@ -21,6 +23,10 @@ pub const MAX_COMMAND_LINE: usize = 4096;
 
 /// Keys starting with this are the kernel's and are hidden from the application.
 pub const KERNEL_KEY_PREFIX: &str = "toro.";
+
+/// Keys VMMs put on the command line for a Linux guest; the kernel's, not
+/// the application's (Firecracker adds them before any `--`).
+pub const VMM_KEYS: &[&str] = &["pci", "virtio_mmio.device"];
 
 /// The argument that ends the kernel's arguments.
 pub const END_OF_KERNEL_ARGUMENTS: &str = "--";
@@ -171,9 +177,10 @@ impl<'a> Argument<'a> {
         }
     }
 
-    /// Whether this is the kernel's (its key starts with [`KERNEL_KEY_PREFIX`]).
+    /// Whether this is the kernel's: its key starts with [`KERNEL_KEY_PREFIX`]
+    /// or is one of [`VMM_KEYS`].
     pub fn is_kernel_argument(&self) -> bool {
-        self.key.starts_with(KERNEL_KEY_PREFIX)
+        self.key.starts_with(KERNEL_KEY_PREFIX) || VMM_KEYS.contains(&self.key)
     }
 }
 
@@ -393,6 +400,15 @@ mod tests {
 
     fn application_raws(line: &str) -> Vec<&str> {
         CommandLine::new(line).application_arguments().map(|argument| argument.raw).collect()
+    }
+
+    #[test]
+    fn words_firecracker_adds_are_not_the_applications() {
+        // What Firecracker passes for boot_args "x=1 -- a b" with a virtio-mmio disk.
+        let line = CommandLine::new("x=1 pci=off virtio_mmio.device=4K@0xc0001000:5 -- a b pci=off");
+        let keys: Vec<&str> = line.application_arguments().map(|argument| argument.raw).collect();
+        assert_eq!(keys, ["x=1", "a", "b", "pci=off"]);
+        assert_eq!(line.get("virtio_mmio.device"), Some("4K@0xc0001000:5"));
     }
 
     #[test]

@@ -332,7 +332,7 @@ fn read_acpi(info: &StartInfo) -> (Option<acpi::MadtSummary>, Option<NumaTopolog
     let rsdp = read_rsdp(info);
     crate::virtio::discovery::read_firmware(&BOOT_MEMORY, rsdp.as_ref(), system::command_line()); // virtio-mmio devices
     let Some(rsdp) = rsdp else { return (None, None) };
-    if CommandLine::new(command_line()).get("toro.acpidump").is_some() {
+    if CommandLine::new(system::command_line()).get("toro.acpidump").is_some() {
         crate::acpi_dump::dump(&BOOT_MEMORY, &rsdp);
     }
     read_power_off(&rsdp);

@@ -1,5 +1,5 @@
 //! Panics: message, location and backtrace on the console, then the VM ends
-//! with `EXIT_PANIC` (or every CPU halts where the VMM cannot exit).
+//! with `EXIT_PANIC` on every VMM (see `arch::exit`).
 
 use core::fmt::Write;
 use core::panic::PanicInfo;

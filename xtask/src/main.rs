@@ -9,6 +9,7 @@
 //! cargo xtask bench [--runs N] [--quick]  Toro against the Linux guest yardstick
 //! options: --cpus N  --memory MIB  --machine microvm|q35  --accel kvm|tcg
 //!          --cmdline "..."  --debug  --timeout SECONDS  --device QEMU-DEVICE (repeatable)
+//!          --vmm qemu|firecracker|cloud-hypervisor
 //! ```
 
 mod accel;
@@ -21,6 +22,7 @@ mod lockcheck;
 mod qemu;
 mod setup;
 mod symbols;
+mod vmm;
 mod vmtest;
 
 use std::path::PathBuf;
@@ -51,6 +53,8 @@ pub struct BootOptions {
     pub disks: Vec<disk::Disk>,
     /// Extra QEMU devices (`--device virtio-rng-pci`).
     pub devices: Vec<String>,
+    /// Which VMM boots the image (`--vmm`).
+    pub vmm: vmm::Vmm,
 }
 
 /// The forward `--net user` gets without `--forward`: the web server's
@@ -78,6 +82,7 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
         positional: Vec::new(),
         disks: Vec::new(),
         devices: Vec::new(),
+        vmm: vmm::Vmm::Qemu,
     };
     let mut forwards = Vec::new();
     let mut iterator = arguments.iter();
@@ -101,6 +106,11 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
                 options.timeout =
                     Some(Duration::from_secs(value("--timeout")?.parse().context("--timeout takes seconds")?))
             }
+            "--vmm" => {
+                let name = value("--vmm")?;
+                options.vmm = vmm::Vmm::parse(&name)
+                    .with_context(|| format!("unknown VMM {name:?}: qemu, firecracker or cloud-hypervisor"))?;
+            }
             "--debug" => options.debug = true,
             "--disk" => options.disks.push(disk::parse(&value("--disk")?)?),
             "--device" => options.devices.push(value("--device")?),
@@ -118,6 +128,9 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
         network.tcp_forwards = if forwards.is_empty() { vec![DEFAULT_FORWARD] } else { forwards };
     } else if !forwards.is_empty() {
         bail!("--forward needs --net user");
+    }
+    if options.vmm != vmm::Vmm::Qemu && (options.accel.is_some() || options.machine != Machine::Microvm) {
+        bail!("--machine and --accel are QEMU's: {} has one machine type and always uses KVM", options.vmm);
     }
     if options.cpus == 0 || options.cpus > 255 {
         bail!("--cpus must be 1..=255");
@@ -146,7 +159,9 @@ pub fn choose_accel(requested: Option<Accel>) -> Accel {
 }
 
 fn vm_config(kernel: PathBuf, options: &BootOptions) -> VmConfig {
-    let mut config = VmConfig::new(kernel, choose_accel(options.accel));
+    // Firecracker and cloud-hypervisor always use KVM.
+    let accel = if options.vmm == vmm::Vmm::Qemu { choose_accel(options.accel) } else { Accel::Kvm };
+    let mut config = VmConfig::new(kernel, accel);
     config.cpus = options.cpus;
     config.memory_mib = options.memory_mib;
     config.machine = options.machine;
@@ -165,7 +180,8 @@ fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
             eprintln!("network: QEMU user networking; the guest's TCP port {guest} is http://127.0.0.1:{host}/");
         }
     }
-    let result = qemu::run(&config, options.timeout, true, &|line| symbols.annotate(line))?;
+    let taps = vmm::Devices::default();
+    let result = vmm::run(options.vmm, &config, &taps, options.timeout, true, &|line| symbols.annotate(line))?;
     if !matches!(result.outcome, qemu::Outcome::Exited(0)) {
         eprintln!("toro: {}", result.outcome);
     }
@@ -183,6 +199,9 @@ fn run(arguments: &[String]) -> Result<ExitCode> {
 fn gdb(arguments: &[String]) -> Result<ExitCode> {
     const PORT: u16 = 1234;
     let options = parse_options(arguments)?;
+    if options.vmm != vmm::Vmm::Qemu {
+        bail!("gdb works with QEMU only");
+    }
     setup::ensure()?;
     let app = options.positional.first().map(String::as_str).unwrap_or("hello");
     let image = build::build(&[build::example(app)], options.debug)?.remove(0);

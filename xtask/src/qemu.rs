@@ -214,10 +214,13 @@ pub struct RunResult {
     pub outcome: Outcome,
     /// Everything the guest printed (after symbolisation).
     pub output: String,
-    /// Wall time of the QEMU process.
+    /// Wall time of the VMM process.
     pub wall: Duration,
-    /// When the first line of output arrived, from QEMU start.
+    /// When the first line of output arrived, from the VMM's start.
     pub first_line: Option<Duration>,
+    /// The VMM went on after the kernel's `toro: exit status` line and was
+    /// killed (cloud-hypervisor rebooting, say); always false for QEMU.
+    pub lingered: bool,
 }
 
 /// Runs `config`; each line of serial output goes through `annotate`, then
@@ -228,15 +231,64 @@ pub fn run(
     echo: bool,
     annotate: &dyn Fn(&str) -> String,
 ) -> Result<RunResult> {
-    let mut command = config.command();
+    let process = run_process(config.command(), QEMU, timeout, echo, annotate, &|_| false)?;
+    let outcome = if process.timed_out { Outcome::TimedOut } else { Outcome::from_qemu(process.code) };
+    if let Outcome::QemuFailed(code) = outcome {
+        bail!("{QEMU} failed (exit status {code}): {}", process.errors.trim());
+    }
+    if !process.errors.trim().is_empty() {
+        eprintln!("{}", process.errors.trim_end());
+    }
+    Ok(RunResult {
+        outcome,
+        output: process.output,
+        wall: process.wall,
+        first_line: process.first_line,
+        lingered: false,
+    })
+}
+
+/// What a VMM process did, from [`run_process`].
+pub struct Process {
+    /// Its exit code (`None` if killed by a signal, or by us).
+    pub code: Option<i32>,
+    /// Killed after the timeout.
+    pub timed_out: bool,
+    /// Killed because it went on after a line `last_line` accepted.
+    pub lingered: bool,
+    /// Everything it printed on stdout (after `annotate`).
+    pub output: String,
+    /// What it printed on stderr.
+    pub errors: String,
+    /// Its wall time.
+    pub wall: Duration,
+    /// When the first line arrived, from its start.
+    pub first_line: Option<Duration>,
+}
+
+/// How long a VMM may go on after the guest's last line before it is killed.
+const LAST_LINE_GRACE: Duration = Duration::from_secs(3);
+
+/// Starts `command` (the VMM `program`) with piped output and reads its
+/// lines as [`run`] describes; kills it after `timeout`, or
+/// [`LAST_LINE_GRACE`] after a line for which `last_line` is true.
+pub fn run_process(
+    mut command: Command,
+    program: &str,
+    timeout: Option<Duration>,
+    echo: bool,
+    annotate: &dyn Fn(&str) -> String,
+    last_line: &dyn Fn(&str) -> bool,
+) -> Result<Process> {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = command.spawn().with_context(|| format!("starting {QEMU}"))?;
+    let mut child = command.spawn().with_context(|| format!("starting {program}"))?;
     let (lines_rx, reader, errors) = read_output(&mut child);
     let mut output = String::new();
     let mut first_line = None;
-    let mut timed_out = false;
-    let deadline = timeout.map(|t| start + t);
+    let (mut timed_out, mut lingered) = (false, false);
+    let mut deadline = timeout.map(|t| start + t);
+    let mut after_last_line = false;
     loop {
         let wait = match deadline {
             Some(deadline) => deadline.saturating_duration_since(Instant::now()),
@@ -245,6 +297,11 @@ pub fn run(
         match lines_rx.recv_timeout(wait) {
             Ok((when, line)) => {
                 first_line.get_or_insert(when - start);
+                if last_line(&line) && !after_last_line {
+                    after_last_line = true;
+                    let grace = Instant::now() + LAST_LINE_GRACE;
+                    deadline = Some(deadline.map_or(grace, |d| d.min(grace)));
+                }
                 let line = annotate(&line);
                 if echo {
                     let mut out = std::io::stdout().lock();
@@ -256,7 +313,11 @@ pub fn run(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    timed_out = true;
+                    if after_last_line {
+                        lingered = true;
+                    } else {
+                        timed_out = true;
+                    }
                     kill(&mut child);
                     break;
                 }
@@ -267,14 +328,8 @@ pub fn run(
     let wall = start.elapsed();
     let _ = reader.join();
     let errors = errors.join().unwrap_or_default();
-    let outcome = if timed_out { Outcome::TimedOut } else { Outcome::from_qemu(status.code()) };
-    if let Outcome::QemuFailed(_) = outcome {
-        bail!("{QEMU} failed ({status}): {}", errors.trim());
-    }
-    if !errors.trim().is_empty() {
-        eprintln!("{}", errors.trim_end());
-    }
-    Ok(RunResult { outcome, output, wall, first_line })
+    let code = if timed_out || lingered { None } else { status.code() };
+    Ok(Process { code, timed_out, lingered, output, errors, wall, first_line })
 }
 
 /// Reads a started QEMU's piped stdout line by line (with the time each

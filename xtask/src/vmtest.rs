@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use crate::build::{self, ImageSpec};
 use crate::qemu::{self, Machine, Outcome, VmConfig};
 use crate::symbols::Symbols;
+use crate::vmm::{self, Vmm};
 
 /// One in-VM test: which image, how to boot it, what must come out.
 struct VmTest {
@@ -27,11 +28,13 @@ struct VmTest {
     expect: &'static [&'static str],
     /// More QEMU arguments (devices the test needs).
     qemu_arguments: &'static [&'static str],
+    /// The VMM that boots it.
+    vmm: Vmm,
 }
 
-const PANIC: i32 = 101;
+pub(crate) const PANIC: i32 = 101;
 
-const CPU_EXCEPTION: i32 = 102;
+pub(crate) const CPU_EXCEPTION: i32 = 102;
 
 const fn vm(package: &'static str, binary: &'static str) -> VmTest {
     VmTest {
@@ -47,11 +50,12 @@ const fn vm(package: &'static str, binary: &'static str) -> VmTest {
         status: 0,
         expect: &[],
         qemu_arguments: &[],
+        vmm: Vmm::Qemu,
     }
 }
 
 fn tests() -> Vec<VmTest> {
-    vec![
+    let mut tests = vec![
         VmTest {
             expect: &["Hello from Toro!", "cpus: 2", "memory: ", "command line: \"\"", "boot: "],
             ..vm("hello", "hello")
@@ -452,7 +456,16 @@ fn tests() -> Vec<VmTest> {
             ],
             ..vm("vm-tests", "panic")
         },
-    ]
+    ];
+    tests.extend(crate::vmm::suite_tests().into_iter().map(|t| VmTest {
+        name: t.name,
+        cpus: t.cpus,
+        status: t.status,
+        expect: t.expect,
+        vmm: t.vmm,
+        ..vm(t.package, t.binary)
+    }));
+    tests
 }
 
 /// Functions that must contain, or reach by calls, no locked instruction:
@@ -650,16 +663,29 @@ fn cargo_test(mut command: Command) -> Result<(usize, usize)> {
 }
 
 pub fn test(arguments: &[String]) -> Result<ExitCode> {
-    let filter = match arguments {
-        [flag, word] if flag == "--filter" => Some(word.clone()),
-        [] => None,
-        _ => anyhow::bail!("usage: cargo xtask test [--filter WORD]"),
-    };
+    let usage = "usage: cargo xtask test [--filter WORD] [--vmm qemu|firecracker|cloud-hypervisor]";
+    let (mut filter, mut only_vmm) = (None, None);
+    let mut words = arguments.iter();
+    while let Some(flag) = words.next() {
+        let value = words.next().with_context(|| usage.to_string())?;
+        match flag.as_str() {
+            "--filter" => filter = Some(value.clone()),
+            "--vmm" => only_vmm = Some(Vmm::parse(value).with_context(|| usage.to_string())?),
+            _ => anyhow::bail!("{usage}"),
+        }
+    }
+    // The QEMU-only checks (host tests, lock check, floor, bench) run
+    // unless another VMM was asked for.
+    let qemu_checks = only_vmm.is_none_or(|vmm| vmm == Vmm::Qemu);
+    let filter = if qemu_checks { filter } else { Some(filter.unwrap_or_default()) };
     crate::setup::ensure()?;
     let (mut passed, mut failed) = if filter.is_none() { host_tests()? } else { (0, 0) };
 
-    let tests: Vec<VmTest> =
-        tests().into_iter().filter(|t| filter.as_ref().is_none_or(|f| t.name.contains(f.as_str()))).collect();
+    let tests: Vec<VmTest> = tests()
+        .into_iter()
+        .filter(|t| filter.as_ref().is_none_or(|f| t.name.contains(f.as_str())))
+        .filter(|t| only_vmm.is_none_or(|vmm| t.vmm == vmm))
+        .collect();
     let mut specs: Vec<ImageSpec> = Vec::new();
     for test in &tests {
         if !specs.iter().any(|s| s.binary == test.binary) {
@@ -713,7 +739,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             failed += 1
         }
     }
-    if filter.as_ref().is_none_or(|f| "floor".contains(f.as_str())) {
+    if qemu_checks && filter.as_ref().is_none_or(|f| "floor".contains(f.as_str())) {
         let (ok, summary) = floor_test(accel)?;
         println!("vm test floor ... {summary}");
         if ok {
@@ -734,8 +760,16 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         config.numa_nodes = test.numa_nodes;
         config.devices = test.devices.iter().map(|d| d.to_string()).collect();
         config.extra_arguments = test.qemu_arguments.iter().map(|argument| argument.to_string()).collect();
-        let result = qemu::run(&config, Some(Duration::from_secs(60)), false, &|l| symbols.annotate(l))?;
+        if let Err(missing) = vmm::locate(test.vmm) {
+            println!("vm test {} ... skipped: {missing:#}", test.name);
+            continue;
+        }
+        let timeout = Some(Duration::from_secs(60));
+        let result = vmm::run(test.vmm, &config, &vmm::Devices::default(), timeout, false, &|l| symbols.annotate(l))?;
         let mut problems = Vec::new();
+        if result.lingered {
+            problems.push(format!("{} went on after the exit status line (rebooted?)", test.vmm));
+        }
         if result.outcome != Outcome::Exited(test.status) {
             problems.push(format!("expected exit status {}, got: {}", test.status, result.outcome));
         }
@@ -761,7 +795,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     }
     // The benchmark's quick mode: Toro and the Linux guest each once. It
     // checks that the benchmark works, never its speed.
-    if filter.as_ref().is_none_or(|f| "bench-quick".contains(f.as_str())) {
+    if qemu_checks && filter.as_ref().is_none_or(|f| "bench-quick".contains(f.as_str())) {
         let started = std::time::Instant::now();
         match crate::bench::quick_check() {
             Ok(()) => {
