@@ -184,12 +184,7 @@ fn decode_at(
     let mut before = [0u8; 2];
     let before = before.get_mut(..(offset - before_start) as usize).unwrap_or(&mut []);
     memory.read(table_address(address, before_start)?, before)?;
-    let named = match *before {
-        [.., NAME_OP] => true,
-        [NAME_OP, ROOT_CHAR] => true,
-        _ => false,
-    };
-    if !named {
+    if !matches!(*before, [.., NAME_OP] | [NAME_OP, ROOT_CHAR]) {
         return Ok(None);
     }
     let after = offset + S5_NAME.len() as u32;
