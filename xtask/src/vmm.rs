@@ -145,18 +145,11 @@ pub struct Tap {
     pub mac: Option<String>,
 }
 
-/// A disk image for a virtio-blk device.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Drive {
-    pub path: PathBuf,
-    pub read_only: bool,
-}
-
-/// The devices beyond the console, given the same way to every VMM.
+/// Network devices beyond what [`VmConfig`] holds (which has QEMU's user
+/// networking only); disks come from [`VmConfig::disks`], as for QEMU.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Devices {
     pub taps: Vec<Tap>,
-    pub drives: Vec<Drive>,
 }
 
 /// A JSON string literal.
@@ -177,14 +170,14 @@ fn json_string(text: &str) -> String {
 /// Firecracker's `--config-file` for `config` (its API's field names:
 /// boot-source, drives, machine-config, network-interfaces).
 pub fn firecracker_config(config: &VmConfig, devices: &Devices) -> String {
-    let drives: Vec<String> = devices
-        .drives
+    let drives: Vec<String> = config
+        .disks
         .iter()
         .enumerate()
         .map(|(index, drive)| {
             format!(
                 "{{ \"drive_id\": \"drive{index}\", \"path_on_host\": {}, \"is_root_device\": false, \"is_read_only\": {} }}",
-                json_string(&drive.path.to_string_lossy()),
+                json_string(&drive.image.to_string_lossy()),
                 drive.read_only
             )
         })
@@ -198,8 +191,13 @@ pub fn firecracker_config(config: &VmConfig, devices: &Devices) -> String {
             format!("{{ \"iface_id\": \"net{index}\", \"host_dev_name\": {}{mac} }}", json_string(&tap.name))
         })
         .collect();
+    let initrd = config
+        .initrd
+        .as_ref()
+        .map(|initrd| format!(", \"initrd_path\": {}", json_string(&initrd.to_string_lossy())))
+        .unwrap_or_default();
     format!(
-        "{{\n  \"boot-source\": {{ \"kernel_image_path\": {}, \"boot_args\": {} }},\n  \"drives\": [{}],\n  \"network-interfaces\": [{}],\n  \"machine-config\": {{ \"vcpu_count\": {}, \"mem_size_mib\": {}, \"smt\": false }}\n}}\n",
+        "{{\n  \"boot-source\": {{ \"kernel_image_path\": {}, \"boot_args\": {}{initrd} }},\n  \"drives\": [{}],\n  \"network-interfaces\": [{}],\n  \"machine-config\": {{ \"vcpu_count\": {}, \"mem_size_mib\": {}, \"smt\": false }}\n}}\n",
         json_string(&config.kernel.to_string_lossy()),
         json_string(&config.command_line),
         drives.join(", "),
@@ -228,13 +226,16 @@ pub fn cloud_hypervisor_arguments(config: &VmConfig, devices: &Devices, log: &Pa
     if !config.command_line.is_empty() {
         arguments.extend(["--cmdline".into(), config.command_line.clone()]);
     }
+    if let Some(initrd) = &config.initrd {
+        arguments.extend(["--initramfs".into(), initrd.to_string_lossy().into_owned()]);
+    }
     for tap in &devices.taps {
         let mac = tap.mac.as_ref().map(|mac| format!(",mac={mac}")).unwrap_or_default();
         arguments.extend(["--net".into(), format!("tap={}{mac}", tap.name)]);
     }
-    for drive in &devices.drives {
-        let read_only = if drive.read_only { ",readonly=on" } else { "" };
-        arguments.extend(["--disk".into(), format!("path={}{read_only}", drive.path.display())]);
+    for disk in &config.disks {
+        let read_only = if disk.read_only { ",readonly=on" } else { "" };
+        arguments.extend(["--disk".into(), format!("path={}{read_only}", disk.image.display())]);
     }
     arguments
 }
@@ -269,7 +270,7 @@ pub fn run(
 ) -> Result<RunResult> {
     if vmm == Vmm::Qemu {
         if *devices != Devices::default() {
-            bail!("taps and drives are not wired into QEMU's command line yet");
+            bail!("taps are not wired into QEMU's command line yet");
         }
         return qemu::run(config, timeout, echo, annotate);
     }
@@ -381,11 +382,14 @@ mod tests {
         config
     }
 
+    fn with_disk(mut config: VmConfig) -> VmConfig {
+        config.initrd = Some("/tmp/initrd".into());
+        config.disks = vec![crate::disk::Disk { image: "/tmp/disk.img".into(), read_only: true }];
+        config
+    }
+
     fn devices() -> Devices {
-        Devices {
-            taps: vec![Tap { name: "toro0".into(), mac: Some("52:54:00:12:34:56".into()) }],
-            drives: vec![Drive { path: "/tmp/disk.img".into(), read_only: true }],
-        }
+        Devices { taps: vec![Tap { name: "toro0".into(), mac: Some("52:54:00:12:34:56".into()) }] }
     }
 
     #[test]
@@ -403,7 +407,10 @@ mod tests {
         assert!(text.contains("\"boot_args\": \"toro.log=info greeting=\\\"a b\\\"\""));
         assert!(text.contains("\"vcpu_count\": 3, \"mem_size_mib\": 96"));
         assert!(text.contains("\"drives\": []"));
-        let text = firecracker_config(&config(), &devices());
+        let text = firecracker_config(&with_disk(config()), &devices());
+        assert!(
+            text.contains("\"boot_args\": \"toro.log=info greeting=\\\"a b\\\"\", \"initrd_path\": \"/tmp/initrd\" }")
+        );
         assert!(text.contains(
             "{ \"drive_id\": \"drive0\", \"path_on_host\": \"/tmp/disk.img\", \"is_root_device\": false, \"is_read_only\": true }"
         ));
@@ -414,13 +421,15 @@ mod tests {
 
     #[test]
     fn cloud_hypervisor_arguments_carry_the_options() {
-        let arguments = cloud_hypervisor_arguments(&config(), &devices(), Path::new("/tmp/ch.log")).join(" ");
+        let arguments =
+            cloud_hypervisor_arguments(&with_disk(config()), &devices(), Path::new("/tmp/ch.log")).join(" ");
         assert!(
             arguments.starts_with("--kernel /images/hello --cpus boot=3 --memory size=96M --serial tty --console off")
         );
         assert!(arguments.contains("--cmdline toro.log=info greeting=\"a b\""));
         assert!(arguments.contains("--net tap=toro0,mac=52:54:00:12:34:56"));
         assert!(arguments.contains("--disk path=/tmp/disk.img,readonly=on"));
+        assert!(arguments.contains("--initramfs /tmp/initrd"));
         let mut empty = config();
         empty.command_line.clear();
         let arguments = cloud_hypervisor_arguments(&empty, &Devices::default(), Path::new("/l"));
