@@ -49,6 +49,7 @@ use anyhow::{bail, Context, Result};
 use crate::accel::Accel;
 use crate::linux_guest::{self, LinuxGuest, Mode, GUEST_HTTP_PORT, INIT_MARKER};
 use crate::qemu::{self, Outcome, UserNetwork, VmConfig};
+use crate::vmm::{self, Vmm};
 
 use report::{Metric, Side};
 use vm::RunningVm;
@@ -84,6 +85,8 @@ const LINUX_MEMORY_RANGE: (u32, u32) = (64, 128);
 /// What the Toro `hello` example prints first.
 const HELLO_LINE: &str = "Hello from Toro!";
 const DEFAULT_RUNS: usize = 5;
+/// Runs of the boot on Firecracker and cloud-hypervisor (at least).
+const VMM_BOOT_RUNS: usize = 10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -183,7 +186,13 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
         bench.linux.initramfs.display()
     );
 
-    let mut metrics = vec![bench.boot(runs), bench.http(runs)];
+    let mut metrics = vec![bench.boot(runs)];
+    // The other VMMs: median of at least 10 (one in quick mode).
+    let vmm_runs = if options.quick { 1 } else { runs.max(VMM_BOOT_RUNS) };
+    for vmm in [Vmm::Firecracker, Vmm::CloudHypervisor] {
+        metrics.extend(bench.vmm_boot(vmm_runs, vmm));
+    }
+    metrics.push(bench.http(runs));
     metrics.push(if options.quick {
         Metric {
             key: "memory",
@@ -309,6 +318,63 @@ impl Bench {
                 }
             }
         }
+    }
+
+    // -- boot on Firecracker and cloud-hypervisor --------------------------
+
+    /// Toro's `hello` on `vmm`: VMM start to the first line (the greeting)
+    /// and to the VMM's exit (status 0 from the kernel's last line). The
+    /// Linux guest runs on QEMU only; a VMM that is not found is skipped.
+    fn vmm_boot(&mut self, runs: usize, vmm: Vmm) -> [Metric; 2] {
+        let (first_key, first_title, exit_key, exit_title) = match vmm {
+            Vmm::Firecracker => (
+                "boot-firecracker",
+                "boot: Firecracker start to first line",
+                "exit-firecracker",
+                "boot: Firecracker start to exit",
+            ),
+            _ => (
+                "boot-cloud-hypervisor",
+                "boot: cloud-hypervisor start to first line",
+                "exit-cloud-hypervisor",
+                "boot: cloud-hypervisor start to exit",
+            ),
+        };
+        let linux = || Side::Missing("n/a — the Linux guest runs on QEMU only".into());
+        let metric = |key, title, toro| Metric { key, title, unit: "ms", toro, linux: linux() };
+        if let Err(error) = vmm::locate(vmm) {
+            let skipped = || Side::Missing(format!("skipped: {error:#}"));
+            return [metric(first_key, first_title, skipped()), metric(exit_key, exit_title, skipped())];
+        }
+        let (mut first, mut exit) = (Vec::new(), Vec::new());
+        for run in 1..=runs {
+            let config = VmConfig::new(self.hello.clone(), Accel::Kvm);
+            let result =
+                vmm::run(vmm, &config, &vmm::Devices::default(), Some(TORO_TIMEOUT), false, &|l| l.to_string());
+            let (first_ms, exit_ms) = match result {
+                Err(error) => (self.fail(format!("Toro boot on {vmm}: {error:#}")), f64::NAN),
+                Ok(result) => {
+                    let line = result.output.lines().next().unwrap_or("");
+                    match (result.outcome, result.first_line, result.lingered) {
+                        (Outcome::Exited(0), Some(time), false) if line.contains(HELLO_LINE) => {
+                            (milliseconds(time), milliseconds(result.wall))
+                        }
+                        (outcome, _, lingered) => (
+                            self.fail(format!(
+                                "Toro boot on {vmm}: {outcome}{}, first line {line:?}\n{}",
+                                if lingered { " (did not stop)" } else { "" },
+                                tail(&result.output)
+                            )),
+                            f64::NAN,
+                        ),
+                    }
+                }
+            };
+            eprintln!("bench: boot on {vmm} {run}/{runs}: first line {}, exit {}", shown(first_ms), shown(exit_ms));
+            first.push(first_ms);
+            exit.push(exit_ms);
+        }
+        [metric(first_key, first_title, Side::measured(first)), metric(exit_key, exit_title, Side::measured(exit))]
     }
 
     // -- first HTTP answer -------------------------------------------------
