@@ -85,6 +85,8 @@ const LINUX_MEMORY_RANGE: (u32, u32) = (64, 128);
 /// What the Toro `hello` example prints first.
 const HELLO_LINE: &str = "Hello from Toro!";
 const DEFAULT_RUNS: usize = 5;
+/// The command line of the boots on Firecracker and cloud-hypervisor.
+const VMM_BOOT_COMMAND_LINE: &str = "toro.log=error";
 /// Runs of the boot on Firecracker and cloud-hypervisor (at least).
 const VMM_BOOT_RUNS: usize = 10;
 
@@ -348,7 +350,10 @@ impl Bench {
         }
         let (mut first, mut exit) = (Vec::new(), Vec::new());
         for run in 1..=runs {
-            let config = VmConfig::new(self.hello.clone(), Accel::Kvm);
+            let mut config = VmConfig::new(self.hello.clone(), Accel::Kvm);
+            // Kernel warnings off (these VMMs have no RTC, which is warned
+            // about): the first line is then the application's.
+            config.command_line = VMM_BOOT_COMMAND_LINE.into();
             let result =
                 vmm::run(vmm, &config, &vmm::Devices::default(), Some(TORO_TIMEOUT), false, &|l| l.to_string());
             let (first_ms, exit_ms) = match result {
