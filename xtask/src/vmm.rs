@@ -274,6 +274,9 @@ pub fn run(
         }
         return qemu::run(config, timeout, echo, annotate);
     }
+    if !config.devices.is_empty() {
+        bail!("--device takes QEMU device names; {vmm} has none of them");
+    }
     let program = locate(vmm)?;
     let directory = run_directory(vmm)?;
     let log = directory.join(format!("{}.log", vmm.name()));
