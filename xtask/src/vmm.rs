@@ -274,8 +274,11 @@ pub fn run(
         }
         return qemu::run(config, timeout, echo, annotate);
     }
-    if !config.devices.is_empty() {
-        bail!("--device takes QEMU device names; {vmm} has none of them");
+    if !config.devices.is_empty() || !config.extra_arguments.is_empty() {
+        bail!("--device and extra QEMU arguments are QEMU's; {vmm} has none of them");
+    }
+    if config.network.is_some() {
+        bail!("--net user is QEMU's user networking; {vmm} has none (taps are not wired up yet)");
     }
     let program = locate(vmm)?;
     let directory = run_directory(vmm)?;
