@@ -9,6 +9,8 @@ pub const TARGET: &str = "x86_64-unknown-none";
 pub const QEMU: &str = "qemu-system-x86_64";
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 const E2FSPROGS_PACKAGE: &str = "e2fsprogs";
+/// The web server test fetches pages from the host with curl.
+const CURL: &str = "curl";
 
 /// The path of an e2fsprogs program (`mkfs.ext2`, `debugfs`, `e2fsck`):
 /// they live in the sbin directories, often not on a user's PATH.
@@ -67,6 +69,9 @@ pub fn ensure() -> Result<()> {
     // The storage tests make and check ext2 images with the host's tools.
     if e2fsprogs("mkfs.ext2").is_none() {
         apt_install(E2FSPROGS_PACKAGE, || e2fsprogs("mkfs.ext2").is_some())?;
+    }
+    if !have(CURL) {
+        apt_install(CURL, || have(CURL))?;
     }
     Ok(())
 }

@@ -609,6 +609,77 @@ fn two_boots_test(image: &std::path::Path, accel: crate::accel::Accel) -> Result
     })
 }
 
+/// The web server image booted on microvm with 2 CPUs and a virtio-net card
+/// on QEMU user networking; from the host, curl fetches `/` (612 bytes),
+/// and two pages over one kept-alive connection.
+fn webserver_curl_test(image: &std::path::Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
+    const BOOT_WAIT: Duration = Duration::from_secs(60);
+    // A free port: bound by the OS, then released for QEMU's forward.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut config = VmConfig::new(image.to_path_buf(), accel);
+    config.cpus = 2;
+    config.network = Some(qemu::UserNetwork { tcp_forwards: vec![(port, 80)] });
+    let mut command = config.command();
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().context("starting QEMU")?;
+    let (lines, reader, errors) = qemu::read_output(&mut child);
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let curl = |arguments: &[String]| {
+        std::process::Command::new("curl")
+            .args(["-s", "-m", "10"])
+            .args(arguments)
+            .output()
+            .map(|o| (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()))
+    };
+    let start = std::time::Instant::now();
+    let mut problems = Vec::new();
+    let mut first = None;
+    while start.elapsed() < BOOT_WAIT {
+        let (ok, out) =
+            curl(&["-o".into(), "/dev/null".into(), "-w".into(), "%{http_code} %{size_download}".into(), url("/")])?;
+        if ok && out.starts_with("200") {
+            first = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    match first.as_deref() {
+        Some("200 612") => {}
+        other => problems.push(format!("GET / gave {other:?}, expected \"200 612\"")),
+    }
+    let (_, pair) = curl(&[
+        "-o".into(),
+        "/dev/null".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code} %{size_download} %{num_connects};".into(),
+        url("/"),
+        url("/"),
+    ])?;
+    if pair != "200 612 1;200 612 0;" {
+        problems.push(format!("keep-alive pair gave {pair:?}, expected one connection for two 200s"));
+    }
+    // /stats is not checked: served from the NIC's CPU (1) it hangs (it
+    // gathers figures from CPU 0); see docs/net.md, "Not done yet".
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let _ = errors.join();
+    let output: Vec<String> = lines.try_iter().map(|(_, line)| line).collect();
+    if !output.iter().any(|l| l.contains("eth0 on cpu")) {
+        problems.push("no eth0 instance listed".into());
+    }
+    Ok(if problems.is_empty() {
+        (true, format!("ok (port {port}: {}, keep-alive pair {pair})", first.unwrap_or_default()))
+    } else {
+        (false, format!("FAILED: {}; guest printed: {}", problems.join("; "), output.join(" | ")))
+    })
+}
+
 /// The floor kernel (exits at its first instruction) must end with status 0.
 fn floor_test(accel: crate::accel::Accel) -> Result<(bool, String)> {
     let image = crate::floor::write(&build::workspace_root().join("target"))?;
@@ -706,6 +777,15 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     if let Some(index) = specs.iter().position(|s| s.binary == RANDOM_IMAGE) {
         let (ok, summary) = two_boots_test(&images[index], accel)?;
         println!("vm test random-two-boots ... {summary}");
+        if ok {
+            passed += 1
+        } else {
+            failed += 1
+        }
+    }
+    if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
+        let (ok, summary) = webserver_curl_test(&images[index], accel)?;
+        println!("vm test webserver-curl-microvm-2 ... {summary}");
         if ok {
             passed += 1
         } else {

@@ -7,6 +7,8 @@ use toro_net::device::{Capabilities, DeviceStats, MemoryDevice, NetDevice};
 pub(crate) enum Device {
     /// An in-memory loopback (`127.0.0.1`): what it sends it receives.
     Loopback(MemoryDevice),
+    /// A virtio-net card (boxed: its queues are several KiB).
+    Virtio(alloc::boxed::Box<super::virtio_net::VirtioNet>),
 }
 
 impl Device {
@@ -21,6 +23,8 @@ impl Device {
     pub(crate) fn needs_polling(&self) -> bool {
         match self {
             Self::Loopback(_) => false,
+            // Interrupt wake-up not wired yet: poll every millisecond.
+            Self::Virtio(_) => true,
         }
     }
 }
@@ -29,48 +33,56 @@ impl NetDevice for Device {
     fn mac(&self) -> [u8; 6] {
         match self {
             Self::Loopback(device) => device.mac(),
+            Self::Virtio(device) => device.mac(),
         }
     }
 
     fn capabilities(&self) -> Capabilities {
         match self {
             Self::Loopback(device) => device.capabilities(),
+            Self::Virtio(device) => device.capabilities(),
         }
     }
 
     fn rx_pending(&mut self) -> bool {
         match self {
             Self::Loopback(device) => device.rx_pending(),
+            Self::Virtio(device) => device.rx_pending(),
         }
     }
 
     fn receive<R>(&mut self, consume: impl FnOnce(&[u8]) -> R) -> Option<R> {
         match self {
             Self::Loopback(device) => device.receive(consume),
+            Self::Virtio(device) => device.receive(consume),
         }
     }
 
     fn tx_room(&mut self) -> bool {
         match self {
             Self::Loopback(device) => device.tx_room(),
+            Self::Virtio(device) => device.tx_room(),
         }
     }
 
     fn transmit<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
         match self {
             Self::Loopback(device) => device.transmit(len, fill),
+            Self::Virtio(device) => device.transmit(len, fill),
         }
     }
 
     fn flush(&mut self) {
         match self {
             Self::Loopback(device) => device.flush(),
+            Self::Virtio(device) => device.flush(),
         }
     }
 
     fn stats(&self) -> DeviceStats {
         match self {
             Self::Loopback(device) => device.stats(),
+            Self::Virtio(device) => device.stats(),
         }
     }
 }

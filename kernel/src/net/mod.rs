@@ -23,6 +23,7 @@ mod device;
 pub(crate) mod instance;
 mod tcp;
 mod udp;
+mod virtio_net;
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -201,14 +202,44 @@ pub(crate) fn topology() -> &'static Topology {
 /// queue pair the drivers found. Boot CPU, once, after the schedulers.
 pub(crate) fn init() {
     let config = StackConfig { random_seed: crate::time::Instant::now().ticks(), ..StackConfig::default() };
-    let plans = vec![instance::Plan {
+    let mut plans = vec![instance::Plan {
         name: "lo",
         owner: 0,
         device: Box::new(|| device::Device::Loopback(MemoryDevice::loopback(LOOPBACK_MAC))),
         addressing: Addressing::Static { address: LOOPBACK_CIDR, gateway: None },
         config,
     }];
-    let topology = Topology { loopback: Some(0), nics: Vec::new() };
+    let mut nics = Vec::new();
+    let user_default = Addressing::Static {
+        address: Ipv4Cidr::new(Ipv4Address::new(10, 0, 2, 15), 24),
+        gateway: Some(Ipv4Address::new(10, 0, 2, 2)),
+    };
+    let addressing = toro_net::addressing_from(crate::system::command_line().split_whitespace(), user_default)
+        .unwrap_or_else(|error| {
+            log::warn!("net: {error:?}; using 10.0.2.15/24 via 10.0.2.2");
+            user_default
+        });
+    // The first virtio-net card only: more cards would need an address each.
+    if let Some(found) =
+        crate::virtio::discovery::devices().iter().find(|found| found.device_type == crate::virtio::device_type::NET)
+    {
+        let found = *found;
+        nics.push(plans.len());
+        plans.push(instance::Plan {
+            name: "eth0",
+            owner: found.owner,
+            device: Box::new(move || match virtio_net::VirtioNet::open(&found) {
+                Ok(nic) => device::Device::Virtio(Box::new(nic)),
+                Err(error) => {
+                    log::error!("virtio-net at {:#x}: {error}; left out", found.address);
+                    device::Device::Loopback(MemoryDevice::loopback(LOOPBACK_MAC))
+                }
+            }),
+            addressing,
+            config,
+        });
+    }
+    let topology = Topology { loopback: Some(0), nics };
     instance::start(plans);
     TOPOLOGY.set(topology);
 }
