@@ -415,12 +415,23 @@ pub fn remove_dir(path: &str) -> io::Result<()> {
     mount.volume.call(|v| v.fs.remove_dir(&inner))
 }
 
+/// Deepest tree [`remove_dir_all`] descends (a corrupt image may hold a
+/// directory loop; this bounds the recursion, and so the stack).
+pub const MAX_TREE_DEPTH: usize = 256;
+
 /// Removes a directory and everything in it.
 pub fn remove_dir_all(path: &str) -> io::Result<()> {
+    remove_tree(path, 0)
+}
+
+fn remove_tree(path: &str, depth: usize) -> io::Result<()> {
+    if depth >= MAX_TREE_DEPTH {
+        return Err(Error::from_static(ErrorKind::InvalidData, "directory tree deeper than 256 levels (a loop?)"));
+    }
     for entry in read_dir(path)? {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
-            remove_dir_all(&entry.path())?;
+            remove_tree(&entry.path(), depth + 1)?;
         } else {
             remove_file(&entry.path())?;
         }

@@ -159,6 +159,9 @@ fn main() -> i32 {
     drop(file);
     ok &= check(fs::read("/embedded").ok().as_deref() == Some(&b"via embedded-io"[..]), "embedded-io write reads back");
 
+    // remove_dir_all over a worker's tree.
+    ok &= check(fs::remove_dir_all("/out/cpu0").is_ok() && !fs::exists("/out/cpu0").unwrap_or(true), "remove_dir_all");
+
     ok &= check(fs::sync().is_ok(), "sync");
     if ok {
         println!("fs: all checks passed");
