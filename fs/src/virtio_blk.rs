@@ -3,6 +3,12 @@
 //! the checks and splitting a driver applies before a request leaves.
 //! The kernel's driver (on a virtqueue and transport) builds on this.
 
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Deref;
+
+use toro_core::virtio::queue::{Buffer, Driver, QueueMemory};
 use toro_io::{Error, ErrorKind, Result};
 
 /// Feature bits (5.2.3).
@@ -158,6 +164,275 @@ pub fn result(status_byte: u8) -> Result<()> {
         status::UNSUPP => Err(Error::from_static(ErrorKind::Unsupported, "virtio-blk: request unsupported")),
         status::IOERR => Err(Error::from_static(ErrorKind::Other, "virtio-blk: device I/O error")),
         _ => Err(Error::from_static(ErrorKind::InvalidData, "virtio-blk: unknown status byte")),
+    }
+}
+
+/// Why the device's queue broke (it then needs a reset).
+const BROKEN_QUEUE: Error =
+    Error::from_static(ErrorKind::InvalidData, "virtio-blk: the device broke the virtqueue protocol");
+
+/// One request's header and status byte: device-visible memory that must
+/// stay put while the request is in flight (the engine keeps them boxed).
+#[repr(C)]
+struct Slot {
+    header: [u8; HEADER_SIZE],
+    status: u8,
+}
+
+/// The requests of one virtio-blk queue: several in flight, each with a
+/// caller's cookie handed back with its result on completion.
+///
+/// Owned by the disk's owner CPU. The engine neither waits nor notifies:
+/// the driver submits, asks [`Engine::should_notify`] once per batch, and
+/// calls [`Engine::complete`] from its interrupt hook.
+pub struct Engine<M, const N: usize, const I: usize>
+where
+    M: Deref<Target = QueueMemory<N, I>>,
+{
+    queue: Driver<M, u16, N, I>,
+    slots: Box<[Slot]>,
+    cookies: Vec<u64>,
+    free: Vec<u16>,
+    config: Config,
+}
+
+impl<M, const N: usize, const I: usize> Engine<M, N, I>
+where
+    M: Deref<Target = QueueMemory<N, I>>,
+{
+    /// An engine over a fresh queue for a device with `config`.
+    pub fn new(queue: Driver<M, u16, N, I>, config: Config) -> Self {
+        Engine {
+            queue,
+            slots: (0..N).map(|_| Slot { header: [0; HEADER_SIZE], status: 0xff }).collect(),
+            cookies: vec![0; N],
+            free: (0..N as u16).rev().collect(),
+            config,
+        }
+    }
+
+    /// The device's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        N - self.free.len()
+    }
+
+    /// Queues a read (`write == false`: the device fills `data`) or a write
+    /// of one transfer that [`Config::check`] accepts and no longer than
+    /// `max_transfer` ([`Config::split`] makes such pieces); `data` is its
+    /// physical address and length. `Ok(false)`: the queue is full now,
+    /// try again after completions.
+    pub fn submit(&mut self, sector: u64, data: Buffer, write: bool, cookie: u64) -> Result<bool> {
+        self.config.check(sector, data.length as usize, write)?;
+        if data.length as usize > self.config.max_transfer {
+            return Err(Error::from_static(ErrorKind::InvalidInput, "virtio-blk: transfer above max_transfer"));
+        }
+        self.add(if write { request::OUT } else { request::IN }, sector, Some((data, write)), cookie)
+    }
+
+    /// Queues a cache flush (completes at once, successfully, when the
+    /// device has no write cache).
+    pub fn submit_flush(&mut self, cookie: u64) -> Result<bool> {
+        self.add(request::FLUSH, 0, None, cookie)
+    }
+
+    fn add(&mut self, kind: u32, sector: u64, data: Option<(Buffer, bool)>, cookie: u64) -> Result<bool> {
+        let buffers = if data.is_some() { 3 } else { 2 };
+        if !self.queue.fits(buffers) {
+            return Ok(false);
+        }
+        let Some(slot) = self.free.pop() else { return Ok(false) };
+        let entry = &mut self.slots[usize::from(slot)];
+        entry.header = header(kind, sector);
+        entry.status = 0xff;
+        let header_buffer = Buffer { address: entry.header.as_ptr() as u64, length: HEADER_SIZE as u32 };
+        let status_buffer = Buffer { address: &raw const entry.status as u64, length: 1 };
+        self.cookies[usize::from(slot)] = cookie;
+        let added = match data {
+            Some((data, true)) => self.queue.add(&[header_buffer, data], &[status_buffer], slot),
+            Some((data, false)) => self.queue.add(&[header_buffer], &[data, status_buffer], slot),
+            None => self.queue.add(&[header_buffer], &[status_buffer], slot),
+        };
+        if added.is_err() {
+            self.free.push(slot);
+            return Err(BROKEN_QUEUE);
+        }
+        Ok(true)
+    }
+
+    /// Whether the device must be notified of what was submitted since
+    /// the last call; `full_fence` as in `Driver::should_notify`.
+    pub fn should_notify(&mut self, full_fence: impl FnOnce()) -> bool {
+        self.queue.should_notify(full_fence)
+    }
+
+    /// Takes every completion, handing `done(cookie, result)` for each;
+    /// an error means the device broke the protocol (reset it).
+    pub fn complete(&mut self, mut done: impl FnMut(u64, Result<()>)) -> Result<usize> {
+        let mut count = 0;
+        while let Some(completion) = self.queue.pop_used().map_err(|_| BROKEN_QUEUE)? {
+            let slot = completion.token;
+            // The status byte is the device's last write (section 5.2.6).
+            let status_byte = self.slots[usize::from(slot)].status;
+            self.free.push(slot);
+            done(self.cookies[usize::from(slot)], result(status_byte));
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Asks the device for an interrupt at the next completion; `false` if
+    /// completions arrived meanwhile (take them first), as
+    /// `Driver::enable_interrupts`.
+    pub fn enable_interrupts(&mut self, full_fence: impl FnOnce()) -> bool {
+        self.queue.enable_interrupts(full_fence)
+    }
+}
+
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod engine_tests {
+    use super::*;
+    use alloc::sync::Arc;
+    use toro_core::virtio::queue::{Device, Segment};
+
+    const N: usize = 8;
+    /// Each request goes through one indirect table: N requests in flight.
+    const I: usize = 4;
+    type Memory = Arc<QueueMemory<N, I>>;
+
+    /// A disk behind the fake device side of the queue.
+    struct FakeDisk {
+        device: Device<Memory, N, I>,
+        data: Vec<u8>,
+        fail_sector: Option<u64>,
+    }
+
+    impl FakeDisk {
+        /// Serves every available request; returns how many.
+        fn serve(&mut self) -> usize {
+            let mut served = 0;
+            while let Some(head) = self.device.next_available() {
+                let mut segments = [Segment { buffer: Buffer { address: 0, length: 0 }, writable: false }; 4];
+                let count = self.device.read_chain(head, &mut segments).unwrap();
+                let segments = &segments[..count];
+                // SAFETY: the engine's buffers are live host memory while
+                // the request is in flight (the test owns them), and the
+                // addresses are their pointers (identity "physical" map).
+                let header = unsafe { core::slice::from_raw_parts(segments[0].buffer.address as *const u8, 16) };
+                let kind = u32::from_le_bytes(header[0..4].try_into().unwrap());
+                let sector = u64::from_le_bytes(header[8..16].try_into().unwrap());
+                let status = segments[count - 1].buffer.address as *mut u8;
+                let mut code = status::OK;
+                if count == 3 {
+                    let data = segments[1].buffer;
+                    let start = sector as usize * 512;
+                    let range = start..start + data.length as usize;
+                    if Some(sector) == self.fail_sector {
+                        code = status::IOERR;
+                    } else if kind == request::OUT {
+                        // SAFETY: as above.
+                        let source =
+                            unsafe { core::slice::from_raw_parts(data.address as *const u8, data.length as usize) };
+                        self.data[range].copy_from_slice(source);
+                    } else {
+                        // SAFETY: as above; the test does not touch the buffer meanwhile.
+                        let target =
+                            unsafe { core::slice::from_raw_parts_mut(data.address as *mut u8, data.length as usize) };
+                        target.copy_from_slice(&self.data[range]);
+                    }
+                }
+                // SAFETY: the status byte is live, as above.
+                unsafe { status.write(code) };
+                self.device.complete(head, if kind == request::IN { segments[1].buffer.length + 1 } else { 1 });
+                served += 1;
+            }
+            served
+        }
+    }
+
+    fn setup(features: u64, capacity: u64) -> (Engine<Memory, N, I>, FakeDisk) {
+        let memory = Arc::new(QueueMemory::<N, I>::new());
+        let base = Arc::as_ptr(&memory) as u64;
+        let queue = Driver::new(Arc::clone(&memory), base, false, true);
+        let read32 = |offset: usize| match offset {
+            0 => capacity as u32,
+            4 => (capacity >> 32) as u32,
+            8 => 4096,
+            _ => 0,
+        };
+        let config = Config::parse(features | feature::SIZE_MAX, read32).unwrap();
+        let disk = FakeDisk {
+            device: Device::new(memory, base, false),
+            data: vec![0; capacity as usize * 512],
+            fail_sector: None,
+        };
+        (Engine::new(queue, config), disk)
+    }
+
+    fn fence() {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[test]
+    fn several_requests_in_flight_complete_with_their_cookies() {
+        let (mut engine, mut disk) = setup(feature::VERSION_1 | feature::FLUSH, 1024);
+        let source: Vec<u8> = (0..32 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+        // 32 KiB in 4 KiB pieces: 8 writes in flight at once (the queue's size).
+        let mut submitted = 0;
+        for (sector, offset, len) in engine.config().split(16, source.len()) {
+            let data = Buffer { address: source[offset..].as_ptr() as u64, length: len as u32 };
+            assert!(engine.submit(sector, data, true, offset as u64).unwrap());
+            submitted += 1;
+        }
+        assert_eq!((submitted, engine.in_flight()), (8, 8));
+        let full = Buffer { address: source.as_ptr() as u64, length: 4096 };
+        assert!(!engine.submit(0, full, true, 99).unwrap(), "a full queue says so");
+        assert!(engine.should_notify(fence));
+        assert_eq!(disk.serve(), 8);
+        let mut cookies = Vec::new();
+        assert_eq!(engine.complete(|cookie, result| cookies.push((cookie, result.is_ok()))).unwrap(), 8);
+        cookies.sort();
+        assert_eq!(cookies, (0..8).map(|i| (i * 4096, true)).collect::<Vec<_>>());
+        assert_eq!(&disk.data[16 * 512..16 * 512 + source.len()], &source[..]);
+
+        // Read it back through the device, then a flush.
+        let mut back = vec![0u8; 8192];
+        for (sector, offset, len) in engine.config().split(16 + 8, back.len()) {
+            let data = Buffer { address: back[offset..].as_mut_ptr() as u64, length: len as u32 };
+            assert!(engine.submit(sector, data, false, 1).unwrap());
+        }
+        assert!(engine.submit_flush(2).unwrap());
+        disk.serve();
+        let mut results = Vec::new();
+        engine.complete(|cookie, result| results.push((cookie, result.is_ok()))).unwrap();
+        assert_eq!(results, vec![(1, true), (1, true), (2, true)]);
+        assert_eq!(&back[..], &source[4096..4096 + 8192]);
+        assert_eq!(engine.in_flight(), 0);
+    }
+
+    #[test]
+    fn refusals_and_device_errors() {
+        let (mut engine, mut disk) = setup(feature::VERSION_1 | feature::RO, 64);
+        let buffer = vec![0u8; 4096];
+        let data = Buffer { address: buffer.as_ptr() as u64, length: 4096 };
+        assert_eq!(engine.submit(0, data, true, 0).unwrap_err().kind(), ErrorKind::ReadOnlyFilesystem);
+        assert_eq!(engine.submit(60, data, false, 0).unwrap_err().kind(), ErrorKind::InvalidInput);
+        let long = Buffer { address: buffer.as_ptr() as u64, length: 8192 };
+        assert_eq!(engine.submit(0, long, false, 0).unwrap_err().kind(), ErrorKind::InvalidInput);
+        disk.fail_sector = Some(8);
+        assert!(engine.submit(8, data, false, 5).unwrap());
+        disk.serve();
+        let mut results = Vec::new();
+        engine.complete(|cookie, result| results.push((cookie, result.map_err(|e| e.kind())))).unwrap();
+        assert_eq!(results, vec![(5, Err(ErrorKind::Other))]);
+        // A device naming a chain that is not in flight breaks the queue.
+        disk.device.complete_raw(3, 0);
+        assert_eq!(engine.complete(|_, _| ()).unwrap_err().kind(), ErrorKind::InvalidData);
     }
 }
 
