@@ -2,7 +2,8 @@
 //!
 //! Each mounted filesystem is dedicated to one CPU, its owner: the ext2
 //! state, the block cache and the disk driver live there and every
-//! operation runs there ([`owner`]); calls from any CPU reach it. The mount
+//! operation runs there (a `toro::service` whose value is the mount);
+//! calls from any CPU reach it through its `Handle`. The mount
 //! table maps path prefixes (`/`, later `/share`) to mounts. See
 //! docs/fs.md.
 //!
@@ -11,8 +12,6 @@
 //! `DirEntry::file_name` and kept exactly by `DirEntry::file_name_bytes`);
 //! times are `Duration`s since the Unix epoch (Toro has no `SystemTime`);
 //! there is no current directory, so relative paths start at `/`.
-
-mod owner;
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -28,7 +27,7 @@ use toro_fs::ext2::{self, Ext2, FileKind, Stat};
 pub use toro_fs::{BlockDevice, MemoryDevice};
 
 use crate::io::{self, Error, ErrorKind, Read, Seek, SeekFrom, Write};
-use owner::{Owner, StartError};
+use crate::service::{Builder, Handle, StartError};
 
 /// Most mounts at once.
 pub const MAX_MOUNTS: usize = 8;
@@ -85,7 +84,7 @@ impl Volume {
 struct MountPoint {
     /// `/` or `/name...`, without a trailing slash.
     prefix: String,
-    volume: Owner<Volume>,
+    volume: Handle<Volume>,
 }
 
 /// Mounts, published in order; never removed (a handle may outlive any
@@ -126,21 +125,23 @@ pub fn mount(prefix: &str, device: Box<dyn BlockDevice + Send>, cpu: usize) -> i
     if mounts().len() == MAX_MOUNTS {
         return Err(Error::from_static(ErrorKind::Other, "mount table full"));
     }
-    let volume = Owner::start(cpu, || {
-        let options = ext2::Options { cache_blocks: toro_fs::block::DEFAULT_CACHE_BLOCKS, ..Default::default() };
-        Ext2::mount_with(device, options).map(|fs| Volume {
-            fs,
-            open: BTreeMap::new(),
-            orphans: Vec::new(),
-            open_total: 0,
+    let volume = Builder::new(alloc::format!("fs {prefix}"))
+        .cpu(cpu)
+        .try_start(move || {
+            let options = ext2::Options { cache_blocks: toro_fs::block::DEFAULT_CACHE_BLOCKS, ..Default::default() };
+            Ext2::mount_with(device, options).map(|fs| Volume {
+                fs,
+                open: BTreeMap::new(),
+                orphans: Vec::new(),
+                open_total: 0,
+            })
         })
-    })
-    .map_err(|e| match e {
-        StartError::NoSuchCpu(cpu) => {
-            Error::new(ErrorKind::InvalidInput, alloc::format!("owner CPU {cpu} does not exist or is not up"))
-        }
-        StartError::Init(e) => e,
-    })?;
+        .map_err(|e| match e {
+            StartError::Service(e) => {
+                Error::new(ErrorKind::InvalidInput, alloc::format!("no filesystem service on CPU {cpu}: {e}"))
+            }
+            StartError::Init(e) => e,
+        })?;
     let index = MOUNTS.count.load(Ordering::Relaxed);
     // SAFETY: slot `index` is not yet published; only CPU 0 writes and
     // nothing yields between the load above and the store below.
