@@ -1,7 +1,7 @@
 //! `cargo xtask`: Toro's host tool.
 //!
 //! ```text
-//! cargo xtask run [APP] [options]     build APP (default hello) and boot it
+//! cargo xtask run [APP] [options]     build APP (default webserver, on --net user) and boot it
 //! cargo xtask test [--filter WORD]    host unit tests, then every in-VM test
 //! cargo xtask gdb [APP] [options]     boot halted and attach gdb
 //! cargo xtask boot ELF [options]      boot an already built image (cargo runner)
@@ -188,10 +188,19 @@ fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
     Ok(ExitCode::from(result.outcome.exit_code() as u8))
 }
 
+/// What `cargo xtask run` boots when no application is named: the web
+/// server, on QEMU user networking unless `--net` says otherwise.
+const DEFAULT_APP: &str = "webserver";
+
 fn run(arguments: &[String]) -> Result<ExitCode> {
-    let options = parse_options(arguments)?;
+    let mut options = parse_options(arguments)?;
+    if options.positional.is_empty() && options.vmm == vmm::Vmm::Qemu && !arguments.iter().any(|a| a == "--net") {
+        let with_network: Vec<String> =
+            ["--net", "user"].iter().map(|s| s.to_string()).chain(arguments.iter().cloned()).collect();
+        options = parse_options(&with_network)?;
+    }
     setup::ensure()?;
-    let app = options.positional.first().map(String::as_str).unwrap_or("hello");
+    let app = options.positional.first().map(String::as_str).unwrap_or(DEFAULT_APP);
     let image = build::build(&[build::example(app)], options.debug)?.remove(0);
     boot(image, &options)
 }
