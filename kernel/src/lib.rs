@@ -92,9 +92,19 @@ pub fn cpu_id() -> u32 {
     arch::percpu::current_index() as u32
 }
 
-/// Stops the calling CPU for good without ending the VM: it halts and costs
-/// the host nothing. For applications whose work is done but whose VM is
-/// stopped from outside.
+/// Blocks the calling thread for good without ending the VM: for a `main`
+/// whose work is handed to other threads and whose VM is stopped from
+/// outside (a server). The calling CPU keeps scheduling its other threads
+/// and the services it owns (a network instance, a filesystem), and halts
+/// when it has nothing to run, costing the host nothing.
+///
+/// (It used to halt the CPU itself, which silently stopped every thread and
+/// service on that CPU: a thread that migrated there, as a remote socket
+/// call does, never came back.)
 pub fn park() -> ! {
-    arch::cpu::halt_forever()
+    loop {
+        // `thread::park` may return spuriously, or because someone unparked
+        // this thread: either way it has nothing to do.
+        thread::park();
+    }
 }

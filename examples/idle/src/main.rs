@@ -1,4 +1,5 @@
-//! Prints one line, then leaves every CPU halted: what an idle Toro VM
+//! Prints one line, then parks its thread: every CPU has nothing to run and
+//! halts in its idle loop. What an idle Toro VM
 //! costs the host is measured with this (`cargo xtask bench`).
 
 #![no_std]
@@ -6,6 +7,6 @@
 
 #[toro::main]
 fn main() -> i32 {
-    toro::println!("idle: parking the boot CPU");
+    toro::println!("idle: parking the main thread");
     toro::park()
 }
