@@ -43,6 +43,7 @@ pub mod dedicate;
 pub mod fadt;
 pub mod memory_map;
 pub mod memory_split;
+pub mod mount;
 pub mod numa;
 pub mod pci;
 pub mod physical_memory;

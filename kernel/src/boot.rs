@@ -126,8 +126,10 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     });
     phases.log();
     crate::virtio::discovery::start(); // Toro's virtio drivers, each on its device's owner
-                                       // SAFETY: the application crate defines this symbol through
-                                       // `#[toro::main]`; it is an ordinary Rust function.
+    crate::fs::mount_at_boot(); // toro.mount=..., else the first disk at /
+
+    // SAFETY: the application crate defines this symbol through
+    // `#[toro::main]`; it is an ordinary Rust function.
     let status = unsafe { __toro_application_main() };
     crate::exit(status)
 }

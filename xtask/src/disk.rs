@@ -53,6 +53,11 @@ fn folder_bytes(folder: &Path) -> Result<u64> {
 /// Makes `image` (replacing it) an ext2 filesystem holding `folder`'s tree;
 /// `size` defaults to twice the contents plus slack.
 pub fn image_from_folder(folder: &Path, image: &Path, size: Option<u64>) -> Result<()> {
+    image_from_folder_with(folder, image, size, &[])
+}
+
+/// As [`image_from_folder`], with more `mkfs.ext2` arguments (`-b 4096`).
+pub fn image_from_folder_with(folder: &Path, image: &Path, size: Option<u64>, mkfs_arguments: &[&str]) -> Result<()> {
     let mkfs = e2fsprogs("mkfs.ext2").context("mkfs.ext2 is missing: install e2fsprogs (cargo xtask setup)")?;
     let size = size.unwrap_or((folder_bytes(folder)? * 2 + IMAGE_SLACK_BYTES).max(MIN_IMAGE_BYTES));
     if let Some(parent) = image.parent() {
@@ -62,7 +67,9 @@ pub fn image_from_folder(folder: &Path, image: &Path, size: Option<u64>) -> Resu
     file.set_len(size)?;
     drop(file);
     let output = Command::new(mkfs)
-        .args(["-q", "-F", "-t", "ext2", "-d"])
+        .args(["-q", "-F", "-t", "ext2"])
+        .args(mkfs_arguments)
+        .arg("-d")
         .arg(folder)
         .arg(image)
         .output()

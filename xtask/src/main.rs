@@ -16,6 +16,7 @@ mod accel;
 mod bench;
 mod build;
 mod disk;
+mod disktest;
 mod floor;
 mod linux_guest;
 mod lockcheck;

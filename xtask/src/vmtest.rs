@@ -30,6 +30,8 @@ struct VmTest {
     qemu_arguments: &'static [&'static str],
     /// The VMM that boots it.
     vmm: Vmm,
+    /// A disk made before the boot and checked on the host after it.
+    disk: Option<crate::disktest::DiskTest>,
 }
 
 pub(crate) const PANIC: i32 = 101;
@@ -51,6 +53,7 @@ const fn vm(package: &'static str, binary: &'static str) -> VmTest {
         expect: &[],
         qemu_arguments: &[],
         vmm: Vmm::Qemu,
+        disk: None,
     }
 }
 
@@ -314,6 +317,59 @@ fn tests() -> Vec<VmTest> {
             memory_mib: 256,
             expect: &["host files read and checked", "4 CPUs wrote at once", "fs: all checks passed"],
             ..vm("vm-tests", "fs_ramdisk")
+        },
+        VmTest {
+            name: "fs_disk-1",
+            cpus: 1,
+            memory_mib: 256,
+            disk: Some(crate::disktest::READ_WRITE),
+            expect: &["host files read and checked", "fs_disk: all checks passed"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-2",
+            memory_mib: 256,
+            command_line: "toro.log=info",
+            disk: Some(crate::disktest::READ_WRITE),
+            expect: &[
+                "virtio-blk#0: 32 MiB, 512-byte blocks, flush, owner cpu 1",
+                "fs: blk#0 at / (owner CPU 1)",
+                "2 CPUs wrote at once",
+                "fs_disk: all checks passed",
+            ],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-4",
+            cpus: 4,
+            memory_mib: 256,
+            disk: Some(crate::disktest::READ_WRITE),
+            expect: &["4 CPUs wrote at once", "fs_disk: all checks passed"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-ro",
+            memory_mib: 256,
+            command_line: "toro.log=info toro.mount=/data=blk:ro@0,/x=bogus mode=ro root=/data",
+            disk: Some(crate::disktest::READ_ONLY),
+            expect: &[
+                "toro.mount entry \"/x=bogus\": the device must be blk or blk#N",
+                "fs: blk#0 at /data, read-only (owner CPU 0)",
+                "every change refused on the read-only disk",
+                "fs_disk: all checks passed",
+            ],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-corrupt",
+            memory_mib: 256,
+            command_line: "mode=corrupt",
+            disk: Some(crate::disktest::CORRUPT),
+            expect: &[
+                "fs: cannot mount blk#0 at /: not an ext2 filesystem: bad superblock magic",
+                "corrupt image refused, system still running",
+            ],
+            ..vm("vm-tests", "fs_disk")
         },
         VmTest { name: "sync-2", memory_mib: 256, expect: &["sync: all checks passed"], ..vm("vm-tests", "sync") },
         VmTest {
@@ -852,6 +908,14 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             println!("vm test {} ... skipped: {missing:#}", test.name);
             continue;
         }
+        let disk = match test.disk {
+            Some(disk) => {
+                let folder = build::workspace_root().join("target").join("vm-disks").join(test.name);
+                Some((disk.prepare)(&folder).with_context(|| format!("{}: making its disk", test.name))?)
+            }
+            None => None,
+        };
+        config.disks.extend(disk.clone());
         let timeout = Some(Duration::from_secs(60));
         let result = vmm::run(test.vmm, &config, &vmm::Devices::default(), timeout, false, &|l| symbols.annotate(l))?;
         let mut problems = Vec::new();
@@ -865,6 +929,9 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             if !result.output.contains(expected) {
                 problems.push(format!("output lacks {expected:?}"));
             }
+        }
+        if let (Some(check), Some(disk), true) = (test.disk, &disk, problems.is_empty()) {
+            problems.extend((check.check)(&disk.image, test.cpus)?);
         }
         if problems.is_empty() {
             passed += 1;

@@ -114,6 +114,12 @@ fn mounts() -> &'static [MountPoint] {
 /// directory name such as `/data`), owned by CPU `cpu`: its state is made
 /// there and every later operation on it runs there. Call from CPU 0.
 pub fn mount(prefix: &str, device: Box<dyn BlockDevice + Send>, cpu: usize) -> io::Result<()> {
+    mount_with(prefix, device, cpu, false)
+}
+
+/// As [`mount`]; `read_only`: never write to the device (every change is
+/// refused with `ReadOnlyFilesystem`).
+pub fn mount_with(prefix: &str, device: Box<dyn BlockDevice + Send>, cpu: usize, read_only: bool) -> io::Result<()> {
     if crate::cpu_id() != 0 {
         return Err(Error::from_static(ErrorKind::Unsupported, "mount from CPU 0"));
     }
@@ -128,7 +134,8 @@ pub fn mount(prefix: &str, device: Box<dyn BlockDevice + Send>, cpu: usize) -> i
     let volume = Builder::new(alloc::format!("fs {prefix}"))
         .cpu(cpu)
         .try_start(move || {
-            let options = ext2::Options { cache_blocks: toro_fs::block::DEFAULT_CACHE_BLOCKS, ..Default::default() };
+            let options =
+                ext2::Options { cache_blocks: toro_fs::block::DEFAULT_CACHE_BLOCKS, read_only, ..Default::default() };
             Ext2::mount_with(device, options).map(|fs| Volume {
                 fs,
                 open: BTreeMap::new(),
@@ -149,6 +156,37 @@ pub fn mount(prefix: &str, device: Box<dyn BlockDevice + Send>, cpu: usize) -> i
     MOUNTS.count.store(index + 1, Ordering::Release);
     log::info!("fs: mounted ext2 at {} (owner CPU {cpu})", mounts()[index].prefix);
     Ok(())
+}
+
+/// Mounts what `toro.mount=` names (without it: the first virtio-blk
+/// device at `/`), each on its owner CPU (the entry's `@CPU`, else the
+/// device's). A mount that fails is logged with its reason and left out;
+/// the system goes on. Boot CPU, after the drivers started.
+pub(crate) fn mount_at_boot() {
+    use toro_core::mount::{self, Source};
+    let given = toro_core::command_line::CommandLine::new(crate::system::command_line()).get("toro.mount");
+    let entries = mount::parse(given.unwrap_or(mount::DEFAULT), |problem| log::warn!("{problem}"));
+    let disks = crate::virtio::blk::devices();
+    for entry in entries.iter() {
+        let Source::Blk(index) = entry.source;
+        let Some(blk) = disks.iter().find(|disk| disk.index() == index) else {
+            // Without toro.mount, no disk simply means nothing to mount.
+            if given.is_some() {
+                log::error!("fs: cannot mount blk#{index} at {}: no such virtio-blk device", entry.path);
+            }
+            continue;
+        };
+        let cpu = entry.cpu.unwrap_or(blk.cpu());
+        let read_only = entry.read_only || blk.config().read_only;
+        match mount_with(entry.path, Box::new(blk.disk()), cpu, read_only) {
+            Ok(()) => log::info!(
+                "fs: blk#{index} at {}{} (owner CPU {cpu})",
+                entry.path,
+                if read_only { ", read-only" } else { "" }
+            ),
+            Err(error) => log::error!("fs: cannot mount blk#{index} at {}: {error}", entry.path),
+        }
+    }
 }
 
 /// `/`-separated, absolute, without `.`, empty components or a trailing
@@ -568,6 +606,10 @@ impl OpenOptions {
             let stat = v.fs.stat(ino)?;
             if stat.kind == FileKind::Dir && writes {
                 return Err(Error::from_static(ErrorKind::IsADirectory, "is a directory"));
+            }
+            // As open(2)'s EROFS: write access to a read-only filesystem is refused at open.
+            if writes && !v.fs.is_writable() {
+                return Err(Error::from_static(ErrorKind::ReadOnlyFilesystem, "the filesystem is mounted read-only"));
             }
             if options.truncate && stat.size > 0 {
                 v.fs.set_len(ino, 0)?;

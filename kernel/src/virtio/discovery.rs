@@ -133,6 +133,7 @@ pub(crate) fn probe() {
 /// on its device's owner CPU. Boot CPU, before the application.
 pub(crate) fn start() {
     super::rng::start_default();
+    super::blk::start_all();
 }
 
 /// The virtio-mmio devices found at boot (empty before [`probe`]).

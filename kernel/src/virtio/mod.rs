@@ -12,6 +12,7 @@
 //! - [`discovery`]: virtio-mmio devices from the ACPI DSDT and the
 //!   `virtio_mmio.device=` command line, probed and listed at boot.
 //! - [`rng`]: virtio-rng as a service on its owner CPU.
+//! - [`blk`]: virtio-blk as a service on its owner CPU (the disk under `toro::fs`).
 //!
 //! Why not `virtio-drivers` 0.13: its queue and transports own memory
 //! through a global `Hal`, never write an MSI-X vector (cloud-hypervisor
@@ -25,6 +26,7 @@
 //! CPU (they live inside the driver's service value, `!Sync` by `&mut`
 //! access); other CPUs reach the device only through the service handle.
 
+pub mod blk;
 pub mod discovery;
 mod mmio;
 mod queue;

@@ -87,3 +87,12 @@ impl<T, const N: usize, const I: usize> VirtQueue<T, N, I> {
         self.driver.reset(dropped);
     }
 }
+
+impl<T, const N: usize, const I: usize> VirtQueue<T, N, I> {
+    /// The queue's bookkeeping, for a driver whose request engine owns it
+    /// (virtio-blk's `toro_fs::virtio_blk::Engine`); notify with
+    /// `Transport::notify(index)` when it says to.
+    pub(super) fn into_driver(self: Box<Self>) -> Driver<Box<QueueMemory<N, I>>, T, N, I> {
+        self.driver
+    }
+}

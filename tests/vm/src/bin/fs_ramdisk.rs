@@ -11,48 +11,18 @@ use toro::alloc::format;
 use toro::alloc::string::{String, ToString};
 use toro::alloc::vec::Vec;
 use toro::fs::{self, File, MemoryDevice, OpenOptions};
-use toro::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use toro::io::{ErrorKind, Read, Seek, SeekFrom};
 use toro::{cpu, println, thread};
+use vm_tests::check;
+use vm_tests::fs::{kind_of, pattern, write_worker_files};
 
 static IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fs-test.img"));
 static MANIFEST: &str = include_str!(concat!(env!("OUT_DIR"), "/fs-manifest.txt"));
 
-/// The bytes build.rs wrote (same formula).
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| ((i as u32).wrapping_mul(2654435761) >> 13) as u8 ^ seed).collect()
-}
-
-fn check(condition: bool, what: &str) -> bool {
-    if !condition {
-        println!("FAILED: {what}");
-    }
-    condition
-}
-
-fn kind_of<T>(result: toro::io::Result<T>) -> Option<ErrorKind> {
-    result.err().map(|e| e.kind())
-}
-
 /// What one CPU's thread writes, renames, truncates and removes.
 fn worker(cpu: usize) -> bool {
-    let mut ok = true;
     let dir = format!("/out/cpu{cpu}");
-    ok &= check(fs::create_dir_all(&format!("{dir}/sub")).is_ok(), "create_dir_all from a worker");
-    for k in 0..12usize {
-        let data = pattern(k * 1500 + cpu, (cpu * 16 + k) as u8);
-        let mut file = File::create(&format!("{dir}/f{k}")).expect("create");
-        for chunk in data.chunks(1000) {
-            file.write_all(chunk).expect("write");
-        }
-    }
-    ok &= check(fs::rename(&format!("{dir}/f0"), &format!("{dir}/sub/renamed")).is_ok(), "rename");
-    ok &= check(fs::remove_file(&format!("{dir}/f1")).is_ok(), "remove_file");
-    let file = OpenOptions::new().write(true).open(&format!("{dir}/f2")).expect("open f2");
-    ok &= check(file.set_len(10).is_ok(), "set_len");
-    drop(file);
-    let mut file = OpenOptions::new().append(true).open(&format!("{dir}/f3")).expect("open f3");
-    file.write_all(b"appended").expect("append");
-    drop(file);
+    let mut ok = write_worker_files(&dir, cpu, 12, 1500);
     // Seek and read back in the middle.
     let mut file = File::open(&format!("{dir}/f5")).expect("open f5");
     file.seek(SeekFrom::Start(100)).expect("seek");

@@ -1,0 +1,228 @@
+//! `toro::fs` on a virtio-blk disk the host made from a folder
+//! (`mkfs.ext2 -d`, in xtask/src/disktest.rs), mounted at boot.
+//!
+//! Modes (the `mode=` argument):
+//! - `rw` (default): every file in the tree read and checked against the
+//!   image's `/MANIFEST`; then writes, directories, renames, removals and
+//!   truncations from a thread on every CPU at once; raw reads of the disk
+//!   from every CPU (several requests in flight); the VM then exits
+//!   without an explicit sync, and the host checks with `debugfs` what
+//!   was written and that `e2fsck -fn` finds the image clean.
+//! - `ro`: the disk is read-only (QEMU `readonly=on`, `VIRTIO_BLK_F_RO`),
+//!   mounted at `root=`: files read, every kind of change refused with
+//!   `ReadOnlyFilesystem`, raw writes too; the host checks the image did
+//!   not change.
+//! - `corrupt`: the superblock is damaged; the boot mount failed with a
+//!   clear error, `toro::fs` says nothing is mounted, the disk still reads.
+
+#![no_std]
+#![no_main]
+
+use toro::alloc::format;
+use toro::alloc::string::String;
+use toro::alloc::vec;
+use toro::alloc::vec::Vec;
+use toro::fs::{self, OpenOptions};
+use toro::io::ErrorKind;
+use toro::virtio::blk;
+use toro::{cpu, println, thread};
+use vm_tests::check;
+use vm_tests::fs::{kind_of, pattern, write_worker_files};
+
+/// Every file under `dir`, recursively (symbolic links not followed).
+fn walk(dir: &str, files: &mut Vec<String>) -> toro::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(&path, files)?;
+        } else if kind.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Reads every file the manifest lists under `root` and checks the tree holds no others.
+fn read_tree(root: &str) -> bool {
+    let mut ok = true;
+    let manifest = match fs::read_to_string(&format!("{root}/MANIFEST")) {
+        Ok(text) => text,
+        Err(e) => return check(false, &format!("{root}/MANIFEST: {e}")),
+    };
+    let mut listed = Vec::new();
+    for line in manifest.lines() {
+        // `PATH LEN SEED`; paths may hold spaces.
+        let mut parts = line.rsplitn(3, ' ');
+        let (Some(seed), Some(len), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            return check(false, "manifest line");
+        };
+        let expected = pattern(len.parse().unwrap_or(0), seed.parse().unwrap_or(0));
+        let full = format!("{root}{path}");
+        match fs::read(&full) {
+            Ok(data) => ok &= check(data == expected, &full),
+            Err(e) => ok &= check(false, &format!("{full}: {e}")),
+        }
+        listed.push(full);
+    }
+    let mut found = Vec::new();
+    if let Err(e) = walk(if root.is_empty() { "/" } else { root }, &mut found) {
+        return check(false, &format!("walking the tree: {e}"));
+    }
+    found.retain(|path| !path.ends_with("/MANIFEST"));
+    found.sort();
+    listed.sort();
+    ok &= check(found == listed, "the tree holds exactly the manifest's files");
+    ok &= check(fs::read_link(&format!("{root}/link")).ok().as_deref() == Some("data/one"), "symbolic link");
+    println!("fs_disk: {} host files read and checked", listed.len());
+    ok
+}
+
+/// What one CPU's thread writes, renames, truncates and removes (the host checks it).
+fn worker(cpu: usize) -> bool {
+    let dir = format!("/out/cpu{cpu}");
+    let mut ok = write_worker_files(&dir, cpu, 8, 3000);
+    ok &= check(fs::write(&format!("{dir}/big"), pattern(600_000, cpu as u8)).is_ok(), "big file");
+    ok &= check(fs::create_dir(&format!("{dir}/gone")).is_ok(), "create_dir");
+    ok &= check(fs::remove_dir(&format!("{dir}/gone")).is_ok(), "remove_dir");
+    ok &= check(fs::read(&format!("{dir}/big")).ok() == Some(pattern(600_000, cpu as u8)), "big file reads back");
+    ok
+}
+
+/// Raw reads of the whole disk from a thread on every CPU at once,
+/// compared with one read of it all (split into many requests in flight).
+fn raw_reads(disk: blk::Blk, cpus: usize) -> bool {
+    let bytes = (disk.config().capacity as usize * 512).min(4 << 20);
+    let mut whole = vec![0u8; bytes];
+    if let Err(e) = disk.read(0, &mut whole) {
+        return check(false, &format!("raw read of {bytes} bytes: {e}"));
+    }
+    let whole: &'static [u8] = whole.leak();
+    let readers: Vec<_> = (0..cpus)
+        .map(|c| {
+            thread::spawn_on(c, move || {
+                let mut ok = true;
+                let mut block = vec![0u8; 4096];
+                for i in 0..64usize {
+                    let offset = (i * 7 + c * 13) % (whole.len() / 4096) * 4096;
+                    ok &= disk.read((offset / 512) as u64, &mut block).is_ok();
+                    ok &= block[..] == whole[offset..offset + 4096];
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = true;
+    for reader in readers {
+        ok &= check(reader.join(), "raw reads from every CPU match");
+    }
+    ok &= check(
+        kind_of(disk.read(disk.config().capacity, &mut vec![0u8; 512])) == Some(ErrorKind::InvalidInput),
+        "read past the end refused",
+    );
+    ok
+}
+
+fn blk_report(disk: blk::Blk) -> bool {
+    let stats = disk.stats().expect("stats");
+    let on_owner = toro::interrupts::count_on(disk.cpu(), disk.vector()).unwrap_or(0);
+    let elsewhere: u64 = (0..cpu::count())
+        .filter(|&c| c != disk.cpu())
+        .map(|c| toro::interrupts::count_on(c, disk.vector()).unwrap_or(0))
+        .sum();
+    println!(
+        "fs_disk: blk#0 {} requests, {} interrupts ({on_owner} on cpu {}, {elsewhere} elsewhere), {} flushes, at most {} in flight",
+        stats.requests,
+        stats.interrupts,
+        disk.cpu(),
+        stats.flushes,
+        stats.max_in_flight
+    );
+    let mut ok = check(stats.interrupts > 0 && !stats.left_out, "completions by interrupt");
+    ok &= check(stats.max_in_flight > 1, "several requests in flight");
+    ok
+}
+
+fn read_write(cpus: usize, disk: blk::Blk) -> bool {
+    let mut ok = read_tree("");
+    // Writes from every CPU at once; the owner serialises them.
+    let workers: Vec<_> = (0..cpus).map(|c| thread::spawn_on(c, move || worker(c))).collect();
+    for worker in workers {
+        ok &= check(worker.join(), "worker checks");
+    }
+    println!("fs_disk: {cpus} CPUs wrote at once");
+    // Changes to the host's own files.
+    ok &= check(fs::rename("/data/one", "/data/one-moved").is_ok(), "rename a host file");
+    ok &= check(fs::remove_file("/data/block").is_ok(), "remove a host file");
+    let file = OpenOptions::new().write(true).open("/data/double").expect("open");
+    ok &= check(file.set_len(1000).is_ok(), "truncate a host file");
+    // A mid-run sync (the flush reaches the device), then more changes
+    // the clean exit must write.
+    ok &= check(file.sync_all().is_ok(), "sync_all");
+    drop(file);
+    ok &= check(fs::write("/after-sync.txt", b"written after the last sync\n").is_ok(), "write after sync");
+    ok &= raw_reads(disk, cpus);
+    ok &= blk_report(disk);
+    ok
+}
+
+fn read_only(root: &str, disk: blk::Blk) -> bool {
+    let mut ok = check(disk.config().read_only, "the device says read-only");
+    ok &= read_tree(root);
+    let path = |p: &str| format!("{root}{p}");
+    let refused = Some(ErrorKind::ReadOnlyFilesystem);
+    ok &= check(kind_of(fs::write(&path("/new"), b"x")) == refused, "create refused");
+    ok &= check(kind_of(OpenOptions::new().write(true).open(&path("/data/one"))) == refused, "open for write refused");
+    ok &= check(kind_of(fs::create_dir(&path("/newdir"))) == refused, "mkdir refused");
+    ok &= check(kind_of(fs::remove_file(&path("/data/one"))) == refused, "remove refused");
+    ok &= check(kind_of(fs::rename(&path("/data/one"), &path("/data/two"))) == refused, "rename refused");
+    let error = disk.write(0, &vec![0u8; 4096]).err();
+    ok &= check(error.as_ref().map(|e| e.kind()) == refused, "raw write refused");
+    if let Some(error) = error {
+        println!("fs_disk: raw write: {error}");
+    }
+    ok &= check(fs::sync().is_ok(), "sync of a read-only mount");
+    println!("fs_disk: every change refused on the read-only disk");
+    ok
+}
+
+fn corrupt(disk: blk::Blk) -> bool {
+    let mut ok = check(kind_of(fs::metadata("/")) == Some(ErrorKind::NotFound), "nothing mounted");
+    ok &= check(kind_of(fs::write("/x", b"x")) == Some(ErrorKind::NotFound), "no file on a failed mount");
+    // The superblock (byte 1024) as the host damaged it: magic zeroed, the rest intact.
+    let mut superblock = vec![0u8; 1024];
+    ok &= check(disk.read(2, &mut superblock).is_ok(), "the disk still reads");
+    ok &= check(superblock[56..58] == [0, 0] && superblock[0..4] != [0; 4], "the damage the host made");
+    println!("fs_disk: corrupt image refused, system still running");
+    ok
+}
+
+#[toro::main]
+fn main() -> i32 {
+    let cpus = cpu::count();
+    let Some(&disk) = blk::devices().first() else {
+        println!("FAILED: no virtio-blk device");
+        return 1;
+    };
+    let config = disk.config();
+    println!(
+        "fs_disk: blk#0 {} KiB, {}-byte blocks, owner cpu {}{}",
+        config.capacity / 2,
+        config.block_size,
+        disk.cpu(),
+        if config.read_only { ", read-only" } else { "" }
+    );
+    let ok = match toro::system::argument("mode").unwrap_or("rw") {
+        "rw" => read_write(cpus, disk),
+        "ro" => read_only(toro::system::argument("root").unwrap_or(""), disk),
+        "corrupt" => corrupt(disk),
+        other => check(false, &format!("unknown mode {other:?}")),
+    };
+    if ok {
+        println!("fs_disk: all checks passed");
+        0
+    } else {
+        1
+    }
+}

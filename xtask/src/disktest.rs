@@ -1,0 +1,201 @@
+//! Disks for in-VM tests (`tests/vm/src/bin/fs_disk.rs`): the folder and
+//! ext2 image a test boots with (`mkfs.ext2 -d`), and the host's checks
+//! of the image after the VM exited (`debugfs`, `e2fsck -fn`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::disk::{image_from_folder_with, Disk};
+use crate::setup::e2fsprogs;
+
+/// A test's disk: made before the boot in a folder of its own, checked after a clean exit.
+#[derive(Clone, Copy)]
+pub struct DiskTest {
+    /// Makes the image in the folder given.
+    pub prepare: fn(&Path) -> Result<Disk>,
+    /// Problems found in the image after the VM exited (the test's CPU count given).
+    pub check: fn(&Path, u32) -> Result<Vec<String>>,
+}
+
+/// A writable disk; afterwards every change the guest made reads back on the host.
+pub const READ_WRITE: DiskTest = DiskTest { prepare: prepare_read_write, check: check_read_write };
+/// A read-only disk (QEMU `readonly=on`); afterwards it is unchanged.
+pub const READ_ONLY: DiskTest = DiskTest { prepare: prepare_read_only, check: check_unchanged };
+/// An image with a damaged superblock; afterwards it is unchanged.
+pub const CORRUPT: DiskTest = DiskTest { prepare: prepare_corrupt, check: check_unchanged };
+
+/// The bytes of a test file (the guest's formula, fs_disk.rs).
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| ((i as u32).wrapping_mul(2654435761) >> 13) as u8 ^ seed).collect()
+}
+
+/// The host's files: path, length, seed.
+fn files() -> Vec<(String, usize, u8)> {
+    let mut files: Vec<(String, usize, u8)> = [
+        ("/hello.txt", 20, 9),
+        ("/data/empty", 0, 1),
+        ("/data/one", 1, 2),
+        ("/data/block", 1024, 3),
+        ("/data/indirect", 50_000, 4),
+        ("/data/double", 400_000, 5),
+        ("/data/big", 3_000_000, 7),
+        ("/deep/a/b/c/leaf", 77, 6),
+        ("/with space/file", 10, 8),
+    ]
+    .iter()
+    .map(|&(path, len, seed)| (path.to_string(), len, seed))
+    .collect();
+    files.extend((0..60).map(|i| (format!("/many/entry-{i:03}"), i * 5, i as u8)));
+    files
+}
+
+/// Writes the tree and its `MANIFEST` under `dir/tree`.
+fn make_tree(dir: &Path) -> Result<PathBuf> {
+    let tree = dir.join("tree");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
+    let mut manifest = String::new();
+    for (path, len, seed) in files() {
+        let full = tree.join(&path[1..]);
+        std::fs::create_dir_all(full.parent().expect("a parent"))?;
+        std::fs::write(&full, pattern(len, seed))?;
+        manifest.push_str(&format!("{path} {len} {seed}\n"));
+    }
+    std::fs::write(tree.join("MANIFEST"), manifest)?;
+    std::os::unix::fs::symlink("data/one", tree.join("link"))?;
+    Ok(tree)
+}
+
+fn prepare(dir: &Path, size_mib: u64, mkfs_arguments: &[&str]) -> Result<PathBuf> {
+    let tree = make_tree(dir)?;
+    let image = dir.join("disk.img");
+    image_from_folder_with(&tree, &image, Some(size_mib << 20), mkfs_arguments)?;
+    Ok(image)
+}
+
+fn prepare_read_write(dir: &Path) -> Result<Disk> {
+    Ok(Disk { image: prepare(dir, 32, &["-b", "4096"])?, read_only: false })
+}
+
+/// Keeps a copy to compare with afterwards.
+fn keep_original(image: &Path) -> Result<()> {
+    std::fs::copy(image, image.with_extension("orig")).context("copying the image")?;
+    Ok(())
+}
+
+fn prepare_read_only(dir: &Path) -> Result<Disk> {
+    let image = prepare(dir, 16, &["-b", "1024"])?;
+    keep_original(&image)?;
+    Ok(Disk { image, read_only: true })
+}
+
+/// The superblock's magic (byte 1024 + 56) zeroed.
+fn prepare_corrupt(dir: &Path) -> Result<Disk> {
+    let image = prepare(dir, 16, &[])?;
+    let mut bytes = std::fs::read(&image)?;
+    bytes[1024 + 56..1024 + 58].fill(0);
+    std::fs::write(&image, bytes)?;
+    keep_original(&image)?;
+    Ok(Disk { image, read_only: false })
+}
+
+fn debugfs(image: &Path, request: &str) -> Result<(Vec<u8>, String)> {
+    let program = e2fsprogs("debugfs").context("debugfs is missing: install e2fsprogs")?;
+    let output = Command::new(program).args(["-R", request]).arg(image).output().context("running debugfs")?;
+    Ok((output.stdout, String::from_utf8_lossy(&output.stderr).into_owned()))
+}
+
+/// `e2fsck -fn`'s complaint, if it has one.
+fn e2fsck(image: &Path) -> Result<Option<String>> {
+    let program = e2fsprogs("e2fsck").context("e2fsck is missing: install e2fsprogs")?;
+    let output = Command::new(program).arg("-fn").arg(image).output().context("running e2fsck")?;
+    Ok((!output.status.success()).then(|| {
+        format!(
+            "e2fsck -fn {} exited with {}: {}",
+            image.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout).lines().take(12).collect::<Vec<_>>().join(" | ")
+        )
+    }))
+}
+
+fn check_read_write(image: &Path, cpus: u32) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let mut expect = |path: &str, wanted: Option<&[u8]>| -> Result<()> {
+        match wanted {
+            Some(wanted) => {
+                let (data, errors) = debugfs(image, &format!("cat \"{path}\""))?;
+                if data != wanted {
+                    problems.push(format!(
+                        "{path} on the host: {} bytes, expected {} ({})",
+                        data.len(),
+                        wanted.len(),
+                        errors.trim()
+                    ));
+                }
+            }
+            None => {
+                let (_, errors) = debugfs(image, &format!("stat \"{path}\""))?;
+                if !errors.contains("not found") {
+                    problems.push(format!("{path} is still there on the host"));
+                }
+            }
+        }
+        Ok(())
+    };
+    for cpu in 0..cpus as usize {
+        let dir = format!("/out/cpu{cpu}");
+        let file = |k: usize| pattern(k * 3000 + cpu, (cpu * 16 + k) as u8);
+        for k in 3..8 {
+            let mut wanted = file(k);
+            if k == 3 {
+                wanted.extend_from_slice(b"appended");
+            }
+            expect(&format!("{dir}/f{k}"), Some(&wanted))?;
+        }
+        expect(&format!("{dir}/f2"), Some(&file(2)[..10]))?;
+        expect(&format!("{dir}/sub/renamed"), Some(&file(0)))?;
+        expect(&format!("{dir}/big"), Some(&pattern(600_000, cpu as u8)))?;
+        for gone in ["f0", "f1", "gone"] {
+            expect(&format!("{dir}/{gone}"), None)?;
+        }
+    }
+    expect("/data/one", None)?;
+    expect("/data/one-moved", Some(&pattern(1, 2)))?;
+    expect("/data/block", None)?;
+    expect("/data/double", Some(&pattern(400_000, 5)[..1000]))?;
+    expect("/data/big", Some(&pattern(3_000_000, 7)))?;
+    expect("/after-sync.txt", Some(b"written after the last sync\n"))?;
+    problems.extend(e2fsck(image)?);
+    Ok(problems)
+}
+
+fn check_unchanged(image: &Path, _cpus: u32) -> Result<Vec<String>> {
+    let before = std::fs::read(image.with_extension("orig"))?;
+    let after = std::fs::read(image)?;
+    Ok(if before == after { Vec::new() } else { vec![format!("{} changed on the host", image.display())] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checks_catch_a_guest_that_wrote_nothing_and_a_changed_image() {
+        let dir = std::env::temp_dir().join(format!("toro-disktest-{}", std::process::id()));
+        let disk = prepare_read_write(&dir).unwrap();
+        // Nothing written: every expected change is reported, the image is clean.
+        let problems = check_read_write(&disk.image, 1).unwrap();
+        assert!(problems.iter().any(|p| p.contains("/out/cpu0/f3 on the host: 0 bytes")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("/data/one is still there")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("e2fsck")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("/data/big")), "untouched host file reads back: {problems:?}");
+        let disk = prepare_corrupt(&dir.join("corrupt")).unwrap();
+        assert!(check_unchanged(&disk.image, 1).unwrap().is_empty());
+        std::fs::write(&disk.image, b"changed").unwrap();
+        assert_eq!(check_unchanged(&disk.image, 1).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
