@@ -18,8 +18,11 @@ mod build;
 mod disk;
 mod disktest;
 mod floor;
+mod frames;
 mod linux_guest;
 mod lockcheck;
+mod netns;
+mod nettest;
 mod qemu;
 mod setup;
 mod symbols;
@@ -56,6 +59,19 @@ pub struct BootOptions {
     pub devices: Vec<String>,
     /// Which VMM boots the image (`--vmm`).
     pub vmm: vmm::Vmm,
+    /// A virtio-net card on a tap (`--net tap`: in a network namespace the
+    /// tool makes; `--net tap=IFNAME`: an existing tap of the host's).
+    pub tap: Option<TapNetwork>,
+}
+
+/// Where `--net tap` puts the guest's card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapNetwork {
+    /// A tap in a fresh network namespace, host side at
+    /// `netns::HOST_ADDRESS`, the guest at `netns::GUEST_ADDRESS`.
+    Namespace,
+    /// The host's tap with this name, set up by the user.
+    Existing(String),
 }
 
 /// The forward `--net user` gets without `--forward`: the web server's
@@ -84,6 +100,7 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
         disks: Vec::new(),
         devices: Vec::new(),
         vmm: vmm::Vmm::Qemu,
+        tap: None,
     };
     let mut forwards = Vec::new();
     let mut iterator = arguments.iter();
@@ -116,9 +133,15 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
             "--disk" => options.disks.push(disk::parse(&value("--disk")?)?),
             "--device" => options.devices.push(value("--device")?),
             "--net" => match value("--net")?.as_str() {
-                "user" => options.network = Some(qemu::UserNetwork::default()),
-                "none" => options.network = None,
-                other => bail!("unknown --net {other:?}: user or none"),
+                "user" => (options.network, options.tap) = (Some(qemu::UserNetwork::default()), None),
+                "none" => (options.network, options.tap) = (None, None),
+                "tap" => (options.network, options.tap) = (None, Some(TapNetwork::Namespace)),
+                other => match other.strip_prefix("tap=") {
+                    Some(name) if !name.is_empty() && name.len() < 16 && !name.contains(['/', ',', ' ']) => {
+                        (options.network, options.tap) = (None, Some(TapNetwork::Existing(name.into())))
+                    }
+                    _ => bail!("unknown --net {other:?}: user, tap, tap=IFNAME or none"),
+                },
             },
             "--forward" => forwards.push(parse_forward(&value("--forward")?)?),
             flag if flag.starts_with("--") => bail!("unknown option {flag}"),
@@ -181,8 +204,36 @@ fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
             eprintln!("network: QEMU user networking; the guest's TCP port {guest} is http://127.0.0.1:{host}/");
         }
     }
-    let taps = vmm::Devices::default();
-    let result = vmm::run(options.vmm, &config, &taps, options.timeout, true, &|line| symbols.annotate(line))?;
+    let mut config = config;
+    let mut taps = vmm::Devices::default();
+    // Kept until the VM ends: dropping it removes the namespace.
+    let mut namespace = None;
+    match &options.tap {
+        None => {}
+        Some(TapNetwork::Existing(name)) => {
+            taps.taps.push(vmm::Tap::new(name));
+            eprintln!("network: the guest's card is on the host's tap {name}");
+        }
+        Some(TapNetwork::Namespace) => {
+            let made = netns::Namespace::create("run")?;
+            made.add_tap("tap0", 1, true)?;
+            taps.taps.push(vmm::Tap::new("tap0"));
+            config.namespace = Some(made.name().into());
+            if !config.command_line.split_whitespace().any(|word| word.starts_with("toro.ip=")) {
+                config.command_line = format!("{} {}", netns::guest_arguments(), config.command_line).trim().into();
+            }
+            eprintln!(
+                "network: tap0 in network namespace {0} (host side {1}); the guest is {2}: try `ip netns exec {0} curl http://{2}/`",
+                made.name(),
+                netns::HOST_ADDRESS,
+                netns::GUEST_ADDRESS
+            );
+            namespace = Some(made);
+        }
+    }
+    let result = vmm::run(options.vmm, &config, &taps, options.timeout, true, &|line| symbols.annotate(line));
+    drop(namespace);
+    let result = result?;
     if !matches!(result.outcome, qemu::Outcome::Exited(0)) {
         eprintln!("toro: {}", result.outcome);
     }
@@ -283,5 +334,18 @@ mod tests {
         assert!(options(&["--net", "user", "--forward", "8080"]).is_err());
         assert!(options(&["--net", "user", "--forward", "0:80"]).is_err());
         assert!(options(&["--net", "carrier-pigeon"]).is_err());
+        assert!(options(&["--net", "tap="]).is_err());
+        assert!(options(&["--net", "tap=a/b"]).is_err());
+        assert!(options(&["--net", "tap=much-too-long-name"]).is_err());
+    }
+
+    #[test]
+    fn tap_networks_replace_user_networking() {
+        let parsed = options(&["--net", "user", "--net", "tap"]).unwrap();
+        assert_eq!((parsed.network, parsed.tap), (None, Some(TapNetwork::Namespace)));
+        let parsed = options(&["--net", "tap=tap7"]).unwrap();
+        assert_eq!(parsed.tap, Some(TapNetwork::Existing("tap7".into())));
+        assert!(options(&["--net", "tap", "--net", "none"]).unwrap().tap.is_none());
+        assert!(options(&["--net", "tap", "--forward", "8080:80"]).is_err(), "forwards are user networking's");
     }
 }

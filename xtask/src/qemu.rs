@@ -54,6 +54,9 @@ pub struct VmConfig {
     pub devices: Vec<String>,
     /// More QEMU arguments, appended as they are (devices a test needs).
     pub extra_arguments: Vec<String>,
+    /// Run the VMM inside this network namespace (`ip netns exec`), where
+    /// its taps are (`crate::netns`).
+    pub namespace: Option<String>,
 }
 
 /// QEMU user-mode networking (slirp: the guest is 10.0.2.15, the gateway
@@ -80,6 +83,30 @@ impl UserNetwork {
     }
 }
 
+/// The `-netdev`/`-device` arguments for tap cards: virtio-mmio on
+/// microvm, virtio-pci on q35 (multi-queue there when the tap has several
+/// queues: `mq=on` and the MSI-X vectors it needs, one per queue plus the
+/// configuration and control queues).
+pub fn tap_arguments(machine: Machine, taps: &[crate::vmm::Tap]) -> Vec<String> {
+    let mut arguments = Vec::new();
+    for (index, tap) in taps.iter().enumerate() {
+        let queues = if tap.queues > 1 { format!(",queues={}", tap.queues) } else { String::new() };
+        arguments.push("-netdev".into());
+        arguments.push(format!("tap,id=tap{index},ifname={},script=no,downscript=no{queues}", tap.name));
+        let mac = tap.mac.as_ref().map(|mac| format!(",mac={mac}")).unwrap_or_default();
+        let device = match machine {
+            Machine::Microvm => format!("virtio-net-device,netdev=tap{index}{mac}"),
+            Machine::Q35 if tap.queues > 1 => {
+                format!("virtio-net-pci,netdev=tap{index}{mac},mq=on,vectors={}", 2 * tap.queues + 2)
+            }
+            Machine::Q35 => format!("virtio-net-pci,netdev=tap{index}{mac}"),
+        };
+        arguments.push("-device".into());
+        arguments.push(device);
+    }
+    arguments
+}
+
 impl VmConfig {
     pub fn new(kernel: PathBuf, accel: Accel) -> Self {
         Self {
@@ -96,12 +123,13 @@ impl VmConfig {
             disks: Vec::new(),
             devices: Vec::new(),
             extra_arguments: Vec::new(),
+            namespace: None,
         }
     }
 
     /// The QEMU command for this configuration.
     pub fn command(&self) -> Command {
-        let mut command = Command::new(QEMU);
+        let mut command = crate::netns::wrap(self.namespace.as_deref(), QEMU);
         let machine = match self.machine {
             // PIT on for TSC calibration under TCG; no legacy PIC or RTC.
             Machine::Microvm => "microvm,pit=on,pic=off,rtc=off",
@@ -397,6 +425,26 @@ mod tests {
         assert!(joined.contains("-append toro.log=debug"));
         assert!(joined.contains("-smp 2"));
         assert!(!joined.contains("-netdev"));
+    }
+
+    #[test]
+    fn tap_cards_are_virtio_mmio_on_microvm_and_pci_on_q35() {
+        let mut tap = crate::vmm::Tap::new("tap0");
+        let joined = tap_arguments(Machine::Microvm, std::slice::from_ref(&tap)).join(" ");
+        assert_eq!(
+            joined,
+            "-netdev tap,id=tap0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=tap0"
+        );
+        tap.queues = 4;
+        tap.mac = Some("52:54:00:00:00:02".into());
+        let joined = tap_arguments(Machine::Q35, &[tap]).join(" ");
+        assert!(joined.contains("ifname=tap0,script=no,downscript=no,queues=4"));
+        assert!(joined.ends_with("virtio-net-pci,netdev=tap0,mac=52:54:00:00:00:02,mq=on,vectors=10"));
+        let mut config = VmConfig::new(PathBuf::from("/k"), Accel::Tcg);
+        config.namespace = Some("toro-x-1".into());
+        let command = config.command();
+        assert_eq!(command.get_program(), "ip");
+        assert_eq!(command.get_args().take(4).collect::<Vec<_>>(), ["netns", "exec", "toro-x-1", QEMU]);
     }
 
     #[test]

@@ -42,11 +42,17 @@ fn apt_install(package: &str, present: impl Fn() -> bool) -> Result<()> {
     Ok(())
 }
 
+/// Whether wrk (the HTTP load generator the network tests and the HTTP
+/// benchmark use) is installed; it has no `--version`.
+pub fn have_wrk() -> bool {
+    ["/usr/bin/wrk", "/usr/local/bin/wrk"].iter().any(|path| std::path::Path::new(path).exists())
+}
+
 fn have(program: &str) -> bool {
     Command::new(program).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
@@ -72,6 +78,18 @@ pub fn ensure() -> Result<()> {
     }
     if !have(CURL) {
         apt_install(CURL, || have(CURL))?;
+    }
+    // The tap tests make network namespaces with iproute2 and load the web
+    // server with wrk; without root they are skipped, so these are
+    // installed only where they can be.
+    if is_root() {
+        let have_ip = || Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+        if !have_ip() {
+            apt_install("iproute2", have_ip)?;
+        }
+        if !have_wrk() {
+            apt_install("wrk", have_wrk)?;
+        }
     }
     Ok(())
 }

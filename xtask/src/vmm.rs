@@ -143,6 +143,15 @@ pub struct Tap {
     pub name: String,
     /// The guest's MAC address (`52:54:00:...`), if chosen.
     pub mac: Option<String>,
+    /// Queue pairs (a multi-queue tap when more than 1; QEMU q35 only).
+    pub queues: u32,
+}
+
+impl Tap {
+    /// A single-queue tap named `name` with the VMM's choice of MAC.
+    pub fn new(name: &str) -> Self {
+        Self { name: name.into(), mac: None, queues: 1 }
+    }
 }
 
 /// Network devices beyond what [`VmConfig`] holds (which has QEMU's user
@@ -258,33 +267,34 @@ fn run_directory(vmm: Vmm) -> Result<PathBuf> {
     Ok(directory)
 }
 
-/// Runs `config` on `vmm` as [`qemu::run`] does on QEMU; the exit status
-/// comes from the kernel's last line where the VMM cannot pass it on.
-pub fn run(
-    vmm: Vmm,
-    config: &VmConfig,
-    devices: &Devices,
-    timeout: Option<Duration>,
-    echo: bool,
-    annotate: &dyn Fn(&str) -> String,
-) -> Result<RunResult> {
+/// QEMU's configuration with `devices` (taps) added to its arguments.
+pub fn qemu_config(config: &VmConfig, devices: &Devices) -> VmConfig {
+    let mut config = config.clone();
+    config.extra_arguments.extend(qemu::tap_arguments(config.machine, &devices.taps));
+    config
+}
+
+/// The command that starts `config` on `vmm` (QEMU too), inside the
+/// config's network namespace if it has one, with the directory holding its
+/// generated files and the VMM's log file (remove the directory when done).
+pub fn command(vmm: Vmm, config: &VmConfig, devices: &Devices) -> Result<(Command, PathBuf, PathBuf)> {
+    let directory = run_directory(vmm)?;
+    let log = directory.join(format!("{}.log", vmm.name()));
     if vmm == Vmm::Qemu {
-        if *devices != Devices::default() {
-            bail!("taps are not wired into QEMU's command line yet");
-        }
-        return qemu::run(config, timeout, echo, annotate);
+        return Ok((qemu_config(config, devices).command(), directory, log));
     }
     if !config.devices.is_empty() || !config.extra_arguments.is_empty() {
         bail!("--device and extra QEMU arguments are QEMU's; {vmm} has none of them");
     }
     if config.network.is_some() {
-        bail!("--net user is QEMU's user networking; {vmm} has none (taps are not wired up yet)");
+        bail!("--net user is QEMU's user networking; {vmm} has none (use --net tap)");
+    }
+    if devices.taps.iter().any(|tap| tap.queues > 1) {
+        bail!("multi-queue taps are wired for QEMU q35 only");
     }
     let program = locate(vmm)?;
-    let directory = run_directory(vmm)?;
-    let log = directory.join(format!("{}.log", vmm.name()));
     std::fs::write(&log, "").with_context(|| format!("creating {}", log.display()))?;
-    let mut command = Command::new(&program);
+    let mut command = crate::netns::wrap(config.namespace.as_deref(), &program);
     match vmm {
         Vmm::Firecracker => {
             let file = directory.join("vm.json");
@@ -298,6 +308,23 @@ pub fn run(
         }
         Vmm::Qemu => unreachable!("handled above"),
     }
+    Ok((command, directory, log))
+}
+
+/// Runs `config` on `vmm` as [`qemu::run`] does on QEMU; the exit status
+/// comes from the kernel's last line where the VMM cannot pass it on.
+pub fn run(
+    vmm: Vmm,
+    config: &VmConfig,
+    devices: &Devices,
+    timeout: Option<Duration>,
+    echo: bool,
+    annotate: &dyn Fn(&str) -> String,
+) -> Result<RunResult> {
+    if vmm == Vmm::Qemu {
+        return qemu::run(&qemu_config(config, devices), timeout, echo, annotate);
+    }
+    let (command, directory, log) = command(vmm, config, devices)?;
     let is_status = |line: &str| line.trim().starts_with(STATUS_LINE);
     let process = qemu::run_process(command, vmm.name(), timeout, echo, annotate, &is_status)?;
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -395,7 +422,7 @@ mod tests {
     }
 
     fn devices() -> Devices {
-        Devices { taps: vec![Tap { name: "toro0".into(), mac: Some("52:54:00:12:34:56".into()) }] }
+        Devices { taps: vec![Tap { name: "toro0".into(), mac: Some("52:54:00:12:34:56".into()), queues: 1 }] }
     }
 
     #[test]

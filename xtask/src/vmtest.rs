@@ -856,6 +856,22 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             failed += 1
         }
     }
+    if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
+        for tap_test in crate::nettest::tests().iter().filter(|t| only_vmm.is_none_or(|vmm| t.vmm == vmm)) {
+            let name = tap_test.name();
+            if let Some(reason) = crate::nettest::skip_reason(tap_test) {
+                println!("vm test {name} ... skipped: {reason}");
+                continue;
+            }
+            let (ok, summary) = crate::nettest::run(tap_test, &images[index], accel)?;
+            println!("vm test {name} ... {summary}");
+            if ok {
+                passed += 1
+            } else {
+                failed += 1
+            }
+        }
+    }
     if let Some(index) = specs.iter().position(|s| s.binary == NET_LOCK_CHECK_IMAGE) {
         let (ok, summary) = lock_free_test(&images[index], NET_LOCK_FREE_ROOTS)?;
         println!("vm test lock-free-net-paths ... {summary}");

@@ -1,0 +1,150 @@
+//! Network namespaces with tap devices: a private network for one guest,
+//! made and removed by the tool itself (`ip netns`, iproute2; needs root).
+//!
+//! The guest's card is a tap whose host side lives inside the namespace at
+//! [`HOST_ADDRESS`]; the guest takes [`GUEST_ADDRESS`] (given to Toro on its
+//! command line as `toro.ip=`/`toro.gw=`). The VMM runs inside the
+//! namespace (it opens the tap there), and so do the host-side clients
+//! (curl, wrk, the frame injector): nothing reaches the machine's own
+//! network, and two runs never see each other's traffic.
+
+use std::ffi::OsStr;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// The host side of the tap, inside the namespace.
+pub const HOST_ADDRESS: &str = "172.31.0.1";
+/// The guest's address on the tap network.
+pub const GUEST_ADDRESS: &str = "172.31.0.2";
+/// The tap network's prefix length.
+pub const PREFIX: u8 = 24;
+
+/// Why namespaces cannot be made here, if they cannot (for "skipped: ...").
+pub fn unavailable() -> Option<String> {
+    if !crate::setup::is_root() {
+        return Some("network namespaces need root (ip netns add)".into());
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing (no tap devices)".into());
+    }
+    if Command::new("ip").arg("-V").output().map(|o| !o.status.success()).unwrap_or(true) {
+        return Some("`ip` (iproute2) not found".into());
+    }
+    None
+}
+
+/// A network namespace; removed (with its taps) when dropped.
+pub struct Namespace {
+    name: String,
+}
+
+/// The Toro command-line words that put the guest on the tap network.
+pub fn guest_arguments() -> String {
+    format!("toro.ip={GUEST_ADDRESS}/{PREFIX} toro.gw={HOST_ADDRESS}")
+}
+
+fn ip(arguments: &[&str]) -> Result<()> {
+    let output = Command::new("ip").args(arguments).stdin(Stdio::null()).output().context("running ip")?;
+    if !output.status.success() {
+        bail!("ip {} failed: {}", arguments.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Namespace {
+    /// A new namespace named `toro-TAG-PID` with its loopback up.
+    pub fn create(tag: &str) -> Result<Self> {
+        if let Some(reason) = unavailable() {
+            bail!("cannot make a network namespace: {reason}");
+        }
+        remove_stale();
+        let name = format!("toro-{tag}-{}", std::process::id());
+        // A namespace left by a killed earlier run with this pid.
+        let _ = ip(&["netns", "del", &name]);
+        ip(&["netns", "add", &name])?;
+        let namespace = Self { name };
+        ip(&["-n", &namespace.name, "link", "set", "lo", "up"])?;
+        Ok(namespace)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds tap `ifname` with `queues` queues (multi-queue when more than
+    /// one), at `HOST_ADDRESS/PREFIX` when `address`, and brings it up.
+    pub fn add_tap(&self, ifname: &str, queues: u32, address: bool) -> Result<()> {
+        let mut arguments = vec!["-n", &self.name, "tuntap", "add", "dev", ifname, "mode", "tap"];
+        if queues > 1 {
+            arguments.push("multi_queue");
+        }
+        ip(&arguments)?;
+        if address {
+            let cidr = format!("{HOST_ADDRESS}/{PREFIX}");
+            ip(&["-n", &self.name, "addr", "add", &cidr, "dev", ifname])?;
+        }
+        ip(&["-n", &self.name, "link", "set", ifname, "up"])
+    }
+
+    /// `program` run inside the namespace.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        wrap(Some(&self.name), program)
+    }
+}
+
+/// The process that made namespace `name` (`toro-TAG-PID`), if the name is ours.
+fn maker(name: &str) -> Option<u32> {
+    name.strip_prefix("toro-")?.rsplit_once('-')?.1.parse().ok()
+}
+
+/// Removes the namespaces of earlier runs that were killed (Ctrl-C on
+/// `cargo xtask run --net tap` ends the tool before it can clean up).
+fn remove_stale() {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if let Some(pid) = maker(name) {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = ip(&["netns", "del", name]);
+            }
+        }
+    }
+}
+
+/// `program`, inside namespace `namespace` when one is given.
+pub fn wrap(namespace: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+    match namespace {
+        Some(name) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", name]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_run_inside_the_namespace() {
+        let command = wrap(Some("toro-t-1"), "curl");
+        assert_eq!(command.get_program(), "ip");
+        let arguments: Vec<_> = command.get_args().collect();
+        assert_eq!(arguments, ["netns", "exec", "toro-t-1", "curl"]);
+        assert_eq!(wrap(None, "curl").get_program(), "curl");
+        assert_eq!(guest_arguments(), "toro.ip=172.31.0.2/24 toro.gw=172.31.0.1");
+        assert_eq!(maker("toro-run-1234"), Some(1234));
+        assert_eq!(maker("toro-my-tag-77"), Some(77));
+        assert_eq!(maker("other-run-1234"), None);
+        assert_eq!(maker("toro-run-x"), None);
+    }
+}

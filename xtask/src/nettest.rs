@@ -1,0 +1,241 @@
+//! The network tests that need the host's side of a real link: the web
+//! server on a tap inside a network namespace made for the test, on each
+//! VMM, fetched by curl (and loaded by wrk) from inside the namespace; on
+//! QEMU also a flood of hostile frames, after which it must still serve.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::netns::{self, Namespace, GUEST_ADDRESS};
+use crate::qemu::{self, VmConfig};
+use crate::vmm::{self, Vmm};
+
+/// The guest card's MAC (the frames are addressed to it).
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+/// Random frames after the crafted ones.
+const RANDOM_FRAMES: usize = 1500;
+
+/// What one tap test does beyond fetching pages.
+#[derive(Clone, Copy)]
+pub struct TapTest {
+    pub vmm: Vmm,
+    pub cpus: u32,
+    /// Send the hostile frames, then check the server still serves.
+    pub hostile_frames: bool,
+    /// Load the server with wrk for a moment (when wrk is installed).
+    pub wrk: bool,
+    /// How long the guest may take to answer its first request.
+    pub boot_wait: Duration,
+}
+
+impl TapTest {
+    pub fn name(&self) -> String {
+        format!("webserver-tap-{}-{}", self.vmm, self.cpus)
+    }
+}
+
+/// The tap tests the suite runs: QEMU microvm with the hostile frames and
+/// wrk, Firecracker with pages only (guest code is slow on this kind of
+/// machine's `/dev/kvm`).
+pub fn tests() -> Vec<TapTest> {
+    vec![
+        TapTest { vmm: Vmm::Qemu, cpus: 2, hostile_frames: true, wrk: true, boot_wait: Duration::from_secs(60) },
+        TapTest {
+            vmm: Vmm::Firecracker,
+            cpus: 2,
+            hostile_frames: false,
+            wrk: false,
+            boot_wait: Duration::from_secs(60),
+        },
+    ]
+}
+
+/// Why `test` cannot run here, if it cannot.
+pub fn skip_reason(test: &TapTest) -> Option<String> {
+    if let Some(reason) = netns::unavailable() {
+        return Some(reason);
+    }
+    vmm::locate(test.vmm).err().map(|missing| format!("{missing:#}"))
+}
+
+/// The value of column `name` in the `/stats` text's row for interface
+/// `interface` (`interface cpu sockets ... rx_frames ...` header, then
+/// `eth0 1 3 ...`).
+pub fn stats_field(stats: &str, interface: &str, name: &str) -> Option<u64> {
+    let header = stats.lines().find(|line| line.starts_with("interface "))?;
+    let column = header.split_whitespace().position(|column| column == name)?;
+    let row = stats.lines().find(|line| line.split_whitespace().next() == Some(interface))?;
+    row.split_whitespace().nth(column)?.parse().ok()
+}
+
+/// The wrk summary's (requests, non-2xx/3xx responses, socket errors).
+pub fn wrk_summary(output: &str) -> Option<(u64, u64, u64)> {
+    let requests = output.lines().find_map(|line| {
+        let (count, rest) = line.trim().split_once(" requests in ")?;
+        rest.contains(',').then(|| count.parse().ok())?
+    })?;
+    let non_2xx = output
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Non-2xx or 3xx responses:")?.trim().parse().ok())
+        .unwrap_or(0);
+    // "Socket errors: connect 0, read 0, write 0, timeout 0"
+    let errors = output
+        .lines()
+        .find_map(|line| {
+            let list = line.trim().strip_prefix("Socket errors:")?;
+            Some(list.split(',').filter_map(|item| item.split_whitespace().nth(1)?.parse::<u64>().ok()).sum())
+        })
+        .unwrap_or(0);
+    Some((requests, non_2xx, errors))
+}
+
+/// Runs one tap test with the web server image; (passed, summary).
+pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
+    let namespace = Namespace::create("test")?;
+    namespace.add_tap("tap0", 1, true)?;
+    let mut config = VmConfig::new(image.to_path_buf(), accel);
+    config.cpus = test.cpus;
+    config.command_line = netns::guest_arguments();
+    config.namespace = Some(namespace.name().into());
+    let mac = GUEST_MAC.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":");
+    let devices = vmm::Devices { taps: vec![vmm::Tap { name: "tap0".into(), mac: Some(mac), queues: 1 }] };
+    let (mut command, directory, _log) = vmm::command(test.vmm, &config, &devices)?;
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn().with_context(|| format!("starting {}", test.vmm))?;
+    let (lines, reader, errors) = qemu::read_output(&mut child);
+    let url = |path: &str| format!("http://{GUEST_ADDRESS}{path}");
+    let curl = |arguments: &[&str]| {
+        namespace
+            .command("curl")
+            .args(["-s", "-m", "10"])
+            .args(arguments)
+            .output()
+            .map(|o| (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()))
+    };
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let mut first = None;
+    while started.elapsed() < test.boot_wait {
+        let (ok, out) = curl(&["-o", "/dev/null", "-w", "%{http_code} %{size_download}", &url("/")])?;
+        if ok && out.starts_with("200") {
+            first = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    match first.as_deref() {
+        Some("200 612") => notes.push(format!("first 200 after {:.1} s", started.elapsed().as_secs_f64())),
+        other => problems.push(format!("GET / gave {other:?}, expected \"200 612\"")),
+    }
+    if first.is_some() {
+        let (_, pair) = curl(&[
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download} %{num_connects};",
+            &url("/"),
+            &url("/live"),
+        ])?;
+        if !pair.starts_with("200 612 1;200 ") || !pair.ends_with(" 0;") {
+            problems.push(format!("keep-alive pair gave {pair:?}, expected one connection for two 200s"));
+        }
+        let (_, stats) = curl(&[&url("/stats")])?;
+        let before = stats_field(&stats, "eth0", "rx_frames");
+        if before.is_none() {
+            problems.push(format!("/stats has no eth0 rx_frames: {stats:?}"));
+        }
+        if test.hostile_frames {
+            let frames = crate::frames::hostile(GUEST_MAC, [172, 31, 0, 2], [172, 31, 0, 1], RANDOM_FRAMES, 0x70a0);
+            let sent = crate::frames::inject(namespace.name(), "tap0", &frames, 32, Duration::from_millis(20))?;
+            // The guest must go on serving, on the same and on new connections.
+            let (ok, out) = curl(&["-o", "/dev/null", "-w", "%{http_code} %{size_download}", &url("/")])?;
+            if !ok || out != "200 612" {
+                problems.push(format!("after {sent} hostile frames GET / gave {out:?}"));
+            }
+            let (_, stats) = curl(&[&url("/stats")])?;
+            let after = stats_field(&stats, "eth0", "rx_frames");
+            match (before, after) {
+                (Some(before), Some(after)) if after - before >= sent as u64 / 2 => {
+                    notes.push(format!("{sent} hostile frames sent, {} received by the guest", after - before))
+                }
+                _ => problems.push(format!(
+                    "{sent} hostile frames sent; rx_frames went {before:?} -> {after:?} (they did not reach the guest)"
+                )),
+            }
+        }
+        if test.wrk && crate::setup::have_wrk() {
+            let output = namespace
+                .command("wrk")
+                .args(["-t", "2", "-c", "8", "-d", "3s", "--timeout", "5s", &url("/")])
+                .output()
+                .context("running wrk")?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            match wrk_summary(&text) {
+                Some((requests, 0, 0)) if requests > 0 => notes.push(format!("wrk: {requests} requests in 3 s")),
+                Some((requests, non_2xx, errors)) => problems.push(format!(
+                    "wrk: {requests} requests, {non_2xx} not 2xx, {errors} socket errors: {}",
+                    text.trim()
+                )),
+                None => problems.push(format!("wrk printed no summary: {}", text.trim())),
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let vmm_errors = errors.join().unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&directory);
+    let output: Vec<String> = lines.try_iter().map(|(_, line)| line).collect();
+    if !output.iter().any(|line| line.contains(&format!("http://{GUEST_ADDRESS}:80/"))) {
+        problems.push(format!("the guest did not list eth0 at {GUEST_ADDRESS}"));
+    }
+    if let Some(line) = output.iter().find(|line| line.contains("panic") || line.contains("CPU exception")) {
+        problems.push(format!("the guest failed: {line}"));
+    }
+    Ok(if problems.is_empty() {
+        (true, format!("ok ({})", notes.join("; ")))
+    } else {
+        (
+            false,
+            format!(
+                "FAILED: {}; guest printed: {}{}",
+                problems.join("; "),
+                output.join(" | "),
+                if vmm_errors.trim().is_empty() { String::new() } else { format!("; stderr: {}", vmm_errors.trim()) }
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_columns_are_found_by_name() {
+        let stats = " cpu accepted\n0 1\n1 2\ninterface cpu sockets closing accepted rx_frames tx_frames\n\
+                     lo 0 4 0 0 0 0\neth0 1 5 0 3 117 90\n";
+        assert_eq!(stats_field(stats, "eth0", "rx_frames"), Some(117));
+        assert_eq!(stats_field(stats, "lo", "sockets"), Some(4));
+        assert_eq!(stats_field(stats, "eth1", "rx_frames"), None);
+        assert_eq!(stats_field(stats, "eth0", "nothing"), None);
+        assert_eq!(stats_field("", "eth0", "rx_frames"), None);
+    }
+
+    #[test]
+    fn wrk_summaries_are_read() {
+        let good = "Running 3s test @ http://172.31.0.2/\n  2 threads and 8 connections\n\
+                    2345 requests in 3.00s, 1.80MB read\nRequests/sec:    781.12\n";
+        assert_eq!(wrk_summary(good), Some((2345, 0, 0)));
+        let bad = "  120 requests in 3.01s, 80.00KB read\n  Socket errors: connect 0, read 2, write 0, timeout 5\n\
+                   Non-2xx or 3xx responses: 3\n";
+        assert_eq!(wrk_summary(bad), Some((120, 3, 7)));
+        assert_eq!(wrk_summary("unable to connect"), None);
+    }
+}
