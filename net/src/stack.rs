@@ -18,7 +18,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{dhcpv4, icmp, tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
@@ -36,9 +36,15 @@ pub struct StackConfig {
     pub tcp_rx_bytes: usize,
     /// Send buffer of each TCP socket.
     pub tcp_tx_bytes: usize,
-    /// Listening sockets kept per listening port (connections that may be
-    /// in their handshake or waiting for `accept` at once).
+    /// Idle listening sockets kept ready per listening port: how many
+    /// SYNs one received frame batch can take before the pool grows.
     pub listen_pool: usize,
+    /// Most connections per listening port in their handshake or waiting
+    /// for `accept` (the listen backlog, as `listen(2)`'s): the pool grows
+    /// after every received frame while connections arrive, up to this,
+    /// and shrinks back to `listen_pool` idle sockets after the burst.
+    /// Beyond it a SYN is answered with a reset (connection refused).
+    pub listen_backlog: usize,
     /// Datagrams buffered per UDP socket, each way.
     pub udp_packets: usize,
     /// Payload bytes buffered per UDP socket, each way.
@@ -56,6 +62,7 @@ impl Default for StackConfig {
             tcp_rx_bytes: 32 * 1024,
             tcp_tx_bytes: 32 * 1024,
             listen_pool: 8,
+            listen_backlog: 128,
             udp_packets: 64,
             udp_bytes: 64 * 1024,
             max_closing: 1024,
@@ -234,13 +241,28 @@ impl<D: NetDevice> Stack<D> {
     /// DHCP leases. Returns whether any socket may have changed state.
     pub fn poll(&mut self, now_micros: u64) -> bool {
         let now = to_instant(now_micros);
-        let result =
-            self.interface.poll(now, &mut Port { device: &self.device, frame: &mut self.frame }, &mut self.sockets);
+        // smoltcp's `poll`, written out so the listen pools are topped up
+        // after every received frame: smoltcp has no backlog, and a SYN
+        // that finds no socket in `Listen` is reset.
+        let mut port = Port { device: &self.device, frame: &mut self.frame };
+        let mut changed = false;
+        self.interface.poll_maintenance(now);
+        loop {
+            match self.interface.poll_ingress_single(now, &mut port, &mut self.sockets) {
+                PollIngressSingleResult::None => break,
+                PollIngressSingleResult::PacketProcessed => {}
+                PollIngressSingleResult::SocketStateChanged => changed = true,
+            }
+            top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config);
+        }
+        while self.interface.poll_egress(now, &mut port, &mut self.sockets) == PollResult::SocketStateChanged {
+            changed = true;
+        }
         self.device.borrow_mut().flush();
         self.poll_dhcp();
         self.reap_closing();
         self.recycle_failed_handshakes();
-        let changed = result == PollResult::SocketStateChanged;
+        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config);
         if changed {
             self.stats.busy_polls += 1;
         }
@@ -299,13 +321,7 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn new_tcp_socket(&self) -> tcp::Socket<'static> {
-        let rx = tcp::SocketBuffer::new(vec![0u8; self.config.tcp_rx_bytes]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; self.config.tcp_tx_bytes]);
-        let mut socket = tcp::Socket::new(rx, tx);
-        // Request/response traffic: send each write at once, ACK at once.
-        socket.set_nagle_enabled(false);
-        socket.set_ack_delay(None);
-        socket
+        new_tcp_socket(&self.config)
     }
 
     fn port_in_use(&self, port: u16, protocol: Protocol) -> bool {
@@ -339,13 +355,8 @@ impl<D: NetDevice> Stack<D> {
         if self.port_in_use(port, Protocol::Tcp) {
             return Err(NetError::AddrInUse);
         }
-        let mut pool = Vec::with_capacity(self.config.listen_pool);
-        for _ in 0..self.config.listen_pool.max(1) {
-            let mut socket = self.new_tcp_socket();
-            socket.listen(port).map_err(|_| NetError::InvalidInput)?;
-            pool.push(self.sockets.add(socket));
-        }
-        self.listeners.push(Listener { port, pool });
+        self.listeners.push(Listener { port, pool: Vec::with_capacity(self.config.listen_pool) });
+        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config);
         Ok(port)
     }
 
@@ -371,12 +382,7 @@ impl<D: NetDevice> Stack<D> {
         });
         let Some(position) = ready else { return Err(NetError::WouldBlock) };
         let handle = listener.pool.swap_remove(position);
-        let mut fresh = self.new_tcp_socket();
-        fresh.listen(port).map_err(|_| NetError::InvalidInput)?;
-        let fresh = self.sockets.add(fresh);
-        if let Some(listener) = self.listeners.iter_mut().find(|listener| listener.port == port) {
-            listener.pool.push(fresh);
-        }
+        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config);
         self.open.push(handle);
         self.stats.accepted += 1;
         Ok(TcpHandle(handle))
@@ -717,5 +723,44 @@ impl<D: NetDevice> Stack<D> {
     pub fn tcp_set_timeout(&mut self, handle: TcpHandle, timeout_micros: Option<u64>) -> Result<(), NetError> {
         self.tcp(handle)?.set_timeout(timeout_micros.map(Duration::from_micros));
         Ok(())
+    }
+}
+
+fn new_tcp_socket(config: &StackConfig) -> tcp::Socket<'static> {
+    let rx = tcp::SocketBuffer::new(vec![0u8; config.tcp_rx_bytes]);
+    let tx = tcp::SocketBuffer::new(vec![0u8; config.tcp_tx_bytes]);
+    let mut socket = tcp::Socket::new(rx, tx);
+    // Request/response traffic: send each write at once, ACK at once.
+    socket.set_nagle_enabled(false);
+    socket.set_ack_delay(None);
+    socket
+}
+
+/// Keeps `listen_pool` sockets in `Listen` on every listening port while
+/// the port's pool is below `listen_backlog`, and drops idle ones beyond
+/// `listen_pool` once a burst is over. A few handle lookups per listener:
+/// cheap enough to run after every received frame.
+fn top_up_listeners(listeners: &mut [Listener], sockets: &mut SocketSet<'static>, config: &StackConfig) {
+    let wanted = config.listen_pool.max(1);
+    let backlog = config.listen_backlog.max(wanted);
+    for listener in listeners {
+        let idle = |sockets: &SocketSet<'static>, handle: SocketHandle| {
+            sockets.get::<tcp::Socket>(handle).state() == tcp::State::Listen
+        };
+        let mut listening = listener.pool.iter().filter(|&&handle| idle(sockets, handle)).count();
+        while listening < wanted && listener.pool.len() < backlog {
+            let mut socket = new_tcp_socket(config);
+            // Fails only on port 0, which is never a listener's.
+            if socket.listen(listener.port).is_err() {
+                break;
+            }
+            listener.pool.push(sockets.add(socket));
+            listening += 1;
+        }
+        while listening > wanted {
+            let Some(position) = listener.pool.iter().rposition(|&handle| idle(sockets, handle)) else { break };
+            sockets.remove(listener.pool.swap_remove(position));
+            listening -= 1;
+        }
     }
 }

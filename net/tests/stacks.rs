@@ -146,6 +146,41 @@ fn listen_pool_takes_a_burst_of_connects() {
 }
 
 #[test]
+fn a_burst_beyond_the_pool_waits_in_the_backlog() {
+    // wrk -c16 against a pool of 8 saw refused connections: more SYNs at
+    // once than idle listening sockets must all be taken, up to the backlog.
+    let config = StackConfig { listen_pool: 4, listen_backlog: 40, ..StackConfig::default() };
+    let mut link = Link::new(config);
+    link.server.tcp_listen(8080).unwrap();
+    let baseline = link.server.stats().sockets;
+    let remote = IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 8080);
+    let clients: Vec<_> = (0..44).map(|_| link.client.tcp_connect(remote).unwrap()).collect();
+    link.run(20);
+    let states: Vec<_> = clients.iter().map(|&client| link.client.tcp_connect_state(client)).collect();
+    let established = states.iter().filter(|state| **state == Ok(ConnectState::Established)).count();
+    let refused = states.iter().filter(|state| **state == Err(NetError::ConnectionRefused)).count();
+    // Beyond the backlog a connection is refused: a clear error for the
+    // client, not a hang.
+    assert_eq!((established, refused), (40, 4), "{states:?}");
+    let mut accepted: Vec<_> = (0..40).map(|_| link.server.tcp_accept(8080).unwrap()).collect();
+    assert_eq!(link.server.tcp_accept(8080), Err(NetError::WouldBlock));
+    // Accepted connections leave the backlog: more are taken.
+    let more: Vec<_> = (0..8).map(|_| link.client.tcp_connect(remote).unwrap()).collect();
+    link.run(20);
+    for &client in &more {
+        assert_eq!(link.client.tcp_connect_state(client), Ok(ConnectState::Established));
+    }
+    accepted.extend((0..8).map(|_| link.server.tcp_accept(8080).unwrap()));
+    // The burst is over: once its connections are gone the pool shrinks
+    // back to its idle size.
+    for handle in accepted {
+        link.server.tcp_abort(handle);
+    }
+    link.run(20);
+    assert_eq!(link.server.stats().sockets, baseline, "spare listening sockets are dropped after a burst");
+}
+
+#[test]
 fn connect_to_a_closed_port_is_refused_and_ports_conflict() {
     let mut link = Link::new(StackConfig::default());
     let client = link.client.tcp_connect(IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 81)).unwrap();

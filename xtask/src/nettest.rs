@@ -172,7 +172,7 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
         if test.wrk && crate::setup::have_wrk() {
             let output = namespace
                 .command("wrk")
-                .args(["-t", "2", "-c", "8", "-d", "3s", "--timeout", "5s", &url("/")])
+                .args(["-t", "2", "-c", "16", "-d", "3s", "--timeout", "5s", &url("/")])
                 .output()
                 .context("running wrk")?;
             let text = String::from_utf8_lossy(&output.stdout);
