@@ -14,8 +14,12 @@
 //! - boot: QEMU start to the first line the application prints (Toro's
 //!   `hello`) or `/init` prints (Linux, which keeps its own log off the
 //!   console with `loglevel=1`), from `qemu::RunResult::first_line`;
-//! - first HTTP 200: QEMU start to the first `200` from nginx through QEMU
-//!   user networking (hostfwd on 127.0.0.1);
+//! - first HTTP 200: QEMU start to the first `200` from Toro's
+//!   `examples/webserver` and from the guest's nginx through QEMU user
+//!   networking (hostfwd on 127.0.0.1);
+//! - HTTP under load: wrk on the host (2 threads, 16 keep-alive
+//!   connections, 5 s) against each server through that same forward: the
+//!   wall time per request (1/throughput) and the 99th percentile latency;
 //! - smallest `-m` that works, by bisection: Toro's `hello` exits 0, Linux
 //!   answers HTTP;
 //! - host CPU time (user + system, `/proc/PID/stat`) of the idle VM over
@@ -87,6 +91,9 @@ const HELLO_LINE: &str = "Hello from Toro!";
 const DEFAULT_RUNS: usize = 5;
 /// The command line of the boots on Firecracker and cloud-hypervisor.
 const VMM_BOOT_COMMAND_LINE: &str = "toro.log=error";
+/// wrk's load in full runs (threads, connections, duration) and in quick mode.
+const HTTP_LOAD: (u32, u32, Duration) = (2, 16, Duration::from_secs(5));
+const HTTP_LOAD_QUICK: (u32, u32, Duration) = (1, 4, Duration::from_secs(1));
 /// Runs of the boot on Firecracker and cloud-hypervisor (at least).
 const VMM_BOOT_RUNS: usize = 10;
 
@@ -145,6 +152,8 @@ struct Bench {
     idle: Option<PathBuf>,
     /// Toro's workloads (`examples/bench`).
     workloads: PathBuf,
+    /// Toro's web server (`examples/webserver`), beside the guest's nginx.
+    webserver: PathBuf,
     linux: LinuxGuest,
     /// The Linux workload programs, to run host-native too.
     linux_programs: Vec<PathBuf>,
@@ -167,18 +176,20 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     let root = crate::build::workspace_root();
     let has_idle = root.join("examples/idle/Cargo.toml").is_file()
         && std::fs::read_to_string(root.join("Cargo.toml")).is_ok_and(|text| text.contains("\"examples/idle\""));
-    let mut specs = vec![crate::build::example("hello"), crate::build::example("bench")];
+    let mut specs =
+        vec![crate::build::example("hello"), crate::build::example("bench"), crate::build::example("webserver")];
     if has_idle {
         specs.push(crate::build::example("idle"));
     }
     let mut images = crate::build::build(&specs, false)?.into_iter();
     let hello = images.next().expect("hello was built");
     let workloads = images.next().expect("bench was built");
+    let webserver = images.next().expect("webserver was built");
     let idle = images.next();
 
     let linux = linux_guest::ensure()?;
     let (linux, linux_programs) = linux_guest::ensure_bench(&linux)?;
-    let mut bench = Bench { accel, hello, idle, workloads, linux, linux_programs, failures: Vec::new() };
+    let mut bench = Bench { accel, hello, idle, workloads, webserver, linux, linux_programs, failures: Vec::new() };
     let runs = options.runs;
     eprintln!(
         "bench: {runs} run(s) per side{}; Linux guest {} ({} + {})",
@@ -194,7 +205,7 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     for vmm in [Vmm::Firecracker, Vmm::CloudHypervisor] {
         metrics.extend(bench.vmm_boot(vmm_runs, vmm));
     }
-    metrics.push(bench.http(runs));
+    metrics.extend(bench.http(runs, options.quick));
     metrics.push(if options.quick {
         Metric {
             key: "memory",
@@ -384,24 +395,142 @@ impl Bench {
 
     // -- first HTTP answer -------------------------------------------------
 
-    fn http(&mut self, runs: usize) -> Metric {
-        let mut linux = Vec::new();
+    /// QEMU start to the first 200 and, once both answer, wrk's load:
+    /// Toro's `examples/webserver` beside the guest's nginx (2 vCPUs each,
+    /// the same 612-byte page, the same user-networking backend with a
+    /// forwarded loopback port; wrk runs on the host).
+    fn http(&mut self, runs: usize, quick: bool) -> Vec<Metric> {
+        let (threads, connections, window) = if quick { HTTP_LOAD_QUICK } else { HTTP_LOAD };
+        let mut first = [Vec::new(), Vec::new()];
+        let mut per_request = [Vec::new(), Vec::new()];
+        let mut p99 = [Vec::new(), Vec::new()];
+        let have_wrk = crate::setup::have_wrk();
         for run in 1..=runs {
-            let ms = match self.linux_http(VmConfig::new(PathBuf::new(), self.accel).memory_mib, LINUX_TIMEOUT) {
-                Ok(Some(time)) => milliseconds(time),
-                Ok(None) => self.fail("Linux HTTP: no HTTP 200 from nginx before the timeout".into()),
-                Err(error) => self.fail(format!("Linux HTTP: {error:#}")),
-            };
-            eprintln!("bench: first HTTP 200 {run}/{runs}: Linux {}", shown(ms));
-            linux.push(ms);
+            for (side, name) in ["Toro", "Linux"].into_iter().enumerate() {
+                let port = match vm::free_loopback_port() {
+                    Ok(port) => port,
+                    Err(error) => {
+                        let failed = self.fail(format!("{name} HTTP: {error:#}"));
+                        first[side].push(failed);
+                        continue;
+                    }
+                };
+                let mut config = if side == 0 {
+                    VmConfig::new(self.webserver.clone(), self.accel)
+                } else {
+                    self.linux.vm_config(self.accel, Mode::Serve)
+                };
+                let guest_port = if side == 0 { 80 } else { GUEST_HTTP_PORT };
+                config.network = Some(UserNetwork { tcp_forwards: vec![(port, guest_port)] });
+                let load = have_wrk.then_some((threads, connections, window));
+                let timeout = if side == 0 { TORO_TIMEOUT } else { LINUX_TIMEOUT };
+                match self.serve(&config, port, timeout, load) {
+                    Ok(Some((time, report))) => {
+                        first[side].push(milliseconds(time));
+                        match report {
+                            Some(Ok(report)) if report.requests > 0 && report.socket_errors + report.non_2xx == 0 => {
+                                per_request[side].push(window.as_secs_f64() * 1e6 / report.requests as f64);
+                                p99[side].push(report.p99.map_or(f64::NAN, milliseconds));
+                                eprintln!(
+                                    "bench: HTTP {run}/{runs}: {name} first 200 after {}, wrk {:.0} requests/s, p99 {}",
+                                    shown(milliseconds(time)),
+                                    report.requests_per_second,
+                                    report.p99.map_or("?".into(), |p| shown(milliseconds(p)))
+                                );
+                            }
+                            Some(Ok(report)) => {
+                                let failed = self.fail(format!("{name} HTTP load: errors under wrk: {report:?}"));
+                                per_request[side].push(failed);
+                                p99[side].push(f64::NAN);
+                            }
+                            Some(Err(error)) => {
+                                let failed = self.fail(format!("{name} HTTP load: {error:#}"));
+                                per_request[side].push(failed);
+                                p99[side].push(f64::NAN);
+                            }
+                            None => {}
+                        }
+                    }
+                    Ok(None) => {
+                        let failed = self.fail(format!("{name} HTTP: no HTTP 200 before the timeout"));
+                        first[side].push(failed);
+                    }
+                    Err(error) => {
+                        let failed = self.fail(format!("{name} HTTP: {error:#}"));
+                        first[side].push(failed);
+                    }
+                }
+            }
         }
-        Metric {
+        let [toro_first, linux_first] = first;
+        let mut metrics = vec![Metric {
             key: "http",
             title: "boot: QEMU start to first HTTP 200",
             unit: "ms",
-            toro: Side::Missing("n/a — no network yet".into()),
-            linux: Side::measured(linux),
+            toro: Side::measured(toro_first),
+            linux: Side::measured(linux_first),
+        }];
+        let side = |samples: Vec<f64>| {
+            if have_wrk {
+                Side::measured(samples)
+            } else {
+                Side::Missing("n/a — wrk not installed".into())
+            }
+        };
+        let [toro_request, linux_request] = per_request;
+        metrics.push(Metric {
+            key: "http-request",
+            title: if quick {
+                "HTTP keep-alive: wall time per request, wrk 1 thread 4 connections 1 s (quick)"
+            } else {
+                "HTTP keep-alive: wall time per request (1/throughput), wrk 2 threads 16 connections 5 s"
+            },
+            unit: "us",
+            toro: side(toro_request),
+            linux: side(linux_request),
+        });
+        let [toro_p99, linux_p99] = p99;
+        metrics.push(Metric {
+            key: "http-p99",
+            title: "HTTP keep-alive: 99th percentile latency under that load",
+            unit: "ms",
+            toro: side(toro_p99),
+            linux: side(linux_p99),
+        });
+        metrics
+    }
+
+    /// Boots `config` (which forwards loopback `port` to the guest's HTTP
+    /// port), waits up to `timeout` for the first 200, then, when `load`
+    /// says so (threads, connections, duration), runs wrk against it.
+    /// `None` if no 200 came before `timeout` (or the VM died).
+    fn serve(
+        &self,
+        config: &VmConfig,
+        port: u16,
+        timeout: Duration,
+        load: Option<(u32, u32, Duration)>,
+    ) -> Result<Option<(Duration, Option<Result<crate::wrk::Report>>)>> {
+        let mut running = RunningVm::spawn(config)?;
+        let deadline = running.start + timeout;
+        let answer = running.first_http_ok(port, deadline);
+        let report = match (answer, load) {
+            (Some(_), Some((threads, connections, window))) => {
+                let url = format!("http://127.0.0.1:{port}/");
+                Some(crate::wrk::run(Command::new("wrk"), &url, threads, connections, window))
+            }
+            _ => None,
+        };
+        let (output, errors) = running.stop();
+        if answer.is_none() && (output.contains("failed") || !errors.trim().is_empty()) {
+            eprintln!(
+                "bench: HTTP server at {} MiB gave no answer:\n{}{}",
+                config.memory_mib,
+                tail(&output),
+                errors.trim_end()
+            );
         }
+        Ok(answer.map(|time| (time, report)))
     }
 
     /// Boots the Linux guest in serve mode with `memory_mib` and polls nginx
@@ -412,14 +541,7 @@ impl Bench {
         let mut config = self.linux.vm_config(self.accel, Mode::Serve);
         config.memory_mib = memory_mib;
         config.network = Some(UserNetwork { tcp_forwards: vec![(port, GUEST_HTTP_PORT)] });
-        let mut running = RunningVm::spawn(&config)?;
-        let deadline = running.start + timeout;
-        let answer = running.first_http_ok(port, deadline);
-        let (output, errors) = running.stop();
-        if answer.is_none() && (output.contains("failed") || !errors.trim().is_empty()) {
-            eprintln!("bench: Linux serve at {memory_mib} MiB gave no answer:\n{}{}", tail(&output), errors.trim_end());
-        }
-        Ok(answer)
+        Ok(self.serve(&config, port, timeout, None)?.map(|(time, _)| time))
     }
 
     // -- memory ------------------------------------------------------------

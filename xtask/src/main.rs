@@ -28,6 +28,7 @@ mod setup;
 mod symbols;
 mod vmm;
 mod vmtest;
+mod wrk;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

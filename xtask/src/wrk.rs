@@ -1,0 +1,115 @@
+//! wrk, the HTTP load generator (Debian's `wrk`): runs it and reads its
+//! report, for the network tests (no errors under load) and the HTTP
+//! benchmark rows (throughput and latency, Toro beside the Linux guest).
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// What wrk reported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
+    pub requests: u64,
+    pub requests_per_second: f64,
+    /// Latency percentiles (`--latency`), when printed.
+    pub p50: Option<Duration>,
+    pub p99: Option<Duration>,
+    /// Answers that were not 2xx or 3xx.
+    pub non_2xx: u64,
+    /// Connect, read, write and timeout errors together.
+    pub socket_errors: u64,
+}
+
+/// Runs `wrk` (through `command`, e.g. inside a network namespace) with
+/// `threads`, `connections` and `duration` against `url`, with latency
+/// percentiles.
+pub fn run(mut command: Command, url: &str, threads: u32, connections: u32, duration: Duration) -> Result<Report> {
+    let seconds = duration.as_secs().max(1);
+    let output = command
+        .args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{seconds}s")])
+        .args(["--timeout", "5s", "--latency", url])
+        .output()
+        .context("running wrk (install the Debian package wrk)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    match parse(&text) {
+        Some(report) => Ok(report),
+        None => bail!("wrk printed no summary: {} {}", text.trim(), String::from_utf8_lossy(&output.stderr).trim()),
+    }
+}
+
+/// A wrk duration: `812.00us`, `1.23ms`, `2.01s`, `1.50m`.
+fn duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+/// Reads wrk's report; `None` without its "N requests in" line.
+pub fn parse(output: &str) -> Option<Report> {
+    let mut report = Report::default();
+    let mut found = false;
+    for line in output.lines().map(str::trim) {
+        if let Some((count, rest)) = line.split_once(" requests in ") {
+            if rest.contains(',') {
+                report.requests = count.parse().ok()?;
+                found = true;
+            }
+        } else if let Some(rate) = line.strip_prefix("Requests/sec:") {
+            report.requests_per_second = rate.trim().parse().unwrap_or(0.0);
+        } else if let Some(count) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            report.non_2xx = count.trim().parse().unwrap_or(0);
+        } else if let Some(list) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            report.socket_errors =
+                list.split(',').filter_map(|item| item.split_whitespace().nth(1)?.parse::<u64>().ok()).sum();
+        } else if let Some(value) = line.strip_prefix("50%") {
+            report.p50 = duration(value.trim());
+        } else if let Some(value) = line.strip_prefix("99%") {
+            report.p99 = duration(value.trim());
+        }
+    }
+    found.then_some(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_read() {
+        let good = "Running 3s test @ http://172.31.0.2/\n  2 threads and 8 connections\n\
+                    \x20 Latency Distribution\n     50%  812.00us\n     75%    1.10ms\n     90%    2.00ms\n\
+                    \x20    99%   12.34ms\n  2345 requests in 3.00s, 1.80MB read\nRequests/sec:    781.12\n\
+                    Transfer/sec:    614.40KB\n";
+        let report = parse(good).unwrap();
+        assert_eq!((report.requests, report.non_2xx, report.socket_errors), (2345, 0, 0));
+        assert_eq!(report.requests_per_second, 781.12);
+        assert_eq!(report.p50, Some(Duration::from_micros(812)));
+        assert_eq!(report.p99, Some(Duration::from_micros(12_340)));
+        let bad = "  120 requests in 3.01s, 80.00KB read\n  Socket errors: connect 0, read 2, write 0, timeout 5\n\
+                   Non-2xx or 3xx responses: 3\n";
+        let report = parse(bad).unwrap();
+        assert_eq!((report.requests, report.non_2xx, report.socket_errors), (120, 3, 7));
+        assert_eq!(report.p99, None);
+        assert_eq!(parse("unable to connect to 172.31.0.2:80 Connection refused"), None);
+    }
+
+    #[test]
+    fn durations_carry_their_units() {
+        assert_eq!(duration("2.00s"), Some(Duration::from_secs(2)));
+        assert_eq!(duration("1.50m"), Some(Duration::from_secs(90)));
+        assert_eq!(duration("12"), None);
+        assert_eq!(duration("3.0xs"), None);
+        assert_eq!(duration("-1.0ms"), None);
+    }
+}
