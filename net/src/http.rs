@@ -56,6 +56,12 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     /// The value of the `Accept` header, if any.
     pub accept: Option<&'a str>,
+    /// The value of the `Range` header, if any.
+    pub range: Option<&'a str>,
+    /// The value of the `If-None-Match` header, if any.
+    pub if_none_match: Option<&'a str>,
+    /// The value of the `If-Modified-Since` header, if any.
+    pub if_modified_since: Option<&'a str>,
 }
 
 impl Request<'_> {
@@ -81,12 +87,14 @@ pub struct Response<'a> {
     pub body: Cow<'a, [u8]>,
     /// An extra header line (`Allow: GET, HEAD` for 405), without CRLF.
     pub extra_header: Option<&'a str>,
+    /// More header lines, each ending in CRLF (`ETag: "x"\r\n`), made at run time.
+    pub headers: alloc::string::String,
 }
 
 impl<'a> Response<'a> {
     /// A response with a body.
     pub fn new(status: u16, content_type: &'a str, body: impl Into<Cow<'a, [u8]>>) -> Self {
-        Self { status, content_type, body: body.into(), extra_header: None }
+        Self { status, content_type, body: body.into(), extra_header: None, headers: alloc::string::String::new() }
     }
 
     /// A plain-text response naming the status.
@@ -102,12 +110,17 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        304 => "Not Modified",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        416 => "Range Not Satisfiable",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -157,6 +170,9 @@ struct Parsed {
     minor_version: u8,
     keep_alive: bool,
     accept: Option<(usize, usize)>,
+    range: Option<(usize, usize)>,
+    if_none_match: Option<(usize, usize)>,
+    if_modified_since: Option<(usize, usize)>,
     body: Vec<u8>,
     body_in_place: Option<(usize, usize)>,
 }
@@ -230,9 +246,19 @@ impl Connection {
                     };
                     let method = core::str::from_utf8(&self.input[parsed.method.0..parsed.method.1]).unwrap_or("");
                     let target = core::str::from_utf8(&self.input[parsed.target.0..parsed.target.1]).unwrap_or("");
-                    let accept =
-                        parsed.accept.and_then(|(start, end)| core::str::from_utf8(&self.input[start..end]).ok());
-                    let request = Request { method, target, minor_version: parsed.minor_version, body, accept };
+                    let text = |part: Option<(usize, usize)>| {
+                        part.and_then(|(start, end)| core::str::from_utf8(&self.input[start..end]).ok())
+                    };
+                    let request = Request {
+                        method,
+                        target,
+                        minor_version: parsed.minor_version,
+                        body,
+                        accept: text(parsed.accept),
+                        range: text(parsed.range),
+                        if_none_match: text(parsed.if_none_match),
+                        if_modified_since: text(parsed.if_modified_since),
+                    };
                     let response = handler(&request);
                     let head_only = method == "HEAD";
                     write_response(out, parsed.minor_version, &response, parsed.keep_alive, head_only, date);
@@ -298,6 +324,7 @@ impl Connection {
         let mut content_length: Option<usize> = None;
         let mut host = false;
         let mut accept = None;
+        let (mut range, mut if_none_match, mut if_modified_since) = (None, None, None);
         for header in request.headers.iter() {
             let name = header.name;
             if name.eq_ignore_ascii_case("connection") {
@@ -313,6 +340,12 @@ impl Connection {
                 host = true;
             } else if name.eq_ignore_ascii_case("accept") {
                 accept = Some(span(input, header.value));
+            } else if name.eq_ignore_ascii_case("range") {
+                range = Some(span(input, header.value));
+            } else if name.eq_ignore_ascii_case("if-none-match") {
+                if_none_match = Some(span(input, header.value));
+            } else if name.eq_ignore_ascii_case("if-modified-since") {
+                if_modified_since = Some(span(input, header.value));
             } else if name.eq_ignore_ascii_case("content-length") {
                 let Some(length) = core::str::from_utf8(header.value)
                     .ok()
@@ -355,6 +388,9 @@ impl Connection {
             minor_version,
             keep_alive,
             accept,
+            range,
+            if_none_match,
+            if_modified_since,
             body: Vec::new(),
             body_in_place: None,
         };
@@ -457,17 +493,21 @@ fn write_response(
     if let Some(date) = date {
         let _ = write!(sink, "Date: {date}\r\n");
     }
-    let _ = write!(sink, "Content-Type: {}\r\nContent-Length: {}\r\n", response.content_type, response.body.len());
+    // A 304 has no content: no length or type of its own (RFC 9110 section 15.4.5).
+    if response.status != 304 {
+        let _ = write!(sink, "Content-Type: {}\r\nContent-Length: {}\r\n", response.content_type, response.body.len());
+    }
     if let Some(extra) = response.extra_header {
         let _ = write!(sink, "{extra}\r\n");
     }
+    sink.0.extend_from_slice(response.headers.as_bytes());
     match (keep_alive, minor_version) {
         (false, _) => sink.0.extend_from_slice(b"Connection: close\r\n"),
         (true, 0) => sink.0.extend_from_slice(b"Connection: keep-alive\r\n"),
         (true, _) => {}
     }
     sink.0.extend_from_slice(b"\r\n");
-    if !head_only {
+    if !head_only && response.status != 304 {
         sink.0.extend_from_slice(&response.body);
     }
 }
@@ -526,6 +566,37 @@ mod tests {
 
     fn statuses(text: &str) -> Vec<u16> {
         text.match_indices("HTTP/1.").map(|(at, _)| text[at + 9..at + 12].parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn conditional_and_range_headers_reach_the_handler_and_304_has_no_content() {
+        let mut connection = Connection::new(Limits::default());
+        connection.feed(
+            b"GET /f HTTP/1.1\r\nHost: a\r\nRange: bytes=1-2\r\nIf-None-Match: \"t\"\r\nIf-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\nGET /g HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        connection.respond(&mut out, None, |request| {
+            let owned = |value: Option<&str>| value.map(String::from);
+            seen.push((owned(request.range), owned(request.if_none_match), owned(request.if_modified_since)));
+            let mut response = Response::new(304, "text/plain", &b"never sent"[..]);
+            response.headers.push_str("ETag: \"t\"\r\n");
+            response
+        });
+        assert_eq!(
+            seen,
+            [
+                (Some("bytes=1-2".into()), Some("\"t\"".into()), Some("Thu, 01 Jan 1970 00:00:00 GMT".into())),
+                (None, None, None)
+            ]
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.matches("HTTP/1.1 304 Not Modified\r\nServer: toro\r\nETag: \"t\"\r\n\r\n").count(),
+            2,
+            "{text}"
+        );
+        assert!(!text.contains("Content-Length") && !text.contains("never sent"));
     }
 
     #[test]

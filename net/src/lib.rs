@@ -1,7 +1,8 @@
 //! Toro's network stack, host-testable: one TCP/IP instance ([`Stack`],
 //! smoltcp underneath) per owner CPU over a batched [`NetDevice`], with a
 //! pool of listening sockets per port, and the HTTP/1.1 server logic
-//! ([`http`]) the web server example runs. The kernel (`toro::net`) puts
+//! ([`http`]) the web server example runs, with the file-serving rules
+//! ([`files`]: safe paths, validators, ranges, index pages). The kernel (`toro::net`) puts
 //! std-shaped sockets and blocking on top; nothing here touches hardware
 //! or blocks, so `cargo test -p toro-net` runs it all on the host,
 //! including two stacks talking over an in-memory link. [`virtio_net`]
@@ -17,6 +18,7 @@ extern crate alloc;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod stack;
 pub mod virtio_net;

@@ -199,3 +199,153 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// The web server's files, from a tree with a `www` root: what curl checks.
+fn make_web_tree(dir: &Path) -> Result<PathBuf> {
+    let tree = dir.join("tree");
+    let _ = std::fs::remove_dir_all(dir);
+    let www = tree.join("www");
+    std::fs::create_dir_all(www.join("sub"))?;
+    std::fs::create_dir_all(www.join("site"))?;
+    std::fs::write(tree.join("secret.txt"), b"outside the web root\n")?;
+    std::fs::write(www.join("hello.txt"), b"hello over http\n")?;
+    std::fs::write(www.join("sub/a.txt"), b"file a\n")?;
+    std::fs::write(www.join("space name.html"), b"<p>spaced</p>\n")?;
+    std::fs::write(www.join("site/index.html"), b"<h1>site index</h1>\n")?;
+    std::fs::write(www.join("big.bin"), pattern(3_000_000, 11))?;
+    std::os::unix::fs::symlink("sub/a.txt", www.join("ok"))?;
+    std::os::unix::fs::symlink("../secret.txt", www.join("escape"))?;
+    std::os::unix::fs::symlink("/secret.txt", www.join("absolute"))?;
+    Ok(tree)
+}
+
+/// `cargo xtask test`'s `webserver-files` check: the web server booted with
+/// a disk (`webroot=/www`) on QEMU user networking; curl fetches files,
+/// conditional and range requests, an index page, and escape attempts.
+pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
+    const BOOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+    let dir = crate::build::workspace_root().join("target").join("vm-disks").join("webserver-files");
+    let tree = make_web_tree(&dir)?;
+    let disk_image = dir.join("disk.img");
+    image_from_folder_with(&tree, &disk_image, Some(16 << 20), &[])?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut config = crate::qemu::VmConfig::new(image.to_path_buf(), accel);
+    config.cpus = 2;
+    config.memory_mib = 256;
+    config.command_line = "webroot=/www".into();
+    config.network = Some(crate::qemu::UserNetwork { tcp_forwards: vec![(port, 80)] });
+    config.disks = vec![Disk { image: disk_image, read_only: false }];
+    let mut child = config
+        .command()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting QEMU")?;
+    let (lines, reader, errors) = crate::qemu::read_output(&mut child);
+    // (status, headers, body) of one request.
+    let get = |path: &str, extra: &[&str]| -> Result<(u32, String, Vec<u8>)> {
+        let headers_file = dir.join("headers.txt");
+        let output = Command::new("curl")
+            .args(["-s", "-m", "20", "--path-as-is", "-D"])
+            .arg(&headers_file)
+            .args(extra)
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .context("running curl")?;
+        let headers = std::fs::read_to_string(&headers_file).unwrap_or_default();
+        let status = headers.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+        let _ = std::fs::remove_file(&headers_file);
+        Ok((status, headers, output.stdout))
+    };
+    let started = std::time::Instant::now();
+    let mut problems = Vec::new();
+    let mut hello = (0, String::new(), Vec::new());
+    while started.elapsed() < BOOT_WAIT {
+        hello = get("/hello.txt", &[])?;
+        if hello.0 != 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let header = |headers: &str, name: &str| -> String {
+        let value = headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+        });
+        value.unwrap_or_default()
+    };
+    let has = |headers: &str, text: &str| headers.to_ascii_lowercase().contains(text);
+    let mut expect = |what: &str, ok: bool, got: &dyn std::fmt::Debug| {
+        if !ok {
+            problems.push(format!("{what}: got {got:?}"));
+        }
+    };
+    expect(
+        "GET /hello.txt",
+        hello.0 == 200 && hello.2 == b"hello over http\n" && has(&hello.1, "content-type: text/plain"),
+        &hello,
+    );
+    let etag = header(&hello.1, "etag");
+    let modified = header(&hello.1, "last-modified");
+    expect("ETag and Last-Modified", !etag.is_empty() && !modified.is_empty(), &hello.1);
+    let tag_header = format!("If-None-Match: {etag}");
+    let since_header = format!("If-Modified-Since: {modified}");
+    let conditional = get("/hello.txt", &["-H", &tag_header])?;
+    expect("If-None-Match -> 304", conditional.0 == 304 && conditional.2.is_empty(), &conditional);
+    let since = get("/hello.txt", &["-H", &since_header])?;
+    expect("If-Modified-Since -> 304", since.0 == 304, &since);
+    let old = get("/hello.txt", &["-H", "If-Modified-Since: Thu, 01 Jan 1970 00:00:01 GMT"])?;
+    expect("an old If-Modified-Since -> 200", old.0 == 200, &old.0);
+    let big = pattern(3_000_000, 11);
+    let partial = get("/big.bin", &["-r", "1000000-1000999"])?;
+    expect(
+        "Range -> 206",
+        partial.0 == 206
+            && partial.2 == big[1_000_000..1_001_000]
+            && has(&partial.1, "content-range: bytes 1000000-1000999/3000000"),
+        &(partial.0, partial.2.len(), &partial.1),
+    );
+    let beyond = get("/big.bin", &["-r", "5000000-"])?;
+    expect("Range past the end -> 416", beyond.0 == 416 && has(&beyond.1, "bytes */3000000"), &beyond.0);
+    let whole = get("/big.bin", &[])?;
+    expect("GET /big.bin", whole.0 == 200 && whole.2 == big, &(whole.0, whole.2.len()));
+    let index = get("/", &[])?;
+    let listing = String::from_utf8_lossy(&index.2).into_owned();
+    expect(
+        "index page",
+        index.0 == 200
+            && listing.contains("href=\"hello.txt\"")
+            && listing.contains("href=\"sub/\"")
+            && listing.contains("href=\"space%20name.html\""),
+        &listing,
+    );
+    let site = get("/site/", &[])?;
+    expect("index.html of a directory", site.0 == 200 && site.2 == b"<h1>site index</h1>\n", &site.0);
+    let redirect = get("/sub", &[])?;
+    expect(
+        "a directory without its slash -> 301",
+        redirect.0 == 301 && has(&redirect.1, "location: /sub/"),
+        &redirect.1,
+    );
+    let spaced = get("/space%20name.html", &[])?;
+    expect("an encoded name", spaced.0 == 200 && has(&spaced.1, "content-type: text/html"), &spaced.0);
+    let link = get("/ok", &[])?;
+    expect("a link inside the root", link.0 == 200 && link.2 == b"file a\n", &link.0);
+    for path in ["/../secret.txt", "/%2e%2e/secret.txt", "/sub%2F..%2F..%2Fsecret.txt", "/escape", "/absolute"] {
+        let refused = get(path, &[])?;
+        expect(&format!("GET {path} refused"), refused.0 == 403 && !refused.2.starts_with(b"outside"), &refused.0);
+    }
+    let missing = get("/nope.txt", &[])?;
+    expect("404", missing.0 == 404, &missing.0);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let _ = errors.join();
+    let output: Vec<String> = lines.try_iter().map(|(_, line)| line).collect();
+    Ok(if problems.is_empty() {
+        (true, format!("ok (port {port}: 200, 304 x2, 206, 416, index, 301, links, 5 escapes refused, 404)"))
+    } else {
+        (false, format!("FAILED: {}; guest printed: {}", problems.join("; "), output.join(" | ")))
+    })
+}

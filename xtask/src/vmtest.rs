@@ -872,6 +872,15 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             }
         }
     }
+    if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
+        let (ok, summary) = crate::disktest::webserver_files_test(&images[index], accel)?;
+        println!("vm test webserver-files-microvm-2 ... {summary}");
+        if ok {
+            passed += 1
+        } else {
+            failed += 1
+        }
+    }
     if let Some(index) = specs.iter().position(|s| s.binary == NET_LOCK_CHECK_IMAGE) {
         let (ok, summary) = lock_free_test(&images[index], NET_LOCK_FREE_ROOTS)?;
         println!("vm test lock-free-net-paths ... {summary}");

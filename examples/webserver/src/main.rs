@@ -6,6 +6,10 @@
 //! serves each in a thread of its own on that CPU, so a connection's
 //! packets, its socket calls and its requests never cross CPUs.
 //!
+//! With a disk mounted (`cargo xtask run --disk FOLDER`), the files under
+//! `webroot=` (default `/`) are served instead of the built-in `/` (see
+//! `files`); `/live`, `/stats` and `/echo` stay.
+//!
 //! Pages: `/` (612 bytes, like nginx's default page), `/live` (per-CPU
 //! figures refreshed every second) and `/stats` (text, or JSON with
 //! `?format=json` or `Accept: application/json`). Protocol details (keep-
@@ -20,6 +24,7 @@
 #![no_std]
 #![no_main]
 
+mod files;
 mod selftest;
 mod site;
 mod stats;
@@ -75,6 +80,9 @@ fn main() -> i32 {
             Ok(handle) => core::mem::forget(handle),
             Err(error) => println!("webserver: no accepting thread on cpu {cpu}: {error}"),
         }
+    }
+    if let Some(root) = files::init() {
+        println!("webserver: serving the files under {root} (webroot=)");
     }
     println!("webserver: serving port {port} on cpus {cpus:?} of {}", toro::cpu::count());
     if system::argument("selftest") == Some("1") {

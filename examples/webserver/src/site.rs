@@ -30,6 +30,12 @@ tick();setInterval(tick,1000);
 
 /// Answers one request.
 pub fn handle(request: &Request<'_>) -> Response<'static> {
+    // With a disk mounted, everything but the live pages is its files.
+    if let Some(root) = crate::files::root() {
+        if !matches!(request.path(), "/live" | "/stats" | "/echo") {
+            return crate::files::handle(request, root);
+        }
+    }
     let get = matches!(request.method, "GET" | "HEAD");
     match (request.path(), get) {
         ("/" | "/index.html", true) => Response::new(200, "text/html", INDEX),
