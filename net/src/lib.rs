@@ -23,7 +23,9 @@ pub mod http;
 pub mod stack;
 pub mod virtio_net;
 
-pub use config::{addressing_from, Addressing, ConfigError, QEMU_USER_ADDRESS, QEMU_USER_GATEWAY};
+pub use config::{
+    addressing_from, ipv6_from, link_local, Addressing, ConfigError, Ipv6Config, QEMU_USER_ADDRESS, QEMU_USER_GATEWAY,
+};
 pub use device::{Capabilities, DeviceStats, MemoryDevice, NetDevice};
 pub use error::NetError;
 pub use smoltcp;

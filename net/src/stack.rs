@@ -23,6 +23,7 @@ use smoltcp::socket::{dhcpv4, icmp, tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Cidr,
+    Ipv6Address, Ipv6Cidr,
 };
 
 use crate::config::Addressing;
@@ -54,6 +55,8 @@ pub struct StackConfig {
     pub max_closing: usize,
     /// Seed for smoltcp's initial sequence numbers and ports.
     pub random_seed: u64,
+    /// IPv6 beyond the link-local address every interface gets.
+    pub ipv6: crate::config::Ipv6Config,
 }
 
 impl Default for StackConfig {
@@ -67,6 +70,7 @@ impl Default for StackConfig {
             udp_bytes: 64 * 1024,
             max_closing: 1024,
             random_seed: 0x746f_726f_6e65_7421,
+            ipv6: crate::config::Ipv6Config { address: None, gateway: None, slaac: false },
         }
     }
 }
@@ -159,6 +163,7 @@ impl<D: NetDevice> Stack<D> {
         let mac = device.borrow().mac();
         let mut interface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         interface_config.random_seed = config.random_seed;
+        interface_config.slaac = config.ipv6.slaac;
         let mut frame = Vec::new();
         let interface =
             Interface::new(interface_config, &mut Port { device: &device, frame: &mut frame }, to_instant(now_micros));
@@ -176,6 +181,7 @@ impl<D: NetDevice> Stack<D> {
             gateway: None,
             frame,
         };
+        stack.set_ipv6(config.ipv6.address, config.ipv6.gateway);
         match addressing {
             Addressing::Static { address, gateway } => stack.set_ipv4(Some(address), gateway),
             Addressing::Dhcp => {
@@ -203,6 +209,44 @@ impl<D: NetDevice> Stack<D> {
             // its default IPv4 route.
             let _ = self.interface.routes_mut().add_default_ipv4_route(gateway);
         }
+    }
+
+    /// Sets the interface's link-local address (from its MAC), the static
+    /// IPv6 address `address` if any, and the default IPv6 router.
+    /// Addresses SLAAC configured stay.
+    pub fn set_ipv6(&mut self, address: Option<Ipv6Cidr>, gateway: Option<Ipv6Address>) {
+        let link_local = crate::config::link_local(self.device.borrow().mac());
+        let previous = self.config.ipv6.address;
+        self.interface.update_ip_addrs(|addresses| {
+            addresses
+                .retain(|cidr| *cidr != IpCidr::Ipv6(link_local) && previous.is_none_or(|p| *cidr != IpCidr::Ipv6(p)));
+            // Room for IPv4, these two and SLAAC's (iface-max-addr-count-6).
+            let _ = addresses.push(IpCidr::Ipv6(link_local));
+            if let Some(address) = address {
+                let _ = addresses.push(IpCidr::Ipv6(address));
+            }
+        });
+        self.config.ipv6.address = address;
+        self.config.ipv6.gateway = gateway;
+        self.interface.routes_mut().remove_default_ipv6_route();
+        if let Some(gateway) = gateway {
+            // Fails only when the route table is full; it has just lost its
+            // default IPv6 route.
+            let _ = self.interface.routes_mut().add_default_ipv6_route(gateway);
+        }
+    }
+
+    /// The interface's IPv6 addresses (link-local, static, autoconfigured).
+    pub fn ipv6_cidrs(&self) -> Vec<Ipv6Cidr> {
+        self.interface
+            .ip_addrs()
+            .iter()
+            .filter_map(|cidr| match cidr {
+                IpCidr::Ipv6(cidr) => Some(*cidr),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+            .collect()
     }
 
     /// The default IPv4 gateway, if one is set.

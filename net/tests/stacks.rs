@@ -386,3 +386,62 @@ fn loopback_connects_to_itself() {
     let mut buffer = [0u8; 8];
     assert_eq!(stack.tcp_recv(server, &mut buffer), Ok(4));
 }
+
+#[test]
+fn ipv6_link_local_and_static_addresses_carry_tcp() {
+    let server_ip6: smoltcp::wire::Ipv6Address = "fd00::1".parse().unwrap();
+    let ipv6 = |address: &str| toro_net::Ipv6Config {
+        address: Some(smoltcp::wire::Ipv6Cidr::new(address.parse().unwrap(), 64)),
+        gateway: None,
+        slaac: true,
+    };
+    let (server_device, client_device) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    let mut link = Link {
+        server: Stack::new(
+            server_device,
+            statically(SERVER_IP),
+            StackConfig { ipv6: ipv6("fd00::1"), ..StackConfig::default() },
+            0,
+        ),
+        client: Stack::new(
+            client_device,
+            statically(CLIENT_IP),
+            StackConfig { ipv6: ipv6("fd00::2"), random_seed: 7, ..StackConfig::default() },
+            0,
+        ),
+        now: 0,
+    };
+    let server_addresses = link.server.ipv6_cidrs();
+    let link_local = toro_net::link_local(MAC_SERVER);
+    assert!(server_addresses.contains(&link_local), "{server_addresses:?}");
+    assert_eq!(server_addresses.len(), 2);
+    link.server.tcp_listen(80).unwrap();
+    for target in [IpAddress::Ipv6(server_ip6), IpAddress::Ipv6(link_local.address())] {
+        let client = link.client.tcp_connect(IpEndpoint::new(target, 80)).unwrap();
+        // smoltcp drops the first SYN while it resolves the neighbour (as
+        // with ARP) and sends it again at its retransmission timeout.
+        for _ in 0..3000 {
+            link.run(1);
+            if link.client.tcp_connect_state(client) != Ok(ConnectState::Pending) {
+                break;
+            }
+        }
+        assert_eq!(link.client.tcp_connect_state(client), Ok(ConnectState::Established), "to {target}");
+        link.run(3);
+        let server = link.server.tcp_accept(80).unwrap();
+        assert_eq!(link.client.tcp_send(client, b"over v6"), Ok(7));
+        link.run(5);
+        let mut buffer = [0u8; 16];
+        assert_eq!(link.server.tcp_recv(server, &mut buffer), Ok(7));
+        assert_eq!(&buffer[..7], b"over v6");
+    }
+    // IPv4 goes on working beside it.
+    let client = link.client.tcp_connect(IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 80)).unwrap();
+    for _ in 0..3000 {
+        link.run(1);
+        if link.client.tcp_connect_state(client) != Ok(ConnectState::Pending) {
+            break;
+        }
+    }
+    assert_eq!(link.client.tcp_connect_state(client), Ok(ConnectState::Established));
+}

@@ -196,6 +196,42 @@ pub fn hostile(guest_mac: [u8; 6], guest_ip: [u8; 4], peer_ip: [u8; 4], random: 
     frames
 }
 
+/// An ICMPv6 router advertisement (RFC 4861 section 4.2) from router
+/// `router` (a link-local address) with MAC `router_mac` to all nodes,
+/// announcing `prefix`/64 for autoconfiguration (on-link and autonomous).
+pub fn router_advertisement(router_mac: [u8; 6], router: [u8; 16], prefix: [u8; 8]) -> Vec<u8> {
+    let mut message = vec![134, 0, 0, 0, 64, 0];
+    message.extend_from_slice(&1800u16.to_be_bytes()); // router lifetime, s
+    message.extend_from_slice(&[0; 8]); // reachable time, retransmit timer
+    message.extend_from_slice(&[1, 1]); // source link-layer address option
+    message.extend_from_slice(&router_mac);
+    message.extend_from_slice(&[3, 4, 64, 0xc0]); // prefix information, L and A
+    message.extend_from_slice(&86_400u32.to_be_bytes()); // valid lifetime
+    message.extend_from_slice(&14_400u32.to_be_bytes()); // preferred lifetime
+    message.extend_from_slice(&[0; 4]);
+    message.extend_from_slice(&prefix);
+    message.extend_from_slice(&[0; 8]);
+    let all_nodes = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&router);
+    pseudo.extend_from_slice(&all_nodes);
+    pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&message);
+    let checksum = internet_checksum(&pseudo);
+    message[2..4].copy_from_slice(&checksum.to_be_bytes());
+    let mut frame = vec![0x33, 0x33, 0, 0, 0, 1];
+    frame.extend_from_slice(&router_mac);
+    frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[58, 255]); // ICMPv6, hop limit 255 (required)
+    frame.extend_from_slice(&router);
+    frame.extend_from_slice(&all_nodes);
+    frame.extend_from_slice(&message);
+    frame
+}
+
 /// The Internet checksum (RFC 1071) of `data`.
 pub fn internet_checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
@@ -298,6 +334,24 @@ mod tests {
         let good_ip =
             frames.iter().find(|f| f.len() > 40 && f[12..14] == [8, 0] && f[14] == 0x45 && f[23] == 6).unwrap();
         assert_eq!(internet_checksum(&good_ip[14..34]), 0);
+    }
+
+    #[test]
+    fn router_advertisements_check_out() {
+        let frame = router_advertisement(
+            PEER_MAC,
+            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0xfd, 0, 0, 0x32, 0, 0, 0, 0],
+        );
+        let payload = u16::from_be_bytes([frame[18], frame[19]]) as usize;
+        assert_eq!(frame.len(), 14 + 40 + payload);
+        assert_eq!(payload, 16 + 8 + 32);
+        // The checksum over the pseudo-header and the message is zero.
+        let mut pseudo = frame[22..54].to_vec();
+        pseudo.extend_from_slice(&(payload as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(&frame[54..]);
+        assert_eq!(internet_checksum(&pseudo), 0);
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub const HOST_ADDRESS: &str = "172.31.0.1";
 pub const GUEST_ADDRESS: &str = "172.31.0.2";
 /// The tap network's prefix length.
 pub const PREFIX: u8 = 24;
+/// The host side's IPv6 address on the tap network (a /64 of fd00::/8).
+pub const HOST_ADDRESS6: &str = "fd00:31::1";
+/// The guest's static IPv6 address there.
+pub const GUEST_ADDRESS6: &str = "fd00:31::2";
 
 /// Why namespaces cannot be made here, if they cannot (for "skipped: ...").
 pub fn unavailable() -> Option<String> {
@@ -41,7 +45,7 @@ pub struct Namespace {
 
 /// The Toro command-line words that put the guest on the tap network.
 pub fn guest_arguments() -> String {
-    format!("toro.ip={GUEST_ADDRESS}/{PREFIX} toro.gw={HOST_ADDRESS}")
+    format!("toro.ip={GUEST_ADDRESS}/{PREFIX} toro.gw={HOST_ADDRESS} toro.ip6={GUEST_ADDRESS6}/64")
 }
 
 fn ip(arguments: &[&str]) -> Result<()> {
@@ -83,6 +87,21 @@ impl Namespace {
         if address {
             let cidr = format!("{HOST_ADDRESS}/{PREFIX}");
             ip(&["-n", &self.name, "addr", "add", &cidr, "dev", ifname])?;
+            // No duplicate-address wait: the address is usable at once.
+            let cidr6 = format!("{HOST_ADDRESS6}/64");
+            ip(&["-n", &self.name, "-6", "addr", "add", &cidr6, "dev", ifname, "nodad"])?;
+            // The prefix the SLAAC test advertises, so the host reaches
+            // the address the guest makes from it.
+            ip(&["-n", &self.name, "-6", "addr", "add", "fd00:32::1/64", "dev", ifname, "nodad"])?;
+        }
+        // The host side's link-local address would stay tentative for a
+        // second or two of duplicate-address detection after the link comes
+        // up (no link-local traffic until then): no detection on a link with
+        // one guest.
+        let dad = format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad");
+        let status = self.command("sh").args(["-c", &format!("echo 0 > {dad}")]).status().context("running sh")?;
+        if !status.success() {
+            bail!("could not turn off duplicate-address detection on {ifname} ({dad})");
         }
         ip(&["-n", &self.name, "link", "set", ifname, "up"])
     }
@@ -141,7 +160,7 @@ mod tests {
         let arguments: Vec<_> = command.get_args().collect();
         assert_eq!(arguments, ["netns", "exec", "toro-t-1", "curl"]);
         assert_eq!(wrap(None, "curl").get_program(), "curl");
-        assert_eq!(guest_arguments(), "toro.ip=172.31.0.2/24 toro.gw=172.31.0.1");
+        assert_eq!(guest_arguments(), "toro.ip=172.31.0.2/24 toro.gw=172.31.0.1 toro.ip6=fd00:31::2/64");
         assert_eq!(maker("toro-run-1234"), Some(1234));
         assert_eq!(maker("toro-my-tag-77"), Some(77));
         assert_eq!(maker("other-run-1234"), None);

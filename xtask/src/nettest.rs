@@ -124,6 +124,42 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
         if !pair.starts_with("200 612 1;200 ") || !pair.ends_with(" 0;") {
             problems.push(format!("keep-alive pair gave {pair:?}, expected one connection for two 200s"));
         }
+        // IPv6: the static address, and the link-local one (from the MAC),
+        // reached through the tap by its scope.
+        let link_local = "fe80::5054:ff:fe12:3456%25tap0".to_string();
+        for host in [netns::GUEST_ADDRESS6, &link_local] {
+            let (ok, out) =
+                curl(&["-g", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", &format!("http://[{host}]/")])?;
+            if !ok || out != "200 612" {
+                problems.push(format!("GET http://[{host}]/ gave {out:?} (curl ok: {ok})"));
+            }
+        }
+        // SLAAC: a router advertisement for fd00:32::/64 gives the guest an
+        // address made from the prefix and its MAC.
+        let prefix = [0xfd, 0x00, 0x00, 0x32, 0, 0, 0, 0];
+        let router = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x32, 0x01];
+        let advertisement = crate::frames::router_advertisement([0x02, 0, 0x5e, 0, 0x32, 0x01], router, prefix);
+        crate::frames::inject(namespace.name(), "tap0", &[advertisement], 1, Duration::ZERO)?;
+        let autoconfigured = "fd00:32::5054:ff:fe12:3456";
+        let mut answer = String::new();
+        for _ in 0..20 {
+            let (ok, out) = curl(&[
+                "-g",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download}",
+                &format!("http://[{autoconfigured}]/"),
+            ])?;
+            answer = out;
+            if ok && answer == "200 612" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if answer != "200 612" {
+            problems.push(format!("after a router advertisement, GET http://[{autoconfigured}]/ gave {answer:?}"));
+        }
         let (_, stats) = curl(&[&url("/stats")])?;
         let before = stats_field(&stats, "eth0", "rx_frames");
         if before.is_none() {

@@ -72,6 +72,9 @@ fn main() -> i32 {
             }
             None => println!("webserver: {} on cpu {}: no address yet", interface.name, interface.cpu),
         }
+        for (address, prefix) in &interface.ipv6 {
+            println!("webserver: {} on cpu {}: http://[{address}]:{port}/ (/{prefix})", interface.name, interface.cpu);
+        }
     }
     for &cpu in &cpus {
         let listener = listener.clone();

@@ -219,6 +219,11 @@ pub(crate) fn init() {
             log::warn!("net: {error:?}; using 10.0.2.15/24 via 10.0.2.2");
             user_default
         });
+    let ipv6 = toro_net::ipv6_from(crate::system::command_line().split_whitespace()).unwrap_or_else(|error| {
+        log::warn!("net: {error}; IPv6: link-local and SLAAC only");
+        toro_net::Ipv6Config { slaac: true, ..Default::default() }
+    });
+    let nic_config = StackConfig { ipv6, ..config };
     // The first virtio-net card only: more cards would need an address each.
     if let Some(found) =
         crate::virtio::discovery::devices().iter().find(|found| found.device_type == crate::virtio::device_type::NET)
@@ -236,7 +241,7 @@ pub(crate) fn init() {
                 }
             }),
             addressing,
-            config,
+            config: nic_config,
         });
     }
     let topology = Topology { loopback: Some(0), nics };
@@ -309,6 +314,9 @@ pub struct InterfaceInfo {
     pub ipv4: Option<(Ipv4Addr, u8)>,
     /// Its default gateway.
     pub gateway: Option<Ipv4Addr>,
+    /// Its IPv6 addresses and prefixes: link-local, static (`toro.ip6`),
+    /// autoconfigured (SLAAC).
+    pub ipv6: Vec<(Ipv6Addr, u8)>,
     /// The stack's counts.
     pub stack: StackStats,
     /// The device's counts.
@@ -332,6 +340,12 @@ pub fn interfaces() -> Vec<InterfaceInfo> {
                             .ipv4_cidr()
                             .map(|cidr| (Ipv4Addr::from(cidr.address().octets()), cidr.prefix_len())),
                         gateway: instance.stack.gateway().map(|gateway| Ipv4Addr::from(gateway.octets())),
+                        ipv6: instance
+                            .stack
+                            .ipv6_cidrs()
+                            .iter()
+                            .map(|cidr| (Ipv6Addr::from(cidr.address().octets()), cidr.prefix_len()))
+                            .collect(),
                         stack: instance.stack.stats(),
                         device: instance.stack.device().stats(),
                         counters: instance.counters,
