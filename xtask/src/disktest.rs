@@ -21,6 +21,8 @@ pub struct DiskTest {
 
 /// A writable disk; afterwards every change the guest made reads back on the host.
 pub const READ_WRITE: DiskTest = DiskTest { prepare: prepare_read_write, check: check_read_write };
+/// A writable disk for fs_disk's `mode=quick`; afterwards `/quick.txt` is there and the image clean.
+pub const QUICK: DiskTest = DiskTest { prepare: prepare_read_write, check: check_quick };
 /// A read-only disk (QEMU `readonly=on`); afterwards it is unchanged.
 pub const READ_ONLY: DiskTest = DiskTest { prepare: prepare_read_only, check: check_unchanged };
 /// An image with a damaged superblock; afterwards it is unchanged.
@@ -168,6 +170,16 @@ fn check_read_write(image: &Path, cpus: u32) -> Result<Vec<String>> {
     expect("/data/double", Some(&pattern(400_000, 5)[..1000]))?;
     expect("/data/big", Some(&pattern(3_000_000, 7)))?;
     expect("/after-sync.txt", Some(b"written after the last sync\n"))?;
+    problems.extend(e2fsck(image)?);
+    Ok(problems)
+}
+
+fn check_quick(image: &Path, _cpus: u32) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let (data, errors) = debugfs(image, "cat /quick.txt")?;
+    if data != pattern(5000, 42) {
+        problems.push(format!("/quick.txt on the host: {} bytes, expected 5000 ({})", data.len(), errors.trim()));
+    }
     problems.extend(e2fsck(image)?);
     Ok(problems)
 }

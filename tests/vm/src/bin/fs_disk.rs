@@ -12,6 +12,8 @@
 //!   mounted at `root=`: files read, every kind of change refused with
 //!   `ReadOnlyFilesystem`, raw writes too; the host checks the image did
 //!   not change.
+//! - `quick` (for slow VMMs): one host file read, one file written; the
+//!   host checks it after the exit.
 //! - `corrupt`: the superblock is damaged; the boot mount failed with a
 //!   clear error, `toro::fs` says nothing is mounted, the disk still reads.
 
@@ -198,6 +200,14 @@ fn corrupt(disk: blk::Blk) -> bool {
     ok
 }
 
+/// A short run for slow VMMs: one host file read, one written (the clean exit writes it back).
+fn quick() -> bool {
+    let mut ok = check(fs::read("/hello.txt").ok() == Some(pattern(20, 9)), "/hello.txt reads back");
+    ok &= check(fs::write("/quick.txt", pattern(5000, 42)).is_ok(), "write /quick.txt");
+    println!("fs_disk: quick read and write done");
+    ok
+}
+
 #[toro::main]
 fn main() -> i32 {
     let cpus = cpu::count();
@@ -217,6 +227,7 @@ fn main() -> i32 {
         "rw" => read_write(cpus, disk),
         "ro" => read_only(toro::system::argument("root").unwrap_or(""), disk),
         "corrupt" => corrupt(disk),
+        "quick" => quick(),
         other => check(false, &format!("unknown mode {other:?}")),
     };
     if ok {
