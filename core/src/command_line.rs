@@ -346,6 +346,23 @@ pub enum CommandLineError<'a> {
         /// The value as given.
         given: &'a str,
     },
+    /// A size is not a number of bytes with an optional `K`, `M` or `G`
+    /// suffix, or does not fit in 64 bits.
+    BadSize {
+        /// The value as given.
+        given: &'a str,
+    },
+    /// A watchdog setting is neither `off` nor a number of seconds (at
+    /// least 0.001, at most a day, up to three decimals).
+    BadWatchdog {
+        /// The value as given.
+        given: &'a str,
+    },
+    /// A watchdog action is neither `report` nor `stop`.
+    BadWatchdogAction {
+        /// The value as given.
+        given: &'a str,
+    },
 }
 
 impl fmt::Display for CommandLineError<'_> {
@@ -355,6 +372,15 @@ impl fmt::Display for CommandLineError<'_> {
                 formatter,
                 "unknown log level {given:?} (expected off, error, warn, info, debug, trace, or 0 to 5)"
             ),
+            Self::BadSize { given } => {
+                write!(formatter, "bad size {given:?} (expected bytes, optionally with K, M or G: 65536, 256K, 8M)")
+            }
+            Self::BadWatchdog { given } => {
+                write!(formatter, "bad watchdog setting {given:?} (expected off or seconds, 0.001 to 86400: 2, 0.5)")
+            }
+            Self::BadWatchdogAction { given } => {
+                write!(formatter, "bad watchdog action {given:?} (expected report or stop)")
+            }
         }
     }
 }
@@ -383,10 +409,110 @@ pub fn parse_log_level(value: &str) -> Result<LogLevel, CommandLineError<'_>> {
         .ok_or(CommandLineError::UnknownLogLevel { given: value })
 }
 
+/// Reads a size in bytes: digits with an optional `K`, `M` or `G` suffix
+/// (powers of 1024, either case; `KiB`/`MiB`/`GiB` too).
+pub fn parse_size(value: &str) -> Result<u64, CommandLineError<'_>> {
+    let bad = CommandLineError::BadSize { given: value };
+    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &value[digits.len()..];
+    let units: [(&[&str], u32); 4] =
+        [(&["", "b"], 0), (&["k", "kib", "kb"], 10), (&["m", "mib", "mb"], 20), (&["g", "gib", "gb"], 30)];
+    let Some(&(_, shift)) = units.iter().find(|(names, _)| names.iter().any(|n| n.eq_ignore_ascii_case(suffix))) else {
+        return Err(bad);
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad);
+    }
+    let number: u64 = digits.parse().map_err(|_| bad)?;
+    number.checked_mul(1 << shift).ok_or(bad)
+}
+
+/// The watchdog as the command line sets it (`toro.watchdog=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watchdog {
+    /// `off`: nothing is watched.
+    Off,
+    /// Report a thread that runs this many milliseconds without reaching
+    /// a scheduling point.
+    AfterMilliseconds(u64),
+}
+
+/// Reads `toro.watchdog=`: `off` (or `0`), or seconds with up to three
+/// decimals, from 0.001 to 86400.
+pub fn parse_watchdog(value: &str) -> Result<Watchdog, CommandLineError<'_>> {
+    let bad = CommandLineError::BadWatchdog { given: value };
+    if value.eq_ignore_ascii_case("off") || value == "0" {
+        return Ok(Watchdog::Off);
+    }
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    let all_digits = |text: &str| text.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty() || !all_digits(whole) || !all_digits(fraction) || fraction.len() > 3 {
+        return Err(bad);
+    }
+    let seconds: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad)? };
+    let thousandths: u64 = if fraction.is_empty() { 0 } else { fraction.parse::<u64>().map_err(|_| bad)? };
+    let scale = 10u64.pow(3 - fraction.len() as u32);
+    let milliseconds = seconds.checked_mul(1000).and_then(|ms| ms.checked_add(thousandths * scale)).ok_or(bad)?;
+    match milliseconds {
+        0 => Ok(Watchdog::Off),
+        1..=86_400_000 => Ok(Watchdog::AfterMilliseconds(milliseconds)),
+        _ => Err(bad),
+    }
+}
+
+/// What the watchdog does after its report (`toro.watchdog_action=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogAction {
+    /// Report and keep going (the thread goes on running).
+    Report,
+    /// Report, then end the VM with a failure status.
+    Stop,
+}
+
+/// Reads `toro.watchdog_action=`: `report` or `stop`.
+pub fn parse_watchdog_action(value: &str) -> Result<WatchdogAction, CommandLineError<'_>> {
+    if value.eq_ignore_ascii_case("report") {
+        Ok(WatchdogAction::Report)
+    } else if value.eq_ignore_ascii_case("stop") {
+        Ok(WatchdogAction::Stop)
+    } else {
+        Err(CommandLineError::BadWatchdogAction { given: value })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("256K"), Ok(256 << 10));
+        assert_eq!(parse_size("8m"), Ok(8 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        for bad in ["", "K", "12Q", "-1", "1.5M", "99999999999999999999", "17179869184G", " 4K"] {
+            assert_eq!(parse_size(bad), Err(CommandLineError::BadSize { given: bad }), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn watchdog_settings() {
+        assert_eq!(parse_watchdog("off"), Ok(Watchdog::Off));
+        assert_eq!(parse_watchdog("OFF"), Ok(Watchdog::Off));
+        assert_eq!(parse_watchdog("0"), Ok(Watchdog::Off));
+        assert_eq!(parse_watchdog("2"), Ok(Watchdog::AfterMilliseconds(2000)));
+        assert_eq!(parse_watchdog("0.5"), Ok(Watchdog::AfterMilliseconds(500)));
+        assert_eq!(parse_watchdog(".25"), Ok(Watchdog::AfterMilliseconds(250)));
+        assert_eq!(parse_watchdog("1.001"), Ok(Watchdog::AfterMilliseconds(1001)));
+        assert_eq!(parse_watchdog("86400"), Ok(Watchdog::AfterMilliseconds(86_400_000)));
+        for bad in ["", ".", "1.0001", "86401", "-1", "2s", "1e3", "on", "184467440737095516"] {
+            assert_eq!(parse_watchdog(bad), Err(CommandLineError::BadWatchdog { given: bad }), "{bad:?}");
+        }
+        assert_eq!(parse_watchdog_action("stop"), Ok(WatchdogAction::Stop));
+        assert_eq!(parse_watchdog_action("Report"), Ok(WatchdogAction::Report));
+        assert_eq!(parse_watchdog_action("halt"), Err(CommandLineError::BadWatchdogAction { given: "halt" }));
+    }
 
     fn sanitized(raw: &[u8]) -> (String, SanitizeReport) {
         let mut buffer = CommandLineBuffer::new();

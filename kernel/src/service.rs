@@ -481,7 +481,9 @@ impl<S: 'static> Builder<S> {
             Err(crate::thread::SpawnError::NoSuchCpu(cpu)) => {
                 return Err(StartError::Service(ServiceError::Unreachable(cpu)));
             }
-            Err(crate::thread::SpawnError::NoStack) => return Err(StartError::Service(ServiceError::NoThread)),
+            Err(crate::thread::SpawnError::NoStack | crate::thread::SpawnError::StackTooLarge { .. }) => {
+                return Err(StartError::Service(ServiceError::NoThread))
+            }
         }
         start.completion.wait();
         match start.result.into_inner() {

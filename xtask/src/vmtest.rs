@@ -273,6 +273,18 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "threads")
         },
         VmTest {
+            status: CPU_EXCEPTION,
+            expect: &[
+                "thread_stack_size: 900 KiB of locals on a 1 MiB stack",
+                "thread_stack_size: small and large stacks recycled",
+                "thread_stack_size: refused: stack larger than this CPU's stack zone",
+                "thread_stack_size: 200 KiB deep on a 256 KiB stack",
+                "stack overflow: thread 'deep-custom'",
+                "on cpu 1 hit its guard page",
+            ],
+            ..vm("vm-tests", "thread_stack_size")
+        },
+        VmTest {
             name: "ring_pressure-2",
             memory_mib: 256,
             expect: &["ring_pressure: all checks passed"],

@@ -11,11 +11,18 @@
 //! all CPUs (itself last) without any shared counter. `spawn_on` names
 //! the CPU.
 //!
-//! Stacks: each thread has a 28 KiB stack in a slot of its CPU's stack zone
-//! with an unmapped guard page below it; an overflow is reported with the
-//! thread's name and CPU. Slots are recycled with their control blocks.
+//! Stacks: each thread has a stack in its spawning CPU's stack zone with an
+//! unmapped guard page below it; an overflow is reported with the thread's
+//! name and CPU. The default is 60 KiB (`toro.stack=SIZE` changes it);
+//! `Builder::stack_size` asks for any size, rounded up to the zone's 32 KiB
+//! slots less the guard page (60, 92, 124 KiB, ...). Stacks are memory of
+//! the spawning CPU's share, committed up front (no demand paging), and
+//! recycled with their control blocks.
 
 pub(crate) mod scheduler;
+mod stack;
+
+pub(crate) use stack::STACK_SLOT;
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -32,9 +39,12 @@ use scheduler::Control;
 pub enum SpawnError {
     /// No running CPU has this index.
     NoSuchCpu(usize),
-    /// The spawning CPU's stack zone has no free slot (too many live
-    /// threads were created from it).
+    /// The spawning CPU's stack zone has no free slots for the stack (too
+    /// many live threads were created from it).
     NoStack,
+    /// The stack asked for is larger than the spawning CPU's whole stack
+    /// zone; `largest` is the largest stack it can hold.
+    StackTooLarge { largest: usize },
 }
 
 impl core::fmt::Display for SpawnError {
@@ -42,6 +52,9 @@ impl core::fmt::Display for SpawnError {
         match self {
             Self::NoSuchCpu(cpu) => write!(f, "no running CPU {cpu}"),
             Self::NoStack => write!(f, "no free thread stack on this CPU"),
+            Self::StackTooLarge { largest } => {
+                write!(f, "stack larger than this CPU's stack zone (at most {} KiB)", largest >> 10)
+            }
         }
     }
 }
@@ -158,6 +171,7 @@ pub fn migrate_to(cpu: usize) -> Result<(), SpawnError> {
 #[derive(Default)]
 pub struct Builder {
     name: Option<String>,
+    stack_size: Option<usize>,
 }
 
 impl Builder {
@@ -170,6 +184,17 @@ impl Builder {
         self
     }
 
+    /// The new thread's stack size in bytes, as std's: rounded up (to the
+    /// stack zone's 32 KiB slots less the guard page), with a guard page
+    /// below it. Without it a thread gets the default (60 KiB, or what
+    /// `toro.stack=` says). The stack is memory of the spawning CPU's
+    /// stack zone; `spawn_on` fails with `StackTooLarge` if the zone could
+    /// never hold it, `NoStack` if it is used up.
+    pub fn stack_size(mut self, size: usize) -> Self {
+        self.stack_size = Some(size);
+        self
+    }
+
     /// Starts `function` on `cpu`.
     pub fn spawn_on<F, T>(self, cpu: usize, function: F) -> Result<JoinHandle<T>, SpawnError>
     where
@@ -179,7 +204,8 @@ impl Builder {
         if cpu >= messages::count() || !crate::arch::smp::is_up(cpu) {
             return Err(SpawnError::NoSuchCpu(cpu));
         }
-        let control = scheduler::new_thread_control().ok_or(SpawnError::NoStack)?;
+        let slots = self.stack_size.map_or_else(stack::default_slots, stack::slots_for);
+        let control = scheduler::new_thread_control(slots)?;
         unsafe fn drop_result<T>(result: *mut u8) {
             // SAFETY: made by `Box::into_raw` of a `Box<T>` below.
             drop(unsafe { Box::from_raw(result as *mut T) });
@@ -412,16 +438,13 @@ macro_rules! thread_local {
 static ZONES: [(core::sync::atomic::AtomicU64, core::sync::atomic::AtomicU64); percpu::MAX_CPUS] =
     [const { (core::sync::atomic::AtomicU64::new(0), core::sync::atomic::AtomicU64::new(0)) }; percpu::MAX_CPUS];
 
-/// Thread-stack slot: a guard page and a 28 KiB stack (boot sizes each
-/// CPU's stack zone in whole slots).
-pub(crate) const STACK_SLOT: u64 = 32 * 1024;
-
 /// Sets up threads: the boot CPU's context becomes `main` (with an idle
 /// thread of its own); every other CPU gets its stack zone and starts its
 /// scheduler when woken (`wake_application_processors`). Boot CPU, after
 /// memory and messages. `zones[i]` belongs to CPU `i`.
 pub(crate) fn init(zones: &[crate::arch::paging::StackZone]) {
     let me = percpu::current_index();
+    stack::init();
     for (cpu, zone) in zones.iter().enumerate() {
         if cpu == me {
             continue;

@@ -30,6 +30,8 @@ use crate::arch::percpu::{self, PerCpuCell};
 use crate::arch::{apic, cpu as arch_cpu};
 use crate::cpu::{self as messages, Job};
 
+use super::stack::STACK_SLOT;
+
 /// The IPI vector of the timer interrupt.
 pub(crate) use crate::arch::apic::TIMER_VECTOR;
 
@@ -165,7 +167,12 @@ pub(crate) struct Scheduler {
     /// Threads ready to run here, in the order they became ready.
     run_queue: RunQueue<Control>,
     sleepers: BinaryHeap<Reverse<Sleeper>>,
+    /// Recycled control blocks with stacks of the default size.
     pool: Vec<*mut Control>,
+    /// Recycled control blocks with stacks of other sizes (few; searched).
+    sized_pool: Vec<*mut Control>,
+    /// Slots of a default-size stack.
+    default_slots: u64,
     zone: StackZone,
     next_slot: u64,
     next_id: u64,
@@ -221,6 +228,8 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         run_queue: RunQueue::new(),
         sleepers: BinaryHeap::new(),
         pool: Vec::new(),
+        sized_pool: Vec::new(),
+        default_slots: super::stack::default_slots(),
         zone,
         next_slot: zone.start,
         next_id: 2,
@@ -236,7 +245,7 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
 /// On the boot CPU: the original context is `main`; the idle thread gets a
 /// stack of its own.
 pub(crate) fn make_idle_thread() {
-    let idle = with_scheduler(Scheduler::new_control).expect("a stack slot for the idle thread");
+    let idle = with_scheduler(|scheduler| scheduler.new_control(1)).expect("a stack slot for the idle thread");
     // SAFETY: fresh control block, ours.
     unsafe {
         (*idle).name = Some(String::from("idle"));
@@ -268,25 +277,17 @@ impl Scheduler {
         self.run_queue.pop_front()
     }
 
-    /// A control block with a stack: recycled, or new with the next slot
-    /// of this CPU's zone. `None` when the zone is used up.
-    pub(crate) fn new_control(&mut self) -> Option<*mut Control> {
-        let control = match self.pool.pop() {
+    /// A control block with a stack of at least `slots` zone slots:
+    /// recycled (the same size, or at most twice as large), else new from
+    /// the next free slots of this CPU's zone, else any larger recycled
+    /// one. `None` when none of these exists.
+    pub(crate) fn new_control(&mut self, slots: u64) -> Option<*mut Control> {
+        let control = match self.take_pooled(slots, Some(slots * 2)) {
             Some(control) => control,
-            None => {
-                if self.next_slot + self.zone.slot > self.zone.end {
-                    return self.pool.pop();
-                }
-                let guard = self.next_slot;
-                self.next_slot += self.zone.slot;
-                let control = Box::into_raw(Box::new(Control::new()));
-                // SAFETY: fresh, ours.
-                unsafe {
-                    (*control).stack = Some((guard, guard + self.zone.slot));
-                    (*control).home = self.cpu;
-                }
-                control
-            }
+            None => match self.carve(slots) {
+                Some(control) => control,
+                None => self.take_pooled(slots, None)?,
+            },
         };
         let id = ((self.cpu as u64) << 40) | self.next_id;
         self.next_id += 1;
@@ -305,6 +306,63 @@ impl Scheduler {
             (*control).park_epoch = 0;
         }
         Some(control)
+    }
+
+    /// Slots of `control`'s stack.
+    fn slots_of(&self, control: *mut Control) -> u64 {
+        // SAFETY: a pooled block of this CPU (never freed).
+        let (guard, top) = unsafe { (*control).stack }.expect("pooled blocks have stacks");
+        (top - guard) / self.zone.slot
+    }
+
+    /// A recycled block with a stack of `slots` to `most` slots (any
+    /// larger one if `most` is `None`); the best fit.
+    fn take_pooled(&mut self, slots: u64, most: Option<u64>) -> Option<*mut Control> {
+        let fits = |k: u64| k >= slots && most.is_none_or(|most| k <= most);
+        if fits(self.default_slots) {
+            if let Some(control) = self.pool.pop() {
+                return Some(control);
+            }
+        }
+        let (index, _) = (self.sized_pool.iter().enumerate())
+            .map(|(index, &control)| (index, self.slots_of(control)))
+            .filter(|&(_, k)| fits(k))
+            .min_by_key(|&(_, k)| k)?;
+        Some(self.sized_pool.swap_remove(index))
+    }
+
+    /// A new block whose stack is the next `slots` free slots of the zone,
+    /// made one stack: the guards between them are mapped, the first
+    /// slot's stays. Zone memory is never given back to smaller stacks
+    /// (that would need a guard made at run time: a TLB shoot-down), only
+    /// recycled whole with its block.
+    fn carve(&mut self, slots: u64) -> Option<*mut Control> {
+        let bytes = slots.checked_mul(self.zone.slot)?;
+        if self.next_slot.checked_add(bytes)? > self.zone.end {
+            return None;
+        }
+        let guard = self.next_slot;
+        self.next_slot += bytes;
+        for slot in 1..slots {
+            let mapped = crate::arch::paging::map_zone_guard(&self.zone, guard + slot * self.zone.slot);
+            debug_assert!(mapped, "zone slots start with guards");
+        }
+        let control = Box::into_raw(Box::new(Control::new()));
+        // SAFETY: fresh, ours.
+        unsafe {
+            (*control).stack = Some((guard, guard + bytes));
+            (*control).home = self.cpu;
+        }
+        Some(control)
+    }
+
+    /// Takes back a recycled block of this CPU's zone.
+    fn give_back(&mut self, control: *mut Control) {
+        if self.slots_of(control) == self.default_slots {
+            self.pool.push(control);
+        } else {
+            self.sized_pool.push(control);
+        }
     }
 
     /// Moves expired sleepers to the run queue.
@@ -360,7 +418,7 @@ fn recycle(thread: *mut Control) {
             return;
         }
     }
-    with_scheduler(|scheduler| scheduler.pool.push(thread));
+    with_scheduler(|scheduler| scheduler.give_back(thread));
 }
 
 /// A detached thread's second, short life: drop its result (application
@@ -475,7 +533,7 @@ pub(crate) fn hand_over(cpu: usize, thread: *mut Control) {
 
 unsafe fn pool_return_job(data: *mut u8, _: u64) {
     // A recycled block whose stack is in this CPU's zone; ours now.
-    with_scheduler(|scheduler| scheduler.pool.push(data as *mut Control));
+    with_scheduler(|scheduler| scheduler.give_back(data as *mut Control));
 }
 
 unsafe fn enqueue_job(data: *mut u8, _: u64) {
@@ -824,10 +882,15 @@ pub(crate) fn describe_current(out: &mut impl core::fmt::Write) {
     }
 }
 
-/// A control block with a stack for a new thread. When this CPU's zone is
-/// used up, waits (up to about 100 ms, serving messages) for blocks of
-/// finished threads to come back from the CPUs they ended on.
-pub(crate) fn new_thread_control() -> Option<*mut Control> {
+/// A control block with a stack of `slots` zone slots for a new thread.
+/// When this CPU's zone is used up, waits (up to about 100 ms, serving
+/// messages) for blocks of finished threads to come back from the CPUs they
+/// ended on.
+pub(crate) fn new_thread_control(slots: u64) -> Result<*mut Control, super::SpawnError> {
+    let zone_bytes = with_scheduler(|scheduler| scheduler.zone.end - scheduler.zone.start);
+    if slots.saturating_mul(STACK_SLOT) > zone_bytes {
+        return Err(super::SpawnError::StackTooLarge { largest: super::stack::usable_bytes(zone_bytes / STACK_SLOT) });
+    }
     // Blocks of finished threads come back as messages: take them in before
     // cutting a new stack slot.
     if with_scheduler(|scheduler| scheduler.pool.is_empty()) {
@@ -835,12 +898,12 @@ pub(crate) fn new_thread_control() -> Option<*mut Control> {
     }
     let start = arch_cpu::rdtsc();
     loop {
-        if let Some(control) = with_scheduler(Scheduler::new_control) {
-            return Some(control);
+        if let Some(control) = with_scheduler(|scheduler| scheduler.new_control(slots)) {
+            return Ok(control);
         }
         let waited = crate::time::ticks_to_duration(arch_cpu::rdtsc() - start).unwrap_or_default();
         if waited > core::time::Duration::from_millis(100) {
-            return None;
+            return Err(super::SpawnError::NoStack);
         }
         messages::run_incoming();
         yield_now();

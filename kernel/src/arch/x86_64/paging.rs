@@ -234,20 +234,54 @@ pub fn unmap_small_page(address: u64) -> bool {
     if address < PAGE_SIZE as u64 || address >= limit || !address.is_multiple_of(PAGE_SIZE as u64) {
         return false;
     }
+    // SAFETY: below `limit` the walk ends in a 4 KiB table built by `init`;
+    // only this entry changes, and it maps a page no code uses (a guard).
+    unsafe {
+        let Some(entry) = small_page_entry(address) else { return false };
+        entry.write_volatile(0);
+        core::arch::asm!("invlpg [{}]", in(reg) address, options(nostack, preserves_flags));
+    }
+    true
+}
+
+/// The page-table entry of the 4 KiB page at `address`, if the tables map
+/// its 2 MiB with a table of small pages (walks CR3's tables; identity-mapped
+/// frames built by `init`).
+fn small_page_entry(address: u64) -> Option<*mut u64> {
     let root: u64;
     // SAFETY: reading CR3 has no side effects.
     unsafe { core::arch::asm!("mov {}, cr3", out(reg) root, options(nomem, nostack, preserves_flags)) };
-    let frame_mask = 0x000f_ffff_ffff_f000u64;
-    // SAFETY: page tables are identity-mapped frames built by `init`; below
-    // `limit` the walk is PML4[0] -> PDPT[0] -> PD -> PT, all present tables.
-    // Only this entry changes, and it maps a page no code uses (a guard).
-    unsafe {
-        let pml4 = (root & frame_mask) as *const u64;
-        let pdpt = (*pml4 & frame_mask) as *const u64;
-        let directory = (*pdpt & frame_mask) as *const u64;
-        let table = (*directory.add((address >> 21) as usize & 511) & frame_mask) as *mut u64;
-        table.add((address >> 12) as usize & 511).write_volatile(0);
-        core::arch::asm!("invlpg [{}]", in(reg) address, options(nostack, preserves_flags));
+    let mut table = (root & FRAME_MASK) as *mut u64;
+    for shift in [39u32, 30, 21] {
+        // SAFETY: `table` is a present page table (checked at each level):
+        // an identity-mapped frame of 512 entries.
+        let entry = unsafe { table.add((address >> shift) as usize & 511).read_volatile() };
+        if entry & PRESENT == 0 || entry & HUGE != 0 {
+            return None;
+        }
+        table = (entry & FRAME_MASK) as *mut u64;
+    }
+    // SAFETY: a present table of 4 KiB pages; the index is below 512.
+    Some(unsafe { table.add((address >> 12) as usize & 511) })
+}
+
+/// Maps the guard page `page` of a stack zone slot (read, write, no
+/// execute), so that a run of slots becomes one longer stack whose only
+/// guard is its first slot's. Returns false if `page` is not a guard of
+/// `zone`.
+///
+/// No TLB shoot-down is needed: the page was not present, and x86 CPUs
+/// cache no translation for a non-present page (Intel SDM vol. 3, 4.10.2.3),
+/// so every CPU sees the new entry on its next access.
+pub fn map_zone_guard(zone: &StackZone, page: u64) -> bool {
+    if !zone.is_guard(page) {
+        return false;
+    }
+    // SAFETY: zones are mapped with 4 KiB pages by `init`; the page is a
+    // guard, which no code uses, and becomes ordinary stack memory.
+    match small_page_entry(page) {
+        Some(entry) => unsafe { entry.write_volatile(page | DATA) },
+        None => return false,
     }
     true
 }
