@@ -55,6 +55,7 @@ impl PhysicalMemory for IdentityMemory {
 static THREAD_INFO: interrupts::ThreadInfo = interrupts::ThreadInfo {
     current_stack: crate::thread::scheduler::current_stack,
     describe_current: |mut out| crate::thread::scheduler::describe_current(&mut out),
+    on_nmi: crate::thread::watchdog::on_nmi,
 };
 
 unsafe extern "Rust" {

@@ -268,7 +268,9 @@ fn tests() -> Vec<VmTest> {
         VmTest {
             name: "threads-8",
             cpus: 8,
-            memory_mib: 256,
+            // 200 live threads from CPU 0 with default (64 KiB) stacks
+            // need a 16 MiB stack zone: 64 MiB per CPU.
+            memory_mib: 512,
             expect: &["threads: all checks passed"],
             ..vm("vm-tests", "threads")
         },
@@ -283,6 +285,32 @@ fn tests() -> Vec<VmTest> {
                 "on cpu 1 hit its guard page",
             ],
             ..vm("vm-tests", "thread_stack_size")
+        },
+        VmTest {
+            expect: &[
+                "!!! watchdog: thread 'spinner'",
+                "on cpu 1 has run",
+                "without reaching a scheduling point (limit 2000 ms; it goes on)",
+                "<watchdog_spin::spin_for",
+                "watchdog_spin: 1 report(s)",
+                "watchdog_spin: all checks passed",
+            ],
+            ..vm("vm-tests", "watchdog_spin")
+        },
+        VmTest {
+            name: "watchdog_spin-off",
+            command_line: "toro.watchdog=off",
+            expect: &["watchdog_spin: 0 report(s)", "watchdog_spin: all checks passed"],
+            ..vm("vm-tests", "watchdog_spin")
+        },
+        VmTest {
+            name: "watchdog_spin-stop-4",
+            cpus: 4,
+            memory_mib: 256,
+            command_line: "toro.watchdog=0.5 toro.watchdog_action=stop",
+            status: 104,
+            expect: &["!!! watchdog: thread 'spinner'", "on cpu 1 has run", "(limit 500 ms; stopping the VM)"],
+            ..vm("vm-tests", "watchdog_spin")
         },
         VmTest {
             name: "ring_pressure-2",

@@ -1,7 +1,28 @@
 //! Threads: spawn them on any CPU, join them, move them, let them sleep.
 //!
-//! Scheduling is cooperative and per CPU (`scheduler`): a thread runs until
-//! it yields, blocks, sleeps or exits. Threads cross CPUs (spawned on
+//! # Cooperative scheduling: the contract
+//!
+//! Scheduling is cooperative and per CPU (`scheduler`): a thread keeps its
+//! CPU until it reaches a scheduling point: [`yield_now`], [`sleep`],
+//! [`park`], `join`, [`migrate_to`], a blocking receive, lock or wait that
+//! has to wait, or its end. Nothing preempts it, and threads run with
+//! interrupts off. A loop that computes for long must call [`yield_now`]
+//! now and then (about every millisecond keeps the other threads of its
+//! CPU responsive); spinning on a flag that another thread of the *same*
+//! CPU sets never ends. In exchange, code between two scheduling points is
+//! never interrupted by another thread of its CPU.
+//!
+//! The watchdog reports a thread that runs `toro.watchdog=SECONDS`
+//! (default 2, `off` to disable) without reaching a scheduling point, with
+//! its name, CPU and backtrace, and then lets it go on
+//! (`toro.watchdog_action=report`) or ends the VM with [`EXIT_WATCHDOG`]
+//! (`toro.watchdog_action=stop`). Another CPU notices (it reads the stuck
+//! CPU's last-scheduling-point stamp) and sends it an NMI; it needs at
+//! least 2 CPUs. See docs/threads.md.
+//!
+//! # Placement, stacks
+//!
+//! Threads cross CPUs (spawned on
 //! another CPU, moved with `migrate_to`, woken from another CPU) only as
 //! messages through the per-CPU-pair rings: no lock and no locked
 //! instruction (`cargo xtask test` checks the disassembly).
@@ -21,6 +42,9 @@
 
 pub(crate) mod scheduler;
 mod stack;
+pub(crate) mod watchdog;
+
+pub use watchdog::{reports as watchdog_reports, EXIT_WATCHDOG};
 
 pub(crate) use stack::STACK_SLOT;
 
@@ -445,6 +469,7 @@ static ZONES: [(core::sync::atomic::AtomicU64, core::sync::atomic::AtomicU64); p
 pub(crate) fn init(zones: &[crate::arch::paging::StackZone]) {
     let me = percpu::current_index();
     stack::init();
+    watchdog::init();
     for (cpu, zone) in zones.iter().enumerate() {
         if cpu == me {
             continue;

@@ -181,6 +181,10 @@ pub(crate) struct Scheduler {
     switches: u64,
     /// Threads spawned here, for `spawn`'s placement.
     pub spawned: u64,
+    /// TSC value of the next look at the neighbour CPU (`watchdog`;
+    /// `u64::MAX` when off), and the neighbour's stamp last reported.
+    watchdog_next: u64,
+    watchdog_reported: u64,
 }
 
 // SAFETY: the scheduler's raw pointers name control blocks it owns; it is
@@ -214,6 +218,8 @@ pub(crate) fn ready_on(cpu: usize) -> bool {
 /// thread). Runs on that CPU.
 pub(crate) fn init_cpu(zone: StackZone, name: &str) {
     let cpu = percpu::current_index();
+    let now = arch_cpu::rdtsc();
+    super::watchdog::stamp(cpu, now);
     let first = Box::into_raw(Box::new(Control::new()));
     // SAFETY: fresh, ours.
     unsafe {
@@ -236,6 +242,8 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         after: After::Nothing,
         switches: 0,
         spawned: 0,
+        watchdog_next: now.saturating_add(super::watchdog::check_interval()),
+        watchdog_reported: 0,
     });
     SCHEDULERS.set(cpu, Box::leak(scheduler));
     crate::arch::irq::init_cpu();
@@ -365,9 +373,8 @@ impl Scheduler {
         }
     }
 
-    /// Moves expired sleepers to the run queue.
-    fn wake_sleepers(&mut self) {
-        let now = arch_cpu::rdtsc();
+    /// Moves the sleepers expired at TSC `now` to the run queue.
+    fn wake_sleepers(&mut self, now: u64) {
         while let Some(Reverse(first)) = self.sleepers.peek() {
             if first.deadline > now {
                 break;
@@ -462,7 +469,14 @@ pub(crate) fn switch_away(after: After, requeue: bool) {
     messages::drain_overflow();
     messages::run_incoming();
     let switch = with_scheduler(|scheduler| {
-        scheduler.wake_sleepers();
+        let now = arch_cpu::rdtsc();
+        // The watchdog's stamp: a plain store (see `watchdog`).
+        super::watchdog::stamp(scheduler.cpu, now);
+        if now >= scheduler.watchdog_next {
+            scheduler.watchdog_next = now.saturating_add(super::watchdog::check_interval());
+            super::watchdog::check(scheduler.cpu, now, &mut scheduler.watchdog_reported);
+        }
+        scheduler.wake_sleepers(now);
         let previous = scheduler.current;
         if requeue {
             scheduler.push_back(previous);
@@ -820,9 +834,12 @@ pub(crate) fn idle_loop() -> ! {
             if !scheduler.run_queue.is_empty() {
                 return true;
             }
-            match scheduler.sleepers.peek() {
-                Some(Reverse(first)) => apic::timer_arm(first.deadline),
-                None => apic::timer_disarm(),
+            // The first sleeper's deadline, or the next look at the
+            // neighbour CPU (watchdog), whichever comes first.
+            let first = scheduler.sleepers.peek().map_or(u64::MAX, |Reverse(first)| first.deadline);
+            match first.min(scheduler.watchdog_next) {
+                u64::MAX => apic::timer_disarm(),
+                deadline => apic::timer_arm(deadline),
             }
             false
         });
@@ -838,6 +855,7 @@ pub(crate) fn idle_loop() -> ! {
         if arch_cpu::rdtsc() - last_work < RECENT_WORK_TICKS && messages::poll_for_work(SPIN_BEFORE_HALT_TICKS) {
             continue;
         }
+        super::watchdog::stamp_idle(percpu::current_index());
         messages::halt_unless_work();
     }
 }

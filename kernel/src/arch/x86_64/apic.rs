@@ -142,6 +142,11 @@ pub fn send_nmi_to_others() {
     send(0, ALL_EXCLUDING_SELF | DELIVERY_NMI | LEVEL_ASSERT);
 }
 
+/// An NMI to `apic_id` (the watchdog's, to get a stuck CPU's backtrace).
+pub fn send_nmi(apic_id: u32) {
+    send(apic_id, DELIVERY_NMI | LEVEL_ASSERT);
+}
+
 /// A fixed interrupt with `vector` to `apic_id`.
 pub fn send_fixed(apic_id: u32, vector: u8) {
     send(apic_id, LEVEL_ASSERT | vector as u32);

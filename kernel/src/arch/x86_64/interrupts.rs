@@ -18,6 +18,9 @@ pub struct ThreadInfo {
     pub current_stack: fn() -> Option<(u64, u64)>,
     /// Writes the running thread's name and id.
     pub describe_current: fn(&mut dyn Write),
+    /// Handles an NMI the kernel asked for (the watchdog's); false if it
+    /// did not ask.
+    pub on_nmi: fn(&InterruptFrame) -> bool,
 }
 
 static THREAD_INFO: AtomicPtr<ThreadInfo> = AtomicPtr::new(core::ptr::null_mut());
@@ -242,6 +245,9 @@ pub const EXIT_CPU_EXCEPTION: u32 = 102;
 extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
     if frame.vector == 2 && super::exit::stopping() {
         super::cpu::halt_forever();
+    }
+    if frame.vector == 2 && thread_info().is_some_and(|info| (info.on_nmi)(frame)) {
+        return;
     }
     if frame.vector == 3 {
         log::warn!("breakpoint at rip {:#018x}", frame.rip);

@@ -277,12 +277,10 @@ pub fn map_zone_guard(zone: &StackZone, page: u64) -> bool {
     if !zone.is_guard(page) {
         return false;
     }
+    let Some(entry) = small_page_entry(page) else { return false };
     // SAFETY: zones are mapped with 4 KiB pages by `init`; the page is a
     // guard, which no code uses, and becomes ordinary stack memory.
-    match small_page_entry(page) {
-        Some(entry) => unsafe { entry.write_volatile(page | DATA) },
-        None => return false,
-    }
+    unsafe { entry.write_volatile(page | DATA) };
     true
 }
 

@@ -33,7 +33,14 @@ fn flood(me: usize, cpus: usize) -> u64 {
     for round in 0..ROUNDS {
         busy_wait(BUSY);
         let target = if round % 2 == 0 { (me + 1) % cpus } else { (me + cpus - 1) % cpus };
-        let handles: Vec<_> = (0..THREADS_PER_ROUND as u64).map(|i| thread::spawn_on(target, move || i + 1)).collect();
+        let handles: Vec<_> = (0..THREADS_PER_ROUND as u64)
+            .map(|i| {
+                // One 28 KiB slot each: 300 live threads fit the zone of a
+                // CPU with 64 MiB of RAM (default stacks take two slots).
+                let builder = thread::Builder::new().stack_size(16 << 10);
+                builder.spawn_on(target, move || i + 1).expect("spawn")
+            })
+            .collect();
         sum += handles.into_iter().map(|handle| handle.join()).sum::<u64>();
     }
     sum
