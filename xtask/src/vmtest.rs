@@ -313,6 +313,19 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "watchdog_spin")
         },
         VmTest {
+            name: "thread_scope-4",
+            cpus: 4,
+            memory_mib: 256,
+            expect: &["thread_scope: 4 cpus, all checks passed"],
+            ..vm("vm-tests", "thread_scope")
+        },
+        VmTest {
+            name: "thread_scope-1",
+            cpus: 1,
+            expect: &["thread_scope: 1 cpus, all checks passed"],
+            ..vm("vm-tests", "thread_scope")
+        },
+        VmTest {
             name: "ring_pressure-2",
             memory_mib: 256,
             expect: &["ring_pressure: all checks passed"],

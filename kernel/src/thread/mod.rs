@@ -32,6 +32,10 @@
 //! all CPUs (itself last) without any shared counter. `spawn_on` names
 //! the CPU.
 //!
+//! Scoped threads: [`scope`] as std's (borrowing the caller's data, all
+//! finished when it returns), with [`Scope::spawn_on`] for a named CPU; a
+//! panic ends the VM, so `ScopedJoinHandle::join` returns `T`.
+//!
 //! Stacks: each thread has a stack in its spawning CPU's stack zone with an
 //! unmapped guard page below it; an overflow is reported with the thread's
 //! name and CPU. The default is 60 KiB (`toro.stack=SIZE` changes it);
@@ -41,9 +45,11 @@
 //! recycled with their control blocks.
 
 pub(crate) mod scheduler;
+mod scope;
 mod stack;
 pub(crate) mod watchdog;
 
+pub use scope::{scope, Scope, ScopedJoinHandle};
 pub use watchdog::{reports as watchdog_reports, EXIT_WATCHDOG};
 
 pub(crate) use stack::STACK_SLOT;
