@@ -169,8 +169,9 @@ pub(crate) struct Scheduler {
     sleepers: BinaryHeap<Reverse<Sleeper>>,
     /// Recycled control blocks with stacks of the default size.
     pool: Vec<*mut Control>,
-    /// Recycled control blocks with stacks of other sizes (few; searched).
-    sized_pool: Vec<*mut Control>,
+    /// Recycled control blocks with stacks of other sizes, by size in
+    /// slots (few sizes; searched).
+    sized_pool: Vec<(u64, Vec<*mut Control>)>,
     /// Slots of a default-size stack.
     default_slots: u64,
     zone: StackZone,
@@ -332,11 +333,10 @@ impl Scheduler {
                 return Some(control);
             }
         }
-        let (index, _) = (self.sized_pool.iter().enumerate())
-            .map(|(index, &control)| (index, self.slots_of(control)))
-            .filter(|&(_, k)| fits(k))
-            .min_by_key(|&(_, k)| k)?;
-        Some(self.sized_pool.swap_remove(index))
+        let (_, blocks) = (self.sized_pool.iter_mut())
+            .filter(|(k, blocks)| fits(*k) && !blocks.is_empty())
+            .min_by_key(|(k, _)| *k)?;
+        blocks.pop()
     }
 
     /// A new block whose stack is the next `slots` free slots of the zone,
@@ -366,10 +366,13 @@ impl Scheduler {
 
     /// Takes back a recycled block of this CPU's zone.
     fn give_back(&mut self, control: *mut Control) {
-        if self.slots_of(control) == self.default_slots {
+        let slots = self.slots_of(control);
+        if slots == self.default_slots {
             self.pool.push(control);
+        } else if let Some((_, blocks)) = self.sized_pool.iter_mut().find(|(k, _)| *k == slots) {
+            blocks.push(control);
         } else {
-            self.sized_pool.push(control);
+            self.sized_pool.push((slots, alloc::vec![control]));
         }
     }
 

@@ -109,6 +109,8 @@ pub(crate) fn stamp_idle(cpu: usize) {
 /// Looks at the neighbour of CPU `me` at TSC `now`; `reported` is the
 /// stamp this CPU last reported for it (updated). Sends the NMI if the
 /// neighbour is stuck. Plain loads and stores, an ICR write: no lock.
+/// (CPUs come online during boot: a CPU alone now may have a neighbour
+/// at its next look.)
 #[cold]
 #[inline(never)]
 pub(crate) fn check(me: usize, now: u64, reported: &mut u64) {
