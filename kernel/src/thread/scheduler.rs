@@ -328,15 +328,14 @@ impl Scheduler {
     /// larger one if `most` is `None`); the best fit.
     fn take_pooled(&mut self, slots: u64, most: Option<u64>) -> Option<*mut Control> {
         let fits = |k: u64| k >= slots && most.is_none_or(|most| k <= most);
-        if fits(self.default_slots) {
-            if let Some(control) = self.pool.pop() {
-                return Some(control);
-            }
+        let sized =
+            (self.sized_pool.iter_mut()).filter(|(k, blocks)| fits(*k) && !blocks.is_empty()).min_by_key(|(k, _)| *k);
+        let default_fits = fits(self.default_slots) && !self.pool.is_empty();
+        match sized {
+            Some((k, blocks)) if !default_fits || *k < self.default_slots => blocks.pop(),
+            _ if default_fits => self.pool.pop(),
+            _ => None,
         }
-        let (_, blocks) = (self.sized_pool.iter_mut())
-            .filter(|(k, blocks)| fits(*k) && !blocks.is_empty())
-            .min_by_key(|(k, _)| *k)?;
-        blocks.pop()
     }
 
     /// A new block whose stack is the next `slots` free slots of the zone,
