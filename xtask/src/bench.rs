@@ -94,6 +94,8 @@ const VMM_BOOT_COMMAND_LINE: &str = "toro.log=error";
 /// wrk's load in full runs (threads, connections, duration) and in quick mode.
 const HTTP_LOAD: (u32, u32, Duration) = (2, 16, Duration::from_secs(5));
 const HTTP_LOAD_QUICK: (u32, u32, Duration) = (1, 4, Duration::from_secs(1));
+/// wrk's load over a tap in full runs: the 30 connections.
+const HTTP_TAP_LOAD: (u32, u32, Duration) = (2, 30, Duration::from_secs(5));
 /// Runs of the boot on Firecracker and cloud-hypervisor (at least).
 const VMM_BOOT_RUNS: usize = 10;
 
@@ -206,6 +208,7 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
         metrics.extend(bench.vmm_boot(vmm_runs, vmm));
     }
     metrics.extend(bench.http(runs, options.quick));
+    metrics.extend(bench.http_tap(runs, options.quick));
     metrics.push(if options.quick {
         Metric {
             key: "memory",
@@ -531,6 +534,99 @@ impl Bench {
             );
         }
         Ok(answer.map(|time| (time, report)))
+    }
+
+    /// wrk against each server on a tap inside a network namespace of its
+    /// own (no user-network forwarder in the way, whose listen backlog of 1
+    /// overflows with 30 simultaneous connects): 2 threads, 30 keep-alive
+    /// connections; the wall time per request and the p50 and p99 latency.
+    fn http_tap(&mut self, runs: usize, quick: bool) -> Vec<Metric> {
+        let (threads, connections, window) = if quick { HTTP_LOAD_QUICK } else { HTTP_TAP_LOAD };
+        let missing = if !crate::setup::have_wrk() {
+            Some("n/a — wrk not installed".to_string())
+        } else {
+            crate::netns::unavailable().map(|reason| format!("n/a — {reason}"))
+        };
+        let mut per_request = [Vec::new(), Vec::new()];
+        let mut p50 = [Vec::new(), Vec::new()];
+        let mut p99 = [Vec::new(), Vec::new()];
+        if missing.is_none() {
+            for run in 1..=runs {
+                for (side, name) in ["Toro", "Linux"].into_iter().enumerate() {
+                    let mut config = if side == 0 {
+                        let mut config = VmConfig::new(self.webserver.clone(), self.accel);
+                        config.command_line = crate::netns::guest_arguments();
+                        config
+                    } else {
+                        let mut config = self.linux.vm_config(self.accel, Mode::Serve);
+                        config.command_line.push_str(&format!(
+                            " toro_ip={}/{} toro_gw={}",
+                            crate::netns::GUEST_ADDRESS,
+                            crate::netns::PREFIX,
+                            crate::netns::HOST_ADDRESS
+                        ));
+                        config
+                    };
+                    config.network = None;
+                    let timeout = if side == 0 { TORO_TIMEOUT } else { LINUX_TIMEOUT };
+                    match serve_on_tap(&config, timeout, (threads, connections, window)) {
+                        Ok(report) if report.requests > 0 && report.socket_errors + report.non_2xx == 0 => {
+                            eprintln!(
+                                "bench: HTTP over a tap {run}/{runs}: {name} {:.0} requests/s, p50 {}, p99 {}",
+                                report.requests_per_second,
+                                report.p50.map_or("?".into(), |p| shown(milliseconds(p))),
+                                report.p99.map_or("?".into(), |p| shown(milliseconds(p)))
+                            );
+                            per_request[side].push(window.as_secs_f64() * 1e6 / report.requests as f64);
+                            p50[side].push(report.p50.map_or(f64::NAN, milliseconds));
+                            p99[side].push(report.p99.map_or(f64::NAN, milliseconds));
+                        }
+                        Ok(report) => {
+                            let failed = self.fail(format!("{name} HTTP over a tap: errors under wrk: {report:?}"));
+                            per_request[side].push(failed);
+                        }
+                        Err(error) => {
+                            let failed = self.fail(format!("{name} HTTP over a tap: {error:#}"));
+                            per_request[side].push(failed);
+                        }
+                    }
+                }
+            }
+        }
+        let side = |samples: Vec<f64>| match &missing {
+            Some(reason) => Side::Missing(reason.clone()),
+            None => Side::measured(samples),
+        };
+        let [toro_request, linux_request] = per_request;
+        let [toro_p50, linux_p50] = p50;
+        let [toro_p99, linux_p99] = p99;
+        vec![
+            Metric {
+                key: "http-tap-request",
+                title: if quick {
+                    "HTTP over a tap: wall time per request, wrk 1 thread 4 connections 1 s (quick)"
+                } else {
+                    "HTTP over a tap: wall time per request (1/throughput), wrk 2 threads 30 connections 5 s"
+                },
+                unit: "us",
+                toro: side(toro_request),
+                linux: side(linux_request),
+            },
+            Metric {
+                key: "http-tap-p50",
+                title: "HTTP over a tap: median latency under that load",
+                unit: "ms",
+                toro: side(toro_p50),
+                linux: side(linux_p50),
+            },
+            Metric {
+                key: "http-tap-p99",
+                title: "HTTP over a tap: 99th percentile latency under that load",
+                unit: "ms",
+                toro: side(toro_p99),
+                linux: side(linux_p99),
+            },
+        ]
     }
 
     /// Boots the Linux guest in serve mode with `memory_mib` and polls nginx
@@ -927,4 +1023,41 @@ mod tests {
         assert!(text.contains("`-smp 2`"));
         assert!(text.contains("`-m 128M`"));
     }
+}
+
+/// Boots `config` with a card on a tap inside a fresh network namespace
+/// (the guest at `netns::GUEST_ADDRESS`), waits up to `timeout` for a 200
+/// from inside the namespace, then runs wrk there with `load` (threads,
+/// connections, duration).
+fn serve_on_tap(config: &VmConfig, timeout: Duration, load: (u32, u32, Duration)) -> Result<crate::wrk::Report> {
+    let namespace = crate::netns::Namespace::create("bench")?;
+    namespace.add_tap("tap0", 1, true)?;
+    let mut config = config.clone();
+    config.namespace = Some(namespace.name().into());
+    let devices = vmm::Devices { taps: vec![vmm::Tap::new("tap0")] };
+    let running = RunningVm::spawn(&vmm::qemu_config(&config, &devices))?;
+    let url = format!("http://{}/", crate::netns::GUEST_ADDRESS);
+    let deadline = running.start + timeout;
+    let answered = loop {
+        let status =
+            namespace.command("curl").args(["-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}", &url]).output();
+        if status.is_ok_and(|o| o.stdout == b"200") {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let report = if answered {
+        let (threads, connections, window) = load;
+        crate::wrk::run(namespace.command("wrk"), &url, threads, connections, window)
+    } else {
+        Err(anyhow::anyhow!("no HTTP 200 over the tap within {} s", timeout.as_secs()))
+    };
+    let (output, errors) = running.stop();
+    if report.is_err() {
+        eprintln!("bench: over the tap the guest printed:\n{}{}", tail(&output), errors.trim_end());
+    }
+    report
 }

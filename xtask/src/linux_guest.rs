@@ -275,9 +275,12 @@ fn init_script(modules: &[String]) -> String {
     }
     script.push_str("ip link set lo up\n");
     script.push_str("ip link set eth0 up\n");
-    // QEMU user networking: the guest is 10.0.2.15, the gateway 10.0.2.2.
-    script.push_str("ip addr add 10.0.2.15/24 dev eth0\n");
-    script.push_str("ip route add default via 10.0.2.2\n");
+    // QEMU user networking: the guest is 10.0.2.15, the gateway 10.0.2.2,
+    // unless toro_ip= and toro_gw= on the command line (environment
+    // variables for /init, like toro_mode=) say otherwise: the benchmark's
+    // tap runs.
+    script.push_str("ip addr add \"${toro_ip:-10.0.2.15/24}\" dev eth0\n");
+    script.push_str("ip route add default via \"${toro_gw:-10.0.2.2}\"\n");
     script.push_str("/usr/sbin/nginx || echo 'toro-bench: nginx failed'\n");
     script.push_str(&format!("echo '{NGINX_MARKER}'\n"));
     script.push_str("idle\n");
