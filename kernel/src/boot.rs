@@ -530,5 +530,20 @@ fn start_allocators(plan: &memory_split::SplitPlan, zones: &Zones) {
     if let Err(error) = memory::init(&shares[..count], &indexes[..count]) {
         boot_failure(format_args!("cannot set up the allocators: {error}"));
     }
+    // The job rings (one per ordered pair of CPUs) come from the boot CPU's
+    // share; with many CPUs in little memory they do not fit. Keep a
+    // margin for the rest of boot (control blocks, device set-up).
+    let rings = crate::cpu::rings_bytes(count);
+    let free = memory::usage_here().free;
+    const BOOT_MARGIN: u64 = 1 << 20;
+    if rings + BOOT_MARGIN > free {
+        boot_failure(format_args!(
+            "cannot fit {count} CPUs in this memory: the job rings between every pair of CPUs need {} KiB on the \
+             boot CPU, whose share has {} KiB free (the memory is split evenly among the CPUs); use fewer CPUs or \
+             more memory",
+            rings >> 10,
+            free >> 10
+        ));
+    }
     crate::cpu::init(&indexes[..count]); // job rings between every pair of CPUs
 }

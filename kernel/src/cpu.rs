@@ -172,6 +172,21 @@ pub fn stats(cpu: usize) -> Option<CpuStats> {
 
 pub(crate) use crate::arch::cpu::full_fence;
 
+/// Bytes the boot CPU allocates in [`init`] for `cpus` CPUs: a ring per
+/// ordered pair and each CPU's mailboxes (grows with the square of the
+/// count: 128 CPUs need about 26 MiB).
+pub(crate) fn rings_bytes(cpus: usize) -> u64 {
+    let slots = MAX_CPUS.min(cpus.max(1));
+    let pair = core::mem::size_of::<JobRing>() as u64;
+    let mailboxes = core::mem::size_of::<Mailboxes>()
+        + slots
+            * (core::mem::size_of::<Option<Producer<'static, Job, JOB_SLOTS>>>()
+                + core::mem::size_of::<Option<Consumer<'static, Job, JOB_SLOTS>>>()
+                + core::mem::size_of::<VecDeque<Job>>());
+    let cpus = cpus as u64;
+    cpus * cpus.saturating_sub(1) * pair + cpus * mailboxes as u64
+}
+
 /// Sets up the job rings between every pair of running CPUs. Boot CPU,
 /// once, after memory is up and before any job is sent.
 pub(crate) fn init(cpus: &[usize]) {
@@ -341,6 +356,8 @@ enum Attempt {
 /// instead (see the module docs). Never runs a job.
 #[inline(never)]
 pub(crate) fn send(cpu: usize, job: Job) -> Result<(), RunError> {
+    #[cfg(feature = "lockcheck-mutation-1")]
+    crate::lockcheck_mutation::plant();
     let me = percpu::current_index();
     let counters = &COUNTERS[me];
     let may_wait = !counters.in_job.load(Ordering::Relaxed) && crate::thread::scheduler::may_block();

@@ -22,6 +22,14 @@ pub mod devices;
 pub mod fs;
 pub mod interrupts;
 pub mod io;
+#[cfg(any(
+    feature = "lockcheck-mutation-1",
+    feature = "lockcheck-mutation-2",
+    feature = "lockcheck-mutation-3",
+    feature = "lockcheck-mutation-4",
+    feature = "lockcheck-mutation-5"
+))]
+mod lockcheck_mutation;
 mod logger;
 pub mod memory;
 pub mod net;

@@ -113,9 +113,19 @@ fn publish(allocator: &Allocator) {
     published.remote_pending.store(usage.remote_pending.bytes, Ordering::Relaxed);
 }
 
+/// Mutation 4 of the lock check's test: a name that contains an excluded
+/// one (`allocation_failure`) is not excluded.
+#[cfg(feature = "lockcheck-mutation-4")]
+#[inline(never)]
+fn allocation_failure_count() {
+    crate::lockcheck_mutation::plant();
+}
+
 /// Allocates from the running CPU's share. Null when it is full.
 #[inline(never)]
 pub fn allocate(size: usize, align: usize) -> *mut u8 {
+    #[cfg(feature = "lockcheck-mutation-4")]
+    allocation_failure_count();
     match lend(|allocator| allocate_here(allocator, size, align)) {
         Some(Some(address)) => address as *mut u8,
         Some(None) => allocate_after_reclaim(size, align),

@@ -555,11 +555,11 @@ impl Bench {
                 for (side, name) in ["Toro", "Linux"].into_iter().enumerate() {
                     let mut config = if side == 0 {
                         let mut config = VmConfig::new(self.webserver.clone(), self.accel);
-                        config.command_line = crate::netns::guest_arguments();
+                        config.command_line = crate::netns::guest_arguments().into();
                         config
                     } else {
                         let mut config = self.linux.vm_config(self.accel, Mode::Serve);
-                        config.command_line.push_str(&format!(
+                        config.command_line.push(format!(
                             " toro_ip={}/{} toro_gw={}",
                             crate::netns::GUEST_ADDRESS,
                             crate::netns::PREFIX,

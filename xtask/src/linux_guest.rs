@@ -208,7 +208,7 @@ impl LinuxGuest {
             _ => &self.initramfs,
         };
         config.initrd = Some(initramfs.clone());
-        config.command_line = self.command_line(mode);
+        config.command_line = self.command_line(mode).into();
         config
     }
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask run [APP] [options]     build APP (default webserver, on --net user) and boot it
 //! cargo xtask test [--filter WORD]    host unit tests, then every in-VM test
-//! cargo xtask gdb [APP] [options]     boot halted and attach gdb
+//! cargo xtask gdb [APP|IMAGE] [options]  boot halted and attach gdb
 //! cargo xtask boot ELF [options]      boot an already built image (cargo runner)
 //! cargo xtask setup                   install the Rust target and QEMU
 //! cargo xtask bench [--runs N] [--quick]  Toro against the Linux guest yardstick
@@ -30,6 +30,7 @@ mod vmm;
 mod vmtest;
 mod wrk;
 
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -47,7 +48,8 @@ pub struct BootOptions {
     pub memory_mib: u32,
     pub machine: Machine,
     pub accel: Option<Accel>,
-    pub command_line: String,
+    /// As given (bytes, not necessarily UTF-8).
+    pub command_line: OsString,
     pub debug: bool,
     pub timeout: Option<Duration>,
     /// A virtio-net card on QEMU user networking (`--net user`), with
@@ -87,13 +89,13 @@ fn parse_forward(text: &str) -> Result<(u16, u16)> {
     Ok((port(host)?, port(guest)?))
 }
 
-fn parse_options(arguments: &[String]) -> Result<BootOptions> {
+fn parse_options(arguments: &[OsString]) -> Result<BootOptions> {
     let mut options = BootOptions {
         cpus: 2,
         memory_mib: 128,
         machine: Machine::Microvm,
         accel: None,
-        command_line: String::new(),
+        command_line: OsString::new(),
         debug: false,
         timeout: None,
         network: None,
@@ -106,8 +108,17 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
     let mut forwards = Vec::new();
     let mut iterator = arguments.iter();
     while let Some(argument) = iterator.next() {
-        let mut value = |name: &str| iterator.next().with_context(|| format!("{name} needs a value")).cloned();
-        match argument.as_str() {
+        let mut raw = |name: &str| iterator.next().with_context(|| format!("{name} needs a value")).cloned();
+        let Some(argument) = argument.to_str() else {
+            bail!("argument {argument:?} is not UTF-8 (only --cmdline's value may be any bytes)");
+        };
+        if argument == "--cmdline" {
+            options.command_line = raw("--cmdline")?;
+            continue;
+        }
+        let mut value =
+            |name: &str| raw(name)?.into_string().map_err(|bytes| anyhow::anyhow!("{name} {bytes:?}: not UTF-8"));
+        match argument {
             "--cpus" => options.cpus = value("--cpus")?.parse().context("--cpus takes a number")?,
             "--memory" => options.memory_mib = value("--memory")?.parse().context("--memory takes MiB")?,
             "--machine" => {
@@ -120,7 +131,6 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
                 options.accel =
                     Some(Accel::parse(&name).with_context(|| format!("unknown accelerator {name:?}: kvm or tcg"))?);
             }
-            "--cmdline" => options.command_line = value("--cmdline")?,
             "--timeout" => {
                 options.timeout =
                     Some(Duration::from_secs(value("--timeout")?.parse().context("--timeout takes seconds")?))
@@ -146,7 +156,7 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
             },
             "--forward" => forwards.push(parse_forward(&value("--forward")?)?),
             flag if flag.starts_with("--") => bail!("unknown option {flag}"),
-            _ => options.positional.push(argument.clone()),
+            _ => options.positional.push(argument.to_string()),
         }
     }
     if let Some(network) = &mut options.network {
@@ -156,6 +166,9 @@ fn parse_options(arguments: &[String]) -> Result<BootOptions> {
     }
     if options.vmm != vmm::Vmm::Qemu && (options.accel.is_some() || options.machine != Machine::Microvm) {
         bail!("--machine and --accel are QEMU's: {} has one machine type and always uses KVM", options.vmm);
+    }
+    if options.vmm != vmm::Vmm::Qemu && options.command_line.to_str().is_none() {
+        bail!("a --cmdline that is not UTF-8 works with QEMU only ({} takes text)", options.vmm);
     }
     if options.cpus == 0 || options.cpus > 255 {
         bail!("--cpus must be 1..=255");
@@ -197,7 +210,35 @@ fn vm_config(kernel: PathBuf, options: &BootOptions) -> VmConfig {
     config
 }
 
+/// Bytes of one CPU-pair job ring in the kernel (64 jobs of 24 bytes and
+/// two cache-line-padded indexes): the boot CPU allocates one per ordered
+/// pair of CPUs from its share.
+const JOB_RING_BYTES: u64 = 1664;
+
+/// A warning when `cpus` CPUs likely do not fit in `memory_mib` (the
+/// kernel then refuses to boot, status 103): memory is split evenly among
+/// the CPUs, and the boot CPU's share must hold the job rings.
+pub fn fit_warning(cpus: u32, memory_mib: u32) -> Option<String> {
+    let (cpus, memory) = (u64::from(cpus), u64::from(memory_mib) << 20);
+    let rings = cpus * cpus.saturating_sub(1) * JOB_RING_BYTES;
+    // The image and page tables come off the top first; each CPU's thread
+    // stack zone off its share (about a quarter of it at 32 MiB).
+    let share = memory.saturating_sub(16 << 20) / cpus.max(1);
+    (rings + (2 << 20) > share * 7 / 10).then(|| {
+        format!(
+            "{cpus} CPUs in {memory_mib} MiB likely do not fit: the boot CPU's share (about {} MiB) must hold the \
+             job rings between every pair of CPUs ({} MiB); the kernel will refuse to boot (status 103). Use fewer \
+             CPUs or more memory.",
+            share >> 20,
+            rings >> 20
+        )
+    })
+}
+
 fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
+    if let Some(warning) = fit_warning(options.cpus, options.memory_mib) {
+        eprintln!("warning: {warning}");
+    }
     let symbols = Symbols::load(&image)?;
     let config = vm_config(image, options);
     if let Some(network) = &config.network {
@@ -220,8 +261,15 @@ fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
             made.add_tap("tap0", 1, true)?;
             taps.taps.push(vmm::Tap::new("tap0"));
             config.namespace = Some(made.name().into());
-            if !config.command_line.split_whitespace().any(|word| word.starts_with("toro.ip=")) {
-                config.command_line = format!("{} {}", netns::guest_arguments(), config.command_line).trim().into();
+            // Bytes: a `toro.ip=` the user gave wins.
+            let given = config.command_line.as_encoded_bytes();
+            if !given.split(|b| b.is_ascii_whitespace()).any(|word| word.starts_with(b"toro.ip=")) {
+                let mut line = OsString::from(netns::guest_arguments());
+                if !given.is_empty() {
+                    line.push(" ");
+                    line.push(&config.command_line);
+                }
+                config.command_line = line;
             }
             eprintln!(
                 "network: tap0 in network namespace {0} (host side {1}); the guest is {2}: try `ip netns exec {0} curl http://{2}/`",
@@ -245,28 +293,30 @@ fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
 /// server, on QEMU user networking unless `--net` says otherwise.
 const DEFAULT_APP: &str = "webserver";
 
-fn run(arguments: &[String]) -> Result<ExitCode> {
+fn run(arguments: &[OsString]) -> Result<ExitCode> {
     let mut options = parse_options(arguments)?;
     if options.positional.is_empty() && options.vmm == vmm::Vmm::Qemu && !arguments.iter().any(|a| a == "--net") {
-        let with_network: Vec<String> =
-            ["--net", "user"].iter().map(|s| s.to_string()).chain(arguments.iter().cloned()).collect();
+        let with_network: Vec<OsString> =
+            ["--net", "user"].iter().map(OsString::from).chain(arguments.iter().cloned()).collect();
         options = parse_options(&with_network)?;
     }
     setup::ensure()?;
     let app = options.positional.first().map(String::as_str).unwrap_or(DEFAULT_APP);
-    let image = build::build(&[build::example(app)], options.debug)?.remove(0);
+    let image = build::application(app, options.debug)?;
     boot(image, &options)
 }
 
-fn gdb(arguments: &[String]) -> Result<ExitCode> {
+fn gdb(arguments: &[OsString]) -> Result<ExitCode> {
     const PORT: u16 = 1234;
     let options = parse_options(arguments)?;
     if options.vmm != vmm::Vmm::Qemu {
         bail!("gdb works with QEMU only");
     }
     setup::ensure()?;
+    // An application's name, its crate's path, or a built image's path
+    // (out-of-tree applications).
     let app = options.positional.first().map(String::as_str).unwrap_or("hello");
-    let image = build::build(&[build::example(app)], options.debug)?.remove(0);
+    let image = if std::path::Path::new(app).is_file() { app.into() } else { build::application(app, options.debug)? };
     let mut config = vm_config(image.clone(), &options);
     config.gdb_port = Some(PORT);
     // QEMU's serial output still reaches the terminal; the terminal's input
@@ -286,22 +336,30 @@ fn gdb(arguments: &[String]) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    // OsString: a --cmdline may be any bytes.
+    let arguments: Vec<OsString> = std::env::args_os().skip(1).collect();
     let Some((command, rest)) = arguments.split_first() else {
         eprintln!("usage: cargo xtask run|test|gdb|boot|setup ... (see xtask/src/main.rs)");
         return ExitCode::from(2);
     };
-    let result = match command.as_str() {
+    let text = |arguments: &[OsString]| -> Result<Vec<String>> {
+        arguments
+            .iter()
+            .map(|a| a.clone().into_string().map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8")))
+            .collect()
+    };
+    let result = match command.to_str().unwrap_or("") {
         "run" => run(rest),
-        "test" => vmtest::test(rest),
+        "test" => text(rest).and_then(|rest| vmtest::test(&rest)),
         "gdb" => gdb(rest),
         "boot" => parse_options(rest).and_then(|options| {
             let image = options.positional.first().context("boot needs the path of an image")?.into();
             boot(image, &options)
         }),
         "setup" => setup::ensure().map(|()| ExitCode::SUCCESS),
-        "bench" => bench::bench(rest),
-        other => Err(anyhow::anyhow!("unknown command {other:?}: run, test, gdb, boot or setup")),
+        "bench" => text(rest).and_then(|rest| bench::bench(&rest)),
+        "lockcheck" => text(rest).and_then(|rest| vmtest::lockcheck_command(&rest)),
+        _ => Err(anyhow::anyhow!("unknown command {:?}: run, test, gdb, boot or setup", OsStr::new(command))),
     };
     match result {
         Ok(code) => code,
@@ -317,7 +375,7 @@ mod tests {
     use super::*;
 
     fn options(words: &[&str]) -> Result<BootOptions> {
-        parse_options(&words.iter().map(|word| word.to_string()).collect::<Vec<_>>())
+        parse_options(&words.iter().map(OsString::from).collect::<Vec<_>>())
     }
 
     #[test]
@@ -327,6 +385,27 @@ mod tests {
         let parsed = options(&["--net", "user", "--forward", "8007:7", "--forward", "9000:80"]).unwrap();
         assert_eq!(parsed.network.unwrap().tcp_forwards, vec![(8007, 7), (9000, 80)]);
         assert!(options(&[]).unwrap().network.is_none());
+    }
+
+    #[test]
+    fn warns_when_the_cpus_do_not_fit_in_memory() {
+        assert!(fit_warning(128, 4096).is_some());
+        assert!(fit_warning(255, 8192).is_some());
+        assert!(fit_warning(2, 128).is_none());
+        assert!(fit_warning(8, 256).is_none());
+        assert!(fit_warning(4, 256).is_none());
+    }
+
+    #[test]
+    fn the_command_line_may_be_any_bytes() {
+        use std::os::unix::ffi::OsStringExt;
+        let bytes = vec![b'a', b'=', 0xff, 0xfe, b' ', b'b'];
+        let words = vec![OsString::from("--cmdline"), OsString::from_vec(bytes.clone())];
+        let parsed = parse_options(&words).unwrap();
+        assert_eq!(parsed.command_line.into_vec(), bytes);
+        // Other values must be text: a clear error, not a panic.
+        assert!(parse_options(&[OsString::from("--cpus"), OsString::from_vec(vec![0xff])]).is_err());
+        assert!(parse_options(&[OsString::from_vec(vec![0xff])]).is_err());
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
     namespace.add_tap("tap0", 1, true)?;
     let mut config = VmConfig::new(image.to_path_buf(), accel);
     config.cpus = test.cpus;
-    config.command_line = netns::guest_arguments();
+    config.command_line = netns::guest_arguments().into();
     config.namespace = Some(namespace.name().into());
     let mac = GUEST_MAC.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":");
     let devices = vmm::Devices { taps: vec![vmm::Tap { name: "tap0".into(), mac: Some(mac), queues: 1 }] };

@@ -35,7 +35,8 @@ impl Machine {
 pub struct VmConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
-    pub command_line: String,
+    /// Bytes, not text: passed to the kernel as they are.
+    pub command_line: std::ffi::OsString,
     pub cpus: u32,
     pub memory_mib: u32,
     pub machine: Machine,
@@ -112,7 +113,7 @@ impl VmConfig {
         Self {
             kernel,
             initrd: None,
-            command_line: String::new(),
+            command_line: std::ffi::OsString::new(),
             cpus: 2,
             memory_mib: 128,
             machine: Machine::Microvm,
@@ -153,7 +154,7 @@ impl VmConfig {
             command.arg("-initrd").arg(initrd);
         }
         if !self.command_line.is_empty() {
-            command.args(["-append", &self.command_line]);
+            command.arg("-append").arg(&self.command_line);
         }
         if let Some(nodes) = self.numa_nodes.filter(|&n| n > 1) {
             let cpus_per_node = (self.cpus / nodes).max(1);

@@ -208,7 +208,7 @@ pub fn firecracker_config(config: &VmConfig, devices: &Devices) -> String {
     format!(
         "{{\n  \"boot-source\": {{ \"kernel_image_path\": {}, \"boot_args\": {}{initrd} }},\n  \"drives\": [{}],\n  \"network-interfaces\": [{}],\n  \"machine-config\": {{ \"vcpu_count\": {}, \"mem_size_mib\": {}, \"smt\": false }}\n}}\n",
         json_string(&config.kernel.to_string_lossy()),
-        json_string(&config.command_line),
+        json_string(&config.command_line.to_string_lossy()),
         drives.join(", "),
         interfaces.join(", "),
         config.cpus,
@@ -233,7 +233,7 @@ pub fn cloud_hypervisor_arguments(config: &VmConfig, devices: &Devices, log: &Pa
         log.to_string_lossy().into_owned(),
     ];
     if !config.command_line.is_empty() {
-        arguments.extend(["--cmdline".into(), config.command_line.clone()]);
+        arguments.extend(["--cmdline".into(), config.command_line.to_string_lossy().into_owned()]);
     }
     if let Some(initrd) = &config.initrd {
         arguments.extend(["--initramfs".into(), initrd.to_string_lossy().into_owned()]);

@@ -78,6 +78,16 @@ fn tests() -> Vec<VmTest> {
             ..vm("hello", "hello")
         },
         VmTest { name: "hello-1cpu", cpus: 1, expect: &["cpus: 1"], ..vm("hello", "hello") },
+        VmTest {
+            // The job rings between every pair of 128 CPUs do not fit in the
+            // boot CPU's share of 4 GiB: a clear boot failure, not a panic.
+            name: "hello-cpus-do-not-fit",
+            cpus: 128,
+            memory_mib: 4096,
+            status: 103,
+            expect: &["toro: cannot boot: cannot fit 128 CPUs in this memory", "use fewer CPUs or more memory"],
+            ..vm("hello", "hello")
+        },
         VmTest { name: "hello-8cpus", cpus: 8, expect: &["cpus: 8"], ..vm("hello", "hello") },
         VmTest {
             name: "hello-q35",
@@ -570,6 +580,23 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "fault_stack_overflow")
         },
         VmTest {
+            name: "thread_stack_overflow-2",
+            status: CPU_EXCEPTION,
+            expect: &[
+                "CPU exception: double fault (#DF, vector 8)",
+                "stack overflow: thread 'deep' (id ",
+                " on cpu 1 hit its guard page",
+            ],
+            ..vm("vm-tests", "thread_stack_overflow")
+        },
+        VmTest {
+            name: "thread_stack_overflow-4",
+            cpus: 4,
+            status: CPU_EXCEPTION,
+            expect: &["stack overflow: thread 'deep' (id ", " on cpu 3 hit its guard page"],
+            ..vm("vm-tests", "thread_stack_overflow")
+        },
+        VmTest {
             status: PANIC,
             expect: &[
                 "panicked at tests/vm/src/bin/panic.rs:10:9:",
@@ -590,120 +617,149 @@ fn tests() -> Vec<VmTest> {
     tests
 }
 
-/// Functions that must contain, or reach by calls, no locked instruction:
-/// allocate, free and remote free (and the drain when idle), sending a job
-/// to another CPU, receiving jobs, and the idle loop with its wake-up.
-pub const LOCK_FREE_ROOTS: &[&str] = &[
-    // allocate, free, remote free, and taking remote frees back
-    "toro::memory::allocate",
-    "toro::memory::free",
-    "toro::memory::idle",
-    "toro::memory::flush_owed_job",
-    "toro::memory::lend_job",
-    "toro::cpu::send_if_room",
-    // messages between CPUs, and sleeping until one arrives
-    "toro::cpu::send",
-    "toro::cpu::run_incoming",
-    "toro::cpu::halt_unless_work",
-    "toro::cpu::drain_overflow",
-    // spawn (a control block, its stack, the hand-over), migrate, wake,
-    // block, switch, exit, join's release, idle
-    "toro::thread::scheduler::new_thread_control",
-    "toro::thread::scheduler::hand_over",
-    "toro::thread::scheduler::enqueue_job",
-    "toro::thread::scheduler::pool_return_job",
-    "toro::thread::scheduler::wake",
-    "toro::thread::scheduler::wake_job",
-    "toro::thread::scheduler::block",
-    "toro::thread::scheduler::block_until",
-    "toro::thread::scheduler::switch_away",
-    "toro::thread::scheduler::finish_switch",
-    "toro::thread::scheduler::exit_current",
-    "toro::thread::scheduler::release",
-    "toro::thread::scheduler::release_job",
-    "toro::thread::scheduler::idle_loop",
-    // channel send (wake-up) and the end-of-channel clean-up; mutex and
-    // condition variable requests and their handling on the home CPU
-    "toro::sync::channel::SenderInner<T>::send",
-    "toro::sync::channel::SenderInner<T>::split",
-    "toro::sync::channel::Receiver<T>::pop",
-    "toro::sync::channel::Select::ready_until",
-    "toro::sync::channel::wait_for_room",
-    "toro::sync::channel::wait_ready",
-    "toro::sync::channel::more_weight_job",
-    "toro::sync::channel::weight_back_job",
-    "toro::sync::channel::receiver_gone_job",
-    "toro::sync::mutex::RawMutex::lock",
-    "toro::sync::mutex::RawMutex::on_home",
-    "toro::sync::mutex::lock_job",
-    "toro::sync::mutex::unlock_job",
-    "toro::sync::mutex::wait_job",
-    "toro::sync::mutex::notify_job",
-    "toro::sync::mutex::Condvar::notify",
-    "toro::sync::mutex::RawMutex::try_lock",
-    "toro::sync::mutex::try_lock_job",
-    "toro::sync::mutex::mutex_free_job",
-    "toro::sync::mutex::condvar_free_job",
-    "toro::sync::mutex::install_job",
-    "toro::sync::on_home",
-    "toro::sync::mutex::Condvar::wait_until",
-    "toro::sync::mutex::cancel_job",
-    "toro::sync::barrier::Barrier::wait",
-];
-/// Lock-free roots of the network paths, checked in [`NET_LOCK_CHECK_IMAGE`]:
-/// a socket call on its owner CPU (the stack's poll, waking waiters).
-pub const NET_LOCK_FREE_ROOTS: &[&str] = &[
-    "toro::net::instance::Instance::pump",
-    "toro::net::tcp::TcpStream::read_some",
-    "toro::net::tcp::TcpStream::write_some",
-];
-/// The image that uses the network paths.
-const NET_LOCK_CHECK_IMAGE: &str = "net_loopback";
-/// The image the lock check disassembles: one that uses all those paths.
-const LOCK_CHECK_IMAGE: &str = "sync";
+/// `cargo xtask lockcheck IMAGE...`: the lock check of the given images,
+/// every problem listed.
+pub fn lockcheck_command(arguments: &[String]) -> Result<ExitCode> {
+    if arguments.is_empty() {
+        anyhow::bail!("usage: cargo xtask lockcheck IMAGE...");
+    }
+    let mut failed = false;
+    for image in arguments {
+        let report = crate::lockcheck::check(std::path::Path::new(image), crate::lockcheck::ROOTS)?;
+        println!(
+            "{image}: {} roots found, {} job functions, {} inlined instances, {} functions checked, {} problems",
+            report.roots_found.len(),
+            report.job_functions,
+            report.inlined_instances,
+            report.functions_checked,
+            report.problems.len()
+        );
+        for problem in &report.problems {
+            println!("    {problem}");
+        }
+        failed |= !report.problems.is_empty();
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
 
-/// Service calls and posts from any CPU, their delivery, the service
-/// thread, completion and wake-up; interrupt dispatch and the deferred
-/// work handlers mark (checked in the `services` image, which uses them).
-pub const SERVICE_LOCK_FREE_ROOTS: &[&str] = &[
-    "toro::service::Handle<S>::try_call",
-    "toro::service::Handle<S>::try_post",
-    "toro::service::send_request",
-    "toro::service::deliver_job",
-    "toro::service::service_main",
-    "toro::service::run_call",
-    "toro::service::run_post",
-    "toro::service::run_on",
-    "toro::service::run_on_job",
-    "toro::service::Inbox::notify",
-    "toro::service::Completion::complete",
-    "toro::service::Completion::wait",
-    "toro::service::service_interrupt",
-    "toro::service::service_interrupt_work",
-    "toro::arch::x86_64::irq::dispatch",
-    "toro::arch::x86_64::irq::run_marked_work",
-];
-/// The image that uses the service paths.
-const SERVICE_LOCK_CHECK_IMAGE: &str = "services";
+/// The lock check of every image built for this run, two at a time (one
+/// objdump each); with `all` (every image of the suite was built), also
+/// that every root names a function of some image. Returns (passed,
+/// failed).
+fn lock_check_suite(specs: &[ImageSpec], images: &[std::path::PathBuf], all: bool) -> Result<(usize, usize)> {
+    use crate::lockcheck::{self, Report};
+    let started = std::time::Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<(usize, Result<Report>)>> = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(image) = images.get(index) else { break };
+                let report = lockcheck::check(image, lockcheck::ROOTS);
+                results.lock().expect("no panics while held").push((index, report));
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("no panics while held");
+    results.sort_by_key(|(index, _)| *index);
+    let (mut passed, mut failed) = (0, 0);
+    let mut found = std::collections::BTreeSet::new();
+    for (index, report) in results {
+        let name = &specs[index].binary;
+        let report = report.with_context(|| format!("lock check of {name}"))?;
+        found.extend(report.roots_found.iter().cloned());
+        if report.problems.is_empty() {
+            passed += 1;
+            println!(
+                "vm test lock-check-{name} ... ok ({} roots, {} job functions, {} inlined instances, {} functions)",
+                report.roots_found.len(),
+                report.job_functions,
+                report.inlined_instances,
+                report.functions_checked
+            );
+        } else {
+            failed += 1;
+            println!("vm test lock-check-{name} ... FAILED");
+            for problem in &report.problems {
+                println!("    {problem}");
+            }
+        }
+    }
+    if all {
+        let stale: Vec<&str> = lockcheck::ROOTS.iter().copied().filter(|root| !found.contains(*root)).collect();
+        if stale.is_empty() {
+            passed += 1;
+            println!(
+                "vm test lock-check-roots ... ok (all {} roots found; {:.2} s for {} images)",
+                lockcheck::ROOTS.len(),
+                started.elapsed().as_secs_f64(),
+                images.len()
+            );
+        } else {
+            failed += 1;
+            println!("vm test lock-check-roots ... FAILED: in no image (renamed or removed?): {}", stale.join(", "));
+        }
+    }
+    Ok((passed, failed))
+}
 
-/// A virtio-rng request from any CPU, its submission to the queue on the
-/// owner, and the interrupt hook that hands the bytes back.
-pub const VIRTIO_LOCK_FREE_ROOTS: &[&str] = &[
-    "toro::virtio::rng::Rng::fill",
-    "toro::virtio::rng::RngDevice::submit",
-    "toro::virtio::rng::RngDevice::on_interrupt",
-];
-/// The image that uses the virtio-rng paths.
-const VIRTIO_LOCK_CHECK_IMAGE: &str = "virtio_rng";
+/// The image the mutation test plants its faults in.
+const MUTATION_IMAGE: &str = "sync";
 
-/// Disassembles an image and checks the lock-free paths.
-fn lock_free_test(image: &std::path::Path, roots: &[&str]) -> Result<(bool, String)> {
-    let problems = crate::lockcheck::check(image, roots)?;
-    Ok(if problems.is_empty() {
-        (true, format!("ok ({} roots, no lock or xchg reachable)", roots.len()))
+/// The lock check's mutation test: the `sync` image built with the five
+/// planted faults (`kernel/src/lockcheck_mutation.rs`) in its own target
+/// directory; the check must report each, where it was planted.
+fn lock_check_mutations() -> Result<(bool, String)> {
+    let started = std::time::Instant::now();
+    let features: Vec<String> = (1..=5).map(|n| format!("toro/lockcheck-mutation-{n}")).collect();
+    let features: Vec<&str> = features.iter().map(String::as_str).collect();
+    let target = build::workspace_root().join("target").join("lockcheck-mutations");
+    let spec = ImageSpec { package: "vm-tests".into(), binary: MUTATION_IMAGE.into() };
+    let image = build::build_with(&[spec], false, &features, &target)?.remove(0);
+    let report = crate::lockcheck::check(&image, crate::lockcheck::ROOTS)?;
+    let missed = mutations_missed(&report.problems);
+    Ok(if missed.is_empty() {
+        (true, format!("ok (5 of 5 planted faults caught; {:.2} s)", started.elapsed().as_secs_f64()))
     } else {
-        (false, format!("FAILED\n    {}", problems.join("\n    ")))
+        let found: Vec<String> = report.problems.iter().map(|p| format!("    {p}")).collect();
+        (false, format!("FAILED: missed {}\n    the check reported:\n{}", missed.join("; "), found.join("\n")))
     })
+}
+
+/// The planted faults (numbered as in `kernel/src/lockcheck_mutation.rs`)
+/// that no problem reports where they were planted.
+fn mutations_missed(problems: &[crate::lockcheck::Problem]) -> Vec<String> {
+    let locked = |p: &crate::lockcheck::Problem| p.what.starts_with('`');
+    let caught: [(&str, bool); 5] = [
+        ("1: fetch_add in cpu::send", problems.iter().any(|p| locked(p) && p.what.ends_with(" in toro::cpu::send"))),
+        (
+            "2: fetch_add behind a trait object in scheduler::wake",
+            problems.iter().any(|p| {
+                p.what.starts_with("unresolved indirect")
+                    && p.path.iter().any(|step| step.starts_with("toro::thread::scheduler::wake"))
+                    && !p.path.iter().any(|step| step.contains("wake_job"))
+            }),
+        ),
+        (
+            "3: fetch_add in Receiver::recv inlined into the application",
+            problems.iter().any(|p| {
+                locked(p)
+                    && p.path
+                        .first()
+                        .is_some_and(|root| root.starts_with("toro::sync::channel::Receiver<T>::recv (inlined into"))
+            }),
+        ),
+        (
+            "4: fetch_add in memory::allocation_failure_count",
+            problems.iter().any(|p| locked(p) && p.what.ends_with(" in toro::memory::allocation_failure_count")),
+        ),
+        (
+            "5: fetch_add in the job function sync::mutex::notify_job",
+            problems.iter().any(|p| locked(p) && p.what.ends_with(" in toro::sync::mutex::notify_job")),
+        ),
+    ];
+    caught.iter().filter(|(_, caught)| !caught).map(|(what, _)| what.to_string()).collect()
 }
 
 /// The image that prints its `RandomState` keys.
@@ -887,17 +943,28 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         .filter(|t| filter.as_ref().is_none_or(|f| t.name.contains(f.as_str())))
         .filter(|t| only_vmm.is_none_or(|vmm| t.vmm == vmm))
         .collect();
+    // `--filter lock` (or any part of `lock-check`) checks every image.
+    let lock_all =
+        qemu_checks && filter.as_ref().is_none_or(|f| "lock-check".contains(f.as_str()) || f.starts_with("lock-check"));
+    let every_test = self::tests();
+    let to_build: Vec<&VmTest> =
+        if lock_all { every_test.iter().filter(|t| t.vmm == Vmm::Qemu).collect() } else { tests.iter().collect() };
     let mut specs: Vec<ImageSpec> = Vec::new();
-    for test in &tests {
+    for test in to_build {
         if !specs.iter().any(|s| s.binary == test.binary) {
             specs.push(ImageSpec { package: test.package.into(), binary: test.binary.into() });
         }
     }
     let images = build::build(&specs, false)?;
     let accel = crate::choose_accel(None);
-    if let Some(index) = specs.iter().position(|s| s.binary == LOCK_CHECK_IMAGE) {
-        let (ok, summary) = lock_free_test(&images[index], LOCK_FREE_ROOTS)?;
-        println!("vm test lock-free-paths ... {summary}");
+    // The lock check: every image built for this run, in every run.
+    let all_images = lock_all;
+    let (lock_passed, lock_failed) = lock_check_suite(&specs, &images, all_images)?;
+    passed += lock_passed;
+    failed += lock_failed;
+    if qemu_checks && filter.as_ref().is_none_or(|f| "lock-check-mutations".contains(f.as_str())) {
+        let (ok, summary) = lock_check_mutations()?;
+        println!("vm test lock-check-mutations ... {summary}");
         if ok {
             passed += 1
         } else {
@@ -941,33 +1008,6 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
         let (ok, summary) = crate::disktest::webserver_files_test(&images[index], accel)?;
         println!("vm test webserver-files-microvm-2 ... {summary}");
-        if ok {
-            passed += 1
-        } else {
-            failed += 1
-        }
-    }
-    if let Some(index) = specs.iter().position(|s| s.binary == NET_LOCK_CHECK_IMAGE) {
-        let (ok, summary) = lock_free_test(&images[index], NET_LOCK_FREE_ROOTS)?;
-        println!("vm test lock-free-net-paths ... {summary}");
-        if ok {
-            passed += 1
-        } else {
-            failed += 1
-        }
-    }
-    if let Some(index) = specs.iter().position(|s| s.binary == SERVICE_LOCK_CHECK_IMAGE) {
-        let (ok, summary) = lock_free_test(&images[index], SERVICE_LOCK_FREE_ROOTS)?;
-        println!("vm test lock-free-service-paths ... {summary}");
-        if ok {
-            passed += 1
-        } else {
-            failed += 1
-        }
-    }
-    if let Some(index) = specs.iter().position(|s| s.binary == VIRTIO_LOCK_CHECK_IMAGE) {
-        let (ok, summary) = lock_free_test(&images[index], VIRTIO_LOCK_FREE_ROOTS)?;
-        println!("vm test lock-free-virtio-paths ... {summary}");
         if ok {
             passed += 1
         } else {

@@ -825,7 +825,10 @@ impl<T> Receiver<T> {
     }
 
     /// Waits for a value (blocking this thread, not the CPU).
+    #[cfg_attr(feature = "lockcheck-mutation-3", inline(always))]
     pub fn recv(&self) -> Result<T, RecvError> {
+        #[cfg(feature = "lockcheck-mutation-3")]
+        crate::lockcheck_mutation::plant();
         self.receive(None).map_err(|_| RecvError)
     }
 

@@ -708,6 +708,8 @@ unsafe fn wait_job(data: *mut u8, arguments: u64) {
 /// Home CPU: moves waiters from the condvar to their mutex's queue (or
 /// gives them the mutex if it is free).
 unsafe fn notify_job(data: *mut u8, extra: u64) {
+    #[cfg(feature = "lockcheck-mutation-5")]
+    crate::lockcheck_mutation::plant();
     let block = data as *mut CondvarBlock;
     let (source, all) = ((extra >> 1) as usize, extra & 1 != 0);
     // SAFETY: home CPU only; the block lives until every notification

@@ -560,6 +560,8 @@ unsafe fn enqueue_job(data: *mut u8, _: u64) {
 /// Wakes `thread` from its wait number `epoch`, wherever it is.
 #[inline(never)]
 pub(crate) fn wake(thread: *mut Control, epoch: u64) {
+    #[cfg(feature = "lockcheck-mutation-2")]
+    crate::lockcheck_mutation::plant_behind_trait_object();
     on_thread_cpu(thread, wake_job, epoch);
 }
 
