@@ -427,6 +427,19 @@ impl<S: 'static> Builder<S> {
         self,
         init: impl FnOnce() -> Result<S, E> + Send + 'static,
     ) -> Result<Handle<S>, StartError<E>> {
+        self.try_start_with(move |_| init())
+    }
+
+    /// Like `try_start`, but `init` gets a [`Starting`], through which it
+    /// binds interrupt sources before the value exists (a device whose
+    /// queues must name their interrupt when set up: virtio-pci's MSI-X).
+    /// An interrupt that arrives before `init` returns runs the hook just
+    /// after. If `init` fails, what it bound stays allocated (the sources'
+    /// handler only marks a stopped service).
+    pub fn try_start_with<E: Send + 'static>(
+        self,
+        init: impl FnOnce(&Starting<S>) -> Result<S, E> + Send + 'static,
+    ) -> Result<Handle<S>, StartError<E>> {
         let cpu = self.cpu.unwrap_or_else(percpu::current_index);
         let Builder { name, poll, on_interrupt, .. } = self;
         let thread_name = name.clone();
@@ -458,7 +471,7 @@ impl<S: 'static> Builder<S> {
                 on_interrupt: UnsafeCell::new(on_interrupt.map(|hook| hook as InterruptHook<S>)),
                 deadline: Cell::new(Some(0)),
             }));
-            let outcome = init();
+            let outcome = init(&Starting { handle: Handle { core, _value: PhantomData } });
             let succeeded = outcome.is_ok();
             // SAFETY: `start` lives until its completion is done (the
             // starter waits); written once, here.
@@ -491,6 +504,25 @@ impl<S: 'static> Builder<S> {
             Some(Err(error)) => Err(StartError::Init(error)),
             None => Err(StartError::Service(ServiceError::Stopped)),
         }
+    }
+}
+
+/// A service being started, as its `init` sees it (`Builder::try_start_with`):
+/// it can bind interrupt sources; calls would wait for the value and are
+/// not offered.
+pub struct Starting<S: 'static> {
+    handle: Handle<S>,
+}
+
+impl<S: 'static> Starting<S> {
+    /// Binds an interrupt source (as `Handle::bind_interrupt`).
+    pub fn bind_interrupt(&self, source: InterruptSource) -> Result<Bound, ServiceError> {
+        self.handle.bind_interrupt(source)
+    }
+
+    /// The owner CPU.
+    pub fn cpu(&self) -> usize {
+        self.handle.cpu()
     }
 }
 
@@ -833,6 +865,34 @@ impl<S: 'static> Handle<S> {
             inbox.stop_requested.set(true);
             inbox.notify();
         })
+    }
+
+    /// Asks for the poll hook to run by `deadline` (sooner than the
+    /// deadline it last returned, say because a request started a timer),
+    /// waking the service thread if it waits. On the owner CPU a few plain
+    /// writes; from another CPU a message.
+    #[inline(never)]
+    pub fn poll_by(&self, deadline: Instant) {
+        let address = self.core as *const Core<S> as usize;
+        let lower = move || {
+            // SAFETY: services are never freed; this runs on the owner CPU,
+            // the only one touching these cells.
+            let core = unsafe { &*(address as *const Core<S>) };
+            // SAFETY: owner CPU, a read.
+            if unsafe { (*core.poll.get()).is_none() } {
+                return;
+            }
+            let ticks = deadline.ticks();
+            if core.deadline.get().is_none_or(|current| current > ticks) {
+                core.deadline.set(Some(ticks));
+                core.inbox.notify();
+            }
+        };
+        if percpu::current_index() == self.core.inbox.owner {
+            lower();
+        } else {
+            let _ = run_on(self.core.inbox.owner, lower);
+        }
     }
 
     /// The service's counters (asked on the owner CPU).

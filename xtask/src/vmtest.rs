@@ -156,6 +156,19 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "virtio_rng")
         },
         VmTest {
+            name: "virtio-rng-pci-q35-2",
+            machine: Machine::Q35,
+            devices: &["virtio-rng-pci"],
+            command_line: "toro.log=info",
+            expect: &[
+                "MSI-X x2: rng (type 4), owner cpu 1",
+                "virtio-rng: owner cpu 1",
+                "virtio-rng: all checks passed",
+                "on cpu 1, 0 elsewhere",
+            ],
+            ..vm("vm-tests", "virtio_rng")
+        },
+        VmTest {
             name: "virtio-rng-stuck",
             command_line: "stuck",
             // rng-egd on a socket nobody serves: the device never completes a request.

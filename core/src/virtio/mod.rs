@@ -7,6 +7,8 @@
 //!   host tests as a fake device and by the loom models).
 //! - [`mmio`]: virtio-mmio devices named on the kernel command line
 //!   (`virtio_mmio.device=SIZE@ADDR:IRQ[:ID]`, as Firecracker passes them).
+//! - [`pci`]: the virtio-pci modern capabilities (where the common,
+//!   notify, ISR and device structures are), checked against the BARs.
 //! - [`dsdt`]: virtio-mmio devices described in the ACPI DSDT (`LNRO0005`
 //!   devices, as QEMU microvm and Firecracker describe them), read by a small
 //!   AML reader that understands just those objects.
@@ -16,6 +18,7 @@
 
 pub mod dsdt;
 pub mod mmio;
+pub mod pci;
 pub mod queue;
 
 /// Where a virtio-mmio device is, however it was found (command line or DSDT).

@@ -149,16 +149,7 @@ const VIRTIO_KINDS: &[&str] =
 /// The virtio device kind of a virtio-pci device ID (virtio 1.2, 4.1.2.1:
 /// transitional 0x1000 + n, modern 0x1040 + device type), else `None`.
 pub fn virtio_pci_kind(device: u16) -> Option<&'static str> {
-    let device_type = match device {
-        0x1000 => 1,
-        0x1001 => 2,
-        0x1003 => 3,
-        0x1005 => 4,
-        0x1009 => 9,
-        0x1040..=0x107f => device - 0x1040,
-        _ => return None,
-    };
-    Some(virtio_kind(device_type))
+    toro_core::virtio::pci::device_type(device).map(|device_type| virtio_kind(device_type as u16))
 }
 
 /// The name of virtio device type `device_type` (virtio 1.2, 5).

@@ -1,10 +1,12 @@
-//! Finding virtio devices: virtio-mmio ones from the ACPI DSDT and the command line, probed and listed at boot.
+//! Finding virtio devices: virtio-mmio ones from the ACPI DSDT and the command line, virtio-pci ones from the PCI enumeration; probed and listed at boot.
 //!
 //! At boot, while the firmware's tables are reachable, [`read_firmware`]
 //! reads the DSDT's `LNRO0005` devices (QEMU microvm, Firecracker) and the
 //! `virtio_mmio.device=` words (Firecracker, microvm with `acpi=off`).
 //! Then [`probe`] checks each one (magic value, version 2, device type),
-//! adds it to the device list (`crate::devices`, which gives it an owner
+//! and each virtio-pci function the PCI enumeration found (vendor
+//! capabilities against its BARs, MSI-X; `crate::devices::discover` has
+//! listed it and given it its owner already), adds the mmio ones to the device list (`crate::devices`, which gives it an owner
 //! CPU: `toro.dedicate=...`, else spread over the CPUs) and logs it at
 //! `info`; [`start`] starts the drivers Toro has (virtio-rng here).
 //! [`devices`] lists what was found, for drivers built elsewhere (net, blk).
@@ -32,10 +34,12 @@ static FOUND: BootCell<Vec<FoundDevice>> = BootCell::new();
 pub struct FoundDevice {
     /// The device type (`virtio::device_type`).
     pub device_type: u32,
-    /// Its register block (virtio-mmio).
+    /// Its register block (virtio-mmio), or its common configuration structure (virtio-pci).
     pub address: u64,
-    /// Bytes of registers.
+    /// Bytes of registers (virtio-mmio; 0 on PCI).
     pub size: u64,
+    /// The PCI function (virtio-pci), else `None`.
+    pub pci: Option<toro_core::pci::PciAddress>,
     /// Its interrupt.
     pub interrupt: InterruptLine,
     /// The CPU that owns it: its driver's service runs there.
@@ -45,7 +49,10 @@ pub struct FoundDevice {
 impl FoundDevice {
     /// Opens the device's transport (call on the owner CPU, in the driver's service `init`).
     pub fn open(&self) -> Result<Transport, VirtioError> {
-        Transport::mmio(self.address, self.size, self.interrupt)
+        match self.pci {
+            Some(address) => Transport::pci(crate::devices::pci::device(address).ok_or(VirtioError::NoDevice)?),
+            None => Transport::mmio(self.address, self.size, self.interrupt),
+        }
     }
 }
 
@@ -120,13 +127,56 @@ pub(crate) fn probe() {
                     device.gsi,
                     if device.level { "level" } else { "edge" },
                 );
-                found.push(FoundDevice { device_type, address: device.address, size: device.size, interrupt, owner });
+                found.push(FoundDevice {
+                    device_type,
+                    address: device.address,
+                    size: device.size,
+                    pci: None,
+                    interrupt,
+                    owner,
+                });
             }
             Err(VirtioError::NoDevice) => {}
             Err(error) => log::warn!("virtio: mmio {:#x} left out: {error}", device.address),
         }
     }
+    probe_pci(&mut found);
     FOUND.set(found);
+}
+
+/// The vendor ID of virtio-pci functions.
+const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
+
+/// Checks the virtio-pci functions (structures, MSI-X) and lists the usable ones.
+fn probe_pci(found: &mut Vec<FoundDevice>) {
+    for device in crate::devices::pci::devices() {
+        if device.vendor() != VIRTIO_PCI_VENDOR || toro_core::virtio::pci::device_type(device.device()).is_none() {
+            continue;
+        }
+        let address = device.address();
+        match Transport::pci(device) {
+            Ok(transport) => {
+                let device_type = transport.device_type();
+                let interrupt = transport.interrupt();
+                let owner = crate::devices::owner(crate::devices::Transport::Pci(address)).unwrap_or(0);
+                let InterruptLine::Msix { entries } = interrupt else { continue };
+                log::info!(
+                    "virtio: pci {address} common cfg {:#x} MSI-X x{entries}: {} (type {device_type}), owner cpu {owner}",
+                    transport.address(),
+                    device_type::name(device_type),
+                );
+                found.push(FoundDevice {
+                    device_type,
+                    address: transport.address(),
+                    size: 0,
+                    pci: Some(address),
+                    interrupt,
+                    owner,
+                });
+            }
+            Err(error) => log::warn!("virtio: pci {address} left out: {error}"),
+        }
+    }
 }
 
 /// Starts the drivers Toro has for the devices found (virtio-rng), each
@@ -136,7 +186,7 @@ pub(crate) fn start() {
     super::blk::start_all();
 }
 
-/// The virtio-mmio devices found at boot (empty before [`probe`]).
+/// The virtio devices (mmio and pci) found at boot (empty before [`probe`]).
 pub fn devices() -> &'static [FoundDevice] {
     FOUND.get().map(Vec::as_slice).unwrap_or(&[])
 }

@@ -10,7 +10,11 @@
 //! - [`VirtQueue`]: a split queue in the owner CPU's memory, the
 //!   bookkeeping of `toro_core::virtio::queue` plus its notify register.
 //! - [`discovery`]: virtio-mmio devices from the ACPI DSDT and the
-//!   `virtio_mmio.device=` command line, probed and listed at boot.
+//!   `virtio_mmio.device=` command line, and virtio-pci functions from the
+//!   PCI enumeration, probed and listed at boot.
+//! - [`bind_interrupts`]: a driver's interrupts bound to its service while
+//!   it starts (the GSI of a virtio-mmio device; MSI-X vectors on PCI, to
+//!   give to [`Transport::set_queue_interrupt`] before the queues are set up).
 //! - [`rng`]: virtio-rng as a service on its owner CPU.
 //! - [`blk`]: virtio-blk as a service on its owner CPU (the disk under `toro::fs`).
 //!
@@ -29,6 +33,7 @@
 pub mod blk;
 pub mod discovery;
 mod mmio;
+mod pci;
 mod queue;
 pub mod rng;
 mod transport;
@@ -145,6 +150,12 @@ pub enum VirtioError {
     Interrupt,
     /// The transport lacks what was asked (an MSI-X vector on virtio-mmio, say).
     Unsupported,
+    /// virtio-pci: the vendor capabilities name no usable structures.
+    Layout(toro_core::virtio::pci::LayoutError),
+    /// virtio-pci: a BAR or the MSI-X capability could not be used.
+    Pci(crate::devices::pci::PciError),
+    /// virtio-pci: the queue's doorbell lies outside the notify structure.
+    Doorbell(u16),
 }
 
 impl fmt::Display for VirtioError {
@@ -170,11 +181,48 @@ impl fmt::Display for VirtioError {
             Self::Service(error) => write!(formatter, "device service: {error:?}"),
             Self::Interrupt => formatter.write_str("cannot bind the device's interrupt"),
             Self::Unsupported => formatter.write_str("not supported by this transport"),
+            Self::Layout(error) => write!(formatter, "{error}"),
+            Self::Pci(error) => write!(formatter, "{error}"),
+            Self::Doorbell(queue) => write!(formatter, "queue {queue}: doorbell outside the notify structure"),
         }
     }
 }
 
 impl core::error::Error for VirtioError {}
+
+/// Binds the interrupts of a device on `line` to the service being
+/// started (from its `init`, on the owner CPU, before the queues are set
+/// up): the one GSI of a virtio-mmio device (routed to the owner at the
+/// I/O APIC), or up to `vectors` MSI-X vectors (at most the table's
+/// entries; at least one). The returned sources' numbers are what the
+/// service's interrupt hook receives; for MSI-X, pass each `Bound::msi`
+/// to [`Transport::set_queue_interrupt`].
+pub fn bind_interrupts<S>(
+    starting: &crate::service::Starting<S>,
+    line: InterruptLine,
+    vectors: u16,
+) -> Result<alloc::vec::Vec<crate::service::Bound>, VirtioError> {
+    use crate::service::InterruptSource;
+    let sources = match line {
+        InterruptLine::Gsi { gsi, level, active_low } => {
+            alloc::vec![InterruptSource::Gsi { gsi, level, active_low }]
+        }
+        InterruptLine::Msix { entries } => {
+            alloc::vec![InterruptSource::Msi; usize::from(vectors.clamp(1, entries.max(1)))]
+        }
+    };
+    let mut bound = alloc::vec::Vec::new();
+    for source in sources {
+        match starting.bind_interrupt(source) {
+            Ok(one) => bound.push(one),
+            Err(error) => {
+                log::warn!("virtio: interrupt {line:?} not bound: {error}");
+                return Err(VirtioError::Interrupt);
+            }
+        }
+    }
+    Ok(bound)
+}
 
 /// The physical address of memory the kernel allocated (RAM is identity mapped).
 pub(crate) fn physical_address<T: ?Sized>(pointer: *const T) -> u64 {

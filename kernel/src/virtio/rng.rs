@@ -25,15 +25,16 @@ use alloc::collections::VecDeque;
 use alloc::vec;
 use core::time::Duration;
 
-use crate::service::{Builder, Handle, InterruptSource};
+use crate::service::{Builder, Handle, Starting};
 use crate::sync::{sync_channel, SyncSender};
 use crate::time::Instant;
 
 use super::discovery::{self, FoundDevice};
-use super::{device_type, feature, Buffer, InterruptLine, Transport, VirtQueue, VirtioError};
+use super::{device_type, feature, Buffer, Transport, VirtQueue, VirtioError};
 
-/// Entries in the request queue.
-pub const QUEUE_SIZE: usize = 64;
+/// Entries in the request queue: 8, QEMU's virtio-rng queue size (on PCI
+/// the driver may not exceed it; virtio-mmio reports a larger maximum).
+pub const QUEUE_SIZE: usize = 8;
 /// The most bytes one request asks the device for.
 pub const MAX_REQUEST_BYTES: usize = 4096;
 /// A request the device has not completed by then gets the device reset and left out.
@@ -66,6 +67,8 @@ pub struct RngDevice {
     progress: Instant,
     /// Set after a failure: the device is left out.
     left_out: bool,
+    /// Its interrupt's vector on the owner CPU.
+    vector: u8,
     /// Interrupts taken, and completions handed back.
     interrupts: u64,
     completed: u64,
@@ -83,14 +86,21 @@ pub struct RngStats {
 }
 
 impl RngDevice {
-    /// Opens and initialises the device (on the owner CPU).
-    fn open(found: &FoundDevice) -> Result<Self, VirtioError> {
+    /// Opens and initialises the device (on the owner CPU, in the service's
+    /// `init`), its interrupt bound to the service: the GSI on virtio-mmio,
+    /// one MSI-X vector for the queue on PCI.
+    fn open(found: &FoundDevice, starting: &Starting<RngDevice>) -> Result<Self, VirtioError> {
         let mut transport = found.open()?;
+        let bound = super::bind_interrupts(starting, found.interrupt, 1)?;
+        if let Some(message) = bound[0].msi {
+            transport.set_queue_interrupt(REQUEST_QUEUE, message)?;
+        }
         transport.negotiate(WANTED_FEATURES)?;
         let queue = transport.setup_queue(REQUEST_QUEUE)?;
         transport.driver_ok();
         Ok(Self {
             transport,
+            vector: bound[0].vector,
             queue,
             backlog: VecDeque::new(),
             progress: Instant::now(),
@@ -225,21 +235,13 @@ impl Rng {
             .cpu(found.owner)
             .poll(|device: &mut RngDevice, now| device.watchdog(now))
             .on_interrupt(|device: &mut RngDevice, _source| device.on_interrupt())
-            .try_start(move || RngDevice::open(&found))
+            .try_start_with(move |starting| RngDevice::open(&found, starting))
             .map_err(|error| match error {
                 crate::service::StartError::Init(error) => error,
                 crate::service::StartError::Service(error) => VirtioError::Service(error),
             })?;
-        let InterruptLine::Gsi { gsi, level, active_low } = found.interrupt;
-        let bound = match handle.bind_interrupt(InterruptSource::Gsi { gsi, level, active_low }) {
-            Ok(bound) => bound,
-            Err(error) => {
-                log::warn!("virtio-rng: interrupt GSI {gsi} not bound ({error:?}); left out");
-                handle.call(|device| device.leave_out(VirtioError::Interrupt));
-                return Err(VirtioError::Interrupt);
-            }
-        };
-        Ok(Self { handle, vector: bound.vector })
+        let vector = handle.try_call(|device| device.vector).map_err(VirtioError::Service)?;
+        Ok(Self { handle, vector })
     }
 
     /// Fills `buffer` with bytes from the device (from any CPU; the thread

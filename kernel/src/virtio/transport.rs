@@ -9,8 +9,10 @@
 use crate::time::Instant;
 
 use super::mmio::{self, MmioTransport};
+use super::pci::PciTransport;
 use super::queue::VirtQueue;
 use super::{feature, status, VirtioError};
+use crate::interrupts::MsiMessage;
 
 /// How long a reset may take before the device is given up (section 2.4:
 /// the driver waits for status to read 0).
@@ -28,6 +30,12 @@ pub enum InterruptLine {
         /// Active low (else high).
         active_low: bool,
     },
+    /// MSI-X (virtio-pci): each queue may have its own vector
+    /// ([`Transport::set_queue_interrupt`]); `entries` table entries.
+    Msix {
+        /// Entries in the function's MSI-X table.
+        entries: u16,
+    },
 }
 
 /// What an interrupt was for (the mmio `InterruptStatus`, the PCI ISR).
@@ -42,6 +50,7 @@ pub struct InterruptCause {
 /// The bus a device sits on.
 enum Bus {
     Mmio(MmioTransport),
+    Pci(PciTransport),
 }
 
 /// One device's transport. Owned by the device's owner CPU.
@@ -71,6 +80,61 @@ impl Transport {
         Ok(Self { bus: Bus::Mmio(transport), device_type: identity.device_id, interrupt, features: 0, address })
     }
 
+    /// A modern virtio-pci function (found at boot) with MSI-X; `address`
+    /// (for logs) is its common configuration's physical address.
+    pub fn pci(device: &'static crate::devices::pci::PciDevice) -> Result<Self, VirtioError> {
+        let device_type = toro_core::virtio::pci::device_type(device.device()).ok_or(VirtioError::NoDevice)?;
+        let entries = device.msix_table().map(|table| table.entries).unwrap_or(0);
+        if entries == 0 {
+            return Err(VirtioError::Unsupported);
+        }
+        let transport = PciTransport::open(device)?;
+        let address = transport.layout().common.address;
+        Ok(Self {
+            bus: Bus::Pci(transport),
+            device_type,
+            interrupt: InterruptLine::Msix { entries },
+            features: 0,
+            address,
+        })
+    }
+
+    /// The PCI function, on virtio-pci.
+    pub fn pci_address(&self) -> Option<toro_core::pci::PciAddress> {
+        match &self.bus {
+            Bus::Mmio(_) => None,
+            Bus::Pci(pci) => Some(pci.pci_address()),
+        }
+    }
+
+    /// Makes `queue` interrupt with `message` (virtio-pci: an MSI-X table
+    /// entry, shared by queues with the same message); takes effect when the
+    /// queue is set up ([`Self::setup_queue`] checks the device accepted it).
+    /// virtio-mmio: `Unsupported` (its one line is an I/O APIC GSI).
+    pub fn set_queue_interrupt(&mut self, queue: u16, message: MsiMessage) -> Result<(), VirtioError> {
+        match &mut self.bus {
+            Bus::Mmio(_) => Err(VirtioError::Unsupported),
+            Bus::Pci(pci) => pci.set_queue_interrupt(queue, message),
+        }
+    }
+
+    /// Makes configuration changes interrupt with `message` (virtio-pci;
+    /// checked at once and kept across resets). virtio-mmio: `Unsupported`.
+    pub fn set_config_interrupt(&mut self, message: MsiMessage) -> Result<(), VirtioError> {
+        match &mut self.bus {
+            Bus::Mmio(_) => Err(VirtioError::Unsupported),
+            Bus::Pci(pci) => pci.set_config_interrupt(message),
+        }
+    }
+
+    /// Bytes of device configuration (read only within them in [`Self::read_config`]).
+    pub fn config_length(&self) -> u64 {
+        match &self.bus {
+            Bus::Mmio(mmio) => mmio.registers.size().saturating_sub(mmio.config_offset()),
+            Bus::Pci(pci) => pci.config().2,
+        }
+    }
+
     /// The device type (`super::device_type`).
     pub fn device_type(&self) -> u32 {
         self.device_type
@@ -94,12 +158,14 @@ impl Transport {
     fn read_status(&self) -> u8 {
         match &self.bus {
             Bus::Mmio(mmio) => mmio.read_status(),
+            Bus::Pci(pci) => pci.read_status(),
         }
     }
 
     fn write_status(&mut self, value: u8) {
         match &mut self.bus {
             Bus::Mmio(mmio) => mmio.write_status(value),
+            Bus::Pci(pci) => pci.write_status(value),
         }
     }
 
@@ -142,6 +208,7 @@ impl Transport {
         self.add_status(status::DRIVER);
         let offered = match &mut self.bus {
             Bus::Mmio(mmio) => mmio.device_features(),
+            Bus::Pci(pci) => pci.device_features(),
         };
         if offered & feature::VERSION_1 == 0 {
             self.fail();
@@ -150,11 +217,16 @@ impl Transport {
         let accepted = (wanted | feature::VERSION_1) & offered;
         match &mut self.bus {
             Bus::Mmio(mmio) => mmio.write_driver_features(accepted),
+            Bus::Pci(pci) => pci.write_driver_features(accepted),
         }
         self.add_status(status::FEATURES_OK);
         if self.read_status() & status::FEATURES_OK == 0 {
             self.fail();
             return Err(VirtioError::FeaturesRefused { wanted: accepted });
+        }
+        // The reset cleared the configuration-change vector.
+        if let Bus::Pci(pci) = &mut self.bus {
+            pci.apply_config_interrupt()?;
         }
         self.features = accepted;
         Ok(accepted)
@@ -164,6 +236,7 @@ impl Transport {
     pub fn queue_maximum(&mut self, queue: u16) -> u32 {
         match &mut self.bus {
             Bus::Mmio(mmio) => mmio.queue_maximum(queue),
+            Bus::Pci(pci) => pci.queue_maximum(queue),
         }
     }
 
@@ -188,6 +261,7 @@ impl Transport {
         let virtqueue = VirtQueue::new(queue, event_index, indirect);
         match &mut self.bus {
             Bus::Mmio(mmio) => mmio.enable_queue(queue, N as u16, virtqueue.addresses()),
+            Bus::Pci(pci) => pci.enable_queue(queue, N as u16, virtqueue.addresses())?,
         }
         Ok(virtqueue)
     }
@@ -201,6 +275,7 @@ impl Transport {
     pub(super) fn notify(&mut self, queue: u16) {
         match &mut self.bus {
             Bus::Mmio(mmio) => mmio.notify(queue),
+            Bus::Pci(pci) => pci.notify(queue),
         }
     }
 
@@ -214,10 +289,18 @@ impl Transport {
                     configuration: status & mmio::INTERRUPT_CONFIGURATION_CHANGE != 0,
                 }
             }
+            // With MSI-X the vector says what happened and the ISR is not
+            // set for queues (section 4.1.5.3); the driver looks at its queues.
+            Bus::Pci(pci) if pci.uses_msix() => InterruptCause { used_buffers: true, configuration: false },
+            Bus::Pci(pci) => {
+                let isr = pci.take_interrupt();
+                InterruptCause { used_buffers: isr & 1 != 0, configuration: isr & 2 != 0 }
+            }
         }
     }
 
-    /// Reads the device configuration with `read(offset)` until the
+    /// Reads the device configuration with `read(registers, offset)` (read
+    /// only within [`Self::config_length`] bytes from `offset`) until the
     /// configuration generation is the same before and after (section 2.5.1).
     pub fn read_config<R>(&self, mut read: impl FnMut(&crate::devices::DeviceMemory, u64) -> R) -> R {
         match &self.bus {
@@ -225,6 +308,14 @@ impl Transport {
                 let before = mmio.config_generation();
                 let value = read(&mmio.registers, mmio.config_offset());
                 if mmio.config_generation() == before {
+                    return value;
+                }
+            },
+            Bus::Pci(pci) => loop {
+                let before = pci.config_generation();
+                let (memory, offset, _) = pci.config();
+                let value = read(memory, offset);
+                if pci.config_generation() == before {
                     return value;
                 }
             },
