@@ -125,6 +125,11 @@ impl Instant {
         self.0
     }
 
+    /// The instant at raw TSC value `ticks`.
+    pub(crate) fn from_ticks(ticks: u64) -> Self {
+        Self(ticks)
+    }
+
     /// Time from `earlier` to `self` (zero if `earlier` is later, as std
     /// does since Rust 1.60).
     pub fn duration_since(&self, earlier: Instant) -> Duration {

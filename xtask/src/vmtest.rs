@@ -800,16 +800,22 @@ fn two_boots_test(image: &std::path::Path, accel: crate::accel::Accel) -> Result
     })
 }
 
-/// The web server image booted on microvm with 2 CPUs and a virtio-net card
+/// The web server image booted on `machine` (microvm: virtio-net-device; q35: virtio-net-pci with MSI-X) with 2 CPUs and a virtio-net card
 /// on QEMU user networking; from the host, curl fetches `/` (612 bytes),
 /// two pages over one kept-alive connection, and `/stats` (which visits
 /// every CPU).
-fn webserver_curl_test(image: &std::path::Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
+fn webserver_curl_test(
+    image: &std::path::Path,
+    accel: crate::accel::Accel,
+    machine: Machine,
+) -> Result<(bool, String)> {
     const BOOT_WAIT: Duration = Duration::from_secs(60);
     // A free port: bound by the OS, then released for QEMU's forward.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut config = VmConfig::new(image.to_path_buf(), accel);
     config.cpus = 2;
+    config.machine = machine;
+    config.command_line = "toro.log=info".into();
     config.network = Some(qemu::UserNetwork { tcp_forwards: vec![(port, 80)] });
     let mut command = config.command();
     command
@@ -871,6 +877,10 @@ fn webserver_curl_test(image: &std::path::Path, accel: crate::accel::Accel) -> R
     let output: Vec<String> = lines.try_iter().map(|(_, line)| line).collect();
     if !output.iter().any(|l| l.contains("eth0 on cpu")) {
         problems.push("no eth0 instance listed".into());
+    }
+    let bound = if machine == Machine::Q35 { ": interrupts MSI-X" } else { ": interrupts GSI" };
+    if !output.iter().any(|l| l.contains(bound)) {
+        problems.push(format!("no \"{bound}\" line: the NIC is not interrupt-driven"));
     }
     Ok(if problems.is_empty() {
         (true, format!("ok (port {port}: {}, keep-alive pair {pair})", first.unwrap_or_default()))
@@ -994,12 +1004,15 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         }
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
-        let (ok, summary) = webserver_curl_test(&images[index], accel)?;
-        println!("vm test webserver-curl-microvm-2 ... {summary}");
-        if ok {
-            passed += 1
-        } else {
-            failed += 1
+        for (machine, name) in [(Machine::Microvm, "webserver-curl-microvm-2"), (Machine::Q35, "webserver-curl-q35-2")]
+        {
+            let (ok, summary) = webserver_curl_test(&images[index], accel, machine)?;
+            println!("vm test {name} ... {summary}");
+            if ok {
+                passed += 1
+            } else {
+                failed += 1
+            }
         }
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {

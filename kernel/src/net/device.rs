@@ -23,8 +23,24 @@ impl Device {
     pub(crate) fn needs_polling(&self) -> bool {
         match self {
             Self::Loopback(_) => false,
-            // Interrupt wake-up not wired yet: poll every millisecond.
-            Self::Virtio(_) => true,
+            // A card whose interrupt could not be bound: every millisecond.
+            Self::Virtio(device) => !device.interrupt_driven(),
+        }
+    }
+
+    /// An interrupt came: acknowledge it, suppress more while the service works.
+    pub(crate) fn quiet(&mut self) {
+        if let Self::Virtio(device) = self {
+            device.quiet();
+        }
+    }
+
+    /// Before the service waits: re-enable interrupts and re-check; `true`
+    /// if work arrived meanwhile.
+    pub(crate) fn arm(&mut self) -> bool {
+        match self {
+            Self::Loopback(_) => false,
+            Self::Virtio(device) => device.arm(),
         }
     }
 }

@@ -14,7 +14,18 @@
 //! instance and blocks. After every poll ([`Instance::pump`]) the instance
 //! wakes the waiters whose condition holds or whose deadline passed; the
 //! wake-up is a same-CPU call (the waiter is on the owner CPU), no
-//! message. The service thread polls for arriving frames and timers.
+//! message.
+//!
+//! The service: each instance's owner runs a `crate::service` whose value
+//! is a [`NetService`] (the instance's id; the instance itself is
+//! published for `with_local`). Its poll hook runs smoltcp at the deadline
+//! smoltcp asks for (its timers), its interrupt hook runs when the NIC
+//! interrupts (bound while the service starts: a GSI on virtio-mmio,
+//! MSI-X on PCI). Both suppress the NIC's receive interrupts while they
+//! work and ask for them again, re-checking the ring, before the service
+//! waits (and so before the CPU halts). A NIC whose interrupt could not be
+//! bound is polled every millisecond. A socket call that makes a timer due
+//! sooner than the service's deadline lowers it (`Handle::poll_by`).
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -24,6 +35,7 @@ use toro_net::stack::{IcmpHandle, TcpHandle, UdpHandle};
 use toro_net::{Addressing, NetError, Stack, StackConfig};
 
 use super::device::Device;
+use crate::service::{Builder, Handle, Starting};
 use crate::thread::scheduler::{self, Control};
 use crate::time::Instant;
 
@@ -77,10 +89,10 @@ pub(crate) struct Instance {
     pub(crate) stack: Stack<Device>,
     pub(crate) counters: InstanceCounters,
     waiters: Vec<Waiter>,
-    /// The service thread while it blocks, and the TSC deadline it blocks
-    /// until (`u64::MAX`: none): a socket call that makes a timer due
-    /// sooner wakes it (`pump`).
-    idle_service: Option<(*mut Control, u64)>,
+    /// The instance's service (set just after it started), and the TSC
+    /// deadline its poll hook last asked for (`u64::MAX`: none): a socket
+    /// call that makes a timer due sooner lowers it (`pump`).
+    service: Option<Handle<NetService>>,
     service_deadline: u64,
 }
 
@@ -121,29 +133,31 @@ pub(crate) fn owner(id: usize) -> usize {
 pub(crate) struct Plan {
     pub name: &'static str,
     pub owner: usize,
-    /// Makes the device on the owner CPU.
-    pub device: Box<dyn FnOnce() -> Device + Send>,
+    /// Makes the device on the owner CPU, in the service's `init` (it may
+    /// bind its interrupts to the service there).
+    pub device: Box<dyn FnOnce(&Starting<NetService>) -> Device + Send>,
     pub addressing: Addressing,
     pub config: StackConfig,
 }
 
-/// Starts every planned instance's service thread on its CPU and waits
-/// until each has published its instance. Boot CPU, once.
+/// Starts every planned instance's service on its CPU (each has published
+/// its instance when its start returns). Boot CPU, once.
 pub(crate) fn start(plans: Vec<Plan>) {
     let total = plans.len().min(MAX_INSTANCES);
     for (id, plan) in plans.into_iter().take(total).enumerate() {
         OWNERS[id].store(plan.owner, Ordering::Release);
         let owner = plan.owner;
-        let result = crate::thread::Builder::new().name(plan.name).spawn_on(owner, move || service(id, plan));
-        match result {
+        let started = Builder::new(plan.name)
+            .cpu(owner)
+            .poll(|service: &mut NetService, _now| service.poll())
+            .on_interrupt(|service: &mut NetService, _source| service.interrupt())
+            .try_start_with(move |starting| Ok::<_, ()>(NetService::open(id, plan, starting)));
+        match started {
             // The service runs for the life of the system.
-            Ok(handle) => core::mem::forget(handle),
-            Err(error) => panic!("net: cannot start the service of instance {id} on CPU {owner}: {error}"),
-        }
-    }
-    for slot in INSTANCES.iter().take(total) {
-        while slot.load(Ordering::Acquire) == 0 {
-            crate::thread::yield_now();
+            Ok(handle) => {
+                handle.call(move |service| with_local(service.id, |instance| instance.service = Some(handle)));
+            }
+            Err(error) => panic!("net: cannot start the service of instance {id} on CPU {owner}: {error:?}"),
         }
     }
     PLANNED.store(total, Ordering::Release);
@@ -256,13 +270,34 @@ impl Instance {
             }
         }
         self.wake_waiters();
-        if self.idle_service.is_some() {
+        if let Some(service) = self.service {
             if let Some(micros) = self.next_poll_micros() {
-                if Instant::now().ticks().saturating_add(micros_to_ticks(micros)) < self.service_deadline {
-                    self.wake_service();
+                let due = Instant::now().ticks().saturating_add(micros_to_ticks(micros));
+                if due < self.service_deadline {
+                    self.service_deadline = due;
+                    service.poll_by(Instant::from_ticks(due));
                 }
             }
         }
+    }
+
+    /// The service's work (poll or interrupt hook): receive interrupts
+    /// suppressed, the stack polled until no frame waits, interrupts asked
+    /// for again and re-checked. Returns the poll hook's next deadline.
+    fn serve(&mut self) -> Option<Instant> {
+        const MAX_ROUNDS: usize = 8;
+        for _ in 0..MAX_ROUNDS {
+            self.stack.device().quiet();
+            self.pump();
+            if !self.stack.device().arm() {
+                break;
+            }
+        }
+        let deadline = self
+            .next_poll_micros()
+            .map(|micros| Instant::from_ticks(Instant::now().ticks().saturating_add(micros_to_ticks(micros))));
+        self.service_deadline = deadline.map_or(u64::MAX, Instant::ticks);
+        deadline
     }
 
     fn ready(&mut self, interest: Interest) -> bool {
@@ -303,14 +338,6 @@ impl Instance {
         }
     }
 
-    /// Wakes the service thread if it blocked with nothing to do (a timer
-    /// or a deadline may have started).
-    fn wake_service(&mut self) {
-        if let Some((thread, epoch)) = self.idle_service.take() {
-            scheduler::wake(thread, epoch);
-        }
-    }
-
     /// Microseconds until the service must poll again, `None` for never
     /// (until a frame arrives or a socket call wakes it).
     fn next_poll_micros(&mut self) -> Option<u64> {
@@ -323,45 +350,44 @@ impl Instance {
     }
 }
 
-/// The service thread of instance `id`: makes it, publishes it, then polls
-/// for frames and timers for the life of the system.
-fn service(id: usize, plan: Plan) {
-    let device = (plan.device)();
-    let stack = Stack::new(device, plan.addressing, plan.config, now_micros());
-    let instance = Box::new(Instance {
-        name: plan.name,
-        owner: plan.owner,
-        stack,
-        counters: InstanceCounters::default(),
-        waiters: Vec::new(),
-        idle_service: None,
-        service_deadline: u64::MAX,
-    });
-    INSTANCES[id].store(Box::into_raw(instance) as u64, Ordering::Release);
-    loop {
-        let next = with_local(id, |instance| {
-            instance.pump();
-            instance.next_poll_micros()
-        })
-        .expect("the service runs on its instance's CPU");
-        if next == Some(0) {
-            crate::thread::yield_now();
-            continue;
-        }
-        // Block until the next timer, or until a socket call or a frame
-        // wakes us (a call that starts a timer does: `wake_service`).
-        let epoch = scheduler::begin_wait();
-        let me = scheduler::current();
-        let deadline = next.map_or(u64::MAX, |micros| Instant::now().ticks().saturating_add(micros_to_ticks(micros)));
-        with_local(id, |instance| {
-            instance.idle_service = Some((me, epoch));
-            instance.service_deadline = deadline;
+/// The value of an instance's service: which instance (the instance itself
+/// is published for `with_local`, used by socket calls on the owner CPU).
+pub(crate) struct NetService {
+    id: usize,
+}
+
+impl NetService {
+    /// Makes instance `id` (its device first, which may bind its
+    /// interrupts through `starting`) and publishes it. Owner CPU.
+    fn open(id: usize, plan: Plan, starting: &Starting<NetService>) -> Self {
+        let device = (plan.device)(starting);
+        let stack = Stack::new(device, plan.addressing, plan.config, now_micros());
+        let instance = Box::new(Instance {
+            name: plan.name,
+            owner: plan.owner,
+            stack,
+            counters: InstanceCounters::default(),
+            waiters: Vec::new(),
+            service: None,
+            service_deadline: u64::MAX,
         });
-        if deadline == u64::MAX {
-            scheduler::block();
-        } else {
-            scheduler::block_until(epoch, deadline);
-        }
-        with_local(id, |instance| instance.idle_service = None);
+        INSTANCES[id].store(Box::into_raw(instance) as u64, Ordering::Release);
+        Self { id }
+    }
+
+    /// The poll hook: smoltcp's timers (and a polled NIC).
+    fn poll(&mut self) -> Option<Instant> {
+        with_local(self.id, Instance::serve).flatten()
+    }
+
+    /// The interrupt hook: the NIC has frames (or transmit room).
+    fn interrupt(&mut self) {
+        with_local(self.id, |instance| {
+            let deadline = instance.serve();
+            // The hook cannot return a deadline: hand it to the poll hook.
+            if let (Some(service), Some(deadline)) = (instance.service, deadline) {
+                service.poll_by(deadline);
+            }
+        });
     }
 }

@@ -205,7 +205,7 @@ pub(crate) fn init() {
     let mut plans = vec![instance::Plan {
         name: "lo",
         owner: 0,
-        device: Box::new(|| device::Device::Loopback(MemoryDevice::loopback(LOOPBACK_MAC))),
+        device: Box::new(|_| device::Device::Loopback(MemoryDevice::loopback(LOOPBACK_MAC))),
         addressing: Addressing::Static { address: LOOPBACK_CIDR, gateway: None },
         config,
     }];
@@ -233,7 +233,7 @@ pub(crate) fn init() {
         plans.push(instance::Plan {
             name: "eth0",
             owner: found.owner,
-            device: Box::new(move || match virtio_net::VirtioNet::open(&found) {
+            device: Box::new(move |starting| match virtio_net::VirtioNet::open(&found, starting) {
                 Ok(nic) => device::Device::Virtio(Box::new(nic)),
                 Err(error) => {
                     log::error!("virtio-net at {:#x}: {error}; left out", found.address);

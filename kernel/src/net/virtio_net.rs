@@ -1,13 +1,20 @@
-//! The virtio-net driver (virtio 1.2, section 5.1) over virtio-mmio: one queue pair, on its owner CPU.
+//! The virtio-net driver (virtio 1.2, section 5.1) over virtio-mmio and virtio-pci: one queue pair, on its owner CPU.
 //!
-//! Made by the instance's service thread on the owner CPU, so queues and
-//! buffers are that CPU's memory. Receive buffers are posted in batches in
-//! `flush`; transmits are queued and the device notified once per flush.
-//! The device rules (features, header, checksum verdicts, config space)
-//! are `toro_net::virtio_net`, host-tested.
+//! Made by the instance's service (`super::instance`) on the owner CPU, so
+//! queues and buffers are that CPU's memory. Receive buffers are posted in
+//! batches in `flush`; transmits are queued and the device notified once
+//! per flush. The device rules (features, header, checksum verdicts,
+//! config space) are `toro_net::virtio_net`, host-tested.
 //!
-//! Work in progress: the service polls the device every millisecond
-//! (`needs_polling`); the interrupt wake-up is not wired yet.
+//! Interrupts are bound to the instance's service while it starts: the GSI
+//! of a virtio-mmio card (both queues share it), or two MSI-X vectors on
+//! PCI (source 0 the receive queue, source 1 the transmit queue). Receive
+//! interrupts are suppressed while the service works ([`VirtioNet::quiet`])
+//! and asked for again, with a re-check, before it waits
+//! ([`VirtioNet::arm`]); transmit interrupts are asked for only while the
+//! ring is full (completions are otherwise reclaimed on the next
+//! transmit). If the interrupt cannot be bound the card is polled every
+//! millisecond instead (`needs_polling`), with a warning.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -15,6 +22,7 @@ use alloc::vec::Vec;
 use toro_net::device::{Capabilities, DeviceStats, ETHERNET_HEADER_BYTES, ETHERNET_MTU};
 use toro_net::virtio_net::{self as rules, feature, NetConfig, NetHeader, RxChecksum, HEADER_BYTES};
 
+use crate::service::Starting;
 use crate::virtio::discovery::FoundDevice;
 use crate::virtio::{physical_address, Buffer, Transport, VirtQueue, VirtioError};
 
@@ -22,8 +30,9 @@ use crate::virtio::{physical_address, Buffer, Transport, VirtQueue, VirtioError}
 const QUEUE_SIZE: usize = 128;
 /// Bytes of one buffer: header plus the largest frame, rounded up.
 const BUFFER_BYTES: usize = 2048;
-/// Features not used yet (merged buffers need `RxMerge` bookkeeping).
-const NOT_YET: u64 = feature::MRG_RXBUF | feature::INDIRECT_DESC;
+/// Features not used yet (merged buffers need `RxMerge` bookkeeping; one
+/// queue pair, so no control queue and no multi-queue).
+const NOT_YET: u64 = feature::MRG_RXBUF | feature::INDIRECT_DESC | feature::CTRL_VQ | feature::MQ;
 
 type Frame = Box<[u8; BUFFER_BYTES]>;
 
@@ -44,19 +53,52 @@ pub(crate) struct VirtioNet {
     config: NetConfig,
     features: u64,
     stats: DeviceStats,
+    /// Its interrupts are bound to the service (else it is polled).
+    interrupt_driven: bool,
+    /// Transmit interrupts were asked for (the ring was full).
+    tx_waiting: bool,
 }
 
 impl VirtioNet {
-    /// Opens and starts the device (on the owner CPU).
-    pub(crate) fn open(found: &FoundDevice) -> Result<Self, VirtioError> {
+    /// Opens and starts the device (on the owner CPU, in its service's
+    /// `init`), binding its interrupts through `starting`.
+    pub(crate) fn open<S>(found: &FoundDevice, starting: &Starting<S>) -> Result<Self, VirtioError> {
         let mut transport = found.open()?;
+        let bus = if found.pci.is_some() { rules::Transport::Pci } else { rules::Transport::Mmio };
+        let (rx_queue, tx_queue) = (rules::receive_queue(0), rules::transmit_queue(0));
+        let interrupt_driven = match crate::virtio::bind_interrupts(starting, found.interrupt, 2) {
+            Ok(bound) => {
+                for (queue, source) in [(rx_queue, 0), (tx_queue, 1)] {
+                    if let Some(message) = bound.get(source).or(bound.first()).and_then(|b| b.msi) {
+                        transport.set_queue_interrupt(queue, message)?;
+                    }
+                }
+                let vectors: Vec<alloc::string::String> =
+                    bound.iter().map(|b| alloc::format!("{:#x}", b.vector)).collect();
+                log::info!(
+                    "virtio-net at {:#x}: interrupts {} ({}) on cpu {}",
+                    found.address,
+                    if found.pci.is_some() { "MSI-X" } else { "GSI" },
+                    vectors.join(", "),
+                    starting.cpu()
+                );
+                true
+            }
+            Err(error) => {
+                log::warn!("virtio-net at {:#x}: {error}; polled every millisecond instead", found.address);
+                false
+            }
+        };
         // `negotiate` intersects with what the device offers (and refuses
         // a legacy device), so the rules are asked with every bit offered.
-        let wanted =
-            rules::choose_features(u64::MAX, rules::Transport::Mmio).map_err(|_| VirtioError::Legacy)? & !NOT_YET;
+        let wanted = rules::choose_features(u64::MAX, bus).map_err(|_| VirtioError::Legacy)? & !NOT_YET;
         let features = transport.negotiate(wanted)?;
-        let rx = transport.setup_queue(rules::receive_queue(0))?;
-        let tx = transport.setup_queue(rules::transmit_queue(0))?;
+        let rx = transport.setup_queue(rx_queue)?;
+        let mut tx: Box<VirtQueue<usize, QUEUE_SIZE, 0>> = transport.setup_queue(tx_queue)?;
+        tx.disable_interrupts();
+        if transport.config_length() < 12 {
+            return Err(VirtioError::Unsupported);
+        }
         let config = transport.read_config(|registers, base| {
             let mut bytes = [0u8; 12];
             for (at, byte) in bytes.iter_mut().enumerate() {
@@ -78,6 +120,8 @@ impl VirtioNet {
             config,
             features,
             stats: DeviceStats::default(),
+            interrupt_driven,
+            tx_waiting: false,
         };
         device.transport.driver_ok();
         device.post_receive_buffers();
@@ -160,7 +204,39 @@ impl VirtioNet {
 
     pub(crate) fn tx_room(&mut self) -> bool {
         self.reclaim_transmits();
+        if self.tx_free.is_empty() && self.interrupt_driven && !self.tx_waiting {
+            // Full: ask for an interrupt when the device frees a buffer
+            // (if it already did, the next look finds it).
+            self.tx_waiting = true;
+            if !self.tx.enable_interrupts() {
+                self.reclaim_transmits();
+            }
+        } else if self.tx_waiting && !self.tx_free.is_empty() {
+            self.tx_waiting = false;
+            self.tx.disable_interrupts();
+        }
         !self.tx_free.is_empty()
+    }
+
+    /// Whether the device raises interrupts the service takes (else it must be polled).
+    pub(crate) fn interrupt_driven(&self) -> bool {
+        self.interrupt_driven
+    }
+
+    /// The interrupt hook's first step: acknowledge the device, and ask
+    /// for no receive interrupts while the service works.
+    pub(crate) fn quiet(&mut self) {
+        self.transport.take_interrupt();
+        self.rx.disable_interrupts();
+    }
+
+    /// Before the service waits: ask for the next receive interrupt and
+    /// re-check; `true` if frames arrived meanwhile (work again first).
+    pub(crate) fn arm(&mut self) -> bool {
+        if self.rx_ready.is_some() {
+            return true;
+        }
+        !self.rx.enable_interrupts()
     }
 
     pub(crate) fn transmit<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
