@@ -66,7 +66,14 @@ impl VirtioNet {
         let mut transport = found.open()?;
         let bus = if found.pci.is_some() { rules::Transport::Pci } else { rules::Transport::Mmio };
         let (rx_queue, tx_queue) = (rules::receive_queue(0), rules::transmit_queue(0));
-        let interrupt_driven = match crate::virtio::bind_interrupts(starting, found.interrupt, 2) {
+        // `toro.net.poll` on the command line: poll every millisecond instead
+        // (to compare with the interrupt-driven card; docs/net.md).
+        let polled = toro_core::command_line::CommandLine::new(crate::system::command_line()).get("toro.net.poll");
+        let binding = match polled {
+            Some(_) => Err(VirtioError::Unsupported),
+            None => crate::virtio::bind_interrupts(starting, found.interrupt, 2),
+        };
+        let interrupt_driven = match binding {
             Ok(bound) => {
                 for (queue, source) in [(rx_queue, 0), (tx_queue, 1)] {
                     if let Some(message) = bound.get(source).or(bound.first()).and_then(|b| b.msi) {
@@ -83,6 +90,10 @@ impl VirtioNet {
                     starting.cpu()
                 );
                 true
+            }
+            Err(_) if polled.is_some() => {
+                log::info!("virtio-net at {:#x}: polled every millisecond (toro.net.poll)", found.address);
+                false
             }
             Err(error) => {
                 log::warn!("virtio-net at {:#x}: {error}; polled every millisecond instead", found.address);
