@@ -416,6 +416,15 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "fs_disk")
         },
         VmTest {
+            name: "fs_disk-q35-2",
+            machine: Machine::Q35,
+            memory_mib: 256,
+            command_line: "toro.log=info",
+            disk: Some(crate::disktest::READ_WRITE),
+            expect: &["MSI-X x3: blk (type 2), owner cpu 1", "on cpu 1, 0 elsewhere", "fs_disk: all checks passed"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
             name: "fs_disk-4",
             cpus: 4,
             memory_mib: 256,

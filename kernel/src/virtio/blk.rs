@@ -35,13 +35,13 @@ use toro_core::virtio::queue::QueueMemory;
 use toro_fs::virtio_blk::{self as protocol, Config, Engine};
 
 use crate::io::{self, Error, ErrorKind};
-use crate::service::{Builder, Handle, InterruptSource};
+use crate::service::{Builder, Handle, Starting};
 use crate::sync::{sync_channel, SyncSender};
 use crate::time::Instant;
 use toro_fs::BlockDevice as _;
 
 use super::discovery::{self, FoundDevice};
-use super::{device_type, feature, full_fence, Buffer, InterruptLine};
+use super::{device_type, feature, full_fence, Buffer};
 
 /// Entries in the request queue.
 pub const QUEUE_SIZE: usize = 128;
@@ -119,16 +119,24 @@ pub struct BlkDevice {
     left_out: Option<&'static str>,
     stats: BlkStats,
     name: String,
+    /// Its interrupt's vector on the owner CPU.
+    vector: u8,
 }
 
 const BROKEN: &str = "virtio-blk: the device broke the queue protocol; reset and left out";
 const TIMED_OUT: &str = "virtio-blk: the device did not complete a request in time; reset and left out";
 
 impl BlkDevice {
-    /// Opens and initialises the device (on the owner CPU).
-    fn open(found: &FoundDevice, name: String) -> io::Result<Self> {
+    /// Opens and initialises the device (on the owner CPU, in the service's
+    /// `init`), its interrupt bound to the service: the GSI on virtio-mmio,
+    /// one MSI-X vector for the queue on virtio-pci.
+    fn open(found: &FoundDevice, name: String, starting: &Starting<BlkDevice>) -> io::Result<Self> {
         let virtio = |error: super::VirtioError| Error::new(ErrorKind::Other, format!("{name}: {error}"));
         let mut transport = found.open().map_err(virtio)?;
+        let bound = super::bind_interrupts(starting, found.interrupt, 1).map_err(virtio)?;
+        if let Some(message) = bound[0].msi {
+            transport.set_queue_interrupt(REQUEST_QUEUE, message).map_err(virtio)?;
+        }
         let features = transport.negotiate(WANTED_FEATURES).map_err(virtio)?;
         let config = transport.read_config(|registers, base| {
             Config::parse(features, |offset| registers.read::<u32>(base + offset as u64))
@@ -153,6 +161,7 @@ impl BlkDevice {
             left_out: None,
             stats: BlkStats::default(),
             name,
+            vector: bound[0].vector,
         })
     }
 
@@ -349,23 +358,15 @@ impl Blk {
             .cpu(found.owner)
             .poll(|device: &mut BlkDevice, now| device.watchdog(now))
             .on_interrupt(|device: &mut BlkDevice, _source| device.on_interrupt())
-            .try_start(move || BlkDevice::open(&found, service_name))
+            .try_start_with(move |starting| BlkDevice::open(&found, service_name, starting))
             .map_err(|error| match error {
                 crate::service::StartError::Init(error) => error,
                 crate::service::StartError::Service(error) => {
                     Error::new(ErrorKind::Other, format!("{name}: no service on CPU {}: {error:?}", found.owner))
                 }
             })?;
-        let InterruptLine::Gsi { gsi, level, active_low } = found.interrupt;
-        let bound = match handle.bind_interrupt(InterruptSource::Gsi { gsi, level, active_low }) {
-            Ok(bound) => bound,
-            Err(error) => {
-                handle.call(|device| device.leave_out("virtio-blk: its interrupt could not be bound"));
-                return Err(Error::new(ErrorKind::Other, format!("{name}: interrupt GSI {gsi} not bound: {error:?}")));
-            }
-        };
-        let config = handle.call(|device| *device.engine.config());
-        Ok(Self { handle, config, index, vector: bound.vector })
+        let (config, vector) = handle.call(|device| (*device.engine.config(), device.vector));
+        Ok(Self { handle, config, index, vector })
     }
 
     /// The device's configuration (capacity, block size, read-only, flush).
