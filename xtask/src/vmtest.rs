@@ -169,6 +169,15 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "virtio_rng")
         },
         VmTest {
+            // cloud-hypervisor attaches a virtio-rng-pci by default: MSI-X
+            // only (no INTx), its BAR above 4 GiB.
+            name: "cloud-hypervisor-virtio-rng-2",
+            vmm: Vmm::CloudHypervisor,
+            command_line: "toro.log=info calls=50",
+            expect: &["MSI-X x2: rng (type 4), owner cpu 1", "virtio-rng: all checks passed", "on cpu 1, 0 elsewhere"],
+            ..vm("vm-tests", "virtio_rng")
+        },
+        VmTest {
             name: "virtio-rng-stuck",
             command_line: "stuck",
             // rng-egd on a socket nobody serves: the device never completes a request.
