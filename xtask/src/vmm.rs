@@ -244,7 +244,7 @@ pub fn cloud_hypervisor_arguments(config: &VmConfig, devices: &Devices, log: &Pa
     }
     for disk in &config.disks {
         let read_only = if disk.read_only { ",readonly=on" } else { "" };
-        arguments.extend(["--disk".into(), format!("path={}{read_only}", disk.image.display())]);
+        arguments.extend(["--disk".into(), format!("path={},image_type=raw{read_only}", disk.image.display())]);
     }
     arguments
 }
@@ -461,7 +461,7 @@ mod tests {
         );
         assert!(arguments.contains("--cmdline toro.log=info greeting=\"a b\""));
         assert!(arguments.contains("--net tap=toro0,mac=52:54:00:12:34:56"));
-        assert!(arguments.contains("--disk path=/tmp/disk.img,readonly=on"));
+        assert!(arguments.contains("--disk path=/tmp/disk.img,image_type=raw,readonly=on"));
         assert!(arguments.contains("--initramfs /tmp/initrd"));
         let mut empty = config();
         empty.command_line.clear();

@@ -442,6 +442,17 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "fs_disk")
         },
         VmTest {
+            // cloud-hypervisor's virtio-blk is virtio-pci with MSI-X only.
+            // Short, as on Firecracker.
+            name: "cloud-hypervisor-fs_disk-2",
+            memory_mib: 256,
+            vmm: Vmm::CloudHypervisor,
+            command_line: "mode=quick",
+            disk: Some(crate::disktest::QUICK),
+            expect: &["fs_disk: quick read and write done", "fs_disk: all checks passed"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
             // Firecracker's virtio-blk is virtio-mmio too (named on the
             // command line; no indirect descriptors, no flush by default).
             // Short: on this host's software /dev/kvm the full run takes
