@@ -84,11 +84,17 @@ pub fn ensure() -> Result<()> {
     // installed only where they can be.
     if is_root() {
         let have_ip = || Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+        // Optional: without them those tests say "skipped", so a failed
+        // install is reported, not fatal.
         if !have_ip() {
-            apt_install("iproute2", have_ip)?;
+            if let Err(error) = apt_install("iproute2", have_ip) {
+                eprintln!("setup: {error:#}; the tap tests will be skipped");
+            }
         }
         if !have_wrk() {
-            apt_install("wrk", have_wrk)?;
+            if let Err(error) = apt_install("wrk", have_wrk) {
+                eprintln!("setup: {error:#}; the wrk checks and benchmark rows will be skipped");
+            }
         }
     }
     Ok(())
