@@ -118,11 +118,13 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
             .output()
             .map(|o| (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()))
     };
+    // "CODE BYTES" of one GET (`-g`: IPv6 literals in brackets).
+    let status = |url: &str| curl(&["-g", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url]);
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     let mut first = None;
     while started.elapsed() < test.boot_wait {
-        let (ok, out) = curl(&["-o", "/dev/null", "-w", "%{http_code} %{size_download}", &url("/")])?;
+        let (ok, out) = status(&url("/"))?;
         if ok && out.starts_with("200") {
             first = Some(out);
             break;
@@ -151,8 +153,7 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
         // reached through the tap by its scope.
         let link_local = "fe80::5054:ff:fe12:3456%25tap0".to_string();
         for host in [netns::GUEST_ADDRESS6, &link_local] {
-            let (ok, out) =
-                curl(&["-g", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", &format!("http://[{host}]/")])?;
+            let (ok, out) = status(&format!("http://[{host}]/"))?;
             if !ok || out != "200 612" {
                 problems.push(format!("GET http://[{host}]/ gave {out:?} (curl ok: {ok})"));
             }
@@ -166,14 +167,7 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
         let autoconfigured = "fd00:32::5054:ff:fe12:3456";
         let mut answer = String::new();
         for _ in 0..20 {
-            let (ok, out) = curl(&[
-                "-g",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{size_download}",
-                &format!("http://[{autoconfigured}]/"),
-            ])?;
+            let (ok, out) = status(&format!("http://[{autoconfigured}]/"))?;
             answer = out;
             if ok && answer == "200 612" {
                 break;
@@ -192,7 +186,7 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
             let frames = crate::frames::hostile(GUEST_MAC, [172, 31, 0, 2], [172, 31, 0, 1], RANDOM_FRAMES, 0x70a0);
             let sent = crate::frames::inject(namespace.name(), "tap0", &frames, 32, Duration::from_millis(20))?;
             // The guest must go on serving, on the same and on new connections.
-            let (ok, out) = curl(&["-o", "/dev/null", "-w", "%{http_code} %{size_download}", &url("/")])?;
+            let (ok, out) = status(&url("/"))?;
             if !ok || out != "200 612" {
                 problems.push(format!("after {sent} hostile frames GET / gave {out:?}"));
             }
