@@ -16,6 +16,28 @@ pub const ETHERNET_HEADER_BYTES: usize = 14;
 /// The IP MTU of a standard Ethernet link.
 pub const ETHERNET_MTU: usize = 1500;
 
+/// Whether `frame` (Ethernet) is neighbour resolution or router
+/// discovery: ARP, or ICMPv6 router solicitation/advertisement,
+/// neighbour solicitation/advertisement or redirect (types 133-137, as
+/// the first header after IPv6). The queue pairs of a multi-queue card
+/// are instances with one address and one MAC, but the host hands each
+/// frame to one queue; these frames are copied to every pair, so that
+/// each learns its neighbours, answers for the address and takes its
+/// SLAAC prefix, whichever queue the frame reached.
+pub fn neighbour_discovery(frame: &[u8]) -> bool {
+    const ARP: [u8; 2] = [0x08, 0x06];
+    const IPV6: [u8; 2] = [0x86, 0xdd];
+    const ICMPV6: u8 = 58;
+    match frame.get(12..14) {
+        Some(ethertype) if ethertype == ARP => true,
+        Some(ethertype) if ethertype == IPV6 => {
+            frame.get(ETHERNET_HEADER_BYTES + 6) == Some(&ICMPV6)
+                && frame.get(ETHERNET_HEADER_BYTES + 40).is_some_and(|kind| (133..=137).contains(kind))
+        }
+        _ => false,
+    }
+}
+
 /// What a device does for the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
@@ -298,5 +320,49 @@ impl NetDevice for MemoryDevice {
 
     fn stats(&self) -> DeviceStats {
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod neighbour_tests {
+    use super::neighbour_discovery;
+
+    fn ethernet(ethertype: [u8; 2], payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0xff; 12];
+        frame.extend_from_slice(&ethertype);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn ipv6(next_header: u8, first_payload_byte: u8) -> Vec<u8> {
+        let mut header = vec![0u8; 40];
+        header[0] = 0x60;
+        header[6] = next_header;
+        header.push(first_payload_byte);
+        header.extend_from_slice(&[0; 23]);
+        ethernet([0x86, 0xdd], &header)
+    }
+
+    #[test]
+    fn arp_and_icmpv6_neighbour_discovery_are_shared_nothing_else() {
+        assert!(neighbour_discovery(&ethernet([0x08, 0x06], &[0; 28])));
+        for kind in 133..=137 {
+            assert!(neighbour_discovery(&ipv6(58, kind)), "ICMPv6 type {kind}");
+        }
+        // Echo request/reply, MLD, other types: not shared (a ping must
+        // be answered once).
+        for kind in [1, 128, 129, 130, 143, 138, 132] {
+            assert!(!neighbour_discovery(&ipv6(58, kind)), "ICMPv6 type {kind}");
+        }
+        // TCP over IPv6, a hop-by-hop header first, IPv4, VLAN: not shared.
+        assert!(!neighbour_discovery(&ipv6(6, 135)));
+        assert!(!neighbour_discovery(&ipv6(0, 135)));
+        assert!(!neighbour_discovery(&ethernet([0x08, 0x00], &[0x45; 40])));
+        assert!(!neighbour_discovery(&ethernet([0x81, 0x00], &[0; 40])));
+        // Truncated frames.
+        assert!(!neighbour_discovery(&[]));
+        assert!(!neighbour_discovery(&[0xff; 13]));
+        assert!(!neighbour_discovery(&ipv6(58, 135)[..54]));
+        assert!(neighbour_discovery(&ipv6(58, 135)[..55]));
     }
 }

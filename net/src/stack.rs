@@ -57,6 +57,12 @@ pub struct StackConfig {
     pub random_seed: u64,
     /// IPv6 beyond the link-local address every interface gets.
     pub ipv6: crate::config::Ipv6Config,
+    /// This stack's share of the ephemeral ports, `(index, count)`: it
+    /// hands out only the ports `p` with `(p - EPHEMERAL_FIRST) % count ==
+    /// index`. Stacks that share one address (the queue pairs of a
+    /// multi-queue card) take disjoint shares, so two of them never pick
+    /// the same local port toward the same peer. `(0, 1)`: all.
+    pub ephemeral_share: (u16, u16),
 }
 
 impl Default for StackConfig {
@@ -71,6 +77,7 @@ impl Default for StackConfig {
             max_closing: 1024,
             random_seed: 0x746f_726f_6e65_7421,
             ipv6: crate::config::Ipv6Config { address: None, gateway: None, slaac: false },
+            ephemeral_share: (0, 1),
         }
     }
 }
@@ -382,9 +389,14 @@ impl<D: NetDevice> Stack<D> {
 
     fn ephemeral_port(&mut self, protocol: Protocol) -> Result<u16, NetError> {
         let span = u16::MAX - EPHEMERAL_FIRST + 1;
+        let count = self.config.ephemeral_share.1.max(1);
+        let index = self.config.ephemeral_share.0 % count;
         for _ in 0..span {
             let port = self.next_port;
             self.next_port = if port == u16::MAX { EPHEMERAL_FIRST } else { port + 1 };
+            if (port - EPHEMERAL_FIRST) % count != index {
+                continue;
+            }
             if !self.port_in_use(port, protocol) {
                 return Ok(port);
             }

@@ -445,3 +445,29 @@ fn ipv6_link_local_and_static_addresses_carry_tcp() {
     }
     assert_eq!(link.client.tcp_connect_state(client), Ok(ConnectState::Established));
 }
+
+#[test]
+fn stacks_sharing_an_address_take_disjoint_ephemeral_ports() {
+    // Two queue pairs of one card: same address, shares 0 and 1 of 2.
+    let remote = IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 80);
+    let mut seen = std::collections::HashSet::new();
+    for index in 0..2u16 {
+        let config = StackConfig { ephemeral_share: (index, 2), random_seed: 5, ..StackConfig::default() };
+        let (device, _peer) = MemoryDevice::pair(MAC_CLIENT, MAC_SERVER);
+        let mut stack = Stack::new(device, statically(CLIENT_IP), config, 0);
+        for _ in 0..50 {
+            let handle = stack.tcp_connect(remote).unwrap();
+            let port = stack.tcp_local(handle).unwrap().port;
+            assert_eq!((port - toro_net::stack::EPHEMERAL_FIRST) % 2, index, "port {port} outside share {index}");
+            assert!(seen.insert(port), "port {port} handed out twice");
+            let (udp, udp_port) = stack.udp_bind(0).unwrap();
+            assert_eq!((udp_port - toro_net::stack::EPHEMERAL_FIRST) % 2, index);
+            stack.udp_close(udp);
+        }
+    }
+    // A share beyond the count is taken modulo the count; a count of 0 as 1.
+    let config = StackConfig { ephemeral_share: (3, 0), ..StackConfig::default() };
+    let (device, _peer) = MemoryDevice::pair(MAC_CLIENT, MAC_SERVER);
+    let mut stack = Stack::new(device, statically(CLIENT_IP), config, 0);
+    assert!(stack.tcp_connect(remote).is_ok());
+}

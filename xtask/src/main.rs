@@ -258,8 +258,14 @@ fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
         }
         Some(TapNetwork::Namespace) => {
             let made = netns::Namespace::create("run")?;
-            made.add_tap("tap0", 1, true)?;
-            taps.taps.push(vmm::Tap::new("tap0"));
+            // q35 under QEMU: a multi-queue tap, one queue pair per CPU.
+            let queues = if options.vmm == vmm::Vmm::Qemu && config.machine == qemu::Machine::Q35 {
+                options.cpus.max(1)
+            } else {
+                1
+            };
+            made.add_tap("tap0", queues, true)?;
+            taps.taps.push(vmm::Tap { queues, ..vmm::Tap::new("tap0") });
             config.namespace = Some(made.name().into());
             // Bytes: a `toro.ip=` the user gave wins.
             let given = config.command_line.as_encoded_bytes();

@@ -31,16 +31,24 @@ pub struct TapTest {
     pub stats: bool,
     /// How long the guest may take to answer its first request.
     pub boot_wait: Duration,
+    /// Tap queues: above 1, QEMU q35 with a multi-queue virtio-net-pci
+    /// card, and every CPU must own a queue pair and serve connections.
+    pub queues: u32,
 }
 
 impl TapTest {
     pub fn name(&self) -> String {
-        format!("webserver-tap-{}-{}", self.vmm, self.cpus)
+        if self.queues > 1 {
+            format!("webserver-tap-mq-q35-{}", self.cpus)
+        } else {
+            format!("webserver-tap-{}-{}", self.vmm, self.cpus)
+        }
     }
 }
 
 /// The tap tests the suite runs: QEMU microvm with the hostile frames and
-/// wrk; cloud-hypervisor (virtio-net over PCI with MSI-X, its only
+/// wrk; QEMU q35 with a 2-queue tap (a queue pair per CPU, wrk spreads
+/// connections over both, each CPU must serve some); cloud-hypervisor (virtio-net over PCI with MSI-X, its only
 /// transport) and Firecracker (virtio-mmio from the command line) with
 /// pages only (guest code is slow on this kind of machine's `/dev/kvm`).
 pub fn tests() -> Vec<TapTest> {
@@ -52,6 +60,16 @@ pub fn tests() -> Vec<TapTest> {
             wrk: true,
             stats: true,
             boot_wait: Duration::from_secs(60),
+            queues: 1,
+        },
+        TapTest {
+            vmm: Vmm::Qemu,
+            cpus: 2,
+            hostile_frames: false,
+            wrk: true,
+            stats: true,
+            boot_wait: Duration::from_secs(60),
+            queues: 2,
         },
         TapTest {
             vmm: Vmm::CloudHypervisor,
@@ -64,6 +82,7 @@ pub fn tests() -> Vec<TapTest> {
             // docs/net.md; kept out until it is understood.
             stats: false,
             boot_wait: Duration::from_secs(60),
+            queues: 1,
         },
         TapTest {
             vmm: Vmm::Firecracker,
@@ -72,6 +91,7 @@ pub fn tests() -> Vec<TapTest> {
             wrk: false,
             stats: true,
             boot_wait: Duration::from_secs(60),
+            queues: 1,
         },
     ]
 }
@@ -94,16 +114,78 @@ pub fn stats_field(stats: &str, interface: &str, name: &str) -> Option<u64> {
     row.split_whitespace().nth(column)?.parse().ok()
 }
 
+/// Each CPU's `requests` from the `/stats` text's first table (` cpu
+/// accepted open requests ...` header, then a row per CPU).
+pub fn requests_per_cpu(stats: &str) -> Vec<(u64, u64)> {
+    let mut lines = stats.lines();
+    let Some(header) = lines.next() else { return Vec::new() };
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    let (Some(cpu), Some(requests)) =
+        (columns.iter().position(|c| *c == "cpu"), columns.iter().position(|c| *c == "requests"))
+    else {
+        return Vec::new();
+    };
+    lines
+        .take_while(|line| !line.starts_with("interface"))
+        .filter_map(|line| {
+            let values: Vec<u64> = line.split_whitespace().map(|v| v.parse().ok()).collect::<Option<_>>()?;
+            Some((*values.get(cpu)?, *values.get(requests)?))
+        })
+        .collect()
+}
+
+/// What a multi-queue run must show: one queue pair with its MSI-X
+/// vectors on each CPU in the boot log, `VQ_PAIRS_SET` accepted, and
+/// requests served on every CPU.
+fn check_queue_pairs(
+    test: &TapTest,
+    output: &[String],
+    stats: &str,
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    let mut owners = Vec::new();
+    for pair in 0..test.queues {
+        let marker = format!("queue pair {pair}: interrupts MSI-X (");
+        match output.iter().find(|line| line.contains(&marker)) {
+            Some(line) => owners.push(line.rsplit("on cpu ").next().unwrap_or("").trim().to_string()),
+            None => problems.push(format!("the boot log shows no \"{marker}...\" (multi-queue off?)")),
+        }
+    }
+    owners.sort();
+    owners.dedup();
+    if owners.len() != test.queues as usize {
+        problems.push(format!("queue pairs' CPUs {owners:?}: expected {} different CPUs", test.queues));
+    }
+    let set = format!("{0} queue pairs of {0} (VQ_PAIRS_SET)", test.queues);
+    if !output.iter().any(|line| line.contains(&set)) {
+        problems.push(format!("the boot log shows no \"{set}\""));
+    }
+    let served = requests_per_cpu(stats);
+    if served.len() != test.cpus as usize || served.iter().any(|&(_, requests)| requests == 0) {
+        problems.push(format!("requests per CPU {served:?}: every CPU must serve (stats: {stats:?})"));
+    } else {
+        notes.push(format!("requests per cpu {served:?}"));
+    }
+}
+
 /// Runs one tap test with the web server image; (passed, summary).
 pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
     let namespace = Namespace::create("test")?;
-    namespace.add_tap("tap0", 1, true)?;
+    namespace.add_tap("tap0", test.queues, true)?;
     let mut config = VmConfig::new(image.to_path_buf(), accel);
     config.cpus = test.cpus;
-    config.command_line = netns::guest_arguments().into();
+    if test.queues > 1 {
+        config.machine = qemu::Machine::Q35;
+        // The boot log's queue pairs.
+        config.command_line = format!("{} toro.log=info", netns::guest_arguments()).into();
+    }
+    if test.queues <= 1 {
+        config.command_line = netns::guest_arguments().into();
+    }
     config.namespace = Some(namespace.name().into());
     let mac = GUEST_MAC.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":");
-    let devices = vmm::Devices { taps: vec![vmm::Tap { name: "tap0".into(), mac: Some(mac), queues: 1 }] };
+    let devices = vmm::Devices { taps: vec![vmm::Tap { name: "tap0".into(), mac: Some(mac), queues: test.queues }] };
     let (mut command, directory, _log) = vmm::command(test.vmm, &config, &devices)?;
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let started = Instant::now();
@@ -123,6 +205,7 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     let mut first = None;
+    let mut last_stats = String::new();
     while started.elapsed() < test.boot_wait {
         let (ok, out) = status(&url("/"))?;
         if ok && out.starts_with("200") {
@@ -211,6 +294,19 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
                 Ok(report) => problems.push(format!("wrk: {report:?}")),
                 Err(error) => problems.push(format!("{error:#}")),
             }
+        } else if test.queues > 1 {
+            // Without wrk: 16 connections one after another (each a new
+            // flow, spread over the queues by the tap's hash).
+            for _ in 0..16 {
+                let (ok, out) = status(&url("/"))?;
+                if !ok || out != "200 612" {
+                    problems.push(format!("GET / gave {out:?}"));
+                    break;
+                }
+            }
+        }
+        if test.queues > 1 {
+            last_stats = curl(&[&url("/stats")])?.1;
         }
     }
     let _ = child.kill();
@@ -224,6 +320,9 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
     }
     if let Some(line) = output.iter().find(|line| line.contains("panic") || line.contains("CPU exception")) {
         problems.push(format!("the guest failed: {line}"));
+    }
+    if test.queues > 1 && first.is_some() {
+        check_queue_pairs(test, &output, &last_stats, &mut problems, &mut notes);
     }
     Ok(if problems.is_empty() {
         (true, format!("ok ({})", notes.join("; ")))
@@ -243,6 +342,15 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_read_per_cpu() {
+        let stats = " cpu accepted open requests rejected\n0 3 1 130 0\n1 21 14 72 0\n\
+                     interface cpu sockets\nlo 0 8\n";
+        assert_eq!(requests_per_cpu(stats), vec![(0, 130), (1, 72)]);
+        assert_eq!(requests_per_cpu(""), vec![]);
+        assert_eq!(requests_per_cpu(" cpu accepted\n0 1\n"), vec![]);
+    }
 
     #[test]
     fn stats_columns_are_found_by_name() {

@@ -35,6 +35,28 @@ impl Device {
         }
     }
 
+    /// Neighbour-discovery frames received for the card's other pairs.
+    pub(crate) fn take_shared(&mut self) -> alloc::vec::Vec<alloc::vec::Vec<u8>> {
+        match self {
+            Self::Virtio(device) => device.take_shared(),
+            Self::Loopback(_) => alloc::vec::Vec::new(),
+        }
+    }
+
+    /// A frame another pair of the card received.
+    pub(crate) fn inject(&mut self, frame: alloc::vec::Vec<u8>) {
+        if let Self::Virtio(device) = self {
+            device.inject(frame);
+        }
+    }
+
+    /// The card of a multi-queue pair runs: transmits may go out.
+    pub(crate) fn go_live(&mut self) {
+        if let Self::Virtio(device) = self {
+            device.go_live();
+        }
+    }
+
     /// Before the service waits: re-enable interrupts and re-check; `true`
     /// if work arrived meanwhile.
     pub(crate) fn arm(&mut self) -> bool {

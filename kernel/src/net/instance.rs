@@ -94,6 +94,9 @@ pub(crate) struct Instance {
     /// call that makes a timer due sooner lowers it (`pump`).
     service: Option<Handle<NetService>>,
     service_deadline: u64,
+    /// The services of the other queue pairs of the same card, which get
+    /// a copy of each neighbour-discovery frame this one receives.
+    siblings: Vec<Handle<NetService>>,
 }
 
 /// Where each instance lives, published by its service thread.
@@ -138,27 +141,37 @@ pub(crate) struct Plan {
     pub device: Box<dyn FnOnce(&Starting<NetService>) -> Device + Send>,
     pub addressing: Addressing,
     pub config: StackConfig,
+    /// The instances (ids) of the other queue pairs of its card.
+    pub siblings: Vec<usize>,
 }
 
 /// Starts every planned instance's service on its CPU (each has published
 /// its instance when its start returns). Boot CPU, once.
 pub(crate) fn start(plans: Vec<Plan>) {
     let total = plans.len().min(MAX_INSTANCES);
+    let mut started = Vec::new();
     for (id, plan) in plans.into_iter().take(total).enumerate() {
         OWNERS[id].store(plan.owner, Ordering::Release);
         let owner = plan.owner;
-        let started = Builder::new(plan.name)
+        let siblings = plan.siblings.clone();
+        let handle = Builder::new(plan.name)
             .cpu(owner)
             .poll(|service: &mut NetService, _now| service.poll())
             .on_interrupt(|service: &mut NetService, _source| service.interrupt())
-            .try_start_with(move |starting| Ok::<_, ()>(NetService::open(id, plan, starting)));
-        match started {
-            // The service runs for the life of the system.
-            Ok(handle) => {
-                handle.call(move |service| with_local(service.id, |instance| instance.service = Some(handle)));
-            }
-            Err(error) => panic!("net: cannot start the service of instance {id} on CPU {owner}: {error:?}"),
-        }
+            .try_start_with(move |starting| Ok::<_, ()>(NetService::open(id, plan, starting)))
+            .unwrap_or_else(|error| panic!("net: cannot start the service of instance {id} on CPU {owner}: {error:?}"));
+        started.push((handle, siblings));
+    }
+    // The services run for the life of the system.
+    let handles: Vec<Handle<NetService>> = started.iter().map(|(handle, _)| *handle).collect();
+    for (handle, siblings) in started {
+        let siblings: Vec<Handle<NetService>> = siblings.iter().filter_map(|&id| handles.get(id).copied()).collect();
+        handle.call(move |service| {
+            with_local(service.id, |instance| {
+                instance.service = Some(handle);
+                instance.siblings = siblings;
+            })
+        });
     }
     PLANNED.store(total, Ordering::Release);
 }
@@ -270,6 +283,7 @@ impl Instance {
             }
         }
         self.wake_waiters();
+        self.share_neighbour_frames();
         if let Some(service) = self.service {
             if let Some(micros) = self.next_poll_micros() {
                 let due = Instant::now().ticks().saturating_add(micros_to_ticks(micros));
@@ -278,6 +292,23 @@ impl Instance {
                     service.poll_by(Instant::from_ticks(due));
                 }
             }
+        }
+    }
+
+    /// Hands the neighbour-discovery frames this pair received to the
+    /// card's other pairs (a posted request to each: ARP and neighbour
+    /// discovery are rare, off the data path; docs/net.md).
+    fn share_neighbour_frames(&mut self) {
+        if self.siblings.is_empty() {
+            return;
+        }
+        let frames = self.stack.device().take_shared();
+        if frames.is_empty() {
+            return;
+        }
+        for sibling in &self.siblings {
+            let copies = frames.clone();
+            sibling.post(move |service: &mut NetService| service.inject(copies));
         }
     }
 
@@ -370,6 +401,7 @@ impl NetService {
             waiters: Vec::new(),
             service: None,
             service_deadline: u64::MAX,
+            siblings: Vec::new(),
         });
         INSTANCES[id].store(Box::into_raw(instance) as u64, Ordering::Release);
         Self { id }
@@ -378,6 +410,17 @@ impl NetService {
     /// The poll hook: smoltcp's timers (and a polled NIC).
     fn poll(&mut self) -> Option<Instant> {
         with_local(self.id, Instance::serve).flatten()
+    }
+
+    /// Frames another pair of the card received (neighbour discovery).
+    fn inject(&mut self, frames: Vec<Vec<u8>>) {
+        with_local(self.id, |instance| {
+            for frame in frames {
+                instance.stack.device().inject(frame);
+            }
+        });
+        // Served as if the NIC had interrupted.
+        self.interrupt();
     }
 
     /// The interrupt hook: the NIC has frames (or transmit room).

@@ -208,6 +208,7 @@ pub(crate) fn init() {
         device: Box::new(|_| device::Device::Loopback(MemoryDevice::loopback(LOOPBACK_MAC))),
         addressing: Addressing::Static { address: LOOPBACK_CIDR, gateway: None },
         config,
+        siblings: Vec::new(),
     }];
     let mut nics = Vec::new();
     let user_default = Addressing::Static {
@@ -225,28 +226,106 @@ pub(crate) fn init() {
     });
     let nic_config = StackConfig { ipv6, ..config };
     // The first virtio-net card only: more cards would need an address each.
+    let mut card = None;
     if let Some(found) =
         crate::virtio::discovery::devices().iter().find(|found| found.device_type == crate::virtio::device_type::NET)
     {
         let found = *found;
+        if found.pci.is_some() {
+            // One queue pair per CPU where the card has them (DHCP: one
+            // pair, one lease; docs/net.md).
+            let dhcp = matches!(addressing, Addressing::Dhcp);
+            let max_pairs = if dhcp { 1 } else { crate::cpu::count().min(usize::from(virtio_net::MAX_PAIRS)) as u16 };
+            card = plan_pairs(found, max_pairs, addressing, nic_config, &mut plans, &mut nics);
+        } else {
+            nics.push(plans.len());
+            plans.push(instance::Plan {
+                name: "eth0",
+                owner: found.owner,
+                device: Box::new(move |starting| match virtio_net::VirtioNet::open(&found, starting) {
+                    Ok(nic) => device::Device::Virtio(Box::new(nic)),
+                    Err(error) => {
+                        log::error!("virtio-net at {:#x}: {error}; left out", found.address);
+                        device::Device::Loopback(MemoryDevice::loopback(LOOPBACK_MAC))
+                    }
+                }),
+                addressing,
+                config: nic_config,
+                siblings: Vec::new(),
+            });
+        }
+    }
+    let topology = Topology { loopback: Some(0), nics: nics.clone() };
+    instance::start(plans);
+    if let Some((card, address)) = card {
+        start_card(card, address, &nics);
+    }
+    TOPOLOGY.set(topology);
+}
+
+/// Plans the instances of a virtio-pci card: its device-wide part becomes
+/// a service on the card's owner CPU (`eth0.card`), which negotiates and
+/// says how many queue pairs there are; pair k is instance `eth0` (k = 0)
+/// or `eth0.qK` on CPU (owner + k) mod CPUs, with the card's address and
+/// its own share of the ephemeral ports. Returns the card's service.
+fn plan_pairs(
+    found: crate::virtio::discovery::FoundDevice,
+    max_pairs: u16,
+    addressing: Addressing,
+    config: StackConfig,
+    plans: &mut Vec<instance::Plan>,
+    nics: &mut Vec<usize>,
+) -> Option<(crate::service::Handle<virtio_net::Card>, u64)> {
+    let started = crate::service::Builder::new("eth0.card")
+        .cpu(found.owner)
+        .try_start(move || virtio_net::Card::open(&found, max_pairs));
+    let card = match started {
+        Ok(card) => card,
+        Err(error) => {
+            log::error!("virtio-net at {:#x}: {error:?}; left out", found.address);
+            return None;
+        }
+    };
+    let pairs = card.call(|card| card.pairs());
+    let cpus = crate::cpu::count().max(1);
+    let first = plans.len();
+    for pair in 0..pairs {
+        let name: &'static str =
+            if pair == 0 { "eth0" } else { alloc::boxed::Box::leak(alloc::format!("eth0.q{pair}").into_boxed_str()) };
         nics.push(plans.len());
         plans.push(instance::Plan {
-            name: "eth0",
-            owner: found.owner,
-            device: Box::new(move |starting| match virtio_net::VirtioNet::open(&found, starting) {
+            name,
+            owner: (found.owner + usize::from(pair)) % cpus,
+            device: Box::new(move |starting| match virtio_net::VirtioNet::open_pair(card, pair, starting) {
                 Ok(nic) => device::Device::Virtio(Box::new(nic)),
                 Err(error) => {
-                    log::error!("virtio-net at {:#x}: {error}; left out", found.address);
+                    log::error!("virtio-net at {:#x}: queue pair {pair}: {error}; left out", found.address);
                     device::Device::Loopback(MemoryDevice::loopback(LOOPBACK_MAC))
                 }
             }),
             addressing,
-            config: nic_config,
+            config: StackConfig { ephemeral_share: (pair, pairs), ..config },
+            siblings: (first..first + usize::from(pairs)).filter(|&id| id != first + usize::from(pair)).collect(),
         });
     }
-    let topology = Topology { loopback: Some(0), nics };
-    instance::start(plans);
-    TOPOLOGY.set(topology);
+    Some((card, found.address))
+}
+
+/// Once every pair's instance runs: the card starts (`DRIVER_OK`, the
+/// pairs set), then each pair may transmit (on its CPU).
+fn start_card(card: crate::service::Handle<virtio_net::Card>, address: u64, pairs: &[usize]) {
+    if let Err(error) = card.call(|card| card.start()) {
+        log::error!("virtio-net at {address:#x}: {error}; left out");
+        return;
+    }
+    for &id in pairs {
+        instance::on_owner(id, || {
+            instance::with_local(id, |instance| {
+                instance.stack.device().go_live();
+                instance.pump();
+            })
+        });
+    }
 }
 
 /// The instance a new outgoing socket to `destination` uses from the

@@ -1,10 +1,24 @@
-//! The virtio-net driver (virtio 1.2, section 5.1) over virtio-mmio and virtio-pci: one queue pair, on its owner CPU.
+//! The virtio-net driver (virtio 1.2, section 5.1) over virtio-mmio and virtio-pci: a queue pair per owner CPU.
 //!
-//! Made by the instance's service (`super::instance`) on the owner CPU, so
-//! queues and buffers are that CPU's memory. Receive buffers are posted in
-//! batches in `flush`; transmits are queued and the device notified once
-//! per flush. The device rules (features, header, checksum verdicts,
-//! config space) are `toro_net::virtio_net`, host-tested.
+//! A card has a device-wide part, [`Card`] (transport, features,
+//! configuration, control queue), and one or more queue pairs
+//! ([`VirtioNet`], each the device of one TCP/IP instance). With one pair
+//! (virtio-mmio, a card without `VIRTIO_NET_F_MQ`, one CPU) the pair owns
+//! its card. On a multi-queue PCI card (`MQ` and `CTRL_VQ`) the card is a
+//! service of its own on the card's owner CPU, and pair k is made on its
+//! own CPU, in its instance's service: its queues and buffers are that
+//! CPU's memory, its two MSI-X vectors are that CPU's, and it notifies the
+//! device through its queues' doorbells, so its data path never leaves its
+//! CPU. The card's owner programs each pair's queues into the device
+//! (`queue_select` is device-wide) when the pair asks ([`Card::attach`]),
+//! then sets `DRIVER_OK` and sends `VQ_PAIRS_SET` over the control queue
+//! ([`Card::start`]); a pair transmits only once its card is running
+//! ([`VirtioNet::go_live`]).
+//!
+//! Receive buffers are posted in batches in `flush`; transmits are queued
+//! and the device notified once per flush. The device rules (features,
+//! header, checksum verdicts, config space, control commands) are
+//! `toro_net::virtio_net`, host-tested.
 //!
 //! Interrupts are bound to the instance's service while it starts: the GSI
 //! of a virtio-mmio card (both queues share it), or two MSI-X vectors on
@@ -17,30 +31,210 @@
 //! millisecond instead (`needs_polling`), with a warning.
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use toro_net::device::{Capabilities, DeviceStats, ETHERNET_HEADER_BYTES, ETHERNET_MTU};
 use toro_net::virtio_net::{self as rules, feature, NetConfig, NetHeader, RxChecksum, HEADER_BYTES};
 
-use crate::service::Starting;
+use crate::interrupts::MsiMessage;
+use crate::service::{Handle, Starting};
+use crate::time::Instant;
 use crate::virtio::discovery::FoundDevice;
-use crate::virtio::{physical_address, Buffer, Transport, VirtQueue, VirtioError};
+use crate::virtio::{
+    physical_address, Buffer, Doorbell, InterruptLine, QueuePlacement, Transport, VirtQueue, VirtioError,
+};
 
 /// Entries in each queue.
 const QUEUE_SIZE: usize = 128;
+/// Entries in the control queue (one command at a time).
+const CONTROL_QUEUE_SIZE: usize = 8;
 /// Bytes of one buffer: header plus the largest frame, rounded up.
 const BUFFER_BYTES: usize = 2048;
-/// Features not used yet (merged buffers need `RxMerge` bookkeeping; one
-/// queue pair, so no control queue and no multi-queue).
-const NOT_YET: u64 = feature::MRG_RXBUF | feature::INDIRECT_DESC | feature::CTRL_VQ | feature::MQ;
+/// Features not used yet (merged buffers need `RxMerge` bookkeeping).
+const NOT_YET: u64 = feature::MRG_RXBUF | feature::INDIRECT_DESC;
+/// Neighbour-discovery frames held for the other pairs, or from them, at
+/// once (a flood of ARP frames costs at most this many copies per poll).
+const MAX_SHARED: usize = 32;
+/// Most queue pairs one card gets (each is an instance).
+pub(crate) const MAX_PAIRS: u16 = 32;
+/// How long the device may take to answer a control command.
+const CONTROL_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(1);
 
 type Frame = Box<[u8; BUFFER_BYTES]>;
 
-/// One virtio-net card, one queue pair.
-pub(crate) struct VirtioNet {
+/// What a card's device-wide part holds: its transport (status, features,
+/// `queue_select`, the control queue), owned by one CPU.
+pub(crate) struct Card {
     transport: Transport,
+    /// The register block's address, for logs.
+    address: u64,
+    pci: bool,
+    interrupt: InterruptLine,
+    features: u64,
+    config: NetConfig,
+    /// The queue pairs the driver uses (1 without `MQ`).
+    pairs: u16,
+    /// Pairs given to the device so far (pairs attach in order).
+    attached: u16,
+    /// The control queue and its command's buffers, kept while the device
+    /// may use them (set up by `start` when several pairs are used).
+    control: Option<(Box<VirtQueue<(), CONTROL_QUEUE_SIZE, 0>>, Box<[u8; 8]>)>,
+}
+
+impl Card {
+    /// Opens the card and negotiates features (on its owner CPU); up to
+    /// `max_pairs` queue pairs (`MQ` and `CTRL_VQ` are asked for only on
+    /// PCI and when more than one pair is wanted).
+    pub(crate) fn open(found: &FoundDevice, max_pairs: u16) -> Result<Self, VirtioError> {
+        let mut transport = found.open()?;
+        let pci = found.pci.is_some();
+        let bus = if pci { rules::Transport::Pci } else { rules::Transport::Mmio };
+        // `negotiate` intersects with what the device offers (and refuses
+        // a legacy device), so the rules are asked with every bit offered.
+        let mut wanted = rules::choose_features(u64::MAX, bus).map_err(|_| VirtioError::Legacy)? & !NOT_YET;
+        if max_pairs <= 1 {
+            wanted &= !(feature::CTRL_VQ | feature::MQ);
+        }
+        let features = transport.negotiate(wanted)?;
+        if transport.config_length() < 12 {
+            return Err(VirtioError::Unsupported);
+        }
+        let config = transport.read_config(|registers, base| {
+            let mut bytes = [0u8; 12];
+            for (at, byte) in bytes.iter_mut().enumerate() {
+                *byte = registers.read::<u8>(base + at as u64);
+            }
+            bytes
+        });
+        let config = NetConfig::parse(&config, features).map_err(|_| VirtioError::Unsupported)?;
+        let mq = features & feature::MQ != 0 && features & feature::CTRL_VQ != 0;
+        // Two MSI-X entries per pair.
+        let vectors = match found.interrupt {
+            InterruptLine::Msix { entries } => (entries / 2).max(1),
+            InterruptLine::Gsi { .. } => 1,
+        };
+        let pairs = if mq { config.max_queue_pairs.min(max_pairs).min(vectors).clamp(1, MAX_PAIRS) } else { 1 };
+        Ok(Self {
+            transport,
+            address: found.address,
+            pci,
+            interrupt: found.interrupt,
+            features,
+            config,
+            pairs,
+            attached: 0,
+            control: None,
+        })
+    }
+
+    /// The queue pairs the driver uses.
+    pub(crate) fn pairs(&self) -> u16 {
+        self.pairs
+    }
+
+    /// What a pair needs to know of its card (features, configuration,
+    /// interrupt line, bus, address).
+    fn facts(&self) -> Facts {
+        Facts {
+            features: self.features,
+            config: self.config,
+            interrupt: self.interrupt,
+            pci: self.pci,
+            address: self.address,
+            pairs: self.pairs,
+        }
+    }
+
+    /// Gives the device queue pair `pair`'s queues (made on the pair's
+    /// CPU), each with its MSI-X message; returns their doorbells.
+    fn attach(
+        &mut self,
+        queues: [QueuePlacement; 2],
+        messages: [Option<MsiMessage>; 2],
+    ) -> Result<[Doorbell; 2], VirtioError> {
+        for (placement, message) in queues.iter().zip(messages) {
+            if let Some(message) = message {
+                self.transport.set_queue_interrupt(placement.queue, message)?;
+            }
+        }
+        let doorbells = [self.transport.attach_queue(queues[0])?, self.transport.attach_queue(queues[1])?];
+        self.attached += 1;
+        Ok(doorbells)
+    }
+
+    /// Once every pair is attached: `DRIVER_OK`, then (several pairs) the
+    /// control queue's `VQ_PAIRS_SET`. The control queue is set up first
+    /// (before `DRIVER_OK`, as section 3.1.1 orders) and polled: one
+    /// command at boot, answered while the notification is handled.
+    pub(crate) fn start(&mut self) -> Result<(), VirtioError> {
+        if self.attached < self.pairs {
+            // A pair failed to attach (logged): the device uses those before it.
+            log::warn!("virtio-net at {:#x}: {} of {} queue pairs attached", self.address, self.attached, self.pairs);
+            self.pairs = self.attached.max(1);
+        }
+        if self.pairs <= 1 {
+            self.transport.driver_ok();
+            return Ok(());
+        }
+        let index = rules::control_queue(self.config.max_queue_pairs);
+        let mut queue: Box<VirtQueue<(), CONTROL_QUEUE_SIZE, 0>> = self.transport.setup_queue(index)?;
+        queue.disable_interrupts();
+        self.transport.driver_ok();
+        let mut buffers = Box::new([0u8; 8]);
+        buffers[..4].copy_from_slice(&rules::vq_pairs_set(self.pairs));
+        buffers[4] = 0xff;
+        let base = physical_address(&*buffers);
+        let command = Buffer { address: base, length: 4 };
+        let ack = Buffer { address: base + 4, length: 1 };
+        queue.add(&[command], &[ack], ()).map_err(VirtioError::DeviceBroken)?;
+        queue.kick(&mut self.transport);
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        let answered = loop {
+            match queue.pop_used() {
+                Ok(Some(_)) => break true,
+                Ok(None) if Instant::now() > deadline => break false,
+                Ok(None) => core::hint::spin_loop(),
+                Err(error) => return Err(VirtioError::DeviceBroken(error)),
+            }
+        };
+        // SAFETY: the device wrote the ack byte before the used element
+        // (`pop_used` read it with acquire ordering).
+        let ack_byte = unsafe { core::ptr::read_volatile(&buffers[4]) };
+        self.control = Some((queue, buffers));
+        if !answered {
+            return Err(VirtioError::Timeout);
+        }
+        rules::control_ack(ack_byte).map_err(|_| VirtioError::Unsupported)?;
+        log::info!(
+            "virtio-net at {:#x}: {} queue pairs of {} (VQ_PAIRS_SET)",
+            self.address,
+            self.pairs,
+            self.config.max_queue_pairs
+        );
+        Ok(())
+    }
+}
+
+/// A card's facts a queue pair needs.
+#[derive(Clone, Copy)]
+struct Facts {
+    features: u64,
+    config: NetConfig,
+    interrupt: InterruptLine,
+    pci: bool,
+    address: u64,
+    pairs: u16,
+}
+
+/// One queue pair of a virtio-net card, owned by its CPU.
+pub(crate) struct VirtioNet {
+    /// The card, when this (its only) pair owns it (else the card's service does).
+    card: Option<Card>,
     rx: Box<VirtQueue<usize, QUEUE_SIZE, 0>>,
     tx: Box<VirtQueue<usize, QUEUE_SIZE, 0>>,
+    /// The receive and transmit queues' doorbells.
+    doorbells: [Doorbell; 2],
     rx_buffers: Vec<Frame>,
     tx_buffers: Vec<Frame>,
     /// Receive buffers consumed, to post again in `flush`.
@@ -57,86 +251,149 @@ pub(crate) struct VirtioNet {
     interrupt_driven: bool,
     /// Transmit interrupts were asked for (the ring was full).
     tx_waiting: bool,
+    /// The card runs (`DRIVER_OK`, pairs set): transmits may go out.
+    live: bool,
+    /// One of several pairs: neighbour-discovery frames it receives are
+    /// handed to the others ([`Self::take_shared`]).
+    shares: bool,
+    /// Received neighbour-discovery frames for the other pairs.
+    to_share: Vec<Vec<u8>>,
+    /// Frames another pair received, delivered before the queue's.
+    injected: VecDeque<Vec<u8>>,
+}
+
+/// Binds a pair's interrupts to the service being started and says how:
+/// (interrupt driven, the receive and transmit queues' MSI-X messages).
+fn bind<S>(facts: &Facts, pair: u16, starting: &Starting<S>) -> (bool, [Option<MsiMessage>; 2]) {
+    // `toro.net.poll` on the command line: poll every millisecond instead
+    // (to compare with the interrupt-driven card; docs/net.md).
+    let polled = toro_core::command_line::CommandLine::new(crate::system::command_line()).get("toro.net.poll");
+    let binding = match polled {
+        Some(_) => Err(VirtioError::Unsupported),
+        None => crate::virtio::bind_interrupts(starting, facts.interrupt, 2),
+    };
+    let label = if facts.pairs > 1 { alloc::format!("queue pair {pair}: ") } else { alloc::string::String::new() };
+    match binding {
+        Ok(bound) => {
+            let message = |source: usize| bound.get(source).or(bound.first()).and_then(|b| b.msi);
+            let vectors: Vec<alloc::string::String> = bound.iter().map(|b| alloc::format!("{:#x}", b.vector)).collect();
+            log::info!(
+                "virtio-net at {:#x}: {label}interrupts {} ({}) on cpu {}",
+                facts.address,
+                if facts.pci { "MSI-X" } else { "GSI" },
+                vectors.join(", "),
+                starting.cpu()
+            );
+            (true, [message(0), message(1)])
+        }
+        Err(_) if polled.is_some() => {
+            log::info!("virtio-net at {:#x}: {label}polled every millisecond (toro.net.poll)", facts.address);
+            (false, [None, None])
+        }
+        Err(error) => {
+            log::warn!("virtio-net at {:#x}: {label}{error}; polled every millisecond instead", facts.address);
+            (false, [None, None])
+        }
+    }
 }
 
 impl VirtioNet {
-    /// Opens and starts the device (on the owner CPU, in its service's
-    /// `init`), binding its interrupts through `starting`.
+    /// Opens and starts a card with one queue pair (on the owner CPU, in
+    /// its service's `init`), binding its interrupts through `starting`.
     pub(crate) fn open<S>(found: &FoundDevice, starting: &Starting<S>) -> Result<Self, VirtioError> {
-        let mut transport = found.open()?;
-        let bus = if found.pci.is_some() { rules::Transport::Pci } else { rules::Transport::Mmio };
-        let (rx_queue, tx_queue) = (rules::receive_queue(0), rules::transmit_queue(0));
-        // `toro.net.poll` on the command line: poll every millisecond instead
-        // (to compare with the interrupt-driven card; docs/net.md).
-        let polled = toro_core::command_line::CommandLine::new(crate::system::command_line()).get("toro.net.poll");
-        let binding = match polled {
-            Some(_) => Err(VirtioError::Unsupported),
-            None => crate::virtio::bind_interrupts(starting, found.interrupt, 2),
-        };
-        let interrupt_driven = match binding {
-            Ok(bound) => {
-                for (queue, source) in [(rx_queue, 0), (tx_queue, 1)] {
-                    if let Some(message) = bound.get(source).or(bound.first()).and_then(|b| b.msi) {
-                        transport.set_queue_interrupt(queue, message)?;
-                    }
-                }
-                let vectors: Vec<alloc::string::String> =
-                    bound.iter().map(|b| alloc::format!("{:#x}", b.vector)).collect();
-                log::info!(
-                    "virtio-net at {:#x}: interrupts {} ({}) on cpu {}",
-                    found.address,
-                    if found.pci.is_some() { "MSI-X" } else { "GSI" },
-                    vectors.join(", "),
-                    starting.cpu()
-                );
-                true
-            }
-            Err(_) if polled.is_some() => {
-                log::info!("virtio-net at {:#x}: polled every millisecond (toro.net.poll)", found.address);
-                false
-            }
-            Err(error) => {
-                log::warn!("virtio-net at {:#x}: {error}; polled every millisecond instead", found.address);
-                false
-            }
-        };
-        // `negotiate` intersects with what the device offers (and refuses
-        // a legacy device), so the rules are asked with every bit offered.
-        let wanted = rules::choose_features(u64::MAX, bus).map_err(|_| VirtioError::Legacy)? & !NOT_YET;
-        let features = transport.negotiate(wanted)?;
-        let rx = transport.setup_queue(rx_queue)?;
-        let mut tx: Box<VirtQueue<usize, QUEUE_SIZE, 0>> = transport.setup_queue(tx_queue)?;
+        let mut card = Card::open(found, 1)?;
+        let facts = card.facts();
+        let (interrupt_driven, messages) = bind(&facts, 0, starting);
+        let (rx, tx) = Self::queues(0, facts.features);
+        let doorbells = card.attach([rx.placement(), tx.placement()], messages)?;
+        card.start()?;
+        let mut device = Self::new(Some(card), rx, tx, doorbells, &facts, interrupt_driven);
+        device.go_live();
+        Ok(device)
+    }
+
+    /// Makes queue pair `pair` of the multi-queue card `card` (on the
+    /// pair's CPU, in its instance's `init`): binds its interrupts here,
+    /// makes its queues and buffers here, has the card's owner give them
+    /// to the device, and posts its receive buffers. It transmits once the
+    /// card runs ([`Self::go_live`]).
+    pub(crate) fn open_pair<S>(card: Handle<Card>, pair: u16, starting: &Starting<S>) -> Result<Self, VirtioError> {
+        let facts = card.call(|card| card.facts());
+        let (interrupt_driven, messages) = bind(&facts, pair, starting);
+        let (rx, tx) = Self::queues(pair, facts.features);
+        let queues = [rx.placement(), tx.placement()];
+        let doorbells = card.call(move |card| card.attach(queues, messages))?;
+        Ok(Self::new(None, rx, tx, doorbells, &facts, interrupt_driven))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn queues(
+        pair: u16,
+        features: u64,
+    ) -> (Box<VirtQueue<usize, QUEUE_SIZE, 0>>, Box<VirtQueue<usize, QUEUE_SIZE, 0>>) {
+        let rx = Transport::new_queue(rules::receive_queue(pair), features);
+        let mut tx: Box<VirtQueue<usize, QUEUE_SIZE, 0>> = Transport::new_queue(rules::transmit_queue(pair), features);
         tx.disable_interrupts();
-        if transport.config_length() < 12 {
-            return Err(VirtioError::Unsupported);
-        }
-        let config = transport.read_config(|registers, base| {
-            let mut bytes = [0u8; 12];
-            for (at, byte) in bytes.iter_mut().enumerate() {
-                *byte = registers.read::<u8>(base + at as u64);
-            }
-            bytes
-        });
-        let config = NetConfig::parse(&config, features).map_err(|_| VirtioError::Unsupported)?;
+        (rx, tx)
+    }
+
+    fn new(
+        card: Option<Card>,
+        rx: Box<VirtQueue<usize, QUEUE_SIZE, 0>>,
+        tx: Box<VirtQueue<usize, QUEUE_SIZE, 0>>,
+        doorbells: [Doorbell; 2],
+        facts: &Facts,
+        interrupt_driven: bool,
+    ) -> Self {
         let mut device = Self {
-            transport,
+            card,
             rx,
             tx,
+            doorbells,
             rx_buffers: (0..QUEUE_SIZE).map(|_| Box::new([0u8; BUFFER_BYTES])).collect(),
             tx_buffers: (0..QUEUE_SIZE).map(|_| Box::new([0u8; BUFFER_BYTES])).collect(),
             rx_free: (0..QUEUE_SIZE).collect(),
             tx_free: (0..QUEUE_SIZE).collect(),
             rx_ready: None,
             tx_queued: false,
-            config,
-            features,
+            config: facts.config,
+            features: facts.features,
             stats: DeviceStats::default(),
             interrupt_driven,
             tx_waiting: false,
+            live: false,
+            shares: facts.pairs > 1,
+            to_share: Vec::new(),
+            injected: VecDeque::new(),
         };
-        device.transport.driver_ok();
+        // Populating the receive queue before `DRIVER_OK` is part of
+        // device set-up (section 3.1.1, step 7).
         device.post_receive_buffers();
-        Ok(device)
+        device
+    }
+
+    /// The neighbour-discovery frames received since the last call, for
+    /// the card's other pairs (`toro_net::device::neighbour_discovery`).
+    pub(crate) fn take_shared(&mut self) -> Vec<Vec<u8>> {
+        core::mem::take(&mut self.to_share)
+    }
+
+    /// A frame another pair of the card received (neighbour discovery),
+    /// delivered to the stack as if it came from this pair's queue; at
+    /// most `MAX_SHARED` wait (more are dropped and counted).
+    pub(crate) fn inject(&mut self, frame: Vec<u8>) {
+        if self.injected.len() < MAX_SHARED {
+            self.injected.push_back(frame);
+        } else {
+            self.stats.rx_dropped += 1;
+        }
+    }
+
+    /// The card runs: transmits may go out (and the receive queue is
+    /// notified again, in case the device ignored an earlier notification).
+    pub(crate) fn go_live(&mut self) {
+        self.live = true;
+        self.doorbells[0].ring();
     }
 
     fn post_receive_buffers(&mut self) {
@@ -149,7 +406,7 @@ impl VirtioNet {
             self.rx_free.pop();
             added = true;
         }
-        if added && self.rx.kick(&mut self.transport) {
+        if added && self.rx.kick_doorbell(&self.doorbells[0]) {
             self.stats.notifications += 1;
         }
     }
@@ -198,15 +455,22 @@ impl VirtioNet {
     }
 
     pub(crate) fn rx_pending(&mut self) -> bool {
-        self.next_receive()
+        !self.injected.is_empty() || self.next_receive()
     }
 
     pub(crate) fn receive<R>(&mut self, consume: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        if let Some(frame) = self.injected.pop_front() {
+            return Some(consume(&frame));
+        }
         if !self.next_receive() {
             return None;
         }
         let (index, written) = self.rx_ready.take()?;
-        let result = consume(&self.rx_buffers[index][HEADER_BYTES..written]);
+        let frame = &self.rx_buffers[index][HEADER_BYTES..written];
+        if self.shares && toro_net::device::neighbour_discovery(frame) && self.to_share.len() < MAX_SHARED {
+            self.to_share.push(frame.to_vec());
+        }
+        let result = consume(frame);
         self.stats.rx_frames += 1;
         self.stats.rx_bytes += (written - HEADER_BYTES) as u64;
         self.rx_free.push(index);
@@ -214,6 +478,9 @@ impl VirtioNet {
     }
 
     pub(crate) fn tx_room(&mut self) -> bool {
+        if !self.live {
+            return false;
+        }
         self.reclaim_transmits();
         if self.tx_free.is_empty() && self.interrupt_driven && !self.tx_waiting {
             // Full: ask for an interrupt when the device frees a buffer
@@ -237,20 +504,25 @@ impl VirtioNet {
     /// The interrupt hook's first step: acknowledge the device, and ask
     /// for no receive interrupts while the service works.
     pub(crate) fn quiet(&mut self) {
-        self.transport.take_interrupt();
+        if let Some(card) = &mut self.card {
+            card.transport.take_interrupt();
+        }
         self.rx.disable_interrupts();
     }
 
     /// Before the service waits: ask for the next receive interrupt and
     /// re-check; `true` if frames arrived meanwhile (work again first).
     pub(crate) fn arm(&mut self) -> bool {
-        if self.rx_ready.is_some() {
+        if self.rx_ready.is_some() || !self.injected.is_empty() {
             return true;
         }
         !self.rx.enable_interrupts()
     }
 
     pub(crate) fn transmit<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if !self.live {
+            return None;
+        }
         if len > ETHERNET_HEADER_BYTES + ETHERNET_MTU || !self.tx_room() {
             if len <= ETHERNET_HEADER_BYTES + ETHERNET_MTU {
                 self.stats.tx_ring_full += 1;
@@ -282,7 +554,7 @@ impl VirtioNet {
     pub(crate) fn flush(&mut self) {
         if self.tx_queued {
             self.tx_queued = false;
-            if self.tx.kick(&mut self.transport) {
+            if self.tx.kick_doorbell(&self.doorbells[1]) {
                 self.stats.notifications += 1;
             }
         }

@@ -130,6 +130,11 @@ impl MmioTransport {
         registers.write::<u32>(register::QUEUE_READY, 1);
     }
 
+    /// `QueueNotify`'s address (a [`super::Doorbell`]).
+    pub(super) fn notify_address(&self) -> u64 {
+        self.registers.address() + register::QUEUE_NOTIFY
+    }
+
     pub(super) fn notify(&mut self, queue: u16) {
         self.registers.write::<u32>(register::QUEUE_NOTIFY, u32::from(queue));
     }

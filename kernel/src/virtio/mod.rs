@@ -42,7 +42,7 @@ use core::fmt;
 
 pub use queue::VirtQueue;
 pub use toro_core::virtio::queue::{Buffer, Completion, QueueError};
-pub use transport::{InterruptCause, InterruptLine, Transport};
+pub use transport::{Doorbell, InterruptCause, InterruptLine, QueuePlacement, Transport};
 
 /// Device status bits (virtio 1.2, section 2.1).
 pub mod status {

@@ -190,6 +190,13 @@ impl PciTransport {
         self.memory_mut(notify.bar).write::<u16>(notify.offset + doorbell, queue);
     }
 
+    /// `queue`'s doorbell as an address (once the queue is set up).
+    pub(super) fn notify_address(&self, queue: u16) -> Option<u64> {
+        let &(_, doorbell) = self.doorbells.iter().find(|(q, _)| *q == queue)?;
+        let notify = self.layout.notify;
+        Some(self.memory(notify).address() + notify.offset + doorbell)
+    }
+
     /// Whether interrupts come by MSI-X (then the ISR is not read: the vector says which queue).
     pub(super) fn uses_msix(&self) -> bool {
         self.msix.is_some()

@@ -4,6 +4,7 @@ use alloc::boxed::Box;
 
 use toro_core::virtio::queue::{Buffer, Completion, Driver, QueueAddresses, QueueError, QueueMemory};
 
+use super::transport::{Doorbell, QueuePlacement};
 use super::{full_fence, physical_address, Transport};
 
 /// One queue of a device: `N` entries, `I`-entry indirect tables, tokens of type `T`.
@@ -33,6 +34,11 @@ impl<T, const N: usize, const I: usize> VirtQueue<T, N, I> {
         self.driver.addresses()
     }
 
+    /// Where the queue lives, for [`Transport::attach_queue`] on the transport's owner CPU.
+    pub fn placement(&self) -> QueuePlacement {
+        QueuePlacement { queue: self.index, size: N as u16, addresses: self.addresses() }
+    }
+
     /// The queue's number on its device.
     pub fn index(&self) -> u16 {
         self.index
@@ -51,6 +57,16 @@ impl<T, const N: usize, const I: usize> VirtQueue<T, N, I> {
         let notify = self.driver.should_notify(full_fence);
         if notify {
             transport.notify(self.index);
+        }
+        notify
+    }
+
+    /// As [`Self::kick`], through the queue's doorbell (a queue whose
+    /// transport another CPU owns).
+    pub fn kick_doorbell(&mut self, doorbell: &Doorbell) -> bool {
+        let notify = self.driver.should_notify(full_fence);
+        if notify {
+            doorbell.ring();
         }
         notify
     }

@@ -13,6 +13,51 @@ use super::pci::PciTransport;
 use super::queue::VirtQueue;
 use super::{feature, status, VirtioError};
 use crate::interrupts::MsiMessage;
+use toro_core::virtio::queue::QueueAddresses;
+
+/// Where a queue made on one CPU lives, for the transport's owner to give
+/// to the device ([`Transport::attach_queue`]); from [`VirtQueue::placement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePlacement {
+    /// The queue's index on its device.
+    pub queue: u16,
+    /// Its entries.
+    pub size: u16,
+    /// Its three rings' physical addresses.
+    pub addresses: QueueAddresses,
+}
+
+/// A queue's notify register as a plain address: lets the CPU that owns a
+/// queue notify the device while another CPU owns the transport (each
+/// queue pair of a multi-queue virtio-net card rings its own doorbells;
+/// status, features and the control queue stay with the transport's
+/// owner). A doorbell is a device register written with the queue's
+/// index, so rings from several CPUs need no coordination. Valid while
+/// the transport lives (transports never undo their mappings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Doorbell {
+    address: u64,
+    queue: u16,
+    /// A 32-bit register (virtio-mmio `QueueNotify`), else 16-bit (PCI).
+    wide: bool,
+}
+
+impl Doorbell {
+    /// Notifies the device of new buffers in the queue (queues decide
+    /// when: [`VirtQueue::kick_doorbell`]; a driver may also ring once to
+    /// have the device look again).
+    pub fn ring(&self) {
+        // SAFETY: the address is inside a mapped, uncached register block
+        // that is never unmapped (see the type's docs), naturally aligned.
+        unsafe {
+            if self.wide {
+                core::ptr::write_volatile(self.address as *mut u32, u32::from(self.queue));
+            } else {
+                core::ptr::write_volatile(self.address as *mut u16, self.queue);
+            }
+        }
+    }
+}
 
 /// How long a reset may take before the device is given up (section 2.4:
 /// the driver waits for status to read 0).
@@ -247,23 +292,62 @@ impl Transport {
         &mut self,
         queue: u16,
     ) -> Result<alloc::boxed::Box<VirtQueue<T, N, I>>, VirtioError> {
+        self.check_queue_size(queue, N)?;
+        let virtqueue = Self::new_queue(queue, self.features);
+        self.enable_queue(queue, N as u16, virtqueue.addresses())?;
+        Ok(virtqueue)
+    }
+
+    fn check_queue_size(&mut self, queue: u16, needed: usize) -> Result<(), VirtioError> {
         let maximum = self.queue_maximum(queue);
         if maximum == 0 {
             return Err(VirtioError::QueueUnavailable(queue));
         }
         // N <= 32768 (checked by the queue); a device offering more than
         // the spec allows is broken.
-        if maximum > toro_core::virtio::queue::MAX_QUEUE_SIZE as u32 || (maximum as usize) < N {
-            return Err(VirtioError::QueueSize { queue, maximum, needed: N as u16 });
+        if maximum > toro_core::virtio::queue::MAX_QUEUE_SIZE as u32 || (maximum as usize) < needed {
+            return Err(VirtioError::QueueSize { queue, maximum, needed: needed as u16 });
         }
-        let event_index = self.features & feature::EVENT_IDX != 0;
-        let indirect = self.features & feature::INDIRECT_DESC != 0;
-        let virtqueue = VirtQueue::new(queue, event_index, indirect);
+        Ok(())
+    }
+
+    fn enable_queue(&mut self, queue: u16, size: u16, addresses: QueueAddresses) -> Result<(), VirtioError> {
         match &mut self.bus {
-            Bus::Mmio(mmio) => mmio.enable_queue(queue, N as u16, virtqueue.addresses()),
-            Bus::Pci(pci) => pci.enable_queue(queue, N as u16, virtqueue.addresses())?,
+            Bus::Mmio(mmio) => mmio.enable_queue(queue, size, addresses),
+            Bus::Pci(pci) => pci.enable_queue(queue, size, addresses)?,
         }
-        Ok(virtqueue)
+        Ok(())
+    }
+
+    /// A queue for a device whose transport another CPU owns (the queue
+    /// pairs of a multi-queue virtio-net card): made on the CPU that will
+    /// use it, so its memory is that CPU's, with the negotiated `features`
+    /// (event-idx, indirect descriptors); the transport's owner gives it to
+    /// the device with [`Self::attach_queue`].
+    pub fn new_queue<T, const N: usize, const I: usize>(
+        queue: u16,
+        features: u64,
+    ) -> alloc::boxed::Box<VirtQueue<T, N, I>> {
+        VirtQueue::new(queue, features & feature::EVENT_IDX != 0, features & feature::INDIRECT_DESC != 0)
+    }
+
+    /// Gives the device a queue made by [`Self::new_queue`] (checked
+    /// against the device's maximum, its MSI-X vector as set with
+    /// [`Self::set_queue_interrupt`]) and returns the doorbell the queue's
+    /// CPU rings ([`VirtQueue::kick_doorbell`]).
+    pub fn attach_queue(&mut self, placement: QueuePlacement) -> Result<Doorbell, VirtioError> {
+        self.check_queue_size(placement.queue, usize::from(placement.size))?;
+        self.enable_queue(placement.queue, placement.size, placement.addresses)?;
+        self.doorbell(placement.queue).ok_or(VirtioError::Doorbell(placement.queue))
+    }
+
+    /// `queue`'s notify register as a plain address (known once the queue
+    /// is set up on PCI).
+    pub fn doorbell(&self, queue: u16) -> Option<Doorbell> {
+        match &self.bus {
+            Bus::Mmio(mmio) => Some(Doorbell { address: mmio.notify_address(), queue, wide: true }),
+            Bus::Pci(pci) => pci.notify_address(queue).map(|address| Doorbell { address, queue, wide: false }),
+        }
     }
 
     /// Tells the device the driver is ready (`DRIVER_OK`).
