@@ -84,6 +84,15 @@ impl MemoryDevice {
         MemoryDevice { data, sector_size: SECTOR_SIZE, read_only: false }
     }
 
+    /// A device holding `data` in sectors of `sector_size` bytes (a power
+    /// of two of at least 512: a disk with 4 KiB logical blocks), its
+    /// length rounded down to whole sectors.
+    pub fn with_sector_size(mut data: Vec<u8>, sector_size: usize) -> MemoryDevice {
+        assert!(sector_size >= SECTOR_SIZE && sector_size.is_power_of_two(), "sector size {sector_size}");
+        data.truncate(data.len() / sector_size * sector_size);
+        MemoryDevice { data, sector_size, read_only: false }
+    }
+
     /// The same device, refusing writes.
     pub fn into_read_only(mut self) -> MemoryDevice {
         self.read_only = true;

@@ -14,6 +14,16 @@ use crate::setup::e2fsprogs;
 pub struct Disk {
     pub image: PathBuf,
     pub read_only: bool,
+    /// The logical sector size the device reports (virtio-blk `blk_size`;
+    /// QEMU `logical_block_size`), when not the default 512.
+    pub sector_size: Option<u32>,
+}
+
+impl Disk {
+    /// A writable disk with 512-byte sectors.
+    pub fn new(image: PathBuf) -> Disk {
+        Disk { image, read_only: false, sector_size: None }
+    }
 }
 
 /// Room an image gets beyond its folder's contents.
@@ -21,20 +31,38 @@ const IMAGE_SLACK_BYTES: u64 = 32 << 20;
 /// The smallest image made from a folder.
 const MIN_IMAGE_BYTES: u64 = 64 << 20;
 
-/// Parses `PATH` or `PATH,ro`; a folder becomes an image under `target/disks`.
+/// Parses `PATH[,ro][,sector=BYTES]`; a folder becomes an image under
+/// `target/disks` (made with 4 KiB blocks when the sectors are larger
+/// than 1 KiB, so that the guest can mount it).
 pub fn parse(argument: &str) -> Result<Disk> {
-    let (path, read_only) = match argument.strip_suffix(",ro") {
-        Some(path) => (path, true),
-        None => (argument, false),
-    };
-    let path = Path::new(path);
+    let mut words = argument.split(',');
+    let path = Path::new(words.next().unwrap_or_default());
+    let (mut read_only, mut sector_size) = (false, None);
+    for word in words {
+        match word.split_once('=') {
+            None if word == "ro" => read_only = true,
+            Some(("sector", bytes)) => {
+                let bytes: u32 =
+                    bytes.parse().map_err(|_| anyhow::anyhow!("--disk {argument}: sector={bytes} is not a number"))?;
+                if !(512..=32768).contains(&bytes) || !bytes.is_power_of_two() {
+                    bail!("--disk {argument}: sector={bytes}: a sector is a power of two from 512 to 32768 bytes");
+                }
+                sector_size = (bytes != 512).then_some(bytes);
+            }
+            _ => bail!("--disk {argument}: unknown option '{word}' (PATH[,ro][,sector=BYTES])"),
+        }
+    }
     if path.is_dir() {
         let name = path.canonicalize()?.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or("root".into());
         let image = crate::build::workspace_root().join("target").join("disks").join(format!("{name}.img"));
-        image_from_folder(path, &image, None)?;
-        Ok(Disk { image, read_only })
+        if sector_size.is_some_and(|bytes| bytes > 1024) {
+            image_from_folder_with(path, &image, None, &["-b", "4096"])?;
+        } else {
+            image_from_folder(path, &image, None)?;
+        }
+        Ok(Disk { image, read_only, sector_size })
     } else if path.is_file() {
-        Ok(Disk { image: path.to_path_buf(), read_only })
+        Ok(Disk { image: path.to_path_buf(), read_only, sector_size })
     } else {
         bail!("--disk {}: no such file or folder", path.display())
     }
@@ -98,7 +126,14 @@ mod tests {
         let cat = Command::new(debugfs).args(["-R", "cat /sub/file.txt"]).arg(&image).output().unwrap();
         assert_eq!(cat.stdout, b"on the disk");
         let disk = parse(&format!("{},ro", image.display())).unwrap();
-        assert_eq!(disk, Disk { image: image.clone(), read_only: true });
+        assert_eq!(disk, Disk { image: image.clone(), read_only: true, sector_size: None });
+        let disk = parse(&format!("{},sector=4096", image.display())).unwrap();
+        assert_eq!(disk, Disk { image: image.clone(), read_only: false, sector_size: Some(4096) });
+        assert_eq!(parse(&format!("{},ro,sector=512", image.display())).unwrap().sector_size, None);
+        for bad in ["sector=1000", "sector=256", "sector=x", "rw", "ro=1"] {
+            let error = parse(&format!("{},{bad}", image.display())).unwrap_err().to_string();
+            assert!(error.contains(bad.split('=').last().unwrap()), "{bad}: {error}");
+        }
         assert!(parse("/no/such/path").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -21,6 +21,8 @@ pub struct DiskTest {
 
 /// A writable disk; afterwards every change the guest made reads back on the host.
 pub const READ_WRITE: DiskTest = DiskTest { prepare: prepare_read_write, check: check_read_write };
+/// As [`READ_WRITE`] on a disk with 4 KiB logical sectors (`blk_size` 4096).
+pub const READ_WRITE_4K_SECTORS: DiskTest = DiskTest { prepare: prepare_4k_sectors, check: check_read_write };
 /// A writable disk for fs_disk's `mode=quick`; afterwards `/quick.txt` is there and the image clean.
 pub const QUICK: DiskTest = DiskTest { prepare: prepare_read_write, check: check_quick };
 /// A read-only disk (QEMU `readonly=on`); afterwards it is unchanged.
@@ -78,7 +80,11 @@ fn prepare(dir: &Path, size_mib: u64, mkfs_arguments: &[&str]) -> Result<PathBuf
 }
 
 fn prepare_read_write(dir: &Path) -> Result<Disk> {
-    Ok(Disk { image: prepare(dir, 32, &["-b", "4096"])?, read_only: false })
+    Ok(Disk { image: prepare(dir, 32, &["-b", "4096"])?, read_only: false, sector_size: None })
+}
+
+fn prepare_4k_sectors(dir: &Path) -> Result<Disk> {
+    Ok(Disk { sector_size: Some(4096), ..prepare_read_write(dir)? })
 }
 
 /// Keeps a copy to compare with afterwards.
@@ -90,7 +96,7 @@ fn keep_original(image: &Path) -> Result<()> {
 fn prepare_read_only(dir: &Path) -> Result<Disk> {
     let image = prepare(dir, 16, &["-b", "1024"])?;
     keep_original(&image)?;
-    Ok(Disk { image, read_only: true })
+    Ok(Disk { image, read_only: true, sector_size: None })
 }
 
 /// The superblock's magic (byte 1024 + 56) zeroed.
@@ -100,7 +106,7 @@ fn prepare_corrupt(dir: &Path) -> Result<Disk> {
     bytes[1024 + 56..1024 + 58].fill(0);
     std::fs::write(&image, bytes)?;
     keep_original(&image)?;
-    Ok(Disk { image, read_only: false })
+    Ok(Disk { image, read_only: false, sector_size: None })
 }
 
 fn debugfs(image: &Path, request: &str) -> Result<(Vec<u8>, String)> {
@@ -246,7 +252,7 @@ pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel) -> Result<
     config.memory_mib = 256;
     config.command_line = "webroot=/www".into();
     config.network = Some(crate::qemu::UserNetwork { tcp_forwards: vec![(port, 80)] });
-    config.disks = vec![Disk { image: disk_image, read_only: false }];
+    config.disks = vec![Disk::new(disk_image)];
     let mut child = config
         .command()
         .stdin(std::process::Stdio::null())

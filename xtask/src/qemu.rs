@@ -179,7 +179,11 @@ impl VmConfig {
                 Machine::Microvm => "virtio-blk-device",
                 Machine::Q35 => "virtio-blk-pci",
             };
-            command.args(["-device", &format!("{device},drive=disk{index}")]);
+            let sectors = disk
+                .sector_size
+                .map(|bytes| format!(",logical_block_size={bytes},physical_block_size={bytes}"))
+                .unwrap_or_default();
+            command.args(["-device", &format!("{device},drive=disk{index}{sectors}")]);
         }
         for device in &self.devices {
             command.args(["-device", device]);
@@ -462,8 +466,8 @@ mod tests {
     fn disks_attach_as_virtio_blk_on_either_machine() {
         let mut config = VmConfig::new(PathBuf::from("/tmp/image"), Accel::Tcg);
         config.disks = vec![
-            crate::disk::Disk { image: PathBuf::from("/tmp/a.img"), read_only: false },
-            crate::disk::Disk { image: PathBuf::from("/tmp/b.img"), read_only: true },
+            crate::disk::Disk { image: PathBuf::from("/tmp/a.img"), read_only: false, sector_size: None },
+            crate::disk::Disk { image: PathBuf::from("/tmp/b.img"), read_only: true, sector_size: Some(4096) },
         ];
         let joined = |config: &VmConfig| {
             config.command().get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
@@ -473,7 +477,7 @@ mod tests {
             "-drive file=/tmp/a.img,if=none,id=disk0,format=raw,cache=writeback -device virtio-blk-device,drive=disk0"
         ));
         assert!(
-            microvm.contains("id=disk1,format=raw,cache=writeback,readonly=on -device virtio-blk-device,drive=disk1")
+            microvm.contains("id=disk1,format=raw,cache=writeback,readonly=on -device virtio-blk-device,drive=disk1,logical_block_size=4096,physical_block_size=4096")
         );
         config.machine = Machine::Q35;
         assert!(joined(&config).contains("-device virtio-blk-pci,drive=disk0"));

@@ -286,6 +286,9 @@ pub fn command(vmm: Vmm, config: &VmConfig, devices: &Devices) -> Result<(Comman
     if !config.devices.is_empty() || !config.extra_arguments.is_empty() {
         bail!("--device and extra QEMU arguments are QEMU's; {vmm} has none of them");
     }
+    if config.disks.iter().any(|disk| disk.sector_size.is_some()) {
+        bail!("--disk ...,sector=: {vmm} has no setting for a disk's sector size (QEMU has)");
+    }
     if config.network.is_some() {
         bail!("--net user is QEMU's user networking; {vmm} has none (use --net tap)");
     }
@@ -417,7 +420,7 @@ mod tests {
 
     fn with_disk(mut config: VmConfig) -> VmConfig {
         config.initrd = Some("/tmp/initrd".into());
-        config.disks = vec![crate::disk::Disk { image: "/tmp/disk.img".into(), read_only: true }];
+        config.disks = vec![crate::disk::Disk { image: "/tmp/disk.img".into(), read_only: true, sector_size: None }];
         config
     }
 

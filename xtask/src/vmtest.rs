@@ -425,6 +425,14 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "fs_disk")
         },
         VmTest {
+            name: "fs_disk-sector4k-2",
+            memory_mib: 256,
+            command_line: "toro.log=info",
+            disk: Some(crate::disktest::READ_WRITE_4K_SECTORS),
+            expect: &["virtio-blk#0: 32 MiB, 4096-byte blocks", "2 CPUs wrote at once", "fs_disk: all checks passed"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
             name: "fs_disk-q35-2",
             machine: Machine::Q35,
             memory_mib: 256,

@@ -36,6 +36,8 @@ const fn corrupt(message: &'static str) -> Error {
     Error::from_static(ErrorKind::InvalidData, message)
 }
 
+/// The largest device sector the superblock read handles (ext2 blocks are at most 64 KiB).
+const MAX_SECTOR_SIZE: usize = 64 * 1024;
 const NOT_FOUND: Error = Error::from_static(ErrorKind::NotFound, "no such file or directory");
 const NOT_DIR: Error = Error::from_static(ErrorKind::NotADirectory, "not a directory");
 const IS_DIR: Error = Error::from_static(ErrorKind::IsADirectory, "is a directory");
@@ -190,16 +192,31 @@ impl<D: BlockDevice> Ext2<D> {
     /// Mounts the filesystem on `device`.
     pub fn mount_with(mut device: D, options: Options) -> Result<Ext2<D>> {
         let sector = device.sector_size();
-        if sector == 0 || !sector.is_power_of_two() || sector > SUPERBLOCK_SIZE {
-            return Err(Error::from_static(ErrorKind::Unsupported, "sector size above 1 KiB"));
+        if sector == 0 || !sector.is_power_of_two() || sector > MAX_SECTOR_SIZE {
+            return Err(Error::from_static(
+                ErrorKind::Unsupported,
+                "device sector size is not a power of two up to 64 KiB",
+            ));
         }
         let device_bytes = device.sector_count().saturating_mul(sector as u64);
         if device_bytes < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE as u64 {
             return Err(corrupt("device too small to hold an ext2 superblock"));
         }
+        // The superblock is bytes 1024..2048: the sectors that hold them
+        // (one 4 KiB sector holds it whole, at offset 1024).
+        let first = SUPERBLOCK_OFFSET / sector as u64;
+        let skip = (SUPERBLOCK_OFFSET % sector as u64) as usize;
+        let mut sectors = vec![0u8; (skip + SUPERBLOCK_SIZE).next_multiple_of(sector)];
+        device.read(first, &mut sectors)?;
         let mut raw = [0u8; SUPERBLOCK_SIZE];
-        device.read(SUPERBLOCK_OFFSET / sector as u64, &mut raw)?;
+        raw.copy_from_slice(&sectors[skip..skip + SUPERBLOCK_SIZE]);
         let sb = Superblock::parse(&raw, device_bytes)?;
+        if sb.block_size < sector {
+            return Err(Error::from_static(
+                ErrorKind::Unsupported,
+                "ext2 block size is smaller than the device's sector size (make the image with mkfs.ext2 -b 4096)",
+            ));
+        }
         if sb.feature_incompat & !feature::INCOMPAT_SUPPORTED != 0 {
             return Err(Error::from_static(
                 ErrorKind::Unsupported,
