@@ -162,11 +162,20 @@ struct Entry {
 /// until the block is evicted to make room (least recently used first).
 /// `flush` writes the dirty blocks in ascending order, then flushes the
 /// device, so after it returns everything written is durable.
+///
+/// Dirty blocks reach the device in runs: `flush`, and the eviction of a
+/// dirty block, write each run of consecutive dirty blocks (up to
+/// [`WRITE_RUN_BYTES`]) in one transfer, leaving them cached and clean.
+/// (One 4 KiB request per block made a 32 MiB file write about 4x slower
+/// than the raw disk under emulation: every request is a round trip.)
 pub struct BlockCache<D> {
     device: D,
     block_size: usize,
     capacity: usize,
     entries: BTreeMap<u64, Entry>,
+    /// `last_use` -> block, for every entry: the least recently used is
+    /// the first (each use takes a new clock value, so keys are unique).
+    by_use: BTreeMap<u64, u64>,
     clock: u64,
     /// Transfers to and from the device, for tests and statistics.
     pub device_reads: u64,
@@ -176,6 +185,8 @@ pub struct BlockCache<D> {
 
 /// How many blocks a [`BlockCache`] keeps by default (4 MiB of 4 KiB blocks).
 pub const DEFAULT_CACHE_BLOCKS: usize = 1024;
+/// The most one write-back transfer carries.
+pub const WRITE_RUN_BYTES: usize = 1 << 20;
 
 impl<D: BlockDevice> BlockCache<D> {
     /// A cache of at most `capacity` blocks (at least 8) of `block_size`
@@ -193,6 +204,7 @@ impl<D: BlockDevice> BlockCache<D> {
             block_size,
             capacity: capacity.max(8),
             entries: BTreeMap::new(),
+            by_use: BTreeMap::new(),
             clock: 0,
             device_reads: 0,
             device_writes: 0,
@@ -225,17 +237,50 @@ impl<D: BlockDevice> BlockCache<D> {
 
     fn make_room(&mut self) -> Result<()> {
         while self.entries.len() >= self.capacity {
-            let Some((&victim, _)) = self.entries.iter().min_by_key(|(_, e)| e.last_use) else { break };
-            let entry = self.entries.remove(&victim).expect("victim was just found");
-            if entry.dirty {
-                let sector = self.sector_of(victim)?;
-                if let Err(e) = self.device.write(sector, &entry.data) {
-                    self.entries.insert(victim, entry);
-                    return Err(e);
-                }
-                self.device_writes += 1;
+            let Some((_, &victim)) = self.by_use.first_key_value() else { break };
+            if self.entries[&victim].dirty {
+                self.write_back_run(victim)?;
             }
+            let entry = self.entries.remove(&victim).expect("every indexed block is cached");
+            self.by_use.remove(&entry.last_use);
         }
+        Ok(())
+    }
+
+    /// Writes the run of consecutive dirty blocks that holds `block` (at
+    /// most [`WRITE_RUN_BYTES`], starting at or before `block`) in one
+    /// transfer; they stay cached, clean. On failure nothing is marked.
+    fn write_back_run(&mut self, block: u64) -> Result<()> {
+        let limit = (WRITE_RUN_BYTES / self.block_size).max(1) as u64;
+        let dirty = |cache: &Self, b: u64| cache.entries.get(&b).is_some_and(|e| e.dirty);
+        let mut first = block;
+        while first > 0 && block - first + 1 < limit && dirty(self, first - 1) {
+            first -= 1;
+        }
+        let mut end = block + 1;
+        while end - first < limit && dirty(self, end) {
+            end += 1;
+        }
+        self.write_blocks(first, end)
+    }
+
+    /// Writes the dirty blocks `first..end` (all cached, all dirty) in one
+    /// transfer and marks them clean.
+    fn write_blocks(&mut self, first: u64, end: u64) -> Result<()> {
+        let sector = self.sector_of(first)?;
+        if end - first == 1 {
+            self.device.write(sector, &self.entries[&first].data)?;
+        } else {
+            let mut run = Vec::with_capacity((end - first) as usize * self.block_size);
+            for (_, entry) in self.entries.range(first..end) {
+                run.extend_from_slice(&entry.data);
+            }
+            self.device.write(sector, &run)?;
+        }
+        for (_, entry) in self.entries.range_mut(first..end) {
+            entry.dirty = false;
+        }
+        self.device_writes += end - first;
         Ok(())
     }
 
@@ -255,9 +300,14 @@ impl<D: BlockDevice> BlockCache<D> {
                 self.device_reads += 1;
             }
             self.entries.insert(block, Entry { data, dirty: false, last_use: clock });
+            self.by_use.insert(clock, block);
         }
         let entry = self.entries.get_mut(&block).expect("entry was just ensured");
-        entry.last_use = clock;
+        if entry.last_use != clock {
+            self.by_use.remove(&entry.last_use);
+            self.by_use.insert(clock, block);
+            entry.last_use = clock;
+        }
         Ok(entry)
     }
 
@@ -321,7 +371,9 @@ impl<D: BlockDevice> BlockCache<D> {
 
     /// Drops a cached block without writing it (it was freed).
     pub fn forget(&mut self, block: u64) {
-        self.entries.remove(&block);
+        if let Some(entry) = self.entries.remove(&block) {
+            self.by_use.remove(&entry.last_use);
+        }
     }
 
     /// How many cached blocks are dirty.
@@ -331,11 +383,15 @@ impl<D: BlockDevice> BlockCache<D> {
 
     /// Writes every dirty block, in ascending order, then flushes the device.
     pub fn flush(&mut self) -> Result<()> {
-        let ratio = (self.block_size / self.device.sector_size()) as u64;
-        for (&block, entry) in self.entries.iter_mut().filter(|(_, e)| e.dirty) {
-            self.device.write(block * ratio, &entry.data)?;
-            self.device_writes += 1;
-            entry.dirty = false;
+        let limit = (WRITE_RUN_BYTES / self.block_size).max(1) as u64;
+        let mut next = 0;
+        while let Some(first) = self.entries.range(next..).find(|(_, e)| e.dirty).map(|(&b, _)| b) {
+            let mut end = first + 1;
+            while end - first < limit && self.entries.get(&end).is_some_and(|e| e.dirty) {
+                end += 1;
+            }
+            self.write_blocks(first, end)?;
+            next = end;
         }
         self.device.flush()
     }
@@ -369,6 +425,68 @@ mod tests {
         for block in 10..30 {
             assert_eq!(device.data()[block * 1024 + 1], block as u8);
         }
+    }
+
+    /// A device that records each write transfer (sector, bytes).
+    struct Recording(MemoryDevice, Vec<(u64, usize)>);
+
+    impl BlockDevice for Recording {
+        fn sector_size(&self) -> usize {
+            self.0.sector_size()
+        }
+        fn sector_count(&self) -> u64 {
+            self.0.sector_count()
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<()> {
+            self.0.read(sector, buf)
+        }
+        fn write(&mut self, sector: u64, buf: &[u8]) -> Result<()> {
+            self.1.push((sector, buf.len()));
+            self.0.write(sector, buf)
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn dirty_blocks_go_out_in_runs_and_the_least_recently_used_leaves_first() {
+        let device = Recording(MemoryDevice::new(vec![0u8; 256 * 1024]), Vec::new());
+        let mut cache = BlockCache::new(device, 1024, 8).unwrap();
+        // Block 100 stays in use all along: it is never evicted.
+        cache.modify(100).unwrap()[0] = 0xaa;
+        for block in 0..40u64 {
+            cache.overwrite(block).unwrap().fill(block as u8);
+            cache.read(100).unwrap();
+        }
+        assert!(cache.entries.contains_key(&100));
+        let transfers = cache.device().1.len();
+        assert!(transfers <= 6, "40 sequential blocks through an 8-block cache took {transfers} transfers");
+        assert!(cache.device().1.iter().all(|&(_, len)| len % 1024 == 0 && len <= WRITE_RUN_BYTES));
+        cache.flush().unwrap();
+        // The flush wrote the cached run of the last blocks in one go, and 100.
+        assert_eq!(cache.device().1.len(), transfers + 2, "{:?}", cache.device().1);
+        assert_eq!(cache.dirty_count(), 0);
+        let device = cache.into_device().unwrap();
+        for block in 0..40usize {
+            assert!(device.0.data()[block * 1024..(block + 1) * 1024].iter().all(|&b| b == block as u8), "{block}");
+        }
+        assert_eq!(device.0.data()[100 * 1024], 0xaa);
+    }
+
+    #[test]
+    fn a_write_run_is_at_most_a_mebibyte() {
+        let device = Recording(MemoryDevice::new(vec![0u8; 4 << 20]), Vec::new());
+        let mut cache = BlockCache::new(device, 4096, 1024).unwrap();
+        for block in 0..600u64 {
+            cache.overwrite(block).unwrap()[0] = 1;
+        }
+        cache.flush().unwrap();
+        let writes = &cache.device().1;
+        assert_eq!(writes, &[(0, WRITE_RUN_BYTES), (2048, WRITE_RUN_BYTES), (4096, 600 * 4096 - 2 * WRITE_RUN_BYTES)]);
     }
 
     #[test]
