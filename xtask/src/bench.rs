@@ -40,6 +40,7 @@
 
 mod report;
 mod stats;
+mod storage;
 mod vm;
 mod workloads;
 
@@ -156,6 +157,8 @@ struct Bench {
     workloads: PathBuf,
     /// Toro's web server (`examples/webserver`), beside the guest's nginx.
     webserver: PathBuf,
+    /// Toro's storage workloads (`examples/diskbench`).
+    diskbench: PathBuf,
     linux: LinuxGuest,
     /// The Linux workload programs, to run host-native too.
     linux_programs: Vec<PathBuf>,
@@ -178,8 +181,12 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     let root = crate::build::workspace_root();
     let has_idle = root.join("examples/idle/Cargo.toml").is_file()
         && std::fs::read_to_string(root.join("Cargo.toml")).is_ok_and(|text| text.contains("\"examples/idle\""));
-    let mut specs =
-        vec![crate::build::example("hello"), crate::build::example("bench"), crate::build::example("webserver")];
+    let mut specs = vec![
+        crate::build::example("hello"),
+        crate::build::example("bench"),
+        crate::build::example("webserver"),
+        crate::build::example("diskbench"),
+    ];
     if has_idle {
         specs.push(crate::build::example("idle"));
     }
@@ -187,11 +194,13 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     let hello = images.next().expect("hello was built");
     let workloads = images.next().expect("bench was built");
     let webserver = images.next().expect("webserver was built");
+    let diskbench = images.next().expect("diskbench was built");
     let idle = images.next();
 
     let linux = linux_guest::ensure()?;
     let (linux, linux_programs) = linux_guest::ensure_bench(&linux)?;
-    let mut bench = Bench { accel, hello, idle, workloads, webserver, linux, linux_programs, failures: Vec::new() };
+    let mut bench =
+        Bench { accel, hello, idle, workloads, webserver, diskbench, linux, linux_programs, failures: Vec::new() };
     let runs = options.runs;
     eprintln!(
         "bench: {runs} run(s) per side{}; Linux guest {} ({} + {})",
@@ -209,6 +218,7 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     }
     metrics.extend(bench.http(runs, options.quick));
     metrics.extend(bench.http_tap(runs, options.quick));
+    metrics.push(bench.files_served(runs, options.quick));
     metrics.push(if options.quick {
         Metric {
             key: "memory",
@@ -223,7 +233,8 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     let window = if options.quick { QUICK_IDLE_WINDOW } else { IDLE_WINDOW };
     metrics.push(bench.idle(runs, window));
     metrics.push(bench.image_size()?);
-    let workloads = bench.workloads(runs, options.quick);
+    let mut workloads = bench.workloads(runs, options.quick);
+    workloads.extend(bench.storage(runs, options.quick));
 
     let context = report::Context {
         timestamp: report::iso8601(started_at),
@@ -514,12 +525,24 @@ impl Bench {
         timeout: Duration,
         load: Option<(u32, u32, Duration)>,
     ) -> Result<Option<(Duration, Option<Result<crate::wrk::Report>>)>> {
+        self.serve_at(config, port, "/", timeout, load)
+    }
+
+    /// [`Bench::serve`] with wrk asking for `path`.
+    fn serve_at(
+        &self,
+        config: &VmConfig,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+        load: Option<(u32, u32, Duration)>,
+    ) -> Result<Option<(Duration, Option<Result<crate::wrk::Report>>)>> {
         let mut running = RunningVm::spawn(config)?;
         let deadline = running.start + timeout;
         let answer = running.first_http_ok(port, deadline);
         let report = match (answer, load) {
             (Some(_), Some((threads, connections, window))) => {
-                let url = format!("http://127.0.0.1:{port}/");
+                let url = format!("http://127.0.0.1:{port}{path}");
                 Some(crate::wrk::run(Command::new("wrk"), &url, threads, connections, window))
             }
             _ => None,
@@ -843,11 +866,23 @@ impl Bench {
     /// The readings of a run that must end with status 0 and report every
     /// workload; a failure is recorded, with the guest's last lines.
     fn judge(&mut self, name: &str, output: &str, outcome: &Outcome, source: Source) -> Vec<Reading> {
+        self.judge_with(workloads::SPECS, name, output, outcome, source)
+    }
+
+    /// [`Bench::judge`] against other rows (the storage rows).
+    fn judge_with(
+        &mut self,
+        specs: &'static [workloads::Spec],
+        name: &str,
+        output: &str,
+        outcome: &Outcome,
+        source: Source,
+    ) -> Vec<Reading> {
         let (readings, mut problems) = workloads::parse_output(output);
         if *outcome != Outcome::Exited(0) {
             problems.insert(0, outcome.to_string());
         }
-        problems.extend(workloads::check(&readings, source));
+        problems.extend(workloads::check_specs(specs, &readings, source));
         if problems.is_empty() {
             return readings;
         }

@@ -68,7 +68,7 @@ pub const GUEST_HTTP_PORT: u16 = 80;
 
 /// Bumped whenever what goes into the guest changes, so a cached guest built
 /// by an older recipe is rebuilt.
-const RECIPE_VERSION: u32 = 3;
+const RECIPE_VERSION: u32 = 4;
 
 /// The Debian packages fetched directly; the kernel package and nginx's
 /// libraries are found through their `Depends` fields.
@@ -77,10 +77,12 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 const NGINX_PACKAGE: &str = "nginx";
 
 /// The modules `/init` loads (with their dependencies, found in `.modinfo`).
-const WANTED_MODULES: &[&str] = &["virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk"];
+/// `ext4` mounts the storage benchmark's ext2 image (Debian builds ext2
+/// support into the ext4 module: `CONFIG_EXT4_USE_FOR_EXT2`).
+const WANTED_MODULES: &[&str] = &["virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk", "ext4"];
 
 /// Busybox applets `/init` calls by name (symlinks to `/bin/busybox`).
-const APPLETS: &[&str] = &["sh", "insmod", "ip", "mount", "sleep", "dd", "printf", "cat"];
+const APPLETS: &[&str] = &["sh", "insmod", "ip", "mount", "umount", "mkdir", "sleep", "dd", "printf", "cat"];
 
 /// The classic nginx welcome page, 612 bytes: the page the reference
 /// HTTP figures were measured with.
@@ -147,6 +149,10 @@ pub enum Mode {
     Serve,
     /// Print the marker and idle with nothing else running.
     Idle,
+    /// Load the modules, mount the ext2 disk (`/dev/vda`) at `/mnt` and run
+    /// [`DISK_PROGRAM`] on it and on the raw disk (`/dev/vdb`), then end the
+    /// VM as bench mode does.
+    Disk { quick: bool },
     /// Run the benchmark programs ([`BENCH_PROGRAMS`], from the bench
     /// archive) one after the other, each printing its `BENCH` lines, then
     /// end the VM: status 0 after [`BENCH_DONE_MARKER`] if all succeeded,
@@ -162,6 +168,7 @@ impl Mode {
             Self::Serve => "serve",
             Self::Idle => "idle",
             Self::Bench { .. } => "bench",
+            Self::Disk { .. } => "disk",
         }
     }
 }
@@ -170,6 +177,8 @@ impl Mode {
 /// [`BENCH_DIR`]: the allocation workloads on glibc malloc and the thread
 /// workloads, then the allocation workloads on mimalloc.
 pub const BENCH_PROGRAMS: &[&str] = &["toro-bench-glibc", "toro-bench-mimalloc"];
+/// The storage workloads' program (disk mode), also in the bench archive.
+pub const DISK_PROGRAM: &str = "toro-bench-disk";
 /// Where the bench archive puts them in the guest.
 const BENCH_DIR: &str = "bench";
 /// The Rust target of the Linux programs: the host's own (static), so the
@@ -203,7 +212,7 @@ impl LinuxGuest {
     pub fn vm_config(&self, accel: Accel, mode: Mode) -> VmConfig {
         let mut config = VmConfig::new(self.vmlinux.clone(), accel);
         let initramfs = match (mode, &self.bench_initramfs) {
-            (Mode::Bench { .. }, Some(bench)) => bench,
+            (Mode::Bench { .. } | Mode::Disk { .. }, Some(bench)) => bench,
             // Without the bench archive, /init reports the programs missing.
             _ => &self.initramfs,
         };
@@ -236,7 +245,7 @@ fn command_line(tsc_khz: u64, mode: Mode) -> String {
          toro_mode={}",
         mode.name()
     );
-    if let Mode::Bench { quick } = mode {
+    if let Mode::Bench { quick } | Mode::Disk { quick } = mode {
         line.push_str(if quick { " toro_bench=quick" } else { " toro_bench=full" });
     }
     line
@@ -273,6 +282,12 @@ fn init_script(modules: &[String]) -> String {
     for module in modules {
         script.push_str(&format!("insmod /lib/modules/{module}.ko || echo 'toro-bench: insmod {module} failed'\n"));
     }
+    // Disk mode: the storage workloads once the modules are in.
+    script.push_str(&format!(
+        "if [ \"$toro_mode\" = disk ]; then\n  mount -t devtmpfs devtmpfs /dev\n  mkdir -p /mnt\n  mount -t ext2 /dev/vda /mnt || {{ echo 'toro-bench: mount failed'; fail_vm; idle; }}\n  \
+         /{BENCH_DIR}/{DISK_PROGRAM} \"$toro_bench\" /dev/vdb /mnt || {{ echo 'toro-bench: {DISK_PROGRAM} failed'; fail_vm; idle; }}\n  \
+         umount /mnt\n  echo '{BENCH_DONE_MARKER}'; exit_vm; idle\nfi\n"
+    ));
     script.push_str("ip link set lo up\n");
     script.push_str("ip link set eth0 up\n");
     // QEMU user networking: the guest is 10.0.2.15, the gateway 10.0.2.2,
@@ -281,6 +296,12 @@ fn init_script(modules: &[String]) -> String {
     // tap runs.
     script.push_str("ip addr add \"${toro_ip:-10.0.2.15/24}\" dev eth0\n");
     script.push_str("ip route add default via \"${toro_gw:-10.0.2.2}\"\n");
+    // toro_www_disk=1 (the storage bench's file row): the ext2 disk
+    // (/dev/vda) read-only under nginx's root at /www/disk.
+    script.push_str(
+        "if [ -n \"$toro_www_disk\" ]; then\n  mount -t devtmpfs devtmpfs /dev\n  mkdir -p /www/disk\n  \
+         mount -t ext2 -o ro /dev/vda /www/disk || echo 'toro-bench: mount failed'\nfi\n",
+    );
     script.push_str("/usr/sbin/nginx || echo 'toro-bench: nginx failed'\n");
     script.push_str(&format!("echo '{NGINX_MARKER}'\n"));
     script.push_str("idle\n");
@@ -411,7 +432,8 @@ pub fn build_bench_programs() -> Result<Vec<PathBuf>> {
 pub fn ensure_bench(guest: &LinuxGuest) -> Result<(LinuxGuest, Vec<PathBuf>)> {
     let programs = build_bench_programs()?;
     let mut contents = Vec::new();
-    for (name, path) in BENCH_PROGRAMS.iter().zip(&programs) {
+    let disk = programs[0].with_file_name(DISK_PROGRAM);
+    for (name, path) in BENCH_PROGRAMS.iter().chain([&DISK_PROGRAM]).zip(programs.iter().chain([&disk])) {
         contents.push((*name, std::fs::read(path).with_context(|| format!("reading {}", path.display()))?));
     }
     let base = std::fs::read(&guest.initramfs).context("reading the guest's initramfs")?;

@@ -56,7 +56,7 @@ pub struct BootOptions {
     /// these (host port on 127.0.0.1, guest port) TCP forwards.
     pub network: Option<qemu::UserNetwork>,
     pub positional: Vec<String>,
-    /// Disks to attach as virtio-blk (`--disk PATH[,ro]`).
+    /// Disks to attach as virtio-blk (`--disk PATH[,ro][,sector=BYTES]`).
     pub disks: Vec<disk::Disk>,
     /// Extra QEMU devices (`--device virtio-rng-pci`).
     pub devices: Vec<String>,

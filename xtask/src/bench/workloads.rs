@@ -275,9 +275,14 @@ pub enum Source {
 
 /// What is missing or unexpected in one run's readings.
 pub fn check(readings: &[Reading], source: Source) -> Vec<String> {
+    check_specs(SPECS, readings, source)
+}
+
+/// [`check`] against other rows than [`SPECS`] (the storage rows).
+pub fn check_specs(specs: &'static [Spec], readings: &[Reading], source: Source) -> Vec<String> {
     let mut problems = Vec::new();
     for reading in readings {
-        let Some(spec) = SPECS.iter().find(|spec| spec.key == reading.name) else {
+        let Some(spec) = specs.iter().find(|spec| spec.key == reading.name) else {
             problems.push(format!("unknown workload {:?}", reading.name));
             continue;
         };
@@ -293,7 +298,7 @@ pub fn check(readings: &[Reading], source: Source) -> Vec<String> {
             problems.push(format!("unexpected line for {} ({:?})", reading.name, reading.variant));
         }
     }
-    for spec in SPECS {
+    for spec in specs {
         let wanted: Vec<Option<&str>> = match source {
             Source::Toro => vec![None],
             Source::Linux => spec.yardsticks.iter().map(|y| Some(y.variant)).collect(),
@@ -348,10 +353,21 @@ pub fn collect(
     host_runs: &[Vec<Reading>],
     host_missing: &str,
 ) -> Vec<Workload> {
+    collect_specs(SPECS, toro_runs, linux_runs, host_runs, host_missing)
+}
+
+/// [`collect`] for other rows than [`SPECS`] (the storage rows).
+pub fn collect_specs(
+    specs: &'static [Spec],
+    toro_runs: &[Vec<Reading>],
+    linux_runs: &[Vec<Reading>],
+    host_runs: &[Vec<Reading>],
+    host_missing: &str,
+) -> Vec<Workload> {
     let samples = |runs: &[Vec<Reading>], spec: &Spec, variant: Option<&str>| -> Vec<f64> {
         runs.iter().map(|run| find(run, spec.key, variant).map_or(f64::NAN, |value| value / spec.divisor)).collect()
     };
-    SPECS
+    specs
         .iter()
         .map(|spec| Workload {
             spec,
@@ -432,8 +448,23 @@ pub fn markdown(workloads: &[Workload], runs: usize, linux_command_line: &str, p
          (min–max) after it. Toro's advantage: how many times better Toro's median is (Linux/Toro for times, \
          Toro/Linux for rates); above 1x Toro is ahead.\n"
     );
-    out.push_str(&report::markdown_grid(&HEADERS, &rows(workloads), &["---", "--:", "--:", "---", "--:"]));
+    // The storage rows (keys `disk-...`, `bench/storage.rs`) get a table of their own.
+    let (storage, workloads): (Vec<Workload>, Vec<Workload>) =
+        workloads.iter().cloned().partition(|workload| workload.spec.key.starts_with("disk-"));
+    out.push_str(&report::markdown_grid(&HEADERS, &rows(&workloads), &["---", "--:", "--:", "---", "--:"]));
     out.push('\n');
+    if !storage.is_empty() {
+        out.push_str("### Storage (issue 11)\n\n");
+        let _ = writeln!(
+            out,
+            "Toro's `examples/diskbench` against `toro-bench-disk` of `bench/linux` (`O_DIRECT`) in the Linux guest \
+             (`toro_mode=disk`), on the same two fresh images per boot: an ext2 image (4 KiB blocks) holding a \
+             32 MiB file made on the host, and a raw 64 MiB disk; one request at a time. Median of {runs} runs per \
+             side.\n"
+        );
+        out.push_str(&report::markdown_grid(&HEADERS, &rows(&storage), &["---", "--:", "--:", "---", "--:"]));
+        out.push('\n');
+    }
     if workloads.iter().any(|w| w.host.iter().any(|(_, side)| matches!(side, Side::Measured { .. }))) {
         out.push_str(
             "Host-native, for orientation only (**not the comparison**): the same static Linux programs run \
@@ -441,7 +472,7 @@ pub fn markdown(workloads: &[Workload], runs: usize, linux_command_line: &str, p
         );
         out.push_str(&report::markdown_grid(
             &["workload", "host-native Linux", "yardstick"],
-            &host_rows(workloads),
+            &host_rows(&workloads),
             &["---", "--:", "---"],
         ));
         out.push('\n');
