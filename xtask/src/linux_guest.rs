@@ -78,11 +78,14 @@ const NGINX_PACKAGE: &str = "nginx";
 
 /// The modules `/init` loads (with their dependencies, found in `.modinfo`).
 /// `ext4` mounts the storage benchmark's ext2 image (Debian builds ext2
-/// support into the ext4 module: `CONFIG_EXT4_USE_FOR_EXT2`).
-const WANTED_MODULES: &[&str] = &["virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk", "ext4"];
+/// support into the ext4 module: `CONFIG_EXT4_USE_FOR_EXT2`); it refuses to
+/// mount without a `crc32c` driver ("Cannot load crc32c driver"), which its
+/// `.modinfo` names only as a soft dependency: `crc32c_generic` goes first.
+const WANTED_MODULES: &[&str] =
+    &["virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk", "crc32c_generic", "ext4"];
 
 /// Busybox applets `/init` calls by name (symlinks to `/bin/busybox`).
-const APPLETS: &[&str] = &["sh", "insmod", "ip", "mount", "umount", "mkdir", "sleep", "dd", "printf", "cat"];
+const APPLETS: &[&str] = &["sh", "insmod", "ip", "mount", "umount", "mkdir", "ls", "sleep", "dd", "printf", "cat"];
 
 /// The classic nginx welcome page, 612 bytes: the page the reference
 /// HTTP figures were measured with.
@@ -284,7 +287,7 @@ fn init_script(modules: &[String]) -> String {
     }
     // Disk mode: the storage workloads once the modules are in.
     script.push_str(&format!(
-        "if [ \"$toro_mode\" = disk ]; then\n  mount -t devtmpfs devtmpfs /dev\n  mkdir -p /mnt\n  mount -t ext2 /dev/vda /mnt || {{ echo 'toro-bench: mount failed'; fail_vm; idle; }}\n  \
+        "if [ \"$toro_mode\" = disk ]; then\n  mount -t devtmpfs devtmpfs /dev\n  mkdir -p /mnt\n  mount -t ext2 /dev/vda /mnt || {{ echo 'toro-bench: mount failed'; cat /proc/partitions /proc/filesystems; ls /dev; fail_vm; idle; }}\n  \
          /{BENCH_DIR}/{DISK_PROGRAM} \"$toro_bench\" /dev/vdb /mnt || {{ echo 'toro-bench: {DISK_PROGRAM} failed'; fail_vm; idle; }}\n  \
          umount /mnt\n  echo '{BENCH_DONE_MARKER}'; exit_vm; idle\nfi\n"
     ));
@@ -1118,6 +1121,11 @@ mod tests {
             ("virtio_ring", &[][..]),
             ("net_failover", &["failover"][..]),
             ("failover", &[][..]),
+            ("crc32c_generic", &[][..]),
+            ("ext4", &["mbcache", "jbd2", "crc16"][..]),
+            ("mbcache", &[][..]),
+            ("jbd2", &[][..]),
+            ("crc16", &[][..]),
         ]
         .into_iter()
         .collect();
@@ -1137,7 +1145,12 @@ mod tests {
                 "failover",
                 "net_failover",
                 "virtio_net",
-                "virtio_blk"
+                "virtio_blk",
+                "crc32c_generic",
+                "mbcache",
+                "jbd2",
+                "crc16",
+                "ext4"
             ]
         );
         for (index, module) in order.iter().enumerate() {

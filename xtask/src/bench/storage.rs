@@ -103,18 +103,18 @@ fn make_disks(dir: &Path) -> Result<Vec<Disk>> {
     Ok(vec![Disk::new(fs_image), Disk::new(raw)])
 }
 
-/// The file the HTTP row asks for, on the ext2 disk: `/disk/page.html`
-/// on both (Toro serves the disk at `/`; the Linux guest mounts it at
-/// `/www/disk`, under nginx's root).
-const PAGE_PATH: &str = "/disk/page.html";
+/// The file the HTTP row asks for, `page.html` at the ext2 disk's root:
+/// Toro serves the disk at `/`, the Linux guest mounts it at `/www/disk`,
+/// under nginx's root.
+const PAGE_PATHS: [&str; 2] = ["/page.html", "/disk/page.html"];
 const PAGE_BYTES: usize = 16 * 1024;
 
 /// The web servers' disk: an ext2 image with the page.
 fn make_web_disk(dir: &Path) -> Result<Disk> {
     let tree = dir.join("web");
-    std::fs::create_dir_all(tree.join("disk"))?;
+    std::fs::create_dir_all(&tree)?;
     let page: Vec<u8> = (0..PAGE_BYTES as u64).map(|i| b'a' + (workload::pattern(i) % 26)).collect();
-    std::fs::write(tree.join("disk/page.html"), page)?;
+    std::fs::write(tree.join("page.html"), page)?;
     let image = dir.join("web.img");
     let _ = std::fs::remove_file(&image);
     crate::disk::image_from_folder_with(&tree, &image, Some(16 << 20), &["-b", "4096"])?;
@@ -157,7 +157,7 @@ impl Bench {
                     config.network = Some(UserNetwork { tcp_forwards: vec![(port, 80)] });
                     let timeout = if side == 0 { super::TORO_TIMEOUT } else { super::LINUX_TIMEOUT };
                     let load = Some((threads, connections, window));
-                    let Some((_, Some(report))) = self.serve_at(&config, port, PAGE_PATH, timeout, load)? else {
+                    let Some((_, Some(report))) = self.serve_at(&config, port, PAGE_PATHS[side], timeout, load)? else {
                         anyhow::bail!("no HTTP 200 before the timeout");
                     };
                     let report = report?;
