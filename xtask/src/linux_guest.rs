@@ -81,8 +81,7 @@ const NGINX_PACKAGE: &str = "nginx";
 /// support into the ext4 module: `CONFIG_EXT4_USE_FOR_EXT2`); it refuses to
 /// mount without a `crc32c` driver ("Cannot load crc32c driver"), which its
 /// `.modinfo` names only as a soft dependency: `crc32c_generic` goes first.
-const WANTED_MODULES: &[&str] =
-    &["virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk", "crc32c_generic", "ext4"];
+const WANTED_MODULES: &[&str] = &["virtio_mmio", "virtio_pci", "virtio_net", "virtio_blk", "crc32c_generic", "ext4"];
 
 /// Busybox applets `/init` calls by name (symlinks to `/bin/busybox`).
 const APPLETS: &[&str] = &["sh", "insmod", "ip", "mount", "umount", "mkdir", "ls", "sleep", "dd", "printf", "cat"];
