@@ -7,18 +7,19 @@
 //!   empty, `.` or `..` components, no trailing slash, each component at
 //!   most 255 bytes;
 //! - `DEVICE`: `blk` (the first virtio-blk device) or `blk#N` (the `N`-th,
-//!   counting from 0, in discovery order);
+//!   counting from 0, in discovery order); `fs` or `fs#N` likewise for
+//!   virtio-fs devices (a folder the host shares);
 //! - `:ro`: mount read-only (the disk is never written);
 //! - `@CPU`: the mount's owner CPU (default: the device's owner, so the
 //!   filesystem calls its driver directly).
 //!
-//! Without `toro.mount` the kernel mounts `blk#0` at `/` if there is one
-//! ([`DEFAULT`]). Malformed entries are reported (each once, with what is
+//! Without `toro.mount` the kernel mounts `blk#0` at `/` and `fs#0` at
+//! `/share`, those that exist ([`DEFAULT`]). Malformed entries are reported (each once, with what is
 //! wrong) and left out; the rest still apply. A mount point or device
 //! named twice is reported and its later entry left out.
 
 /// What the kernel does without `toro.mount`.
-pub const DEFAULT: &str = "/=blk";
+pub const DEFAULT: &str = "/=blk,/share=fs";
 /// Entries accepted in one value.
 pub const MAX_ENTRIES: usize = 8;
 /// The longest mount point.
@@ -31,12 +32,15 @@ const MAX_COMPONENT: usize = 255;
 pub enum Source {
     /// The `N`-th virtio-blk device.
     Blk(usize),
+    /// The `N`-th virtio-fs device (a shared host folder).
+    Fs(usize),
 }
 
 impl core::fmt::Display for Source {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Source::Blk(index) => write!(f, "blk#{index}"),
+            Source::Fs(index) => write!(f, "fs#{index}"),
         }
     }
 }
@@ -61,7 +65,7 @@ pub enum MountError<'a> {
     MissingDevice(&'a str),
     /// The mount point is not an absolute, clean path.
     BadPath(&'a str),
-    /// The device is not `blk` or `blk#N`.
+    /// The device is not `blk`, `blk#N`, `fs` or `fs#N`.
     BadDevice(&'a str),
     /// An option other than `ro`.
     BadOption(&'a str),
@@ -80,12 +84,12 @@ pub enum MountError<'a> {
 impl core::fmt::Display for MountError<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::MissingDevice(e) => write!(f, "toro.mount entry {e:?} has no =DEVICE (expected PATH=blk#N[:ro][@CPU])"),
+            Self::MissingDevice(e) => write!(f, "toro.mount entry {e:?} has no =DEVICE (expected PATH=blk#N|fs#N[:ro][@CPU])"),
             Self::BadPath(e) => write!(
                 f,
                 "toro.mount entry {e:?}: the mount point must be an absolute path without empty, . or .. components or a trailing slash"
             ),
-            Self::BadDevice(e) => write!(f, "toro.mount entry {e:?}: the device must be blk or blk#N"),
+            Self::BadDevice(e) => write!(f, "toro.mount entry {e:?}: the device must be blk, blk#N, fs or fs#N"),
             Self::BadOption(e) => write!(f, "toro.mount entry {e:?}: the only option is :ro"),
             Self::BadCpu(e) => write!(f, "toro.mount entry {e:?}: the CPU is not a number"),
             Self::DuplicatePath(e) => write!(f, "toro.mount entry {e:?}: that mount point is named twice"),
@@ -123,13 +127,22 @@ pub fn parse_entry(text: &str) -> Result<Entry<'_>, MountError<'_>> {
     };
     let mut parts = rest.split(':');
     let device = parts.next().unwrap_or("");
-    let source = match device.strip_prefix("blk") {
-        Some("") => Source::Blk(0),
-        Some(number) => {
-            let digits = number.strip_prefix('#').filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
-            Source::Blk(digits.and_then(|d| d.parse().ok()).ok_or(MountError::BadDevice(text))?)
+    let numbered = |rest: &str| -> Option<usize> {
+        match rest {
+            "" => Some(0),
+            number => {
+                let digits =
+                    number.strip_prefix('#').filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))?;
+                digits.parse().ok()
+            }
         }
-        None => return Err(MountError::BadDevice(text)),
+    };
+    let source = if let Some(rest) = device.strip_prefix("blk") {
+        Source::Blk(numbered(rest).ok_or(MountError::BadDevice(text))?)
+    } else if let Some(rest) = device.strip_prefix("fs") {
+        Source::Fs(numbered(rest).ok_or(MountError::BadDevice(text))?)
+    } else {
+        return Err(MountError::BadDevice(text));
     };
     let mut read_only = false;
     for option in parts {
@@ -223,8 +236,19 @@ mod tests {
                 Entry { path: "/srv/www", source: Source::Blk(2), read_only: false, cpu: Some(0) },
             ]
         );
-        assert_eq!(parsed(DEFAULT).0, [Entry { path: "/", source: Source::Blk(0), read_only: false, cpu: None }]);
+        assert_eq!(
+            parsed(DEFAULT).0,
+            [
+                Entry { path: "/", source: Source::Blk(0), read_only: false, cpu: None },
+                Entry { path: "/share", source: Source::Fs(0), read_only: false, cpu: None },
+            ]
+        );
         assert_eq!(Source::Blk(4).to_string(), "blk#4");
+        assert_eq!(Source::Fs(2).to_string(), "fs#2");
+        let (entries, problems) = parsed("/=fs#1:ro@2,/d=blk#1,/e=fs");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(entries[0], Entry { path: "/", source: Source::Fs(1), read_only: true, cpu: Some(2) });
+        assert_eq!(entries[2].source, Source::Fs(0));
     }
 
     #[test]
@@ -246,20 +270,23 @@ mod tests {
             ("//=blk", "absolute path"),
             ("/a/../b=blk", "absolute path"),
             ("/a/./b=blk", "absolute path"),
-            ("/=", "blk or blk#N"),
-            ("/=disk0", "blk or blk#N"),
-            ("/=blk#", "blk or blk#N"),
-            ("/=blk#-1", "blk or blk#N"),
-            ("/=blk#+1", "blk or blk#N"),
-            ("/=blk#99999999999999999999999", "blk or blk#N"),
-            ("/=blk1", "blk or blk#N"),
+            ("/=", "blk, blk#N, fs or fs#N"),
+            ("/=disk0", "blk, blk#N, fs or fs#N"),
+            ("/=blk#", "blk, blk#N, fs or fs#N"),
+            ("/=blk#-1", "blk, blk#N, fs or fs#N"),
+            ("/=blk#+1", "blk, blk#N, fs or fs#N"),
+            ("/=blk#99999999999999999999999", "blk, blk#N, fs or fs#N"),
+            ("/=blk1", "blk, blk#N, fs or fs#N"),
+            ("/=fs1", "blk, blk#N, fs or fs#N"),
+            ("/=fs#", "blk, blk#N, fs or fs#N"),
+            ("/=fsx", "blk, blk#N, fs or fs#N"),
             ("/=blk:rw", "only option is :ro"),
             ("/=blk:", "only option is :ro"),
             ("/=blk@", "not a number"),
             ("/=blk@x", "not a number"),
             ("/=blk@+2", "not a number"),
             ("/=blk@99999999999999999999999", "not a number"),
-            ("/=blk@1@2", "blk or blk#N"),
+            ("/=blk@1@2", "blk, blk#N, fs or fs#N"),
             ("/\u{0}=blk", "absolute path"),
         ];
         for (entry, message) in bad {

@@ -6,6 +6,8 @@
 //! - [`block`]: [`BlockDevice`] (sectors: read, write, flush, size,
 //!   read-only) and [`BlockCache`], a write-back cache of filesystem blocks.
 //! - [`ext2`]: ext2 revision 1 as `mkfs.ext2` makes it, read and write.
+//! - [`fuse`]: the FUSE protocol and a client session over it (the
+//!   kernel's virtio-fs driver speaks it to the host's `virtiofsd`).
 //! - [`virtio_blk`]: the virtio-blk protocol (configuration, requests,
 //!   status) the kernel's driver speaks.
 //!
@@ -21,6 +23,7 @@ extern crate alloc;
 
 pub mod block;
 pub mod ext2;
+pub mod fuse;
 pub mod virtio_blk;
 
 pub use block::{BlockCache, BlockDevice, MemoryDevice};

@@ -56,7 +56,7 @@ fn files() -> Vec<(String, usize, u8)> {
 }
 
 /// Writes the tree and its `MANIFEST` under `dir/tree`.
-fn make_tree(dir: &Path) -> Result<PathBuf> {
+pub fn make_tree(dir: &Path) -> Result<PathBuf> {
     let tree = dir.join("tree");
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
@@ -129,28 +129,20 @@ fn e2fsck(image: &Path) -> Result<Option<String>> {
     }))
 }
 
-fn check_read_write(image: &Path, cpus: u32) -> Result<Vec<String>> {
+/// The changes fs_disk and fs_share make (`tree_worker` on every CPU,
+/// `change_host_files`; tests/vm/src/lib.rs), as the host sees them:
+/// `present(path, bytes)` and `absent(path)` say what is wrong, if anything.
+fn check_changes(
+    cpus: u32,
+    present: &mut dyn FnMut(&str, &[u8]) -> Result<Option<String>>,
+    absent: &mut dyn FnMut(&str) -> Result<Option<String>>,
+) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let mut expect = |path: &str, wanted: Option<&[u8]>| -> Result<()> {
-        match wanted {
-            Some(wanted) => {
-                let (data, errors) = debugfs(image, &format!("cat \"{path}\""))?;
-                if data != wanted {
-                    problems.push(format!(
-                        "{path} on the host: {} bytes, expected {} ({})",
-                        data.len(),
-                        wanted.len(),
-                        errors.trim()
-                    ));
-                }
-            }
-            None => {
-                let (_, errors) = debugfs(image, &format!("stat \"{path}\""))?;
-                if !errors.contains("not found") {
-                    problems.push(format!("{path} is still there on the host"));
-                }
-            }
-        }
+        problems.extend(match wanted {
+            Some(wanted) => present(path, wanted)?,
+            None => absent(path)?,
+        });
         Ok(())
     };
     for cpu in 0..cpus as usize {
@@ -176,7 +168,69 @@ fn check_read_write(image: &Path, cpus: u32) -> Result<Vec<String>> {
     expect("/data/double", Some(&pattern(400_000, 5)[..1000]))?;
     expect("/data/big", Some(&pattern(3_000_000, 7)))?;
     expect("/after-sync.txt", Some(b"written after the last sync\n"))?;
+    Ok(problems)
+}
+
+fn check_read_write(image: &Path, cpus: u32) -> Result<Vec<String>> {
+    let mut present = |path: &str, wanted: &[u8]| -> Result<Option<String>> {
+        let (data, errors) = debugfs(image, &format!("cat \"{path}\""))?;
+        Ok((data != wanted).then(|| {
+            format!("{path} on the host: {} bytes, expected {} ({})", data.len(), wanted.len(), errors.trim())
+        }))
+    };
+    let mut absent = |path: &str| -> Result<Option<String>> {
+        let (_, errors) = debugfs(image, &format!("stat \"{path}\""))?;
+        Ok((!errors.contains("not found")).then(|| format!("{path} is still there on the host")))
+    };
+    let mut problems = check_changes(cpus, &mut present, &mut absent)?;
     problems.extend(e2fsck(image)?);
+    Ok(problems)
+}
+
+/// A test's shared folder (virtio-fs): made before the boot, checked after it.
+#[derive(Clone, Copy)]
+pub struct ShareTest {
+    /// Makes the folder under the directory given; returns it.
+    pub prepare: fn(&Path) -> Result<PathBuf>,
+    /// Problems found in the folder after the VM exited (the test's CPU count given).
+    pub check: fn(&Path, u32) -> Result<Vec<String>>,
+}
+
+/// fs_share's folder: the disk tests' tree; afterwards every change the guest made is in it.
+pub const SHARE_READ_WRITE: ShareTest = ShareTest { prepare: make_tree, check: check_share };
+/// fs_share's `mode=read`: the tree; afterwards unchanged.
+pub const SHARE_READ: ShareTest = ShareTest { prepare: make_tree, check: check_share_unchanged };
+
+fn check_share(folder: &Path, cpus: u32) -> Result<Vec<String>> {
+    let host = |path: &str| folder.join(&path[1..]);
+    let mut present = |path: &str, wanted: &[u8]| -> Result<Option<String>> {
+        Ok(match std::fs::read(host(path)) {
+            Ok(data) if data == wanted => None,
+            Ok(data) => Some(format!("{path} in the folder: {} bytes, expected {}", data.len(), wanted.len())),
+            Err(error) => Some(format!("{path} in the folder: {error}")),
+        })
+    };
+    let mut absent = |path: &str| -> Result<Option<String>> {
+        Ok(host(path).symlink_metadata().is_ok().then(|| format!("{path} is still in the folder")))
+    };
+    let mut problems = check_changes(cpus, &mut present, &mut absent)?;
+    match std::fs::read_link(folder.join("made-link")) {
+        Ok(target) if target == Path::new("hello.txt") => {}
+        other => problems.push(format!("made-link in the folder: {other:?}")),
+    }
+    if folder.join("scratch.bin").exists() {
+        problems.push("scratch.bin is still in the folder".into());
+    }
+    Ok(problems)
+}
+
+fn check_share_unchanged(folder: &Path, _cpus: u32) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for (path, len, seed) in files() {
+        if std::fs::read(folder.join(&path[1..])).ok() != Some(pattern(len, seed)) {
+            problems.push(format!("{path} changed in the folder"));
+        }
+    }
     Ok(problems)
 }
 

@@ -9,7 +9,8 @@
 //! cargo xtask bench [--runs N] [--quick]  Toro against the Linux guest yardstick
 //! options: --cpus N  --memory MIB  --machine microvm|q35  --accel kvm|tcg
 //!          --cmdline "..."  --debug  --timeout SECONDS  --device QEMU-DEVICE (repeatable)
-//!          --vmm qemu|firecracker|cloud-hypervisor
+//!          --vmm qemu|firecracker|cloud-hypervisor  --disk IMAGE[,ro]|FOLDER
+//!          --share FOLDER (virtio-fs, mounted at /share; repeatable)
 //! ```
 
 mod accel;
@@ -25,6 +26,7 @@ mod netns;
 mod nettest;
 mod qemu;
 mod setup;
+mod share;
 mod symbols;
 mod vmm;
 mod vmtest;
@@ -58,6 +60,8 @@ pub struct BootOptions {
     pub positional: Vec<String>,
     /// Disks to attach as virtio-blk (`--disk PATH[,ro][,sector=BYTES]`).
     pub disks: Vec<disk::Disk>,
+    /// Host folders to share over virtio-fs (`--share FOLDER`).
+    pub shares: Vec<PathBuf>,
     /// Extra QEMU devices (`--device virtio-rng-pci`).
     pub devices: Vec<String>,
     /// Which VMM boots the image (`--vmm`).
@@ -101,6 +105,7 @@ fn parse_options(arguments: &[OsString]) -> Result<BootOptions> {
         network: None,
         positional: Vec::new(),
         disks: Vec::new(),
+        shares: Vec::new(),
         devices: Vec::new(),
         vmm: vmm::Vmm::Qemu,
         tap: None,
@@ -143,6 +148,13 @@ fn parse_options(arguments: &[OsString]) -> Result<BootOptions> {
             "--debug" => options.debug = true,
             "--disk" => options.disks.push(disk::parse(&value("--disk")?)?),
             "--device" => options.devices.push(value("--device")?),
+            "--share" => {
+                let folder = PathBuf::from(value("--share")?);
+                if !folder.is_dir() {
+                    bail!("--share {}: no such folder", folder.display());
+                }
+                options.shares.push(folder);
+            }
             "--net" => match value("--net")?.as_str() {
                 "user" => (options.network, options.tap) = (Some(qemu::UserNetwork::default()), None),
                 "none" => (options.network, options.tap) = (None, None),
@@ -166,6 +178,9 @@ fn parse_options(arguments: &[OsString]) -> Result<BootOptions> {
     }
     if options.vmm != vmm::Vmm::Qemu && (options.accel.is_some() || options.machine != Machine::Microvm) {
         bail!("--machine and --accel are QEMU's: {} has one machine type and always uses KVM", options.vmm);
+    }
+    if options.vmm != vmm::Vmm::Qemu && !options.shares.is_empty() {
+        bail!("--share works with QEMU only (vhost-user-fs)");
     }
     if options.vmm != vmm::Vmm::Qemu && options.command_line.to_str().is_none() {
         bail!("a --cmdline that is not UTF-8 works with QEMU only ({} takes text)", options.vmm);
@@ -286,7 +301,22 @@ fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
             namespace = Some(made);
         }
     }
+    // Kept until the VM ends: dropping one stops its virtiofsd.
+    let mut daemons = Vec::new();
+    for (index, folder) in options.shares.iter().enumerate() {
+        let run_dir = build::workspace_root().join("target").join("shares").join(std::process::id().to_string());
+        let daemon = share::start(folder, &run_dir, &share::tag(index))?;
+        eprintln!(
+            "share: {} over virtio-fs (tag {}){}",
+            folder.display(),
+            daemon.share.tag,
+            if index == 0 { ", mounted at /share unless toro.mount= says otherwise" } else { "" }
+        );
+        config.shares.push(daemon.share.clone());
+        daemons.push(daemon);
+    }
     let result = vmm::run(options.vmm, &config, &taps, options.timeout, true, &|line| symbols.annotate(line));
+    drop(daemons);
     drop(namespace);
     let result = result?;
     if !matches!(result.outcome, qemu::Outcome::Exited(0)) {

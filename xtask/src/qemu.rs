@@ -50,6 +50,9 @@ pub struct VmConfig {
     pub numa_nodes: Option<u32>,
     /// Disks attached as virtio-blk, in order.
     pub disks: Vec<crate::disk::Disk>,
+    /// Host folders shared over virtio-fs (their virtiofsd already
+    /// listening); the guest's RAM is then a shared memory backend.
+    pub shares: Vec<crate::share::Share>,
     /// Extra `-device` arguments, as given (`virtio-rng-pci`,
     /// `virtio-rng-device`, ...).
     pub devices: Vec<String>,
@@ -122,6 +125,7 @@ impl VmConfig {
             network: None,
             numa_nodes: None,
             disks: Vec::new(),
+            shares: Vec::new(),
             devices: Vec::new(),
             extra_arguments: Vec::new(),
             namespace: None,
@@ -131,13 +135,19 @@ impl VmConfig {
     /// The QEMU command for this configuration.
     pub fn command(&self) -> Command {
         let mut command = crate::netns::wrap(self.namespace.as_deref(), QEMU);
-        let machine = match self.machine {
+        let mut machine = String::from(match self.machine {
             // PIT on for TSC calibration under TCG; no legacy PIC or RTC.
             Machine::Microvm => "microvm,pit=on,pic=off,rtc=off",
             Machine::Q35 => "q35",
-        };
+        });
+        // virtiofsd maps the guest's RAM: it must be shared memory.
+        let numa = self.numa_nodes.filter(|&n| n > 1);
+        let shared_ram = !self.shares.is_empty();
+        if shared_ram && numa.is_none() {
+            machine.push_str(",memory-backend=toro-ram");
+        }
         command
-            .args(["-machine", machine])
+            .args(["-machine", &machine])
             .args(["-accel", self.accel.qemu_argument()])
             .args(["-cpu", self.accel.cpu_model()])
             .args(["-smp", &self.cpus.to_string()])
@@ -156,13 +166,16 @@ impl VmConfig {
         if !self.command_line.is_empty() {
             command.arg("-append").arg(&self.command_line);
         }
-        if let Some(nodes) = self.numa_nodes.filter(|&n| n > 1) {
+        if shared_ram && numa.is_none() {
+            command.args(["-object", &format!("memory-backend-memfd,id=toro-ram,size={}M,share=on", self.memory_mib)]);
+        }
+        if let Some(nodes) = numa {
             let cpus_per_node = (self.cpus / nodes).max(1);
             for node in 0..nodes {
                 let first = node * cpus_per_node;
                 let last = if node + 1 == nodes { self.cpus - 1 } else { first + cpus_per_node - 1 };
-                command
-                    .args(["-object", &format!("memory-backend-ram,id=node{node},size={}M", self.memory_mib / nodes)]);
+                let backend = if shared_ram { "memory-backend-memfd,share=on" } else { "memory-backend-ram" };
+                command.args(["-object", &format!("{backend},id=node{node},size={}M", self.memory_mib / nodes)]);
                 command.args(["-numa", &format!("node,nodeid={node},cpus={first}-{last},memdev=node{node}")]);
             }
         }
@@ -185,6 +198,7 @@ impl VmConfig {
                 .unwrap_or_default();
             command.args(["-device", &format!("{device},drive=disk{index}{sectors}")]);
         }
+        command.args(crate::share::device_arguments(self.machine, &self.shares));
         for device in &self.devices {
             command.args(["-device", device]);
         }

@@ -1,5 +1,6 @@
 //! Installs what building and booting need when it is missing: the Rust
-//! target (rustup), QEMU and e2fsprogs (apt-get, when running as root).
+//! target (rustup), QEMU and e2fsprogs (apt-get, when running as root),
+//! and virtiofsd for shared folders (`cargo install`, optional).
 
 use std::process::Command;
 
@@ -48,6 +49,46 @@ pub fn have_wrk() -> bool {
     ["/usr/bin/wrk", "/usr/local/bin/wrk"].iter().any(|path| std::path::Path::new(path).exists())
 }
 
+/// The version of virtiofsd `cargo xtask setup` installs.
+const VIRTIOFSD_VERSION: &str = "1.14.0";
+
+/// Where virtiofsd is: on the PATH, in cargo's bin directory (where
+/// `cargo install` puts it), or where distributions put theirs.
+pub fn virtiofsd() -> Option<std::path::PathBuf> {
+    let mut candidates: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("virtiofsd")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        candidates.push(std::path::Path::new(&home).join("bin/virtiofsd"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(std::path::Path::new(&home).join(".cargo/bin/virtiofsd"));
+    }
+    candidates.extend(["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"].map(std::path::PathBuf::from));
+    candidates.into_iter().find(|path| path.is_file())
+}
+
+/// Builds virtiofsd with `cargo install` (a few minutes, once: it lands
+/// in cargo's bin directory) after the C libraries it links.
+fn install_virtiofsd() -> Result<()> {
+    let header = |name: &str| std::path::Path::new("/usr/include").join(name).exists();
+    if !header("seccomp.h") {
+        apt_install("libseccomp-dev", || header("seccomp.h"))?;
+    }
+    if !header("cap-ng.h") {
+        apt_install("libcap-ng-dev", || header("cap-ng.h"))?;
+    }
+    eprintln!("setup: building virtiofsd {VIRTIOFSD_VERSION} with cargo install (a few minutes, once)");
+    let status = Command::new("cargo")
+        .args(["install", "--locked", "virtiofsd", "--version", VIRTIOFSD_VERSION])
+        .status()
+        .context("running cargo install")?;
+    if !status.success() || virtiofsd().is_none() {
+        bail!("cargo install virtiofsd failed");
+    }
+    Ok(())
+}
+
 fn have(program: &str) -> bool {
     Command::new(program).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
 }
@@ -94,6 +135,13 @@ pub fn ensure() -> Result<()> {
         if !have_wrk() {
             if let Err(error) = apt_install("wrk", have_wrk) {
                 eprintln!("setup: {error:#}; the wrk checks and benchmark rows will be skipped");
+            }
+        }
+        // Shared folders (virtio-fs): virtiofsd runs as root, so it is
+        // built only where it can run.
+        if virtiofsd().is_none() {
+            if let Err(error) = install_virtiofsd() {
+                eprintln!("setup: {error:#}; the virtio-fs tests will be skipped");
             }
         }
     }

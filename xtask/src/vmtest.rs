@@ -32,6 +32,8 @@ struct VmTest {
     vmm: Vmm,
     /// A disk made before the boot and checked on the host after it.
     disk: Option<crate::disktest::DiskTest>,
+    /// A folder shared over virtio-fs, made before and checked after.
+    share: Option<crate::disktest::ShareTest>,
 }
 
 pub(crate) const PANIC: i32 = 101;
@@ -54,6 +56,7 @@ const fn vm(package: &'static str, binary: &'static str) -> VmTest {
         qemu_arguments: &[],
         vmm: Vmm::Qemu,
         disk: None,
+        share: None,
     }
 }
 
@@ -479,7 +482,7 @@ fn tests() -> Vec<VmTest> {
             command_line: "toro.log=info toro.mount=/data=blk:ro@0,/x=bogus mode=ro root=/data",
             disk: Some(crate::disktest::READ_ONLY),
             expect: &[
-                "toro.mount entry \"/x=bogus\": the device must be blk or blk#N",
+                "toro.mount entry \"/x=bogus\": the device must be blk, blk#N, fs or fs#N",
                 "fs: blk#0 at /data, read-only (owner CPU 0)",
                 "every change refused on the read-only disk",
                 "fs_disk: all checks passed",
@@ -496,6 +499,38 @@ fn tests() -> Vec<VmTest> {
                 "corrupt image refused, system still running",
             ],
             ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_share-2",
+            memory_mib: 256,
+            command_line: "toro.log=info",
+            share: Some(crate::disktest::SHARE_READ_WRITE),
+            expect: &[
+                "virtio-fs#0: tag \"share\", owner cpu 1",
+                "fs: fs#0 (tag \"share\") at /share (owner CPU 1)",
+                "host files read and checked",
+                "2 CPUs wrote at once",
+                "fs_share: all checks passed",
+            ],
+            ..vm("vm-tests", "fs_share")
+        },
+        VmTest {
+            name: "fs_share-q35-2",
+            machine: Machine::Q35,
+            memory_mib: 256,
+            command_line: "toro.log=info",
+            share: Some(crate::disktest::SHARE_READ_WRITE),
+            expect: &["fs (type 26), owner cpu 1", "2 CPUs wrote at once", "fs_share: all checks passed"],
+            ..vm("vm-tests", "fs_share")
+        },
+        VmTest {
+            name: "fs_share-1",
+            cpus: 1,
+            memory_mib: 256,
+            command_line: "mode=read",
+            share: Some(crate::disktest::SHARE_READ),
+            expect: &["host files read and checked", "fs_share: all checks passed"],
+            ..vm("vm-tests", "fs_share")
         },
         VmTest { name: "sync-2", memory_mib: 256, expect: &["sync: all checks passed"], ..vm("vm-tests", "sync") },
         VmTest {
@@ -1110,8 +1145,23 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             None => None,
         };
         config.disks.extend(disk.clone());
+        let mut share = None;
+        if let Some(test_share) = test.share {
+            if crate::setup::virtiofsd().is_none() {
+                println!("vm test {} ... skipped: virtiofsd is not installed (`cargo xtask setup` as root)", test.name);
+                continue;
+            }
+            let dir = build::workspace_root().join("target").join("vm-shares").join(test.name);
+            let folder = (test_share.prepare)(&dir).with_context(|| format!("{}: making its folder", test.name))?;
+            let daemon = crate::share::start(&folder, &dir, &crate::share::tag(0))?;
+            config.shares.push(daemon.share.clone());
+            share = Some((folder, daemon));
+        }
         let timeout = Some(Duration::from_secs(60));
-        let result = vmm::run(test.vmm, &config, &vmm::Devices::default(), timeout, false, &|l| symbols.annotate(l))?;
+        let result = vmm::run(test.vmm, &config, &vmm::Devices::default(), timeout, false, &|l| symbols.annotate(l));
+        // virtiofsd ends with the VM; its log is kept for a failure's report.
+        let share = share.map(|(folder, daemon)| (folder, daemon.log()));
+        let result = result?;
         let mut problems = Vec::new();
         if result.lingered {
             problems.push(format!("{} went on after the exit status line (rebooted?)", test.vmm));
@@ -1126,6 +1176,12 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         }
         if let (Some(check), Some(disk), true) = (test.disk, &disk, problems.is_empty()) {
             problems.extend((check.check)(&disk.image, test.cpus)?);
+        }
+        if let (Some(check), Some((folder, log)), true) = (test.share, &share, problems.is_empty()) {
+            problems.extend((check.check)(folder, test.cpus)?);
+            if !problems.is_empty() && !log.trim().is_empty() {
+                problems.push(format!("virtiofsd said: {}", log.trim()));
+            }
         }
         if problems.is_empty() {
             passed += 1;

@@ -24,6 +24,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use core::time::Duration;
 
 use toro_fs::ext2::{self, Ext2, FileKind, Stat};
+use toro_fs::fuse;
 pub use toro_fs::{BlockDevice, MemoryDevice};
 
 use crate::io::{self, Error, ErrorKind, Read, Seek, SeekFrom, Write};
@@ -37,8 +38,8 @@ pub const MAX_OPEN_FILES: usize = 1024;
 const TOO_MANY_OPEN: Error = Error::from_static(ErrorKind::Other, "too many open files");
 const NO_MOUNT: Error = Error::from_static(ErrorKind::NotFound, "no filesystem is mounted there");
 
-/// A mounted filesystem's state, on its owner CPU.
-struct Volume {
+/// A mounted ext2 filesystem's state, on its owner CPU.
+struct Ext2Volume {
     fs: Ext2<Box<dyn BlockDevice + Send>>,
     /// Open handles per inode.
     open: BTreeMap<u32, u32>,
@@ -47,7 +48,7 @@ struct Volume {
     open_total: usize,
 }
 
-impl Volume {
+impl Ext2Volume {
     fn open(&mut self, ino: u32) -> io::Result<()> {
         if self.open_total >= MAX_OPEN_FILES {
             return Err(TOO_MANY_OPEN);
@@ -78,6 +79,201 @@ impl Volume {
             self.orphans.push(ino);
         }
         Ok(())
+    }
+}
+
+/// A folder shared by the host over virtio-fs: a FUSE session on the
+/// mount's owner CPU, its requests carried by the device's driver.
+struct ShareVolume {
+    session: fuse::Session<ShareChannel>,
+    read_only: bool,
+}
+
+/// The FUSE session's way to the host: the virtio-fs driver's service.
+struct ShareChannel(crate::virtio::fs::VirtioFs);
+
+impl fuse::Channel for ShareChannel {
+    fn exchange(&mut self, request: &[u8], payload: &[u8], head: &mut [u8], data: &mut [u8]) -> io::Result<usize> {
+        self.0.exchange(request, payload, head, data)
+    }
+    fn send(&mut self, request: &[u8]) -> io::Result<()> {
+        self.0.send(request)
+    }
+}
+
+/// A mounted filesystem, on its owner CPU: what each operation runs on.
+enum Volume {
+    Ext2(Ext2Volume),
+    Share(ShareVolume),
+}
+
+const READ_ONLY: Error = Error::from_static(ErrorKind::ReadOnlyFilesystem, "the filesystem is mounted read-only");
+
+impl Volume {
+    fn share(&mut self, change: bool) -> io::Result<&mut fuse::Session<ShareChannel>> {
+        match self {
+            Volume::Share(share) if change && share.read_only => Err(READ_ONLY),
+            Volume::Share(share) => Ok(&mut share.session),
+            Volume::Ext2(_) => unreachable!("an ext2 volume"),
+        }
+    }
+
+    fn metadata(&mut self, path: &str, follow: bool) -> io::Result<Stat> {
+        match self {
+            Volume::Ext2(v) if follow => v.fs.metadata(path),
+            Volume::Ext2(v) => v.fs.resolve_no_follow(path).and_then(|ino| v.fs.stat(ino)),
+            Volume::Share(v) => v.session.metadata(path, follow),
+        }
+    }
+
+    /// The attributes of a directory entry (inode `ino` at `path`), not following a link.
+    fn entry_stat(&mut self, ino: u32, path: &str) -> io::Result<Stat> {
+        match self {
+            Volume::Ext2(v) => v.fs.stat(ino),
+            Volume::Share(v) => v.session.metadata(path, false),
+        }
+    }
+
+    fn read_dir(&mut self, path: &str) -> io::Result<Vec<ext2::DirEntry>> {
+        match self {
+            Volume::Ext2(v) => v.fs.read_dir(path),
+            Volume::Share(v) => v.session.read_dir(path),
+        }
+    }
+
+    fn create_dir(&mut self, path: &str) -> io::Result<()> {
+        match self {
+            Volume::Ext2(v) => v.fs.create_dir(path).map(|_| ()),
+            Volume::Share(_) => self.share(true)?.create_dir(path),
+        }
+    }
+
+    fn remove_file(&mut self, path: &str) -> io::Result<()> {
+        match self {
+            Volume::Ext2(v) => v.remove_file(path),
+            Volume::Share(_) => self.share(true)?.remove_file(path),
+        }
+    }
+
+    fn remove_dir(&mut self, path: &str) -> io::Result<()> {
+        match self {
+            Volume::Ext2(v) => v.fs.remove_dir(path),
+            Volume::Share(_) => self.share(true)?.remove_dir(path),
+        }
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
+        match self {
+            Volume::Ext2(v) => v.fs.rename(from, to),
+            Volume::Share(_) => self.share(true)?.rename(from, to),
+        }
+    }
+
+    fn symlink(&mut self, original: &str, link: &str) -> io::Result<()> {
+        match self {
+            Volume::Ext2(v) => v.fs.symlink(original, link).map(|_| ()),
+            Volume::Share(_) => self.share(true)?.symlink(original, link),
+        }
+    }
+
+    fn read_link(&mut self, path: &str) -> io::Result<Vec<u8>> {
+        match self {
+            Volume::Ext2(v) => v.fs.resolve_no_follow(path).and_then(|ino| v.fs.read_link(ino)),
+            Volume::Share(v) => v.session.read_link(path),
+        }
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        match self {
+            Volume::Ext2(v) => v.fs.sync(),
+            Volume::Share(v) => v.session.sync(),
+        }
+    }
+
+    /// Opens `path`; returns the handle a [`File`] keeps (ext2: the inode;
+    /// a share: the session's open file).
+    fn open(&mut self, path: &str, options: &OpenOptions) -> io::Result<u32> {
+        let writes = options.write || options.append;
+        let v = match self {
+            Volume::Ext2(v) => v,
+            Volume::Share(_) => {
+                let how = fuse::Open {
+                    read: options.read,
+                    write: writes,
+                    truncate: options.truncate,
+                    create: options.create,
+                    create_new: options.create_new,
+                };
+                let (handle, _) = self.share(writes)?.open(path, how)?;
+                return Ok(handle as u32);
+            }
+        };
+        let ino = if options.create_new {
+            v.fs.create(path, ext2::DEFAULT_FILE_MODE)?
+        } else {
+            match v.fs.resolve(path) {
+                Ok(ino) => ino,
+                Err(e) if e.kind() == ErrorKind::NotFound && options.create => {
+                    v.fs.create(path, ext2::DEFAULT_FILE_MODE)?
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let stat = v.fs.stat(ino)?;
+        if stat.kind == FileKind::Dir && writes {
+            return Err(Error::from_static(ErrorKind::IsADirectory, "is a directory"));
+        }
+        // As open(2)'s EROFS: write access to a read-only filesystem is refused at open.
+        if writes && !v.fs.is_writable() {
+            return Err(READ_ONLY);
+        }
+        if options.truncate && stat.size > 0 {
+            v.fs.set_len(ino, 0)?;
+        }
+        v.open(ino)?;
+        Ok(ino)
+    }
+
+    fn close(&mut self, handle: u32) -> io::Result<()> {
+        match self {
+            Volume::Ext2(v) => v.close(handle),
+            Volume::Share(v) => v.session.close(handle as usize),
+        }
+    }
+
+    fn stat(&mut self, handle: u32) -> io::Result<Stat> {
+        match self {
+            Volume::Ext2(v) => v.fs.stat(handle),
+            Volume::Share(v) => v.session.stat(handle as usize),
+        }
+    }
+
+    fn set_len(&mut self, handle: u32, size: u64) -> io::Result<()> {
+        match self {
+            Volume::Ext2(v) => v.fs.set_len(handle, size),
+            Volume::Share(v) => v.session.set_len(handle as usize, size),
+        }
+    }
+
+    fn sync_file(&mut self, handle: u32) -> io::Result<()> {
+        match self {
+            Volume::Ext2(v) => v.fs.sync(),
+            Volume::Share(v) => v.session.sync_file(handle as usize),
+        }
+    }
+
+    fn read_at(&mut self, handle: u32, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Volume::Ext2(v) => v.fs.read_at(handle, pos, buf),
+            Volume::Share(v) => v.session.read_at(handle as usize, pos, buf),
+        }
+    }
+
+    fn write_at(&mut self, handle: u32, pos: u64, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Volume::Ext2(v) => v.fs.write_at(handle, pos, buf),
+            Volume::Share(v) => v.session.write_at(handle as usize, pos, buf),
+        }
     }
 }
 
@@ -120,6 +316,31 @@ pub fn mount(prefix: &str, device: Box<dyn BlockDevice + Send>, cpu: usize) -> i
 /// As [`mount`]; `read_only`: never write to the device (every change is
 /// refused with `ReadOnlyFilesystem`).
 pub fn mount_with(prefix: &str, device: Box<dyn BlockDevice + Send>, cpu: usize, read_only: bool) -> io::Result<()> {
+    mount_volume(prefix, cpu, "ext2", move || {
+        let options =
+            ext2::Options { cache_blocks: toro_fs::block::DEFAULT_CACHE_BLOCKS, read_only, ..Default::default() };
+        Ext2::mount_with(device, options)
+            .map(|fs| Volume::Ext2(Ext2Volume { fs, open: BTreeMap::new(), orphans: Vec::new(), open_total: 0 }))
+    })
+}
+
+/// Mounts the folder a virtio-fs device shares at `prefix`, owned by CPU
+/// `cpu` (the FUSE session lives there; its requests go to the device's
+/// driver on the device's owner CPU). `read_only`: every change refused.
+/// Call from CPU 0.
+pub fn mount_share(prefix: &str, device: crate::virtio::fs::VirtioFs, cpu: usize, read_only: bool) -> io::Result<()> {
+    mount_volume(prefix, cpu, "virtio-fs", move || {
+        let session = fuse::Session::new(ShareChannel(device))?;
+        Ok(Volume::Share(ShareVolume { session, read_only }))
+    })
+}
+
+fn mount_volume(
+    prefix: &str,
+    cpu: usize,
+    kind: &str,
+    init: impl FnOnce() -> io::Result<Volume> + Send + 'static,
+) -> io::Result<()> {
     if crate::cpu_id() != 0 {
         return Err(Error::from_static(ErrorKind::Unsupported, "mount from CPU 0"));
     }
@@ -131,30 +352,18 @@ pub fn mount_with(prefix: &str, device: Box<dyn BlockDevice + Send>, cpu: usize,
     if mounts().len() == MAX_MOUNTS {
         return Err(Error::from_static(ErrorKind::Other, "mount table full"));
     }
-    let volume = Builder::new(alloc::format!("fs {prefix}"))
-        .cpu(cpu)
-        .try_start(move || {
-            let options =
-                ext2::Options { cache_blocks: toro_fs::block::DEFAULT_CACHE_BLOCKS, read_only, ..Default::default() };
-            Ext2::mount_with(device, options).map(|fs| Volume {
-                fs,
-                open: BTreeMap::new(),
-                orphans: Vec::new(),
-                open_total: 0,
-            })
-        })
-        .map_err(|e| match e {
-            StartError::Service(e) => {
-                Error::new(ErrorKind::InvalidInput, alloc::format!("no filesystem service on CPU {cpu}: {e}"))
-            }
-            StartError::Init(e) => e,
-        })?;
+    let volume = Builder::new(alloc::format!("fs {prefix}")).cpu(cpu).try_start(init).map_err(|e| match e {
+        StartError::Service(e) => {
+            Error::new(ErrorKind::InvalidInput, alloc::format!("no filesystem service on CPU {cpu}: {e}"))
+        }
+        StartError::Init(e) => e,
+    })?;
     let index = MOUNTS.count.load(Ordering::Relaxed);
     // SAFETY: slot `index` is not yet published; only CPU 0 writes and
     // nothing yields between the load above and the store below.
     unsafe { (*MOUNTS.slots[index].get()).write(MountPoint { prefix, volume }) };
     MOUNTS.count.store(index + 1, Ordering::Release);
-    log::info!("fs: mounted ext2 at {} (owner CPU {cpu})", mounts()[index].prefix);
+    log::info!("fs: mounted {kind} at {} (owner CPU {cpu})", mounts()[index].prefix);
     Ok(())
 }
 
@@ -168,7 +377,13 @@ pub(crate) fn mount_at_boot() {
     let entries = mount::parse(given.unwrap_or(mount::DEFAULT), |problem| log::warn!("{problem}"));
     let disks = crate::virtio::blk::devices();
     for entry in entries.iter() {
-        let Source::Blk(index) = entry.source;
+        let index = match entry.source {
+            Source::Blk(index) => index,
+            Source::Fs(index) => {
+                mount_share_at_boot(entry, index, given.is_some());
+                continue;
+            }
+        };
         let Some(blk) = disks.iter().find(|disk| disk.index() == index) else {
             // Without toro.mount, no disk simply means nothing to mount.
             if given.is_some() {
@@ -186,6 +401,25 @@ pub(crate) fn mount_at_boot() {
             ),
             Err(error) => log::error!("fs: cannot mount blk#{index} at {}: {error}", entry.path),
         }
+    }
+}
+
+fn mount_share_at_boot(entry: &toro_core::mount::Entry<'_>, index: usize, named: bool) {
+    let Some(share) = crate::virtio::fs::devices().iter().find(|fs| fs.index() == index) else {
+        if named {
+            log::error!("fs: cannot mount fs#{index} at {}: no such virtio-fs device", entry.path);
+        }
+        return;
+    };
+    let cpu = entry.cpu.unwrap_or(share.cpu());
+    match mount_share(entry.path, share.clone(), cpu, entry.read_only) {
+        Ok(()) => log::info!(
+            "fs: fs#{index} (tag {:?}) at {}{} (owner CPU {cpu})",
+            share.tag(),
+            entry.path,
+            if entry.read_only { ", read-only" } else { "" }
+        ),
+        Err(error) => log::error!("fs: cannot mount fs#{index} at {}: {error}", entry.path),
     }
 }
 
@@ -231,7 +465,7 @@ fn locate(path: &str) -> io::Result<(&'static MountPoint, String)> {
 pub fn sync() -> io::Result<()> {
     let mut result = Ok(());
     for mount in mounts() {
-        if let Err(e) = mount.volume.call(|v| v.fs.sync()) {
+        if let Err(e) = mount.volume.call(|v| v.sync()) {
             log::error!("fs: sync of {} failed: {e}", mount.prefix);
             result = Err(e);
         }
@@ -331,13 +565,13 @@ impl Metadata {
 /// The attributes of the file at `path`, symbolic links followed.
 pub fn metadata(path: &str) -> io::Result<Metadata> {
     let (mount, inner) = locate(path)?;
-    mount.volume.call(|v| v.fs.metadata(&inner)).map(Metadata)
+    mount.volume.call(|v| v.metadata(&inner, true)).map(Metadata)
 }
 
 /// The attributes of the file at `path`; a symbolic link is not followed.
 pub fn symlink_metadata(path: &str) -> io::Result<Metadata> {
     let (mount, inner) = locate(path)?;
-    mount.volume.call(|v| v.fs.resolve_no_follow(&inner).and_then(|ino| v.fs.stat(ino))).map(Metadata)
+    mount.volume.call(|v| v.metadata(&inner, false)).map(Metadata)
 }
 
 /// Whether `path` names an existing file, as `std::fs::exists`.
@@ -379,7 +613,8 @@ impl DirEntry {
     /// The attributes (not following a symbolic link).
     pub fn metadata(&self) -> io::Result<Metadata> {
         let ino = self.entry.ino;
-        self.mount.volume.call(|v| v.fs.stat(ino)).map(Metadata)
+        let (_, inner) = locate(&self.path())?;
+        self.mount.volume.call(|v| v.entry_stat(ino, &inner)).map(Metadata)
     }
     /// The inode number (`DirEntryExt::ino`).
     pub fn ino(&self) -> u64 {
@@ -413,7 +648,7 @@ impl Iterator for ReadDir {
 /// The entries of the directory at `path`, without `.` and `..`.
 pub fn read_dir(path: &str) -> io::Result<ReadDir> {
     let (mount, inner) = locate(path)?;
-    let entries = mount.volume.call(|v| v.fs.read_dir(&inner))?;
+    let entries = mount.volume.call(|v| v.read_dir(&inner))?;
     let dir = String::from(path);
     Ok(ReadDir(
         entries.into_iter().map(|entry| DirEntry { dir: dir.clone(), entry, mount }).collect::<Vec<_>>().into_iter(),
@@ -423,7 +658,7 @@ pub fn read_dir(path: &str) -> io::Result<ReadDir> {
 /// Creates a directory (its parent must exist).
 pub fn create_dir(path: &str) -> io::Result<()> {
     let (mount, inner) = locate(path)?;
-    mount.volume.call(|v| v.fs.create_dir(&inner)).map(|_| ())
+    mount.volume.call(|v| v.create_dir(&inner))
 }
 
 /// Creates a directory and any missing parents; an existing directory is fine.
@@ -451,7 +686,7 @@ pub fn remove_file(path: &str) -> io::Result<()> {
 /// Removes an empty directory.
 pub fn remove_dir(path: &str) -> io::Result<()> {
     let (mount, inner) = locate(path)?;
-    mount.volume.call(|v| v.fs.remove_dir(&inner))
+    mount.volume.call(|v| v.remove_dir(&inner))
 }
 
 /// Deepest tree [`remove_dir_all`] descends (a corrupt image may hold a
@@ -486,20 +721,20 @@ pub fn rename(from: &str, to: &str) -> io::Result<()> {
     if !core::ptr::eq(mount, to_mount) {
         return Err(Error::from_static(ErrorKind::CrossesDevices, "rename across filesystems"));
     }
-    mount.volume.call(|v| v.fs.rename(&from_inner, &to_inner))
+    mount.volume.call(|v| v.rename(&from_inner, &to_inner))
 }
 
 /// Creates a symbolic link at `link` pointing at `original`
 /// (`std::os::unix::fs::symlink`).
 pub fn symlink(original: &str, link: &str) -> io::Result<()> {
     let (mount, inner) = locate(link)?;
-    mount.volume.call(|v| v.fs.symlink(original, &inner)).map(|_| ())
+    mount.volume.call(|v| v.symlink(original, &inner))
 }
 
 /// The target of a symbolic link.
 pub fn read_link(path: &str) -> io::Result<String> {
     let (mount, inner) = locate(path)?;
-    let target = mount.volume.call(|v| v.fs.resolve_no_follow(&inner).and_then(|ino| v.fs.read_link(ino)))?;
+    let target = mount.volume.call(|v| v.read_link(&inner))?;
     Ok(String::from_utf8_lossy(&target).into_owned())
 }
 
@@ -591,32 +826,7 @@ impl OpenOptions {
         }
         let (mount, inner) = locate(path)?;
         let options = self.clone();
-        let ino = mount.volume.call(move |v| -> io::Result<u32> {
-            let ino = if options.create_new {
-                v.fs.create(&inner, ext2::DEFAULT_FILE_MODE)?
-            } else {
-                match v.fs.resolve(&inner) {
-                    Ok(ino) => ino,
-                    Err(e) if e.kind() == ErrorKind::NotFound && options.create => {
-                        v.fs.create(&inner, ext2::DEFAULT_FILE_MODE)?
-                    }
-                    Err(e) => return Err(e),
-                }
-            };
-            let stat = v.fs.stat(ino)?;
-            if stat.kind == FileKind::Dir && writes {
-                return Err(Error::from_static(ErrorKind::IsADirectory, "is a directory"));
-            }
-            // As open(2)'s EROFS: write access to a read-only filesystem is refused at open.
-            if writes && !v.fs.is_writable() {
-                return Err(Error::from_static(ErrorKind::ReadOnlyFilesystem, "the filesystem is mounted read-only"));
-            }
-            if options.truncate && stat.size > 0 {
-                v.fs.set_len(ino, 0)?;
-            }
-            v.open(ino)?;
-            Ok(ino)
-        })?;
+        let ino = mount.volume.call(move |v| v.open(&inner, &options))?;
         Ok(File { mount, ino, pos: 0, read: self.read, write: writes, append: self.append })
     }
 }
@@ -661,7 +871,7 @@ impl File {
     /// The file's attributes.
     pub fn metadata(&self) -> io::Result<Metadata> {
         let ino = self.ino;
-        self.mount.volume.call(|v| v.fs.stat(ino)).map(Metadata)
+        self.mount.volume.call(|v| v.stat(ino)).map(Metadata)
     }
 
     /// Truncates or extends the file (a hole) to `size` bytes.
@@ -670,13 +880,14 @@ impl File {
             return Err(NOT_WRITABLE);
         }
         let ino = self.ino;
-        self.mount.volume.call(|v| v.fs.set_len(ino, size))
+        self.mount.volume.call(|v| v.set_len(ino, size))
     }
 
     /// Writes the filesystem's changes (this file's and the metadata they
     /// touch) to the disk and flushes the disk's cache.
     pub fn sync_all(&self) -> io::Result<()> {
-        self.mount.volume.call(|v| v.fs.sync())
+        let ino = self.ino;
+        self.mount.volume.call(|v| v.sync_file(ino))
     }
 
     /// As [`File::sync_all`] (ext2 has no cheaper data-only sync).
@@ -691,7 +902,7 @@ impl Read for File {
             return Err(NOT_READABLE);
         }
         let (ino, pos) = (self.ino, self.pos);
-        let n = self.mount.volume.call(|v| v.fs.read_at(ino, pos, buf))?;
+        let n = self.mount.volume.call(|v| v.read_at(ino, pos, buf))?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -735,9 +946,9 @@ impl Write for File {
         let mut pos = self.pos;
         let n = self.mount.volume.call(|v| {
             if append {
-                pos = v.fs.stat(ino)?.size;
+                pos = v.stat(ino)?.size;
             }
-            v.fs.write_at(ino, pos, buf)
+            v.write_at(ino, pos, buf)
         })?;
         self.pos = pos + n as u64;
         Ok(n)

@@ -179,11 +179,12 @@ fn probe_pci(found: &mut Vec<FoundDevice>) {
     }
 }
 
-/// Starts the drivers Toro has for the devices found (virtio-rng), each
+/// Starts the drivers Toro has for the devices found (rng, blk, fs), each
 /// on its device's owner CPU. Boot CPU, before the application.
 pub(crate) fn start() {
     super::rng::start_default();
     super::blk::start_all();
+    super::fs::start_all();
 }
 
 /// The virtio devices (mmio and pci) found at boot (empty before [`probe`]).

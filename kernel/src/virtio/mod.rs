@@ -17,6 +17,7 @@
 //!   give to [`Transport::set_queue_interrupt`] before the queues are set up).
 //! - [`rng`]: virtio-rng as a service on its owner CPU.
 //! - [`blk`]: virtio-blk as a service on its owner CPU (the disk under `toro::fs`).
+//! - [`fs`]: virtio-fs as a service on its owner CPU (a host folder under `toro::fs`).
 //!
 //! Why not `virtio-drivers` 0.13: its queue and transports own memory
 //! through a global `Hal`, never write an MSI-X vector (cloud-hypervisor
@@ -32,6 +33,7 @@
 
 pub mod blk;
 pub mod discovery;
+pub mod fs;
 mod mmio;
 mod pci;
 mod queue;

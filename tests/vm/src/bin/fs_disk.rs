@@ -21,7 +21,6 @@
 #![no_main]
 
 use toro::alloc::format;
-use toro::alloc::string::String;
 use toro::alloc::vec;
 use toro::alloc::vec::Vec;
 use toro::fs::{self, OpenOptions};
@@ -29,68 +28,7 @@ use toro::io::ErrorKind;
 use toro::virtio::blk;
 use toro::{cpu, println, thread};
 use vm_tests::check;
-use vm_tests::fs::{kind_of, pattern, write_worker_files};
-
-/// Every file under `dir`, recursively (symbolic links not followed).
-fn walk(dir: &str, files: &mut Vec<String>) -> toro::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            walk(&path, files)?;
-        } else if kind.is_file() {
-            files.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// Reads every file the manifest lists under `root` and checks the tree holds no others.
-fn read_tree(root: &str) -> bool {
-    let mut ok = true;
-    let manifest = match fs::read_to_string(&format!("{root}/MANIFEST")) {
-        Ok(text) => text,
-        Err(e) => return check(false, &format!("{root}/MANIFEST: {e}")),
-    };
-    let mut listed = Vec::new();
-    for line in manifest.lines() {
-        // `PATH LEN SEED`; paths may hold spaces.
-        let mut parts = line.rsplitn(3, ' ');
-        let (Some(seed), Some(len), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            return check(false, "manifest line");
-        };
-        let expected = pattern(len.parse().unwrap_or(0), seed.parse().unwrap_or(0));
-        let full = format!("{root}{path}");
-        match fs::read(&full) {
-            Ok(data) => ok &= check(data == expected, &full),
-            Err(e) => ok &= check(false, &format!("{full}: {e}")),
-        }
-        listed.push(full);
-    }
-    let mut found = Vec::new();
-    if let Err(e) = walk(if root.is_empty() { "/" } else { root }, &mut found) {
-        return check(false, &format!("walking the tree: {e}"));
-    }
-    found.retain(|path| !path.ends_with("/MANIFEST"));
-    found.sort();
-    listed.sort();
-    ok &= check(found == listed, "the tree holds exactly the manifest's files");
-    ok &= check(fs::read_link(&format!("{root}/link")).ok().as_deref() == Some("data/one"), "symbolic link");
-    println!("fs_disk: {} host files read and checked", listed.len());
-    ok
-}
-
-/// What one CPU's thread writes, renames, truncates and removes (the host checks it).
-fn worker(cpu: usize) -> bool {
-    let dir = format!("/out/cpu{cpu}");
-    let mut ok = write_worker_files(&dir, cpu, 8, 3000);
-    ok &= check(fs::write(&format!("{dir}/big"), pattern(600_000, cpu as u8)).is_ok(), "big file");
-    ok &= check(fs::create_dir(&format!("{dir}/gone")).is_ok(), "create_dir");
-    ok &= check(fs::remove_dir(&format!("{dir}/gone")).is_ok(), "remove_dir");
-    ok &= check(fs::read(&format!("{dir}/big")).ok() == Some(pattern(600_000, cpu as u8)), "big file reads back");
-    ok
-}
+use vm_tests::fs::{change_host_files, kind_of, pattern, read_tree, tree_worker};
 
 /// Raw reads of the whole disk from a thread on every CPU at once,
 /// compared with one read of it all (split into many requests in flight).
@@ -147,23 +85,14 @@ fn blk_report(disk: blk::Blk) -> bool {
 }
 
 fn read_write(cpus: usize, disk: blk::Blk) -> bool {
-    let mut ok = read_tree("");
+    let mut ok = read_tree("fs_disk", "");
     // Writes from every CPU at once; the owner serialises them.
-    let workers: Vec<_> = (0..cpus).map(|c| thread::spawn_on(c, move || worker(c))).collect();
+    let workers: Vec<_> = (0..cpus).map(|c| thread::spawn_on(c, move || tree_worker("", c))).collect();
     for worker in workers {
         ok &= check(worker.join(), "worker checks");
     }
     println!("fs_disk: {cpus} CPUs wrote at once");
-    // Changes to the host's own files.
-    ok &= check(fs::rename("/data/one", "/data/one-moved").is_ok(), "rename a host file");
-    ok &= check(fs::remove_file("/data/block").is_ok(), "remove a host file");
-    let file = OpenOptions::new().write(true).open("/data/double").expect("open");
-    ok &= check(file.set_len(1000).is_ok(), "truncate a host file");
-    // A mid-run sync (the flush reaches the device), then more changes
-    // the clean exit must write.
-    ok &= check(file.sync_all().is_ok(), "sync_all");
-    drop(file);
-    ok &= check(fs::write("/after-sync.txt", b"written after the last sync\n").is_ok(), "write after sync");
+    ok &= change_host_files("");
     ok &= raw_reads(disk, cpus);
     ok &= blk_report(disk);
     ok
@@ -171,7 +100,7 @@ fn read_write(cpus: usize, disk: blk::Blk) -> bool {
 
 fn read_only(root: &str, disk: blk::Blk) -> bool {
     let mut ok = check(disk.config().read_only, "the device says read-only");
-    ok &= read_tree(root);
+    ok &= read_tree("fs_disk", root);
     let path = |p: &str| format!("{root}{p}");
     let refused = Some(ErrorKind::ReadOnlyFilesystem);
     ok &= check(kind_of(fs::write(&path("/new"), b"x")) == refused, "create refused");
