@@ -291,22 +291,34 @@ fn make_web_tree(dir: &Path) -> Result<PathBuf> {
     Ok(tree)
 }
 
-/// `cargo xtask test`'s `webserver-files` check: the web server booted with
-/// a disk (`webroot=/www`) on QEMU user networking; curl fetches files,
-/// conditional and range requests, an index page, and escape attempts.
-pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
+/// `cargo xtask test`'s `webserver-files` checks: the web server booted
+/// with a disk (`webroot=/www`), or with the same tree shared over
+/// virtio-fs (`share`: `webroot=/share/www`), on QEMU user networking;
+/// curl fetches files, conditional and range requests, an index page, and
+/// escape attempts.
+pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel, share: bool) -> Result<(bool, String)> {
     const BOOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-    let dir = crate::build::workspace_root().join("target").join("vm-disks").join("webserver-files");
+    let name = if share { "webserver-files-share" } else { "webserver-files" };
+    let dir = crate::build::workspace_root().join("target").join("vm-disks").join(name);
     let tree = make_web_tree(&dir)?;
-    let disk_image = dir.join("disk.img");
-    image_from_folder_with(&tree, &disk_image, Some(16 << 20), &[])?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut config = crate::qemu::VmConfig::new(image.to_path_buf(), accel);
     config.cpus = 2;
     config.memory_mib = 256;
-    config.command_line = "webroot=/www".into();
     config.network = Some(crate::qemu::UserNetwork { tcp_forwards: vec![(port, 80)] });
-    config.disks = vec![Disk::new(disk_image)];
+    // Kept until the VM ends.
+    let mut daemon = None;
+    if share {
+        let started = crate::share::start(&tree, &dir, &crate::share::tag(0))?;
+        config.shares.push(started.share.clone());
+        config.command_line = "webroot=/share/www".into();
+        daemon = Some(started);
+    } else {
+        let disk_image = dir.join("disk.img");
+        image_from_folder_with(&tree, &disk_image, Some(16 << 20), &[])?;
+        config.command_line = "webroot=/www".into();
+        config.disks = vec![Disk::new(disk_image)];
+    }
     let mut child = config
         .command()
         .stdin(std::process::Stdio::null())
@@ -414,6 +426,7 @@ pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel) -> Result<
     let _ = child.wait();
     let _ = reader.join();
     let _ = errors.join();
+    drop(daemon);
     let output: Vec<String> = lines.try_iter().map(|(_, line)| line).collect();
     Ok(if problems.is_empty() {
         (true, format!("ok (port {port}: 200, 304 x2, 206, 416, index, 301, links, 5 escapes refused, 404)"))

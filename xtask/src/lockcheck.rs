@@ -146,6 +146,12 @@ pub const ROOTS: &[&str] = &[
     "toro::virtio::rng::Rng::fill",
     "toro::virtio::rng::RngDevice::submit",
     "toro::virtio::rng::RngDevice::on_interrupt",
+    // a virtio-fs request (or a FORGET) from any CPU, its queuing on the
+    // owner, the interrupt hook that hands the reply back
+    "toro::virtio::fs::VirtioFs::exchange",
+    "toro::virtio::fs::VirtioFs::send",
+    "toro::virtio::fs::FsDevice::start",
+    "toro::virtio::fs::FsDevice::on_interrupt",
     // socket calls on their owner CPU (the stack's poll, waking waiters)
     "toro::net::instance::Instance::pump",
     "toro::net::tcp::TcpStream::read_some",

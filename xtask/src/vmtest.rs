@@ -524,6 +524,14 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "fs_share")
         },
         VmTest {
+            name: "fs_share-4",
+            cpus: 4,
+            memory_mib: 256,
+            share: Some(crate::disktest::SHARE_READ_WRITE),
+            expect: &["4 CPUs wrote at once", "fs_share: all checks passed"],
+            ..vm("vm-tests", "fs_share")
+        },
+        VmTest {
             name: "fs_share-1",
             cpus: 1,
             memory_mib: 256,
@@ -1104,12 +1112,23 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         }
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
-        let (ok, summary) = crate::disktest::webserver_files_test(&images[index], accel)?;
+        let (ok, summary) = crate::disktest::webserver_files_test(&images[index], accel, false)?;
         println!("vm test webserver-files-microvm-2 ... {summary}");
         if ok {
             passed += 1
         } else {
             failed += 1
+        }
+        if crate::setup::virtiofsd().is_none() {
+            println!("vm test webserver-files-share-microvm-2 ... skipped: virtiofsd is not installed");
+        } else {
+            let (ok, summary) = crate::disktest::webserver_files_test(&images[index], accel, true)?;
+            println!("vm test webserver-files-share-microvm-2 ... {summary}");
+            if ok {
+                passed += 1
+            } else {
+                failed += 1
+            }
         }
     }
     if qemu_checks && filter.as_ref().is_none_or(|f| "floor".contains(f.as_str())) {

@@ -53,21 +53,37 @@ const TAG_LEN: usize = 36;
 const BROKEN: &str = "virtio-fs: the device broke the queue protocol; reset and left out";
 const TIMED_OUT: &str = "virtio-fs: the device did not complete a request in time; reset and left out";
 
+/// A request's outcome: the bytes the device wrote, or why it failed.
+/// Plain data (no boxed error to drop on the owner's paths: the lock
+/// check follows drops too).
+type Reply = Result<usize, &'static str>;
+
 /// What a request's completion does.
-struct Token {
-    /// The caller waiting for the bytes written (none for a `FORGET`).
-    reply: Option<SyncSender<io::Result<usize>>>,
+enum Token {
+    /// The caller waiting for the bytes written.
+    Reply(SyncSender<Reply>),
     /// A `FORGET`'s message, kept until the device is done with it.
-    _owned: Option<Box<[u8]>>,
+    Forget(#[allow(dead_code)] Box<[u8]>),
 }
 
-/// A request waiting for room in its queue.
+impl Token {
+    fn answer(self, reply: Reply) {
+        if let Token::Reply(sender) = self {
+            let _ = sender.send(reply);
+        }
+    }
+}
+
+/// A request waiting for room in its queue: `buffers[..readable]` for the
+/// device to read, `buffers[readable..count]` for it to write. Kept small
+/// (under 128 bytes: moved without a `memcpy` call, which the lock check
+/// could not follow through a register).
 struct Pending {
     hiprio: bool,
-    readable: [Buffer; 2],
-    readables: usize,
-    writable: [Buffer; 2],
-    writables: usize,
+    readable: u8,
+    count: u8,
+    lengths: [u32; 4],
+    addresses: [u64; 4],
     token: Token,
 }
 
@@ -151,9 +167,7 @@ impl FsDevice {
     #[inline(never)]
     fn start(&mut self, pending: Pending) {
         if let Some(why) = self.left_out {
-            if let Some(reply) = pending.token.reply {
-                let _ = reply.send(Err(Error::from_static(ErrorKind::Other, why)));
-            }
+            pending.token.answer(Err(why));
             return;
         }
         if self.requests.in_flight() + self.hiprio.in_flight() == 0 {
@@ -167,13 +181,15 @@ impl FsDevice {
     fn send_backlog(&mut self) {
         let (mut hiprio_added, mut requests_added) = (false, false);
         while let Some(next) = self.backlog.front() {
-            let buffers = next.readables + next.writables;
+            let buffers = usize::from(next.count);
             let fits = if next.hiprio { self.hiprio.fits(buffers) } else { self.requests.fits(buffers) };
             if !fits {
                 break;
             }
             let p = self.backlog.pop_front().expect("front exists");
-            let (readable, writable) = (&p.readable[..p.readables], &p.writable[..p.writables]);
+            let buffers: [Buffer; 4] =
+                core::array::from_fn(|i| Buffer { address: p.addresses[i], length: p.lengths[i] });
+            let (readable, writable) = buffers[..usize::from(p.count)].split_at(usize::from(p.readable));
             let added = if p.hiprio {
                 hiprio_added = true;
                 self.stats.forgets += 1;
@@ -220,9 +236,7 @@ impl FsDevice {
                 };
                 let Some(done) = done else { break };
                 self.progress = Instant::now();
-                if let Some(reply) = done.token.reply {
-                    let _ = reply.send(Ok(done.written as usize));
-                }
+                done.token.answer(Ok(done.written as usize));
             }
             self.send_backlog();
             if self.left_out.is_some() {
@@ -256,11 +270,7 @@ impl FsDevice {
             log::error!("{}: reset did not complete", self.name);
         }
         self.transport.fail();
-        let fail = |token: Token| {
-            if let Some(reply) = token.reply {
-                let _ = reply.send(Err(Error::from_static(ErrorKind::Other, why)));
-            }
-        };
+        let fail = |token: Token| token.answer(Err(why));
         self.requests.reset(fail);
         self.hiprio.reset(fail);
         for pending in self.backlog.drain(..) {
@@ -280,16 +290,21 @@ pub struct VirtioFs {
     vector: u8,
 }
 
-fn buffers<const N: usize>(slices: [(u64, usize); N]) -> ([Buffer; 2], usize) {
-    let mut out = [Buffer { address: 0, length: 0 }; 2];
-    let mut count = 0;
-    for (address, length) in slices {
-        if length > 0 && count < 2 {
-            out[count] = Buffer { address, length: length as u32 };
-            count += 1;
+/// A request of (address, length) parts, the empty ones left out: the
+/// first two for the device to read, the last two for it to write.
+fn pending(hiprio: bool, parts: [(u64, usize); 4], token: Token) -> Pending {
+    let mut p = Pending { hiprio, readable: 0, count: 0, lengths: [0; 4], addresses: [0; 4], token };
+    for (i, (address, length)) in parts.into_iter().enumerate() {
+        if length > 0 {
+            p.addresses[usize::from(p.count)] = address;
+            p.lengths[usize::from(p.count)] = length as u32;
+            p.count += 1;
+        }
+        if i == 1 {
+            p.readable = p.count;
         }
     }
-    (out, count)
+    p
 }
 
 impl VirtioFs {
@@ -356,47 +371,42 @@ impl VirtioFs {
     /// device completes it. Returns the bytes the device wrote.
     #[inline(never)]
     pub fn exchange(&self, request: &[u8], payload: &[u8], head: &mut [u8], data: &mut [u8]) -> io::Result<usize> {
-        let (readable, readables) = buffers([
-            (super::physical_address(request.as_ptr()), request.len()),
-            (super::physical_address(payload.as_ptr()), payload.len()),
-        ]);
-        let (writable, writables) = buffers([
-            (super::physical_address(head.as_ptr()), head.len()),
-            (super::physical_address(data.as_ptr()), data.len()),
-        ]);
-        let (reply, answer) = sync_channel::<io::Result<usize>>(1);
-        let pending = Pending {
-            hiprio: false,
-            readable,
-            readables,
-            writable,
-            writables,
-            token: Token { reply: Some(reply), _owned: None },
-        };
+        let address = |slice: &[u8]| (super::physical_address(slice.as_ptr()), slice.len());
+        let (reply, answer) = sync_channel::<Reply>(1);
+        let parts = [address(request), address(payload), address(head), address(data)];
+        let pending = pending(false, parts, Token::Reply(reply));
         // The buffers stay borrowed until the answer, which comes after the
         // device finished with them (or was reset).
         self.handle.try_call(move |device| device.start(pending)).map_err(service_error)?;
-        answer.recv().map_err(|_| Error::from_static(ErrorKind::Other, "virtio-fs: the driver went away"))?
+        match answer.recv() {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(why)) => Err(Error::from_static(ErrorKind::Other, why)),
+            Err(_) => Err(Error::from_static(ErrorKind::Other, "virtio-fs: the driver went away")),
+        }
     }
 
     /// A message with no reply on the high-priority queue (`FORGET`); returns at once.
+    #[inline(never)]
     pub fn send(&self, request: &[u8]) -> io::Result<()> {
         let owned: Box<[u8]> = request.into();
-        let (readable, readables) = buffers([(super::physical_address(owned.as_ptr()), owned.len())]);
-        let pending = Pending {
-            hiprio: true,
-            readable,
-            readables,
-            writable: [Buffer { address: 0, length: 0 }; 2],
-            writables: 0,
-            token: Token { reply: None, _owned: Some(owned) },
-        };
+        // The box's bytes stay put when the box moves into the token.
+        let parts = [(super::physical_address(owned.as_ptr()), owned.len()), (0, 0), (0, 0), (0, 0)];
+        let pending = pending(true, parts, Token::Forget(owned));
         self.handle.try_call(move |device| device.start(pending)).map_err(service_error)
     }
 }
 
 fn service_error(error: crate::service::ServiceError) -> Error {
-    Error::new(ErrorKind::Other, format!("virtio-fs: driver service: {error:?}"))
+    use crate::service::ServiceError;
+    // Fixed messages: no formatting on the request path.
+    Error::from_static(
+        ErrorKind::Other,
+        match error {
+            ServiceError::Stopped => "virtio-fs: the driver service stopped",
+            ServiceError::Reentered => "virtio-fs: the driver service called itself",
+            _ => "virtio-fs: the driver service is unreachable",
+        },
+    )
 }
 
 /// The virtio-fs devices started at boot, in discovery order.
