@@ -270,6 +270,21 @@ mod tests {
         assert_eq!(check_unchanged(&disk.image, 1).unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn the_share_checks_catch_a_guest_that_wrote_nothing_and_a_changed_folder() {
+        let dir = std::env::temp_dir().join(format!("toro-sharetest-{}", std::process::id()));
+        let folder = make_tree(&dir).unwrap();
+        assert!(check_share_unchanged(&folder, 2).unwrap().is_empty());
+        let problems = check_share(&folder, 2).unwrap();
+        assert!(problems.iter().any(|p| p.contains("/out/cpu1/f3 in the folder")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("/data/one is still in the folder")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("made-link")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("/data/big")), "untouched host file reads back: {problems:?}");
+        std::fs::write(folder.join("data/big"), b"changed").unwrap();
+        assert_eq!(check_share_unchanged(&folder, 2).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// The web server's files, from a tree with a `www` root: what curl checks.
