@@ -369,6 +369,33 @@ impl<D: BlockDevice> BlockCache<D> {
         Ok(&mut entry.data)
     }
 
+    /// Writes the consecutive blocks `first..` from `data` (whole blocks)
+    /// straight to the device in one transfer, as `O_DIRECT` does: no copy
+    /// into the cache, nothing left dirty. Cached copies of those blocks
+    /// (clean or dirty) are superseded and dropped once the write is done;
+    /// if it fails they stay as they were.
+    pub fn write_run(&mut self, first: u64, data: &[u8]) -> Result<()> {
+        if self.device.read_only() {
+            return Err(READ_ONLY);
+        }
+        let bs = self.block_size;
+        if !data.len().is_multiple_of(bs) {
+            return Err(Error::from_static(ErrorKind::InvalidInput, "write_run needs whole blocks"));
+        }
+        let count = (data.len() / bs) as u64;
+        let end = first.checked_add(count).filter(|&end| end <= self.block_count()).ok_or(OUT_OF_RANGE)?;
+        if count == 0 {
+            return Ok(());
+        }
+        self.device.write(self.sector_of(first)?, data)?;
+        self.device_writes += count;
+        let stale: Vec<u64> = self.entries.range(first..end).map(|(&block, _)| block).collect();
+        for block in stale {
+            self.forget(block);
+        }
+        Ok(())
+    }
+
     /// Drops a cached block without writing it (it was freed).
     pub fn forget(&mut self, block: u64) {
         if let Some(entry) = self.entries.remove(&block) {
@@ -406,6 +433,24 @@ impl<D: BlockDevice> BlockCache<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_run_goes_straight_out_and_supersedes_cached_copies() {
+        let device = MemoryDevice::new(vec![0u8; 64 * 1024]);
+        let mut cache = BlockCache::new(device, 1024, 8).unwrap();
+        cache.modify(4).unwrap().fill(0x11); // dirty, older than the run
+        cache.read(5).unwrap(); // clean copy
+        cache.write_run(3, &[0x22; 3 * 1024]).unwrap();
+        assert!(cache.device().data()[3 * 1024..6 * 1024].iter().all(|&b| b == 0x22), "written at once");
+        assert_eq!(cache.dirty_count(), 0);
+        assert!(cache.read(4).unwrap().iter().all(|&b| b == 0x22), "no stale copy left");
+        cache.flush().unwrap();
+        assert!(cache.device().data()[4 * 1024..5 * 1024].iter().all(|&b| b == 0x22), "flush kept the run");
+        assert!(cache.write_run(0, &[0; 100]).is_err(), "whole blocks only");
+        assert!(cache.write_run(62, &[0; 4096]).is_err(), "inside the device");
+        let mut read_only = BlockCache::new(MemoryDevice::new(vec![0u8; 8192]).into_read_only(), 1024, 8).unwrap();
+        assert_eq!(read_only.write_run(0, &[0; 1024]).unwrap_err().kind(), ErrorKind::ReadOnlyFilesystem);
+    }
 
     #[test]
     fn write_back_happens_on_flush_and_eviction() {
