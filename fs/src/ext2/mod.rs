@@ -526,6 +526,61 @@ impl<D: BlockDevice> Ext2<D> {
         Ok(Some(block))
     }
 
+    /// The run of file data at `lblock`: its first physical block and how
+    /// many consecutive logical blocks (at most `most`) sit on consecutive
+    /// physical ones, or `None` for a hole. One look at the pointer block
+    /// covers the run (a block-by-block [`map`](Self::map) read the
+    /// indirect block through the cache once per data block).
+    fn map_run(&mut self, inode: &Inode, lblock: u64, most: u32) -> Result<Option<(u32, u32)>> {
+        let path = self.block_path(lblock)?;
+        let consecutive = |pointers: &mut dyn Iterator<Item = u32>, first: u32| {
+            let mut count = 1u32;
+            for pointer in pointers {
+                if count >= most || pointer != first.wrapping_add(count) {
+                    break;
+                }
+                count += 1;
+            }
+            count
+        };
+        if path.depth == 0 {
+            let first = inode.block[path.slot];
+            if first == 0 {
+                return Ok(None);
+            }
+            let count = consecutive(&mut inode.block[path.slot + 1..DIRECT_BLOCKS].iter().copied(), first);
+            return self.checked_run(first, count);
+        }
+        let mut block = inode.block[path.slot];
+        let (walk, leaf_index) = (&path.indexes[..path.depth - 1], path.indexes[path.depth - 1]);
+        for &index in walk {
+            if block == 0 {
+                return Ok(None);
+            }
+            self.check_pointer(block)?;
+            block = u32_at(self.cache.read(u64::from(block))?, index * 4);
+        }
+        if block == 0 {
+            return Ok(None);
+        }
+        self.check_pointer(block)?;
+        let leaf = self.cache.read(u64::from(block))?;
+        let first = u32_at(leaf, leaf_index * 4);
+        if first == 0 {
+            return Ok(None);
+        }
+        let count = consecutive(&mut leaf[(leaf_index + 1) * 4..].chunks_exact(4).map(|b| u32_at(b, 0)), first);
+        self.checked_run(first, count)
+    }
+
+    /// A run whose every block is inside the filesystem (consecutive
+    /// blocks: checking both ends checks all).
+    fn checked_run(&self, first: u32, count: u32) -> Result<Option<(u32, u32)>> {
+        self.check_pointer(first)?;
+        self.check_pointer(first.checked_add(count - 1).ok_or(BAD_POINTER)?)?;
+        Ok(Some((first, count)))
+    }
+
     /// The physical block of `lblock`, allocating it (and any indirect block
     /// on the way) if missing; `true` with a block allocated just now.
     fn map_alloc(&mut self, ino: u32, inode: &mut Inode, lblock: u64) -> Result<(u32, bool)> {
@@ -660,12 +715,8 @@ impl<D: BlockDevice> Ext2<D> {
             let within = (pos % bs) as usize;
             // Whole blocks: consecutive physical blocks in one transfer.
             if within == 0 && len - done >= self.block_size {
-                if let Some(first) = self.map(inode, pos / bs)? {
-                    let most = ((len - done) / self.block_size).min(self.run_blocks()) as u32;
-                    let mut count = 1u32;
-                    while count < most && self.map(inode, pos / bs + u64::from(count))? == Some(first + count) {
-                        count += 1;
-                    }
+                let most = ((len - done) / self.block_size).min(self.run_blocks()) as u32;
+                if let Some((first, count)) = self.map_run(inode, pos / bs, most)? {
                     let bytes = count as usize * self.block_size;
                     self.cache.read_run(u64::from(first), &mut buf[done..done + bytes])?;
                     done += bytes;
