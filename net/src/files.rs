@@ -234,6 +234,20 @@ pub fn not_modified(if_none_match: Option<&str>, if_modified_since: Option<&str>
     if_modified_since.and_then(parse_http_date).is_some_and(|since| modified <= since)
 }
 
+/// Whether a `Range` header applies under `If-Range` (RFC 9110 section
+/// 13.1.5): with no `If-Range`, yes; with an entity tag, only if it is
+/// ours (a strong comparison: a weak tag never matches); with a date, only
+/// if it is exactly the last modification. Otherwise the client's copy is
+/// stale and gets the whole representation (200), not a piece of the new
+/// one spliced into the old.
+pub fn if_range_allows(if_range: Option<&str>, etag: &str, modified: u64) -> bool {
+    let Some(condition) = if_range.map(str::trim) else { return true };
+    if condition.starts_with('"') || condition.starts_with("W/") {
+        return condition == etag && !etag.starts_with("W/");
+    }
+    parse_http_date(condition) == Some(modified)
+}
+
 /// What a `Range` header asks of a representation of `len` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Range {
@@ -479,6 +493,18 @@ mod tests {
         let big = 5u64 << 30;
         assert_eq!(range(Some("bytes=4294967296-"), big), Partial { start: 1 << 32, end: big - 1 });
         assert_eq!(range(Some("bytes=0-99999999999999999999999"), 100), Full);
+    }
+
+    #[test]
+    fn if_range_needs_our_tag_or_our_date() {
+        let tag = etag(5, 10, 784_111_777);
+        assert!(if_range_allows(None, &tag, 784_111_777));
+        assert!(if_range_allows(Some(&tag), &tag, 784_111_777));
+        assert!(!if_range_allows(Some("\"other\""), &tag, 784_111_777));
+        assert!(!if_range_allows(Some(&format!("W/{tag}")), &tag, 784_111_777), "weak tags never match");
+        assert!(if_range_allows(Some("Sun, 06 Nov 1994 08:49:37 GMT"), &tag, 784_111_777));
+        assert!(!if_range_allows(Some("Sun, 06 Nov 1994 08:49:38 GMT"), &tag, 784_111_777), "exactly, not later");
+        assert!(!if_range_allows(Some("yesterday"), &tag, 784_111_777));
     }
 
     #[test]

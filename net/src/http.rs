@@ -14,6 +14,7 @@
 //! ([`Connection::timeout`]).
 
 use alloc::borrow::Cow;
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
 
@@ -62,6 +63,8 @@ pub struct Request<'a> {
     pub if_none_match: Option<&'a str>,
     /// The value of the `If-Modified-Since` header, if any.
     pub if_modified_since: Option<&'a str>,
+    /// The value of the `If-Range` header, if any.
+    pub if_range: Option<&'a str>,
 }
 
 impl Request<'_> {
@@ -89,12 +92,56 @@ pub struct Response<'a> {
     pub extra_header: Option<&'a str>,
     /// More header lines, each ending in CRLF (`ETag: "x"\r\n`), made at run time.
     pub headers: alloc::string::String,
+    /// A body too large to hold, sent in pieces after the head (then
+    /// `body` is empty): see [`Response::streamed`].
+    pub stream: Option<Streamed>,
+}
+
+/// Where a streamed body comes from (a file, read as it is sent).
+pub trait BodySource {
+    /// Fills the front of `buf` with the body's next bytes and returns how
+    /// many; 0 or an error before the promised length cuts the response
+    /// short (the connection then closes: the client sees a short body).
+    fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, BodyError>;
+}
+
+/// A [`BodySource`] failed (the reason is the source's to report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyError;
+
+/// A body of `len` bytes that `source` yields in order.
+pub struct Streamed {
+    /// Its length (the `Content-Length`).
+    pub len: u64,
+    /// Its bytes.
+    pub source: Box<dyn BodySource>,
+}
+
+impl core::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Streamed").field("len", &self.len).finish_non_exhaustive()
+    }
 }
 
 impl<'a> Response<'a> {
     /// A response with a body.
     pub fn new(status: u16, content_type: &'a str, body: impl Into<Cow<'a, [u8]>>) -> Self {
-        Self { status, content_type, body: body.into(), extra_header: None, headers: alloc::string::String::new() }
+        Self {
+            status,
+            content_type,
+            body: body.into(),
+            extra_header: None,
+            headers: alloc::string::String::new(),
+            stream: None,
+        }
+    }
+
+    /// A response whose `len`-byte body `source` yields as it is sent, so
+    /// that no buffer of the body's size is needed (a whole large file read
+    /// into memory first took as much memory as the file: one request for
+    /// a file larger than the free memory ended the server).
+    pub fn streamed(status: u16, content_type: &'a str, len: u64, source: Box<dyn BodySource>) -> Self {
+        Self { stream: Some(Streamed { len, source }), ..Self::new(status, content_type, Vec::new()) }
     }
 
     /// A plain-text response naming the status.
@@ -154,6 +201,8 @@ pub struct Connection {
     limits: Limits,
     closed: bool,
     stats: ConnectionStats,
+    /// The body being streamed: bytes still to send, and their source.
+    streaming: Option<(u64, Box<dyn BodySource>)>,
 }
 
 enum Body {
@@ -173,6 +222,7 @@ struct Parsed {
     range: Option<(usize, usize)>,
     if_none_match: Option<(usize, usize)>,
     if_modified_since: Option<(usize, usize)>,
+    if_range: Option<(usize, usize)>,
     body: Vec<u8>,
     body_in_place: Option<(usize, usize)>,
 }
@@ -195,7 +245,40 @@ fn header_has_token(value: &[u8], token: &str) -> bool {
 impl Connection {
     /// A fresh connection.
     pub fn new(limits: Limits) -> Self {
-        Self { input: Vec::new(), limits, closed: false, stats: ConnectionStats::default() }
+        Self { input: Vec::new(), limits, closed: false, stats: ConnectionStats::default(), streaming: None }
+    }
+
+    /// Whether a streamed body is still being sent: the caller moves it
+    /// with [`stream_into`](Self::stream_into) until this is false, then
+    /// calls [`respond`](Self::respond) again for requests that were
+    /// pipelined behind it (they wait, in order).
+    pub fn streaming(&self) -> bool {
+        self.streaming.is_some()
+    }
+
+    /// Appends up to `max` bytes of the streamed body to `out`. An error
+    /// (the source failed, or ended before its length) closes the
+    /// connection: the caller sends what `out` holds and closes.
+    pub fn stream_into(&mut self, out: &mut Vec<u8>, max: usize) -> Result<(), BodyError> {
+        let Some((left, source)) = self.streaming.as_mut() else { return Ok(()) };
+        let want = (*left).min(max.max(1) as u64) as usize;
+        let start = out.len();
+        out.resize(start + want, 0);
+        let got = match source.read_body(&mut out[start..]) {
+            Ok(got) if got > 0 => got.min(want),
+            _ => {
+                out.truncate(start);
+                self.streaming = None;
+                self.closed = true;
+                return Err(BodyError);
+            }
+        };
+        out.truncate(start + got);
+        *left -= got as u64;
+        if *left == 0 {
+            self.streaming = None;
+        }
+        Ok(())
     }
 
     /// Bytes the connection may still buffer: the caller reads at most this
@@ -224,14 +307,16 @@ impl Connection {
 
     /// Answers every complete request buffered, in order, appending the
     /// responses to `out`. `date` is the `Date` header's value, if the
-    /// system knows the time.
+    /// system knows the time. A streamed response stops the answering
+    /// after its head ([`streaming`](Self::streaming)); `Close` then means
+    /// close once its body is sent.
     pub fn respond(
         &mut self,
         out: &mut Vec<u8>,
         date: Option<&str>,
         mut handler: impl FnMut(&Request<'_>) -> Response<'static>,
     ) -> Outcome {
-        while !self.closed && !self.input.is_empty() {
+        while !self.closed && self.streaming.is_none() && !self.input.is_empty() {
             match self.step() {
                 Step::Partial => break,
                 Step::Reject(status) => {
@@ -258,10 +343,16 @@ impl Connection {
                         range: text(parsed.range),
                         if_none_match: text(parsed.if_none_match),
                         if_modified_since: text(parsed.if_modified_since),
+                        if_range: text(parsed.if_range),
                     };
-                    let response = handler(&request);
+                    let mut response = handler(&request);
                     let head_only = method == "HEAD";
                     write_response(out, parsed.minor_version, &response, parsed.keep_alive, head_only, date);
+                    if let Some(stream) = response.stream.take() {
+                        if !head_only && response.status != 304 && stream.len > 0 {
+                            self.streaming = Some((stream.len, stream.source));
+                        }
+                    }
                     self.stats.requests += 1;
                     self.input.drain(..parsed.total);
                     if !parsed.keep_alive {
@@ -324,7 +415,7 @@ impl Connection {
         let mut content_length: Option<usize> = None;
         let mut host = false;
         let mut accept = None;
-        let (mut range, mut if_none_match, mut if_modified_since) = (None, None, None);
+        let (mut range, mut if_none_match, mut if_modified_since, mut if_range) = (None, None, None, None);
         for header in request.headers.iter() {
             let name = header.name;
             if name.eq_ignore_ascii_case("connection") {
@@ -346,6 +437,8 @@ impl Connection {
                 if_none_match = Some(span(input, header.value));
             } else if name.eq_ignore_ascii_case("if-modified-since") {
                 if_modified_since = Some(span(input, header.value));
+            } else if name.eq_ignore_ascii_case("if-range") {
+                if_range = Some(span(input, header.value));
             } else if name.eq_ignore_ascii_case("content-length") {
                 let Some(length) = core::str::from_utf8(header.value)
                     .ok()
@@ -391,6 +484,7 @@ impl Connection {
             range,
             if_none_match,
             if_modified_since,
+            if_range,
             body: Vec::new(),
             body_in_place: None,
         };
@@ -495,7 +589,8 @@ fn write_response(
     }
     // A 304 has no content: no length or type of its own (RFC 9110 section 15.4.5).
     if response.status != 304 {
-        let _ = write!(sink, "Content-Type: {}\r\nContent-Length: {}\r\n", response.content_type, response.body.len());
+        let length = response.stream.as_ref().map_or(response.body.len() as u64, |stream| stream.len);
+        let _ = write!(sink, "Content-Type: {}\r\nContent-Length: {length}\r\n", response.content_type);
     }
     if let Some(extra) = response.extra_header {
         let _ = write!(sink, "{extra}\r\n");
@@ -597,6 +692,108 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("Content-Length") && !text.contains("never sent"));
+    }
+
+    /// A body in pieces of at most `piece` bytes; `fail_at` ends it early.
+    struct Counter {
+        next: u8,
+        piece: usize,
+        fail_at: Option<usize>,
+        sent: usize,
+    }
+
+    impl BodySource for Counter {
+        fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, BodyError> {
+            if self.fail_at.is_some_and(|at| self.sent >= at) {
+                return Err(BodyError);
+            }
+            let n = buf.len().min(self.piece);
+            for byte in &mut buf[..n] {
+                *byte = self.next;
+                self.next = self.next.wrapping_add(1);
+            }
+            self.sent += n;
+            Ok(n)
+        }
+    }
+
+    fn streaming_site(request: &Request<'_>) -> Response<'static> {
+        match request.path() {
+            "/big" => Response::streamed(
+                200,
+                "application/octet-stream",
+                1000,
+                Box::new(Counter { next: 0, piece: 64, fail_at: None, sent: 0 }),
+            ),
+            "/broken" => Response::streamed(
+                200,
+                "application/octet-stream",
+                1000,
+                Box::new(Counter { next: 0, piece: 64, fail_at: Some(300), sent: 0 }),
+            ),
+            _ => site(request),
+        }
+    }
+
+    /// Streams the body and answers what is buffered behind it, as the
+    /// server's loop does; the bytes sent and whether it ended in an error.
+    fn drive(connection: &mut Connection, out: &mut Vec<u8>) -> (Outcome, bool) {
+        loop {
+            let outcome = connection.respond(out, None, streaming_site);
+            if !connection.streaming() {
+                return (outcome, false);
+            }
+            while connection.streaming() {
+                if connection.stream_into(out, 100).is_err() {
+                    return (Outcome::Close, true);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_bodies_go_in_pieces_and_pipelined_requests_wait_their_turn() {
+        let mut connection = Connection::new(Limits::default());
+        connection.feed(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nHEAD /big HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut out = Vec::new();
+        assert_eq!(connection.respond(&mut out, None, streaming_site), Outcome::KeepOpen);
+        assert!(connection.streaming(), "the head is out, the body is to come");
+        let head = String::from_utf8(out.clone()).unwrap();
+        assert!(head.ends_with("Content-Length: 1000\r\n\r\n"), "{head}");
+        assert_eq!(statuses(&head), [200], "nothing answered behind the streamed one yet");
+        let mut pieces = 0;
+        while connection.streaming() {
+            let before = out.len();
+            connection.stream_into(&mut out, 100).unwrap();
+            assert!(out.len() - before <= 100);
+            pieces += 1;
+        }
+        assert!(pieces >= 10, "in pieces: {pieces}");
+        let body = &out[head.len()..];
+        assert_eq!(body.len(), 1000);
+        assert!(body.iter().enumerate().all(|(i, &b)| b == i as u8), "the source's bytes, in order");
+        let (outcome, failed) = drive(&mut connection, &mut out);
+        assert!(!failed && outcome == Outcome::KeepOpen);
+        let text = String::from_utf8_lossy(&out[head.len() + 1000..]).into_owned();
+        assert_eq!(statuses(&text), [200, 200]);
+        assert!(text.contains("<html>hi</html>") && text.ends_with("Content-Length: 1000\r\n\r\n"), "HEAD: no body");
+        assert!(!connection.streaming());
+    }
+
+    #[test]
+    fn a_streamed_body_that_fails_closes_the_connection() {
+        let mut connection = Connection::new(Limits::default());
+        connection.feed(b"GET /broken HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut out = Vec::new();
+        let (outcome, failed) = drive(&mut connection, &mut out);
+        assert!(failed && outcome == Outcome::Close);
+        assert_eq!(connection.respond(&mut out, None, streaming_site), Outcome::Close, "nothing more is answered");
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert_eq!(statuses(&text), [200]);
+        let mut closing = Connection::new(Limits::default());
+        closing.feed(b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        assert_eq!(closing.respond(&mut out, None, streaming_site), Outcome::Close);
+        assert!(closing.streaming(), "close after the body");
     }
 
     #[test]

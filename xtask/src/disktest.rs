@@ -300,10 +300,43 @@ fn make_web_tree(dir: &Path) -> Result<PathBuf> {
     std::fs::write(www.join("space name.html"), b"<p>spaced</p>\n")?;
     std::fs::write(www.join("site/index.html"), b"<h1>site index</h1>\n")?;
     std::fs::write(www.join("big.bin"), pattern(3_000_000, 11))?;
+    // Larger than the guest's memory, sparse (data at both ends only), so
+    // the image stays small: serving it must not take its size in memory.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut huge = std::fs::File::create(www.join("huge.bin"))?;
+        huge.write_all(&pattern(HUGE_HEAD, 13))?;
+        huge.seek(SeekFrom::Start(HUGE_BYTES - HUGE_TAIL.len() as u64))?;
+        huge.write_all(HUGE_TAIL)?;
+    }
     std::os::unix::fs::symlink("sub/a.txt", www.join("ok"))?;
     std::os::unix::fs::symlink("../secret.txt", www.join("escape"))?;
     std::os::unix::fs::symlink("/secret.txt", www.join("absolute"))?;
     Ok(tree)
+}
+
+/// `huge.bin` of the web tree: its size (above the guest's 256 MiB), the
+/// pattern bytes it starts with, and its last bytes.
+const HUGE_BYTES: u64 = 300 << 20;
+const HUGE_HEAD: usize = 4 << 20;
+const HUGE_TAIL: &[u8] = b"the end of a file larger than the guest's memory\n";
+
+/// The first `len` bytes of `path` from the server (curl is stopped after
+/// them), and whether curl stopped on its own before that.
+fn get_prefix(port: u16, path: &str, len: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut curl = Command::new("curl")
+        .args(["-s", "-m", "60"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running curl")?;
+    let mut out = Vec::new();
+    let taken = curl.stdout.take().expect("stdout is piped").take(len as u64).read_to_end(&mut out);
+    let _ = curl.kill();
+    let _ = curl.wait();
+    taken?;
+    Ok(out)
 }
 
 /// `cargo xtask test`'s `webserver-files` checks: the web server booted
@@ -409,6 +442,24 @@ pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel, share: boo
     expect("Range past the end -> 416", beyond.0 == 416 && has(&beyond.1, "bytes */3000000"), &beyond.0);
     let whole = get("/big.bin", &[])?;
     expect("GET /big.bin", whole.0 == 200 && whole.2 == big, &(whole.0, whole.2.len()));
+    let big_tag = format!("If-Range: {}", header(&whole.1, "etag"));
+    let current = get("/big.bin", &["-r", "10-19", "-H", &big_tag])?;
+    expect("If-Range with the current tag -> 206", current.0 == 206 && current.2 == big[10..20], &current.0);
+    let stale = get("/big.bin", &["-r", "10-19", "-H", "If-Range: \"stale\""])?;
+    expect("If-Range with a stale tag -> 200, all of it", stale.0 == 200 && stale.2 == big, &(stale.0, stale.2.len()));
+    // A file larger than the guest's memory: HEAD, the last bytes, and
+    // the first 4 MiB of a GET (curl stops there: the server must notice
+    // and go on serving).
+    let head = get("/huge.bin", &["-I"])?;
+    expect(
+        "HEAD of a file larger than memory",
+        head.0 == 200 && header(&head.1, "content-length") == HUGE_BYTES.to_string(),
+        &head.1,
+    );
+    let tail = get("/huge.bin", &["-r", &format!("-{}", HUGE_TAIL.len())])?;
+    expect("the last bytes of a file larger than memory", tail.0 == 206 && tail.2 == HUGE_TAIL, &tail.0);
+    let prefix = get_prefix(port, "/huge.bin", HUGE_HEAD)?;
+    expect("the first 4 MiB of a GET of a file larger than memory", prefix == pattern(HUGE_HEAD, 13), &prefix.len());
     let index = get("/", &[])?;
     let listing = String::from_utf8_lossy(&index.2).into_owned();
     expect(
@@ -444,7 +495,7 @@ pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel, share: boo
     drop(daemon);
     let output: Vec<String> = lines.try_iter().map(|(_, line)| line).collect();
     Ok(if problems.is_empty() {
-        (true, format!("ok (port {port}: 200, 304 x2, 206, 416, index, 301, links, 5 escapes refused, 404)"))
+        (true, format!("ok (port {port}: 200, 304 x2, 206, 416, If-Range x2, a 300 MiB file, index, 301, links, 5 escapes refused, 404)"))
     } else {
         (false, format!("FAILED: {}; guest printed: {}", problems.join("; "), output.join(" | ")))
     })

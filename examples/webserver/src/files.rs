@@ -7,8 +7,10 @@
 //!   followed here, refusing any whose target leaves the root (403).
 //! - Files: `Content-Type` from the extension, `ETag` and `Last-Modified`
 //!   (the inode's modification time), `If-None-Match`/`If-Modified-Since`
-//!   (304), one byte range (206, 416), `Accept-Ranges: bytes`; a range is
-//!   read from the file alone, not the whole file.
+//!   (304), one byte range (206, 416) under `If-Range`, `Accept-Ranges:
+//!   bytes`. A body up to [`HOLD_AT_MOST`] is read whole; a larger one is
+//!   streamed from the file as it is sent (`Response::streamed`), so a
+//!   file of any size costs a connection one piece of memory, not its size.
 //! - Directories: `index.html` if present, else an index page; a directory
 //!   named without its trailing slash is redirected (301).
 
@@ -22,7 +24,10 @@ use toro::alloc::vec::Vec;
 use toro::fs::{self, File};
 use toro::io::{ErrorKind, Read, Seek, SeekFrom};
 use toro_net::files::{self, IndexEntry, Range};
-use toro_net::http::{Request, Response};
+use toro_net::http::{BodyError, BodySource, Request, Response};
+
+/// The largest body read into memory whole; larger ones are streamed.
+pub const HOLD_AT_MOST: u64 = 256 * 1024;
 
 /// The root being served, if a mounted directory.
 static ROOT: toro::sync::OnceLock<Option<String>> = toro::sync::OnceLock::new();
@@ -113,7 +118,8 @@ fn file(request: &Request<'_>, path: &str, metadata: &fs::Metadata) -> Response<
     if files::not_modified(request.if_none_match, request.if_modified_since, &tag, modified) {
         return with_headers(Response::new(304, content_type, Vec::new()), headers);
     }
-    let (status, start, count) = match files::range(request.range, len) {
+    let range = request.range.filter(|_| files::if_range_allows(request.if_range, &tag, modified));
+    let (status, start, count) = match files::range(range, len) {
         Range::Full => (200, 0, len),
         Range::Partial { start, end } => {
             let _ = write!(headers, "Content-Range: bytes {start}-{end}/{len}\r\n");
@@ -124,12 +130,53 @@ fn file(request: &Request<'_>, path: &str, metadata: &fs::Metadata) -> Response<
             return with_headers(Response::status(416), headers);
         }
     };
-    // HEAD reads it too: its Content-Length is the body's.
+    if count > HOLD_AT_MOST || request.method == "HEAD" {
+        // HEAD sends no body: the file is opened (so a HEAD fails as its GET
+        // would) but not read.
+        let source = match FileBody::open(path, start, count) {
+            Ok(source) => source,
+            Err(error) => return Response::status(error_status(&error)),
+        };
+        return with_headers(
+            Response::streamed(status, content_type, count, toro::alloc::boxed::Box::new(source)),
+            headers,
+        );
+    }
     let body = match read_range(path, start, count) {
         Ok(body) => body,
         Err(error) => return Response::status(error_status(&error)),
     };
     with_headers(Response::new(status, content_type, body), headers)
+}
+
+/// `left` bytes of an open file, read as they are sent.
+struct FileBody {
+    file: File,
+    left: u64,
+}
+
+impl FileBody {
+    fn open(path: &str, start: u64, count: u64) -> toro::io::Result<FileBody> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(start))?;
+        Ok(FileBody { file, left: count })
+    }
+}
+
+impl BodySource for FileBody {
+    fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, BodyError> {
+        let want = (buf.len() as u64).min(self.left) as usize;
+        match self.file.read(&mut buf[..want]) {
+            Ok(got) => {
+                self.left -= got as u64;
+                Ok(got)
+            }
+            Err(error) => {
+                toro::println!("webserver: reading a file being sent: {error}");
+                Err(BodyError)
+            }
+        }
+    }
 }
 
 /// `count` bytes of the file at `start`.

@@ -44,6 +44,8 @@ const REQUEST_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(10
 const IDLE_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(30);
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 4096;
+/// Bytes of a streamed body (a large file) read and sent at a time.
+const STREAM_PIECE: usize = 64 * 1024;
 
 #[toro::main]
 fn main() -> i32 {
@@ -130,6 +132,43 @@ fn http_date() -> Option<String> {
     Some(text)
 }
 
+/// Sends `out` (then empties it); false if the connection failed.
+fn send(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    if stream.write_all(out).is_err() {
+        return false;
+    }
+    stats::bytes_out(out.len());
+    out.clear();
+    true
+}
+
+/// Answers every complete request buffered and sends the answers: a
+/// streamed body goes out in pieces of [`STREAM_PIECE`], then the requests
+/// pipelined behind it are answered. `None` if the connection failed.
+fn answer(connection: &mut Connection, stream: &mut TcpStream, out: &mut Vec<u8>) -> Option<Outcome> {
+    loop {
+        let before = connection.stats().requests;
+        let date = http_date();
+        let outcome = connection.respond(out, date.as_deref(), site::handle);
+        stats::requests(connection.stats().requests - before);
+        if !send(stream, out) {
+            return None;
+        }
+        if !connection.streaming() {
+            return Some(outcome);
+        }
+        while connection.streaming() {
+            let failed = connection.stream_into(out, STREAM_PIECE).is_err();
+            if !send(stream, out) || failed {
+                return None;
+            }
+        }
+    }
+}
+
 /// Serves one connection until it closes, errs or times out.
 fn serve(mut stream: TcpStream) {
     let mut connection = Connection::new(Limits::default());
@@ -152,17 +191,7 @@ fn serve(mut stream: TcpStream) {
         };
         stats::bytes_in(count);
         connection.feed(&buffer[..count]);
-        let before = connection.stats().requests;
-        let date = http_date();
-        let outcome = connection.respond(&mut out, date.as_deref(), site::handle);
-        stats::requests(connection.stats().requests - before);
-        if !out.is_empty() {
-            if stream.write_all(&out).is_err() {
-                break;
-            }
-            stats::bytes_out(out.len());
-            out.clear();
-        }
+        let Some(outcome) = answer(&mut connection, &mut stream, &mut out) else { break };
         if outcome == Outcome::Close {
             let _ = stream.shutdown(Shutdown::Write);
             break;
