@@ -138,6 +138,19 @@ pub fn spread(ordinal: usize, cpus: usize) -> usize {
     }
 }
 
+/// The owner of `device` when no entry names it; `driven_before` counts
+/// the devices Toro drives that were found before it. Network cards are
+/// spread by their own count (card K on CPU (1 + K) mod CPUs, whatever
+/// else was found), so N cards on N CPUs land on N different CPUs, each
+/// with its own TCP/IP instance; other devices by `driven_before`.
+pub fn default_owner(device: &DeviceKey, driven_before: usize, cpus: usize) -> usize {
+    if device.kind == "net" {
+        spread(device.kind_index, cpus)
+    } else {
+        spread(driven_before, cpus)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +215,20 @@ mod tests {
         assert_eq!((0..5).map(|i| spread(i, 4)).collect::<Vec<_>>(), vec![1, 2, 3, 0, 1]);
         assert_eq!(spread(3, 1), 0);
         assert_eq!(spread(0, 0), 0);
+    }
+
+    #[test]
+    fn network_cards_land_on_different_cpus() {
+        // microvm with a virtio-rng before two cards, 2 CPUs: the cards
+        // are spread by their own count, not the devices before them.
+        let owners: Vec<usize> =
+            (0..2).map(|card| default_owner(&key(None, Some(0xfeb0_0000), "net", card), 1 + card, 2)).collect();
+        assert_eq!(owners, [1, 0]);
+        let owners: Vec<usize> = (0..4).map(|card| default_owner(&key(None, None, "net", card), 3, 4)).collect();
+        assert_eq!(owners, [1, 2, 3, 0]);
+        assert_eq!(default_owner(&key(None, None, "net", 5), 0, 1), 0);
+        // Other kinds keep the order they were found in.
+        assert_eq!(default_owner(&key(None, None, "blk", 0), 2, 4), 3);
     }
 
     #[test]

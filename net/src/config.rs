@@ -1,6 +1,8 @@
 //! How a stack gets its address: `toro.ip=ADDR/PREFIX toro.gw=ADDR` on the
 //! kernel command line, DHCP when no address is given, `toro.dhcp=1` to
-//! force it.
+//! force it. Those words are the first card's (`eth0`; `toro.eth0.ip=...`
+//! says the same); card K's are `toro.ethK.ip=`, `toro.ethK.gw=`,
+//! `toro.ethK.dhcp=`, `toro.ethK.ip6=`, `toro.ethK.gw6=`, `toro.ethK.slaac=`.
 
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
 
@@ -41,41 +43,133 @@ pub enum ConfigError {
     BadSlaac,
 }
 
-impl core::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            Self::BadAddress => "toro.ip must be ADDR/PREFIX, e.g. 10.0.2.15/24",
-            Self::BadGateway => "toro.gw must be an IPv4 address, e.g. 10.0.2.2",
-            Self::BadDhcp => "toro.dhcp must be 0 or 1",
-            Self::BadAddress6 => "toro.ip6 must be a unicast ADDR/PREFIX, e.g. fd00::2/64",
-            Self::BadGateway6 => "toro.gw6 must be a unicast IPv6 address, e.g. fd00::1 or fe80::1",
-            Self::BadSlaac => "toro.slaac must be 0 or 1",
-        })
+impl ConfigError {
+    /// The setting at fault and what it must be.
+    fn parts(self) -> (&'static str, &'static str) {
+        match self {
+            Self::BadAddress => ("ip", "ADDR/PREFIX, e.g. 10.0.2.15/24"),
+            Self::BadGateway => ("gw", "an IPv4 address, e.g. 10.0.2.2"),
+            Self::BadDhcp => ("dhcp", "0 or 1"),
+            Self::BadAddress6 => ("ip6", "a unicast ADDR/PREFIX, e.g. fd00::2/64"),
+            Self::BadGateway6 => ("gw6", "a unicast IPv6 address, e.g. fd00::1 or fe80::1"),
+            Self::BadSlaac => ("slaac", "0 or 1"),
+        }
     }
 }
 
-/// Reads the addressing from `key=value` words; `default` applies when
-/// neither `toro.ip` nor `toro.dhcp=1` is given.
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        CardError { card: 0, error: *self }.fmt(f)
+    }
+}
+
+/// A bad value in card `card`'s words: says `toro.ethK.SETTING` (card 0:
+/// `toro.SETTING`) and what it must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardError {
+    /// The card (`eth0`, `eth1`, ...).
+    pub card: usize,
+    /// What is wrong.
+    pub error: ConfigError,
+}
+
+impl core::fmt::Display for CardError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (setting, rule) = self.error.parts();
+        match self.card {
+            0 => write!(f, "toro.{setting} must be {rule}"),
+            card => write!(f, "toro.eth{card}.{setting} must be {rule}"),
+        }
+    }
+}
+
+/// The settings a card takes (`toro.ethK.SETTING=`).
+pub const CARD_SETTINGS: [&str; 6] = ["ip", "gw", "dhcp", "ip6", "gw6", "slaac"];
+
+/// Whose setting a command-line key is: `Some((K, "ip"))` for
+/// `toro.ethK.ip`, `Some((0, "ip"))` for `toro.ip` (any other `toro.X`
+/// too: the caller picks the settings it knows), `None` for keys that
+/// are not `toro.` ones. `Err` for a `toro.eth...` key whose card is not
+/// a number (or has no `.SETTING`).
+fn card_setting(key: &str) -> Option<Result<(usize, &str), ()>> {
+    let rest = key.strip_prefix("toro.")?;
+    let Some(card_and_setting) = rest.strip_prefix("eth") else {
+        return Some(Ok((0, rest)));
+    };
+    let Some((card, setting)) = card_and_setting.split_once('.') else {
+        return Some(Err(()));
+    };
+    if card.is_empty() || !card.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Some(Err(()));
+    }
+    Some(card.parse::<usize>().map(|card| (card, setting)).map_err(|_| ()))
+}
+
+/// The value of card `card`'s `setting` in `word`, if the word sets it.
+fn value_for<'a>(word: &'a str, card: usize, setting: &str) -> Option<&'a str> {
+    let (key, value) = word.split_once('=')?;
+    match card_setting(key)? {
+        Ok((named, named_setting)) if named == card && named_setting == setting => Some(value),
+        _ => None,
+    }
+}
+
+/// The `toro.ethK.` words that apply to no card of the `cards` there
+/// are, each with why: a card that does not exist, a setting cards do
+/// not take, a card that is not a number. (`toro.SETTING` words are
+/// card 0's and not reported.)
+pub fn stray_card_words<'a>(
+    words: impl IntoIterator<Item = &'a str>,
+    cards: usize,
+) -> impl Iterator<Item = (&'a str, &'static str)> {
+    words.into_iter().filter_map(move |word| {
+        let key = word.split_once('=').map_or(word, |(key, _)| key);
+        if !key.starts_with("toro.eth") {
+            return None;
+        }
+        match card_setting(key)? {
+            Err(()) => Some((word, "the card must be a number: toro.ethK.SETTING=VALUE")),
+            Ok((_, setting)) if !CARD_SETTINGS.contains(&setting) => {
+                Some((word, "unknown setting; cards take ip, gw, dhcp, ip6, gw6, slaac"))
+            }
+            Ok((card, _)) if card >= cards => Some((word, "there is no such card")),
+            Ok(_) => None,
+        }
+    })
+}
+
+/// Reads the first card's addressing from `key=value` words; `default`
+/// applies when neither `toro.ip` nor `toro.dhcp=1` is given.
 pub fn addressing_from<'a>(
     words: impl IntoIterator<Item = &'a str>,
     default: Addressing,
 ) -> Result<Addressing, ConfigError> {
+    addressing_for(words, 0, default).map_err(|error| error.error)
+}
+
+/// Reads card `card`'s addressing (`toro.ethK.ip=`, `.gw=`, `.dhcp=`; for
+/// card 0 also `toro.ip=`, ...; the last word wins); `default` applies
+/// when it gets neither an address nor `dhcp=1`.
+pub fn addressing_for<'a>(
+    words: impl IntoIterator<Item = &'a str>,
+    card: usize,
+    default: Addressing,
+) -> Result<Addressing, CardError> {
+    let error = |error| CardError { card, error };
     let mut address = None;
     let mut gateway = None;
     let mut dhcp = None;
     for word in words {
-        let Some((key, value)) = word.split_once('=') else { continue };
-        match key {
-            "toro.ip" => address = Some(parse_cidr(value).ok_or(ConfigError::BadAddress)?),
-            "toro.gw" => gateway = Some(value.parse::<Ipv4Address>().map_err(|_| ConfigError::BadGateway)?),
-            "toro.dhcp" => {
-                dhcp = Some(match value {
-                    "1" => true,
-                    "0" => false,
-                    _ => return Err(ConfigError::BadDhcp),
-                })
-            }
-            _ => {}
+        if let Some(value) = value_for(word, card, "ip") {
+            address = Some(parse_cidr(value).ok_or(error(ConfigError::BadAddress))?);
+        } else if let Some(value) = value_for(word, card, "gw") {
+            gateway = Some(value.parse::<Ipv4Address>().map_err(|_| error(ConfigError::BadGateway))?);
+        } else if let Some(value) = value_for(word, card, "dhcp") {
+            dhcp = Some(match value {
+                "1" => true,
+                "0" => false,
+                _ => return Err(error(ConfigError::BadDhcp)),
+            });
         }
     }
     Ok(match (dhcp, address) {
@@ -88,6 +182,21 @@ pub fn addressing_from<'a>(
             Addressing::Dhcp => Addressing::Dhcp,
         },
     })
+}
+
+/// Which card an outgoing connection to `destination` leaves by, of
+/// cards given as (static network, has a default gateway) in order: the
+/// first whose network holds the destination, else the first with a
+/// gateway, else the first. `None` with no card.
+pub fn route_card(
+    cards: impl Iterator<Item = (Option<Ipv4Cidr>, bool)> + Clone,
+    destination: Option<Ipv4Address>,
+) -> Option<usize> {
+    let on_link = cards.clone().position(|(subnet, _)| match (subnet, destination) {
+        (Some(subnet), Some(destination)) => subnet.contains_addr(&destination),
+        _ => false,
+    });
+    on_link.or_else(|| cards.clone().position(|(_, gateway)| gateway)).or_else(|| cards.clone().next().map(|_| 0))
 }
 
 /// An interface's IPv6 set-up. Every Ethernet interface also gets its
@@ -104,37 +213,39 @@ pub struct Ipv6Config {
     pub slaac: bool,
 }
 
-/// Reads the IPv6 set-up from `key=value` words.
+/// Reads the first card's IPv6 set-up from `key=value` words.
 pub fn ipv6_from<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<Ipv6Config, ConfigError> {
+    ipv6_for(words, 0).map_err(|error| error.error)
+}
+
+/// Reads card `card`'s IPv6 set-up (`toro.ethK.ip6=`, `.gw6=`, `.slaac=`;
+/// for card 0 also `toro.ip6=`, ...).
+pub fn ipv6_for<'a>(words: impl IntoIterator<Item = &'a str>, card: usize) -> Result<Ipv6Config, CardError> {
+    let error = |error| CardError { card, error };
     let mut config = Ipv6Config { slaac: true, ..Ipv6Config::default() };
     let unicast = |address: &Ipv6Address| !address.is_multicast() && !address.is_unspecified();
     for word in words {
-        let Some((key, value)) = word.split_once('=') else { continue };
-        match key {
-            "toro.ip6" => {
-                let (address, prefix) = value.split_once('/').ok_or(ConfigError::BadAddress6)?;
-                let address: Ipv6Address = address.parse().map_err(|_| ConfigError::BadAddress6)?;
-                let prefix: u8 = prefix.parse().map_err(|_| ConfigError::BadAddress6)?;
-                if prefix > 128 || !unicast(&address) || address.is_loopback() {
-                    return Err(ConfigError::BadAddress6);
-                }
-                config.address = Some(Ipv6Cidr::new(address, prefix));
+        if let Some(value) = value_for(word, card, "ip6") {
+            let bad = || error(ConfigError::BadAddress6);
+            let (address, prefix) = value.split_once('/').ok_or_else(bad)?;
+            let address: Ipv6Address = address.parse().map_err(|_| bad())?;
+            let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+            if prefix > 128 || !unicast(&address) || address.is_loopback() {
+                return Err(bad());
             }
-            "toro.gw6" => {
-                let gateway: Ipv6Address = value.parse().map_err(|_| ConfigError::BadGateway6)?;
-                if !unicast(&gateway) {
-                    return Err(ConfigError::BadGateway6);
-                }
-                config.gateway = Some(gateway);
+            config.address = Some(Ipv6Cidr::new(address, prefix));
+        } else if let Some(value) = value_for(word, card, "gw6") {
+            let gateway: Ipv6Address = value.parse().map_err(|_| error(ConfigError::BadGateway6))?;
+            if !unicast(&gateway) {
+                return Err(error(ConfigError::BadGateway6));
             }
-            "toro.slaac" => {
-                config.slaac = match value {
-                    "1" => true,
-                    "0" => false,
-                    _ => return Err(ConfigError::BadSlaac),
-                }
-            }
-            _ => {}
+            config.gateway = Some(gateway);
+        } else if let Some(value) = value_for(word, card, "slaac") {
+            config.slaac = match value {
+                "1" => true,
+                "0" => false,
+                _ => return Err(error(ConfigError::BadSlaac)),
+            };
         }
     }
     Ok(config)
@@ -219,6 +330,105 @@ mod tests {
             assert_eq!(ipv6_from([word]), Err(ConfigError::BadGateway6), "{word}");
         }
         assert_eq!(ipv6_from(["toro.slaac=yes"]), Err(ConfigError::BadSlaac));
+    }
+
+    #[test]
+    fn each_card_reads_its_own_words() {
+        let words = [
+            "toro.ip=172.31.0.2/24",
+            "toro.gw=172.31.0.1",
+            "toro.eth1.ip=172.31.1.2/24",
+            "toro.eth2.dhcp=1",
+            "toro.eth1.ip6=fd00:1::2/64",
+            "toro.eth1.slaac=0",
+        ];
+        let cidr = |a, b, c, d| Ipv4Cidr::new(Ipv4Address::new(a, b, c, d), 24);
+        assert_eq!(
+            addressing_for(words, 0, Addressing::Dhcp).unwrap(),
+            Addressing::Static { address: cidr(172, 31, 0, 2), gateway: Some(Ipv4Address::new(172, 31, 0, 1)) }
+        );
+        assert_eq!(
+            addressing_for(words, 1, Addressing::Dhcp).unwrap(),
+            Addressing::Static { address: cidr(172, 31, 1, 2), gateway: None }
+        );
+        assert_eq!(addressing_for(words, 2, USER).unwrap(), Addressing::Dhcp);
+        assert_eq!(addressing_for(words, 3, Addressing::Dhcp).unwrap(), Addressing::Dhcp);
+        assert_eq!(addressing_for(words, 3, USER).unwrap(), USER);
+        // `toro.eth0.` is the first card's too; the later word wins.
+        assert_eq!(
+            addressing_from(["toro.ip=10.0.0.2/24", "toro.eth0.ip=10.9.0.2/24"], Addressing::Dhcp).unwrap(),
+            Addressing::Static { address: cidr(10, 9, 0, 2), gateway: None }
+        );
+        let six = ipv6_for(words, 1).unwrap();
+        assert_eq!(six.address, Some(Ipv6Cidr::new("fd00:1::2".parse().unwrap(), 64)));
+        assert!(!six.slaac);
+        assert_eq!(ipv6_for(words, 0).unwrap(), Ipv6Config { slaac: true, ..Ipv6Config::default() });
+        assert_eq!(stray_card_words(words, 3).count(), 0);
+    }
+
+    #[test]
+    fn a_bad_value_is_its_own_cards_error_and_names_its_word() {
+        let words = ["toro.eth1.ip=172.31.1.2", "toro.eth1.gw=nowhere", "toro.eth2.ip6=ff02::1/64"];
+        let bad = addressing_for(words, 1, Addressing::Dhcp).unwrap_err();
+        assert_eq!(bad, CardError { card: 1, error: ConfigError::BadAddress });
+        assert_eq!(bad.to_string(), "toro.eth1.ip must be ADDR/PREFIX, e.g. 10.0.2.15/24");
+        assert_eq!(addressing_for(words, 0, USER), Ok(USER), "card 0 is not touched by eth1's words");
+        let gateway = addressing_for(["toro.eth1.gw=nowhere"], 1, USER).unwrap_err();
+        assert_eq!(gateway.to_string(), "toro.eth1.gw must be an IPv4 address, e.g. 10.0.2.2");
+        assert_eq!(addressing_for(["toro.eth1.dhcp=2"], 1, USER).unwrap_err().error, ConfigError::BadDhcp);
+        assert_eq!(ipv6_for(words, 2).unwrap_err(), CardError { card: 2, error: ConfigError::BadAddress6 });
+        assert_eq!(ipv6_for(["toro.eth3.slaac=no"], 3).unwrap_err().to_string(), "toro.eth3.slaac must be 0 or 1");
+        // Card 0's messages name the short form, as before.
+        assert_eq!(ConfigError::BadDhcp.to_string(), "toro.dhcp must be 0 or 1");
+        assert_eq!(addressing_for(["toro.eth0.dhcp=x"], 0, USER).unwrap_err().to_string(), "toro.dhcp must be 0 or 1");
+        // Keys naming no card number are nobody's, and reported as stray.
+        let nobody =
+            ["toro.ethX.ip=bad", "toro.eth.ip=bad", "toro.eth-1.ip=bad", "toro.eth99999999999999999999.ip=bad"];
+        for word in nobody {
+            assert_eq!(addressing_for([word], 0, USER), Ok(USER), "{word}");
+            assert_eq!(addressing_for([word], 1, USER), Ok(USER), "{word}");
+        }
+        let stray: Vec<_> = stray_card_words(nobody, 2).map(|(word, _)| word).collect();
+        assert_eq!(stray, nobody);
+    }
+
+    #[test]
+    fn words_for_missing_cards_or_unknown_settings_are_stray() {
+        let words = [
+            "toro.eth1.ip=172.31.1.2/24",
+            "toro.eth2.ip=172.31.2.2/24",
+            "toro.eth1.mtu=9000",
+            "toro.eth1",
+            "toro.ip=10.0.0.2/24",
+            "toro.log=info",
+            "toro.eth0.gw=10.0.0.1",
+        ];
+        let stray: Vec<_> = stray_card_words(words, 2).collect();
+        assert_eq!(
+            stray,
+            [
+                ("toro.eth2.ip=172.31.2.2/24", "there is no such card"),
+                ("toro.eth1.mtu=9000", "unknown setting; cards take ip, gw, dhcp, ip6, gw6, slaac"),
+                ("toro.eth1", "the card must be a number: toro.ethK.SETTING=VALUE"),
+            ]
+        );
+        assert_eq!(stray_card_words(words, 3).count(), 2);
+    }
+
+    #[test]
+    fn connections_leave_by_the_card_on_their_network() {
+        let net = |a, b, c| Some(Ipv4Cidr::new(Ipv4Address::new(a, b, c, 2), 24));
+        let cards = [(net(172, 31, 0), false), (net(172, 31, 1), true), (None, false)];
+        let route = |destination: Option<Ipv4Address>| route_card(cards.iter().copied(), destination);
+        assert_eq!(route(Some(Ipv4Address::new(172, 31, 0, 1))), Some(0));
+        assert_eq!(route(Some(Ipv4Address::new(172, 31, 1, 1))), Some(1));
+        // Off every network: the card with a gateway.
+        assert_eq!(route(Some(Ipv4Address::new(8, 8, 8, 8))), Some(1));
+        assert_eq!(route(None), Some(1));
+        // No gateway anywhere: the first card.
+        let no_gateway = [(net(172, 31, 0), false), (net(172, 31, 1), false)];
+        assert_eq!(route_card(no_gateway.iter().copied(), Some(Ipv4Address::new(9, 9, 9, 9))), Some(0));
+        assert_eq!(route_card(core::iter::empty(), None), None);
     }
 
     #[test]

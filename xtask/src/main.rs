@@ -11,6 +11,7 @@
 //!          --cmdline "..."  --debug  --timeout SECONDS  --device QEMU-DEVICE (repeatable)
 //!          --vmm qemu|firecracker|cloud-hypervisor  --disk IMAGE[,ro]|FOLDER
 //!          --share FOLDER (virtio-fs, mounted at /share; repeatable)
+//!          --net user|tap|tap=IFNAME|none  --nics N
 //! ```
 
 mod accel;
@@ -69,6 +70,10 @@ pub struct BootOptions {
     /// A virtio-net card on a tap (`--net tap`: in a network namespace the
     /// tool makes; `--net tap=IFNAME`: an existing tap of the host's).
     pub tap: Option<TapNetwork>,
+    /// Cards with `--net tap` (`--nics N`): tap0..tapN-1 in the
+    /// namespace, card K at 172.31.K.2 (`toro.ethK.ip=`), the cards spread
+    /// over the CPUs.
+    pub nics: u32,
 }
 
 /// Where `--net tap` puts the guest's card.
@@ -109,6 +114,7 @@ fn parse_options(arguments: &[OsString]) -> Result<BootOptions> {
         devices: Vec::new(),
         vmm: vmm::Vmm::Qemu,
         tap: None,
+        nics: 1,
     };
     let mut forwards = Vec::new();
     let mut iterator = arguments.iter();
@@ -125,6 +131,7 @@ fn parse_options(arguments: &[OsString]) -> Result<BootOptions> {
             |name: &str| raw(name)?.into_string().map_err(|bytes| anyhow::anyhow!("{name} {bytes:?}: not UTF-8"));
         match argument {
             "--cpus" => options.cpus = value("--cpus")?.parse().context("--cpus takes a number")?,
+            "--nics" => options.nics = value("--nics")?.parse().context("--nics takes a number")?,
             "--memory" => options.memory_mib = value("--memory")?.parse().context("--memory takes MiB")?,
             "--machine" => {
                 let name = value("--machine")?;
@@ -187,6 +194,12 @@ fn parse_options(arguments: &[OsString]) -> Result<BootOptions> {
     }
     if options.cpus == 0 || options.cpus > 255 {
         bail!("--cpus must be 1..=255");
+    }
+    if options.nics == 0 || options.nics > netns::MAX_NETWORKS {
+        bail!("--nics must be 1..={}", netns::MAX_NETWORKS);
+    }
+    if options.nics > 1 && options.tap != Some(TapNetwork::Namespace) {
+        bail!("--nics needs --net tap (a tap per card, in the namespace the tool makes)");
     }
     if options.memory_mib < 2 {
         // The image loads at 1 MiB: with less RAM QEMU runs whatever is at
@@ -273,31 +286,37 @@ fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
         }
         Some(TapNetwork::Namespace) => {
             let made = netns::Namespace::create("run")?;
-            // q35 under QEMU: a multi-queue tap, one queue pair per CPU.
-            let queues = if options.vmm == vmm::Vmm::Qemu && config.machine == qemu::Machine::Q35 {
+            // q35 under QEMU with one card: a multi-queue tap, one queue
+            // pair per CPU. Several cards: one queue each, a card per CPU.
+            let queues = if options.vmm == vmm::Vmm::Qemu && config.machine == qemu::Machine::Q35 && options.nics == 1 {
                 options.cpus.max(1)
             } else {
                 1
             };
-            made.add_tap("tap0", queues, true)?;
-            taps.taps.push(vmm::Tap { queues, ..vmm::Tap::new("tap0") });
+            for card in 0..options.nics {
+                let name = format!("tap{card}");
+                made.add_tap_on(&name, queues, card)?;
+                taps.taps.push(vmm::Tap { queues, mac: Some(netns::guest_mac(card)), ..vmm::Tap::new(&name) });
+            }
             config.namespace = Some(made.name().into());
             // Bytes: a `toro.ip=` the user gave wins.
             let given = config.command_line.as_encoded_bytes();
             if !given.split(|b| b.is_ascii_whitespace()).any(|word| word.starts_with(b"toro.ip=")) {
-                let mut line = OsString::from(netns::guest_arguments());
+                let mut line = OsString::from(netns::guest_arguments_for(options.nics));
                 if !given.is_empty() {
                     line.push(" ");
                     line.push(&config.command_line);
                 }
                 config.command_line = line;
             }
-            eprintln!(
-                "network: tap0 in network namespace {0} (host side {1}); the guest is {2}: try `ip netns exec {0} curl http://{2}/`",
-                made.name(),
-                netns::HOST_ADDRESS,
-                netns::GUEST_ADDRESS
-            );
+            for card in 0..options.nics {
+                eprintln!(
+                    "network: tap{card} in network namespace {0} (host side {1}); the guest's eth{card} is {2}: try `ip netns exec {0} curl http://{2}/`",
+                    made.name(),
+                    netns::host_address(card),
+                    netns::guest_address(card)
+                );
+            }
             namespace = Some(made);
         }
     }
@@ -453,6 +472,25 @@ mod tests {
         assert!(options(&["--net", "tap="]).is_err());
         assert!(options(&["--net", "tap=a/b"]).is_err());
         assert!(options(&["--net", "tap=much-too-long-name"]).is_err());
+    }
+
+    #[test]
+    fn several_cards_need_the_tools_namespace() {
+        assert_eq!(options(&["--net", "tap", "--nics", "3"]).unwrap().nics, 3);
+        assert_eq!(options(&["--net", "tap"]).unwrap().nics, 1);
+        for bad in [
+            &["--net", "tap", "--nics", "0"][..],
+            &["--net", "tap", "--nics", "17"],
+            &["--net", "tap", "--nics", "two"],
+            &["--net", "tap", "--nics"],
+            &["--net", "user", "--nics", "2"],
+            &["--net", "tap=tap7", "--nics", "2"],
+            &["--nics", "2"],
+        ] {
+            let error = options(bad).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains("--nics"), "{bad:?}: {error}");
+        }
+        assert!(options(&["--net", "user", "--nics", "1"]).is_ok());
     }
 
     #[test]

@@ -24,6 +24,26 @@ pub const HOST_ADDRESS6: &str = "fd00:31::1";
 /// The guest's static IPv6 address there.
 pub const GUEST_ADDRESS6: &str = "fd00:31::2";
 
+/// Most tap networks one namespace gets (`--nics`).
+pub const MAX_NETWORKS: u32 = 16;
+
+/// The host side's address on tap network `network` (`172.31.N.1`;
+/// network 0's is [`HOST_ADDRESS`]).
+pub fn host_address(network: u32) -> String {
+    format!("172.31.{network}.1")
+}
+
+/// The guest's address on tap network `network` (`172.31.N.2`).
+pub fn guest_address(network: u32) -> String {
+    format!("172.31.{network}.2")
+}
+
+/// The MAC of the guest's card on tap network `network` (QEMU's default
+/// for the first, then counting up).
+pub fn guest_mac(network: u32) -> String {
+    format!("52:54:00:12:34:{:02x}", 0x56 + network)
+}
+
 /// Why namespaces cannot be made here, if they cannot (for "skipped: ...").
 pub fn unavailable() -> Option<String> {
     if !crate::setup::is_root() {
@@ -46,6 +66,17 @@ pub struct Namespace {
 /// The Toro command-line words that put the guest on the tap network.
 pub fn guest_arguments() -> String {
     format!("toro.ip={GUEST_ADDRESS}/{PREFIX} toro.gw={HOST_ADDRESS} toro.ip6={GUEST_ADDRESS6}/64")
+}
+
+/// The words for `cards` cards, one per tap network: card 0 as
+/// [`guest_arguments`], card K at `toro.ethK.ip=172.31.K.2/24` (no
+/// gateway: the namespace is one hop).
+pub fn guest_arguments_for(cards: u32) -> String {
+    let mut words = guest_arguments();
+    for card in 1..cards {
+        words.push_str(&format!(" toro.eth{card}.ip={}/{PREFIX}", guest_address(card)));
+    }
+    words
 }
 
 fn ip(arguments: &[&str]) -> Result<()> {
@@ -79,12 +110,27 @@ impl Namespace {
     /// Adds tap `ifname` with `queues` queues (multi-queue when more than
     /// one), at `HOST_ADDRESS/PREFIX` when `address`, and brings it up.
     pub fn add_tap(&self, ifname: &str, queues: u32, address: bool) -> Result<()> {
+        self.add_tap_with(ifname, queues, address.then_some(0))
+    }
+
+    /// Adds tap `ifname` on tap network `network`: network 0 as
+    /// [`Self::add_tap`] with its addresses, network K at
+    /// `172.31.K.1/24` (IPv4 only).
+    pub fn add_tap_on(&self, ifname: &str, queues: u32, network: u32) -> Result<()> {
+        self.add_tap_with(ifname, queues, Some(network))
+    }
+
+    fn add_tap_with(&self, ifname: &str, queues: u32, network: Option<u32>) -> Result<()> {
         let mut arguments = vec!["-n", &self.name, "tuntap", "add", "dev", ifname, "mode", "tap"];
         if queues > 1 {
             arguments.push("multi_queue");
         }
         ip(&arguments)?;
-        if address {
+        if let Some(other) = network.filter(|&network| network > 0) {
+            let cidr = format!("{}/{PREFIX}", host_address(other));
+            ip(&["-n", &self.name, "addr", "add", &cidr, "dev", ifname])?;
+        }
+        if network == Some(0) {
             let cidr = format!("{HOST_ADDRESS}/{PREFIX}");
             ip(&["-n", &self.name, "addr", "add", &cidr, "dev", ifname])?;
             // No duplicate-address wait: the address is usable at once.
@@ -161,6 +207,15 @@ mod tests {
         assert_eq!(arguments, ["netns", "exec", "toro-t-1", "curl"]);
         assert_eq!(wrap(None, "curl").get_program(), "curl");
         assert_eq!(guest_arguments(), "toro.ip=172.31.0.2/24 toro.gw=172.31.0.1 toro.ip6=fd00:31::2/64");
+        assert_eq!(guest_arguments_for(1), guest_arguments());
+        assert_eq!(
+            guest_arguments_for(3),
+            format!("{} toro.eth1.ip=172.31.1.2/24 toro.eth2.ip=172.31.2.2/24", guest_arguments())
+        );
+        assert_eq!(host_address(0), HOST_ADDRESS);
+        assert_eq!(guest_address(0), GUEST_ADDRESS);
+        assert_eq!(guest_mac(0), "52:54:00:12:34:56");
+        assert_eq!(guest_mac(1), "52:54:00:12:34:57");
         assert_eq!(maker("toro-run-1234"), Some(1234));
         assert_eq!(maker("toro-my-tag-77"), Some(77));
         assert_eq!(maker("other-run-1234"), None);

@@ -34,11 +34,16 @@ pub struct TapTest {
     /// Tap queues: above 1, QEMU q35 with a multi-queue virtio-net-pci
     /// card, and every CPU must own a queue pair and serve connections.
     pub queues: u32,
+    /// Cards: above 1, one tap each (QEMU microvm), each card on its own
+    /// CPU with its own address ([`run_nics`]).
+    pub nics: u32,
 }
 
 impl TapTest {
     pub fn name(&self) -> String {
-        if self.queues > 1 {
+        if self.nics > 1 {
+            format!("webserver-nics-microvm-{}", self.cpus)
+        } else if self.queues > 1 {
             format!("webserver-tap-mq-q35-{}", self.cpus)
         } else {
             format!("webserver-tap-{}-{}", self.vmm, self.cpus)
@@ -61,6 +66,7 @@ pub fn tests() -> Vec<TapTest> {
             stats: true,
             boot_wait: Duration::from_secs(60),
             queues: 1,
+            nics: 1,
         },
         TapTest {
             vmm: Vmm::Qemu,
@@ -70,6 +76,17 @@ pub fn tests() -> Vec<TapTest> {
             stats: true,
             boot_wait: Duration::from_secs(60),
             queues: 2,
+            nics: 1,
+        },
+        TapTest {
+            vmm: Vmm::Qemu,
+            cpus: 2,
+            hostile_frames: false,
+            wrk: false,
+            stats: true,
+            boot_wait: Duration::from_secs(60),
+            queues: 1,
+            nics: 2,
         },
         TapTest {
             vmm: Vmm::CloudHypervisor,
@@ -83,6 +100,7 @@ pub fn tests() -> Vec<TapTest> {
             stats: false,
             boot_wait: Duration::from_secs(60),
             queues: 1,
+            nics: 1,
         },
         TapTest {
             vmm: Vmm::Firecracker,
@@ -92,6 +110,7 @@ pub fn tests() -> Vec<TapTest> {
             stats: true,
             boot_wait: Duration::from_secs(60),
             queues: 1,
+            nics: 1,
         },
     ]
 }
@@ -169,8 +188,155 @@ fn check_queue_pairs(
     }
 }
 
+/// Requests sent to card K in [`run_nics`] (a different count per card,
+/// so `/stats` tells whose CPU served whose).
+fn nics_requests(card: u32) -> u64 {
+    3 + 2 * u64::from(card)
+}
+
+/// What a several-cards run must show, from the boot log and `/stats`
+/// before and after [`nics_requests`] went to each card: every card's
+/// interrupt bound on the CPU that `/stats` says owns it, every card on a
+/// CPU of its own, and each CPU's request count grown by its card's
+/// requests (plus at most the `/stats` request itself).
+fn check_cards(cards: u32, output: &[String], before: &str, after: &str, problems: &mut Vec<String>) -> Vec<u64> {
+    let mut owners = Vec::new();
+    for card in 0..cards {
+        let name = format!("eth{card}");
+        let Some(cpu) = stats_field(before, &name, "cpu") else {
+            problems.push(format!("/stats has no row for {name}: {before:?}"));
+            continue;
+        };
+        owners.push(cpu);
+        let listed = format!("{name} on cpu {cpu}: http://{}:80/", netns::guest_address(card));
+        if !output.iter().any(|line| line.contains(&listed)) {
+            problems.push(format!("the web server did not list \"{listed}\""));
+        }
+    }
+    // Each card's interrupt: "virtio-net at 0x..: interrupts GSI (0x..) on cpu K", one per card.
+    let mut bound: Vec<u64> = output
+        .iter()
+        .filter(|line| line.contains("virtio-net at ") && line.contains(": interrupts GSI ("))
+        .filter_map(|line| line.rsplit("on cpu ").next()?.trim().parse().ok())
+        .collect();
+    bound.sort_unstable();
+    let mut sorted = owners.clone();
+    sorted.sort_unstable();
+    if bound != sorted {
+        problems.push(format!("cards' interrupts bound on cpus {bound:?}, cards owned by cpus {sorted:?}"));
+    }
+    sorted.dedup();
+    if sorted.len() != cards as usize {
+        problems.push(format!("cards owned by cpus {owners:?}: expected {cards} different CPUs"));
+        return owners;
+    }
+    let (before, after) = (requests_per_cpu(before), requests_per_cpu(after));
+    for (card, &cpu) in owners.iter().enumerate() {
+        let served = |table: &[(u64, u64)]| table.iter().find(|&&(c, _)| c == cpu).map(|&(_, requests)| requests);
+        let sent = nics_requests(card as u32);
+        match (served(&before), served(&after)) {
+            (Some(before), Some(after)) if (sent..=sent + 1).contains(&(after.saturating_sub(before))) => {}
+            (before_count, after_count) => problems.push(format!(
+                "eth{card} got {sent} requests; its cpu {cpu} served {before_count:?} -> {after_count:?} (each CPU must serve its own card's)"
+            )),
+        }
+    }
+    owners
+}
+
+/// The several-cards test: QEMU microvm with one virtio-mmio card per tap
+/// (tap0..tapN-1 in the namespace, card K at 172.31.K.2), every card on
+/// its own CPU; curl sends each card its own number of requests over new
+/// connections, and `/stats` must show each card's CPU serving exactly its
+/// card's. Words naming no card must be reported and ignored.
+fn run_nics(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
+    let namespace = Namespace::create("test")?;
+    let mut devices = vmm::Devices::default();
+    for card in 0..test.nics {
+        let name = format!("tap{card}");
+        namespace.add_tap_on(&name, 1, card)?;
+        devices.taps.push(vmm::Tap { mac: Some(netns::guest_mac(card)), ..vmm::Tap::new(&name) });
+    }
+    let mut config = VmConfig::new(image.to_path_buf(), accel);
+    config.cpus = test.cpus;
+    let stray = "toro.eth9.ip=10.9.0.2/24";
+    config.command_line = format!("{} {stray} toro.log=info", netns::guest_arguments_for(test.nics)).into();
+    config.namespace = Some(namespace.name().into());
+    let (mut command, directory, _log) = vmm::command(test.vmm, &config, &devices)?;
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn().with_context(|| format!("starting {}", test.vmm))?;
+    let (lines, reader, errors) = qemu::read_output(&mut child);
+    let url = |card: u32, path: &str| format!("http://{}{path}", netns::guest_address(card));
+    let curl = |url: &str| {
+        namespace
+            .command("curl")
+            .args(["-s", "-m", "10", url])
+            .output()
+            .map(|o| (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()))
+    };
+    let status = |url: &str| {
+        namespace
+            .command("curl")
+            .args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let mut up = 0;
+    while up < test.nics && started.elapsed() < test.boot_wait {
+        if status(&url(up, "/"))? == "200 612" {
+            up += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    if up < test.nics {
+        problems.push(format!("eth{up} ({}) gave no 200 within {:?}", netns::guest_address(up), test.boot_wait));
+    } else {
+        notes.push(format!("every card answered after {:.1} s", started.elapsed().as_secs_f64()));
+        let (_, before) = curl(&url(0, "/stats"))?;
+        for card in 0..test.nics {
+            for _ in 0..nics_requests(card) {
+                let answer = status(&url(card, "/"))?;
+                if answer != "200 612" {
+                    problems.push(format!("GET {} gave {answer:?}", url(card, "/")));
+                }
+            }
+        }
+        let (_, after) = curl(&url(test.nics - 1, "/stats"))?;
+        let output: Vec<String> = lines.try_iter().map(|(_, line)| line).collect();
+        let owners = check_cards(test.nics, &output, &before, &after, &mut problems);
+        if !output.iter().any(|line| line.contains(&format!("net: {stray}: there is no such card"))) {
+            problems.push(format!("the guest did not report {stray:?} (no such card)"));
+        }
+        notes.push(format!("cards on cpus {owners:?}, requests per cpu {:?}", requests_per_cpu(&after)));
+        if let Some(line) = output.iter().find(|line| line.contains("panic") || line.contains("CPU exception")) {
+            problems.push(format!("the guest failed: {line}"));
+        }
+        if !problems.is_empty() {
+            notes.push(format!("guest printed: {}", output.join(" | ")));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let vmm_errors = errors.join().unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&directory);
+    Ok(if problems.is_empty() {
+        (true, format!("ok ({})", notes.join("; ")))
+    } else {
+        let stderr = if vmm_errors.trim().is_empty() { String::new() } else { format!("; stderr: {}", vmm_errors.trim()) };
+        (false, format!("FAILED: {}; {}{stderr}", problems.join("; "), notes.join("; ")))
+    })
+}
+
 /// Runs one tap test with the web server image; (passed, summary).
 pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
+    if test.nics > 1 {
+        return run_nics(test, image, accel);
+    }
     let namespace = Namespace::create("test")?;
     namespace.add_tap("tap0", test.queues, true)?;
     let mut config = VmConfig::new(image.to_path_buf(), accel);
@@ -350,6 +516,39 @@ mod tests {
         assert_eq!(requests_per_cpu(stats), vec![(0, 130), (1, 72)]);
         assert_eq!(requests_per_cpu(""), vec![]);
         assert_eq!(requests_per_cpu(" cpu accepted\n0 1\n"), vec![]);
+    }
+
+    #[test]
+    fn each_card_must_be_served_on_its_own_cpu() {
+        let stats = |cpu0: u64, cpu1: u64, eth1_cpu: u64| {
+            format!(
+                " cpu accepted open requests\n0 1 0 {cpu0}\n1 1 0 {cpu1}\ninterface cpu sockets\nlo 0 8\neth0 1 8\neth1 {eth1_cpu} 8\n"
+            )
+        };
+        let log = |cpus: [u64; 2]| -> Vec<String> {
+            let mut lines: Vec<String> = (0..2)
+                .map(|card| format!("virtio-net at 0xfeb0{card}e00: interrupts GSI (0x3{card}) on cpu {}", cpus[card]))
+                .collect();
+            lines.push("webserver: eth0 on cpu 1: http://172.31.0.2:80/ (/24)".into());
+            lines.push(format!("webserver: eth1 on cpu {}: http://172.31.1.2:80/ (/24)", cpus[1]));
+            lines
+        };
+        // eth0 on cpu 1 got 3 requests, eth1 on cpu 0 got 5 (and the last /stats).
+        let mut problems = Vec::new();
+        let owners = check_cards(2, &log([1, 0]), &stats(10, 20, 0), &stats(16, 23, 0), &mut problems);
+        assert_eq!((owners, problems), (vec![1, 0], Vec::<String>::new()));
+        // Card 1's requests served on card 0's CPU.
+        let mut problems = Vec::new();
+        check_cards(2, &log([1, 0]), &stats(10, 20, 0), &stats(10, 28, 0), &mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        // Both cards on one CPU.
+        let mut problems = Vec::new();
+        check_cards(2, &log([1, 1]), &stats(10, 20, 1), &stats(10, 28, 1), &mut problems);
+        assert!(problems.iter().any(|p| p.contains("expected 2 different CPUs")), "{problems:?}");
+        // A card's interrupt bound on another CPU than its instance.
+        let mut problems = Vec::new();
+        check_cards(2, &log([1, 1]), &stats(10, 20, 0), &stats(16, 23, 0), &mut problems);
+        assert!(problems.iter().any(|p| p.contains("interrupts bound on cpus [1, 1]")), "{problems:?}");
     }
 
     #[test]

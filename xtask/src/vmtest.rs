@@ -1058,6 +1058,11 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             specs.push(ImageSpec { package: test.package.into(), binary: test.binary.into() });
         }
     }
+    // The host-side tests of the web server, by name (`--filter webserver-nics`).
+    let tap_named = |test: &crate::nettest::TapTest| filter.as_ref().is_none_or(|f| test.name().contains(f.as_str()));
+    if crate::nettest::tests().iter().any(tap_named) && !specs.iter().any(|s| s.binary == "webserver") {
+        specs.push(ImageSpec { package: "webserver".into(), binary: "webserver".into() });
+    }
     let images = build::build(&specs, false)?;
     let accel = crate::choose_accel(None);
     // The lock check: every image built for this run, in every run.
@@ -1086,6 +1091,9 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
         for (machine, name) in [(Machine::Microvm, "webserver-curl-microvm-2"), (Machine::Q35, "webserver-curl-q35-2")]
         {
+            if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+                continue;
+            }
             let (ok, summary) = webserver_curl_test(&images[index], accel, machine)?;
             println!("vm test {name} ... {summary}");
             if ok {
@@ -1096,7 +1104,9 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         }
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
-        for tap_test in crate::nettest::tests().iter().filter(|t| only_vmm.is_none_or(|vmm| t.vmm == vmm)) {
+        for tap_test in
+            crate::nettest::tests().iter().filter(|t| only_vmm.is_none_or(|vmm| t.vmm == vmm)).filter(|t| tap_named(t))
+        {
             let name = tap_test.name();
             if let Some(reason) = crate::nettest::skip_reason(tap_test) {
                 println!("vm test {name} ... skipped: {reason}");
@@ -1111,7 +1121,10 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             }
         }
     }
-    if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
+    let files_named = filter.as_ref().is_none_or(|f| {
+        ["webserver-files-microvm-2", "webserver-files-share-microvm-2"].iter().any(|name| name.contains(f.as_str()))
+    });
+    if let Some(index) = specs.iter().position(|s| s.binary == "webserver").filter(|_| files_named) {
         let (ok, summary) = crate::disktest::webserver_files_test(&images[index], accel, false)?;
         println!("vm test webserver-files-microvm-2 ... {summary}");
         if ok {

@@ -6,7 +6,8 @@
 //! the service keeps. The list of devices is made at boot, on the boot CPU,
 //! before `main` ([`add`]; PCI adds its functions, the virtio-mmio
 //! discovery its devices); owners come from `toro.dedicate=...` on the
-//! command line, else virtio devices are spread over the CPUs (chipset functions
+//! command line, else virtio devices are spread over the CPUs (network
+//! cards by their own count, so each lands on its own CPU; chipset functions
 //! with no driver are listed on the boot CPU). After boot the
 //! list is read-only: [`list`], [`owner`].
 
@@ -107,7 +108,7 @@ pub fn add(transport: Transport, kind: &'static str, interrupt: InterruptLine) -
     let driven = list.iter().filter(|d| is_driven(d.kind)).count();
     let owner = dedicate::owner(rule, &key, cpus).unwrap_or_else(|| {
         if is_driven(kind) {
-            dedicate::spread(driven, cpus)
+            dedicate::default_owner(&key, driven, cpus)
         } else {
             0
         }

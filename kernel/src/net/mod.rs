@@ -188,8 +188,20 @@ impl Options {
 pub(crate) struct Topology {
     /// The loopback instance.
     pub loopback: Option<usize>,
-    /// Instances with a NIC (or a NIC's queue pair), in CPU order.
+    /// Instances with a NIC (or a NIC's queue pair), card by card.
     pub nics: Vec<usize>,
+    /// The cards, in discovery order (`eth0`, `eth1`, ...).
+    pub cards: Vec<CardRoute>,
+}
+
+/// What `route` knows of one card.
+pub(crate) struct CardRoute {
+    /// Its instances (one, or one per queue pair).
+    pub instances: Vec<usize>,
+    /// Its static IPv4 network (none with DHCP).
+    pub subnet: Option<Ipv4Cidr>,
+    /// Whether it has a static default gateway.
+    pub gateway: bool,
 }
 
 static TOPOLOGY: crate::once::BootCell<Topology> = crate::once::BootCell::new();
@@ -198,8 +210,36 @@ pub(crate) fn topology() -> &'static Topology {
     TOPOLOGY.get().expect("net::init runs before main")
 }
 
-/// Sets up the instances: the loopback on the boot CPU, and one per NIC or
-/// queue pair the drivers found. Boot CPU, once, after the schedulers.
+/// QEMU user networking's addressing, the first card's default.
+const USER_DEFAULT: Addressing =
+    Addressing::Static { address: toro_net::QEMU_USER_ADDRESS, gateway: Some(toro_net::QEMU_USER_GATEWAY) };
+
+/// Card `card`'s addressing and IPv6 set-up from the command line; a bad
+/// value is reported (naming the word) and the default used.
+fn card_settings(name: &str, card: usize) -> (Addressing, toro_net::Ipv6Config) {
+    let words = || crate::system::command_line().split_whitespace();
+    // The first card defaults to QEMU user networking's address (no DHCP
+    // wait there); the others ask DHCP unless given an address.
+    let default = if card == 0 { USER_DEFAULT } else { Addressing::Dhcp };
+    let addressing = toro_net::addressing_for(words(), card, default).unwrap_or_else(|error| {
+        match default {
+            Addressing::Dhcp => log::warn!("net: {name}: {error}; asking DHCP"),
+            Addressing::Static { .. } => log::warn!("net: {name}: {error}; using 10.0.2.15/24 via 10.0.2.2"),
+        }
+        default
+    });
+    let ipv6 = toro_net::ipv6_for(words(), card).unwrap_or_else(|error| {
+        log::warn!("net: {name}: {error}; IPv6: link-local and SLAAC only");
+        toro_net::Ipv6Config { slaac: true, ..Default::default() }
+    });
+    (addressing, ipv6)
+}
+
+/// Sets up the instances: the loopback on the boot CPU, and for every
+/// virtio-net card (`eth0`, `eth1`, ... in discovery order) one instance
+/// per queue pair, on the card's owner CPU (cards are spread over the
+/// CPUs: `toro_core::dedicate::default_owner`), each card with its own
+/// address (`toro.ethK.ip=`). Boot CPU, once, after the schedulers.
 pub(crate) fn init() {
     let config = StackConfig { random_seed: crate::time::Instant::now().ticks(), ..StackConfig::default() };
     let mut plans = vec![instance::Plan {
@@ -210,37 +250,33 @@ pub(crate) fn init() {
         config,
         siblings: Vec::new(),
     }];
-    let mut nics = Vec::new();
-    let user_default = Addressing::Static {
-        address: Ipv4Cidr::new(Ipv4Address::new(10, 0, 2, 15), 24),
-        gateway: Some(Ipv4Address::new(10, 0, 2, 2)),
-    };
-    let addressing = toro_net::addressing_from(crate::system::command_line().split_whitespace(), user_default)
-        .unwrap_or_else(|error| {
-            log::warn!("net: {error:?}; using 10.0.2.15/24 via 10.0.2.2");
-            user_default
-        });
-    let ipv6 = toro_net::ipv6_from(crate::system::command_line().split_whitespace()).unwrap_or_else(|error| {
-        log::warn!("net: {error}; IPv6: link-local and SLAAC only");
-        toro_net::Ipv6Config { slaac: true, ..Default::default() }
-    });
-    let nic_config = StackConfig { ipv6, ..config };
-    // The first virtio-net card only: more cards would need an address each.
-    let mut card = None;
-    if let Some(found) =
-        crate::virtio::discovery::devices().iter().find(|found| found.device_type == crate::virtio::device_type::NET)
-    {
-        let found = *found;
+    let found_cards: Vec<crate::virtio::discovery::FoundDevice> = crate::virtio::discovery::devices()
+        .iter()
+        .filter(|found| found.device_type == crate::virtio::device_type::NET)
+        .copied()
+        .collect();
+    for (word, why) in toro_net::stray_card_words(crate::system::command_line().split_whitespace(), found_cards.len()) {
+        log::warn!("net: {word}: {why} ({} cards found); ignored", found_cards.len());
+    }
+    let mut cards = Vec::new();
+    let mut multi_queue = Vec::new();
+    for (card, found) in found_cards.into_iter().enumerate() {
+        let name: &'static str = Box::leak(alloc::format!("eth{card}").into_boxed_str());
+        let (addressing, ipv6) = card_settings(name, card);
+        let nic_config = StackConfig { ipv6, ..config };
+        let first = plans.len();
         if found.pci.is_some() {
             // One queue pair per CPU where the card has them (DHCP: one
             // pair, one lease; docs/net.md).
             let dhcp = matches!(addressing, Addressing::Dhcp);
             let max_pairs = if dhcp { 1 } else { crate::cpu::count().min(usize::from(virtio_net::MAX_PAIRS)) as u16 };
-            card = plan_pairs(found, max_pairs, addressing, nic_config, &mut plans, &mut nics);
+            match plan_pairs(name, found, max_pairs, addressing, nic_config, &mut plans) {
+                Some(started) => multi_queue.push(started),
+                None => continue,
+            }
         } else {
-            nics.push(plans.len());
             plans.push(instance::Plan {
-                name: "eth0",
+                name,
                 owner: found.owner,
                 device: Box::new(move |starting| match virtio_net::VirtioNet::open(&found, starting) {
                     Ok(nic) => device::Device::Virtio(Box::new(nic)),
@@ -254,29 +290,36 @@ pub(crate) fn init() {
                 siblings: Vec::new(),
             });
         }
+        let (subnet, gateway) = match addressing {
+            Addressing::Static { address, gateway } => (Some(address), gateway.is_some()),
+            Addressing::Dhcp => (None, false),
+        };
+        cards.push(CardRoute { instances: (first..plans.len()).collect(), subnet, gateway });
     }
-    let topology = Topology { loopback: Some(0), nics: nics.clone() };
+    let nics = cards.iter().flat_map(|card| card.instances.iter().copied()).collect();
     instance::start(plans);
-    if let Some((card, address)) = card {
-        start_card(card, address, &nics);
+    for (card, address, pairs) in multi_queue {
+        start_card(card, address, &pairs);
     }
-    TOPOLOGY.set(topology);
+    TOPOLOGY.set(Topology { loopback: Some(0), nics, cards });
 }
 
-/// Plans the instances of a virtio-pci card: its device-wide part becomes
-/// a service on the card's owner CPU (`eth0.card`), which negotiates and
-/// says how many queue pairs there are; pair k is instance `eth0` (k = 0)
-/// or `eth0.qK` on CPU (owner + k) mod CPUs, with the card's address and
-/// its own share of the ephemeral ports. Returns the card's service.
+/// Plans the instances of virtio-pci card `name`: its device-wide part
+/// becomes a service on the card's owner CPU (`eth0.card`), which
+/// negotiates and says how many queue pairs there are; pair k is instance
+/// `eth0` (k = 0) or `eth0.qK` on CPU (owner + k) mod CPUs, with the
+/// card's address and its own share of the ephemeral ports. Returns the
+/// card's service, its address (for logs) and its pairs' instances.
+#[allow(clippy::type_complexity)]
 fn plan_pairs(
+    name: &'static str,
     found: crate::virtio::discovery::FoundDevice,
     max_pairs: u16,
     addressing: Addressing,
     config: StackConfig,
     plans: &mut Vec<instance::Plan>,
-    nics: &mut Vec<usize>,
-) -> Option<(crate::service::Handle<virtio_net::Card>, u64)> {
-    let started = crate::service::Builder::new("eth0.card")
+) -> Option<(crate::service::Handle<virtio_net::Card>, u64, Vec<usize>)> {
+    let started = crate::service::Builder::new(alloc::format!("{name}.card"))
         .cpu(found.owner)
         .try_start(move || virtio_net::Card::open(&found, max_pairs));
     let card = match started {
@@ -290,11 +333,10 @@ fn plan_pairs(
     let cpus = crate::cpu::count().max(1);
     let first = plans.len();
     for pair in 0..pairs {
-        let name: &'static str =
-            if pair == 0 { "eth0" } else { alloc::boxed::Box::leak(alloc::format!("eth0.q{pair}").into_boxed_str()) };
-        nics.push(plans.len());
+        let pair_name: &'static str =
+            if pair == 0 { name } else { Box::leak(alloc::format!("{name}.q{pair}").into_boxed_str()) };
         plans.push(instance::Plan {
-            name,
+            name: pair_name,
             owner: (found.owner + usize::from(pair)) % cpus,
             device: Box::new(move |starting| match virtio_net::VirtioNet::open_pair(card, pair, starting) {
                 Ok(nic) => device::Device::Virtio(Box::new(nic)),
@@ -308,7 +350,7 @@ fn plan_pairs(
             siblings: (first..first + usize::from(pairs)).filter(|&id| id != first + usize::from(pair)).collect(),
         });
     }
-    Some((card, found.address))
+    Some((card, found.address, (first..first + usize::from(pairs)).collect()))
 }
 
 /// Once every pair's instance runs: the card starts (`DRIVER_OK`, the
@@ -329,24 +371,32 @@ fn start_card(card: crate::service::Handle<virtio_net::Card>, address: u64, pair
 }
 
 /// The instance a new outgoing socket to `destination` uses from the
-/// current CPU: the loopback for 127/8 (and with no NIC), else this CPU's
-/// NIC instance, else the first NIC's.
+/// current CPU: the loopback for 127/8 (and with no NIC); else the card
+/// whose static network holds the destination, else the first card with
+/// a default gateway, else the first card; of that card, the queue pair
+/// of this CPU, else its first.
 pub(crate) fn route(destination: Option<IpAddr>) -> io::Result<usize> {
     let topology = topology();
     let loopback_destination = destination.is_some_and(|address| address.is_loopback());
     let here = crate::cpu::current();
-    let nic = topology
-        .nics
-        .iter()
-        .copied()
-        .find(|&id| instance::owner(id) == here)
-        .or_else(|| topology.nics.first().copied());
+    let nic = pick_card(&topology.cards, destination).and_then(|card| {
+        card.instances.iter().copied().find(|&id| instance::owner(id) == here).or(card.instances.first().copied())
+    });
     match (loopback_destination, nic, topology.loopback) {
         (false, Some(nic), _) => Ok(nic),
         (_, _, Some(loopback)) => Ok(loopback),
         (true, Some(nic), None) => Ok(nic),
         (_, None, None) => Err(io::Error::from_static(ErrorKind::NetworkDown, "no network interface")),
     }
+}
+
+/// The card for `destination` (see [`route`]; `toro_net::route_card`).
+fn pick_card(cards: &[CardRoute], destination: Option<IpAddr>) -> Option<&CardRoute> {
+    let destination = match destination {
+        Some(IpAddr::V4(v4)) => Some(Ipv4Address::from(v4.octets())),
+        _ => None,
+    };
+    toro_net::route_card(cards.iter().map(|card| (card.subnet, card.gateway)), destination).map(|card| &cards[card])
 }
 
 /// The instances a bind to `address` listens on: all for an unspecified
@@ -385,7 +435,7 @@ pub(crate) fn instances_for(address: IpAddr) -> io::Result<Vec<usize>> {
 /// What one instance reports (for `/stats` and tests).
 #[derive(Clone, Debug)]
 pub struct InterfaceInfo {
-    /// `lo`, `eth0`, `eth0.q1`, ...
+    /// `lo`, `eth0`, `eth0.q1`, `eth1`, ...
     pub name: &'static str,
     /// The owner CPU.
     pub cpu: usize,
