@@ -185,6 +185,11 @@ static FLUSHES_SERVED: [Served; MAX_CPUS] = [const { Served(AtomicU64::new(0)) }
 fn allocate_after_reclaim(size: usize, align: usize) -> *mut u8 {
     let me = percpu::current_index();
     let cpus = percpu::online();
+    // Hand over what this CPU freed for the others first: each CPU asked
+    // below then finds those blocks in its inbox when it answers, and
+    // publishes its free memory with them (a block borrowed from it and
+    // freed here counts as its free memory before `borrow` looks).
+    lend(|allocator| allocator.flush_outbox());
     let mut served_before = [u64::MAX; MAX_CPUS];
     for (cpu, before) in served_before.iter_mut().enumerate().take(cpus) {
         if cpu == me {
@@ -334,10 +339,19 @@ fn free_here(allocator: &mut Allocator, address: u64, size: usize) {
             if let Err(error) = allocator.free_remote(&mut Words, owner, address, size as u64) {
                 allocation_failure_bad_remote_free(address, owner, error);
             }
+            // A large block (a borrowed one, typically) goes back at once
+            // rather than waiting in a batch: its owner may need it soon.
+            if size >= PROMPT_RETURN_BYTES {
+                allocator.flush_outbox();
+            }
         }
         None => allocation_failure_not_heap(address, size),
     }
 }
+
+/// A block freed on another CPU than its owner's at least this large is
+/// handed back at once, not kept for a full batch.
+const PROMPT_RETURN_BYTES: usize = 1 << 20;
 
 /// The CPU whose share holds `address`.
 #[inline]

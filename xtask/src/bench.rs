@@ -6,8 +6,11 @@
 //! its plots.
 //!
 //! ```text
-//! cargo xtask bench [--runs N] [--quick]
+//! cargo xtask bench [--runs N] [--quick] [--only ROWS]
 //! ```
+//!
+//! `--only ROWS` (comma-separated row keys, `prefix*` allowed; `only.rs`)
+//! measures only those rows and leaves `docs/` alone.
 //!
 //! The metrics, all lower-is-better:
 //!
@@ -38,6 +41,7 @@
 //! and the host-native runs, and leaves `docs/` alone: it checks that the
 //! benchmark works, never its speed.
 
+mod only;
 mod report;
 mod stats;
 mod storage;
@@ -56,6 +60,7 @@ use crate::linux_guest::{self, LinuxGuest, Mode, GUEST_HTTP_PORT, INIT_MARKER};
 use crate::qemu::{self, Outcome, UserNetwork, VmConfig};
 use crate::vmm::{self, Vmm};
 
+use only::Only;
 use report::{Metric, Side};
 use vm::RunningVm;
 use workloads::{Reading, Source, Workload};
@@ -90,6 +95,10 @@ const LINUX_MEMORY_RANGE: (u32, u32) = (64, 128);
 /// What the Toro `hello` example prints first.
 const HELLO_LINE: &str = "Hello from Toro!";
 const DEFAULT_RUNS: usize = 5;
+/// Runs of the allocation and thread/message workloads in full runs (at
+/// least): their medians are compared to a few percent, and a single boot
+/// can be disturbed by the host.
+const WORKLOAD_RUNS: usize = 9;
 /// The command line of the boots on Firecracker and cloud-hypervisor.
 const VMM_BOOT_COMMAND_LINE: &str = "toro.log=error";
 /// wrk's load in full runs (threads, connections, duration) and in quick mode.
@@ -104,10 +113,11 @@ const VMM_BOOT_RUNS: usize = 10;
 pub struct Options {
     pub runs: usize,
     pub quick: bool,
+    pub only: Only,
 }
 
 fn parse_options(arguments: &[String]) -> Result<Options> {
-    let mut options = Options { runs: DEFAULT_RUNS, quick: false };
+    let mut options = Options { runs: DEFAULT_RUNS, quick: false, only: Only::all() };
     let mut runs_given = false;
     let mut iterator = arguments.iter();
     while let Some(argument) = iterator.next() {
@@ -118,7 +128,8 @@ fn parse_options(arguments: &[String]) -> Result<Options> {
                     iterator.next().context("--runs needs a number")?.parse().context("--runs takes a number")?;
                 runs_given = true;
             }
-            other => bail!("unknown option {other:?}: cargo xtask bench [--runs N] [--quick]"),
+            "--only" => options.only = Only::parse(iterator.next().context("--only needs ROWS")?, &known_rows())?,
+            other => bail!("unknown option {other:?}: cargo xtask bench [--runs N] [--quick] [--only ROWS]"),
         }
     }
     if options.runs == 0 {
@@ -128,6 +139,21 @@ fn parse_options(arguments: &[String]) -> Result<Options> {
         options.runs = 1;
     }
     Ok(options)
+}
+
+/// Every row `--only` can name: the sections' and the workloads'.
+fn known_rows() -> Vec<&'static str> {
+    let sections = [
+        only::BOOT,
+        only::VMM_BOOT,
+        only::HTTP,
+        only::HTTP_TAP,
+        only::HTTP_DISK,
+        only::MEMORY,
+        only::IDLE,
+        only::IMAGE,
+    ];
+    sections.concat().into_iter().chain(workloads::keys()).chain(storage::keys()).collect()
 }
 
 /// `cargo xtask bench ...`
@@ -141,7 +167,8 @@ pub fn bench(arguments: &[String]) -> Result<ExitCode> {
 
 /// The test suite's check: the quick mode runs and every workload works.
 pub fn quick_check() -> Result<()> {
-    let failures = run(&Options { runs: 1, quick: true }, "cargo xtask bench --quick (from cargo xtask test)")?;
+    let options = Options { runs: 1, quick: true, only: Only::all() };
+    let failures = run(&options, "cargo xtask bench --quick (from cargo xtask test)")?;
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
     }
@@ -164,6 +191,8 @@ struct Bench {
     linux_programs: Vec<PathBuf>,
     /// Runs that failed, with why.
     failures: Vec<String>,
+    /// The rows to measure (`--only`).
+    only: Only,
 }
 
 /// Runs everything; returns the runs that failed, with why.
@@ -199,8 +228,19 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
 
     let linux = linux_guest::ensure()?;
     let (linux, linux_programs) = linux_guest::ensure_bench(&linux)?;
-    let mut bench =
-        Bench { accel, hello, idle, workloads, webserver, diskbench, linux, linux_programs, failures: Vec::new() };
+    let mut bench = Bench {
+        accel,
+        hello,
+        idle,
+        workloads,
+        webserver,
+        diskbench,
+        linux,
+        linux_programs,
+        failures: Vec::new(),
+        only: options.only.clone(),
+    };
+    let only = &options.only;
     let runs = options.runs;
     eprintln!(
         "bench: {runs} run(s) per side{}; Linux guest {} ({} + {})",
@@ -210,31 +250,48 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
         bench.linux.initramfs.display()
     );
 
-    let mut metrics = vec![bench.boot(runs)];
+    let mut metrics = Vec::new();
+    if only.wants_any(only::BOOT) {
+        metrics.push(bench.boot(runs));
+    }
     // The other VMMs: median of at least 10 (one in quick mode).
     let vmm_runs = if options.quick { 1 } else { runs.max(VMM_BOOT_RUNS) };
-    for vmm in [Vmm::Firecracker, Vmm::CloudHypervisor] {
+    for vmm in [Vmm::Firecracker, Vmm::CloudHypervisor].into_iter().filter(|_| only.wants_any(only::VMM_BOOT)) {
         metrics.extend(bench.vmm_boot(vmm_runs, vmm));
     }
-    metrics.extend(bench.http(runs, options.quick));
-    metrics.extend(bench.http_tap(runs, options.quick));
-    metrics.push(bench.files_served(runs, options.quick));
-    metrics.push(if options.quick {
+    if only.wants_any(only::HTTP) {
+        metrics.extend(bench.http(runs, options.quick));
+    }
+    if only.wants_any(only::HTTP_TAP) {
+        metrics.extend(bench.http_tap(runs, options.quick));
+    }
+    if only.wants_any(only::HTTP_DISK) {
+        metrics.push(bench.files_served(runs, options.quick));
+    }
+    metrics.push(if options.quick || !only.wants_any(only::MEMORY) {
         Metric {
             key: "memory",
             title: "smallest -m that works",
             unit: "MiB",
-            toro: Side::Missing("skipped (--quick)".into()),
-            linux: Side::Missing("skipped (--quick)".into()),
+            toro: Side::Missing(if options.quick { "skipped (--quick)" } else { "skipped (--only)" }.into()),
+            linux: Side::Missing(if options.quick { "skipped (--quick)" } else { "skipped (--only)" }.into()),
         }
     } else {
         bench.memory()
     });
     let window = if options.quick { QUICK_IDLE_WINDOW } else { IDLE_WINDOW };
-    metrics.push(bench.idle(runs, window));
-    metrics.push(bench.image_size()?);
-    let mut workloads = bench.workloads(runs, options.quick);
-    workloads.extend(bench.storage(runs, options.quick));
+    if only.wants_any(only::IDLE) {
+        metrics.push(bench.idle(runs, window));
+    }
+    if only.wants_any(only::IMAGE) {
+        metrics.push(bench.image_size()?);
+    }
+    // Full runs: at least WORKLOAD_RUNS of the workloads.
+    let workload_runs = if options.quick { runs } else { runs.max(WORKLOAD_RUNS) };
+    let mut workloads = bench.workloads(workload_runs, options.quick);
+    if only.wants_any(&storage::keys()) {
+        workloads.extend(bench.storage(runs, options.quick));
+    }
 
     let context = report::Context {
         timestamp: report::iso8601(started_at),
@@ -271,7 +328,7 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     }
     let record = write_record(&context, &metrics, &workloads)?;
     println!("record: {}", record.display());
-    if !options.quick {
+    if !options.quick && only.is_all() {
         let document = write_docs(&context, &metrics, &workloads)?;
         println!("docs: {}", document.display());
     }
@@ -772,6 +829,9 @@ impl Bench {
     /// both), plus host-native Linux in full runs.
     fn workloads(&mut self, runs: usize, quick: bool) -> Vec<Workload> {
         let (mut toro, mut linux, mut host) = (Vec::new(), Vec::new(), Vec::new());
+        if !self.only.wants_any(&workloads::keys()) {
+            return Vec::new();
+        }
         for run in 1..=runs {
             let started = Instant::now();
             let toro_readings = self.toro_workloads(quick);
@@ -799,35 +859,86 @@ impl Bench {
             toro.push(toro_readings);
             linux.push(linux_readings);
         }
-        workloads::collect(&toro, &linux, &host, "not run (--quick)")
+        let only = self.only.clone();
+        workloads::collect(&toro, &linux, &host, "not run (--quick)", &|key| only.wants(key))
     }
 
-    /// One boot of Toro's `bench`: its readings, or none if it failed.
+    /// One boot of Toro's `bench` for every selected workload but
+    /// `WATCHDOG_OFF`, and one with `toro.watchdog=off` for that one: their
+    /// readings, or none if a boot failed.
     fn toro_workloads(&mut self, quick: bool) -> Vec<Reading> {
-        let mut config = VmConfig::new(self.workloads.clone(), self.accel);
-        if quick {
-            config.command_line = TORO_QUICK_ARGUMENT.into();
+        let keys = workloads::keys();
+        let main: Vec<&str> = keys.iter().copied().filter(|&key| key != workloads::WATCHDOG_OFF).collect();
+        let mut readings = Vec::new();
+        if self.only.wants_any(&main) {
+            let list = self.only.list(&main);
+            let only = self.only.clone();
+            let wanted = move |key: &str| key != workloads::WATCHDOG_OFF && only.wants(key);
+            match self.toro_boot_workloads(quick, list.as_deref(), None, &wanted) {
+                Some(found) => readings.extend(found),
+                None => return Vec::new(),
+            }
         }
+        if self.only.wants(workloads::WATCHDOG_OFF) {
+            let wanted = |key: &str| key == workloads::WATCHDOG_OFF;
+            match self.toro_boot_workloads(quick, Some(workloads::WATCHDOG_OFF), Some("toro.watchdog=off"), &wanted) {
+                Some(found) => readings.extend(found),
+                None => return Vec::new(),
+            }
+        }
+        readings
+    }
+
+    /// One boot of Toro's `bench` with `bench.only=only` and `extra` on its
+    /// command line: its readings (which must cover what `wanted` says),
+    /// or `None` if it failed.
+    fn toro_boot_workloads(
+        &mut self,
+        quick: bool,
+        only: Option<&str>,
+        extra: Option<&str>,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Option<Vec<Reading>> {
+        let mut config = VmConfig::new(self.workloads.clone(), self.accel);
+        let mut arguments: Vec<String> = Vec::new();
+        if quick {
+            arguments.push(TORO_QUICK_ARGUMENT.into());
+        }
+        if let Some(only) = only {
+            arguments.push(format!("bench.only={only}"));
+        }
+        arguments.extend(extra.map(str::to_string));
+        config.command_line = arguments.join(" ").into();
         match qemu::run(&config, Some(TORO_WORKLOADS_TIMEOUT), false, &|line| line.to_string()) {
             Err(error) => {
                 self.fail(format!("Toro workloads: {error:#}"));
-                Vec::new()
+                None
             }
-            Ok(result) => self.judge("Toro workloads", &result.output, &result.outcome, Source::Toro),
+            Ok(result) => {
+                let readings = self.judge("Toro workloads", &result.output, &result.outcome, Source::Toro, wanted);
+                (!readings.is_empty()).then_some(readings)
+            }
         }
     }
 
     /// One boot of the Linux guest in bench mode: its readings, or none if
     /// it failed.
     fn linux_workloads(&mut self, quick: bool) -> Vec<Reading> {
-        let config = self.linux.vm_config(self.accel, Mode::Bench { quick });
+        let mut config = self.linux.vm_config(self.accel, Mode::Bench { quick });
+        if let Some(list) = self.only.list(&workloads::keys()) {
+            let line = format!("{} toro_bench_only={list}", config.command_line.to_string_lossy());
+            config.command_line = line.into();
+        }
+        let only = self.only.clone();
+        let wanted = move |key: &str| only.wants(key);
         match qemu::run(&config, Some(LINUX_WORKLOADS_TIMEOUT), false, &|line| line.to_string()) {
             Err(error) => {
                 self.fail(format!("Linux workloads: {error:#}"));
                 Vec::new()
             }
             Ok(result) => {
-                let mut readings = self.judge("Linux workloads", &result.output, &result.outcome, Source::Linux);
+                let mut readings =
+                    self.judge("Linux workloads", &result.output, &result.outcome, Source::Linux, &wanted);
                 if !result.output.lines().any(|line| line == linux_guest::BENCH_DONE_MARKER) && !readings.is_empty() {
                     self.fail(format!("Linux workloads: no {:?} line", linux_guest::BENCH_DONE_MARKER));
                     readings.clear();
@@ -843,7 +954,8 @@ impl Bench {
     fn host_workloads(&mut self) -> Vec<Reading> {
         let mut output = String::new();
         for program in &self.linux_programs {
-            match Command::new(program).arg("full").stderr(std::process::Stdio::inherit()).output() {
+            let list = self.only.list(&workloads::keys()).unwrap_or_default();
+            match Command::new(program).arg("full").arg(list).stderr(std::process::Stdio::inherit()).output() {
                 Ok(result) if result.status.success() => output.push_str(&String::from_utf8_lossy(&result.stdout)),
                 Ok(result) => {
                     eprintln!("bench: warning: host-native {} ended with {}", program.display(), result.status);
@@ -856,7 +968,7 @@ impl Bench {
             }
         }
         let (readings, mut problems) = workloads::parse_output(&output);
-        problems.extend(workloads::check(&readings, Source::Linux));
+        problems.extend(workloads::check(&readings, Source::Linux, &|key| self.only.wants(key)));
         if !problems.is_empty() {
             eprintln!("bench: warning: host-native: {}", problems.join("; "));
         }
@@ -865,8 +977,15 @@ impl Bench {
 
     /// The readings of a run that must end with status 0 and report every
     /// workload; a failure is recorded, with the guest's last lines.
-    fn judge(&mut self, name: &str, output: &str, outcome: &Outcome, source: Source) -> Vec<Reading> {
-        self.judge_with(workloads::SPECS, name, output, outcome, source)
+    fn judge(
+        &mut self,
+        name: &str,
+        output: &str,
+        outcome: &Outcome,
+        source: Source,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Vec<Reading> {
+        self.judge_with(workloads::SPECS, name, output, outcome, source, wanted)
     }
 
     /// [`Bench::judge`] against other rows (the storage rows).
@@ -877,12 +996,13 @@ impl Bench {
         output: &str,
         outcome: &Outcome,
         source: Source,
+        wanted: &dyn Fn(&str) -> bool,
     ) -> Vec<Reading> {
         let (readings, mut problems) = workloads::parse_output(output);
         if *outcome != Outcome::Exited(0) {
             problems.insert(0, outcome.to_string());
         }
-        problems.extend(workloads::check_specs(specs, &readings, source));
+        problems.extend(workloads::check_specs(specs, &readings, source, wanted));
         if problems.is_empty() {
             return readings;
         }
@@ -1042,10 +1162,23 @@ mod tests {
 
     #[test]
     fn options() {
-        assert_eq!(parse_options(&[]).unwrap(), Options { runs: 5, quick: false });
-        assert_eq!(parse_options(&strings(&["--quick"])).unwrap(), Options { runs: 1, quick: true });
-        assert_eq!(parse_options(&strings(&["--runs", "7"])).unwrap(), Options { runs: 7, quick: false });
-        assert_eq!(parse_options(&strings(&["--quick", "--runs", "2"])).unwrap(), Options { runs: 2, quick: true });
+        let all = Only::all;
+        assert_eq!(parse_options(&[]).unwrap(), Options { runs: 5, quick: false, only: all() });
+        assert_eq!(parse_options(&strings(&["--quick"])).unwrap(), Options { runs: 1, quick: true, only: all() });
+        assert_eq!(parse_options(&strings(&["--runs", "7"])).unwrap(), Options { runs: 7, quick: false, only: all() });
+        assert_eq!(
+            parse_options(&strings(&["--quick", "--runs", "2"])).unwrap(),
+            Options { runs: 2, quick: true, only: all() }
+        );
+        let only = parse_options(&strings(&["--only", "alloc-*,yield-watchdog-off,boot"])).unwrap().only;
+        assert!(only.wants("alloc-borrowed") && only.wants("boot") && !only.wants("yield") && !only.wants("http"));
+        // The storage rows and the files-from-disk row are rows too.
+        let only = parse_options(&strings(&["--only", "disk-raw-*,http-disk-file"])).unwrap().only;
+        assert!(only.wants("disk-raw-seq-read") && only.wants("http-disk-file") && !only.wants("disk-fs-seq-read"));
+        assert!(known_rows().iter().all(|key| !key.is_empty()));
+        assert!(storage::keys().iter().all(|key| known_rows().contains(key)));
+        assert!(parse_options(&strings(&["--only", "nosuchrow"])).is_err());
+        assert!(parse_options(&strings(&["--only"])).is_err());
         assert!(parse_options(&strings(&["--runs", "0"])).is_err());
         assert!(parse_options(&strings(&["--runs"])).is_err());
         assert!(parse_options(&strings(&["--fast"])).is_err());

@@ -241,7 +241,9 @@ fn command_line(tsc_khz: u64, mode: Mode) -> String {
     // timer interrupts a second per vCPU while idle (measured: about 6x the
     // idle host CPU). The check is wrong about this machine, so it is off.
     // toro_bench= (bench mode): the workloads' length, `quick` or `full`;
-    // like toro_mode=, it reaches /init as an environment variable.
+    // like toro_mode=, it reaches /init as an environment variable (as does
+    // toro_bench_only=, which `cargo xtask bench --only` appends: the
+    // programs' second argument).
     let mut line = format!(
         "console=ttyS0 loglevel=1 panic=-1 tsc_early_khz={tsc_khz} tsc=reliable initcall_blacklist=cmos_init \
          toro_mode={}",
@@ -270,7 +272,7 @@ fn init_script(modules: &[String]) -> String {
     script.push_str("run_bench() {\n");
     for program in BENCH_PROGRAMS {
         script.push_str(&format!(
-            "  /{BENCH_DIR}/{program} \"$toro_bench\" || {{ echo 'toro-bench: {program} failed'; fail_vm; idle; }}\n"
+            "  /{BENCH_DIR}/{program} \"$toro_bench\" \"$toro_bench_only\" || {{ echo 'toro-bench: {program} failed'; fail_vm; idle; }}\n"
         ));
     }
     script.push_str(&format!("  echo '{BENCH_DONE_MARKER}'; exit_vm; idle\n}}\n"));
@@ -1227,7 +1229,10 @@ mod tests {
         let script = init_script(&[]);
         assert!(script.contains("bench) run_bench ;;"));
         for program in BENCH_PROGRAMS {
-            assert!(script.contains(&format!("/{BENCH_DIR}/{program} \"$toro_bench\" ||")), "{program}");
+            assert!(
+                script.contains(&format!("/{BENCH_DIR}/{program} \"$toro_bench\" \"$toro_bench_only\" ||")),
+                "{program}"
+            );
         }
         // The first failure ends the VM with status 1 (octal \001 through
         // isa-debug-exit); success prints the marker, then status 0.

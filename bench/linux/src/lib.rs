@@ -48,6 +48,14 @@ pub fn plan_from_arguments() -> Plan {
     }
 }
 
+/// The second argument: the workloads to run (a comma-separated list;
+/// missing, empty or `all`: every one). `/init` passes `toro_bench_only=`
+/// from the kernel command line (`cargo xtask bench --only`).
+pub fn selection_from_arguments() -> common::Selection<'static> {
+    let list: &'static str = std::env::args().nth(2).map_or("", |list| Box::leak(list.into_boxed_str()));
+    common::Selection::new(Some(list))
+}
+
 /// CLOCK_MONOTONIC in nanoseconds (the TSC underneath, as for Toro).
 fn now_ns() -> u64 {
     let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -81,60 +89,83 @@ fn seed(cpu: usize) -> u64 {
 
 /// The allocation workloads over this binary's global allocator, reported
 /// under `allocator`'s name.
-pub fn allocation(plan: Plan, allocator: &str) {
+pub fn allocation(plan: Plan, only: common::Selection<'_>, allocator: &str) {
     pin_to(HOME);
-    let (pairs, nanoseconds) = common::alloc_free_pairs(now_ns, plan.target_ns, seed(HOME));
-    report("alloc-1cpu", allocator, Value::PerSecond(common::per_second(pairs, nanoseconds)));
+    if only.wants("alloc-1cpu") {
+        let (pairs, nanoseconds) = common::alloc_free_pairs(now_ns, plan.target_ns, seed(HOME));
+        report("alloc-1cpu", allocator, Value::PerSecond(common::per_second(pairs, nanoseconds)));
+    }
 
     let target = plan.target_ns;
-    let workers: Vec<_> = [HOME, OTHER]
-        .into_iter()
-        .map(|cpu| {
-            std::thread::spawn(move || {
-                pin_to(cpu);
-                common::alloc_free_pairs(now_ns, target, seed(cpu))
+    if only.wants("alloc-2cpu") {
+        let workers: Vec<_> = [HOME, OTHER]
+            .into_iter()
+            .map(|cpu| {
+                std::thread::spawn(move || {
+                    pin_to(cpu);
+                    common::alloc_free_pairs(now_ns, target, seed(cpu))
+                })
             })
-        })
-        .collect();
-    let rates: Vec<u64> = workers
-        .into_iter()
-        .map(|worker| {
-            let (pairs, nanoseconds) = worker.join().expect("worker");
-            common::per_second(pairs, nanoseconds)
-        })
-        .collect();
-    report("alloc-2cpu", allocator, Value::PerSecond(rates.iter().sum::<u64>() / rates.len() as u64));
+            .collect();
+        let rates: Vec<u64> = workers
+            .into_iter()
+            .map(|worker| {
+                let (pairs, nanoseconds) = worker.join().expect("worker");
+                common::per_second(pairs, nanoseconds)
+            })
+            .collect();
+        report("alloc-2cpu", allocator, Value::PerSecond(rates.iter().sum::<u64>() / rates.len() as u64));
+    }
 
-    let ring: &'static mut Ring<Option<Block>, RING_SLOTS> = Box::leak(Box::new(Ring::new()));
-    let (mut producer, mut consumer) = ring.split();
-    let sending = std::thread::spawn(move || {
-        pin_to(OTHER);
-        common::produce_blocks(&mut producer, now_ns, target)
-    });
-    let (blocks, nanoseconds) = common::consume_blocks(&mut consumer, now_ns);
-    sending.join().expect("producer");
-    report("alloc-remote", allocator, Value::PerSecond(common::per_second(blocks, nanoseconds)));
+    if only.wants("alloc-remote") {
+        let ring: &'static mut Ring<Option<Block>, RING_SLOTS> = Box::leak(Box::new(Ring::new()));
+        let (mut producer, mut consumer) = ring.split();
+        let sending = std::thread::spawn(move || {
+            pin_to(OTHER);
+            common::produce_blocks(&mut producer, now_ns, target)
+        });
+        let (blocks, nanoseconds) = common::consume_blocks(&mut consumer, now_ns);
+        sending.join().expect("producer");
+        report("alloc-remote", allocator, Value::PerSecond(common::per_second(blocks, nanoseconds)));
+    }
+
+    // The same large block as Toro's borrowed one: malloc, a write per
+    // page, free (Linux has one heap for all CPUs, so nothing to borrow).
+    if only.wants("alloc-borrowed") {
+        let (cycles, nanoseconds) = common::large_block_cycles(now_ns, target);
+        report("alloc-borrowed", allocator, Value::Nanoseconds(Tenths::ratio(nanoseconds, cycles)));
+    }
 }
 
 /// The thread and message workloads.
-pub fn threads(plan: Plan) {
+pub fn threads(plan: Plan, only: common::Selection<'_>) {
     pin_to(HOME);
-    report("yield", "sched_yield", Value::Nanoseconds(yield_switch(plan)));
-    report("spawn-join-same", "std", Value::Nanoseconds(spawn_join(false, plan)));
-    report("spawn-join-other", "std", Value::Nanoseconds(spawn_join(true, plan)));
-    report("message-latency", "mpsc", Value::Nanoseconds(message_latency::<Mpsc>(plan, 2)));
-    report("message-latency", "crossbeam", Value::Nanoseconds(message_latency::<Crossbeam>(plan, 2)));
+    let mut run = |name: &str, variant: &str, measure: &mut dyn FnMut() -> Value| {
+        if only.wants(name) {
+            report(name, variant, measure());
+        }
+    };
+    run("yield", "sched_yield", &mut || Value::Nanoseconds(yield_switch(plan)));
+    // Toro's watchdog-off boot is compared with the same sched_yield
+    // workload, measured again.
+    run("yield-watchdog-off", "sched_yield", &mut || Value::Nanoseconds(yield_switch(plan)));
+    run("spawn-join-same", "std", &mut || Value::Nanoseconds(spawn_join(false, plan)));
+    run("spawn-join-other", "std", &mut || Value::Nanoseconds(spawn_join(true, plan)));
+    run("message-latency", "mpsc", &mut || Value::Nanoseconds(message_latency::<Mpsc>(plan, 2)));
+    run("message-latency", "crossbeam", &mut || Value::Nanoseconds(message_latency::<Crossbeam>(plan, 2)));
     // A request to a thread that owns a resource on the other CPU and its
     // reply: Toro's service call from another CPU.
-    report("service-call-other", "mpsc", Value::Nanoseconds(message_latency::<Mpsc>(plan, 1)));
-    report("service-call-other", "crossbeam", Value::Nanoseconds(message_latency::<Crossbeam>(plan, 1)));
-    report("channel-throughput", "mpsc", Value::PerSecond(channel_throughput::<Mpsc>(plan)));
-    report("channel-throughput", "crossbeam", Value::PerSecond(channel_throughput::<Crossbeam>(plan)));
-    report("channel-4-producers", "mpsc", Value::PerSecond(channel_producers::<Mpsc>(plan)));
-    report("channel-4-producers", "crossbeam", Value::PerSecond(channel_producers::<Crossbeam>(plan)));
-    let (median, p99) = sleep_lateness(plan);
-    report("sleep-late-p50", "std", Value::Microseconds(median));
-    report("sleep-late-p99", "std", Value::Microseconds(p99));
+    run("service-call-other", "mpsc", &mut || Value::Nanoseconds(message_latency::<Mpsc>(plan, 1)));
+    run("service-call-other", "crossbeam", &mut || Value::Nanoseconds(message_latency::<Crossbeam>(plan, 1)));
+    run("channel-throughput", "mpsc", &mut || Value::PerSecond(channel_throughput::<Mpsc>(plan)));
+    run("channel-throughput", "crossbeam", &mut || Value::PerSecond(channel_throughput::<Crossbeam>(plan)));
+    run("channel-4-producers", "mpsc", &mut || Value::PerSecond(channel_producers::<Mpsc>(plan)));
+    run("channel-4-producers", "crossbeam", &mut || Value::PerSecond(channel_producers::<Crossbeam>(plan)));
+    if only.wants_any(&["sleep-late-p50", "sleep-late-p99"]) {
+        let (median, p99) = sleep_lateness(plan);
+        report("sleep-late-p50", "std", Value::Microseconds(median));
+        report("sleep-late-p99", "std", Value::Microseconds(p99));
+    }
 }
 
 /// Nanoseconds per switch between two threads pinned to CPU 0 that only

@@ -157,6 +157,12 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
         drained
     }
 
+    /// Hands over the blocks freed here for other CPUs (complete batches or
+    /// not) to their rings; what a full ring cannot take stays pending.
+    pub fn flush_outbox(&mut self) {
+        self.outbox.flush();
+    }
+
     /// Returns empty spans to the page runs (see [`CpuHeap::trim`]).
     pub fn trim(&mut self, memory: &mut impl WordMemory) -> u64 {
         self.heap.trim(memory)

@@ -37,6 +37,40 @@ pub const ALLOC_BATCH: u64 = 1024;
 /// Slots of the producer/consumer ring in the remote-free workload.
 pub const RING_SLOTS: usize = 1024;
 
+/// The large block of the borrowed-allocation workload: more than Toro's
+/// CPU 0 is left with (the workload fills its share to below this first),
+/// less than CPU 1's share holds, so every allocation borrows from CPU 1.
+pub const LARGE_BLOCK: usize = 24 << 20;
+/// The stride of the large block's touch: one write per 4 KiB page.
+const TOUCH_STRIDE: usize = 4096;
+/// Alloc+free pairs before the clock starts, so the measurement starts from
+/// a warm heap on both sides: every size class has its pages (on Linux the
+/// first touch of each page is a page fault), and the emulator has
+/// translated the loop. 64 Ki pairs visit every class many times over.
+pub const WARM_UP_PAIRS: u64 = 64 * 1024;
+
+/// Which workloads a run does: all of them, or those named in a
+/// comma-separated list (`bench.only=` on Toro's command line, the second
+/// argument of the Linux programs; `cargo xtask bench --only` sets both).
+#[derive(Clone, Copy, Debug)]
+pub struct Selection<'a>(Option<&'a str>);
+
+impl<'a> Selection<'a> {
+    /// `None`, an empty list or `all`: every workload.
+    pub fn new(list: Option<&'a str>) -> Self {
+        Self(list.filter(|list| !list.is_empty() && *list != "all"))
+    }
+
+    pub fn wants(&self, name: &str) -> bool {
+        self.0.is_none_or(|list| list.split(',').any(|item| item == name))
+    }
+
+    /// Whether any of `names` is wanted.
+    pub fn wants_any(&self, names: &[&str]) -> bool {
+        names.iter().any(|name| self.wants(name))
+    }
+}
+
 /// Senders in the multi-producer channel workload.
 pub const PRODUCERS: usize = 4;
 /// The CPU sender `k` of the multi-producer workload runs on, of `cpus`:
@@ -126,10 +160,18 @@ impl Block {
         Self { address, size }
     }
 
+    /// Writes one byte in every 4 KiB page of the block.
+    pub fn touch_pages(&self) {
+        for offset in (0..self.size).step_by(TOUCH_STRIDE) {
+            // SAFETY: `offset` is inside the block, which is ours.
+            unsafe { self.address.as_ptr().add(offset).write_volatile(offset as u8) };
+        }
+    }
+
     fn layout(size: usize) -> Layout {
         match Layout::from_size_align(size, BLOCK_ALIGN) {
             Ok(layout) => layout,
-            Err(_) => unreachable!("sizes are at most LARGEST_BLOCK"),
+            Err(_) => unreachable!("sizes are at most LARGE_BLOCK"),
         }
     }
 }
@@ -149,6 +191,11 @@ pub fn alloc_free_pairs(clock: Clock, target_ns: u64, seed: u64) -> (u64, u64) {
     let mut sequence = Sequence::new(seed);
     let mut live: alloc::vec::Vec<Option<Block>> =
         (0..LIVE_BLOCKS).map(|_| Some(Block::new(sequence.size()))).collect();
+    for _ in 0..WARM_UP_PAIRS {
+        let slot = sequence.slot();
+        live[slot] = None;
+        live[slot] = Some(Block::new(sequence.size()));
+    }
     let start = clock();
     let mut pairs = 0;
     let elapsed = loop {
@@ -168,6 +215,25 @@ pub fn alloc_free_pairs(clock: Clock, target_ns: u64, seed: u64) -> (u64, u64) {
     };
     drop(live);
     (pairs, elapsed)
+}
+
+/// The borrowed-allocation loop: a [`LARGE_BLOCK`] allocated, written once
+/// per 4 KiB page (on Linux each first write is a page fault, on Toro
+/// memory is mapped), and freed, until `target_ns` has passed (at least
+/// once); returns (cycles, nanoseconds).
+pub fn large_block_cycles(clock: Clock, target_ns: u64) -> (u64, u64) {
+    let start = clock();
+    let mut cycles = 0;
+    loop {
+        let block = Block::new(LARGE_BLOCK);
+        block.touch_pages();
+        drop(block);
+        cycles += 1;
+        let elapsed = clock().saturating_sub(start);
+        if elapsed >= target_ns {
+            return (cycles, elapsed);
+        }
+    }
 }
 
 /// The remote-free producer: allocates blocks of the size sequence and

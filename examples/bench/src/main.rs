@@ -70,23 +70,62 @@ fn main() -> i32 {
     let plan = if quick { Plan::QUICK } else { Plan::FULL };
     println!("bench: toro, {} cpus, {} ms per workload", cpu::count(), plan.target_ns / 1_000_000);
 
+    // `bench.only=a,b`: only those workloads (`cargo xtask bench --only`).
+    let only = common::Selection::new(system::argument("bench.only"));
+
     // Allocation (issue 4).
-    let (pairs, nanoseconds) = common::alloc_free_pairs(now_ns, plan.target_ns, seed(HOME));
-    report("alloc-1cpu", Value::PerSecond(common::per_second(pairs, nanoseconds)));
-    report("alloc-2cpu", Value::PerSecond(alloc_on_both(plan)));
-    report("alloc-remote", Value::PerSecond(remote_free(plan)));
+    if only.wants("alloc-1cpu") {
+        let (pairs, nanoseconds) = common::alloc_free_pairs(now_ns, plan.target_ns, seed(HOME));
+        report("alloc-1cpu", Value::PerSecond(common::per_second(pairs, nanoseconds)));
+    }
+    if only.wants("alloc-2cpu") {
+        report("alloc-2cpu", Value::PerSecond(alloc_on_both(plan)));
+    }
+    if only.wants("alloc-remote") {
+        report("alloc-remote", Value::PerSecond(remote_free(plan)));
+    }
+    if only.wants("alloc-borrowed") {
+        match borrowed_allocation(plan) {
+            Ok(time) => report("alloc-borrowed", Value::Nanoseconds(time)),
+            Err(why) => {
+                println!("bench: alloc-borrowed: {why}");
+                return 4;
+            }
+        }
+    }
 
     // Threads and messages (issue 5).
-    report("yield", Value::Nanoseconds(yield_switch(plan)));
-    report("spawn-join-same", Value::Nanoseconds(spawn_join(HOME, plan)));
-    report("spawn-join-other", Value::Nanoseconds(spawn_join(OTHER, plan)));
-    report("message-latency", Value::Nanoseconds(message_latency(plan)));
-    report("service-call-other", Value::Nanoseconds(service_call(OTHER, plan)));
-    report("channel-throughput", Value::PerSecond(channel_throughput(plan)));
-    report("channel-4-producers", Value::PerSecond(channel_producers(plan)));
-    let (median, p99) = sleep_lateness(plan);
-    report("sleep-late-p50", Value::Microseconds(median));
-    report("sleep-late-p99", Value::Microseconds(p99));
+    if only.wants("yield") {
+        report("yield", Value::Nanoseconds(yield_switch(plan)));
+    }
+    // The same yield workload in a boot with `toro.watchdog=off` (xtask
+    // boots one for it): what the watchdog costs on the yield path.
+    if only.wants("yield-watchdog-off") && system::argument("toro.watchdog") == Some("off") {
+        report("yield-watchdog-off", Value::Nanoseconds(yield_switch(plan)));
+    }
+    if only.wants("spawn-join-same") {
+        report("spawn-join-same", Value::Nanoseconds(spawn_join(HOME, plan)));
+    }
+    if only.wants("spawn-join-other") {
+        report("spawn-join-other", Value::Nanoseconds(spawn_join(OTHER, plan)));
+    }
+    if only.wants("message-latency") {
+        report("message-latency", Value::Nanoseconds(message_latency(plan)));
+    }
+    if only.wants("service-call-other") {
+        report("service-call-other", Value::Nanoseconds(service_call(OTHER, plan)));
+    }
+    if only.wants("channel-throughput") {
+        report("channel-throughput", Value::PerSecond(channel_throughput(plan)));
+    }
+    if only.wants("channel-4-producers") {
+        report("channel-4-producers", Value::PerSecond(channel_producers(plan)));
+    }
+    if only.wants_any(&["sleep-late-p50", "sleep-late-p99"]) {
+        let (median, p99) = sleep_lateness(plan);
+        report("sleep-late-p50", Value::Microseconds(median));
+        report("sleep-late-p99", Value::Microseconds(p99));
+    }
     println!("bench: done");
     0
 }
@@ -123,6 +162,27 @@ fn remote_free(plan: Plan) -> u64 {
     let (blocks, nanoseconds) = common::consume_blocks(&mut consumer, now_ns);
     sending.join();
     common::per_second(blocks, nanoseconds)
+}
+
+/// Nanoseconds per cycle of a large block borrowed from CPU 1's share:
+/// allocated on CPU 0 (whose share is first filled to below the block's
+/// size, so it cannot serve it), written once per page, freed (back to
+/// CPU 1). Checks that it did borrow.
+fn borrowed_allocation(plan: Plan) -> Result<Tenths, &'static str> {
+    // Ballast in 1 MiB blocks until CPU 0 has less free than the block.
+    const BALLAST_BLOCK: usize = 1 << 20;
+    let mut ballast = Vec::new();
+    while toro::memory::usage_here().free >= common::LARGE_BLOCK as u64 {
+        ballast.push(Block::new(BALLAST_BLOCK));
+    }
+    let before = toro::memory::usage_here().borrowed;
+    let (cycles, nanoseconds) = common::large_block_cycles(now_ns, plan.target_ns);
+    let borrowed = toro::memory::usage_here().borrowed - before;
+    drop(ballast);
+    if borrowed != cycles * common::LARGE_BLOCK as u64 {
+        return Err("the large blocks were not all borrowed from another CPU");
+    }
+    Ok(Tenths::ratio(nanoseconds, cycles))
 }
 
 /// Nanoseconds per switch between two threads on CPU 0 that only yield.

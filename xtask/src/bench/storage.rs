@@ -79,6 +79,11 @@ pub const SPECS: &[Spec] = &[
     },
 ];
 
+/// Every storage row's key, in the order of the table.
+pub fn keys() -> Vec<&'static str> {
+    SPECS.iter().map(|spec| spec.key).collect()
+}
+
 /// Generous: a full run moves about 160 MiB per side under emulation.
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// The ext2 image: the 32 MiB file and room for the one written.
@@ -176,7 +181,8 @@ impl Bench {
         Metric { key: "http-disk-file", title, unit: "us", toro: Side::measured(toro), linux: Side::measured(linux) }
     }
 
-    /// The storage rows: `runs` boots of each side, alternating.
+    /// The storage rows: `runs` boots of each side, alternating. A boot
+    /// runs every storage workload; `--only` keeps the selected rows.
     pub(super) fn storage(&mut self, runs: usize, quick: bool) -> Vec<Workload> {
         let dir = crate::build::workspace_root().join("target").join("bench").join("disks");
         let (mut toro, mut linux) = (Vec::new(), Vec::new());
@@ -191,7 +197,9 @@ impl Bench {
             toro.push(toro_readings);
             linux.push(linux_readings);
         }
-        workloads::collect_specs(SPECS, &toro, &linux, &[], "not run (storage is the guests' only)")
+        let only = self.only.clone();
+        let missing = "not run (storage is the guests' only)";
+        workloads::collect_specs(SPECS, &toro, &linux, &[], missing, &|key| only.wants(key))
     }
 
     /// One boot of one side on fresh disks: its readings, or none if it failed.
@@ -225,7 +233,7 @@ impl Bench {
                 return Vec::new();
             }
         };
-        let mut readings = self.judge_with(SPECS, name, &result.output, &result.outcome, source);
+        let mut readings = self.judge_with(SPECS, name, &result.output, &result.outcome, source, &|_| true);
         if source == Source::Linux
             && !result.output.lines().any(|line| line == BENCH_DONE_MARKER)
             && !readings.is_empty()
@@ -260,9 +268,12 @@ mod tests {
                      BENCH disk-raw-rand-read 5000 per_s\nBENCH disk-fs-seq-read 2 per_s\nBENCH disk-fs-seq-write 3 per_s\n";
         let (readings, problems) = workloads::parse_output(lines);
         assert!(problems.is_empty());
-        assert!(workloads::check_specs(SPECS, &readings, Source::Toro).is_empty());
-        let missing = workloads::check_specs(SPECS, &readings[1..], Source::Toro);
+        assert!(workloads::check_specs(SPECS, &readings, Source::Toro, &|_| true).is_empty());
+        let missing = workloads::check_specs(SPECS, &readings[1..], Source::Toro, &|_| true);
         assert_eq!(missing, vec!["no figure for disk-raw-seq-read".to_string()]);
-        assert!(!workloads::check_specs(SPECS, &readings, Source::Linux).is_empty(), "Linux lines carry :direct");
+        assert!(
+            !workloads::check_specs(SPECS, &readings, Source::Linux, &|_| true).is_empty(),
+            "Linux lines carry :direct"
+        );
     }
 }

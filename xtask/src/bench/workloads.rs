@@ -76,6 +76,16 @@ const CHANNELS: &[Yardstick] = &[
 ];
 const STD_THREAD: &[Yardstick] = &[Yardstick { variant: "std", label: "std::thread" }];
 
+/// The workload Toro measures in a boot of its own, with
+/// `toro.watchdog=off` (the yield workload again): beside `yield`, what the
+/// watchdog costs on the yield path.
+pub const WATCHDOG_OFF: &str = "yield-watchdog-off";
+
+/// Every workload's key, in the order of the table.
+pub fn keys() -> Vec<&'static str> {
+    SPECS.iter().map(|spec| spec.key).collect()
+}
+
 /// Every workload, in the order of the table.
 pub const SPECS: &[Spec] = &[
     Spec {
@@ -106,8 +116,26 @@ pub const SPECS: &[Spec] = &[
         yardsticks: ALLOCATORS,
     },
     Spec {
+        key: "alloc-borrowed",
+        title: "24 MiB block borrowed from CPU 1's share: alloc + write each page + free",
+        line_unit: LineUnit::Nanoseconds,
+        unit: "µs",
+        divisor: 1e3,
+        better: Better::Lower,
+        yardsticks: ALLOCATORS,
+    },
+    Spec {
         key: "yield",
         title: "yield: switch between 2 threads on 1 CPU",
+        line_unit: LineUnit::Nanoseconds,
+        unit: "ns",
+        divisor: 1.0,
+        better: Better::Lower,
+        yardsticks: &[Yardstick { variant: "sched_yield", label: "sched_yield, pinned" }],
+    },
+    Spec {
+        key: WATCHDOG_OFF,
+        title: "yield, Toro booted with toro.watchdog=off",
         line_unit: LineUnit::Nanoseconds,
         unit: "ns",
         divisor: 1.0,
@@ -273,13 +301,19 @@ pub enum Source {
     Linux,
 }
 
-/// What is missing or unexpected in one run's readings.
-pub fn check(readings: &[Reading], source: Source) -> Vec<String> {
-    check_specs(SPECS, readings, source)
+/// What is missing or unexpected in one run's readings, which must hold a
+/// figure for each workload `wanted` says it ran.
+pub fn check(readings: &[Reading], source: Source, wanted: &dyn Fn(&str) -> bool) -> Vec<String> {
+    check_specs(SPECS, readings, source, wanted)
 }
 
 /// [`check`] against other rows than [`SPECS`] (the storage rows).
-pub fn check_specs(specs: &'static [Spec], readings: &[Reading], source: Source) -> Vec<String> {
+pub fn check_specs(
+    specs: &'static [Spec],
+    readings: &[Reading],
+    source: Source,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for reading in readings {
         let Some(spec) = specs.iter().find(|spec| spec.key == reading.name) else {
@@ -298,7 +332,7 @@ pub fn check_specs(specs: &'static [Spec], readings: &[Reading], source: Source)
             problems.push(format!("unexpected line for {} ({:?})", reading.name, reading.variant));
         }
     }
-    for spec in specs {
+    for spec in specs.iter().filter(|spec| wanted(spec.key)) {
         let wanted: Vec<Option<&str>> = match source {
             Source::Toro => vec![None],
             Source::Linux => spec.yardsticks.iter().map(|y| Some(y.variant)).collect(),
@@ -345,15 +379,17 @@ fn advantage(better: Better, toro: &Summary, linux: &Summary) -> Option<f64> {
     }
 }
 
-/// The results, from each run's readings (an empty run, one that failed,
-/// counts as a failed sample). `host` empty: host-native not run, and why.
+/// The results of the workloads `wanted` says were run, from each run's
+/// readings (an empty run, one that failed, counts as a failed sample).
+/// `host` empty: host-native not run, and why.
 pub fn collect(
     toro_runs: &[Vec<Reading>],
     linux_runs: &[Vec<Reading>],
     host_runs: &[Vec<Reading>],
     host_missing: &str,
+    wanted: &dyn Fn(&str) -> bool,
 ) -> Vec<Workload> {
-    collect_specs(SPECS, toro_runs, linux_runs, host_runs, host_missing)
+    collect_specs(SPECS, toro_runs, linux_runs, host_runs, host_missing, wanted)
 }
 
 /// [`collect`] for other rows than [`SPECS`] (the storage rows).
@@ -363,12 +399,14 @@ pub fn collect_specs(
     linux_runs: &[Vec<Reading>],
     host_runs: &[Vec<Reading>],
     host_missing: &str,
+    wanted: &dyn Fn(&str) -> bool,
 ) -> Vec<Workload> {
     let samples = |runs: &[Vec<Reading>], spec: &Spec, variant: Option<&str>| -> Vec<f64> {
         runs.iter().map(|run| find(run, spec.key, variant).map_or(f64::NAN, |value| value / spec.divisor)).collect()
     };
     specs
         .iter()
+        .filter(|spec| wanted(spec.key))
         .map(|spec| Workload {
             spec,
             toro: Side::measured(samples(toro_runs, spec, None)),
@@ -637,27 +675,35 @@ mod tests {
         text
     }
 
+    fn all(_: &str) -> bool {
+        true
+    }
+
     #[test]
     fn checks_that_every_workload_reported() {
         let (toro, _) = parse_output(&toro_output());
-        assert!(check(&toro, Source::Toro).is_empty(), "{:?}", check(&toro, Source::Toro));
+        assert!(check(&toro, Source::Toro, &all).is_empty(), "{:?}", check(&toro, Source::Toro, &all));
         let (linux, _) = parse_output(&linux_output(2.0));
-        assert!(check(&linux, Source::Linux).is_empty(), "{:?}", check(&linux, Source::Linux));
+        assert!(check(&linux, Source::Linux, &all).is_empty(), "{:?}", check(&linux, Source::Linux, &all));
         // Toro's lines are not Linux's.
-        assert!(!check(&toro, Source::Linux).is_empty());
+        assert!(!check(&toro, Source::Linux, &all).is_empty());
         let partial: Vec<Reading> = toro.iter().filter(|r| r.name != "yield").cloned().collect();
-        assert_eq!(check(&partial, Source::Toro), ["no figure for yield"]);
+        assert_eq!(check(&partial, Source::Toro, &all), ["no figure for yield"]);
+        // A workload not run is not missing.
+        assert!(check(&partial, Source::Toro, &|key| key != "yield").is_empty());
         let wrong_unit = parse_output("BENCH yield 5 per_s\n").0;
-        assert!(check(&wrong_unit, Source::Toro).iter().any(|p| p.contains("expected Nanoseconds")));
+        assert!(check(&wrong_unit, Source::Toro, &all).iter().any(|p| p.contains("expected Nanoseconds")));
         let unknown = parse_output("BENCH teleport 5 ns\n").0;
-        assert!(check(&unknown, Source::Toro).iter().any(|p| p.contains("unknown workload")));
+        assert!(check(&unknown, Source::Toro, &all).iter().any(|p| p.contains("unknown workload")));
     }
 
     #[test]
     fn collects_medians_and_advantages_both_ways() {
         let toro: Vec<Vec<Reading>> = (0..3).map(|_| parse_output(&toro_output()).0).collect();
         let linux: Vec<Vec<Reading>> = [1.0, 2.0, 3.0].iter().map(|&s| parse_output(&linux_output(s)).0).collect();
-        let workloads = collect(&toro, &linux, &[], "not run");
+        let workloads = collect(&toro, &linux, &[], "not run", &all);
+        let only_yield = collect(&toro, &linux, &[], "not run", &|key| key == "yield");
+        assert_eq!(only_yield.len(), 1);
         assert_eq!(workloads.len(), SPECS.len());
         let yield_ = workloads.iter().find(|w| w.spec.key == "yield").unwrap();
         assert_eq!(yield_.toro.summary().unwrap().median, 100.0);
@@ -672,7 +718,7 @@ mod tests {
         // A run without a figure is a failed sample: no median.
         let mut failed = toro.clone();
         failed[1].clear();
-        let workloads = collect(&failed, &linux, &[], "");
+        let workloads = collect(&failed, &linux, &[], "", &all);
         assert!(workloads[0].toro.summary().is_none());
     }
 
@@ -681,7 +727,7 @@ mod tests {
         let toro = vec![parse_output(&toro_output()).0];
         let linux = vec![parse_output(&linux_output(4.0)).0];
         let host = vec![parse_output(&linux_output(0.5)).0];
-        let workloads = collect(&toro, &linux, &host, "");
+        let workloads = collect(&toro, &linux, &host, "", &all);
         let rows = SPECS.iter().map(|s| s.yardsticks.len()).sum::<usize>();
         let text = table(&workloads);
         assert_eq!(text.lines().count(), rows + 2);

@@ -3,6 +3,7 @@
 
 fn main() {
     let plan = toro_bench_linux::plan_from_arguments();
-    toro_bench_linux::allocation(plan, "glibc");
-    toro_bench_linux::threads(plan);
+    let only = toro_bench_linux::selection_from_arguments();
+    toro_bench_linux::allocation(plan, only, "glibc");
+    toro_bench_linux::threads(plan, only);
 }

@@ -6,5 +6,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let plan = toro_bench_linux::plan_from_arguments();
-    toro_bench_linux::allocation(plan, "mimalloc");
+    let only = toro_bench_linux::selection_from_arguments();
+    toro_bench_linux::allocation(plan, only, "mimalloc");
 }
