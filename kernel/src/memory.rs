@@ -69,7 +69,7 @@ struct Owners {
 
 static OWNERS: BootCell<Owners> = BootCell::new();
 
-/// The last usage each CPU published (every `PUBLISH_INTERVAL`
+/// The last usage each CPU published (every `DRAIN_INTERVAL`
 /// allocations and when it idles), for other CPUs to read.
 struct PublishedUsage {
     in_use: AtomicU64,
@@ -78,7 +78,6 @@ struct PublishedUsage {
     remote_sent: AtomicU64,
     remote_received: AtomicU64,
     remote_pending: AtomicU64,
-    allocations: AtomicU64,
     /// Bytes this CPU lent to others, and borrowed from others (so far;
     /// written by this CPU only when it lends or borrows).
     lent: AtomicU64,
@@ -93,14 +92,10 @@ static PUBLISHED: [PublishedUsage; MAX_CPUS] = [const {
         remote_sent: AtomicU64::new(0),
         remote_received: AtomicU64::new(0),
         remote_pending: AtomicU64::new(0),
-        allocations: AtomicU64::new(0),
         lent: AtomicU64::new(0),
         borrowed: AtomicU64::new(0),
     }
 }; MAX_CPUS];
-
-/// Allocations between two publications of a CPU's usage.
-const PUBLISH_INTERVAL: u64 = 256;
 
 fn publish(allocator: &Allocator) {
     let usage = allocator.usage();
@@ -151,13 +146,13 @@ fn reentrant_allocation() -> ! {
 
 #[inline(always)]
 fn allocate_here(allocator: &mut Allocator, size: usize, align: usize) -> Option<u64> {
-    let published = &PUBLISHED[allocator.cpu()];
-    let count = published.allocations.load(Ordering::Relaxed) + 1;
-    published.allocations.store(count, Ordering::Relaxed);
-    if count.is_multiple_of(PUBLISH_INTERVAL) {
+    let address = allocator.allocate(&mut Words, size.max(1), align);
+    // Every DRAIN_INTERVAL allocations, when the allocator has just taken
+    // back remote frees: publish the figures too.
+    if allocator.just_drained() {
         publish(allocator);
     }
-    allocator.allocate(&mut Words, size.max(1), align)
+    address
 }
 
 /// How long, at most, an allocation that found its share full waits for the
@@ -319,17 +314,19 @@ unsafe fn flush_owed_job(_: *mut u8, _: u64) {
     served.store(served.load(Ordering::Relaxed) + 1, Ordering::Release);
 }
 
-/// Frees a block: locally if this CPU owns it, else through the ring to
+/// Frees a block allocated with `size` and `align` (the allocation's
+/// layout, as `GlobalAlloc::dealloc` has it): locally if this CPU owns it
+/// (into the per-class cache when it has room), else through the ring to
 /// its owner.
 #[inline(never)]
-pub fn free(address: u64, size: usize) {
-    lend(|allocator| free_here(allocator, address, size));
+pub fn free(address: u64, size: usize, align: usize) {
+    lend(|allocator| free_here(allocator, address, size, align));
 }
 
 #[inline(always)]
-fn free_here(allocator: &mut Allocator, address: u64, size: usize) {
+fn free_here(allocator: &mut Allocator, address: u64, size: usize, align: usize) {
     if allocator.owns(address) {
-        if let Err(error) = allocator.free_local(&mut Words, address) {
+        if let Err(error) = allocator.free_local_sized(&mut Words, address, size.max(1), align) {
             allocation_failure_bad_free(address, size, error);
         }
         return;
@@ -384,7 +381,7 @@ unsafe impl GlobalAlloc for Global {
     }
 
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        free(pointer as u64, layout.size())
+        free(pointer as u64, layout.size(), layout.align())
     }
 }
 

@@ -140,7 +140,7 @@ pub fn allocation(plan: Plan, only: common::Selection<'_>, allocator: &str) {
 /// The thread and message workloads.
 pub fn threads(plan: Plan, only: common::Selection<'_>) {
     pin_to(HOME);
-    let mut run = |name: &str, variant: &str, measure: &mut dyn FnMut() -> Value| {
+    let run = |name: &str, variant: &str, measure: &mut dyn FnMut() -> Value| {
         if only.wants(name) {
             report(name, variant, measure());
         }

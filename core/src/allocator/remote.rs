@@ -131,6 +131,10 @@ impl<const SLOTS: usize> Lane<'_, SLOTS> {
 /// the producer ends of the rings from this CPU to every other.
 pub struct RemoteOutbox<'ring, const CPUS: usize, const SLOTS: usize = REMOTE_RING_SLOTS> {
     lanes: [Lane<'ring, SLOTS>; CPUS],
+    /// Lanes `0..used` may hold blocks or a ring (one past the highest
+    /// destination connected or freed for): flushes and counts look at
+    /// those only, not at all `CPUS`.
+    used: usize,
     batch_blocks: u64,
     sent: RemoteCounters,
 }
@@ -141,6 +145,7 @@ impl<'ring, const CPUS: usize, const SLOTS: usize> RemoteOutbox<'ring, CPUS, SLO
     pub const fn new(batch_blocks: u32) -> Self {
         Self {
             lanes: [const { Lane::EMPTY }; CPUS],
+            used: 0,
             batch_blocks: if batch_blocks == 0 { 1 } else { batch_blocks as u64 },
             sent: RemoteCounters { batches: 0, blocks: 0, bytes: 0 },
         }
@@ -151,6 +156,7 @@ impl<'ring, const CPUS: usize, const SLOTS: usize> RemoteOutbox<'ring, CPUS, SLO
     pub fn connect(&mut self, destination: usize, producer: RemoteProducer<'ring, SLOTS>) -> Result<(), RemoteError> {
         let lane = self.lanes.get_mut(destination).ok_or(RemoteError::NoSuchCpu { cpu: destination })?;
         lane.producer = Some(producer);
+        self.used = self.used.max(destination + 1);
         Ok(())
     }
 
@@ -173,6 +179,7 @@ impl<'ring, const CPUS: usize, const SLOTS: usize> RemoteOutbox<'ring, CPUS, SLO
         bytes: u64,
     ) -> Result<(), RemoteError> {
         let lane = self.lanes.get_mut(destination).ok_or(RemoteError::NoSuchCpu { cpu: destination })?;
+        self.used = self.used.max(destination + 1);
         memory.store(address, lane.first);
         lane.first = address;
         lane.blocks += 1;
@@ -190,7 +197,7 @@ impl<'ring, const CPUS: usize, const SLOTS: usize> RemoteOutbox<'ring, CPUS, SLO
     /// blocks still waiting because their ring was full or not connected.
     pub fn flush(&mut self) -> u64 {
         let mut waiting = 0;
-        for lane in &mut self.lanes {
+        for lane in &mut self.lanes[..self.used] {
             lane.publish(&mut self.sent);
             waiting += lane.blocks;
         }
@@ -205,7 +212,7 @@ impl<'ring, const CPUS: usize, const SLOTS: usize> RemoteOutbox<'ring, CPUS, SLO
     /// Blocks freed but not yet published (`batches`: lanes holding some).
     pub fn pending(&self) -> RemoteCounters {
         let mut pending = RemoteCounters::default();
-        for lane in self.lanes.iter().filter(|lane| lane.blocks > 0) {
+        for lane in self.lanes[..self.used].iter().filter(|lane| lane.blocks > 0) {
             pending.add(RemoteCounters { batches: 1, blocks: lane.blocks, bytes: lane.bytes });
         }
         pending
@@ -229,6 +236,8 @@ impl<const CPUS: usize, const SLOTS: usize> fmt::Debug for RemoteOutbox<'_, CPUS
 /// Owned by the owner CPU, which drains it into its own heap.
 pub struct RemoteInbox<'ring, const CPUS: usize, const SLOTS: usize = REMOTE_RING_SLOTS> {
     sources: [Option<RemoteConsumer<'ring, SLOTS>>; CPUS],
+    /// One past the highest source connected: drains look at `0..used`.
+    used: usize,
     received: RemoteCounters,
     refused: u64,
 }
@@ -238,6 +247,7 @@ impl<'ring, const CPUS: usize, const SLOTS: usize> RemoteInbox<'ring, CPUS, SLOT
     pub const fn new() -> Self {
         Self {
             sources: [const { None }; CPUS],
+            used: 0,
             received: RemoteCounters { batches: 0, blocks: 0, bytes: 0 },
             refused: 0,
         }
@@ -247,6 +257,7 @@ impl<'ring, const CPUS: usize, const SLOTS: usize> RemoteInbox<'ring, CPUS, SLOT
     pub fn connect(&mut self, source: usize, consumer: RemoteConsumer<'ring, SLOTS>) -> Result<(), RemoteError> {
         let slot = self.sources.get_mut(source).ok_or(RemoteError::NoSuchCpu { cpu: source })?;
         *slot = Some(consumer);
+        self.used = self.used.max(source + 1);
         Ok(())
     }
 
@@ -257,7 +268,7 @@ impl<'ring, const CPUS: usize, const SLOTS: usize> RemoteInbox<'ring, CPUS, SLOT
     /// silently.
     pub fn drain(&mut self, memory: &mut impl WordMemory, heap: &mut CpuHeap) -> RemoteCounters {
         let mut drained = RemoteCounters::default();
-        for consumer in self.sources.iter_mut().flatten() {
+        for consumer in self.sources[..self.used].iter_mut().flatten() {
             while let Some(batch) = consumer.pop() {
                 drained.batches += 1;
                 let mut block = batch.first;

@@ -216,11 +216,17 @@ proptest! {
         cpus[1].connect_outbound(0, to_zero).unwrap();
         cpus[1].connect_inbound(0, from_zero).unwrap();
         let initial = [cpus[0].heap().usage(), cpus[1].heap().usage()];
-        let mut live: Vec<(u64, usize, usize)> = Vec::new();
-        let free = |cpus: &mut [CpuAllocator<'_, 2>; 2], memory: &mut ShadowMemory, cpu: usize, address: u64, size: usize| {
+        let mut live: Vec<(u64, usize, usize, usize)> = Vec::new();
+        // Local frees alternate between the cache path (with the layout)
+        // and the heap path (without).
+        let mut sized = false;
+        let mut free = |cpus: &mut [CpuAllocator<'_, 2>; 2], memory: &mut ShadowMemory, cpu: usize, address: u64, size: usize, align: usize| {
             memory.mark_free(address);
             let owner = usize::from(!cpus[0].owns(address));
-            if owner == cpu {
+            sized = !sized;
+            if owner == cpu && sized {
+                cpus[cpu].free_local_sized(memory, address, size, align).map_err(|error| format!("{error}"))
+            } else if owner == cpu {
                 cpus[cpu].free_local(memory, address).map(|_| ()).map_err(|error| format!("{error}"))
             } else {
                 cpus[cpu].free_remote(memory, owner, address, size as u64).map_err(|error| format!("{error}"))
@@ -229,17 +235,27 @@ proptest! {
         for step in &steps {
             match *step {
                 TwoCpuStep::Allocate { cpu, size, align } => {
+                    let before = cpus[cpu].usage();
                     if let Some(address) = cpus[cpu].allocate(&mut memory, size, align) {
+                        // In use grows by the block, cached or not (less
+                        // what the allocation took back from the rings).
+                        let after = cpus[cpu].usage();
+                        let received = after.remote_received.bytes - before.remote_received.bytes;
+                        let grown = after.heap.bytes_in_use + received - before.heap.bytes_in_use;
+                        match SizeClass::of_layout(size, align) {
+                            Some(class) => prop_assert_eq!(grown, class.block_size()),
+                            None => prop_assert!(grown >= size as u64),
+                        }
                         prop_assert!(cpus[cpu].owns(address), "a CPU allocates from its own region");
                         prop_assert_eq!(address % align as u64, 0);
                         memory.mark_live(address, size as u64);
-                        live.push((address, size, cpu));
+                        live.push((address, size, align, cpu));
                     }
                 }
                 TwoCpuStep::Free { pick, cpu } => {
                     if !live.is_empty() {
-                        let (address, size, _) = live.swap_remove(pick % live.len());
-                        prop_assert_eq!(free(&mut cpus, &mut memory, cpu, address, size), Ok(()));
+                        let (address, size, align, _) = live.swap_remove(pick % live.len());
+                        prop_assert_eq!(free(&mut cpus, &mut memory, cpu, address, size, align), Ok(()));
                     }
                 }
                 TwoCpuStep::Idle { cpu } => {
@@ -247,8 +263,8 @@ proptest! {
                 }
             }
         }
-        for (address, size, cpu) in live.drain(..) {
-            prop_assert_eq!(free(&mut cpus, &mut memory, 1 - cpu, address, size), Ok(()));
+        for (address, size, align, cpu) in live.drain(..) {
+            prop_assert_eq!(free(&mut cpus, &mut memory, 1 - cpu, address, size, align), Ok(()));
         }
         // Each flush publishes a whole lane as one batch, so two rounds
         // pass everything; a third changes nothing.
