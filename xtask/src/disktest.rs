@@ -25,6 +25,9 @@ pub const READ_WRITE: DiskTest = DiskTest { prepare: prepare_read_write, check: 
 pub const READ_WRITE_4K_SECTORS: DiskTest = DiskTest { prepare: prepare_4k_sectors, check: check_read_write };
 /// A writable disk for fs_disk's `mode=quick`; afterwards `/quick.txt` is there and the image clean.
 pub const QUICK: DiskTest = DiskTest { prepare: prepare_read_write, check: check_quick };
+/// A writable disk for fs_disk's `mode=sync-kill`; after the kill what
+/// the guest synced is there and the image clean.
+pub const SYNC_KILL: DiskTest = DiskTest { prepare: prepare_read_write, check: check_synced };
 /// A read-only disk (QEMU `readonly=on`); afterwards it is unchanged.
 pub const READ_ONLY: DiskTest = DiskTest { prepare: prepare_read_only, check: check_unchanged };
 /// An image with a damaged superblock; afterwards it is unchanged.
@@ -239,6 +242,37 @@ fn check_quick(image: &Path, _cpus: u32) -> Result<Vec<String>> {
     let (data, errors) = debugfs(image, "cat /quick.txt")?;
     if data != pattern(5000, 42) {
         problems.push(format!("/quick.txt on the host: {} bytes, expected 5000 ({})", data.len(), errors.trim()));
+    }
+    problems.extend(e2fsck(image)?);
+    Ok(problems)
+}
+
+/// What fs_disk's `mode=sync-kill` synced before the VM was killed.
+fn check_synced(image: &Path, _cpus: u32) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let expected: [(&str, Vec<u8>); 5] = [
+        ("/synced/renamed", pattern(100, 1)),
+        ("/synced/indirect", pattern(70_000, 2)),
+        ("/synced/big", pattern(3 << 20, 3)),
+        ("/synced/last", pattern(10_000, 4)),
+        ("/hello.txt", pattern(20, 9)[..7].to_vec()),
+    ];
+    for (path, bytes) in expected {
+        let (data, errors) = debugfs(image, &format!("cat {path}"))?;
+        if data != bytes {
+            problems.push(format!(
+                "{path} after the kill: {} bytes, not the {} synced ({})",
+                data.len(),
+                bytes.len(),
+                errors.trim()
+            ));
+        }
+    }
+    for gone in ["/synced/small", "/synced/doomed"] {
+        let (_, errors) = debugfs(image, &format!("stat {gone}"))?;
+        if !errors.contains("not found") {
+            problems.push(format!("{gone} is still there after the kill ({})", errors.trim()));
+        }
     }
     problems.extend(e2fsck(image)?);
     Ok(problems)

@@ -278,7 +278,7 @@ pub fn run(
     echo: bool,
     annotate: &dyn Fn(&str) -> String,
 ) -> Result<RunResult> {
-    let process = run_process(config.command(), QEMU, timeout, echo, annotate, &|_| false)?;
+    let process = run_process(config.command(), QEMU, timeout, echo, annotate, &|_| false, LAST_LINE_GRACE)?;
     let outcome = if process.timed_out { Outcome::TimedOut } else { Outcome::from_qemu(process.code) };
     if let Outcome::QemuFailed(code) = outcome {
         bail!("{QEMU} failed (exit status {code}): {}", process.errors.trim());
@@ -314,11 +314,32 @@ pub struct Process {
 }
 
 /// How long a VMM may go on after the guest's last line before it is killed.
-const LAST_LINE_GRACE: Duration = Duration::from_secs(3);
+pub const LAST_LINE_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs QEMU until the guest prints a line containing `marker`, then
+/// kills it at once (SIGKILL: no shutdown, nothing more from the guest),
+/// as a power cut would: for tests of what survives a crash. The result's
+/// `lingered` says it was killed there; its outcome is then `TimedOut`.
+pub fn run_killed_at(
+    config: &VmConfig,
+    timeout: Option<Duration>,
+    annotate: &dyn Fn(&str) -> String,
+    marker: &str,
+) -> Result<RunResult> {
+    let process =
+        run_process(config.command(), QEMU, timeout, false, annotate, &|line| line.contains(marker), Duration::ZERO)?;
+    Ok(RunResult {
+        outcome: if process.lingered { Outcome::TimedOut } else { Outcome::from_qemu(process.code) },
+        output: process.output,
+        wall: process.wall,
+        first_line: process.first_line,
+        lingered: process.lingered,
+    })
+}
 
 /// Starts `command` (the VMM `program`) with piped output and reads its
-/// lines as [`run`] describes; kills it after `timeout`, or
-/// [`LAST_LINE_GRACE`] after a line for which `last_line` is true.
+/// lines as [`run`] describes; kills it after `timeout`, or `grace` after
+/// a line for which `last_line` is true.
 pub fn run_process(
     mut command: Command,
     program: &str,
@@ -326,6 +347,7 @@ pub fn run_process(
     echo: bool,
     annotate: &dyn Fn(&str) -> String,
     last_line: &dyn Fn(&str) -> bool,
+    grace: Duration,
 ) -> Result<Process> {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -346,7 +368,7 @@ pub fn run_process(
                 first_line.get_or_insert(when - start);
                 if last_line(&line) && !after_last_line {
                     after_last_line = true;
-                    let grace = Instant::now() + LAST_LINE_GRACE;
+                    let grace = Instant::now() + grace;
                     deadline = Some(deadline.map_or(grace, |d| d.min(grace)));
                 }
                 let line = annotate(&line);

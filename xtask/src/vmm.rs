@@ -329,7 +329,7 @@ pub fn run(
     }
     let (command, directory, log) = command(vmm, config, devices)?;
     let is_status = |line: &str| line.trim().starts_with(STATUS_LINE);
-    let process = qemu::run_process(command, vmm.name(), timeout, echo, annotate, &is_status)?;
+    let process = qemu::run_process(command, vmm.name(), timeout, echo, annotate, &is_status, qemu::LAST_LINE_GRACE)?;
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     let status = status_from_output(&process.output);
     let outcome = match (status, process.timed_out) {

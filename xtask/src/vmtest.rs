@@ -34,6 +34,9 @@ struct VmTest {
     disk: Option<crate::disktest::DiskTest>,
     /// A folder shared over virtio-fs, made before and checked after.
     share: Option<crate::disktest::ShareTest>,
+    /// Kill the VM (SIGKILL) as soon as the guest prints a line holding
+    /// this (a crash test); `status` is then not checked.
+    kill_at: Option<&'static str>,
 }
 
 pub(crate) const PANIC: i32 = 101;
@@ -57,6 +60,7 @@ const fn vm(package: &'static str, binary: &'static str) -> VmTest {
         vmm: Vmm::Qemu,
         disk: None,
         share: None,
+        kill_at: None,
     }
 }
 
@@ -442,6 +446,15 @@ fn tests() -> Vec<VmTest> {
             command_line: "toro.log=info",
             disk: Some(crate::disktest::READ_WRITE),
             expect: &["MSI-X x3: blk (type 2), owner cpu 1", "on cpu 1, 0 elsewhere", "fs_disk: all checks passed"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-sync-kill-2",
+            memory_mib: 256,
+            command_line: "mode=sync-kill",
+            disk: Some(crate::disktest::SYNC_KILL),
+            kill_at: Some("fs_disk: synced, kill the VM now"),
+            expect: &["fs_disk: synced, kill the VM now"],
             ..vm("vm-tests", "fs_disk")
         },
         VmTest {
@@ -1190,15 +1203,22 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             share = Some((folder, daemon));
         }
         let timeout = Some(Duration::from_secs(60));
-        let result = vmm::run(test.vmm, &config, &vmm::Devices::default(), timeout, false, &|l| symbols.annotate(l));
+        let result = match test.kill_at {
+            Some(marker) => qemu::run_killed_at(&config, timeout, &|l| symbols.annotate(l), marker),
+            None => vmm::run(test.vmm, &config, &vmm::Devices::default(), timeout, false, &|l| symbols.annotate(l)),
+        };
         // virtiofsd ends with the VM; its log is kept for a failure's report.
         let share = share.map(|(folder, daemon)| (folder, daemon.log()));
         let result = result?;
         let mut problems = Vec::new();
-        if result.lingered {
+        if let Some(marker) = test.kill_at {
+            if !result.lingered {
+                problems.push(format!("never killed: no {marker:?} line, {}", result.outcome));
+            }
+        } else if result.lingered {
             problems.push(format!("{} went on after the exit status line (rebooted?)", test.vmm));
         }
-        if result.outcome != Outcome::Exited(test.status) {
+        if test.kill_at.is_none() && result.outcome != Outcome::Exited(test.status) {
             problems.push(format!("expected exit status {}, got: {}", test.status, result.outcome));
         }
         for expected in test.expect {

@@ -14,6 +14,12 @@
 //!   not change.
 //! - `quick` (for slow VMMs): one host file read, one file written; the
 //!   host checks it after the exit.
+//! - `sync-kill`: files written (small, indirect, 3 MiB), a host file
+//!   overwritten in part, a rename, a removal, a truncation, then
+//!   `File::sync_all`; the guest prints [`SYNCED`], makes one more change
+//!   it never syncs and parks, and the host kills the VM (SIGKILL, no
+//!   shutdown): everything before the sync must be on the image, which
+//!   `e2fsck -fn` must find clean.
 //! - `corrupt`: the superblock is damaged; the boot mount failed with a
 //!   clear error, `toro::fs` says nothing is mounted, the disk still reads.
 
@@ -130,6 +136,35 @@ fn corrupt(disk: blk::Blk) -> bool {
 }
 
 /// A short run for slow VMMs: one host file read, one written (the clean exit writes it back).
+/// The line after which the host kills a `sync-kill` guest.
+const SYNCED: &str = "fs_disk: synced, kill the VM now";
+
+fn sync_kill() -> bool {
+    let mut ok = check(fs::create_dir("/synced").is_ok(), "mkdir /synced");
+    for (name, len, seed) in [("small", 100usize, 1u8), ("indirect", 70_000, 2), ("big", 3 << 20, 3)] {
+        ok &= check(fs::write(&format!("/synced/{name}"), pattern(len, seed)).is_ok(), name);
+    }
+    ok &= check(fs::write("/synced/doomed", b"removed before the sync").is_ok(), "write doomed");
+    ok &= check(fs::remove_file("/synced/doomed").is_ok(), "remove doomed");
+    ok &= check(fs::rename("/synced/small", "/synced/renamed").is_ok(), "rename");
+    let truncated = OpenOptions::new().write(true).open("/hello.txt").and_then(|file| file.set_len(7));
+    ok &= check(truncated.is_ok(), "truncate /hello.txt");
+    let mut last = match OpenOptions::new().create(true).write(true).open("/synced/last") {
+        Ok(file) => file,
+        Err(_) => return check(false, "create /synced/last"),
+    };
+    ok &= check(toro::io::Write::write_all(&mut last, &pattern(10_000, 4)).is_ok(), "write /synced/last");
+    ok &= check(last.sync_all().is_ok(), "sync_all");
+    if !ok {
+        return false;
+    }
+    println!("{SYNCED}");
+    // Never synced: small enough to stay in the block cache.
+    let _ = fs::write("/after-sync.txt", b"never synced");
+    println!("fs_disk: parked after one unsynced change");
+    toro::park()
+}
+
 fn quick() -> bool {
     let mut ok = check(fs::read("/hello.txt").ok() == Some(pattern(20, 9)), "/hello.txt reads back");
     ok &= check(fs::write("/quick.txt", pattern(5000, 42)).is_ok(), "write /quick.txt");
@@ -157,6 +192,7 @@ fn main() -> i32 {
         "ro" => read_only(toro::system::argument("root").unwrap_or(""), disk),
         "corrupt" => corrupt(disk),
         "quick" => quick(),
+        "sync-kill" => sync_kill(),
         other => check(false, &format!("unknown mode {other:?}")),
     };
     if ok {
