@@ -97,6 +97,10 @@ static PUBLISHED: [PublishedUsage; MAX_CPUS] = [const {
     }
 }; MAX_CPUS];
 
+// Out of line: the allocation fast path calls it once in DRAIN_INTERVAL
+// and should not carry its registers.
+#[cold]
+#[inline(never)]
 fn publish(allocator: &Allocator) {
     let usage = allocator.usage();
     let published = &PUBLISHED[allocator.cpu()];
@@ -331,6 +335,13 @@ fn free_here(allocator: &mut Allocator, address: u64, size: usize, align: usize)
         }
         return;
     }
+    free_elsewhere(allocator, address, size);
+}
+
+/// Frees a block another CPU owns: into the outbox for its owner (out of
+/// line, so the local fast path carries none of this).
+#[inline(never)]
+fn free_elsewhere(allocator: &mut Allocator, address: u64, size: usize) {
     match owner_of(address) {
         Some(owner) => {
             if let Err(error) = allocator.free_remote(&mut Words, owner, address, size as u64) {

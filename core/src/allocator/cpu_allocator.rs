@@ -91,7 +91,6 @@ pub struct CpuAllocator<'ring, const CPUS: usize> {
     /// Freed blocks kept for the next allocation of their class.
     cache: [Cached; CLASS_COUNT],
     cached_bytes: u64,
-    cached_blocks: u64,
 }
 
 impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
@@ -106,7 +105,6 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
             allocations_until_drain: DRAIN_INTERVAL,
             cache: [Cached { head: 0, blocks: 0 }; CLASS_COUNT],
             cached_bytes: 0,
-            cached_blocks: 0,
         }
     }
 
@@ -140,7 +138,7 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
     /// A block of `size` bytes aligned to `align`, from this CPU's memory;
     /// `None` when it has none left even after taking back what other CPUs
     /// freed (the kernel then reports and fails the request).
-    #[inline]
+    #[inline(always)]
     pub fn allocate(&mut self, memory: &mut impl WordMemory, size: usize, align: usize) -> Option<u64> {
         self.allocations_until_drain -= 1;
         if self.allocations_until_drain == 0 {
@@ -154,7 +152,6 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
                     cached.head = memory.load(address);
                     cached.blocks -= 1;
                     self.cached_bytes -= class.block_size();
-                    self.cached_blocks -= 1;
                     return Some(address);
                 }
                 self.allocate_uncached(memory, class)
@@ -221,7 +218,7 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
     /// Frees a block this CPU owns, allocated with this `size` and `align`:
     /// into its class's cache if that has room (see the module docs; the
     /// layout must be the allocation's), else into the heap.
-    #[inline]
+    #[inline(always)]
     pub fn free_local_sized(
         &mut self,
         memory: &mut impl WordMemory,
@@ -237,7 +234,6 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
                 cached.head = address;
                 cached.blocks += 1;
                 self.cached_bytes += bytes;
-                self.cached_blocks += 1;
                 return Ok(());
             }
         }
@@ -247,10 +243,10 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
     /// Frees every cached block into the heap; gives how many there were.
     /// A block the heap refuses (only after a caller's bad free) is dropped.
     pub fn empty_cache(&mut self, memory: &mut impl WordMemory) -> u64 {
-        let emptied = self.cached_blocks;
-        if emptied == 0 {
+        if self.cached_bytes == 0 {
             return 0;
         }
+        let emptied = self.cached_blocks();
         for cached in &mut self.cache {
             let mut block = cached.head;
             while block != 0 {
@@ -262,8 +258,13 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
             *cached = Cached { head: 0, blocks: 0 };
         }
         self.cached_bytes = 0;
-        self.cached_blocks = 0;
         emptied
+    }
+
+    /// Blocks in the cache (counted when asked: the fast paths keep only
+    /// the bytes, which the cache's limit needs).
+    fn cached_blocks(&self) -> u64 {
+        self.cache.iter().map(|cached| u64::from(cached.blocks)).sum()
     }
 
     /// Frees a block owned by CPU `owner` (not this one): queues it for its
@@ -304,7 +305,7 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
         let mut heap = self.heap.usage();
         heap.bytes_in_use -= self.cached_bytes;
         heap.bytes_free += self.cached_bytes;
-        heap.small_blocks -= self.cached_blocks;
+        heap.small_blocks -= self.cached_blocks();
         Usage {
             cpu: self.cpu,
             heap,
@@ -419,6 +420,32 @@ mod tests {
         zero.trim(&mut memory);
         zero.heap().check(&memory);
         assert_eq!(zero.heap().usage(), initial);
+    }
+
+    #[test]
+    fn cached_blocks_of_every_class_are_counted_as_free() {
+        // The fast paths keep only the cache's bytes; the block count is
+        // summed over the classes when asked: blocks cached in several
+        // classes must all count.
+        let mut memory = ShadowMemory::new(BASE, SHARE);
+        let mut zero = CpuAllocator::<1>::new(0, CpuHeap::new(&mut memory, BASE, SHARE).unwrap(), 8);
+        let sizes = [16, 100, 500, 1000, 3000, 4096];
+        let blocks: Vec<(u64, usize)> = sizes
+            .iter()
+            .flat_map(|&size| (0..3).map(move |_| size))
+            .map(|size| (zero.allocate(&mut memory, size, 8).unwrap(), size))
+            .collect();
+        assert_eq!(zero.usage().heap.small_blocks, blocks.len() as u64);
+        for (count, &(block, size)) in blocks.iter().enumerate() {
+            zero.free_local_sized(&mut memory, block, size, 8).unwrap();
+            assert_eq!(zero.usage().heap.small_blocks, (blocks.len() - count - 1) as u64);
+        }
+        assert_eq!(zero.usage().heap.bytes_in_use, 0);
+        assert_eq!(zero.heap().usage().small_blocks, blocks.len() as u64, "all of them are cached");
+        assert_eq!(zero.empty_cache(&mut memory), blocks.len() as u64);
+        assert_eq!(zero.empty_cache(&mut memory), 0);
+        assert_eq!(zero.heap().usage().small_blocks, 0);
+        zero.heap().check(&memory);
     }
 
     #[test]

@@ -296,6 +296,7 @@ impl CpuHeap {
 
     /// Whether `address` is inside this heap's region (metadata included):
     /// the test for "this CPU owns the block".
+    #[inline]
     pub fn contains(&self, address: u64) -> bool {
         address.checked_sub(self.region_base).is_some_and(|offset| offset < self.region_length)
     }

@@ -180,6 +180,7 @@ const _: () = {
 impl SizeClass {
     /// The class for a request of `size` bytes with no alignment beyond 16,
     /// or `None` above [`MAX_SMALL_SIZE`]. A size of 0 gets the smallest class.
+    #[inline]
     pub const fn of_size(size: usize) -> Option<Self> {
         if size <= GRANULE * LINEAR_CLASSES {
             // (size - 1) / 16, with 0 treated as 1.
@@ -199,6 +200,7 @@ impl SizeClass {
     /// The class for `size` bytes aligned to `align`, or `None` if the
     /// request belongs to page runs (too big, aligned beyond a page) or
     /// `align` is not a power of two.
+    #[inline]
     pub const fn of_layout(size: usize, align: usize) -> Option<Self> {
         if !align.is_power_of_two() || align > MAX_SMALL_ALIGN {
             return None;
@@ -222,11 +224,13 @@ impl SizeClass {
     }
 
     /// This class's index, `0..CLASS_COUNT`.
+    #[inline]
     pub const fn index(self) -> usize {
         self.0 as usize
     }
 
     /// Bytes in each block of this class.
+    #[inline]
     pub const fn block_size(self) -> u64 {
         CLASSES[self.0 as usize].block_size as u64
     }

@@ -14,6 +14,7 @@ use x86_64::structures::tss::TaskStateSegment;
 
 /// CPUs supported (APIC ids up to 255, the xAPIC limit).
 pub const MAX_CPUS: usize = 256;
+const _: () = assert!(MAX_CPUS.is_power_of_two());
 /// IA32_GS_BASE.
 const IA32_GS_BASE: u32 = 0xc000_0101;
 
@@ -219,7 +220,9 @@ impl<T> PerCpuCell<T> {
     /// Runs `f` with the running CPU's value, or says why it cannot.
     #[inline(always)]
     pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, CellError> {
-        let slot = &self.slots[current_index()];
+        // `current_index` is below MAX_CPUS (a power of two): the mask
+        // only spares the fast paths a bounds check.
+        let slot = &self.slots[current_index() % MAX_CPUS];
         let value = slot.value.load(Ordering::Acquire);
         if value.is_null() {
             return Err(CellError::NotSet);
