@@ -38,6 +38,29 @@ pub fn neighbour_discovery(frame: &[u8]) -> bool {
     }
 }
 
+/// The UDP destination port of `frame` (Ethernet; IPv4 that is not a
+/// later fragment, or IPv6 with UDP as the first header), if it is UDP.
+/// The queue pairs of a multi-queue card share one address, but a UDP
+/// socket lives on one pair: datagrams for its port that reach another
+/// pair's queue are handed to it (docs/net.md).
+pub fn udp_destination_port(frame: &[u8]) -> Option<u16> {
+    const UDP: u8 = 17;
+    let ip = frame.get(ETHERNET_HEADER_BYTES..)?;
+    let udp = match frame.get(12..14)? {
+        [0x08, 0x00] => {
+            let header_bytes = usize::from(ip.first()? & 0x0f) * 4;
+            let fragment_offset = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
+            if ip.first()? >> 4 != 4 || header_bytes < 20 || *ip.get(9)? != UDP || fragment_offset != 0 {
+                return None;
+            }
+            ip.get(header_bytes..)?
+        }
+        [0x86, 0xdd] if ip.first()? >> 4 == 6 && *ip.get(6)? == UDP => ip.get(40..)?,
+        _ => return None,
+    };
+    Some(u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]))
+}
+
 /// What a device does for the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
@@ -325,7 +348,36 @@ impl NetDevice for MemoryDevice {
 
 #[cfg(test)]
 mod neighbour_tests {
-    use super::neighbour_discovery;
+    use super::{neighbour_discovery, udp_destination_port};
+
+    fn ipv4(protocol: u8, flags_and_offset: u16, header_words: u8) -> Vec<u8> {
+        let mut header = vec![0u8; usize::from(header_words) * 4];
+        header[0] = 0x40 | header_words;
+        header[6..8].copy_from_slice(&flags_and_offset.to_be_bytes());
+        header[9] = protocol;
+        header.extend_from_slice(&[0x30, 0x39, 0x00, 0x07, 0, 8, 0, 0]); // ports 12345 -> 7
+        ethernet([0x08, 0x00], &header)
+    }
+
+    #[test]
+    fn udp_destination_ports() {
+        assert_eq!(udp_destination_port(&ipv4(17, 0, 5)), Some(7));
+        assert_eq!(udp_destination_port(&ipv4(17, 0x4000, 5)), Some(7), "don't fragment");
+        assert_eq!(udp_destination_port(&ipv4(17, 0x2000, 5)), Some(7), "a first fragment");
+        assert_eq!(udp_destination_port(&ipv4(17, 0x0010, 5)), None, "a later fragment");
+        assert_eq!(udp_destination_port(&ipv4(17, 0, 6)), Some(7), "IPv4 options");
+        assert_eq!(udp_destination_port(&ipv4(17, 0, 4)), None, "header too short");
+        assert_eq!(udp_destination_port(&ipv4(6, 0, 5)), None, "TCP");
+        let mut v6 = ipv6(17, 0x30);
+        v6[14 + 42..14 + 44].copy_from_slice(&[0x01, 0xbb]);
+        assert_eq!(udp_destination_port(&v6), Some(443));
+        assert_eq!(udp_destination_port(&ipv6(58, 135)), None);
+        assert_eq!(udp_destination_port(&ethernet([0x08, 0x06], &[0; 28])), None, "ARP");
+        let whole = ipv4(17, 0, 5);
+        for cut in 0..whole.len() - 4 {
+            assert_eq!(udp_destination_port(&whole[..cut]), None, "truncated at {cut}");
+        }
+    }
 
     fn ethernet(ethertype: [u8; 2], payload: &[u8]) -> Vec<u8> {
         let mut frame = vec![0xff; 12];

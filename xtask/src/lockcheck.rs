@@ -156,6 +156,8 @@ pub const ROOTS: &[&str] = &[
     "toro::net::instance::Instance::pump",
     "toro::net::tcp::TcpStream::read_some",
     "toro::net::tcp::TcpStream::write_some",
+    // a UDP bind or close telling the card's other queue pairs (calls)
+    "toro::net::instance::announce_udp",
 ];
 
 /// Where an indirect call or tail jump on a checked path goes.

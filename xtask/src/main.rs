@@ -414,6 +414,8 @@ fn main() -> ExitCode {
         "setup" => setup::ensure().map(|()| ExitCode::SUCCESS),
         "bench" => text(rest).and_then(|rest| bench::bench(&rest)),
         "lockcheck" => text(rest).and_then(|rest| vmtest::lockcheck_command(&rest)),
+        // The UDP multi-queue test's client, run inside its namespace.
+        "udp-flows" => text(rest).and_then(|rest| nettest::udp_flows(&rest)),
         _ => Err(anyhow::anyhow!("unknown command {:?}: run, test, gdb, boot or setup", OsStr::new(command))),
     };
     match result {

@@ -1134,6 +1134,20 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             }
         }
     }
+    if let Some(index) = specs.iter().position(|s| s.binary == "echo") {
+        match crate::netns::unavailable() {
+            Some(reason) => println!("vm test udp-mq-q35-2 ... skipped: {reason}"),
+            None => {
+                let (ok, summary) = crate::nettest::udp_multiqueue_test(&images[index], accel)?;
+                println!("vm test udp-mq-q35-2 ... {summary}");
+                if ok {
+                    passed += 1
+                } else {
+                    failed += 1
+                }
+            }
+        }
+    }
     let files_named = filter.as_ref().is_none_or(|f| {
         ["webserver-files-microvm-2", "webserver-files-share-microvm-2"].iter().any(|name| name.contains(f.as_str()))
     });

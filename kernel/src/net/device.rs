@@ -43,6 +43,21 @@ impl Device {
         }
     }
 
+    /// Datagrams received for sockets on the card's other pairs.
+    pub(crate) fn take_forwarded(&mut self) -> alloc::vec::Vec<(usize, alloc::vec::Vec<u8>)> {
+        match self {
+            Self::Virtio(device) => device.take_forwarded(),
+            Self::Loopback(_) => alloc::vec::Vec::new(),
+        }
+    }
+
+    /// A UDP port was bound or closed here or on another pair.
+    pub(crate) fn udp_binding(&mut self, port: u16, here: bool, elsewhere: Option<usize>, bound: bool) {
+        if let Self::Virtio(device) = self {
+            device.udp_binding(port, here, elsewhere, bound);
+        }
+    }
+
     /// A frame another pair of the card received.
     pub(crate) fn inject(&mut self, frame: alloc::vec::Vec<u8>) {
         if let Self::Virtio(device) = self {

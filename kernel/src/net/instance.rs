@@ -94,9 +94,10 @@ pub(crate) struct Instance {
     /// call that makes a timer due sooner lowers it (`pump`).
     service: Option<Handle<NetService>>,
     service_deadline: u64,
-    /// The services of the other queue pairs of the same card, which get
-    /// a copy of each neighbour-discovery frame this one receives.
-    siblings: Vec<Handle<NetService>>,
+    /// The other queue pairs of the same card (instance id, service):
+    /// they get a copy of each neighbour-discovery frame this one
+    /// receives, and the datagrams for UDP sockets that live on them.
+    siblings: Vec<(usize, Handle<NetService>)>,
 }
 
 /// Where each instance lives, published by its service thread.
@@ -165,7 +166,8 @@ pub(crate) fn start(plans: Vec<Plan>) {
     // The services run for the life of the system.
     let handles: Vec<Handle<NetService>> = started.iter().map(|(handle, _)| *handle).collect();
     for (handle, siblings) in started {
-        let siblings: Vec<Handle<NetService>> = siblings.iter().filter_map(|&id| handles.get(id).copied()).collect();
+        let siblings: Vec<(usize, Handle<NetService>)> =
+            siblings.iter().filter_map(|&id| handles.get(id).map(|handle| (id, *handle))).collect();
         handle.call(move |service| {
             with_local(service.id, |instance| {
                 instance.service = Some(handle);
@@ -212,6 +214,24 @@ pub(crate) fn on_owner<R>(id: usize, function: impl FnOnce() -> R) -> R {
     // The home CPU ran the caller a moment ago.
     let _ = crate::thread::migrate_to(home);
     result
+}
+
+/// Tells instance `id` and the other pairs of its card that UDP `port`
+/// was bound (or closed) on it, so that datagrams for it reaching another
+/// pair's queue are handed to it. Waits until every pair knows (a call
+/// to each): after `bind` returns, no queue drops the socket's datagrams.
+/// Runs on `id`'s owner CPU (inside `on_owner`).
+#[inline(never)]
+pub(crate) fn announce_udp(id: usize, port: u16, bound: bool) {
+    let Some(siblings) = with_local(id, |instance| {
+        instance.stack.device().udp_binding(port, true, Some(id), bound);
+        instance.siblings.clone()
+    }) else {
+        return;
+    };
+    for (_, sibling) in siblings {
+        sibling.call(move |service: &mut NetService| service.udp_binding(port, id, bound));
+    }
 }
 
 /// Runs `operation` on instance `id` until it stops answering
@@ -284,6 +304,7 @@ impl Instance {
         }
         self.wake_waiters();
         self.share_neighbour_frames();
+        self.forward_datagrams();
         if let Some(service) = self.service {
             if let Some(micros) = self.next_poll_micros() {
                 let due = Instant::now().ticks().saturating_add(micros_to_ticks(micros));
@@ -306,9 +327,26 @@ impl Instance {
         if frames.is_empty() {
             return;
         }
-        for sibling in &self.siblings {
+        for (_, sibling) in &self.siblings {
             let copies = frames.clone();
             sibling.post(move |service: &mut NetService| service.inject(copies));
+        }
+    }
+
+    /// Hands the datagrams this pair received for UDP sockets on other
+    /// pairs to them (one posted request per pair and pump).
+    fn forward_datagrams(&mut self) {
+        if self.siblings.is_empty() {
+            return;
+        }
+        let mut frames = self.stack.device().take_forwarded();
+        for (id, sibling) in &self.siblings {
+            let (theirs, rest): (Vec<_>, Vec<_>) = frames.into_iter().partition(|(to, _)| to == id);
+            frames = rest;
+            if !theirs.is_empty() {
+                let theirs: Vec<Vec<u8>> = theirs.into_iter().map(|(_, frame)| frame).collect();
+                sibling.post(move |service: &mut NetService| service.inject(theirs));
+            }
         }
     }
 
@@ -412,7 +450,13 @@ impl NetService {
         with_local(self.id, Instance::serve).flatten()
     }
 
-    /// Frames another pair of the card received (neighbour discovery).
+    /// UDP `port` was bound (or closed) on pair instance `on`.
+    fn udp_binding(&mut self, port: u16, on: usize, bound: bool) {
+        let here = on == self.id;
+        with_local(self.id, |instance| instance.stack.device().udp_binding(port, here, Some(on), bound));
+    }
+
+    /// Frames another pair of the card received (neighbour discovery, datagrams).
     fn inject(&mut self, frames: Vec<Vec<u8>>) {
         with_local(self.id, |instance| {
             for frame in frames {

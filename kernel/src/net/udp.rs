@@ -34,7 +34,12 @@ impl UdpSocket {
         let ids = super::instances_for(address.ip())?;
         let id = if address.ip().is_unspecified() { super::route(None)? } else { ids[0] };
         let (handle, port) = instance::on_owner(id, || {
-            instance::with_local(id, |i| i.stack.udp_bind(address.port())).unwrap_or(Err(NetError::BadHandle))
+            let bound =
+                instance::with_local(id, |i| i.stack.udp_bind(address.port())).unwrap_or(Err(NetError::BadHandle));
+            if let Ok((_, port)) = bound {
+                instance::announce_udp(id, port, true);
+            }
+            bound
         })
         .map_err(to_io)?;
         Ok(UdpSocket {
@@ -121,8 +126,11 @@ impl UdpSocket {
 
 impl Drop for UdpSocket {
     fn drop(&mut self) {
-        let (id, handle) = (self.instance, self.handle);
-        instance::on_owner(id, || instance::with_local(id, |i| i.stack.udp_close(handle)));
+        let (id, handle, port) = (self.instance, self.handle, self.local.port());
+        instance::on_owner(id, || {
+            instance::with_local(id, |i| i.stack.udp_close(handle));
+            instance::announce_udp(id, port, false);
+        });
     }
 }
 

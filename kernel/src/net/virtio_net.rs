@@ -31,7 +31,7 @@
 //! millisecond instead (`needs_polling`), with a warning.
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
 use toro_net::device::{Capabilities, DeviceStats, ETHERNET_HEADER_BYTES, ETHERNET_MTU};
@@ -56,6 +56,10 @@ const NOT_YET: u64 = feature::MRG_RXBUF | feature::INDIRECT_DESC;
 /// Neighbour-discovery frames held for the other pairs, or from them, at
 /// once (a flood of ARP frames costs at most this many copies per poll).
 const MAX_SHARED: usize = 32;
+/// Datagrams for other pairs' sockets kept between two pumps.
+const MAX_FORWARDED: usize = 128;
+/// Frames from other pairs waiting to be delivered here.
+const MAX_INJECTED: usize = MAX_SHARED + MAX_FORWARDED;
 /// Most queue pairs one card gets (each is an instance).
 pub(crate) const MAX_PAIRS: u16 = 32;
 /// How long the device may take to answer a control command.
@@ -260,6 +264,13 @@ pub(crate) struct VirtioNet {
     to_share: Vec<Vec<u8>>,
     /// Frames another pair received, delivered before the queue's.
     injected: VecDeque<Vec<u8>>,
+    /// UDP ports bound on another pair of the card (port -> that pair's
+    /// instance): datagrams for them that reach this queue are handed over.
+    udp_elsewhere: BTreeMap<u16, usize>,
+    /// UDP ports bound on this pair (never handed over).
+    udp_here: BTreeSet<u16>,
+    /// Received datagrams for other pairs: (instance, frame).
+    to_forward: Vec<(usize, Vec<u8>)>,
 }
 
 /// Binds a pair's interrupts to the service being started and says how:
@@ -365,6 +376,9 @@ impl VirtioNet {
             shares: facts.pairs > 1,
             to_share: Vec::new(),
             injected: VecDeque::new(),
+            udp_elsewhere: BTreeMap::new(),
+            udp_here: BTreeSet::new(),
+            to_forward: Vec::new(),
         };
         // Populating the receive queue before `DRIVER_OK` is part of
         // device set-up (section 3.1.1, step 7).
@@ -378,11 +392,54 @@ impl VirtioNet {
         core::mem::take(&mut self.to_share)
     }
 
-    /// A frame another pair of the card received (neighbour discovery),
-    /// delivered to the stack as if it came from this pair's queue; at
-    /// most `MAX_SHARED` wait (more are dropped and counted).
+    /// The datagrams received since the last call for UDP ports bound on
+    /// other pairs: (their instance, frame).
+    pub(crate) fn take_forwarded(&mut self) -> Vec<(usize, Vec<u8>)> {
+        core::mem::take(&mut self.to_forward)
+    }
+
+    /// UDP `port` is now bound on this pair (`here`), or on pair instance
+    /// `elsewhere`, or (`None`, not here) no longer on that one.
+    pub(crate) fn udp_binding(&mut self, port: u16, here: bool, elsewhere: Option<usize>, bound: bool) {
+        match (here, bound) {
+            (true, true) => {
+                self.udp_here.insert(port);
+            }
+            (true, false) => {
+                self.udp_here.remove(&port);
+            }
+            (false, true) => {
+                if let Some(pair) = elsewhere {
+                    self.udp_elsewhere.insert(port, pair);
+                }
+            }
+            (false, false) => {
+                if self.udp_elsewhere.get(&port).copied() == elsewhere {
+                    self.udp_elsewhere.remove(&port);
+                }
+            }
+        }
+    }
+
+    /// The pair instance a received frame belongs to, if not this one: a
+    /// datagram for a UDP port bound on another pair and not here.
+    fn forward_to(&self, frame: &[u8]) -> Option<usize> {
+        if self.udp_elsewhere.is_empty() {
+            return None;
+        }
+        let port = toro_net::device::udp_destination_port(frame)?;
+        if self.udp_here.contains(&port) {
+            return None;
+        }
+        self.udp_elsewhere.get(&port).copied()
+    }
+
+    /// A frame another pair of the card received (neighbour discovery, or
+    /// a datagram for a socket here), delivered to the stack as if it came
+    /// from this pair's queue; at most `MAX_INJECTED` wait (more are
+    /// dropped and counted).
     pub(crate) fn inject(&mut self, frame: Vec<u8>) {
-        if self.injected.len() < MAX_SHARED {
+        if self.injected.len() < MAX_INJECTED {
             self.injected.push_back(frame);
         } else {
             self.stats.rx_dropped += 1;
@@ -462,10 +519,25 @@ impl VirtioNet {
         if let Some(frame) = self.injected.pop_front() {
             return Some(consume(&frame));
         }
-        if !self.next_receive() {
-            return None;
-        }
-        let (index, written) = self.rx_ready.take()?;
+        let (index, written) = loop {
+            if !self.next_receive() {
+                return None;
+            }
+            let (index, written) = self.rx_ready.take()?;
+            let frame = &self.rx_buffers[index][HEADER_BYTES..written];
+            let Some(pair) = self.forward_to(frame) else { break (index, written) };
+            // A datagram for a socket on another pair: handed over (in
+            // `Instance::pump`), not seen by this pair's stack (which
+            // would answer "port unreachable").
+            if self.to_forward.len() < MAX_FORWARDED {
+                self.to_forward.push((pair, frame.to_vec()));
+            } else {
+                self.stats.rx_dropped += 1;
+            }
+            self.stats.rx_frames += 1;
+            self.stats.rx_bytes += (written - HEADER_BYTES) as u64;
+            self.rx_free.push(index);
+        };
         let frame = &self.rx_buffers[index][HEADER_BYTES..written];
         if self.shares && toro_net::device::neighbour_discovery(frame) && self.to_share.len() < MAX_SHARED {
             self.to_share.push(frame.to_vec());
