@@ -7,7 +7,7 @@
 //! [`inject`] sends them from inside a network namespace through an
 //! `AF_PACKET` socket on the host side of the guest's tap.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 /// A source MAC no real peer uses (locally administered).
 const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x20, 0x30];
@@ -267,19 +267,15 @@ pub fn inject(
     burst: usize,
     pause: std::time::Duration,
 ) -> Result<usize> {
-    let namespace = std::path::Path::new("/run/netns").join(namespace);
+    let namespace = namespace.to_string();
     let ifname = std::ffi::CString::new(ifname)?;
     let frames = frames.to_vec();
     // A thread of its own: `setns` moves only the calling thread.
     std::thread::spawn(move || -> Result<usize> {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(&namespace).with_context(|| format!("opening {}", namespace.display()))?;
+        crate::netns::enter(&namespace)?;
         // SAFETY: plain system calls on descriptors this thread owns; the
         // structures passed are initialised and outlive the calls.
         unsafe {
-            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                bail!("setns: {}", std::io::Error::last_os_error());
-            }
             let index = libc::if_nametoindex(ifname.as_ptr());
             if index == 0 {
                 bail!("no interface {ifname:?} in the namespace");

@@ -28,6 +28,7 @@ mod nettest;
 mod qemu;
 mod setup;
 mod share;
+mod storms;
 mod symbols;
 mod vmm;
 mod vmtest;

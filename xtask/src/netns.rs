@@ -177,6 +177,20 @@ fn remove_stale() {
     }
 }
 
+/// Moves the calling thread into namespace `name` (`setns`; only this
+/// thread moves): sockets it opens afterwards live in the namespace, and
+/// stay there whichever thread uses them. Call it on a thread of its own.
+pub fn enter(name: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = std::path::Path::new("/run/netns").join(name);
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: a plain system call on a descriptor this thread owns.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns into {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `program`, inside namespace `namespace` when one is given.
 pub fn wrap(namespace: Option<&str>, program: impl AsRef<OsStr>) -> Command {
     match namespace {

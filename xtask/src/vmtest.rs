@@ -1148,6 +1148,24 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             }
         }
     }
+    if qemu_checks && filter.as_ref().is_none_or(|f| crate::storms::NAME.contains(f.as_str())) {
+        let name = crate::storms::NAME;
+        if let Some(reason) = crate::storms::skip_reason() {
+            println!("vm test {name} ... skipped: {reason}");
+        } else {
+            let image = match specs.iter().position(|s| s.binary == "webserver") {
+                Some(index) => images[index].clone(),
+                None => build::build(&[build::example("webserver")], false)?.remove(0),
+            };
+            let (ok, summary) = crate::storms::run(&image, accel)?;
+            println!("vm test {name} ... {summary}");
+            if ok {
+                passed += 1
+            } else {
+                failed += 1
+            }
+        }
+    }
     let files_named = filter.as_ref().is_none_or(|f| {
         ["webserver-files-microvm-2", "webserver-files-share-microvm-2"].iter().any(|name| name.contains(f.as_str()))
     });

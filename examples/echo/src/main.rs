@@ -42,14 +42,13 @@ fn main() -> i32 {
     cpus.dedup();
     for &cpu in &cpus {
         let listener = listener.clone();
-        match thread::Builder::new().name("echo-accept").spawn_on(cpu, move || accept_loop(&listener)) {
-            Ok(handle) => core::mem::forget(handle),
-            Err(error) => println!("echo: no accepting thread on cpu {cpu}: {error}"),
+        // Dropping a handle detaches the thread, as in std.
+        if let Err(error) = thread::Builder::new().name("echo-accept").spawn_on(cpu, move || accept_loop(&listener)) {
+            println!("echo: no accepting thread on cpu {cpu}: {error}");
         }
     }
-    match thread::Builder::new().name("echo-udp").spawn(move || udp_loop(&udp)) {
-        Ok(handle) => core::mem::forget(handle),
-        Err(error) => println!("echo: no udp thread: {error}"),
+    if let Err(error) = thread::Builder::new().name("echo-udp").spawn(move || udp_loop(&udp)) {
+        println!("echo: no udp thread: {error}");
     }
     println!("echo: tcp and udp port {port} on cpus {cpus:?}");
     if system::argument("selftest") == Some("1") {
@@ -63,9 +62,8 @@ fn accept_loop(listener: &TcpListener) {
         match listener.accept() {
             Ok((stream, _)) => {
                 let cpu = toro::cpu::current();
-                if let Ok(handle) = thread::Builder::new().name("echo").spawn_on(cpu, move || echo(stream)) {
-                    core::mem::forget(handle);
-                }
+                // Dropped at once (detached), so its stack comes back when it ends.
+                let _ = thread::Builder::new().name("echo").spawn_on(cpu, move || echo(stream));
             }
             Err(error) => {
                 println!("echo: accept: {error}");

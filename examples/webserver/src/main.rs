@@ -15,7 +15,8 @@
 //! `?format=json` or `Accept: application/json`). Protocol details (keep-
 //! alive, pipelining, chunked bodies, limits and error statuses) are in
 //! `toro_net::http`; per connection: 10 s to finish a request once begun,
-//! 30 s idle between keep-alive requests, then 408 or a close.
+//! 30 s idle between keep-alive requests, then 408 or a close; 10 s for a
+//! client to take a response (a client that stopped reading), then a reset.
 //!
 //! `selftest=1` runs clients on the other CPUs over the loopback (keep-
 //! alive, pipelining, bad requests, concurrent and idle clients), prints
@@ -42,6 +43,9 @@ use toro_net::http::{Connection, Limits, Outcome};
 const REQUEST_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(10);
 /// How long a keep-alive connection may sit idle between requests.
 const IDLE_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(30);
+/// How long a response may wait for the client to take it (a client that
+/// stopped reading, its window full): then the connection is reset.
+const WRITE_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(10);
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 4096;
 /// Bytes of a streamed body (a large file) read and sent at a time.
@@ -81,9 +85,9 @@ fn main() -> i32 {
     for &cpu in &cpus {
         let listener = listener.clone();
         let started = thread::Builder::new().name("accept").spawn_on(cpu, move || accept_loop(&listener));
-        match started {
-            Ok(handle) => core::mem::forget(handle),
-            Err(error) => println!("webserver: no accepting thread on cpu {cpu}: {error}"),
+        // Dropping a handle detaches the thread, as in std.
+        if let Err(error) = started {
+            println!("webserver: no accepting thread on cpu {cpu}: {error}");
         }
     }
     if let Some(root) = files::init() {
@@ -109,14 +113,15 @@ fn accept_loop(listener: &TcpListener) {
             }
         };
         stats::connection_opened();
+        // The handle is dropped at once: that detaches the thread and lets
+        // its stack come back when it ends (`mem::forget` kept every stack:
+        // after about 256 connections on a 128 MiB VM the server refused
+        // every new one; test webserver-storms-qemu-2).
         let spawned = thread::Builder::new().name("http").spawn_on(cpu, move || serve(stream));
-        match spawned {
-            Ok(handle) => core::mem::forget(handle),
-            Err(_) => {
-                // No thread stack left: refuse this one, keep serving.
-                stats::connection_closed();
-                stats::refused();
-            }
+        if spawned.is_err() {
+            // No thread stack left: refuse this one, keep serving.
+            stats::connection_closed();
+            stats::refused();
         }
     }
 }
@@ -133,11 +138,16 @@ fn http_date() -> Option<String> {
 }
 
 /// Sends `out` (then empties it); false if the connection failed.
-fn send(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+/// A write that timed out (the client stopped reading) sets `stalled`.
+fn send(stream: &mut TcpStream, out: &mut Vec<u8>, stalled: &mut bool) -> bool {
     if out.is_empty() {
         return true;
     }
-    if stream.write_all(out).is_err() {
+    if let Err(error) = stream.write_all(out) {
+        if error.kind() == ErrorKind::TimedOut {
+            stats::timed_out();
+            *stalled = true;
+        }
         return false;
     }
     stats::bytes_out(out.len());
@@ -148,13 +158,18 @@ fn send(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
 /// Answers every complete request buffered and sends the answers: a
 /// streamed body goes out in pieces of [`STREAM_PIECE`], then the requests
 /// pipelined behind it are answered. `None` if the connection failed.
-fn answer(connection: &mut Connection, stream: &mut TcpStream, out: &mut Vec<u8>) -> Option<Outcome> {
+fn answer(
+    connection: &mut Connection,
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    stalled: &mut bool,
+) -> Option<Outcome> {
     loop {
         let before = connection.stats().requests;
         let date = http_date();
         let outcome = connection.respond(out, date.as_deref(), site::handle);
         stats::requests(connection.stats().requests - before);
-        if !send(stream, out) {
+        if !send(stream, out, stalled) {
             return None;
         }
         if !connection.streaming() {
@@ -162,7 +177,7 @@ fn answer(connection: &mut Connection, stream: &mut TcpStream, out: &mut Vec<u8>
         }
         while connection.streaming() {
             let failed = connection.stream_into(out, STREAM_PIECE).is_err();
-            if !send(stream, out) || failed {
+            if !send(stream, out, stalled) || failed {
                 return None;
             }
         }
@@ -174,6 +189,9 @@ fn serve(mut stream: TcpStream) {
     let mut connection = Connection::new(Limits::default());
     let mut buffer = vec![0u8; READ_CHUNK];
     let mut out = Vec::new();
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    // Set when a write timed out: the client stopped reading.
+    let mut stalled = false;
     loop {
         let timeout = if connection.has_partial_request() { REQUEST_TIMEOUT } else { IDLE_TIMEOUT };
         let _ = stream.set_read_timeout(Some(timeout));
@@ -184,18 +202,23 @@ fn serve(mut stream: TcpStream) {
             Err(error) if error.kind() == ErrorKind::TimedOut => {
                 connection.timeout(&mut out, http_date().as_deref());
                 stats::timed_out();
-                let _ = stream.write_all(&out);
+                stalled = stream.write_all(&out).is_err_and(|error| error.kind() == ErrorKind::TimedOut);
                 break;
             }
             Err(_) => break,
         };
         stats::bytes_in(count);
         connection.feed(&buffer[..count]);
-        let Some(outcome) = answer(&mut connection, &mut stream, &mut out) else { break };
+        let Some(outcome) = answer(&mut connection, &mut stream, &mut out, &mut stalled) else { break };
         if outcome == Outcome::Close {
             let _ = stream.shutdown(Shutdown::Write);
             break;
         }
+    }
+    if stalled {
+        // Its unsent responses would hold the closed socket open for as
+        // long as the client keeps its window shut.
+        stream.abort();
     }
     stats::rejected(connection.stats().rejected);
     stats::connection_closed();

@@ -43,6 +43,9 @@ use crate::time::Instant;
 pub(crate) const MAX_INSTANCES: usize = 64;
 /// How often the service polls a device that raises no interrupt.
 const POLLING_MICROS: u64 = 1_000;
+/// The shortest wait the service's poll hook asks for after serving (see
+/// `Instance::serve`).
+const MIN_POLL_MICROS: u64 = 1_000;
 
 /// What a blocked thread waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,8 +365,15 @@ impl Instance {
                 break;
             }
         }
+        // Right after polling to quiescence smoltcp can still ask for a poll
+        // "now" that does nothing: seen with peers that keep their window
+        // shut (a client that stopped reading: four such sockets made the
+        // service poll in a loop, never reaching a scheduling point, and the
+        // NIC's CPU served nothing else). Any real work was done by the
+        // polls above, so the next one waits at least MIN_POLL_MICROS.
         let deadline = self
             .next_poll_micros()
+            .map(|micros| micros.max(MIN_POLL_MICROS))
             .map(|micros| Instant::from_ticks(Instant::now().ticks().saturating_add(micros_to_ticks(micros))));
         self.service_deadline = deadline.map_or(u64::MAX, Instant::ticks);
         deadline

@@ -255,6 +255,21 @@ impl TcpStream {
         Ok(())
     }
 
+    /// Resets the connection now (an RST; data not yet sent is dropped)
+    /// and frees its socket: what std reaches through `SO_LINGER` 0 and a
+    /// close. For a peer that stopped reading, whose unsent data would
+    /// otherwise keep the closed socket waiting on its window.
+    pub fn abort(self) {
+        let (id, handle) = (self.instance, self.handle);
+        instance::on_owner(id, || {
+            instance::with_local(id, |i| {
+                i.stack.tcp_abort(handle);
+                i.pump();
+            })
+        });
+        // Drop then finds the socket closed already and does nothing more.
+    }
+
     /// Nagle's algorithm off (`true`; the default here, unlike std, for
     /// request/response traffic) or on.
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
