@@ -578,6 +578,13 @@ fn service_main<S>(core: &'static Core<S>) {
         let deadline = if busy { None } else { core.deadline.get() };
         if !busy && core.has_work() {
             inbox.waiting.set(None);
+            // A scheduling point before going round again. Work that keeps
+            // coming (a poll hook that asks for "now" every time: smoltcp
+            // did with peers that keep their window shut) must not keep the
+            // CPU's other threads from running; the service loop looped
+            // here without one and the watchdog reported the CPU. With
+            // nothing else ready the yield returns at once.
+            crate::thread::yield_now();
             continue;
         }
         match deadline {

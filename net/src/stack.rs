@@ -54,6 +54,12 @@ pub struct StackConfig {
     /// Sockets closed by the application still finishing their FIN
     /// exchange; beyond this the oldest is reset.
     pub max_closing: usize,
+    /// How long a closed socket may take to finish its FIN exchange
+    /// (deliver what was queued, see the peer's FIN): then it is reset and
+    /// freed. Without it a peer that keeps its window shut, or vanishes,
+    /// keeps the socket forever (smoltcp has no FIN-WAIT or orphan timer;
+    /// Linux's `tcp_fin_timeout` is 60 s).
+    pub close_timeout_micros: u64,
     /// Seed for smoltcp's initial sequence numbers and ports.
     pub random_seed: u64,
     /// IPv6 beyond the link-local address every interface gets.
@@ -76,6 +82,7 @@ impl Default for StackConfig {
             udp_packets: 64,
             udp_bytes: 64 * 1024,
             max_closing: 1024,
+            close_timeout_micros: 15_000_000,
             random_seed: 0x746f_726f_6e65_7421,
             ipv6: crate::config::Ipv6Config { address: None, gateway: None, slaac: false },
             ephemeral_share: (0, 1),
@@ -123,6 +130,9 @@ pub struct StackStats {
     pub busy_polls: u64,
     /// Closing sockets reset because too many were closing.
     pub closing_evicted: u64,
+    /// Closing sockets reset because their FIN exchange outlasted
+    /// `close_timeout_micros`.
+    pub closing_timed_out: u64,
     /// Pool sockets recycled after a handshake failed (reset, timeout).
     pub handshakes_failed: u64,
     /// DHCP leases applied.
@@ -153,7 +163,11 @@ pub struct Stack<D: NetDevice> {
     /// each wake-up pass over 1000 waiting connections 1000 x 1000
     /// comparisons: the NIC's CPU stalled for seconds).
     open: BTreeSet<SocketHandle>,
-    closing: Vec<SocketHandle>,
+    /// Closed sockets still in their FIN exchange, oldest first, each with
+    /// the time (microseconds) it is reset if not done by then.
+    closing: Vec<(SocketHandle, u64)>,
+    /// The time of the last poll (microseconds).
+    now_micros: u64,
     dhcp: Option<SocketHandle>,
     next_port: u16,
     stats: StackStats,
@@ -186,6 +200,7 @@ impl<D: NetDevice> Stack<D> {
             listeners: Vec::new(),
             open: BTreeSet::new(),
             closing: Vec::new(),
+            now_micros,
             dhcp: None,
             next_port: EPHEMERAL_FIRST + (config.random_seed % 1024) as u16,
             stats: StackStats::default(),
@@ -295,6 +310,7 @@ impl<D: NetDevice> Stack<D> {
     /// Moves frames both ways, runs timers, reaps closed sockets, applies
     /// DHCP leases. Returns whether any socket may have changed state.
     pub fn poll(&mut self, now_micros: u64) -> bool {
+        self.now_micros = now_micros;
         let now = to_instant(now_micros);
         // smoltcp's `poll`, written out so the listen pools are topped up
         // after every received frame: smoltcp has no backlog, and a SYN
@@ -327,7 +343,15 @@ impl<D: NetDevice> Stack<D> {
     /// How long until the stack needs polling again with nothing arriving
     /// (`None`: not until a frame arrives or a socket call).
     pub fn poll_delay_micros(&mut self, now_micros: u64) -> Option<u64> {
-        self.interface.poll_delay(to_instant(now_micros), &self.sockets).map(|delay| delay.total_micros())
+        let stack = self.interface.poll_delay(to_instant(now_micros), &self.sockets).map(|delay| delay.total_micros());
+        // A closing socket's deadline, which smoltcp does not know of (a
+        // socket waiting for a silent peer's FIN has no timer of its own).
+        let closing = self.closing.iter().map(|&(_, deadline)| deadline).min().filter(|&d| d != u64::MAX);
+        let closing = closing.map(|deadline| deadline.saturating_sub(now_micros));
+        match (stack, closing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn poll_dhcp(&mut self) {
@@ -349,14 +373,21 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn reap_closing(&mut self) {
-        let sockets = &mut self.sockets;
-        self.closing.retain(|&handle| {
-            let state = sockets.get::<tcp::Socket>(handle).state();
-            let done = matches!(state, tcp::State::Closed | tcp::State::TimeWait);
-            if done {
-                sockets.remove(handle);
+        let (sockets, now, stats) = (&mut self.sockets, self.now_micros, &mut self.stats);
+        self.closing.retain_mut(|(handle, deadline)| {
+            let socket = sockets.get_mut::<tcp::Socket>(*handle);
+            if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                sockets.remove(*handle);
+                return false;
             }
-            !done
+            if now >= *deadline {
+                // Out of time: reset. The next poll sends the RST, the
+                // reap after it finds the socket closed and frees it.
+                socket.abort();
+                stats.closing_timed_out += 1;
+                *deadline = u64::MAX;
+            }
+            true
         });
     }
 
@@ -424,9 +455,10 @@ impl<D: NetDevice> Stack<D> {
     pub fn tcp_unlisten(&mut self, port: u16) {
         let Some(position) = self.listeners.iter().position(|listener| listener.port == port) else { return };
         let listener = self.listeners.swap_remove(position);
+        let deadline = self.close_deadline();
         for handle in listener.pool {
             self.sockets.get_mut::<tcp::Socket>(handle).abort();
-            self.closing.push(handle);
+            self.closing.push((handle, deadline));
         }
     }
 
@@ -584,12 +616,18 @@ impl<D: NetDevice> Stack<D> {
             socket.close();
         }
         if self.closing.len() >= self.config.max_closing {
-            let oldest = self.closing.remove(0);
+            let (oldest, _) = self.closing.remove(0);
             self.sockets.get_mut::<tcp::Socket>(oldest).abort();
             self.sockets.remove(oldest);
             self.stats.closing_evicted += 1;
         }
-        self.closing.push(handle.0);
+        let deadline = self.close_deadline();
+        self.closing.push((handle.0, deadline));
+    }
+
+    /// When a socket closed now is reset if its FIN exchange has not ended.
+    fn close_deadline(&self) -> u64 {
+        self.now_micros.saturating_add(self.config.close_timeout_micros)
     }
 
     /// Resets the connection (RST) and frees the socket at the next poll.

@@ -206,6 +206,49 @@ fn reset_mid_connection_reads_as_reset() {
     assert!(link.server.tcp_readable(server), "a reset wakes a reader");
 }
 
+/// A closed socket whose FIN exchange cannot end (a peer that never sends
+/// its FIN; one that keeps its window shut on unsent data) is reset after
+/// `close_timeout_micros`, not kept forever.
+#[test]
+fn a_closing_socket_that_cannot_finish_is_reset_after_its_timeout() {
+    let config = StackConfig {
+        tcp_rx_bytes: 4096,
+        tcp_tx_bytes: 4096,
+        close_timeout_micros: 2_000_000,
+        ..StackConfig::default()
+    };
+    let mut link = Link::new(config);
+    link.server.tcp_listen(80).unwrap();
+    // A peer that never sends its FIN: the server waits in FIN-WAIT-2.
+    let (_silent, server) = link.connect(80);
+    link.server.tcp_close(server);
+    // A peer that stopped reading: the server's queued data never leaves.
+    let (stalled, server) = link.connect(80);
+    let mut queued = 0;
+    for _ in 0..50 {
+        queued += link.server.tcp_send(server, &[0x5au8; 1024]).unwrap_or(0);
+        link.run(1);
+    }
+    assert!(queued > 4096 && !link.server.tcp_writable(server), "the peer's window is shut");
+    link.server.tcp_close(server);
+    link.run(1_500);
+    assert_eq!(link.server.stats().closing, 2, "both still closing before the timeout");
+    // Polls come from the stack's own deadline, as the NIC service's do.
+    let delay = link.server.poll_delay_micros(link.now).expect("a deadline for the closing sockets");
+    assert!(delay <= 600_000, "the stack asks to be polled by the close deadline, not later ({delay} us)");
+    link.run(600);
+    let stats = link.server.stats();
+    assert_eq!((stats.closing, stats.closing_timed_out), (0, 2), "reset and freed at the timeout");
+    let mut buffer = [0u8; 16 * 1024];
+    let read = link.client.tcp_recv(stalled, &mut buffer);
+    assert!(matches!(read, Ok(4096) | Err(NetError::ConnectionReset)), "{read:?}");
+    link.run(5);
+    while let Ok(count) = link.client.tcp_recv(stalled, &mut buffer) {
+        assert!(count > 0, "a reset, not a clean end of stream");
+    }
+    assert_eq!(link.client.tcp_recv(stalled, &mut buffer), Err(NetError::ConnectionReset));
+}
+
 #[test]
 fn full_send_window_blocks_then_drains() {
     let config = StackConfig { tcp_rx_bytes: 4096, tcp_tx_bytes: 4096, ..StackConfig::default() };

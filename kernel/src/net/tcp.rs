@@ -84,18 +84,44 @@ impl TcpListener {
         let nonblocking = self.nonblocking.load(Ordering::Relaxed);
         let here = crate::cpu::current();
         let local: Vec<usize> = self.instances.iter().copied().filter(|&id| instance::owner(id) == here).collect();
+        // The peer's address is read in the same step as the accept: the
+        // poll that follows a wait's try (`wait_on`) may take in the
+        // peer's reset, after which the socket has no peer any more (a
+        // separate `peer_addr` then said NotConnected, and a connection
+        // reset before the server took it failed `accept`).
+        let accept = |i: &mut instance::Instance| {
+            let handle = i.stack.tcp_accept(port)?;
+            match i.stack.tcp_peer(handle) {
+                Ok(peer) => Ok((handle, peer)),
+                Err(_) => {
+                    // Gone already (no accepted socket lacks a peer today).
+                    i.stack.tcp_abort(handle);
+                    Err(NetError::WouldBlock)
+                }
+            }
+        };
         let try_accept = |id: usize| {
             instance::with_local(id, |i| {
                 i.pump();
-                i.stack.tcp_accept(port)
+                accept(i)
             })
             .unwrap_or(Err(NetError::BadHandle))
         };
-        let (id, handle) = if !local.is_empty() {
+        let (id, (handle, peer)) = if !local.is_empty() {
             'found: loop {
                 for &id in &local {
                     match try_accept(id) {
-                        Ok(handle) => break 'found (id, handle),
+                        Ok(found) => {
+                            // A scheduling point even when a connection is
+                            // ready at once: during a flood the backlog
+                            // keeps one ready, every take polls the stack
+                            // (milliseconds with 1000 sockets under TCG),
+                            // and an accepting loop ran for over 2 s
+                            // without one (the watchdog reported it on a
+                            // loaded host; test webserver-storms-qemu-2).
+                            crate::thread::yield_now();
+                            break 'found (id, found);
+                        }
                         Err(NetError::WouldBlock) => {}
                         Err(error) => return Err(to_io(error)),
                     }
@@ -105,8 +131,8 @@ impl TcpListener {
                 }
                 let id = local[0];
                 let rotate = (local.len() > 1).then_some(ACCEPT_ROTATE_MICROS);
-                match instance::wait_on(id, Interest::Accept(port), rotate, false, |i| i.stack.tcp_accept(port)) {
-                    Ok(handle) => break 'found (id, handle),
+                match instance::wait_on(id, Interest::Accept(port), rotate, false, accept) {
+                    Ok(found) => break 'found (id, found),
                     Err(instance::WaitError::TimedOut) => {}
                     Err(error) => return Err(wait_to_io(error)),
                 }
@@ -117,15 +143,12 @@ impl TcpListener {
             let turn = self.next.load(Ordering::Relaxed);
             self.next.store(turn.wrapping_add(1), Ordering::Relaxed);
             let id = candidates[turn % candidates.len()];
-            let handle = instance::on_owner(id, || {
-                instance::wait_on(id, Interest::Accept(port), None, nonblocking, |i| i.stack.tcp_accept(port))
-            })
-            .map_err(wait_to_io)?;
-            (id, handle)
+            let found =
+                instance::on_owner(id, || instance::wait_on(id, Interest::Accept(port), None, nonblocking, accept))
+                    .map_err(wait_to_io)?;
+            (id, found)
         };
-        let stream = TcpStream::new(id, handle);
-        let peer = stream.peer_addr()?;
-        Ok((stream, peer))
+        Ok((TcpStream::new(id, handle), from_endpoint(peer)))
     }
 
     /// An endless iterator of accepted connections, like std's.

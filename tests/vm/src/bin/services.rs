@@ -238,6 +238,27 @@ fn main() -> i32 {
         println!("device memory: refused: {error}");
     }
 
+    // A poll hook that is due again every time it runs (smoltcp's "poll
+    // now" with zero-window peers) leaves its CPU to other threads: the
+    // service loop yields before going round again.
+    let spinner = Builder::new("spinner")
+        .cpu(owner)
+        .poll(|polls: &mut u64, now| {
+            *polls += 1;
+            Some(now)
+        })
+        .start(|| 0u64)
+        .expect("service starts");
+    let ran_on = thread::spawn_on(owner, move || {
+        thread::yield_now();
+        cpu::current()
+    })
+    .join();
+    let spins = spinner.call(|polls| *polls);
+    ok &= check(ran_on == owner && spins > 0, "a poll hook always due leaves its CPU to other threads");
+    println!("services: a poll hook always due ran {spins} times; a thread on its CPU ran meanwhile");
+    spinner.stop().expect("stop");
+
     // Stopped: later calls fail, the handle stays safe to use.
     counter.stop().expect("stop");
     let start = Instant::now();
