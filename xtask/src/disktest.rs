@@ -373,6 +373,43 @@ fn get_prefix(port: u16, path: &str, len: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// From now until `path` is first answered 200 (or `wait` ends): a new
+/// connection every few milliseconds, each sending one `GET path` and
+/// reading its status (0: no answer). The guest takes the ones that reach
+/// it from the moment its listener is bound, while it still starts up, so
+/// a server that answers before its files are decided is caught.
+fn early_requests(port: u16, path: &str, wait: std::time::Duration) -> std::thread::JoinHandle<Vec<u32>> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    std::thread::spawn(move || {
+        let done = Arc::new(AtomicBool::new(false));
+        let started = std::time::Instant::now();
+        let mut attempts = Vec::new();
+        while !done.load(Ordering::Relaxed) && started.elapsed() < wait && attempts.len() < 3000 {
+            let (done, request) = (done.clone(), request.clone());
+            attempts.push(std::thread::spawn(move || {
+                let status = (|| {
+                    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).ok()?;
+                    stream.write_all(request.as_bytes()).ok()?;
+                    let mut head = [0u8; 12];
+                    stream.read_exact(&mut head).ok()?;
+                    std::str::from_utf8(&head[9..12]).ok()?.parse::<u32>().ok()
+                })()
+                .unwrap_or(0);
+                if status == 200 {
+                    done.store(true, Ordering::Relaxed);
+                }
+                status
+            }));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        attempts.into_iter().map(|attempt| attempt.join().unwrap_or(0)).collect()
+    })
+}
+
 /// `cargo xtask test`'s `webserver-files` checks: the web server booted
 /// with a disk (`webroot=/www`), or with the same tree shared over
 /// virtio-fs (`share`: `webroot=/share/www`), on QEMU user networking;
@@ -427,6 +464,9 @@ pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel, share: boo
     let started = std::time::Instant::now();
     let mut problems = Vec::new();
     let mut hello = (0, String::new(), Vec::new());
+    // Requests from the moment QEMU starts: whichever the guest answers
+    // first, none may be answered as if no files were served.
+    let early = early_requests(port, "/hello.txt", BOOT_WAIT);
     while started.elapsed() < BOOT_WAIT {
         hello = get("/hello.txt", &[])?;
         if hello.0 != 0 {
@@ -522,6 +562,13 @@ pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel, share: boo
     }
     let missing = get("/nope.txt", &[])?;
     expect("404", missing.0 == 404, &missing.0);
+    let early = early.join().unwrap_or_default();
+    let answered: Vec<u32> = early.iter().copied().filter(|&status| status != 0).collect();
+    expect(
+        "requests sent while the guest starts (each 200, or no answer)",
+        !answered.is_empty() && answered.iter().all(|&status| status == 200),
+        &answered,
+    );
     let _ = child.kill();
     let _ = child.wait();
     let _ = reader.join();
@@ -529,7 +576,14 @@ pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel, share: boo
     drop(daemon);
     let output: Vec<String> = lines.try_iter().map(|(_, line)| line).collect();
     Ok(if problems.is_empty() {
-        (true, format!("ok (port {port}: 200, 304 x2, 206, 416, If-Range x2, a 300 MiB file, index, 301, links, 5 escapes refused, 404)"))
+        (
+            true,
+            format!(
+                "ok (port {port}: {} of {} early requests answered, all 200; 200, 304 x2, 206, 416, If-Range x2, a 300 MiB file, index, 301, links, 5 escapes refused, 404)",
+                answered.len(),
+                early.len()
+            ),
+        )
     } else {
         (false, format!("FAILED: {}; guest printed: {}", problems.join("; "), output.join(" | ")))
     })

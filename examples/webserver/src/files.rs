@@ -33,6 +33,9 @@ pub const HOLD_AT_MOST: u64 = 256 * 1024;
 static ROOT: toro::sync::OnceLock<Option<String>> = toro::sync::OnceLock::new();
 
 /// Decides once whether files are served (`webroot=`, default `/`); returns the root.
+/// `main` calls it before any connection is accepted; a request that
+/// came earlier would be answered from the built-in site (a 404 for a
+/// file that is on the disk).
 pub fn init() -> Option<&'static str> {
     ROOT.get_or_init(|| {
         let root = toro::system::argument("webroot").unwrap_or("/");
@@ -42,9 +45,10 @@ pub fn init() -> Option<&'static str> {
     .map(|root| if root.is_empty() { "/" } else { root })
 }
 
-/// The served root, if any.
+/// The served root, if any: the decision of [`init`] (waiting for it if
+/// it is still being made, never answering before it).
 pub fn root() -> Option<&'static str> {
-    ROOT.get().and_then(|root| root.as_deref()).map(|root| if root.is_empty() { "/" } else { root })
+    init()
 }
 
 fn with_headers(mut response: Response<'static>, headers: String) -> Response<'static> {

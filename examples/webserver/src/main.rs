@@ -82,6 +82,10 @@ fn main() -> i32 {
             println!("webserver: {} on cpu {}: http://[{address}]:{port}/ (/{prefix})", interface.name, interface.cpu);
         }
     }
+    // Before any connection is accepted: whether the disk's files are served.
+    if let Some(root) = files::init() {
+        println!("webserver: serving the files under {root} (webroot=)");
+    }
     for &cpu in &cpus {
         let listener = listener.clone();
         let started = thread::Builder::new().name("accept").spawn_on(cpu, move || accept_loop(&listener));
@@ -89,9 +93,6 @@ fn main() -> i32 {
         if let Err(error) = started {
             println!("webserver: no accepting thread on cpu {cpu}: {error}");
         }
-    }
-    if let Some(root) = files::init() {
-        println!("webserver: serving the files under {root} (webroot=)");
     }
     println!("webserver: serving port {port} on cpus {cpus:?} of {}", toro::cpu::count());
     if system::argument("selftest") == Some("1") {
