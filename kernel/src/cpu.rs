@@ -36,6 +36,7 @@
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use toro_core::spsc::{Consumer, Producer, Ring};
@@ -48,18 +49,66 @@ const JOB_SLOTS: usize = 64;
 /// The IPI vector that wakes a halted CPU.
 pub(crate) use crate::arch::apic::WAKE_VECTOR;
 
-/// A message to a CPU: `run(data, extra)` runs there, in scheduler
-/// context (short, never blocking): enqueue a thread, wake one, release
-/// one, start a `run_on` closure.
+/// A message's value, as it travels: up to 16 bytes, 8-aligned.
 #[derive(Clone, Copy)]
-pub(crate) struct Job {
-    pub run: unsafe fn(*mut u8, u64),
-    pub data: *mut u8,
-    pub extra: u64,
+#[repr(C, align(8))]
+struct Payload([MaybeUninit<u64>; 2]);
+
+impl Payload {
+    fn new<T: Copy>(value: T) -> Self {
+        const {
+            assert!(
+                core::mem::size_of::<T>() <= core::mem::size_of::<Payload>()
+                    && core::mem::align_of::<T>() <= core::mem::align_of::<Payload>(),
+                "a message's value is at most 16 bytes, 8-aligned"
+            )
+        };
+        let mut payload = Payload([MaybeUninit::uninit(); 2]);
+        // SAFETY: `T` fits (checked above); `payload` is ours.
+        unsafe { (payload.0.as_mut_ptr() as *mut T).write(value) };
+        payload
+    }
+
+    /// # Safety
+    /// Made by `Payload::new::<T>`.
+    unsafe fn read<T: Copy>(&self) -> T {
+        // SAFETY: the caller's promise: a `T` was written here.
+        unsafe { (self.0.as_ptr() as *const T).read() }
+    }
 }
 
-// SAFETY: a Job carries a `Task` whose closure and result are `Send`.
+/// A message in a ring: `run(function, payload)` is `message_job::<T>`,
+/// which calls `function` (an `unsafe fn(T)`) with the `T` in `payload`.
+/// Made only by [`send_to`], [`on_cpu`] and [`send_if_room`], from a typed
+/// value and a function of that type.
+#[derive(Clone, Copy)]
+struct Job {
+    run: unsafe fn(*const (), Payload),
+    function: *const (),
+    payload: Payload,
+}
+
+// SAFETY: whoever sends a message promises (`send_to`'s contract) that its
+// function may run with its value on the receiving CPU.
 unsafe impl Send for Job {}
+
+impl Job {
+    fn new<T: Copy>(message: T, run: unsafe fn(T)) -> Self {
+        Job { run: message_job::<T>, function: run as *const (), payload: Payload::new(message) }
+    }
+}
+
+/// Every message's first code on its CPU (job context): the typed call.
+///
+/// # Safety
+/// `function` is an `unsafe fn(T)` and `payload` holds a `T` (`Job::new`),
+/// sent under `send_to`'s contract.
+unsafe fn message_job<T: Copy>(function: *const (), payload: Payload) {
+    // SAFETY: `function` came from an `unsafe fn(T)` (`Job::new`).
+    let run: unsafe fn(T) = unsafe { core::mem::transmute::<*const (), unsafe fn(T)>(function) };
+    // SAFETY: the payload holds a `T`; the sender's contract covers the call.
+    unsafe { run(payload.read::<T>()) }
+}
 
 type JobRing = Ring<Job, JOB_SLOTS>;
 
@@ -174,7 +223,7 @@ pub(crate) use crate::arch::cpu::full_fence;
 
 /// Bytes the boot CPU allocates in [`init`] for `cpus` CPUs: a ring per
 /// ordered pair and each CPU's mailboxes (grows with the square of the
-/// count: 128 CPUs need about 26 MiB).
+/// count: 128 CPUs need about 35 MiB).
 pub(crate) fn rings_bytes(cpus: usize) -> u64 {
     let slots = MAX_CPUS.min(cpus.max(1));
     let pair = core::mem::size_of::<JobRing>() as u64;
@@ -242,8 +291,9 @@ pub(crate) fn run_incoming() -> usize {
             .ok()
             .flatten();
         let Some(job) = found else { break };
-        // SAFETY: each job is made for exactly one run on this CPU.
-        unsafe { (job.run)(job.data, job.extra) };
+        // SAFETY: each job is made for exactly one run on this CPU (its
+        // sender promised that it may run here: `send_to`).
+        unsafe { (job.run)(job.function, job.payload) };
         ran += 1;
     }
     counters.in_job.store(outer, Ordering::Relaxed);
@@ -350,12 +400,50 @@ enum Attempt {
     Full,
 }
 
+/// Sends `run(message)` to CPU `cpu` (another CPU): it runs there in job
+/// context (short, never blocking) at that CPU's next scheduling point or
+/// when it idles; the messages of one CPU pair run in the order sent. The
+/// message is typed: up to 16 bytes of value (checked when compiled) and a
+/// function of that type, no casts. Never runs it here; a full ring is
+/// back-pressure (see the module docs).
+///
+/// # Safety
+/// `run(message)` must be sound on `cpu`, in job context, whenever it
+/// arrives: what `message` points to lives until then (docs/sync.md, "No
+/// message outlives what it points to") and is used there only as that CPU
+/// may.
+#[inline(always)]
+pub(crate) unsafe fn send_to<T: Copy>(cpu: usize, message: T, run: unsafe fn(T)) -> Result<(), RunError> {
+    send(cpu, Job::new(message, run))
+}
+
+/// Runs `run(message)` on CPU `cpu`: directly, in the caller's context, if
+/// that is this CPU, else as a message ([`send_to`]). The kernel's one way
+/// to do "here if this is the home CPU, else send it there": the scheduler
+/// (hand-over, wake-up, release), mutexes, condition variables, channels
+/// and services all use it.
+///
+/// # Safety
+/// As for [`send_to`]; and `run(message)` must be sound in the caller's
+/// context too when `cpu` is this CPU.
+#[inline(always)]
+pub(crate) unsafe fn on_cpu<T: Copy>(cpu: usize, message: T, run: unsafe fn(T)) -> Result<(), RunError> {
+    if cpu == percpu::current_index() {
+        // SAFETY: the caller's promise, on its CPU.
+        unsafe { run(message) };
+        Ok(())
+    } else {
+        // SAFETY: the caller's promise.
+        unsafe { send_to(cpu, message, run) }
+    }
+}
+
 /// Puts `job` in the ring from this CPU to `cpu` and wakes `cpu` if it
 /// sleeps. When the ring is full, a thread that may block yields until it
 /// has room; scheduler and job context queue the job in the overflow queue
 /// instead (see the module docs). Never runs a job.
 #[inline(never)]
-pub(crate) fn send(cpu: usize, job: Job) -> Result<(), RunError> {
+fn send(cpu: usize, job: Job) -> Result<(), RunError> {
     #[cfg(feature = "lockcheck-mutation-1")]
     crate::lockcheck_mutation::plant();
     let me = percpu::current_index();
@@ -407,12 +495,21 @@ pub(crate) fn send(cpu: usize, job: Job) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Puts `job` in the ring to `cpu` only if there is room right now (and no
-/// overflow waits for that ring): no wait, no overflow, no allocation. For
-/// the allocator, which may run anywhere (even inside a mailbox borrow:
-/// then nothing is sent). True if sent.
+/// Sends `run(message)` to `cpu` only if its ring has room right now (and
+/// no overflow waits for that ring): no wait, no overflow, no allocation.
+/// For the allocator, which may run anywhere (even inside a mailbox
+/// borrow: then nothing is sent). True if sent.
+///
+/// # Safety
+/// As for [`send_to`].
+#[inline(always)]
+pub(crate) unsafe fn send_if_room<T: Copy>(cpu: usize, message: T, run: unsafe fn(T)) -> bool {
+    push_if_room(cpu, Job::new(message, run))
+}
+
+/// `send_if_room`'s untyped part.
 #[inline(never)]
-pub(crate) fn send_if_room(cpu: usize, job: Job) -> bool {
+fn push_if_room(cpu: usize, job: Job) -> bool {
     let counters = &COUNTERS[percpu::current_index()];
     let sent = MAILBOXES
         .try_with(|mailboxes| {

@@ -19,7 +19,7 @@ use toro_core::acpi::MadtSummary;
 
 use crate::arch::ioapic::IoApics;
 use crate::arch::{apic, ioapic, irq, percpu};
-use crate::cpu::{self as messages, Job};
+use crate::cpu as messages;
 use crate::once::BootCell;
 use crate::service::{run_on, ServiceError};
 
@@ -181,9 +181,9 @@ pub fn end_level_interrupt(vector: u8) {
     irq::end_level_interrupt(vector);
 }
 
-unsafe fn mask_gsi_job(_: *mut u8, gsi: u64) {
+unsafe fn mask_gsi_job(gsi: u32) {
     let Some(apics) = IO_APICS.get() else { return };
-    if let Err(error) = ioapic::mask(apics, gsi as u32) {
+    if let Err(error) = ioapic::mask(apics, gsi) {
         log::warn!("cannot mask GSI {gsi}: {error}");
     }
 }
@@ -191,10 +191,7 @@ unsafe fn mask_gsi_job(_: *mut u8, gsi: u64) {
 /// Masks `gsi` at its I/O APIC, soon (scheduler context allowed: a message
 /// to the boot CPU, or done here on it).
 pub(crate) fn mask_gsi_later(gsi: u32) {
-    if percpu::current_index() == 0 {
-        // SAFETY: the job function, run directly on the boot CPU.
-        unsafe { mask_gsi_job(core::ptr::null_mut(), u64::from(gsi)) };
-    } else {
-        let _ = messages::send(0, Job { run: mask_gsi_job, data: core::ptr::null_mut(), extra: u64::from(gsi) });
-    }
+    // SAFETY: the message points to nothing; the boot CPU owns the I/O
+    // APICs.
+    let _ = unsafe { messages::on_cpu(0, gsi, mask_gsi_job) };
 }

@@ -195,8 +195,8 @@ fn allocate_after_reclaim(size: usize, align: usize) -> *mut u8 {
             continue;
         }
         let count = FLUSHES_SERVED[cpu].0.load(Ordering::Acquire);
-        let job = crate::cpu::Job { run: flush_owed_job, data: core::ptr::null_mut(), extra: me as u64 };
-        if crate::cpu::send_if_room(cpu, job) {
+        // SAFETY: the message points to nothing.
+        if unsafe { crate::cpu::send_if_room(cpu, (), flush_owed_job) } {
             *before = count;
         }
     }
@@ -268,8 +268,8 @@ fn borrow(size: usize, align: usize) -> Option<u64> {
         tried[cpu / 64] |= 1 << (cpu % 64);
         let request =
             LoanRequest { size, align, address: AtomicU64::new(0), done: core::sync::atomic::AtomicBool::new(false) };
-        let job = crate::cpu::Job { run: lend_job, data: &request as *const LoanRequest as *mut u8, extra: 0 };
-        if crate::cpu::send(cpu, job).is_err() {
+        // SAFETY: `request` lives until the lender's answer (we wait below).
+        if unsafe { crate::cpu::send_to(cpu, &raw const request, lend_job) }.is_err() {
             continue;
         }
         // The lender answers at its next scheduling point; `request` must
@@ -289,9 +289,9 @@ fn borrow(size: usize, align: usize) -> Option<u64> {
 /// Job: another CPU asks for a block of this CPU's share (`LoanRequest`).
 /// Allocates it here (no reclaim, no borrowing: job context) and answers;
 /// after `done` the request is not touched again.
-unsafe fn lend_job(data: *mut u8, _: u64) {
+unsafe fn lend_job(request: *const LoanRequest) {
     // SAFETY: the borrower keeps the request alive until it sees `done`.
-    let request = unsafe { &*(data as *const LoanRequest) };
+    let request = unsafe { &*request };
     let me = percpu::current_index();
     let address = lend(|allocator| {
         let address = allocator.allocate(&mut Words, request.size.max(1), request.align);
@@ -309,7 +309,7 @@ unsafe fn lend_job(data: *mut u8, _: u64) {
 
 /// Job: another CPU found its share full; hand over every block freed here
 /// for other CPUs (this CPU's outbox), then count the request as served.
-unsafe fn flush_owed_job(_: *mut u8, _: u64) {
+unsafe fn flush_owed_job((): ()) {
     lend(|allocator| {
         allocator.idle(&mut Words);
         publish(allocator);

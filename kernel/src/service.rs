@@ -13,8 +13,8 @@
 //! - The value `S` is made on its owner CPU (by the closure given to
 //!   `start`, so its memory is the owner's) and never leaves it: `S` need
 //!   not be `Send`. Only the owner CPU ever touches it.
-//! - `call(|s| ...)` from a thread on another CPU is a message (a `Job`
-//!   through the per-CPU-pair ring, `crate::cpu`) carrying a pointer to a
+//! - `call(|s| ...)` from a thread on another CPU is a message (a typed
+//!   `cpu::send_to` through the per-CPU-pair ring) carrying a pointer to a
 //!   request frame on the caller's stack; the caller's thread blocks (its
 //!   CPU runs other threads), the owner's service thread runs the closure
 //!   with `&mut S` and wakes the caller. No allocation, no lock, no
@@ -56,7 +56,7 @@ use toro_core::run_queue::{Linked, RunQueue};
 
 use crate::arch::irq::{self, Registration, Trigger};
 use crate::arch::percpu;
-use crate::cpu::{self as messages, Job};
+use crate::cpu as messages;
 use crate::thread::scheduler::{self, Control};
 use crate::time::Instant;
 
@@ -309,21 +309,22 @@ impl Inbox {
     }
 }
 
-/// A request from another CPU arrives (scheduler context on the owner):
-/// `data` is the request, `extra` the inbox.
+/// A request from another CPU arrives (job context on the owner).
 #[inline(never)]
-unsafe fn deliver_job(data: *mut u8, extra: u64) {
+unsafe fn deliver_job((inbox, header): (*const Inbox, *mut Header)) {
     // SAFETY: the inbox is never freed; the frame is live until it runs.
-    let inbox = unsafe { &*(extra as *const Inbox) };
+    let inbox = unsafe { &*inbox };
     inbox.update_stats(|s| s.messages += 1);
-    inbox.enqueue(data as *mut Header);
+    inbox.enqueue(header);
 }
 
 /// Sends a request to the owner of `inbox` (another CPU).
 #[inline(never)]
 fn send_request(inbox: &Inbox, header: *mut Header) -> Result<(), ServiceError> {
-    let job = Job { run: deliver_job, data: header as *mut u8, extra: inbox as *const Inbox as u64 };
-    messages::send(inbox.owner, job).map_err(|_| ServiceError::Unreachable(inbox.owner))
+    // SAFETY: inboxes are never freed; the frame lives until it has run
+    // (a call's caller waits for it; a post's box is freed by its run).
+    unsafe { messages::send_to(inbox.owner, (inbox as *const Inbox, header), deliver_job) }
+        .map_err(|_| ServiceError::Unreachable(inbox.owner))
 }
 
 /// What the owner keeps of a bound interrupt source.
@@ -971,8 +972,7 @@ struct RunFrame<F, R> {
     completion: Completion,
 }
 
-unsafe fn run_on_job<F: FnOnce() -> R, R>(data: *mut u8, _: u64) {
-    let frame = data as *mut RunFrame<F, R>;
+unsafe fn run_on_job<F: FnOnce() -> R, R>(frame: *mut RunFrame<F, R>) {
     // SAFETY: a live frame whose caller waits; run once.
     unsafe {
         if let Some(function) = (*frame).function.take() {
@@ -991,11 +991,8 @@ pub fn run_on<R: Send>(cpu: usize, function: impl FnOnce() -> R + Send) -> Resul
         return Ok(function());
     }
     let mut frame = RunFrame { function: Some(function), result: None, completion: Completion::new() };
-    fn job_of<F: FnOnce() -> R, R>(_: &Option<F>) -> unsafe fn(*mut u8, u64) {
-        run_on_job::<F, R>
-    }
-    let job = Job { run: job_of(&frame.function), data: &raw mut frame as *mut u8, extra: 0 };
-    messages::send(cpu, job).map_err(|_| ServiceError::Unreachable(cpu))?;
+    // SAFETY: the frame lives until its completion is done (we wait below).
+    unsafe { messages::send_to(cpu, &raw mut frame, run_on_job) }.map_err(|_| ServiceError::Unreachable(cpu))?;
     frame.completion.wait();
     frame.result.take().ok_or(ServiceError::Unreachable(cpu))
 }

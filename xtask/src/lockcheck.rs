@@ -81,7 +81,7 @@ pub const ROOTS: &[&str] = &[
     "toro::memory::allocate",
     "toro::memory::free",
     "toro::memory::idle",
-    "toro::cpu::send_if_room",
+    "toro::cpu::push_if_room",
     // messages between CPUs, and sleeping until one arrives
     "toro::cpu::send",
     "toro::cpu::run_incoming",
@@ -192,6 +192,8 @@ pub const RESOLVED: &[(&str, Resolution)] = &[
         Resolution::OutOfScope("drops the thread's thread-local values: the application's code"),
     ),
     ("toro::sync::on_home", Resolution::Jobs),
+    // every message's first code: the typed call of its `*_job` function
+    ("toro::cpu::message_job", Resolution::Jobs),
     ("toro::cpu::drain_overflow", Resolution::Jobs),
     (
         "toro::thread::scheduler::thread_entry",
@@ -1345,47 +1347,71 @@ mod tests {
         found
     }
 
-    /// Every function with the `Job.run` signature is named `*_job`, and
-    /// every `Job { run: .. }` names a function or forwards a parameter:
-    /// so finding job functions by address and name finds them all.
+    /// Every function sent as a message (`cpu::send_to`, `cpu::on_cpu`,
+    /// `cpu::send_if_room`, and the wrappers `on_home`, `on_thread_cpu`)
+    /// is named `*_job`, or the call forwards its caller's `run`: so finding
+    /// job functions by address and name finds them all. (`cpu::Job` is
+    /// private to `cpu.rs`: the compiler keeps every message on these.)
     #[test]
     fn job_functions_follow_the_naming_convention() {
-        let kernel = crate::build::workspace_root().join("kernel").join("src");
+        const SENDERS: &[&str] = &["send_to(", "on_cpu(", "send_if_room(", "on_home(", "on_thread_cpu("];
         let mut problems = Vec::new();
-        let mut files = vec![kernel];
-        while let Some(path) = files.pop() {
-            if path.is_dir() {
-                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            for (number, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if let Some(rest) = line.split_once("fn ").map(|(_, r)| r) {
-                    let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                    let signature = rest.replace(' ', "");
-                    let is_job_signature = signature.contains(":*mutu8,") && signature.contains(":u64)");
-                    if is_job_signature && !name.ends_with("_job") && !line.starts_with("//") {
-                        problems.push(format!("{}:{}: {name} has the Job signature", path.display(), number + 1));
+        for (path, text) in kernel_sources() {
+            for sender in SENDERS {
+                for (index, _) in text.match_indices(sender) {
+                    let before = &text[..index];
+                    let preceding = before.chars().next_back();
+                    if before.ends_with("fn ") || preceding.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                        continue; // a definition, or a longer name
                     }
-                }
-                if let Some(rest) = line.split_once("Job { run").map(|(_, r)| r) {
-                    let value: String = rest
-                        .trim_start_matches([':', ' '])
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-                        .collect();
-                    let forwarded = rest.starts_with(',');
-                    let named = last_segment(&value).ends_with("_job") || value.starts_with("job_of");
-                    if !forwarded && !named {
-                        problems.push(format!("{}:{}: Job.run is {value:?}", path.display(), number + 1));
+                    let wrapper = matches!(*sender, "on_home(" | "on_thread_cpu(");
+                    if !wrapper && !before.ends_with("cpu::") && !before.ends_with("messages::") {
+                        continue; // another `send_to` (a socket's, say)
+                    }
+                    let line = before.lines().last().unwrap_or("").trim_start();
+                    if line.starts_with("//") {
+                        continue;
+                    }
+                    let arguments = call_arguments(&text[index + sender.len()..]);
+                    let named = arguments.iter().any(|argument| {
+                        let name = argument.split("::<").next().unwrap_or("");
+                        last_segment(name).ends_with("_job") || argument == "run"
+                    });
+                    if !named {
+                        let number = before.lines().count();
+                        problems.push(format!(
+                            "{}:{number}: {sender}{}) sends no *_job",
+                            path.display(),
+                            arguments.join(", ")
+                        ));
                     }
                 }
             }
         }
         assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    /// The top-level arguments of a call whose text starts after its `(`.
+    fn call_arguments(text: &str) -> Vec<String> {
+        let mut arguments = vec![String::new()];
+        let mut depth = 0usize;
+        for c in text.chars() {
+            match c {
+                '(' | '[' | '{' | '<' => depth += 1,
+                ')' | ']' | '}' | '>' if depth == 0 => break,
+                ')' | ']' | '}' | '>' => depth -= 1,
+                ',' if depth == 0 => {
+                    arguments.push(String::new());
+                    continue;
+                }
+                _ => {}
+            }
+            arguments.last_mut().unwrap().push(c);
+        }
+        arguments
+            .into_iter()
+            .map(|a| a.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|a| !a.is_empty())
+            .collect()
     }
 }

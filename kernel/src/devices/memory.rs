@@ -62,7 +62,7 @@ fn memory_overlap(start: u64, end: u64) -> Option<(u64, u64)> {
         .map(|r| (r.start, r.end))
 }
 
-unsafe fn flush_job(_: *mut u8, _: u64) {
+unsafe fn flush_job((): ()) {
     paging::flush_tlb();
 }
 
@@ -72,7 +72,8 @@ fn flush_other_cpus() {
     let me = percpu::current_index();
     for cpu in 0..percpu::online() {
         if cpu != me && smp::is_up(cpu) {
-            let _ = crate::cpu::send(cpu, crate::cpu::Job { run: flush_job, data: core::ptr::null_mut(), extra: 0 });
+            // SAFETY: the message points to nothing.
+            let _ = unsafe { crate::cpu::send_to(cpu, (), flush_job) };
         }
     }
 }

@@ -563,13 +563,10 @@ impl<T> SenderInner<T> {
                 epoch: scheduler::begin_wait(),
                 done: AtomicBool::new(false),
             };
-            on_home(
-                self.header().home,
-                more_weight_job,
-                self.shared as *mut u8,
-                &request as *const WeightRequest as u64,
-                "channel",
-            );
+            let header = self.header() as *const SharedHeader;
+            // SAFETY: the channel lives (we hold weight) and the request
+            // lives until `done` (we wait for it).
+            unsafe { on_home(self.header().home, (header, &raw const request), more_weight_job, "channel") };
             while !request.done.load(Ordering::Acquire) {
                 scheduler::block();
             }
@@ -593,13 +590,11 @@ struct WeightRequest {
     done: AtomicBool,
 }
 
-unsafe fn more_weight_job(data: *mut u8, request: u64) {
+unsafe fn more_weight_job((header, request): (*const SharedHeader, *const WeightRequest)) {
     // SAFETY: home CPU only; the channel lives (the requester still holds
     // weight) and the request lives until `done`.
     unsafe {
-        let header = &(*(data as *const SharedHeader));
-        (*header.weight_out.get()).top_up();
-        let request = request as *const WeightRequest;
+        (*(*header).weight_out.get()).top_up();
         let (thread, epoch) = ((*request).thread, (*request).epoch);
         (*request).done.store(true, Ordering::Release);
         scheduler::wake(thread, epoch);
@@ -658,13 +653,14 @@ fn wake_receiver(header: &SharedHeader, last_woken: &Cell<Option<(u64, u64)>>) {
 impl<T> Drop for SenderInner<T> {
     fn drop(&mut self) {
         // The last use of the channel by this sender: its weight goes home.
-        on_home(self.header().home, weight_back_job::<T>, self.shared as *mut u8, self.weight.get(), "channel");
+        // SAFETY: the channel lives until its home has every sender's
+        // weight and the receiver's report; this is our last use of it.
+        unsafe { on_home(self.header().home, (self.shared, self.weight.get()), weight_back_job::<T>, "channel") };
     }
 }
 
 /// Home CPU: a sender's weight came back; the last one tells the receiver.
-unsafe fn weight_back_job<T>(data: *mut u8, weight: u64) {
-    let shared = data as *mut Shared<T>;
+unsafe fn weight_back_job<T>((shared, weight): (*const Shared<T>, u64)) {
     // SAFETY: home CPU only; the channel lives until both the weight and
     // the receiver's report are in.
     unsafe {
@@ -677,20 +673,19 @@ unsafe fn weight_back_job<T>(data: *mut u8, weight: u64) {
             scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
         }
         if *header.receiver_reported.get() {
-            free::<T>(shared);
+            free::<T>(shared as *mut Shared<T>);
         }
     }
 }
 
 /// Home CPU: the receiver is gone.
-unsafe fn receiver_gone_job<T>(data: *mut u8, _: u64) {
-    let shared = data as *mut Shared<T>;
+unsafe fn receiver_gone_job<T>(shared: *const Shared<T>) {
     // SAFETY: home CPU only; see `weight_back_job`.
     unsafe {
         let header = &(*shared).header;
         *header.receiver_reported.get() = true;
         if (*header.weight_out.get()).all_returned() {
-            free::<T>(shared);
+            free::<T>(shared as *mut Shared<T>);
         }
     }
 }
@@ -969,7 +964,8 @@ impl<T> Drop for Receiver<T> {
         }
         // The receiver's positions are in the lanes; the report (release
         // through the ring) is its last use of the channel.
-        on_home(header.home, receiver_gone_job::<T>, self.shared as *mut u8, 0, "channel");
+        // SAFETY: as for a sender's weight (`SenderInner::drop`).
+        unsafe { on_home(header.home, self.shared, receiver_gone_job::<T>, "channel") };
     }
 }
 

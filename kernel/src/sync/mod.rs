@@ -38,18 +38,19 @@ pub use mutex::{Condvar, Mutex, MutexGuard, TryLockError, TryLockResult, WaitTim
 pub use once::{LazyLock, OnceLock};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::arch::percpu;
-use crate::cpu::{self as messages, Job};
+use crate::cpu as messages;
 
-/// Runs the job `run(data, extra)` on CPU `home`: directly if we are
-/// there, else as a message (`what` names the object for the panic when
-/// `home` cannot be reached).
+/// Runs `run(message)` on CPU `home` (`cpu::on_cpu`: directly if we are
+/// there, else as a message); `what` names the object for the panic when
+/// `home` cannot be reached.
+///
+/// # Safety
+/// As for `cpu::on_cpu`: what `message` points to outlives it (the table
+/// in docs/sync.md says why for each message of this module).
 #[inline(never)]
-fn on_home(home: usize, run: unsafe fn(*mut u8, u64), data: *mut u8, extra: u64, what: &str) {
-    if percpu::current_index() == home {
-        // SAFETY: a job function, run on its CPU.
-        unsafe { run(data, extra) };
-    } else if let Err(error) = messages::send(home, Job { run, data, extra }) {
+unsafe fn on_home<T: Copy>(home: usize, message: T, run: unsafe fn(T), what: &str) {
+    // SAFETY: the caller's promise.
+    if let Err(error) = unsafe { messages::on_cpu(home, message, run) } {
         panic!("{what}: cannot reach its home cpu {home}: {error}");
     }
 }

@@ -113,10 +113,16 @@ impl RawMutex {
         }))
     }
 
-    /// Runs `run(self, argument)` on the home CPU: directly if we are there.
+    /// Runs `run((self, argument))` on the home CPU: directly if we are
+    /// there.
+    ///
+    /// # Safety
+    /// As for `on_home`: the block and what `argument` points to outlive
+    /// the message (docs/sync.md).
     #[inline(never)]
-    fn on_home(&self, run: unsafe fn(*mut u8, u64), argument: u64) {
-        on_home(self.home, run, self as *const Self as *mut u8, argument, "mutex");
+    unsafe fn on_home<A: Copy>(&self, argument: A, run: unsafe fn((*const RawMutex, A))) {
+        // SAFETY: the caller's promise.
+        unsafe { on_home(self.home, (self as *const Self, argument), run, "mutex") };
     }
 
     #[inline(never)]
@@ -131,7 +137,9 @@ impl RawMutex {
             }
         }
         let request = Request::for_current_thread();
-        self.on_home(lock_job, &request as *const Request as u64);
+        // SAFETY: the block outlives the lock; the request lives until
+        // answered (we wait for it).
+        unsafe { self.on_home(&raw const request, lock_job) };
         request.wait();
     }
 
@@ -147,7 +155,8 @@ impl RawMutex {
             return free;
         }
         let request = Request::for_current_thread();
-        self.on_home(try_lock_job, &request as *const Request as u64);
+        // SAFETY: as in `lock`.
+        unsafe { self.on_home(&raw const request, try_lock_job) };
         request.wait() == GRANTED
     }
 
@@ -186,33 +195,32 @@ impl RawMutex {
     }
 }
 
-unsafe fn lock_job(data: *mut u8, request: u64) {
+unsafe fn lock_job((mutex, request): (*const RawMutex, *const Request)) {
     // SAFETY: run on the home CPU; the request lives until answered.
-    unsafe { (*(data as *const RawMutex)).acquire_for(request as *const Request) };
+    unsafe { (*mutex).acquire_for(request) };
 }
 
-unsafe fn try_lock_job(data: *mut u8, request: u64) {
+unsafe fn try_lock_job((mutex, request): (*const RawMutex, *const Request)) {
     // SAFETY: home CPU only; the request lives until answered.
-    let state = unsafe { &mut *(*(data as *const RawMutex)).state.get() };
+    let state = unsafe { &mut *(*mutex).state.get() };
     if state.locked {
-        answer(request as *const Request, REFUSED);
+        answer(request, REFUSED);
     } else {
         state.locked = true;
-        answer(request as *const Request, GRANTED);
+        answer(request, GRANTED);
     }
 }
 
-unsafe fn unlock_job(data: *mut u8, _: u64) {
+unsafe fn unlock_job((mutex, ()): (*const RawMutex, ())) {
     // SAFETY: run on the home CPU; the block lives until this unlock (its
     // `Mutex` cannot be dropped while locked, and an orphaned block is
     // freed by this very release).
-    unsafe { RawMutex::release(data as *const RawMutex) };
+    unsafe { RawMutex::release(mutex) };
 }
 
 /// Home CPU: the `Mutex` is gone; free its block now, or at the unlock
 /// still in flight.
-unsafe fn mutex_free_job(data: *mut u8, _: u64) {
-    let block = data as *mut RawMutex;
+unsafe fn mutex_free_job(block: *mut RawMutex) {
     // SAFETY: home CPU only; nothing else refers to the block but the one
     // unlock that may still be in flight (see the module docs).
     unsafe {
@@ -241,8 +249,7 @@ struct Install {
 
 /// Makes the block if there is none yet; runs on the one CPU that installs
 /// blocks for this mutex, so there is no race to lose.
-unsafe fn install_job(data: *mut u8, _: u64) {
-    let install = data as *const Install;
+unsafe fn install_job(install: *const Install) {
     // SAFETY: the requester waits for the answer, borrowing the mutex.
     unsafe {
         let slot = &*(*install).block;
@@ -348,8 +355,8 @@ impl<T: ?Sized> Mutex<T> {
             home => (home, home),
         };
         let install = Install { block: &self.block, home, request: Request::for_current_thread() };
-        let data = &install as *const Install as *mut u8;
-        on_home(installer, install_job, data, 0, "mutex");
+        // SAFETY: `install` lives until answered (we wait for it).
+        unsafe { on_home(installer, &raw const install, install_job, "mutex") };
         install.request.wait();
         // SAFETY: installed (acquire) and freed only after we are gone.
         unsafe { &*self.block.load(Ordering::Acquire) }
@@ -359,9 +366,9 @@ impl<T: ?Sized> Mutex<T> {
     fn release_block(&self) {
         let block = self.block.load(Ordering::Acquire);
         if !block.is_null() {
-            // SAFETY: live until the job below runs.
-            let home = unsafe { (*block).home };
-            on_home(home, mutex_free_job, block as *mut u8, 0, "mutex");
+            // SAFETY: live until the job below runs, which frees it (now
+            // or at the unlock in flight).
+            unsafe { on_home((*block).home, block, mutex_free_job, "mutex") };
         }
     }
 
@@ -430,7 +437,8 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         // The last use of the mutex by this guard: the block outlives the
         // message (see the module docs).
-        self.mutex.raw().on_home(unlock_job, 0);
+        // SAFETY: the block outlives the unlock (see the module docs).
+        unsafe { self.mutex.raw().on_home((), unlock_job) };
     }
 }
 
@@ -549,7 +557,9 @@ impl Condvar {
         core::mem::forget(guard);
         let request = Request::for_current_thread();
         let arguments = WaitArguments { condvar: self, request: &request };
-        raw.on_home(wait_job, &arguments as *const WaitArguments as u64);
+        // SAFETY: the waiter keeps `arguments`, the request, the condition
+        // variable and the mutex alive until it holds the mutex again.
+        unsafe { raw.on_home(&raw const arguments, wait_job) };
         let Some(deadline) = deadline else {
             request.wait();
             return (MutexGuard { mutex }, false);
@@ -563,8 +573,9 @@ impl Condvar {
             if !cancelled && Instant::now().ticks() >= deadline {
                 cancelled = true;
                 // After `wait_job` in the same ring (or run here directly).
-                let data = self as *const Condvar as *mut u8;
-                on_home(raw.home, cancel_job, data, &request as *const Request as u64, "condvar");
+                // SAFETY: the waiter keeps the condition variable and the
+                // request alive until `cancel_done` and the mutex answer.
+                unsafe { on_home(raw.home, (self as *const Condvar, &raw const request), cancel_job, "condvar") };
                 continue;
             }
             if cancelled {
@@ -614,7 +625,10 @@ impl Condvar {
             let sent = &shared.sent[here];
             sent.store(sent.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
         }
-        on_home(home, notify_job, block as *mut u8, ((here as u64) << 1) | all as u64, "condvar");
+        let notify = Notify { block, source: here as u32, all };
+        // SAFETY: the block lives until this notification has run (counted
+        // in `sent` above; see the module docs).
+        unsafe { on_home(home, notify, notify_job, "condvar") };
     }
 }
 
@@ -646,22 +660,20 @@ impl Drop for Condvar {
         let block = self.block.load(Ordering::Acquire);
         if !block.is_null() {
             // SAFETY: live until the job below frees it.
-            let home = unsafe { (*block).home };
-            on_home(home, condvar_free_job, block as *mut u8, 0, "condvar");
+            unsafe { on_home((*block).home, block, condvar_free_job, "condvar") };
         }
     }
 }
 
 /// Home CPU: a timed wait reached its timeout. If it still waits for a
 /// notification, it leaves the queue and queues for the mutex instead.
-unsafe fn cancel_job(data: *mut u8, request: u64) {
-    let request = request as *const Request;
+unsafe fn cancel_job((condvar, request): (*const Condvar, *const Request)) {
     // SAFETY: home CPU; the waiter keeps the condition variable and the
     // request alive until `cancel_done` (and the mutex answer) are set;
     // this runs after its `wait_job` (same ring, or the same CPU), so the
     // block exists.
     unsafe {
-        let block = (*(data as *const Condvar)).block.load(Ordering::Acquire);
+        let block = (*condvar).block.load(Ordering::Acquire);
         let waiters = &mut *(*block).waiters.get();
         match waiters.iter().position(|waiting| waiting.request == request) {
             Some(position) => {
@@ -681,12 +693,11 @@ unsafe fn cancel_job(data: *mut u8, request: u64) {
     }
 }
 
-unsafe fn wait_job(data: *mut u8, arguments: u64) {
+unsafe fn wait_job((mutex, arguments): (*const RawMutex, *const WaitArguments)) {
     // SAFETY: home CPU; the waiter keeps `arguments`, the request, the
     // condition variable and the mutex alive until answered.
     unsafe {
-        let mutex = data as *const RawMutex;
-        let arguments = &*(arguments as *const WaitArguments);
+        let arguments = &*arguments;
         let slot = &(*arguments.condvar).block;
         let mut block = slot.load(Ordering::Acquire);
         if block.is_null() {
@@ -705,13 +716,21 @@ unsafe fn wait_job(data: *mut u8, arguments: u64) {
     }
 }
 
+/// A notification for a condition variable's home CPU: from CPU `source`,
+/// for one waiter or `all`.
+#[derive(Clone, Copy)]
+struct Notify {
+    block: *mut CondvarBlock,
+    source: u32,
+    all: bool,
+}
+
 /// Home CPU: moves waiters from the condvar to their mutex's queue (or
 /// gives them the mutex if it is free).
-unsafe fn notify_job(data: *mut u8, extra: u64) {
+unsafe fn notify_job(Notify { block, source, all }: Notify) {
     #[cfg(feature = "lockcheck-mutation-5")]
     crate::lockcheck_mutation::plant();
-    let block = data as *mut CondvarBlock;
-    let (source, all) = ((extra >> 1) as usize, extra & 1 != 0);
+    let source = source as usize;
     // SAFETY: home CPU only; the block lives until every notification
     // counted in `sent` has run (see the module docs).
     unsafe {
@@ -733,8 +752,7 @@ unsafe fn notify_job(data: *mut u8, extra: u64) {
 
 /// Home CPU: the `Condvar` is gone; free its block now or when the last
 /// notification in flight has run.
-unsafe fn condvar_free_job(data: *mut u8, _: u64) {
-    let block = data as *mut CondvarBlock;
+unsafe fn condvar_free_job(block: *mut CondvarBlock) {
     // SAFETY: home CPU only.
     unsafe {
         if (*block).settled() {

@@ -28,7 +28,7 @@ use crate::arch::context::{prepare_stack, switch_context};
 use crate::arch::paging::StackZone;
 use crate::arch::percpu::{self, PerCpuCell};
 use crate::arch::{apic, cpu as arch_cpu};
-use crate::cpu::{self as messages, Job};
+use crate::cpu as messages;
 
 use super::stack::STACK_SLOT;
 
@@ -423,7 +423,9 @@ fn recycle(thread: *mut Control) {
         let home = (*thread).home;
         if home != percpu::current_index() {
             // Back to the CPU whose zone holds its stack.
-            let _ = messages::send(home, Job { run: pool_return_job, data: thread as *mut u8, extra: 0 });
+            // Control blocks are never freed; the block is handed over
+            // whole (nothing here touches it after this).
+            let _ = messages::send_to(home, thread, pool_return_job);
             return;
         }
     }
@@ -537,24 +539,21 @@ fn finish_switch_now() {
 /// Makes `thread` (owned by us, its `cpu` already set to `cpu`) ready on
 /// `cpu`.
 pub(crate) fn hand_over(cpu: usize, thread: *mut Control) {
-    if cpu == percpu::current_index() {
-        with_scheduler(|scheduler| scheduler.push_back(thread));
-        return;
-    }
-    let job = Job { run: enqueue_job, data: thread as *mut u8, extra: 0 };
-    if messages::send(cpu, job).is_err() {
+    // SAFETY: control blocks are never freed; the thread is ours to hand
+    // over and nothing here touches it afterwards.
+    if unsafe { messages::on_cpu(cpu, thread, enqueue_job) }.is_err() {
         panic!("cannot hand a thread to cpu {cpu}");
     }
 }
 
-unsafe fn pool_return_job(data: *mut u8, _: u64) {
+unsafe fn pool_return_job(thread: *mut Control) {
     // A recycled block whose stack is in this CPU's zone; ours now.
-    with_scheduler(|scheduler| scheduler.give_back(data as *mut Control));
+    with_scheduler(|scheduler| scheduler.give_back(thread));
 }
 
-unsafe fn enqueue_job(data: *mut u8, _: u64) {
+unsafe fn enqueue_job(thread: *mut Control) {
     // The sender handed this thread over; it is ours now.
-    with_scheduler(|scheduler| scheduler.push_back(data as *mut Control));
+    with_scheduler(|scheduler| scheduler.push_back(thread));
 }
 
 /// Wakes `thread` from its wait number `epoch`, wherever it is.
@@ -562,26 +561,23 @@ unsafe fn enqueue_job(data: *mut u8, _: u64) {
 pub(crate) fn wake(thread: *mut Control, epoch: u64) {
     #[cfg(feature = "lockcheck-mutation-2")]
     crate::lockcheck_mutation::plant_behind_trait_object();
-    on_thread_cpu(thread, wake_job, epoch);
+    on_thread_cpu(thread, epoch, wake_job);
 }
 
-/// Runs job `run(thread, extra)` on the CPU `thread` is on: directly if
+/// Runs `run((thread, argument))` on the CPU `thread` is on: directly if
 /// that is this CPU, else as a message (the job re-checks where the thread
 /// is when it runs).
 #[inline(always)]
-fn on_thread_cpu(thread: *mut Control, run: unsafe fn(*mut u8, u64), extra: u64) {
+fn on_thread_cpu<T: Copy>(thread: *mut Control, argument: T, run: unsafe fn((*mut Control, T))) {
     // SAFETY: control blocks are never freed; `cpu` is atomic.
     let cpu = unsafe { (*thread).cpu.load(Ordering::Acquire) };
-    if cpu == percpu::current_index() {
-        // SAFETY: a job function for `thread`, called on the thread's CPU.
-        unsafe { run(thread as *mut u8, extra) };
-    } else {
-        let _ = messages::send(cpu, Job { run, data: thread as *mut u8, extra });
-    }
+    // SAFETY: control blocks are never freed (type-stable, epoch-checked),
+    // and every job given here re-checks where the thread is before it
+    // touches its owner-only fields.
+    let _ = unsafe { messages::on_cpu(cpu, (thread, argument), run) };
 }
 
-unsafe fn wake_job(data: *mut u8, epoch: u64) {
-    let thread = data as *mut Control;
+unsafe fn wake_job((thread, epoch): (*mut Control, u64)) {
     // SAFETY: never freed; the owner-only fields are read only if the
     // thread is on this CPU.
     unsafe {
@@ -749,11 +745,10 @@ pub(crate) fn park(deadline: Option<u64>) {
 /// Unparks the thread with id `id` if it still lives in `thread` (control
 /// blocks are recycled; a stale handle's unpark is dropped).
 pub(crate) fn unpark(thread: *mut Control, id: u64) {
-    on_thread_cpu(thread, unpark_job, id);
+    on_thread_cpu(thread, id, unpark_job);
 }
 
-unsafe fn unpark_job(data: *mut u8, id: u64) {
-    let thread = data as *mut Control;
+unsafe fn unpark_job((thread, id): (*mut Control, u64)) {
     // SAFETY: never freed; owner fields touched only on its CPU.
     unsafe {
         if (*thread).id.load(Ordering::Relaxed) != id || (*thread).state == State::Exited {
@@ -762,30 +757,29 @@ unsafe fn unpark_job(data: *mut u8, id: u64) {
         let cpu = (*thread).cpu.load(Ordering::Acquire);
         if cpu != percpu::current_index() {
             // It moved: follow it.
-            let _ = messages::send(cpu, Job { run: unpark_job, data, extra: id });
+            let _ = messages::send_to(cpu, (thread, id), unpark_job);
             return;
         }
         (*thread).unpark_token = true;
         let epoch = (*thread).park_epoch;
         if epoch != 0 {
-            wake_job(data, epoch);
+            wake_job((thread, epoch));
         }
     }
 }
 
 /// Gives up the JoinHandle's claim on `thread` (joined or detached).
 pub(crate) fn release(thread: *mut Control) {
-    on_thread_cpu(thread, release_job, 0);
+    on_thread_cpu(thread, (), release_job);
 }
 
-unsafe fn release_job(data: *mut u8, _: u64) {
-    let thread = data as *mut Control;
+unsafe fn release_job((thread, ()): (*mut Control, ())) {
     // SAFETY: never freed; owner fields touched only on its CPU.
     unsafe {
         let cpu = (*thread).cpu.load(Ordering::Acquire);
         if cpu != percpu::current_index() {
             // Still running and moved on: follow it.
-            let _ = messages::send(cpu, Job { run: release_job, data, extra: 0 });
+            let _ = messages::send_to(cpu, (thread, ()), release_job);
             return;
         }
         (*thread).handle_released = true;
