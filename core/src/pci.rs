@@ -582,6 +582,91 @@ pub fn enable_msix(space: &impl ConfigSpace, address: PciAddress, capability: u1
     space.write16(address, COMMAND, command | COMMAND_INTERRUPT_DISABLE);
 }
 
+/// PCI INTx routing where it is known without evaluating ACPI's `_PRT`
+/// (AML): the interrupt line register (0x3c) is the firmware's legacy-PIC
+/// choice, or nothing at all when no firmware ran, so it is never used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntxRouting {
+    /// QEMU's q35 (ICH9 LPC bridge 8086:2918 at 00:1f.0): on bus 0, pin
+    /// `P` (1 = INTA#) of slot `S` below 25 goes to PIRQ `(S + P - 1) % 4 +
+    /// 4` (E-H; QEMU's `ich9_cc_init`) and PIRQ `n` to GSI `16 + n`,
+    /// level-triggered, active high (how QEMU's DSDT declares its GSI link
+    /// devices, and how its I/O APIC sees the line).
+    Q35,
+}
+
+/// Vendor and device of the ICH9 LPC bridge QEMU's q35 has at 00:1f.0.
+pub const ICH9_LPC: (u16, u16) = (0x8086, 0x2918);
+/// Where the q35 LPC bridge sits.
+pub const ICH9_LPC_ADDRESS: PciAddress = PciAddress::new(0, 0x1f, 0);
+
+/// An INTx pin's I/O APIC input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntxRoute {
+    /// The I/O APIC input.
+    pub gsi: u32,
+    /// Level-triggered (else edge).
+    pub level: bool,
+    /// Active low (else high).
+    pub active_low: bool,
+}
+
+/// Why an INTx pin has no known route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntxError {
+    /// The function has no INTx pin (0) or a pin outside INTA#-INTD#.
+    NoPin(u8),
+    /// A chipset whose routing Toro does not know (it would need `_PRT`).
+    UnknownChipset,
+    /// Behind a bridge (bus > 0, or another segment): the swizzle through
+    /// the bridges is not followed.
+    BehindBridge(PciAddress),
+    /// A chipset slot (25-31) whose routing the chipset's configuration
+    /// registers choose.
+    ChipsetSlot(u8),
+}
+
+impl core::fmt::Display for IntxError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoPin(0) => write!(f, "no INTx pin"),
+            Self::NoPin(pin) => write!(f, "interrupt pin {pin} is not INTA#-INTD#"),
+            Self::UnknownChipset => write!(f, "INTx routing unknown on this chipset (not QEMU q35)"),
+            Self::BehindBridge(address) => write!(f, "{address} is behind a bridge: its INTx routing is not followed"),
+            Self::ChipsetSlot(slot) => write!(f, "slot {slot} is a chipset slot: its INTx routing is configurable"),
+        }
+    }
+}
+
+impl IntxRouting {
+    /// The chipset's routing, from the functions found: (address, vendor, device).
+    pub fn detect(mut functions: impl Iterator<Item = (PciAddress, u16, u16)>) -> Option<Self> {
+        functions
+            .any(|(address, vendor, device)| address == ICH9_LPC_ADDRESS && (vendor, device) == ICH9_LPC)
+            .then_some(Self::Q35)
+    }
+
+    /// Where pin `pin` (the function's interrupt pin register: 1 = INTA#)
+    /// of the function at `address` arrives.
+    pub fn route(self, address: PciAddress, pin: u8) -> Result<IntxRoute, IntxError> {
+        if !(1..=4).contains(&pin) {
+            return Err(IntxError::NoPin(pin));
+        }
+        match self {
+            Self::Q35 => {
+                if address.segment != 0 || address.bus != 0 {
+                    return Err(IntxError::BehindBridge(address));
+                }
+                if address.device >= 25 {
+                    return Err(IntxError::ChipsetSlot(address.device));
+                }
+                let pirq = (u32::from(address.device) + u32::from(pin) - 1) % 4 + 4;
+                Ok(IntxRoute { gsi: 16 + pirq, level: true, active_low: false })
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -846,5 +931,47 @@ mod tests {
         enable_msix(&bus, device, 0x60);
         let control = bus.read16(device, 0x62);
         assert_eq!(control & (MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK), MSIX_CONTROL_ENABLE);
+    }
+
+    fn q35_functions() -> Vec<(PciAddress, u16, u16)> {
+        vec![
+            (PciAddress::new(0, 0, 0), 0x8086, 0x29c0),
+            (PciAddress::new(0, 1, 0), 0x1af4, 0x1044),
+            (PciAddress::new(0, 0x1f, 0), 0x8086, 0x2918),
+        ]
+    }
+
+    #[test]
+    fn q35_intx_routes_to_pirq_e_to_h() {
+        let routing = IntxRouting::detect(q35_functions().into_iter()).expect("q35");
+        assert_eq!(routing, IntxRouting::Q35);
+        let gsi = |device: u8, pin: u8| routing.route(PciAddress::new(0, device, 0), pin).map(|r| r.gsi);
+        // QEMU's ich9_cc_init: PIRQ (slot + pin - 1) % 4 + 4, GSI 16 + PIRQ.
+        assert_eq!(gsi(0, 1), Ok(20));
+        assert_eq!(gsi(1, 1), Ok(21));
+        assert_eq!(gsi(2, 1), Ok(22));
+        assert_eq!(gsi(3, 1), Ok(23));
+        assert_eq!(gsi(4, 1), Ok(20));
+        assert_eq!(gsi(1, 4), Ok(20));
+        assert_eq!(gsi(24, 2), Ok(21));
+        let route = routing.route(PciAddress::new(0, 1, 0), 1).unwrap();
+        assert!(route.level && !route.active_low, "QEMU's GSI links are level, active high");
+    }
+
+    #[test]
+    fn intx_without_a_known_route_says_why() {
+        assert_eq!(IntxRouting::detect(q35_functions().into_iter().filter(|f| f.0.device != 0x1f)), None);
+        // Something else at 00:1f.0 is not the ICH9 LPC bridge.
+        let other = [(PciAddress::new(0, 0x1f, 0), 0x8086, 0x7000)];
+        assert_eq!(IntxRouting::detect(other.into_iter()), None);
+        let q35 = IntxRouting::Q35;
+        assert_eq!(q35.route(PciAddress::new(0, 1, 0), 0), Err(IntxError::NoPin(0)));
+        assert_eq!(q35.route(PciAddress::new(0, 1, 0), 5), Err(IntxError::NoPin(5)));
+        let behind = PciAddress::new(1, 0, 0);
+        assert_eq!(q35.route(behind, 1), Err(IntxError::BehindBridge(behind)));
+        let segment = PciAddress { segment: 1, ..PciAddress::new(0, 1, 0) };
+        assert_eq!(q35.route(segment, 1), Err(IntxError::BehindBridge(segment)));
+        assert_eq!(q35.route(PciAddress::new(0, 25, 0), 1), Err(IntxError::ChipsetSlot(25)));
+        assert_eq!(IntxError::UnknownChipset.to_string(), "INTx routing unknown on this chipset (not QEMU q35)");
     }
 }

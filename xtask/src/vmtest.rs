@@ -176,6 +176,33 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "virtio_rng")
         },
         VmTest {
+            // No MSI-X (`vectors=0`): the INTx pin through the I/O APIC
+            // (q35: PIRQ E-H, GSI 20-23, level, active high), the ISR read
+            // to acknowledge; interrupts still only on the owner CPU.
+            name: "virtio-rng-pci-intx-q35-2",
+            machine: Machine::Q35,
+            devices: &["virtio-rng-pci,vectors=0"],
+            command_line: "toro.log=info",
+            expect: &[
+                "INTA GSI 21 level high: rng (type 4), owner cpu 1",
+                "virtio-rng: owner cpu 1",
+                "virtio-rng: all checks passed",
+                "on cpu 1, 0 elsewhere",
+            ],
+            ..vm("vm-tests", "virtio_rng")
+        },
+        VmTest {
+            // No MSI-X behind a PCIe root port: the INTx swizzle through
+            // bridges is not followed, so the device is left out with the
+            // reason, and the system goes on.
+            name: "virtio-pci-intx-behind-bridge-q35",
+            machine: Machine::Q35,
+            devices: &["pcie-root-port,id=rp1,chassis=1", "virtio-rng-pci,bus=rp1,vectors=0"],
+            command_line: "toro.log=info",
+            expect: &["left out: no MSI-X, and no INTx route: 0000:01:00.0 is behind a bridge", "Hello from Toro!"],
+            ..vm("hello", "hello")
+        },
+        VmTest {
             // cloud-hypervisor attaches a virtio-rng-pci by default: MSI-X
             // only (no INTx), its BAR above 4 GiB.
             name: "cloud-hypervisor-virtio-rng-2",

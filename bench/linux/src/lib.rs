@@ -157,6 +157,11 @@ pub fn threads(plan: Plan, only: common::Selection<'_>) {
     // reply: Toro's service call from another CPU.
     run("service-call-other", "mpsc", &mut || Value::Nanoseconds(message_latency::<Mpsc>(plan, 1)));
     run("service-call-other", "crossbeam", &mut || Value::Nanoseconds(message_latency::<Crossbeam>(plan, 1)));
+    run("service-call-other", "pipe", &mut || Value::Nanoseconds(message_latency::<Pipe>(plan, 1)));
+    // The owner calling its own resource: Toro's direct call; on Linux a
+    // resource shared by threads sits behind a mutex.
+    run("service-call-same", "mutex", &mut || Value::Nanoseconds(mutex_call(plan)));
+    run("interrupt-to-thread", "pipe", &mut || Value::Nanoseconds(wake_other_cpu(plan)));
     run("channel-throughput", "mpsc", &mut || Value::PerSecond(channel_throughput::<Mpsc>(plan)));
     run("channel-throughput", "crossbeam", &mut || Value::PerSecond(channel_throughput::<Crossbeam>(plan)));
     run("channel-4-producers", "mpsc", &mut || Value::PerSecond(channel_producers::<Mpsc>(plan)));
@@ -284,6 +289,100 @@ impl Channel for Crossbeam {
     fn recv(receiver: &Self::Receiver) -> Option<u64> {
         receiver.recv().ok()
     }
+}
+
+/// A pipe per direction: a request or reply is 8 bytes written and read
+/// (`write`/`read` system calls, the reader blocking in the kernel).
+struct Pipe;
+
+impl Channel for Pipe {
+    type Sender = Arc<std::fs::File>;
+    type Receiver = std::fs::File;
+    fn new() -> (Self::Sender, Self::Receiver) {
+        use std::os::fd::FromRawFd;
+        let mut ends = [0; 2];
+        // SAFETY: `ends` has room for the two descriptors `pipe` writes.
+        let status = unsafe { libc::pipe(ends.as_mut_ptr()) };
+        assert_eq!(status, 0, "pipe: {}", std::io::Error::last_os_error());
+        // SAFETY: two fresh descriptors, each owned by one `File` from here.
+        unsafe { (Arc::new(std::fs::File::from_raw_fd(ends[1])), std::fs::File::from_raw_fd(ends[0])) }
+    }
+    fn send(sender: &Self::Sender, value: u64) {
+        use std::io::Write;
+        (&**sender).write_all(&value.to_ne_bytes()).expect("pipe reader alive");
+    }
+    fn recv(receiver: &Self::Receiver) -> Option<u64> {
+        use std::io::Read;
+        let mut bytes = [0; 8];
+        (&*receiver).read_exact(&mut bytes).ok()?;
+        Some(u64::from_ne_bytes(bytes))
+    }
+}
+
+/// Median nanoseconds from a write to a pipe on CPU 0 to its reader,
+/// blocked in `read` on CPU 1, running again: waking a blocked thread on
+/// another CPU, the nearest a program gets to a device interrupt reaching
+/// its thread (Toro's `interrupt-to-thread`). `plan.sleeps` samples, a
+/// 20 us pause before each so the reader is blocked again.
+fn wake_other_cpu(plan: Plan) -> Tenths {
+    let woke = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (sender, receiver) = Pipe::new();
+    let partner = {
+        let woke = woke.clone();
+        std::thread::spawn(move || {
+            pin_to(OTHER);
+            while let Some(value) = Pipe::recv(&receiver) {
+                if value == END {
+                    break;
+                }
+                woke.store(now_ns(), Ordering::Release);
+            }
+        })
+    };
+    let mut samples: Vec<u64> = (0..plan.sleeps)
+        .map(|_| {
+            let start = now_ns();
+            while now_ns().saturating_sub(start) < 20_000 {
+                std::hint::spin_loop();
+            }
+            let before = woke.load(Ordering::Acquire);
+            let sent = now_ns();
+            Pipe::send(&sender, 1);
+            loop {
+                let ran = woke.load(Ordering::Acquire);
+                if ran != before {
+                    break ran.saturating_sub(sent);
+                }
+                std::hint::spin_loop();
+            }
+        })
+        .collect();
+    Pipe::send(&sender, END);
+    partner.join().expect("reader");
+    samples.sort_unstable();
+    Tenths::ratio(samples[samples.len() / 2], 1)
+}
+
+/// Nanoseconds per lock, increment, unlock of an uncontended
+/// `std::sync::Mutex<u64>` on the measuring thread: a resource's owner
+/// using it, Linux-style.
+fn mutex_call(plan: Plan) -> Tenths {
+    let counter = std::sync::Mutex::new(0u64);
+    let start = now_ns();
+    let mut calls = 0u64;
+    let elapsed = loop {
+        for _ in 0..ROUND_TRIP_BATCH {
+            let mut guard = black_box(&counter).lock().expect("not poisoned");
+            *guard += 1;
+            black_box(*guard);
+        }
+        calls += ROUND_TRIP_BATCH;
+        let elapsed = now_ns().saturating_sub(start);
+        if elapsed >= plan.target_ns {
+            break elapsed;
+        }
+    };
+    Tenths::ratio(elapsed, calls)
 }
 
 /// One-way latency of a `u64` message between threads pinned to CPU 0 and

@@ -22,7 +22,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::hint::black_box;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
 // `self`: the shared code names the ring through `crate::spsc`.
@@ -114,6 +114,12 @@ fn main() -> i32 {
     }
     if only.wants("service-call-other") {
         report("service-call-other", Value::Nanoseconds(service_call(OTHER, plan)));
+    }
+    if only.wants("service-call-same") {
+        report("service-call-same", Value::Nanoseconds(service_call(HOME, plan)));
+    }
+    if only.wants("interrupt-to-thread") {
+        report("interrupt-to-thread", Value::Nanoseconds(interrupt_to_thread(plan)));
     }
     if only.wants("channel-throughput") {
         report("channel-throughput", Value::PerSecond(channel_throughput(plan)));
@@ -284,8 +290,9 @@ fn message_latency(plan: Plan) -> Tenths {
 }
 
 /// Nanoseconds per `call` from `main` on CPU 0 to a service (a counter)
-/// owned by CPU `owner`: request, run on the owner's service thread,
-/// reply.
+/// owned by CPU `owner`: from another CPU a request, run on the owner's
+/// service thread, reply; on the owner CPU itself a direct call on
+/// `main`'s thread (no message, no switch).
 fn service_call(owner: usize, plan: Plan) -> Tenths {
     let counter = toro::service::Builder::new("bench-counter").cpu(owner).start(|| 0u64).expect("service starts");
     counter.call(|n| *n += 1); // the service thread is running from here on
@@ -306,6 +313,47 @@ fn service_call(owner: usize, plan: Plan) -> Tenths {
     };
     let _ = counter.stop();
     Tenths::ratio(elapsed, calls)
+}
+
+/// Median nanoseconds from an IPI that `main` (CPU 0) sends to a vector
+/// bound to a service on CPU 1 (idle, halted) to the service's interrupt
+/// hook running on its thread there: the interrupt, the handler marking
+/// the source, the wake-up, the switch. `plan.sleeps` samples, a 20 us
+/// pause before each so the owner is halted again.
+fn interrupt_to_thread(plan: Plan) -> Tenths {
+    static HOOK_RAN_NS: AtomicU64 = AtomicU64::new(0);
+    let service = toro::service::Builder::new("bench-interrupt")
+        .cpu(OTHER)
+        .on_interrupt(|_: &mut (), _| HOOK_RAN_NS.store(now_ns(), Ordering::Release))
+        .start(|| ())
+        .expect("service starts");
+    let bound = service.bind_interrupt(toro::service::InterruptSource::Vector).expect("a vector on CPU 1");
+    let mut samples: Vec<u64> = (0..plan.sleeps)
+        .map(|_| {
+            pause_ns(20_000);
+            let before = HOOK_RAN_NS.load(Ordering::Acquire);
+            let sent = now_ns();
+            toro::interrupts::send_ipi(OTHER, bound.vector).expect("CPU 1 runs");
+            loop {
+                let ran = HOOK_RAN_NS.load(Ordering::Acquire);
+                if ran != before {
+                    break ran.saturating_sub(sent);
+                }
+                core::hint::spin_loop();
+            }
+        })
+        .collect();
+    let _ = service.stop();
+    samples.sort_unstable();
+    Tenths::ratio(samples[samples.len() / 2], 1)
+}
+
+/// Spins for `nanoseconds`.
+fn pause_ns(nanoseconds: u64) {
+    let start = now_ns();
+    while now_ns().saturating_sub(start) < nanoseconds {
+        core::hint::spin_loop();
+    }
 }
 
 /// `u64` messages per second from a sender on CPU 1 to `main` on CPU 0,

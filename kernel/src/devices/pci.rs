@@ -23,7 +23,9 @@ use crate::arch::{pci_port, percpu};
 use crate::interrupts::MsiMessage;
 use crate::once::BootCell;
 
-pub use toro_core::pci::{Capability, CAPABILITY_MSI, CAPABILITY_MSIX, CAPABILITY_VENDOR};
+pub use toro_core::pci::{
+    Capability, IntxError, IntxRoute, IntxRouting, CAPABILITY_MSI, CAPABILITY_MSIX, CAPABILITY_VENDOR,
+};
 
 /// Why a PCI operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +245,22 @@ impl PciDevice {
     }
     pub fn write16(&self, offset: u16, value: u16) {
         Access.write16(self.address(), offset, value)
+    }
+
+    /// Where this function's INTx pin arrives at the I/O APIC, on a
+    /// chipset whose routing is known without ACPI's `_PRT` (QEMU's q35:
+    /// `toro_core::pci::IntxRouting`).
+    pub fn intx_route(&self) -> Result<IntxRoute, IntxError> {
+        let functions = devices().iter().map(|d| (d.address(), d.vendor(), d.device()));
+        let routing = IntxRouting::detect(functions).ok_or(IntxError::UnknownChipset)?;
+        routing.route(self.address(), self.function.interrupt_pin)
+    }
+
+    /// Lets the function assert INTx (clears the command register's
+    /// interrupt-disable bit).
+    pub fn enable_intx(&self) {
+        let command = self.read16(pci::COMMAND);
+        self.write16(pci::COMMAND, command & !pci::COMMAND_INTERRUPT_DISABLE);
     }
 
     /// Turns on memory decoding and bus mastering (DMA) for the device.

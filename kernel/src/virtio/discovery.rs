@@ -159,9 +159,28 @@ fn probe_pci(found: &mut Vec<FoundDevice>) {
                 let device_type = transport.device_type();
                 let interrupt = transport.interrupt();
                 let owner = crate::devices::owner(crate::devices::Transport::Pci(address)).unwrap_or(0);
-                let InterruptLine::Msix { entries } = interrupt else { continue };
+                let line = match interrupt {
+                    InterruptLine::Msix { entries } => alloc::format!("MSI-X x{entries}"),
+                    InterruptLine::Gsi { gsi, level, active_low } => {
+                        // INTx lines are shared; one service per line here.
+                        if let Some(other) = found.iter().find(|f| f.pci.is_some() && f.interrupt == interrupt) {
+                            log::warn!(
+                                "virtio: pci {address} left out: its INTx shares GSI {gsi} with pci {}, and a line is not shared between services",
+                                other.pci.unwrap_or_default()
+                            );
+                            continue;
+                        }
+                        let pin = device.function.interrupt_pin;
+                        alloc::format!(
+                            "INT{} GSI {gsi} {} {}",
+                            (b'A' + pin.saturating_sub(1)) as char,
+                            if level { "level" } else { "edge" },
+                            if active_low { "low" } else { "high" },
+                        )
+                    }
+                };
                 log::info!(
-                    "virtio: pci {address} common cfg {:#x} MSI-X x{entries}: {} (type {device_type}), owner cpu {owner}",
+                    "virtio: pci {address} common cfg {:#x} {line}: {} (type {device_type}), owner cpu {owner}",
                     transport.address(),
                     device_type::name(device_type),
                 );

@@ -158,6 +158,8 @@ pub enum VirtioError {
     Pci(crate::devices::pci::PciError),
     /// virtio-pci: the queue's doorbell lies outside the notify structure.
     Doorbell(u16),
+    /// virtio-pci: no MSI-X, and no known route for its INTx pin.
+    NoInterrupt(toro_core::pci::IntxError),
 }
 
 impl fmt::Display for VirtioError {
@@ -186,6 +188,7 @@ impl fmt::Display for VirtioError {
             Self::Layout(error) => write!(formatter, "{error}"),
             Self::Pci(error) => write!(formatter, "{error}"),
             Self::Doorbell(queue) => write!(formatter, "queue {queue}: doorbell outside the notify structure"),
+            Self::NoInterrupt(error) => write!(formatter, "no MSI-X, and no INTx route: {error}"),
         }
     }
 }

@@ -75,6 +75,9 @@ pub enum InterruptLine {
         /// Active low (else high).
         active_low: bool,
     },
+    /// (virtio-pci without MSI-X uses `Gsi` too: its INTx pin's I/O APIC
+    /// input, `devices::pci::PciDevice::intx_route`.)
+    ///
     /// MSI-X (virtio-pci): each queue may have its own vector
     /// ([`Transport::set_queue_interrupt`]); `entries` table entries.
     Msix {
@@ -125,23 +128,26 @@ impl Transport {
         Ok(Self { bus: Bus::Mmio(transport), device_type: identity.device_id, interrupt, features: 0, address })
     }
 
-    /// A modern virtio-pci function (found at boot) with MSI-X; `address`
-    /// (for logs) is its common configuration's physical address.
+    /// A modern virtio-pci function (found at boot); `address` (for logs)
+    /// is its common configuration's physical address. Interrupts: MSI-X
+    /// if the function has it, else its INTx pin through the I/O APIC
+    /// where the chipset's routing is known (QEMU's q35; the ISR is then
+    /// read to acknowledge), else the device is left out.
     pub fn pci(device: &'static crate::devices::pci::PciDevice) -> Result<Self, VirtioError> {
         let device_type = toro_core::virtio::pci::device_type(device.device()).ok_or(VirtioError::NoDevice)?;
-        let entries = device.msix_table().map(|table| table.entries).unwrap_or(0);
-        if entries == 0 {
-            return Err(VirtioError::Unsupported);
-        }
+        let interrupt = match device.msix_table().map(|table| table.entries).unwrap_or(0) {
+            0 => {
+                let route = device.intx_route().map_err(VirtioError::NoInterrupt)?;
+                InterruptLine::Gsi { gsi: route.gsi, level: route.level, active_low: route.active_low }
+            }
+            entries => InterruptLine::Msix { entries },
+        };
         let transport = PciTransport::open(device)?;
+        if let InterruptLine::Gsi { .. } = interrupt {
+            device.enable_intx();
+        }
         let address = transport.layout().common.address;
-        Ok(Self {
-            bus: Bus::Pci(transport),
-            device_type,
-            interrupt: InterruptLine::Msix { entries },
-            features: 0,
-            address,
-        })
+        Ok(Self { bus: Bus::Pci(transport), device_type, interrupt, features: 0, address })
     }
 
     /// The PCI function, on virtio-pci.

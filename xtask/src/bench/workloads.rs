@@ -75,6 +75,12 @@ const CHANNELS: &[Yardstick] = &[
     Yardstick { variant: "crossbeam", label: "crossbeam-channel" },
 ];
 const STD_THREAD: &[Yardstick] = &[Yardstick { variant: "std", label: "std::thread" }];
+/// A request to a thread that owns a resource on the other CPU, and its reply.
+const CROSS_CPU_CALLS: &[Yardstick] = &[
+    Yardstick { variant: "mpsc", label: "std::sync::mpsc" },
+    Yardstick { variant: "crossbeam", label: "crossbeam-channel" },
+    Yardstick { variant: "pipe", label: "a pipe each way" },
+];
 
 /// The workload Toro measures in a boot of its own, with
 /// `toro.watchdog=off` (the yield workload again): beside `yield`, what the
@@ -176,7 +182,25 @@ pub const SPECS: &[Spec] = &[
         unit: "µs",
         divisor: 1e3,
         better: Better::Lower,
-        yardsticks: CHANNELS,
+        yardsticks: CROSS_CPU_CALLS,
+    },
+    Spec {
+        key: "service-call-same",
+        title: "service call on its owner CPU (direct)",
+        line_unit: LineUnit::Nanoseconds,
+        unit: "ns",
+        divisor: 1.0,
+        better: Better::Lower,
+        yardsticks: &[Yardstick { variant: "mutex", label: "std::sync::Mutex, uncontended" }],
+    },
+    Spec {
+        key: "interrupt-to-thread",
+        title: "interrupt to its service thread on an idle CPU, median",
+        line_unit: LineUnit::Nanoseconds,
+        unit: "µs",
+        divisor: 1e3,
+        better: Better::Lower,
+        yardsticks: &[Yardstick { variant: "pipe", label: "pipe write -> reader blocked on the other CPU" }],
     },
     Spec {
         key: "channel-throughput",
