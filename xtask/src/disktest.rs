@@ -389,7 +389,8 @@ fn early_requests(port: u16, path: &str, wait: std::time::Duration) -> std::thre
         let mut attempts = Vec::new();
         while !done.load(Ordering::Relaxed) && started.elapsed() < wait && attempts.len() < 3000 {
             let (done, request) = (done.clone(), request.clone());
-            attempts.push(std::thread::spawn(move || {
+            // Small stacks: up to a few thousand wait at once.
+            let attempt = std::thread::Builder::new().stack_size(64 << 10).spawn(move || {
                 let status = (|| {
                     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
                     stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).ok()?;
@@ -403,7 +404,11 @@ fn early_requests(port: u16, path: &str, wait: std::time::Duration) -> std::thre
                     done.store(true, Ordering::Relaxed);
                 }
                 status
-            }));
+            });
+            match attempt {
+                Ok(attempt) => attempts.push(attempt),
+                Err(_) => break,
+            }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         attempts.into_iter().map(|attempt| attempt.join().unwrap_or(0)).collect()
