@@ -41,6 +41,7 @@
 //! and the host-native runs, and leaves `docs/` alone: it checks that the
 //! benchmark works, never its speed.
 
+mod net;
 mod only;
 mod report;
 mod stats;
@@ -153,7 +154,7 @@ fn known_rows() -> Vec<&'static str> {
         only::IDLE,
         only::IMAGE,
     ];
-    sections.concat().into_iter().chain(workloads::keys()).chain(storage::keys()).collect()
+    sections.concat().into_iter().chain(workloads::keys()).chain(storage::keys()).chain(net::keys()).collect()
 }
 
 /// `cargo xtask bench ...`
@@ -186,6 +187,8 @@ struct Bench {
     webserver: PathBuf,
     /// Toro's storage workloads (`examples/diskbench`).
     diskbench: PathBuf,
+    /// Toro's TCP echo server (`examples/echo`), for the echo row.
+    echo: PathBuf,
     linux: LinuxGuest,
     /// The Linux workload programs, to run host-native too.
     linux_programs: Vec<PathBuf>,
@@ -215,6 +218,7 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
         crate::build::example("bench"),
         crate::build::example("webserver"),
         crate::build::example("diskbench"),
+        crate::build::example("echo"),
     ];
     if has_idle {
         specs.push(crate::build::example("idle"));
@@ -224,6 +228,7 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     let workloads = images.next().expect("bench was built");
     let webserver = images.next().expect("webserver was built");
     let diskbench = images.next().expect("diskbench was built");
+    let echo = images.next().expect("echo was built");
     let idle = images.next();
 
     let linux = linux_guest::ensure()?;
@@ -235,6 +240,7 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
         workloads,
         webserver,
         diskbench,
+        echo,
         linux,
         linux_programs,
         failures: Vec::new(),
@@ -291,6 +297,9 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
     let mut workloads = bench.workloads(workload_runs, options.quick);
     if only.wants_any(&storage::keys()) {
         workloads.extend(bench.storage(runs, options.quick));
+    }
+    if only.wants_any(&net::keys()) {
+        workloads.extend(bench.network(runs, options.quick, &|key| only.wants(key)));
     }
 
     let context = report::Context {
@@ -475,6 +484,7 @@ impl Bench {
         let mut first = [Vec::new(), Vec::new()];
         let mut per_request = [Vec::new(), Vec::new()];
         let mut p99 = [Vec::new(), Vec::new()];
+        let mut overflows = [Vec::new(), Vec::new()];
         let have_wrk = crate::setup::have_wrk();
         for run in 1..=runs {
             for (side, name) in ["Toro", "Linux"].into_iter().enumerate() {
@@ -502,11 +512,14 @@ impl Bench {
                             Some(Ok(report)) if report.requests > 0 && report.socket_errors + report.non_2xx == 0 => {
                                 per_request[side].push(window.as_secs_f64() * 1e6 / report.requests as f64);
                                 p99[side].push(report.p99.map_or(f64::NAN, milliseconds));
+                                overflows[side].push(report.listen_overflows.map_or(f64::NAN, |count| count as f64));
                                 eprintln!(
-                                    "bench: HTTP {run}/{runs}: {name} first 200 after {}, wrk {:.0} requests/s, p99 {}",
+                                    "bench: HTTP {run}/{runs}: {name} first 200 after {}, wrk {:.0} requests/s, p99 {}, \
+                                     {} host ListenOverflows",
                                     shown(milliseconds(time)),
                                     report.requests_per_second,
-                                    report.p99.map_or("?".into(), |p| shown(milliseconds(p)))
+                                    report.p99.map_or("?".into(), |p| shown(milliseconds(p))),
+                                    report.listen_overflows.map_or("?".into(), |count| count.to_string())
                                 );
                             }
                             Some(Ok(report)) => {
@@ -568,6 +581,17 @@ impl Bench {
             toro: side(toro_p99),
             linux: side(linux_p99),
         });
+        // QEMU's port forward listens with a backlog of 1: what overflowed
+        // (the host's TcpExtListenOverflows, as nstat shows it, over the
+        // wrk run; host-wide, so other work on the host's loopback counts).
+        let [toro_overflows, linux_overflows] = overflows;
+        metrics.push(Metric {
+            key: "http-listen-overflows",
+            title: "HTTP keep-alive: host ListenOverflows during that wrk run (QEMU's forward)",
+            unit: "overflows",
+            toro: side(toro_overflows),
+            linux: side(linux_overflows),
+        });
         metrics
     }
 
@@ -600,7 +624,13 @@ impl Bench {
         let report = match (answer, load) {
             (Some(_), Some((threads, connections, window))) => {
                 let url = format!("http://127.0.0.1:{port}{path}");
-                Some(crate::wrk::run(Command::new("wrk"), &url, threads, connections, window))
+                let before = crate::wrk::listen_overflows();
+                let report = crate::wrk::run(Command::new("wrk"), &url, threads, connections, window);
+                let after = crate::wrk::listen_overflows();
+                Some(report.map(|report| crate::wrk::Report {
+                    listen_overflows: before.zip(after).map(|(before, after)| after.saturating_sub(before)),
+                    ..report
+                }))
             }
             _ => None,
         };
@@ -1124,6 +1154,10 @@ fn write_record(context: &report::Context, metrics: &[Metric], workloads: &[Work
     let path = dir.join(format!("bench-{}.json", context.timestamp.replace(':', "-")));
     std::fs::write(&path, report::json(context, metrics, workloads::json(workloads)).render())
         .with_context(|| format!("writing {}", path.display()))?;
+    // The connections curve of every run, docs/ or not.
+    if let Some(curve) = net::curve_svg(workloads) {
+        std::fs::write(path.with_extension("connections.svg"), curve)?;
+    }
     Ok(path)
 }
 
@@ -1142,6 +1176,11 @@ fn write_docs(context: &report::Context, metrics: &[Metric], workloads: &[Worklo
         let file = format!("bench-{}.svg", workload.spec.key);
         std::fs::write(docs.join(&file), workloads::svg(workload))?;
         workload_plots.push((file, workload.spec.title.to_string()));
+    }
+    if let Some(curve) = net::curve_svg(workloads) {
+        let file = "bench-net-connections.svg".to_string();
+        std::fs::write(docs.join(&file), curve)?;
+        workload_plots.push((file, "HTTP over a q35 tap: requests/s against connections".to_string()));
     }
     let workload_part =
         workloads::markdown(workloads, context.runs, &context.linux_bench_command_line, &workload_plots);
@@ -1198,34 +1237,5 @@ mod tests {
 /// from inside the namespace, then runs wrk there with `load` (threads,
 /// connections, duration).
 fn serve_on_tap(config: &VmConfig, timeout: Duration, load: (u32, u32, Duration)) -> Result<crate::wrk::Report> {
-    let namespace = crate::netns::Namespace::create("bench")?;
-    namespace.add_tap("tap0", 1, true)?;
-    let mut config = config.clone();
-    config.namespace = Some(namespace.name().into());
-    let devices = vmm::Devices { taps: vec![vmm::Tap::new("tap0")] };
-    let running = RunningVm::spawn(&vmm::qemu_config(&config, &devices))?;
-    let url = format!("http://{}/", crate::netns::GUEST_ADDRESS);
-    let deadline = running.start + timeout;
-    let answered = loop {
-        let status =
-            namespace.command("curl").args(["-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}", &url]).output();
-        if status.is_ok_and(|o| o.stdout == b"200") {
-            break true;
-        }
-        if Instant::now() > deadline {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let report = if answered {
-        let (threads, connections, window) = load;
-        crate::wrk::run(namespace.command("wrk"), &url, threads, connections, window)
-    } else {
-        Err(anyhow::anyhow!("no HTTP 200 over the tap within {} s", timeout.as_secs()))
-    };
-    let (output, errors) = running.stop();
-    if report.is_err() {
-        eprintln!("bench: over the tap the guest printed:\n{}{}", tail(&output), errors.trim_end());
-    }
-    report
+    net::serve_on_tap_loads(config, timeout, 1, &[load])?.pop().context("wrk ran once")?
 }

@@ -161,6 +161,9 @@ pub enum Mode {
     /// [`BENCH_FAILED_STATUS`] at the first that failed. `quick` shortens
     /// every workload (the programs' `quick` argument).
     Bench { quick: bool },
+    /// Bring up the network as serve mode does, then run
+    /// [`ECHO_PROGRAM`] (a TCP echo server on port 7) instead of nginx.
+    Echo,
 }
 
 impl Mode {
@@ -171,6 +174,7 @@ impl Mode {
             Self::Idle => "idle",
             Self::Bench { .. } => "bench",
             Self::Disk { .. } => "disk",
+            Self::Echo => "echo",
         }
     }
 }
@@ -181,6 +185,10 @@ impl Mode {
 pub const BENCH_PROGRAMS: &[&str] = &["toro-bench-glibc", "toro-bench-mimalloc"];
 /// The storage workloads' program (disk mode), also in the bench archive.
 pub const DISK_PROGRAM: &str = "toro-bench-disk";
+/// The TCP echo server (echo mode), also in the bench archive.
+pub const ECHO_PROGRAM: &str = "toro-bench-echo";
+/// What it prints once it listens.
+pub const ECHO_MARKER: &str = "toro-bench: echo listening on tcp port 7";
 /// Where the bench archive puts them in the guest.
 const BENCH_DIR: &str = "bench";
 /// The Rust target of the Linux programs: the host's own (static), so the
@@ -214,7 +222,7 @@ impl LinuxGuest {
     pub fn vm_config(&self, accel: Accel, mode: Mode) -> VmConfig {
         let mut config = VmConfig::new(self.vmlinux.clone(), accel);
         let initramfs = match (mode, &self.bench_initramfs) {
-            (Mode::Bench { .. } | Mode::Disk { .. }, Some(bench)) => bench,
+            (Mode::Bench { .. } | Mode::Disk { .. } | Mode::Echo, Some(bench)) => bench,
             // Without the bench archive, /init reports the programs missing.
             _ => &self.initramfs,
         };
@@ -306,6 +314,10 @@ fn init_script(modules: &[String]) -> String {
         "if [ -n \"$toro_www_disk\" ]; then\n  mount -t devtmpfs devtmpfs /dev\n  mkdir -p /www/disk\n  \
          mount -t ext2 -o ro /dev/vda /www/disk || echo 'toro-bench: mount failed'\nfi\n",
     );
+    // Echo mode: the echo server instead of nginx.
+    script.push_str(&format!(
+        "if [ \"$toro_mode\" = echo ]; then\n  /{BENCH_DIR}/{ECHO_PROGRAM} || echo 'toro-bench: {ECHO_PROGRAM} failed'\n  idle\nfi\n"
+    ));
     script.push_str("/usr/sbin/nginx || echo 'toro-bench: nginx failed'\n");
     script.push_str(&format!("echo '{NGINX_MARKER}'\n"));
     script.push_str("idle\n");
@@ -437,7 +449,9 @@ pub fn ensure_bench(guest: &LinuxGuest) -> Result<(LinuxGuest, Vec<PathBuf>)> {
     let programs = build_bench_programs()?;
     let mut contents = Vec::new();
     let disk = programs[0].with_file_name(DISK_PROGRAM);
-    for (name, path) in BENCH_PROGRAMS.iter().chain([&DISK_PROGRAM]).zip(programs.iter().chain([&disk])) {
+    let echo = programs[0].with_file_name(ECHO_PROGRAM);
+    let extra = [&DISK_PROGRAM, &ECHO_PROGRAM];
+    for (name, path) in BENCH_PROGRAMS.iter().chain(extra).zip(programs.iter().chain([&disk, &echo])) {
         contents.push((*name, std::fs::read(path).with_context(|| format!("reading {}", path.display()))?));
     }
     let base = std::fs::read(&guest.initramfs).context("reading the guest's initramfs")?;

@@ -19,6 +19,25 @@ pub struct Report {
     pub non_2xx: u64,
     /// Connect, read, write and timeout errors together.
     pub socket_errors: u64,
+    /// The host's `TcpExtListenOverflows` (what `nstat` shows) counted
+    /// over the run, when the caller read it: connections the host's
+    /// kernel dropped because a listen queue was full.
+    pub listen_overflows: Option<u64>,
+}
+
+/// The host's `TcpExt ListenOverflows` counter (`/proc/net/netstat`, what
+/// `nstat` reads) for the calling thread's network namespace.
+pub fn listen_overflows() -> Option<u64> {
+    listen_overflows_in(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
+/// `ListenOverflows` from a `/proc/net/netstat` text: the `TcpExt:` header
+/// line names the fields, the next `TcpExt:` line holds their values.
+fn listen_overflows_in(netstat: &str) -> Option<u64> {
+    let mut lines = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let column = names.split_whitespace().position(|name| name == "ListenOverflows")?;
+    values.split_whitespace().nth(column)?.parse().ok()
 }
 
 /// Runs `wrk` (through `command`, e.g. inside a network namespace) with
@@ -102,6 +121,16 @@ mod tests {
         assert_eq!((report.requests, report.non_2xx, report.socket_errors), (120, 3, 7));
         assert_eq!(report.p99, None);
         assert_eq!(parse("unable to connect to 172.31.0.2:80 Connection refused"), None);
+    }
+
+    #[test]
+    fn listen_overflows_are_read_by_name() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 1 42 43\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(listen_overflows_in(text), Some(42));
+        assert_eq!(listen_overflows_in("TcpExt: SyncookiesSent\nTcpExt: 1\n"), None);
+        assert_eq!(listen_overflows_in(""), None);
+        assert!(listen_overflows().is_some(), "this host's /proc/net/netstat has the counter");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 pub const BOOT: &[&str] = &["boot"];
 pub const VMM_BOOT: &[&str] =
     &["boot-firecracker", "exit-firecracker", "boot-cloud-hypervisor", "exit-cloud-hypervisor"];
-pub const HTTP: &[&str] = &["http", "http-request", "http-p99"];
+pub const HTTP: &[&str] = &["http", "http-request", "http-p99", "http-listen-overflows"];
 pub const HTTP_TAP: &[&str] = &["http-tap-request", "http-tap-p50", "http-tap-p99"];
 pub const HTTP_DISK: &[&str] = &["http-disk-file"];
 pub const MEMORY: &[&str] = &["memory"];

@@ -410,7 +410,8 @@ fn escape_xml(text: &str) -> String {
 
 /// Toro's colour in every chart.
 pub const TORO_COLOUR: &str = "#d9480f";
-const LINUX_COLOUR: &str = "#495057";
+/// The Linux guest's colour.
+pub const LINUX_COLOUR: &str = "#495057";
 
 /// One bar of a chart.
 pub struct Bar<'a> {
@@ -515,6 +516,97 @@ pub fn bar_chart(title: &str, subtitle: &str, unit: &str, bars: &[Bar]) -> Strin
         WIDTH - 12.0,
         HEIGHT - 8.0
     );
+    out.push_str("</svg>\n");
+    out
+}
+
+/// A line chart: one line per series through its values at the evenly
+/// spaced `labels` (a missing value breaks nothing, it is left out), each
+/// point marked and its figure written beside it.
+pub fn line_chart(
+    title: &str,
+    subtitle: &str,
+    x_caption: &str,
+    unit: &str,
+    labels: &[String],
+    series: &[(&str, &str, Vec<Option<f64>>)],
+) -> String {
+    const WIDTH: f64 = 560.0;
+    const HEIGHT: f64 = 330.0;
+    const TOP: f64 = 80.0;
+    const BOTTOM: f64 = 270.0;
+    const LEFT: f64 = 60.0;
+    const RIGHT: f64 = WIDTH - 40.0;
+    let scale_max = series
+        .iter()
+        .flat_map(|(_, _, values)| values.iter().flatten().copied())
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, f64::max)
+        .max(f64::MIN_POSITIVE)
+        * 1.1;
+    let x = |index: usize| LEFT + (RIGHT - LEFT) * (index as f64 + 0.5) / labels.len().max(1) as f64;
+    let y = |value: f64| BOTTOM - (BOTTOM - TOP) * (value / scale_max);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" \
+         font-family=\"sans-serif\" font-size=\"14\">"
+    );
+    let _ = writeln!(out, "<rect width=\"{WIDTH}\" height=\"{HEIGHT}\" fill=\"#ffffff\"/>");
+    let _ = writeln!(out, "<text x=\"20\" y=\"28\" font-size=\"17\" font-weight=\"bold\">{}</text>", escape_xml(title));
+    let _ = writeln!(out, "<text x=\"20\" y=\"50\" fill=\"#555555\" font-size=\"12\">{}</text>", escape_xml(subtitle));
+    let _ = writeln!(out, "<line x1=\"{LEFT}\" y1=\"{BOTTOM}\" x2=\"{RIGHT}\" y2=\"{BOTTOM}\" stroke=\"#333333\"/>");
+    for (index, label) in labels.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            x(index),
+            BOTTOM + 20.0,
+            escape_xml(label)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\" fill=\"#555555\" font-size=\"12\">{}</text>",
+        (LEFT + RIGHT) / 2.0,
+        BOTTOM + 40.0,
+        escape_xml(x_caption)
+    );
+    for (number_of_series, (name, colour, values)) in series.iter().enumerate() {
+        let points: Vec<(f64, f64, f64)> = values
+            .iter()
+            .enumerate()
+            .filter_map(|(index, value)| value.filter(|v| v.is_finite()).map(|v| (x(index), y(v), v)))
+            .collect();
+        let path: Vec<String> = points.iter().map(|(px, py, _)| format!("{px:.1},{py:.1}")).collect();
+        let _ = writeln!(
+            out,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2.5\"/>",
+            path.join(" ")
+        );
+        for (px, py, value) in &points {
+            let _ = writeln!(out, "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"4\" fill=\"{colour}\"/>");
+            let _ = writeln!(
+                out,
+                "<text x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"11\" fill=\"{colour}\">{}</text>",
+                py - 8.0,
+                escape_xml(&format!("{} {unit}", number(*value)))
+            );
+        }
+        let legend_y = 68.0;
+        let legend_x = 20.0 + 200.0 * number_of_series as f64;
+        let _ = writeln!(
+            out,
+            "<rect x=\"{legend_x}\" y=\"{}\" width=\"14\" height=\"4\" fill=\"{colour}\"/>",
+            legend_y - 4.0
+        );
+        let _ = writeln!(
+            out,
+            "<text x=\"{}\" y=\"{legend_y}\" font-size=\"12\">{}</text>",
+            legend_x + 20.0,
+            escape_xml(name)
+        );
+    }
     out.push_str("</svg>\n");
     out
 }

@@ -513,8 +513,22 @@ pub fn markdown(workloads: &[Workload], runs: usize, linux_command_line: &str, p
     // The storage rows (keys `disk-...`, `bench/storage.rs`) get a table of their own.
     let (storage, workloads): (Vec<Workload>, Vec<Workload>) =
         workloads.iter().cloned().partition(|workload| workload.spec.key.starts_with("disk-"));
+    // The network rows (keys `net-...`, `bench/net.rs`) too.
+    let (network, workloads): (Vec<Workload>, Vec<Workload>) =
+        workloads.into_iter().partition(|workload| workload.spec.key.starts_with("net-"));
     out.push_str(&report::markdown_grid(&HEADERS, &rows(&workloads), &["---", "--:", "--:", "---", "--:"]));
     out.push('\n');
+    if !network.is_empty() {
+        out.push_str("### Network over a tap (issue 10)\n\n");
+        let _ = writeln!(
+            out,
+            "Toro's `examples/webserver` against nginx in the Linux guest, each on a tap inside a network namespace \
+             of its own, wrk inside the namespace; QEMU q35 with one queue pair per vCPU; the echo row: \
+             `examples/echo` against `toro-bench-echo` of `bench/linux` on microvm. Median of {runs} runs per side.\n"
+        );
+        out.push_str(&report::markdown_grid(&HEADERS, &rows(&network), &["---", "--:", "--:", "---", "--:"]));
+        out.push('\n');
+    }
     if !storage.is_empty() {
         out.push_str("### Storage (issue 11)\n\n");
         let _ = writeln!(

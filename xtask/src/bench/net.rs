@@ -1,0 +1,634 @@
+//! The network rows of issue 10, over a tap inside a network namespace of
+//! their own (no user-network forwarder in the way), Toro beside the Linux
+//! guest in the same run:
+//!
+//! - wrk, keep-alive, 30 connections, against the 612-byte page on QEMU
+//!   q35 with 1 and with 2 vCPUs, the tap with one queue pair per vCPU
+//!   (Toro: a queue pair on each CPU; Linux: virtio-net's own multi-queue,
+//!   nginx with a worker per CPU): requests/s, p50, p99, and the 2/1 vCPU
+//!   scaling of requests/s;
+//! - requests/s against the number of connections (1 to 256) on the
+//!   2-vCPU boot, plotted (`bench-net-connections.svg`);
+//! - TCP echo throughput: one connection from the host (inside the
+//!   namespace) to Toro's `examples/echo` and to `toro-bench-echo` of
+//!   `bench/linux` in the Linux guest, both on port 7 of the same
+//!   microvm, bytes sent and echoed back at once, every byte checked.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::report::{self, Side};
+use super::vm::RunningVm;
+use super::workloads::{self, Better, LineUnit, Reading, Source, Spec, Workload, Yardstick};
+use super::Bench;
+use crate::linux_guest::{Mode, ECHO_MARKER};
+use crate::qemu::{Machine, VmConfig};
+use crate::vmm;
+
+const NGINX: &[Yardstick] = &[Yardstick { variant: "nginx", label: "nginx, a worker per vCPU" }];
+const ECHO: &[Yardstick] = &[Yardstick { variant: "std", label: "std::net, a thread per connection" }];
+
+/// wrk's connections for the scaling rows (the issue's 30).
+const CONNECTIONS: u32 = 30;
+/// The scaling rows' wrk window, full and quick.
+const WINDOW: Duration = Duration::from_secs(5);
+const QUICK_WINDOW: Duration = Duration::from_secs(1);
+/// The points of the connections curve, full and quick, and each point's
+/// wrk window.
+pub const CURVE: &[u32] = &[1, 4, 16, 64, 256];
+const QUICK_CURVE: &[u32] = &[1, 16];
+const CURVE_WINDOW: Duration = Duration::from_secs(3);
+/// Bytes echoed per run, full and quick.
+const ECHO_BYTES: usize = 64 << 20;
+const QUICK_ECHO_BYTES: usize = 4 << 20;
+/// Longest a guest may take to answer on the tap.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+macro_rules! spec {
+    ($key:expr, $title:expr, $line_unit:expr, $unit:expr, $divisor:expr, $better:expr, $yardsticks:expr) => {
+        Spec {
+            key: $key,
+            title: $title,
+            line_unit: $line_unit,
+            unit: $unit,
+            divisor: $divisor,
+            better: $better,
+            yardsticks: $yardsticks,
+        }
+    };
+}
+
+/// The rows, in the order of their table.
+pub const SPECS: &[Spec] = &[
+    spec!(
+        "net-mq-1cpu-rps",
+        "q35 tap, 1 vCPU (1 queue pair): requests/s, wrk 30 keep-alive connections",
+        LineUnit::PerSecond,
+        "k req/s",
+        1e3,
+        Better::Higher,
+        NGINX
+    ),
+    spec!("net-mq-1cpu-p50", "q35 tap, 1 vCPU: latency p50", LineUnit::Microseconds, "ms", 1e3, Better::Lower, NGINX),
+    spec!("net-mq-1cpu-p99", "q35 tap, 1 vCPU: latency p99", LineUnit::Microseconds, "ms", 1e3, Better::Lower, NGINX),
+    spec!(
+        "net-mq-2cpu-rps",
+        "q35 multi-queue tap, 2 vCPUs (2 queue pairs): requests/s, wrk 30 keep-alive connections",
+        LineUnit::PerSecond,
+        "k req/s",
+        1e3,
+        Better::Higher,
+        NGINX
+    ),
+    spec!("net-mq-2cpu-p50", "q35 tap, 2 vCPUs: latency p50", LineUnit::Microseconds, "ms", 1e3, Better::Lower, NGINX),
+    spec!("net-mq-2cpu-p99", "q35 tap, 2 vCPUs: latency p99", LineUnit::Microseconds, "ms", 1e3, Better::Lower, NGINX),
+    spec!(
+        "net-mq-scaling",
+        "q35 tap: requests/s with 2 vCPUs / with 1 vCPU (same run)",
+        LineUnit::PerSecond,
+        "x",
+        1.0,
+        Better::Higher,
+        NGINX
+    ),
+    spec!(
+        "net-conn-1",
+        "q35 tap, 2 vCPUs: requests/s with 1 connection",
+        LineUnit::PerSecond,
+        "k req/s",
+        1e3,
+        Better::Higher,
+        NGINX
+    ),
+    spec!(
+        "net-conn-4",
+        "q35 tap, 2 vCPUs: requests/s with 4 connections",
+        LineUnit::PerSecond,
+        "k req/s",
+        1e3,
+        Better::Higher,
+        NGINX
+    ),
+    spec!(
+        "net-conn-16",
+        "q35 tap, 2 vCPUs: requests/s with 16 connections",
+        LineUnit::PerSecond,
+        "k req/s",
+        1e3,
+        Better::Higher,
+        NGINX
+    ),
+    spec!(
+        "net-conn-64",
+        "q35 tap, 2 vCPUs: requests/s with 64 connections",
+        LineUnit::PerSecond,
+        "k req/s",
+        1e3,
+        Better::Higher,
+        NGINX
+    ),
+    spec!(
+        "net-conn-256",
+        "q35 tap, 2 vCPUs: requests/s with 256 connections",
+        LineUnit::PerSecond,
+        "k req/s",
+        1e3,
+        Better::Higher,
+        NGINX
+    ),
+    spec!(
+        "net-echo",
+        "TCP echo over a tap (microvm, 2 vCPUs), one connection: MB/s echoed",
+        LineUnit::PerSecond,
+        "MB/s",
+        1e6,
+        Better::Higher,
+        ECHO
+    ),
+];
+
+/// The key of the connections curve's point with `connections`.
+fn curve_key(connections: u32) -> String {
+    format!("net-conn-{connections}")
+}
+
+/// Every row's key (for `--only`).
+pub fn keys() -> Vec<&'static str> {
+    SPECS.iter().map(|spec| spec.key).collect()
+}
+
+/// A reading of one side: Toro's carry no yardstick, Linux's its one.
+fn reading(key: &str, value: f64, unit: LineUnit, source: Source) -> Reading {
+    let variant = match source {
+        Source::Toro => None,
+        Source::Linux => {
+            let spec = SPECS.iter().find(|spec| spec.key == key).expect("a known row");
+            Some(spec.yardsticks[0].variant.to_string())
+        }
+    };
+    Reading { name: key.to_string(), variant, value, unit }
+}
+
+/// The readings of one wrk report under `prefix` (`net-mq-1cpu`).
+fn wrk_readings(prefix: &str, report: &crate::wrk::Report, source: Source) -> Vec<Reading> {
+    let mut readings = vec![reading(&format!("{prefix}-rps"), report.requests_per_second, LineUnit::PerSecond, source)];
+    for (name, value) in [("p50", report.p50), ("p99", report.p99)] {
+        if let Some(value) = value {
+            let micros = value.as_secs_f64() * 1e6;
+            readings.push(reading(&format!("{prefix}-{name}"), micros, LineUnit::Microseconds, source));
+        }
+    }
+    readings
+}
+
+/// `ratio` = the 2-vCPU requests/s over the 1-vCPU one, when both are in.
+fn scaling(readings: &[Reading], source: Source) -> Option<Reading> {
+    let rate = |key: &str| readings.iter().find(|r| r.name == key).map(|r| r.value).filter(|v| *v > 0.0);
+    let ratio = rate("net-mq-2cpu-rps")? / rate("net-mq-1cpu-rps")?;
+    Some(reading("net-mq-scaling", ratio, LineUnit::PerSecond, source))
+}
+
+impl Bench {
+    /// The network rows (`SPECS`), `runs` times on each side; `wanted`
+    /// says which rows to measure (a boot is skipped when none of its
+    /// rows is wanted).
+    pub(super) fn network(&mut self, runs: usize, quick: bool, wanted: &dyn Fn(&str) -> bool) -> Vec<Workload> {
+        let missing = if !crate::setup::have_wrk() {
+            Some("n/a — wrk not installed".to_string())
+        } else {
+            crate::netns::unavailable().map(|reason| format!("n/a — {reason}"))
+        };
+        let curve: &[u32] = if quick { QUICK_CURVE } else { CURVE };
+        let measured_keys: Vec<String> = SPECS
+            .iter()
+            .map(|spec| spec.key.to_string())
+            .filter(|key| !key.starts_with("net-conn-") || curve.iter().any(|&c| curve_key(c) == *key))
+            .filter(|key| wanted(key))
+            .collect();
+        let (mut toro, mut linux) = (Vec::new(), Vec::new());
+        if missing.is_none() && !measured_keys.is_empty() {
+            for run in 1..=runs {
+                for source in [Source::Toro, Source::Linux] {
+                    let started = Instant::now();
+                    let readings =
+                        self.network_side(quick, curve, source, &|key| measured_keys.iter().any(|k| k == key));
+                    let name = if source == Source::Toro { "Toro" } else { "Linux guest" };
+                    let mut progress =
+                        format!("bench: network {run}/{runs}: {name} ({:.1} s):", started.elapsed().as_secs_f64());
+                    for reading in &readings {
+                        let _ = write!(progress, " {} {}", reading.name, report::number(reading.value));
+                    }
+                    eprintln!("{progress}");
+                    match source {
+                        Source::Toro => toro.push(readings),
+                        Source::Linux => linux.push(readings),
+                    }
+                }
+            }
+        }
+        let mut rows = workloads::collect_specs(SPECS, &toro, &linux, &[], "not run (the guests' only)", wanted);
+        rows.retain(|row| measured_keys.iter().any(|key| key == row.spec.key));
+        if let Some(reason) = missing {
+            for row in &mut rows {
+                row.toro = Side::Missing(reason.clone());
+                for (_, side) in &mut row.linux {
+                    *side = Side::Missing(reason.clone());
+                }
+            }
+        }
+        rows
+    }
+
+    /// One side's boots: q35 with 1 and 2 vCPUs (the curve on the second),
+    /// then the echo boot; what each measured.
+    fn network_side(
+        &mut self,
+        quick: bool,
+        curve: &[u32],
+        source: Source,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Vec<Reading> {
+        let name = if source == Source::Toro { "Toro" } else { "Linux" };
+        let window = if quick { QUICK_WINDOW } else { WINDOW };
+        let curve_window = if quick { QUICK_WINDOW } else { CURVE_WINDOW };
+        let mut readings = Vec::new();
+        for cpus in [1u32, 2] {
+            let prefix = format!("net-mq-{cpus}cpu");
+            let row_wanted =
+                ["rps", "p50", "p99"].iter().any(|n| wanted(&format!("{prefix}-{n}"))) || wanted("net-mq-scaling");
+            let points: Vec<u32> =
+                if cpus == 2 { curve.iter().copied().filter(|&c| wanted(&curve_key(c))).collect() } else { Vec::new() };
+            if !row_wanted && points.is_empty() {
+                continue;
+            }
+            let mut loads = Vec::new();
+            if row_wanted {
+                loads.push((2, CONNECTIONS, window));
+            }
+            loads.extend(points.iter().map(|&c| (c.min(2), c, curve_window)));
+            let config = self.tap_config(source, Machine::Q35, cpus);
+            match serve_on_tap_loads(&config, READY_TIMEOUT, cpus, &loads) {
+                Err(error) => {
+                    self.fail(format!("{name} HTTP on a q35 tap with {cpus} vCPU(s): {error:#}"));
+                }
+                Ok(reports) => {
+                    let mut reports = reports.into_iter();
+                    if row_wanted {
+                        match reports.next() {
+                            Some(Ok(report)) if report.requests > 0 && report.socket_errors + report.non_2xx == 0 => {
+                                readings.extend(wrk_readings(&prefix, &report, source));
+                            }
+                            Some(Ok(report)) => {
+                                self.fail(format!("{name} q35 tap {cpus} vCPU(s): errors under wrk: {report:?}"));
+                            }
+                            Some(Err(error)) => {
+                                self.fail(format!("{name} q35 tap {cpus} vCPU(s): {error:#}"));
+                            }
+                            None => {}
+                        }
+                    }
+                    for (&connections, report) in points.iter().zip(reports) {
+                        match report {
+                            // Errors at many connections (timeouts, resets) are
+                            // part of what the curve shows: counted, not failed.
+                            Ok(report) if report.requests > 0 => {
+                                if report.socket_errors + report.non_2xx > 0 {
+                                    eprintln!(
+                                        "bench: {name} with {connections} connections: {} socket errors, {} non-2xx",
+                                        report.socket_errors, report.non_2xx
+                                    );
+                                }
+                                let key = curve_key(connections);
+                                readings.push(reading(&key, report.requests_per_second, LineUnit::PerSecond, source));
+                            }
+                            Ok(report) => {
+                                self.fail(format!("{name} with {connections} connections: no answer: {report:?}"));
+                            }
+                            Err(error) => {
+                                self.fail(format!("{name} with {connections} connections: {error:#}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if wanted("net-mq-scaling") {
+            readings.extend(scaling(&readings, source));
+        }
+        if wanted("net-echo") {
+            let bytes = if quick { QUICK_ECHO_BYTES } else { ECHO_BYTES };
+            match self.echo_side(source, bytes) {
+                Ok(rate) => readings.push(reading("net-echo", rate, LineUnit::PerSecond, source)),
+                Err(error) => {
+                    self.fail(format!("{name} TCP echo over a tap: {error:#}"));
+                }
+            }
+        }
+        readings
+    }
+
+    /// A guest on the tap network: Toro's web server (or echo when
+    /// `echo`) or the Linux guest in serve mode, on `machine` with `cpus`.
+    fn tap_config(&self, source: Source, machine: Machine, cpus: u32) -> VmConfig {
+        let mut config = match source {
+            Source::Toro => {
+                let mut config = VmConfig::new(self.webserver.clone(), self.accel);
+                config.command_line = crate::netns::guest_arguments().into();
+                config
+            }
+            Source::Linux => {
+                let mut config = self.linux.vm_config(self.accel, Mode::Serve);
+                config.command_line.push(linux_tap_arguments());
+                config
+            }
+        };
+        config.machine = machine;
+        config.cpus = cpus;
+        config.network = None;
+        config
+    }
+
+    /// One boot of an echo server on a single-queue tap (microvm, the
+    /// launcher's 2 vCPUs); bytes per second echoed over one connection.
+    fn echo_side(&mut self, source: Source, bytes: usize) -> Result<f64> {
+        let (mut config, ready): (VmConfig, &dyn Fn(&str) -> bool) = match source {
+            Source::Toro => {
+                let mut config = VmConfig::new(self.echo.clone(), self.accel);
+                config.command_line = crate::netns::guest_arguments().into();
+                (config, &|line: &str| line.starts_with("echo: tcp and udp port 7"))
+            }
+            Source::Linux => {
+                let mut config = self.linux.vm_config(self.accel, Mode::Echo);
+                config.command_line.push(linux_tap_arguments());
+                (config, &|line: &str| line.contains(ECHO_MARKER))
+            }
+        };
+        config.network = None;
+        let namespace = crate::netns::Namespace::create("bench")?;
+        namespace.add_tap("tap0", 1, true)?;
+        config.namespace = Some(namespace.name().into());
+        let devices = vmm::Devices { taps: vec![vmm::Tap::new("tap0")] };
+        let mut running = RunningVm::spawn(&vmm::qemu_config(&config, &devices))?;
+        if running.wait_for_line(ready, running.start + READY_TIMEOUT).is_none() {
+            let (output, errors) = running.stop();
+            bail!("the echo server did not start\n{}{}", super::tail(&output), errors.trim_end());
+        }
+        let address: SocketAddr = format!("{}:7", crate::netns::GUEST_ADDRESS).parse()?;
+        let result = echo_throughput(namespace.name(), address, bytes);
+        let (output, errors) = running.stop();
+        if result.is_err() {
+            eprintln!("bench: the echo guest printed:\n{}{}", super::tail(&output), errors.trim_end());
+        }
+        result
+    }
+}
+
+/// What the Linux guest's `/init` reads to take the tap network's address.
+fn linux_tap_arguments() -> String {
+    format!(" toro_ip={}/{} toro_gw={}", crate::netns::GUEST_ADDRESS, crate::netns::PREFIX, crate::netns::HOST_ADDRESS)
+}
+
+/// The byte at `offset` of the echoed stream: not a multiple of any
+/// power of two, so a dropped or repeated segment shows.
+fn pattern(offset: usize) -> u8 {
+    (offset % 251) as u8
+}
+
+/// Sends `bytes` to `address` over one connection made inside network
+/// namespace `namespace` and reads them back while sending, checking each
+/// byte; bytes per second from the first write to the last byte back.
+pub fn echo_throughput(namespace: &str, address: SocketAddr, bytes: usize) -> Result<f64> {
+    let path = format!("/var/run/netns/{namespace}");
+    // setns applies to the calling thread only: a thread of its own makes
+    // the socket inside the namespace, and the socket stays there.
+    let handle = std::thread::spawn(move || -> Result<f64> {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on a valid namespace file descriptor changes only
+        // this thread's network namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns into {path}: {}", std::io::Error::last_os_error());
+        }
+        echo_over(address, bytes)
+    });
+    handle.join().map_err(|_| anyhow::anyhow!("the echo client panicked"))?
+}
+
+/// [`echo_throughput`] in the current namespace.
+fn echo_over(address: SocketAddr, bytes: usize) -> Result<f64> {
+    let mut stream = connect_with_retries(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = stream.try_clone()?;
+    let started = Instant::now();
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        const CHUNK: usize = 64 * 1024;
+        let mut chunk = vec![0u8; CHUNK];
+        let mut sent = 0;
+        while sent < bytes {
+            let count = CHUNK.min(bytes - sent);
+            for (index, byte) in chunk[..count].iter_mut().enumerate() {
+                *byte = pattern(sent + index);
+            }
+            writer.write_all(&chunk[..count])?;
+            sent += count;
+        }
+        writer.shutdown(Shutdown::Write)
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    let read = (|| -> Result<()> {
+        while received < bytes {
+            let count = match stream.read(&mut buffer) {
+                Ok(0) => bail!("the server closed after {received} of {bytes} bytes"),
+                Ok(count) => count,
+                Err(error) => bail!("reading after {received} of {bytes} bytes: {error}"),
+            };
+            if let Some(bad) = (0..count).find(|&index| buffer[index] != pattern(received + index)) {
+                bail!("byte {} came back as {} (sent {})", received + bad, buffer[bad], pattern(received + bad));
+            }
+            received += count;
+        }
+        Ok(())
+    })();
+    let elapsed = started.elapsed().as_secs_f64();
+    if read.is_err() {
+        // The sender may be blocked on a full window: end it.
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    let sent = sender.join().map_err(|_| anyhow::anyhow!("the sender panicked"))?;
+    read?;
+    sent.context("sending")?;
+    Ok(bytes as f64 / elapsed)
+}
+
+/// A connection to `address`, tried for a few seconds (a guest's stack may
+/// print its line a moment before its first segment gets through).
+fn connect_with_retries(address: SocketAddr) -> Result<TcpStream> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
+            Ok(stream) => return Ok(stream),
+            Err(error) if Instant::now() > deadline => bail!("connecting to {address}: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Boots `config` with a card on a tap with `queues` queues inside a fresh
+/// network namespace (the guest at `netns::GUEST_ADDRESS`), waits up to
+/// `timeout` for a 200 from inside the namespace, then runs wrk there with
+/// each of `loads` (threads, connections, duration) in turn: each one's
+/// report. Multi-queue (`queues` above 1) needs q35.
+pub(super) fn serve_on_tap_loads(
+    config: &VmConfig,
+    timeout: Duration,
+    queues: u32,
+    loads: &[(u32, u32, Duration)],
+) -> Result<Vec<Result<crate::wrk::Report>>> {
+    let namespace = crate::netns::Namespace::create("bench")?;
+    namespace.add_tap("tap0", queues, true)?;
+    let mut config = config.clone();
+    config.namespace = Some(namespace.name().into());
+    let devices = vmm::Devices { taps: vec![vmm::Tap { queues, ..vmm::Tap::new("tap0") }] };
+    let running = RunningVm::spawn(&vmm::qemu_config(&config, &devices))?;
+    let url = format!("http://{}/", crate::netns::GUEST_ADDRESS);
+    let deadline = running.start + timeout;
+    let answered = loop {
+        let status =
+            namespace.command("curl").args(["-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}", &url]).output();
+        if status.is_ok_and(|o| o.stdout == b"200") {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let reports = if answered {
+        let reports: Vec<_> = loads
+            .iter()
+            .map(|&(threads, connections, window)| {
+                crate::wrk::run(namespace.command("wrk"), &url, threads, connections, window)
+            })
+            .collect();
+        Ok(reports)
+    } else {
+        Err(anyhow::anyhow!("no HTTP 200 over the tap within {} s", timeout.as_secs()))
+    };
+    let (output, errors) = running.stop();
+    if reports.as_ref().map_or(true, |reports| reports.iter().any(|r| r.is_err())) {
+        eprintln!("bench: over the tap the guest printed:\n{}{}", super::tail(&output), errors.trim_end());
+    }
+    reports
+}
+
+/// Requests/s against connections, Toro beside Linux: one line each
+/// through the medians, on a logarithmic axis of connections.
+pub fn curve_svg(rows: &[Workload]) -> Option<String> {
+    let points: Vec<(u32, &Workload)> = CURVE
+        .iter()
+        .filter_map(|&c| rows.iter().find(|row| row.spec.key == curve_key(c)).map(|row| (c, row)))
+        .collect();
+    if points.len() < 2 {
+        return None;
+    }
+    let median = |side: &Side| side.summary().map(|s| s.median);
+    let toro: Vec<Option<f64>> = points.iter().map(|(_, row)| median(&row.toro)).collect();
+    let linux: Vec<Option<f64>> = points.iter().map(|(_, row)| median(&row.linux[0].1)).collect();
+    let series = [("Toro", report::TORO_COLOUR, toro), ("Linux guest (nginx)", report::LINUX_COLOUR, linux)];
+    let labels: Vec<String> = points.iter().map(|(c, _)| c.to_string()).collect();
+    Some(report::line_chart(
+        "HTTP over a q35 tap, 2 vCPUs: requests/s against connections",
+        "k req/s (median of the runs), higher is better; wrk keep-alive, 612-byte page",
+        "connections (wrk, keep-alive)",
+        "k req/s",
+        &labels,
+        &series,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_known_and_readings_fit_them() {
+        for &c in CURVE.iter().chain(QUICK_CURVE) {
+            assert!(SPECS.iter().any(|spec| spec.key == curve_key(c)), "{c}");
+        }
+        let report = crate::wrk::Report {
+            requests: 100,
+            requests_per_second: 2000.0,
+            p50: Some(Duration::from_micros(500)),
+            p99: Some(Duration::from_millis(4)),
+            ..Default::default()
+        };
+        let mut toro = wrk_readings("net-mq-1cpu", &report, Source::Toro);
+        let faster = crate::wrk::Report { requests_per_second: 3000.0, ..report.clone() };
+        toro.extend(wrk_readings("net-mq-2cpu", &faster, Source::Toro));
+        let ratio = scaling(&toro, Source::Toro).unwrap();
+        assert_eq!((ratio.name.as_str(), ratio.value), ("net-mq-scaling", 1.5));
+        assert_eq!(toro.iter().find(|r| r.name == "net-mq-1cpu-p99").unwrap().value, 4000.0);
+        let linux = wrk_readings("net-mq-1cpu", &report, Source::Linux);
+        assert!(linux.iter().all(|r| r.variant.as_deref() == Some("nginx")));
+        // The table: 2 k req/s, 0.5 ms, 4 ms.
+        let rows = workloads::collect_specs(SPECS, &[toro], &[linux], &[], "n/a", &|_| true);
+        let rps = rows.iter().find(|row| row.spec.key == "net-mq-1cpu-rps").unwrap();
+        assert_eq!(rps.toro.summary().unwrap().median, 2.0);
+        assert_eq!(rps.advantage(&rps.linux[0].1), Some(1.0));
+        // No scaling without both boots.
+        assert!(scaling(&wrk_readings("net-mq-1cpu", &report, Source::Toro), Source::Toro).is_none());
+    }
+
+    #[test]
+    fn echo_checks_every_byte_against_a_local_server() {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for corrupt in [false, true] {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut buffer = vec![0u8; 16384];
+                let mut offset = 0usize;
+                loop {
+                    let count = stream.read(&mut buffer).unwrap();
+                    if count == 0 {
+                        break;
+                    }
+                    // The planted fault: one byte changed at 100000.
+                    if corrupt && offset <= 100_000 && 100_000 < offset + count {
+                        buffer[100_000 - offset] ^= 1;
+                    }
+                    offset += count;
+                    if stream.write_all(&buffer[..count]).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let rate = echo_over(address, 1 << 20).unwrap();
+        assert!(rate > 0.0);
+        let error = echo_over(address, 1 << 20).unwrap_err().to_string();
+        assert!(error.contains("byte 100000"), "{error}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn curve_plots_both_sides() {
+        let mut toro = Vec::new();
+        let mut linux = Vec::new();
+        for (index, &c) in CURVE.iter().enumerate() {
+            let value = 1000.0 * (index + 1) as f64;
+            toro.push(reading(&curve_key(c), value, LineUnit::PerSecond, Source::Toro));
+            linux.push(reading(&curve_key(c), value / 2.0, LineUnit::PerSecond, Source::Linux));
+        }
+        let rows = workloads::collect_specs(SPECS, &[toro], &[linux], &[], "n/a", &|_| true);
+        let svg = curve_svg(&rows).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("256") && svg.contains("Linux guest"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(curve_svg(&rows[..1]).is_none());
+    }
+}
