@@ -1237,5 +1237,5 @@ mod tests {
 /// from inside the namespace, then runs wrk there with `load` (threads,
 /// connections, duration).
 fn serve_on_tap(config: &VmConfig, timeout: Duration, load: (u32, u32, Duration)) -> Result<crate::wrk::Report> {
-    net::serve_on_tap_loads(config, timeout, 1, &[load])?.pop().context("wrk ran once")?
+    net::serve_on_tap_loads(config, timeout, 1, &[load], &mut |_| {})?.pop().context("wrk ran once")?
 }

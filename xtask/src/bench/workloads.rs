@@ -524,7 +524,7 @@ pub fn markdown(workloads: &[Workload], runs: usize, linux_command_line: &str, p
             out,
             "Toro's `examples/webserver` against nginx in the Linux guest, each on a tap inside a network namespace \
              of its own, wrk inside the namespace; QEMU q35 with one queue pair per vCPU; the echo row: \
-             `examples/echo` against `toro-bench-echo` of `bench/linux` on microvm. Median of {runs} runs per side.\n"
+             `examples/echo` against `toro-bench-echo` of `bench/linux` (beside nginx) on the 2-vCPU boot. Median of {runs} runs per side.\n"
         );
         out.push_str(&report::markdown_grid(&HEADERS, &rows(&network), &["---", "--:", "--:", "---", "--:"]));
         out.push('\n');
