@@ -510,20 +510,7 @@ impl<D: BlockDevice> Ext2<D> {
 
     /// The physical block of logical block `lblock`, or `None` for a hole.
     fn map(&mut self, inode: &Inode, lblock: u64) -> Result<Option<u32>> {
-        let path = self.block_path(lblock)?;
-        let mut block = inode.block[path.slot];
-        for &index in &path.indexes[..path.depth] {
-            if block == 0 {
-                return Ok(None);
-            }
-            self.check_pointer(block)?;
-            block = u32_at(self.cache.read(u64::from(block))?, index * 4);
-        }
-        if block == 0 {
-            return Ok(None);
-        }
-        self.check_pointer(block)?;
-        Ok(Some(block))
+        Ok(self.map_run(inode, lblock, 1)?.map(|(block, _)| block))
     }
 
     /// The run of file data at `lblock`: its first physical block and how
