@@ -65,7 +65,20 @@ pub fn virtiofsd() -> Option<std::path::PathBuf> {
         candidates.push(std::path::Path::new(&home).join(".cargo/bin/virtiofsd"));
     }
     candidates.extend(["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"].map(std::path::PathBuf::from));
-    candidates.into_iter().find(|path| path.is_file())
+    first_rust_virtiofsd(candidates)
+}
+
+/// The first of `candidates` that is the Rust virtiofsd (the one
+/// `share::start` speaks to: `--shared-dir`, `--sandbox`). Debian 12's
+/// `qemu-system-common` ships QEMU 7.2's C virtiofsd as
+/// `/usr/lib/qemu/virtiofsd`, which takes `-o source=` instead and refuses
+/// our arguments; it must not count as installed.
+fn first_rust_virtiofsd(candidates: Vec<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    candidates.into_iter().filter(|path| path.is_file()).find(|path| {
+        Command::new(path).arg("--help").stdin(std::process::Stdio::null()).output().is_ok_and(|out| {
+            [out.stdout, out.stderr].iter().any(|text| String::from_utf8_lossy(text).contains("--shared-dir"))
+        })
+    })
 }
 
 /// Builds virtiofsd with `cargo install` (a few minutes, once: it lands
@@ -146,4 +159,38 @@ pub fn ensure() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &std::path::Path, name: &str, help: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\ncat <<'END'\n{help}\nEND\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_c_virtiofsd_of_qemu_7_does_not_count() {
+        let dir = std::env::temp_dir().join(format!("toro-virtiofsd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // What QEMU 7.2's C virtiofsd prints (Debian 12's qemu-system-common).
+        let c = script(
+            &dir,
+            "c",
+            "usage: virtiofsd [options]\n    -o source=PATH   shared directory tree\n    --socket-path=PATH",
+        );
+        // What the Rust virtiofsd prints.
+        let rust = script(
+            &dir,
+            "rust",
+            "Usage: virtiofsd [OPTIONS]\n      --shared-dir <shared-dir>\n      --sandbox <sandbox>",
+        );
+        assert_eq!(first_rust_virtiofsd(vec![c.clone()]), None);
+        assert_eq!(first_rust_virtiofsd(vec![dir.join("missing"), c.clone(), rust.clone()]), Some(rust.clone()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1062,6 +1062,111 @@ fn cargo_test(mut command: Command) -> Result<(usize, usize)> {
     Ok((passed, failed))
 }
 
+/// Runs one test of the table and prints its line: `Some(passed)`, or
+/// `None` when it is skipped (its VMM or virtiofsd is missing).
+fn run_listed(test: &VmTest, image: std::path::PathBuf, accel: crate::accel::Accel) -> Result<Option<bool>> {
+    let symbols = Symbols::load(&image)?;
+    let mut config = VmConfig::new(image, accel);
+    config.cpus = test.cpus;
+    config.memory_mib = test.memory_mib;
+    config.command_line = test.command_line.into();
+    config.machine = test.machine;
+    config.numa_nodes = test.numa_nodes;
+    config.devices = test.devices.iter().map(|d| d.to_string()).collect();
+    config.extra_arguments = test.qemu_arguments.iter().map(|argument| argument.to_string()).collect();
+    if let Err(missing) = vmm::locate(test.vmm) {
+        println!("vm test {} ... skipped: {missing:#}", test.name);
+        return Ok(None);
+    }
+    let disk = match test.disk {
+        Some(disk) => {
+            let folder = build::workspace_root().join("target").join("vm-disks").join(test.name);
+            Some((disk.prepare)(&folder).with_context(|| format!("{}: making its disk", test.name))?)
+        }
+        None => None,
+    };
+    config.disks.extend(disk.clone());
+    let mut share = None;
+    if let Some(test_share) = test.share {
+        if crate::setup::virtiofsd().is_none() {
+            println!("vm test {} ... skipped: virtiofsd is not installed (`cargo xtask setup` as root)", test.name);
+            return Ok(None);
+        }
+        let dir = build::workspace_root().join("target").join("vm-shares").join(test.name);
+        let folder = (test_share.prepare)(&dir).with_context(|| format!("{}: making its folder", test.name))?;
+        let daemon = crate::share::start(&folder, &dir, &crate::share::tag(0))?;
+        config.shares.push(daemon.share.clone());
+        share = Some((folder, daemon));
+    }
+    let timeout = Some(Duration::from_secs(60));
+    let result = match test.kill_at {
+        Some(marker) => qemu::run_killed_at(&config, timeout, &|l| symbols.annotate(l), marker),
+        None => vmm::run(test.vmm, &config, &vmm::Devices::default(), timeout, false, &|l| symbols.annotate(l)),
+    };
+    // virtiofsd ends with the VM; its log is kept for a failure's report.
+    let share = share.map(|(folder, daemon)| (folder, daemon.log()));
+    let result = result?;
+    let mut problems = Vec::new();
+    if let Some(marker) = test.kill_at {
+        if !result.lingered {
+            problems.push(format!("never killed: no {marker:?} line, {}", result.outcome));
+        }
+    } else if result.lingered {
+        problems.push(format!("{} went on after the exit status line (rebooted?)", test.vmm));
+    }
+    if test.kill_at.is_none() && result.outcome != Outcome::Exited(test.status) {
+        problems.push(format!("expected exit status {}, got: {}", test.status, result.outcome));
+    }
+    for expected in test.expect {
+        if !result.output.contains(expected) {
+            problems.push(format!("output lacks {expected:?}"));
+        }
+    }
+    if let (Some(check), Some(disk), true) = (test.disk, &disk, problems.is_empty()) {
+        problems.extend((check.check)(&disk.image, test.cpus)?);
+    }
+    if let (Some(check), Some((folder, log)), true) = (test.share, &share, problems.is_empty()) {
+        problems.extend((check.check)(folder, test.cpus)?);
+        if !problems.is_empty() && !log.trim().is_empty() {
+            problems.push(format!("virtiofsd said: {}", log.trim()));
+        }
+    }
+    if problems.is_empty() {
+        println!("vm test {} ... ok ({:.2} s)", test.name, result.wall.as_secs_f64());
+    } else {
+        println!("vm test {} ... FAILED", test.name);
+        for problem in &problems {
+            println!("    {problem}");
+        }
+        println!("    --- output ---");
+        for line in result.output.lines() {
+            println!("    {line}");
+        }
+    }
+    Ok(Some(problems.is_empty()))
+}
+
+/// Counts one host-driven test and prints its line. A test that could not
+/// even run (its setup failed: a tool refused its arguments, a folder could
+/// not be made) is a failed test with the reason, never the end of the
+/// whole suite.
+fn record(passed: &mut usize, failed: &mut usize, name: &str, result: Result<(bool, String)>) {
+    match result {
+        Ok((true, summary)) => {
+            *passed += 1;
+            println!("vm test {name} ... {summary}");
+        }
+        Ok((false, summary)) => {
+            *failed += 1;
+            println!("vm test {name} ... {summary}");
+        }
+        Err(error) => {
+            *failed += 1;
+            println!("vm test {name} ... FAILED: could not run: {error:#}");
+        }
+    }
+}
+
 pub fn test(arguments: &[String]) -> Result<ExitCode> {
     let usage = "usage: cargo xtask test [--filter WORD] [--vmm qemu|firecracker|cloud-hypervisor]";
     let (mut filter, mut only_vmm) = (None, None);
@@ -1111,22 +1216,10 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     passed += lock_passed;
     failed += lock_failed;
     if qemu_checks && filter.as_ref().is_none_or(|f| "lock-check-mutations".contains(f.as_str())) {
-        let (ok, summary) = lock_check_mutations()?;
-        println!("vm test lock-check-mutations ... {summary}");
-        if ok {
-            passed += 1
-        } else {
-            failed += 1
-        }
+        record(&mut passed, &mut failed, "lock-check-mutations", lock_check_mutations());
     }
     if let Some(index) = specs.iter().position(|s| s.binary == RANDOM_IMAGE) {
-        let (ok, summary) = two_boots_test(&images[index], accel)?;
-        println!("vm test random-two-boots ... {summary}");
-        if ok {
-            passed += 1
-        } else {
-            failed += 1
-        }
+        record(&mut passed, &mut failed, "random-two-boots", two_boots_test(&images[index], accel));
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
         for (machine, name) in [(Machine::Microvm, "webserver-curl-microvm-2"), (Machine::Q35, "webserver-curl-q35-2")]
@@ -1134,13 +1227,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
                 continue;
             }
-            let (ok, summary) = webserver_curl_test(&images[index], accel, machine)?;
-            println!("vm test {name} ... {summary}");
-            if ok {
-                passed += 1
-            } else {
-                failed += 1
-            }
+            record(&mut passed, &mut failed, name, webserver_curl_test(&images[index], accel, machine));
         }
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
@@ -1152,26 +1239,19 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
                 println!("vm test {name} ... skipped: {reason}");
                 continue;
             }
-            let (ok, summary) = crate::nettest::run(tap_test, &images[index], accel)?;
-            println!("vm test {name} ... {summary}");
-            if ok {
-                passed += 1
-            } else {
-                failed += 1
-            }
+            record(&mut passed, &mut failed, &name, crate::nettest::run(tap_test, &images[index], accel));
         }
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "echo") {
         match crate::netns::unavailable() {
             Some(reason) => println!("vm test udp-mq-q35-2 ... skipped: {reason}"),
             None => {
-                let (ok, summary) = crate::nettest::udp_multiqueue_test(&images[index], accel)?;
-                println!("vm test udp-mq-q35-2 ... {summary}");
-                if ok {
-                    passed += 1
-                } else {
-                    failed += 1
-                }
+                record(
+                    &mut passed,
+                    &mut failed,
+                    "udp-mq-q35-2",
+                    crate::nettest::udp_multiqueue_test(&images[index], accel),
+                );
             }
         }
     }
@@ -1184,128 +1264,42 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
                 Some(index) => images[index].clone(),
                 None => build::build(&[build::example("webserver")], false)?.remove(0),
             };
-            let (ok, summary) = crate::storms::run(&image, accel)?;
-            println!("vm test {name} ... {summary}");
-            if ok {
-                passed += 1
-            } else {
-                failed += 1
-            }
+            record(&mut passed, &mut failed, name, crate::storms::run(&image, accel));
         }
     }
     let files_named = filter.as_ref().is_none_or(|f| {
         ["webserver-files-microvm-2", "webserver-files-share-microvm-2"].iter().any(|name| name.contains(f.as_str()))
     });
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver").filter(|_| files_named) {
-        let (ok, summary) = crate::disktest::webserver_files_test(&images[index], accel, false)?;
-        println!("vm test webserver-files-microvm-2 ... {summary}");
-        if ok {
-            passed += 1
-        } else {
-            failed += 1
-        }
+        record(
+            &mut passed,
+            &mut failed,
+            "webserver-files-microvm-2",
+            crate::disktest::webserver_files_test(&images[index], accel, false),
+        );
         if crate::setup::virtiofsd().is_none() {
             println!("vm test webserver-files-share-microvm-2 ... skipped: virtiofsd is not installed");
         } else {
-            let (ok, summary) = crate::disktest::webserver_files_test(&images[index], accel, true)?;
-            println!("vm test webserver-files-share-microvm-2 ... {summary}");
-            if ok {
-                passed += 1
-            } else {
-                failed += 1
-            }
+            record(
+                &mut passed,
+                &mut failed,
+                "webserver-files-share-microvm-2",
+                crate::disktest::webserver_files_test(&images[index], accel, true),
+            );
         }
     }
     if qemu_checks && filter.as_ref().is_none_or(|f| "floor".contains(f.as_str())) {
-        let (ok, summary) = floor_test(accel)?;
-        println!("vm test floor ... {summary}");
-        if ok {
-            passed += 1
-        } else {
-            failed += 1
-        }
+        record(&mut passed, &mut failed, "floor", floor_test(accel));
     }
     for test in &tests {
         let index = specs.iter().position(|s| s.binary == test.binary).expect("built above");
-        let image = images[index].clone();
-        let symbols = Symbols::load(&image)?;
-        let mut config = VmConfig::new(image, accel);
-        config.cpus = test.cpus;
-        config.memory_mib = test.memory_mib;
-        config.command_line = test.command_line.into();
-        config.machine = test.machine;
-        config.numa_nodes = test.numa_nodes;
-        config.devices = test.devices.iter().map(|d| d.to_string()).collect();
-        config.extra_arguments = test.qemu_arguments.iter().map(|argument| argument.to_string()).collect();
-        if let Err(missing) = vmm::locate(test.vmm) {
-            println!("vm test {} ... skipped: {missing:#}", test.name);
-            continue;
-        }
-        let disk = match test.disk {
-            Some(disk) => {
-                let folder = build::workspace_root().join("target").join("vm-disks").join(test.name);
-                Some((disk.prepare)(&folder).with_context(|| format!("{}: making its disk", test.name))?)
-            }
-            None => None,
-        };
-        config.disks.extend(disk.clone());
-        let mut share = None;
-        if let Some(test_share) = test.share {
-            if crate::setup::virtiofsd().is_none() {
-                println!("vm test {} ... skipped: virtiofsd is not installed (`cargo xtask setup` as root)", test.name);
-                continue;
-            }
-            let dir = build::workspace_root().join("target").join("vm-shares").join(test.name);
-            let folder = (test_share.prepare)(&dir).with_context(|| format!("{}: making its folder", test.name))?;
-            let daemon = crate::share::start(&folder, &dir, &crate::share::tag(0))?;
-            config.shares.push(daemon.share.clone());
-            share = Some((folder, daemon));
-        }
-        let timeout = Some(Duration::from_secs(60));
-        let result = match test.kill_at {
-            Some(marker) => qemu::run_killed_at(&config, timeout, &|l| symbols.annotate(l), marker),
-            None => vmm::run(test.vmm, &config, &vmm::Devices::default(), timeout, false, &|l| symbols.annotate(l)),
-        };
-        // virtiofsd ends with the VM; its log is kept for a failure's report.
-        let share = share.map(|(folder, daemon)| (folder, daemon.log()));
-        let result = result?;
-        let mut problems = Vec::new();
-        if let Some(marker) = test.kill_at {
-            if !result.lingered {
-                problems.push(format!("never killed: no {marker:?} line, {}", result.outcome));
-            }
-        } else if result.lingered {
-            problems.push(format!("{} went on after the exit status line (rebooted?)", test.vmm));
-        }
-        if test.kill_at.is_none() && result.outcome != Outcome::Exited(test.status) {
-            problems.push(format!("expected exit status {}, got: {}", test.status, result.outcome));
-        }
-        for expected in test.expect {
-            if !result.output.contains(expected) {
-                problems.push(format!("output lacks {expected:?}"));
-            }
-        }
-        if let (Some(check), Some(disk), true) = (test.disk, &disk, problems.is_empty()) {
-            problems.extend((check.check)(&disk.image, test.cpus)?);
-        }
-        if let (Some(check), Some((folder, log)), true) = (test.share, &share, problems.is_empty()) {
-            problems.extend((check.check)(folder, test.cpus)?);
-            if !problems.is_empty() && !log.trim().is_empty() {
-                problems.push(format!("virtiofsd said: {}", log.trim()));
-            }
-        }
-        if problems.is_empty() {
-            passed += 1;
-            println!("vm test {} ... ok ({:.2} s)", test.name, result.wall.as_secs_f64());
-        } else {
-            failed += 1;
-            println!("vm test {} ... FAILED", test.name);
-            for problem in &problems {
-                println!("    {problem}");
-            }
-            println!("    --- output ---");
-            for line in result.output.lines() {
-                println!("    {line}");
+        match run_listed(test, images[index].clone(), accel) {
+            Ok(None) => {}
+            Ok(Some(true)) => passed += 1,
+            Ok(Some(false)) => failed += 1,
+            Err(error) => {
+                failed += 1;
+                println!("vm test {} ... FAILED: could not run: {error:#}", test.name);
             }
         }
     }
