@@ -426,20 +426,27 @@ fn message_latency<C: Channel>(plan: Plan, legs: u64) -> Tenths {
 fn channel_throughput<C: Channel>(plan: Plan) -> u64 {
     let (sender, receiver) = C::new();
     let target = plan.target_ns;
-    let producer = std::thread::spawn(move || {
-        pin_to(OTHER);
-        let start = now_ns();
-        let mut value = 0u64;
-        loop {
-            for _ in 0..SEND_BATCH {
-                C::send(&sender, value);
-                value += 1;
+    let progress = Arc::new(common::Progress::new());
+    let producer = std::thread::spawn({
+        let progress = progress.clone();
+        move || {
+            pin_to(OTHER);
+            let start = now_ns();
+            let mut value = 0u64;
+            loop {
+                for _ in 0..SEND_BATCH {
+                    C::send(&sender, value);
+                    value += 1;
+                }
+                if now_ns().saturating_sub(start) >= target {
+                    break;
+                }
+                while !progress.room(value) {
+                    std::thread::yield_now();
+                }
             }
-            if now_ns().saturating_sub(start) >= target {
-                break;
-            }
+            C::send(&sender, END);
         }
-        C::send(&sender, END);
     });
     let mut start = None;
     let mut received = 0u64;
@@ -449,6 +456,9 @@ fn channel_throughput<C: Channel>(plan: Plan) -> u64 {
             break;
         }
         received += 1;
+        if received % SEND_BATCH == 0 {
+            progress.received(received);
+        }
     }
     let elapsed = start.map_or(0, |start| now_ns().saturating_sub(start));
     producer.join().expect("producer");

@@ -79,6 +79,36 @@ pub fn producer_cpu(k: usize, cpus: usize) -> usize {
     (k + 1) % cpus
 }
 
+/// The most values the channel-throughput sender may be ahead of its
+/// receiver: the channel is unbounded, and a sender that runs on while the
+/// receiver's vCPU is descheduled by a loaded host would fill the guest's
+/// memory (seen: the Linux guest's 128 MiB, its benchmark program killed by
+/// the OOM killer in 1 of 5 full runs at load 5). 256 Ki `u64`s are a few
+/// MiB in either channel, tens of milliseconds of a stalled receiver; in a
+/// steady state the receiver's rate is what is measured either way.
+pub const MAX_LEAD: u64 = 1 << 18;
+
+/// How far the receiver of the channel-throughput workload has got, told
+/// to its sender every `SEND_BATCH`-ish values (one plain store, no lock
+/// instruction): the sender waits while it is `MAX_LEAD` ahead.
+pub struct Progress(core::sync::atomic::AtomicU64);
+
+impl Progress {
+    pub const fn new() -> Self {
+        Self(core::sync::atomic::AtomicU64::new(0))
+    }
+
+    /// The receiver has taken `received` values.
+    pub fn received(&self, received: u64) {
+        self.0.store(received, core::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the sender, having sent `sent` values, may send more.
+    pub fn room(&self, sent: u64) -> bool {
+        sent.saturating_sub(self.0.load(core::sync::atomic::Ordering::Acquire)) < MAX_LEAD
+    }
+}
+
 /// Values each sender of the multi-producer workload sends: a count, not a
 /// time, so the values waiting in the (unbounded) channel stay bounded
 /// whatever the receiver's speed: 2 M in all at 300 ms per workload.

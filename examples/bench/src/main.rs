@@ -361,19 +361,26 @@ fn pause_ns(nanoseconds: u64) {
 fn channel_throughput(plan: Plan) -> u64 {
     let (sender, receiver) = channel::<u64>();
     let target = plan.target_ns;
-    let producer = thread::spawn_on(OTHER, move || {
-        let start = now_ns();
-        let mut value = 0u64;
-        loop {
-            for _ in 0..SEND_BATCH {
-                sender.send(value).expect("receiver alive");
-                value += 1;
+    let progress = Arc::new(common::Progress::new());
+    let producer = thread::spawn_on(OTHER, {
+        let progress = progress.clone();
+        move || {
+            let start = now_ns();
+            let mut value = 0u64;
+            loop {
+                for _ in 0..SEND_BATCH {
+                    sender.send(value).expect("receiver alive");
+                    value += 1;
+                }
+                if now_ns().saturating_sub(start) >= target {
+                    break;
+                }
+                while !progress.room(value) {
+                    thread::yield_now();
+                }
             }
-            if now_ns().saturating_sub(start) >= target {
-                break;
-            }
+            sender.send(END).expect("receiver alive");
         }
-        sender.send(END).expect("receiver alive");
     });
     let mut start = None;
     let mut received = 0u64;
@@ -383,6 +390,9 @@ fn channel_throughput(plan: Plan) -> u64 {
             break;
         }
         received += 1;
+        if received % SEND_BATCH == 0 {
+            progress.received(received);
+        }
     }
     let elapsed = start.map_or(0, |start| now_ns().saturating_sub(start));
     producer.join();
