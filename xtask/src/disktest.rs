@@ -415,19 +415,50 @@ fn early_requests(port: u16, path: &str, wait: std::time::Duration) -> std::thre
     })
 }
 
+/// The machines and CPU counts the web server's file checks run with: from
+/// the disk on each, from a shared folder on microvm with 2 CPUs.
+pub const WEBSERVER_FILES: [(bool, crate::qemu::Machine, u32); 7] = {
+    use crate::qemu::Machine::{Microvm, Q35};
+    [
+        (false, Microvm, 1),
+        (false, Microvm, 2),
+        (false, Microvm, 4),
+        (false, Q35, 1),
+        (false, Q35, 2),
+        (false, Q35, 4),
+        (true, Microvm, 2),
+    ]
+};
+
+/// A file check's test name: `webserver-files[-share]-MACHINE-CPUS`.
+pub fn webserver_files_name(share: bool, machine: crate::qemu::Machine, cpus: u32) -> String {
+    let machine = match machine {
+        crate::qemu::Machine::Q35 => "q35",
+        crate::qemu::Machine::Microvm => "microvm",
+    };
+    format!("webserver-files{}-{machine}-{cpus}", if share { "-share" } else { "" })
+}
+
 /// `cargo xtask test`'s `webserver-files` checks: the web server booted
 /// with a disk (`webroot=/www`), or with the same tree shared over
 /// virtio-fs (`share`: `webroot=/share/www`), on QEMU user networking;
 /// curl fetches files, conditional and range requests, an index page, and
 /// escape attempts.
-pub fn webserver_files_test(image: &Path, accel: crate::accel::Accel, share: bool) -> Result<(bool, String)> {
+pub fn webserver_files_test(
+    image: &Path,
+    accel: crate::accel::Accel,
+    share: bool,
+    machine: crate::qemu::Machine,
+    cpus: u32,
+) -> Result<(bool, String)> {
     const BOOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-    let name = if share { "webserver-files-share" } else { "webserver-files" };
-    let dir = crate::build::workspace_root().join("target").join("vm-disks").join(name);
+    let name = webserver_files_name(share, machine, cpus);
+    let dir = crate::build::workspace_root().join("target").join("vm-disks").join(&name);
     let tree = make_web_tree(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut config = crate::qemu::VmConfig::new(image.to_path_buf(), accel);
-    config.cpus = 2;
+    config.machine = machine;
+    config.cpus = cpus;
     config.memory_mib = 256;
     config.network = Some(crate::qemu::UserNetwork { tcp_forwards: vec![(port, 80)] });
     // Kept until the VM ends.

@@ -476,6 +476,76 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "fs_disk")
         },
         VmTest {
+            name: "fs_disk-q35-1",
+            cpus: 1,
+            machine: Machine::Q35,
+            memory_mib: 256,
+            disk: Some(crate::disktest::READ_WRITE),
+            expect: &["host files read and checked", "fs_disk: all checks passed"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-q35-4",
+            cpus: 4,
+            machine: Machine::Q35,
+            memory_mib: 256,
+            disk: Some(crate::disktest::READ_WRITE),
+            expect: &["4 CPUs wrote at once", "fs_disk: all checks passed"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-sync-kill-1",
+            cpus: 1,
+            memory_mib: 256,
+            command_line: "mode=sync-kill",
+            disk: Some(crate::disktest::SYNC_KILL),
+            kill_at: Some("fs_disk: synced, kill the VM now"),
+            expect: &["fs_disk: synced, kill the VM now"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-sync-kill-4",
+            cpus: 4,
+            memory_mib: 256,
+            command_line: "mode=sync-kill",
+            disk: Some(crate::disktest::SYNC_KILL),
+            kill_at: Some("fs_disk: synced, kill the VM now"),
+            expect: &["fs_disk: synced, kill the VM now"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-sync-kill-q35-1",
+            cpus: 1,
+            machine: Machine::Q35,
+            memory_mib: 256,
+            command_line: "mode=sync-kill",
+            disk: Some(crate::disktest::SYNC_KILL),
+            kill_at: Some("fs_disk: synced, kill the VM now"),
+            expect: &["fs_disk: synced, kill the VM now"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-sync-kill-q35-2",
+            machine: Machine::Q35,
+            memory_mib: 256,
+            command_line: "mode=sync-kill",
+            disk: Some(crate::disktest::SYNC_KILL),
+            kill_at: Some("fs_disk: synced, kill the VM now"),
+            expect: &["fs_disk: synced, kill the VM now"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-sync-kill-q35-4",
+            cpus: 4,
+            machine: Machine::Q35,
+            memory_mib: 256,
+            command_line: "mode=sync-kill",
+            disk: Some(crate::disktest::SYNC_KILL),
+            kill_at: Some("fs_disk: synced, kill the VM now"),
+            expect: &["fs_disk: synced, kill the VM now"],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
             name: "fs_disk-sync-kill-2",
             memory_mib: 256,
             command_line: "mode=sync-kill",
@@ -566,6 +636,24 @@ fn tests() -> Vec<VmTest> {
         VmTest {
             name: "fs_share-4",
             cpus: 4,
+            memory_mib: 256,
+            share: Some(crate::disktest::SHARE_READ_WRITE),
+            expect: &["4 CPUs wrote at once", "fs_share: all checks passed"],
+            ..vm("vm-tests", "fs_share")
+        },
+        VmTest {
+            name: "fs_share-q35-1",
+            cpus: 1,
+            machine: Machine::Q35,
+            memory_mib: 256,
+            share: Some(crate::disktest::SHARE_READ_WRITE),
+            expect: &["host files read and checked", "fs_share: all checks passed"],
+            ..vm("vm-tests", "fs_share")
+        },
+        VmTest {
+            name: "fs_share-q35-4",
+            cpus: 4,
+            machine: Machine::Q35,
             memory_mib: 256,
             share: Some(crate::disktest::SHARE_READ_WRITE),
             expect: &["4 CPUs wrote at once", "fs_share: all checks passed"],
@@ -1208,6 +1296,17 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     if crate::nettest::tests().iter().any(tap_named) && !specs.iter().any(|s| s.binary == "webserver") {
         specs.push(ImageSpec { package: "webserver".into(), binary: "webserver".into() });
     }
+    // The web server's file checks, by name (`--filter webserver-files-q35`).
+    let files_tests: Vec<_> = crate::disktest::WEBSERVER_FILES
+        .into_iter()
+        .map(|(share, machine, cpus)| {
+            (share, machine, cpus, crate::disktest::webserver_files_name(share, machine, cpus))
+        })
+        .filter(|(.., name)| qemu_checks && filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
+        .collect();
+    if !files_tests.is_empty() && !specs.iter().any(|s| s.binary == "webserver") {
+        specs.push(ImageSpec { package: "webserver".into(), binary: "webserver".into() });
+    }
     let images = build::build(&specs, false)?;
     let accel = crate::choose_accel(None);
     // The lock check: every image built for this run, in every run.
@@ -1267,25 +1366,14 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             record(&mut passed, &mut failed, name, crate::storms::run(&image, accel));
         }
     }
-    let files_named = filter.as_ref().is_none_or(|f| {
-        ["webserver-files-microvm-2", "webserver-files-share-microvm-2"].iter().any(|name| name.contains(f.as_str()))
-    });
-    if let Some(index) = specs.iter().position(|s| s.binary == "webserver").filter(|_| files_named) {
-        record(
-            &mut passed,
-            &mut failed,
-            "webserver-files-microvm-2",
-            crate::disktest::webserver_files_test(&images[index], accel, false),
-        );
-        if crate::setup::virtiofsd().is_none() {
-            println!("vm test webserver-files-share-microvm-2 ... skipped: virtiofsd is not installed");
-        } else {
-            record(
-                &mut passed,
-                &mut failed,
-                "webserver-files-share-microvm-2",
-                crate::disktest::webserver_files_test(&images[index], accel, true),
-            );
+    if let Some(index) = specs.iter().position(|s| s.binary == "webserver").filter(|_| !files_tests.is_empty()) {
+        for (share, machine, cpus, name) in files_tests {
+            if share && crate::setup::virtiofsd().is_none() {
+                println!("vm test {name} ... skipped: virtiofsd is not installed");
+                continue;
+            }
+            let result = crate::disktest::webserver_files_test(&images[index], accel, share, machine, cpus);
+            record(&mut passed, &mut failed, &name, result);
         }
     }
     if qemu_checks && filter.as_ref().is_none_or(|f| "floor".contains(f.as_str())) {
