@@ -367,6 +367,19 @@ pub fn directory_index(url_path: &str, entries: &mut [IndexEntry]) -> String {
     page
 }
 
+/// Where the web server serves files from when `webroot=` does not say:
+/// the root of the tree if something is mounted there (a disk), else the
+/// shared folder at `/share` (a virtio-fs share alone), else nothing
+/// (the built-in site only). `webroot=` wins when it names a directory;
+/// when it names anything else, no files are served (a typo must not
+/// serve a different tree).
+pub fn choose_root<'a>(argument: Option<&'a str>, is_dir: impl Fn(&str) -> bool) -> Option<&'a str> {
+    match argument {
+        Some(root) => Some(root).filter(|root| is_dir(root)),
+        None => ["/", "/share"].into_iter().find(|root| is_dir(root)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,5 +533,18 @@ mod tests {
         assert!(page.contains("<a href=\"b%20%3Cx%3E.txt\">b &lt;x&gt;.txt</a> 5 bytes"));
         assert!(page.find("a dir").unwrap() < page.find("b &lt;").unwrap());
         assert!(!directory_index("/", &mut []).contains("../"));
+    }
+
+    #[test]
+    fn the_root_is_the_disk_then_the_share_unless_webroot_says() {
+        let only_share = |path: &str| path == "/share" || path == "/share/www";
+        let disk_and_share = |path: &str| path == "/" || path == "/share";
+        let nothing = |_: &str| false;
+        assert_eq!(choose_root(None, disk_and_share), Some("/"));
+        assert_eq!(choose_root(None, only_share), Some("/share"));
+        assert_eq!(choose_root(None, nothing), None);
+        assert_eq!(choose_root(Some("/share/www"), only_share), Some("/share/www"));
+        // A webroot that is not a directory serves nothing, not a fallback.
+        assert_eq!(choose_root(Some("/typo"), disk_and_share), None);
     }
 }

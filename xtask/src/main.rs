@@ -323,6 +323,9 @@ fn boot(image: PathBuf, options: &BootOptions) -> Result<ExitCode> {
     }
     // Kept until the VM ends: dropping one stops its virtiofsd.
     let mut daemons = Vec::new();
+    if !options.shares.is_empty() {
+        setup::ensure_virtiofsd()?;
+    }
     for (index, folder) in options.shares.iter().enumerate() {
         let run_dir = build::workspace_root().join("target").join("shares").join(std::process::id().to_string());
         let daemon = share::start(folder, &run_dir, &share::tag(index))?;

@@ -81,6 +81,18 @@ fn first_rust_virtiofsd(candidates: Vec<std::path::PathBuf>) -> Option<std::path
     })
 }
 
+/// For `--share`: installs virtiofsd when it is missing (as root, where it
+/// can run), or says what to do.
+pub fn ensure_virtiofsd() -> Result<()> {
+    if virtiofsd().is_some() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("--share needs virtiofsd, which runs as root: run as root (the tool then installs it with cargo install virtiofsd)");
+    }
+    install_virtiofsd()
+}
+
 /// Builds virtiofsd with `cargo install` (a few minutes, once: it lands
 /// in cargo's bin directory) after the C libraries it links.
 fn install_virtiofsd() -> Result<()> {

@@ -32,14 +32,17 @@ pub const HOLD_AT_MOST: u64 = 256 * 1024;
 /// The root being served, if a mounted directory.
 static ROOT: toro::sync::OnceLock<Option<String>> = toro::sync::OnceLock::new();
 
-/// Decides once whether files are served (`webroot=`, default `/`); returns the root.
+/// Decides once whether files are served (`webroot=`; by default `/` when
+/// a disk is mounted there, else `/share`: `files::choose_root`); returns
+/// the root.
 /// `main` calls it before any connection is accepted; a request that
 /// came earlier would be answered from the built-in site (a 404 for a
 /// file that is on the disk).
 pub fn init() -> Option<&'static str> {
     ROOT.get_or_init(|| {
-        let root = toro::system::argument("webroot").unwrap_or("/");
-        fs::metadata(root).ok().filter(|m| m.is_dir()).map(|_| String::from(root.trim_end_matches('/')))
+        let is_dir = |path: &str| fs::metadata(path).is_ok_and(|m| m.is_dir());
+        files::choose_root(toro::system::argument("webroot"), is_dir)
+            .map(|root| String::from(root.trim_end_matches('/')))
     })
     .as_deref()
     .map(|root| if root.is_empty() { "/" } else { root })
