@@ -85,10 +85,14 @@ pub fn producer_cpu(k: usize, cpus: usize) -> usize {
 /// memory (seen: the Linux guest's 128 MiB, its benchmark program killed by
 /// the OOM killer in 1 of 5 full runs at load 5). 256 Ki `u64`s are a few
 /// MiB in either channel, tens of milliseconds of a stalled receiver; in a
-/// steady state the receiver's rate is what is measured either way.
+/// steady state the receiver's rate is what is measured either way. The
+/// multi-producer workload bounds its senders the same way (each counts
+/// its own sent values times the number of senders), though its count is
+/// fixed: its 2 M values were still too many for the Linux guest after the
+/// other workloads (killed there too).
 pub const MAX_LEAD: u64 = 1 << 18;
 
-/// How far the receiver of the channel-throughput workload has got, told
+/// How far the receiver of a channel workload has got, told
 /// to its sender every `SEND_BATCH`-ish values (one plain store, no lock
 /// instruction): the sender waits while it is `MAX_LEAD` ahead.
 pub struct Progress(core::sync::atomic::AtomicU64);

@@ -406,9 +406,10 @@ fn channel_throughput(plan: Plan) -> u64 {
 fn channel_producers(plan: Plan) -> u64 {
     let (sender, receiver) = channel::<u64>();
     let count = common::values_per_producer(plan);
+    let progress = Arc::new(common::Progress::new());
     let producers: Vec<_> = (0..common::PRODUCERS)
         .map(|k| {
-            let sender = sender.clone();
+            let (sender, progress) = (sender.clone(), progress.clone());
             thread::spawn_on(common::producer_cpu(k, cpu::count()), move || {
                 let mut value = 0u64;
                 while value < count {
@@ -417,6 +418,9 @@ fn channel_producers(plan: Plan) -> u64 {
                         value += 1;
                     }
                     thread::yield_now();
+                    while !progress.room(value * common::PRODUCERS as u64) {
+                        thread::yield_now();
+                    }
                 }
                 sender.send(END).expect("receiver alive");
             })
@@ -433,6 +437,9 @@ fn channel_producers(plan: Plan) -> u64 {
             }
         } else {
             received += 1;
+            if received % SEND_BATCH == 0 {
+                progress.received(received);
+            }
         }
     }
     let elapsed = start.map_or(0, |start| now_ns().saturating_sub(start));

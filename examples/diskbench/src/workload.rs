@@ -52,6 +52,12 @@ pub fn random_offsets(count: u64) -> impl Iterator<Item = u64> {
     })
 }
 
+/// The `count` offsets of the random reads through the filesystem: the
+/// same sequence, folded into [`BIG_FILE`].
+pub fn file_random_offsets(count: u64) -> impl Iterator<Item = u64> {
+    random_offsets(count).map(|offset| offset % BIG_FILE_BYTES)
+}
+
 /// Fills `buf` with [`pattern`] bytes as if it sat at `offset`.
 pub fn fill(buf: &mut [u8], offset: u64) {
     for (index, byte) in buf.iter_mut().enumerate() {
@@ -78,4 +84,5 @@ pub const RAW_READ: &str = "disk-raw-seq-read";
 pub const RAW_WRITE: &str = "disk-raw-seq-write";
 pub const RAW_RANDOM: &str = "disk-raw-rand-read";
 pub const FS_READ: &str = "disk-fs-seq-read";
+pub const FS_RANDOM: &str = "disk-fs-rand-read";
 pub const FS_WRITE: &str = "disk-fs-seq-write";

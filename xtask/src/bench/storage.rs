@@ -69,6 +69,15 @@ pub const SPECS: &[Spec] = &[
         yardsticks: FS_DIRECT,
     },
     Spec {
+        key: workload::FS_RANDOM,
+        title: "ext2 file, 4 KiB random reads, one at a time",
+        line_unit: LineUnit::PerSecond,
+        unit: "k IOPS",
+        divisor: 1e3,
+        better: Better::Higher,
+        yardsticks: FS_DIRECT,
+    },
+    Spec {
         key: workload::FS_WRITE,
         title: "ext2 file, sequential write + sync (1 MiB writes)",
         line_unit: LineUnit::PerSecond,

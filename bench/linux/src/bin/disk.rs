@@ -159,6 +159,15 @@ fn main() {
     let started = now_ns();
     let read = read_sequential(&big, &mut buf, plan.sequential_bytes);
     report(workload::FS_READ, workload::per_second(read, now_ns() - started));
+    let started = now_ns();
+    for offset in workload::file_random_offsets(plan.random_reads) {
+        big.read_at(small.bytes(), offset);
+        if let Some(at) = workload::first_mismatch(small.bytes(), offset) {
+            eprintln!("toro-bench-disk: byte {at} (random read) is not the pattern");
+            std::process::exit(1);
+        }
+    }
+    report(workload::FS_RANDOM, workload::per_second(plan.random_reads, now_ns() - started));
     let new = Direct::open(&mount.join(workload::NEW_FILE), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC);
     let started = now_ns();
     let mut offset = 0;
