@@ -6,7 +6,11 @@
 //! (the kernel runs it on the filesystem's owner CPU) and needs no locks.
 //! Changes stay in the cache, and the superblock and group descriptors in
 //! memory, until [`Ext2::sync`] writes them all and flushes the device: after
-//! `sync` returns, the image is consistent (`e2fsck -fn` clean).
+//! `sync` returns, the image is consistent (`e2fsck -fn` clean). Blocks and
+//! inodes freed since the last sync are not handed out before the next one
+//! has reached the disk (`Pending`), so what a crash leaves of the last
+//! synced image keeps its files' data; an allocation that finds nothing else
+//! syncs and gets them.
 //!
 //! What it refuses: images with incompatible features other than `filetype`
 //! (extents, 64bit, journal recovery, meta_bg, ...) are
@@ -171,6 +175,58 @@ struct BlockPath {
     depth: usize,
 }
 
+/// Blocks (or inodes) freed since the last completed sync, by group: free
+/// in the bitmaps and in the free counts, but not handed out again until a
+/// sync has recorded their freeing on the disk.
+///
+/// Why: the disk still holds the last synced metadata, which says the old
+/// owner has them. A new owner's data goes to the disk before the next sync
+/// (whole-block writes go straight out, dirty blocks are evicted under
+/// memory pressure), so reusing them at once would overwrite data the
+/// synced image still points at: a VM dying before the next sync would
+/// find the old file holding the new file's bytes (or the old name naming
+/// a new inode).
+struct Pending {
+    /// One bit per block (or inode) of the group, allocated on first use.
+    bits: Vec<Option<Vec<u8>>>,
+    /// How many bits of each group are set.
+    counts: Vec<u32>,
+    total: u64,
+}
+
+impl Pending {
+    fn new(groups: usize) -> Pending {
+        Pending { bits: (0..groups).map(|_| None).collect(), counts: vec![0; groups], total: 0 }
+    }
+
+    /// Marks `bit` of `group` (a group of `per_group` bits).
+    fn mark(&mut self, group: usize, bit: usize, per_group: usize) {
+        let bits = self.bits[group].get_or_insert_with(|| vec![0u8; per_group.div_ceil(8)]);
+        if bits[bit / 8] & (1 << (bit % 8)) == 0 {
+            bits[bit / 8] |= 1 << (bit % 8);
+            self.counts[group] += 1;
+            self.total += 1;
+        }
+    }
+
+    fn group(&self, group: usize) -> Option<&[u8]> {
+        self.bits[group].as_deref()
+    }
+
+    fn contains(&self, group: usize, bit: usize) -> bool {
+        self.group(group).is_some_and(|bits| bits[bit / 8] & (1 << (bit % 8)) != 0)
+    }
+
+    /// A sync recorded the frees: all of them may be handed out now.
+    fn release(&mut self) {
+        if self.total > 0 {
+            self.bits.iter_mut().for_each(|b| *b = None);
+            self.counts.iter_mut().for_each(|c| *c = 0);
+            self.total = 0;
+        }
+    }
+}
+
 /// A mounted ext2 filesystem.
 pub struct Ext2<D> {
     cache: BlockCache<D>,
@@ -184,6 +240,10 @@ pub struct Ext2<D> {
     time_floor: u32,
     block_size: usize,
     pointers_per_block: u64,
+    /// Blocks freed since the last completed sync (not allocated before it).
+    pending_blocks: Pending,
+    /// Inodes freed since the last completed sync (not allocated before it).
+    pending_inodes: Pending,
 }
 
 impl<D: BlockDevice> Ext2<D> {
@@ -253,7 +313,10 @@ impl<D: BlockDevice> Ext2<D> {
             }
             groups.push(desc);
         }
+        let group_count = groups.len();
         let mut fs = Ext2 {
+            pending_blocks: Pending::new(group_count),
+            pending_inodes: Pending::new(group_count),
             cache,
             pointers_per_block: (block_size / 4) as u64,
             block_size,
@@ -281,9 +344,36 @@ impl<D: BlockDevice> Ext2<D> {
         self.block_size
     }
 
-    /// Free blocks and free inodes.
+    /// Free blocks and free inodes. They include those freed since the last
+    /// sync ([`Ext2::pending_free`]): an allocation that finds nothing else
+    /// syncs first and then gets them, so they are as good as free.
     pub fn free_counts(&self) -> (u32, u32) {
         (self.sb.free_blocks_count, self.sb.free_inodes_count)
+    }
+
+    /// Blocks and inodes freed since the last completed sync: counted free,
+    /// but handed out only after a sync has recorded their freeing.
+    pub fn pending_free(&self) -> (u64, u64) {
+        (self.pending_blocks.total, self.pending_inodes.total)
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending_blocks.total + self.pending_inodes.total > 0
+    }
+
+    /// Runs `op`; when it fails for want of space (blocks or inodes) while
+    /// frees are pending, syncs (which releases them) and runs it once more,
+    /// so a nearly full disk does not report a spurious "disk full". `op`
+    /// must leave the filesystem consistent (and unchanged) when it fails:
+    /// the sync writes the state it left.
+    fn retry_after_sync<T>(&mut self, mut op: impl FnMut(&mut Self) -> Result<T>) -> Result<T> {
+        match op(self) {
+            Err(e) if e.kind() == ErrorKind::StorageFull && self.has_pending() => {
+                self.sync()?;
+                op(self)
+            }
+            result => result,
+        }
     }
 
     /// The device below the cache.
@@ -379,13 +469,14 @@ impl<D: BlockDevice> Ext2<D> {
     fn alloc_block(&mut self, goal_group: u32) -> Result<u32> {
         let count = self.sb.group_count;
         for g in (goal_group..count).chain(0..goal_group.min(count)) {
-            if self.groups[g as usize].free_blocks_count == 0 {
+            // Blocks freed since the last sync are not handed out (Pending).
+            if u32::from(self.groups[g as usize].free_blocks_count) <= self.pending_blocks.counts[g as usize] {
                 continue;
             }
             let bitmap = u64::from(self.groups[g as usize].block_bitmap);
             let limit = self.blocks_in_group(g) as usize;
             let bits = self.cache.read(bitmap)?;
-            let Some(bit) = first_zero_bit(bits, limit) else {
+            let Some(bit) = first_free_bit(bits, self.pending_blocks.group(g as usize), limit) else {
                 return Err(corrupt("group descriptor counts free blocks its bitmap does not have"));
             };
             self.cache.modify(bitmap)?[bit / 8] |= 1 << (bit % 8);
@@ -412,13 +503,16 @@ impl<D: BlockDevice> Ext2<D> {
         self.sb.free_blocks_count += 1;
         self.meta_dirty = true;
         self.cache.forget(u64::from(block));
+        let per_group = self.sb.blocks_per_group as usize;
+        self.pending_blocks.mark(g as usize, bit, per_group);
         Ok(())
     }
 
     fn alloc_inode(&mut self, goal_group: u32, is_dir: bool) -> Result<u32> {
         let count = self.sb.group_count;
         for g in (goal_group..count).chain(0..goal_group.min(count)) {
-            if self.groups[g as usize].free_inodes_count == 0 {
+            // Inodes freed since the last sync are not handed out (Pending).
+            if u32::from(self.groups[g as usize].free_inodes_count) <= self.pending_inodes.counts[g as usize] {
                 continue;
             }
             let bitmap = u64::from(self.groups[g as usize].inode_bitmap);
@@ -426,7 +520,10 @@ impl<D: BlockDevice> Ext2<D> {
             // Inodes below s_first_ino are reserved even when their bits are clear.
             let first = (self.sb.first_ino as usize).saturating_sub(1 + g as usize * ipg).min(ipg);
             let bits = self.cache.read(bitmap)?;
-            let Some(bit) = (first..ipg).find(|&i| bits[i / 8] & (1 << (i % 8)) == 0) else {
+            let pending = &self.pending_inodes;
+            let Some(bit) =
+                (first..ipg).find(|&i| bits[i / 8] & (1 << (i % 8)) == 0 && !pending.contains(g as usize, i))
+            else {
                 return Err(corrupt("group descriptor counts free inodes its bitmap does not have"));
             };
             self.cache.modify(bitmap)?[bit / 8] |= 1 << (bit % 8);
@@ -458,6 +555,8 @@ impl<D: BlockDevice> Ext2<D> {
         }
         self.sb.free_inodes_count += 1;
         self.meta_dirty = true;
+        let per_group = self.sb.inodes_per_group as usize;
+        self.pending_inodes.mark(g, bit, per_group);
         Ok(())
     }
 
@@ -752,7 +851,27 @@ impl<D: BlockDevice> Ext2<D> {
     /// Writes `data` into regular file `ino` at `offset`, growing it (a gap
     /// becomes a hole). Returns the bytes written: fewer than `data.len()`
     /// only when the disk filled up part-way.
+    ///
+    /// When the disk fills while blocks freed since the last sync are
+    /// pending, the part written so far is recorded, the filesystem synced
+    /// (releasing them) and the write goes on.
     pub fn write_at(&mut self, ino: u32, offset: u64, data: &[u8]) -> Result<usize> {
+        let mut done = 0;
+        loop {
+            let (n, failure) = self.write_some(ino, offset + done as u64, &data[done..])?;
+            done += n;
+            match failure {
+                // The inode is written: a consistent point to sync at.
+                Some(e) if e.kind() == ErrorKind::StorageFull && self.has_pending() => self.sync()?,
+                Some(e) if done == 0 => return Err(e),
+                _ => return Ok(done),
+            }
+        }
+    }
+
+    /// [`Ext2::write_at`] up to the first failure to allocate: the bytes
+    /// written and that failure (the inode is written either way).
+    fn write_some(&mut self, ino: u32, offset: u64, data: &[u8]) -> Result<(usize, Option<Error>)> {
         let mut inode = self.regular_for_change(ino)?;
         offset
             .checked_add(data.len() as u64)
@@ -761,7 +880,7 @@ impl<D: BlockDevice> Ext2<D> {
         if data.is_empty() {
             // POSIX: a write of nothing changes nothing (not the size at an
             // offset past the end, not the times).
-            return Ok(0);
+            return Ok((0, None));
         }
         let bs = self.block_size as u64;
         let mut done = 0usize;
@@ -819,10 +938,7 @@ impl<D: BlockDevice> Ext2<D> {
             inode.size = new_end;
         }
         self.finish_file_change(ino, &mut inode)?;
-        match failure {
-            Some(e) if done == 0 => Err(e),
-            _ => Ok(done),
-        }
+        Ok((done, failure))
     }
 
     /// Sets the size of regular file `ino`: shrinking frees the blocks past
@@ -948,7 +1064,14 @@ impl<D: BlockDevice> Ext2<D> {
         }
         if !placed {
             let lb = self.dir_block_count(&dir);
-            let (block, _) = self.map_alloc(dir_ino, &mut dir, lb)?;
+            let block = match self.map_alloc(dir_ino, &mut dir, lb) {
+                Ok((block, _)) => block,
+                Err(e) => {
+                    // An indirect block allocated on the way stays recorded.
+                    self.write_inode(dir_ino, &mut dir)?;
+                    return Err(e);
+                }
+            };
             let target = self.cache.overwrite(u64::from(block))?;
             target.fill(0);
             put_dirent(target, 0, ino, self.block_size, name, file_type);
@@ -1088,7 +1211,7 @@ impl<D: BlockDevice> Ext2<D> {
     pub fn create(&mut self, path: &str, perm: u16) -> Result<u32> {
         self.check_writable()?;
         let (parent, name) = self.parent_of(path)?;
-        self.make_node(parent, name, mode::REGULAR | (perm & 0o7777))
+        self.retry_after_sync(|fs| fs.make_node(parent, name, mode::REGULAR | (perm & 0o7777)))
     }
 
     fn make_node(&mut self, parent: u32, name: &[u8], node_mode: u16) -> Result<u32> {
@@ -1143,7 +1266,7 @@ impl<D: BlockDevice> Ext2<D> {
         if self.inode(parent)?.links_count >= LINK_MAX {
             return Err(Error::from_static(ErrorKind::TooManyLinks, "too many subdirectories"));
         }
-        self.make_node(parent, name, mode::DIRECTORY | DEFAULT_DIR_MODE)
+        self.retry_after_sync(|fs| fs.make_node(parent, name, mode::DIRECTORY | DEFAULT_DIR_MODE))
     }
 
     /// Creates a symbolic link at `path` pointing at `target`.
@@ -1156,18 +1279,30 @@ impl<D: BlockDevice> Ext2<D> {
             ));
         }
         let (parent, name) = self.parent_of(path)?;
+        self.retry_after_sync(|fs| fs.make_symlink(parent, name, target.as_bytes()))
+    }
+
+    fn make_symlink(&mut self, parent: u32, name: &[u8], target: &[u8]) -> Result<u32> {
         let ino = self.make_node(parent, name, mode::SYMLINK | 0o777)?;
         let mut inode = self.inode(ino)?;
         if target.len() < layout::FAST_SYMLINK_MAX {
-            inode.raw[40..40 + target.len()].copy_from_slice(target.as_bytes());
+            inode.raw[40..40 + target.len()].copy_from_slice(target);
             for (i, b) in inode.block.iter_mut().enumerate() {
                 *b = u32_at(&inode.raw, 40 + 4 * i);
             }
         } else {
-            let (block, _) = self.map_alloc(ino, &mut inode, 0)?;
+            let block = match self.map_alloc(ino, &mut inode, 0) {
+                Ok((block, _)) => block,
+                Err(e) => {
+                    // Undo: no name left pointing at a link without a target.
+                    self.remove_entry(parent, name)?;
+                    self.unlink_inode(ino)?;
+                    return Err(e);
+                }
+            };
             let data = self.cache.overwrite(u64::from(block))?;
             data.fill(0);
-            data[..target.len()].copy_from_slice(target.as_bytes());
+            data[..target.len()].copy_from_slice(target);
         }
         inode.size = target.len() as u64;
         self.write_inode(ino, &mut inode)?;
@@ -1311,7 +1446,7 @@ impl<D: BlockDevice> Ext2<D> {
                     self.unlink_inode(existing)?;
                 }
             }
-            None => self.add_entry(new_parent, new_name, ino, inode.mode)?,
+            None => self.retry_after_sync(|fs| fs.add_entry(new_parent, new_name, ino, inode.mode))?,
         }
         self.remove_entry(old_parent, old_name)?;
         if is_dir && old_parent != new_parent {
@@ -1332,7 +1467,8 @@ impl<D: BlockDevice> Ext2<D> {
 
     /// Writes the superblock, the group descriptors and every dirty block,
     /// then flushes the device: afterwards the image on the device is
-    /// complete and consistent.
+    /// complete and consistent, and what was freed before it may be handed
+    /// out again.
     pub fn sync(&mut self) -> Result<()> {
         if !self.writable {
             return Ok(());
@@ -1352,7 +1488,12 @@ impl<D: BlockDevice> Ext2<D> {
             self.cache.modify(block)?[off..off + SUPERBLOCK_SIZE].copy_from_slice(&raw);
             self.meta_dirty = false;
         }
-        self.cache.flush()
+        self.cache.flush()?;
+        // The frees are on the disk now: their blocks and inodes may go to
+        // new owners (not before: see `Pending`).
+        self.pending_blocks.release();
+        self.pending_inodes.release();
+        Ok(())
     }
 
     /// Syncs and returns the device.
@@ -1376,13 +1517,14 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The first clear bit below `limit` in `bits`.
-fn first_zero_bit(bits: &[u8], limit: usize) -> Option<usize> {
+/// The first bit below `limit` clear in `bits` and in `pending` (if any).
+fn first_free_bit(bits: &[u8], pending: Option<&[u8]>, limit: usize) -> Option<usize> {
     let limit = limit.min(bits.len() * 8);
     let mut byte = 0;
     while byte * 8 < limit {
-        if bits[byte] != 0xff {
-            let bit = byte * 8 + bits[byte].trailing_ones() as usize;
+        let used = bits[byte] | pending.map_or(0, |p| p[byte]);
+        if used != 0xff {
+            let bit = byte * 8 + used.trailing_ones() as usize;
             return (bit < limit).then_some(bit);
         }
         byte += 1;
@@ -1395,10 +1537,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_zero_bit_respects_the_limit() {
-        assert_eq!(first_zero_bit(&[0xff, 0x07], 16), Some(11));
-        assert_eq!(first_zero_bit(&[0xff, 0x07], 11), None);
-        assert_eq!(first_zero_bit(&[0xff, 0xff], 16), None);
-        assert_eq!(first_zero_bit(&[0x00], 8), Some(0));
+    fn first_free_bit_respects_the_limit_and_pending_bits() {
+        assert_eq!(first_free_bit(&[0xff, 0x07], None, 16), Some(11));
+        assert_eq!(first_free_bit(&[0xff, 0x07], None, 11), None);
+        assert_eq!(first_free_bit(&[0xff, 0xff], None, 16), None);
+        assert_eq!(first_free_bit(&[0x00], None, 8), Some(0));
+        assert_eq!(first_free_bit(&[0x00, 0x00], Some(&[0xff, 0x01]), 16), Some(9));
+        assert_eq!(first_free_bit(&[0x0f, 0x00], Some(&[0xf0, 0xff]), 16), None);
     }
 }
