@@ -2,7 +2,9 @@
 //! hold, on a tiny block cache (so dirty blocks are evicted, i.e. written,
 //! at arbitrary points): every outcome matches the model; an image copied
 //! right after a `sync` (a VM killed then) is `e2fsck -fn` clean and holds
-//! exactly the model's tree as of that sync; so does the final image.
+//! exactly the model's tree as of that sync; so does the final image. An
+//! image copied at other points (a kill without a sync) keeps the synced data
+//! of every file not changed since, as far as its inodes are alive there.
 
 mod common;
 
@@ -52,6 +54,11 @@ enum Op {
     },
     /// Sync, then check a copy of the image as a crash would leave it.
     SyncAndKill,
+    /// No sync: a copy of the image as a crash now would leave it still
+    /// holds, in every inode alive there, the data synced last for files
+    /// not written or truncated since (removed ones included: their blocks
+    /// and inodes are not handed out before the next sync).
+    Kill,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -64,6 +71,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(|dir| Op::Rmdir { dir }),
         1 => (any::<u8>(), any::<u8>()).prop_map(|(from, to)| Op::Rename { from, to }),
         1 => Just(Op::SyncAndKill),
+        1 => Just(Op::Kill),
     ]
 }
 
@@ -71,6 +79,10 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     files: BTreeMap<String, Vec<u8>>,
     dirs: Vec<String>,
+    /// Inode -> contents of each file at the last sync.
+    synced: BTreeMap<u32, Vec<u8>>,
+    /// Inodes written or truncated since the last sync.
+    touched: std::collections::BTreeSet<u32>,
 }
 
 impl Model {
@@ -144,6 +156,9 @@ proptest! {
                     let result = fs.resolve(&path).or_else(|_| fs.create(&path, 0o644))
                         .and_then(|ino| fs.write_at(ino, offset.into(), &data));
                     prop_assert_eq!(result.is_ok(), expect, "{}: {:?}", when, result.err());
+                    if let Ok(ino) = fs.resolve(&path) {
+                        model.touched.insert(ino);
+                    }
                     if expect {
                         // An empty write at any offset changes nothing (as POSIX says).
                         let content = model.files.entry(path).or_default();
@@ -159,6 +174,9 @@ proptest! {
                 Op::Truncate { file, len } => {
                     let path = file_path(file);
                     let expect = model.files.contains_key(&path);
+                    if let Ok(ino) = fs.resolve(&path) {
+                        model.touched.insert(ino);
+                    }
                     let result = fs.resolve(&path).and_then(|ino| fs.set_len(ino, len.into()));
                     prop_assert_eq!(result.is_ok(), expect, "{}: {:?}", when, result.err());
                     if let Some(content) = model.files.get_mut(&path) {
@@ -202,6 +220,21 @@ proptest! {
                     fs.sync().unwrap();
                     // The VM dies here: the device holds what sync wrote.
                     check_image(fs.device().data().to_vec(), &model, &when)?;
+                    model.synced = model.files.iter().map(|(path, data)| (fs.resolve(path).unwrap(), data.clone())).collect();
+                    model.touched.clear();
+                }
+                Op::Kill => {
+                    let mut crashed = Ext2::mount(MemoryDevice::new(fs.device().data().to_vec())).unwrap();
+                    for (&ino, data) in model.synced.iter().filter(|(ino, _)| !model.touched.contains(ino)) {
+                        // A deleted inode (its removal reached the disk) is skipped.
+                        let Ok(stat) = crashed.stat(ino) else { continue };
+                        if stat.kind != FileKind::File || stat.links == 0 {
+                            continue;
+                        }
+                        let mut back = vec![0u8; data.len() + 1];
+                        let n = crashed.read_at(ino, 0, &mut back).unwrap_or(usize::MAX);
+                        prop_assert!(n == data.len() && back[..n] == data[..], "{}: inode {} differs", when, ino);
+                    }
                 }
             }
         }
