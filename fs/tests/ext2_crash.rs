@@ -62,13 +62,20 @@ fn assert_synced_a_intact(crashed: Vec<u8>, a: &[u8], when: &str) {
 /// 40 KiB of 1 KiB blocks: direct and single-indirect blocks.
 const A_LEN: usize = 40 * 1024;
 
-#[test]
-fn a_removed_files_blocks_are_not_reused_before_sync() {
+/// A fresh filesystem holding `/a` (`A_LEN` bytes of `pattern(_, seed)`),
+/// synced: the filesystem, `/a`'s inode and its contents.
+fn synced_a(seed: u8) -> (Ext2<MemoryDevice>, u32, Vec<u8>) {
     let mut fs = mount(image(8 << 20, "64"));
-    let a = pattern(A_LEN, 1);
+    let a = pattern(A_LEN, seed);
     let ino = fs.create("/a", 0o644).unwrap();
     fs.write_at(ino, 0, &a).unwrap();
     fs.sync().unwrap();
+    (fs, ino, a)
+}
+
+#[test]
+fn a_removed_files_blocks_are_not_reused_before_sync() {
+    let (mut fs, ino, a) = synced_a(1);
     fs.remove_file("/a").unwrap();
     let c = fs.create("/c", 0o644).unwrap();
     fs.write_at(c, 0, &pattern(A_LEN, 2)).unwrap();
@@ -88,11 +95,7 @@ fn a_removed_files_blocks_are_not_reused_before_sync() {
 
 #[test]
 fn a_truncated_file_rewritten_before_sync_keeps_its_synced_blocks() {
-    let mut fs = mount(image(8 << 20, "64"));
-    let a = pattern(A_LEN, 3);
-    let ino = fs.create("/a", 0o644).unwrap();
-    fs.write_at(ino, 0, &a).unwrap();
-    fs.sync().unwrap();
+    let (mut fs, ino, a) = synced_a(3);
     // Truncate and rewrite the same file, as O_TRUNC then write does.
     fs.set_len(ino, 0).unwrap();
     let new = pattern(A_LEN, 4);
