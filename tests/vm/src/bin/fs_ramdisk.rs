@@ -128,6 +128,28 @@ fn main() -> i32 {
         check(toro::io::embedded::embedded_io::Write::write_all(&mut file, b"via embedded-io").is_ok(), "embedded-io");
     drop(file);
     ok &= check(fs::read("/embedded").ok().as_deref() == Some(&b"via embedded-io"[..]), "embedded-io write reads back");
+    // embedded-io Read and Seek: seek to "embedded", read it, seek from the
+    // end and from the current position.
+    {
+        use toro::io::embedded::embedded_io::{Read as ERead, Seek as ESeek, SeekFrom as ESeekFrom};
+        let mut file = File::open("/embedded").expect("open");
+        let mut word = [0u8; 8];
+        ok &= check(
+            ESeek::seek(&mut file, ESeekFrom::Start(4)).is_ok_and(|at| at == 4),
+            "embedded-io seek from the start",
+        );
+        ok &= check(
+            ERead::read_exact(&mut file, &mut word).is_ok() && &word == b"embedded",
+            "embedded-io read after seek",
+        );
+        ok &=
+            check(ESeek::seek(&mut file, ESeekFrom::End(-2)).is_ok_and(|at| at == 13), "embedded-io seek from the end");
+        let mut tail = [0u8; 4];
+        let short = ERead::read(&mut file, &mut tail);
+        ok &= check(short.is_ok_and(|n| n == 2) && &tail[..2] == b"io", "embedded-io short read at the end");
+        ok &= check(ERead::read(&mut file, &mut tail).is_ok_and(|n| n == 0), "embedded-io read at the end is 0");
+        ok &= check(ESeek::seek(&mut file, ESeekFrom::Current(-15)).is_ok_and(|at| at == 0), "embedded-io seek back");
+    }
 
     // remove_dir_all over a worker's tree.
     ok &= check(fs::remove_dir_all("/out/cpu0").is_ok() && !fs::exists("/out/cpu0").unwrap_or(true), "remove_dir_all");
