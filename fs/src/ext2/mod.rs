@@ -351,6 +351,24 @@ impl<D: BlockDevice> Ext2<D> {
         (self.sb.free_blocks_count, self.sb.free_inodes_count)
     }
 
+    /// The filesystem's size and free space, as `statfs(2)` gives them:
+    /// free blocks include those freed since the last sync (see
+    /// [`Ext2::free_counts`]); `available` leaves out the blocks reserved
+    /// for root (`s_r_blocks_count`).
+    pub fn statfs(&self) -> crate::fuse::StatFs {
+        let reserved = u64::from(layout::u32_at(&self.sb.raw, 8));
+        let free = u64::from(self.sb.free_blocks_count);
+        crate::fuse::StatFs {
+            blocks: u64::from(self.sb.blocks_count),
+            free,
+            available: free.saturating_sub(reserved),
+            files: u64::from(self.sb.inodes_count),
+            free_files: u64::from(self.sb.free_inodes_count),
+            block_size: self.block_size as u32,
+            name_max: 255,
+        }
+    }
+
     /// Blocks and inodes freed since the last completed sync: counted free,
     /// but handed out only after a sync has recorded their freeing.
     pub fn pending_free(&self) -> (u64, u64) {

@@ -190,6 +190,23 @@ impl Volume {
         }
     }
 
+    fn statfs(&mut self) -> io::Result<FsStats> {
+        let (stats, read_only) = match self {
+            Volume::Ext2(v) => (v.fs.statfs(), !v.fs.is_writable()),
+            Volume::Share(v) => (v.session.statfs()?, v.read_only),
+        };
+        Ok(FsStats {
+            block_size: u64::from(stats.block_size),
+            blocks: stats.blocks,
+            blocks_free: stats.free,
+            blocks_available: stats.available,
+            files: stats.files,
+            files_free: stats.free_files,
+            name_max: u64::from(stats.name_max),
+            read_only,
+        })
+    }
+
     /// Opens `path`; returns the handle a [`File`] keeps (ext2: the inode;
     /// a share: the session's open file).
     fn open(&mut self, path: &str, options: &OpenOptions) -> io::Result<u32> {
@@ -459,6 +476,42 @@ fn locate(path: &str) -> io::Result<(&'static MountPoint, String)> {
     // lexically normalised path.
     let inner = if mount.prefix == "/" { String::from(path) } else { String::from(&full[mount.prefix.len()..]) };
     Ok((mount, inner))
+}
+
+/// A mounted filesystem's size and free space (`statfs(2)`'s `struct
+/// statvfs`; `std` has no such call, so the names are POSIX's, shortened).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsStats {
+    /// Bytes per block.
+    pub block_size: u64,
+    /// Blocks in all.
+    pub blocks: u64,
+    /// Free blocks.
+    pub blocks_free: u64,
+    /// Free blocks an application may use (without the reserve for root).
+    pub blocks_available: u64,
+    /// Inodes in all.
+    pub files: u64,
+    /// Free inodes.
+    pub files_free: u64,
+    /// Longest name, in bytes.
+    pub name_max: u64,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+impl FsStats {
+    /// Bytes free for an application: `blocks_available * block_size`.
+    pub fn available_bytes(&self) -> u64 {
+        self.blocks_available.saturating_mul(self.block_size)
+    }
+}
+
+/// The size and free space of the filesystem that holds `path` (asked of
+/// its owner CPU), as `statvfs(3)`.
+pub fn statfs(path: &str) -> io::Result<FsStats> {
+    let (mount, _) = locate(path)?;
+    mount.volume.call(|v| v.statfs())
 }
 
 /// Writes every mount's changes to its disk and flushes it, as `sync(2)`.

@@ -90,8 +90,37 @@ fn blk_report(disk: blk::Blk) -> bool {
     ok
 }
 
+/// `fs::statfs`: the disk's geometry, and free space that follows a file
+/// written and removed.
+fn statfs_checks(disk: blk::Blk) -> bool {
+    let bytes = disk.config().capacity * 512;
+    let Ok(before) = fs::statfs("/") else { return check(false, "statfs /") };
+    let mut ok = check([1024, 2048, 4096].contains(&before.block_size), "statfs block size");
+    let size = before.blocks * before.block_size;
+    ok &= check(size <= bytes && size > bytes / 2, "statfs size fits the disk");
+    ok &= check(before.blocks_free <= before.blocks && before.blocks_available <= before.blocks_free, "statfs free");
+    ok &= check(before.files > 0 && before.files_free < before.files && !before.read_only, "statfs inodes");
+    const PROBE: u64 = 256 * 1024;
+    ok &= check(fs::write("/statfs-probe", vec![7u8; PROBE as usize]).is_ok() && fs::sync().is_ok(), "statfs probe");
+    let written = fs::statfs("/").expect("statfs after a write");
+    ok &= check(before.blocks_free - written.blocks_free >= PROBE / before.block_size, "a written file takes blocks");
+    ok &= check(written.files_free + 1 == before.files_free, "and an inode");
+    ok &= check(fs::remove_file("/statfs-probe").is_ok() && fs::sync().is_ok(), "statfs probe removed");
+    let removed = fs::statfs("/").expect("statfs after removing");
+    ok &= check(
+        removed.blocks_free == before.blocks_free && removed.files_free == before.files_free,
+        "removing gives them back",
+    );
+    println!(
+        "fs_disk: statfs {} blocks of {} bytes, {} free, {} inodes free",
+        before.blocks, before.block_size, before.blocks_free, before.files_free
+    );
+    ok
+}
+
 fn read_write(cpus: usize, disk: blk::Blk) -> bool {
     let mut ok = read_tree("fs_disk", "");
+    ok &= statfs_checks(disk);
     // Writes from every CPU at once; the owner serialises them.
     let workers: Vec<_> = (0..cpus).map(|c| thread::spawn_on(c, move || tree_worker("", c))).collect();
     for worker in workers {
@@ -120,6 +149,7 @@ fn read_only(root: &str, disk: blk::Blk) -> bool {
         println!("fs_disk: raw write: {error}");
     }
     ok &= check(fs::sync().is_ok(), "sync of a read-only mount");
+    ok &= check(fs::statfs(&path("/")).is_ok_and(|stats| stats.read_only), "statfs says read-only");
     println!("fs_disk: every change refused on the read-only disk");
     ok
 }

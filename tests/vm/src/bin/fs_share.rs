@@ -112,6 +112,18 @@ fn read_write(cpus: usize, share: &VirtioFs) -> bool {
     ok &= errors();
     println!("fs_share: errors checked, system still running");
     ok &= report(share);
+    // statfs goes to virtiofsd, which answers with the host's filesystem.
+    match fs::statfs(ROOT) {
+        Ok(stats) => {
+            ok &= check(stats.block_size > 0 && stats.blocks > 0 && stats.blocks_free <= stats.blocks, "statfs");
+            ok &= check(!stats.read_only && stats.name_max >= 255, "statfs of a writable share");
+            println!(
+                "fs_share: statfs {} blocks of {} bytes, {} free",
+                stats.blocks, stats.block_size, stats.blocks_free
+            );
+        }
+        Err(error) => ok &= check(false, &format!("statfs {ROOT}: {error}")),
+    }
     ok
 }
 
