@@ -587,6 +587,20 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "fs_disk")
         },
         VmTest {
+            name: "fs_mounts-disk-share-2",
+            memory_mib: 256,
+            command_line: "toro.log=info mode=mounts toro.mount=/=blk#0@0,/share=fs#0@1",
+            disk: Some(crate::disktest::QUICK),
+            share: Some(crate::disktest::SHARE_READ),
+            expect: &[
+                "fs: blk#0 at / (owner CPU 0)",
+                "fs: fs#0 (tag \"share\") at /share (owner CPU 1)",
+                "fs_disk: disk and share read from 2 CPUs",
+                "fs_disk: all checks passed",
+            ],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
             name: "fs_disk-ro",
             memory_mib: 256,
             command_line: "toro.log=info toro.mount=/data=blk:ro@0,/x=bogus mode=ro root=/data",

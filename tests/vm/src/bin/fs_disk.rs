@@ -14,6 +14,10 @@
 //!   not change.
 //! - `quick` (for slow VMMs): one host file read, one file written; the
 //!   host checks it after the exit.
+//! - `mounts`: the disk at `/` and a shared folder at `/share` (each
+//!   with its own owner CPU, from `toro.mount=`) read in full from a
+//!   thread on every CPU, then `quick` on the disk; the host checks the
+//!   share is unchanged.
 //! - `sync-kill`: files written (small, indirect, 3 MiB), a host file
 //!   overwritten in part, a rename, a removal, a truncation, then
 //!   `File::sync_all`; the guest prints [`SYNCED`], makes one more change
@@ -222,6 +226,19 @@ fn main() -> i32 {
         "ro" => read_only(toro::system::argument("root").unwrap_or(""), disk),
         "corrupt" => corrupt(disk),
         "quick" => quick(),
+        // A disk at `/` and a shared folder at `/share`, each with its own
+        // owner CPU (as `toro.mount=` says): both used from every CPU.
+        "mounts" => {
+            let readers: Vec<_> = (0..cpus)
+                .map(|c| thread::spawn_on(c, || read_tree("fs_disk", "/share") && read_tree("fs_disk", "")))
+                .collect();
+            let mut ok = true;
+            for reader in readers {
+                ok &= check(reader.join(), "the disk and the share read from every CPU");
+            }
+            println!("fs_disk: disk and share read from {cpus} CPUs");
+            ok & quick()
+        }
         "sync-kill" => sync_kill(),
         other => check(false, &format!("unknown mode {other:?}")),
     };
