@@ -186,8 +186,30 @@ fn check_read_write(image: &Path, cpus: u32) -> Result<Vec<String>> {
         Ok((!errors.contains("not found")).then(|| format!("{path} is still there on the host")))
     };
     let mut problems = check_changes(cpus, &mut present, &mut absent)?;
+    problems.extend(check_over_4_gib(image)?);
     problems.extend(e2fsck(image)?);
     Ok(problems)
+}
+
+/// fs_disk's `/over-4-gib`: 5 GiB + 20 bytes long, its data in the block
+/// 5 GiB in (found with debugfs `bmap`, read from the image).
+fn check_over_4_gib(image: &Path) -> Result<Option<String>> {
+    const AT: u64 = 5 << 30;
+    const DATA: &[u8] = b"written beyond 4 GiB";
+    let (stat, errors) = debugfs(image, "stat /over-4-gib")?;
+    let stat = String::from_utf8_lossy(&stat);
+    let size = stat.split("Size: ").nth(1).and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok());
+    if size != Some(AT + DATA.len() as u64) {
+        return Ok(Some(format!("/over-4-gib on the host: size {size:?}, expected {} ({})", AT + 20, errors.trim())));
+    }
+    // The disk tests' images have 4 KiB blocks.
+    let (bmap, errors) = debugfs(image, &format!("bmap /over-4-gib {}", AT / 4096))?;
+    let Some(block) = String::from_utf8_lossy(&bmap).trim().parse::<u64>().ok().filter(|&b| b != 0) else {
+        return Ok(Some(format!("/over-4-gib: no block 5 GiB in ({})", errors.trim())));
+    };
+    let mut data = vec![0u8; DATA.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(image)?, &mut data, block * 4096)?;
+    Ok((data != DATA).then(|| format!("/over-4-gib: block {block} holds {data:?}")))
 }
 
 /// A test's shared folder (virtio-fs): made before the boot, checked after it.

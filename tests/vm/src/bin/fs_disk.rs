@@ -3,7 +3,8 @@
 //!
 //! Modes (the `mode=` argument):
 //! - `rw` (default): every file in the tree read and checked against the
-//!   image's `/MANIFEST`; then writes, directories, renames, removals and
+//!   image's `/MANIFEST`; `statfs`; a sparse file over 4 GiB (its data
+//!   5 GiB in, found there by the host); then writes, directories, renames, removals and
 //!   truncations from a thread on every CPU at once; raw reads of the disk
 //!   from every CPU (several requests in flight); the VM then exits
 //!   without an explicit sync, and the host checks with `debugfs` what
@@ -34,7 +35,7 @@ use toro::alloc::format;
 use toro::alloc::vec;
 use toro::alloc::vec::Vec;
 use toro::fs::{self, OpenOptions};
-use toro::io::ErrorKind;
+use toro::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use toro::virtio::blk;
 use toro::{cpu, println, thread};
 use vm_tests::check;
@@ -122,9 +123,33 @@ fn statfs_checks(disk: blk::Blk) -> bool {
     ok
 }
 
+/// Where `/over-4-gib` has its only data (the host checks it there).
+const BEYOND_4_GIB: u64 = 5 << 30;
+const BEYOND_4_GIB_DATA: &[u8] = b"written beyond 4 GiB";
+
+/// A sparse file larger than 4 GiB on the 32 MiB disk: its one data block
+/// 5 GiB in (a triple-indirect block with 4 KiB blocks), a hole before it.
+fn file_over_4_gib() -> bool {
+    let Ok(mut file) = OpenOptions::new().read(true).write(true).create(true).open("/over-4-gib") else {
+        return check(false, "create /over-4-gib");
+    };
+    let mut ok = check(file.seek(SeekFrom::Start(BEYOND_4_GIB)).is_ok(), "seek past 4 GiB");
+    ok &= check(file.write_all(BEYOND_4_GIB_DATA).is_ok(), "write past 4 GiB");
+    let len = BEYOND_4_GIB + BEYOND_4_GIB_DATA.len() as u64;
+    ok &= check(file.metadata().is_ok_and(|m| m.len() == len), "its length is over 4 GiB");
+    let mut back = vec![0u8; BEYOND_4_GIB_DATA.len()];
+    ok &= check(file.seek(SeekFrom::Start(BEYOND_4_GIB)).is_ok() && file.read_exact(&mut back).is_ok(), "read it");
+    ok &= check(back == BEYOND_4_GIB_DATA, "it reads back");
+    let mut hole = vec![1u8; 4096];
+    ok &= check(file.seek(SeekFrom::Start(4 << 30)).is_ok() && file.read_exact(&mut hole).is_ok(), "read the hole");
+    ok &= check(hole.iter().all(|&b| b == 0), "the hole reads as zeros");
+    ok
+}
+
 fn read_write(cpus: usize, disk: blk::Blk) -> bool {
     let mut ok = read_tree("fs_disk", "");
     ok &= statfs_checks(disk);
+    ok &= file_over_4_gib();
     // Writes from every CPU at once; the owner serialises them.
     let workers: Vec<_> = (0..cpus).map(|c| thread::spawn_on(c, move || tree_worker("", c))).collect();
     for worker in workers {
