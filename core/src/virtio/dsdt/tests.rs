@@ -13,6 +13,9 @@ use super::*;
 
 const MICROVM_THREE: &[u8] = include_bytes!("fixtures/qemu-microvm-rng-net-blk.aml");
 const MICROVM_RNG: &[u8] = include_bytes!("fixtures/qemu-microvm-rng.aml");
+/// Firecracker v1.16.1's DSDT (see `core/tests/fixtures/acpi/README.md`): it
+/// lists no virtio device (Firecracker names them on the command line).
+const FIRECRACKER: &[u8] = include_bytes!("../../../tests/fixtures/acpi/firecracker-dsdt.bin");
 
 fn read(table: &[u8]) -> (Result<DsdtReport, DsdtError>, Vec<MmioDevice>, Vec<DsdtError>) {
     let mut devices = MmioDevices::new();
@@ -66,6 +69,17 @@ fn qemu_microvm_with_one_device() {
     assert_eq!(devices, [level_device(0xfeb0_2e00, 0x200, 47)]);
     assert_eq!(problems, []);
     assert_eq!(result.unwrap().virtio_devices, 1);
+}
+
+#[test]
+fn recorded_firecracker_dsdt_lists_no_virtio_device() {
+    let (result, devices, problems) = read(FIRECRACKER);
+    assert_eq!(devices, []);
+    assert_eq!(problems, []);
+    let report = result.unwrap();
+    assert_eq!(report.virtio_devices, 0);
+    // Its devices are read (none is virtio-mmio).
+    assert_eq!(report.devices_seen, 5);
 }
 
 #[test]
