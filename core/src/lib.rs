@@ -29,11 +29,17 @@
 //! - [`virtio`]: split virtqueues (both sides' bookkeeping) and virtio-mmio
 //!   discovery from the command line and the ACPI DSDT.
 //! - [`run_queue`]: the scheduler's O(1) FIFO; [`wake`]: the wake-up
-//!   hand-shake (waiter slot, fences, wait epochs) between CPUs.
+//!   hand-shake (waiter slot, fences, wait epochs) between CPUs;
+//!   [`timer_heap`]: each CPU's sleepers, a deadline heap whose entries
+//!   can be cancelled.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+
+// `timer_heap` grows with `Vec` (the kernel's global allocator); every
+// other module allocates nothing.
+extern crate alloc;
 
 pub mod acpi;
 pub mod allocator;
@@ -52,6 +58,7 @@ pub mod rtc;
 pub mod run_queue;
 pub mod s5;
 pub mod spsc;
+pub mod timer_heap;
 pub mod virtio;
 pub mod wake;
 

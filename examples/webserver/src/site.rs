@@ -68,7 +68,7 @@ fn cpus() -> usize {
 type Row<'a, const N: usize> = (Option<&'a str>, [(&'static str, u64); N]);
 
 /// One CPU's figures, named as `/stats` shows them.
-fn cpu_fields(cpu: usize) -> [(&'static str, u64); 10] {
+fn cpu_fields(cpu: usize) -> [(&'static str, u64); 11] {
     let c = stats::of(cpu);
     let heap = toro::memory::usage(cpu).map_or(0, |usage| usage.in_use);
     [
@@ -82,6 +82,9 @@ fn cpu_fields(cpu: usize) -> [(&'static str, u64); 10] {
         ("bytes_in", load(&c.bytes_in)),
         ("bytes_out", load(&c.bytes_out)),
         ("heap_in_use", heap),
+        // Timed waits in the CPU's deadline heap (sleeps, socket and
+        // keep-alive timeouts still on).
+        ("sleepers", toro::thread::sleepers(cpu).unwrap_or(0) as u64),
     ]
 }
 

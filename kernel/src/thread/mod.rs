@@ -154,6 +154,13 @@ pub fn park() {
     scheduler::park(None);
 }
 
+/// Timed waits in CPU `cpu`'s deadline heap (sleeps and waits with a
+/// timeout still on): Toro's addition, for `/stats` and tests. `None` for
+/// a CPU that does not run.
+pub fn sleepers(cpu: usize) -> Option<usize> {
+    scheduler::sleepers(cpu)
+}
+
 /// `park`, returning after `timeout` at the latest.
 pub fn park_timeout(timeout: Duration) {
     let deadline = crate::time::Instant::now().checked_add(timeout).map_or(u64::MAX, |d| d.ticks());

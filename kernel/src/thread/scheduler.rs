@@ -14,14 +14,13 @@
 //! epoch and is dropped when the epoch no longer matches.
 
 use alloc::boxed::Box;
-use alloc::collections::BinaryHeap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::any::Any;
-use core::cmp::Reverse;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use toro_core::run_queue::{Linked, RunQueue};
+use toro_core::timer_heap::{TimerHeap, TimerId};
 use toro_core::wake::{WaitEpoch, WaiterSlot};
 
 use crate::arch::context::{prepare_stack, switch_context};
@@ -95,6 +94,9 @@ pub(crate) struct Control {
     pub unpark_token: bool,
     /// Owner: the epoch of the wait while parked (0: not parked).
     pub park_epoch: u64,
+    /// Owner: this thread's entry in its CPU's deadline heap while it
+    /// sleeps or waits with a deadline; cancelled when the wait ends.
+    pub timer: Option<TimerId>,
 }
 
 // SAFETY: `next` is a plain field of the control block, read and written
@@ -138,6 +140,7 @@ impl Control {
             handle_released: false,
             unpark_token: false,
             park_epoch: 0,
+            timer: None,
         }
     }
 }
@@ -150,9 +153,8 @@ pub(crate) enum After {
     Exit(*mut Control),
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+/// An entry of the deadline heap (the deadline is the heap's).
 struct Sleeper {
-    deadline: u64,
     thread: usize,
     /// 0: a sleep; else the wait (epoch) of a `block_until`, ended by the
     /// deadline only if the thread still blocks in it.
@@ -166,7 +168,9 @@ pub(crate) struct Scheduler {
     idle: *mut Control,
     /// Threads ready to run here, in the order they became ready.
     run_queue: RunQueue<Control>,
-    sleepers: BinaryHeap<Reverse<Sleeper>>,
+    /// Threads sleeping or waiting with a deadline; a wait that ends
+    /// early cancels its entry (`end_timed_wait`).
+    sleepers: TimerHeap<Sleeper>,
     /// Recycled control blocks with stacks of the default size.
     pool: Vec<*mut Control>,
     /// Recycled control blocks with stacks of other sizes, by size in
@@ -233,7 +237,7 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         current: first,
         idle: first,
         run_queue: RunQueue::new(),
-        sleepers: BinaryHeap::new(),
+        sleepers: TimerHeap::new(),
         pool: Vec::new(),
         sized_pool: Vec::new(),
         default_slots: super::stack::default_slots(),
@@ -377,15 +381,14 @@ impl Scheduler {
 
     /// Moves the sleepers expired at TSC `now` to the run queue.
     fn wake_sleepers(&mut self, now: u64) {
-        while let Some(Reverse(first)) = self.sleepers.peek() {
-            if first.deadline > now {
-                break;
-            }
+        while let Some(first) = self.sleepers.pop_expired(now) {
             let (thread, epoch) = (first.thread as *mut Control, first.epoch);
-            self.sleepers.pop();
+            publish_sleepers(self.sleepers.len());
             // SAFETY: control blocks are never freed; a thread with a
-            // sleeper entry here is on this CPU (it blocked here and a
-            // blocked thread never moves; a stale entry fails the checks).
+            // sleeper entry here is on this CPU (it blocked here, a
+            // blocked thread never moves, and it cancels its entry when it
+            // runs again). The entry of a wait already woken whose thread
+            // has not run yet fails the checks.
             let stale = epoch != 0
                 && unsafe {
                     (*thread).cpu.load(Ordering::Relaxed) != self.cpu
@@ -659,18 +662,50 @@ fn block_with_deadline(deadline: Option<(u64, u64)>) {
         (*thread).state = State::Blocked;
     }
     if let Some((epoch, deadline)) = deadline {
-        add_sleeper(Sleeper { deadline, thread: thread as usize, epoch });
+        add_sleeper(thread, deadline, Sleeper { thread: thread as usize, epoch });
     }
     switch_away(After::Nothing, false);
+    end_timed_wait(thread);
 }
 
 /// Puts an entry in this CPU's deadline heap. The heap is taken out of the
 /// scheduler while it grows: growing allocates, and the allocator must
 /// never run inside a scheduler borrow that it might need.
-fn add_sleeper(sleeper: Sleeper) {
+fn add_sleeper(thread: *mut Control, deadline: u64, sleeper: Sleeper) {
     let mut sleepers = with_scheduler(|scheduler| core::mem::take(&mut scheduler.sleepers));
-    sleepers.push(Reverse(sleeper));
+    let id = sleepers.push(deadline, sleeper);
+    publish_sleepers(sleepers.len());
     with_scheduler(|scheduler| scheduler.sleepers = sleepers);
+    // SAFETY: ours (the running thread).
+    unsafe { (*thread).timer = Some(id) };
+}
+
+/// The running thread `thread` is back from a sleep or a wait with a
+/// deadline: its heap entry goes (a wait woken early would otherwise
+/// leave it until the deadline; an entry already popped is not touched,
+/// the id's generation tells). No allocation.
+fn end_timed_wait(thread: *mut Control) {
+    // SAFETY: ours (the running thread).
+    if let Some(id) = unsafe { (*thread).timer.take() } {
+        with_scheduler(|scheduler| {
+            if scheduler.sleepers.cancel(id).is_some() {
+                publish_sleepers(scheduler.sleepers.len());
+            }
+        });
+    }
+}
+
+/// Entries in each CPU's deadline heap (`sleepers`), written by that CPU
+/// only (a plain store), read by any.
+static SLEEPERS: [AtomicUsize; percpu::MAX_CPUS] = [const { AtomicUsize::new(0) }; percpu::MAX_CPUS];
+
+fn publish_sleepers(count: usize) {
+    SLEEPERS[percpu::current_index()].store(count, Ordering::Relaxed);
+}
+
+/// Entries in CPU `cpu`'s deadline heap as that CPU last published them.
+pub(crate) fn sleepers(cpu: usize) -> Option<usize> {
+    ready_on(cpu).then(|| SLEEPERS[cpu].load(Ordering::Relaxed))
 }
 
 /// Sleeps until TSC value `deadline`.
@@ -678,8 +713,9 @@ pub(crate) fn sleep_until(deadline: u64) {
     let thread = current();
     // SAFETY: ours.
     unsafe { (*thread).state = State::Sleeping };
-    add_sleeper(Sleeper { deadline, thread: thread as usize, epoch: 0 });
+    add_sleeper(thread, deadline, Sleeper { thread: thread as usize, epoch: 0 });
     switch_away(After::Nothing, false);
+    end_timed_wait(thread);
 }
 
 /// Like `block`, but also ends at TSC value `deadline`: for waits with a
@@ -834,7 +870,7 @@ pub(crate) fn idle_loop() -> ! {
             }
             // The first sleeper's deadline, or the next look at the
             // neighbour CPU (watchdog), whichever comes first.
-            let first = scheduler.sleepers.peek().map_or(u64::MAX, |Reverse(first)| first.deadline);
+            let first = scheduler.sleepers.peek_deadline().unwrap_or(u64::MAX);
             match first.min(scheduler.watchdog_next) {
                 u64::MAX => apic::timer_disarm(),
                 deadline => apic::timer_arm(deadline),

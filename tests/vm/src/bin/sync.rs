@@ -170,6 +170,54 @@ fn main() -> i32 {
     );
     println!("recv_timeout: ok");
 
+    // Timed waits that end early leave nothing in the deadline heap: 1000
+    // recv_timeout(15 s), park_timeout(15 s) and Condvar::wait_timeout
+    // (15 s) each answered at once by a thread on this CPU (so each one
+    // blocks first). The heap used to keep every one until its deadline.
+    let here = cpu::current();
+    let before = thread::sleepers(here).expect("this CPU runs");
+    let (ask, asked) = channel::<u32>();
+    let (answer, answers) = channel::<u32>();
+    let main_thread = thread::current();
+    let flag = Arc::new((Mutex::new(0u32), Condvar::new()));
+    let echo = {
+        let flag = flag.clone();
+        thread::spawn_on(here, move || {
+            while let Ok(value) = asked.recv() {
+                match value % 3 {
+                    0 => answer.send(value).expect("asker alive"),
+                    1 => main_thread.unpark(),
+                    _ => {
+                        *flag.0.lock() = value;
+                        flag.1.notify_one();
+                    }
+                }
+            }
+        })
+    };
+    let mut answered = 0;
+    for value in 0..1000u32 {
+        ask.send(value).expect("echo alive");
+        match value % 3 {
+            0 => answered += (answers.recv_timeout(Duration::from_secs(15)) == Ok(value)) as u32,
+            1 => {
+                thread::park_timeout(Duration::from_secs(15));
+                answered += 1;
+            }
+            _ => {
+                let (guard, result) =
+                    flag.1.wait_timeout_while(flag.0.lock(), Duration::from_secs(15), |seen| *seen != value);
+                answered += (!result.timed_out() && *guard == value) as u32;
+            }
+        }
+    }
+    drop(ask);
+    echo.join();
+    let after = thread::sleepers(here).expect("this CPU runs");
+    ok &= check(answered == 1000, "timed waits answered early");
+    ok &= check(after <= before + 2, "timed waits that ended early left no entries in the deadline heap");
+    println!("timed waits ended early: {answered} answered, deadline heap {before} entries before, {after} after");
+
     // Select over three receivers fed from different CPUs.
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| channel::<usize>()).unzip();
     let feeders: Vec<_> = txs
