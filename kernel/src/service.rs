@@ -262,7 +262,9 @@ struct Inbox {
     bound_count: Cell<u32>,
     /// This service's deferred slot in the owner's interrupt table.
     deferred_index: Cell<Option<usize>>,
-    stats: Cell<Stats>,
+    /// Changed in place by the owner CPU only (`update_stats`): a copy in
+    /// and out of a `Cell` cost the direct call a third of its time.
+    stats: UnsafeCell<Stats>,
     name: String,
 }
 
@@ -272,9 +274,9 @@ unsafe impl Sync for Inbox {}
 
 impl Inbox {
     fn update_stats(&self, change: impl FnOnce(&mut Stats)) {
-        let mut stats = self.stats.get();
-        change(&mut stats);
-        self.stats.set(stats);
+        // SAFETY: owner CPU only (see `Inbox`), and `change` (a counter
+        // increment at every call site) does not reach the stats again.
+        change(unsafe { &mut *self.stats.get() });
     }
 
     /// Owner CPU, scheduler or thread context: wakes the service thread if
@@ -462,7 +464,7 @@ impl<S: 'static> Builder<S> {
                 bound: UnsafeCell::new([None; MAX_INTERRUPT_SOURCES as usize]),
                 bound_count: Cell::new(0),
                 deferred_index: Cell::new(None),
-                stats: Cell::new(Stats::default()),
+                stats: UnsafeCell::new(Stats::default()),
                 name,
             };
             let core: &'static Core<S> = Box::leak(Box::new(Core {
@@ -906,7 +908,8 @@ impl<S: 'static> Handle<S> {
     /// The service's counters (asked on the owner CPU).
     pub fn stats(&self) -> Result<Stats, ServiceError> {
         let inbox: &'static Inbox = &self.core.inbox;
-        run_on(inbox.owner, move || inbox.stats.get())
+        // SAFETY: read on the owner CPU, the only one that writes it.
+        run_on(inbox.owner, move || unsafe { *inbox.stats.get() })
     }
 
     /// Binds an interrupt source to the service: a vector on the owner CPU
