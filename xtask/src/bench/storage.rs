@@ -263,9 +263,14 @@ mod tests {
         // The names the programs print are the specs' keys, and the
         // offsets stay inside the raw disk, aligned.
         let keys: Vec<&str> = SPECS.iter().map(|spec| spec.key).collect();
-        for name in
-            [workload::RAW_READ, workload::RAW_WRITE, workload::RAW_RANDOM, workload::FS_READ, workload::FS_WRITE]
-        {
+        for name in [
+            workload::RAW_READ,
+            workload::RAW_WRITE,
+            workload::RAW_RANDOM,
+            workload::FS_READ,
+            workload::FS_RANDOM,
+            workload::FS_WRITE,
+        ] {
             assert!(keys.contains(&name), "{name}");
             assert!(name.starts_with("disk-"));
         }
@@ -273,8 +278,13 @@ mod tests {
             assert_eq!(offset % workload::RANDOM_READ as u64, 0);
             assert!(offset + workload::RANDOM_READ as u64 <= workload::RAW_DISK_BYTES);
         }
+        for offset in workload::file_random_offsets(10_000) {
+            assert_eq!(offset % workload::RANDOM_READ as u64, 0);
+            assert!(offset + workload::RANDOM_READ as u64 <= workload::BIG_FILE_BYTES);
+        }
         let lines = "BENCH disk-raw-seq-read 123000000 per_s\nBENCH disk-raw-seq-write 1 per_s\n\
-                     BENCH disk-raw-rand-read 5000 per_s\nBENCH disk-fs-seq-read 2 per_s\nBENCH disk-fs-seq-write 3 per_s\n";
+                     BENCH disk-raw-rand-read 5000 per_s\nBENCH disk-fs-seq-read 2 per_s\n\
+                     BENCH disk-fs-rand-read 4000 per_s\nBENCH disk-fs-seq-write 3 per_s\n";
         let (readings, problems) = workloads::parse_output(lines);
         assert!(problems.is_empty());
         assert!(workloads::check_specs(SPECS, &readings, Source::Toro, &|_| true).is_empty());
