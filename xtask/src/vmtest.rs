@@ -176,6 +176,36 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "virtio_rng")
         },
         VmTest {
+            name: "virtio-rng-pci-q35-1",
+            cpus: 1,
+            machine: Machine::Q35,
+            devices: &["virtio-rng-pci"],
+            command_line: "toro.log=info",
+            expect: &[
+                "MSI-X x2: rng (type 4), owner cpu 0",
+                "virtio-rng: owner cpu 0",
+                "virtio-rng: all checks passed",
+                "on cpu 0, 0 elsewhere",
+            ],
+            ..vm("vm-tests", "virtio_rng")
+        },
+        VmTest {
+            name: "virtio-rng-pci-q35-4",
+            cpus: 4,
+            memory_mib: 256,
+            machine: Machine::Q35,
+            devices: &["virtio-rng-pci"],
+            command_line: "toro.log=info",
+            expect: &[
+                "MSI-X x2: rng (type 4), owner cpu 1",
+                "virtio-rng: owner cpu 1",
+                "virtio-rng: all checks passed",
+                "4000 calls from 4 CPUs",
+                "on cpu 1, 0 elsewhere",
+            ],
+            ..vm("vm-tests", "virtio_rng")
+        },
+        VmTest {
             // No MSI-X (`vectors=0`): the INTx pin through the I/O APIC
             // (q35: PIRQ E-H, GSI 20-23, level, active high), the ISR read
             // to acknowledge; interrupts still only on the owner CPU.
