@@ -749,6 +749,27 @@ fn tests() -> Vec<VmTest> {
         },
         VmTest { expect: &["random: keys ", "random: all checks passed"], ..vm("vm-tests", "random") },
         VmTest {
+            // No RDRAND, no RDSEED (the later `-cpu` wins): toro::random is
+            // served by the virtio-rng device, from threads on every CPU.
+            name: "random-device-4",
+            cpus: 4,
+            memory_mib: 256,
+            qemu_arguments: &["-cpu", "max,-rdrand,-rdseed", "-device", "virtio-rng-device"],
+            expect: &["calls from 4 CPUs", "random device: all checks passed"],
+            ..vm("vm-tests", "random_device")
+        },
+        VmTest {
+            // Neither instruction nor device: every call says why.
+            name: "random-device-none",
+            command_line: "none",
+            qemu_arguments: &["-cpu", "max,-rdrand,-rdseed"],
+            expect: &[
+                "random device: no source: no entropy source: the CPU has neither RDRAND nor RDSEED",
+                "random device: all checks passed",
+            ],
+            ..vm("vm-tests", "random_device")
+        },
+        VmTest {
             name: "net-loopback-2",
             memory_mib: 256,
             expect: &["tcp echo 1048576 B: ok", "udp echo: ok", "remote socket call", "net loopback: all passed"],
