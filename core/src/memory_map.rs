@@ -576,6 +576,55 @@ impl Iterator for Sweep<'_> {
     }
 }
 
+/// Memory a device range must not cover: low memory (`0..low_end`), the
+/// kernel image, every region of the memory map that is not `Reserved`
+/// (RAM, ACPI, firmware), and everything from `limit` up.
+#[derive(Clone, Copy)]
+pub struct DeviceMemoryRules<'a> {
+    /// The end of low memory (real-mode area, firmware tables, trampoline).
+    pub low_end: u64,
+    /// The kernel image, `start..end`.
+    pub image: (u64, u64),
+    /// The memory map (none yet: only low memory and the image are refused).
+    pub map: Option<&'a MemoryMap>,
+    /// One past the highest address a device may use (the physical address width).
+    pub limit: u64,
+}
+
+/// Why a range may not be device-mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRangeError {
+    /// Size 0, or the range wraps around the address space.
+    Empty,
+    /// It reaches past `limit`.
+    TooHigh,
+    /// It overlaps this forbidden range, `start..end`.
+    Overlaps((u64, u64)),
+}
+
+impl DeviceMemoryRules<'_> {
+    /// Whether `start..start + size` may be device-mapped.
+    pub fn check(&self, start: u64, size: u64) -> Result<(), DeviceRangeError> {
+        let end = start.checked_add(size).filter(|_| size > 0).ok_or(DeviceRangeError::Empty)?;
+        if end > self.limit {
+            return Err(DeviceRangeError::TooHigh);
+        }
+        let overlaps = |a: u64, b: u64| a < end && start < b;
+        if overlaps(0, self.low_end) {
+            return Err(DeviceRangeError::Overlaps((0, self.low_end)));
+        }
+        if overlaps(self.image.0, self.image.1) {
+            return Err(DeviceRangeError::Overlaps(self.image));
+        }
+        match self.map.and_then(|map| {
+            map.regions().iter().filter(|r| r.kind != RegionKind::Reserved).find(|r| overlaps(r.start, r.end))
+        }) {
+            Some(region) => Err(DeviceRangeError::Overlaps((region.start, region.end))),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::RegionKind::{AcpiNvs, AcpiReclaimable, Reserved, Unusable, Usable};

@@ -667,6 +667,17 @@ impl IntxRouting {
     }
 }
 
+/// The first memory BAR of `bars` that `check` refuses (a BAR over RAM,
+/// firmware memory or the kernel image: the device must be left out), as
+/// its index and the reason. Unassigned BARs (address 0) are skipped: they
+/// are never mapped.
+pub fn bad_bar<E>(bars: &[Bar], check: impl Fn(u64, u64) -> Result<(), E>) -> Option<(usize, E)> {
+    bars.iter().enumerate().find_map(|(index, bar)| match *bar {
+        Bar::Memory { address, size, .. } if address != 0 => check(address, size).err().map(|error| (index, error)),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -973,5 +984,89 @@ mod tests {
         assert_eq!(q35.route(segment, 1), Err(IntxError::BehindBridge(segment)));
         assert_eq!(q35.route(PciAddress::new(0, 25, 0), 1), Err(IntxError::ChipsetSlot(25)));
         assert_eq!(IntxError::UnknownChipset.to_string(), "INTx routing unknown on this chipset (not QEMU q35)");
+    }
+}
+
+/// A BAR over RAM, firmware memory or the image: the decision the kernel's
+/// PCI discovery takes (the device is left out), with garbled BARs.
+#[cfg(test)]
+mod bad_bar_tests {
+    use super::*;
+    use crate::memory_map::{DeviceMemoryRules, DeviceRangeError, MemoryMap, RegionKind};
+
+    /// QEMU q35 with 128 MiB: RAM below 0x8000000, the image at 1 MiB, the
+    /// ECAM window reserved, ACPI tables at the top of RAM.
+    fn q35_map() -> MemoryMap {
+        let mut map = MemoryMap::new();
+        map.push(0, 0x9fc00, RegionKind::Usable).unwrap();
+        map.push(0x10_0000, 0x7ee_0000, RegionKind::Usable).unwrap();
+        map.push(0x7fe_0000, 0x2_0000, RegionKind::AcpiReclaimable).unwrap();
+        map.push(0xb000_0000, 0x1000_0000, RegionKind::Reserved).unwrap();
+        map.push(0xfffc_0000, 0x4_0000, RegionKind::Reserved).unwrap();
+        map.normalize();
+        map
+    }
+
+    fn rules(map: &MemoryMap) -> DeviceMemoryRules<'_> {
+        DeviceMemoryRules { low_end: 1 << 20, image: (0x10_0000, 0x40_0000), map: Some(map), limit: 1 << 48 }
+    }
+
+    fn memory(address: u64, size: u64) -> Bar {
+        Bar::Memory { address, size, prefetchable: false, wide: address > u64::from(u32::MAX) }
+    }
+
+    fn verdict(bars: &[Bar]) -> Option<(usize, DeviceRangeError)> {
+        let map = q35_map();
+        let rules = rules(&map);
+        bad_bar(bars, |start, size| rules.check(start, size))
+    }
+
+    #[test]
+    fn bars_where_qemu_puts_them_are_kept() {
+        // virtio-rng-pci on q35: BAR 4 (64-bit, prefetchable) at 0xfe000000, 16 KiB.
+        let bars =
+            [Bar::None, memory(0xfebd_1000, 0x1000), Bar::None, Bar::None, memory(0xfe00_0000, 0x4000), Bar::None];
+        assert_eq!(verdict(&bars), None);
+        // cloud-hypervisor: above 4 GiB; a reserved range may be mapped.
+        assert_eq!(verdict(&[memory(0x2_0000_0000, 0x8_0000)]), None);
+        assert_eq!(verdict(&[memory(0xb000_0000, 0x1000)]), None);
+        // Unassigned BARs and I/O BARs are never mapped, so never refused.
+        assert_eq!(verdict(&[memory(0, 0x1000), Bar::None]), None);
+    }
+
+    #[test]
+    fn bars_over_ram_firmware_or_the_image_are_refused() {
+        let cases: &[(u64, u64, DeviceRangeError)] = &[
+            // Over RAM (one page and a range that ends inside it).
+            (0x200_0000, 0x1000, DeviceRangeError::Overlaps((0x10_0000, 0x7fe_0000))),
+            (0x7f0_0000, 0x20_0000, DeviceRangeError::Overlaps((0x10_0000, 0x7fe_0000))),
+            // Over the kernel image, and over low memory.
+            (0x20_0000, 0x1000, DeviceRangeError::Overlaps((0x10_0000, 0x40_0000))),
+            (0xa_0000, 0x2_0000, DeviceRangeError::Overlaps((0, 1 << 20))),
+            // Over the ACPI tables.
+            (0x7ff_f000, 0x2000, DeviceRangeError::Overlaps((0x7fe_0000, 0x800_0000))),
+            // Garbled: size 0, wrapping, past the physical address width.
+            (0xfe00_0000, 0, DeviceRangeError::Empty),
+            (0xffff_ffff_ffff_f000, 0x2000, DeviceRangeError::Empty),
+            (0xffff_ffff_0000_0000, 0x1000, DeviceRangeError::TooHigh),
+            ((1 << 48) - 0x1000, 0x2000, DeviceRangeError::TooHigh),
+        ];
+        for &(address, size, error) in cases {
+            let bars = [memory(0xfebd_1000, 0x1000), Bar::None, memory(address, size)];
+            assert_eq!(verdict(&bars), Some((2, error)), "BAR at {address:#x}+{size:#x}");
+        }
+        // The first bad BAR is the one reported.
+        assert_eq!(
+            verdict(&[memory(0x20_0000, 0x1000), memory(0x200_0000, 0x1000)]),
+            Some((0, DeviceRangeError::Overlaps((0x10_0000, 0x40_0000))))
+        );
+    }
+
+    #[test]
+    fn without_a_memory_map_low_memory_and_the_image_are_still_refused() {
+        let rules = DeviceMemoryRules { map: None, ..rules(&q35_map()) };
+        assert_eq!(rules.check(0x200_0000, 0x1000), Ok(()));
+        assert_eq!(rules.check(0x30_0000, 0x1000), Err(DeviceRangeError::Overlaps((0x10_0000, 0x40_0000))));
+        assert_eq!(rules.check(0x1000, 0x1000), Err(DeviceRangeError::Overlaps((0, 1 << 20))));
     }
 }

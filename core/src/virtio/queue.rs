@@ -70,6 +70,35 @@ pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
 pub const USED_F_NO_NOTIFY: u16 = 1;
 /// The largest split queue (section 2.7: "Queue Size ... maximum 32768").
 pub const MAX_QUEUE_SIZE: usize = 32768;
+/// Why a device's queue cannot take the driver's `needed` entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueSizeError {
+    /// The device's maximum is 0: the queue does not exist.
+    Unavailable,
+    /// The device claims more than a split queue can have (over
+    /// `MAX_QUEUE_SIZE`): it is broken.
+    Impossible,
+    /// The device allows fewer entries than the driver needs.
+    TooSmall,
+}
+
+/// Whether a queue whose device maximum (`QueueNumMax`, `queue_size`) is
+/// `maximum` can be set up with `needed` entries (`needed` is the driver's
+/// power-of-two size, at most `MAX_QUEUE_SIZE`). A maximum that is not a
+/// power of two is fine: the driver writes its own smaller size.
+pub fn check_queue_size(maximum: u32, needed: usize) -> Result<(), QueueSizeError> {
+    if maximum == 0 {
+        return Err(QueueSizeError::Unavailable);
+    }
+    if maximum as usize > MAX_QUEUE_SIZE {
+        return Err(QueueSizeError::Impossible);
+    }
+    if (maximum as usize) < needed {
+        return Err(QueueSizeError::TooSmall);
+    }
+    Ok(())
+}
+
 /// Bytes in one descriptor (section 2.7.5).
 pub const DESCRIPTOR_BYTES: u32 = 16;
 

@@ -7,7 +7,7 @@
 //! 64-bit PCI BAR), and flushes every CPU's TLB. A driver maps its device
 //! on its owner CPU, inside its service, and keeps the value there.
 
-use toro_core::memory_map::{MemoryMap, RegionKind};
+use toro_core::memory_map::{DeviceMemoryRules, DeviceRangeError, MemoryMap};
 
 use crate::arch::{paging, percpu, sections, smp};
 use crate::once::BootCell;
@@ -34,32 +34,18 @@ static PAGE_TABLE_LOCK: SpinLock<()> = SpinLock::new(());
 /// Whether `[start, start + size)` may be device-mapped: not RAM, firmware
 /// memory, low memory or the kernel image, and inside the address space.
 pub fn check_range(start: u64, size: u64) -> Result<(), MapError> {
-    let end = start.checked_add(size).filter(|_| size > 0).ok_or(MapError::Empty)?;
-    if end > paging::MAX_DEVICE_ADDRESS {
-        return Err(MapError::TooHigh { start, size });
-    }
-    match memory_overlap(start, end) {
-        Some(region) => Err(MapError::OverlapsMemory { start, size, region }),
-        None => Ok(()),
-    }
-}
-
-/// The overlap of `[start, end)` with memory that must not be device-mapped.
-fn memory_overlap(start: u64, end: u64) -> Option<(u64, u64)> {
     let image = sections::layout().image;
-    let overlaps = |a: u64, b: u64| a < end && start < b;
-    if overlaps(0, LOW_MEMORY_END) {
-        return Some((0, LOW_MEMORY_END));
-    }
-    if overlaps(image.start, image.end) {
-        return Some((image.start, image.end));
-    }
-    let map = MEMORY_MAP.get()?;
-    map.regions()
-        .iter()
-        .filter(|r| r.kind != RegionKind::Reserved)
-        .find(|r| overlaps(r.start, r.end))
-        .map(|r| (r.start, r.end))
+    let rules = DeviceMemoryRules {
+        low_end: LOW_MEMORY_END,
+        image: (image.start, image.end),
+        map: MEMORY_MAP.get(),
+        limit: paging::MAX_DEVICE_ADDRESS,
+    };
+    rules.check(start, size).map_err(|error| match error {
+        DeviceRangeError::Empty => MapError::Empty,
+        DeviceRangeError::TooHigh => MapError::TooHigh { start, size },
+        DeviceRangeError::Overlaps(region) => MapError::OverlapsMemory { start, size, region },
+    })
 }
 
 unsafe fn flush_job((): ()) {

@@ -371,15 +371,5 @@ pub(crate) fn discover() -> &'static [PciDevice] {
 /// Why a function's BARs make it unusable: a memory BAR over RAM, firmware
 /// memory or the image.
 fn bad_bars(function: &Function) -> Option<alloc::string::String> {
-    for (index, bar) in function.bars.iter().enumerate() {
-        if let Bar::Memory { address, size, .. } = *bar {
-            if address == 0 {
-                continue;
-            }
-            if let Err(error) = memory::check_range(address, size) {
-                return Some(alloc::format!("BAR {index}: {error}"));
-            }
-        }
-    }
-    None
+    pci::bad_bar(&function.bars, memory::check_range).map(|(index, error)| alloc::format!("BAR {index}: {error}"))
 }

@@ -305,16 +305,16 @@ impl Transport {
     }
 
     fn check_queue_size(&mut self, queue: u16, needed: usize) -> Result<(), VirtioError> {
+        use toro_core::virtio::queue::{check_queue_size, QueueSizeError};
         let maximum = self.queue_maximum(queue);
-        if maximum == 0 {
-            return Err(VirtioError::QueueUnavailable(queue));
+        match check_queue_size(maximum, needed) {
+            Ok(()) => Ok(()),
+            Err(QueueSizeError::Unavailable) => Err(VirtioError::QueueUnavailable(queue)),
+            // N <= 32768 (checked by the queue), so it fits.
+            Err(QueueSizeError::Impossible | QueueSizeError::TooSmall) => {
+                Err(VirtioError::QueueSize { queue, maximum, needed: needed as u16 })
+            }
         }
-        // N <= 32768 (checked by the queue); a device offering more than
-        // the spec allows is broken.
-        if maximum > toro_core::virtio::queue::MAX_QUEUE_SIZE as u32 || (maximum as usize) < needed {
-            return Err(VirtioError::QueueSize { queue, maximum, needed: needed as u16 });
-        }
-        Ok(())
     }
 
     fn enable_queue(&mut self, queue: u16, size: u16, addresses: QueueAddresses) -> Result<(), VirtioError> {

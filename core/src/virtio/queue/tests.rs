@@ -464,3 +464,24 @@ proptest! {
         run_session(&steps, event_index, indirect)?;
     }
 }
+
+#[test]
+fn impossible_queue_sizes_are_refused() {
+    // What QEMU offers (virtio-rng: 8; virtio-net/blk: 256, 1024) for a driver needing 8.
+    for maximum in [8, 256, 1024, MAX_QUEUE_SIZE as u32] {
+        assert_eq!(check_queue_size(maximum, 8), Ok(()), "maximum {maximum}");
+    }
+    // Not a power of two: the driver still writes its own size (8).
+    assert_eq!(check_queue_size(100, 8), Ok(()));
+    assert_eq!(check_queue_size(0, 8), Err(QueueSizeError::Unavailable));
+    for maximum in [1, 2, 7] {
+        assert_eq!(check_queue_size(maximum, 8), Err(QueueSizeError::TooSmall), "maximum {maximum}");
+    }
+    // Garbled registers: over the spec's largest split queue.
+    for maximum in [MAX_QUEUE_SIZE as u32 + 1, 65535, 65536, 0x8000_0001, u32::MAX] {
+        assert_eq!(check_queue_size(maximum, 8), Err(QueueSizeError::Impossible), "maximum {maximum}");
+    }
+    // The largest queue the driver can ask for.
+    assert_eq!(check_queue_size(MAX_QUEUE_SIZE as u32, MAX_QUEUE_SIZE), Ok(()));
+    assert_eq!(check_queue_size(MAX_QUEUE_SIZE as u32 - 1, MAX_QUEUE_SIZE), Err(QueueSizeError::TooSmall));
+}
