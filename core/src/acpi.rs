@@ -1211,3 +1211,82 @@ mod tests {
         assert_eq!(parse_madt(&memory, 0x3000), Err(AcpiError::TableChecksum { address: 0x3000, signature: *b"APIC" }));
     }
 }
+
+/// The MADT and MCFG as QEMU builds them, recorded from a guest
+/// (`core/tests/fixtures/acpi/README.md`).
+#[cfg(test)]
+mod recorded_tests {
+    use super::*;
+    use crate::test_memory::FakeMemory;
+
+    const Q35_4CPU_APIC: &[u8] = include_bytes!("../tests/fixtures/acpi/qemu-q35-4cpu-apic.bin");
+    const Q35_4CPU_MCFG: &[u8] = include_bytes!("../tests/fixtures/acpi/qemu-q35-4cpu-mcfg.bin");
+
+    /// Where the tables were in the guest (q35, 4 CPUs, 128 MiB).
+    const APIC_AT: u64 = 0x7fe_226c;
+    const MCFG_AT: u64 = 0x7fe_2334;
+
+    fn q35() -> FakeMemory {
+        FakeMemory::new().with(APIC_AT, Q35_4CPU_APIC.to_vec()).with(MCFG_AT, Q35_4CPU_MCFG.to_vec())
+    }
+
+    #[test]
+    fn qemu_q35_madt_four_cpus_one_ioapic_five_overrides() {
+        let madt = parse_madt(&q35(), APIC_AT).unwrap();
+        assert_eq!(madt.local_apic_address, 0xfee0_0000);
+        assert_eq!(madt.processor_count, 4);
+        for (n, cpu) in madt.processors[..4].iter().enumerate() {
+            assert_eq!((cpu.apic_id, cpu.processor_uid, cpu.x2apic), (n as u32, n as u32, false));
+        }
+        assert_eq!(
+            (
+                madt.disabled_processors,
+                madt.online_capable_processors,
+                madt.processors_over_limit,
+                madt.duplicate_processors
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(madt.io_apics, 1);
+        assert_eq!(madt.io_apic_entries[0], IoApicEntry { id: 0, address: 0xfec0_0000, gsi_base: 0 });
+        // The PIT's IRQ 0 on GSI 2 (flags 0: conforms to the ISA bus), and
+        // the PCI interrupt lines 5, 9, 10, 11 level-triggered, active high.
+        let overrides: Vec<_> =
+            madt.overrides[..madt.override_count].iter().map(|o| (o.source, o.gsi, o.polarity, o.trigger)).collect();
+        assert_eq!(
+            overrides,
+            [
+                (0, 2, Polarity::ConformsToBus, TriggerMode::ConformsToBus),
+                (5, 5, Polarity::ActiveHigh, TriggerMode::Level),
+                (9, 9, Polarity::ActiveHigh, TriggerMode::Level),
+                (10, 10, Polarity::ActiveHigh, TriggerMode::Level),
+                (11, 11, Polarity::ActiveHigh, TriggerMode::Level),
+            ]
+        );
+        assert_eq!(madt.bad_overrides, 0);
+        assert!(madt.has_8259);
+        assert_eq!(madt.malformed_entry, None);
+    }
+
+    #[test]
+    fn qemu_q35_mcfg_one_ecam_region() {
+        let mcfg = crate::pci::parse_mcfg(&q35(), MCFG_AT).unwrap();
+        assert_eq!(
+            mcfg.regions(),
+            [crate::pci::EcamRegion { base: 0xb000_0000, segment: 0, start_bus: 0, end_bus: 255 }]
+        );
+        assert_eq!((mcfg.bad_entries, mcfg.trailing_bytes), (0, 0));
+    }
+
+    #[test]
+    fn recorded_tables_with_a_flipped_byte_are_refused() {
+        let mut apic = Q35_4CPU_APIC.to_vec();
+        apic[50] ^= 0x40;
+        let memory = FakeMemory::new().with(APIC_AT, apic);
+        assert!(parse_madt(&memory, APIC_AT).is_err(), "checksum");
+        let mut mcfg = Q35_4CPU_MCFG.to_vec();
+        mcfg[50] ^= 0x40;
+        let memory = FakeMemory::new().with(MCFG_AT, mcfg);
+        assert!(crate::pci::parse_mcfg(&memory, MCFG_AT).is_err(), "checksum");
+    }
+}
