@@ -1279,6 +1279,29 @@ mod recorded_tests {
     }
 
     #[test]
+    fn qemu_microvm_madt_two_cpus_two_ioapics_no_overrides() {
+        const AT: u64 = 0xe_ff39;
+        let table = include_bytes!("../tests/fixtures/acpi/qemu-microvm-2cpu-apic.bin");
+        let madt = parse_madt(&FakeMemory::new().with(AT, table.to_vec()), AT).unwrap();
+        assert_eq!(madt.local_apic_address, 0xfee0_0000);
+        assert_eq!(madt.processor_count, 2);
+        assert_eq!((madt.processors[0].apic_id, madt.processors[1].apic_id), (0, 1));
+        // The second IOAPIC holds the virtio-mmio GSIs (24 and up).
+        assert_eq!(madt.io_apics, 2);
+        assert_eq!(
+            madt.io_apic_entries[..2],
+            [
+                IoApicEntry { id: 0, address: 0xfec0_0000, gsi_base: 0 },
+                IoApicEntry { id: 1, address: 0xfec1_0000, gsi_base: 24 }
+            ]
+        );
+        assert_eq!((madt.override_count, madt.bad_overrides), (0, 0));
+        // PCAT_COMPAT is set even with `pic=off`.
+        assert!(madt.has_8259);
+        assert_eq!(madt.malformed_entry, None);
+    }
+
+    #[test]
     fn recorded_tables_with_a_flipped_byte_are_refused() {
         let mut apic = Q35_4CPU_APIC.to_vec();
         apic[50] ^= 0x40;
