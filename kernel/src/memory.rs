@@ -201,8 +201,20 @@ fn allocate_after_reclaim(size: usize, align: usize) -> *mut u8 {
         }
     }
     let may_yield = !crate::cpu::in_job() && crate::thread::scheduler::may_block();
+    // A large request from a thread also asks the best lender at once,
+    // beside the flush requests: when nothing is owed here (the usual
+    // case for a block larger than what this CPU frees for others), the
+    // answer comes after one round trip, not two (flush, then loan).
+    let mut tried = [0u64; MAX_CPUS / 64];
+    let early = LoanRequest::new(size, align);
+    let early_sent = may_yield && size >= EARLY_LOAN_AT && ask_lender(&early, &mut tried);
     let start = crate::time::Instant::now();
     loop {
+        if early_sent && early.done.load(Ordering::Acquire) {
+            if let Some(address) = early.take(me, size) {
+                return address as *mut u8;
+            }
+        }
         let answered = (0..cpus).all(|cpu| {
             served_before[cpu] == u64::MAX || FLUSHES_SERVED[cpu].0.load(Ordering::Acquire) > served_before[cpu]
         });
@@ -212,9 +224,18 @@ fn allocate_after_reclaim(size: usize, align: usize) -> *mut u8 {
         })
         .flatten();
         if let Some(address) = retry {
+            if early_sent {
+                // `early` lives on this stack: wait for its answer, and
+                // give back a block lent meanwhile (it goes home).
+                early.wait();
+                if let Some(lent) = early.take(me, size) {
+                    free(lent, size, align);
+                }
+            }
             return address as *mut u8;
         }
-        if answered || start.elapsed() > RECLAIM_WAIT {
+        let early_over = !early_sent || early.done.load(Ordering::Acquire);
+        if (answered && early_over) || start.elapsed() > RECLAIM_WAIT {
             break;
         }
         if may_yield {
@@ -223,14 +244,25 @@ fn allocate_after_reclaim(size: usize, align: usize) -> *mut u8 {
             core::hint::spin_loop();
         }
     }
+    if early_sent {
+        early.wait();
+        if let Some(address) = early.take(me, size) {
+            return address as *mut u8;
+        }
+    }
     if may_yield {
-        if let Some(address) = borrow(size, align) {
+        if let Some(address) = borrow(size, align, &mut tried) {
             return address as *mut u8;
         }
     }
     lend(|allocator| allocation_failure_record(allocator, size, align));
     core::ptr::null_mut()
 }
+
+/// Requests at least this large ask a lender at once, beside the flush
+/// requests (`allocate_after_reclaim`); smaller ones wait for what is owed
+/// first (a small block is more likely among the frees other CPUs hold).
+const EARLY_LOAN_AT: usize = 1 << 20;
 
 /// A request to another CPU: "allocate this from your share for me". It
 /// lives on the borrowing thread's stack, and that thread waits until
@@ -243,44 +275,76 @@ struct LoanRequest {
     done: core::sync::atomic::AtomicBool,
 }
 
+impl LoanRequest {
+    fn new(size: usize, align: usize) -> Self {
+        LoanRequest { size, align, address: AtomicU64::new(0), done: core::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// Waits (yielding: thread context) for the lender's answer.
+    fn wait(&self) {
+        while !self.done.load(Ordering::Acquire) {
+            crate::thread::scheduler::yield_now();
+        }
+    }
+
+    /// The lent block once answered (counted as borrowed by CPU `me`), or
+    /// `None` if the lender could not serve it. Takes it once.
+    fn take(&self, me: usize, size: usize) -> Option<u64> {
+        // Plain load and store (no `xchg`, which locks): after `done` only
+        // the borrower touches the request.
+        let address = self.address.load(Ordering::Relaxed);
+        self.address.store(0, Ordering::Relaxed);
+        if address == 0 {
+            return None;
+        }
+        let borrowed = &PUBLISHED[me].borrowed;
+        borrowed.store(borrowed.load(Ordering::Relaxed) + size as u64, Ordering::Relaxed);
+        Some(address)
+    }
+}
+
+/// Sends `request` to the best CPU not yet in `tried` (see [`borrow`]) and
+/// marks it tried; false when no CPU published enough free memory or its
+/// ring is full. The caller must wait for `done` before `request` goes.
+fn ask_lender(request: &LoanRequest, tried: &mut [u64; MAX_CPUS / 64]) -> bool {
+    let me = percpu::current_index();
+    let Some(owners) = OWNERS.get() else { return false };
+    loop {
+        let mut best: Option<(bool, u64, usize)> = None;
+        for cpu in (0..percpu::online()).filter(|&cpu| cpu != me && tried[cpu / 64] & (1 << (cpu % 64)) == 0) {
+            let free = PUBLISHED[cpu].free.load(Ordering::Relaxed);
+            let key = (owners.nodes[cpu] != owners.nodes[me], u64::MAX - free, cpu);
+            if free >= request.size as u64 && best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        let Some((_, _, cpu)) = best else { return false };
+        tried[cpu / 64] |= 1 << (cpu % 64);
+        // SAFETY: the caller keeps `request` alive until the lender's
+        // answer (it waits for `done`).
+        if unsafe { crate::cpu::send_to(cpu, request as *const LoanRequest, lend_job) }.is_ok() {
+            return true;
+        }
+    }
+}
+
 /// Borrows a block from another CPU's share (thread context only: it waits
 /// for each answer, yielding): CPUs of this CPU's NUMA node first, then the
 /// others, each by most free memory as last published, skipping those
 /// that published less free memory than the request. The block belongs to
 /// the lender: freeing it anywhere returns it there (the remote-free path).
 /// A block must be contiguous, so one request is served by one share.
-fn borrow(size: usize, align: usize) -> Option<u64> {
+fn borrow(size: usize, align: usize, tried: &mut [u64; MAX_CPUS / 64]) -> Option<u64> {
     let me = percpu::current_index();
-    let owners = OWNERS.get()?;
-    // No heap here (this CPU's share is full): a bitmap of CPUs tried, and
-    // the next candidate picked by scanning.
-    let mut tried = [0u64; MAX_CPUS / 64];
     loop {
-        let mut best: Option<(bool, u64, usize)> = None;
-        for cpu in (0..percpu::online()).filter(|&cpu| cpu != me && tried[cpu / 64] & (1 << (cpu % 64)) == 0) {
-            let free = PUBLISHED[cpu].free.load(Ordering::Relaxed);
-            let key = (owners.nodes[cpu] != owners.nodes[me], u64::MAX - free, cpu);
-            if free >= size as u64 && best.is_none_or(|b| key < b) {
-                best = Some(key);
-            }
-        }
-        let (_, _, cpu) = best?;
-        tried[cpu / 64] |= 1 << (cpu % 64);
-        let request =
-            LoanRequest { size, align, address: AtomicU64::new(0), done: core::sync::atomic::AtomicBool::new(false) };
-        // SAFETY: `request` lives until the lender's answer (we wait below).
-        if unsafe { crate::cpu::send_to(cpu, &raw const request, lend_job) }.is_err() {
-            continue;
+        let request = LoanRequest::new(size, align);
+        if !ask_lender(&request, tried) {
+            return None;
         }
         // The lender answers at its next scheduling point; `request` must
         // outlive the job, so wait for the answer however long it takes.
-        while !request.done.load(Ordering::Acquire) {
-            crate::thread::scheduler::yield_now();
-        }
-        let address = request.address.load(Ordering::Relaxed);
-        if address != 0 {
-            let borrowed = &PUBLISHED[me].borrowed;
-            borrowed.store(borrowed.load(Ordering::Relaxed) + size as u64, Ordering::Relaxed);
+        request.wait();
+        if let Some(address) = request.take(me, size) {
             return Some(address);
         }
     }

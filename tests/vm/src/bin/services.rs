@@ -286,6 +286,16 @@ fn main() -> i32 {
     println!("services: a poll hook always due ran {spins} times; a thread on its CPU ran meanwhile");
     spinner.stop().expect("stop");
 
+    // A request that calls its own service would wait for itself: it is
+    // refused with `Reentered`, from another CPU's call and from the
+    // owner's own (direct) call alike; the service goes on.
+    let inner = counter;
+    let reentered = counter.call(move |_| inner.try_call(|c| c.total).err());
+    ok &= check(reentered == Some(ServiceError::Reentered), "a request calling its own service is refused");
+    let reentered_here = thread::spawn_on(owner, move || inner.call(move |_| inner.try_call(|c| c.total).err())).join();
+    ok &= check(reentered_here == Some(ServiceError::Reentered), "so is a direct call calling its own service");
+    ok &= check(counter.try_call(|c| c.total).is_ok(), "the service goes on after refusing");
+
     // Stopped: later calls fail, the handle stays safe to use.
     counter.stop().expect("stop");
     let start = Instant::now();
