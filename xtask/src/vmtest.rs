@@ -139,7 +139,12 @@ fn tests() -> Vec<VmTest> {
             cpus: 1,
             command_line: "toro.log=info",
             qemu_arguments: &["-device", "virtio-rng-device"],
-            expect: &["virtio: mmio 0xfeb02e00 (512 bytes) GSI 47 level: rng", "virtio-rng: all checks passed"],
+            expect: &[
+                "virtio: mmio 0xfeb02e00 (512 bytes) GSI 47 level: rng",
+                // The boot report's line for it: transport, address, interrupt, owner.
+                "device: virtio-mmio 0xfeb02e00+0x200 rng interrupt GSI 47, owner cpu 0",
+                "virtio-rng: all checks passed",
+            ],
             ..vm("vm-tests", "virtio_rng")
         },
         VmTest {

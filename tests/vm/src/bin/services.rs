@@ -286,6 +286,28 @@ fn main() -> i32 {
     println!("services: a poll hook always due ran {spins} times; a thread on its CPU ran meanwhile");
     spinner.stop().expect("stop");
 
+    // Requests run on the service's thread, which may block: one that
+    // sleeps holds the value, and a call from another CPU queued behind
+    // it runs after it, in order, while the owner CPU runs other threads.
+    static BLOCKING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    let blocker = counter;
+    let sleeper = thread::spawn_on(0, move || {
+        blocker.call(|c| {
+            BLOCKING.store(true, core::sync::atomic::Ordering::Release);
+            thread::sleep(Duration::from_millis(20));
+            c.total += 1_000_000;
+        })
+    });
+    // Not timed: the call below is made once the blocking request runs.
+    while !BLOCKING.load(core::sync::atomic::Ordering::Acquire) {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let seen = counter.call(|c| c.total);
+    sleeper.join();
+    ok &= check(seen >= 1_000_000, "a call queued behind a blocking request runs after it");
+    let others_ran = thread::spawn_on(owner, || 7).join();
+    ok &= check(others_ran == 7, "the owner CPU runs other threads meanwhile");
+
     // A request that calls its own service would wait for itself: it is
     // refused with `Reentered`, from another CPU's call and from the
     // owner's own (direct) call alike; the service goes on.
