@@ -528,67 +528,12 @@ fn tests() -> Vec<VmTest> {
             expect: &["4 CPUs wrote at once", "fs_disk: all checks passed"],
             ..vm("vm-tests", "fs_disk")
         },
-        VmTest {
-            name: "fs_disk-sync-kill-1",
-            cpus: 1,
-            memory_mib: 256,
-            command_line: "mode=sync-kill",
-            disk: Some(crate::disktest::SYNC_KILL),
-            kill_at: Some("fs_disk: synced, kill the VM now"),
-            expect: &["fs_disk: synced, kill the VM now"],
-            ..vm("vm-tests", "fs_disk")
-        },
-        VmTest {
-            name: "fs_disk-sync-kill-4",
-            cpus: 4,
-            memory_mib: 256,
-            command_line: "mode=sync-kill",
-            disk: Some(crate::disktest::SYNC_KILL),
-            kill_at: Some("fs_disk: synced, kill the VM now"),
-            expect: &["fs_disk: synced, kill the VM now"],
-            ..vm("vm-tests", "fs_disk")
-        },
-        VmTest {
-            name: "fs_disk-sync-kill-q35-1",
-            cpus: 1,
-            machine: Machine::Q35,
-            memory_mib: 256,
-            command_line: "mode=sync-kill",
-            disk: Some(crate::disktest::SYNC_KILL),
-            kill_at: Some("fs_disk: synced, kill the VM now"),
-            expect: &["fs_disk: synced, kill the VM now"],
-            ..vm("vm-tests", "fs_disk")
-        },
-        VmTest {
-            name: "fs_disk-sync-kill-q35-2",
-            machine: Machine::Q35,
-            memory_mib: 256,
-            command_line: "mode=sync-kill",
-            disk: Some(crate::disktest::SYNC_KILL),
-            kill_at: Some("fs_disk: synced, kill the VM now"),
-            expect: &["fs_disk: synced, kill the VM now"],
-            ..vm("vm-tests", "fs_disk")
-        },
-        VmTest {
-            name: "fs_disk-sync-kill-q35-4",
-            cpus: 4,
-            machine: Machine::Q35,
-            memory_mib: 256,
-            command_line: "mode=sync-kill",
-            disk: Some(crate::disktest::SYNC_KILL),
-            kill_at: Some("fs_disk: synced, kill the VM now"),
-            expect: &["fs_disk: synced, kill the VM now"],
-            ..vm("vm-tests", "fs_disk")
-        },
-        VmTest {
-            name: "fs_disk-sync-kill-2",
-            memory_mib: 256,
-            command_line: "mode=sync-kill",
-            disk: Some(crate::disktest::SYNC_KILL),
-            kill_at: Some("fs_disk: synced, kill the VM now"),
-            expect: &["fs_disk: synced, kill the VM now"],
-            ..vm("vm-tests", "fs_disk")
-        },
+        sync_kill("fs_disk-sync-kill-1", 1, Machine::Microvm),
+        sync_kill("fs_disk-sync-kill-4", 4, Machine::Microvm),
+        sync_kill("fs_disk-sync-kill-q35-1", 1, Machine::Q35),
+        sync_kill("fs_disk-sync-kill-q35-2", 2, Machine::Q35),
+        sync_kill("fs_disk-sync-kill-q35-4", 4, Machine::Q35),
+        sync_kill("fs_disk-sync-kill-2", 2, Machine::Microvm),
         VmTest {
             name: "fs_disk-4",
             cpus: 4,
@@ -1218,6 +1163,23 @@ fn cargo_test(mut command: Command) -> Result<(usize, usize)> {
         failed = 1; // a build failure counts as a failure
     }
     Ok((passed, failed))
+}
+
+/// fs_disk's kill-after-sync case on `machine` with `cpus` CPUs: the host
+/// kills the VM when the guest says its sync returned (`kill_at`) and finds
+/// every synced change on the image (`disktest::SYNC_KILL`).
+fn sync_kill(name: &'static str, cpus: u32, machine: Machine) -> VmTest {
+    VmTest {
+        name,
+        cpus,
+        machine,
+        memory_mib: 256,
+        command_line: "mode=sync-kill",
+        disk: Some(crate::disktest::SYNC_KILL),
+        kill_at: Some("fs_disk: synced, kill the VM now"),
+        expect: &["fs_disk: synced, kill the VM now"],
+        ..vm("vm-tests", "fs_disk")
+    }
 }
 
 /// Runs one test of the table and prints its line: `Some(passed)`, or
