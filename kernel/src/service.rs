@@ -948,7 +948,7 @@ fn bind_here(inbox: &'static Inbox, source: InterruptSource) -> Result<Bound, Se
         _ => (Trigger::Edge, None),
     };
     let registration = Registration {
-        name: "service",
+        name: inbox.name.as_str(),
         handler: service_interrupt,
         data: inbox as *const Inbox as usize | number as usize,
         trigger,

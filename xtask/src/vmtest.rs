@@ -274,6 +274,23 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "services")
         },
         VmTest {
+            // QEMU's edu test device: plain MSI to the owner CPU, then its
+            // INTx line stuck asserted (a storm, silenced and masked).
+            name: "edu-msi-q35-2",
+            machine: Machine::Q35,
+            devices: &["edu"],
+            expect: &["edu: all checks passed", "interrupt storm: vector", "(edu-stuck)"],
+            ..vm("vm-tests", "edu_msi")
+        },
+        VmTest {
+            name: "edu-msi-q35-4",
+            cpus: 4,
+            machine: Machine::Q35,
+            devices: &["edu"],
+            expect: &["edu: all checks passed", "on cpu 3, 0 elsewhere", "(edu-stuck)"],
+            ..vm("vm-tests", "edu_msi")
+        },
+        VmTest {
             name: "devices-q35-1",
             cpus: 1,
             machine: Machine::Q35,
