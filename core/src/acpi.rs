@@ -1301,6 +1301,62 @@ mod recorded_tests {
         assert_eq!(madt.malformed_entry, None);
     }
 
+    /// Firecracker v1.16.1, 2 vCPUs: MADT at 0xa003f, MCFG at 0xa0087.
+    #[test]
+    fn firecracker_madt_two_cpus_one_ioapic_no_overrides_no_8259() {
+        const AT: u64 = 0xa_003f;
+        let table = include_bytes!("../tests/fixtures/acpi/firecracker-2cpu-apic.bin");
+        let madt = parse_madt(&FakeMemory::new().with(AT, table.to_vec()), AT).unwrap();
+        assert_eq!(madt.local_apic_address, 0xfee0_0000);
+        assert_eq!(madt.processor_count, 2);
+        for (n, cpu) in madt.processors[..2].iter().enumerate() {
+            assert_eq!((cpu.apic_id, cpu.processor_uid, cpu.x2apic), (n as u32, n as u32, false));
+        }
+        assert_eq!((madt.disabled_processors, madt.online_capable_processors, madt.duplicate_processors), (0, 0, 0));
+        assert_eq!(madt.io_apics, 1);
+        assert_eq!(madt.io_apic_entries[0], IoApicEntry { id: 0, address: 0xfec0_0000, gsi_base: 0 });
+        assert_eq!((madt.override_count, madt.bad_overrides), (0, 0));
+        // No PCAT_COMPAT: Firecracker has no 8259 pair.
+        assert!(!madt.has_8259);
+        assert_eq!(madt.malformed_entry, None);
+    }
+
+    /// cloud-hypervisor v53.0, 2 vCPUs: MADT at 0xa13cb, MCFG at 0xa142d.
+    #[test]
+    fn cloud_hypervisor_madt_two_x2apic_cpus_one_ioapic_one_override() {
+        const AT: u64 = 0xa_13cb;
+        let table = include_bytes!("../tests/fixtures/acpi/cloud-hypervisor-2cpu-apic.bin");
+        let madt = parse_madt(&FakeMemory::new().with(AT, table.to_vec()), AT).unwrap();
+        assert_eq!(madt.local_apic_address, 0xfee0_0000);
+        // Processor Local x2APIC entries (type 9), enabled and online capable.
+        assert_eq!(madt.processor_count, 2);
+        for (n, cpu) in madt.processors[..2].iter().enumerate() {
+            assert_eq!((cpu.apic_id, cpu.processor_uid, cpu.x2apic), (n as u32, n as u32, true));
+        }
+        assert_eq!((madt.disabled_processors, madt.duplicate_processors), (0, 0));
+        assert_eq!(madt.io_apics, 1);
+        assert_eq!(madt.io_apic_entries[0], IoApicEntry { id: 0, address: 0xfec0_0000, gsi_base: 0 });
+        // ISA IRQ 4 (the serial port) on GSI 4, conforming to the bus.
+        let overrides: Vec<_> =
+            madt.overrides[..madt.override_count].iter().map(|o| (o.source, o.gsi, o.polarity, o.trigger)).collect();
+        assert_eq!(overrides, [(4, 4, Polarity::ConformsToBus, TriggerMode::ConformsToBus)]);
+        assert_eq!(madt.bad_overrides, 0);
+        assert!(!madt.has_8259);
+        assert_eq!(madt.malformed_entry, None);
+    }
+
+    #[test]
+    fn firecracker_and_cloud_hypervisor_mcfg_one_bus() {
+        for (table, at, base) in [
+            (&include_bytes!("../tests/fixtures/acpi/firecracker-2cpu-mcfg.bin")[..], 0xa_0087, 0xeec0_0000),
+            (&include_bytes!("../tests/fixtures/acpi/cloud-hypervisor-2cpu-mcfg.bin")[..], 0xa_142d, 0xe800_0000),
+        ] {
+            let mcfg = crate::pci::parse_mcfg(&FakeMemory::new().with(at, table.to_vec()), at).unwrap();
+            assert_eq!(mcfg.regions(), [crate::pci::EcamRegion { base, segment: 0, start_bus: 0, end_bus: 0 }]);
+            assert_eq!((mcfg.bad_entries, mcfg.trailing_bytes), (0, 0));
+        }
+    }
+
     #[test]
     fn recorded_tables_with_a_flipped_byte_are_refused() {
         let mut apic = Q35_4CPU_APIC.to_vec();
