@@ -363,6 +363,12 @@ pub enum CommandLineError<'a> {
         /// The value as given.
         given: &'a str,
     },
+    /// An interrupt storm threshold is not a whole number from 10 to
+    /// 1,000,000.
+    BadStormThreshold {
+        /// The value as given.
+        given: &'a str,
+    },
 }
 
 impl fmt::Display for CommandLineError<'_> {
@@ -381,6 +387,10 @@ impl fmt::Display for CommandLineError<'_> {
             Self::BadWatchdogAction { given } => {
                 write!(formatter, "bad watchdog action {given:?} (expected report or stop)")
             }
+            Self::BadStormThreshold { given } => write!(
+                formatter,
+                "bad interrupt storm threshold {given:?} (expected interrupts per 10 ms on one vector, 10 to 1000000)"
+            ),
         }
     }
 }
@@ -460,6 +470,19 @@ pub fn parse_watchdog(value: &str) -> Result<Watchdog, CommandLineError<'_>> {
     }
 }
 
+/// Reads `toro.irq_storm=`: how many interrupts on one vector within
+/// 10 ms make a storm, a whole number from 10 to 1,000,000.
+pub fn parse_storm_threshold(value: &str) -> Result<u32, CommandLineError<'_>> {
+    let bad = CommandLineError::BadStormThreshold { given: value };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad);
+    }
+    match value.parse::<u32>() {
+        Ok(threshold @ 10..=1_000_000) => Ok(threshold),
+        _ => Err(bad),
+    }
+}
+
 /// What the watchdog does after its report (`toro.watchdog_action=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchdogAction {
@@ -482,6 +505,17 @@ pub fn parse_watchdog_action(value: &str) -> Result<WatchdogAction, CommandLineE
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn storm_thresholds() {
+        assert_eq!(parse_storm_threshold("10"), Ok(10));
+        assert_eq!(parse_storm_threshold("1000"), Ok(1000));
+        assert_eq!(parse_storm_threshold("1000000"), Ok(1_000_000));
+        for bad in ["", "9", "0", "1000001", "-5", "+5", "1e3", "99999999999", " 100", "100 "] {
+            assert_eq!(parse_storm_threshold(bad), Err(CommandLineError::BadStormThreshold { given: bad }), "{bad:?}");
+        }
+        assert!(format!("{}", parse_storm_threshold("x").unwrap_err()).contains("10 to 1000000"));
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -107,6 +107,7 @@ extern "C" fn kernel_entry(start_info_address: u64, entry_tsc: u64) -> ! {
     let launch = launch_application_processors(&cpus, trampoline_usable, &mut frames); // they start meanwhile
     time::calibrate(); // TSC frequency, while the other CPUs start
     crate::arch::irq::set_tsc_hz(time::tsc_hz().unwrap_or(0)); // interrupt storm windows
+    crate::interrupts::read_storm_threshold(); // toro.irq_storm=
     phases.mark("TSC frequency");
     start_allocators(&plan, &zones); // each CPU's heap behind its thread stacks, rings between CPUs
     phases.mark("allocators");

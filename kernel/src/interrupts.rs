@@ -195,3 +195,16 @@ pub(crate) fn mask_gsi_later(gsi: u32) {
     // APICs.
     let _ = unsafe { messages::on_cpu(0, gsi, mask_gsi_job) };
 }
+
+/// Reads `toro.irq_storm=N` (interrupts on one vector within 10 ms that
+/// make a storm; default 1000). A bad value is reported and the default
+/// kept. Boot CPU, before any scheduler starts.
+pub(crate) fn read_storm_threshold() {
+    match crate::system::argument("toro.irq_storm").map(toro_core::command_line::parse_storm_threshold) {
+        None => {}
+        Some(Ok(threshold)) => irq::set_storm_threshold(threshold),
+        Some(Err(error)) => {
+            crate::println!("toro: warning: {error}; the default ({}) stays", irq::STORM_THRESHOLD)
+        }
+    }
+}

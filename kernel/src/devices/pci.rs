@@ -279,11 +279,44 @@ impl PciDevice {
         }
     }
 
-    /// Programs and enables MSI with `message` (INTx off).
+    /// Programs and enables MSI with `message` (INTx off). If `message`
+    /// is for this CPU, a storm on its vector also turns this function's
+    /// MSI off (`set_source_mask`).
     pub fn enable_msi(&self, message: MsiMessage) -> Result<(), PciError> {
         let capability = self.function.capability(CAPABILITY_MSI).ok_or(PciError::NoCapability(CAPABILITY_MSI))?;
         pci::enable_msi(&Access, self.address(), capability.offset, (message.address, message.data));
+        self.mask_on_storm(message, SourceKind::Msi, capability.offset);
         Ok(())
+    }
+
+    /// Writes MSI-X table entry `entry` (in the BAR mapped as `bar`, table
+    /// at `table.offset`) with `message`, unmasked (PCI 3.0, 6.8.2.6-9).
+    /// If `message` is for this CPU, a storm on its vector also masks this
+    /// function's MSI-X (its function mask: every vector of the function,
+    /// the device is left out).
+    pub fn write_msix_entry(&self, bar: &mut DeviceMemory, table: &MsixTable, entry: u16, message: MsiMessage) {
+        let base = u64::from(table.offset) + u64::from(entry) * pci::MSIX_ENTRY_BYTES;
+        bar.write::<u32>(base + 12, pci::MSIX_ENTRY_MASKED);
+        bar.write::<u32>(base, message.address as u32);
+        bar.write::<u32>(base + 4, (message.address >> 32) as u32);
+        bar.write::<u32>(base + 8, message.data);
+        bar.write::<u32>(base + 12, 0);
+        if let Some(capability) = self.function.capability(CAPABILITY_MSIX) {
+            self.mask_on_storm(message, SourceKind::Msix, capability.offset);
+        }
+    }
+
+    /// Records, in this CPU's interrupt table, how to silence this
+    /// function if `message`'s vector storms (only for a message to this
+    /// CPU: the table is per CPU, and drivers program their messages on
+    /// the owner CPU).
+    fn mask_on_storm(&self, message: MsiMessage, kind: SourceKind, capability: u16) {
+        let (apic_id, vector) = (((message.address >> 12) & 0xff) as u32, message.data as u8);
+        if percpu::current().apic_id != apic_id {
+            return;
+        }
+        let data = StormSource { address: self.address(), kind, capability }.pack();
+        let _ = crate::arch::irq::set_source_mask(vector, mask_storming_source, data);
     }
 
     /// Where the MSI-X table is.
@@ -293,7 +326,7 @@ impl PciDevice {
     }
 
     /// Enables MSI-X (INTx off). Program the entries first
-    /// ([`write_msix_entry`]).
+    /// ([`Self::write_msix_entry`]).
     pub fn enable_msix(&self) -> Result<(), PciError> {
         let capability = self.function.capability(CAPABILITY_MSIX).ok_or(PciError::NoCapability(CAPABILITY_MSIX))?;
         pci::enable_msix(&Access, self.address(), capability.offset);
@@ -301,15 +334,87 @@ impl PciDevice {
     }
 }
 
-/// Writes MSI-X table entry `entry` (in the BAR mapped as `bar`, table at
-/// `table.offset`) with `message`, unmasked (PCI 3.0, 6.8.2.6-9).
-pub fn write_msix_entry(bar: &mut DeviceMemory, table: &MsixTable, entry: u16, message: MsiMessage) {
-    let base = u64::from(table.offset) + u64::from(entry) * pci::MSIX_ENTRY_BYTES;
-    bar.write::<u32>(base + 12, pci::MSIX_ENTRY_MASKED);
-    bar.write::<u32>(base, message.address as u32);
-    bar.write::<u32>(base + 4, (message.address >> 32) as u32);
-    bar.write::<u32>(base + 8, message.data);
-    bar.write::<u32>(base + 12, 0);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceKind {
+    Msi,
+    Msix,
+}
+
+/// A function whose MSI or MSI-X vector may storm, packed into a word for
+/// the interrupt table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StormSource {
+    address: PciAddress,
+    kind: SourceKind,
+    capability: u16,
+}
+
+impl StormSource {
+    /// Bits 0-11 capability offset, 12 MSI-X, 16-18 function, 19-23
+    /// device, 24-31 bus, 32-47 segment.
+    fn pack(self) -> usize {
+        let address = self.address;
+        (usize::from(self.capability) & 0xfff)
+            | usize::from(self.kind == SourceKind::Msix) << 12
+            | usize::from(address.function & 7) << 16
+            | usize::from(address.device & 31) << 19
+            | usize::from(address.bus) << 24
+            | usize::from(address.segment) << 32
+    }
+
+    fn unpack(data: usize) -> Self {
+        Self {
+            address: PciAddress {
+                segment: (data >> 32) as u16,
+                bus: (data >> 24) as u8,
+                device: ((data >> 19) & 31) as u8,
+                function: ((data >> 16) & 7) as u8,
+            },
+            kind: if data & 1 << 12 != 0 { SourceKind::Msix } else { SourceKind::Msi },
+            capability: (data & 0xfff) as u16,
+        }
+    }
+
+    /// Stops the function's messages: MSI-X function mask, or MSI off
+    /// (INTx stays disabled: `enable_msi` set the command register's bit).
+    fn silence(self) {
+        let control = Access.read16(self.address, self.capability + 2);
+        let quiet = match self.kind {
+            SourceKind::Msix => control | pci::MSIX_CONTROL_FUNCTION_MASK,
+            SourceKind::Msi => control & !pci::MSI_CONTROL_ENABLE,
+        };
+        Access.write16(self.address, self.capability + 2, quiet);
+    }
+}
+
+/// After a storm on an MSI or MSI-X vector (scheduler context, the owner
+/// CPU): the function that sends it is silenced and left out. Config
+/// space through ECAM is written here; by port I/O it belongs to the boot
+/// CPU, so the write travels there as a message (no waiting here).
+fn mask_storming_source(data: usize) {
+    let source = StormSource::unpack(data);
+    log::warn!(
+        "interrupt storm: PCI {} {} masked at the function ({}); device left out",
+        source.address,
+        match source.kind {
+            SourceKind::Msix => "MSI-X",
+            SourceKind::Msi => "MSI",
+        },
+        match source.kind {
+            SourceKind::Msix => "function mask",
+            SourceKind::Msi => "MSI disabled",
+        }
+    );
+    if has_ecam() || percpu::current_index() == 0 {
+        source.silence();
+    } else {
+        // SAFETY: the message carries the packed word, points to nothing.
+        let _ = unsafe { crate::cpu::on_cpu(0, data, silence_job) };
+    }
+}
+
+unsafe fn silence_job(data: usize) {
+    StormSource::unpack(data).silence();
 }
 
 /// The functions found at boot (empty before discovery).

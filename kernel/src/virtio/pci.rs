@@ -21,7 +21,7 @@ use toro_core::pci::{ConfigSpace, MsixTable, PciAddress};
 use toro_core::virtio::pci::{common, parse_layout, Layout, Region, NO_VECTOR};
 use toro_core::virtio::queue::QueueAddresses;
 
-use crate::devices::pci::{write_msix_entry, PciDevice};
+use crate::devices::pci::PciDevice;
 use crate::devices::DeviceMemory;
 use crate::interrupts::MsiMessage;
 
@@ -247,7 +247,7 @@ impl PciTransport {
             log::warn!("virtio: pci {}: MSI-X table reaches past BAR {}", self.device.address(), table.bar);
             return Err(VirtioError::Interrupt);
         }
-        write_msix_entry(memory, &table, entry, message);
+        self.device.write_msix_entry(memory, &table, entry, message);
         if let Some(msix) = self.msix.as_mut() {
             msix.messages.push(message);
         }

@@ -49,8 +49,19 @@ pub const WAKE_VECTOR: u8 = 0xf0;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 /// More than this many interrupts from one vector within
-/// [`STORM_WINDOW_MICROSECONDS`] is a storm: the vector is silenced.
+/// [`STORM_WINDOW_MICROSECONDS`] is a storm: the vector is silenced (the
+/// default; `set_storm_threshold`, `toro.irq_storm=`).
 pub const STORM_THRESHOLD: u32 = 1_000;
+static THRESHOLD: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(STORM_THRESHOLD);
+
+/// Sets the storm threshold (boot CPU, before any scheduler starts).
+pub fn set_storm_threshold(threshold: u32) {
+    THRESHOLD.store(threshold, Ordering::Relaxed);
+}
+
+fn storm_threshold() -> u32 {
+    THRESHOLD.load(Ordering::Relaxed)
+}
 /// The window over which [`STORM_THRESHOLD`] is counted.
 pub const STORM_WINDOW_MICROSECONDS: u64 = 10_000;
 
@@ -121,6 +132,9 @@ struct Slot {
     /// `end_level_interrupt` was called, but a higher deferred vector is
     /// still in service, so the EOI waits for that one.
     ended: bool,
+    /// How to stop the source itself after a storm (`set_source_mask`): a
+    /// PCI function's MSI or MSI-X, recorded when it was programmed.
+    source_mask: Option<(fn(usize), usize)>,
 }
 
 const EMPTY_SLOT: Slot = Slot {
@@ -131,6 +145,7 @@ const EMPTY_SLOT: Slot = Slot {
     silenced: false,
     deferred: false,
     ended: false,
+    source_mask: None,
 };
 
 /// A deferred function run at the next scheduling point.
@@ -225,6 +240,22 @@ pub fn free(vector: u8) -> Result<(), IrqError> {
         return Err(IrqError::NotADeviceVector(vector));
     };
     *slot = EMPTY_SLOT;
+    Ok(())
+}
+
+/// Says how to stop the source of this CPU's `vector` after a storm:
+/// `mask(data)` runs in scheduler context on this CPU, after the
+/// registration's `on_storm` (the PCI layer records a function's MSI or
+/// MSI-X here when it is programmed to this CPU). Freeing the vector
+/// forgets it.
+pub fn set_source_mask(vector: u8, mask: fn(usize), data: usize) -> Result<(), IrqError> {
+    // SAFETY: as in `allocate`.
+    let table = unsafe { mine() }.ok_or(IrqError::NotReady)?;
+    let slot = &mut table.slots[vector as usize];
+    if slot.registration.is_none() || !(FIRST_DEVICE_VECTOR..=LAST_DEVICE_VECTOR).contains(&vector) {
+        return Err(IrqError::NotADeviceVector(vector));
+    }
+    slot.source_mask = Some((mask, data));
     Ok(())
 }
 
@@ -324,13 +355,17 @@ fn report_storms() {
         let slot = table.slots[vector as usize];
         let Some(registration) = slot.registration else { continue };
         log::warn!(
-            "interrupt storm: vector {vector:#x} ({}) on cpu {}: over {STORM_THRESHOLD} interrupts in \
+            "interrupt storm: vector {vector:#x} ({}) on cpu {}: over {} interrupts in \
              {STORM_WINDOW_MICROSECONDS} us; silenced (its handler no longer runs)",
             registration.name,
-            percpu::current_index()
+            percpu::current_index(),
+            storm_threshold()
         );
         if let Some(on_storm) = registration.on_storm {
             on_storm(registration.data);
+        }
+        if let Some((mask, data)) = slot.source_mask {
+            mask(data);
         }
         end_level_interrupt(vector);
     }
@@ -426,7 +461,7 @@ pub fn dispatch(vector: u8) {
         slot.window_count = 0;
     }
     slot.window_count += 1;
-    if window != 0 && slot.window_count > STORM_THRESHOLD {
+    if window != 0 && slot.window_count > storm_threshold() {
         // Silenced. The EOI waits until `on_storm` (scheduler context) had
         // the chance to mask the source: ending it here would let a level
         // line or an MSI flood come straight back inside this window.

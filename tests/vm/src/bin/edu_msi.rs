@@ -8,7 +8,10 @@
 //!    with its bound message; `main` on CPU 0 raises the interrupt many
 //!    times through its own mapping of the BAR. Every raise arrives once,
 //!    on the owner CPU only, and the hook reads and acknowledges it there.
-//! 2. A storm: MSI off, INTx on, routed (level, from the q35 INTx routing)
+//! 2. An MSI storm: CPU 0 raises without pause; the vector is silenced
+//!    and the function's MSI turned off at the source (no interrupt from
+//!    the raises after it).
+//! 3. A stuck line: MSI off, INTx on, routed (level, from the q35 INTx routing)
 //!    to a second service whose hook never acknowledges the device, so the
 //!    line stays asserted. The vector must be silenced and its line masked
 //!    at the I/O APIC; the owner CPU goes on serving other work.
@@ -78,6 +81,10 @@ fn main() -> i32 {
     };
     println!("edu at {:?}, owner cpu {owner}", device.address());
     device.enable();
+    let Some(msi_capability) = device.capabilities().iter().find(|c| c.id == CAPABILITY_MSI).map(|c| c.offset) else {
+        println!("FAILED: no MSI capability");
+        return 1;
+    };
     let mut ok = true;
 
     // Part 1: plain MSI to the owner CPU.
@@ -124,6 +131,9 @@ fn main() -> i32 {
     ok &= check(regs.read::<u32>(LIVENESS) == !0x1234_5678u32, "the liveness register inverts");
 
     for raise in 0..RAISES {
+        // 1 ms apart: at most 10 in a storm window (the test boots with
+        // `toro.irq_storm=100` for part 2).
+        thread::sleep(Duration::from_millis(1));
         regs.write::<u32>(RAISE, 1u32 << (raise % 32));
         if !wait_for(Duration::from_secs(5), || edu.call(|e| e.interrupts) > raise) {
             println!("FAILED: raise {raise}: no interrupt within 5 s");
@@ -141,13 +151,56 @@ fn main() -> i32 {
     ok &= check(elsewhere == 0, "no other CPU took one");
     println!("edu MSI: {RAISES} raises, {} interrupts on cpu {owner}, {elsewhere} elsewhere", per_cpu[owner]);
 
-    // Part 2: MSI off, INTx on, and a hook that never quiets the device.
-    edu.call(|e| e.regs.write::<u32>(ACKNOWLEDGE, u32::MAX));
-    let Some(msi) = device.capabilities().iter().find(|c| c.id == CAPABILITY_MSI).map(|c| c.offset) else {
-        println!("FAILED: no MSI capability");
-        return 1;
+    // Part 2: an MSI storm. A thread on CPU 0 raises without pause until
+    // the vector is silenced; then the function's MSI must be off (masked
+    // at the source), so further raises bring no interrupt.
+    let raiser = {
+        let mut regs = match device.map_bar(0) {
+            Ok(regs) => regs,
+            Err(error) => {
+                println!("FAILED: map BAR 0 for the raiser: {error:?}");
+                return 1;
+            }
+        };
+        thread::spawn_on(0, move || {
+            let start = Instant::now();
+            let mut raises = 0u64;
+            // Asking the owner whether it silenced the vector is a message
+            // round trip, so only every 20 ms: between, raises go out as
+            // fast as CPU 0 writes.
+            let mut asked = start;
+            while start.elapsed() < Duration::from_secs(10) {
+                regs.write::<u32>(RAISE, 1);
+                raises += 1;
+                if asked.elapsed() > Duration::from_millis(20) {
+                    if interrupts::is_silenced_on(owner, vector).unwrap_or(false) {
+                        break;
+                    }
+                    asked = Instant::now();
+                }
+            }
+            // Raises after the silencing: none may arrive.
+            let before = interrupts::count_on(owner, vector).unwrap_or(0);
+            for _ in 0..10_000 {
+                regs.write::<u32>(RAISE, 1);
+            }
+            thread::sleep(Duration::from_millis(20));
+            let after = interrupts::count_on(owner, vector).unwrap_or(0);
+            (raises, before, after)
+        })
     };
-    device.write16(msi + 2, device.read16(msi + 2) & !MSI_ENABLE);
+    let (raises, before, after) = raiser.join();
+    let msi_control = device.read16(msi_capability + 2);
+    ok &= check(interrupts::is_silenced_on(owner, vector).unwrap_or(false), "the MSI storm was silenced");
+    ok &= check(msi_control & MSI_ENABLE == 0, "the function's MSI was turned off at the source");
+    // One interrupt may have been in flight when MSI went off.
+    ok &= check(after <= before + 1, "no interrupts after the source was masked");
+    println!("edu MSI storm: silenced after {raises} raises; {} interrupts after masking", after - before);
+    regs.write::<u32>(ACKNOWLEDGE, u32::MAX);
+
+    // Part 3: MSI off, INTx on, and a hook that never quiets the device.
+    edu.call(|e| e.regs.write::<u32>(ACKNOWLEDGE, u32::MAX));
+    device.write16(msi_capability + 2, device.read16(msi_capability + 2) & !MSI_ENABLE);
     let route = match device.intx_route() {
         Ok(route) => route,
         Err(error) => {
@@ -179,7 +232,7 @@ fn main() -> i32 {
     ok &= check(silenced, "the stuck line was silenced within 10 s");
     // The owner goes on: a thread there runs, the first service answers.
     ok &= check(thread::spawn_on(owner, || 7).join() == 7, "a thread on the owner CPU runs");
-    ok &= check(edu.call(|e| e.interrupts) == RAISES, "the first service answers");
+    ok &= check(edu.call(|e| e.interrupts) >= RAISES, "the first service answers");
     // Masked at the I/O APIC: no more interrupts arrive while it stays asserted.
     let before = interrupts::count_on(owner, line.vector).unwrap_or(0);
     thread::sleep(Duration::from_millis(50));
