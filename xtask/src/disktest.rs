@@ -28,6 +28,10 @@ pub const QUICK: DiskTest = DiskTest { prepare: prepare_read_write, check: check
 /// A writable disk for fs_disk's `mode=sync-kill`; after the kill what
 /// the guest synced is there and the image clean.
 pub const SYNC_KILL: DiskTest = DiskTest { prepare: prepare_read_write, check: check_synced };
+/// A writable disk for fs_disk's `mode=open-limit`; afterwards the file
+/// written after the limit is there, the refused create and truncation
+/// left nothing, and the image is clean.
+pub const OPEN_LIMIT: DiskTest = DiskTest { prepare: prepare_read_write, check: check_open_limit };
 /// A read-only disk (QEMU `readonly=on`); afterwards it is unchanged.
 pub const READ_ONLY: DiskTest = DiskTest { prepare: prepare_read_only, check: check_unchanged };
 /// An image with a damaged superblock; afterwards it is unchanged.
@@ -264,6 +268,27 @@ fn check_quick(image: &Path, _cpus: u32) -> Result<Vec<String>> {
     let (data, errors) = debugfs(image, "cat /quick.txt")?;
     if data != pattern(5000, 42) {
         problems.push(format!("/quick.txt on the host: {} bytes, expected 5000 ({})", data.len(), errors.trim()));
+    }
+    problems.extend(e2fsck(image)?);
+    Ok(problems)
+}
+
+fn check_open_limit(image: &Path, _cpus: u32) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for (path, bytes) in [("/limit-after", pattern(3000, 11)), ("/data/block", pattern(1024, 3))] {
+        let (data, errors) = debugfs(image, &format!("cat {path}"))?;
+        if data != bytes {
+            problems.push(format!(
+                "{path} on the host: {} bytes, expected {} ({})",
+                data.len(),
+                bytes.len(),
+                errors.trim()
+            ));
+        }
+    }
+    let (_, errors) = debugfs(image, "stat /limit-new")?;
+    if !errors.contains("not found") {
+        problems.push(format!("/limit-new, refused at the open-file limit, is on the image ({})", errors.trim()));
     }
     problems.extend(e2fsck(image)?);
     Ok(problems)

@@ -624,6 +624,18 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "fs_disk")
         },
         VmTest {
+            name: "fs_disk-open-limit",
+            memory_mib: 256,
+            command_line: "mode=open-limit",
+            disk: Some(crate::disktest::OPEN_LIMIT),
+            expect: &[
+                "fs_disk: open-file limit after 1024 files: QuotaExceeded: too many open files",
+                "fs_disk: open-file limit refused cleanly, files open again after closing",
+                "fs_disk: all checks passed",
+            ],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
             name: "fs_disk-corrupt",
             memory_mib: 256,
             command_line: "mode=corrupt",

@@ -35,7 +35,10 @@ pub const MAX_MOUNTS: usize = 8;
 /// Most files open at once on one mount.
 pub const MAX_OPEN_FILES: usize = 1024;
 
-const TOO_MANY_OPEN: Error = Error::from_static(ErrorKind::Other, "too many open files");
+/// std has no stable kind for `EMFILE` (it decodes it as `Uncategorized`,
+/// which no one can construct): `QuotaExceeded`, std's "filesystem quota
+/// or some other kind of quota was exceeded", is the closest (docs/fs.md).
+const TOO_MANY_OPEN: Error = Error::from_static(ErrorKind::QuotaExceeded, "too many open files");
 const NO_MOUNT: Error = Error::from_static(ErrorKind::NotFound, "no filesystem is mounted there");
 
 /// A mounted ext2 filesystem's state, on its owner CPU.
@@ -225,6 +228,11 @@ impl Volume {
                 return Ok(handle as u32);
             }
         };
+        // As open(2) takes a descriptor first: past the limit nothing is
+        // created or truncated.
+        if v.open_total >= MAX_OPEN_FILES {
+            return Err(TOO_MANY_OPEN);
+        }
         let ino = if options.create_new {
             v.fs.create(path, ext2::DEFAULT_FILE_MODE)?
         } else {

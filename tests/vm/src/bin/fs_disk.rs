@@ -25,6 +25,10 @@
 //!   it never syncs and parks, and the host kills the VM (SIGKILL, no
 //!   shutdown): everything before the sync must be on the image, which
 //!   `e2fsck -fn` must find clean.
+//! - `open-limit`: files opened until the open-file limit: every open
+//!   past it (also a create or a truncating open) is `QuotaExceeded` and
+//!   changes nothing (no file made, none truncated); closing one lets the
+//!   next open succeed; the host checks with `debugfs` and `e2fsck -fn`.
 //! - `corrupt`: the superblock is damaged; the boot mount failed with a
 //!   clear error, `toro::fs` says nothing is mounted, the disk still reads.
 
@@ -32,6 +36,7 @@
 #![no_main]
 
 use toro::alloc::format;
+use toro::alloc::string::ToString;
 use toro::alloc::vec;
 use toro::alloc::vec::Vec;
 use toro::fs::{self, OpenOptions};
@@ -194,6 +199,44 @@ fn corrupt(disk: blk::Blk) -> bool {
     ok
 }
 
+/// Files open up to the limit, then past it (fs::MAX_OPEN_FILES per mount).
+fn open_limit() -> bool {
+    let mut open = Vec::new();
+    for i in 0..60 {
+        match fs::File::open(&format!("/many/entry-{i:03}")) {
+            Ok(file) => open.push(file),
+            Err(e) => return check(false, &format!("open /many/entry-{i:03}: {e}")),
+        }
+    }
+    let error = loop {
+        match fs::File::open("/hello.txt") {
+            Ok(file) => open.push(file),
+            Err(e) => break e,
+        }
+    };
+    println!("fs_disk: open-file limit after {} files: {:?}: {error}", open.len(), error.kind());
+    let limit = ErrorKind::QuotaExceeded;
+    let mut ok = check(open.len() == fs::MAX_OPEN_FILES, "the limit is MAX_OPEN_FILES");
+    ok &= check(error.kind() == limit && error.to_string() == "too many open files", "too many open files");
+    // Past the limit nothing happens: no file made, none truncated.
+    ok &= check(kind_of(fs::File::create("/limit-new")) == Some(limit), "create at the limit refused");
+    ok &= check(kind_of(fs::write("/limit-new", b"x")) == Some(limit), "write at the limit refused");
+    ok &= check(kind_of(fs::File::create("/data/block")) == Some(limit), "truncating open at the limit refused");
+    ok &= check(kind_of(fs::read("/data/block")) == Some(limit), "read at the limit refused");
+    // Calls that open nothing still work.
+    ok &= check(fs::exists("/limit-new").ok() == Some(false), "no file made at the limit");
+    ok &= check(fs::metadata("/data/block").is_ok_and(|m| m.len() == 1024), "nothing truncated at the limit");
+    // One closed: the next open succeeds, and only one.
+    drop(open.pop());
+    ok &= check(fs::File::open("/data/block").map(|file| open.push(file)).is_ok(), "an open after closing one");
+    ok &= check(kind_of(fs::File::open("/hello.txt")) == Some(limit), "and the limit again after it");
+    open.clear();
+    ok &= check(fs::read("/data/block").ok() == Some(pattern(1024, 3)), "/data/block intact");
+    ok &= check(fs::write("/limit-after", pattern(3000, 11)).is_ok(), "write after closing them all");
+    println!("fs_disk: open-file limit refused cleanly, files open again after closing");
+    ok
+}
+
 /// A short run for slow VMMs: one host file read, one written (the clean exit writes it back).
 /// The line after which the host kills a `sync-kill` guest.
 const SYNCED: &str = "fs_disk: synced, kill the VM now";
@@ -250,6 +293,7 @@ fn main() -> i32 {
         "rw" => read_write(cpus, disk),
         "ro" => read_only(toro::system::argument("root").unwrap_or(""), disk),
         "corrupt" => corrupt(disk),
+        "open-limit" => open_limit(),
         "quick" => quick(),
         // A disk at `/` and a shared folder at `/share`, each with its own
         // owner CPU (as `toro.mount=` says): both used from every CPU.

@@ -109,7 +109,12 @@ fn main() -> i32 {
             Err(e) => break e,
         }
     };
-    ok &= check(open.len() == fs::MAX_OPEN_FILES && error.to_string() == "too many open files", "open-file limit");
+    ok &= check(
+        open.len() == fs::MAX_OPEN_FILES
+            && error.kind() == ErrorKind::QuotaExceeded
+            && error.to_string() == "too many open files",
+        "open-file limit",
+    );
     open.clear();
     ok &= check(File::open("/hello.txt").is_ok(), "files open again after closing");
 
