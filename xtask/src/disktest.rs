@@ -32,6 +32,11 @@ pub const SYNC_KILL: DiskTest = DiskTest { prepare: prepare_read_write, check: c
 /// written after the limit is there, the refused create and truncation
 /// left nothing, and the image is clean.
 pub const OPEN_LIMIT: DiskTest = DiskTest { prepare: prepare_read_write, check: check_open_limit };
+/// A small disk (8 MiB, 1 KiB blocks) for fs_disk's `mode=full`;
+/// afterwards what was written after the removal is there, the image clean.
+pub const FULL: DiskTest = DiskTest { prepare: prepare_full, check: check_full };
+/// An image cut to half its size; afterwards it is unchanged.
+pub const TRUNCATED: DiskTest = DiskTest { prepare: prepare_truncated, check: check_unchanged };
 /// A read-only disk (QEMU `readonly=on`); afterwards it is unchanged.
 pub const READ_ONLY: DiskTest = DiskTest { prepare: prepare_read_only, check: check_unchanged };
 /// An image with a damaged superblock; afterwards it is unchanged.
@@ -104,6 +109,18 @@ fn prepare_read_only(dir: &Path) -> Result<Disk> {
     let image = prepare(dir, 16, &["-b", "1024"])?;
     keep_original(&image)?;
     Ok(Disk { image, read_only: true, sector_size: None })
+}
+
+fn prepare_full(dir: &Path) -> Result<Disk> {
+    Ok(Disk { image: prepare(dir, 8, &["-b", "1024"])?, read_only: false, sector_size: None })
+}
+
+/// A 16 MiB image cut to 8 MiB (as a copy that stopped half-way).
+fn prepare_truncated(dir: &Path) -> Result<Disk> {
+    let image = prepare(dir, 16, &["-b", "1024"])?;
+    std::fs::OpenOptions::new().write(true).open(&image)?.set_len(8 << 20)?;
+    keep_original(&image)?;
+    Ok(Disk { image, read_only: false, sector_size: None })
 }
 
 /// The superblock's magic (byte 1024 + 56) zeroed.
@@ -273,11 +290,13 @@ fn check_quick(image: &Path, _cpus: u32) -> Result<Vec<String>> {
     Ok(problems)
 }
 
-fn check_open_limit(image: &Path, _cpus: u32) -> Result<Vec<String>> {
+/// Problems on the image: a file of `present` that does not read back
+/// with its bytes, one of `absent` that is there, `e2fsck -fn`'s complaint.
+fn check_files(image: &Path, present: &[(&str, Vec<u8>)], absent: &[(&str, &str)]) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    for (path, bytes) in [("/limit-after", pattern(3000, 11)), ("/data/block", pattern(1024, 3))] {
+    for (path, bytes) in present {
         let (data, errors) = debugfs(image, &format!("cat {path}"))?;
-        if data != bytes {
+        if data != *bytes {
             problems.push(format!(
                 "{path} on the host: {} bytes, expected {} ({})",
                 data.len(),
@@ -286,12 +305,28 @@ fn check_open_limit(image: &Path, _cpus: u32) -> Result<Vec<String>> {
             ));
         }
     }
-    let (_, errors) = debugfs(image, "stat /limit-new")?;
-    if !errors.contains("not found") {
-        problems.push(format!("/limit-new, refused at the open-file limit, is on the image ({})", errors.trim()));
+    for (path, why) in absent {
+        let (_, errors) = debugfs(image, &format!("stat {path}"))?;
+        if !errors.contains("not found") {
+            problems.push(format!("{path}, {why}, is on the image ({})", errors.trim()));
+        }
     }
     problems.extend(e2fsck(image)?);
     Ok(problems)
+}
+
+fn check_open_limit(image: &Path, _cpus: u32) -> Result<Vec<String>> {
+    let present = [("/limit-after", pattern(3000, 11)), ("/data/block", pattern(1024, 3))];
+    check_files(image, &present, &[("/limit-new", "refused at the open-file limit")])
+}
+
+fn check_full(image: &Path, _cpus: u32) -> Result<Vec<String>> {
+    let present = [
+        ("/after-full", pattern(100_000, 99)),
+        ("/fill/f-1", pattern(256 * 1024, 1)),
+        ("/data/big", pattern(3_000_000, 7)),
+    ];
+    check_files(image, &present, &[("/fill/f-0", "removed")])
 }
 
 /// What fs_disk's `mode=sync-kill` synced before the VM was killed.
@@ -349,6 +384,16 @@ mod tests {
         assert!(check_unchanged(&disk.image, 1).unwrap().is_empty());
         std::fs::write(&disk.image, b"changed").unwrap();
         assert_eq!(check_unchanged(&disk.image, 1).unwrap().len(), 1);
+        // The full disk's and the open limit's checks on an image the guest never touched.
+        let disk = prepare_full(&dir.join("full")).unwrap();
+        let problems = check_full(&disk.image, 1).unwrap();
+        assert!(problems.iter().any(|p| p.starts_with("/after-full on the host: 0 bytes")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("/data/big") || p.contains("e2fsck")), "{problems:?}");
+        let problems = check_open_limit(&disk.image, 1).unwrap();
+        assert!(problems.iter().any(|p| p.starts_with("/limit-after on the host: 0 bytes")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("/data/block") || p.contains("/limit-new")), "{problems:?}");
+        let disk = prepare_truncated(&dir.join("truncated")).unwrap();
+        assert_eq!(std::fs::metadata(&disk.image).unwrap().len(), 8 << 20);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -636,6 +636,31 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "fs_disk")
         },
         VmTest {
+            name: "fs_disk-full",
+            memory_mib: 256,
+            command_line: "mode=full",
+            disk: Some(crate::disktest::FULL),
+            expect: &[
+                "StorageFull: no space left on the filesystem",
+                "fs_disk: full disk refused writes, room again after a removal",
+                "fs_disk: all checks passed",
+            ],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
+            name: "fs_disk-truncated",
+            memory_mib: 256,
+            command_line: "mode=truncated",
+            disk: Some(crate::disktest::TRUNCATED),
+            expect: &[
+                "fs: cannot mount blk#0 at /: superblock: the filesystem is larger than the device (truncated image?)",
+                "fs_disk: read across the end: virtio-blk: transfer past the end of the device",
+                "fs_disk: truncated image refused, system still running",
+                "fs_disk: all checks passed",
+            ],
+            ..vm("vm-tests", "fs_disk")
+        },
+        VmTest {
             name: "fs_disk-corrupt",
             memory_mib: 256,
             command_line: "mode=corrupt",

@@ -29,6 +29,14 @@
 //!   past it (also a create or a truncating open) is `QuotaExceeded` and
 //!   changes nothing (no file made, none truncated); closing one lets the
 //!   next open succeed; the host checks with `debugfs` and `e2fsck -fn`.
+//! - `full`: a small disk filled from the guest until a write fails with
+//!   `StorageFull`; the other files still read, a new file's data and a
+//!   directory are refused too; one file removed, a write succeeds again;
+//!   the clean exit writes back and the host checks with `debugfs` and
+//!   `e2fsck -fn`.
+//! - `truncated`: the host cut the image short: the boot mount failed with
+//!   a clear error, nothing is mounted, the disk reads up to its (short)
+//!   end and a read past it is refused, the system goes on.
 //! - `corrupt`: the superblock is damaged; the boot mount failed with a
 //!   clear error, `toro::fs` says nothing is mounted, the disk still reads.
 
@@ -237,6 +245,57 @@ fn open_limit() -> bool {
     ok
 }
 
+/// Fills the disk (`disktest::FULL`: 8 MiB, 1 KiB blocks).
+fn full() -> bool {
+    const CHUNK: usize = 256 * 1024;
+    let mut ok = check(fs::create_dir("/fill").is_ok(), "mkdir /fill");
+    let mut written = 0;
+    let error = loop {
+        match fs::write(&format!("/fill/f-{written}"), pattern(CHUNK, written as u8)) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        if written == 64 {
+            return check(false, "the 8 MiB disk never filled");
+        }
+    };
+    println!("fs_disk: disk full after {written} files of 256 KiB: {:?}: {error}", error.kind());
+    ok &= check(error.kind() == ErrorKind::StorageFull && written >= 2, "StorageFull when the disk is full");
+    ok &= check(fs::statfs("/").is_ok_and(|s| s.blocks_available == 0), "statfs: nothing available");
+    ok &= check(kind_of(fs::write("/fill/one", b"x")) == Some(ErrorKind::StorageFull), "a new file's data refused");
+    ok &= check(kind_of(fs::create_dir("/fill/dir")) == Some(ErrorKind::StorageFull), "a directory refused");
+    // What was there, and what was written before, still reads.
+    ok &= check(fs::read("/hello.txt").ok() == Some(pattern(20, 9)), "/hello.txt reads on a full disk");
+    ok &= check(fs::read("/data/big").ok() == Some(pattern(3_000_000, 7)), "/data/big reads on a full disk");
+    ok &= check(fs::read("/fill/f-1").ok() == Some(pattern(CHUNK, 1)), "/fill/f-1 reads on a full disk");
+    // Room again after a removal.
+    ok &= check(fs::remove_file("/fill/f-0").is_ok(), "remove /fill/f-0");
+    ok &= check(fs::write("/after-full", pattern(100_000, 99)).is_ok(), "a write after the removal");
+    ok &= check(fs::read("/after-full").ok() == Some(pattern(100_000, 99)), "and it reads back");
+    println!("fs_disk: full disk refused writes, room again after a removal");
+    ok
+}
+
+/// The host cut the image to half its size (`disktest::TRUNCATED`).
+fn truncated(disk: blk::Blk) -> bool {
+    let mut ok = check(kind_of(fs::metadata("/")) == Some(ErrorKind::NotFound), "nothing mounted");
+    ok &= check(kind_of(fs::read("/hello.txt")) == Some(ErrorKind::NotFound), "no file on a failed mount");
+    let sectors = disk.config().capacity;
+    let mut superblock = vec![0u8; 1024];
+    ok &= check(disk.read(2, &mut superblock).is_ok() && superblock[56..58] == [0x53, 0xef], "the superblock reads");
+    ok &= check(disk.read(sectors - 8, &mut vec![0u8; 4096]).is_ok(), "the last sectors read");
+    let past = disk.read(sectors - 4, &mut vec![0u8; 4096]);
+    ok &=
+        check(past.as_ref().err().map(|e| e.kind()) == Some(ErrorKind::InvalidInput), "a read across the end refused");
+    if let Err(e) = past {
+        println!("fs_disk: read across the end: {e}");
+    }
+    let worker = thread::spawn_on(cpu::count() - 1, || fs::write("/x", b"x").is_err());
+    ok &= check(worker.join(), "threads still run");
+    println!("fs_disk: truncated image refused, system still running");
+    ok
+}
+
 /// A short run for slow VMMs: one host file read, one written (the clean exit writes it back).
 /// The line after which the host kills a `sync-kill` guest.
 const SYNCED: &str = "fs_disk: synced, kill the VM now";
@@ -294,6 +353,8 @@ fn main() -> i32 {
         "ro" => read_only(toro::system::argument("root").unwrap_or(""), disk),
         "corrupt" => corrupt(disk),
         "open-limit" => open_limit(),
+        "full" => full(),
+        "truncated" => truncated(disk),
         "quick" => quick(),
         // A disk at `/` and a shared folder at `/share`, each with its own
         // owner CPU (as `toro.mount=` says): both used from every CPU.
