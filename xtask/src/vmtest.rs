@@ -270,7 +270,13 @@ fn tests() -> Vec<VmTest> {
         VmTest {
             name: "services-2",
             command_line: "toro.log=info",
-            expect: &["services: all checks passed", "interrupt storm: vector"],
+            expect: &[
+                "services: all checks passed",
+                "interrupt storm: vector",
+                "services: unreachable: the service's CPU 2 does not run",
+                "services: spurious on cpu 0: ",
+                "services: spurious on cpu 1: ",
+            ],
             ..vm("vm-tests", "services")
         },
         VmTest {
@@ -339,7 +345,12 @@ fn tests() -> Vec<VmTest> {
             name: "services-4-q35",
             cpus: 4,
             machine: Machine::Q35,
-            expect: &["services: all checks passed", "interrupts: 200 on cpu 3, 0 elsewhere"],
+            expect: &[
+                "services: all checks passed",
+                "interrupts: 200 on cpu 3, 0 elsewhere",
+                "services: unreachable: the service's CPU 4 does not run",
+                "services: spurious on cpu 3: ",
+            ],
             ..vm("vm-tests", "services")
         },
         VmTest {

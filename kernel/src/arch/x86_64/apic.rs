@@ -98,6 +98,15 @@ fn write(register: u32, value: u32) {
     }
 }
 
+/// The in-service registers (ISR, 8 x 32 bits from here).
+const REGISTER_ISR: u32 = 0x810;
+
+/// Whether `vector` is in service on this CPU (its ISR bit is set: it was
+/// delivered and has had no EOI yet).
+pub fn in_service(vector: u8) -> bool {
+    read(REGISTER_ISR + u32::from(vector / 32)) & (1 << (vector % 32)) != 0
+}
+
 /// Signals the end of an interrupt.
 pub fn end_of_interrupt() {
     write(REGISTER_EOI, 0);

@@ -417,6 +417,13 @@ pub fn dispatch(vector: u8) {
         if let Some(table) = unsafe { mine() } {
             table.spurious += 1;
         }
+        // A true spurious interrupt sets no in-service bit and takes no
+        // EOI; the same vector sent as a fixed interrupt (an IPI, a device
+        // programmed with it) sets one, and without an EOI the APIC would
+        // hold back every other vector on this CPU from then on.
+        if super::apic::in_service(SPURIOUS_VECTOR) {
+            super::apic::end_of_interrupt();
+        }
         return;
     }
     // SAFETY: interrupt context on this CPU; nothing else holds the table.

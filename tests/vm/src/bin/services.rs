@@ -1,7 +1,8 @@
 //! Services, interrupts and device memory across CPUs: calls from every
 //! CPU, direct calls on the owner, handles that outlive their callers,
 //! stop, poll deadlines, interrupts that arrive on the owner only, an EOI
-//! for unknown vectors, a storm silenced, MMIO mapped and refused.
+//! for unknown vectors, a storm silenced, MMIO mapped and refused, a CPU
+//! that does not run (Unreachable), the spurious vector counted.
 
 #![no_std]
 #![no_main]
@@ -317,6 +318,50 @@ fn main() -> i32 {
     let reentered_here = thread::spawn_on(owner, move || inner.call(move |_| inner.try_call(|c| c.total).err())).join();
     ok &= check(reentered_here == Some(ServiceError::Reentered), "so is a direct call calling its own service");
     ok &= check(counter.try_call(|c| c.total).is_ok(), "the service goes on after refusing");
+
+    // Unreachable: a CPU that does not run. Starting a service there,
+    // running a function there and asking its interrupt counts are
+    // refused with the CPU named; the rest goes on.
+    let nowhere = cpus;
+    let started = Builder::new("nowhere").cpu(nowhere).start(|| 0u32).err();
+    ok &= check(started == Some(ServiceError::Unreachable(nowhere)), "a service on a CPU that does not run");
+    let ran = toro::service::run_on(nowhere, || 1u32);
+    ok &= check(ran == Err(ServiceError::Unreachable(nowhere)), "run_on a CPU that does not run");
+    let counted = interrupts::spurious_on(nowhere);
+    ok &= check(
+        counted == Err(interrupts::InterruptError::Unreachable(nowhere)),
+        "the counts of a CPU that does not run",
+    );
+    if let Some(error) = started {
+        println!("services: unreachable: {error}");
+    }
+    ok &= check(counter.try_call(|c| c.total).is_ok(), "the service goes on after Unreachable");
+
+    // Spurious: the spurious vector sent to each CPU as a fixed IPI is
+    // counted there, once, and nowhere else; the CPU then still takes
+    // interrupts (a sleep ends on its timer, a service answers there).
+    for target in 0..cpus {
+        let before: Vec<u64> = (0..cpus).map(|c| interrupts::spurious_on(c).expect("spurious count")).collect();
+        ok &= check(interrupts::send_ipi(target, interrupts::SPURIOUS_VECTOR).is_ok(), "spurious IPI sent");
+        let start = Instant::now();
+        while interrupts::spurious_on(target).expect("spurious count") == before[target]
+            && start.elapsed() < Duration::from_secs(1)
+        {
+            thread::yield_now();
+        }
+        let after: Vec<u64> = (0..cpus).map(|c| interrupts::spurious_on(c).expect("spurious count")).collect();
+        let expected: Vec<u64> = (0..cpus).map(|c| before[c] + u64::from(c == target)).collect();
+        ok &= check(after == expected, "the spurious vector counted once, on its CPU only");
+        let slept = thread::spawn_on(target, || {
+            let start = Instant::now();
+            thread::sleep(Duration::from_millis(2));
+            start.elapsed() >= Duration::from_millis(2)
+        })
+        .join();
+        ok &= check(slept, "a sleep on that CPU ends after a spurious interrupt");
+        println!("services: spurious on cpu {target}: {} -> {}", before[target], after[target]);
+    }
+    ok &= check(counter.try_call(|c| c.total).is_ok(), "the service answers after spurious interrupts");
 
     // Stopped: later calls fail, the handle stays safe to use.
     counter.stop().expect("stop");
