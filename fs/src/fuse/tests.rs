@@ -422,9 +422,13 @@ fn std_error_kinds() {
     assert_eq!(kind(s.open(&format!("/{}", "x".repeat(256)), rw())), ErrorKind::InvalidFilename);
     s.symlink("loop", "/loop").unwrap();
     assert_eq!(kind(s.metadata("/loop", true)), ErrorKind::Other, "a symbolic link loop");
-    for (errno, expected) in
-        [(2, ErrorKind::NotFound), (28, ErrorKind::StorageFull), (30, ErrorKind::ReadOnlyFilesystem)]
-    {
+    for (errno, expected) in [
+        (2, ErrorKind::NotFound),
+        (23, ErrorKind::QuotaExceeded),
+        (24, ErrorKind::QuotaExceeded),
+        (28, ErrorKind::StorageFull),
+        (30, ErrorKind::ReadOnlyFilesystem),
+    ] {
         assert_eq!(wire::errno_error(errno).kind(), expected);
     }
     assert_eq!(wire::errno_error(9999).kind(), ErrorKind::Other);
