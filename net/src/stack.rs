@@ -137,6 +137,8 @@ pub struct StackStats {
     pub handshakes_failed: u64,
     /// DHCP leases applied.
     pub dhcp_leases: u64,
+    /// Gratuitous ARPs sent (one per IPv4 address set).
+    pub announcements: u64,
 }
 
 /// The two port spaces.
@@ -174,6 +176,8 @@ pub struct Stack<D: NetDevice> {
     gateway: Option<Ipv4Address>,
     /// Where a received frame is copied for smoltcp (see `device::Port`).
     frame: Vec<u8>,
+    /// An IPv4 address was set and not yet announced (`announce`).
+    unannounced: bool,
 }
 
 fn to_instant(micros: u64) -> Instant {
@@ -206,6 +210,7 @@ impl<D: NetDevice> Stack<D> {
             stats: StackStats::default(),
             gateway: None,
             frame,
+            unannounced: false,
         };
         stack.set_ipv6(config.ipv6.address, config.ipv6.gateway);
         match addressing {
@@ -229,6 +234,7 @@ impl<D: NetDevice> Stack<D> {
             }
         });
         self.interface.routes_mut().remove_default_ipv4_route();
+        self.unannounced = address.is_some();
         self.gateway = address.and(gateway);
         if let (Some(_), Some(gateway)) = (address, gateway) {
             // Fails only when the route table is full; it has just lost
@@ -329,6 +335,9 @@ impl<D: NetDevice> Stack<D> {
         while self.interface.poll_egress(now, &mut port, &mut self.sockets) == PollResult::SocketStateChanged {
             changed = true;
         }
+        if self.unannounced {
+            self.announce();
+        }
         self.device.borrow_mut().flush();
         self.poll_dhcp();
         self.reap_closing();
@@ -351,6 +360,65 @@ impl<D: NetDevice> Stack<D> {
         match (stack, closing) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends a gratuitous ARP for the IPv4 address (RFC 5227, 2.3: an
+    /// ARP request whose sender and target address are both ours) and an
+    /// ARP request for the gateway, once per address set, at the first
+    /// poll after it. Neighbours learn our
+    /// MAC before they need it: QEMU's user network only learns a guest's
+    /// MAC from the guest's ARP, so without this the first connection
+    /// forwarded to the guest waited for slirp's ARP request to be retried
+    /// (about 250 ms after the web server listened, test
+    /// `gratuitous_arp_announces_the_address`). smoltcp has no call for
+    /// it, so the frame is written here (42 bytes, no padding: the device
+    /// pads).
+    fn announce(&mut self) {
+        use smoltcp::wire::{
+            ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, ETHERNET_HEADER_LEN,
+        };
+        let Some(address) = self.ipv4() else {
+            self.unannounced = false;
+            return;
+        };
+        let mac = EthernetAddress(self.device.borrow().mac());
+        let arp = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: mac,
+            source_protocol_addr: address,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: address,
+        };
+        let ethernet =
+            EthernetRepr { src_addr: mac, dst_addr: EthernetAddress::BROADCAST, ethertype: EthernetProtocol::Arp };
+        // And a request for the gateway, so its MAC is known before the
+        // first packet for it: smoltcp drops a packet whose next hop it
+        // must ask ARP for (the first SYN-ACK to QEMU's user network was
+        // lost that way, and the connection waited for a retransmitted SYN).
+        let ask_gateway = self.gateway.filter(|&gateway| gateway != address).map(|gateway| ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: mac,
+            source_protocol_addr: address,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: gateway,
+        });
+        let length = ETHERNET_HEADER_LEN + arp.buffer_len();
+        let mut device = self.device.borrow_mut();
+        let mut send = |arp: ArpRepr| {
+            device.transmit(length, |buffer| {
+                let mut frame = EthernetFrame::new_unchecked(buffer);
+                ethernet.emit(&mut frame);
+                arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+            })
+        };
+        // No transmit room now: the next poll tries again.
+        if send(arp).is_some() {
+            if let Some(request) = ask_gateway {
+                let _ = send(request);
+            }
+            self.unannounced = false;
+            self.stats.announcements += 1;
         }
     }
 

@@ -514,3 +514,72 @@ fn stacks_sharing_an_address_take_disjoint_ephemeral_ports() {
     let mut stack = Stack::new(device, statically(CLIENT_IP), config, 0);
     assert!(stack.tcp_connect(remote).is_ok());
 }
+
+/// A stack with a static IPv4 address announces it once with a gratuitous
+/// ARP at its first poll (QEMU's user network learns the guest's MAC only
+/// from ARP: without it the first forwarded connection waited for slirp to
+/// retry its own ARP request).
+#[test]
+fn gratuitous_arp_announces_the_address() {
+    let (device, mut peer) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    let mut stack = Stack::new(device, statically(SERVER_IP), StackConfig::default(), 0);
+    let arp_frames = |frames: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+        frames.into_iter().filter(|frame| frame.len() >= 42 && frame[12..14] == [0x08, 0x06]).collect()
+    };
+    stack.poll(1_000);
+    // What the stack sent arrives at the peer's receive side.
+    let mut received = Vec::new();
+    while let Some(frame) = peer.receive(|frame| frame.to_vec()) {
+        received.push(frame);
+    }
+    let arp = arp_frames(received);
+    assert_eq!(arp.len(), 1, "one gratuitous ARP");
+    let frame = &arp[0];
+    assert_eq!(frame[0..6], [0xff; 6], "broadcast");
+    assert_eq!(frame[6..12], MAC_SERVER, "from our MAC");
+    assert_eq!(frame[20..22], [0, 1], "an ARP request");
+    assert_eq!(frame[22..28], MAC_SERVER, "sender MAC");
+    assert_eq!(frame[28..32], SERVER_IP.octets(), "sender address");
+    assert_eq!(frame[32..38], [0; 6], "target MAC unknown");
+    assert_eq!(frame[38..42], SERVER_IP.octets(), "target address = sender address");
+    assert_eq!(stack.stats().announcements, 1);
+    // Once: later polls send no more.
+    for step in 2..50 {
+        stack.poll(step * 1_000);
+    }
+    let mut later = Vec::new();
+    while let Some(frame) = peer.receive(|frame| frame.to_vec()) {
+        later.push(frame);
+    }
+    assert!(arp_frames(later).is_empty(), "announced once");
+    // A new address is announced again.
+    stack.set_ipv4(Some(Ipv4Cidr::new(CLIENT_IP, 24)), None);
+    stack.poll(60_000);
+    let mut again = Vec::new();
+    while let Some(frame) = peer.receive(|frame| frame.to_vec()) {
+        again.push(frame);
+    }
+    let arp = arp_frames(again);
+    assert_eq!(arp.len(), 1);
+    assert_eq!(arp[0][28..32], CLIENT_IP.octets());
+    assert_eq!(stack.stats().announcements, 2);
+}
+
+/// With a gateway, the announcement also asks ARP for it, and the reply
+/// fills the cache: the first packet to the gateway is not dropped while
+/// ARP resolves (the first SYN-ACK to QEMU's user network was).
+#[test]
+fn the_gateway_is_asked_for_with_the_announcement() {
+    let gateway = Ipv4Address::new(10, 0, 0, 254);
+    let (device, mut peer) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    let addressing = Addressing::Static { address: Ipv4Cidr::new(SERVER_IP, 24), gateway: Some(gateway) };
+    let mut stack = Stack::new(device, addressing, StackConfig::default(), 0);
+    stack.poll(1_000);
+    let mut targets = Vec::new();
+    while let Some(frame) = peer.receive(|frame| frame.to_vec()) {
+        if frame.len() >= 42 && frame[12..14] == [0x08, 0x06] && frame[20..22] == [0, 1] {
+            targets.push(<[u8; 4]>::try_from(&frame[38..42]).unwrap());
+        }
+    }
+    assert_eq!(targets, [SERVER_IP.octets(), gateway.octets()], "the announcement, then the gateway");
+}
