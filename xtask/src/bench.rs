@@ -1223,6 +1223,12 @@ mod tests {
         assert!(only.wants("disk-raw-seq-read") && only.wants("http-disk-file") && !only.wants("disk-fs-seq-read"));
         assert!(known_rows().iter().all(|key| !key.is_empty()));
         assert!(storage::keys().iter().all(|key| known_rows().contains(key)));
+        // The user-network rows of the workload table (bench/net.rs).
+        let only = parse_options(&strings(&["--only", "net-user-*"])).unwrap().only;
+        assert!(
+            only.wants("net-user-1cpu-rps") && only.wants("net-user-2cpu-overflows") && !only.wants("http-request")
+        );
+        assert!(!only.wants("net-mq-1cpu-rps"));
         assert!(parse_options(&strings(&["--only", "nosuchrow"])).is_err());
         assert!(parse_options(&strings(&["--only"])).is_err());
         assert!(parse_options(&strings(&["--runs", "0"])).is_err());

@@ -14,6 +14,13 @@
 //!   `bench/linux` (beside nginx in the 2-vCPU boot), both on port 7 of
 //!   the same 2-vCPU q35 tap, bytes sent and echoed back at once, every
 //!   byte checked.
+//!
+//! And the same wrk load over QEMU user networking (slirp, `hostfwd` on
+//! 127.0.0.1, wrk on the host), on the launcher's microvm like the main
+//! table's HTTP rows, with 1 and 2 vCPUs: requests/s, and the host's
+//! `ListenOverflows` over each wrk run (QEMU's port forward listens with a
+//! backlog of 1, so 30 simultaneous connects overflow it; its latency
+//! measures the forwarder, so the latency rows are the tap's).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -28,7 +35,7 @@ use super::vm::RunningVm;
 use super::workloads::{self, Better, LineUnit, Reading, Source, Spec, Workload, Yardstick};
 use super::Bench;
 use crate::linux_guest::Mode;
-use crate::qemu::{Machine, VmConfig};
+use crate::qemu::{Machine, UserNetwork, VmConfig};
 use crate::vmm;
 
 const NGINX: &[Yardstick] = &[Yardstick { variant: "nginx", label: "nginx, a worker per vCPU" }];
@@ -49,6 +56,10 @@ const ECHO_BYTES: usize = 64 << 20;
 const QUICK_ECHO_BYTES: usize = 4 << 20;
 /// Longest a guest may take to answer on the tap.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The vCPU counts of the user-network boots, full and quick (the test
+/// suite's quick plan skips the 1-vCPU boot: one Linux boot fewer).
+const USER_CPUS: &[u32] = &[1, 2];
+const QUICK_USER_CPUS: &[u32] = &[2];
 
 macro_rules! spec {
     ($key:expr, $title:expr, $line_unit:expr, $unit:expr, $divisor:expr, $better:expr, $yardsticks:expr) => {
@@ -143,6 +154,42 @@ pub const SPECS: &[Spec] = &[
         NGINX
     ),
     spec!(
+        "net-user-1cpu-rps",
+        "user networking (hostfwd 127.0.0.1), microvm 1 vCPU: requests/s, wrk 30 keep-alive connections",
+        LineUnit::PerSecond,
+        "k req/s",
+        1e3,
+        Better::Higher,
+        NGINX
+    ),
+    spec!(
+        "net-user-1cpu-overflows",
+        "user networking, 1 vCPU: host ListenOverflows during that wrk run (QEMU's forward, backlog 1)",
+        LineUnit::Count,
+        "overflows",
+        1.0,
+        Better::Lower,
+        NGINX
+    ),
+    spec!(
+        "net-user-2cpu-rps",
+        "user networking (hostfwd 127.0.0.1), microvm 2 vCPUs: requests/s, wrk 30 keep-alive connections",
+        LineUnit::PerSecond,
+        "k req/s",
+        1e3,
+        Better::Higher,
+        NGINX
+    ),
+    spec!(
+        "net-user-2cpu-overflows",
+        "user networking, 2 vCPUs: host ListenOverflows during that wrk run (QEMU's forward, backlog 1)",
+        LineUnit::Count,
+        "overflows",
+        1.0,
+        Better::Lower,
+        NGINX
+    ),
+    spec!(
         "net-echo",
         "TCP echo over the q35 tap, 2 vCPUs, one connection: MB/s echoed",
         LineUnit::PerSecond,
@@ -161,6 +208,25 @@ fn curve_key(connections: u32) -> String {
 /// Every row's key (for `--only`).
 pub fn keys() -> Vec<&'static str> {
     SPECS.iter().map(|spec| spec.key).collect()
+}
+
+/// The vCPU count a user-network row's key names (`net-user-1cpu-rps`: 1).
+fn user_cpus_of(key: &str) -> Option<u32> {
+    key.strip_prefix("net-user-")?.split_once("cpu-")?.0.parse().ok()
+}
+
+/// The rows a run measures: those `wanted` says, less the connection
+/// points and user-network boots the plan (full or `--quick`) leaves out.
+fn plan(quick: bool, wanted: &dyn Fn(&str) -> bool) -> Vec<String> {
+    let curve: &[u32] = if quick { QUICK_CURVE } else { CURVE };
+    let user_cpus: &[u32] = if quick { QUICK_USER_CPUS } else { USER_CPUS };
+    keys()
+        .into_iter()
+        .map(str::to_string)
+        .filter(|key| !key.starts_with("net-conn-") || curve.iter().any(|&c| curve_key(c) == *key))
+        .filter(|key| user_cpus_of(key).is_none_or(|cpus| user_cpus.contains(&cpus)))
+        .filter(|key| wanted(key))
+        .collect()
 }
 
 /// A reading of one side: Toro's carry no yardstick, Linux's its one.
@@ -187,6 +253,17 @@ fn wrk_readings(prefix: &str, report: &crate::wrk::Report, source: Source) -> Ve
     readings
 }
 
+/// The readings of one wrk run over user networking with `cpus`:
+/// requests/s, and the host's ListenOverflows over the run when read.
+fn user_readings(cpus: u32, report: &crate::wrk::Report, source: Source) -> Vec<Reading> {
+    let prefix = format!("net-user-{cpus}cpu");
+    let mut readings = vec![reading(&format!("{prefix}-rps"), report.requests_per_second, LineUnit::PerSecond, source)];
+    if let Some(count) = report.listen_overflows {
+        readings.push(reading(&format!("{prefix}-overflows"), count as f64, LineUnit::Count, source));
+    }
+    readings
+}
+
 /// `ratio` = the 2-vCPU requests/s over the 1-vCPU one, when both are in.
 fn scaling(readings: &[Reading], source: Source) -> Option<Reading> {
     let rate = |key: &str| readings.iter().find(|r| r.name == key).map(|r| r.value).filter(|v| *v > 0.0);
@@ -205,12 +282,7 @@ impl Bench {
             crate::netns::unavailable().map(|reason| format!("n/a — {reason}"))
         };
         let curve: &[u32] = if quick { QUICK_CURVE } else { CURVE };
-        let measured_keys: Vec<String> = keys()
-            .into_iter()
-            .map(str::to_string)
-            .filter(|key| !key.starts_with("net-conn-") || curve.iter().any(|&c| curve_key(c) == *key))
-            .filter(|key| wanted(key))
-            .collect();
+        let measured_keys = plan(quick, wanted);
         let (mut toro, mut linux) = (Vec::new(), Vec::new());
         if missing.is_none() && !measured_keys.is_empty() {
             for run in 1..=runs {
@@ -335,6 +407,12 @@ impl Bench {
         if wanted("net-mq-scaling") {
             readings.extend(scaling(&readings, source));
         }
+        for cpus in [1u32, 2] {
+            let keys = [format!("net-user-{cpus}cpu-rps"), format!("net-user-{cpus}cpu-overflows")];
+            if keys.iter().any(|key| wanted(key)) {
+                readings.extend(self.user_network_boot(source, cpus, window));
+            }
+        }
         if wanted("net-echo") {
             let echoed = match source {
                 Source::Toro => Some(self.toro_echo(echo_bytes)),
@@ -350,6 +428,60 @@ impl Bench {
             }
         }
         readings
+    }
+
+    /// One boot on QEMU user networking (the launcher's microvm, a
+    /// virtio-mmio card, loopback port forwarded to the guest's port 80)
+    /// with `cpus`: wrk on the host, 2 threads, 30 keep-alive connections
+    /// for `window`; requests/s and the host's ListenOverflows over the
+    /// run, or none if the boot failed (and said so).
+    fn user_network_boot(&mut self, source: Source, cpus: u32, window: Duration) -> Vec<Reading> {
+        let name = if source == Source::Toro { "Toro" } else { "Linux" };
+        let port = match super::vm::free_loopback_port() {
+            Ok(port) => port,
+            Err(error) => {
+                self.fail(format!("{name} HTTP over user networking: {error:#}"));
+                return Vec::new();
+            }
+        };
+        let mut config = match source {
+            Source::Toro => VmConfig::new(self.webserver.clone(), self.accel),
+            Source::Linux => self.linux.vm_config(self.accel, Mode::Serve),
+        };
+        config.cpus = cpus;
+        config.network = Some(UserNetwork { tcp_forwards: vec![(port, crate::linux_guest::GUEST_HTTP_PORT)] });
+        match self.serve(&config, port, READY_TIMEOUT, Some((2, CONNECTIONS, window))) {
+            Ok(Some((_, Some(Ok(report))))) if report.requests > 0 && report.non_2xx == 0 => {
+                if report.socket_errors > 0 {
+                    // Connects stuck behind the forwarder's backlog of 1
+                    // (SYN retransmits) and timeouts: counted, not failed.
+                    eprintln!(
+                        "bench: {name} user networking, {cpus} vCPU(s): {} socket errors under wrk",
+                        report.socket_errors
+                    );
+                }
+                user_readings(cpus, &report, source)
+            }
+            Ok(Some((_, Some(Ok(report))))) => {
+                self.fail(format!("{name} user networking, {cpus} vCPU(s): errors under wrk: {report:?}"));
+                Vec::new()
+            }
+            Ok(Some((_, Some(Err(error))))) => {
+                self.fail(format!("{name} user networking, {cpus} vCPU(s): {error:#}"));
+                Vec::new()
+            }
+            Ok(Some((_, None))) | Ok(None) => {
+                self.fail(format!(
+                    "{name} user networking, {cpus} vCPU(s): no HTTP 200 within {} s",
+                    READY_TIMEOUT.as_secs()
+                ));
+                Vec::new()
+            }
+            Err(error) => {
+                self.fail(format!("{name} user networking, {cpus} vCPU(s): {error:#}"));
+                Vec::new()
+            }
+        }
     }
 
     /// A guest on the tap network, QEMU q35 with `cpus`: Toro's web
@@ -606,6 +738,55 @@ mod tests {
         assert_eq!(rps.advantage(&rps.linux[0].1), Some(1.0));
         // No scaling without both boots.
         assert!(scaling(&wrk_readings("net-mq-1cpu", &report, Source::Toro), Source::Toro).is_none());
+    }
+
+    #[test]
+    fn user_network_rows_in_the_full_and_quick_plans() {
+        let all = |_: &str| true;
+        let full = plan(false, &all);
+        for key in ["net-user-1cpu-rps", "net-user-1cpu-overflows", "net-user-2cpu-rps", "net-user-2cpu-overflows"] {
+            assert!(full.iter().any(|k| k == key), "{key} in the full plan");
+        }
+        assert!(full.iter().any(|k| k == "net-conn-256") && full.iter().any(|k| k == "net-mq-1cpu-rps"));
+        // Quick: the 2-vCPU boot only, and the short curve.
+        let quick = plan(true, &all);
+        assert!(quick.iter().any(|k| k == "net-user-2cpu-rps") && quick.iter().any(|k| k == "net-user-2cpu-overflows"));
+        assert!(!quick.iter().any(|k| k.starts_with("net-user-1cpu-")), "{quick:?}");
+        assert!(!quick.iter().any(|k| k == "net-conn-256") && quick.iter().any(|k| k == "net-mq-1cpu-rps"));
+        // --only: just those rows.
+        let only = plan(false, &|key: &str| key.starts_with("net-user-"));
+        assert_eq!(only.len(), 4, "{only:?}");
+        assert_eq!(user_cpus_of("net-user-1cpu-rps"), Some(1));
+        assert_eq!(user_cpus_of("net-user-2cpu-overflows"), Some(2));
+        assert_eq!(user_cpus_of("net-mq-1cpu-rps"), None);
+    }
+
+    #[test]
+    fn user_network_readings_carry_the_overflows() {
+        let report = crate::wrk::Report {
+            requests: 9000,
+            requests_per_second: 1800.0,
+            listen_overflows: Some(7),
+            ..Default::default()
+        };
+        let toro = user_readings(1, &report, Source::Toro);
+        let names: Vec<&str> = toro.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["net-user-1cpu-rps", "net-user-1cpu-overflows"]);
+        let linux =
+            user_readings(1, &crate::wrk::Report { requests_per_second: 600.0, ..report.clone() }, Source::Linux);
+        assert!(linux.iter().all(|r| r.variant.as_deref() == Some("nginx")));
+        assert!(workloads::check_specs(SPECS, &toro, Source::Toro, &|_| false).is_empty());
+        assert!(workloads::check_specs(SPECS, &linux, Source::Linux, &|_| false).is_empty());
+        let rows = workloads::collect_specs(SPECS, &[toro], &[linux], &[], "n/a", &|k| k.starts_with("net-user-1"));
+        let rps = rows.iter().find(|row| row.spec.key == "net-user-1cpu-rps").unwrap();
+        assert_eq!(rps.toro.summary().unwrap().median, 1.8);
+        assert_eq!(rps.advantage(&rps.linux[0].1), Some(3.0));
+        let overflows = rows.iter().find(|row| row.spec.key == "net-user-1cpu-overflows").unwrap();
+        assert_eq!(overflows.toro.summary().unwrap().median, 7.0);
+        // Unread counter: no overflow figure (the row shows it failed).
+        let unread = user_readings(2, &crate::wrk::Report { listen_overflows: None, ..report }, Source::Toro);
+        assert_eq!(unread.len(), 1);
+        assert_eq!(unread[0].name, "net-user-2cpu-rps");
     }
 
     #[test]

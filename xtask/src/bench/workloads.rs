@@ -30,6 +30,9 @@ pub enum LineUnit {
     Nanoseconds,
     Microseconds,
     PerSecond,
+    /// A count of events (the host's ListenOverflows over a wrk run): read
+    /// by xtask itself, never from a guest's line.
+    Count,
 }
 
 impl LineUnit {
@@ -519,12 +522,15 @@ pub fn markdown(workloads: &[Workload], runs: usize, linux_command_line: &str, p
     out.push_str(&report::markdown_grid(&HEADERS, &rows(&workloads), &["---", "--:", "--:", "---", "--:"]));
     out.push('\n');
     if !network.is_empty() {
-        out.push_str("### Network over a tap (issue 10)\n\n");
+        out.push_str("### Network (issue 10)\n\n");
         let _ = writeln!(
             out,
             "Toro's `examples/webserver` against nginx in the Linux guest, each on a tap inside a network namespace \
              of its own, wrk inside the namespace; QEMU q35 with one queue pair per vCPU; the echo row: \
-             `examples/echo` against `toro-bench-echo` of `bench/linux` (beside nginx) on the 2-vCPU boot. Median of {runs} runs per side.\n"
+             `examples/echo` against `toro-bench-echo` of `bench/linux` (beside nginx) on the 2-vCPU boot. The \
+             user-networking rows: the same wrk load from the host through QEMU's port forward on 127.0.0.1, on \
+             microvm; the overflow rows count the host's ListenOverflows over each of those wrk runs (the \
+             forward's listen backlog is 1). Median of {runs} runs per side.\n"
         );
         out.push_str(&report::markdown_grid(&HEADERS, &rows(&network), &["---", "--:", "--:", "---", "--:"]));
         out.push('\n');
@@ -692,6 +698,7 @@ mod tests {
                 LineUnit::Nanoseconds => "ns",
                 LineUnit::Microseconds => "us",
                 LineUnit::PerSecond => "per_s",
+                LineUnit::Count => unreachable!("no guest workload is a count"),
             };
             text.push_str(&format!("BENCH {} 100 {unit}\n", spec.key));
         }
@@ -705,6 +712,7 @@ mod tests {
                 LineUnit::Nanoseconds => "ns",
                 LineUnit::Microseconds => "us",
                 LineUnit::PerSecond => "per_s",
+                LineUnit::Count => unreachable!("no guest workload is a count"),
             };
             for yardstick in spec.yardsticks {
                 text.push_str(&format!("BENCH {}:{} {} {unit}\n", spec.key, yardstick.variant, 100.0 * scale));
