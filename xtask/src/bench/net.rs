@@ -75,27 +75,29 @@ macro_rules! spec {
     };
 }
 
+/// A requests/s row against nginx.
+macro_rules! requests {
+    ($key:expr, $title:expr) => {
+        spec!($key, $title, LineUnit::PerSecond, "k req/s", 1e3, Better::Higher, NGINX)
+    };
+}
+
+/// A row of the host's ListenOverflows over a wrk run (a count, lower is
+/// better), beside nginx's.
+macro_rules! overflows {
+    ($key:expr, $title:expr) => {
+        spec!($key, $title, LineUnit::Count, "overflows", 1.0, Better::Lower, NGINX)
+    };
+}
+
 /// The rows, in the order of their table.
 pub const SPECS: &[Spec] = &[
-    spec!(
-        "net-mq-1cpu-rps",
-        "q35 tap, 1 vCPU (1 queue pair): requests/s, wrk 30 keep-alive connections",
-        LineUnit::PerSecond,
-        "k req/s",
-        1e3,
-        Better::Higher,
-        NGINX
-    ),
+    requests!("net-mq-1cpu-rps", "q35 tap, 1 vCPU (1 queue pair): requests/s, wrk 30 keep-alive connections"),
     spec!("net-mq-1cpu-p50", "q35 tap, 1 vCPU: latency p50", LineUnit::Microseconds, "ms", 1e3, Better::Lower, NGINX),
     spec!("net-mq-1cpu-p99", "q35 tap, 1 vCPU: latency p99", LineUnit::Microseconds, "ms", 1e3, Better::Lower, NGINX),
-    spec!(
+    requests!(
         "net-mq-2cpu-rps",
-        "q35 multi-queue tap, 2 vCPUs (2 queue pairs): requests/s, wrk 30 keep-alive connections",
-        LineUnit::PerSecond,
-        "k req/s",
-        1e3,
-        Better::Higher,
-        NGINX
+        "q35 multi-queue tap, 2 vCPUs (2 queue pairs): requests/s, wrk 30 keep-alive connections"
     ),
     spec!("net-mq-2cpu-p50", "q35 tap, 2 vCPUs: latency p50", LineUnit::Microseconds, "ms", 1e3, Better::Lower, NGINX),
     spec!("net-mq-2cpu-p99", "q35 tap, 2 vCPUs: latency p99", LineUnit::Microseconds, "ms", 1e3, Better::Lower, NGINX),
@@ -108,86 +110,26 @@ pub const SPECS: &[Spec] = &[
         Better::Higher,
         NGINX
     ),
-    spec!(
-        "net-conn-1",
-        "q35 tap, 2 vCPUs: requests/s with 1 connection",
-        LineUnit::PerSecond,
-        "k req/s",
-        1e3,
-        Better::Higher,
-        NGINX
-    ),
-    spec!(
-        "net-conn-4",
-        "q35 tap, 2 vCPUs: requests/s with 4 connections",
-        LineUnit::PerSecond,
-        "k req/s",
-        1e3,
-        Better::Higher,
-        NGINX
-    ),
-    spec!(
-        "net-conn-16",
-        "q35 tap, 2 vCPUs: requests/s with 16 connections",
-        LineUnit::PerSecond,
-        "k req/s",
-        1e3,
-        Better::Higher,
-        NGINX
-    ),
-    spec!(
-        "net-conn-64",
-        "q35 tap, 2 vCPUs: requests/s with 64 connections",
-        LineUnit::PerSecond,
-        "k req/s",
-        1e3,
-        Better::Higher,
-        NGINX
-    ),
-    spec!(
-        "net-conn-256",
-        "q35 tap, 2 vCPUs: requests/s with 256 connections",
-        LineUnit::PerSecond,
-        "k req/s",
-        1e3,
-        Better::Higher,
-        NGINX
-    ),
-    spec!(
+    requests!("net-conn-1", "q35 tap, 2 vCPUs: requests/s with 1 connection"),
+    requests!("net-conn-4", "q35 tap, 2 vCPUs: requests/s with 4 connections"),
+    requests!("net-conn-16", "q35 tap, 2 vCPUs: requests/s with 16 connections"),
+    requests!("net-conn-64", "q35 tap, 2 vCPUs: requests/s with 64 connections"),
+    requests!("net-conn-256", "q35 tap, 2 vCPUs: requests/s with 256 connections"),
+    requests!(
         "net-user-1cpu-rps",
-        "user networking (hostfwd 127.0.0.1), microvm 1 vCPU: requests/s, wrk 30 keep-alive connections",
-        LineUnit::PerSecond,
-        "k req/s",
-        1e3,
-        Better::Higher,
-        NGINX
+        "user networking (hostfwd 127.0.0.1), microvm 1 vCPU: requests/s, wrk 30 keep-alive connections"
     ),
-    spec!(
+    overflows!(
         "net-user-1cpu-overflows",
-        "user networking, 1 vCPU: host ListenOverflows during that wrk run (QEMU's forward, backlog 1)",
-        LineUnit::Count,
-        "overflows",
-        1.0,
-        Better::Lower,
-        NGINX
+        "user networking, 1 vCPU: host ListenOverflows during that wrk run (QEMU's forward, backlog 1)"
     ),
-    spec!(
+    requests!(
         "net-user-2cpu-rps",
-        "user networking (hostfwd 127.0.0.1), microvm 2 vCPUs: requests/s, wrk 30 keep-alive connections",
-        LineUnit::PerSecond,
-        "k req/s",
-        1e3,
-        Better::Higher,
-        NGINX
+        "user networking (hostfwd 127.0.0.1), microvm 2 vCPUs: requests/s, wrk 30 keep-alive connections"
     ),
-    spec!(
+    overflows!(
         "net-user-2cpu-overflows",
-        "user networking, 2 vCPUs: host ListenOverflows during that wrk run (QEMU's forward, backlog 1)",
-        LineUnit::Count,
-        "overflows",
-        1.0,
-        Better::Lower,
-        NGINX
+        "user networking, 2 vCPUs: host ListenOverflows during that wrk run (QEMU's forward, backlog 1)"
     ),
     spec!(
         "net-echo",
