@@ -447,28 +447,144 @@ pub fn udp_multiqueue_test(image: &Path, accel: crate::accel::Accel) -> Result<(
 pub const UDP_FLOWS: u32 = 32;
 
 /// `cargo xtask udp-flows ADDRESS:PORT N` (run by [`udp_multiqueue_test`]
-/// inside its namespace): one datagram from each of N sockets, then up to
-/// 3 s for the echoes; prints "answered K of N".
+/// and [`udp_nics_test`] inside their namespace): one datagram from each
+/// of N sockets, then up to 3 s for the echoes; prints "answered K of N",
+/// counting only echoes that came back from ADDRESS:PORT itself (a reply
+/// from another address is what a client that `connect`s would drop),
+/// and names those that came from elsewhere.
 pub fn udp_flows(arguments: &[String]) -> Result<std::process::ExitCode> {
     let [target, flows] = arguments else { anyhow::bail!("usage: cargo xtask udp-flows ADDRESS:PORT N") };
     let flows: usize = flows.parse().context("N must be a number")?;
+    let target: std::net::SocketAddr = target.parse().context("ADDRESS:PORT must be an IP address and port")?;
     let sockets: Vec<std::net::UdpSocket> =
         (0..flows).map(|_| std::net::UdpSocket::bind("0.0.0.0:0")).collect::<std::io::Result<_>>()?;
     for (index, socket) in sockets.iter().enumerate() {
-        socket.send_to(format!("flow {index}").as_bytes(), target.as_str())?;
+        socket.send_to(format!("flow {index}").as_bytes(), target)?;
     }
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut answered = 0;
+    let mut elsewhere = Vec::new();
     for (index, socket) in sockets.iter().enumerate() {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         socket.set_read_timeout(Some(left))?;
         let mut buffer = [0u8; 64];
-        if let Ok(count) = socket.recv(&mut buffer) {
-            answered += usize::from(&buffer[..count] == format!("flow {index}").as_bytes());
+        if let Ok((count, from)) = socket.recv_from(&mut buffer) {
+            if &buffer[..count] == format!("flow {index}").as_bytes() {
+                if from == target {
+                    answered += 1;
+                } else {
+                    elsewhere.push(from.to_string());
+                }
+            }
         }
     }
-    println!("answered {answered} of {flows}");
+    if elsewhere.is_empty() {
+        println!("answered {answered} of {flows}");
+    } else {
+        elsewhere.sort();
+        elsewhere.dedup();
+        println!("answered {answered} of {flows}; echoes from another address: {}", elsewhere.join(", "));
+    }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Datagrams [`udp_nics_test`] sends each card (one per source port).
+pub const UDP_NICS_FLOWS: u32 = 16;
+
+/// The names of the UDP tests on two cards, by QEMU machine.
+pub const UDP_NICS: [(qemu::Machine, &str); 2] =
+    [(qemu::Machine::Microvm, "udp-nics-microvm-2"), (qemu::Machine::Q35, "udp-nics-q35-2")];
+
+/// `udp-nics-{microvm,q35}-2`: examples/echo on 2 CPUs with 2 cards on 2
+/// taps (card K at 172.31.K.2, each on its own CPU with its own stack);
+/// its one UDP socket is bound to `0.0.0.0:7`. From the namespace,
+/// [`UDP_NICS_FLOWS`] datagrams to each card's address: every one must
+/// be echoed, from the address it was sent to. Before a socket on
+/// `0.0.0.0` had a member on every card, it lived on card 0's stack only
+/// and card 1 answered "port unreachable".
+pub fn udp_nics_test(image: &Path, accel: crate::accel::Accel, machine: qemu::Machine) -> Result<(bool, String)> {
+    let namespace = Namespace::create("udpnics")?;
+    let mut devices = vmm::Devices::default();
+    for card in 0..2 {
+        let name = format!("tap{card}");
+        namespace.add_tap_on(&name, 1, card)?;
+        devices.taps.push(vmm::Tap { mac: Some(netns::guest_mac(card)), ..vmm::Tap::new(&name) });
+    }
+    let mut config = VmConfig::new(image.to_path_buf(), accel);
+    config.cpus = 2;
+    config.machine = machine;
+    config.command_line = format!("{} toro.log=info", netns::guest_arguments_for(2)).into();
+    config.namespace = Some(namespace.name().into());
+    let (mut command, _directory, _log) = vmm::command(Vmm::Qemu, &config, &devices)?;
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn().context("starting QEMU")?;
+    let (lines, reader, errors) = qemu::read_output(&mut child);
+    let target = |card: u32| format!("{}:7", netns::guest_address(card));
+    let probe = |card: u32, flows: u32| -> Result<String> {
+        let output = namespace
+            .command(std::env::current_exe()?)
+            .args(["udp-flows", &target(card), &flows.to_string()])
+            .output()
+            .context("running xtask udp-flows in the namespace")?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    // Card 0 up (the boot), then card 1 gets 15 s more (it is up by then).
+    let mut answer = String::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        answer = probe(0, 1)?;
+        if answer == "answered 1 of 1" {
+            break;
+        }
+    }
+    if answer != "answered 1 of 1" {
+        problems.push(format!("eth0 ({}) never echoed one datagram: {answer:?}", target(0)));
+    } else {
+        notes.push(format!("eth0 echoed after {:.1} s", started.elapsed().as_secs_f64()));
+        let card1 = Instant::now();
+        while card1.elapsed() < Duration::from_secs(15) {
+            answer = probe(1, 1)?;
+            if answer == "answered 1 of 1" {
+                break;
+            }
+        }
+        if answer != "answered 1 of 1" {
+            problems.push(format!("eth1 ({}) never echoed one datagram: {answer:?}", target(1)));
+        }
+        for card in 0..2 {
+            let answer = probe(card, UDP_NICS_FLOWS)?;
+            if answer != format!("answered {UDP_NICS_FLOWS} of {UDP_NICS_FLOWS}") {
+                problems.push(format!("{UDP_NICS_FLOWS} flows to eth{card} ({}): {answer:?}", target(card)));
+            } else {
+                notes.push(format!("eth{card}: {answer}"));
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let vmm_errors = errors.join().unwrap_or_default();
+    let output: Vec<String> = lines.try_iter().map(|(_, line)| line).collect();
+    if let Some(line) = output.iter().find(|line| line.contains("panic") || line.contains("CPU exception")) {
+        problems.push(format!("the guest failed: {line}"));
+    }
+    Ok(if problems.is_empty() {
+        (true, format!("ok ({}; one socket on 0.0.0.0:7, two cards)", notes.join("; ")))
+    } else {
+        let stderr =
+            if vmm_errors.trim().is_empty() { String::new() } else { format!("; stderr: {}", vmm_errors.trim()) };
+        (
+            false,
+            format!(
+                "FAILED: {}; {}; guest printed: {}{stderr}",
+                problems.join("; "),
+                notes.join("; "),
+                output.join(" | ")
+            ),
+        )
+    })
 }
 
 /// Runs one tap test with the web server image; (passed, summary).

@@ -1417,6 +1417,18 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     if !files_tests.is_empty() && !specs.iter().any(|s| s.binary == "webserver") {
         specs.push(ImageSpec { package: "webserver".into(), binary: "webserver".into() });
     }
+    // The echo server's UDP tests on taps run with the echo image's tests
+    // (`--filter echo`) or by name (`--filter udp`, `--filter udp-nics`).
+    let echo_listed = tests.iter().any(|t| t.binary == "echo");
+    let udp_named =
+        |name: &str| qemu_checks && (echo_listed || filter.as_ref().is_none_or(|f| name.contains(f.as_str())));
+    let udp_tests: Vec<&str> = core::iter::once("udp-mq-q35-2")
+        .chain(crate::nettest::UDP_NICS.iter().map(|&(_, name)| name))
+        .filter(|name| udp_named(name))
+        .collect();
+    if !udp_tests.is_empty() && !specs.iter().any(|s| s.binary == "echo") {
+        specs.push(ImageSpec { package: "echo".into(), binary: "echo".into() });
+    }
     let images = build::build(&specs, false)?;
     let accel = crate::choose_accel(None);
     // The lock check: every image built for this run, in every run.
@@ -1452,16 +1464,16 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         }
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "echo") {
-        match crate::netns::unavailable() {
-            Some(reason) => println!("vm test udp-mq-q35-2 ... skipped: {reason}"),
-            None => {
-                record(
-                    &mut passed,
-                    &mut failed,
-                    "udp-mq-q35-2",
-                    crate::nettest::udp_multiqueue_test(&images[index], accel),
-                );
+        for &name in &udp_tests {
+            if let Some(reason) = crate::netns::unavailable() {
+                println!("vm test {name} ... skipped: {reason}");
+                continue;
             }
+            let result = match crate::nettest::UDP_NICS.iter().find(|&&(_, n)| n == name) {
+                Some(&(machine, _)) => crate::nettest::udp_nics_test(&images[index], accel, machine),
+                None => crate::nettest::udp_multiqueue_test(&images[index], accel),
+            };
+            record(&mut passed, &mut failed, name, result);
         }
     }
     if qemu_checks && filter.as_ref().is_none_or(|f| crate::storms::NAME.contains(f.as_str())) {
