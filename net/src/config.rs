@@ -199,6 +199,49 @@ pub fn route_card(
     on_link.or_else(|| cards.clone().position(|(_, gateway)| gateway)).or_else(|| cards.clone().next().map(|_| 0))
 }
 
+/// One instance of a UDP socket bound to the unspecified address, as
+/// [`udp_member`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpMember {
+    /// The loopback (127.0.0.0/8).
+    Loopback,
+    /// A card's instance: its static IPv4 network (none with DHCP) and
+    /// whether it has a static default gateway.
+    Card {
+        /// Its static network.
+        subnet: Option<Ipv4Cidr>,
+        /// Whether it has a default gateway.
+        gateway: bool,
+    },
+}
+
+/// Which member of a UDP socket bound to `0.0.0.0` (an instance for the
+/// loopback and one per card) a datagram to `destination` leaves by, and
+/// so whose address is its source, as Linux picks the source of such a
+/// socket by the route to the destination: the loopback for 127.0.0.0/8
+/// and `::1`; else the card whose static network holds the destination,
+/// else the first card with a default gateway, else the first card
+/// ([`route_card`], the rule of outgoing connections); with no card, the
+/// loopback. `None` with no member.
+pub fn udp_member(members: &[UdpMember], destination: core::net::IpAddr) -> Option<usize> {
+    let loopback = members.iter().position(|member| *member == UdpMember::Loopback);
+    if destination.is_loopback() && loopback.is_some() {
+        return loopback;
+    }
+    let cards = members.iter().enumerate().filter_map(|(index, member)| match *member {
+        UdpMember::Card { subnet, gateway } => Some((index, subnet, gateway)),
+        UdpMember::Loopback => None,
+    });
+    let destination = match destination {
+        core::net::IpAddr::V4(v4) => Some(Ipv4Address::from(v4.octets())),
+        core::net::IpAddr::V6(_) => None,
+    };
+    route_card(cards.clone().map(|(_, subnet, gateway)| (subnet, gateway)), destination)
+        .and_then(|card| cards.clone().nth(card))
+        .map(|(index, _, _)| index)
+        .or(loopback)
+}
+
 /// An interface's IPv6 set-up. Every Ethernet interface also gets its
 /// link-local address (fe80::/64 with the EUI-64 of its MAC, RFC 4291
 /// appendix A), whatever this says.
@@ -429,6 +472,40 @@ mod tests {
         let no_gateway = [(net(172, 31, 0), false), (net(172, 31, 1), false)];
         assert_eq!(route_card(no_gateway.iter().copied(), Some(Ipv4Address::new(9, 9, 9, 9))), Some(0));
         assert_eq!(route_card(core::iter::empty(), None), None);
+    }
+
+    #[test]
+    fn datagrams_leave_by_the_member_on_their_network() {
+        let net = |a, b, c| Some(Ipv4Cidr::new(Ipv4Address::new(a, b, c, 2), 24));
+        let v4 = |a, b, c, d| core::net::IpAddr::V4(core::net::Ipv4Addr::new(a, b, c, d));
+        // The loopback, card 0 with the gateway, card 1 on its own network.
+        let members = [
+            UdpMember::Loopback,
+            UdpMember::Card { subnet: net(172, 31, 0), gateway: true },
+            UdpMember::Card { subnet: net(172, 31, 1), gateway: false },
+        ];
+        assert_eq!(udp_member(&members, v4(127, 0, 0, 1)), Some(0));
+        assert_eq!(udp_member(&members, v4(127, 9, 9, 9)), Some(0));
+        assert_eq!(udp_member(&members, core::net::IpAddr::V6(core::net::Ipv6Addr::LOCALHOST)), Some(0));
+        // A peer on card 1's network is answered by card 1, whatever the order.
+        assert_eq!(udp_member(&members, v4(172, 31, 1, 1)), Some(2));
+        assert_eq!(udp_member(&members, v4(172, 31, 0, 1)), Some(1));
+        // Off every network: the card with the gateway, not the first listed.
+        let gateway_second = [
+            UdpMember::Card { subnet: net(172, 31, 0), gateway: false },
+            UdpMember::Loopback,
+            UdpMember::Card { subnet: net(172, 31, 1), gateway: true },
+        ];
+        assert_eq!(udp_member(&gateway_second, v4(8, 8, 8, 8)), Some(2));
+        assert_eq!(udp_member(&gateway_second, v4(172, 31, 0, 7)), Some(0));
+        // IPv6 off the loopback: the gateway's card.
+        assert_eq!(udp_member(&gateway_second, core::net::IpAddr::V6("fd00:31::1".parse().unwrap())), Some(2));
+        // No gateway: the first card; a DHCP card (no network) only so.
+        let dhcp = [UdpMember::Loopback, UdpMember::Card { subnet: None, gateway: false }];
+        assert_eq!(udp_member(&dhcp, v4(10, 0, 2, 2)), Some(1));
+        // No card: the loopback, for any destination; no member: none.
+        assert_eq!(udp_member(&[UdpMember::Loopback], v4(10, 0, 2, 2)), Some(0));
+        assert_eq!(udp_member(&[], v4(127, 0, 0, 1)), None);
     }
 
     #[test]

@@ -24,8 +24,8 @@ pub mod stack;
 pub mod virtio_net;
 
 pub use config::{
-    addressing_for, addressing_from, ipv6_for, ipv6_from, link_local, route_card, stray_card_words, Addressing,
-    CardError, ConfigError, Ipv6Config, QEMU_USER_ADDRESS, QEMU_USER_GATEWAY,
+    addressing_for, addressing_from, ipv6_for, ipv6_from, link_local, route_card, stray_card_words, udp_member,
+    Addressing, CardError, ConfigError, Ipv6Config, UdpMember, QEMU_USER_ADDRESS, QEMU_USER_GATEWAY,
 };
 pub use device::{Capabilities, DeviceStats, MemoryDevice, NetDevice};
 pub use error::NetError;

@@ -158,6 +158,10 @@ pub const ROOTS: &[&str] = &[
     "toro::net::tcp::TcpStream::write_some",
     // a UDP bind or close telling the card's other queue pairs (calls)
     "toro::net::instance::announce_udp",
+    // a receive on a UDP socket bound to 0.0.0.0 on several instances:
+    // the look at the members' flags, the wait in the CPU's slot
+    "toro::net::udp::UdpSocket::recv_any",
+    "toro::net::udp::UdpGroup::wait",
 ];
 
 /// Where an indirect call or tail jump on a checked path goes.

@@ -28,6 +28,7 @@
 //! sooner than the service's deadline lowers it (`Handle::poll_by`).
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -35,6 +36,7 @@ use toro_net::stack::{IcmpHandle, TcpHandle, UdpHandle};
 use toro_net::{Addressing, NetError, Stack, StackConfig};
 
 use super::device::Device;
+use super::udp::UdpGroup;
 use crate::service::{Builder, Handle, Starting};
 use crate::thread::scheduler::{self, Control};
 use crate::time::Instant;
@@ -101,6 +103,17 @@ pub(crate) struct Instance {
     /// they get a copy of each neighbour-discovery frame this one
     /// receives, and the datagrams for UDP sockets that live on them.
     siblings: Vec<(usize, Handle<NetService>)>,
+    /// The UDP sockets here that are members of a socket bound to
+    /// `0.0.0.0` on several instances: after each poll, whether each
+    /// holds a datagram is published to its group (`udp::UdpGroup`).
+    pub(crate) udp_groups: Vec<UdpGroupEntry>,
+}
+
+/// A UDP socket of this instance that is member `member` of `group`.
+pub(crate) struct UdpGroupEntry {
+    pub(crate) handle: UdpHandle,
+    pub(crate) group: Arc<UdpGroup>,
+    pub(crate) member: usize,
 }
 
 /// Where each instance lives, published by its service thread.
@@ -119,7 +132,7 @@ pub(crate) fn now_micros() -> u64 {
     }
 }
 
-fn micros_to_ticks(micros: u64) -> u64 {
+pub(crate) fn micros_to_ticks(micros: u64) -> u64 {
     match crate::time::tsc_hz() {
         Some(hz) => (micros as u128 * hz as u128 / 1_000_000).min(u64::MAX as u128) as u64,
         None => micros.saturating_mul(1000),
@@ -306,6 +319,7 @@ impl Instance {
             }
         }
         self.wake_waiters();
+        self.publish_udp_groups();
         self.share_neighbour_frames();
         self.forward_datagrams();
         if let Some(service) = self.service {
@@ -316,6 +330,15 @@ impl Instance {
                     service.poll_by(Instant::from_ticks(due));
                 }
             }
+        }
+    }
+
+    /// Tells each group this instance's UDP members belong to whether
+    /// the member holds a datagram (waking its receivers if it does).
+    fn publish_udp_groups(&mut self) {
+        for entry in &self.udp_groups {
+            let readable = self.stack.udp_readable(entry.handle);
+            entry.group.publish(entry.member, readable);
         }
     }
 
@@ -450,6 +473,7 @@ impl NetService {
             service: None,
             service_deadline: u64::MAX,
             siblings: Vec::new(),
+            udp_groups: Vec::new(),
         });
         INSTANCES[id].store(Box::into_raw(instance) as u64, Ordering::Release);
         Self { id }

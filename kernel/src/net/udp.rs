@@ -1,22 +1,56 @@
 //! `UdpSocket`, shaped like std's.
+//!
+//! A socket bound to one address lives in one instance (that address's
+//! card, or the loopback). A socket bound to `0.0.0.0` where there are
+//! several instances has a *member* in each: the loopback's and one per
+//! card (of a multi-queue card, the queue pair of the binding CPU, to
+//! which the card's other pairs hand its datagrams), all on the same
+//! port. `recv_from` takes the first datagram any member has; `send_to`
+//! leaves by the member whose network reaches the destination
+//! (`toro_net::udp_member`), so a reply carries the address the peer
+//! wrote to when the peer is on a card's network.
+//!
+//! Waiting on several members: each member's instance publishes, after
+//! every poll, whether its socket holds a datagram (a flag per member,
+//! written by that instance's CPU only) and wakes the threads waiting in
+//! the socket's slots; a receiver looks at the flags, goes to the owner
+//! CPU of one that is set to take the datagram, and otherwise publishes
+//! itself in its CPU's slot, fences, looks again and blocks
+//! (`toro_core::wake`'s hand-shake; no lock, no read-modify-write).
 
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::net::SocketAddr;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use toro_core::wake::WaiterSlot;
 use toro_net::stack::UdpHandle;
-use toro_net::NetError;
+use toro_net::{NetError, UdpMember};
 
 use super::addr::{from_endpoint, resolve, to_endpoint, ToSocketAddrs};
 use super::instance::{self, Interest};
 use super::{to_io, wait_to_io};
 use crate::io::{self, ErrorKind};
+use crate::thread::scheduler;
 
-/// A UDP socket, like `std::net::UdpSocket`. It lives in one instance:
-/// the loopback for `127.0.0.1`, otherwise the binding CPU's NIC instance
-/// (or the first NIC's).
+/// How often a receiver polls the members' flags when another thread of
+/// its CPU waits on the same socket already (each CPU has one slot).
+const SHARED_WAIT_MICROS: u64 = 10_000;
+/// Tries at a free port for `0.0.0.0:0` (the one a member picks may be
+/// taken on another).
+const PORT_TRIES: usize = 16;
+
+/// A UDP socket, like `std::net::UdpSocket`: see the module docs for
+/// where it lives.
 pub struct UdpSocket {
-    instance: usize,
-    handle: UdpHandle,
+    /// Its instances and their sockets: one, or (bound to `0.0.0.0` with
+    /// several instances) the loopback's and one per card.
+    members: Vec<Member>,
+    /// With several members: what their instances publish for receivers.
+    group: Option<Arc<UdpGroup>>,
+    /// The member `recv_from` looks at first (round robin over members
+    /// with a datagram, so one busy card cannot starve the others).
+    next: AtomicUsize,
     local: SocketAddr,
     /// The peer set by `connect`: [`PEER_SET`] | IPv4 address << 16 |
     /// port, 0 for none (an atomic, so the socket is `Sync` like std's).
@@ -24,42 +58,221 @@ pub struct UdpSocket {
     options: super::Options,
 }
 
+/// One instance's part of a socket.
+#[derive(Clone, Copy)]
+struct Member {
+    instance: usize,
+    handle: UdpHandle,
+    /// What `send_to` knows of its route.
+    route: UdpMember,
+}
+
+/// What the members' instances of a socket bound to `0.0.0.0` publish
+/// for its receivers.
+pub(crate) struct UdpGroup {
+    /// Per member: its socket holds a datagram (written by the member's
+    /// owner CPU only: after each poll, and after a receive).
+    readable: Vec<AtomicBool>,
+    /// Per CPU: the thread of that CPU waiting for a datagram, if any
+    /// (written by threads of that CPU only).
+    waiting: Vec<WaiterSlot>,
+}
+
+impl UdpGroup {
+    fn new(members: usize) -> Self {
+        Self {
+            readable: (0..members).map(|_| AtomicBool::new(false)).collect(),
+            waiting: (0..crate::cpu::count().max(1)).map(|_| WaiterSlot::new()).collect(),
+        }
+    }
+
+    fn any_readable(&self) -> bool {
+        self.readable.iter().any(|flag| flag.load(Ordering::Acquire))
+    }
+
+    /// Member `member`'s instance (on its owner CPU) says whether its
+    /// socket holds a datagram; if it does, the waiting receivers wake.
+    #[inline]
+    pub(crate) fn publish(&self, member: usize, readable: bool) {
+        self.readable[member].store(readable, Ordering::Release);
+        if !readable {
+            return;
+        }
+        // The waker's side: flag, fence, then the slots.
+        crate::cpu::full_fence();
+        for slot in &self.waiting {
+            if let Some(waiter) = slot.waiter(|| {}) {
+                scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
+            }
+        }
+    }
+
+    /// Blocks the calling thread until a member may hold a datagram or
+    /// TSC `deadline` (`u64::MAX`: none) passes.
+    #[inline(never)]
+    fn wait(&self, deadline: u64) {
+        let slot = &self.waiting[crate::cpu::current() % self.waiting.len()];
+        if slot.waiter(|| {}).is_some() {
+            // Another thread of this CPU waits in the slot: look again
+            // after a while (only this CPU writes the slot, and nothing
+            // switches between the look and the publication below).
+            let soon =
+                crate::time::Instant::now().ticks().saturating_add(instance::micros_to_ticks(SHARED_WAIT_MICROS));
+            scheduler::sleep_until(soon.min(deadline));
+            return;
+        }
+        let epoch = scheduler::begin_wait();
+        slot.publish(scheduler::current() as u64, epoch, crate::cpu::full_fence);
+        if !self.any_readable() {
+            if deadline == u64::MAX {
+                scheduler::block();
+            } else {
+                scheduler::block_until(epoch, deadline);
+            }
+        }
+        slot.clear();
+    }
+}
+
 /// Marks `UdpSocket::peer` as set.
 const PEER_SET: u64 = 1 << 63;
 
+/// Opens a socket on `port` in instance `id` and tells the card's other
+/// queue pairs.
+fn bind_on(id: usize, port: u16) -> Result<(UdpHandle, u16), NetError> {
+    instance::on_owner(id, || {
+        let bound = instance::with_local(id, |i| i.stack.udp_bind(port)).unwrap_or(Err(NetError::BadHandle));
+        if let Ok((_, port)) = bound {
+            instance::announce_udp(id, port, true);
+        }
+        bound
+    })
+}
+
+/// Closes member `member` (its socket, its group entry, the other pairs' hand-over).
+fn close_on(member: &Member, port: u16) {
+    let (id, handle) = (member.instance, member.handle);
+    instance::on_owner(id, || {
+        instance::with_local(id, |i| {
+            i.stack.udp_close(handle);
+            i.udp_groups.retain(|entry| entry.handle != handle);
+        });
+        instance::announce_udp(id, port, false);
+    });
+}
+
+/// Binds `port` (0: one free on every instance) in each of `instances`,
+/// or none of them.
+fn bind_members(port: u16, instances: &[(usize, UdpMember)]) -> Result<(Vec<Member>, u16), NetError> {
+    let mut last = NetError::AddrInUse;
+    for _ in 0..PORT_TRIES {
+        let mut chosen = port;
+        let mut members = Vec::new();
+        let mut failed = None;
+        for &(instance, route) in instances {
+            match bind_on(instance, chosen) {
+                Ok((handle, bound)) => {
+                    chosen = bound;
+                    members.push(Member { instance, handle, route });
+                }
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        let Some(error) = failed else { return Ok((members, chosen)) };
+        for member in &members {
+            close_on(member, chosen);
+        }
+        last = error;
+        // A port picked by the first member may be taken on another: pick again.
+        if port != 0 || error != NetError::AddrInUse || members.is_empty() {
+            break;
+        }
+    }
+    Err(last)
+}
+
+/// The instances a socket bound to `0.0.0.0` has members in: the
+/// loopback and, of every card, the queue pair of this CPU (else its
+/// first).
+fn unspecified_members() -> io::Result<Vec<(usize, UdpMember)>> {
+    let topology = super::topology();
+    let here = crate::cpu::current();
+    let mut members: Vec<(usize, UdpMember)> = topology.loopback.iter().map(|&id| (id, UdpMember::Loopback)).collect();
+    for card in &topology.cards {
+        let pair =
+            card.instances.iter().copied().find(|&id| instance::owner(id) == here).or(card.instances.first().copied());
+        if let Some(id) = pair {
+            members.push((id, UdpMember::Card { subnet: card.subnet, gateway: card.gateway }));
+        }
+    }
+    if members.is_empty() {
+        return Err(io::Error::from_static(ErrorKind::NetworkDown, "no network interface"));
+    }
+    Ok(members)
+}
+
 impl UdpSocket {
-    /// Opens a socket on `address` (port 0 picks one).
+    /// Opens a socket on `address` (port 0 picks one): on `0.0.0.0`, a
+    /// member in the loopback and in every card's instance; on
+    /// `127.0.0.1`, the loopback; on a card's address, that card (the
+    /// queue pair of this CPU on a multi-queue card).
     pub fn bind<A: ToSocketAddrs>(address: A) -> io::Result<UdpSocket> {
         let address = resolve(&address)?[0];
-        let ids = super::instances_for(address.ip())?;
-        let id = if address.ip().is_unspecified() { super::route(None)? } else { ids[0] };
-        let (handle, port) = instance::on_owner(id, || {
-            let bound =
-                instance::with_local(id, |i| i.stack.udp_bind(address.port())).unwrap_or(Err(NetError::BadHandle));
-            if let Ok((_, port)) = bound {
-                instance::announce_udp(id, port, true);
+        let instances = if address.ip().is_unspecified() {
+            unspecified_members()?
+        } else {
+            let ids = super::instances_for(address.ip())?;
+            let here = crate::cpu::current();
+            let id = ids.iter().copied().find(|&id| instance::owner(id) == here).unwrap_or(ids[0]);
+            // One member: its route is never asked.
+            alloc::vec![(id, UdpMember::Loopback)]
+        };
+        let (members, port) = bind_members(address.port(), &instances).map_err(to_io)?;
+        let group = (members.len() > 1).then(|| {
+            let group = Arc::new(UdpGroup::new(members.len()));
+            for (index, member) in members.iter().enumerate() {
+                let (id, handle, entry) = (member.instance, member.handle, group.clone());
+                instance::on_owner(id, || {
+                    instance::with_local(id, |i| {
+                        let readable = i.stack.udp_readable(handle);
+                        entry.publish(index, readable);
+                        i.udp_groups.push(instance::UdpGroupEntry { handle, group: entry, member: index });
+                    })
+                });
             }
-            bound
-        })
-        .map_err(to_io)?;
+            group
+        });
         Ok(UdpSocket {
-            instance: id,
-            handle,
+            members,
+            group,
+            next: AtomicUsize::new(0),
             local: SocketAddr::new(address.ip(), port),
             peer: AtomicU64::new(0),
             options: super::Options::new(),
         })
     }
 
-    /// The local address.
+    /// The local address: the one bound (`0.0.0.0` stays `0.0.0.0`, as in
+    /// std) with the port chosen for port 0.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.local)
     }
 
-    /// Sends one datagram to `address`.
+    /// Sends one datagram to `address`, by the member whose network
+    /// reaches it (see the module docs).
     pub fn send_to<A: ToSocketAddrs>(&self, data: &[u8], address: A) -> io::Result<usize> {
-        let remote = to_endpoint(resolve(&address)?[0]);
-        let (id, handle) = (self.instance, self.handle);
+        let address = resolve(&address)?[0];
+        let remote = to_endpoint(address);
+        let member = if self.members.len() == 1 {
+            self.members[0]
+        } else {
+            let routes: Vec<UdpMember> = self.members.iter().map(|member| member.route).collect();
+            self.members[toro_net::udp_member(&routes, address.ip()).unwrap_or(0)]
+        };
+        let (id, handle) = (member.instance, member.handle);
         let timeout = self.options.write_micros();
         let nonblocking = self.options.nonblocking();
         instance::on_owner(id, || {
@@ -70,9 +283,13 @@ impl UdpSocket {
         .map_err(wait_to_io)
     }
 
-    /// Takes one datagram: its length (truncated to `buffer`) and sender.
+    /// Takes one datagram: its length (truncated to `buffer`) and sender;
+    /// with several members, the first any of them has.
     pub fn recv_from(&self, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (id, handle) = (self.instance, self.handle);
+        if let Some(group) = &self.group {
+            return self.recv_any(group, buffer);
+        }
+        let (id, handle) = (self.members[0].instance, self.members[0].handle);
         let timeout = self.options.read_micros();
         let nonblocking = self.options.nonblocking();
         instance::on_owner(id, || {
@@ -82,6 +299,52 @@ impl UdpSocket {
         })
         .map(|(count, from)| (count, from_endpoint(from)))
         .map_err(wait_to_io)
+    }
+
+    /// `recv_from` over several members: a member whose flag is set is
+    /// asked on its owner CPU; with none, the thread waits in its CPU's
+    /// slot of the group.
+    #[inline(never)]
+    fn recv_any(&self, group: &UdpGroup, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let nonblocking = self.options.nonblocking();
+        let deadline = self.options.read_micros().map_or(u64::MAX, |micros| {
+            crate::time::Instant::now().ticks().saturating_add(instance::micros_to_ticks(micros))
+        });
+        let count = self.members.len();
+        loop {
+            let first = self.next.load(Ordering::Relaxed);
+            for step in 0..count {
+                let index = (first + step) % count;
+                if !group.readable[index].load(Ordering::Acquire) {
+                    continue;
+                }
+                let Member { instance: id, handle, .. } = self.members[index];
+                let taken = instance::on_owner(id, || {
+                    instance::with_local(id, |i| {
+                        let taken = i.stack.udp_recv_from(handle, buffer);
+                        let readable = i.stack.udp_readable(handle);
+                        group.publish(index, readable);
+                        taken
+                    })
+                    .unwrap_or(Err(NetError::BadHandle))
+                });
+                match taken {
+                    Ok((length, from)) => {
+                        self.next.store((index + 1) % count, Ordering::Relaxed);
+                        return Ok((length, from_endpoint(from)));
+                    }
+                    Err(NetError::WouldBlock) => {}
+                    Err(error) => return Err(to_io(error)),
+                }
+            }
+            if nonblocking {
+                return Err(to_io(NetError::WouldBlock));
+            }
+            if crate::time::Instant::now().ticks() >= deadline {
+                return Err(io::Error::from_static(ErrorKind::TimedOut, "timed out"));
+            }
+            group.wait(deadline);
+        }
     }
 
     /// Sets the peer for `send` and `recv`.
@@ -126,11 +389,17 @@ impl UdpSocket {
 
 impl Drop for UdpSocket {
     fn drop(&mut self) {
-        let (id, handle, port) = (self.instance, self.handle, self.local.port());
-        instance::on_owner(id, || {
-            instance::with_local(id, |i| i.stack.udp_close(handle));
-            instance::announce_udp(id, port, false);
-        });
+        let port = self.local.port();
+        for member in &self.members {
+            close_on(member, port);
+        }
+    }
+}
+
+impl core::fmt::Debug for UdpSocket {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let instances: Vec<usize> = self.members.iter().map(|member| member.instance).collect();
+        f.debug_struct("UdpSocket").field("local", &self.local).field("instances", &instances).finish()
     }
 }
 
