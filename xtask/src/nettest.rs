@@ -403,27 +403,12 @@ pub fn udp_multiqueue_test(image: &Path, accel: crate::accel::Accel) -> Result<(
     let mut child = command.spawn().context("starting QEMU")?;
     let (lines, reader, errors) = qemu::read_output(&mut child);
     let target = format!("{GUEST_ADDRESS}:7");
-    let probe = |flows: u32| -> Result<String> {
-        let output = namespace
-            .command(std::env::current_exe()?)
-            .args(["udp-flows", &target, &flows.to_string()])
-            .output()
-            .context("running xtask udp-flows in the namespace")?;
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    };
-    let started = Instant::now();
-    let mut answer = String::new();
-    while started.elapsed() < Duration::from_secs(60) {
-        answer = probe(1)?;
-        if answer == "answered 1 of 1" {
-            break;
-        }
-    }
+    let mut answer = first_echo(&namespace, &target, Duration::from_secs(60))?;
     let mut problems = Vec::new();
     if answer != "answered 1 of 1" {
         problems.push(format!("the echo server never answered one datagram: {answer:?}"));
     } else {
-        answer = probe(UDP_FLOWS)?;
+        answer = udp_probe(&namespace, &target, UDP_FLOWS)?;
         if answer != format!("answered {UDP_FLOWS} of {UDP_FLOWS}") {
             problems.push(format!("{UDP_FLOWS} flows: {answer:?}"));
         }
@@ -445,6 +430,28 @@ pub fn udp_multiqueue_test(image: &Path, accel: crate::accel::Accel) -> Result<(
 
 /// Source ports [`udp_multiqueue_test`] sends from.
 pub const UDP_FLOWS: u32 = 32;
+
+/// Runs `cargo xtask udp-flows TARGET FLOWS` inside `namespace`; its line.
+fn udp_probe(namespace: &Namespace, target: &str, flows: u32) -> Result<String> {
+    let output = namespace
+        .command(std::env::current_exe()?)
+        .args(["udp-flows", target, &flows.to_string()])
+        .output()
+        .context("running xtask udp-flows in the namespace")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// One datagram at a time to `target` until one is echoed or `within`
+/// passes; the last answer ("answered 1 of 1" once echoed).
+fn first_echo(namespace: &Namespace, target: &str, within: Duration) -> Result<String> {
+    let started = Instant::now();
+    loop {
+        let answer = udp_probe(namespace, target, 1)?;
+        if answer == "answered 1 of 1" || started.elapsed() >= within {
+            return Ok(answer);
+        }
+    }
+}
 
 /// `cargo xtask udp-flows ADDRESS:PORT N` (run by [`udp_multiqueue_test`]
 /// and [`udp_nics_test`] inside their namespace): one datagram from each
@@ -521,40 +528,20 @@ pub fn udp_nics_test(image: &Path, accel: crate::accel::Accel, machine: qemu::Ma
     let mut child = command.spawn().context("starting QEMU")?;
     let (lines, reader, errors) = qemu::read_output(&mut child);
     let target = |card: u32| format!("{}:7", netns::guest_address(card));
-    let probe = |card: u32, flows: u32| -> Result<String> {
-        let output = namespace
-            .command(std::env::current_exe()?)
-            .args(["udp-flows", &target(card), &flows.to_string()])
-            .output()
-            .context("running xtask udp-flows in the namespace")?;
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    };
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     // Card 0 up (the boot), then card 1 gets 15 s more (it is up by then).
-    let mut answer = String::new();
-    while started.elapsed() < Duration::from_secs(60) {
-        answer = probe(0, 1)?;
-        if answer == "answered 1 of 1" {
-            break;
-        }
-    }
+    let answer = first_echo(&namespace, &target(0), Duration::from_secs(60))?;
     if answer != "answered 1 of 1" {
         problems.push(format!("eth0 ({}) never echoed one datagram: {answer:?}", target(0)));
     } else {
         notes.push(format!("eth0 echoed after {:.1} s", started.elapsed().as_secs_f64()));
-        let card1 = Instant::now();
-        while card1.elapsed() < Duration::from_secs(15) {
-            answer = probe(1, 1)?;
-            if answer == "answered 1 of 1" {
-                break;
-            }
-        }
+        let answer = first_echo(&namespace, &target(1), Duration::from_secs(15))?;
         if answer != "answered 1 of 1" {
             problems.push(format!("eth1 ({}) never echoed one datagram: {answer:?}", target(1)));
         }
         for card in 0..2 {
-            let answer = probe(card, UDP_NICS_FLOWS)?;
+            let answer = udp_probe(&namespace, &target(card), UDP_NICS_FLOWS)?;
             if answer != format!("answered {UDP_NICS_FLOWS} of {UDP_NICS_FLOWS}") {
                 problems.push(format!("{UDP_NICS_FLOWS} flows to eth{card} ({}): {answer:?}", target(card)));
             } else {
