@@ -811,6 +811,30 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "net_loopback")
         },
         VmTest {
+            // Two cards on QEMU user networking and the loopback: a UDP
+            // socket on 0.0.0.0 has a member on each (tests/vm udp_any.rs).
+            name: "udp-any-2",
+            memory_mib: 256,
+            command_line: "toro.eth1.ip=10.0.3.15/24",
+            qemu_arguments: &[
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-device,netdev=n0",
+                "-netdev",
+                "user,id=n1,net=10.0.3.0/24",
+                "-device",
+                "virtio-net-device,netdev=n1,mac=52:54:00:12:34:57",
+            ],
+            expect: &[
+                "udp any: loopback member ok",
+                "udp any: ports ok",
+                "udp any: wake-ups ok",
+                "udp any: all passed",
+            ],
+            ..vm("vm-tests", "udp_any")
+        },
+        VmTest {
             name: "webserver-selftest-2",
             memory_mib: 256,
             command_line: "selftest=1",
