@@ -48,6 +48,8 @@ pub struct UdpSocket {
     members: Vec<Member>,
     /// With several members: what their instances publish for receivers.
     group: Option<Arc<UdpGroup>>,
+    /// Each member's route, for `send_to` (`toro_net::udp_member`).
+    routes: Vec<UdpMember>,
     /// The member `recv_from` looks at first (round robin over members
     /// with a datagram, so one busy card cannot starve the others).
     next: AtomicUsize,
@@ -63,8 +65,6 @@ pub struct UdpSocket {
 struct Member {
     instance: usize,
     handle: UdpHandle,
-    /// What `send_to` knows of its route.
-    route: UdpMember,
 }
 
 /// What the members' instances of a socket bound to `0.0.0.0` publish
@@ -169,11 +169,11 @@ fn bind_members(port: u16, instances: &[(usize, UdpMember)]) -> Result<(Vec<Memb
         let mut chosen = port;
         let mut members = Vec::new();
         let mut failed = None;
-        for &(instance, route) in instances {
+        for &(instance, _) in instances {
             match bind_on(instance, chosen) {
                 Ok((handle, bound)) => {
                     chosen = bound;
-                    members.push(Member { instance, handle, route });
+                    members.push(Member { instance, handle });
                 }
                 Err(error) => {
                     failed = Some(error);
@@ -248,6 +248,7 @@ impl UdpSocket {
         Ok(UdpSocket {
             members,
             group,
+            routes: instances.iter().map(|&(_, route)| route).collect(),
             next: AtomicUsize::new(0),
             local: SocketAddr::new(address.ip(), port),
             peer: AtomicU64::new(0),
@@ -266,11 +267,9 @@ impl UdpSocket {
     pub fn send_to<A: ToSocketAddrs>(&self, data: &[u8], address: A) -> io::Result<usize> {
         let address = resolve(&address)?[0];
         let remote = to_endpoint(address);
-        let member = if self.members.len() == 1 {
-            self.members[0]
-        } else {
-            let routes: Vec<UdpMember> = self.members.iter().map(|member| member.route).collect();
-            self.members[toro_net::udp_member(&routes, address.ip()).unwrap_or(0)]
+        let member = match self.members.len() {
+            1 => self.members[0],
+            _ => self.members[toro_net::udp_member(&self.routes, address.ip()).unwrap_or(0)],
         };
         let (id, handle) = (member.instance, member.handle);
         let timeout = self.options.write_micros();
