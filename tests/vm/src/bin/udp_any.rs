@@ -16,13 +16,7 @@ use toro::io::ErrorKind;
 use toro::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use toro::time::Instant;
 use toro::{println, thread};
-
-fn check(condition: bool, what: &str) -> bool {
-    if !condition {
-        println!("FAILED: {what}");
-    }
-    condition
-}
+use vm_tests::check;
 
 const ANY: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
 
