@@ -65,8 +65,12 @@ pub mod config_offset {
     pub const BLK_SIZE: usize = 20;
 }
 
-/// Largest transfer in one request when the device names no limit.
-pub const DEFAULT_MAX_TRANSFER: usize = 128 * 1024;
+/// Largest transfer in one request when the device names no `size_max`:
+/// 1 MiB, so that a 1 MiB read or write (what `dd bs=1M` and the ext2
+/// path send) is one request. The data is one segment (the caller's
+/// buffer, physically contiguous), so `seg_max` (at least 1) never
+/// limits it; a device's `size_max` does.
+pub const DEFAULT_MAX_TRANSFER: usize = 1 << 20;
 
 /// What the device said about itself, checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -472,6 +476,33 @@ mod tests {
         );
         assert!(Config::parse(feature::BLK_SIZE, space(100, 0, 0, 1000)).is_err());
         assert!(Config::parse(feature::BLK_SIZE | feature::SIZE_MAX, space(100, 100, 1, 4096)).is_err());
+    }
+
+    #[test]
+    fn a_mebibyte_is_one_request_unless_size_max_says_less() {
+        // No size_max (QEMU's virtio-blk offers none): 1 MiB in one request,
+        // 4 MiB in four.
+        let plain = Config::parse(feature::SEG_MAX | feature::VERSION_1, space(1 << 20, 0, 126, 0)).unwrap();
+        assert_eq!(plain.max_transfer, 1 << 20);
+        assert_eq!(plain.split(8, 1 << 20).collect::<Vec<_>>(), vec![(8, 0, 1 << 20)]);
+        let four: Vec<_> = plain.split(0, 4 << 20).collect();
+        assert_eq!(four.len(), 4);
+        assert_eq!(four[3], (3 * 2048, 3 << 20, 1 << 20));
+        // seg_max 1 is enough (one data segment per request).
+        let one_segment = Config::parse(feature::SEG_MAX | feature::VERSION_1, space(1 << 20, 0, 1, 0)).unwrap();
+        assert_eq!(one_segment.max_transfer, 1 << 20);
+        // A size_max above 1 MiB does not raise it; one below caps it,
+        // rounded down to whole blocks.
+        let large = Config::parse(feature::SIZE_MAX | feature::VERSION_1, space(1 << 20, 4 << 20, 0, 0)).unwrap();
+        assert_eq!(large.max_transfer, 1 << 20);
+        let capped =
+            Config::parse(feature::SIZE_MAX | feature::BLK_SIZE | feature::VERSION_1, space(1 << 20, 200_000, 0, 4096))
+                .unwrap();
+        assert_eq!(capped.max_transfer, 196_608);
+        let parts: Vec<_> = capped.split(0, 1 << 20).collect();
+        assert_eq!(parts.len(), 6);
+        assert!(parts.iter().all(|&(_, _, len)| len <= 196_608 && len % 4096 == 0));
+        assert_eq!(parts.iter().map(|&(_, _, len)| len).sum::<usize>(), 1 << 20);
     }
 
     #[test]
