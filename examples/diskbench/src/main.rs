@@ -10,7 +10,9 @@
 //! `bench.quick=1` shortens every workload. Each workload runs in a thread
 //! on the CPU that owns what it uses (the raw disk's driver, the
 //! filesystem's owner), so the figure is the device path's, not a
-//! cross-CPU call's; the data is checked against the pattern afterwards.
+//! cross-CPU call's. Only the I/O calls are timed (`workload::IoClock`):
+//! every byte read is checked against the pattern after its call, and
+//! every buffer written is filled before its call, outside the timing.
 
 #![no_std]
 #![no_main]
@@ -74,35 +76,31 @@ fn raw_workloads(raw: Blk, plan: Plan) -> Result<(), String> {
     let mut buf = vec![0u8; REQUEST];
     let sectors = |offset: u64| offset / 512;
     // Write first, so that the reads find the pattern (and check it).
-    let started = now_ns();
-    let mut offset = 0;
-    while offset < plan.sequential_bytes {
-        workload::fill(&mut buf, offset);
-        raw.write(sectors(offset), &buf).map_err(|error| format!("raw write at {offset}: {error}"))?;
-        offset += REQUEST as u64;
-    }
-    raw.flush().map_err(|error| format!("raw flush: {error}"))?;
-    report(workload::RAW_WRITE, workload::per_second(plan.sequential_bytes, now_ns() - started));
+    let write = workload::write_sequential(
+        plan.sequential_bytes,
+        &mut buf,
+        now_ns,
+        &mut { raw },
+        |raw, buf, offset| raw.write(sectors(offset), buf).map_err(|error| format!("raw write at {offset}: {error}")),
+        |raw| raw.flush().map_err(|error| format!("raw flush: {error}")),
+    )?;
+    report(workload::RAW_WRITE, write);
 
-    let started = now_ns();
-    let mut offset = 0;
-    let mut wrong = None;
-    while offset < plan.sequential_bytes {
-        raw.read(sectors(offset), &mut buf).map_err(|error| format!("raw read at {offset}: {error}"))?;
-        wrong = wrong.or(workload::first_mismatch(&buf, offset));
-        offset += REQUEST as u64;
-    }
-    report(workload::RAW_READ, workload::per_second(plan.sequential_bytes, now_ns() - started));
+    let (read, wrong) = workload::read_sequential(plan.sequential_bytes, &mut buf, now_ns, |buf, offset| {
+        raw.read(sectors(offset), buf).map_err(|error| format!("raw read at {offset}: {error}"))
+    })?;
+    report(workload::RAW_READ, read);
     if let Some(at) = wrong {
         return Err(format!("raw disk: byte {at} read back is not what was written"));
     }
 
+    // Unchecked: past the sequential bytes the raw disk holds zeros.
     let small = &mut buf[..workload::RANDOM_READ];
-    let started = now_ns();
-    for offset in workload::random_offsets(plan.random_reads) {
-        raw.read(sectors(offset), small).map_err(|error| format!("raw random read at {offset}: {error}"))?;
-    }
-    report(workload::RAW_RANDOM, workload::per_second(plan.random_reads, now_ns() - started));
+    let offsets = workload::random_offsets(plan.random_reads);
+    let (reads, _) = workload::read_random(offsets, small, false, now_ns, |buf, offset| {
+        raw.read(sectors(offset), buf).map_err(|error| format!("raw random read at {offset}: {error}"))
+    })?;
+    report(workload::RAW_RANDOM, reads);
     Ok(())
 }
 
@@ -114,14 +112,10 @@ fn fs_workloads(plan: Plan) -> Result<(), String> {
     if len != workload::BIG_FILE_BYTES {
         return Err(format!("{big} has {len} bytes, not {}", workload::BIG_FILE_BYTES));
     }
-    let started = now_ns();
-    let (mut offset, mut wrong) = (0, None);
-    while offset < plan.sequential_bytes {
-        file.read_exact(&mut buf).map_err(|error| format!("{big} at {offset}: {error}"))?;
-        wrong = wrong.or(workload::first_mismatch(&buf, offset));
-        offset += REQUEST as u64;
-    }
-    report(workload::FS_READ, workload::per_second(plan.sequential_bytes, now_ns() - started));
+    let (read, wrong) = workload::read_sequential(plan.sequential_bytes, &mut buf, now_ns, |buf, offset| {
+        file.read_exact(buf).map_err(|error| format!("{big} at {offset}: {error}"))
+    })?;
+    report(workload::FS_READ, read);
     if let Some(at) = wrong {
         return Err(format!("{big}: byte {at} is not what the host wrote"));
     }
@@ -130,27 +124,27 @@ fn fs_workloads(plan: Plan) -> Result<(), String> {
     // each goes to the device (the block cache keeps metadata, not file
     // data read in whole blocks), as `O_DIRECT` reads do on Linux.
     let small = &mut buf[..workload::RANDOM_READ];
-    let started = now_ns();
-    for offset in workload::file_random_offsets(plan.random_reads) {
+    let offsets = workload::file_random_offsets(plan.random_reads);
+    let (reads, wrong) = workload::read_random(offsets, small, true, now_ns, |buf, offset| {
         file.seek(SeekFrom::Start(offset)).map_err(|error| format!("{big}: seek to {offset}: {error}"))?;
-        file.read_exact(small).map_err(|error| format!("{big} at {offset}: {error}"))?;
-        wrong = wrong.or(workload::first_mismatch(small, offset));
-    }
-    report(workload::FS_RANDOM, workload::per_second(plan.random_reads, now_ns() - started));
+        file.read_exact(buf).map_err(|error| format!("{big} at {offset}: {error}"))
+    })?;
+    report(workload::FS_RANDOM, reads);
     if let Some(at) = wrong {
         return Err(format!("{big}: byte {at} (random read) is not what the host wrote"));
     }
 
+    // Created before the clock starts, as the Linux side opens it.
     let new = format!("/{}", workload::NEW_FILE);
-    let started = now_ns();
     let mut file = File::create(&new).map_err(|error| format!("{new}: {error}"))?;
-    let mut offset = 0;
-    while offset < plan.sequential_bytes {
-        workload::fill(&mut buf, offset);
-        file.write_all(&buf).map_err(|error| format!("{new} at {offset}: {error}"))?;
-        offset += REQUEST as u64;
-    }
-    file.sync_all().map_err(|error| format!("{new}: sync_all: {error}"))?;
-    report(workload::FS_WRITE, workload::per_second(plan.sequential_bytes, now_ns() - started));
+    let write = workload::write_sequential(
+        plan.sequential_bytes,
+        &mut buf,
+        now_ns,
+        &mut file,
+        |file, buf, offset| file.write_all(buf).map_err(|error| format!("{new} at {offset}: {error}")),
+        |file| file.sync_all().map_err(|error| format!("{new}: sync_all: {error}")),
+    )?;
+    report(workload::FS_WRITE, write);
     Ok(())
 }

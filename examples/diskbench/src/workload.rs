@@ -74,6 +74,101 @@ pub fn first_mismatch(buf: &[u8], offset: u64) -> Option<u64> {
         .map(|(index, _)| offset + index as u64)
 }
 
+/// Time spent inside the I/O calls alone: filling a buffer before a write
+/// and checking one after a read happen between the timed spans, so the
+/// figure is the storage path's, not the speed of a byte loop (which
+/// differs between Toro's no-SSE target and the Linux program's build).
+/// Both sides time through this, with their own clock (`now`, ns).
+pub struct IoClock<N: Fn() -> u64> {
+    now: N,
+    nanoseconds: u64,
+}
+
+impl<N: Fn() -> u64> IoClock<N> {
+    pub fn new(now: N) -> Self {
+        IoClock { now, nanoseconds: 0 }
+    }
+
+    /// Runs one I/O call, adding its time.
+    pub fn time<T>(&mut self, call: impl FnOnce() -> T) -> T {
+        let started = (self.now)();
+        let result = call();
+        self.nanoseconds += (self.now)().saturating_sub(started);
+        result
+    }
+
+    /// `count` units over the time counted, per second.
+    pub fn per_second(&self, count: u64) -> u64 {
+        per_second(count, self.nanoseconds)
+    }
+}
+
+/// Writes `bytes` of [`pattern`] to `target` from offset 0 in
+/// `buf.len()` pieces with `write(target, buf, offset)`, then
+/// `finish(target)` (the flush or `fsync`): bytes per second over the
+/// time inside `write` and `finish` (each buffer is filled outside it).
+pub fn write_sequential<T, E>(
+    bytes: u64,
+    buf: &mut [u8],
+    now: impl Fn() -> u64,
+    target: &mut T,
+    mut write: impl FnMut(&mut T, &[u8], u64) -> Result<(), E>,
+    finish: impl FnOnce(&mut T) -> Result<(), E>,
+) -> Result<u64, E> {
+    let mut clock = IoClock::new(now);
+    let mut offset = 0;
+    while offset < bytes {
+        fill(buf, offset);
+        clock.time(|| write(target, &*buf, offset))?;
+        offset += buf.len() as u64;
+    }
+    clock.time(|| finish(target))?;
+    Ok(clock.per_second(bytes))
+}
+
+/// Reads `bytes` from offset 0 in `buf.len()` pieces with `read(buf,
+/// offset)`, checking every byte against [`pattern`] after each read
+/// (outside the timed span): bytes per second over the time inside
+/// `read`, and the first offset that was not the pattern.
+pub fn read_sequential<E>(
+    bytes: u64,
+    buf: &mut [u8],
+    now: impl Fn() -> u64,
+    mut read: impl FnMut(&mut [u8], u64) -> Result<(), E>,
+) -> Result<(u64, Option<u64>), E> {
+    let mut clock = IoClock::new(now);
+    let (mut offset, mut wrong) = (0, None);
+    while offset < bytes {
+        clock.time(|| read(&mut *buf, offset))?;
+        wrong = wrong.or_else(|| first_mismatch(buf, offset));
+        offset += buf.len() as u64;
+    }
+    Ok((clock.per_second(bytes), wrong))
+}
+
+/// One `read(buf, offset)` at each of `offsets`: reads per second over the
+/// time inside `read`; with `check`, every byte is compared with
+/// [`pattern`] after its read (outside the timed span) and the first
+/// offset that was not it is returned.
+pub fn read_random<E>(
+    offsets: impl Iterator<Item = u64>,
+    buf: &mut [u8],
+    check: bool,
+    now: impl Fn() -> u64,
+    mut read: impl FnMut(&mut [u8], u64) -> Result<(), E>,
+) -> Result<(u64, Option<u64>), E> {
+    let mut clock = IoClock::new(now);
+    let (mut count, mut wrong) = (0, None);
+    for offset in offsets {
+        clock.time(|| read(&mut *buf, offset))?;
+        if check {
+            wrong = wrong.or_else(|| first_mismatch(buf, offset));
+        }
+        count += 1;
+    }
+    Ok((clock.per_second(count), wrong))
+}
+
 /// `count` units in `nanoseconds`, per second.
 pub fn per_second(count: u64, nanoseconds: u64) -> u64 {
     (count as u128 * 1_000_000_000 / nanoseconds.max(1) as u128) as u64

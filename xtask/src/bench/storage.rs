@@ -295,4 +295,60 @@ mod tests {
             "Linux lines carry :direct"
         );
     }
+
+    #[test]
+    fn only_the_io_calls_are_timed_and_every_byte_is_checked() {
+        use std::cell::Cell;
+        // A fake clock that moves only inside the I/O calls (1 ms each,
+        // the flush 5 ms): the byte loops between them cost no time here,
+        // so the figures are the calls' alone.
+        let clock = Cell::new(0u64);
+        let now = || clock.get();
+        let spend = |ns: u64| clock.set(clock.get() + ns);
+        let mut disk = vec![0u8; 4 << 10];
+        let mut buf = vec![0u8; 1 << 10];
+        let write = workload::write_sequential(
+            4 << 10,
+            &mut buf,
+            now,
+            &mut disk,
+            |disk, buf, offset| {
+                spend(1_000_000);
+                assert_eq!(workload::first_mismatch(buf, offset), None, "filled before the call");
+                disk[offset as usize..][..buf.len()].copy_from_slice(buf);
+                Ok::<(), ()>(())
+            },
+            |_| {
+                spend(5_000_000);
+                Ok(())
+            },
+        );
+        assert_eq!(write, Ok(4096 * 1000 / 9), "4 KiB in 4 + 5 ms");
+        let read = |disk: &[u8], buf: &mut [u8], offset: u64| {
+            spend(1_000_000);
+            buf.copy_from_slice(&disk[offset as usize..][..buf.len()]);
+            Ok::<(), ()>(())
+        };
+        let sequential = workload::read_sequential(4 << 10, &mut buf, now, |buf, offset| read(&disk, buf, offset));
+        assert_eq!(sequential, Ok((1_024_000, None)), "4 KiB in 4 ms, all the pattern");
+        disk[3000] ^= 1;
+        let sequential = workload::read_sequential(4 << 10, &mut buf, now, |buf, offset| read(&disk, buf, offset));
+        assert_eq!(sequential, Ok((1_024_000, Some(3000))), "a wrong byte in the third read is found");
+        let offsets = [0u64, 2048, 2560].into_iter();
+        let random = workload::read_random(offsets, &mut buf[..512], true, now, |buf, offset| read(&disk, buf, offset));
+        assert_eq!(random, Ok((1000, Some(3000))), "3 reads in 3 ms, the last one wrong");
+        let offsets = [2560u64].into_iter();
+        let unchecked =
+            workload::read_random(offsets, &mut buf[..512], false, now, |buf, offset| read(&disk, buf, offset));
+        assert_eq!(unchecked, Ok((1000, None)));
+        assert_eq!(
+            workload::read_sequential(4 << 10, &mut buf, now, |_, offset| if offset == 2048 {
+                Err(offset)
+            } else {
+                Ok(())
+            }),
+            Err(2048),
+            "an I/O error stops the workload"
+        );
+    }
 }
