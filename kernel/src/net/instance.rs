@@ -107,6 +107,10 @@ pub(crate) struct Instance {
     /// `0.0.0.0` on several instances: after each poll, whether each
     /// holds a datagram is published to its group (`udp::UdpGroup`).
     pub(crate) udp_groups: Vec<UdpGroupEntry>,
+    /// Nothing was done to the instance since a pump that left no frame
+    /// waiting: a socket call that would block need not pump again before
+    /// its thread blocks (see `wait_on`). Cleared by every `with_local`.
+    settled: bool,
 }
 
 /// A UDP socket of this instance that is member `member` of `group`.
@@ -197,6 +201,14 @@ pub(crate) fn start(plans: Vec<Plan>) {
 /// Runs `function` with instance `id` if the calling thread is on its
 /// owner CPU; `None` otherwise.
 pub(crate) fn with_local<R>(id: usize, function: impl FnOnce(&mut Instance) -> R) -> Option<R> {
+    with_local_as_is(id, |instance| {
+        instance.settled = false;
+        function(instance)
+    })
+}
+
+/// `with_local` that leaves `Instance::settled` to `function`.
+fn with_local_as_is<R>(id: usize, function: impl FnOnce(&mut Instance) -> R) -> Option<R> {
     if id >= MAX_INSTANCES || owner(id) != crate::cpu::current() {
         return None;
     }
@@ -264,10 +276,29 @@ pub(crate) fn wait_on<R>(
 ) -> Result<R, WaitError> {
     let deadline =
         timeout_micros.map_or(u64::MAX, |micros| Instant::now().ticks().saturating_add(micros_to_ticks(micros)));
+    // Data taken from a socket needs no frame sent at once (an ACK or a
+    // window update waits for the next pump: the answer's, the next wait's,
+    // or the service's), and a call that would block right after a pump
+    // that left nothing waiting has nothing to pump. A request served on a
+    // keep-alive connection so pumps twice (the service's on arrival, the
+    // answer's) instead of four times (issue 10: the pumps, each a walk
+    // over every socket, were most of the stack's time per request).
+    let taking = matches!(interest, Interest::Readable(_) | Interest::UdpReadable(_));
     loop {
-        let result = with_local(id, |instance| {
+        let result = with_local_as_is(id, |instance| {
+            let settled = core::mem::take(&mut instance.settled);
             let result = operation(instance);
-            instance.pump();
+            match result {
+                Err(NetError::WouldBlock) if settled && !instance.stack.device().rx_pending_now() => {
+                    // The operation changed nothing: still settled.
+                    instance.settled = true;
+                }
+                Ok(_) if taking => {}
+                _ => {
+                    instance.pump();
+                    instance.settled = true;
+                }
+            }
             result
         })
         .ok_or(WaitError::Net(NetError::BadHandle))?;
@@ -388,6 +419,7 @@ impl Instance {
                 break;
             }
         }
+        self.settled = true;
         // Right after polling to quiescence smoltcp can still ask for a poll
         // "now" that does nothing: seen with peers that keep their window
         // shut (a client that stopped reading: four such sockets made the
@@ -474,6 +506,7 @@ impl NetService {
             service_deadline: u64::MAX,
             siblings: Vec::new(),
             udp_groups: Vec::new(),
+            settled: false,
         });
         INSTANCES[id].store(Box::into_raw(instance) as u64, Ordering::Release);
         Self { id }
