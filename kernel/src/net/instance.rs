@@ -111,6 +111,8 @@ pub(crate) struct Instance {
     /// waiting: a socket call that would block need not pump again before
     /// its thread blocks (see `wait_on`). Cleared by every `with_local`.
     settled: bool,
+    /// A pump was asked of the service (`defer_pump`) and has not run.
+    pump_deferred: bool,
 }
 
 /// A UDP socket of this instance that is member `member` of `group`.
@@ -276,14 +278,18 @@ pub(crate) fn wait_on<R>(
 ) -> Result<R, WaitError> {
     let deadline =
         timeout_micros.map_or(u64::MAX, |micros| Instant::now().ticks().saturating_add(micros_to_ticks(micros)));
-    // Data taken from a socket needs no frame sent at once (an ACK or a
-    // window update waits for the next pump: the answer's, the next wait's,
-    // or the service's), and a call that would block right after a pump
-    // that left nothing waiting has nothing to pump. A request served on a
-    // keep-alive connection so pumps twice (the service's on arrival, the
-    // answer's) instead of four times (issue 10: the pumps, each a walk
-    // over every socket, were most of the stack's time per request).
-    let taking = matches!(interest, Interest::Readable(_) | Interest::UdpReadable(_));
+    // A call that took data or queued data to send leaves the frames it
+    // causes (the ACK, the window update, the segments) to a pump of the
+    // service, asked for now (`Instance::defer_pump`): it runs after the
+    // threads ready on this CPU, so the answers of every connection served
+    // in the meantime leave in one poll of the stack and one notification
+    // of the NIC, as NAPI batches them in Linux. A thread about to block
+    // leaves its pump to the service the same way; a call that would block
+    // right after a pump that left nothing waiting has nothing to pump.
+    // A request on a keep-alive connection pumped four times (each a walk
+    // over every socket): on arrival, after the read, after the write and
+    // before blocking (issue 10). A non-blocking call that would block
+    // pumps at once: its caller may poll in a loop without yielding.
     loop {
         let result = with_local_as_is(id, |instance| {
             let settled = core::mem::take(&mut instance.settled);
@@ -293,7 +299,8 @@ pub(crate) fn wait_on<R>(
                     // The operation changed nothing: still settled.
                     instance.settled = true;
                 }
-                Ok(_) if taking => {}
+                Ok(_) => instance.defer_pump(),
+                Err(NetError::WouldBlock) if !nonblocking => instance.defer_pump(),
                 _ => {
                     instance.pump();
                     instance.settled = true;
@@ -407,11 +414,28 @@ impl Instance {
         }
     }
 
+    /// Asks the service for a pump as soon as the threads ready on this
+    /// CPU have run (once until it ran); pumps now before the service is
+    /// known.
+    fn defer_pump(&mut self) {
+        let Some(service) = self.service else {
+            self.pump();
+            return;
+        };
+        if !self.pump_deferred {
+            self.pump_deferred = true;
+            let now = Instant::now().ticks();
+            self.service_deadline = self.service_deadline.min(now);
+            service.poll_by(Instant::from_ticks(now));
+        }
+    }
+
     /// The service's work (poll or interrupt hook): receive interrupts
     /// suppressed, the stack polled until no frame waits, interrupts asked
     /// for again and re-checked. Returns the poll hook's next deadline.
     fn serve(&mut self) -> Option<Instant> {
         const MAX_ROUNDS: usize = 8;
+        self.pump_deferred = false;
         for _ in 0..MAX_ROUNDS {
             self.stack.device().quiet();
             self.pump();
@@ -507,6 +531,7 @@ impl NetService {
             siblings: Vec::new(),
             udp_groups: Vec::new(),
             settled: false,
+            pump_deferred: false,
         });
         INSTANCES[id].store(Box::into_raw(instance) as u64, Ordering::Release);
         Self { id }
