@@ -170,6 +170,30 @@ pub fn stats_field(stats: &str, interface: &str, name: &str) -> Option<u64> {
     row.split_whitespace().nth(column)?.parse().ok()
 }
 
+/// The most pumps of the stack (`/stats` interface column `pumps`, each a
+/// walk over every socket) per request served under wrk's 16 keep-alive
+/// connections. With a pump after every socket call a request cost four
+/// or more; left to the service, the pumps of the connections served
+/// together are one (about one per request with a single connection,
+/// below one under load; issue 10).
+const MAX_PUMPS_PER_REQUEST: f64 = 2.0;
+
+/// The sum of column `name` over every interface row of the `/stats` text.
+pub fn interface_total(stats: &str, name: &str) -> Option<u64> {
+    let mut lines = stats.lines().skip_while(|line| !line.starts_with("interface "));
+    let header = lines.next()?;
+    let column = header.split_whitespace().position(|column| column == name)?;
+    lines.map(|line| line.split_whitespace().nth(column).and_then(|value| value.parse::<u64>().ok())).sum()
+}
+
+/// Pumps per request between two `/stats` texts (every interface, every CPU).
+fn pumps_per_request(before: &str, after: &str) -> Option<f64> {
+    let requests = |stats: &str| requests_per_cpu(stats).iter().map(|&(_, requests)| requests).sum::<u64>();
+    let served = requests(after).checked_sub(requests(before)).filter(|&served| served > 0)?;
+    let pumps = interface_total(after, "pumps")?.checked_sub(interface_total(before, "pumps")?)?;
+    Some(pumps as f64 / served as f64)
+}
+
 /// Each CPU's `requests` from the `/stats` text's first table (` cpu
 /// accepted open requests ...` header, then a row per CPU).
 pub fn requests_per_cpu(stats: &str) -> Vec<(u64, u64)> {
@@ -693,6 +717,7 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
             }
         }
         if test.wrk && crate::setup::have_wrk() {
+            let (_, before) = curl(&[&url("/stats")])?;
             // 16 connections: twice the stack's idle listen pool, so a
             // burst of connects must wait in the backlog.
             match crate::wrk::run(namespace.command("wrk"), &url("/"), 2, 16, Duration::from_secs(3)) {
@@ -701,6 +726,17 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
                 }
                 Ok(report) => problems.push(format!("wrk: {report:?}")),
                 Err(error) => problems.push(format!("{error:#}")),
+            }
+            let (_, after) = curl(&[&url("/stats")])?;
+            match pumps_per_request(&before, &after) {
+                Some(pumps) if pumps <= MAX_PUMPS_PER_REQUEST => {
+                    notes.push(format!("{pumps:.2} pumps of the stack per request under wrk"))
+                }
+                Some(pumps) => problems.push(format!(
+                    "{pumps:.2} pumps of the stack per request under wrk (at most {MAX_PUMPS_PER_REQUEST}: socket \
+                     calls leave their pumps to the service, docs/net.md)"
+                )),
+                None => problems.push(format!("/stats gave no pumps or requests: {before:?} -> {after:?}")),
             }
         } else if test.queues > 1 {
             // Without wrk: 16 connections one after another (each a new
@@ -750,6 +786,19 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pumps_are_counted_per_request() {
+        let before = " cpu accepted open requests\n0 1 1 10 \n1 2 2 10\n\
+                      interface cpu sockets pumps\nlo 0 8 5\neth0 1 40 100\n";
+        let after = " cpu accepted open requests\n0 1 1 110\n1 2 2 110\n\
+                     interface cpu sockets pumps\nlo 0 8 5\neth0 1 40 400\n";
+        assert_eq!(interface_total(after, "pumps"), Some(405));
+        assert_eq!(interface_total(after, "nosuch"), None);
+        assert_eq!(pumps_per_request(before, after), Some(1.5));
+        assert_eq!(pumps_per_request(after, after), None, "no request served");
+        assert_eq!(pumps_per_request(before, "garbage"), None);
+    }
 
     #[test]
     fn requests_are_read_per_cpu() {

@@ -89,7 +89,7 @@ fn cpu_fields(cpu: usize) -> [(&'static str, u64); 11] {
 }
 
 /// One interface's figures, named as `/stats` shows them.
-fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64); 9] {
+fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64); 10] {
     [
         ("cpu", interface.cpu as u64),
         ("sockets", interface.stack.sockets as u64),
@@ -100,6 +100,7 @@ fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64
         ("tx_ring_full", interface.device.tx_ring_full),
         ("rx_dropped", interface.device.rx_dropped),
         ("remote_calls", interface.counters.remote_calls),
+        ("pumps", interface.counters.pumps),
     ]
 }
 

@@ -11,7 +11,8 @@
 //!
 //! Waiting: a thread whose socket call would block registers a [`Waiter`]
 //! (its thread, wait epoch, what it waits for, its deadline) in the
-//! instance and blocks. After every poll ([`Instance::pump`]) the instance
+//! instance and blocks. After every poll ([`Instance::pump`]; socket calls
+//! mostly leave it to the service, see `wait_on`) the instance
 //! wakes the waiters whose condition holds or whose deadline passed; the
 //! wake-up is a same-CPU call (the waiter is on the owner CPU), no
 //! message.
@@ -85,6 +86,9 @@ pub struct InstanceCounters {
     pub wakeups: u64,
     /// Waits that ended at their deadline.
     pub timeouts: u64,
+    /// Pumps: polls of the stack to quiescence (each walks every socket),
+    /// by the service or by a socket call.
+    pub pumps: u64,
 }
 
 /// One TCP/IP instance.
@@ -350,6 +354,7 @@ impl Instance {
     #[inline(never)]
     pub(crate) fn pump(&mut self) {
         const MAX_ROUNDS: usize = 16;
+        self.counters.pumps += 1;
         for _ in 0..MAX_ROUNDS {
             self.stack.poll(now_micros());
             if !self.stack.device().rx_pending_now() {
