@@ -280,7 +280,12 @@ impl Bench {
                 ["rps", "p50", "p99"].iter().any(|n| wanted(&format!("{prefix}-{n}"))) || wanted("net-mq-scaling");
             let points: Vec<u32> =
                 if cpus == 2 { curve.iter().copied().filter(|&c| wanted(&curve_key(c))).collect() } else { Vec::new() };
-            if !row_wanted && points.is_empty() {
+            // The Linux guest's echo server runs beside nginx in the 2-vCPU
+            // boot (one boot fewer); Toro's is an application of its own.
+            // That boot runs for the echo row alone too (`--only net-echo`
+            // measured Toro's side only).
+            let linux_echo = cpus == 2 && source == Source::Linux && wanted("net-echo");
+            if !row_wanted && points.is_empty() && !linux_echo {
                 continue;
             }
             let mut loads = Vec::new();
@@ -288,9 +293,6 @@ impl Bench {
                 loads.push((2, CONNECTIONS, window));
             }
             loads.extend(points.iter().map(|&c| (c.min(2), c, curve_window)));
-            // The Linux guest's echo server runs beside nginx in the 2-vCPU
-            // boot (one boot fewer); Toro's is an application of its own.
-            let linux_echo = cpus == 2 && source == Source::Linux && wanted("net-echo");
             let config = self.tap_config(source, cpus, linux_echo);
             let mut echoed = None;
             let mut echo = |namespace: &crate::netns::Namespace| {
