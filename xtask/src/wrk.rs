@@ -2,8 +2,9 @@
 //! report, for the network tests (no errors under load) and the HTTP
 //! benchmark rows (throughput and latency, Toro beside the Linux guest).
 
-use std::process::Command;
-use std::time::Duration;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -23,6 +24,32 @@ pub struct Report {
     /// over the run, when the caller read it: connections the host's
     /// kernel dropped because a listen queue was full.
     pub listen_overflows: Option<u64>,
+    /// Wall time of the run, from starting wrk to reaping it.
+    pub wall: Duration,
+    /// wrk's own host CPU time (user + system) over the run, from its
+    /// `wait4` rusage (which holds its waited-for children, so a wrapper
+    /// such as `ip netns exec` counts the wrk it runs).
+    pub wrk_cpu: Option<Duration>,
+    /// The VM's QEMU process's host CPU time over the same span, when the
+    /// caller read it (`bench::vm::RunningVm::wrk`).
+    pub qemu_cpu: Option<Duration>,
+}
+
+impl Report {
+    /// wrk's host CPU over the run in cores (CPU seconds / wall seconds).
+    pub fn wrk_cores(&self) -> Option<f64> {
+        cores(self.wrk_cpu?, self.wall)
+    }
+
+    /// QEMU's host CPU over the run in cores.
+    pub fn qemu_cores(&self) -> Option<f64> {
+        cores(self.qemu_cpu?, self.wall)
+    }
+}
+
+/// `cpu` over `wall`, in cores.
+fn cores(cpu: Duration, wall: Duration) -> Option<f64> {
+    (!wall.is_zero()).then(|| cpu.as_secs_f64() / wall.as_secs_f64())
 }
 
 /// The host's `TcpExt ListenOverflows` counter (`/proc/net/netstat`, what
@@ -42,19 +69,62 @@ fn listen_overflows_in(netstat: &str) -> Option<u64> {
 
 /// Runs `wrk` (through `command`, e.g. inside a network namespace) with
 /// `threads`, `connections` and `duration` against `url`, with latency
-/// percentiles.
+/// percentiles; the report holds the run's wall time and wrk's host CPU
+/// time (that child's own rusage, reaped with `wait4`).
 pub fn run(mut command: Command, url: &str, threads: u32, connections: u32, duration: Duration) -> Result<Report> {
     let seconds = duration.as_secs().max(1);
-    let output = command
+    command
         .args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{seconds}s")])
-        .args(["--timeout", "5s", "--latency", url])
-        .output()
-        .context("running wrk (install the Debian package wrk)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
+        .args(["--timeout", "5s", "--latency", url]);
+    let (stdout, stderr, wall, wrk_cpu) = run_measured(command).context("running wrk (install the Debian package wrk)")?;
+    let text = String::from_utf8_lossy(&stdout);
     match parse(&text) {
-        Some(report) => Ok(report),
-        None => bail!("wrk printed no summary: {} {}", text.trim(), String::from_utf8_lossy(&output.stderr).trim()),
+        Some(report) => Ok(Report { wall, wrk_cpu, ..report }),
+        None => bail!("wrk printed no summary: {} {}", text.trim(), String::from_utf8_lossy(&stderr).trim()),
     }
+}
+
+/// Runs `command` to its end: its stdout and stderr, the wall time from
+/// start to reaping, and its host CPU time (user + system, its children's
+/// that it waited for included) from `wait4` on its pid: that child's
+/// rusage alone, where `RUSAGE_CHILDREN` would add every other child of
+/// this process.
+fn run_measured(mut command: Command) -> std::io::Result<(Vec<u8>, Vec<u8>, Duration, Option<Duration>)> {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn()?;
+    let mut errors = child.stderr.take().expect("stderr is piped");
+    let error_reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = errors.read_to_end(&mut bytes);
+        bytes
+    });
+    let mut stdout = Vec::new();
+    let read = child.stdout.take().expect("stdout is piped").read_to_end(&mut stdout);
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: all-zero is a valid rusage and a valid status.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    let reaped = loop {
+        // SAFETY: `pid` is our child, not yet waited for (std's Child
+        // waits only when asked); the pointers are to live locals.
+        if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } == pid {
+            break true;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break false;
+        }
+    };
+    let wall = started.elapsed();
+    let stderr = error_reader.join().unwrap_or_default();
+    read?;
+    Ok((stdout, stderr, wall, reaped.then(|| cpu_time(&usage))))
+}
+
+/// User + system time of a rusage.
+fn cpu_time(usage: &libc::rusage) -> Duration {
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// A wrk duration: `812.00us`, `1.23ms`, `2.01s`, `1.50m`.
@@ -131,6 +201,52 @@ mod tests {
         assert_eq!(listen_overflows_in("TcpExt: SyncookiesSent\nTcpExt: 1\n"), None);
         assert_eq!(listen_overflows_in(""), None);
         assert!(listen_overflows().is_some(), "this host's /proc/net/netstat has the counter");
+    }
+
+    #[test]
+    fn the_childs_own_cpu_time_is_measured() {
+        let summary = "printf '  5 requests in 1.00s, 1.00KB read\\nRequests/sec: 5.00\\n'";
+        let run_sh = |script: &str| {
+            let mut command = Command::new("sh");
+            command.args(["-c", script, "sh"]);
+            run(command, "http://127.0.0.1/", 1, 1, Duration::from_secs(1))
+        };
+        // A wrapper that waits for a child (as `ip netns exec` may): the
+        // child's busy loop counts.
+        let busy = format!("(i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done); {summary}");
+        let report = run_sh(&busy).unwrap();
+        assert_eq!(report.requests, 5);
+        let (cpu, wall) = (report.wrk_cpu.unwrap(), report.wall);
+        assert!(cpu > Duration::from_millis(30) && cpu <= wall + Duration::from_millis(20), "{cpu:?} of {wall:?}");
+        let cores = report.wrk_cores().unwrap();
+        assert!(cores > 0.0 && cores < 1.2, "{cores}");
+        assert_eq!(report.qemu_cores(), None);
+        // The next run counts only itself, not the busy child reaped
+        // before it (RUSAGE_CHILDREN would).
+        let idle = run_sh(summary).unwrap().wrk_cpu.unwrap();
+        assert!(idle < Duration::from_millis(20) && idle < cpu / 2, "{idle:?} after {cpu:?}");
+        // No summary: the error says what was printed.
+        let error = run_sh("echo nothing here; echo oops >&2").unwrap_err().to_string();
+        assert!(error.contains("nothing here") && error.contains("oops"), "{error}");
+    }
+
+    #[test]
+    fn cores_are_cpu_over_wall() {
+        let usage = libc::rusage {
+            ru_utime: libc::timeval { tv_sec: 1, tv_usec: 250_000 },
+            ru_stime: libc::timeval { tv_sec: 0, tv_usec: 500_000 },
+            // SAFETY: all-zero is a valid rusage.
+            ..unsafe { std::mem::zeroed() }
+        };
+        assert_eq!(cpu_time(&usage), Duration::from_millis(1750));
+        let report = Report {
+            wall: Duration::from_secs(2),
+            wrk_cpu: Some(Duration::from_millis(1800)),
+            qemu_cpu: Some(Duration::from_secs(3)),
+            ..Default::default()
+        };
+        assert_eq!((report.wrk_cores(), report.qemu_cores()), (Some(0.9), Some(1.5)));
+        assert_eq!(Report { wall: Duration::ZERO, ..report }.wrk_cores(), None);
     }
 
     #[test]
