@@ -66,6 +66,8 @@ use report::{Metric, Side};
 use vm::RunningVm;
 use workloads::{Reading, Source, Workload};
 
+/// The sides of the main table's runs, by index.
+const SOURCES: [Source; 2] = [Source::Toro, Source::Linux];
 /// The idle window for full runs.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// The idle window in `--quick` mode.
@@ -196,6 +198,8 @@ struct Bench {
     failures: Vec<String>,
     /// The rows to measure (`--only`).
     only: Only,
+    /// The host's CPU over every wrk run (wrk's and QEMU's).
+    host_cpu: Vec<net::HostCpu>,
 }
 
 /// Runs everything; returns the runs that failed, with why.
@@ -245,6 +249,7 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
         linux_programs,
         failures: Vec::new(),
         only: options.only.clone(),
+        host_cpu: Vec::new(),
     };
     let only = &options.only;
     let runs = options.runs;
@@ -330,15 +335,25 @@ fn run(options: &Options, command: &str) -> Result<Vec<String>> {
         "(median of {runs} run(s), min–max in brackets; Toro's advantage: how many times better Toro's median is, \
          Linux/Toro for times, Toro/Linux for rates)"
     );
+    let host_cpu = net::host_cpu_notes(&bench.host_cpu, context.cpus);
+    if !host_cpu.is_empty() {
+        println!(
+            "host CPU during each wrk run (median cores: CPU s / wall s; wrk + QEMU near {} means the host was full):",
+            context.cpus
+        );
+        for note in &host_cpu {
+            println!("  {note}");
+        }
+    }
     if !options.quick {
         println!();
         println!("host-native Linux, outside any VM: for orientation only, NOT the comparison");
         print!("{}", workloads::host_table(&workloads));
     }
-    let record = write_record(&context, &metrics, &workloads)?;
+    let record = write_record(&context, &metrics, &workloads, &bench.host_cpu)?;
     println!("record: {}", record.display());
     if !options.quick && only.is_all() {
-        let document = write_docs(&context, &metrics, &workloads)?;
+        let document = write_docs(&context, &metrics, &workloads, &host_cpu)?;
         println!("docs: {}", document.display());
     }
     for failure in &bench.failures {
@@ -513,14 +528,17 @@ impl Bench {
                                 per_request[side].push(window.as_secs_f64() * 1e6 / report.requests as f64);
                                 p99[side].push(report.p99.map_or(f64::NAN, milliseconds));
                                 overflows[side].push(report.listen_overflows.map_or(f64::NAN, |count| count as f64));
+                                let cpu = net::HostCpu::of("http", SOURCES[side], &report);
                                 eprintln!(
                                     "bench: HTTP {run}/{runs}: {name} first 200 after {}, wrk {:.0} requests/s, p99 {}, \
-                                     {} host ListenOverflows",
+                                     {} host ListenOverflows, host {}",
                                     shown(milliseconds(time)),
                                     report.requests_per_second,
                                     report.p99.map_or("?".into(), |p| shown(milliseconds(p))),
-                                    report.listen_overflows.map_or("?".into(), |count| count.to_string())
+                                    report.listen_overflows.map_or("?".into(), |count| count.to_string()),
+                                    cpu.shown()
                                 );
+                                self.host_cpu.push(cpu);
                             }
                             Some(Ok(report)) => {
                                 let failed = self.fail(format!("{name} HTTP load: errors under wrk: {report:?}"));
@@ -625,7 +643,7 @@ impl Bench {
             (Some(_), Some((threads, connections, window))) => {
                 let url = format!("http://127.0.0.1:{port}{path}");
                 let before = crate::wrk::listen_overflows();
-                let report = crate::wrk::run(Command::new("wrk"), &url, threads, connections, window);
+                let report = running.wrk(Command::new("wrk"), &url, threads, connections, window);
                 let after = crate::wrk::listen_overflows();
                 Some(report.map(|report| crate::wrk::Report {
                     listen_overflows: before.zip(after).map(|(before, after)| after.saturating_sub(before)),
@@ -681,12 +699,15 @@ impl Bench {
                     let timeout = if side == 0 { TORO_TIMEOUT } else { LINUX_TIMEOUT };
                     match serve_on_tap(&config, timeout, (threads, connections, window)) {
                         Ok(report) if report.requests > 0 && report.socket_errors + report.non_2xx == 0 => {
+                            let cpu = net::HostCpu::of("http-tap", SOURCES[side], &report);
                             eprintln!(
-                                "bench: HTTP over a tap {run}/{runs}: {name} {:.0} requests/s, p50 {}, p99 {}",
+                                "bench: HTTP over a tap {run}/{runs}: {name} {:.0} requests/s, p50 {}, p99 {}, host {}",
                                 report.requests_per_second,
                                 report.p50.map_or("?".into(), |p| shown(milliseconds(p))),
-                                report.p99.map_or("?".into(), |p| shown(milliseconds(p)))
+                                report.p99.map_or("?".into(), |p| shown(milliseconds(p))),
+                                cpu.shown()
                             );
+                            self.host_cpu.push(cpu);
                             per_request[side].push(window.as_secs_f64() * 1e6 / report.requests as f64);
                             p50[side].push(report.p50.map_or(f64::NAN, milliseconds));
                             p99[side].push(report.p99.map_or(f64::NAN, milliseconds));
@@ -1155,12 +1176,20 @@ fn describe_vm(config: &VmConfig) -> String {
     )
 }
 
-fn write_record(context: &report::Context, metrics: &[Metric], workloads: &[Workload]) -> Result<PathBuf> {
+fn write_record(
+    context: &report::Context,
+    metrics: &[Metric],
+    workloads: &[Workload],
+    host_cpu: &[net::HostCpu],
+) -> Result<PathBuf> {
     let dir = crate::build::workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("bench-{}.json", context.timestamp.replace(':', "-")));
-    std::fs::write(&path, report::json(context, metrics, workloads::json(workloads)).render())
-        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(
+        &path,
+        report::json(context, metrics, workloads::json(workloads), net::host_cpu_json(host_cpu)).render(),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
     // The connections curve of every run, docs/ or not.
     if let Some(curve) = net::curve_svg(workloads) {
         std::fs::write(path.with_extension("connections.svg"), curve)?;
@@ -1169,7 +1198,12 @@ fn write_record(context: &report::Context, metrics: &[Metric], workloads: &[Work
 }
 
 /// Refreshes the generated part of `docs/benchmarks.md` and the plots.
-fn write_docs(context: &report::Context, metrics: &[Metric], workloads: &[Workload]) -> Result<PathBuf> {
+fn write_docs(
+    context: &report::Context,
+    metrics: &[Metric],
+    workloads: &[Workload],
+    host_cpu: &[String],
+) -> Result<PathBuf> {
     let docs = crate::build::workspace_root().join("docs");
     std::fs::create_dir_all(&docs)?;
     let mut plots = Vec::new();
@@ -1190,7 +1224,7 @@ fn write_docs(context: &report::Context, metrics: &[Metric], workloads: &[Worklo
         workload_plots.push((file, "HTTP over a q35 tap: requests/s against connections".to_string()));
     }
     let workload_part =
-        workloads::markdown(workloads, context.runs, &context.linux_bench_command_line, &workload_plots);
+        workloads::markdown(workloads, context.runs, &context.linux_bench_command_line, host_cpu, &workload_plots);
     let path = docs.join("benchmarks.md");
     let document = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
     let generated = report::markdown(context, metrics, &plots, &workload_part);

@@ -73,10 +73,14 @@ fn listen_overflows_in(netstat: &str) -> Option<u64> {
 /// time (that child's own rusage, reaped with `wait4`).
 pub fn run(mut command: Command, url: &str, threads: u32, connections: u32, duration: Duration) -> Result<Report> {
     let seconds = duration.as_secs().max(1);
-    command
-        .args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{seconds}s")])
-        .args(["--timeout", "5s", "--latency", url]);
-    let (stdout, stderr, wall, wrk_cpu) = run_measured(command).context("running wrk (install the Debian package wrk)")?;
+    command.args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{seconds}s")]).args([
+        "--timeout",
+        "5s",
+        "--latency",
+        url,
+    ]);
+    let (stdout, stderr, wall, wrk_cpu) =
+        run_measured(command).context("running wrk (install the Debian package wrk)")?;
     let text = String::from_utf8_lossy(&stdout);
     match parse(&text) {
         Some(report) => Ok(Report { wall, wrk_cpu, ..report }),

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::report::{self, Side};
+use super::report::{self, Json, Side};
+use super::stats::Summary;
 use super::vm::RunningVm;
 use super::workloads::{self, Better, LineUnit, Reading, Source, Spec, Workload, Yardstick};
 use super::Bench;
@@ -206,6 +207,108 @@ fn user_readings(cpus: u32, report: &crate::wrk::Report, source: Source) -> Vec<
     readings
 }
 
+/// The host's CPU over one wrk run of one side: what says whether wrk and
+/// QEMU together took the host's cores (a second vCPU cannot add when
+/// they already do). Not a row of the table: it says what limits one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostCpu {
+    /// The run's row, a key's prefix: `net-mq-1cpu`, `net-conn-16`,
+    /// `net-user-2cpu`, `http`, `http-tap`.
+    pub row: String,
+    pub source: Source,
+    /// wrk's and QEMU's host CPU over the run, in cores (CPU seconds /
+    /// wall seconds); NaN where unread.
+    pub wrk: f64,
+    pub qemu: f64,
+}
+
+impl HostCpu {
+    pub fn of(row: &str, source: Source, report: &crate::wrk::Report) -> Self {
+        let cores = |value: Option<f64>| value.unwrap_or(f64::NAN);
+        Self { row: row.to_string(), source, wrk: cores(report.wrk_cores()), qemu: cores(report.qemu_cores()) }
+    }
+
+    /// For a progress line: `wrk 0.91 + QEMU 1.05 cores`.
+    pub fn shown(&self) -> String {
+        format!("wrk {} + QEMU {} cores", shown_cores(self.wrk), shown_cores(self.qemu))
+    }
+}
+
+fn shown_cores(cores: f64) -> String {
+    if cores.is_finite() {
+        format!("{cores:.2}")
+    } else {
+        "?".into()
+    }
+}
+
+/// The median of the finite `values`, NaN if none.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    Summary::of(&values).map_or(f64::NAN, |summary| summary.median)
+}
+
+/// The rows of `entries` in the order first measured, each with its
+/// entries of each side.
+fn host_cpu_rows(entries: &[HostCpu]) -> Vec<(&str, [Vec<&HostCpu>; 2])> {
+    let mut rows: Vec<(&str, [Vec<&HostCpu>; 2])> = Vec::new();
+    for entry in entries {
+        let index = match rows.iter().position(|(row, _)| *row == entry.row) {
+            Some(index) => index,
+            None => {
+                rows.push((&entry.row, [Vec::new(), Vec::new()]));
+                rows.len() - 1
+            }
+        };
+        rows[index].1[usize::from(entry.source == Source::Linux)].push(entry);
+    }
+    rows
+}
+
+/// One line per row: each side's median cores of wrk, of QEMU, and of
+/// both (the median of each run's sum), against the host's `host_cpus`.
+pub fn host_cpu_notes(entries: &[HostCpu], host_cpus: usize) -> Vec<String> {
+    host_cpu_rows(entries)
+        .into_iter()
+        .map(|(row, sides)| {
+            let parts: Vec<String> = ["Toro", "Linux"]
+                .iter()
+                .zip(&sides)
+                .filter(|(_, runs)| !runs.is_empty())
+                .map(|(name, runs)| {
+                    let wrk = median(runs.iter().map(|r| r.wrk));
+                    let qemu = median(runs.iter().map(|r| r.qemu));
+                    let both = median(runs.iter().map(|r| r.wrk + r.qemu));
+                    format!(
+                        "{name} wrk {} + QEMU {} = {} of {host_cpus}",
+                        shown_cores(wrk),
+                        shown_cores(qemu),
+                        shown_cores(both)
+                    )
+                })
+                .collect();
+            format!("{row}: {}", parts.join("; "))
+        })
+        .collect()
+}
+
+/// The record's part: every run's cores, by row and side.
+pub fn host_cpu_json(entries: &[HostCpu]) -> Json {
+    let mut items = Vec::new();
+    for (row, sides) in host_cpu_rows(entries) {
+        for (side, runs) in ["toro", "linux"].iter().zip(&sides).filter(|(_, runs)| !runs.is_empty()) {
+            let cores = |value: fn(&HostCpu) -> f64| Json::Array(runs.iter().map(|r| Json::Number(value(r))).collect());
+            items.push(Json::object(vec![
+                ("row", Json::String(row.to_string())),
+                ("side", Json::String(side.to_string())),
+                ("wrk_cores", cores(|r| r.wrk)),
+                ("qemu_cores", cores(|r| r.qemu)),
+            ]));
+        }
+    }
+    Json::Array(items)
+}
+
 /// `ratio` = the 2-vCPU requests/s over the 1-vCPU one, when both are in.
 fn scaling(readings: &[Reading], source: Source) -> Option<Reading> {
     let rate = |key: &str| readings.iter().find(|r| r.name == key).map(|r| r.value).filter(|v| *v > 0.0);
@@ -230,6 +333,7 @@ impl Bench {
             for run in 1..=runs {
                 for source in [Source::Toro, Source::Linux] {
                     let started = Instant::now();
+                    let noted = self.host_cpu.len();
                     let readings =
                         self.network_side(quick, curve, source, &|key| measured_keys.iter().any(|k| k == key));
                     let name = if source == Source::Toro { "Toro" } else { "Linux guest" };
@@ -237,6 +341,9 @@ impl Bench {
                         format!("bench: network {run}/{runs}: {name} ({:.1} s):", started.elapsed().as_secs_f64());
                     for reading in &readings {
                         let _ = write!(progress, " {} {}", reading.name, report::number(reading.value));
+                    }
+                    for cpu in &self.host_cpu[noted..] {
+                        let _ = write!(progress, "; {} host: {}", cpu.row, cpu.shown());
                     }
                     eprintln!("{progress}");
                     match source {
@@ -313,6 +420,7 @@ impl Bench {
                         match reports.next() {
                             Some(Ok(report)) if report.requests > 0 && report.socket_errors + report.non_2xx == 0 => {
                                 readings.extend(wrk_readings(&prefix, &report, source));
+                                self.host_cpu.push(HostCpu::of(&prefix, source, &report));
                             }
                             Some(Ok(report)) => {
                                 self.fail(format!("{name} q35 tap {cpus} vCPU(s): errors under wrk: {report:?}"));
@@ -335,6 +443,7 @@ impl Bench {
                                     );
                                 }
                                 let key = curve_key(connections);
+                                self.host_cpu.push(HostCpu::of(&key, source, &report));
                                 readings.push(reading(&key, report.requests_per_second, LineUnit::PerSecond, source));
                             }
                             Ok(report) => {
@@ -404,6 +513,7 @@ impl Bench {
                         report.socket_errors
                     );
                 }
+                self.host_cpu.push(HostCpu::of(&format!("net-user-{cpus}cpu"), source, &report));
                 user_readings(cpus, &report, source)
             }
             Ok(Some((_, Some(Ok(report))))) => {
@@ -611,7 +721,7 @@ pub(super) fn serve_on_tap_loads(
         let reports: Vec<_> = loads
             .iter()
             .map(|&(threads, connections, window)| {
-                crate::wrk::run(namespace.command("wrk"), &url, threads, connections, window)
+                running.wrk(namespace.command("wrk"), &url, threads, connections, window)
             })
             .collect();
         after(&namespace);
@@ -731,6 +841,41 @@ mod tests {
         let unread = user_readings(2, &crate::wrk::Report { listen_overflows: None, ..report }, Source::Toro);
         assert_eq!(unread.len(), 1);
         assert_eq!(unread[0].name, "net-user-2cpu-rps");
+    }
+
+    #[test]
+    fn host_cpu_is_noted_per_row_and_side() {
+        let run = |row: &str, source, wrk: f64, qemu: Option<f64>| {
+            let report = crate::wrk::Report {
+                wall: Duration::from_secs(5),
+                wrk_cpu: Some(Duration::from_secs_f64(wrk * 5.0)),
+                qemu_cpu: qemu.map(|q| Duration::from_secs_f64(q * 5.0)),
+                ..Default::default()
+            };
+            HostCpu::of(row, source, &report)
+        };
+        let entries = [
+            run("net-mq-1cpu", Source::Toro, 0.8, Some(1.0)),
+            run("net-mq-1cpu", Source::Linux, 0.2, Some(1.7)),
+            run("net-mq-1cpu", Source::Toro, 1.0, Some(1.2)),
+            run("net-mq-1cpu", Source::Toro, 0.9, None),
+            run("net-user-2cpu", Source::Linux, 0.5, Some(1.4)),
+        ];
+        assert_eq!(entries[0].shown(), "wrk 0.80 + QEMU 1.00 cores");
+        assert_eq!(entries[3].shown(), "wrk 0.90 + QEMU ? cores");
+        let notes = host_cpu_notes(&entries, 2);
+        assert_eq!(
+            notes,
+            [
+                "net-mq-1cpu: Toro wrk 0.90 + QEMU 1.10 = 2.00 of 2; Linux wrk 0.20 + QEMU 1.70 = 1.90 of 2",
+                "net-user-2cpu: Linux wrk 0.50 + QEMU 1.40 = 1.90 of 2",
+            ]
+        );
+        let json = host_cpu_json(&entries).render();
+        assert!(json.contains("\"row\": \"net-mq-1cpu\"") && json.contains("\"side\": \"toro\""), "{json}");
+        assert!(json.contains("\"qemu_cores\": [1, 1.2, null]"), "{json}");
+        assert_eq!(json.matches("\"row\"").count(), 3, "{json}");
+        assert!(host_cpu_notes(&[], 2).is_empty());
     }
 
     #[test]

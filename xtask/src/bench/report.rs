@@ -299,8 +299,9 @@ pub fn side_json(side: &Side) -> Json {
 }
 
 /// The record of one run, as written to `target/bench/`; `workloads` is
-/// the workloads' part (`workloads::json`).
-pub fn json(context: &Context, metrics: &[Metric], workloads: Json) -> Json {
+/// the workloads' part (`workloads::json`), `host_cpu` the host's CPU over
+/// each wrk run (`net::host_cpu_json`).
+pub fn json(context: &Context, metrics: &[Metric], workloads: Json, host_cpu: Json) -> Json {
     Json::object(vec![
         ("schema", Json::Number(2.0)),
         ("timestamp", Json::string(&context.timestamp)),
@@ -348,6 +349,7 @@ pub fn json(context: &Context, metrics: &[Metric], workloads: Json) -> Json {
             ),
         ),
         ("workloads", workloads),
+        ("host_cpu_during_wrk", host_cpu),
     ])
 }
 
@@ -685,10 +687,11 @@ mod tests {
     #[test]
     fn json_record_shape() {
         let context = Context { timestamp: "2025-01-01T00:00:00Z".into(), runs: 3, ..Context::default() };
-        let text = json(&context, &sample_metrics(), Json::Array(Vec::new())).render();
+        let text = json(&context, &sample_metrics(), Json::Array(Vec::new()), Json::Array(Vec::new())).render();
         for expected in [
             "\"schema\": 2",
             "\"workloads\": []",
+            "\"host_cpu_during_wrk\": []",
             "\"timestamp\": \"2025-01-01T00:00:00Z\"",
             "\"runs\": 3",
             "\"key\": \"boot\"",

@@ -85,6 +85,24 @@ impl RunningVm {
         Ok(Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND))
     }
 
+    /// `crate::wrk::run` against this VM, with QEMU's host CPU time over
+    /// the same span ([`RunningVm::cpu_time`] before and after) in the
+    /// report beside wrk's own.
+    pub fn wrk(
+        &self,
+        command: std::process::Command,
+        url: &str,
+        threads: u32,
+        connections: u32,
+        window: Duration,
+    ) -> Result<crate::wrk::Report> {
+        let before = self.cpu_time().ok();
+        let report = crate::wrk::run(command, url, threads, connections, window)?;
+        let after = self.cpu_time().ok();
+        let qemu_cpu = before.zip(after).map(|(before, after)| after.saturating_sub(before));
+        Ok(crate::wrk::Report { qemu_cpu, ..report })
+    }
+
     /// Polls `http://127.0.0.1:port/` until it answers 200; the time from
     /// QEMU start to that answer, or `None` if QEMU ended or `deadline`
     /// passed first.

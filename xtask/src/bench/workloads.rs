@@ -501,8 +501,15 @@ pub fn host_table(workloads: &[Workload]) -> String {
     report::aligned(&["workload", "host-native Linux", "yardstick"], &host_rows(workloads))
 }
 
-/// The Markdown part of `docs/benchmarks.md` for the workloads.
-pub fn markdown(workloads: &[Workload], runs: usize, linux_command_line: &str, plots: &[(String, String)]) -> String {
+/// The Markdown part of `docs/benchmarks.md` for the workloads;
+/// `host_cpu` (`net::host_cpu_notes`) goes under the network table.
+pub fn markdown(
+    workloads: &[Workload],
+    runs: usize,
+    linux_command_line: &str,
+    host_cpu: &[String],
+    plots: &[(String, String)],
+) -> String {
     let mut out = String::new();
     out.push_str("### Allocation, threads and messages (issues 4 and 5)\n\n");
     let _ = writeln!(
@@ -534,6 +541,17 @@ pub fn markdown(workloads: &[Workload], runs: usize, linux_command_line: &str, p
         );
         out.push_str(&report::markdown_grid(&HEADERS, &rows(&network), &["---", "--:", "--:", "---", "--:"]));
         out.push('\n');
+        if !host_cpu.is_empty() {
+            out.push_str(
+                "Host CPU during each wrk run (median over the runs, in cores: CPU seconds over the run's wall \
+                 seconds; wrk's own rusage, QEMU's `/proc/PID/stat`; lower is not better here, it says whether \
+                 the host's cores were all taken):\n\n",
+            );
+            for note in host_cpu {
+                let _ = writeln!(out, "- {note}");
+            }
+            out.push('\n');
+        }
     }
     if !storage.is_empty() {
         out.push_str("### Storage (issue 11)\n\n");
@@ -780,7 +798,7 @@ mod tests {
         assert!(text.contains("crossbeam-channel"));
         assert!(text.contains("0.25x"), "a rate 4x Linux's is 0.25x for Toro:\n{text}");
         assert!(text.contains("4.0x"), "a time 4x Linux's is 4x for Toro:\n{text}");
-        let markdown = markdown(&workloads, 1, "console=ttyS0", &[("bench-yield.svg".into(), "yield".into())]);
+        let markdown = markdown(&workloads, 1, "console=ttyS0", &[], &[("bench-yield.svg".into(), "yield".into())]);
         assert!(markdown.contains("| workload | Toro | Linux guest | Linux yardstick | Toro's advantage |"));
         assert!(markdown.contains("not the comparison"));
         assert!(markdown.contains("![yield](bench-yield.svg)"));
