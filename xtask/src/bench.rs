@@ -23,6 +23,8 @@
 //! - HTTP under load: wrk on the host (2 threads, 16 keep-alive
 //!   connections, 5 s) against each server through that same forward: the
 //!   wall time per request (1/throughput) and the 99th percentile latency;
+//!   over each wrk run (here and in `net.rs`), wrk's and QEMU's host CPU
+//!   in cores, a note under the tables (`net::HostCpu`);
 //! - smallest `-m` that works, by bisection: Toro's `hello` exits 0, Linux
 //!   answers HTTP;
 //! - host CPU time (user + system, `/proc/PID/stat`) of the idle VM over

@@ -21,6 +21,10 @@
 //! `ListenOverflows` over each wrk run (QEMU's port forward listens with a
 //! backlog of 1, so 30 simultaneous connects overflow it; its latency
 //! measures the forwarder, so the latency rows are the tap's).
+//!
+//! Over every wrk run, the host CPU of wrk and of QEMU in cores
+//! ([`HostCpu`]): not a row (lower is not better), a note per row under the
+//! table and in the record, saying whether the host's cores were full.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
