@@ -33,6 +33,9 @@ pub struct Report {
     /// The VM's QEMU process's host CPU time over the same span, when the
     /// caller read it (`bench::vm::RunningVm::wrk`).
     pub qemu_cpu: Option<Duration>,
+    /// Every host CPU's busy time over the same span, whoever ran
+    /// (`/proc/stat`), when the caller read it.
+    pub host_busy: Option<Duration>,
 }
 
 impl Report {
@@ -44,6 +47,11 @@ impl Report {
     /// QEMU's host CPU over the run in cores.
     pub fn qemu_cores(&self) -> Option<f64> {
         cores(self.qemu_cpu?, self.wall)
+    }
+
+    /// The host's busy cores over the run (every process).
+    pub fn host_cores(&self) -> Option<f64> {
+        cores(self.host_busy?, self.wall)
     }
 }
 
@@ -247,9 +255,10 @@ mod tests {
             wall: Duration::from_secs(2),
             wrk_cpu: Some(Duration::from_millis(1800)),
             qemu_cpu: Some(Duration::from_secs(3)),
+            host_busy: Some(Duration::from_secs(4)),
             ..Default::default()
         };
-        assert_eq!((report.wrk_cores(), report.qemu_cores()), (Some(0.9), Some(1.5)));
+        assert_eq!((report.wrk_cores(), report.qemu_cores(), report.host_cores()), (Some(0.9), Some(1.5), Some(2.0)));
         assert_eq!(Report { wall: Duration::ZERO, ..report }.wrk_cores(), None);
     }
 

@@ -220,21 +220,34 @@ pub struct HostCpu {
     /// `net-user-2cpu`, `http`, `http-tap`.
     pub row: String,
     pub source: Source,
-    /// wrk's and QEMU's host CPU over the run, in cores (CPU seconds /
-    /// wall seconds); NaN where unread.
+    /// wrk's and QEMU's host CPU over the run, and the host's busy CPU
+    /// (every process), in cores (CPU seconds / wall seconds); NaN where
+    /// unread.
     pub wrk: f64,
     pub qemu: f64,
+    pub host: f64,
 }
 
 impl HostCpu {
     pub fn of(row: &str, source: Source, report: &crate::wrk::Report) -> Self {
         let cores = |value: Option<f64>| value.unwrap_or(f64::NAN);
-        Self { row: row.to_string(), source, wrk: cores(report.wrk_cores()), qemu: cores(report.qemu_cores()) }
+        Self {
+            row: row.to_string(),
+            source,
+            wrk: cores(report.wrk_cores()),
+            qemu: cores(report.qemu_cores()),
+            host: cores(report.host_cores()),
+        }
     }
 
-    /// For a progress line: `wrk 0.91 + QEMU 1.05 cores`.
+    /// For a progress line: `wrk 0.91 + QEMU 1.05 cores, host busy 1.98`.
     pub fn shown(&self) -> String {
-        format!("wrk {} + QEMU {} cores", shown_cores(self.wrk), shown_cores(self.qemu))
+        format!(
+            "wrk {} + QEMU {} cores, host busy {}",
+            shown_cores(self.wrk),
+            shown_cores(self.qemu),
+            shown_cores(self.host)
+        )
     }
 }
 
@@ -269,8 +282,9 @@ fn host_cpu_rows(entries: &[HostCpu]) -> Vec<(&str, [Vec<&HostCpu>; 2])> {
     rows
 }
 
-/// One line per row: each side's median cores of wrk, of QEMU, and of
-/// both (the median of each run's sum), against the host's `host_cpus`.
+/// One line per row: each side's median cores of wrk, of QEMU, of both
+/// (the median of each run's sum) and of the whole host's busy time,
+/// against the host's `host_cpus`.
 pub fn host_cpu_notes(entries: &[HostCpu], host_cpus: usize) -> Vec<String> {
     host_cpu_rows(entries)
         .into_iter()
@@ -283,11 +297,13 @@ pub fn host_cpu_notes(entries: &[HostCpu], host_cpus: usize) -> Vec<String> {
                     let wrk = median(runs.iter().map(|r| r.wrk));
                     let qemu = median(runs.iter().map(|r| r.qemu));
                     let both = median(runs.iter().map(|r| r.wrk + r.qemu));
+                    let host = median(runs.iter().map(|r| r.host));
                     format!(
-                        "{name} wrk {} + QEMU {} = {} of {host_cpus}",
+                        "{name} wrk {} + QEMU {} = {} (host busy {}) of {host_cpus}",
                         shown_cores(wrk),
                         shown_cores(qemu),
-                        shown_cores(both)
+                        shown_cores(both),
+                        shown_cores(host)
                     )
                 })
                 .collect();
@@ -301,12 +317,16 @@ pub fn host_cpu_json(entries: &[HostCpu]) -> Json {
     let mut items = Vec::new();
     for (row, sides) in host_cpu_rows(entries) {
         for (side, runs) in ["toro", "linux"].iter().zip(&sides).filter(|(_, runs)| !runs.is_empty()) {
-            let cores = |value: fn(&HostCpu) -> f64| Json::Array(runs.iter().map(|r| Json::Number(value(r))).collect());
+            // To the thousandth: 10 ms ticks over seconds say no more.
+            let cores = |value: fn(&HostCpu) -> f64| {
+                Json::Array(runs.iter().map(|r| Json::Number((value(r) * 1000.0).round() / 1000.0)).collect())
+            };
             items.push(Json::object(vec![
                 ("row", Json::String(row.to_string())),
                 ("side", Json::String(side.to_string())),
                 ("wrk_cores", cores(|r| r.wrk)),
                 ("qemu_cores", cores(|r| r.qemu)),
+                ("host_busy_cores", cores(|r| r.host)),
             ]));
         }
     }
@@ -854,6 +874,7 @@ mod tests {
                 wall: Duration::from_secs(5),
                 wrk_cpu: Some(Duration::from_secs_f64(wrk * 5.0)),
                 qemu_cpu: qemu.map(|q| Duration::from_secs_f64(q * 5.0)),
+                host_busy: qemu.map(|q| Duration::from_secs_f64((q + wrk + 0.05) * 5.0)),
                 ..Default::default()
             };
             HostCpu::of(row, source, &report)
@@ -865,14 +886,15 @@ mod tests {
             run("net-mq-1cpu", Source::Toro, 0.9, None),
             run("net-user-2cpu", Source::Linux, 0.5, Some(1.4)),
         ];
-        assert_eq!(entries[0].shown(), "wrk 0.80 + QEMU 1.00 cores");
-        assert_eq!(entries[3].shown(), "wrk 0.90 + QEMU ? cores");
+        assert_eq!(entries[0].shown(), "wrk 0.80 + QEMU 1.00 cores, host busy 1.85");
+        assert_eq!(entries[3].shown(), "wrk 0.90 + QEMU ? cores, host busy ?");
         let notes = host_cpu_notes(&entries, 2);
         assert_eq!(
             notes,
             [
-                "net-mq-1cpu: Toro wrk 0.90 + QEMU 1.10 = 2.00 of 2; Linux wrk 0.20 + QEMU 1.70 = 1.90 of 2",
-                "net-user-2cpu: Linux wrk 0.50 + QEMU 1.40 = 1.90 of 2",
+                "net-mq-1cpu: Toro wrk 0.90 + QEMU 1.10 = 2.00 (host busy 2.05) of 2; \
+                 Linux wrk 0.20 + QEMU 1.70 = 1.90 (host busy 1.95) of 2",
+                "net-user-2cpu: Linux wrk 0.50 + QEMU 1.40 = 1.90 (host busy 1.95) of 2",
             ]
         );
         let json = host_cpu_json(&entries).render();

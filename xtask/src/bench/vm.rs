@@ -86,7 +86,8 @@ impl RunningVm {
     }
 
     /// `crate::wrk::run` against this VM, with QEMU's host CPU time over
-    /// the same span ([`RunningVm::cpu_time`] before and after) in the
+    /// the same span ([`RunningVm::cpu_time`] before and after) and the
+    /// host's busy time (all its CPUs, every process: `/proc/stat`) in the
     /// report beside wrk's own.
     pub fn wrk(
         &self,
@@ -96,11 +97,13 @@ impl RunningVm {
         connections: u32,
         window: Duration,
     ) -> Result<crate::wrk::Report> {
-        let before = self.cpu_time().ok();
+        let (before, host_before) = (self.cpu_time().ok(), host_busy());
         let report = crate::wrk::run(command, url, threads, connections, window)?;
-        let after = self.cpu_time().ok();
-        let qemu_cpu = before.zip(after).map(|(before, after)| after.saturating_sub(before));
-        Ok(crate::wrk::Report { qemu_cpu, ..report })
+        let (after, host_after) = (self.cpu_time().ok(), host_busy());
+        let span = |before: Option<Duration>, after: Option<Duration>| {
+            before.zip(after).map(|(before, after)| after.saturating_sub(before))
+        };
+        Ok(crate::wrk::Report { qemu_cpu: span(before, after), host_busy: span(host_before, host_after), ..report })
     }
 
     /// Polls `http://127.0.0.1:port/` until it answers 200; the time from
@@ -233,6 +236,23 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
+/// The host's busy time so far, all its CPUs together (`/proc/stat`).
+fn host_busy() -> Option<Duration> {
+    let ticks = stat_busy_ticks(&std::fs::read_to_string("/proc/stat").ok()?)?;
+    Some(Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND))
+}
+
+/// The busy ticks of `/proc/stat`'s first line, `cpu  user nice system
+/// idle iowait irq softirq steal guest guest_nice`: all but idle and
+/// iowait (guest time is already inside user and nice; steal, time this
+/// machine's own hypervisor gave its cores to others, was not ours).
+fn stat_busy_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<u64> =
+        stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let field = |index: usize| fields.get(index).copied().unwrap_or(0);
+    (fields.len() >= 4).then(|| field(0) + field(1) + field(2) + field(5) + field(6) + field(7))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +264,17 @@ mod tests {
         let tricky = "7 (a) b (c) R 1 7 7 0 -1 0 0 0 0 0 10 5 0 0 20 0 1 0 1 0 0";
         assert_eq!(stat_cpu_ticks(tricky), Some(15));
         assert_eq!(stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn reads_the_hosts_busy_ticks() {
+        let stat = "cpu  100 2 30 5000 7 1 4 3 50 0\ncpu0 50 1 15 2500 3 0 2 1 25 0\nintr 1\n";
+        assert_eq!(stat_busy_ticks(stat), Some(140));
+        assert_eq!(stat_busy_ticks("cpu  10 0 5 100\n"), Some(15));
+        assert_eq!(stat_busy_ticks("cpu0 1 2 3 4\n"), None);
+        assert_eq!(stat_busy_ticks("cpu  1 x 3 4\n"), None);
+        assert_eq!(stat_busy_ticks(""), None);
+        assert!(host_busy().is_some(), "this host's /proc/stat");
     }
 
     #[test]

@@ -544,8 +544,9 @@ pub fn markdown(
         if !host_cpu.is_empty() {
             out.push_str(
                 "Host CPU during each wrk run (median over the runs, in cores: CPU seconds over the run's wall \
-                 seconds; wrk's own rusage, QEMU's `/proc/PID/stat`; lower is not better here, it says whether \
-                 the host's cores were all taken):\n\n",
+                 seconds; wrk's own rusage, QEMU's `/proc/PID/stat`, the host's busy time from `/proc/stat`, \
+                 every process; lower is not better here, it says whether the host's cores were all taken, and \
+                 by whom):\n\n",
             );
             for note in host_cpu {
                 let _ = writeln!(out, "- {note}");
