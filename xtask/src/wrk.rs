@@ -36,6 +36,11 @@ pub struct Report {
     /// Every host CPU's busy time over the same span, whoever ran
     /// (`/proc/stat`), when the caller read it.
     pub host_busy: Option<Duration>,
+    /// The CPU time of each of QEMU's threads over the same span, when
+    /// the caller read it: its main thread first (its main loop, which
+    /// does every tap read and write and the user network's work), then
+    /// the others (the vCPU threads among them) from the busiest.
+    pub qemu_threads: Vec<Duration>,
 }
 
 impl Report {
@@ -47,6 +52,12 @@ impl Report {
     /// QEMU's host CPU over the run in cores.
     pub fn qemu_cores(&self) -> Option<f64> {
         cores(self.qemu_cpu?, self.wall)
+    }
+
+    /// Each of QEMU's threads over the run in cores, in the order of
+    /// `qemu_threads`.
+    pub fn qemu_thread_cores(&self) -> Vec<f64> {
+        self.qemu_threads.iter().filter_map(|&cpu| cores(cpu, self.wall)).collect()
     }
 
     /// The host's busy cores over the run (every process).

@@ -226,6 +226,9 @@ pub struct HostCpu {
     pub wrk: f64,
     pub qemu: f64,
     pub host: f64,
+    /// Each of QEMU's threads in cores: the main loop first, then the
+    /// others (the vCPUs among them) from the busiest.
+    pub threads: Vec<f64>,
 }
 
 impl HostCpu {
@@ -237,15 +240,26 @@ impl HostCpu {
             wrk: cores(report.wrk_cores()),
             qemu: cores(report.qemu_cores()),
             host: cores(report.host_cores()),
+            threads: report.qemu_thread_cores(),
         }
     }
 
-    /// For a progress line: `wrk 0.91 + QEMU 1.05 cores, host busy 1.98`.
+    /// QEMU's main loop in cores, NaN where unread.
+    fn main_loop(&self) -> f64 {
+        self.threads.first().copied().unwrap_or(f64::NAN)
+    }
+
+    /// For a progress line: `wrk 0.91 + QEMU 1.05 cores (main loop 0.40,
+    /// other threads 0.60 0.05), host busy 1.98`.
     pub fn shown(&self) -> String {
+        let others: Vec<String> =
+            self.threads.iter().skip(1).filter(|&&cores| cores >= 0.005).map(|&cores| shown_cores(cores)).collect();
         format!(
-            "wrk {} + QEMU {} cores, host busy {}",
+            "wrk {} + QEMU {} cores (main loop {}, other threads {}), host busy {}",
             shown_cores(self.wrk),
             shown_cores(self.qemu),
+            shown_cores(self.main_loop()),
+            if others.is_empty() { "-".to_string() } else { others.join(" ") },
             shown_cores(self.host)
         )
     }
@@ -298,10 +312,12 @@ pub fn host_cpu_notes(entries: &[HostCpu], host_cpus: usize) -> Vec<String> {
                     let qemu = median(runs.iter().map(|r| r.qemu));
                     let both = median(runs.iter().map(|r| r.wrk + r.qemu));
                     let host = median(runs.iter().map(|r| r.host));
+                    let main_loop = median(runs.iter().map(|r| r.main_loop()));
                     format!(
-                        "{name} wrk {} + QEMU {} = {} (host busy {}) of {host_cpus}",
+                        "{name} wrk {} + QEMU {} (its main loop {}) = {} (host busy {}) of {host_cpus}",
                         shown_cores(wrk),
                         shown_cores(qemu),
+                        shown_cores(main_loop),
                         shown_cores(both),
                         shown_cores(host)
                     )
@@ -327,6 +343,18 @@ pub fn host_cpu_json(entries: &[HostCpu]) -> Json {
                 ("wrk_cores", cores(|r| r.wrk)),
                 ("qemu_cores", cores(|r| r.qemu)),
                 ("host_busy_cores", cores(|r| r.host)),
+                (
+                    "qemu_thread_cores_main_first",
+                    Json::Array(
+                        runs.iter()
+                            .map(|r| {
+                                Json::Array(
+                                    r.threads.iter().map(|c| Json::Number((c * 1000.0).round() / 1000.0)).collect(),
+                                )
+                            })
+                            .collect(),
+                    ),
+                ),
             ]));
         }
     }
@@ -875,6 +903,9 @@ mod tests {
                 wrk_cpu: Some(Duration::from_secs_f64(wrk * 5.0)),
                 qemu_cpu: qemu.map(|q| Duration::from_secs_f64(q * 5.0)),
                 host_busy: qemu.map(|q| Duration::from_secs_f64((q + wrk + 0.05) * 5.0)),
+                qemu_threads: qemu.map_or(Vec::new(), |q| {
+                    vec![Duration::from_secs_f64(q * 2.5), Duration::from_secs_f64(q * 2.5), Duration::from_millis(1)]
+                }),
                 ..Default::default()
             };
             HostCpu::of(row, source, &report)
@@ -886,20 +917,24 @@ mod tests {
             run("net-mq-1cpu", Source::Toro, 0.9, None),
             run("net-user-2cpu", Source::Linux, 0.5, Some(1.4)),
         ];
-        assert_eq!(entries[0].shown(), "wrk 0.80 + QEMU 1.00 cores, host busy 1.85");
-        assert_eq!(entries[3].shown(), "wrk 0.90 + QEMU ? cores, host busy ?");
+        assert_eq!(
+            entries[0].shown(),
+            "wrk 0.80 + QEMU 1.00 cores (main loop 0.50, other threads 0.50), host busy 1.85"
+        );
+        assert_eq!(entries[3].shown(), "wrk 0.90 + QEMU ? cores (main loop ?, other threads -), host busy ?");
         let notes = host_cpu_notes(&entries, 2);
         assert_eq!(
             notes,
             [
-                "net-mq-1cpu: Toro wrk 0.90 + QEMU 1.10 = 2.00 (host busy 2.05) of 2; \
-                 Linux wrk 0.20 + QEMU 1.70 = 1.90 (host busy 1.95) of 2",
-                "net-user-2cpu: Linux wrk 0.50 + QEMU 1.40 = 1.90 (host busy 1.95) of 2",
+                "net-mq-1cpu: Toro wrk 0.90 + QEMU 1.10 (its main loop 0.55) = 2.00 (host busy 2.05) of 2; \
+                 Linux wrk 0.20 + QEMU 1.70 (its main loop 0.85) = 1.90 (host busy 1.95) of 2",
+                "net-user-2cpu: Linux wrk 0.50 + QEMU 1.40 (its main loop 0.70) = 1.90 (host busy 1.95) of 2",
             ]
         );
         let json = host_cpu_json(&entries).render();
         assert!(json.contains("\"row\": \"net-mq-1cpu\"") && json.contains("\"side\": \"toro\""), "{json}");
         assert!(json.contains("\"qemu_cores\": [1, 1.2, null]"), "{json}");
+        assert!(json.contains("[0.5, 0.5, 0]"), "{json}");
         assert_eq!(json.matches("\"row\"").count(), 3, "{json}");
         assert!(host_cpu_notes(&[], 2).is_empty());
     }

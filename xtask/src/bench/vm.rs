@@ -85,6 +85,21 @@ impl RunningVm {
         Ok(Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND))
     }
 
+    /// The host CPU time of each of QEMU's threads so far, by thread id
+    /// (`/proc/PID/task/TID/stat`; a thread that ends between the listing
+    /// and the read is left out).
+    fn thread_times(&self) -> Vec<(u32, Duration)> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else { return Vec::new() };
+        tasks
+            .filter_map(|task| {
+                let task = task.ok()?;
+                let tid = task.file_name().to_str()?.parse().ok()?;
+                let ticks = stat_cpu_ticks(&std::fs::read_to_string(task.path().join("stat")).ok()?)?;
+                Some((tid, Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND)))
+            })
+            .collect()
+    }
+
     /// `crate::wrk::run` against this VM, with QEMU's host CPU time over
     /// the same span ([`RunningVm::cpu_time`] before and after) and the
     /// host's busy time (all its CPUs, every process: `/proc/stat`) in the
@@ -97,13 +112,18 @@ impl RunningVm {
         connections: u32,
         window: Duration,
     ) -> Result<crate::wrk::Report> {
-        let (before, host_before) = (self.cpu_time().ok(), host_busy());
+        let (before, host_before, threads_before) = (self.cpu_time().ok(), host_busy(), self.thread_times());
         let report = crate::wrk::run(command, url, threads, connections, window)?;
-        let (after, host_after) = (self.cpu_time().ok(), host_busy());
+        let (after, host_after, threads_after) = (self.cpu_time().ok(), host_busy(), self.thread_times());
         let span = |before: Option<Duration>, after: Option<Duration>| {
             before.zip(after).map(|(before, after)| after.saturating_sub(before))
         };
-        Ok(crate::wrk::Report { qemu_cpu: span(before, after), host_busy: span(host_before, host_after), ..report })
+        Ok(crate::wrk::Report {
+            qemu_cpu: span(before, after),
+            host_busy: span(host_before, host_after),
+            qemu_threads: thread_spans(self.pid(), &threads_before, &threads_after),
+            ..report
+        })
     }
 
     /// Polls `http://127.0.0.1:port/` until it answers 200; the time from
@@ -236,6 +256,21 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
+/// Each thread's CPU time between `before` and `after` (by thread id; a
+/// thread started between them counts from zero): the main thread `pid`
+/// first, then the others from the busiest.
+fn thread_spans(pid: u32, before: &[(u32, Duration)], after: &[(u32, Duration)]) -> Vec<Duration> {
+    let span = |tid: u32, time: Duration| {
+        let start = before.iter().find(|(t, _)| *t == tid).map_or(Duration::ZERO, |(_, time)| *time);
+        time.saturating_sub(start)
+    };
+    let main = after.iter().find(|(tid, _)| *tid == pid).map(|&(tid, time)| span(tid, time));
+    let mut others: Vec<Duration> =
+        after.iter().filter(|(tid, _)| *tid != pid).map(|&(tid, time)| span(tid, time)).collect();
+    others.sort_by(|a, b| b.cmp(a));
+    main.into_iter().chain(others).collect()
+}
+
 /// The host's busy time so far, all its CPUs together (`/proc/stat`).
 fn host_busy() -> Option<Duration> {
     let ticks = stat_busy_ticks(&std::fs::read_to_string("/proc/stat").ok()?)?;
@@ -275,6 +310,16 @@ mod tests {
         assert_eq!(stat_busy_ticks("cpu  1 x 3 4\n"), None);
         assert_eq!(stat_busy_ticks(""), None);
         assert!(host_busy().is_some(), "this host's /proc/stat");
+    }
+
+    #[test]
+    fn thread_spans_put_the_main_thread_first() {
+        let ms = Duration::from_millis;
+        let before = [(10, ms(100)), (11, ms(50)), (12, ms(500))];
+        let after = [(12, ms(900)), (10, ms(300)), (11, ms(60)), (13, ms(70))];
+        assert_eq!(thread_spans(10, &before, &after), [ms(200), ms(400), ms(70), ms(10)]);
+        assert_eq!(thread_spans(99, &before, &after[..1]), [ms(400)], "no main thread read");
+        assert!(thread_spans(10, &[], &[]).is_empty());
     }
 
     #[test]
