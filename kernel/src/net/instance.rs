@@ -115,8 +115,6 @@ pub(crate) struct Instance {
     /// waiting: a socket call that would block need not pump again before
     /// its thread blocks (see `wait_on`). Cleared by every `with_local`.
     settled: bool,
-    /// A pump was asked of the service (`defer_pump`) and has not run.
-    pump_deferred: bool,
 }
 
 /// A UDP socket of this instance that is member `member` of `group`.
@@ -142,11 +140,16 @@ pub(crate) fn now_micros() -> u64 {
     }
 }
 
-pub(crate) fn micros_to_ticks(micros: u64) -> u64 {
+fn micros_to_ticks(micros: u64) -> u64 {
     match crate::time::tsc_hz() {
         Some(hz) => (micros as u128 * hz as u128 / 1_000_000).min(u64::MAX as u128) as u64,
         None => micros.saturating_mul(1000),
     }
+}
+
+/// The TSC tick `micros` microseconds from now.
+pub(crate) fn ticks_from_now(micros: u64) -> u64 {
+    Instant::now().ticks().saturating_add(micros_to_ticks(micros))
 }
 
 /// How many instances exist (all published once `init` returned).
@@ -280,8 +283,7 @@ pub(crate) fn wait_on<R>(
     nonblocking: bool,
     mut operation: impl FnMut(&mut Instance) -> Result<R, NetError>,
 ) -> Result<R, WaitError> {
-    let deadline =
-        timeout_micros.map_or(u64::MAX, |micros| Instant::now().ticks().saturating_add(micros_to_ticks(micros)));
+    let deadline = timeout_micros.map_or(u64::MAX, ticks_from_now);
     // A call that took data or queued data to send leaves the frames it
     // causes (the ACK, the window update, the segments) to a pump of the
     // service, asked for now (`Instance::defer_pump`): it runs after the
@@ -367,7 +369,7 @@ impl Instance {
         self.forward_datagrams();
         if let Some(service) = self.service {
             if let Some(micros) = self.next_poll_micros() {
-                let due = Instant::now().ticks().saturating_add(micros_to_ticks(micros));
+                let due = ticks_from_now(micros);
                 if due < self.service_deadline {
                     self.service_deadline = due;
                     service.poll_by(Instant::from_ticks(due));
@@ -420,17 +422,17 @@ impl Instance {
     }
 
     /// Asks the service for a pump as soon as the threads ready on this
-    /// CPU have run (once until it ran); pumps now before the service is
-    /// known.
+    /// CPU have run; pumps now before the service is known. A service
+    /// deadline already due means a poll is on its way (every deadline
+    /// kept here was given to the service, and `serve` sets the next).
     fn defer_pump(&mut self) {
         let Some(service) = self.service else {
             self.pump();
             return;
         };
-        if !self.pump_deferred {
-            self.pump_deferred = true;
-            let now = Instant::now().ticks();
-            self.service_deadline = self.service_deadline.min(now);
+        let now = Instant::now().ticks();
+        if self.service_deadline > now {
+            self.service_deadline = now;
             service.poll_by(Instant::from_ticks(now));
         }
     }
@@ -440,7 +442,6 @@ impl Instance {
     /// for again and re-checked. Returns the poll hook's next deadline.
     fn serve(&mut self) -> Option<Instant> {
         const MAX_ROUNDS: usize = 8;
-        self.pump_deferred = false;
         for _ in 0..MAX_ROUNDS {
             self.stack.device().quiet();
             self.pump();
@@ -458,7 +459,7 @@ impl Instance {
         let deadline = self
             .next_poll_micros()
             .map(|micros| micros.max(MIN_POLL_MICROS))
-            .map(|micros| Instant::from_ticks(Instant::now().ticks().saturating_add(micros_to_ticks(micros))));
+            .map(|micros| Instant::from_ticks(ticks_from_now(micros)));
         self.service_deadline = deadline.map_or(u64::MAX, Instant::ticks);
         deadline
     }
@@ -536,7 +537,6 @@ impl NetService {
             siblings: Vec::new(),
             udp_groups: Vec::new(),
             settled: false,
-            pump_deferred: false,
         });
         INSTANCES[id].store(Box::into_raw(instance) as u64, Ordering::Release);
         Self { id }

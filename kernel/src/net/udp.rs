@@ -116,8 +116,7 @@ impl UdpGroup {
             // Another thread of this CPU waits in the slot: look again
             // after a while (only this CPU writes the slot, and nothing
             // switches between the look and the publication below).
-            let soon =
-                crate::time::Instant::now().ticks().saturating_add(instance::micros_to_ticks(SHARED_WAIT_MICROS));
+            let soon = instance::ticks_from_now(SHARED_WAIT_MICROS);
             scheduler::sleep_until(soon.min(deadline));
             return;
         }
@@ -306,9 +305,7 @@ impl UdpSocket {
     #[inline(never)]
     fn recv_any(&self, group: &UdpGroup, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         let nonblocking = self.options.nonblocking();
-        let deadline = self.options.read_micros().map_or(u64::MAX, |micros| {
-            crate::time::Instant::now().ticks().saturating_add(instance::micros_to_ticks(micros))
-        });
+        let deadline = self.options.read_micros().map_or(u64::MAX, instance::ticks_from_now);
         let count = self.members.len();
         loop {
             let first = self.next.load(Ordering::Relaxed);
@@ -340,7 +337,7 @@ impl UdpSocket {
                 return Err(to_io(NetError::WouldBlock));
             }
             if crate::time::Instant::now().ticks() >= deadline {
-                return Err(io::Error::from_static(ErrorKind::TimedOut, "timed out"));
+                return Err(wait_to_io(instance::WaitError::TimedOut));
             }
             group.wait(deadline);
         }
