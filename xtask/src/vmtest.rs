@@ -388,6 +388,10 @@ fn tests() -> Vec<VmTest> {
         VmTest { expect: &["alloc_owed: memory owed by other CPUs came back"], ..vm("vm-tests", "alloc_owed") },
         VmTest { expect: &["alloc_borrow: all checks passed"], ..vm("vm-tests", "alloc_borrow") },
         VmTest {
+            expect: &["tlb_refresh: every CPU refreshed its TLB at the set rate"],
+            ..vm("vm-tests", "tlb_refresh")
+        },
+        VmTest {
             name: "threads-1",
             cpus: 1,
             memory_mib: 256,

@@ -161,6 +161,14 @@ pub fn sleepers(cpu: usize) -> Option<usize> {
     scheduler::sleepers(cpu)
 }
 
+/// TLB refreshes CPU `cpu` has made: a CPU that reaches scheduling points
+/// reloads its page-table root every 20 ms so that QEMU's TCG can size its
+/// software TLB (docs/memory.md, "The TLB under TCG"): Toro's addition,
+/// for `/stats` and tests. `None` for a CPU that does not run.
+pub fn tlb_refreshes(cpu: usize) -> Option<u64> {
+    scheduler::tlb_refreshes(cpu)
+}
+
 /// `park`, returning after `timeout` at the latest.
 pub fn park_timeout(timeout: Duration) {
     let deadline = crate::time::Instant::now().checked_add(timeout).map_or(u64::MAX, |d| d.ticks());

@@ -224,6 +224,17 @@ pub fn init(
     }
 }
 
+/// Loads CR3 with the tables it already holds. The CPU drops its
+/// non-global TLB entries (Toro has none, so on hardware nothing is lost);
+/// QEMU's TCG drops every entry and resizes its software TLB to the use it
+/// saw (see the scheduler's `TLB_REFRESH_MS` for why Toro does this).
+pub fn reload_root() {
+    // SAFETY: the same tables are loaded again; no mapping changes.
+    unsafe {
+        core::arch::asm!("mov {root}, cr3", "mov cr3, {root}", root = out(reg) _, options(nostack, preserves_flags));
+    }
+}
+
 /// Unmaps the 4 KiB page at `address` (a stack guard made after `init`).
 /// Returns false if the address is not in the small-page range.
 ///
