@@ -369,6 +369,12 @@ pub enum CommandLineError<'a> {
         /// The value as given.
         given: &'a str,
     },
+    /// A TSC frequency is not a whole number of kHz from 1,000 (1 MHz) to
+    /// 100,000,000 (100 GHz).
+    BadTscKhz {
+        /// The value as given.
+        given: &'a str,
+    },
 }
 
 impl fmt::Display for CommandLineError<'_> {
@@ -391,6 +397,9 @@ impl fmt::Display for CommandLineError<'_> {
                 formatter,
                 "bad interrupt storm threshold {given:?} (expected interrupts per 10 ms on one vector, 10 to 1000000)"
             ),
+            Self::BadTscKhz { given } => {
+                write!(formatter, "bad TSC frequency {given:?} (expected kHz, 1000 to 100000000: 2596122)")
+            }
         }
     }
 }
@@ -483,6 +492,19 @@ pub fn parse_storm_threshold(value: &str) -> Result<u32, CommandLineError<'_>> {
     }
 }
 
+/// Reads `toro.tsc_khz=`: the TSC's frequency in kHz, a whole number from
+/// 1,000 (1 MHz) to 100,000,000 (100 GHz), as Linux's `tsc_early_khz=`.
+pub fn parse_tsc_khz(value: &str) -> Result<u64, CommandLineError<'_>> {
+    let bad = CommandLineError::BadTscKhz { given: value };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad);
+    }
+    match value.parse::<u64>() {
+        Ok(khz @ 1_000..=100_000_000) => Ok(khz),
+        _ => Err(bad),
+    }
+}
+
 /// What the watchdog does after its report (`toro.watchdog_action=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchdogAction {
@@ -505,6 +527,17 @@ pub fn parse_watchdog_action(value: &str) -> Result<WatchdogAction, CommandLineE
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tsc_frequencies() {
+        assert_eq!(parse_tsc_khz("2596122"), Ok(2_596_122));
+        assert_eq!(parse_tsc_khz("1000"), Ok(1000));
+        assert_eq!(parse_tsc_khz("100000000"), Ok(100_000_000));
+        for bad in ["", "999", "0", "100000001", "-5", "+5", "2.6e6", "2596.122", "99999999999999999999999", " 1000"] {
+            assert_eq!(parse_tsc_khz(bad), Err(CommandLineError::BadTscKhz { given: bad }), "{bad:?}");
+        }
+        assert!(format!("{}", parse_tsc_khz("x").unwrap_err()).contains("1000 to 100000000"));
+    }
+
     #[test]
     fn storm_thresholds() {
         assert_eq!(parse_storm_threshold("10"), Ok(10));

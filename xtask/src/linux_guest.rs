@@ -226,6 +226,8 @@ impl LinuxGuest {
         };
         config.initrd = Some(initramfs.clone());
         config.command_line = self.command_line(mode).into();
+        // Its own `tsc_early_khz=` is in the line already.
+        config.tsc_khz_hint = false;
         config
     }
 }

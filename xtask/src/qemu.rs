@@ -58,6 +58,12 @@ pub struct VmConfig {
     pub devices: Vec<String>,
     /// More QEMU arguments, appended as they are (devices a test needs).
     pub extra_arguments: Vec<String>,
+    /// Under TCG, put `toro.tsc_khz=<the host's TSC frequency>` before
+    /// the command line (a Toro image; the Linux guest gets its own
+    /// `tsc_early_khz=`). TCG passes the host's TSC through and offers no
+    /// CPUID leaf with its rate, so without it Toro calibrates against the
+    /// PIT, 0.5-2% off under emulation (docs/time.md).
+    pub tsc_khz_hint: bool,
     /// Run the VMM inside this network namespace (`ip netns exec`), where
     /// its taps are (`crate::netns`).
     pub namespace: Option<String>,
@@ -129,6 +135,27 @@ impl VmConfig {
             devices: Vec::new(),
             extra_arguments: Vec::new(),
             namespace: None,
+            tsc_khz_hint: true,
+        }
+    }
+
+    /// The kernel command line as QEMU gets it: `command_line`, after
+    /// `toro.tsc_khz=` where `tsc_khz_hint` asks for it (first, so that a
+    /// `--` in the line keeps it a kernel key; left out when the line
+    /// already sets it or the host's frequency cannot be read).
+    pub fn effective_command_line(&self) -> std::ffi::OsString {
+        let given = self.command_line.as_encoded_bytes();
+        let already = given.windows(b"toro.tsc_khz=".len()).any(|window| window == b"toro.tsc_khz=");
+        match host_tsc_khz().filter(|_| self.tsc_khz_hint && self.accel == Accel::Tcg && !already) {
+            None => self.command_line.clone(),
+            Some(khz) => {
+                let mut line = std::ffi::OsString::from(format!("toro.tsc_khz={khz}"));
+                if !given.is_empty() {
+                    line.push(" ");
+                    line.push(&self.command_line);
+                }
+                line
+            }
         }
     }
 
@@ -163,8 +190,9 @@ impl VmConfig {
         if let Some(initrd) = &self.initrd {
             command.arg("-initrd").arg(initrd);
         }
-        if !self.command_line.is_empty() {
-            command.arg("-append").arg(&self.command_line);
+        let command_line = self.effective_command_line();
+        if !command_line.is_empty() {
+            command.arg("-append").arg(command_line);
         }
         if shared_ram && numa.is_none() {
             command.args(["-object", &format!("memory-backend-memfd,id=toro-ram,size={}M,share=on", self.memory_mib)]);
@@ -208,6 +236,12 @@ impl VmConfig {
         }
         command
     }
+}
+
+/// The host's TSC frequency in kHz, read once (`None` if it cannot be).
+fn host_tsc_khz() -> Option<u64> {
+    static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| crate::linux_guest::host_tsc_khz().ok())
 }
 
 /// How a run ended.
@@ -466,6 +500,23 @@ mod tests {
         assert!(joined.contains("-append toro.log=debug"));
         assert!(joined.contains("-smp 2"));
         assert!(!joined.contains("-netdev"));
+    }
+
+    #[test]
+    fn toro_images_under_tcg_are_told_the_host_tsc_frequency() {
+        let Some(khz) = host_tsc_khz() else { return };
+        let mut config = VmConfig::new(PathBuf::from("/tmp/image"), Accel::Tcg);
+        assert_eq!(config.effective_command_line(), format!("toro.tsc_khz={khz}").as_str());
+        config.command_line = "toro.log=info -- app".into();
+        assert_eq!(config.effective_command_line(), format!("toro.tsc_khz={khz} toro.log=info -- app").as_str());
+        config.command_line = "toro.tsc_khz=1000000".into();
+        assert_eq!(config.effective_command_line(), "toro.tsc_khz=1000000", "the user's value stays alone");
+        config.command_line = "toro.log=info".into();
+        config.tsc_khz_hint = false;
+        assert_eq!(config.effective_command_line(), "toro.log=info");
+        config.tsc_khz_hint = true;
+        config.accel = Accel::Kvm;
+        assert_eq!(config.effective_command_line(), "toro.log=info", "KVM offers the frequency itself");
     }
 
     #[test]

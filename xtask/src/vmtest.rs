@@ -133,6 +133,23 @@ fn tests() -> Vec<VmTest> {
             expect: &["control bytes: replaced by '?'", "command line: \"a=?b ? c=?[31m\""],
             ..vm("hello", "hello")
         },
+        VmTest {
+            name: "tsc-khz-given",
+            command_line: "toro.tsc_khz=2596122 toro.boottrace",
+            expect: &["boot: TSC at Some(2596122000) Hz", "Hello from Toro!"],
+            ..vm("hello", "hello")
+        },
+        VmTest {
+            name: "tsc-khz-bad",
+            command_line: "toro.tsc_khz=2.6GHz toro.boottrace",
+            expect: &[
+                "bad TSC frequency \"2.6GHz\" (expected kHz, 1000 to 100000000",
+                "the TSC frequency is measured instead",
+                "boot: TSC at Some(",
+                "Hello from Toro!",
+            ],
+            ..vm("hello", "hello")
+        },
         VmTest { status: 42, expect: &["returning 42"], ..vm("vm-tests", "exit_status") },
         VmTest {
             name: "virtio-rng-1",
@@ -1296,6 +1313,9 @@ fn run_listed(test: &VmTest, image: std::path::PathBuf, accel: crate::accel::Acc
     config.cpus = test.cpus;
     config.memory_mib = test.memory_mib;
     config.command_line = test.command_line.into();
+    // Tests see the command line they give (several check its echo);
+    // `tsc-khz-*` give `toro.tsc_khz=` themselves.
+    config.tsc_khz_hint = false;
     config.machine = test.machine;
     config.numa_nodes = test.numa_nodes;
     config.devices = test.devices.iter().map(|d| d.to_string()).collect();
