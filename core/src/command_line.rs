@@ -482,27 +482,24 @@ pub fn parse_watchdog(value: &str) -> Result<Watchdog, CommandLineError<'_>> {
 /// Reads `toro.irq_storm=`: how many interrupts on one vector within
 /// 10 ms make a storm, a whole number from 10 to 1,000,000.
 pub fn parse_storm_threshold(value: &str) -> Result<u32, CommandLineError<'_>> {
-    let bad = CommandLineError::BadStormThreshold { given: value };
+    whole_number_within(value, 10..=1_000_000)
+        .map(|threshold| threshold as u32)
+        .ok_or(CommandLineError::BadStormThreshold { given: value })
+}
+
+/// `value` as a whole number in `range`: decimal digits only (no sign,
+/// no spaces), or `None`.
+fn whole_number_within(value: &str, range: core::ops::RangeInclusive<u64>) -> Option<u64> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad);
+        return None;
     }
-    match value.parse::<u32>() {
-        Ok(threshold @ 10..=1_000_000) => Ok(threshold),
-        _ => Err(bad),
-    }
+    value.parse::<u64>().ok().filter(|number| range.contains(number))
 }
 
 /// Reads `toro.tsc_khz=`: the TSC's frequency in kHz, a whole number from
 /// 1,000 (1 MHz) to 100,000,000 (100 GHz), as Linux's `tsc_early_khz=`.
 pub fn parse_tsc_khz(value: &str) -> Result<u64, CommandLineError<'_>> {
-    let bad = CommandLineError::BadTscKhz { given: value };
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad);
-    }
-    match value.parse::<u64>() {
-        Ok(khz @ 1_000..=100_000_000) => Ok(khz),
-        _ => Err(bad),
-    }
+    whole_number_within(value, 1_000..=100_000_000).ok_or(CommandLineError::BadTscKhz { given: value })
 }
 
 /// What the watchdog does after its report (`toro.watchdog_action=`).
