@@ -237,6 +237,7 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         (*first).id.store(((cpu as u64) << 40) | 1, Ordering::Relaxed);
         (*first).name = Some(String::from(name));
     }
+    let tlb_every = tlb_interval();
     let scheduler = Box::new(Scheduler {
         cpu,
         current: first,
@@ -254,8 +255,8 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         spawned: 0,
         watchdog_next: now.saturating_add(super::watchdog::check_interval()),
         watchdog_reported: 0,
-        tlb_next: now.saturating_add(tlb_interval()),
-        tlb_interval: tlb_interval(),
+        tlb_next: now.saturating_add(tlb_every),
+        tlb_interval: tlb_every,
     });
     SCHEDULERS.set(cpu, Box::leak(scheduler));
     crate::arch::irq::init_cpu();
