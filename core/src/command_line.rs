@@ -375,6 +375,12 @@ pub enum CommandLineError<'a> {
         /// The value as given.
         given: &'a str,
     },
+    /// A TLB refresh interval is neither `off` nor a whole number of
+    /// milliseconds from 1 to 60,000.
+    BadTlbRefresh {
+        /// The value as given.
+        given: &'a str,
+    },
 }
 
 impl fmt::Display for CommandLineError<'_> {
@@ -399,6 +405,9 @@ impl fmt::Display for CommandLineError<'_> {
             ),
             Self::BadTscKhz { given } => {
                 write!(formatter, "bad TSC frequency {given:?} (expected kHz, 1000 to 100000000: 2596122)")
+            }
+            Self::BadTlbRefresh { given } => {
+                write!(formatter, "bad TLB refresh interval {given:?} (expected `off` or milliseconds, 1 to 60000)")
             }
         }
     }
@@ -502,6 +511,15 @@ pub fn parse_tsc_khz(value: &str) -> Result<u64, CommandLineError<'_>> {
     whole_number_within(value, 1_000..=100_000_000).ok_or(CommandLineError::BadTscKhz { given: value })
 }
 
+/// Reads `toro.tlb_refresh=`: `off` (or `0`) for never, or the interval
+/// in milliseconds, a whole number from 1 to 60,000. `None` is off.
+pub fn parse_tlb_refresh(value: &str) -> Result<Option<u64>, CommandLineError<'_>> {
+    if value.eq_ignore_ascii_case("off") || value == "0" {
+        return Ok(None);
+    }
+    whole_number_within(value, 1..=60_000).map(Some).ok_or(CommandLineError::BadTlbRefresh { given: value })
+}
+
 /// What the watchdog does after its report (`toro.watchdog_action=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchdogAction {
@@ -533,6 +551,20 @@ mod tests {
             assert_eq!(parse_tsc_khz(bad), Err(CommandLineError::BadTscKhz { given: bad }), "{bad:?}");
         }
         assert!(format!("{}", parse_tsc_khz("x").unwrap_err()).contains("1000 to 100000000"));
+    }
+
+    #[test]
+    fn tlb_refresh_intervals() {
+        assert_eq!(parse_tlb_refresh("20"), Ok(Some(20)));
+        assert_eq!(parse_tlb_refresh("1"), Ok(Some(1)));
+        assert_eq!(parse_tlb_refresh("60000"), Ok(Some(60_000)));
+        assert_eq!(parse_tlb_refresh("off"), Ok(None));
+        assert_eq!(parse_tlb_refresh("OFF"), Ok(None));
+        assert_eq!(parse_tlb_refresh("0"), Ok(None));
+        for bad in ["", "60001", "-5", "+5", "20ms", "1.5", " 20", "99999999999999999999999", "on"] {
+            assert_eq!(parse_tlb_refresh(bad), Err(CommandLineError::BadTlbRefresh { given: bad }), "{bad:?}");
+        }
+        assert!(format!("{}", parse_tlb_refresh("x").unwrap_err()).contains("`off` or milliseconds"));
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub mod run_queue;
 pub mod s5;
 pub mod spsc;
 pub mod timer_heap;
+pub mod tlb_pacing;
 pub mod virtio;
 pub mod wake;
 

@@ -506,6 +506,16 @@ fn exact(usage: Usage) -> CpuUsage {
     }
 }
 
+/// Pages the running CPU has put to use so far: runs and spans its heap
+/// handed out plus what it borrowed (wrapping; only differences count).
+/// For the scheduler's TLB pacing (`toro_core::tlb_pacing`); `None` when
+/// the allocator is not set up or is in use right now.
+pub(crate) fn pages_taken_here() -> Option<u64> {
+    let heap = ALLOCATORS.try_with(|allocator| allocator.usage().heap.pages_taken).ok()?;
+    let borrowed = PUBLISHED[percpu::current_index()].borrowed.load(Ordering::Relaxed);
+    Some(heap.wrapping_add(borrowed / toro_core::allocator::PAGE_SIZE))
+}
+
 /// The running CPU's figures, exact. Takes back blocks freed for it
 /// elsewhere first, so a quiet system shows what is really in use.
 pub fn usage_here() -> CpuUsage {

@@ -409,6 +409,21 @@ fn tests() -> Vec<VmTest> {
             ..vm("vm-tests", "tlb_refresh")
         },
         VmTest {
+            name: "tlb-refresh-off",
+            command_line: "toro.tlb_refresh=off",
+            expect: &["in 200 ms of allocating, 0 in", "tlb_refresh: every CPU refreshed its TLB at the set rate"],
+            ..vm("vm-tests", "tlb_refresh")
+        },
+        VmTest {
+            name: "tlb-refresh-bad",
+            command_line: "toro.tlb_refresh=20ms",
+            expect: &[
+                "bad TLB refresh interval \"20ms\" (expected `off` or milliseconds, 1 to 60000); TLB refreshes keep their default (20 ms)",
+                "tlb_refresh: every CPU refreshed its TLB at the set rate",
+            ],
+            ..vm("vm-tests", "tlb_refresh")
+        },
+        VmTest {
             name: "threads-1",
             cpus: 1,
             memory_mib: 256,

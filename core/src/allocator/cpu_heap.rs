@@ -204,6 +204,9 @@ pub struct HeapUsage {
     pub large_blocks: u64,
     /// Spans carved from page runs and not yet returned.
     pub spans: u64,
+    /// Pages handed out as large runs or spans since the start (never goes
+    /// down; wraps): how much new memory this heap has put to use.
+    pub pages_taken: u64,
 }
 
 /// One CPU's heap over the region `base .. base + length`.
@@ -481,6 +484,7 @@ impl CpuHeap {
             small_blocks: self.small_blocks,
             large_blocks: self.large_blocks,
             spans: self.spans,
+            pages_taken: self.runs.pages_taken(),
         }
     }
 
@@ -852,6 +856,27 @@ mod tests {
         assert_eq!(heap.free(&mut memory, aligned), Ok(PAGE_SIZE));
         let usage = heap.usage();
         assert_eq!((usage.bytes_in_use, usage.free_runs), (0, 1));
+        heap.check(&memory);
+    }
+
+    #[test]
+    fn pages_taken_counts_every_run_and_span_and_never_goes_down() {
+        let (mut memory, mut heap) = heap(4 * MIB);
+        assert_eq!(heap.usage().pages_taken, 0);
+        let large = heap.allocate(&mut memory, MAX_SMALL_SIZE + 1, 8).unwrap();
+        assert_eq!(heap.usage().pages_taken, 5);
+        heap.free(&mut memory, large).unwrap();
+        assert_eq!(heap.usage().pages_taken, 5, "a free does not lower it");
+        let again = heap.allocate(&mut memory, MAX_SMALL_SIZE + 1, 8).unwrap();
+        assert_eq!(heap.usage().pages_taken, 10, "the same pages handed out again count again");
+        let small = heap.allocate(&mut memory, 16, 8).unwrap();
+        let with_span = heap.usage().pages_taken;
+        assert!(with_span > 10, "a new span takes pages: {with_span}");
+        let second = heap.allocate(&mut memory, 16, 8).unwrap();
+        assert_eq!(heap.usage().pages_taken, with_span, "a block from the same span takes none");
+        for block in [second, small, again] {
+            heap.free(&mut memory, block).unwrap();
+        }
         heap.check(&memory);
     }
 

@@ -134,6 +134,8 @@ pub(crate) struct PageRuns {
     non_empty: u32,
     free_pages: u32,
     free_runs: u32,
+    /// Pages handed out so far (every `carve`; never decreases, wraps).
+    taken: u64,
 }
 
 impl PageRuns {
@@ -152,6 +154,7 @@ impl PageRuns {
             non_empty: 0,
             free_pages: 0,
             free_runs: 0,
+            taken: 0,
         };
         runs.insert(memory, 0, page_count);
         runs
@@ -175,6 +178,13 @@ impl PageRuns {
     /// Pages managed.
     pub(crate) fn page_count(&self) -> u32 {
         self.page_count
+    }
+
+    /// Pages handed out since the start (large runs and spans), wrapping:
+    /// it grows with the memory this heap has put to use, which is what the
+    /// TLB sizing in the scheduler watches.
+    pub(crate) fn pages_taken(&self) -> u64 {
+        self.taken
     }
 
     /// Pages in free runs.
@@ -327,6 +337,7 @@ impl PageRuns {
         let left = start - run;
         let end = start + pages;
         let right = run + run_pages - end;
+        self.taken = self.taken.wrapping_add(u64::from(pages));
         if left > 0 && bucket_of(left) == bucket_of(run_pages) {
             // Same first page, same bucket: the run stays where it is in its
             // list; only its tags change.

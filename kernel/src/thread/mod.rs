@@ -162,7 +162,8 @@ pub fn sleepers(cpu: usize) -> Option<usize> {
 }
 
 /// TLB refreshes CPU `cpu` has made: a CPU that reaches scheduling points
-/// reloads its page-table root every 20 ms so that QEMU's TCG can size its
+/// reloads its page-table root every 20 ms while it puts new memory to use,
+/// less often when not (`toro.tlb_refresh=MS|off`), so that QEMU's TCG can size its
 /// software TLB (docs/memory.md, "The TLB under TCG"): Toro's addition,
 /// for `/stats` and tests. `None` for a CPU that does not run.
 pub fn tlb_refreshes(cpu: usize) -> Option<u64> {
@@ -491,6 +492,7 @@ pub(crate) fn init(zones: &[crate::arch::paging::StackZone]) {
     let me = percpu::current_index();
     stack::init();
     watchdog::init();
+    scheduler::tlb_init();
     for (cpu, zone) in zones.iter().enumerate() {
         if cpu == me {
             continue;

@@ -190,11 +190,12 @@ pub(crate) struct Scheduler {
     /// `u64::MAX` when off), and the neighbour's stamp last reported.
     watchdog_next: u64,
     watchdog_reported: u64,
-    /// TSC value of the next TLB refresh (`refresh_tlb`), and the
-    /// interval between refreshes in ticks (`u64::MAX` if the TSC
-    /// frequency is unknown).
+    /// TSC value of the next TLB refresh (`refresh_tlb`), the interval
+    /// now in ticks (`toro_core::tlb_pacing`; `u64::MAX`: never), and the
+    /// allocator's pages-taken count at the last refresh.
     tlb_next: u64,
     tlb_interval: u64,
+    tlb_taken: u64,
 }
 
 // SAFETY: the scheduler's raw pointers name control blocks it owns; it is
@@ -257,6 +258,7 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         watchdog_reported: 0,
         tlb_next: now.saturating_add(tlb_every),
         tlb_interval: tlb_every,
+        tlb_taken: 0,
     });
     SCHEDULERS.set(cpu, Box::leak(scheduler));
     crate::arch::irq::init_cpu();
@@ -282,6 +284,27 @@ extern "C" fn idle_entry(_: u64) -> ! {
 }
 
 impl Scheduler {
+    /// The TLB refresh is due at `now`: refresh, and set the next one by
+    /// how much new memory this CPU put to use since the last
+    /// (`toro_core::tlb_pacing`). Cold: once per interval (20 ms or more).
+    #[cold]
+    #[inline(never)]
+    fn pace_tlb(&mut self, now: u64) {
+        refresh_tlb();
+        let grown = match crate::memory::pages_taken_here() {
+            Some(taken) => {
+                let grown = taken.wrapping_sub(self.tlb_taken);
+                self.tlb_taken = taken;
+                grown
+            }
+            // The allocator is busy (cannot be at a scheduling point
+            // today) or not set up: count it as growth, the safe side.
+            None => u64::MAX,
+        };
+        self.tlb_interval = toro_core::tlb_pacing::next_interval(self.tlb_interval, tlb_interval(), grown);
+        self.tlb_next = now.saturating_add(self.tlb_interval);
+    }
+
     fn push_back(&mut self, thread: *mut Control) {
         // SAFETY: `thread` is ours (this CPU's) and never freed. It is in no
         // run queue: the callers push the running thread (yield), a sleeper
@@ -492,8 +515,7 @@ pub(crate) fn switch_away(after: After, requeue: bool) {
             super::watchdog::check(scheduler.cpu, now, &mut scheduler.watchdog_reported);
         }
         if now >= scheduler.tlb_next {
-            scheduler.tlb_next = now.saturating_add(scheduler.tlb_interval);
-            refresh_tlb();
+            scheduler.pace_tlb(now);
         }
         scheduler.wake_sleepers(now);
         let previous = scheduler.current;
@@ -730,14 +752,43 @@ fn publish_sleepers(count: usize) {
 /// without refreshes and 138 us with them (docs/memory.md).
 ///
 /// Cost: on hardware (KVM) a CR3 load keeps global entries, which are all
-/// of Toro's, so it drops nothing: a serialising instruction every 20 ms.
+/// of Toro's, so it drops nothing: a serialising instruction now and then.
 /// Under TCG each refresh empties the table, so the working set is walked
-/// again once per interval: 20 ms keeps that below a few percent even for
-/// a working set of 24 MiB, and lets the table double every 20 ms.
+/// again after each: the pace therefore follows the CPU's allocator, this
+/// interval while it puts new memory to use and backing off to 64 times
+/// it when it does not (`toro_core::tlb_pacing`, `Scheduler::pace_tlb`).
+/// `toro.tlb_refresh=MS|off` sets another base (read by `tlb_init`).
 const TLB_REFRESH_MS: u64 = 20;
 
+/// The interval in TSC ticks (`u64::MAX`: never), set by `tlb_init`
+/// before any scheduler starts.
+static TLB_INTERVAL: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Reads `toro.tlb_refresh=` (boot CPU, after the TSC is calibrated,
+/// before any scheduler starts).
+pub(crate) fn tlb_init() {
+    let milliseconds = match crate::system::argument("toro.tlb_refresh").map(toro_core::command_line::parse_tlb_refresh)
+    {
+        None => Some(TLB_REFRESH_MS),
+        Some(Ok(setting)) => setting,
+        Some(Err(error)) => {
+            crate::println!("toro: warning: {error}; TLB refreshes keep their default ({TLB_REFRESH_MS} ms)");
+            Some(TLB_REFRESH_MS)
+        }
+    };
+    let ticks = match (milliseconds, crate::time::tsc_hz()) {
+        (Some(milliseconds), Some(hz)) => (hz / 1000).saturating_mul(milliseconds),
+        _ => u64::MAX,
+    };
+    TLB_INTERVAL.store(ticks, Ordering::Relaxed);
+    match milliseconds {
+        Some(milliseconds) => log::info!("TLB refresh every {milliseconds} ms"),
+        None => log::info!("TLB refresh off"),
+    }
+}
+
 fn tlb_interval() -> u64 {
-    crate::time::tsc_hz().map_or(u64::MAX, |hz| (hz / 1000).saturating_mul(TLB_REFRESH_MS))
+    TLB_INTERVAL.load(Ordering::Relaxed)
 }
 
 /// TLB refreshes made by each CPU (written by that CPU only).
