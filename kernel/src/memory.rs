@@ -511,7 +511,7 @@ fn exact(usage: Usage) -> CpuUsage {
 /// For the scheduler's TLB pacing (`toro_core::tlb_pacing`); `None` when
 /// the allocator is not set up or is in use right now.
 pub(crate) fn pages_taken_here() -> Option<u64> {
-    let heap = ALLOCATORS.try_with(|allocator| allocator.usage().heap.pages_taken).ok()?;
+    let heap = ALLOCATORS.try_with(|allocator| allocator.pages_taken()).ok()?;
     let borrowed = PUBLISHED[percpu::current_index()].borrowed.load(Ordering::Relaxed);
     Some(heap.wrapping_add(borrowed / toro_core::allocator::PAGE_SIZE))
 }

@@ -300,6 +300,12 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
         self.heap.trim(memory)
     }
 
+    /// Pages this CPU's heap has handed out as runs or spans so far
+    /// (`CpuHeap::pages_taken`).
+    pub fn pages_taken(&self) -> u64 {
+        self.heap.pages_taken()
+    }
+
     /// This CPU's figures (cached blocks count as free).
     pub fn usage(&self) -> Usage {
         let mut heap = self.heap.usage();

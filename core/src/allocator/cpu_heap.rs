@@ -204,9 +204,6 @@ pub struct HeapUsage {
     pub large_blocks: u64,
     /// Spans carved from page runs and not yet returned.
     pub spans: u64,
-    /// Pages handed out as large runs or spans since the start (never goes
-    /// down; wraps): how much new memory this heap has put to use.
-    pub pages_taken: u64,
 }
 
 /// One CPU's heap over the region `base .. base + length`.
@@ -484,8 +481,14 @@ impl CpuHeap {
             small_blocks: self.small_blocks,
             large_blocks: self.large_blocks,
             spans: self.spans,
-            pages_taken: self.runs.pages_taken(),
         }
+    }
+
+    /// Pages handed out as large runs or spans since the start (never goes
+    /// down; wraps): how much new memory this heap has put to use. Not in
+    /// `usage`, which describes the heap as it is now.
+    pub fn pages_taken(&self) -> u64 {
+        self.runs.pages_taken()
     }
 
     /// Bytes in the longest free page run: the largest block a request could
@@ -862,18 +865,18 @@ mod tests {
     #[test]
     fn pages_taken_counts_every_run_and_span_and_never_goes_down() {
         let (mut memory, mut heap) = heap(4 * MIB);
-        assert_eq!(heap.usage().pages_taken, 0);
+        assert_eq!(heap.pages_taken(), 0);
         let large = heap.allocate(&mut memory, MAX_SMALL_SIZE + 1, 8).unwrap();
-        assert_eq!(heap.usage().pages_taken, 5);
+        assert_eq!(heap.pages_taken(), 5);
         heap.free(&mut memory, large).unwrap();
-        assert_eq!(heap.usage().pages_taken, 5, "a free does not lower it");
+        assert_eq!(heap.pages_taken(), 5, "a free does not lower it");
         let again = heap.allocate(&mut memory, MAX_SMALL_SIZE + 1, 8).unwrap();
-        assert_eq!(heap.usage().pages_taken, 10, "the same pages handed out again count again");
+        assert_eq!(heap.pages_taken(), 10, "the same pages handed out again count again");
         let small = heap.allocate(&mut memory, 16, 8).unwrap();
-        let with_span = heap.usage().pages_taken;
+        let with_span = heap.pages_taken();
         assert!(with_span > 10, "a new span takes pages: {with_span}");
         let second = heap.allocate(&mut memory, 16, 8).unwrap();
-        assert_eq!(heap.usage().pages_taken, with_span, "a block from the same span takes none");
+        assert_eq!(heap.pages_taken(), with_span, "a block from the same span takes none");
         for block in [second, small, again] {
             heap.free(&mut memory, block).unwrap();
         }
