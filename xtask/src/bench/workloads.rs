@@ -503,6 +503,27 @@ pub fn host_table(workloads: &[Workload]) -> String {
 
 /// The Markdown part of `docs/benchmarks.md` for the workloads;
 /// `host_cpu` (`net::host_cpu_notes`) goes under the network table.
+/// "9", or "5–9" when the rows differ: how many runs (boots) each side
+/// of these rows had, from their samples; `fallback` when none was
+/// measured. (Full runs boot the thread rows more often than the rest:
+/// `WORKLOAD_RUNS`.)
+fn runs_of(workloads: &[Workload], fallback: usize) -> String {
+    let counts = workloads.iter().flat_map(|workload| {
+        core::iter::once(&workload.toro).chain(workload.linux.iter().map(|(_, side)| side)).filter_map(
+            |side| match side {
+                Side::Measured { samples, .. } => Some(samples.len()),
+                Side::Missing(_) => None,
+            },
+        )
+    });
+    let (low, high) = counts.fold((usize::MAX, 0), |(low, high), count| (low.min(count), high.max(count)));
+    match (low, high) {
+        (usize::MAX, _) => fallback.to_string(),
+        (low, high) if low == high => low.to_string(),
+        (low, high) => format!("{low}–{high}"),
+    }
+}
+
 pub fn markdown(
     workloads: &[Workload],
     runs: usize,
@@ -512,20 +533,21 @@ pub fn markdown(
 ) -> String {
     let mut out = String::new();
     out.push_str("### Allocation, threads and messages (issues 4 and 5)\n\n");
-    let _ = writeln!(
-        out,
-        "Toro's `examples/bench` against the static Linux programs of `bench/linux` in the same Linux guest \
-         (command line `{linux_command_line}`), both pinned the same way: the measuring thread on CPU 0, its \
-         partner on CPU 0 or CPU 1 as the workload says. Median of {runs} runs per side, each a fresh boot, \
-         (min–max) after it. Toro's advantage: how many times better Toro's median is (Linux/Toro for times, \
-         Toro/Linux for rates); above 1x Toro is ahead.\n"
-    );
     // The storage rows (keys `disk-...`, `bench/storage.rs`) get a table of their own.
     let (storage, workloads): (Vec<Workload>, Vec<Workload>) =
         workloads.iter().cloned().partition(|workload| workload.spec.key.starts_with("disk-"));
     // The network rows (keys `net-...`, `bench/net.rs`) too.
     let (network, workloads): (Vec<Workload>, Vec<Workload>) =
         workloads.into_iter().partition(|workload| workload.spec.key.starts_with("net-"));
+    let _ = writeln!(
+        out,
+        "Toro's `examples/bench` against the static Linux programs of `bench/linux` in the same Linux guest \
+         (command line `{linux_command_line}`), both pinned the same way: the measuring thread on CPU 0, its \
+         partner on CPU 0 or CPU 1 as the workload says. Median of {} runs per side, each a fresh boot, \
+         (min–max) after it. Toro's advantage: how many times better Toro's median is (Linux/Toro for times, \
+         Toro/Linux for rates); above 1x Toro is ahead.\n",
+        runs_of(&workloads, runs)
+    );
     out.push_str(&report::markdown_grid(&HEADERS, &rows(&workloads), &["---", "--:", "--:", "---", "--:"]));
     out.push('\n');
     if !network.is_empty() {
@@ -537,7 +559,8 @@ pub fn markdown(
              `examples/echo` against `toro-bench-echo` of `bench/linux` (beside nginx) on the 2-vCPU boot. The \
              user-networking rows: the same wrk load from the host through QEMU's port forward on 127.0.0.1, on \
              microvm; the overflow rows count the host's ListenOverflows over each of those wrk runs (the \
-             forward's listen backlog is 1). Median of {runs} runs per side.\n"
+             forward's listen backlog is 1). Median of {} runs per side.\n",
+            runs_of(&network, runs)
         );
         out.push_str(&report::markdown_grid(&HEADERS, &rows(&network), &["---", "--:", "--:", "---", "--:"]));
         out.push('\n');
@@ -560,8 +583,9 @@ pub fn markdown(
             out,
             "Toro's `examples/diskbench` against `toro-bench-disk` of `bench/linux` (`O_DIRECT`) in the Linux guest \
              (`toro_mode=disk`), on the same two fresh images per boot: an ext2 image (4 KiB blocks) holding a \
-             32 MiB file made on the host, and a raw 64 MiB disk; one request at a time. Median of {runs} runs per \
-             side.\n"
+             32 MiB file made on the host, and a raw 64 MiB disk; one request at a time. Median of {} runs per \
+             side.\n",
+            runs_of(&storage, runs)
         );
         out.push_str(&report::markdown_grid(&HEADERS, &rows(&storage), &["---", "--:", "--:", "---", "--:"]));
         out.push('\n');
@@ -785,6 +809,26 @@ mod tests {
         failed[1].clear();
         let workloads = collect(&failed, &linux, &[], "", &all);
         assert!(workloads[0].toro.summary().is_none());
+    }
+
+    #[test]
+    fn markdown_states_the_runs_the_rows_had() {
+        // A full run boots the thread rows 9 times while the report's run
+        // count says 5: the text must say 9 (it said 5).
+        let toro = vec![parse_output(&toro_output()).0; 9];
+        let linux = vec![parse_output(&linux_output(4.0)).0; 9];
+        let workloads = collect(&toro, &linux, &[], "", &all);
+        let markdown = markdown(&workloads, 5, "console=ttyS0", &[], &[]);
+        assert!(markdown.contains("Median of 9 runs per side, each a fresh boot"), "{markdown}");
+        assert!(!markdown.contains("Median of 5 runs"), "{markdown}");
+        let fewer = vec![parse_output(&linux_output(4.0)).0; 7];
+        let workloads = collect(&toro, &fewer, &[], "", &all);
+        assert!(markdown_contains(&workloads, "Median of 7–9 runs per side"));
+        assert_eq!(runs_of(&[], 5), "5", "nothing measured: the run count given");
+    }
+
+    fn markdown_contains(workloads: &[Workload], text: &str) -> bool {
+        markdown(workloads, 5, "console=ttyS0", &[], &[]).contains(text)
     }
 
     #[test]
