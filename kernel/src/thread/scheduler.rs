@@ -495,45 +495,16 @@ impl TakeRelaxed for AtomicU64 {
     }
 }
 
-/// TSC ticks between two interrupt windows at the scheduling points of a
-/// CPU that keeps running threads: about 5 µs (2.5 GHz). Under TCG a
-/// window (`sti; nop; cli`) costs about 65 ns, since `sti` ends the block
-/// of translated code and returns to QEMU's main loop; opened at every
-/// scheduling point it was a quarter of a yield. Pacing it delays an
-/// interrupt on a busy CPU by at most this much; nothing else waits for
-/// one there: sleepers are woken by the TSC at every scheduling point,
-/// messages are polled there, and an idle CPU opens the window at every
-/// pass of its loop and halts with interrupts on.
-const WINDOW_TICKS: u64 = 12_500;
-
-/// TSC at each CPU's last interrupt window (written by that CPU only).
-static WINDOW_AT: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
-
-/// Opens the interrupt window if `WINDOW_TICKS` passed since the last.
-#[inline(always)]
-fn interrupt_window_if_due() {
-    let now = arch_cpu::rdtsc();
-    let last = &WINDOW_AT[percpu::current_index()];
-    if now.wrapping_sub(last.load(Ordering::Relaxed)) >= WINDOW_TICKS {
-        last.store(now, Ordering::Relaxed);
-        arch_cpu::interrupt_window();
-    }
-}
-
 /// Switches from the current thread to the next ready one (or the idle
 /// thread), after handling messages and expired sleepers. `requeue` puts
 /// the current thread at the back of the queue first (yield).
 pub(crate) fn switch_away(after: After, requeue: bool) {
     // Threads run with interrupts off; a scheduling point is where they
-    // are taken (docs/interrupts.md), at most every `WINDOW_TICKS`.
-    // Handlers only mark work, which is done here, in scheduler context.
-    interrupt_window_if_due();
-    if crate::arch::irq::work_marked() {
-        crate::arch::irq::run_marked_work();
-    }
-    if messages::overflow_pending() {
-        messages::drain_overflow();
-    }
+    // are taken (docs/interrupts.md). Handlers only mark work, which is
+    // done here, in scheduler context.
+    arch_cpu::interrupt_window();
+    crate::arch::irq::run_marked_work();
+    messages::drain_overflow();
     messages::run_incoming();
     let switch = with_scheduler(|scheduler| {
         let now = arch_cpu::rdtsc();
@@ -990,8 +961,6 @@ pub(crate) fn prepare(thread: *mut Control) {
 pub(crate) fn idle_loop() -> ! {
     let mut last_work = arch_cpu::rdtsc();
     loop {
-        // Idle: nothing to save by pacing the window (`WINDOW_TICKS`).
-        arch_cpu::interrupt_window();
         let before = current_switches();
         switch_away(After::Nothing, false);
         if current_switches() != before {

@@ -187,21 +187,6 @@ unsafe fn mine() -> Option<&'static mut Table> {
     (address != 0).then(|| unsafe { &mut *(address as *mut Table) })
 }
 
-/// Whether an interrupt handler marked work on this CPU since
-/// `run_marked_work` last ran: one load, inlined into every scheduling
-/// point so that the common case (nothing marked) makes no call. Under
-/// TCG each call's return is a look-up of translated code, and the two
-/// calls a scheduling point made for nothing cost about 110 ns of a 280 ns
-/// yield. Thread context with interrupts off (the only writer, this CPU's
-/// handler, cannot run meanwhile).
-#[inline(always)]
-pub fn work_marked() -> bool {
-    let address = TABLES[percpu::current_index()].load(Ordering::Acquire);
-    // SAFETY: published by `init_cpu`, never freed, this CPU's; a plain
-    // read of one flag, no reference kept.
-    address != 0 && unsafe { (*(address as *const Table)).work_marked }
-}
-
 /// Sets up this CPU's table (from its own memory). Once per CPU, when its
 /// scheduler starts.
 pub fn init_cpu() {
