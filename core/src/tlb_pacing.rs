@@ -3,8 +3,8 @@
 //!
 //! A refresh lets QEMU's TCG grow its software TLB to the working set, but
 //! each one also empties it, and refilling costs: measured under TCG,
-//! spawn + join on one CPU took 5% longer with a refresh every 20 ms, and
-//! 18% longer right after a row that had grown the table to 24 MiB. The
+//! spawn + join on one CPU took 13% longer with a refresh every 20 ms
+//! than with none (medians of 8 boots; 3.5% with this pacing). The
 //! table only needs to grow when the working set does, and a working set
 //! grows when the CPU puts new memory to use. So the pace follows the
 //! CPU's allocator: while it keeps handing out pages (at least

@@ -238,7 +238,7 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         (*first).id.store(((cpu as u64) << 40) | 1, Ordering::Relaxed);
         (*first).name = Some(String::from(name));
     }
-    let tlb_every = tlb_interval();
+    let tlb_every = tlb_base_interval();
     let scheduler = Box::new(Scheduler {
         cpu,
         current: first,
@@ -301,7 +301,7 @@ impl Scheduler {
             // today) or not set up: count it as growth, the safe side.
             None => u64::MAX,
         };
-        self.tlb_interval = toro_core::tlb_pacing::next_interval(self.tlb_interval, tlb_interval(), grown);
+        self.tlb_interval = toro_core::tlb_pacing::next_interval(self.tlb_interval, tlb_base_interval(), grown);
         self.tlb_next = now.saturating_add(self.tlb_interval);
     }
 
@@ -787,7 +787,7 @@ pub(crate) fn tlb_init() {
     }
 }
 
-fn tlb_interval() -> u64 {
+fn tlb_base_interval() -> u64 {
     TLB_INTERVAL.load(Ordering::Relaxed)
 }
 
