@@ -333,7 +333,9 @@ pub(crate) fn drain_overflow() -> bool {
         .unwrap_or(false)
 }
 
-/// Whether jobs wait in this CPU's overflow queue.
+/// Whether jobs wait in this CPU's overflow queue (inlined: see
+/// `arch::irq::work_marked` for why a scheduling point checks inline).
+#[inline(always)]
 pub(crate) fn overflow_pending() -> bool {
     MAILBOXES.try_with(|mailboxes| mailboxes.overflowing != 0).unwrap_or(false)
 }
