@@ -333,11 +333,35 @@ pub(crate) fn drain_overflow() -> bool {
         .unwrap_or(false)
 }
 
-/// Whether jobs wait in this CPU's overflow queue (inlined: see
-/// `arch::irq::work_marked` for why a scheduling point checks inline).
-#[inline(always)]
+/// Whether jobs wait in this CPU's overflow queue.
 pub(crate) fn overflow_pending() -> bool {
     MAILBOXES.try_with(|mailboxes| mailboxes.overflowing != 0).unwrap_or(false)
+}
+
+/// What a scheduling point finds waiting for this CPU's messaging.
+#[derive(Clone, Copy)]
+pub(crate) struct Waiting {
+    /// Jobs wait in the overflow queue (`drain_overflow`).
+    pub overflow: bool,
+    /// Some incoming ring holds a job (`run_incoming`).
+    pub incoming: bool,
+}
+
+/// Looks, without running anything, at what waits: one borrow, one load
+/// of each incoming ring's tail. Inlined into every scheduling point so
+/// that the common case (nothing waits) makes no call: under TCG each
+/// call's return is a look-up of translated code (see
+/// `arch::irq::work_marked`). A job that arrives after the look is run at
+/// the next scheduling point, as one that arrived after `run_incoming`'s
+/// last pop would be.
+#[inline(always)]
+pub(crate) fn waiting() -> Waiting {
+    MAILBOXES
+        .try_with(|mailboxes| Waiting {
+            overflow: mailboxes.overflowing != 0,
+            incoming: mailboxes.incoming.iter_mut().flatten().any(|consumer| !consumer.is_empty()),
+        })
+        .unwrap_or(Waiting { overflow: false, incoming: false })
 }
 
 /// Polls this CPU's rings for up to `ticks` TSC ticks; true if a message

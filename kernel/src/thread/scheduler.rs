@@ -512,14 +512,15 @@ const WINDOW_TICKS: u64 = 12_500;
 static WINDOW_AT: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
 
 /// Opens the interrupt window on a CPU that owns devices, elsewhere if
-/// `WINDOW_TICKS` passed since the last.
+/// `WINDOW_TICKS` passed since the last (`now`: the TSC at this
+/// scheduling point, read once for the window, sleepers and the watchdog;
+/// under TCG each `rdtsc` is a call into QEMU).
 #[inline(always)]
-fn interrupt_window_if_due() {
+fn interrupt_window_if_due(now: u64) {
     if crate::arch::irq::devices_here() {
         arch_cpu::interrupt_window();
         return;
     }
-    let now = arch_cpu::rdtsc();
     let last = &WINDOW_AT[percpu::current_index()];
     if now.wrapping_sub(last.load(Ordering::Relaxed)) >= WINDOW_TICKS {
         last.store(now, Ordering::Relaxed);
@@ -535,16 +536,22 @@ pub(crate) fn switch_away(after: After, requeue: bool) {
     // are taken (docs/interrupts.md): at every point on a CPU that owns
     // devices, at most every `WINDOW_TICKS` elsewhere.
     // Handlers only mark work, which is done here, in scheduler context.
-    interrupt_window_if_due();
+    // One TSC reading serves the whole point: what runs before the
+    // scheduler below (marked work, jobs) is short, and a sleeper due
+    // meanwhile is woken at the next point.
+    let now = arch_cpu::rdtsc();
+    interrupt_window_if_due(now);
     if crate::arch::irq::work_marked() {
         crate::arch::irq::run_marked_work();
     }
-    if messages::overflow_pending() {
+    let waiting = messages::waiting();
+    if waiting.overflow {
         messages::drain_overflow();
     }
-    messages::run_incoming();
+    if waiting.incoming {
+        messages::run_incoming();
+    }
     let switch = with_scheduler(|scheduler| {
-        let now = arch_cpu::rdtsc();
         // The watchdog's stamp: a plain store (see `watchdog`).
         super::watchdog::stamp(scheduler.cpu, now);
         if now >= scheduler.watchdog_next {
@@ -585,7 +592,13 @@ pub(crate) fn switch_away(after: After, requeue: bool) {
 
 /// Runs what the previous thread asked for once we are off its stack, in
 /// scheduler context (what it sends never waits).
+#[inline(always)]
 pub(crate) fn finish_switch() {
+    // Most switches (a yield, a block) ask for nothing: checked inline, so
+    // that they make no call (see `messages::waiting`).
+    if with_scheduler(|scheduler| matches!(scheduler.after, After::Nothing)) {
+        return;
+    }
     messages::in_scheduler_context(finish_switch_now);
 }
 
