@@ -365,13 +365,23 @@ pub(crate) fn waiting() -> Waiting {
 }
 
 /// Polls this CPU's rings for up to `ticks` TSC ticks; true if a message
-/// arrived.
+/// arrived (or, on a CPU that owns devices, a handler marked work).
 #[inline(never)]
 pub(crate) fn poll_for_work(ticks: u64) -> bool {
+    // A CPU that owns devices takes their interrupts while it polls, and
+    // stops polling when a handler marked work: device work does not wait
+    // for the poll to end (docs/interrupts.md).
+    let devices = crate::arch::irq::devices_here();
     let start = crate::arch::cpu::rdtsc();
     while crate::arch::cpu::rdtsc() - start < ticks {
         if has_incoming() {
             return true;
+        }
+        if devices {
+            crate::arch::cpu::interrupt_window();
+            if crate::arch::irq::work_marked() {
+                return true;
+            }
         }
         core::hint::spin_loop();
     }

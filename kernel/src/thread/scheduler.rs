@@ -501,11 +501,11 @@ impl TakeRelaxed for AtomicU64 {
 /// block of translated code and returns to QEMU's main loop; opened at
 /// every scheduling point it was a quarter of a yield. On such a CPU
 /// nothing waits for an interrupt: sleepers are woken by the TSC at every
-/// scheduling point, messages are polled there, and the idle loop opens
-/// the window at every pass and halts with interrupts on. A CPU with
-/// device vectors registered (`arch::irq::devices_here`: a NIC queue, a
-/// disk) opens it at every scheduling point, so that its device work is
-/// never held back by the pacing.
+/// scheduling point, messages are polled there, and the idle loop halts
+/// with interrupts on. A CPU with device vectors registered
+/// (`arch::irq::devices_here`: a NIC queue, a disk) opens it at every
+/// scheduling point and in the idle loop's poll, so that its device work
+/// is never held back by the pacing.
 const WINDOW_TICKS: u64 = 12_500;
 
 /// TSC at each CPU's last interrupt window (written by that CPU only).
@@ -1011,8 +1011,6 @@ pub(crate) fn prepare(thread: *mut Control) {
 pub(crate) fn idle_loop() -> ! {
     let mut last_work = arch_cpu::rdtsc();
     loop {
-        // Idle: nothing to save by pacing the window (`WINDOW_TICKS`).
-        arch_cpu::interrupt_window();
         let before = current_switches();
         switch_away(After::Nothing, false);
         if current_switches() != before {
