@@ -388,6 +388,21 @@ pub(crate) fn poll_for_work(ticks: u64) -> bool {
     false
 }
 
+/// One turn of a polling loop (a receiver, a join or a service call that
+/// spins before it blocks): runs the jobs waiting for this CPU, since other
+/// CPUs may wait on them, or else gives the spin-loop hint. The look at
+/// the rings is inline: a turn that finds nothing makes no call (see
+/// `waiting`).
+#[inline(always)]
+pub(crate) fn poll_turn() {
+    if has_incoming() {
+        run_incoming();
+    } else {
+        core::hint::spin_loop();
+    }
+}
+
+#[inline(always)]
 fn has_incoming() -> bool {
     MAILBOXES
         .try_with(|mailboxes| mailboxes.incoming.iter_mut().flatten().any(|consumer| !consumer.is_empty()))

@@ -165,9 +165,7 @@ impl Completion {
                     return;
                 }
                 // Serve our own messages: the owner may be waiting on us.
-                if messages::run_incoming() == 0 {
-                    core::hint::spin_loop();
-                }
+                messages::poll_turn();
             }
         }
         // The wake-up names this wait's epoch; a stale one (from an earlier

@@ -921,9 +921,7 @@ fn poll(headers: &[&SharedHeader], ticks: u64) -> Option<usize> {
             return Some(index);
         }
         // Keep serving messages: other CPUs may be waiting for this one.
-        if messages::run_incoming() == 0 {
-            core::hint::spin_loop();
-        }
+        messages::poll_turn();
     }
     None
 }

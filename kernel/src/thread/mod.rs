@@ -411,9 +411,7 @@ fn poll_done(thread: *mut Control) -> bool {
         }
         // Keep serving messages (threads handed back, wake-ups): other CPUs
         // may be waiting for this one.
-        if messages::run_incoming() == 0 {
-            core::hint::spin_loop();
-        }
+        messages::poll_turn();
     }
     false
 }
