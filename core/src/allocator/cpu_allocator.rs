@@ -79,6 +79,25 @@ pub struct Usage {
     pub remote_refused: u64,
 }
 
+/// The byte figures of [`Usage`] that other CPUs read (`toro::memory`
+/// publishes them at every idle pass): no block counts, which sum over
+/// every size class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Bytes {
+    /// `Usage::heap.bytes_in_use`.
+    pub in_use: u64,
+    /// `Usage::heap.bytes_free`.
+    pub free: u64,
+    /// `Usage::heap.capacity_bytes`.
+    pub capacity: u64,
+    /// `Usage::remote_sent.bytes`.
+    pub remote_sent: u64,
+    /// `Usage::remote_pending.bytes`.
+    pub remote_pending: u64,
+    /// `Usage::remote_received.bytes`.
+    pub remote_received: u64,
+}
+
 /// One CPU's allocator: its heap and its ends of the remote-free rings.
 ///
 /// Owned by its CPU; only that CPU calls its methods.
@@ -306,6 +325,20 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
         self.heap.pages_taken()
     }
 
+    /// The byte figures of `usage`, without its sums over the size
+    /// classes (cached blocks count as free): what an idle pass publishes.
+    pub fn bytes(&self) -> Bytes {
+        let heap = self.heap.usage();
+        Bytes {
+            in_use: heap.bytes_in_use - self.cached_bytes,
+            free: heap.bytes_free + self.cached_bytes,
+            capacity: heap.capacity_bytes,
+            remote_sent: self.outbox.sent().bytes,
+            remote_pending: self.outbox.pending().bytes,
+            remote_received: self.inbox.received().bytes,
+        }
+    }
+
     /// This CPU's figures (cached blocks count as free).
     pub fn usage(&self) -> Usage {
         let mut heap = self.heap.usage();
@@ -452,6 +485,39 @@ mod tests {
         assert_eq!(zero.empty_cache(&mut memory), 0);
         assert_eq!(zero.heap().usage().small_blocks, 0);
         zero.heap().check(&memory);
+    }
+
+    #[test]
+    fn bytes_are_the_byte_figures_of_usage() {
+        // `bytes` skips `usage`'s sums over the classes: it must still give
+        // the same bytes, with blocks cached, handed out and given back.
+        let mut memory = ShadowMemory::new(BASE, SHARE);
+        let mut zero = CpuAllocator::<1>::new(0, CpuHeap::new(&mut memory, BASE, SHARE).unwrap(), 8);
+        let same = |zero: &CpuAllocator<'_, 1>| {
+            let usage = zero.usage();
+            let bytes = zero.bytes();
+            assert_eq!(
+                (bytes.in_use, bytes.free, bytes.capacity),
+                (usage.heap.bytes_in_use, usage.heap.bytes_free, usage.heap.capacity_bytes)
+            );
+            assert_eq!(
+                (bytes.remote_sent, bytes.remote_pending, bytes.remote_received),
+                (usage.remote_sent.bytes, usage.remote_pending.bytes, usage.remote_received.bytes)
+            );
+        };
+        same(&zero);
+        let sizes = [16, 100, 500, 3000, 20_000, 300_000];
+        let blocks: Vec<(u64, usize)> =
+            sizes.iter().map(|&size| (zero.allocate(&mut memory, size, 8).unwrap(), size)).collect();
+        same(&zero);
+        assert!(zero.bytes().in_use > 0);
+        for &(block, size) in &blocks {
+            zero.free_local_sized(&mut memory, block, size, 8).unwrap();
+            same(&zero);
+        }
+        assert_eq!(zero.bytes().in_use, 0, "cached blocks count as free");
+        zero.idle(&mut memory);
+        same(&zero);
     }
 
     #[test]

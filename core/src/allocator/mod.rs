@@ -60,7 +60,7 @@ pub(crate) mod shadow;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
-pub use cpu_allocator::{CpuAllocator, Usage, DRAIN_INTERVAL};
+pub use cpu_allocator::{Bytes, CpuAllocator, Usage, DRAIN_INTERVAL};
 pub use cpu_heap::{CpuHeap, FreeError, HeapError, HeapUsage};
 pub use remote::{
     RemoteBatch, RemoteConsumer, RemoteCounters, RemoteError, RemoteInbox, RemoteOutbox, RemoteProducer, RemoteRing,
