@@ -469,7 +469,13 @@ pub fn dispatch(vector: u8) {
     slot.count += 1;
     let Some(registration) = slot.registration else {
         super::apic::end_of_interrupt();
-        if vector != TIMER_VECTOR && vector != WAKE_VECTOR {
+        if vector == TIMER_VECTOR {
+            // A deadline passed: the scheduler has sleepers to wake. Marked
+            // so that a poll which took this interrupt in its window stops
+            // (`cpu::poll_for_work`) instead of halting with the timer
+            // spent, which lost the wake-up.
+            table.work_marked = true;
+        } else if vector != WAKE_VECTOR {
             table.unexpected += 1;
             table.unexpected_to_report.get_or_insert(vector);
             table.work_marked = true;
