@@ -357,10 +357,7 @@ pub(crate) struct Waiting {
 #[inline(always)]
 pub(crate) fn waiting() -> Waiting {
     MAILBOXES
-        .try_with(|mailboxes| Waiting {
-            overflow: mailboxes.overflowing != 0,
-            incoming: mailboxes.incoming.iter_mut().flatten().any(|consumer| !consumer.is_empty()),
-        })
+        .try_with(|mailboxes| Waiting { overflow: mailboxes.overflowing != 0, incoming: any_incoming(mailboxes) })
         .unwrap_or(Waiting { overflow: false, incoming: false })
 }
 
@@ -404,9 +401,13 @@ pub(crate) fn poll_turn() {
 
 #[inline(always)]
 fn has_incoming() -> bool {
-    MAILBOXES
-        .try_with(|mailboxes| mailboxes.incoming.iter_mut().flatten().any(|consumer| !consumer.is_empty()))
-        .unwrap_or(false)
+    MAILBOXES.try_with(any_incoming).unwrap_or(false)
+}
+
+/// Whether some incoming ring holds a job (re-reads each producer's index).
+#[inline(always)]
+fn any_incoming(mailboxes: &mut Mailboxes) -> bool {
+    mailboxes.incoming.iter_mut().flatten().any(|consumer| !consumer.is_empty())
 }
 
 /// Halts this CPU until an interrupt, unless a job arrived: the sleeping

@@ -200,19 +200,25 @@ unsafe fn mine() -> Option<&'static mut Table> {
 /// handler, cannot run meanwhile).
 #[inline(always)]
 pub fn work_marked() -> bool {
-    let address = TABLES[percpu::current_index()].load(Ordering::Acquire);
-    // SAFETY: published by `init_cpu`, never freed, this CPU's; a plain
-    // read of one flag, no reference kept.
-    address != 0 && unsafe { (*(address as *const Table)).work_marked }
+    read_table(|table| table.work_marked)
 }
 
 /// Whether this CPU has device vectors registered (it owns a device that
 /// interrupts). Inlined like `work_marked`; same context.
 #[inline(always)]
 pub fn devices_here() -> bool {
+    read_table(|table| table.registered != 0)
+}
+
+/// `read(this CPU's table)`, false before the table exists. Thread context
+/// with interrupts off (see `work_marked`).
+#[inline(always)]
+fn read_table(read: impl FnOnce(&Table) -> bool) -> bool {
     let address = TABLES[percpu::current_index()].load(Ordering::Acquire);
-    // SAFETY: as in `work_marked`.
-    address != 0 && unsafe { (*(address as *const Table)).registered != 0 }
+    // SAFETY: published by `init_cpu`, never freed, this CPU's; plain reads
+    // of its fields, and the reference ends with `read`, before any handler
+    // (the only writer meanwhile) can run.
+    address != 0 && read(unsafe { &*(address as *const Table) })
 }
 
 /// Sets up this CPU's table (from its own memory). Once per CPU, when its
