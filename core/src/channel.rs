@@ -21,8 +21,9 @@
 //!
 //! Each sending CPU writes its own lane. A sender that moved to another
 //! lane since its last value puts a mark on its next one: the old lane and
-//! how many values that lane held after the sender's last one there
-//! ([`encode_mark`]). The receiver takes a marked value only once it has
+//! how many values that lane holds as the sender writes the marked one
+//! ([`encode_mark`]; at least its own last value there, and all of them
+//! written before the marked one). The receiver takes a marked value only once it has
 //! taken that many from the old lane, turning to the old lane first
 //! ([`lane_to_take`]). A mark points to values written before the marked
 //! one (in happens-before order), so following marks never cycles.
@@ -86,7 +87,8 @@ pub const MAX_LANES: usize = 1 << (64 - MARK_COUNT_BITS);
 pub struct Mark {
     /// The lane the sender wrote before.
     pub lane: usize,
-    /// How many values that lane held after the sender's last one there.
+    /// How many values that lane held when the sender moved (at least up
+    /// to its last one there).
     pub count: u64,
 }
 
@@ -101,26 +103,6 @@ pub fn encode_mark(previous: Option<(usize, u64)>, lane: usize) -> u64 {
             ((before as u64) << MARK_COUNT_BITS) | count
         }
         _ => 0,
-    }
-}
-
-/// A sender's last value's place as one word: lane and that lane's count
-/// after it (`count` >= 1, so never 0; 0 means "no value yet"). A sender
-/// keeps this and derives each mark from it ([`mark_from_place`]): one load
-/// and one store per value.
-#[inline]
-pub fn place(lane: usize, count: u64) -> u64 {
-    ((lane as u64) << MARK_COUNT_BITS) | count
-}
-
-/// The mark for a value written to `lane` by a sender whose last value is
-/// at `place`: the same as [`encode_mark`].
-#[inline]
-pub fn mark_from_place(place: u64, lane: usize) -> u64 {
-    if place != 0 && (place >> MARK_COUNT_BITS) as usize != lane {
-        place
-    } else {
-        0
     }
 }
 
@@ -186,10 +168,10 @@ mod tests {
         assert_eq!(encode_mark(Some((3, 9)), 3), 0);
         assert_eq!(decode_mark(encode_mark(Some((7, 1234)), 2)), Some(Mark { lane: 7, count: 1234 }));
         assert_eq!(decode_mark(0), None);
-        for (lane, count, to) in [(0, 1, 1), (0, 1, 0), (5, 77, 2), (255, (1 << 56) - 1, 0)] {
-            assert_eq!(mark_from_place(place(lane, count), to), encode_mark(Some((lane, count)), to));
-        }
-        assert_eq!(mark_from_place(0, 3), 0);
+        assert_eq!(
+            decode_mark(encode_mark(Some((255, (1 << 56) - 1)), 0)),
+            Some(Mark { lane: 255, count: (1 << 56) - 1 })
+        );
     }
 
     /// A lane of the model: (sender, sequence, mark) and how many were taken.
@@ -240,7 +222,8 @@ mod tests {
         fn per_sender_order_holds(lanes in 1usize..6, senders in 1usize..6, script in steps(6, 6)) {
             let mut model = Model(vec![ModelLane::default(); lanes]);
             let mut at: Vec<usize> = (0..senders).map(|s| s % lanes).collect();
-            let mut last: Vec<Option<(usize, u64)>> = vec![None; senders];
+            // The lane of each sender's last value.
+            let mut last: Vec<Option<usize>> = vec![None; senders];
             let mut sent = vec![0u64; senders];
             let mut received = vec![0u64; senders];
             let receive = |model: &mut Model, start: usize, received: &mut Vec<u64>| -> Result<bool, TestCaseError> {
@@ -256,11 +239,13 @@ mod tests {
                 match step {
                     Step::Send(s) if s < senders => {
                         let lane = at[s];
-                        let mark = encode_mark(last[s], lane);
+                        // As the kernel does: the old lane's count now
+                        // (other senders may have written there since).
+                        let mark = encode_mark(last[s].map(|old| (old, model.0[old].written)), lane);
                         let lane_state = &mut model.0[lane];
                         lane_state.values.push_back((s, sent[s], mark));
                         lane_state.written += 1;
-                        last[s] = Some((lane, lane_state.written));
+                        last[s] = Some(lane);
                         sent[s] += 1;
                     }
                     Step::Move(s, lane) if s < senders => at[s] = lane % lanes,

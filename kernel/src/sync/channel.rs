@@ -57,7 +57,7 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use core::time::Duration;
 
-use toro_core::channel::{lane_to_take, mark_from_place, place, split_weight, Lanes, WeightLedger, FULL_WEIGHT};
+use toro_core::channel::{encode_mark, lane_to_take, split_weight, Lanes, WeightLedger, FULL_WEIGHT};
 use toro_core::wake::WaiterSlot;
 
 use super::on_home;
@@ -68,12 +68,13 @@ use crate::time::Instant;
 
 /// Values per segment.
 const SEGMENT: usize = 32;
+/// Read-up segments a lane keeps for its sender to reuse (`Lane::spares`).
+const SPARES: usize = 4;
 /// How long `recv` polls before blocking when its CPU has nothing else to
 /// run (about 10-20 us at 2-3 GHz).
 const RECEIVE_SPIN_TICKS: u64 = 40_000;
 
-/// A value and its mark (`toro_core::channel::encode_mark`, as
-/// `mark_from_place` computes it; 0: none).
+/// A value and its mark (`toro_core::channel::encode_mark`; 0: none).
 struct Slot<T> {
     value: T,
     mark: u64,
@@ -131,31 +132,39 @@ impl LaneHeader {
     fn has_value(&self) -> bool {
         // SAFETY: the receiver's own field.
         let counts = unsafe { &mut *self.counts.get() };
-        if counts.seen_written > counts.taken {
+        if counts.ready > 0 {
             return true;
         }
-        counts.seen_written = self.written.load(Ordering::Acquire);
-        counts.seen_written > counts.taken
+        let written = self.written.load(Ordering::Acquire);
+        counts.ready = written - counts.seen_written;
+        counts.seen_written = written;
+        counts.ready > 0
     }
 
     /// Receiver only: values taken so far.
     #[inline(always)]
     fn taken_here(&self) -> u64 {
         // SAFETY: the receiver's own field.
-        unsafe { (*self.counts.get()).taken }
+        let counts = unsafe { &*self.counts.get() };
+        counts.seen_written - counts.ready
+    }
+
+    /// Receiver only: one more value taken (`has_value` said there was one).
+    #[inline(always)]
+    fn count_taken(&self) {
+        // SAFETY: the receiver's own field.
+        unsafe { (*self.counts.get()).ready -= 1 };
     }
 }
 
 /// A lane's counts that only the receiver uses.
 struct ReceiverCounts {
-    /// Values taken.
-    taken: u64,
     /// `written` as the receiver last read it (`Acquire`), so it reads the
     /// sender's line again only once it has caught up.
     seen_written: u64,
+    /// Of those, the values not yet taken (taken: the difference).
+    ready: u64,
 }
-
-impl LaneHeader {}
 
 /// One CPU's lane (see the module docs). The header comes first, so a
 /// pointer to the lane is one to its header.
@@ -168,6 +177,47 @@ struct Lane<T> {
     /// Receiver only: the segment being read and its next slot.
     head: Padded<UnsafeCell<*mut Segment<T>>>,
     head_index: UnsafeCell<usize>,
+    /// Read-up segments handed back for reuse. Each slot passes one
+    /// segment at a time: the receiver stores one in a slot it finds empty
+    /// (null), the lane's CPU takes one from a slot it finds full and
+    /// stores null. Each side writes a slot only in the state the other
+    /// leaves it in, so a load and a store suffice (no read-modify-write).
+    /// In a steady stream the sender reuses its segments instead of
+    /// allocating one every `SEGMENT` values that the receiver then frees
+    /// remotely; `SPARES` slots absorb the jitter between the two sides.
+    spares: Padded<[AtomicPtr<Segment<T>>; SPARES]>,
+}
+
+impl<T> Lane<T> {
+    /// Lane CPU only: an empty segment, a spare if there is one.
+    fn fresh_segment(&self) -> *mut Segment<T> {
+        for slot in self.spares.iter() {
+            let spare = slot.load(Ordering::Acquire);
+            if !spare.is_null() {
+                slot.store(core::ptr::null_mut(), Ordering::Relaxed);
+                return spare;
+            }
+        }
+        Segment::new()
+    }
+
+    /// Receiver only: `segment` is read up: keep it as a spare if a slot is
+    /// empty, else free it.
+    ///
+    /// # Safety
+    /// Receiver only; nothing refers to `segment` any more.
+    unsafe fn retire(&self, segment: *mut Segment<T>) {
+        match self.spares.iter().find(|slot| slot.load(Ordering::Relaxed).is_null()) {
+            Some(slot) => {
+                // SAFETY: the caller's promise. `Release`: the receiver's
+                // reads of the segment happen before the sender's writes.
+                unsafe { (*segment).next.store(core::ptr::null_mut(), Ordering::Relaxed) };
+                slot.store(segment, Ordering::Release);
+            }
+            // SAFETY: the caller's promise.
+            None => drop(unsafe { Box::from_raw(segment) }),
+        }
+    }
 }
 
 /// What the receiver, `Select` and the home CPU need, whatever the type.
@@ -224,9 +274,13 @@ struct SenderInner<T> {
     shared: *const Shared<T>,
     /// This sender's share of the weight (see the module docs).
     weight: Cell<u64>,
-    /// The lane of this sender's last value and that lane's count after it.
-    /// (`toro_core::channel::place`; 0: no value yet.)
-    last: Cell<u64>,
+    /// The lane of this sender's last value (null: no value yet) and its
+    /// CPU; a value sent from another CPU carries a mark for that lane.
+    lane: Cell<*mut Lane<T>>,
+    lane_cpu: Cell<usize>,
+    /// `lane_cpu` if `send` may take its short path there (an unbounded
+    /// channel), else `usize::MAX`.
+    fast_cpu: Cell<usize>,
     /// The receiver's wait (thread, epoch) this sender last woke.
     last_woken: Cell<Option<(u64, u64)>>,
 }
@@ -234,11 +288,14 @@ struct SenderInner<T> {
 /// The receiving half; one per channel. Not `Sync`, like std's.
 pub struct Receiver<T> {
     shared: *const Shared<T>,
-    /// The lane to look at first.
+    /// The lane to look at first: the one read last, until its head
+    /// segment is read up; then the receiver looks at the next lane first,
+    /// so a busy lane cannot hold back the others for more than `SEGMENT`
+    /// values in a row.
     next_lane: Cell<usize>,
-    /// Values taken in a row from `next_lane`; at `SEGMENT` the receiver
-    /// moves on, so a busy lane cannot hold back the others.
-    streak: Cell<usize>,
+    /// `next_lane`'s lane if `pop` may take its short path there (it
+    /// exists and the channel is unbounded), else null.
+    lane: Cell<*mut Lane<T>>,
 }
 
 // SAFETY: each end's state is used by one thread at a time (they are not
@@ -384,8 +441,15 @@ fn new_shared<T>(bound: Option<usize>) -> *const Shared<T> {
 
 fn ends<T>(shared: *const Shared<T>) -> (SenderInner<T>, Receiver<T>) {
     (
-        SenderInner { shared, weight: Cell::new(FULL_WEIGHT), last: Cell::new(0), last_woken: Cell::new(None) },
-        Receiver { shared, next_lane: Cell::new(0), streak: Cell::new(0) },
+        SenderInner {
+            shared,
+            weight: Cell::new(FULL_WEIGHT),
+            lane: Cell::new(core::ptr::null_mut()),
+            lane_cpu: Cell::new(usize::MAX),
+            fast_cpu: Cell::new(usize::MAX),
+            last_woken: Cell::new(None),
+        },
+        Receiver { shared, next_lane: Cell::new(0), lane: Cell::new(core::ptr::null_mut()) },
     )
 }
 
@@ -477,7 +541,7 @@ impl<T> SenderInner<T> {
             header: LaneHeader {
                 written: Padded(AtomicU64::new(0)),
                 taken: Padded(AtomicU64::new(0)),
-                counts: Padded(UnsafeCell::new(ReceiverCounts { taken: 0, seen_written: 0 })),
+                counts: Padded(UnsafeCell::new(ReceiverCounts { seen_written: 0, ready: 0 })),
                 room_waiter: WaiterSlot::new(),
                 room_waiter_busy: UnsafeCell::new(false),
                 room_queue: UnsafeCell::new(VecDeque::new()),
@@ -486,6 +550,7 @@ impl<T> SenderInner<T> {
             tail_index: UnsafeCell::new(0),
             head: Padded(UnsafeCell::new(segment)),
             head_index: UnsafeCell::new(0),
+            spares: Padded([const { AtomicPtr::new(core::ptr::null_mut()) }; SPARES]),
         }));
         // Only this CPU writes its lane pointer, and nothing interleaves
         // with this code on it (cooperative scheduling).
@@ -493,8 +558,55 @@ impl<T> SenderInner<T> {
         lane
     }
 
+    /// Sends `value`. The common case is kept short (it runs once per
+    /// value): an unbounded channel, the same CPU as the last value, room
+    /// in the lane's tail segment. Everything else is `send_slow`.
     #[inline(never)]
     fn send(&self, value: T, wait: bool) -> Result<(), TrySendError<T>> {
+        if percpu::current_index() == self.fast_cpu.get() && !self.header().receiver_gone.load(Ordering::Acquire) {
+            let lane = self.lane.get();
+            // SAFETY: this CPU alone writes its lane's tail; the lane lives
+            // as long as the channel.
+            let index = unsafe { *(*lane).tail_index.get() };
+            if index < SEGMENT {
+                // SAFETY: as above; the same lane as the last value: no mark.
+                unsafe { self.publish(lane, index, value, 0) };
+                return Ok(());
+            }
+        }
+        self.send_slow(value, wait)
+    }
+
+    /// Writes `value` with `mark` into slot `index` (< `SEGMENT`) of the
+    /// lane's tail segment, publishes it and wakes the receiver if it
+    /// waits; the lane's count after it.
+    ///
+    /// # Safety
+    /// On the lane's CPU (which alone writes it; nothing interleaves with
+    /// this code on it); slot `index` is the tail's next free one.
+    #[inline(always)]
+    unsafe fn publish(&self, lane: *mut Lane<T>, index: usize, value: T, mark: u64) -> u64 {
+        // SAFETY: the caller's promise: the slot is not published yet.
+        let written = unsafe {
+            (*(**(*lane).tail.get()).slots[index].get()).write(Slot { value, mark });
+            *(*lane).tail_index.get() = index + 1;
+            let counter = &(*lane).header.written;
+            let written = counter.load(Ordering::Relaxed) + 1;
+            counter.store(written, Ordering::Release);
+            written
+        };
+        wake_receiver(self.header(), &self.last_woken);
+        written
+    }
+
+    /// `send` for the rest: the receiver gone, a first value from this CPU
+    /// (its lane is made if need be, and the value marked for the lane of
+    /// the sender's last one), a full tail segment (a new one is linked), a
+    /// bounded channel (wait for room, and for a rendezvous, for the
+    /// receiver).
+    #[cold]
+    #[inline(never)]
+    fn send_slow(&self, value: T, wait: bool) -> Result<(), TrySendError<T>> {
         let header = self.header();
         if header.receiver_gone.load(Ordering::Acquire) {
             return Err(TrySendError::Disconnected(value));
@@ -518,34 +630,39 @@ impl<T> SenderInner<T> {
             if header.receiver_gone.load(Ordering::Acquire) {
                 return Err(TrySendError::Disconnected(value));
             }
-            // A send that waited may have moved on (no: threads never move
-            // while blocked) — the lane is still this CPU's.
+            // Threads never move while blocked: the lane is still this CPU's.
         }
-        let mark = mark_from_place(self.last.get(), cpu);
+        // A first value here: it goes after every value the last lane holds
+        // now (at least this sender's own there; all written before this
+        // one, so marks never cycle).
+        let last = self.lane.get();
+        let mark = if last.is_null() || last == lane {
+            0
+        } else {
+            // SAFETY: lanes live as long as the channel.
+            let count = unsafe { (*last).header.written.load(Ordering::Acquire) };
+            encode_mark(Some((self.lane_cpu.get(), count)), cpu)
+        };
         // SAFETY: this CPU alone writes its lane, and nothing interleaves
-        // with this code on it; slot `tail_index` is not published yet.
+        // with this code on it.
         let written = unsafe {
             let tail = &mut *(*lane).tail.get();
             let index = &mut *(*lane).tail_index.get();
             if *index == SEGMENT {
-                let next = Segment::new();
+                let next = (*lane).fresh_segment();
                 // The receiver follows `next` only after seeing a count
-                // past this segment (published below, `Release`).
+                // past this segment (published in `publish`, `Release`).
                 (**tail).next.store(next, Ordering::Relaxed);
                 *tail = next;
                 *index = 0;
             }
-            (*(**tail).slots[*index].get()).write(Slot { value, mark });
-            *index += 1;
-            let written = lane_header.written.load(Ordering::Relaxed) + 1;
-            lane_header.written.store(written, Ordering::Release);
-            written
+            self.publish(lane, *index, value, mark)
         };
-        self.last.set(place(cpu, written));
-        wake_receiver(header, &self.last_woken);
+        self.lane.set(lane);
+        self.lane_cpu.set(cpu);
+        self.fast_cpu.set(if header.bound.is_none() { cpu } else { usize::MAX });
         if header.bound == Some(0) && wait {
             // A rendezvous: wait until the receiver took this value.
-            let header = self.header();
             wait_for_room(lane_header, || {
                 header.receiver_gone.load(Ordering::Acquire) || lane_header.taken.load(Ordering::Acquire) >= written
             });
@@ -577,7 +694,9 @@ impl<T> SenderInner<T> {
         Self {
             shared: self.shared,
             weight: Cell::new(given),
-            last: Cell::new(self.last.get()),
+            lane: Cell::new(self.lane.get()),
+            lane_cpu: Cell::new(self.lane_cpu.get()),
+            fast_cpu: Cell::new(self.fast_cpu.get()),
             last_woken: Cell::new(None),
         }
     }
@@ -725,6 +844,12 @@ unsafe fn free<T>(shared: *mut Shared<T>) {
                 drop(Box::from_raw(segment));
                 segment = next;
             }
+            for slot in (*lane).spares.iter() {
+                let spare = slot.load(Ordering::Acquire);
+                if !spare.is_null() {
+                    drop(Box::from_raw(spare));
+                }
+            }
             drop(Box::from_raw(lane));
         }
         drop(Box::from_raw(shared));
@@ -739,47 +864,64 @@ impl<T> Receiver<T> {
     }
 
     /// Takes the next value if one is there, honouring marks (see the
-    /// module docs and `toro_core::channel::lane_to_take`).
+    /// module docs and `toro_core::channel::lane_to_take`). The common case
+    /// is kept short (it runs once per value): an unbounded channel whose
+    /// lane read last has an unmarked value in its head segment.
+    /// Everything else is `pop_slow`.
     #[inline(never)]
     fn pop(&self) -> Option<T> {
-        let lanes = &self.header().lanes;
-        let count = lanes.len();
+        let lane = self.lane.get();
+        if !lane.is_null() {
+            // SAFETY: lanes live as long as the channel; the receiver alone
+            // reads them and writes `head_index` and its counts; the slot
+            // is below `written` (acquired in `has_value`) and read once.
+            unsafe {
+                let index = *(*lane).head_index.get();
+                if index < SEGMENT && (*lane).header.has_value() {
+                    let slot = (*(**(*lane).head.get()).slots[index].get()).as_ptr();
+                    if (*slot).mark == 0 {
+                        *(*lane).head_index.get() = index + 1;
+                        (*lane).header.count_taken();
+                        return Some(core::ptr::read(&(*slot).value));
+                    }
+                }
+            }
+        }
+        self.pop_slow()
+    }
+
+    /// `pop` when the lane read last is empty, read up to the end of its
+    /// head segment (then the next lane comes first), its value is marked,
+    /// or the channel is bounded: look at every lane and follow marks.
+    #[cold]
+    #[inline(never)]
+    fn pop_slow(&self) -> Option<T> {
+        let header = self.header();
+        let lanes = &header.lanes;
         let view = LaneView::<T> { lanes, _values: PhantomData };
-        let current = self.next_lane.get();
-        let lane = view.lane(current);
-        // The common case first: the lane read last has an unmarked value
-        // (else `lane_to_take` looks at every lane and follows marks).
-        // SAFETY: receiver only; `front` only after `has_value`.
-        let fast = !lane.is_null() && unsafe { (*lane).header.has_value() && (*Self::front(lane)).mark == 0 };
-        let (cpu, lane) = if fast {
-            (current, lane)
-        } else {
-            let cpu = lane_to_take(&view, current)?;
-            (cpu, view.lane(cpu))
-        };
-        // SAFETY: lanes live as long as the channel; the receiver alone
-        // reads them and writes `taken`, `head`, `head_index`; the chosen
-        // lane has a value below `written` (acquired in `has_value`), read
-        // once here.
+        let mut start = self.next_lane.get();
+        let lane = view.lane(start);
+        // SAFETY: receiver only.
+        if !lane.is_null() && unsafe { *(*lane).head_index.get() } == SEGMENT {
+            start = (start + 1) % lanes.len();
+        }
+        let cpu = lane_to_take(&view, start)?;
+        let lane = view.lane(cpu);
+        self.next_lane.set(cpu);
+        self.lane.set(if header.bound.is_none() { lane } else { core::ptr::null_mut() });
+        // SAFETY: the chosen lane has a value below `written` (acquired in
+        // `has_value`); receiver only.
         unsafe {
             let slot = Self::front(lane);
-            let value = core::ptr::read(&(*slot).value);
             *(*lane).head_index.get() += 1;
-            let counts = &mut *(*lane).header.counts.get();
-            counts.taken += 1;
-            if self.header().bound.is_some() {
-                (*lane).header.taken.store(counts.taken, Ordering::Release);
+            (*lane).header.count_taken();
+            let value = core::ptr::read(&(*slot).value);
+            if header.bound.is_some() {
+                // The lane's senders wait for room.
+                (*lane).header.taken.store((*lane).header.taken_here(), Ordering::Release);
                 if let Some(waiter) = (*lane).header.room_waiter.waiter(full_fence) {
                     scheduler::wake(waiter.thread as *mut scheduler::Control, waiter.epoch);
                 }
-            }
-            let streak = if cpu == self.next_lane.get() { self.streak.get() + 1 } else { 1 };
-            if streak >= SEGMENT {
-                self.next_lane.set((cpu + 1) % count);
-                self.streak.set(0);
-            } else {
-                self.next_lane.set(cpu);
-                self.streak.set(streak);
             }
             Some(value)
         }
@@ -799,7 +941,7 @@ impl<T> Receiver<T> {
             let index = &mut *(*lane).head_index.get();
             if *index == SEGMENT {
                 let next = (**head).next.load(Ordering::Acquire);
-                drop(Box::from_raw(*head));
+                (*lane).retire(*head);
                 *head = next;
                 *index = 0;
             }
@@ -808,6 +950,7 @@ impl<T> Receiver<T> {
     }
 
     /// A value if one is there.
+    #[inline(always)]
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         if let Some(value) = self.pop() {
             return Ok(value);
@@ -819,11 +962,16 @@ impl<T> Receiver<T> {
         Err(TryRecvError::Empty)
     }
 
-    /// Waits for a value (blocking this thread, not the CPU).
-    #[cfg_attr(feature = "lockcheck-mutation-3", inline(always))]
+    /// Waits for a value (blocking this thread, not the CPU). Inlined into
+    /// the caller (a call and return per value cost a lot under
+    /// emulation); its cross-CPU parts stay out of line (`receive`).
+    #[inline(always)]
     pub fn recv(&self) -> Result<T, RecvError> {
         #[cfg(feature = "lockcheck-mutation-3")]
         crate::lockcheck_mutation::plant();
+        if let Some(value) = self.pop() {
+            return Ok(value);
+        }
         self.receive(None).map_err(|_| RecvError)
     }
 
@@ -833,9 +981,9 @@ impl<T> Receiver<T> {
         self.receive(Some(deadline))
     }
 
-    /// Waits for a value until TSC value `deadline`, if given (its cross-CPU
-    /// parts, `pop` and `wait_ready`, stay out of line for the lock check).
-    #[inline]
+    /// Waits for a value until TSC value `deadline`, if given (out of line:
+    /// `recv` calls it only when it found nothing).
+    #[inline(never)]
     fn receive(&self, deadline: Option<u64>) -> Result<T, RecvTimeoutError> {
         loop {
             match self.try_recv() {
