@@ -80,7 +80,7 @@ fn a_million_remote_frees_all_come_home() {
                 };
                 assert_eq!(memory.load(message.address + 8), message.stamp, "block {expected} changed in flight");
                 assert!(!one.owns(message.address));
-                one.free_remote(memory, 0, message.address, message.size as u64).unwrap();
+                one.free_remote(memory, 0, message.address, message.size, 8).unwrap();
             }
             while one.usage().remote_pending.blocks > 0 {
                 one.idle(memory);

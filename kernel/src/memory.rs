@@ -401,16 +401,16 @@ fn free_here(allocator: &mut Allocator, address: u64, size: usize, align: usize)
         }
         return;
     }
-    free_elsewhere(allocator, address, size);
+    free_elsewhere(allocator, address, size.max(1), align);
 }
 
 /// Frees a block another CPU owns: into the outbox for its owner (out of
 /// line, so the local fast path carries none of this).
 #[inline(never)]
-fn free_elsewhere(allocator: &mut Allocator, address: u64, size: usize) {
+fn free_elsewhere(allocator: &mut Allocator, address: u64, size: usize, align: usize) {
     match owner_of(address) {
         Some(owner) => {
-            if let Err(error) = allocator.free_remote(&mut Words, owner, address, size as u64) {
+            if let Err(error) = allocator.free_remote(&mut Words, owner, address, size, align) {
                 allocation_failure_bad_remote_free(address, owner, error);
             }
             // A large block (a borrowed one, typically) goes back at once

@@ -53,6 +53,34 @@ pub const CACHE_BLOCKS: u32 = 16;
 /// Bytes the cache keeps in all, at most.
 pub const CACHE_BYTES: u64 = 128 * 1024;
 
+/// Where a block freed on another CPU carries its size class (index + 1; 0:
+/// not a small block): its second word (every block has two).
+const CLASS_HINT_OFFSET: u64 = 8;
+
+/// Puts `address` (a free block of `class`) in the cache if that has room;
+/// whether it did.
+#[inline(always)]
+fn cache_block(
+    cache: &mut [Cached; CLASS_COUNT],
+    cached_bytes: &mut u64,
+    memory: &mut impl WordMemory,
+    address: u64,
+    class: SizeClass,
+) -> bool {
+    let cached = &mut cache[class.index()];
+    let bytes = class.block_size();
+    // The room test first, the way it reads: the caching path is the
+    // straight line through the compiled code.
+    if cached.blocks < CACHE_BLOCKS && *cached_bytes + bytes <= CACHE_BYTES && address != 0 {
+        memory.store(address, cached.head);
+        cached.head = address;
+        cached.blocks += 1;
+        *cached_bytes += bytes;
+        return true;
+    }
+    false
+}
+
 /// One class's cached blocks: a list through their first words.
 #[derive(Clone, Copy, Debug)]
 struct Cached {
@@ -164,19 +192,23 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
             self.periodic_drain(memory);
         }
         match SizeClass::of_layout(size, align) {
-            Some(class) => {
-                let cached = &mut self.cache[class.index()];
-                if cached.head != 0 {
-                    let address = cached.head;
-                    cached.head = memory.load(address);
-                    cached.blocks -= 1;
-                    self.cached_bytes -= class.block_size();
-                    return Some(address);
-                }
-                self.allocate_uncached(memory, class)
-            }
+            Some(class) => self.take_cached(memory, class).or_else(|| self.allocate_uncached(memory, class)),
             None => self.allocate_large(memory, size, align),
         }
+    }
+
+    /// A cached block of `class`, if there is one.
+    #[inline(always)]
+    fn take_cached(&mut self, memory: &mut impl WordMemory, class: SizeClass) -> Option<u64> {
+        let cached = &mut self.cache[class.index()];
+        if cached.head == 0 {
+            return None;
+        }
+        let address = cached.head;
+        cached.head = memory.load(address);
+        cached.blocks -= 1;
+        self.cached_bytes -= class.block_size();
+        Some(address)
     }
 
     /// Whether the last [`CpuAllocator::allocate`] drained the inbox and
@@ -190,8 +222,22 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
     #[inline(never)]
     fn periodic_drain(&mut self, memory: &mut impl WordMemory) {
         self.allocations_until_drain = DRAIN_INTERVAL;
-        self.inbox.drain(memory, &mut self.heap);
+        self.drain(memory);
         self.outbox.flush();
+    }
+
+    /// Takes back the blocks freed elsewhere: a small one into its class's
+    /// cache if that has room (its class came with it, see `free_remote`),
+    /// the others into the heap.
+    fn drain(&mut self, memory: &mut impl WordMemory) -> RemoteCounters {
+        let (cache, cached_bytes, heap) = (&mut self.cache, &mut self.cached_bytes, &mut self.heap);
+        self.inbox.drain_with(memory, |memory, block| {
+            let class = SizeClass::from_index((memory.load(block + CLASS_HINT_OFFSET) as usize).wrapping_sub(1));
+            match class {
+                Some(class) if cache_block(cache, cached_bytes, memory, block, class) => Ok(class.block_size()),
+                _ => heap.free(memory, block),
+            }
+        })
     }
 
     /// A block of `class` when its cache is empty.
@@ -201,8 +247,10 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
             return Some(address);
         }
         // The class ran dry: blocks of it may be waiting in the rings.
-        if self.inbox.drain(memory, &mut self.heap).blocks > 0 {
-            if let Some(address) = self.heap.allocate_from_spans(memory, class) {
+        if self.drain(memory).blocks > 0 {
+            if let Some(address) =
+                self.take_cached(memory, class).or_else(|| self.heap.allocate_from_spans(memory, class))
+            {
                 return Some(address);
             }
         }
@@ -219,7 +267,7 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
     #[inline(never)]
     fn allocate_large(&mut self, memory: &mut impl WordMemory, size: usize, align: usize) -> Option<u64> {
         self.heap.allocate(memory, size, align).or_else(|| {
-            let drained = self.inbox.drain(memory, &mut self.heap).blocks;
+            let drained = self.drain(memory).blocks;
             if drained + self.empty_cache(memory) > 0 {
                 self.heap.allocate(memory, size, align)
             } else {
@@ -245,18 +293,10 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
         size: usize,
         align: usize,
     ) -> Result<(), FreeError> {
-        if let Some(class) = SizeClass::of_layout(size, align) {
-            let cached = &mut self.cache[class.index()];
-            let bytes = class.block_size();
-            if cached.blocks < CACHE_BLOCKS && self.cached_bytes + bytes <= CACHE_BYTES && address != 0 {
-                memory.store(address, cached.head);
-                cached.head = address;
-                cached.blocks += 1;
-                self.cached_bytes += bytes;
-                return Ok(());
-            }
+        match SizeClass::of_layout(size, align) {
+            Some(class) if cache_block(&mut self.cache, &mut self.cached_bytes, memory, address, class) => Ok(()),
+            _ => self.heap.free(memory, address).map(|_| ()),
         }
-        self.heap.free(memory, address).map(|_| ())
     }
 
     /// Frees every cached block into the heap; gives how many there were.
@@ -286,22 +326,30 @@ impl<'ring, const CPUS: usize> CpuAllocator<'ring, CPUS> {
         self.cache.iter().map(|cached| u64::from(cached.blocks)).sum()
     }
 
-    /// Frees a block owned by CPU `owner` (not this one): queues it for its
-    /// owner. `bytes` is the size the caller knows (its layout), for the counters.
+    /// Frees a block owned by CPU `owner` (not this one), allocated with
+    /// this `size` and `align`: queues it for its owner. Its second word
+    /// carries its size class (from the layout, as for the cache: it must
+    /// be the allocation's), so that the owner can put it in its cache
+    /// without reading the heap's metadata; the first word is the outbox's
+    /// link.
     pub fn free_remote(
         &mut self,
         memory: &mut impl WordMemory,
         owner: usize,
         address: u64,
-        bytes: u64,
+        size: usize,
+        align: usize,
     ) -> Result<(), RemoteError> {
-        self.outbox.free(memory, owner, address, bytes)
+        let hint = SizeClass::of_layout(size, align).map_or(0, |class| class.index() as u64 + 1);
+        memory.store(address + CLASS_HINT_OFFSET, hint);
+        self.outbox.free(memory, owner, address, size as u64)
     }
 
     /// What to do when the CPU has nothing to run: take back blocks freed
     /// elsewhere, and hand over blocks freed here. Gives the blocks taken back.
     pub fn idle(&mut self, memory: &mut impl WordMemory) -> RemoteCounters {
         self.empty_cache(memory);
+        // Straight into the heap: an idle CPU leaves its cache empty.
         let drained = self.inbox.drain(memory, &mut self.heap);
         self.outbox.flush();
         drained
@@ -389,7 +437,7 @@ mod tests {
         assert_eq!(zero.usage().heap.spans, 1);
         for block in &blocks {
             assert!(zero.owns(*block) && !one.owns(*block));
-            one.free_remote(&mut memory, 0, *block, 2048).unwrap();
+            one.free_remote(&mut memory, 0, *block, 2048, 8).unwrap();
         }
         assert_eq!(one.usage().remote_sent.blocks, per_span as u64);
         // The span is full; the next allocation drains instead of cutting a new span.
@@ -405,6 +453,44 @@ mod tests {
         assert!(format!("{zero:?}").contains("remote_received"));
     }
 
+    /// Small blocks freed elsewhere carry their class home: the drain puts
+    /// them in the cache (no heap metadata read), up to its limits.
+    #[test]
+    fn blocks_freed_elsewhere_refill_the_cache() {
+        let mut memory = ShadowMemory::new(BASE, 2 * SHARE);
+        let mut to_zero = RemoteRing::new();
+        let (producer, consumer) = to_zero.split();
+        let mut zero = CpuAllocator::<2>::new(0, CpuHeap::new(&mut memory, BASE, SHARE).unwrap(), 8);
+        let mut one = CpuAllocator::<2>::new(1, CpuHeap::new(&mut memory, BASE + SHARE, SHARE).unwrap(), 8);
+        zero.connect_inbound(1, consumer).unwrap();
+        one.connect_outbound(0, producer).unwrap();
+        let class = SizeClass::of_size(1000).unwrap();
+        let per_span = class.blocks_per_span() as usize;
+        let blocks: Vec<u64> = (0..per_span).map(|_| zero.allocate(&mut memory, 1000, 8).unwrap()).collect();
+        for block in &blocks {
+            one.free_remote(&mut memory, 0, *block, 1000, 8).unwrap();
+        }
+        one.flush_outbox();
+        // The span is full: the allocation drains, and takes a cached block.
+        let again = zero.allocate(&mut memory, 1000, 8).unwrap();
+        assert!(blocks.contains(&again));
+        let cached = (CACHE_BLOCKS as u64).min(CACHE_BYTES / class.block_size()).min(per_span as u64);
+        assert_eq!(
+            zero.heap().usage().bytes_in_use,
+            cached * class.block_size(),
+            "cached blocks stay in use in the heap"
+        );
+        assert_eq!(zero.usage().heap.bytes_in_use, class.block_size(), "and count as free");
+        assert_eq!(zero.usage().remote_received.blocks, per_span as u64);
+        // The next ones come from the cache too, not from a new span.
+        for _ in 1..cached {
+            assert!(blocks.contains(&zero.allocate(&mut memory, 1000, 8).unwrap()));
+        }
+        assert_eq!(zero.usage().heap.spans, 1);
+        zero.idle(&mut memory);
+        zero.heap().check(&memory);
+    }
+
     #[test]
     fn idle_and_the_drain_interval_move_blocks_both_ways() {
         let mut memory = ShadowMemory::new(BASE, 2 * SHARE);
@@ -416,8 +502,8 @@ mod tests {
         one.connect_outbound(0, producer).unwrap();
         let large = zero.allocate(&mut memory, 100_000, 8).unwrap();
         let small = zero.allocate(&mut memory, 10, 8).unwrap();
-        one.free_remote(&mut memory, 0, large, 100_000).unwrap();
-        one.free_remote(&mut memory, 0, small, 10).unwrap();
+        one.free_remote(&mut memory, 0, large, 100_000, 8).unwrap();
+        one.free_remote(&mut memory, 0, small, 10, 8).unwrap();
         assert_eq!(one.usage().remote_pending.blocks, 2, "batch not complete");
         // CPU 1 allocating runs its outbox every DRAIN_INTERVAL allocations.
         let mut own = Vec::new();
@@ -552,7 +638,7 @@ mod tests {
         let most = (SHARE / 2) as usize;
         let first = zero.allocate(&mut memory, most, 8).unwrap();
         assert_eq!(zero.allocate(&mut memory, most, 8), None, "half plus metadata does not fit twice");
-        one.free_remote(&mut memory, 0, first, most as u64).unwrap();
+        one.free_remote(&mut memory, 0, first, most, 8).unwrap();
         assert!(zero.allocate(&mut memory, most, 8).is_some(), "the remote free came back in time");
     }
 }

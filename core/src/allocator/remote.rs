@@ -27,7 +27,7 @@
 
 use core::fmt;
 
-use super::{CpuHeap, WordMemory};
+use super::{CpuHeap, FreeError, WordMemory};
 use crate::spsc::{Consumer, Producer, Ring};
 
 /// Slots in each remote-free ring. Each slot carries a whole batch, and a
@@ -267,6 +267,17 @@ impl<'ring, const CPUS: usize, const SLOTS: usize> RemoteInbox<'ring, CPUS, SLOT
     /// on another CPU, say) is counted in [`RemoteInbox::refused`], not lost
     /// silently.
     pub fn drain(&mut self, memory: &mut impl WordMemory, heap: &mut CpuHeap) -> RemoteCounters {
+        self.drain_with(memory, |memory, block| heap.free(memory, block))
+    }
+
+    /// [`RemoteInbox::drain`] with `free` doing each block's free (given
+    /// the block, after its link is read; it gives the bytes freed): the
+    /// allocator front end keeps some in its cache.
+    pub fn drain_with<M: WordMemory>(
+        &mut self,
+        memory: &mut M,
+        mut free: impl FnMut(&mut M, u64) -> Result<u64, FreeError>,
+    ) -> RemoteCounters {
         let mut drained = RemoteCounters::default();
         for consumer in self.sources[..self.used].iter_mut().flatten() {
             while let Some(batch) = consumer.pop() {
@@ -276,7 +287,7 @@ impl<'ring, const CPUS: usize, const SLOTS: usize> RemoteInbox<'ring, CPUS, SLOT
                 while left > 0 && block != 0 {
                     // Read the link before the free reuses the word.
                     let next = memory.load(block);
-                    match heap.free(memory, block) {
+                    match free(memory, block) {
                         Ok(bytes) => {
                             drained.blocks += 1;
                             drained.bytes += bytes;

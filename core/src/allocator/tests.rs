@@ -229,7 +229,7 @@ proptest! {
             } else if owner == cpu {
                 cpus[cpu].free_local(memory, address).map(|_| ()).map_err(|error| format!("{error}"))
             } else {
-                cpus[cpu].free_remote(memory, owner, address, size as u64).map_err(|error| format!("{error}"))
+                cpus[cpu].free_remote(memory, owner, address, size, align).map_err(|error| format!("{error}"))
             }
         };
         for step in &steps {
