@@ -79,7 +79,9 @@ pub const STOP_AT: &[&str] = &[
 pub const ROOTS: &[&str] = &[
     // allocate, free, remote free, and taking remote frees back
     "toro::memory::allocate",
+    "toro::memory::allocate_full",
     "toro::memory::free",
+    "toro::memory::free_full",
     "toro::memory::idle",
     "toro::cpu::push_if_room",
     // messages between CPUs, and sleeping until one arrives
