@@ -74,14 +74,17 @@ const SPARES: usize = 4;
 /// run (about 10-20 us at 2-3 GHz).
 const RECEIVE_SPIN_TICKS: u64 = 40_000;
 
-/// A value and its mark (`toro_core::channel::encode_mark`; 0: none).
-struct Slot<T> {
-    value: T,
-    mark: u64,
-}
-
+/// `SEGMENT` values, and their marks (`toro_core::channel::encode_mark`)
+/// apart from them: marks are rare (a sender's first value after it moved
+/// to another CPU), so a slot is just its value, and a stream of them
+/// moves half as many cache lines from the sending CPU to the receiving
+/// one as it would with a mark beside each value.
 struct Segment<T> {
-    slots: [UnsafeCell<MaybeUninit<Slot<T>>>; SEGMENT],
+    slots: [UnsafeCell<MaybeUninit<T>>; SEGMENT],
+    /// The marks of this segment's values, made by the sender at its first
+    /// marked value here (null: none is marked); written before the count
+    /// that publishes the value (`Release`), like the value.
+    marks: UnsafeCell<*mut [u64; SEGMENT]>,
     next: AtomicPtr<Segment<T>>,
 }
 
@@ -89,8 +92,71 @@ impl<T> Segment<T> {
     fn new() -> *mut Self {
         Box::into_raw(Box::new(Self {
             slots: [const { UnsafeCell::new(MaybeUninit::uninit()) }; SEGMENT],
+            marks: UnsafeCell::new(core::ptr::null_mut()),
             next: AtomicPtr::new(core::ptr::null_mut()),
         }))
+    }
+
+    /// The mark of the value in slot `index` (0: none).
+    ///
+    /// # Safety
+    /// The value is published and the caller has acquired its count.
+    #[inline(always)]
+    unsafe fn mark(segment: *const Self, index: usize) -> u64 {
+        // SAFETY: the caller's promise; the marks were written before it.
+        unsafe {
+            let marks = *(*segment).marks.get();
+            if marks.is_null() {
+                0
+            } else {
+                (*marks)[index]
+            }
+        }
+    }
+
+    /// Sender only: gives the value in slot `index` (not published yet)
+    /// `mark` (not 0).
+    ///
+    /// # Safety
+    /// The lane's CPU; the slot is not published.
+    #[cold]
+    unsafe fn set_mark(segment: *mut Self, index: usize, mark: u64) {
+        // SAFETY: the caller's promise: no one reads the marks of values
+        // not yet published.
+        unsafe {
+            let marks = &mut *(*segment).marks.get();
+            if marks.is_null() {
+                *marks = Box::into_raw(Box::new([0; SEGMENT]));
+            }
+            (**marks)[index] = mark;
+        }
+    }
+
+    /// Drops the segment's marks, if any, making it like new.
+    ///
+    /// # Safety
+    /// Nothing reads the marks any more.
+    unsafe fn clear_marks(segment: *mut Self) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            let marks = &mut *(*segment).marks.get();
+            if !marks.is_null() {
+                drop(Box::from_raw(*marks));
+                *marks = core::ptr::null_mut();
+            }
+        }
+    }
+
+    /// Frees the segment and its marks (not the values in it).
+    ///
+    /// # Safety
+    /// Nothing refers to the segment any more.
+    unsafe fn free(segment: *mut Self) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            Self::clear_marks(segment);
+            drop(Box::from_raw(segment));
+        }
     }
 }
 
@@ -211,11 +277,14 @@ impl<T> Lane<T> {
             Some(slot) => {
                 // SAFETY: the caller's promise. `Release`: the receiver's
                 // reads of the segment happen before the sender's writes.
-                unsafe { (*segment).next.store(core::ptr::null_mut(), Ordering::Relaxed) };
+                unsafe {
+                    Segment::clear_marks(segment);
+                    (*segment).next.store(core::ptr::null_mut(), Ordering::Relaxed);
+                }
                 slot.store(segment, Ordering::Release);
             }
             // SAFETY: the caller's promise.
-            None => drop(unsafe { Box::from_raw(segment) }),
+            None => unsafe { Segment::free(segment) },
         }
     }
 }
@@ -588,7 +657,11 @@ impl<T> SenderInner<T> {
     unsafe fn publish(&self, lane: *mut Lane<T>, index: usize, value: T, mark: u64) -> u64 {
         // SAFETY: the caller's promise: the slot is not published yet.
         let written = unsafe {
-            (*(**(*lane).tail.get()).slots[index].get()).write(Slot { value, mark });
+            let tail = *(*lane).tail.get();
+            (*(*tail).slots[index].get()).write(value);
+            if mark != 0 {
+                Segment::set_mark(tail, index, mark);
+            }
             *(*lane).tail_index.get() = index + 1;
             let counter = &(*lane).header.written;
             let written = counter.load(Ordering::Relaxed) + 1;
@@ -831,7 +904,7 @@ unsafe fn free<T>(shared: *mut Shared<T>) {
             while taken < written {
                 if index == SEGMENT {
                     let next = (*segment).next.load(Ordering::Acquire);
-                    drop(Box::from_raw(segment));
+                    Segment::free(segment);
                     segment = next;
                     index = 0;
                 }
@@ -841,13 +914,13 @@ unsafe fn free<T>(shared: *mut Shared<T>) {
             }
             while !segment.is_null() {
                 let next = (*segment).next.load(Ordering::Acquire);
-                drop(Box::from_raw(segment));
+                Segment::free(segment);
                 segment = next;
             }
             for slot in (*lane).spares.iter() {
                 let spare = slot.load(Ordering::Acquire);
                 if !spare.is_null() {
-                    drop(Box::from_raw(spare));
+                    Segment::free(spare);
                 }
             }
             drop(Box::from_raw(lane));
@@ -878,11 +951,11 @@ impl<T> Receiver<T> {
             unsafe {
                 let index = *(*lane).head_index.get();
                 if index < SEGMENT && (*lane).header.has_value() {
-                    let slot = (*(**(*lane).head.get()).slots[index].get()).as_ptr();
-                    if (*slot).mark == 0 {
+                    let head = *(*lane).head.get();
+                    if Segment::mark(head, index) == 0 {
                         *(*lane).head_index.get() = index + 1;
                         (*lane).header.count_taken();
-                        return Some(core::ptr::read(&(*slot).value));
+                        return Some((*(*head).slots[index].get()).assume_init_read());
                     }
                 }
             }
@@ -912,10 +985,10 @@ impl<T> Receiver<T> {
         // SAFETY: the chosen lane has a value below `written` (acquired in
         // `has_value`); receiver only.
         unsafe {
-            let slot = Self::front(lane);
+            let (segment, index) = Self::front(lane);
             *(*lane).head_index.get() += 1;
             (*lane).header.count_taken();
-            let value = core::ptr::read(&(*slot).value);
+            let value = (*(*segment).slots[index].get()).assume_init_read();
             if header.bound.is_some() {
                 // The lane's senders wait for room.
                 (*lane).header.taken.store((*lane).header.taken_here(), Ordering::Release);
@@ -927,13 +1000,13 @@ impl<T> Receiver<T> {
         }
     }
 
-    /// The lane's next unread slot (moving to the next segment, and freeing
-    /// the one read up, if needed).
+    /// The lane's next unread slot, as its segment and index (moving to
+    /// the next segment, and retiring the one read up, if needed).
     ///
     /// # Safety
     /// Receiver only; the lane has a value (`written > taken`, acquired).
     #[inline(always)]
-    unsafe fn front(lane: *mut Lane<T>) -> *const Slot<T> {
+    unsafe fn front(lane: *mut Lane<T>) -> (*mut Segment<T>, usize) {
         // SAFETY: the caller's promise: the segments up to the value are
         // linked (the sender stored `next` before publishing the count).
         unsafe {
@@ -945,7 +1018,7 @@ impl<T> Receiver<T> {
                 *head = next;
                 *index = 0;
             }
-            (*(**head).slots[*index].get()).as_ptr()
+            (*head, *index)
         }
     }
 
@@ -1045,7 +1118,10 @@ impl<T> Lanes for LaneView<'_, T> {
     fn front_mark(&self, lane: usize) -> u64 {
         // SAFETY: asked only for a lane with a value (acquired in
         // `has_value`); receiver only.
-        unsafe { (*Receiver::<T>::front(self.lane(lane))).mark }
+        unsafe {
+            let (segment, index) = Receiver::<T>::front(self.lane(lane));
+            Segment::mark(segment, index)
+        }
     }
 
     #[inline(always)]
