@@ -449,16 +449,27 @@ mod tests {
     const BASE: u64 = 0x1_0000_0000;
     const SHARE: u64 = 2 << 20;
 
+    /// CPUs 0 and 1 with a share each of `memory`, CPU 1 freeing for CPU 0
+    /// through `to_zero`, publishing every `batch_blocks` blocks.
+    fn two_cpus<'ring>(
+        memory: &mut ShadowMemory,
+        to_zero: &'ring mut RemoteRing,
+        batch_blocks: u32,
+    ) -> (CpuAllocator<'ring, 2>, CpuAllocator<'ring, 2>) {
+        let (producer, consumer) = to_zero.split();
+        let mut zero = CpuAllocator::<2>::new(0, CpuHeap::new(memory, BASE, SHARE).unwrap(), batch_blocks);
+        let mut one = CpuAllocator::<2>::new(1, CpuHeap::new(memory, BASE + SHARE, SHARE).unwrap(), batch_blocks);
+        zero.connect_inbound(1, consumer).unwrap();
+        one.connect_outbound(0, producer).unwrap();
+        (zero, one)
+    }
+
     /// Two CPUs with a region each in one memory; CPU 1 frees what CPU 0 allocated.
     #[test]
     fn blocks_freed_elsewhere_come_back_when_the_class_runs_dry() {
         let mut memory = ShadowMemory::new(BASE, 2 * SHARE);
         let mut to_zero = RemoteRing::new();
-        let (producer, consumer) = to_zero.split();
-        let mut zero = CpuAllocator::<2>::new(0, CpuHeap::new(&mut memory, BASE, SHARE).unwrap(), 8);
-        let mut one = CpuAllocator::<2>::new(1, CpuHeap::new(&mut memory, BASE + SHARE, SHARE).unwrap(), 8);
-        zero.connect_inbound(1, consumer).unwrap();
-        one.connect_outbound(0, producer).unwrap();
+        let (mut zero, mut one) = two_cpus(&mut memory, &mut to_zero, 8);
         assert_eq!((zero.cpu(), one.cpu()), (0, 1));
 
         let class = SizeClass::of_size(2048).unwrap();
@@ -489,11 +500,7 @@ mod tests {
     fn blocks_freed_elsewhere_refill_the_cache() {
         let mut memory = ShadowMemory::new(BASE, 2 * SHARE);
         let mut to_zero = RemoteRing::new();
-        let (producer, consumer) = to_zero.split();
-        let mut zero = CpuAllocator::<2>::new(0, CpuHeap::new(&mut memory, BASE, SHARE).unwrap(), 8);
-        let mut one = CpuAllocator::<2>::new(1, CpuHeap::new(&mut memory, BASE + SHARE, SHARE).unwrap(), 8);
-        zero.connect_inbound(1, consumer).unwrap();
-        one.connect_outbound(0, producer).unwrap();
+        let (mut zero, mut one) = two_cpus(&mut memory, &mut to_zero, 8);
         let class = SizeClass::of_size(1000).unwrap();
         let per_span = class.blocks_per_span() as usize;
         let blocks: Vec<u64> = (0..per_span).map(|_| zero.allocate(&mut memory, 1000, 8).unwrap()).collect();
@@ -550,11 +557,7 @@ mod tests {
     fn idle_and_the_drain_interval_move_blocks_both_ways() {
         let mut memory = ShadowMemory::new(BASE, 2 * SHARE);
         let mut to_zero = RemoteRing::new();
-        let (producer, consumer) = to_zero.split();
-        let mut zero = CpuAllocator::<2>::new(0, CpuHeap::new(&mut memory, BASE, SHARE).unwrap(), 1000);
-        let mut one = CpuAllocator::<2>::new(1, CpuHeap::new(&mut memory, BASE + SHARE, SHARE).unwrap(), 1000);
-        zero.connect_inbound(1, consumer).unwrap();
-        one.connect_outbound(0, producer).unwrap();
+        let (mut zero, mut one) = two_cpus(&mut memory, &mut to_zero, 1000);
         let large = zero.allocate(&mut memory, 100_000, 8).unwrap();
         let small = zero.allocate(&mut memory, 10, 8).unwrap();
         one.free_remote(&mut memory, 0, large, 100_000, 8).unwrap();
@@ -685,11 +688,7 @@ mod tests {
     fn a_large_request_drains_before_failing() {
         let mut memory = ShadowMemory::new(BASE, 2 * SHARE);
         let mut to_zero = RemoteRing::new();
-        let (producer, consumer) = to_zero.split();
-        let mut zero = CpuAllocator::<2>::new(0, CpuHeap::new(&mut memory, BASE, SHARE).unwrap(), 1);
-        let mut one = CpuAllocator::<2>::new(1, CpuHeap::new(&mut memory, BASE + SHARE, SHARE).unwrap(), 1);
-        zero.connect_inbound(1, consumer).unwrap();
-        one.connect_outbound(0, producer).unwrap();
+        let (mut zero, mut one) = two_cpus(&mut memory, &mut to_zero, 1);
         let most = (SHARE / 2) as usize;
         let first = zero.allocate(&mut memory, most, 8).unwrap();
         assert_eq!(zero.allocate(&mut memory, most, 8), None, "half plus metadata does not fit twice");
