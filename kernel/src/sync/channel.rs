@@ -19,10 +19,21 @@
 //! A sender that moved to another CPU since its last value writes to a new
 //! lane; its earlier values may still wait in the old one. So a value whose
 //! sender changed lanes carries a mark (the old lane, how many values that
-//! lane held after the sender's last one there); the receiver takes it only
-//! once it has taken that many from the old lane, and turns to the old lane
-//! first. Marks cannot form a cycle: each one points to values written
-//! before (in happens-before order) the value that carries it.
+//! lane held when the sender wrote the marked one: at least up to its own
+//! last value there); the receiver takes it only once it has taken that
+//! many from the old lane, and turns to the old lane first. Marks cannot
+//! form a cycle: each one points to values written before (in
+//! happens-before order) the value that carries it.
+//!
+//! # The short paths
+//!
+//! `send` and `recv` run once per value, so each has a short path that
+//! does only what the common case needs (an unbounded channel; the same
+//! CPU, lane and segment as the last value; no mark): the sender keeps its
+//! lane and that lane's CPU, the receiver the lane it reads. Anything else
+//! (a first value, a move, a full or read-up segment, a mark, a bound, a
+//! wait) goes out of line. A read-up segment goes back to its sender
+//! through the lane's spare slots instead of being freed remotely.
 //!
 //! # Disconnection without a shared counter
 //!
