@@ -109,7 +109,12 @@ pub fn current_index() -> usize {
     // SAFETY: GS points at this CPU's PerCpu from the first instruction of
     // `kernel_entry` / `ap_main`; offset 8 is `index`.
     unsafe { core::arch::asm!("mov {0:e}, gs:[8]", out(reg) index, options(nostack, preserves_flags, readonly)) };
-    index as usize
+    // `install` indexed `BLOCKS` (`MAX_CPUS` long) with it, so it is below
+    // `MAX_CPUS`, a power of two: the mask changes nothing and tells the
+    // compiler so, which spares every per-CPU array indexed with it a
+    // bounds check (a compare and a branch, which ends a translation block
+    // under TCG: a scheduling point made six of them).
+    index as usize % MAX_CPUS
 }
 
 /// The running CPU's block.
@@ -220,9 +225,7 @@ impl<T> PerCpuCell<T> {
     /// Runs `f` with the running CPU's value, or says why it cannot.
     #[inline(always)]
     pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, CellError> {
-        // `current_index` is below MAX_CPUS (a power of two): the mask
-        // only spares the fast paths a bounds check.
-        let slot = &self.slots[current_index() % MAX_CPUS];
+        let slot = &self.slots[current_index()];
         let value = slot.value.load(Ordering::Acquire);
         if value.is_null() {
             return Err(CellError::NotSet);
