@@ -60,6 +60,16 @@ pub struct StackConfig {
     /// keeps the socket forever (smoltcp has no FIN-WAIT or orphan timer;
     /// Linux's `tcp_fin_timeout` is 60 s).
     pub close_timeout_micros: u64,
+    /// How long a TCP connection may hold back the ACK of data it received
+    /// (`None`: ACK at once). A server that answers within this time sends
+    /// its answer with the ACK in it, one frame instead of two (a bare ACK
+    /// at the poll that received the request, then the answer): about half
+    /// the frames a request/response connection sends. smoltcp still ACKs
+    /// at once when more than a full segment waits for its ACK, so a bulk
+    /// sender is not held back. Linux holds an ACK back for 40 ms and more;
+    /// this is kept short because a peer with Nagle on that sends two small
+    /// writes waits for the first one's ACK before sending the second.
+    pub ack_delay_micros: Option<u64>,
     /// Seed for smoltcp's initial sequence numbers and ports.
     pub random_seed: u64,
     /// IPv6 beyond the link-local address every interface gets.
@@ -83,6 +93,7 @@ impl Default for StackConfig {
             udp_bytes: 64 * 1024,
             max_closing: 1024,
             close_timeout_micros: 15_000_000,
+            ack_delay_micros: Some(1_000),
             random_seed: 0x746f_726f_6e65_7421,
             ipv6: crate::config::Ipv6Config { address: None, gateway: None, slaac: false },
             ephemeral_share: (0, 1),
@@ -895,9 +906,10 @@ fn new_tcp_socket(config: &StackConfig) -> tcp::Socket<'static> {
     let rx = tcp::SocketBuffer::new(vec![0u8; config.tcp_rx_bytes]);
     let tx = tcp::SocketBuffer::new(vec![0u8; config.tcp_tx_bytes]);
     let mut socket = tcp::Socket::new(rx, tx);
-    // Request/response traffic: send each write at once, ACK at once.
+    // Request/response traffic: send each write at once; ACK with the
+    // answer when it comes soon enough (`StackConfig::ack_delay_micros`).
     socket.set_nagle_enabled(false);
-    socket.set_ack_delay(None);
+    socket.set_ack_delay(config.ack_delay_micros.map(Duration::from_micros));
     socket
 }
 

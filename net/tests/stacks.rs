@@ -583,3 +583,40 @@ fn the_gateway_is_asked_for_with_the_announcement() {
     }
     assert_eq!(targets, [SERVER_IP.octets(), gateway.octets()], "the announcement, then the gateway");
 }
+
+/// Frames the server has sent that the client has not yet read.
+fn frames_to_client(link: &Link) -> usize {
+    link.client.device().rx_queued()
+}
+
+#[test]
+fn an_answer_given_soon_carries_the_ack_of_its_request() {
+    let mut link = Link::new(StackConfig::default());
+    link.server.tcp_listen(80).unwrap();
+    let (client, server) = link.connect(80);
+    link.run(5);
+    let mut buffer = [0u8; 64];
+    for round in 0..3 {
+        assert_eq!(link.client.tcp_send(client, b"GET / HTTP/1.1\r\n\r\n"), Ok(18));
+        link.now += STEP_MICROS;
+        link.client.poll(link.now);
+        // The request arrives: the server holds its ACK back.
+        link.server.poll(link.now);
+        assert_eq!(frames_to_client(&link), 0, "round {round}: a bare ACK went out before the answer");
+        assert_eq!(link.server.tcp_recv(server, &mut buffer), Ok(18));
+        assert_eq!(link.server.tcp_send(server, b"HTTP/1.1 200 OK\r\n\r\n"), Ok(19));
+        link.server.poll(link.now);
+        assert_eq!(frames_to_client(&link), 1, "round {round}: the answer and its ACK are one frame");
+        link.run(3);
+        assert_eq!(link.client.tcp_recv(client, &mut buffer), Ok(19));
+    }
+    // A server that does not answer still ACKs, once the delay is over.
+    assert_eq!(link.client.tcp_send(client, b"ping"), Ok(4));
+    link.now += STEP_MICROS;
+    link.client.poll(link.now);
+    link.server.poll(link.now);
+    assert_eq!(frames_to_client(&link), 0);
+    link.now += StackConfig::default().ack_delay_micros.unwrap();
+    link.server.poll(link.now);
+    assert_eq!(frames_to_client(&link), 1, "the held-back ACK goes out on its own");
+}
