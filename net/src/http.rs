@@ -65,6 +65,10 @@ pub struct Request<'a> {
     pub if_modified_since: Option<&'a str>,
     /// The value of the `If-Range` header, if any.
     pub if_range: Option<&'a str>,
+    /// The value of the `Accept-Encoding` header, if the request has
+    /// exactly one such line (with several, `None`: the response is sent
+    /// without a content coding, which every client takes).
+    pub accept_encoding: Option<&'a str>,
 }
 
 impl Request<'_> {
@@ -150,6 +154,135 @@ impl<'a> Response<'a> {
         let _ = writeln!(text, "{status} {}", reason(status));
         Self::new(status, "text/plain", text.into_bytes())
     }
+
+    /// Whether this response may be sent gzip-coded, and whether `request`
+    /// takes that: see [`Coding`]. Compressible are complete (not
+    /// streamed) 200 bodies of at least [`MIN_GZIP_BYTES`] of a textual
+    /// type ([`compressible_type`]) with no validator or coding of their
+    /// own: an `ETag` names the stored bytes, and a coded body would need
+    /// a tag of its own (RFC 9110 section 8.8.3), so files served with one
+    /// go as they are stored.
+    pub fn coding_for(&self, request: &Request<'_>) -> Coding {
+        let has = |name: &str| {
+            self.headers
+                .split("\r\n")
+                .chain(self.extra_header)
+                .any(|line| line.split_once(':').is_some_and(|(field, _)| field.trim().eq_ignore_ascii_case(name)))
+        };
+        let candidate = self.status == 200
+            && self.stream.is_none()
+            && self.body.len() >= MIN_GZIP_BYTES
+            && compressible_type(self.content_type)
+            && !has("etag")
+            && !has("content-encoding")
+            && !has("content-range");
+        match (candidate, accepts_gzip(request.accept_encoding)) {
+            (false, _) => Coding::Unchanged,
+            (true, false) => Coding::Identity,
+            (true, true) => Coding::Gzip,
+        }
+    }
+
+    /// Replaces the body with its gzip coding by `gzip` and says so in the
+    /// headers (`Content-Encoding: gzip`, `Vary: Accept-Encoding`); a body
+    /// that would not shrink stays as it is, with the `Vary` only. For a
+    /// response [`coding_for`](Self::coding_for) called [`Coding::Gzip`].
+    pub fn encode_gzip(&mut self, gzip: &mut crate::gzip::Gzip) {
+        let mut coded = Vec::with_capacity(self.body.len() / 2 + 32);
+        gzip.compress(&self.body, &mut coded);
+        if coded.len() < self.body.len() {
+            self.body = Cow::Owned(coded);
+            self.headers.push_str("Content-Encoding: gzip\r\n");
+        }
+        self.headers.push_str(VARY);
+    }
+
+    /// Marks a response whose coding depends on `Accept-Encoding` but that
+    /// goes uncoded ([`Coding::Identity`]), so that caches keep the two
+    /// apart.
+    pub fn vary_on_encoding(&mut self) {
+        self.headers.push_str(VARY);
+    }
+}
+
+/// The `Vary` line of a response whose coding follows `Accept-Encoding`.
+const VARY: &str = "Vary: Accept-Encoding\r\n";
+
+/// Bodies smaller than this go uncoded: the gzip header and trailer (18
+/// bytes) and the block headers eat what compression would save (nginx's
+/// `gzip_min_length` defaults to 20; the benchmark's nginx is given this
+/// value too).
+pub const MIN_GZIP_BYTES: usize = 256;
+
+/// Whether a response goes gzip-coded ([`Response::coding_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coding {
+    /// Not a compressible response: sent as it is, no `Vary`.
+    Unchanged,
+    /// Compressible, but the client does not take gzip: sent as it is,
+    /// with `Vary: Accept-Encoding` ([`Response::vary_on_encoding`]).
+    Identity,
+    /// Compressible and the client takes gzip ([`Response::encode_gzip`]).
+    Gzip,
+}
+
+/// Whether a media type (parameters allowed) is text that compresses:
+/// `text/*`, JSON, JavaScript, XML and SVG. Images, archives and octet
+/// streams are usually compressed already.
+pub fn compressible_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else { return false };
+    kind.eq_ignore_ascii_case("text")
+        || (kind.eq_ignore_ascii_case("application")
+            && ["json", "javascript", "xml", "xhtml+xml", "wasm"].iter().any(|s| subtype.eq_ignore_ascii_case(s)))
+        || (kind.eq_ignore_ascii_case("image") && subtype.eq_ignore_ascii_case("svg+xml"))
+}
+
+/// Whether an `Accept-Encoding` value (RFC 9110 section 12.5.3) takes
+/// gzip: `gzip` (or its alias `x-gzip`) listed with a weight above 0, or,
+/// when neither is listed, `*` with a weight above 0. No header, an empty
+/// one, `gzip;q=0` and malformed weights (an element whose `q` is not a
+/// qvalue counts as not listed) all mean no.
+pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    let Some(value) = accept_encoding else { return false };
+    let (mut gzip, mut any) = (None, None);
+    for element in value.split(',') {
+        let mut parts = element.split(';');
+        let coding = parts.next().unwrap_or("").trim();
+        let mut weight = Some(1000u16);
+        for parameter in parts {
+            let Some((name, text)) = parameter.split_once('=') else {
+                weight = None;
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("q") {
+                weight = weight.and(qvalue(text.trim()));
+            }
+        }
+        let Some(weight) = weight else { continue };
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(gzip.map_or(weight, |earlier: u16| earlier.max(weight)));
+        } else if coding == "*" {
+            any = Some(weight);
+        }
+    }
+    gzip.or(any).is_some_and(|weight| weight > 0)
+}
+
+/// A qvalue (RFC 9110 section 12.4.2: `0` to `1` with up to three
+/// decimals) in thousandths.
+fn qvalue(text: &str) -> Option<u16> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths =
+        fraction.bytes().chain(core::iter::repeat(b'0')).take(3).fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 /// The reason phrase of a status (RFC 9110 section 15).
@@ -223,6 +356,7 @@ struct Parsed {
     if_none_match: Option<(usize, usize)>,
     if_modified_since: Option<(usize, usize)>,
     if_range: Option<(usize, usize)>,
+    accept_encoding: Option<(usize, usize)>,
     body: Vec<u8>,
     body_in_place: Option<(usize, usize)>,
 }
@@ -344,6 +478,7 @@ impl Connection {
                         if_none_match: text(parsed.if_none_match),
                         if_modified_since: text(parsed.if_modified_since),
                         if_range: text(parsed.if_range),
+                        accept_encoding: text(parsed.accept_encoding),
                     };
                     let mut response = handler(&request);
                     let head_only = method == "HEAD";
@@ -415,6 +550,8 @@ impl Connection {
         let mut content_length: Option<usize> = None;
         let mut host = false;
         let mut accept = None;
+        // The span of the one Accept-Encoding line; Some(None) once a second appears.
+        let mut accept_encoding: Option<Option<(usize, usize)>> = None;
         let (mut range, mut if_none_match, mut if_modified_since, mut if_range) = (None, None, None, None);
         for header in request.headers.iter() {
             let name = header.name;
@@ -431,6 +568,8 @@ impl Connection {
                 host = true;
             } else if name.eq_ignore_ascii_case("accept") {
                 accept = Some(span(input, header.value));
+            } else if name.eq_ignore_ascii_case("accept-encoding") {
+                accept_encoding = Some(accept_encoding.map_or(Some(span(input, header.value)), |_| None));
             } else if name.eq_ignore_ascii_case("range") {
                 range = Some(span(input, header.value));
             } else if name.eq_ignore_ascii_case("if-none-match") {
@@ -485,6 +624,7 @@ impl Connection {
             if_none_match,
             if_modified_since,
             if_range,
+            accept_encoding: accept_encoding.flatten(),
             body: Vec::new(),
             body_in_place: None,
         };
@@ -900,7 +1040,135 @@ mod tests {
         assert_eq!(text, "Tue, 29 Feb 2000 00:00:00 GMT");
     }
 
+    #[test]
+    fn accept_encoding_weights_decide_gzip() {
+        let takes = |value: &str| accepts_gzip(Some(value));
+        assert!(!accepts_gzip(None));
+        for yes in [
+            "gzip",
+            "GZIP",
+            "x-gzip",
+            "deflate, gzip",
+            "gzip;q=0.5",
+            "br;q=1.0, gzip ; q=0.001",
+            "*",
+            "*;q=1",
+            "identity;q=0, gzip",
+            "gzip;q=0.5;level=9",
+            "gzip;q=0, x-gzip;q=1",
+            "deflate, *;q=0.1",
+        ] {
+            assert!(takes(yes), "{yes:?} takes gzip");
+        }
+        for no in [
+            "",
+            "identity",
+            "br, deflate",
+            "gzip;q=0",
+            "gzip;q=0.000",
+            "*;q=0",
+            "gzip;q=0, *",
+            "gzip;q=2",
+            "gzip;q=1.5",
+            "gzip;q=0.1234",
+            "gzip;q=",
+            "gzip;q=abc",
+            "gzip;q=-1",
+            "gzip;foo",
+            "gzipx",
+            ",,,;;;=",
+        ] {
+            assert!(!takes(no), "{no:?} does not take gzip");
+        }
+    }
+
+    #[test]
+    fn compressible_types_are_textual() {
+        for yes in ["text/html", "text/plain; charset=utf-8", "application/json", "Application/JSON", "image/svg+xml"] {
+            assert!(compressible_type(yes), "{yes}");
+        }
+        for no in ["application/octet-stream", "image/png", "application/zip", "text", "", "video/mp4"] {
+            assert!(!compressible_type(no), "{no}");
+        }
+    }
+
+    /// The site of these tests with one compressible page, coded as the
+    /// web server codes it.
+    fn coding_site(request: &Request<'_>, gzip: &mut crate::gzip::Gzip) -> Response<'static> {
+        let page = "<p>a page that compresses well, a page that compresses well.</p>\n".repeat(10).into_bytes();
+        let mut response = match request.path() {
+            "/page" => Response::new(200, "text/html", page),
+            "/tagged" => {
+                let mut response = Response::new(200, "text/html", page);
+                response.headers.push_str("ETag: \"v1\"\r\n");
+                response
+            }
+            "/small" => Response::new(200, "text/html", &b"<p>tiny</p>"[..]),
+            "/binary" => Response::new(200, "application/octet-stream", page),
+            _ => Response::status(404),
+        };
+        match response.coding_for(request) {
+            Coding::Unchanged => {}
+            Coding::Identity => response.vary_on_encoding(),
+            Coding::Gzip => response.encode_gzip(gzip),
+        }
+        response
+    }
+
+    /// Splits one response into its head and body.
+    fn split_response(out: &[u8]) -> (String, Vec<u8>) {
+        let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        (String::from_utf8(out[..end].to_vec()).unwrap(), out[end..].to_vec())
+    }
+
+    #[test]
+    fn gzip_goes_to_the_clients_that_take_it_and_only_where_it_applies() {
+        let mut gzip = crate::gzip::Gzip::new(1);
+        let page = "<p>a page that compresses well, a page that compresses well.</p>\n".repeat(10);
+        let mut ask = |request: &str| {
+            let mut connection = Connection::new(Limits::default());
+            connection.feed(request.as_bytes());
+            let mut out = Vec::new();
+            connection.respond(&mut out, None, |request| coding_site(request, &mut gzip));
+            split_response(&out)
+        };
+        let (head, body) = ask("GET /page HTTP/1.1\r\nHost: a\r\nAccept-Encoding: deflate, gzip\r\n\r\n");
+        assert!(head.contains("\r\nContent-Encoding: gzip\r\n") && head.contains("\r\nVary: Accept-Encoding\r\n"));
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())), "{head}");
+        assert!(body.len() < page.len() / 4, "{} bytes", body.len());
+        assert_eq!(crate::gzip::decompress(&body, 1 << 20).unwrap(), page.as_bytes());
+        // HEAD: the same head (length of the coded body), no body.
+        let (head_only, nothing) = ask("HEAD /page HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n");
+        assert_eq!((head_only.as_str(), nothing.len()), (head.as_str(), 0));
+        // Not asked, refused by weight, or asked twice: uncoded, with Vary.
+        for request in [
+            "GET /page HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /page HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip;q=0, br\r\n\r\n",
+            "GET /page HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\nAccept-Encoding: gzip;q=0\r\n\r\n",
+        ] {
+            let (head, body) = ask(request);
+            assert!(!head.contains("Content-Encoding") && head.contains("Vary: Accept-Encoding"), "{head}");
+            assert_eq!(body, page.as_bytes());
+        }
+        // Not compressible: a tagged file, a tiny body, binary, an error: as they are, no Vary.
+        for path in ["/tagged", "/small", "/binary", "/missing"] {
+            let (head, _) = ask(&format!("GET {path} HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n"));
+            assert!(!head.contains("Content-Encoding") && !head.contains("Vary"), "{path}: {head}");
+        }
+    }
+
     proptest! {
+        /// Any header value: no panic; a value that takes gzip still does
+        /// with an element that names another coding put in front.
+        #[test]
+        fn accept_encoding_parsing_is_total(value in "[ -~]{0,80}", other in "[a-z]{1,8}") {
+            let takes = accepts_gzip(Some(&value));
+            if takes && other != "gzip" {
+                let longer = format!("{other};q=0.5, {value}");
+                prop_assert!(accepts_gzip(Some(&longer)), "{}", longer);
+            }
+        }
+
         /// Any bytes, fed in any pieces: no panic, only statuses the
         /// server uses, bounded buffering.
         #[test]

@@ -19,6 +19,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod files;
+pub mod gzip;
 pub mod http;
 pub mod stack;
 pub mod virtio_net;

@@ -874,7 +874,12 @@ fn tests() -> Vec<VmTest> {
             name: "webserver-selftest-2",
             memory_mib: 256,
             command_line: "selftest=1",
-            expect: &["webserver: serving port 80", "selftest: protocol checks done", "webserver selftest: all passed"],
+            expect: &[
+                "webserver: serving port 80",
+                "selftest: gzip-coded responses",
+                "selftest: protocol checks done",
+                "webserver selftest: all passed",
+            ],
             ..vm("webserver", "webserver")
         },
         VmTest {

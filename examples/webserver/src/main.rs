@@ -18,6 +18,9 @@
 //! 30 s idle between keep-alive requests, then 408 or a close; 10 s for a
 //! client to take a response (a client that stopped reading), then a reset.
 //!
+//! Textual responses go gzip-coded to clients that send `Accept-Encoding:
+//! gzip` (`gzip=off` or a level 1-9 on the command line; see `coding`).
+//!
 //! `selftest=1` runs clients on the other CPUs over the loopback (keep-
 //! alive, pipelining, bad requests, concurrent and idle clients), prints
 //! `webserver selftest: all passed` and exits: the in-VM test.
@@ -25,6 +28,7 @@
 #![no_std]
 #![no_main]
 
+mod coding;
 mod files;
 mod selftest;
 mod site;
@@ -82,6 +86,7 @@ fn main() -> i32 {
             println!("webserver: {} on cpu {}: http://[{address}]:{port}/ (/{prefix})", interface.name, interface.cpu);
         }
     }
+    coding::init();
     // Before any connection is accepted: whether the disk's files are served.
     if let Some(root) = files::init() {
         println!("webserver: serving the files under {root} (webroot=)");
@@ -175,7 +180,7 @@ fn answer(
     loop {
         let before = connection.stats().requests;
         let date = http_date();
-        let outcome = connection.respond(out, date.as_deref(), site::handle);
+        let outcome = connection.respond(out, date.as_deref(), site::respond);
         stats::requests(connection.stats().requests - before);
         if !send(stream, out, stalled) {
             return None;

@@ -126,6 +126,28 @@ fn protocol_checks(port: u16) -> bool {
     if toro::time::SystemTime::try_now().is_ok() {
         println!("selftest: dated responses");
     }
+    // gzip for the clients that ask; pipelined with uncoded requests.
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\nAccept-Encoding: br, gzip\r\n\r\nGET /live HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (coded, plain) = (client.reply(false), client.reply(false));
+    match crate::coding::level() {
+        Some(_) => {
+            let coded = coded.filter(|r| r.status == 200 && r.headers.contains("\r\nContent-Encoding: gzip\r\n"));
+            let decoded = coded.as_ref().and_then(|r| toro_net::gzip::decompress(&r.body, 1 << 20).ok());
+            ok &= check(decoded.as_deref() == Some(INDEX), "gzip-coded GET /: the page once decoded");
+            ok &= check(coded.is_some_and(|r| r.body.len() < INDEX.len()), "and smaller");
+            ok &= check(
+                plain.is_some_and(|r| {
+                    r.headers.contains("\r\nVary: Accept-Encoding\r\n") && !r.headers.contains("Content-Encoding")
+                }),
+                "uncoded /live for a client that did not ask, with Vary",
+            );
+            println!("selftest: gzip-coded responses");
+        }
+        None => {
+            let uncoded = coded.is_some_and(|r| r.body == INDEX && !r.headers.contains("Content-Encoding"));
+            ok &= check(uncoded && plain.is_some(), "gzip=off: every response uncoded");
+        }
+    }
     // Pipelined requests, answered in order; HEAD has no body.
     client.send(
         b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET /missing HTTP/1.1\r\nHost: t\r\n\r\nHEAD / HTTP/1.1\r\nHost: t\r\n\r\n",

@@ -28,8 +28,15 @@ tick();setInterval(tick,1000);
 </script></body></html>
 "#;
 
+/// Answers one request, gzip-coded where it applies.
+pub fn respond(request: &Request<'_>) -> Response<'static> {
+    let mut response = handle(request);
+    crate::coding::apply(request, &mut response);
+    response
+}
+
 /// Answers one request.
-pub fn handle(request: &Request<'_>) -> Response<'static> {
+fn handle(request: &Request<'_>) -> Response<'static> {
     // With a disk mounted, everything but the live pages is its files.
     if let Some(root) = crate::files::root() {
         if !matches!(request.path(), "/live" | "/stats" | "/echo") {
@@ -68,7 +75,7 @@ fn cpus() -> usize {
 type Row<'a, const N: usize> = (Option<&'a str>, [(&'static str, u64); N]);
 
 /// One CPU's figures, named as `/stats` shows them.
-fn cpu_fields(cpu: usize) -> [(&'static str, u64); 11] {
+fn cpu_fields(cpu: usize) -> [(&'static str, u64); 12] {
     let c = stats::of(cpu);
     let heap = toro::memory::usage(cpu).map_or(0, |usage| usage.in_use);
     [
@@ -81,6 +88,7 @@ fn cpu_fields(cpu: usize) -> [(&'static str, u64); 11] {
         ("refused", load(&c.refused)),
         ("bytes_in", load(&c.bytes_in)),
         ("bytes_out", load(&c.bytes_out)),
+        ("gzipped", load(&c.gzipped)),
         ("heap_in_use", heap),
         // Timed waits in the CPU's deadline heap (sleeps, socket and
         // keep-alive timeouts still on).

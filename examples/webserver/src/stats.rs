@@ -19,6 +19,8 @@ pub struct CpuCounters {
     pub refused: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Responses sent gzip-coded.
+    pub gzipped: AtomicU64,
 }
 
 impl CpuCounters {
@@ -32,6 +34,7 @@ impl CpuCounters {
             refused: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            gzipped: AtomicU64::new(0),
         }
     }
 }
@@ -84,4 +87,8 @@ pub fn bytes_in(count: usize) {
 
 pub fn bytes_out(count: usize) {
     add(&mine().bytes_out, count as u64);
+}
+
+pub fn gzipped() {
+    add(&mine().gzipped, 1);
 }
