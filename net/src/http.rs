@@ -183,14 +183,14 @@ impl<'a> Response<'a> {
         }
     }
 
-    /// Replaces the body with its gzip coding by `gzip` and says so in the
-    /// headers (`Content-Encoding: gzip`, `Vary: Accept-Encoding`); a body
-    /// that would not shrink stays as it is, with the `Vary` only. For a
-    /// response [`coding_for`](Self::coding_for) called [`Coding::Gzip`].
-    pub fn encode_gzip(&mut self, gzip: &mut crate::gzip::Gzip) {
-        let mut coded = Vec::with_capacity(self.body.len() / 2 + 32);
-        gzip.compress(&self.body, &mut coded);
-        if coded.len() < self.body.len() {
+    /// Replaces the body with its gzip coding at `level` (1-9) and says so
+    /// in the headers (`Content-Encoding: gzip`, `Vary: Accept-Encoding`);
+    /// a body that would not shrink stays as it is, with the `Vary` only.
+    /// For a response [`coding_for`](Self::coding_for) called
+    /// [`Coding::Gzip`].
+    pub fn encode_gzip(&mut self, level: u8) {
+        let mut coded = Vec::new();
+        if crate::gzip::compress(&self.body, level, &mut coded) && coded.len() < self.body.len() {
             self.body = Cow::Owned(coded);
             self.headers.push_str("Content-Encoding: gzip\r\n");
         }
@@ -1094,7 +1094,7 @@ mod tests {
 
     /// The site of these tests with one compressible page, coded as the
     /// web server codes it.
-    fn coding_site(request: &Request<'_>, gzip: &mut crate::gzip::Gzip) -> Response<'static> {
+    fn coding_site(request: &Request<'_>) -> Response<'static> {
         let page = "<p>a page that compresses well, a page that compresses well.</p>\n".repeat(10).into_bytes();
         let mut response = match request.path() {
             "/page" => Response::new(200, "text/html", page),
@@ -1110,7 +1110,7 @@ mod tests {
         match response.coding_for(request) {
             Coding::Unchanged => {}
             Coding::Identity => response.vary_on_encoding(),
-            Coding::Gzip => response.encode_gzip(gzip),
+            Coding::Gzip => response.encode_gzip(1),
         }
         response
     }
@@ -1123,13 +1123,12 @@ mod tests {
 
     #[test]
     fn gzip_goes_to_the_clients_that_take_it_and_only_where_it_applies() {
-        let mut gzip = crate::gzip::Gzip::new(1);
         let page = "<p>a page that compresses well, a page that compresses well.</p>\n".repeat(10);
-        let mut ask = |request: &str| {
+        let ask = |request: &str| {
             let mut connection = Connection::new(Limits::default());
             connection.feed(request.as_bytes());
             let mut out = Vec::new();
-            connection.respond(&mut out, None, |request| coding_site(request, &mut gzip));
+            connection.respond(&mut out, None, coding_site);
             split_response(&out)
         };
         let (head, body) = ask("GET /page HTTP/1.1\r\nHost: a\r\nAccept-Encoding: deflate, gzip\r\n\r\n");

@@ -1286,5 +1286,6 @@ mod tests {
 /// from inside the namespace, then runs wrk there with `load` (threads,
 /// connections, duration).
 fn serve_on_tap(config: &VmConfig, timeout: Duration, load: (u32, u32, Duration)) -> Result<crate::wrk::Report> {
+    let load = net::Load::plain(load.0, load.1, load.2);
     net::serve_on_tap_loads(config, timeout, 1, &[load], &mut |_| {})?.pop().context("wrk ran once")?
 }

@@ -129,6 +129,13 @@ http {
     sendfile on;
     tcp_nopush on;
     keepalive_timeout 65;
+    # For the gzip rows (requests that send Accept-Encoding: gzip): coded
+    # per response at level 1, as Toro's web server does by default.
+    gzip on;
+    gzip_comp_level 1;
+    gzip_min_length 256;
+    gzip_vary on;
+    gzip_types text/plain application/json;
     server {
         listen 80 default_server;
         root /www;

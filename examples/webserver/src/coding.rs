@@ -7,30 +7,21 @@
 //! and `/stats`, not the disk's files.
 //!
 //! Each response is compressed as it is sent, as nginx's gzip filter
-//! does. The compressor (about 230 KiB of state) is kept per CPU and
-//! reset per response: a connection is served on one CPU, so only that
-//! CPU's threads use its compressor, and the mutex guarding it lives
-//! there too (a local, uncontended lock: no message, no lock
-//! instruction). A compressor made per response would cost an allocation
-//! of that size each time; one per connection, that much memory per open
-//! connection.
+//! does, with a compressor state sized to the body (`toro_net::gzip`:
+//! about 8 KiB for the 612-byte page), made from and returned to the
+//! allocator of the CPU that serves the connection.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use toro::println;
-use toro::sync::Mutex;
-use toro_net::gzip::Gzip;
 use toro_net::http::{Coding, Request, Response};
 
-use crate::stats::{self, MAX_CPUS};
+use crate::stats;
 
 /// The level, or [`OFF`].
 static LEVEL: AtomicU8 = AtomicU8::new(DEFAULT_LEVEL);
 const DEFAULT_LEVEL: u8 = 1;
 const OFF: u8 = u8::MAX;
-
-/// Each CPU's compressor, made at its first coded response.
-static ENCODERS: [Mutex<Option<Gzip>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
 
 /// Reads `gzip=` from the command line; says what it does with a bad value.
 pub fn init() {
@@ -60,9 +51,7 @@ pub fn apply(request: &Request<'_>, response: &mut Response<'_>) {
         Coding::Unchanged => {}
         Coding::Identity => response.vary_on_encoding(),
         Coding::Gzip => {
-            let mut encoder = ENCODERS[toro::cpu::current().min(MAX_CPUS - 1)].lock();
-            let gzip = encoder.get_or_insert_with(|| Gzip::new(level));
-            response.encode_gzip(gzip);
+            response.encode_gzip(level);
             stats::gzipped();
         }
     }

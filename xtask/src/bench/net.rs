@@ -115,6 +115,23 @@ pub const SPECS: &[Spec] = &[
         Better::Higher,
         NGINX
     ),
+    requests!(
+        "net-gzip-1cpu-rps",
+        "q35 tap, 1 vCPU: requests/s, the page gzip-coded per request (Accept-Encoding: gzip, level 1), 30 connections"
+    ),
+    requests!(
+        "net-gzip-2cpu-rps",
+        "q35 multi-queue tap, 2 vCPUs (2 queue pairs): requests/s, the same gzip-coded load"
+    ),
+    spec!(
+        "net-gzip-scaling",
+        "q35 tap, gzip-coded page: requests/s with 2 vCPUs / with 1 vCPU (same run)",
+        LineUnit::PerSecond,
+        "x",
+        1.0,
+        Better::Higher,
+        NGINX
+    ),
     requests!("net-conn-1", "q35 tap, 2 vCPUs: requests/s with 1 connection"),
     requests!("net-conn-4", "q35 tap, 2 vCPUs: requests/s with 4 connections"),
     requests!("net-conn-16", "q35 tap, 2 vCPUs: requests/s with 16 connections"),
@@ -361,11 +378,29 @@ pub fn host_cpu_json(entries: &[HostCpu]) -> Json {
     Json::Array(items)
 }
 
-/// `ratio` = the 2-vCPU requests/s over the 1-vCPU one, when both are in.
-fn scaling(readings: &[Reading], source: Source) -> Option<Reading> {
-    let rate = |key: &str| readings.iter().find(|r| r.name == key).map(|r| r.value).filter(|v| *v > 0.0);
-    let ratio = rate("net-mq-2cpu-rps")? / rate("net-mq-1cpu-rps")?;
-    Some(reading("net-mq-scaling", ratio, LineUnit::PerSecond, source))
+/// `ratio` = the 2-vCPU requests/s over the 1-vCPU one of the rows named
+/// `kind` (`mq`: `net-mq-2cpu-rps` / `net-mq-1cpu-rps`, read as
+/// `net-mq-scaling`), when both are in.
+fn scaling(readings: &[Reading], kind: &str, source: Source) -> Option<Reading> {
+    let rate = |key: String| readings.iter().find(|r| r.name == key).map(|r| r.value).filter(|v| *v > 0.0);
+    let ratio = rate(format!("net-{kind}-2cpu-rps"))? / rate(format!("net-{kind}-1cpu-rps"))?;
+    Some(reading(&format!("net-{kind}-scaling"), ratio, LineUnit::PerSecond, source))
+}
+
+/// One wrk run of a boot: threads, connections, how long, and whether its
+/// requests ask for gzip (`Accept-Encoding: gzip`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Load {
+    pub threads: u32,
+    pub connections: u32,
+    pub window: Duration,
+    pub gzip: bool,
+}
+
+impl Load {
+    pub fn plain(threads: u32, connections: u32, window: Duration) -> Self {
+        Self { threads, connections, window, gzip: false }
+    }
 }
 
 impl Bench {
@@ -437,6 +472,8 @@ impl Bench {
             let prefix = format!("net-mq-{cpus}cpu");
             let row_wanted =
                 ["rps", "p50", "p99"].iter().any(|n| wanted(&format!("{prefix}-{n}"))) || wanted("net-mq-scaling");
+            let gzip_key = format!("net-gzip-{cpus}cpu-rps");
+            let gzip_wanted = wanted(&gzip_key) || wanted("net-gzip-scaling");
             let points: Vec<u32> =
                 if cpus == 2 { curve.iter().copied().filter(|&c| wanted(&curve_key(c))).collect() } else { Vec::new() };
             // The Linux guest's echo server runs beside nginx in the 2-vCPU
@@ -444,14 +481,17 @@ impl Bench {
             // That boot runs for the echo row alone too (`--only net-echo`
             // measured Toro's side only).
             let linux_echo = cpus == 2 && source == Source::Linux && wanted("net-echo");
-            if !row_wanted && points.is_empty() && !linux_echo {
+            if !row_wanted && !gzip_wanted && points.is_empty() && !linux_echo {
                 continue;
             }
             let mut loads = Vec::new();
             if row_wanted {
-                loads.push((2, CONNECTIONS, window));
+                loads.push(Load::plain(2, CONNECTIONS, window));
             }
-            loads.extend(points.iter().map(|&c| (c.min(2), c, curve_window)));
+            if gzip_wanted {
+                loads.push(Load { gzip: true, ..Load::plain(2, CONNECTIONS, window) });
+            }
+            loads.extend(points.iter().map(|&c| Load::plain(c.min(2), c, curve_window)));
             let config = self.tap_config(source, cpus, linux_echo);
             let mut echoed = None;
             let mut echo = |namespace: &crate::netns::Namespace| {
@@ -483,6 +523,26 @@ impl Bench {
                             None => {}
                         }
                     }
+                    if gzip_wanted {
+                        match reports.next() {
+                            Some(Ok(report)) if report.requests > 0 && report.socket_errors + report.non_2xx == 0 => {
+                                readings.push(reading(
+                                    &gzip_key,
+                                    report.requests_per_second,
+                                    LineUnit::PerSecond,
+                                    source,
+                                ));
+                                self.host_cpu.push(HostCpu::of(&format!("net-gzip-{cpus}cpu"), source, &report));
+                            }
+                            Some(Ok(report)) => {
+                                self.fail(format!("{name} gzip on the q35 tap, {cpus} vCPU(s): errors: {report:?}"));
+                            }
+                            Some(Err(error)) => {
+                                self.fail(format!("{name} gzip on the q35 tap, {cpus} vCPU(s): {error:#}"));
+                            }
+                            None => {}
+                        }
+                    }
                     for (&connections, report) in points.iter().zip(reports) {
                         match report {
                             // Errors at many connections (timeouts, resets) are
@@ -509,8 +569,10 @@ impl Bench {
                 }
             }
         }
-        if wanted("net-mq-scaling") {
-            readings.extend(scaling(&readings, source));
+        for kind in ["mq", "gzip"] {
+            if wanted(&format!("net-{kind}-scaling")) {
+                readings.extend(scaling(&readings, kind, source));
+            }
         }
         for cpus in [1u32, 2] {
             let keys = [format!("net-user-{cpus}cpu-rps"), format!("net-user-{cpus}cpu-overflows")];
@@ -747,7 +809,7 @@ pub(super) fn serve_on_tap_loads(
     config: &VmConfig,
     timeout: Duration,
     queues: u32,
-    loads: &[(u32, u32, Duration)],
+    loads: &[Load],
     after: &mut dyn FnMut(&crate::netns::Namespace),
 ) -> Result<Vec<Result<crate::wrk::Report>>> {
     let namespace = crate::netns::Namespace::create("bench")?;
@@ -772,8 +834,13 @@ pub(super) fn serve_on_tap_loads(
     let reports = if answered {
         let reports: Vec<_> = loads
             .iter()
-            .map(|&(threads, connections, window)| {
-                running.wrk(namespace.command("wrk"), &url, threads, connections, window)
+            .map(|load| {
+                let mut wrk = namespace.command("wrk");
+                if load.gzip {
+                    gzip_served(&namespace, &url)?;
+                    wrk.args(["-H", "Accept-Encoding: gzip"]);
+                }
+                running.wrk(wrk, &url, load.threads, load.connections, load.window)
             })
             .collect();
         after(&namespace);
@@ -786,6 +853,31 @@ pub(super) fn serve_on_tap_loads(
         eprintln!("bench: over the tap the guest printed:\n{}{}", super::tail(&output), errors.trim_end());
     }
     reports
+}
+
+/// Checks that the server at `url` answers a request that takes gzip with
+/// a gzip-coded page that curl decodes to what it serves uncoded: a gzip
+/// row that measured uncoded answers would say nothing.
+fn gzip_served(namespace: &crate::netns::Namespace, url: &str) -> Result<()> {
+    let get = |arguments: &[&str]| -> Result<Vec<u8>> {
+        let output = namespace.command("curl").args(["-s", "-m", "5"]).args(arguments).arg(url).output()?;
+        anyhow::ensure!(output.status.success(), "curl {arguments:?} {url} failed: {:?}", output.status);
+        Ok(output.stdout)
+    };
+    let plain = get(&[])?;
+    let coded = get(&["--compressed", "-D", "-"])?;
+    let text = String::from_utf8_lossy(&coded);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        anyhow::bail!("curl --compressed printed no head: {text:?}");
+    };
+    let coding = head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("content-encoding") && value.trim().eq_ignore_ascii_case("gzip")
+        })
+    });
+    anyhow::ensure!(coding, "the server answered Accept-Encoding: gzip uncoded: {head:?}");
+    anyhow::ensure!(body.as_bytes() == plain.as_slice(), "the gzip-coded page decodes to something else");
+    Ok(())
 }
 
 /// Requests/s against connections, Toro beside Linux: one line each
@@ -832,7 +924,7 @@ mod tests {
         let mut toro = wrk_readings("net-mq-1cpu", &report, Source::Toro);
         let faster = crate::wrk::Report { requests_per_second: 3000.0, ..report.clone() };
         toro.extend(wrk_readings("net-mq-2cpu", &faster, Source::Toro));
-        let ratio = scaling(&toro, Source::Toro).unwrap();
+        let ratio = scaling(&toro, "mq", Source::Toro).unwrap();
         assert_eq!((ratio.name.as_str(), ratio.value), ("net-mq-scaling", 1.5));
         assert_eq!(toro.iter().find(|r| r.name == "net-mq-1cpu-p99").unwrap().value, 4000.0);
         let linux = wrk_readings("net-mq-1cpu", &report, Source::Linux);
@@ -843,7 +935,16 @@ mod tests {
         assert_eq!(rps.toro.summary().unwrap().median, 2.0);
         assert_eq!(rps.advantage(&rps.linux[0].1), Some(1.0));
         // No scaling without both boots.
-        assert!(scaling(&wrk_readings("net-mq-1cpu", &report, Source::Toro), Source::Toro).is_none());
+        assert!(scaling(&wrk_readings("net-mq-1cpu", &report, Source::Toro), "mq", Source::Toro).is_none());
+        // The gzip rows: their own ratio, not the plain page's.
+        let gzip = [("net-gzip-1cpu-rps", 1000.0), ("net-gzip-2cpu-rps", 1900.0)]
+            .map(|(key, value)| reading(key, value, LineUnit::PerSecond, Source::Linux));
+        let ratio = scaling(&gzip, "gzip", Source::Linux).unwrap();
+        assert_eq!(
+            (ratio.name.as_str(), ratio.value, ratio.variant.as_deref()),
+            ("net-gzip-scaling", 1.9, Some("nginx"))
+        );
+        assert!(scaling(&gzip, "mq", Source::Linux).is_none());
     }
 
     #[test]
