@@ -96,6 +96,10 @@ pub struct Response<'a> {
     pub extra_header: Option<&'a str>,
     /// More header lines, each ending in CRLF (`ETag: "x"\r\n`), made at run time.
     pub headers: alloc::string::String,
+    /// Send `Vary: Accept-Encoding`: the response's coding followed the
+    /// request's `Accept-Encoding` (a flag, not a line in `headers`, so
+    /// that an uncoded response costs no allocation for it).
+    pub vary_encoding: bool,
     /// A body too large to hold, sent in pieces after the head (then
     /// `body` is empty): see [`Response::streamed`].
     pub stream: Option<Streamed>,
@@ -136,6 +140,7 @@ impl<'a> Response<'a> {
             body: body.into(),
             extra_header: None,
             headers: alloc::string::String::new(),
+            vary_encoding: false,
             stream: None,
         }
     }
@@ -194,19 +199,16 @@ impl<'a> Response<'a> {
             self.body = Cow::Owned(coded);
             self.headers.push_str("Content-Encoding: gzip\r\n");
         }
-        self.headers.push_str(VARY);
+        self.vary_encoding = true;
     }
 
     /// Marks a response whose coding depends on `Accept-Encoding` but that
     /// goes uncoded ([`Coding::Identity`]), so that caches keep the two
     /// apart.
     pub fn vary_on_encoding(&mut self) {
-        self.headers.push_str(VARY);
+        self.vary_encoding = true;
     }
 }
-
-/// The `Vary` line of a response whose coding follows `Accept-Encoding`.
-const VARY: &str = "Vary: Accept-Encoding\r\n";
 
 /// Bodies smaller than this go uncoded: the gzip header and trailer (18
 /// bytes) and the block headers eat what compression would save (nginx's
@@ -736,6 +738,9 @@ fn write_response(
         let _ = write!(sink, "{extra}\r\n");
     }
     sink.0.extend_from_slice(response.headers.as_bytes());
+    if response.vary_encoding {
+        sink.0.extend_from_slice(b"Vary: Accept-Encoding\r\n");
+    }
     match (keep_alive, minor_version) {
         (false, _) => sink.0.extend_from_slice(b"Connection: close\r\n"),
         (true, 0) => sink.0.extend_from_slice(b"Connection: keep-alive\r\n"),
