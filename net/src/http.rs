@@ -181,10 +181,12 @@ impl<'a> Response<'a> {
             && !has("etag")
             && !has("content-encoding")
             && !has("content-range");
-        match (candidate, accepts_gzip(request.accept_encoding)) {
-            (false, _) => Coding::Unchanged,
-            (true, false) => Coding::Identity,
-            (true, true) => Coding::Gzip,
+        if !candidate {
+            Coding::Unchanged
+        } else if accepts_gzip(request.accept_encoding) {
+            Coding::Gzip
+        } else {
+            Coding::Identity
         }
     }
 

@@ -11,7 +11,7 @@
 use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 /// The host side of the tap, inside the namespace.
 pub const HOST_ADDRESS: &str = "172.31.0.1";
@@ -150,6 +150,32 @@ impl Namespace {
             bail!("could not turn off duplicate-address detection on {ifname} ({dad})");
         }
         ip(&["-n", &self.name, "link", "set", ifname, "up"])
+    }
+
+    /// Checks from inside the namespace that the server at `url` answers a
+    /// request that takes gzip with a gzip-coded page that curl decodes to
+    /// what it serves uncoded (the tap tests; the bench before its gzip
+    /// rows, which would say nothing if they measured uncoded answers).
+    pub fn gzip_served(&self, url: &str) -> Result<()> {
+        let get = |arguments: &[&str]| -> Result<Vec<u8>> {
+            let output = self.command("curl").args(["-s", "-m", "5"]).args(arguments).arg(url).output()?;
+            ensure!(output.status.success(), "curl {arguments:?} {url} failed: {:?}", output.status);
+            Ok(output.stdout)
+        };
+        let plain = get(&[])?;
+        let coded = get(&["--compressed", "-D", "-"])?;
+        let text = String::from_utf8_lossy(&coded);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            bail!("curl --compressed printed no head: {text:?}");
+        };
+        let coding = head.lines().any(|line| {
+            line.split_once(':').is_some_and(|(name, value)| {
+                name.eq_ignore_ascii_case("content-encoding") && value.trim().eq_ignore_ascii_case("gzip")
+            })
+        });
+        ensure!(coding, "the server answered Accept-Encoding: gzip uncoded: {head:?}");
+        ensure!(body.as_bytes() == plain.as_slice(), "the gzip-coded page decodes to something else");
+        Ok(())
     }
 
     /// `program` run inside the namespace.

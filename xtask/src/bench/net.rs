@@ -837,7 +837,7 @@ pub(super) fn serve_on_tap_loads(
             .map(|load| {
                 let mut wrk = namespace.command("wrk");
                 if load.gzip {
-                    gzip_served(&namespace, &url)?;
+                    namespace.gzip_served(&url)?;
                     wrk.args(["-H", "Accept-Encoding: gzip"]);
                 }
                 running.wrk(wrk, &url, load.threads, load.connections, load.window)
@@ -853,31 +853,6 @@ pub(super) fn serve_on_tap_loads(
         eprintln!("bench: over the tap the guest printed:\n{}{}", super::tail(&output), errors.trim_end());
     }
     reports
-}
-
-/// Checks that the server at `url` answers a request that takes gzip with
-/// a gzip-coded page that curl decodes to what it serves uncoded: a gzip
-/// row that measured uncoded answers would say nothing.
-fn gzip_served(namespace: &crate::netns::Namespace, url: &str) -> Result<()> {
-    let get = |arguments: &[&str]| -> Result<Vec<u8>> {
-        let output = namespace.command("curl").args(["-s", "-m", "5"]).args(arguments).arg(url).output()?;
-        anyhow::ensure!(output.status.success(), "curl {arguments:?} {url} failed: {:?}", output.status);
-        Ok(output.stdout)
-    };
-    let plain = get(&[])?;
-    let coded = get(&["--compressed", "-D", "-"])?;
-    let text = String::from_utf8_lossy(&coded);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        anyhow::bail!("curl --compressed printed no head: {text:?}");
-    };
-    let coding = head.lines().any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.eq_ignore_ascii_case("content-encoding") && value.trim().eq_ignore_ascii_case("gzip")
-        })
-    });
-    anyhow::ensure!(coding, "the server answered Accept-Encoding: gzip uncoded: {head:?}");
-    anyhow::ensure!(body.as_bytes() == plain.as_slice(), "the gzip-coded page decodes to something else");
-    Ok(())
 }
 
 /// Requests/s against connections, Toro beside Linux: one line each
