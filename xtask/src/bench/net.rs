@@ -115,6 +115,15 @@ pub const SPECS: &[Spec] = &[
         Better::Higher,
         NGINX
     ),
+    spec!(
+        "net-mq-core-scaling",
+        "q35 tap: requests per host core of the vCPU threads, 2 vCPUs / 1 vCPU (same run; 1.0 = linear per core)",
+        LineUnit::PerSecond,
+        "x",
+        1.0,
+        Better::Higher,
+        NGINX
+    ),
     requests!(
         "net-gzip-1cpu-rps",
         "q35 tap, 1 vCPU: requests/s, the page gzip-coded per request (Accept-Encoding: gzip, level 1), 30 connections"
@@ -126,6 +135,15 @@ pub const SPECS: &[Spec] = &[
     spec!(
         "net-gzip-scaling",
         "q35 tap, gzip-coded page: requests/s with 2 vCPUs / with 1 vCPU (same run)",
+        LineUnit::PerSecond,
+        "x",
+        1.0,
+        Better::Higher,
+        NGINX
+    ),
+    spec!(
+        "net-gzip-core-scaling",
+        "q35 tap, gzip-coded page: requests per host core of the vCPU threads, 2 vCPUs / 1 vCPU (1.0 = linear per core)",
         LineUnit::PerSecond,
         "x",
         1.0,
@@ -261,6 +279,15 @@ impl HostCpu {
         }
     }
 
+    /// QEMU's threads but its main loop (the vCPU threads, and QEMU's
+    /// few helpers), in cores; NaN where unread.
+    fn vcpus(&self) -> f64 {
+        if self.threads.len() < 2 {
+            return f64::NAN;
+        }
+        self.threads.iter().skip(1).sum()
+    }
+
     /// QEMU's main loop in cores, NaN where unread.
     fn main_loop(&self) -> f64 {
         self.threads.first().copied().unwrap_or(f64::NAN)
@@ -387,6 +414,23 @@ fn scaling(readings: &[Reading], kind: &str, source: Source) -> Option<Reading> 
     Some(reading(&format!("net-{kind}-scaling"), ratio, LineUnit::PerSecond, source))
 }
 
+/// `net-{kind}-core-scaling`: requests/s per host core that QEMU's threads
+/// other than its main loop (the vCPU threads) ran, 2 vCPUs over 1 vCPU,
+/// from `vcpu_cores` (row prefix `net-{kind}-{cpus}cpu`, cores). 1.0 means
+/// the second vCPU serves as much per core of the host as the only one
+/// did: the guest scales linearly and the 1 -> 2 vCPU ratio is bounded by
+/// the cores the host gave its vCPU threads (2 here, shared with wrk and
+/// QEMU's main loop).
+fn core_scaling(readings: &[Reading], vcpu_cores: &[(String, f64)], kind: &str, source: Source) -> Option<Reading> {
+    let per_core = |cpus: u32| {
+        let rate = readings.iter().find(|r| r.name == format!("net-{kind}-{cpus}cpu-rps"))?.value;
+        let cores = vcpu_cores.iter().find(|(row, _)| *row == format!("net-{kind}-{cpus}cpu"))?.1;
+        (rate > 0.0 && cores.is_finite() && cores > 0.0).then_some(rate / cores)
+    };
+    let ratio = per_core(2)? / per_core(1)?;
+    Some(reading(&format!("net-{kind}-core-scaling"), ratio, LineUnit::PerSecond, source))
+}
+
 /// One wrk run of a boot: threads, connections, how long, and whether its
 /// requests ask for gzip (`Accept-Encoding: gzip`).
 #[derive(Clone, Copy, Debug)]
@@ -468,12 +512,15 @@ impl Bench {
         let echo_bytes = if quick { QUICK_ECHO_BYTES } else { ECHO_BYTES };
         let mut readings = Vec::new();
         let mut linux_echoed = None;
+        // Each wrk run's vCPU-thread cores, for the per-core rows.
+        let mut vcpu_cores: Vec<(String, f64)> = Vec::new();
         for cpus in [1u32, 2] {
             let prefix = format!("net-mq-{cpus}cpu");
-            let row_wanted =
-                ["rps", "p50", "p99"].iter().any(|n| wanted(&format!("{prefix}-{n}"))) || wanted("net-mq-scaling");
+            let row_wanted = ["rps", "p50", "p99"].iter().any(|n| wanted(&format!("{prefix}-{n}")))
+                || wanted("net-mq-scaling")
+                || wanted("net-mq-core-scaling");
             let gzip_key = format!("net-gzip-{cpus}cpu-rps");
-            let gzip_wanted = wanted(&gzip_key) || wanted("net-gzip-scaling");
+            let gzip_wanted = wanted(&gzip_key) || wanted("net-gzip-scaling") || wanted("net-gzip-core-scaling");
             let points: Vec<u32> =
                 if cpus == 2 { curve.iter().copied().filter(|&c| wanted(&curve_key(c))).collect() } else { Vec::new() };
             // The Linux guest's echo server runs beside nginx in the 2-vCPU
@@ -512,7 +559,9 @@ impl Bench {
                         match reports.next() {
                             Some(Ok(report)) if report.requests > 0 && report.socket_errors + report.non_2xx == 0 => {
                                 readings.extend(wrk_readings(&prefix, &report, source));
-                                self.host_cpu.push(HostCpu::of(&prefix, source, &report));
+                                let cpu = HostCpu::of(&prefix, source, &report);
+                                vcpu_cores.push((prefix.clone(), cpu.vcpus()));
+                                self.host_cpu.push(cpu);
                             }
                             Some(Ok(report)) => {
                                 self.fail(format!("{name} q35 tap {cpus} vCPU(s): errors under wrk: {report:?}"));
@@ -532,7 +581,10 @@ impl Bench {
                                     LineUnit::PerSecond,
                                     source,
                                 ));
-                                self.host_cpu.push(HostCpu::of(&format!("net-gzip-{cpus}cpu"), source, &report));
+                                let row = format!("net-gzip-{cpus}cpu");
+                                let cpu = HostCpu::of(&row, source, &report);
+                                vcpu_cores.push((row, cpu.vcpus()));
+                                self.host_cpu.push(cpu);
                             }
                             Some(Ok(report)) => {
                                 self.fail(format!("{name} gzip on the q35 tap, {cpus} vCPU(s): errors: {report:?}"));
@@ -572,6 +624,9 @@ impl Bench {
         for kind in ["mq", "gzip"] {
             if wanted(&format!("net-{kind}-scaling")) {
                 readings.extend(scaling(&readings, kind, source));
+            }
+            if wanted(&format!("net-{kind}-core-scaling")) {
+                readings.extend(core_scaling(&readings, &vcpu_cores, kind, source));
             }
         }
         for cpus in [1u32, 2] {
@@ -920,6 +975,27 @@ mod tests {
             ("net-gzip-scaling", 1.9, Some("nginx"))
         );
         assert!(scaling(&gzip, "mq", Source::Linux).is_none());
+        // Per core of the vCPU threads: 1000 req/s on 0.98 cores, 1900 on
+        // 1.90: 1.0 (linear per core), though the plain ratio says 1.9.
+        let cores = [("net-gzip-1cpu".to_string(), 0.98), ("net-gzip-2cpu".to_string(), 1.862)];
+        let per_core = core_scaling(&gzip, &cores, "gzip", Source::Linux).unwrap();
+        assert_eq!(per_core.name, "net-gzip-core-scaling");
+        assert!((per_core.value - 1.0).abs() < 1e-9, "{}", per_core.value);
+        // Unread cores (NaN) or a missing boot: no reading.
+        let unread = [("net-gzip-1cpu".to_string(), f64::NAN), ("net-gzip-2cpu".to_string(), 1.9)];
+        assert!(core_scaling(&gzip, &unread, "gzip", Source::Linux).is_none());
+        assert!(core_scaling(&gzip, &cores[..1], "gzip", Source::Linux).is_none());
+        // The vCPU threads: every QEMU thread but the main loop (first).
+        let cpu = HostCpu {
+            row: "net-gzip-2cpu".into(),
+            source: Source::Toro,
+            wrk: 0.1,
+            qemu: 1.9,
+            host: 2.0,
+            threads: vec![0.2, 0.9, 0.8],
+        };
+        assert!((cpu.vcpus() - 1.7).abs() < 1e-9);
+        assert!(HostCpu { threads: vec![0.2], ..cpu }.vcpus().is_nan());
     }
 
     #[test]
