@@ -108,6 +108,10 @@ pub struct DeviceStats {
     pub rx_dropped: u64,
     /// Notifications (doorbells) sent to the device.
     pub notifications: u64,
+    /// Received packets longer than a frame: TCP segments the host handed
+    /// over whole (virtio-net `GUEST_TSO4`/`6`, gathered from merged
+    /// receive buffers).
+    pub rx_large: u64,
 }
 
 /// A network device as the stack drives it: frames in, frames out, in

@@ -18,6 +18,11 @@ pub mod feature {
     pub const GUEST_CSUM: u64 = 1 << 1;
     /// The device reports its MTU in config space.
     pub const MTU: u64 = 1 << 3;
+    /// Driver takes TCP/IPv4 segments larger than the MTU (the host's
+    /// coalesced or unsegmented sends), needs `GUEST_CSUM`.
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    /// The same for TCP/IPv6.
+    pub const GUEST_TSO6: u64 = 1 << 8;
     /// The device has a MAC address in config space.
     pub const MAC: u64 = 1 << 5;
     /// Receive buffers may be merged (`num_buffers`).
@@ -63,19 +68,38 @@ pub enum VirtioNetError {
 }
 
 /// The features to accept from those `offered`. `VERSION_1` is required;
-/// `MQ` only with `CTRL_VQ` (section 5.1.3.1).
+/// `MQ` only with `CTRL_VQ` (section 5.1.3.1). `GUEST_TSO4`/`GUEST_TSO6`
+/// only with `GUEST_CSUM` (section 5.1.3.1) and with `MRG_RXBUF`: without
+/// merged buffers every receive buffer would have to hold a 64 KiB
+/// segment (section 5.1.6.3.1), 32 times the 2 KiB a frame needs. What
+/// they pay: the host hands a bulk send to the guest in segments of up to
+/// the receive window instead of one per 1,460 bytes, so the stack and
+/// the device take a packet (and an ACK goes back) per window's worth.
 pub fn choose_features(offered: u64, transport: Transport) -> Result<u64, VirtioNetError> {
     use feature::*;
     if offered & VERSION_1 == 0 {
         return Err(VirtioNetError::Legacy);
     }
-    let mut wanted = VERSION_1 | MAC | STATUS | MTU | CSUM | GUEST_CSUM | MRG_RXBUF | RING_EVENT_IDX | INDIRECT_DESC;
+    let mut wanted = VERSION_1
+        | MAC
+        | STATUS
+        | MTU
+        | CSUM
+        | GUEST_CSUM
+        | GUEST_TSO4
+        | GUEST_TSO6
+        | MRG_RXBUF
+        | RING_EVENT_IDX
+        | INDIRECT_DESC;
     if transport == Transport::Pci {
         wanted |= CTRL_VQ | MQ;
     }
     let mut chosen = offered & wanted;
     if chosen & CTRL_VQ == 0 {
         chosen &= !MQ;
+    }
+    if chosen & (GUEST_CSUM | MRG_RXBUF) != GUEST_CSUM | MRG_RXBUF {
+        chosen &= !(GUEST_TSO4 | GUEST_TSO6);
     }
     Ok(chosen)
 }
@@ -90,6 +114,10 @@ pub mod header_flags {
 
 /// `gso_type` for "no segmentation offload".
 pub const GSO_NONE: u8 = 0;
+/// `gso_type` of a TCP/IPv4 segment larger than the MTU (`GUEST_TSO4`).
+pub const GSO_TCPV4: u8 = 1;
+/// `gso_type` of a TCP/IPv6 segment larger than the MTU (`GUEST_TSO6`).
+pub const GSO_TCPV6: u8 = 4;
 
 /// Bytes of `virtio_net_hdr` with `VERSION_1` (`num_buffers` always
 /// present, section 5.1.6).
@@ -100,7 +128,9 @@ pub const HEADER_BYTES: usize = 12;
 pub struct NetHeader {
     /// `NEEDS_CSUM`, `DATA_VALID`.
     pub flags: u8,
-    /// Segmentation offload type (always [`GSO_NONE`] here).
+    /// Segmentation offload type: [`GSO_NONE`] on transmit; on receive
+    /// with `GUEST_TSO4`/`GUEST_TSO6` also [`GSO_TCPV4`]/[`GSO_TCPV6`] (the
+    /// packet is one TCP segment, longer than the MTU, taken whole).
     pub gso_type: u8,
     /// Header length for segmentation.
     pub hdr_len: u16,
@@ -357,10 +387,23 @@ impl RxMerge {
         Ok(Some((header, &self.packet)))
     }
 
-    /// Drops a packet left half-gathered (after a queue reset).
+    /// Drops a packet left half-gathered (after a queue reset or a bad
+    /// buffer).
     pub fn reset(&mut self) {
         self.remaining = 0;
         self.header = None;
+        self.packet.clear();
+    }
+
+    /// Whether a packet is half-gathered (its next buffer belongs to it).
+    pub fn pending(&self) -> bool {
+        self.remaining > 0
+    }
+
+    /// The last packet gathered (its frame, after the header), until the
+    /// next [`Self::push`] starts another.
+    pub fn packet(&self) -> &[u8] {
+        &self.packet
     }
 }
 
@@ -492,7 +535,16 @@ mod tests {
         let no_ctrl = choose_features(VERSION_1 | MQ, Transport::Pci).unwrap();
         assert_eq!(no_ctrl & MQ, 0, "MQ needs CTRL_VQ");
         assert_eq!(choose_features(MAC | CSUM, Transport::Mmio), Err(VirtioNetError::Legacy));
-        assert_eq!(choose_features(VERSION_1 | (1 << 7), Transport::Mmio).unwrap(), VERSION_1, "unknown bits refused");
+        assert_eq!(choose_features(VERSION_1 | (1 << 9), Transport::Mmio).unwrap(), VERSION_1, "unknown bits refused");
+        // Large receive segments: with checksums and merged buffers only.
+        let tso = GUEST_TSO4 | GUEST_TSO6;
+        assert_eq!(mmio & tso, tso);
+        let offered = VERSION_1 | GUEST_CSUM | MRG_RXBUF | tso;
+        assert_eq!(choose_features(offered, Transport::Mmio).unwrap() & tso, tso);
+        for missing in [GUEST_CSUM, MRG_RXBUF] {
+            let chosen = choose_features(offered & !missing, Transport::Pci).unwrap();
+            assert_eq!(chosen & tso, 0, "TSO without {missing:#x}");
+        }
     }
 
     #[test]
@@ -570,6 +622,19 @@ mod tests {
         let too_many = NetHeader { num_buffers: 1000, ..NetHeader::default() };
         assert_eq!(merge.push(&too_many.to_bytes()).unwrap_err(), VirtioNetError::BadBufferCount(1000));
         assert_eq!(merge.push(&[1, 2]).unwrap_err(), VirtioNetError::ShortBuffer);
+        // Half-gathered: pending until its last buffer; packet() keeps the
+        // last whole one; reset drops the half.
+        let two = NetHeader { num_buffers: 2, ..NetHeader::default() };
+        let mut first = two.to_bytes().to_vec();
+        first.extend_from_slice(b"12");
+        assert_eq!(merge.push(&first).unwrap(), None);
+        assert!(merge.pending());
+        assert_eq!(merge.push(b"34").unwrap().unwrap().1, b"1234");
+        assert!(!merge.pending());
+        assert_eq!(merge.packet(), b"1234");
+        assert_eq!(merge.push(&first).unwrap(), None);
+        merge.reset();
+        assert!(!merge.pending() && merge.packet().is_empty());
     }
 
     #[test]

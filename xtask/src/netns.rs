@@ -178,6 +178,30 @@ impl Namespace {
         Ok(())
     }
 
+    /// POSTs `bytes` bytes of a fixed pattern to `url` (the web server's
+    /// `/echo`) with curl from inside the namespace, and checks that the
+    /// answer is a 200 whose body is those bytes.
+    pub fn body_echoed(&self, url: &str, bytes: usize) -> Result<()> {
+        let body: Vec<u8> = (0..bytes).map(|at| (at % 251) as u8 ^ (at >> 8) as u8).collect();
+        let path = std::env::temp_dir().join(format!("toro-body-{}-{}", self.name, bytes));
+        std::fs::write(&path, &body).with_context(|| format!("writing {}", path.display()))?;
+        let output = self
+            .command("curl")
+            .args(["-s", "-m", "10", "-w", "\n%{http_code}", "-H", "Content-Type: application/octet-stream"])
+            .arg("--data-binary")
+            .arg(format!("@{}", path.display()))
+            .arg(url)
+            .output();
+        let _ = std::fs::remove_file(&path);
+        let output = output?;
+        ensure!(output.status.success(), "curl POST {url} ({bytes} bytes) failed: {:?}", output.status);
+        let split = output.stdout.iter().rposition(|&byte| byte == b'\n').unwrap_or(0);
+        let (echoed, code) = output.stdout.split_at(split);
+        ensure!(code == b"\n200", "POST {url} ({bytes} bytes) answered {:?}", String::from_utf8_lossy(code));
+        ensure!(echoed == body.as_slice(), "POST {url}: {} bytes came back, not the {bytes} sent", echoed.len());
+        Ok(())
+    }
+
     /// `program` run inside the namespace.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         wrap(Some(&self.name), program)

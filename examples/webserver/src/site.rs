@@ -97,7 +97,7 @@ fn cpu_fields(cpu: usize) -> [(&'static str, u64); 12] {
 }
 
 /// One interface's figures, named as `/stats` shows them.
-fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64); 10] {
+fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64); 11] {
     [
         ("cpu", interface.cpu as u64),
         ("sockets", interface.stack.sockets as u64),
@@ -107,6 +107,7 @@ fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64
         ("tx_frames", interface.device.tx_frames),
         ("tx_ring_full", interface.device.tx_ring_full),
         ("rx_dropped", interface.device.rx_dropped),
+        ("rx_large", interface.device.rx_large),
         ("remote_calls", interface.counters.remote_calls),
         ("pumps", interface.counters.pumps),
     ]

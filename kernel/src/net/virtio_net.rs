@@ -35,7 +35,7 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
 use toro_net::device::{Capabilities, DeviceStats, ETHERNET_HEADER_BYTES, ETHERNET_MTU};
-use toro_net::virtio_net::{self as rules, feature, NetConfig, NetHeader, RxChecksum, HEADER_BYTES};
+use toro_net::virtio_net::{self as rules, feature, NetConfig, NetHeader, RxChecksum, RxMerge, HEADER_BYTES};
 
 use crate::interrupts::MsiMessage;
 use crate::service::{Handle, Starting};
@@ -51,8 +51,8 @@ const QUEUE_SIZE: usize = 128;
 const CONTROL_QUEUE_SIZE: usize = 8;
 /// Bytes of one buffer: header plus the largest frame, rounded up.
 const BUFFER_BYTES: usize = 2048;
-/// Features not used yet (merged buffers need `RxMerge` bookkeeping).
-const NOT_YET: u64 = feature::MRG_RXBUF | feature::INDIRECT_DESC;
+/// Features not used yet (every chain is one or two descriptors).
+const NOT_YET: u64 = feature::INDIRECT_DESC;
 /// Neighbour-discovery frames held for the other pairs, or from them, at
 /// once (a flood of ARP frames costs at most this many copies per poll).
 const MAX_SHARED: usize = 32;
@@ -94,13 +94,14 @@ impl Card {
         let mut transport = found.open()?;
         let pci = found.pci.is_some();
         let bus = if pci { rules::Transport::Pci } else { rules::Transport::Mmio };
-        // `negotiate` intersects with what the device offers (and refuses
-        // a legacy device), so the rules are asked with every bit offered.
-        let mut wanted = rules::choose_features(u64::MAX, bus).map_err(|_| VirtioError::Legacy)? & !NOT_YET;
+        // The rules choose from what the device offers (some features
+        // need others); `negotiate_with` refuses a legacy device first.
+        let mut unwanted = NOT_YET;
         if max_pairs <= 1 {
-            wanted &= !(feature::CTRL_VQ | feature::MQ);
+            unwanted |= feature::CTRL_VQ | feature::MQ;
         }
-        let features = transport.negotiate(wanted)?;
+        let features =
+            transport.negotiate_with(|offered| rules::choose_features(offered & !unwanted, bus).unwrap_or(0))?;
         if transport.config_length() < 12 {
             return Err(VirtioError::Unsupported);
         }
@@ -245,8 +246,12 @@ pub(crate) struct VirtioNet {
     rx_free: Vec<usize>,
     /// Transmit buffers free.
     tx_free: Vec<usize>,
-    /// A completed receive not yet given to the stack: (buffer, bytes written).
-    rx_ready: Option<(usize, usize)>,
+    /// A completed receive not yet given to the stack.
+    rx_ready: Option<Ready>,
+    /// `MRG_RXBUF`: a packet may span several receive buffers.
+    merged: bool,
+    /// The packet being gathered from several buffers, and the last one.
+    merge: RxMerge,
     tx_queued: bool,
     config: NetConfig,
     features: u64,
@@ -271,6 +276,32 @@ pub(crate) struct VirtioNet {
     udp_here: BTreeSet<u16>,
     /// Received datagrams for other pairs: (instance, frame).
     to_forward: Vec<(usize, Vec<u8>)>,
+}
+
+/// A received frame waiting for the stack.
+#[derive(Clone, Copy)]
+enum Ready {
+    /// In receive buffer `index`, `written` bytes with the header.
+    Buffer { index: usize, written: usize },
+    /// Gathered from several buffers: `VirtioNet::merge`'s packet.
+    Merged,
+}
+
+impl Ready {
+    /// The frame (after the header): buffers and merger passed apart, so
+    /// the caller may still change the device's other fields.
+    fn frame<'a>(self, buffers: &'a [Frame], merge: &'a RxMerge) -> &'a [u8] {
+        match self {
+            Self::Buffer { index, written } => &buffers[index][HEADER_BYTES..written],
+            Self::Merged => merge.packet(),
+        }
+    }
+}
+
+/// Whether a received frame is long enough for an Ethernet header and
+/// its checksum holds (trusted when the device vouched for it).
+fn good_frame(header: &NetHeader, frame: &[u8]) -> bool {
+    frame.len() > ETHERNET_HEADER_BYTES && rules::receive_checksum(header, frame) == RxChecksum::Good
 }
 
 /// Binds a pair's interrupts to the service being started and says how:
@@ -366,6 +397,8 @@ impl VirtioNet {
             rx_free: (0..QUEUE_SIZE).collect(),
             tx_free: (0..QUEUE_SIZE).collect(),
             rx_ready: None,
+            merged: facts.features & feature::MRG_RXBUF != 0,
+            merge: RxMerge::new(),
             tx_queued: false,
             config: facts.config,
             features: facts.features,
@@ -474,24 +507,43 @@ impl VirtioNet {
         }
     }
 
-    /// Takes the next good received frame into `rx_ready`.
+    /// Takes the next good received frame into `rx_ready`. A frame in one
+    /// buffer is handed over in place; one spread over several (merged
+    /// buffers: a large segment, `GUEST_TSO4`/`6`) is gathered into
+    /// `merge` and its buffers go back to the free list at once.
     fn next_receive(&mut self) -> bool {
         while self.rx_ready.is_none() {
             let Ok(Some(done)) = self.rx.pop_used() else { return false };
-            let written = done.written as usize;
-            let buffer = &self.rx_buffers[done.token][..written.min(BUFFER_BYTES)];
-            let good = match NetHeader::parse(buffer) {
-                Ok(header) => {
-                    written > HEADER_BYTES + ETHERNET_HEADER_BYTES
-                        && rules::receive_checksum(&header, &buffer[HEADER_BYTES..]) == RxChecksum::Good
-                }
-                Err(_) => false,
-            };
-            if good {
-                self.rx_ready = Some((done.token, written));
-            } else {
-                self.stats.rx_dropped += 1;
+            let written = (done.written as usize).min(BUFFER_BYTES);
+            let buffer = &self.rx_buffers[done.token][..written];
+            let header = NetHeader::parse(buffer);
+            let spans = header.map_or(1, |header| header.num_buffers);
+            if self.merged && (self.merge.pending() || spans > 1) {
+                let gathered = self.merge.push(buffer).map(|done| done.map(|(header, _)| header));
                 self.rx_free.push(done.token);
+                match gathered {
+                    Ok(None) => {}
+                    Ok(Some(header)) if good_frame(&header, self.merge.packet()) => {
+                        self.stats.rx_large += 1;
+                        self.rx_ready = Some(Ready::Merged);
+                    }
+                    Ok(Some(_)) | Err(_) => {
+                        // A bad count or a bad frame: the packet is lost,
+                        // the queue goes on with the next one.
+                        self.merge.reset();
+                        self.stats.rx_dropped += 1;
+                    }
+                }
+                continue;
+            }
+            match header {
+                Ok(header) if good_frame(&header, &buffer[HEADER_BYTES..]) => {
+                    self.rx_ready = Some(Ready::Buffer { index: done.token, written });
+                }
+                _ => {
+                    self.stats.rx_dropped += 1;
+                    self.rx_free.push(done.token);
+                }
             }
         }
         true
@@ -519,13 +571,13 @@ impl VirtioNet {
         if let Some(frame) = self.injected.pop_front() {
             return Some(consume(&frame));
         }
-        let (index, written) = loop {
+        let ready = loop {
             if !self.next_receive() {
                 return None;
             }
-            let (index, written) = self.rx_ready.take()?;
-            let frame = &self.rx_buffers[index][HEADER_BYTES..written];
-            let Some(pair) = self.forward_to(frame) else { break (index, written) };
+            let ready = self.rx_ready.take()?;
+            let frame = ready.frame(&self.rx_buffers, &self.merge);
+            let Some(pair) = self.forward_to(frame) else { break ready };
             // A datagram for a socket on another pair: handed over (in
             // `Instance::pump`), not seen by this pair's stack (which
             // would answer "port unreachable").
@@ -535,17 +587,21 @@ impl VirtioNet {
                 self.stats.rx_dropped += 1;
             }
             self.stats.rx_frames += 1;
-            self.stats.rx_bytes += (written - HEADER_BYTES) as u64;
-            self.rx_free.push(index);
+            self.stats.rx_bytes += frame.len() as u64;
+            if let Ready::Buffer { index, .. } = ready {
+                self.rx_free.push(index);
+            }
         };
-        let frame = &self.rx_buffers[index][HEADER_BYTES..written];
+        let frame = ready.frame(&self.rx_buffers, &self.merge);
         if self.shares && toro_net::device::neighbour_discovery(frame) && self.to_share.len() < MAX_SHARED {
             self.to_share.push(frame.to_vec());
         }
         let result = consume(frame);
         self.stats.rx_frames += 1;
-        self.stats.rx_bytes += (written - HEADER_BYTES) as u64;
-        self.rx_free.push(index);
+        self.stats.rx_bytes += frame.len() as u64;
+        if let Ready::Buffer { index, .. } = ready {
+            self.rx_free.push(index);
+        }
         Some(result)
     }
 

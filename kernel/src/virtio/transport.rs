@@ -254,6 +254,13 @@ impl Transport {
     /// refused). Drivers state exactly what they can use; bits they do not
     /// name are never accepted.
     pub fn negotiate(&mut self, wanted: u64) -> Result<u64, VirtioError> {
+        self.negotiate_with(|_| wanted)
+    }
+
+    /// [`Self::negotiate`] with the wanted bits chosen from what the
+    /// device offers (for features that depend on each other: the result
+    /// is still `choose(offered)` ∩ offered, plus `VERSION_1`).
+    pub fn negotiate_with(&mut self, choose: impl FnOnce(u64) -> u64) -> Result<u64, VirtioError> {
         self.reset()?;
         self.add_status(status::ACKNOWLEDGE);
         self.add_status(status::DRIVER);
@@ -265,7 +272,7 @@ impl Transport {
             self.fail();
             return Err(VirtioError::Legacy);
         }
-        let accepted = (wanted | feature::VERSION_1) & offered;
+        let accepted = (choose(offered) | feature::VERSION_1) & offered;
         match &mut self.bus {
             Bus::Mmio(mmio) => mmio.write_driver_features(accepted),
             Bus::Pci(pci) => pci.write_driver_features(accepted),
