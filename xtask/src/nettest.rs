@@ -686,12 +686,15 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
         // sends it in segments larger than a frame where the card takes
         // them (QEMU's and Firecracker's taps: GUEST_TSO4 with merged
         // receive buffers), which `/stats` counts as rx_large.
+        // cloud-hypervisor offers GUEST_TSO4 but not MRG_RXBUF (features
+        // 0x120637faf), so the driver declines it there.
+        let large_segments = test.stats && test.vmm != Vmm::CloudHypervisor;
         let large = |stats: &str| interface_total(stats, "rx_large");
-        let before = if test.stats { large(&curl(&[&url("/stats")])?.1) } else { None };
+        let before = if large_segments { large(&curl(&[&url("/stats")])?.1) } else { None };
         if let Err(error) = namespace.body_echoed(&url("/echo"), LARGE_BODY) {
             problems.push(format!("{error:#}"));
         }
-        if test.stats {
+        if large_segments {
             match (before, large(&curl(&[&url("/stats")])?.1)) {
                 (Some(before), Some(after)) if after > before => {
                     notes.push(format!("{LARGE_BODY}-byte body echoed, {} large segments", after - before))

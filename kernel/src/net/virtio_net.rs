@@ -100,8 +100,12 @@ impl Card {
         if max_pairs <= 1 {
             unwanted |= feature::CTRL_VQ | feature::MQ;
         }
-        let features =
-            transport.negotiate_with(|offered| rules::choose_features(offered & !unwanted, bus).unwrap_or(0))?;
+        let mut offered_features = 0;
+        let features = transport.negotiate_with(|offered| {
+            offered_features = offered;
+            rules::choose_features(offered & !unwanted, bus).unwrap_or(0)
+        })?;
+        log::info!("virtio-net at {:#x}: features offered {offered_features:#x}, taken {features:#x}", found.address);
         if transport.config_length() < 12 {
             return Err(VirtioError::Unsupported);
         }
