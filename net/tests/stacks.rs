@@ -433,27 +433,7 @@ fn loopback_connects_to_itself() {
 #[test]
 fn ipv6_link_local_and_static_addresses_carry_tcp() {
     let server_ip6: smoltcp::wire::Ipv6Address = "fd00::1".parse().unwrap();
-    let ipv6 = |address: &str| toro_net::Ipv6Config {
-        address: Some(smoltcp::wire::Ipv6Cidr::new(address.parse().unwrap(), 64)),
-        gateway: None,
-        slaac: true,
-    };
-    let (server_device, client_device) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
-    let mut link = Link {
-        server: Stack::new(
-            server_device,
-            statically(SERVER_IP),
-            StackConfig { ipv6: ipv6("fd00::1"), ..StackConfig::default() },
-            0,
-        ),
-        client: Stack::new(
-            client_device,
-            statically(CLIENT_IP),
-            StackConfig { ipv6: ipv6("fd00::2"), random_seed: 7, ..StackConfig::default() },
-            0,
-        ),
-        now: 0,
-    };
+    let mut link = ipv6_link(statically(SERVER_IP));
     let server_addresses = link.server.ipv6_cidrs();
     let link_local = toro_net::link_local(MAC_SERVER);
     assert!(server_addresses.contains(&link_local), "{server_addresses:?}");
@@ -622,44 +602,77 @@ fn an_answer_given_soon_carries_the_ack_of_its_request() {
 }
 
 /// A router advertisement from `router_mac` (link-local `router`) with the
-/// on-link, autonomous prefix `prefix`/64 (RFC 4861 4.2, 4.6.2).
+/// on-link, autonomous prefix `prefix`/64 (RFC 4861 4.2, 4.6.2), built
+/// with smoltcp's wire types.
 fn router_advertisement(router_mac: [u8; 6], router: [u8; 16], prefix: [u8; 8]) -> Vec<u8> {
-    let mut message = vec![134, 0, 0, 0, 64, 0];
-    message.extend_from_slice(&1800u16.to_be_bytes()); // router lifetime, s
-    message.extend_from_slice(&[0; 8]); // reachable time, retransmit timer
-    message.extend_from_slice(&[1, 1]); // source link-layer address option
-    message.extend_from_slice(&router_mac);
-    message.extend_from_slice(&[3, 4, 64, 0xc0]); // prefix information, L and A
-    message.extend_from_slice(&86_400u32.to_be_bytes()); // valid lifetime
-    message.extend_from_slice(&14_400u32.to_be_bytes()); // preferred lifetime
-    message.extend_from_slice(&[0; 4]);
-    message.extend_from_slice(&prefix);
-    message.extend_from_slice(&[0; 8]);
-    let all_nodes = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&router);
-    pseudo.extend_from_slice(&all_nodes);
-    pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, 58]);
-    pseudo.extend_from_slice(&message);
-    let mut sum: u32 = 0;
-    for chunk in pseudo.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    message[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    let mut frame = vec![0x33, 0x33, 0, 0, 0, 1];
-    frame.extend_from_slice(&router_mac);
-    frame.extend_from_slice(&0x86ddu16.to_be_bytes());
-    frame.extend_from_slice(&[0x60, 0, 0, 0]);
-    frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&[58, 255]); // ICMPv6, hop limit 255 (required)
-    frame.extend_from_slice(&router);
-    frame.extend_from_slice(&all_nodes);
-    frame.extend_from_slice(&message);
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::time::Duration;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr, IpProtocol,
+        Ipv6Address, Ipv6Packet, Ipv6Repr, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr, NdiscRouterFlags,
+    };
+    let source = Ipv6Address::from(router);
+    let all_nodes = Ipv6Address::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let mut prefix_address = [0u8; 16];
+    prefix_address[..8].copy_from_slice(&prefix);
+    let advertisement = Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+        hop_limit: 64,
+        flags: NdiscRouterFlags::empty(),
+        router_lifetime: Duration::from_secs(1800),
+        reachable_time: Duration::ZERO,
+        retrans_time: Duration::ZERO,
+        lladdr: Some(EthernetAddress(router_mac).into()),
+        mtu: None,
+        prefix_info: Some(NdiscPrefixInformation {
+            prefix_len: 64,
+            flags: NdiscPrefixInfoFlags::ON_LINK | NdiscPrefixInfoFlags::ADDRCONF,
+            valid_lifetime: Duration::from_secs(86_400),
+            preferred_lifetime: Duration::from_secs(14_400),
+            prefix: Ipv6Address::from(prefix_address),
+        }),
+    });
+    let ip = Ipv6Repr {
+        src_addr: source,
+        dst_addr: all_nodes,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: advertisement.buffer_len(),
+        // 255: required of neighbour discovery (RFC 4861 6.1.2).
+        hop_limit: 255,
+    };
+    let ethernet = EthernetRepr {
+        src_addr: EthernetAddress(router_mac),
+        dst_addr: EthernetAddress([0x33, 0x33, 0, 0, 0, 1]),
+        ethertype: EthernetProtocol::Ipv6,
+    };
+    let mut frame = vec![0u8; ethernet.buffer_len() + ip.buffer_len() + ip.payload_len];
+    let mut ethernet_frame = EthernetFrame::new_unchecked(&mut frame[..]);
+    ethernet.emit(&mut ethernet_frame);
+    let mut ip_packet = Ipv6Packet::new_unchecked(ethernet_frame.payload_mut());
+    ip.emit(&mut ip_packet);
+    let mut icmp = Icmpv6Packet::new_unchecked(ip_packet.payload_mut());
+    advertisement.emit(&source, &all_nodes, &mut icmp, &ChecksumCapabilities::default());
     frame
+}
+
+/// Two stacks on one link, each with a static IPv6 address (server
+/// fd00::1, client fd00::2) and SLAAC on; the server's IPv4 `server`.
+fn ipv6_link(server: Addressing) -> Link {
+    let ipv6 = |address: &str| toro_net::Ipv6Config {
+        address: Some(smoltcp::wire::Ipv6Cidr::new(address.parse().unwrap(), 64)),
+        gateway: None,
+        slaac: true,
+    };
+    let (server_device, client_device) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    Link {
+        server: Stack::new(server_device, server, StackConfig { ipv6: ipv6("fd00::1"), ..StackConfig::default() }, 0),
+        client: Stack::new(
+            client_device,
+            statically(CLIENT_IP),
+            StackConfig { ipv6: ipv6("fd00::2"), random_seed: 7, ..StackConfig::default() },
+            0,
+        ),
+        now: 0,
+    }
 }
 
 /// A router advertisement with a new prefix makes smoltcp flush the whole
@@ -674,27 +687,7 @@ fn router_advertisement(router_mac: [u8; 6], router: [u8; 16], prefix: [u8; 8]) 
 /// gateway again when its addresses change.
 #[test]
 fn a_router_advertisement_does_not_cost_the_gateways_next_connection_a_second() {
-    let ipv6 = |address: &str| toro_net::Ipv6Config {
-        address: Some(smoltcp::wire::Ipv6Cidr::new(address.parse().unwrap(), 64)),
-        gateway: None,
-        slaac: true,
-    };
-    let (server_device, client_device) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
-    let mut link = Link {
-        server: Stack::new(
-            server_device,
-            Addressing::Static { address: Ipv4Cidr::new(SERVER_IP, 24), gateway: Some(CLIENT_IP) },
-            StackConfig { ipv6: ipv6("fd00::1"), ..StackConfig::default() },
-            0,
-        ),
-        client: Stack::new(
-            client_device,
-            statically(CLIENT_IP),
-            StackConfig { ipv6: ipv6("fd00::2"), random_seed: 7, ..StackConfig::default() },
-            0,
-        ),
-        now: 0,
-    };
+    let mut link = ipv6_link(Addressing::Static { address: Ipv4Cidr::new(SERVER_IP, 24), gateway: Some(CLIENT_IP) });
     link.server.tcp_listen(80).unwrap();
     let establish = |link: &mut Link, target: IpAddress| {
         let client = link.client.tcp_connect(IpEndpoint::new(target, 80)).unwrap();
