@@ -45,6 +45,20 @@ pub struct TapTest {
 }
 
 impl TapTest {
+    /// What [`tests`] entries share: QEMU microvm, 2 CPUs, one card with
+    /// one queue, pages and `/stats` only.
+    const BASE: TapTest = TapTest {
+        vmm: Vmm::Qemu,
+        cpus: 2,
+        hostile_frames: false,
+        wrk: false,
+        stats: true,
+        boot_wait: Duration::from_secs(60),
+        queues: 1,
+        nics: 1,
+        machine: qemu::Machine::Microvm,
+    };
+
     pub fn name(&self) -> String {
         if self.nics > 1 {
             let machine = match (self.vmm, self.machine) {
@@ -71,109 +85,15 @@ impl TapTest {
 /// pages only (guest code is slow on this kind of machine's `/dev/kvm`).
 pub fn tests() -> Vec<TapTest> {
     vec![
-        TapTest {
-            vmm: Vmm::Qemu,
-            cpus: 2,
-            hostile_frames: true,
-            wrk: true,
-            stats: true,
-            boot_wait: Duration::from_secs(60),
-            queues: 1,
-            nics: 1,
-            machine: qemu::Machine::Microvm,
-        },
-        TapTest {
-            vmm: Vmm::Qemu,
-            cpus: 2,
-            hostile_frames: false,
-            wrk: true,
-            stats: true,
-            boot_wait: Duration::from_secs(60),
-            queues: 2,
-            nics: 1,
-            machine: qemu::Machine::Microvm,
-        },
-        TapTest {
-            vmm: Vmm::Qemu,
-            cpus: 4,
-            hostile_frames: false,
-            wrk: true,
-            stats: true,
-            boot_wait: Duration::from_secs(60),
-            queues: 4,
-            nics: 1,
-            machine: qemu::Machine::Microvm,
-        },
-        TapTest {
-            vmm: Vmm::Qemu,
-            cpus: 2,
-            hostile_frames: false,
-            wrk: false,
-            stats: true,
-            boot_wait: Duration::from_secs(60),
-            queues: 1,
-            nics: 2,
-            machine: qemu::Machine::Microvm,
-        },
-        TapTest {
-            vmm: Vmm::Qemu,
-            cpus: 2,
-            hostile_frames: false,
-            wrk: false,
-            stats: true,
-            boot_wait: Duration::from_secs(60),
-            queues: 1,
-            nics: 2,
-            machine: qemu::Machine::Q35,
-        },
-        TapTest {
-            vmm: Vmm::Firecracker,
-            cpus: 2,
-            hostile_frames: false,
-            wrk: false,
-            stats: true,
-            boot_wait: Duration::from_secs(60),
-            queues: 1,
-            nics: 2,
-            machine: qemu::Machine::Microvm,
-        },
-        TapTest {
-            vmm: Vmm::CloudHypervisor,
-            cpus: 2,
-            hostile_frames: false,
-            wrk: false,
-            stats: true,
-            boot_wait: Duration::from_secs(60),
-            queues: 1,
-            nics: 2,
-            machine: qemu::Machine::Microvm,
-        },
-        TapTest {
-            vmm: Vmm::CloudHypervisor,
-            cpus: 2,
-            hostile_frames: false,
-            wrk: false,
-            // `/stats` comes right after the SLAAC step; it used to wait
-            // a second for a retransmitted SYN in half the runs (and once
-            // gave nothing within curl's 10 s): docs/net.md, "SLAAC and
-            // the neighbour cache".
-            stats: true,
-            boot_wait: Duration::from_secs(60),
-            queues: 1,
-            nics: 1,
-            machine: qemu::Machine::Microvm,
-        },
-        TapTest {
-            vmm: Vmm::Firecracker,
-            cpus: 2,
-            hostile_frames: false,
-            wrk: false,
-            stats: true,
-            boot_wait: Duration::from_secs(60),
-            queues: 1,
-            nics: 1,
-            machine: qemu::Machine::Microvm,
-        },
+        TapTest { hostile_frames: true, wrk: true, ..TapTest::BASE },
+        TapTest { wrk: true, queues: 2, ..TapTest::BASE },
+        TapTest { cpus: 4, wrk: true, queues: 4, ..TapTest::BASE },
+        TapTest { nics: 2, ..TapTest::BASE },
+        TapTest { nics: 2, machine: qemu::Machine::Q35, ..TapTest::BASE },
+        TapTest { vmm: Vmm::Firecracker, nics: 2, ..TapTest::BASE },
+        TapTest { vmm: Vmm::CloudHypervisor, nics: 2, ..TapTest::BASE },
+        TapTest { vmm: Vmm::CloudHypervisor, ..TapTest::BASE },
+        TapTest { vmm: Vmm::Firecracker, ..TapTest::BASE },
     ]
 }
 

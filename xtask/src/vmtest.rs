@@ -1023,9 +1023,8 @@ pub fn lockcheck_command(arguments: &[String]) -> Result<ExitCode> {
 
 /// The lock check of every image built for this run, two at a time (one
 /// objdump each); with `all` (every image of the suite was built), also
-/// that every root names a function of some image. Returns (passed,
-/// failed).
-fn lock_check_suite(specs: &[ImageSpec], images: &[std::path::PathBuf], all: bool) -> Result<(usize, usize)> {
+/// that every root names a function of some image, counted in `tally`.
+fn lock_check_suite(specs: &[ImageSpec], images: &[std::path::PathBuf], all: bool, tally: &mut Tally) -> Result<()> {
     use crate::lockcheck::{self, Report};
     let started = std::time::Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -1042,14 +1041,13 @@ fn lock_check_suite(specs: &[ImageSpec], images: &[std::path::PathBuf], all: boo
     });
     let mut results = results.into_inner().expect("no panics while held");
     results.sort_by_key(|(index, _)| *index);
-    let (mut passed, mut failed) = (0, 0);
     let mut found = std::collections::BTreeSet::new();
     for (index, report) in results {
         let name = &specs[index].binary;
         let report = report.with_context(|| format!("lock check of {name}"))?;
         found.extend(report.roots_found.iter().cloned());
         if report.problems.is_empty() {
-            passed += 1;
+            tally.passed += 1;
             println!(
                 "vm test lock-check-{name} ... ok ({} roots, {} job functions, {} inlined instances, {} functions)",
                 report.roots_found.len(),
@@ -1058,7 +1056,7 @@ fn lock_check_suite(specs: &[ImageSpec], images: &[std::path::PathBuf], all: boo
                 report.functions_checked
             );
         } else {
-            failed += 1;
+            tally.failed(&format!("lock-check-{name}"));
             println!("vm test lock-check-{name} ... FAILED");
             for problem in &report.problems {
                 println!("    {problem}");
@@ -1068,7 +1066,7 @@ fn lock_check_suite(specs: &[ImageSpec], images: &[std::path::PathBuf], all: boo
     if all {
         let stale: Vec<&str> = lockcheck::ROOTS.iter().copied().filter(|root| !found.contains(*root)).collect();
         if stale.is_empty() {
-            passed += 1;
+            tally.passed += 1;
             println!(
                 "vm test lock-check-roots ... ok (all {} roots found; {:.2} s for {} images)",
                 lockcheck::ROOTS.len(),
@@ -1076,11 +1074,11 @@ fn lock_check_suite(specs: &[ImageSpec], images: &[std::path::PathBuf], all: boo
                 images.len()
             );
         } else {
-            failed += 1;
+            tally.failed("lock-check-roots");
             println!("vm test lock-check-roots ... FAILED: in no image (renamed or removed?): {}", stale.join(", "));
         }
     }
-    Ok((passed, failed))
+    Ok(())
 }
 
 /// The image the mutation test plants its faults in.
@@ -1412,24 +1410,49 @@ fn run_listed(test: &VmTest, image: std::path::PathBuf, accel: crate::accel::Acc
     Ok(Some(problems.is_empty()))
 }
 
-/// Counts one host-driven test and prints its line. A test that could not
-/// even run (its setup failed: a tool refused its arguments, a folder could
-/// not be made) is a failed test with the reason, never the end of the
-/// whole suite.
-fn record(passed: &mut usize, failed: &mut usize, name: &str, result: Result<(bool, String)>) {
-    match result {
-        Ok((true, summary)) => {
-            *passed += 1;
-            println!("vm test {name} ... {summary}");
+/// The suite's count: how many passed, and the names of those that failed,
+/// said again just above the closing `N passed, N failed` line so that the
+/// end of a long log tells which test failed.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    fn failed(&mut self, name: &str) {
+        self.failed.push(name.to_string());
+    }
+
+    /// Counts one host-driven test and prints its line. A test that could
+    /// not even run (its setup failed: a tool refused its arguments, a folder
+    /// could not be made) is a failed test with the reason, never the end of
+    /// the whole suite.
+    fn record(&mut self, name: &str, result: Result<(bool, String)>) {
+        match result {
+            Ok((true, summary)) => {
+                self.passed += 1;
+                println!("vm test {name} ... {summary}");
+            }
+            Ok((false, summary)) => {
+                self.failed(name);
+                println!("vm test {name} ... {summary}");
+            }
+            Err(error) => {
+                self.failed(name);
+                println!("vm test {name} ... FAILED: could not run: {error:#}");
+            }
         }
-        Ok((false, summary)) => {
-            *failed += 1;
-            println!("vm test {name} ... {summary}");
+    }
+
+    /// The closing lines: the failed tests by name, then the count.
+    fn close(&self) -> String {
+        let mut text = String::new();
+        for name in &self.failed {
+            text.push_str(&format!("failed: {name}\n"));
         }
-        Err(error) => {
-            *failed += 1;
-            println!("vm test {name} ... FAILED: could not run: {error:#}");
-        }
+        text.push_str(&format!("{} passed, {} failed", self.passed, self.failed.len()));
+        text
     }
 }
 
@@ -1450,7 +1473,12 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     let qemu_checks = only_vmm.is_none_or(|vmm| vmm == Vmm::Qemu);
     let filter = if qemu_checks { filter } else { Some(filter.unwrap_or_default()) };
     crate::setup::ensure()?;
-    let (mut passed, mut failed) = if filter.is_none() { host_tests()? } else { (0, 0) };
+    let mut tally = Tally::default();
+    if filter.is_none() {
+        let (passed, failed) = host_tests()?;
+        tally.passed += passed;
+        tally.failed.extend((0..failed).map(|_| "a host test (its name is in cargo's output above)".to_string()));
+    }
 
     let tests: Vec<VmTest> = tests()
         .into_iter()
@@ -1501,14 +1529,12 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     let accel = crate::choose_accel(None);
     // The lock check: every image built for this run, in every run.
     let all_images = lock_all;
-    let (lock_passed, lock_failed) = lock_check_suite(&specs, &images, all_images)?;
-    passed += lock_passed;
-    failed += lock_failed;
+    lock_check_suite(&specs, &images, all_images, &mut tally)?;
     if qemu_checks && filter.as_ref().is_none_or(|f| "lock-check-mutations".contains(f.as_str())) {
-        record(&mut passed, &mut failed, "lock-check-mutations", lock_check_mutations());
+        tally.record("lock-check-mutations", lock_check_mutations());
     }
     if let Some(index) = specs.iter().position(|s| s.binary == RANDOM_IMAGE) {
-        record(&mut passed, &mut failed, "random-two-boots", two_boots_test(&images[index], accel));
+        tally.record("random-two-boots", two_boots_test(&images[index], accel));
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
         for (machine, name) in [(Machine::Microvm, "webserver-curl-microvm-2"), (Machine::Q35, "webserver-curl-q35-2")]
@@ -1516,7 +1542,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
             if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
                 continue;
             }
-            record(&mut passed, &mut failed, name, webserver_curl_test(&images[index], accel, machine));
+            tally.record(name, webserver_curl_test(&images[index], accel, machine));
         }
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver") {
@@ -1528,7 +1554,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
                 println!("vm test {name} ... skipped: {reason}");
                 continue;
             }
-            record(&mut passed, &mut failed, &name, crate::nettest::run(tap_test, &images[index], accel));
+            tally.record(&name, crate::nettest::run(tap_test, &images[index], accel));
         }
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "echo") {
@@ -1541,7 +1567,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
                 Some(&(machine, _)) => crate::nettest::udp_nics_test(&images[index], accel, machine),
                 None => crate::nettest::udp_multiqueue_test(&images[index], accel),
             };
-            record(&mut passed, &mut failed, name, result);
+            tally.record(name, result);
         }
     }
     if qemu_checks && filter.as_ref().is_none_or(|f| crate::storms::NAME.contains(f.as_str())) {
@@ -1553,7 +1579,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
                 Some(index) => images[index].clone(),
                 None => build::build(&[build::example("webserver")], false)?.remove(0),
             };
-            record(&mut passed, &mut failed, name, crate::storms::run(&image, accel));
+            tally.record(name, crate::storms::run(&image, accel));
         }
     }
     if let Some(index) = specs.iter().position(|s| s.binary == "webserver").filter(|_| !files_tests.is_empty()) {
@@ -1563,20 +1589,20 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
                 continue;
             }
             let result = crate::disktest::webserver_files_test(&images[index], accel, share, machine, cpus);
-            record(&mut passed, &mut failed, &name, result);
+            tally.record(&name, result);
         }
     }
     if qemu_checks && filter.as_ref().is_none_or(|f| "floor".contains(f.as_str())) {
-        record(&mut passed, &mut failed, "floor", floor_test(accel));
+        tally.record("floor", floor_test(accel));
     }
     for test in &tests {
         let index = specs.iter().position(|s| s.binary == test.binary).expect("built above");
         match run_listed(test, images[index].clone(), accel) {
             Ok(None) => {}
-            Ok(Some(true)) => passed += 1,
-            Ok(Some(false)) => failed += 1,
+            Ok(Some(true)) => tally.passed += 1,
+            Ok(Some(false)) => tally.failed(test.name),
             Err(error) => {
-                failed += 1;
+                tally.failed(test.name);
                 println!("vm test {} ... FAILED: could not run: {error:#}", test.name);
             }
         }
@@ -1587,16 +1613,32 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
         let started = std::time::Instant::now();
         match crate::bench::quick_check() {
             Ok(()) => {
-                passed += 1;
+                tally.passed += 1;
                 println!("vm test bench-quick ... ok ({:.2} s)", started.elapsed().as_secs_f64());
             }
             Err(error) => {
-                failed += 1;
+                tally.failed("bench-quick");
                 println!("vm test bench-quick ... FAILED");
                 println!("    {error:#}");
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!("{}", tally.close());
+    Ok(if tally.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn the_closing_lines_name_every_failed_test() {
+        let mut tally = Tally::default();
+        tally.record("a", Ok((true, "ok".into())));
+        tally.record("b", Ok((false, "FAILED: no".into())));
+        tally.record("c", Err(anyhow::anyhow!("no tap")));
+        tally.failed("d");
+        assert_eq!(tally.close(), "failed: b\nfailed: c\nfailed: d\n1 passed, 3 failed");
+        assert_eq!(Tally::default().close(), "0 passed, 0 failed");
+    }
 }

@@ -416,15 +416,17 @@ fn scaling(readings: &[Reading], kind: &str, source: Source) -> Option<Reading> 
 
 /// `net-{kind}-core-scaling`: requests/s per host core that QEMU's threads
 /// other than its main loop (the vCPU threads) ran, 2 vCPUs over 1 vCPU,
-/// from `vcpu_cores` (row prefix `net-{kind}-{cpus}cpu`, cores). 1.0 means
+/// from the latest `host_cpu` entries of `source` for rows
+/// `net-{kind}-{cpus}cpu` (pushed with this run's readings). 1.0 means
 /// the second vCPU serves as much per core of the host as the only one
 /// did: the guest scales linearly and the 1 -> 2 vCPU ratio is bounded by
 /// the cores the host gave its vCPU threads (2 here, shared with wrk and
 /// QEMU's main loop).
-fn core_scaling(readings: &[Reading], vcpu_cores: &[(String, f64)], kind: &str, source: Source) -> Option<Reading> {
+fn core_scaling(readings: &[Reading], host_cpu: &[HostCpu], kind: &str, source: Source) -> Option<Reading> {
     let per_core = |cpus: u32| {
         let rate = readings.iter().find(|r| r.name == format!("net-{kind}-{cpus}cpu-rps"))?.value;
-        let cores = vcpu_cores.iter().find(|(row, _)| *row == format!("net-{kind}-{cpus}cpu"))?.1;
+        let row = format!("net-{kind}-{cpus}cpu");
+        let cores = host_cpu.iter().rev().find(|cpu| cpu.row == row && cpu.source == source)?.vcpus();
         (rate > 0.0 && cores.is_finite() && cores > 0.0).then_some(rate / cores)
     };
     let ratio = per_core(2)? / per_core(1)?;
@@ -512,8 +514,6 @@ impl Bench {
         let echo_bytes = if quick { QUICK_ECHO_BYTES } else { ECHO_BYTES };
         let mut readings = Vec::new();
         let mut linux_echoed = None;
-        // Each wrk run's vCPU-thread cores, for the per-core rows.
-        let mut vcpu_cores: Vec<(String, f64)> = Vec::new();
         for cpus in [1u32, 2] {
             let prefix = format!("net-mq-{cpus}cpu");
             let row_wanted = ["rps", "p50", "p99"].iter().any(|n| wanted(&format!("{prefix}-{n}")))
@@ -559,9 +559,7 @@ impl Bench {
                         match reports.next() {
                             Some(Ok(report)) if report.requests > 0 && report.socket_errors + report.non_2xx == 0 => {
                                 readings.extend(wrk_readings(&prefix, &report, source));
-                                let cpu = HostCpu::of(&prefix, source, &report);
-                                vcpu_cores.push((prefix.clone(), cpu.vcpus()));
-                                self.host_cpu.push(cpu);
+                                self.host_cpu.push(HostCpu::of(&prefix, source, &report));
                             }
                             Some(Ok(report)) => {
                                 self.fail(format!("{name} q35 tap {cpus} vCPU(s): errors under wrk: {report:?}"));
@@ -581,10 +579,7 @@ impl Bench {
                                     LineUnit::PerSecond,
                                     source,
                                 ));
-                                let row = format!("net-gzip-{cpus}cpu");
-                                let cpu = HostCpu::of(&row, source, &report);
-                                vcpu_cores.push((row, cpu.vcpus()));
-                                self.host_cpu.push(cpu);
+                                self.host_cpu.push(HostCpu::of(&format!("net-gzip-{cpus}cpu"), source, &report));
                             }
                             Some(Ok(report)) => {
                                 self.fail(format!("{name} gzip on the q35 tap, {cpus} vCPU(s): errors: {report:?}"));
@@ -626,7 +621,7 @@ impl Bench {
                 readings.extend(scaling(&readings, kind, source));
             }
             if wanted(&format!("net-{kind}-core-scaling")) {
-                readings.extend(core_scaling(&readings, &vcpu_cores, kind, source));
+                readings.extend(core_scaling(&readings, &self.host_cpu, kind, source));
             }
         }
         for cpus in [1u32, 2] {
@@ -977,25 +972,33 @@ mod tests {
         assert!(scaling(&gzip, "mq", Source::Linux).is_none());
         // Per core of the vCPU threads: 1000 req/s on 0.98 cores, 1900 on
         // 1.90: 1.0 (linear per core), though the plain ratio says 1.9.
-        let cores = [("net-gzip-1cpu".to_string(), 0.98), ("net-gzip-2cpu".to_string(), 1.862)];
+        // The vCPU threads: every QEMU thread but the main loop (first).
+        let cpu = |row: &str, source: Source, threads: Vec<f64>| HostCpu {
+            row: row.into(),
+            source,
+            wrk: 0.1,
+            qemu: 1.9,
+            host: 2.0,
+            threads,
+        };
+        assert!((cpu("net-gzip-2cpu", Source::Toro, vec![0.2, 0.9, 0.8]).vcpus() - 1.7).abs() < 1e-9);
+        assert!(cpu("net-gzip-2cpu", Source::Toro, vec![0.2]).vcpus().is_nan());
+        // The latest entry of the side counts (an earlier run's, Toro's and
+        // another row's do not).
+        let cores = [
+            cpu("net-gzip-1cpu", Source::Linux, vec![0.1, 3.0]),
+            cpu("net-gzip-1cpu", Source::Linux, vec![0.1, 0.98]),
+            cpu("net-gzip-2cpu", Source::Linux, vec![0.1, 0.931, 0.931]),
+            cpu("net-gzip-2cpu", Source::Toro, vec![0.1, 5.0]),
+            cpu("net-mq-2cpu", Source::Linux, vec![0.1, 5.0]),
+        ];
         let per_core = core_scaling(&gzip, &cores, "gzip", Source::Linux).unwrap();
         assert_eq!(per_core.name, "net-gzip-core-scaling");
         assert!((per_core.value - 1.0).abs() < 1e-9, "{}", per_core.value);
         // Unread cores (NaN) or a missing boot: no reading.
-        let unread = [("net-gzip-1cpu".to_string(), f64::NAN), ("net-gzip-2cpu".to_string(), 1.9)];
+        let unread = [cpu("net-gzip-1cpu", Source::Linux, vec![0.1, f64::NAN]), cores[2].clone()];
         assert!(core_scaling(&gzip, &unread, "gzip", Source::Linux).is_none());
-        assert!(core_scaling(&gzip, &cores[..1], "gzip", Source::Linux).is_none());
-        // The vCPU threads: every QEMU thread but the main loop (first).
-        let cpu = HostCpu {
-            row: "net-gzip-2cpu".into(),
-            source: Source::Toro,
-            wrk: 0.1,
-            qemu: 1.9,
-            host: 2.0,
-            threads: vec![0.2, 0.9, 0.8],
-        };
-        assert!((cpu.vcpus() - 1.7).abs() < 1e-9);
-        assert!(HostCpu { threads: vec![0.2], ..cpu }.vcpus().is_nan());
+        assert!(core_scaling(&gzip, &cores[..2], "gzip", Source::Linux).is_none());
     }
 
     #[test]
