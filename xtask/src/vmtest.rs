@@ -1265,30 +1265,49 @@ fn floor_test(accel: crate::accel::Accel) -> Result<(bool, String)> {
 }
 
 /// Runs the host unit tests, then the loom models of the cross-CPU
-/// structures; returns (passed, failed) from cargo's summary lines.
-fn host_tests() -> Result<(usize, usize)> {
+/// structures, each test binary even after one failed; counts them in
+/// `tally` from cargo's summary lines, the failed ones by name.
+fn host_tests(tally: &mut Tally) -> Result<()> {
     let root = build::workspace_root();
     let mut unit = Command::new(env!("CARGO"));
     // The workspace's default members: everything that runs on the host.
-    unit.current_dir(&root).arg("test");
-    let (passed, failed) = cargo_test(unit)?;
+    unit.current_dir(&root).args(["test", "--no-fail-fast"]);
+    cargo_test(unit, tally)?;
     let mut loom = Command::new(env!("CARGO"));
     // Its own target directory: `--cfg loom` would otherwise rebuild the
     // shared one.
     loom.current_dir(&root)
-        .args(["test", "-p", "toro-core", "--release", "--test", "loom"])
+        .args(["test", "--no-fail-fast", "-p", "toro-core", "--release", "--test", "loom"])
         .env("RUSTFLAGS", "--cfg loom")
         .env("CARGO_TARGET_DIR", root.join("target").join("loom"));
-    let (loom_passed, loom_failed) = cargo_test(loom)?;
-    Ok((passed + loom_passed, failed + loom_failed))
+    cargo_test(loom, tally)
 }
 
-/// Runs a `cargo test` command; returns (passed, failed) from its summary
-/// lines (a build failure counts as one failure).
-fn cargo_test(mut command: Command) -> Result<(usize, usize)> {
+/// Runs a `cargo test` command and counts it in `tally` (a build failure
+/// counts as one failure).
+fn cargo_test(mut command: Command, tally: &mut Tally) -> Result<()> {
     let output = command.stderr(std::process::Stdio::inherit()).output().context("running cargo test")?;
     let text = String::from_utf8_lossy(&output.stdout);
     print!("{text}");
+    let (passed, failed) = cargo_counts(&text, output.status.success());
+    tally.passed += passed;
+    let mut names = failed_names(&text);
+    names.resize(names.len().max(failed), "a host test or its build (see cargo's output above)".to_string());
+    tally.failed.extend(names);
+    Ok(())
+}
+
+/// The tests cargo test's output says FAILED, as `host test NAME`.
+fn failed_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("test ")?.strip_suffix(" ... FAILED"))
+        .map(|name| format!("host test {name}"))
+        .collect()
+}
+
+/// (passed, failed) from cargo test's summary lines; a run that failed
+/// with no failed test (its build) counts as one failure.
+fn cargo_counts(text: &str, success: bool) -> (usize, usize) {
     let (mut passed, mut failed) = (0, 0);
     for line in text.lines().filter(|l| l.starts_with("test result:")) {
         let number = |word: &str| {
@@ -1300,10 +1319,10 @@ fn cargo_test(mut command: Command) -> Result<(usize, usize)> {
         passed += number("passed");
         failed += number("failed");
     }
-    if !output.status.success() && failed == 0 {
-        failed = 1; // a build failure counts as a failure
+    if !success && failed == 0 {
+        failed = 1;
     }
-    Ok((passed, failed))
+    (passed, failed)
 }
 
 /// fs_disk's kill-after-sync case on `machine` with `cpus` CPUs: the host
@@ -1475,9 +1494,7 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     crate::setup::ensure()?;
     let mut tally = Tally::default();
     if filter.is_none() {
-        let (passed, failed) = host_tests()?;
-        tally.passed += passed;
-        tally.failed.extend((0..failed).map(|_| "a host test (its name is in cargo's output above)".to_string()));
+        host_tests(&mut tally)?;
     }
 
     let tests: Vec<VmTest> = tests()
@@ -1640,5 +1657,15 @@ mod tests {
         tally.failed("d");
         assert_eq!(tally.close(), "failed: b\nfailed: c\nfailed: d\n1 passed, 3 failed");
         assert_eq!(Tally::default().close(), "0 passed, 0 failed");
+    }
+
+    #[test]
+    fn cargos_summary_lines_are_counted() {
+        let text = "test a ... ok\ntest result: ok. 3 passed; 0 failed; 1 ignored; 0 measured\n\
+                    test b ... FAILED\ntest result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured\n";
+        assert_eq!(super::cargo_counts(text, false), (5, 1));
+        assert_eq!(super::failed_names(text), ["host test b"]);
+        assert_eq!(super::cargo_counts("error[E0425]: cannot find value", false), (0, 1));
+        assert_eq!(super::cargo_counts("", true), (0, 0));
     }
 }
