@@ -38,6 +38,25 @@ pub fn neighbour_discovery(frame: &[u8]) -> bool {
     }
 }
 
+/// The transport header and what follows it in `frame` (Ethernet; IPv4
+/// that is not a later fragment, or IPv6 with `protocol` as the first
+/// header), if its protocol is `protocol` (an IANA protocol number).
+fn transport(frame: &[u8], protocol: u8) -> Option<&[u8]> {
+    let ip = frame.get(ETHERNET_HEADER_BYTES..)?;
+    match frame.get(12..14)? {
+        [0x08, 0x00] => {
+            let header_bytes = usize::from(ip.first()? & 0x0f) * 4;
+            let fragment_offset = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
+            if ip.first()? >> 4 != 4 || header_bytes < 20 || *ip.get(9)? != protocol || fragment_offset != 0 {
+                return None;
+            }
+            ip.get(header_bytes..)
+        }
+        [0x86, 0xdd] if ip.first()? >> 4 == 6 && *ip.get(6)? == protocol => ip.get(40..),
+        _ => None,
+    }
+}
+
 /// The UDP destination port of `frame` (Ethernet; IPv4 that is not a
 /// later fragment, or IPv6 with UDP as the first header), if it is UDP.
 /// The queue pairs of a multi-queue card share one address, but a UDP
@@ -45,20 +64,23 @@ pub fn neighbour_discovery(frame: &[u8]) -> bool {
 /// pair's queue are handed to it (docs/net.md).
 pub fn udp_destination_port(frame: &[u8]) -> Option<u16> {
     const UDP: u8 = 17;
-    let ip = frame.get(ETHERNET_HEADER_BYTES..)?;
-    let udp = match frame.get(12..14)? {
-        [0x08, 0x00] => {
-            let header_bytes = usize::from(ip.first()? & 0x0f) * 4;
-            let fragment_offset = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
-            if ip.first()? >> 4 != 4 || header_bytes < 20 || *ip.get(9)? != UDP || fragment_offset != 0 {
-                return None;
-            }
-            ip.get(header_bytes..)?
-        }
-        [0x86, 0xdd] if ip.first()? >> 4 == 6 && *ip.get(6)? == UDP => ip.get(40..)?,
-        _ => return None,
-    };
+    let udp = transport(frame, UDP)?;
     Some(u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]))
+}
+
+/// The destination port of `frame` if it opens a TCP connection: a
+/// segment with SYN set and neither ACK nor RST (RFC 9293 3.5), over IPv4
+/// or IPv6 as [`udp_destination_port`] reads them. Only the header's
+/// fixed 20 bytes are read; the checksum is not checked (a damaged SYN
+/// classified here is dropped either way).
+pub fn tcp_syn_port(frame: &[u8]) -> Option<u16> {
+    const TCP: u8 = 6;
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    let tcp = transport(frame, TCP)?;
+    let flags = *tcp.get(13)?;
+    (tcp.len() >= 20 && flags & (SYN | RST | ACK) == SYN).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
 }
 
 /// What a device does for the stack.
@@ -151,9 +173,25 @@ pub trait NetDevice {
 /// copied into `frame` (one copy of at most an MTU, reused) and the
 /// transmit token borrows the device through the `RefCell` only while it
 /// fills a frame. No `unsafe` is needed for the two live tokens.
+///
+/// A SYN for a listening port in `full` (its backlog is full) is dropped
+/// here, before smoltcp sees it, and counted in `dropped_syns`: smoltcp
+/// would reset it (no socket in `Listen`), and the client would see
+/// "connection refused" in a burst; dropped, the client retransmits its
+/// SYN after its retransmission timeout and is taken once `accept` made
+/// room, as Linux does when a listen queue overflows (its ListenDrops).
 pub(crate) struct Port<'a, D: NetDevice> {
     pub(crate) device: &'a RefCell<D>,
     pub(crate) frame: &'a mut Vec<u8>,
+    pub(crate) full: &'a [u16],
+    pub(crate) dropped_syns: u64,
+}
+
+impl<'a, D: NetDevice> Port<'a, D> {
+    /// A port that drops no SYN (for transmitting).
+    pub(crate) fn new(device: &'a RefCell<D>, frame: &'a mut Vec<u8>) -> Self {
+        Self { device, frame, full: &[], dropped_syns: 0 }
+    }
 }
 
 /// smoltcp's checksum settings for a device's capabilities. IPv4 header
@@ -184,9 +222,21 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let frame = &mut *self.frame;
-        frame.clear();
-        self.device.borrow_mut().receive(|received| frame.extend_from_slice(received))?;
-        Some((RxToken { frame }, TxToken { device: self.device }))
+        let full = self.full;
+        loop {
+            frame.clear();
+            let taken = self.device.borrow_mut().receive(|received| {
+                let refused = !full.is_empty() && tcp_syn_port(received).is_some_and(|port| full.contains(&port));
+                if !refused {
+                    frame.extend_from_slice(received);
+                }
+                !refused
+            })?;
+            if taken {
+                return Some((RxToken { frame }, TxToken { device: self.device }));
+            }
+            self.dropped_syns += 1;
+        }
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
@@ -352,7 +402,64 @@ impl NetDevice for MemoryDevice {
 
 #[cfg(test)]
 mod neighbour_tests {
-    use super::{neighbour_discovery, udp_destination_port};
+    use super::{neighbour_discovery, tcp_syn_port, udp_destination_port};
+    use proptest::prelude::*;
+
+    /// A TCP segment from port 40000 to 80 with `flags` (a 20-byte header).
+    fn tcp(v6: bool, flags: u8) -> Vec<u8> {
+        let mut segment = vec![0u8; 20];
+        segment[0..4].copy_from_slice(&[0x9c, 0x40, 0x00, 80]);
+        segment[12] = 5 << 4;
+        segment[13] = flags;
+        let mut ip = if v6 { vec![0u8; 40] } else { vec![0u8; 20] };
+        if v6 {
+            ip[0] = 0x60;
+            ip[6] = 6;
+        } else {
+            ip[0] = 0x45;
+            ip[9] = 6;
+        }
+        ip.extend_from_slice(&segment);
+        ethernet(if v6 { [0x86, 0xdd] } else { [0x08, 0x00] }, &ip)
+    }
+
+    #[test]
+    fn tcp_syn_ports() {
+        for v6 in [false, true] {
+            assert_eq!(tcp_syn_port(&tcp(v6, 0x02)), Some(80), "SYN, v6 {v6}");
+            assert_eq!(tcp_syn_port(&tcp(v6, 0x02 | 0x40 | 0x80)), Some(80), "SYN with ECE+CWR (ECN setup)");
+            assert_eq!(tcp_syn_port(&tcp(v6, 0x12)), None, "SYN-ACK");
+            assert_eq!(tcp_syn_port(&tcp(v6, 0x06)), None, "SYN+RST");
+            assert_eq!(tcp_syn_port(&tcp(v6, 0x10)), None, "ACK");
+            assert_eq!(tcp_syn_port(&tcp(v6, 0x01)), None, "FIN");
+            let whole = tcp(v6, 0x02);
+            for cut in 0..whole.len() {
+                assert_eq!(tcp_syn_port(&whole[..cut]), None, "truncated at {cut}");
+            }
+        }
+        let mut later_fragment = tcp(false, 0x02);
+        later_fragment[14 + 7] = 0x10;
+        assert_eq!(tcp_syn_port(&later_fragment), None, "a later fragment");
+        assert_eq!(tcp_syn_port(&ipv4(17, 0, 5)), None, "UDP");
+        assert_eq!(udp_destination_port(&tcp(false, 0x02)), None, "TCP is not UDP");
+    }
+
+    proptest! {
+        /// Any bytes: no panic, and a SYN only where the flags say so.
+        #[test]
+        fn tcp_syn_port_reads_any_frame(frame in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let _ = udp_destination_port(&frame);
+            if tcp_syn_port(&frame).is_some() {
+                prop_assert!(frame.len() >= 14 + 20 + 20);
+            }
+        }
+
+        #[test]
+        fn every_flag_combination_of_a_segment(flags in any::<u8>(), v6 in any::<bool>()) {
+            let syn = flags & 0x16 == 0x02;
+            prop_assert_eq!(tcp_syn_port(&tcp(v6, flags)).is_some(), syn);
+        }
+    }
 
     fn ipv4(protocol: u8, flags_and_offset: u16, header_words: u8) -> Vec<u8> {
         let mut header = vec![0u8; usize::from(header_words) * 4];

@@ -373,7 +373,7 @@ pub fn directory_index(url_path: &str, entries: &mut [IndexEntry]) -> String {
 /// (the built-in site only). `webroot=` wins when it names a directory;
 /// when it names anything else, no files are served (a typo must not
 /// serve a different tree).
-pub fn choose_root<'a>(argument: Option<&'a str>, is_dir: impl Fn(&str) -> bool) -> Option<&'a str> {
+pub fn choose_root(argument: Option<&str>, is_dir: impl Fn(&str) -> bool) -> Option<&str> {
     match argument {
         Some(root) => Some(root).filter(|root| is_dir(root)),
         None => ["/", "/share"].into_iter().find(|root| is_dir(root)),

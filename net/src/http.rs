@@ -365,6 +365,9 @@ struct Parsed {
     body_in_place: Option<(usize, usize)>,
 }
 
+// `Complete` is returned once per request and moved at once into the
+// connection's queue; boxing it would allocate per request.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Partial,
     Complete(Parsed),

@@ -45,7 +45,10 @@ pub struct StackConfig {
     /// for `accept` (the listen backlog, as `listen(2)`'s): the pool grows
     /// after every received frame while connections arrive, up to this,
     /// and shrinks back to `listen_pool` idle sockets after the burst.
-    /// Beyond it a SYN is answered with a reset (connection refused).
+    /// Beyond it a SYN is dropped, as Linux drops one when a listen
+    /// queue overflows: the client retransmits it after its timeout (about
+    /// 1 s) and is taken once `accept` made room; counted in
+    /// `StackStats::listen_drops`.
     pub listen_backlog: usize,
     /// Datagrams buffered per UDP socket, each way.
     pub udp_packets: usize,
@@ -150,6 +153,9 @@ pub struct StackStats {
     pub dhcp_leases: u64,
     /// Gratuitous ARPs sent (one per IPv4 address set).
     pub announcements: u64,
+    /// SYNs dropped because their port's listen backlog was full (the
+    /// client retransmits them; Linux counts these as ListenDrops).
+    pub listen_drops: u64,
 }
 
 /// The two port spaces.
@@ -171,6 +177,8 @@ pub struct Stack<D: NetDevice> {
     sockets: SocketSet<'static>,
     config: StackConfig,
     listeners: Vec<Listener>,
+    /// Listening ports whose backlog is full (`top_up_listeners`).
+    full_ports: Vec<u16>,
     /// Sockets handed to the application (connections, UDP, ICMP): a set,
     /// since every socket call checks its handle here (a `Vec` scan made
     /// each wake-up pass over 1000 waiting connections 1000 x 1000
@@ -205,14 +213,14 @@ impl<D: NetDevice> Stack<D> {
         interface_config.random_seed = config.random_seed;
         interface_config.slaac = config.ipv6.slaac;
         let mut frame = Vec::new();
-        let interface =
-            Interface::new(interface_config, &mut Port { device: &device, frame: &mut frame }, to_instant(now_micros));
+        let interface = Interface::new(interface_config, &mut Port::new(&device, &mut frame), to_instant(now_micros));
         let mut stack = Self {
             device,
             interface,
             sockets: SocketSet::new(Vec::new()),
             config,
             listeners: Vec::new(),
+            full_ports: Vec::new(),
             open: BTreeSet::new(),
             closing: Vec::new(),
             now_micros,
@@ -331,18 +339,23 @@ impl<D: NetDevice> Stack<D> {
         let now = to_instant(now_micros);
         // smoltcp's `poll`, written out so the listen pools are topped up
         // after every received frame: smoltcp has no backlog, and a SYN
-        // that finds no socket in `Listen` is reset.
-        let mut port = Port { device: &self.device, frame: &mut self.frame };
+        // that finds no socket in `Listen` is reset. A SYN for a port
+        // whose backlog is full is dropped before smoltcp sees it (`Port`).
         let mut changed = false;
         let mut relearn = maintain(&mut self.interface, now);
         loop {
-            match self.interface.poll_ingress_single(now, &mut port, &mut self.sockets) {
+            let mut port =
+                Port { device: &self.device, frame: &mut self.frame, full: &self.full_ports, dropped_syns: 0 };
+            let result = self.interface.poll_ingress_single(now, &mut port, &mut self.sockets);
+            self.stats.listen_drops += port.dropped_syns;
+            match result {
                 PollIngressSingleResult::None => break,
                 PollIngressSingleResult::PacketProcessed => {}
                 PollIngressSingleResult::SocketStateChanged => changed = true,
             }
-            top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config);
+            top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
         }
+        let mut port = Port::new(&self.device, &mut self.frame);
         // Again, so that the address a router advertisement just gave
         // (and the flush that comes with it) is there before egress.
         relearn |= maintain(&mut self.interface, now);
@@ -362,7 +375,7 @@ impl<D: NetDevice> Stack<D> {
         self.poll_dhcp();
         self.reap_closing();
         self.recycle_failed_handshakes();
-        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config);
+        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
         if changed {
             self.stats.busy_polls += 1;
         }
@@ -535,7 +548,7 @@ impl<D: NetDevice> Stack<D> {
             return Err(NetError::AddrInUse);
         }
         self.listeners.push(Listener { port, pool: Vec::with_capacity(self.config.listen_pool) });
-        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config);
+        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
         Ok(port)
     }
 
@@ -543,6 +556,8 @@ impl<D: NetDevice> Stack<D> {
     pub fn tcp_unlisten(&mut self, port: u16) {
         let Some(position) = self.listeners.iter().position(|listener| listener.port == port) else { return };
         let listener = self.listeners.swap_remove(position);
+        // A SYN for it is reset again, not dropped as for a full backlog.
+        self.full_ports.retain(|&full| full != port);
         let deadline = self.close_deadline();
         for handle in listener.pool {
             self.sockets.get_mut::<tcp::Socket>(handle).abort();
@@ -562,7 +577,7 @@ impl<D: NetDevice> Stack<D> {
         });
         let Some(position) = ready else { return Err(NetError::WouldBlock) };
         let handle = listener.pool.swap_remove(position);
-        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config);
+        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
         self.open.insert(handle);
         self.stats.accepted += 1;
         Ok(TcpHandle(handle))
@@ -945,11 +960,19 @@ fn maintain(interface: &mut Interface, now: Instant) -> bool {
 
 /// Keeps `listen_pool` sockets in `Listen` on every listening port while
 /// the port's pool is below `listen_backlog`, and drops idle ones beyond
-/// `listen_pool` once a burst is over. A few handle lookups per listener:
-/// cheap enough to run after every received frame.
-fn top_up_listeners(listeners: &mut [Listener], sockets: &mut SocketSet<'static>, config: &StackConfig) {
+/// `listen_pool` once a burst is over; `full` becomes the ports whose
+/// backlog is full (no socket left in `Listen`: a SYN for one is dropped).
+/// A few handle lookups per listener: cheap enough to run after every
+/// received frame.
+fn top_up_listeners(
+    listeners: &mut [Listener],
+    sockets: &mut SocketSet<'static>,
+    config: &StackConfig,
+    full: &mut Vec<u16>,
+) {
     let wanted = config.listen_pool.max(1);
     let backlog = config.listen_backlog.max(wanted);
+    full.clear();
     for listener in listeners {
         let idle = |sockets: &SocketSet<'static>, handle: SocketHandle| {
             sockets.get::<tcp::Socket>(handle).state() == tcp::State::Listen
@@ -968,6 +991,9 @@ fn top_up_listeners(listeners: &mut [Listener], sockets: &mut SocketSet<'static>
             let Some(position) = listener.pool.iter().rposition(|&handle| idle(sockets, handle)) else { break };
             sockets.remove(listener.pool.swap_remove(position));
             listening -= 1;
+        }
+        if listening == 0 {
+            full.push(listener.port);
         }
     }
 }

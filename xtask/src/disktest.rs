@@ -156,9 +156,12 @@ fn e2fsck(image: &Path) -> Result<Option<String>> {
 /// The changes fs_disk and fs_share make (`tree_worker` on every CPU,
 /// `change_host_files`; tests/vm/src/lib.rs), as the host sees them:
 /// `present(path, bytes)` and `absent(path)` say what is wrong, if anything.
+/// A check that a host path holds these bytes: what is wrong, if anything.
+type PresentCheck<'a> = &'a mut dyn FnMut(&str, &[u8]) -> Result<Option<String>>;
+
 fn check_changes(
     cpus: u32,
-    present: &mut dyn FnMut(&str, &[u8]) -> Result<Option<String>>,
+    present: PresentCheck<'_>,
     absent: &mut dyn FnMut(&str) -> Result<Option<String>>,
 ) -> Result<Vec<String>> {
     let mut problems = Vec::new();

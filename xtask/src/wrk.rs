@@ -98,7 +98,7 @@ pub fn run(mut command: Command, url: &str, threads: u32, connections: u32, dura
         "--latency",
         url,
     ]);
-    let (stdout, stderr, wall, wrk_cpu) =
+    let Measured { stdout, stderr, wall, cpu: wrk_cpu } =
         run_measured(command).context("running wrk (install the Debian package wrk)")?;
     let text = String::from_utf8_lossy(&stdout);
     match parse(&text) {
@@ -112,7 +112,15 @@ pub fn run(mut command: Command, url: &str, threads: u32, connections: u32, dura
 /// that it waited for included) from `wait4` on its pid: that child's
 /// rusage alone, where `RUSAGE_CHILDREN` would add every other child of
 /// this process.
-fn run_measured(mut command: Command) -> std::io::Result<(Vec<u8>, Vec<u8>, Duration, Option<Duration>)> {
+struct Measured {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    wall: Duration,
+    /// None if the child could not be reaped.
+    cpu: Option<Duration>,
+}
+
+fn run_measured(mut command: Command) -> std::io::Result<Measured> {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = command.spawn()?;
@@ -141,7 +149,7 @@ fn run_measured(mut command: Command) -> std::io::Result<(Vec<u8>, Vec<u8>, Dura
     let wall = started.elapsed();
     let stderr = error_reader.join().unwrap_or_default();
     read?;
-    Ok((stdout, stderr, wall, reaped.then(|| cpu_time(&usage))))
+    Ok(Measured { stdout, stderr, wall, cpu: reaped.then(|| cpu_time(&usage)) })
 }
 
 /// User + system time of a rusage.

@@ -97,12 +97,13 @@ fn cpu_fields(cpu: usize) -> [(&'static str, u64); 12] {
 }
 
 /// One interface's figures, named as `/stats` shows them.
-fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64); 11] {
+fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64); 12] {
     [
         ("cpu", interface.cpu as u64),
         ("sockets", interface.stack.sockets as u64),
         ("closing", interface.stack.closing as u64),
         ("accepted", interface.stack.accepted),
+        ("listen_drops", interface.stack.listen_drops),
         ("rx_frames", interface.device.rx_frames),
         ("tx_frames", interface.device.tx_frames),
         ("tx_ring_full", interface.device.tx_ring_full),

@@ -30,7 +30,10 @@ pub struct TcpListener {
 impl TcpListener {
     /// Listens on `address`: on every instance for `0.0.0.0` (each CPU's
     /// connections are accepted on that CPU), on the loopback for
-    /// `127.0.0.1`. Port 0 picks a free port.
+    /// `127.0.0.1`. Port 0 picks a free port. Each instance holds up to
+    /// `StackConfig::listen_backlog` (128) connections in their handshake
+    /// or waiting for `accept`; beyond that a SYN is dropped and the
+    /// client retransmits it, as with Linux's `listen(2)` backlog.
     pub fn bind<A: ToSocketAddrs>(address: A) -> io::Result<TcpListener> {
         let mut last_error = None;
         for address in resolve(&address)? {
