@@ -168,6 +168,37 @@ enum Protocol {
 struct Listener {
     port: u16,
     pool: Vec<SocketHandle>,
+    /// The time-to-live its sockets get (`None`: the default).
+    ttl: Option<u8>,
+}
+
+/// A received (or peeked) datagram copied into `buffer`, truncated to it.
+fn copy_datagram(
+    received: Result<(&[u8], udp::UdpMetadata), udp::RecvError>,
+    buffer: &mut [u8],
+) -> Result<(usize, IpEndpoint), NetError> {
+    match received {
+        Ok((data, meta)) => {
+            let count = data.len().min(buffer.len());
+            buffer[..count].copy_from_slice(&data[..count]);
+            Ok((count, meta.endpoint))
+        }
+        Err(udp::RecvError::Exhausted) => Err(NetError::WouldBlock),
+        Err(udp::RecvError::Truncated) => Err(NetError::TooLarge),
+    }
+}
+
+/// The time-to-live of packets by default: smoltcp's and Linux's
+/// (`net.ipv4.ip_default_ttl`).
+pub const DEFAULT_TTL: u8 = 64;
+
+/// A time-to-live for smoltcp (which panics on 0): 0 is `InvalidInput`.
+fn hop_limit(ttl: u8) -> Result<Option<u8>, NetError> {
+    match ttl {
+        0 => Err(NetError::InvalidInput),
+        DEFAULT_TTL => Ok(None),
+        ttl => Ok(Some(ttl)),
+    }
 }
 
 /// One TCP/IP instance over device `D`.
@@ -547,7 +578,7 @@ impl<D: NetDevice> Stack<D> {
         if self.port_in_use(port, Protocol::Tcp) {
             return Err(NetError::AddrInUse);
         }
-        self.listeners.push(Listener { port, pool: Vec::with_capacity(self.config.listen_pool) });
+        self.listeners.push(Listener { port, pool: Vec::with_capacity(self.config.listen_pool), ttl: None });
         top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
         Ok(port)
     }
@@ -646,6 +677,25 @@ impl<D: NetDevice> Stack<D> {
         match socket.recv_slice(buffer) {
             Ok(0) => Err(NetError::WouldBlock),
             Ok(count) => Ok(count),
+            Err(tcp::RecvError::Finished) => Ok(0),
+            Err(tcp::RecvError::InvalidState) => Err(NetError::ConnectionReset),
+        }
+    }
+
+    /// `tcp_recv` that leaves the data in the socket (std's `peek`): the
+    /// same results, the bytes read again by the next receive. May return
+    /// fewer bytes than are queued (the part before the ring wraps).
+    pub fn tcp_peek(&mut self, handle: TcpHandle, buffer: &mut [u8]) -> Result<usize, NetError> {
+        let socket = self.tcp(handle)?;
+        if buffer.is_empty() {
+            return Ok(0);
+        }
+        match socket.peek(buffer.len()) {
+            Ok([]) => Err(NetError::WouldBlock),
+            Ok(data) => {
+                buffer[..data.len()].copy_from_slice(data);
+                Ok(data.len())
+            }
             Err(tcp::RecvError::Finished) => Ok(0),
             Err(tcp::RecvError::InvalidState) => Err(NetError::ConnectionReset),
         }
@@ -762,6 +812,39 @@ impl<D: NetDevice> Stack<D> {
         Ok(!self.tcp_ref(handle)?.nagle_enabled())
     }
 
+    /// The IP time-to-live (IPv6 hop limit) of the connection's packets;
+    /// 0 is refused (`InvalidInput`), as by Linux.
+    pub fn tcp_set_ttl(&mut self, handle: TcpHandle, ttl: u8) -> Result<(), NetError> {
+        let ttl = hop_limit(ttl)?;
+        self.tcp(handle)?.set_hop_limit(ttl);
+        Ok(())
+    }
+
+    /// The connection's time-to-live.
+    pub fn tcp_ttl(&self, handle: TcpHandle) -> Result<u8, NetError> {
+        Ok(self.tcp_ref(handle)?.hop_limit().unwrap_or(DEFAULT_TTL))
+    }
+
+    /// The time-to-live of listening port `port`'s connections: its
+    /// listening sockets now, those it makes later, and so the connections
+    /// `tcp_accept` hands out from then on.
+    pub fn tcp_listen_set_ttl(&mut self, port: u16, ttl: u8) -> Result<(), NetError> {
+        let ttl = hop_limit(ttl)?;
+        let listener =
+            self.listeners.iter_mut().find(|listener| listener.port == port).ok_or(NetError::InvalidInput)?;
+        listener.ttl = ttl;
+        for &handle in &listener.pool {
+            self.sockets.get_mut::<tcp::Socket>(handle).set_hop_limit(ttl);
+        }
+        Ok(())
+    }
+
+    /// Listening port `port`'s time-to-live.
+    pub fn tcp_listen_ttl(&self, port: u16) -> Result<u8, NetError> {
+        let listener = self.listeners.iter().find(|listener| listener.port == port).ok_or(NetError::InvalidInput)?;
+        Ok(listener.ttl.unwrap_or(DEFAULT_TTL))
+    }
+
     /// The connection's state (for tests and `/stats`).
     pub fn tcp_state(&self, handle: TcpHandle) -> Result<tcp::State, NetError> {
         Ok(self.tcp_ref(handle)?.state())
@@ -816,16 +899,25 @@ impl<D: NetDevice> Stack<D> {
     /// Takes one datagram: its length (truncated to `buffer`, like std)
     /// and sender.
     pub fn udp_recv_from(&mut self, handle: UdpHandle, buffer: &mut [u8]) -> Result<(usize, IpEndpoint), NetError> {
-        let socket = self.udp(handle)?;
-        match socket.recv() {
-            Ok((data, meta)) => {
-                let count = data.len().min(buffer.len());
-                buffer[..count].copy_from_slice(&data[..count]);
-                Ok((count, meta.endpoint))
-            }
-            Err(udp::RecvError::Exhausted) => Err(NetError::WouldBlock),
-            Err(udp::RecvError::Truncated) => Err(NetError::TooLarge),
-        }
+        copy_datagram(self.udp(handle)?.recv(), buffer)
+    }
+
+    /// `udp_recv_from` that leaves the datagram in the socket (std's
+    /// `peek_from`): the next receive takes it.
+    pub fn udp_peek_from(&mut self, handle: UdpHandle, buffer: &mut [u8]) -> Result<(usize, IpEndpoint), NetError> {
+        copy_datagram(self.udp(handle)?.peek().map(|(data, meta)| (data, *meta)), buffer)
+    }
+
+    /// The time-to-live of the socket's datagrams (0: `InvalidInput`).
+    pub fn udp_set_ttl(&mut self, handle: UdpHandle, ttl: u8) -> Result<(), NetError> {
+        let ttl = hop_limit(ttl)?;
+        self.udp(handle)?.set_hop_limit(ttl);
+        Ok(())
+    }
+
+    /// The socket's time-to-live.
+    pub fn udp_ttl(&mut self, handle: UdpHandle) -> Result<u8, NetError> {
+        Ok(self.udp(handle)?.hop_limit().unwrap_or(DEFAULT_TTL))
     }
 
     /// Whether a datagram waits.
@@ -980,6 +1072,7 @@ fn top_up_listeners(
         let mut listening = listener.pool.iter().filter(|&&handle| idle(sockets, handle)).count();
         while listening < wanted && listener.pool.len() < backlog {
             let mut socket = new_tcp_socket(config);
+            socket.set_hop_limit(listener.ttl);
             // Fails only on port 0, which is never a listener's.
             if socket.listen(listener.port).is_err() {
                 break;

@@ -755,3 +755,98 @@ fn a_router_advertisement_does_not_cost_the_gateways_next_connection_a_second() 
     let (_, _, took) = establish(&mut link, IpAddress::Ipv4(SERVER_IP));
     assert!(took < 100_000, "the gateway's connection after the RA took {took} us (a lost SYN-ACK)");
 }
+
+#[test]
+fn peeked_data_is_read_again() {
+    let mut link = Link::new(StackConfig::default());
+    link.server.tcp_listen(80).unwrap();
+    let (client, server) = link.connect(80);
+    let mut buffer = [0u8; 16];
+    assert_eq!(link.server.tcp_peek(server, &mut buffer), Err(NetError::WouldBlock), "nothing yet");
+    link.client.tcp_send(client, b"hello").unwrap();
+    link.run(3);
+    assert_eq!(link.server.tcp_peek(server, &mut buffer[..3]), Ok(3));
+    assert_eq!(&buffer[..3], b"hel");
+    assert_eq!(link.server.tcp_peek(server, &mut buffer), Ok(5), "still all there");
+    assert_eq!(link.server.tcp_recv(server, &mut buffer), Ok(5));
+    assert_eq!(&buffer[..5], b"hello");
+    assert_eq!(link.server.tcp_peek(server, &mut buffer), Err(NetError::WouldBlock), "taken by the read");
+    link.client.tcp_close(client);
+    link.run(3);
+    assert_eq!(link.server.tcp_peek(server, &mut buffer), Ok(0), "end of stream");
+    assert_eq!(link.server.tcp_recv(server, &mut buffer), Ok(0));
+
+    let (udp_server, _) = link.server.udp_bind(7).unwrap();
+    let (udp_client, port) = link.client.udp_bind(0).unwrap();
+    link.client.udp_send_to(udp_client, b"one", IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 7)).unwrap();
+    link.run(3);
+    let from = IpEndpoint::new(IpAddress::Ipv4(CLIENT_IP), port);
+    assert_eq!(link.server.udp_peek_from(udp_server, &mut buffer), Ok((3, from)));
+    assert_eq!(link.server.udp_peek_from(udp_server, &mut buffer[..1]), Ok((1, from)), "truncated, still queued");
+    assert_eq!(link.server.udp_recv_from(udp_server, &mut buffer), Ok((3, from)));
+    assert_eq!(&buffer[..3], b"one");
+    assert_eq!(link.server.udp_peek_from(udp_server, &mut buffer), Err(NetError::WouldBlock));
+}
+
+/// The IPv4 time-to-live of an Ethernet frame.
+fn ttl_of(frame: &[u8]) -> u8 {
+    assert_eq!(&frame[12..14], &[0x08, 0x00], "IPv4");
+    frame[14 + 8]
+}
+
+#[test]
+fn time_to_live_reaches_the_packets() {
+    // A pool of one: the second connection's socket is made after the TTL
+    // was set.
+    let mut link = Link::new(StackConfig { listen_pool: 1, ..StackConfig::default() });
+    link.server.tcp_listen(80).unwrap();
+    assert_eq!(link.server.tcp_listen_ttl(80), Ok(64));
+    assert_eq!(link.server.tcp_listen_set_ttl(80, 0), Err(NetError::InvalidInput));
+    assert_eq!(link.server.tcp_listen_set_ttl(81, 9), Err(NetError::InvalidInput), "not listening");
+    link.server.tcp_listen_set_ttl(80, 9).unwrap();
+    assert_eq!(link.server.tcp_listen_ttl(80), Ok(9));
+    // Every frame the server sends on the way, read off the wire and
+    // passed on.
+    link.client.tcp_connect(IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 80)).unwrap();
+    let mut server_frames = Vec::new();
+    let mut server = None;
+    for _ in 0..100 {
+        link.now += STEP_MICROS;
+        link.server.poll(link.now);
+        for frame in link.server.device().drain_sent() {
+            link.client.device().inject(&frame);
+            server_frames.push(frame);
+        }
+        link.client.poll(link.now);
+        if let Ok(accepted) = link.server.tcp_accept(80) {
+            server = Some(accepted);
+            break;
+        }
+    }
+    let server = server.expect("accepted");
+    let tcp = server_frames.iter().filter(|frame| frame[12..14] == [0x08, 0x00] && frame[14 + 9] == 6);
+    assert_eq!(tcp.map(|frame| ttl_of(frame)).collect::<Vec<_>>(), vec![9], "the SYN-ACK carries the listener's TTL");
+    assert_eq!(link.server.tcp_ttl(server), Ok(9), "inherited by the connection");
+    link.server.tcp_set_ttl(server, 200).unwrap();
+    assert_eq!(link.server.tcp_ttl(server), Ok(200));
+    assert_eq!(link.server.tcp_set_ttl(server, 0), Err(NetError::InvalidInput));
+    link.server.tcp_send(server, b"x").unwrap();
+    link.server.poll(link.now + 1);
+    let sent = link.server.device().drain_sent();
+    assert_eq!(sent.iter().map(|frame| ttl_of(frame)).collect::<Vec<_>>(), vec![200]);
+    let (_, second) = link.connect(80);
+    assert_eq!(link.server.tcp_ttl(second), Ok(9), "a pool socket made after the setting has it too");
+    // A new listener's connections keep the default.
+    link.server.tcp_listen(82).unwrap();
+    assert_eq!(link.server.tcp_listen_ttl(82), Ok(64));
+
+    let (udp, _) = link.server.udp_bind(7).unwrap();
+    assert_eq!(link.server.udp_ttl(udp), Ok(64));
+    link.server.udp_set_ttl(udp, 3).unwrap();
+    assert_eq!(link.server.udp_ttl(udp), Ok(3));
+    assert_eq!(link.server.udp_set_ttl(udp, 0), Err(NetError::InvalidInput));
+    link.server.udp_send_to(udp, b"d", IpEndpoint::new(IpAddress::Ipv4(CLIENT_IP), 9)).unwrap();
+    link.server.poll(link.now + 2);
+    let sent = link.server.device().drain_sent();
+    assert_eq!(sent.iter().map(|frame| ttl_of(frame)).collect::<Vec<_>>(), vec![3]);
+}

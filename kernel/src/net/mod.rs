@@ -82,6 +82,15 @@ pub(crate) fn wait_to_io(error: instance::WaitError) -> io::Error {
     }
 }
 
+/// A time-to-live as std takes it (`u32`) for the stack: 1-255, else
+/// `InvalidInput` (Linux's `IP_TTL` refuses the rest with `EINVAL`).
+pub(crate) fn ttl_byte(ttl: u32) -> io::Result<u8> {
+    u8::try_from(ttl)
+        .ok()
+        .filter(|&ttl| ttl != 0)
+        .ok_or(io::Error::from_static(ErrorKind::InvalidInput, "a time-to-live is 1 to 255"))
+}
+
 /// A timeout as std takes it: `Some(zero)` is `InvalidInput`.
 pub(crate) fn timeout_micros(timeout: Option<Duration>) -> io::Result<u64> {
     match timeout {
@@ -94,33 +103,33 @@ pub(crate) fn timeout_micros(timeout: Option<Duration>) -> io::Result<u64> {
 }
 
 /// The timeout and blocking-mode methods std gives both `TcpStream` and
-/// `UdpSocket`, on a type with an `options: Options` field.
+/// `UdpSocket`, on a type with an `options(&self) -> &Options` method.
 macro_rules! socket_options {
     ($socket:ty) => {
         impl $socket {
             /// Limits how long a read waits (`None`: forever); then `TimedOut`.
             pub fn set_read_timeout(&self, timeout: Option<core::time::Duration>) -> crate::io::Result<()> {
-                self.options.set_read_timeout(timeout)
+                self.options().set_read_timeout(timeout)
             }
 
             /// Limits how long a write waits for room (`None`: forever).
             pub fn set_write_timeout(&self, timeout: Option<core::time::Duration>) -> crate::io::Result<()> {
-                self.options.set_write_timeout(timeout)
+                self.options().set_write_timeout(timeout)
             }
 
             /// The read timeout.
             pub fn read_timeout(&self) -> crate::io::Result<Option<core::time::Duration>> {
-                self.options.read_timeout()
+                self.options().read_timeout()
             }
 
             /// The write timeout.
             pub fn write_timeout(&self) -> crate::io::Result<Option<core::time::Duration>> {
-                self.options.write_timeout()
+                self.options().write_timeout()
             }
 
             /// Makes calls return `WouldBlock` instead of waiting.
             pub fn set_nonblocking(&self, nonblocking: bool) -> crate::io::Result<()> {
-                self.options.set_nonblocking(nonblocking)
+                self.options().set_nonblocking(nonblocking)
             }
         }
     };

@@ -1,5 +1,6 @@
 //! `TcpListener` and `TcpStream`, shaped like std's.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::net::SocketAddr;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -164,6 +165,31 @@ impl TcpListener {
         self.nonblocking.store(nonblocking, Ordering::Relaxed);
         Ok(())
     }
+
+    /// Sets the time-to-live of the connections accepted from now on (on
+    /// every instance it listens on; 1-255, else `InvalidInput`, as for
+    /// [`TcpStream::set_ttl`]). Connections still in their handshake get
+    /// it too.
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        let (ttl, port) = (super::ttl_byte(ttl)?, self.local.port());
+        for &id in &self.instances {
+            instance::on_owner(id, || {
+                instance::with_local(id, |i| i.stack.tcp_listen_set_ttl(port, ttl)).unwrap_or(Err(NetError::BadHandle))
+            })
+            .map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    /// The time-to-live its connections get (64 unless set).
+    pub fn ttl(&self) -> io::Result<u32> {
+        let (id, port) = (self.instances[0], self.local.port());
+        instance::on_owner(id, || {
+            instance::with_local(id, |i| i.stack.tcp_listen_ttl(port)).unwrap_or(Err(NetError::BadHandle))
+        })
+        .map(u32::from)
+        .map_err(to_io)
+    }
 }
 
 impl Drop for TcpListener {
@@ -187,8 +213,15 @@ impl Iterator for Incoming<'_> {
     }
 }
 
-/// A TCP connection, like `std::net::TcpStream`.
+/// A TCP connection, like `std::net::TcpStream`. Its clones
+/// ([`TcpStream::try_clone`]) share one socket, its options and its
+/// shutdown state; the socket closes when the last is dropped.
 pub struct TcpStream {
+    inner: Arc<Stream>,
+}
+
+/// The socket a stream and its clones share.
+struct Stream {
     instance: usize,
     handle: TcpHandle,
     options: super::Options,
@@ -197,7 +230,21 @@ pub struct TcpStream {
 
 impl TcpStream {
     fn new(instance: usize, handle: TcpHandle) -> Self {
-        Self { instance, handle, options: super::Options::new(), read_shut: AtomicBool::new(false) }
+        let stream = Stream { instance, handle, options: super::Options::new(), read_shut: AtomicBool::new(false) };
+        Self { inner: Arc::new(stream) }
+    }
+
+    /// Another handle to the same connection, as std's: reads, writes and
+    /// options of either act on the one socket (so a thread on one CPU
+    /// can read while a thread on another writes), and the connection
+    /// closes when the last handle is dropped. Its calls go to the
+    /// socket's owner CPU like the original's.
+    pub fn try_clone(&self) -> io::Result<TcpStream> {
+        Ok(TcpStream { inner: self.inner.clone() })
+    }
+
+    fn options(&self) -> &super::Options {
+        &self.inner.options
     }
 
     /// Connects to the first of `address` that answers.
@@ -244,34 +291,34 @@ impl TcpStream {
 
     /// Runs `function` on this stream's instance, on its owner CPU.
     fn with<R>(&self, function: impl FnOnce(&mut instance::Instance) -> Result<R, NetError>) -> io::Result<R> {
-        let id = self.instance;
+        let id = self.inner.instance;
         instance::on_owner(id, || instance::with_local(id, function).unwrap_or(Err(NetError::BadHandle))).map_err(to_io)
     }
 
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        let handle = self.handle;
+        let handle = self.inner.handle;
         self.with(|i| i.stack.tcp_peer(handle)).map(from_endpoint)
     }
 
     /// This side's address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        let handle = self.handle;
+        let handle = self.inner.handle;
         self.with(|i| i.stack.tcp_local(handle)).map(from_endpoint)
     }
 
     /// The CPU whose instance carries this connection (Toro's addition).
     pub fn cpu(&self) -> usize {
-        instance::owner(self.instance)
+        instance::owner(self.inner.instance)
     }
 
     /// Shuts down reading, writing or both.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         if matches!(how, Shutdown::Read | Shutdown::Both) {
-            self.read_shut.store(true, Ordering::Relaxed);
+            self.inner.read_shut.store(true, Ordering::Relaxed);
         }
         if matches!(how, Shutdown::Write | Shutdown::Both) {
-            let handle = self.handle;
+            let handle = self.inner.handle;
             self.with(|i| {
                 let result = i.stack.tcp_shutdown_write(handle);
                 i.pump();
@@ -286,7 +333,7 @@ impl TcpStream {
     /// close. For a peer that stopped reading, whose unsent data would
     /// otherwise keep the closed socket waiting on its window.
     pub fn abort(self) {
-        let (id, handle) = (self.instance, self.handle);
+        let (id, handle) = (self.inner.instance, self.inner.handle);
         instance::on_owner(id, || {
             instance::with_local(id, |i| {
                 i.stack.tcp_abort(handle);
@@ -299,27 +346,53 @@ impl TcpStream {
     /// Nagle's algorithm off (`true`; the default here, unlike std, for
     /// request/response traffic) or on.
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        let handle = self.handle;
+        let handle = self.inner.handle;
         self.with(|i| i.stack.tcp_set_nodelay(handle, nodelay))
     }
 
     /// Whether Nagle's algorithm is off.
     pub fn nodelay(&self) -> io::Result<bool> {
-        let handle = self.handle;
+        let handle = self.inner.handle;
         self.with(|i| i.stack.tcp_nodelay(handle))
     }
 
-    #[inline(never)]
+    /// Sets the IP time-to-live (IPv6: hop limit) of the connection's
+    /// packets. std takes a `u32`; 0 and values over 255 are
+    /// `InvalidInput`, as Linux refuses them.
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        let (ttl, handle) = (super::ttl_byte(ttl)?, self.inner.handle);
+        self.with(|i| i.stack.tcp_set_ttl(handle, ttl))
+    }
+
+    /// The time-to-live of the connection's packets (64 unless set).
+    pub fn ttl(&self) -> io::Result<u32> {
+        let handle = self.inner.handle;
+        self.with(|i| i.stack.tcp_ttl(handle)).map(u32::from)
+    }
+
+    /// Reads received data without taking it, as std's `peek`: the next
+    /// `read` or `peek` returns the same bytes. Waits like `read` (its
+    /// timeout, non-blocking mode); `Ok(0)` at the end of the stream.
+    pub fn peek(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        self.receive(buffer, true)
+    }
+
     fn read_some(&self, buffer: &mut [u8]) -> io::Result<usize> {
-        if self.read_shut.load(Ordering::Relaxed) || buffer.is_empty() {
+        self.receive(buffer, false)
+    }
+
+    #[inline(never)]
+    fn receive(&self, buffer: &mut [u8], peek: bool) -> io::Result<usize> {
+        if self.inner.read_shut.load(Ordering::Relaxed) || buffer.is_empty() {
             return Ok(0);
         }
-        let (id, handle) = (self.instance, self.handle);
-        let timeout = self.options.read_micros();
-        let nonblocking = self.options.nonblocking();
+        let (id, handle) = (self.inner.instance, self.inner.handle);
+        let timeout = self.inner.options.read_micros();
+        let nonblocking = self.inner.options.nonblocking();
         instance::on_owner(id, || {
-            instance::wait_on(id, Interest::Readable(handle), timeout, nonblocking, |i| {
-                i.stack.tcp_recv(handle, buffer)
+            instance::wait_on(id, Interest::Readable(handle), timeout, nonblocking, |i| match peek {
+                true => i.stack.tcp_peek(handle, buffer),
+                false => i.stack.tcp_recv(handle, buffer),
             })
         })
         .map_err(wait_to_io)
@@ -330,9 +403,9 @@ impl TcpStream {
         if data.is_empty() {
             return Ok(0);
         }
-        let (id, handle) = (self.instance, self.handle);
-        let timeout = self.options.write_micros();
-        let nonblocking = self.options.nonblocking();
+        let (id, handle) = (self.inner.instance, self.inner.handle);
+        let timeout = self.inner.options.write_micros();
+        let nonblocking = self.inner.options.nonblocking();
         instance::on_owner(id, || {
             instance::wait_on(id, Interest::Writable(handle), timeout, nonblocking, |i| i.stack.tcp_send(handle, data))
         })
@@ -340,7 +413,7 @@ impl TcpStream {
     }
 }
 
-impl Drop for TcpStream {
+impl Drop for Stream {
     fn drop(&mut self) {
         let (id, handle) = (self.instance, self.handle);
         instance::on_owner(id, || {
@@ -390,7 +463,7 @@ crate::io::impl_embedded_io!(TcpStream: Read, Write);
 
 impl core::fmt::Debug for TcpStream {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("TcpStream").field("instance", &self.instance).field("handle", &self.handle).finish()
+        f.debug_struct("TcpStream").field("instance", &self.inner.instance).field("handle", &self.inner.handle).finish()
     }
 }
 

@@ -41,8 +41,13 @@ const SHARED_WAIT_MICROS: u64 = 10_000;
 const PORT_TRIES: usize = 16;
 
 /// A UDP socket, like `std::net::UdpSocket`: see the module docs for
-/// where it lives.
+/// where it lives. Its clones ([`UdpSocket::try_clone`]) share one socket.
 pub struct UdpSocket {
+    inner: Arc<Udp>,
+}
+
+/// The socket a `UdpSocket` and its clones share.
+struct Udp {
     /// Its instances and their sockets: one, or (bound to `0.0.0.0` with
     /// several instances) the loopback's and one per card.
     members: Vec<Member>,
@@ -58,6 +63,19 @@ pub struct UdpSocket {
     /// port, 0 for none (an atomic, so the socket is `Sync` like std's).
     peer: AtomicU64,
     options: super::Options,
+}
+
+/// Takes (or, `peek`, copies) the next datagram of `handle`.
+fn take(
+    stack: &mut toro_net::Stack<super::device::Device>,
+    handle: UdpHandle,
+    buffer: &mut [u8],
+    peek: bool,
+) -> Result<(usize, toro_net::smoltcp::wire::IpEndpoint), NetError> {
+    match peek {
+        true => stack.udp_peek_from(handle, buffer),
+        false => stack.udp_recv_from(handle, buffer),
+    }
 }
 
 /// One instance's part of a socket.
@@ -244,7 +262,7 @@ impl UdpSocket {
             }
             group
         });
-        Ok(UdpSocket {
+        let socket = Udp {
             members,
             group,
             routes: instances.iter().map(|&(_, route)| route).collect(),
@@ -252,13 +270,25 @@ impl UdpSocket {
             local: SocketAddr::new(address.ip(), port),
             peer: AtomicU64::new(0),
             options: super::Options::new(),
-        })
+        };
+        Ok(UdpSocket { inner: Arc::new(socket) })
+    }
+
+    /// Another handle to the same socket, as std's: datagrams, the peer
+    /// set by `connect` and the options are shared; the socket closes when
+    /// the last handle is dropped.
+    pub fn try_clone(&self) -> io::Result<UdpSocket> {
+        Ok(UdpSocket { inner: self.inner.clone() })
+    }
+
+    fn options(&self) -> &super::Options {
+        &self.inner.options
     }
 
     /// The local address: the one bound (`0.0.0.0` stays `0.0.0.0`, as in
     /// std) with the port chosen for port 0.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+        Ok(self.inner.local)
     }
 
     /// Sends one datagram to `address`, by the member whose network
@@ -266,13 +296,13 @@ impl UdpSocket {
     pub fn send_to<A: ToSocketAddrs>(&self, data: &[u8], address: A) -> io::Result<usize> {
         let address = resolve(&address)?[0];
         let remote = to_endpoint(address);
-        let member = match self.members.len() {
-            1 => self.members[0],
-            _ => self.members[toro_net::udp_member(&self.routes, address.ip()).unwrap_or(0)],
+        let member = match self.inner.members.len() {
+            1 => self.inner.members[0],
+            _ => self.inner.members[toro_net::udp_member(&self.inner.routes, address.ip()).unwrap_or(0)],
         };
         let (id, handle) = (member.instance, member.handle);
-        let timeout = self.options.write_micros();
-        let nonblocking = self.options.nonblocking();
+        let timeout = self.inner.options.write_micros();
+        let nonblocking = self.inner.options.nonblocking();
         instance::on_owner(id, || {
             instance::wait_on(id, Interest::UdpWritable(handle), timeout, nonblocking, |i| {
                 i.stack.udp_send_to(handle, data, remote)
@@ -284,15 +314,25 @@ impl UdpSocket {
     /// Takes one datagram: its length (truncated to `buffer`) and sender;
     /// with several members, the first any of them has.
     pub fn recv_from(&self, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        if let Some(group) = &self.group {
-            return self.recv_any(group, buffer);
+        self.receive(buffer, false)
+    }
+
+    /// `recv_from` that leaves the datagram queued, as std's `peek_from`:
+    /// the next receive returns it again.
+    pub fn peek_from(&self, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.receive(buffer, true)
+    }
+
+    fn receive(&self, buffer: &mut [u8], peek: bool) -> io::Result<(usize, SocketAddr)> {
+        if let Some(group) = &self.inner.group {
+            return self.recv_any(group, buffer, peek);
         }
-        let (id, handle) = (self.members[0].instance, self.members[0].handle);
-        let timeout = self.options.read_micros();
-        let nonblocking = self.options.nonblocking();
+        let (id, handle) = (self.inner.members[0].instance, self.inner.members[0].handle);
+        let timeout = self.inner.options.read_micros();
+        let nonblocking = self.inner.options.nonblocking();
         instance::on_owner(id, || {
             instance::wait_on(id, Interest::UdpReadable(handle), timeout, nonblocking, |i| {
-                i.stack.udp_recv_from(handle, buffer)
+                take(&mut i.stack, handle, buffer, peek)
             })
         })
         .map(|(count, from)| (count, from_endpoint(from)))
@@ -303,21 +343,21 @@ impl UdpSocket {
     /// asked on its owner CPU; with none, the thread waits in its CPU's
     /// slot of the group.
     #[inline(never)]
-    fn recv_any(&self, group: &UdpGroup, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let nonblocking = self.options.nonblocking();
-        let deadline = self.options.read_micros().map_or(u64::MAX, instance::ticks_from_now);
-        let count = self.members.len();
+    fn recv_any(&self, group: &UdpGroup, buffer: &mut [u8], peek: bool) -> io::Result<(usize, SocketAddr)> {
+        let nonblocking = self.inner.options.nonblocking();
+        let deadline = self.inner.options.read_micros().map_or(u64::MAX, instance::ticks_from_now);
+        let count = self.inner.members.len();
         loop {
-            let first = self.next.load(Ordering::Relaxed);
+            let first = self.inner.next.load(Ordering::Relaxed);
             for step in 0..count {
                 let index = (first + step) % count;
                 if !group.readable[index].load(Ordering::Acquire) {
                     continue;
                 }
-                let Member { instance: id, handle, .. } = self.members[index];
+                let Member { instance: id, handle, .. } = self.inner.members[index];
                 let taken = instance::on_owner(id, || {
                     instance::with_local(id, |i| {
-                        let taken = i.stack.udp_recv_from(handle, buffer);
+                        let taken = take(&mut i.stack, handle, buffer, peek);
                         let readable = i.stack.udp_readable(handle);
                         group.publish(index, readable);
                         taken
@@ -326,7 +366,7 @@ impl UdpSocket {
                 });
                 match taken {
                     Ok((length, from)) => {
-                        self.next.store((index + 1) % count, Ordering::Relaxed);
+                        self.inner.next.store((index + 1) % count, Ordering::Relaxed);
                         return Ok((length, from_endpoint(from)));
                     }
                     Err(NetError::WouldBlock) => {}
@@ -348,7 +388,7 @@ impl UdpSocket {
         match resolve(&address)?[0] {
             SocketAddr::V4(v4) => {
                 let packed = PEER_SET | (u64::from(v4.ip().to_bits()) << 16) | u64::from(v4.port());
-                self.peer.store(packed, Ordering::Relaxed);
+                self.inner.peer.store(packed, Ordering::Relaxed);
                 Ok(())
             }
             SocketAddr::V6(_) => Err(io::Error::from_static(ErrorKind::AddrNotAvailable, "no IPv6 address configured")),
@@ -357,7 +397,7 @@ impl UdpSocket {
 
     /// The peer set by `connect`.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        let packed = self.peer.load(Ordering::Relaxed);
+        let packed = self.inner.peer.load(Ordering::Relaxed);
         if packed & PEER_SET == 0 {
             return Err(io::Error::from_static(ErrorKind::NotConnected, "not connected"));
         }
@@ -381,9 +421,45 @@ impl UdpSocket {
             }
         }
     }
+
+    /// `recv` that leaves the datagram queued, as std's `peek`; datagrams
+    /// from others before it are dropped, as `recv` drops them.
+    pub fn peek(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        let peer = self.peer_addr()?;
+        loop {
+            let (count, from) = self.peek_from(buffer)?;
+            if from == peer {
+                return Ok(count);
+            }
+            self.recv_from(&mut [])?;
+        }
+    }
+
+    /// Sets the time-to-live of the socket's datagrams, on every member
+    /// (1-255, else `InvalidInput`, as `TcpStream::set_ttl`).
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        let ttl = super::ttl_byte(ttl)?;
+        for &Member { instance: id, handle } in &self.inner.members {
+            instance::on_owner(id, || {
+                instance::with_local(id, |i| i.stack.udp_set_ttl(handle, ttl)).unwrap_or(Err(NetError::BadHandle))
+            })
+            .map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    /// The time-to-live of its datagrams (64 unless set).
+    pub fn ttl(&self) -> io::Result<u32> {
+        let Member { instance: id, handle } = self.inner.members[0];
+        instance::on_owner(id, || {
+            instance::with_local(id, |i| i.stack.udp_ttl(handle)).unwrap_or(Err(NetError::BadHandle))
+        })
+        .map(u32::from)
+        .map_err(to_io)
+    }
 }
 
-impl Drop for UdpSocket {
+impl Drop for Udp {
     fn drop(&mut self) {
         let port = self.local.port();
         for member in &self.members {
@@ -394,8 +470,8 @@ impl Drop for UdpSocket {
 
 impl core::fmt::Debug for UdpSocket {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let instances: Vec<usize> = self.members.iter().map(|member| member.instance).collect();
-        f.debug_struct("UdpSocket").field("local", &self.local).field("instances", &instances).finish()
+        let instances: Vec<usize> = self.inner.members.iter().map(|member| member.instance).collect();
+        f.debug_struct("UdpSocket").field("local", &self.inner.local).field("instances", &instances).finish()
     }
 }
 

@@ -1,7 +1,9 @@
 //! Sockets over the loopback instance (owned by CPU 0): TCP echo from a
 //! client on another CPU (every call a remote call) with payloads from 1 B
 //! to 1 MiB checked byte for byte, UDP, refused connects, timeouts,
-//! non-blocking calls, port conflicts; and the cost of a remote call.
+//! non-blocking calls, port conflicts, `peek`, `try_clone` (a clone
+//! writing from one CPU while the original reads on another), TTLs; and
+//! the cost of a remote call.
 
 #![no_std]
 #![no_main]
@@ -24,10 +26,13 @@ fn pattern(length: usize, seed: u8) -> Vec<u8> {
     (0..length).map(|i| (i as u32).wrapping_mul(2654435761).rotate_right(13) as u8 ^ seed).collect()
 }
 
-/// Serves echo on `listener` for `connections` connections, one by one.
-fn echo_server(listener: TcpListener, connections: usize) {
+/// Serves echo on `listener` for `connections` connections, one by one;
+/// whether each had the listener's TTL (33).
+fn echo_server(listener: TcpListener, connections: usize) -> bool {
+    let mut ok = true;
     for _ in 0..connections {
         let (mut stream, _) = listener.accept().expect("accept");
+        ok &= check(stream.ttl().unwrap() == 33, "an accepted connection has the listener's TTL");
         let mut buffer = vec![0u8; 16 * 1024];
         loop {
             match stream.read(&mut buffer) {
@@ -40,6 +45,7 @@ fn echo_server(listener: TcpListener, connections: usize) {
             }
         }
     }
+    ok
 }
 
 #[toro::main]
@@ -54,7 +60,10 @@ fn main() -> i32 {
         TcpListener::bind(("127.0.0.1", 7)).map(|_| ()).map_err(|e| e.kind()) == Err(ErrorKind::AddrInUse),
         "a second bind is AddrInUse",
     );
-    let server = thread::spawn_on(0, move || echo_server(listener, 3));
+    ok &= check(listener.ttl().unwrap() == 64, "a listener's default TTL");
+    listener.set_ttl(33).unwrap();
+    ok &= check(listener.ttl().unwrap() == 33, "a listener's TTL set");
+    let server = thread::spawn_on(0, move || echo_server(listener, 4));
 
     let client = thread::spawn_on(client_cpu, move || {
         let mut ok = true;
@@ -136,10 +145,49 @@ fn main() -> i32 {
         println!("migration there and back: {} ns", start.elapsed().as_nanos() as u64 / u64::from(CALLS));
         drop(stream);
 
+        // A clone writes from CPU 0 while the original reads here; peek
+        // reads without taking; the clone's drop leaves the connection
+        // open (the original then writes the second half itself).
+        let mut stream = TcpStream::connect("127.0.0.1:7").expect("connect 4");
+        ok &= check(stream.ttl().unwrap() == 64, "a connection's default TTL");
+        let writer = stream.try_clone().expect("try_clone");
+        // Small enough to sit in the buffers (about 100 KiB each way) while
+        // this thread writes the second half without reading.
+        let data = pattern(64 * 1024, 77);
+        let half = data.len() / 2;
+        let first_half = data[..half].to_vec();
+        let writing = thread::spawn_on(0, move || {
+            let mut writer = writer;
+            writer.write_all(&first_half).expect("the clone writes");
+        });
+        let mut first = [0u8; 8];
+        let peeked = stream.peek(&mut first).expect("peek");
+        ok &= check(peeked > 0 && first[..peeked] == data[..peeked], "peek sees the first bytes");
+        let again = stream.peek(&mut first).expect("peek again");
+        ok &= check(again >= peeked && first[..again] == data[..again], "peek again: the same bytes");
+        let mut received = vec![0u8; half];
+        stream.read_exact(&mut received).expect("the first half, echoed");
+        writing.join();
+        stream.write_all(&data[half..]).expect("the original writes after the clone was dropped");
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).expect("the rest");
+        received.extend_from_slice(&rest);
+        ok &= check(received == data, "all echoed byte for byte, from the first byte");
+        ok &= check(
+            stream.set_ttl(0).map_err(|e| e.kind()) == Err(ErrorKind::InvalidInput)
+                && stream.set_ttl(256).map_err(|e| e.kind()) == Err(ErrorKind::InvalidInput),
+            "TTL 0 and 256 are InvalidInput",
+        );
+        stream.set_ttl(7).unwrap();
+        ok &= check(stream.ttl().unwrap() == 7, "TTL set");
+        drop(stream);
+        println!("tcp peek, try_clone, ttl: ok");
+
         ok
     });
     ok &= client.join();
-    server.join();
+    ok &= server.join();
 
     // UDP on the owner CPU itself (local calls) and the local call cost.
     let server = UdpSocket::bind("127.0.0.1:7000").unwrap();
@@ -160,6 +208,25 @@ fn main() -> i32 {
         ok &= check(count == size, "reply intact");
     }
     println!("udp echo: ok");
+    // peek_from, a clone receiving after the original is dropped, TTL.
+    client.send_to(b"peeked", "127.0.0.1:7000").unwrap();
+    let mut buffer = [0u8; 16];
+    let peeked = server.peek_from(&mut buffer).unwrap();
+    ok &= check(peeked == (6, SocketAddr::from(([127, 0, 0, 1], client_port))), "peek_from");
+    let clone = server.try_clone().unwrap();
+    drop(server);
+    let taken = clone.recv_from(&mut buffer).unwrap();
+    ok &= check(taken.0 == 6 && &buffer[..6] == b"peeked", "the clone takes the peeked datagram");
+    client.send_to(b"again", "127.0.0.1:7000").unwrap();
+    ok &= check(clone.recv_from(&mut buffer).map(|(n, _)| n).ok() == Some(5), "the clone's socket stays open");
+    ok &= check(clone.ttl().unwrap() == 64, "UDP default TTL");
+    clone.set_ttl(5).unwrap();
+    ok &= check(clone.ttl().unwrap() == 5 && clone.set_ttl(0).is_err(), "UDP TTL");
+    clone.connect(("127.0.0.1", client_port)).unwrap();
+    client.send_to(b"to peek", "127.0.0.1:7000").unwrap();
+    ok &= check(clone.peek(&mut buffer).ok() == Some(7) && clone.recv(&mut buffer).ok() == Some(7), "peek, recv");
+    drop(clone);
+    println!("udp peek, try_clone, ttl: ok");
     client.set_nonblocking(true).unwrap();
     let mut buffer = [0u8; 8];
     const CALLS: u32 = 2000;
