@@ -84,7 +84,16 @@ fn htree_directories_read_as_linear_and_stay_consistent_after_changes() {
     ext2.sync().unwrap();
     drop(ext2.unmount().unwrap());
     assert_clean(&image);
+    // Live entries only: debugfs lists a removed entry that opens its block
+    // with inode 0 (ext2 clears the first entry of a block rather than
+    // merging it; where entry-007 falls depends on mke2fs's random hash
+    // seed, so this failed 1 run in many).
     let listing = String::from_utf8_lossy(&debugfs(&image, "ls -l /many")).into_owned();
+    let listing: String = listing
+        .lines()
+        .filter(|line| line.split_whitespace().next() != Some("0"))
+        .map(|line| format!("{line}\n"))
+        .collect();
     assert!(listing.contains("added-by-toro"), "{listing}");
     assert!(!listing.contains("entry-007-"), "{listing}");
     assert!(listing.contains("entry-008-"), "{listing}");
