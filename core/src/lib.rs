@@ -28,6 +28,8 @@
 //!   century) to Unix time.
 //! - [`virtio`]: split virtqueues (both sides' bookkeeping) and virtio-mmio
 //!   discovery from the command line and the ACPI DSDT.
+//! - [`seq_words`]: a few words read from any CPU without a lock, written
+//!   rarely (a sequence lock of atomics).
 //! - [`run_queue`]: the scheduler's O(1) FIFO; [`wake`]: the wake-up
 //!   hand-shake (waiter slot, fences, wait epochs) between CPUs;
 //!   [`timer_heap`]: each CPU's sleepers, a deadline heap whose entries
@@ -57,6 +59,7 @@ pub mod pvh;
 pub mod rtc;
 pub mod run_queue;
 pub mod s5;
+pub mod seq_words;
 pub mod spsc;
 pub mod timer_heap;
 pub mod tlb_pacing;

@@ -312,6 +312,44 @@ fn parse_cidr(text: &str) -> Option<Ipv4Cidr> {
     (prefix <= 32).then(|| Ipv4Cidr::new(address, prefix))
 }
 
+/// A socket address as three words (a `UdpSocket`'s peer, kept in a
+/// `toro_core::seq_words::SeqWords<3>` so that every CPU reads it without
+/// a lock): the IPv6 address (or, for IPv4, 0 and the address), then a
+/// word of [`PEER_SET`], [`PEER_V6`], the scope id << 16 and the port. The
+/// flow label is not kept: Linux reports 0 for a connected peer's too.
+/// [`socket_address_from_words`] undoes it; all zeros is "no address".
+pub fn socket_address_words(address: core::net::SocketAddr) -> [u64; 3] {
+    match address {
+        core::net::SocketAddr::V4(v4) => [0, u64::from(v4.ip().to_bits()), PEER_SET | u64::from(v4.port())],
+        core::net::SocketAddr::V6(v6) => {
+            let bits = v6.ip().to_bits();
+            let flags = PEER_SET | PEER_V6 | (u64::from(v6.scope_id()) << 16) | u64::from(v6.port());
+            [(bits >> 64) as u64, bits as u64, flags]
+        }
+    }
+}
+
+/// The address [`socket_address_words`] made, `None` for all zeros.
+pub fn socket_address_from_words(words: [u64; 3]) -> Option<core::net::SocketAddr> {
+    let [high, low, flags] = words;
+    if flags & PEER_SET == 0 {
+        return None;
+    }
+    let port = flags as u16;
+    Some(match flags & PEER_V6 != 0 {
+        false => core::net::SocketAddr::new(core::net::Ipv4Addr::from_bits(low as u32).into(), port),
+        true => {
+            let ip = core::net::Ipv6Addr::from_bits(u128::from(high) << 64 | u128::from(low));
+            core::net::SocketAddr::V6(core::net::SocketAddrV6::new(ip, port, 0, (flags >> 16) as u32))
+        }
+    })
+}
+
+/// Marks the words of [`socket_address_words`] as holding an address.
+pub const PEER_SET: u64 = 1 << 63;
+/// Marks the words of [`socket_address_words`] as holding an IPv6 address.
+pub const PEER_V6: u64 = 1 << 62;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,5 +551,31 @@ mod tests {
         // QEMU's default MAC, as Linux derives it.
         let address = link_local([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
         assert_eq!(address, Ipv6Cidr::new("fe80::5054:ff:fe12:3456".parse().unwrap(), 64));
+    }
+
+    #[test]
+    fn socket_addresses_survive_their_words() {
+        for text in ["10.0.2.2:7", "0.0.0.0:0", "255.255.255.255:65535", "[::1]:9", "[fe80::1%4]:53", "[::]:0"] {
+            let address: core::net::SocketAddr = text.parse().unwrap();
+            assert_eq!(socket_address_from_words(socket_address_words(address)), Some(address), "{text}");
+        }
+        assert_eq!(socket_address_from_words([0; 3]), None);
+    }
+
+    proptest::proptest! {
+        /// Any address and port (a flow label is dropped, as documented).
+        #[test]
+        fn any_socket_address_survives_its_words(bits: u128, v4: u32, port: u16, scope: u32, flow: u32, six: bool) {
+            let address = match six {
+                false => core::net::SocketAddr::new(core::net::Ipv4Addr::from_bits(v4).into(), port),
+                true => core::net::SocketAddr::V6(core::net::SocketAddrV6::new(core::net::Ipv6Addr::from_bits(bits), port, flow, scope)),
+            };
+            let back = socket_address_from_words(socket_address_words(address)).unwrap();
+            proptest::prop_assert_eq!(back.ip(), address.ip());
+            proptest::prop_assert_eq!(back.port(), port);
+            if let (core::net::SocketAddr::V6(back), core::net::SocketAddr::V6(sent)) = (back, address) {
+                proptest::prop_assert_eq!((back.scope_id(), back.flowinfo()), (sent.scope_id(), 0));
+            }
+        }
     }
 }

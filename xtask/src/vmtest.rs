@@ -836,14 +836,14 @@ fn tests() -> Vec<VmTest> {
         VmTest {
             name: "net-loopback-2",
             memory_mib: 256,
-            expect: &["tcp echo 1048576 B: ok", "udp echo: ok", "remote socket call", "net loopback: all passed"],
+            expect: &["tcp echo 1048576 B: ok", "udp echo: ok", "remote socket call", "ipv6 loopback: ok", "net loopback: all passed"],
             ..vm("vm-tests", "net_loopback")
         },
         VmTest {
             name: "net-loopback-1",
             cpus: 1,
             memory_mib: 256,
-            expect: &["tcp echo 1048576 B: ok", "net loopback: all passed"],
+            expect: &["tcp echo 1048576 B: ok", "ipv6 loopback: ok", "net loopback: all passed"],
             ..vm("vm-tests", "net_loopback")
         },
         VmTest {
@@ -851,7 +851,7 @@ fn tests() -> Vec<VmTest> {
             // socket on 0.0.0.0 has a member on each (tests/vm udp_any.rs).
             name: "udp-any-2",
             memory_mib: 256,
-            command_line: "toro.eth1.ip=10.0.3.15/24",
+            command_line: "toro.eth1.ip=10.0.3.15/24 toro.eth1.ip6=fd00:3::15/64",
             qemu_arguments: &[
                 "-netdev",
                 "user,id=n0",

@@ -39,7 +39,7 @@ pub use toro_net::StackStats;
 pub use udp::UdpSocket;
 
 use crate::io::{self, ErrorKind};
-use toro_net::smoltcp::wire::{Ipv4Address, Ipv4Cidr};
+use toro_net::smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
 use toro_net::{Addressing, MemoryDevice, NetError, StackConfig};
 
 /// Which halves of a connection to shut down (like `std::net::Shutdown`).
@@ -57,6 +57,9 @@ pub enum Shutdown {
 const LOOPBACK_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 /// The loopback interface's address.
 const LOOPBACK_CIDR: Ipv4Cidr = Ipv4Cidr::new(Ipv4Address::new(127, 0, 0, 1), 8);
+/// The loopback interface's IPv6 address, `::1` (it also has the
+/// link-local address every Ethernet instance derives from its MAC).
+const LOOPBACK_CIDR_V6: Ipv6Cidr = Ipv6Cidr::new(Ipv6Address::LOCALHOST, 128);
 
 /// Maps the stack's error to std's kind.
 pub(crate) fn to_io(error: NetError) -> io::Error {
@@ -256,7 +259,10 @@ pub(crate) fn init() {
         owner: 0,
         device: Box::new(|_| device::Device::Loopback(MemoryDevice::loopback(LOOPBACK_MAC))),
         addressing: Addressing::Static { address: LOOPBACK_CIDR, gateway: None },
-        config,
+        config: StackConfig {
+            ipv6: toro_net::Ipv6Config { address: Some(LOOPBACK_CIDR_V6), gateway: None, slaac: false },
+            ..config
+        },
         siblings: Vec::new(),
     }];
     let found_cards: Vec<crate::virtio::discovery::FoundDevice> = crate::virtio::discovery::devices()
@@ -422,16 +428,21 @@ pub(crate) fn instances_for(address: IpAddr) -> io::Result<Vec<usize>> {
             .map(|id| vec![id])
             .ok_or(io::Error::from_static(ErrorKind::AddrNotAvailable, "no loopback interface"));
     }
-    let IpAddr::V4(v4) = address else {
-        return Err(io::Error::from_static(ErrorKind::AddrNotAvailable, "no IPv6 address configured"));
-    };
-    let wanted = Ipv4Address::from(v4.octets());
     let matching: Vec<usize> = topology
         .nics
         .iter()
         .copied()
         .filter(|&id| {
-            instance::on_owner(id, || instance::with_local(id, |i| i.stack.ipv4() == Some(wanted)).unwrap_or(false))
+            instance::on_owner(id, || {
+                instance::with_local(id, |i| match address {
+                    IpAddr::V4(v4) => i.stack.ipv4() == Some(Ipv4Address::from(v4.octets())),
+                    IpAddr::V6(v6) => {
+                        let wanted = Ipv6Address::from(v6.octets());
+                        i.stack.ipv6_cidrs().iter().any(|cidr| cidr.address() == wanted)
+                    }
+                })
+                .unwrap_or(false)
+            })
         })
         .collect();
     if matching.is_empty() {

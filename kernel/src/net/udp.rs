@@ -21,8 +21,9 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::net::SocketAddr;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use toro_core::seq_words::SeqWords;
 use toro_core::wake::WaiterSlot;
 use toro_net::stack::UdpHandle;
 use toro_net::{NetError, UdpMember};
@@ -59,9 +60,10 @@ struct Udp {
     /// with a datagram, so one busy card cannot starve the others).
     next: AtomicUsize,
     local: SocketAddr,
-    /// The peer set by `connect`: [`PEER_SET`] | IPv4 address << 16 |
-    /// port, 0 for none (an atomic, so the socket is `Sync` like std's).
-    peer: AtomicU64,
+    /// The peer set by `connect` (`toro_net::socket_address_words`, all
+    /// zeros for none): read by every `send` and `recv` on any CPU without
+    /// a lock instruction, so the socket is `Sync` like std's.
+    peer: SeqWords<3>,
     options: super::Options,
 }
 
@@ -151,8 +153,11 @@ impl UdpGroup {
     }
 }
 
-/// Marks `UdpSocket::peer` as set.
-const PEER_SET: u64 = 1 << 63;
+/// Whether a datagram from `from` comes from the connected `peer` (address
+/// and port; a received IPv6 source carries no scope id).
+fn same_peer(from: SocketAddr, peer: SocketAddr) -> bool {
+    from.ip() == peer.ip() && from.port() == peer.port()
+}
 
 /// Opens a socket on `port` in instance `id` and tells the card's other
 /// queue pairs.
@@ -268,7 +273,7 @@ impl UdpSocket {
             routes: instances.iter().map(|&(_, route)| route).collect(),
             next: AtomicUsize::new(0),
             local: SocketAddr::new(address.ip(), port),
-            peer: AtomicU64::new(0),
+            peer: SeqWords::new([0; 3]),
             options: super::Options::new(),
         };
         Ok(UdpSocket { inner: Arc::new(socket) })
@@ -383,26 +388,26 @@ impl UdpSocket {
         }
     }
 
-    /// Sets the peer for `send` and `recv`.
+    /// Sets the peer for `send` and `recv` (IPv4 or IPv6; no packet is
+    /// sent, as with std on Linux). A socket bound to an address of one
+    /// family cannot reach the other (`InvalidInput`; Linux: `EINVAL` for
+    /// an IPv4 socket's IPv6 peer).
     pub fn connect<A: ToSocketAddrs>(&self, address: A) -> io::Result<()> {
-        match resolve(&address)?[0] {
-            SocketAddr::V4(v4) => {
-                let packed = PEER_SET | (u64::from(v4.ip().to_bits()) << 16) | u64::from(v4.port());
-                self.inner.peer.store(packed, Ordering::Relaxed);
-                Ok(())
-            }
-            SocketAddr::V6(_) => Err(io::Error::from_static(ErrorKind::AddrNotAvailable, "no IPv6 address configured")),
+        let peer = resolve(&address)?[0];
+        if !self.inner.local.ip().is_unspecified() && self.inner.local.is_ipv4() != peer.is_ipv4() {
+            return Err(io::Error::from_static(
+                ErrorKind::InvalidInput,
+                "the peer's address family is not the socket's",
+            ));
         }
+        self.inner.peer.write(toro_net::socket_address_words(peer));
+        Ok(())
     }
 
     /// The peer set by `connect`.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        let packed = self.inner.peer.load(Ordering::Relaxed);
-        if packed & PEER_SET == 0 {
-            return Err(io::Error::from_static(ErrorKind::NotConnected, "not connected"));
-        }
-        let ip = core::net::Ipv4Addr::from_bits((packed >> 16) as u32);
-        Ok(SocketAddr::new(core::net::IpAddr::V4(ip), packed as u16))
+        toro_net::socket_address_from_words(self.inner.peer.read())
+            .ok_or(io::Error::from_static(ErrorKind::NotConnected, "not connected"))
     }
 
     /// Sends to the peer set by `connect`.
@@ -416,7 +421,7 @@ impl UdpSocket {
         let peer = self.peer_addr()?;
         loop {
             let (count, from) = self.recv_from(buffer)?;
-            if from == peer {
+            if same_peer(from, peer) {
                 return Ok(count);
             }
         }
@@ -428,7 +433,7 @@ impl UdpSocket {
         let peer = self.peer_addr()?;
         loop {
             let (count, from) = self.peek_from(buffer)?;
-            if from == peer {
+            if same_peer(from, peer) {
                 return Ok(count);
             }
             self.recv_from(&mut [])?;

@@ -2,8 +2,8 @@
 //! client on another CPU (every call a remote call) with payloads from 1 B
 //! to 1 MiB checked byte for byte, UDP, refused connects, timeouts,
 //! non-blocking calls, port conflicts, `peek`, `try_clone` (a clone
-//! writing from one CPU while the original reads on another), TTLs; and
-//! the cost of a remote call.
+//! writing from one CPU while the original reads on another), TTLs, TCP
+//! and connected UDP over `::1`; and the cost of a remote call.
 
 #![no_std]
 #![no_main]
@@ -11,7 +11,7 @@
 use toro::alloc::vec;
 use toro::alloc::vec::Vec;
 use toro::io::{ErrorKind, Read, Write};
-use toro::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use toro::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use toro::time::Instant;
 use toro::{cpu, println, thread};
 
@@ -235,6 +235,34 @@ fn main() -> i32 {
         let _ = client.recv_from(&mut buffer);
     }
     println!("local socket call (cpu 0): {} ns", start.elapsed().as_nanos() as u64 / u64::from(CALLS));
+    // IPv6 on the loopback: TCP to [::1] from the client CPU, UDP
+    // connected both ways, and a peer of the other family refused.
+    let listener = TcpListener::bind("[::1]:7001").expect("bind [::1]:7001");
+    let six = thread::spawn_on(client_cpu, || {
+        let mut stream = TcpStream::connect("[::1]:7001").expect("connect [::1]:7001");
+        stream.write_all(b"over six").unwrap();
+        stream.peer_addr().unwrap()
+    });
+    let (mut accepted, from) = listener.accept().unwrap();
+    let mut buffer = [0u8; 8];
+    accepted.read_exact(&mut buffer).unwrap();
+    ok &= check(&buffer == b"over six" && from.ip() == IpAddr::V6(Ipv6Addr::LOCALHOST), "TCP over [::1]");
+    ok &= check(six.join() == SocketAddr::from((Ipv6Addr::LOCALHOST, 7001)), "peer_addr [::1]:7001");
+    let server = UdpSocket::bind("[::1]:7002").unwrap();
+    let client = UdpSocket::bind("[::1]:0").unwrap();
+    client.connect("[::1]:7002").unwrap();
+    ok &= check(client.peer_addr().ok() == Some(SocketAddr::from((Ipv6Addr::LOCALHOST, 7002))), "UDP peer [::1]");
+    client.send(b"six").unwrap();
+    let mut buffer = [0u8; 16];
+    let (count, from) = server.recv_from(&mut buffer).unwrap();
+    ok &= check(count == 3 && Some(from) == client.local_addr().ok(), "UDP to a connected [::1] peer");
+    server.connect(from).unwrap();
+    server.send(b"back").unwrap();
+    ok &= check(client.recv(&mut buffer).ok() == Some(4) && &buffer[..4] == b"back", "UDP from the connected peer");
+    let four = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mixed = four.connect("[::1]:7002").map_err(|e| e.kind());
+    ok &= check(mixed == Err(ErrorKind::InvalidInput), "an IPv4 socket's IPv6 peer");
+    println!("ipv6 loopback: ok");
     let lo = toro::net::interfaces().into_iter().find(|i| i.name == "lo").expect("lo");
     println!(
         "lo: {} frames, {} sockets, {} remote calls",

@@ -5,7 +5,8 @@
 //! is taken on every member while it lives and given back after; receives
 //! wait on every member at once, wake when a datagram reaches any (from a
 //! thread on each CPU, two threads on one CPU), time out and refuse to
-//! block as std's do; `local_addr` stays `0.0.0.0`.
+//! block as std's do; `local_addr` stays `0.0.0.0`. Binds to a card's
+//! IPv6 addresses (static and link-local) land on that card.
 
 #![no_std]
 #![no_main]
@@ -78,6 +79,24 @@ fn main() -> i32 {
     ok &= check(refused == Err(ErrorKind::AddrInUse), "0.0.0.0:7200 refused while 10.0.3.15:7200 is bound");
     ok &= check(UdpSocket::bind("127.0.0.1:7200").is_ok(), "127.0.0.1:7200 still free after the refused bind");
     drop(one_card);
+    // IPv6 addresses of one card: its static one (toro.eth1.ip6=) and its
+    // link-local one (from its MAC) bind there only; an address no card
+    // has is AddrNotAvailable.
+    for address in ["fd00:3::15", "fe80::5054:ff:fe12:3457"] {
+        let address: IpAddr = address.parse().unwrap();
+        let socket = UdpSocket::bind((address, 7300));
+        ok &= check(
+            socket.as_ref().ok().and_then(|s| s.local_addr().ok()) == Some(SocketAddr::new(address, 7300)),
+            &toro::alloc::format!(
+                "UDP bind to [{address}]:7300: {:?}",
+                socket.as_ref().map(|_| ()).map_err(|e| e.kind())
+            ),
+        );
+        let listener = toro::net::TcpListener::bind((address, 7300));
+        ok &= check(listener.is_ok(), &toro::alloc::format!("TCP bind to [{address}]:7300"));
+    }
+    let foreign = UdpSocket::bind("[fd00:3::99]:7300").map(|_| ()).map_err(|e| e.kind());
+    ok &= check(foreign == Err(ErrorKind::AddrNotAvailable), "a bind to an IPv6 address no card has");
     println!("udp any: ports ok");
 
     // Timeouts and non-blocking calls over several members.
