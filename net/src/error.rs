@@ -27,6 +27,11 @@ pub enum NetError {
     BadHandle,
     /// No route to the destination (no address or gateway configured).
     Unreachable,
+    /// Not allowed without an option set first (a broadcast without
+    /// `set_broadcast(true)`).
+    PermissionDenied,
+    /// A fixed table is full (the interface's multicast groups).
+    NoBufferSpace,
 }
 
 impl NetError {
@@ -44,6 +49,8 @@ impl NetError {
             Self::TooLarge => "message too large",
             Self::BadHandle => "no such socket",
             Self::Unreachable => "network unreachable",
+            Self::PermissionDenied => "permission denied",
+            Self::NoBufferSpace => "no buffer space available",
         }
     }
 }

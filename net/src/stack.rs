@@ -210,6 +210,9 @@ pub struct Stack<D: NetDevice> {
     listeners: Vec<Listener>,
     /// Listening ports whose backlog is full (`top_up_listeners`).
     full_ports: Vec<u16>,
+    /// Multicast groups joined, by UDP socket (`udp_join_multicast`): the
+    /// interface stays in a group while any socket has it.
+    memberships: Vec<(SocketHandle, IpAddress)>,
     /// Sockets handed to the application (connections, UDP, ICMP): a set,
     /// since every socket call checks its handle here (a `Vec` scan made
     /// each wake-up pass over 1000 waiting connections 1000 x 1000
@@ -252,6 +255,7 @@ impl<D: NetDevice> Stack<D> {
             config,
             listeners: Vec::new(),
             full_ports: Vec::new(),
+            memberships: Vec::new(),
             open: BTreeSet::new(),
             closing: Vec::new(),
             now_micros,
@@ -877,10 +881,22 @@ impl<D: NetDevice> Stack<D> {
     }
 
     /// Queues one datagram to `remote`; `TooLarge` if it does not fit one
-    /// frame (smoltcp is built without IP fragmentation).
-    pub fn udp_send_to(&mut self, handle: UdpHandle, data: &[u8], remote: IpEndpoint) -> Result<usize, NetError> {
+    /// frame (smoltcp is built without IP fragmentation);
+    /// `PermissionDenied` for a broadcast address (255.255.255.255 or the
+    /// interface's subnet broadcast) unless `broadcast` (Linux's
+    /// `SO_BROADCAST`: `EACCES` without it).
+    pub fn udp_send_to(
+        &mut self,
+        handle: UdpHandle,
+        data: &[u8],
+        remote: IpEndpoint,
+        broadcast: bool,
+    ) -> Result<usize, NetError> {
         if remote.port == 0 || remote.addr.is_unspecified() {
             return Err(NetError::InvalidInput);
+        }
+        if !broadcast && self.is_broadcast(remote.addr) {
+            return Err(NetError::PermissionDenied);
         }
         // No IP fragmentation: a datagram must fit one frame (Ethernet,
         // IPv4 and UDP headers: 14 + 20 + 8 bytes).
@@ -893,6 +909,66 @@ impl<D: NetDevice> Stack<D> {
             Ok(()) => Ok(data.len()),
             Err(udp::SendError::BufferFull) => Err(NetError::WouldBlock),
             Err(udp::SendError::Unaddressable) => Err(NetError::Unreachable),
+        }
+    }
+
+    /// Whether `address` is an IPv4 broadcast address here: the limited
+    /// broadcast 255.255.255.255 or the subnet broadcast of the
+    /// interface's address (a /31 or /32 has none).
+    pub fn is_broadcast(&self, address: IpAddress) -> bool {
+        let IpAddress::Ipv4(address) = address else {
+            return false;
+        };
+        address.is_broadcast() || self.ipv4_cidr().and_then(|cidr| cidr.broadcast()) == Some(address)
+    }
+
+    /// Makes the interface a member of multicast `group` for `handle`
+    /// (Linux's `IP_ADD_MEMBERSHIP`, `IPV6_ADD_MEMBERSHIP`): datagrams to
+    /// the group reach the UDP socket bound to their port, and the
+    /// interface reports its membership (IGMP, MLD) to the routers.
+    /// `InvalidInput` for an address that is not multicast, `AddrInUse`
+    /// if `handle` joined it already (as Linux), `NoBufferSpace` when the
+    /// interface's group table is full.
+    pub fn udp_join_multicast(&mut self, handle: UdpHandle, group: IpAddress) -> Result<(), NetError> {
+        self.udp(handle)?;
+        if !group.is_multicast() {
+            return Err(NetError::InvalidInput);
+        }
+        if self.memberships.contains(&(handle.0, group)) {
+            return Err(NetError::AddrInUse);
+        }
+        if !self.memberships.iter().any(|&(_, joined)| joined == group) {
+            self.interface.join_multicast_group(group).map_err(|error| match error {
+                smoltcp::iface::MulticastError::GroupTableFull => NetError::NoBufferSpace,
+                smoltcp::iface::MulticastError::Unaddressable => NetError::InvalidInput,
+            })?;
+        }
+        self.memberships.push((handle.0, group));
+        Ok(())
+    }
+
+    /// Ends `handle`'s membership of `group`; the interface leaves the
+    /// group (and says so) when no socket has it. `AddrNotAvailable` if
+    /// `handle` is not a member (Linux's `EADDRNOTAVAIL`).
+    pub fn udp_leave_multicast(&mut self, handle: UdpHandle, group: IpAddress) -> Result<(), NetError> {
+        self.udp(handle)?;
+        let position =
+            self.memberships.iter().position(|&entry| entry == (handle.0, group)).ok_or(NetError::AddrNotAvailable)?;
+        self.memberships.swap_remove(position);
+        self.leave_if_unused(group);
+        Ok(())
+    }
+
+    /// Whether the interface is a member of multicast `group`.
+    pub fn in_multicast_group(&self, group: IpAddress) -> bool {
+        self.interface.has_multicast_group(group)
+    }
+
+    fn leave_if_unused(&mut self, group: IpAddress) {
+        if !self.memberships.iter().any(|&(_, joined)| joined == group) {
+            // Fails only for an address that is not multicast; joined
+            // groups are.
+            let _ = self.interface.leave_multicast_group(group);
         }
     }
 
@@ -939,6 +1015,13 @@ impl<D: NetDevice> Stack<D> {
     pub fn udp_close(&mut self, handle: UdpHandle) {
         if self.open.remove(&handle.0) {
             self.sockets.remove(handle.0);
+            // Its multicast groups go with it (as a closed socket's do on Linux).
+            let groups: Vec<IpAddress> =
+                self.memberships.iter().filter(|&&(member, _)| member == handle.0).map(|&(_, group)| group).collect();
+            self.memberships.retain(|&(member, _)| member != handle.0);
+            for group in groups {
+                self.leave_if_unused(group);
+            }
         }
     }
 

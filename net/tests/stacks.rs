@@ -291,16 +291,20 @@ fn udp_round_trip_and_truncation() {
     let (client, client_port) = link.client.udp_bind(0).unwrap();
     assert!(client_port >= toro_net::stack::EPHEMERAL_FIRST);
     let to_server = IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 7);
-    assert_eq!(link.client.udp_send_to(client, b"hello", to_server), Ok(5));
+    assert_eq!(link.client.udp_send_to(client, b"hello", to_server, false), Ok(5));
     link.run(3); // ARP, then the datagram
     let mut buffer = [0u8; 3];
     let (count, from) = link.server.udp_recv_from(server, &mut buffer).unwrap();
     assert_eq!((count, &buffer[..]), (3, &b"hel"[..]), "truncated to the buffer, like std");
     assert_eq!(from, IpEndpoint::new(IpAddress::Ipv4(CLIENT_IP), client_port));
     assert_eq!(link.server.udp_recv_from(server, &mut buffer), Err(NetError::WouldBlock));
-    assert_eq!(link.client.udp_send_to(client, &vec![0u8; 70_000], to_server), Err(NetError::TooLarge));
-    assert_eq!(link.client.udp_send_to(client, &[0u8; 1473], to_server), Err(NetError::TooLarge), "one frame at most");
-    assert_eq!(link.client.udp_send_to(client, &[0u8; 1472], to_server), Ok(1472));
+    assert_eq!(link.client.udp_send_to(client, &vec![0u8; 70_000], to_server, false), Err(NetError::TooLarge));
+    assert_eq!(
+        link.client.udp_send_to(client, &[0u8; 1473], to_server, false),
+        Err(NetError::TooLarge),
+        "one frame at most"
+    );
+    assert_eq!(link.client.udp_send_to(client, &[0u8; 1472], to_server, false), Ok(1472));
 }
 
 #[test]
@@ -356,11 +360,43 @@ fn sample_frames() -> Vec<Vec<u8>> {
     link.client.poll(link.now + 2);
     let mut frames = link.client.device().drain_sent();
     let (udp, _) = link.client.udp_bind(0).unwrap();
-    link.client.udp_send_to(udp, b"datagram", IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 9)).unwrap();
+    link.client.udp_send_to(udp, b"datagram", IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 9), false).unwrap();
     link.client.poll(link.now + 3);
     frames.extend(link.client.device().drain_sent());
+    // A datagram to a multicast group the fuzzed server joined.
+    link.client.udp_send_to(udp, b"to the group", IpEndpoint::new(IpAddress::Ipv4(GROUP), 5353), false).unwrap();
+    link.client.poll(link.now + 4);
+    frames.extend(link.client.device().drain_sent());
     frames.push(syn.expect("the client sent a SYN"));
+    frames.push(igmp_general_query());
     frames
+}
+
+/// A multicast group for the tests.
+const GROUP: Ipv4Address = Ipv4Address::new(239, 1, 2, 3);
+
+/// A router's IGMPv2 general query (to 224.0.0.1, TTL 1): members answer
+/// with reports.
+fn igmp_general_query() -> Vec<u8> {
+    fn checksum(bytes: &[u8]) -> [u8; 2] {
+        let mut sum: u32 =
+            bytes.chunks(2).map(|pair| u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0))).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        (!(sum as u16)).to_be_bytes()
+    }
+    let mut frame = vec![0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
+    frame.extend([0x02, 0, 0x5e, 0, 0, 0xfe, 0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 1, 2, 0, 0, 10, 0, 0, 254, 224, 0, 0, 1];
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum);
+    let mut igmp = vec![0x11, 100, 0, 0, 0, 0, 0, 0];
+    let sum = checksum(&igmp);
+    igmp[2..4].copy_from_slice(&sum);
+    frame.extend(ip);
+    frame.extend(igmp);
+    frame
 }
 
 #[test]
@@ -373,6 +409,10 @@ fn garbage_truncated_and_corrupt_frames_leave_the_stack_serving() {
     let mut link = Link::new(config);
     link.server.tcp_listen(80).unwrap();
     link.server.tcp_listen(81).unwrap();
+    // A member of a group: the datagrams to it and the queries for it
+    // reach smoltcp's multicast paths.
+    let (member, _) = link.server.udp_bind(5353).unwrap();
+    link.server.udp_join_multicast(member, IpAddress::Ipv4(GROUP)).unwrap();
     let remote = IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 80);
     let waiting: Vec<_> = (0..2).map(|_| link.client.tcp_connect(remote).unwrap()).collect();
     link.run(5);
@@ -429,6 +469,37 @@ fn garbage_truncated_and_corrupt_frames_leave_the_stack_serving() {
     }
     let (client, server) = link.connect(80);
     assert_eq!(transfer(&mut link, client, server, b"room again"), b"room again");
+    // Still a member: a datagram to the group arrives.
+    let mut buffer = [0u8; 64];
+    while link.server.udp_recv_from(member, &mut buffer).is_ok() {}
+    let (udp, _) = link.client.udp_bind(0).unwrap();
+    link.client.udp_send_to(udp, b"after", IpEndpoint::new(IpAddress::Ipv4(GROUP), 5353), false).unwrap();
+    link.run(3);
+    assert_eq!(link.server.udp_recv_from(member, &mut buffer).map(|(count, _)| count), Ok(5));
+}
+
+/// A general query is answered with a report for each group joined.
+#[test]
+fn a_general_query_is_answered_with_reports() {
+    let (device, mut peer) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    let mut stack = Stack::new(device, statically(SERVER_IP), StackConfig::default(), 0);
+    let (socket, _) = stack.udp_bind(5000).unwrap();
+    stack.udp_join_multicast(socket, IpAddress::Ipv4(GROUP)).unwrap();
+    stack.poll(1_000);
+    while peer.receive(|_| ()).is_some() {}
+    stack.device().inject(&igmp_general_query());
+    let mut reports = Vec::new();
+    // IGMPv2 answers after a random delay of up to the query's 10 s.
+    for step in 2..12_000u64 {
+        stack.poll(step * 1_000);
+        while let Some(frame) = peer.receive(|frame| frame.to_vec()) {
+            if frame.len() > 34 && frame[12..14] == [0x08, 0x00] && frame[23] == 2 {
+                reports.push(frame);
+            }
+        }
+    }
+    assert_eq!(reports.len(), 1, "one report for the one group");
+    assert_eq!(reports[0][30..34], GROUP.octets());
 }
 
 #[test]
@@ -778,7 +849,7 @@ fn peeked_data_is_read_again() {
 
     let (udp_server, _) = link.server.udp_bind(7).unwrap();
     let (udp_client, port) = link.client.udp_bind(0).unwrap();
-    link.client.udp_send_to(udp_client, b"one", IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 7)).unwrap();
+    link.client.udp_send_to(udp_client, b"one", IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 7), false).unwrap();
     link.run(3);
     let from = IpEndpoint::new(IpAddress::Ipv4(CLIENT_IP), port);
     assert_eq!(link.server.udp_peek_from(udp_server, &mut buffer), Ok((3, from)));
@@ -845,8 +916,92 @@ fn time_to_live_reaches_the_packets() {
     link.server.udp_set_ttl(udp, 3).unwrap();
     assert_eq!(link.server.udp_ttl(udp), Ok(3));
     assert_eq!(link.server.udp_set_ttl(udp, 0), Err(NetError::InvalidInput));
-    link.server.udp_send_to(udp, b"d", IpEndpoint::new(IpAddress::Ipv4(CLIENT_IP), 9)).unwrap();
+    link.server.udp_send_to(udp, b"d", IpEndpoint::new(IpAddress::Ipv4(CLIENT_IP), 9), false).unwrap();
     link.server.poll(link.now + 2);
     let sent = link.server.device().drain_sent();
     assert_eq!(sent.iter().map(|frame| ttl_of(frame)).collect::<Vec<_>>(), vec![3]);
+}
+
+/// Multicast: datagrams to a group reach a socket bound to their port once
+/// the interface joined the group (IPv4 and IPv6), memberships are counted
+/// per socket (the interface leaves with the last), and closing a socket
+/// ends its memberships. Broadcasts need the option, as Linux's
+/// `SO_BROADCAST`.
+#[test]
+fn multicast_groups_and_broadcasts() {
+    let mut link = Link::new(StackConfig::default());
+    let (server, _) = link.server.udp_bind(5353).unwrap();
+    let (client, client_port) = link.client.udp_bind(0).unwrap();
+    let group = IpAddress::Ipv4(GROUP);
+    let mut buffer = [0u8; 16];
+    let mut received = |link: &mut Link, sent: &[u8], to: IpAddress| {
+        link.client.udp_send_to(client, sent, IpEndpoint::new(to, 5353), true).unwrap();
+        link.run(3);
+        link.server.udp_recv_from(server, &mut buffer).map(|(count, from)| (buffer[..count] == *sent, from))
+    };
+    assert_eq!(received(&mut link, b"before", group), Err(NetError::WouldBlock), "not a member yet");
+    link.server.udp_join_multicast(server, group).unwrap();
+    assert_eq!(link.server.udp_join_multicast(server, group), Err(NetError::AddrInUse), "joined twice");
+    let from_client = IpEndpoint::new(IpAddress::Ipv4(CLIENT_IP), client_port);
+    assert_eq!(received(&mut link, b"member", group), Ok((true, from_client)));
+    let group6 = IpAddress::Ipv6("ff02::fb".parse().unwrap());
+    assert_eq!(received(&mut link, b"six before", group6), Err(NetError::WouldBlock));
+    link.server.udp_join_multicast(server, group6).unwrap();
+    assert!(matches!(received(&mut link, b"six", group6), Ok((true, _))), "an IPv6 group");
+    // A second socket's membership keeps the group when the first leaves.
+    let (other, _) = link.server.udp_bind(0).unwrap();
+    link.server.udp_join_multicast(other, group).unwrap();
+    link.server.udp_leave_multicast(server, group).unwrap();
+    assert_eq!(link.server.udp_leave_multicast(server, group), Err(NetError::AddrNotAvailable), "left already");
+    assert!(link.server.in_multicast_group(group));
+    assert!(matches!(received(&mut link, b"kept", group), Ok((true, _))), "the other socket's membership");
+    link.server.udp_close(other);
+    assert!(!link.server.in_multicast_group(group), "the last member closed");
+    assert_eq!(received(&mut link, b"gone", group), Err(NetError::WouldBlock));
+    let unicast = IpAddress::Ipv4(SERVER_IP);
+    assert_eq!(link.server.udp_join_multicast(server, unicast), Err(NetError::InvalidInput));
+    // Broadcasts: refused without the option, delivered with it.
+    for broadcast in [Ipv4Address::new(10, 0, 0, 255), Ipv4Address::BROADCAST] {
+        let to = IpEndpoint::new(IpAddress::Ipv4(broadcast), 5353);
+        assert_eq!(link.client.udp_send_to(client, b"all", to, false), Err(NetError::PermissionDenied));
+        assert!(matches!(received(&mut link, b"all", IpAddress::Ipv4(broadcast)), Ok((true, _))), "{broadcast}");
+    }
+    assert!(!link.client.is_broadcast(IpAddress::Ipv4(SERVER_IP)));
+}
+
+/// Joining and leaving a group is reported to the routers: an IGMPv2
+/// membership report to the group, then a leave to all routers
+/// (224.0.0.2), from the interface's MAC to the group's multicast MAC.
+#[test]
+fn joining_a_group_is_reported_by_igmp() {
+    let (device, mut peer) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    let mut stack = Stack::new(device, statically(SERVER_IP), StackConfig::default(), 0);
+    let (socket, _) = stack.udp_bind(5000).unwrap();
+    let igmp = |peer: &mut MemoryDevice| -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        while let Some(frame) = peer.receive(|frame| frame.to_vec()) {
+            // IPv4 (header length from its first byte), protocol 2.
+            if frame.len() > 34 && frame[12..14] == [0x08, 0x00] && frame[23] == 2 {
+                frames.push(frame);
+            }
+        }
+        frames
+    };
+    stack.poll(1_000);
+    assert!(igmp(&mut peer).is_empty(), "no group, no report");
+    stack.udp_join_multicast(socket, IpAddress::Ipv4(Ipv4Address::new(239, 1, 2, 3))).unwrap();
+    stack.poll(2_000);
+    let reports = igmp(&mut peer);
+    assert_eq!(reports.len(), 1, "one membership report");
+    let report = &reports[0];
+    assert_eq!(report[0..6], [0x01, 0x00, 0x5e, 0x01, 0x02, 0x03], "to the group's MAC");
+    assert_eq!(report[30..34], [239, 1, 2, 3], "to the group");
+    let igmp_start = 14 + usize::from(report[14] & 0x0f) * 4;
+    assert_eq!(report[igmp_start], 0x16, "an IGMPv2 membership report");
+    stack.udp_close(socket);
+    stack.poll(3_000);
+    let leaves = igmp(&mut peer);
+    assert_eq!(leaves.len(), 1, "one leave");
+    assert_eq!(leaves[0][30..34], [224, 0, 0, 2], "to all routers");
+    assert_eq!(leaves[0][14 + usize::from(leaves[0][14] & 0x0f) * 4], 0x17, "an IGMPv2 leave");
 }

@@ -767,9 +767,17 @@ fn flow_value(
         })
         .chain(table_targets.values().flatten().copied())
         .collect();
+    // Alignment padding (`nop`, `data16 cs nop ...`) after such a transfer
+    // is not code that runs: seeding it would carry "unknown" into the
+    // instruction it falls through to (a loop head reached by a jump).
+    let padding =
+        |text: &str| text.split_whitespace().take_while(|w| matches!(*w, "data16" | "cs" | "nop")).any(|w| w == "nop");
     for index in 1..instructions.len() {
         let previous = instructions[index - 1].text.split_whitespace().next().unwrap_or("");
-        if matches!(previous, "jmp" | "ret" | "ud2" | "int3" | "hlt" | "notrack") && !reached.contains(&index) {
+        if matches!(previous, "jmp" | "ret" | "ud2" | "int3" | "hlt" | "notrack")
+            && !reached.contains(&index)
+            && !padding(&instructions[index].text)
+        {
             entry[index] = State::Unknown;
             work.push(index);
         }
@@ -1187,6 +1195,37 @@ mod tests {
   101c0c:\tjmp    rax
   101c0e:\tjmp    QWORD PTR [rax*8+0x159b50]
 ";
+
+    /// Alignment padding after an unconditional jump (a multi-byte `nop`
+    /// no jump reaches) falls through into a loop head that a jump does
+    /// reach: it must not make the register unknown there (smoltcp's
+    /// multicast egress, inlined into `Instance::pump`, calls `memcpy`
+    /// through a register loaded from the GOT before such a loop).
+    #[test]
+    fn padding_after_a_jump_does_not_hide_a_loaded_function() {
+        let text = "
+00000000001f2000 <memcpy>:
+  1f2000:\tret
+
+00000000001f2100 <toro::net::pump>:
+  1f2100:\tmov    r9,QWORD PTR [rip+0x100]        # 1f3000 <__got_start>
+  1f2107:\ttest   rax,rax
+  1f210a:\tje     1f2130 <toro::net::pump+0x30>
+  1f2110:\tcmp    rdx,rcx
+  1f2113:\tjne    1f2120 <toro::net::pump+0x20>
+  1f2115:\tjmp    1f2130 <toro::net::pump+0x30>
+  1f2117:\tdata16 cs nop WORD PTR [rax+rax*1+0x0]
+  1f2120:\tinc    rax
+  1f2123:\tjne    1f2110 <toro::net::pump+0x10>
+  1f2130:\tcall   r9
+  1f2133:\tret
+";
+        let mut image = parse(text);
+        image.got.insert(0x1f3000, 0x1f2000);
+        let pump = &image.functions["toro::net::pump"][0];
+        let call = pump.instructions.iter().position(|i| i.text.starts_with("call   r9")).unwrap();
+        assert_eq!(register_through_got(&image, pump, call), Some(0x1f2000));
+    }
 
     #[test]
     fn parses_functions_and_transfers() {

@@ -131,11 +131,15 @@ pub(crate) fn resolve<A: ToSocketAddrs + ?Sized>(addresses: &A) -> io::Result<Ve
 }
 
 pub(crate) fn to_endpoint(address: SocketAddr) -> IpEndpoint {
-    let ip = match address.ip() {
+    IpEndpoint::new(to_ip_address(address.ip()), address.port())
+}
+
+/// std's address as smoltcp's.
+pub(crate) fn to_ip_address(address: IpAddr) -> IpAddress {
+    match address {
         IpAddr::V4(v4) => IpAddress::Ipv4(Ipv4Address::from(v4.octets())),
         IpAddr::V6(v6) => IpAddress::Ipv6(Ipv6Address::from(v6.octets())),
-    };
-    IpEndpoint::new(ip, address.port())
+    }
 }
 
 pub(crate) fn from_endpoint(endpoint: IpEndpoint) -> SocketAddr {

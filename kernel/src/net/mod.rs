@@ -73,6 +73,9 @@ pub(crate) fn to_io(error: NetError) -> io::Error {
         NetError::AddrNotAvailable => ErrorKind::AddrNotAvailable,
         NetError::InvalidInput | NetError::TooLarge => ErrorKind::InvalidInput,
         NetError::Unreachable => ErrorKind::NetworkUnreachable,
+        NetError::PermissionDenied => ErrorKind::PermissionDenied,
+        // Linux's ENOBUFS, which std leaves uncategorized.
+        NetError::NoBufferSpace => ErrorKind::OutOfMemory,
     };
     io::Error::from_static(kind, error.message())
 }

@@ -20,7 +20,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::net::SocketAddr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use toro_core::seq_words::SeqWords;
@@ -64,6 +64,8 @@ struct Udp {
     /// zeros for none): read by every `send` and `recv` on any CPU without
     /// a lock instruction, so the socket is `Sync` like std's.
     peer: SeqWords<3>,
+    /// `set_broadcast`: datagrams to broadcast addresses allowed.
+    broadcast: AtomicBool,
     options: super::Options,
 }
 
@@ -274,6 +276,7 @@ impl UdpSocket {
             next: AtomicUsize::new(0),
             local: SocketAddr::new(address.ip(), port),
             peer: SeqWords::new([0; 3]),
+            broadcast: AtomicBool::new(false),
             options: super::Options::new(),
         };
         Ok(UdpSocket { inner: Arc::new(socket) })
@@ -308,9 +311,10 @@ impl UdpSocket {
         let (id, handle) = (member.instance, member.handle);
         let timeout = self.inner.options.write_micros();
         let nonblocking = self.inner.options.nonblocking();
+        let broadcast = self.inner.broadcast.load(Ordering::Relaxed);
         instance::on_owner(id, || {
             instance::wait_on(id, Interest::UdpWritable(handle), timeout, nonblocking, |i| {
-                i.stack.udp_send_to(handle, data, remote)
+                i.stack.udp_send_to(handle, data, remote, broadcast)
             })
         })
         .map_err(wait_to_io)
@@ -451,6 +455,133 @@ impl UdpSocket {
             .map_err(to_io)?;
         }
         Ok(())
+    }
+
+    /// Allows (or again refuses) datagrams to broadcast addresses
+    /// (255.255.255.255 and a card's subnet broadcast): without it
+    /// `send_to` gives `PermissionDenied`, as std on Linux (`SO_BROADCAST`).
+    pub fn set_broadcast(&self, broadcast: bool) -> io::Result<()> {
+        self.inner.broadcast.store(broadcast, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether datagrams to broadcast addresses are allowed (`false`
+    /// unless set).
+    pub fn broadcast(&self) -> io::Result<bool> {
+        Ok(self.inner.broadcast.load(Ordering::Relaxed))
+    }
+
+    /// Joins IPv4 multicast group `multiaddr` on the interface with address
+    /// `interface`, or on every interface the socket is bound on for
+    /// `0.0.0.0` (Linux joins on the one its route to the group takes: a
+    /// socket on `0.0.0.0` here hears the group on every card). Datagrams
+    /// to the group then reach the socket; the membership is reported
+    /// (IGMPv2) and ends with `leave_multicast_v4` or when the socket
+    /// closes. `InvalidInput` for an address that is not multicast,
+    /// `AddrInUse` if joined already, `AddrNotAvailable` for an interface
+    /// address that is not one of the socket's.
+    pub fn join_multicast_v4(&self, multiaddr: &Ipv4Addr, interface: &Ipv4Addr) -> io::Result<()> {
+        let members = self.members_on_v4(interface)?;
+        self.join(&members, IpAddr::V4(*multiaddr))
+    }
+
+    /// Leaves a group joined by `join_multicast_v4` (`AddrNotAvailable` if
+    /// not joined).
+    pub fn leave_multicast_v4(&self, multiaddr: &Ipv4Addr, interface: &Ipv4Addr) -> io::Result<()> {
+        let members = self.members_on_v4(interface)?;
+        self.leave(&members, IpAddr::V4(*multiaddr))
+    }
+
+    /// Joins IPv6 multicast group `multiaddr` on interface number
+    /// `interface`, or on every interface the socket is bound on for 0
+    /// (reported by MLD). Interfaces are numbered as Linux numbers them on
+    /// a VM with the same devices: 1 for the loopback, 2 for `eth0`, 3 for
+    /// `eth1`, ... Errors as `join_multicast_v4`.
+    pub fn join_multicast_v6(&self, multiaddr: &Ipv6Addr, interface: u32) -> io::Result<()> {
+        let members = self.members_on_index(interface)?;
+        self.join(&members, IpAddr::V6(*multiaddr))
+    }
+
+    /// Leaves a group joined by `join_multicast_v6`.
+    pub fn leave_multicast_v6(&self, multiaddr: &Ipv6Addr, interface: u32) -> io::Result<()> {
+        let members = self.members_on_index(interface)?;
+        self.leave(&members, IpAddr::V6(*multiaddr))
+    }
+
+    /// The members on the interface whose IPv4 address is `interface`
+    /// (all for `0.0.0.0`).
+    fn members_on_v4(&self, interface: &Ipv4Addr) -> io::Result<Vec<Member>> {
+        if interface.is_unspecified() {
+            return Ok(self.inner.members.clone());
+        }
+        let instances = super::instances_for(IpAddr::V4(*interface))?;
+        let members: Vec<Member> =
+            self.inner.members.iter().copied().filter(|member| instances.contains(&member.instance)).collect();
+        match members.is_empty() {
+            true => {
+                Err(io::Error::from_static(ErrorKind::AddrNotAvailable, "the socket is not bound on that interface"))
+            }
+            false => Ok(members),
+        }
+    }
+
+    /// The members on interface number `index` (see `join_multicast_v6`;
+    /// all for 0).
+    fn members_on_index(&self, index: u32) -> io::Result<Vec<Member>> {
+        if index == 0 {
+            return Ok(self.inner.members.clone());
+        }
+        let topology = super::topology();
+        let instances: Vec<usize> = match index {
+            1 => topology.loopback.into_iter().collect(),
+            card => topology.cards.get(card as usize - 2).map(|card| card.instances.clone()).unwrap_or_default(),
+        };
+        let members: Vec<Member> =
+            self.inner.members.iter().copied().filter(|member| instances.contains(&member.instance)).collect();
+        match members.is_empty() {
+            true => {
+                Err(io::Error::from_static(ErrorKind::AddrNotAvailable, "the socket is not bound on that interface"))
+            }
+            false => Ok(members),
+        }
+    }
+
+    /// Joins `group` on every one of `members`, undoing the joins made if
+    /// one fails.
+    fn join(&self, members: &[Member], group: IpAddr) -> io::Result<()> {
+        let group = super::addr::to_ip_address(group);
+        for (done, &Member { instance: id, handle }) in members.iter().enumerate() {
+            let joined = instance::on_owner(id, || {
+                instance::with_local(id, |i| i.stack.udp_join_multicast(handle, group))
+                    .unwrap_or(Err(NetError::BadHandle))
+            });
+            if let Err(error) = joined {
+                for &Member { instance: id, handle } in &members[..done] {
+                    instance::on_owner(id, || {
+                        instance::with_local(id, |i| i.stack.udp_leave_multicast(handle, group));
+                    });
+                }
+                return Err(to_io(error));
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves `group` on every one of `members` (the first error is
+    /// returned after all were tried).
+    fn leave(&self, members: &[Member], group: IpAddr) -> io::Result<()> {
+        let group = super::addr::to_ip_address(group);
+        let mut result = Ok(());
+        for &Member { instance: id, handle } in members {
+            let left = instance::on_owner(id, || {
+                instance::with_local(id, |i| i.stack.udp_leave_multicast(handle, group))
+                    .unwrap_or(Err(NetError::BadHandle))
+            });
+            if let (Err(error), Ok(())) = (left, &result) {
+                result = Err(to_io(error));
+            }
+        }
+        result
     }
 
     /// The time-to-live of its datagrams (64 unless set).

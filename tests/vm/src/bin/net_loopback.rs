@@ -263,6 +263,52 @@ fn main() -> i32 {
     let mixed = four.connect("[::1]:7002").map_err(|e| e.kind());
     ok &= check(mixed == Err(ErrorKind::InvalidInput), "an IPv4 socket's IPv6 peer");
     println!("ipv6 loopback: ok");
+    // Multicast and broadcast on the loopback.
+    let group = Ipv4Addr::new(239, 1, 2, 3);
+    let server = UdpSocket::bind("127.0.0.1:7500").unwrap();
+    server.set_read_timeout(Some(core::time::Duration::from_millis(200))).unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let kind = |result: toro::io::Result<()>| result.map_err(|e| e.kind());
+    ok &= check(kind(server.join_multicast_v4(&group, &Ipv4Addr::LOCALHOST)).is_ok(), "join 239.1.2.3 on lo");
+    ok &= check(
+        kind(server.join_multicast_v4(&group, &Ipv4Addr::LOCALHOST)) == Err(ErrorKind::AddrInUse),
+        "joined twice",
+    );
+    ok &= check(
+        kind(server.join_multicast_v4(&Ipv4Addr::LOCALHOST, &Ipv4Addr::UNSPECIFIED)) == Err(ErrorKind::InvalidInput),
+        "not a group",
+    );
+    ok &= check(
+        kind(server.join_multicast_v4(&Ipv4Addr::new(239, 9, 9, 9), &Ipv4Addr::new(10, 9, 9, 9)))
+            == Err(ErrorKind::AddrNotAvailable),
+        "no such interface",
+    );
+    client.send_to(b"to the group", (group, 7500)).unwrap();
+    let mut buffer = [0u8; 32];
+    let got = server.recv_from(&mut buffer).map(|(count, from)| (&buffer[..count] == b"to the group", from));
+    ok &= check(got.ok() == Some((true, client.local_addr().unwrap())), "a datagram to the group");
+    ok &= check(kind(server.leave_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)).is_ok(), "leave");
+    ok &= check(
+        kind(server.leave_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)) == Err(ErrorKind::AddrNotAvailable),
+        "left twice",
+    );
+    client.send_to(b"after", (group, 7500)).unwrap();
+    ok &= check(server.recv_from(&mut buffer).map_err(|e| e.kind()).err() == Some(ErrorKind::TimedOut), "left");
+    let broadcast = "127.255.255.255:7500";
+    ok &= check(!client.broadcast().unwrap(), "broadcast off by default");
+    let refused = client.send_to(b"all", broadcast).map_err(|e| e.kind());
+    ok &= check(refused == Err(ErrorKind::PermissionDenied), "a broadcast without set_broadcast");
+    client.set_broadcast(true).unwrap();
+    client.send_to(b"all", broadcast).unwrap();
+    ok &= check(server.recv_from(&mut buffer).ok().map(|(count, _)| count) == Some(3), "a broadcast with it");
+    let server6 = UdpSocket::bind("[::1]:7501").unwrap();
+    let client6 = UdpSocket::bind("[::1]:0").unwrap();
+    let group6: Ipv6Addr = "ff12::1234".parse().unwrap();
+    ok &= check(kind(server6.join_multicast_v6(&group6, 1)).is_ok(), "join ff12::1234 on interface 1 (lo)");
+    ok &= check(kind(server6.join_multicast_v6(&group6, 2)) == Err(ErrorKind::AddrNotAvailable), "not on eth0");
+    client6.send_to(b"six", (group6, 7501)).unwrap();
+    ok &= check(server6.recv_from(&mut buffer).ok().map(|(count, _)| count) == Some(3), "a datagram to the v6 group");
+    println!("multicast, broadcast: ok");
     let lo = toro::net::interfaces().into_iter().find(|i| i.name == "lo").expect("lo");
     println!(
         "lo: {} frames, {} sockets, {} remote calls",
