@@ -515,14 +515,7 @@ impl UdpSocket {
             return Ok(self.inner.members.clone());
         }
         let instances = super::instances_for(IpAddr::V4(*interface))?;
-        let members: Vec<Member> =
-            self.inner.members.iter().copied().filter(|member| instances.contains(&member.instance)).collect();
-        match members.is_empty() {
-            true => {
-                Err(io::Error::from_static(ErrorKind::AddrNotAvailable, "the socket is not bound on that interface"))
-            }
-            false => Ok(members),
-        }
+        self.members_among(&instances)
     }
 
     /// The members on interface number `index` (see `join_multicast_v6`;
@@ -536,6 +529,11 @@ impl UdpSocket {
             1 => topology.loopback.into_iter().collect(),
             card => topology.cards.get(card as usize - 2).map(|card| card.instances.clone()).unwrap_or_default(),
         };
+        self.members_among(&instances)
+    }
+
+    /// The members on `instances`; `AddrNotAvailable` for none.
+    fn members_among(&self, instances: &[usize]) -> io::Result<Vec<Member>> {
         let members: Vec<Member> =
             self.inner.members.iter().copied().filter(|member| instances.contains(&member.instance)).collect();
         match members.is_empty() {
