@@ -351,7 +351,7 @@ fn run_nics(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<
     })
 }
 
-/// `udp-mq-q35-2`: examples/echo on q35 with a 2-queue tap; from the
+/// `udp-mq-q35-2`: examples/echo (`group=239.1.2.3`) on q35 with a 2-queue tap; from the
 /// namespace, one datagram from each of [`UDP_FLOWS`] source ports (flows
 /// the tap spreads over both queues by its hash) to the one UDP socket,
 /// which lives on one queue pair: every datagram must come back. Without
@@ -363,7 +363,7 @@ pub fn udp_multiqueue_test(image: &Path, accel: crate::accel::Accel) -> Result<(
     let mut config = VmConfig::new(image.to_path_buf(), accel);
     config.cpus = 2;
     config.machine = qemu::Machine::Q35;
-    config.command_line = format!("{} toro.log=info", netns::guest_arguments()).into();
+    config.command_line = format!("{} toro.log=info group={UDP_GROUP}", netns::guest_arguments()).into();
     config.namespace = Some(namespace.name().into());
     let mac = GUEST_MAC.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":");
     let devices = vmm::Devices { taps: vec![vmm::Tap { name: "tap0".into(), mac: Some(mac), queues: 2 }] };
@@ -381,6 +381,21 @@ pub fn udp_multiqueue_test(image: &Path, accel: crate::accel::Accel) -> Result<(
         if answer != format!("answered {UDP_FLOWS} of {UDP_FLOWS}") {
             problems.push(format!("{UDP_FLOWS} flows: {answer:?}"));
         }
+        // The same flows to the multicast group the socket joined (the
+        // namespace routes 224.0.0.0/4 out of tap0): each echoed from the
+        // card's own address, whichever queue its hash chose.
+        let route = namespace.command("ip").args(["route", "add", "224.0.0.0/4", "dev", "tap0"]).status()?;
+        let group = format!("{UDP_GROUP}:7");
+        let output = namespace
+            .command(std::env::current_exe()?)
+            .args(["udp-flows", &group, &UDP_FLOWS.to_string(), &target])
+            .output()
+            .context("running xtask udp-flows in the namespace")?;
+        let multicast = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if !route.success() || multicast != format!("answered {UDP_FLOWS} of {UDP_FLOWS}") {
+            problems.push(format!("{UDP_FLOWS} flows to group {UDP_GROUP}: {multicast:?} (route added: {route})"));
+        }
+        answer = format!("{answer}; to group {UDP_GROUP}: {multicast}");
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -399,6 +414,8 @@ pub fn udp_multiqueue_test(image: &Path, accel: crate::accel::Accel) -> Result<(
 
 /// Source ports [`udp_multiqueue_test`] sends from.
 pub const UDP_FLOWS: u32 = 32;
+/// The multicast group `udp-mq-q35-2`'s echo server joins (`group=`).
+pub const UDP_GROUP: &str = "239.1.2.3";
 
 /// Runs `cargo xtask udp-flows TARGET FLOWS` inside `namespace`; its line.
 fn udp_probe(namespace: &Namespace, target: &str, flows: u32) -> Result<String> {
@@ -422,16 +439,24 @@ fn first_echo(namespace: &Namespace, target: &str, within: Duration) -> Result<S
     }
 }
 
-/// `cargo xtask udp-flows ADDRESS:PORT N` (run by [`udp_multiqueue_test`]
-/// and [`udp_nics_test`] inside their namespace): one datagram from each
-/// of N sockets, then up to 3 s for the echoes; prints "answered K of N",
-/// counting only echoes that came back from ADDRESS:PORT itself (a reply
-/// from another address is what a client that `connect`s would drop),
-/// and names those that came from elsewhere.
+/// `cargo xtask udp-flows ADDRESS:PORT N [FROM:PORT]` (run by
+/// [`udp_multiqueue_test`] and [`udp_nics_test`] inside their namespace):
+/// one datagram from each of N sockets, then up to 3 s for the echoes;
+/// prints "answered K of N", counting only echoes that came back from
+/// ADDRESS:PORT itself, or FROM:PORT when given (the echo of a datagram to
+/// a multicast group comes from the member's own address); a reply from
+/// another address is what a client that `connect`s would drop; it names
+/// those that came from elsewhere.
 pub fn udp_flows(arguments: &[String]) -> Result<std::process::ExitCode> {
-    let [target, flows] = arguments else { anyhow::bail!("usage: cargo xtask udp-flows ADDRESS:PORT N") };
+    let usage = "usage: cargo xtask udp-flows ADDRESS:PORT N [FROM:PORT]";
+    let (target, flows, from) = match arguments {
+        [target, flows] => (target, flows, target),
+        [target, flows, from] => (target, flows, from),
+        _ => anyhow::bail!(usage),
+    };
     let flows: usize = flows.parse().context("N must be a number")?;
     let target: std::net::SocketAddr = target.parse().context("ADDRESS:PORT must be an IP address and port")?;
+    let answerer: std::net::SocketAddr = from.parse().context("FROM:PORT must be an IP address and port")?;
     let sockets: Vec<std::net::UdpSocket> =
         (0..flows).map(|_| std::net::UdpSocket::bind("0.0.0.0:0")).collect::<std::io::Result<_>>()?;
     for (index, socket) in sockets.iter().enumerate() {
@@ -446,7 +471,7 @@ pub fn udp_flows(arguments: &[String]) -> Result<std::process::ExitCode> {
         let mut buffer = [0u8; 64];
         if let Ok((count, from)) = socket.recv_from(&mut buffer) {
             if &buffer[..count] == format!("flow {index}").as_bytes() {
-                if from == target {
+                if from == answerer {
                     answered += 1;
                 } else {
                     elsewhere.push(from.to_string());

@@ -3,7 +3,9 @@
 //! TCP: one listener on `0.0.0.0` listens on every network instance; each
 //! CPU that owns an instance accepts the connections that reached it and
 //! echoes each in a thread of its own on that CPU. UDP: one socket echoes
-//! every datagram to its sender. `selftest=1` echoes 1 B to 16 MiB over the
+//! every datagram to its sender; `group=ADDR` makes it a member of that
+//! multicast group (IPv4 or IPv6) on every interface, so datagrams to the
+//! group are echoed too (from the card's own address). `selftest=1` echoes 1 B to 16 MiB over the
 //! loopback, checks every byte, prints `echo selftest: all passed` and
 //! exits.
 
@@ -14,7 +16,7 @@ use toro::alloc::sync::Arc;
 use toro::alloc::vec;
 use toro::alloc::vec::Vec;
 use toro::io::{Read, Write};
-use toro::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
+use toro::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream, UdpSocket};
 use toro::{println, system, thread};
 
 /// Bytes moved per read.
@@ -37,6 +39,17 @@ fn main() -> i32 {
             return 1;
         }
     };
+    if let Some(group) = system::argument("group") {
+        let joined = match group.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => udp.join_multicast_v4(&v4, &Ipv4Addr::UNSPECIFIED),
+            Ok(IpAddr::V6(v6)) => udp.join_multicast_v6(&v6, 0),
+            Err(_) => Err(toro::io::Error::from_static(toro::io::ErrorKind::InvalidInput, "not an IP address")),
+        };
+        match joined {
+            Ok(()) => println!("echo: udp port {port} is a member of group {group}"),
+            Err(error) => println!("echo: group={group}: {error}; not joined"),
+        }
+    }
     let mut cpus: Vec<usize> = toro::net::interfaces().iter().map(|interface| interface.cpu).collect();
     cpus.sort_unstable();
     cpus.dedup();
