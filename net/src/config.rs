@@ -2,7 +2,8 @@
 //! kernel command line, DHCP when no address is given, `toro.dhcp=1` to
 //! force it. Those words are the first card's (`eth0`; `toro.eth0.ip=...`
 //! says the same); card K's are `toro.ethK.ip=`, `toro.ethK.gw=`,
-//! `toro.ethK.dhcp=`, `toro.ethK.ip6=`, `toro.ethK.gw6=`, `toro.ethK.slaac=`.
+//! `toro.ethK.dhcp=`, `toro.ethK.ip6=`, `toro.ethK.gw6=`, `toro.ethK.slaac=`,
+//! `toro.ethK.dns=` (DNS servers: [`dns_for`]).
 
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
 
@@ -41,6 +42,8 @@ pub enum ConfigError {
     BadGateway6,
     /// `toro.slaac` is not `0` or `1`.
     BadSlaac,
+    /// `toro.dns` is not 1 to 4 comma-separated IP addresses.
+    BadDns,
 }
 
 impl ConfigError {
@@ -53,6 +56,7 @@ impl ConfigError {
             Self::BadAddress6 => ("ip6", "a unicast ADDR/PREFIX, e.g. fd00::2/64"),
             Self::BadGateway6 => ("gw6", "a unicast IPv6 address, e.g. fd00::1 or fe80::1"),
             Self::BadSlaac => ("slaac", "0 or 1"),
+            Self::BadDns => ("dns", "1 to 4 comma-separated IP addresses, e.g. 10.0.2.3 or 10.0.2.3,fd00::3"),
         }
     }
 }
@@ -84,7 +88,7 @@ impl core::fmt::Display for CardError {
 }
 
 /// The settings a card takes (`toro.ethK.SETTING=`).
-pub const CARD_SETTINGS: [&str; 6] = ["ip", "gw", "dhcp", "ip6", "gw6", "slaac"];
+pub const CARD_SETTINGS: [&str; 7] = ["ip", "gw", "dhcp", "ip6", "gw6", "slaac", "dns"];
 
 /// Whose setting a command-line key is: `Some((K, "ip"))` for
 /// `toro.ethK.ip`, `Some((0, "ip"))` for `toro.ip` (any other `toro.X`
@@ -130,7 +134,7 @@ pub fn stray_card_words<'a>(
         match card_setting(key)? {
             Err(()) => Some((word, "the card must be a number: toro.ethK.SETTING=VALUE")),
             Ok((_, setting)) if !CARD_SETTINGS.contains(&setting) => {
-                Some((word, "unknown setting; cards take ip, gw, dhcp, ip6, gw6, slaac"))
+                Some((word, "unknown setting; cards take ip, gw, dhcp, ip6, gw6, slaac, dns"))
             }
             Ok((card, _)) if card >= cards => Some((word, "there is no such card")),
             Ok(_) => None,
@@ -292,6 +296,57 @@ pub fn ipv6_for<'a>(words: impl IntoIterator<Item = &'a str>, card: usize) -> Re
         }
     }
     Ok(config)
+}
+
+/// A card's DNS servers: at most 4 (smoltcp's resolver asks them in
+/// order); `Copy`, so it rides in `StackConfig`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsServers {
+    servers: [Option<smoltcp::wire::IpAddress>; 4],
+}
+
+impl DnsServers {
+    /// QEMU user networking's DNS server (slirp's 10.0.2.3), the first
+    /// card's when it has QEMU's default address.
+    pub const QEMU_USER: DnsServers =
+        DnsServers { servers: [Some(smoltcp::wire::IpAddress::Ipv4(Ipv4Address::new(10, 0, 2, 3))), None, None, None] };
+
+    /// The servers, in order.
+    pub fn to_vec(&self) -> alloc::vec::Vec<smoltcp::wire::IpAddress> {
+        self.servers.iter().flatten().copied().collect()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.servers[0].is_none()
+    }
+}
+
+/// Reads card `card`'s DNS servers (`toro.ethK.dns=A[,B...]`, for card 0
+/// also `toro.dns=`; the last word wins): `None` when no word sets them
+/// (the caller's default applies: DHCP's, or QEMU's for its default
+/// address). Unicast IPv4 or IPv6 addresses, 1 to 4.
+pub fn dns_for<'a>(words: impl IntoIterator<Item = &'a str>, card: usize) -> Result<Option<DnsServers>, CardError> {
+    let bad = || CardError { card, error: ConfigError::BadDns };
+    let mut found = None;
+    for word in words {
+        let Some(value) = value_for(word, card, "dns") else { continue };
+        let mut servers = DnsServers::default();
+        let mut count = 0;
+        for text in value.split(',') {
+            let address: core::net::IpAddr = text.parse().map_err(|_| bad())?;
+            if count == servers.servers.len() || address.is_unspecified() || address.is_multicast() {
+                return Err(bad());
+            }
+            servers.servers[count] = Some(match address {
+                core::net::IpAddr::V4(v4) => smoltcp::wire::IpAddress::Ipv4(Ipv4Address::from(v4.octets())),
+                core::net::IpAddr::V6(v6) => smoltcp::wire::IpAddress::Ipv6(Ipv6Address::from(v6.octets())),
+            });
+            count += 1;
+        }
+        found = Some(servers);
+    }
+    Ok(found)
 }
 
 /// The link-local address of the interface with `mac`: fe80::/64 and the
@@ -489,7 +544,7 @@ mod tests {
             stray,
             [
                 ("toro.eth2.ip=172.31.2.2/24", "there is no such card"),
-                ("toro.eth1.mtu=9000", "unknown setting; cards take ip, gw, dhcp, ip6, gw6, slaac"),
+                ("toro.eth1.mtu=9000", "unknown setting; cards take ip, gw, dhcp, ip6, gw6, slaac, dns"),
                 ("toro.eth1", "the card must be a number: toro.ethK.SETTING=VALUE"),
             ]
         );
@@ -577,5 +632,33 @@ mod tests {
                 proptest::prop_assert_eq!((back.scope_id(), back.flowinfo()), (sent.scope_id(), 0));
             }
         }
+    }
+
+    #[test]
+    fn dns_servers_come_from_the_command_line() {
+        let v4 = |text: &str| smoltcp::wire::IpAddress::Ipv4(text.parse().unwrap());
+        let v6 = |text: &str| smoltcp::wire::IpAddress::Ipv6(text.parse().unwrap());
+        assert_eq!(dns_for(["toro.ip=10.0.2.15/24"], 0), Ok(None));
+        let one = dns_for(["toro.dns=10.0.2.3"], 0).unwrap().unwrap();
+        assert_eq!(one.to_vec(), [v4("10.0.2.3")]);
+        assert_eq!(one, DnsServers::QEMU_USER);
+        let two = dns_for(["toro.eth1.dns=172.31.1.1,fd00:31::1", "toro.dns=9.9.9.9"], 1).unwrap().unwrap();
+        assert_eq!(two.to_vec(), [v4("172.31.1.1"), v6("fd00:31::1")]);
+        assert_eq!(dns_for(["toro.dns=1.1.1.1", "toro.dns=8.8.8.8"], 0).unwrap().unwrap().to_vec(), [v4("8.8.8.8")]);
+        for bad in [
+            "toro.dns=",
+            "toro.dns=10.0.2",
+            "toro.dns=1.1.1.1,",
+            "toro.dns=0.0.0.0",
+            "toro.dns=224.0.0.1",
+            "toro.dns=1.1.1.1,2.2.2.2,3.3.3.3,4.4.4.4,5.5.5.5",
+            "toro.dns=example.com",
+        ] {
+            let error = dns_for([bad], 0).unwrap_err();
+            assert_eq!(error.error, ConfigError::BadDns, "{bad}");
+            assert!(error.to_string().starts_with("toro.dns must be"), "{error}");
+        }
+        assert!(DnsServers::default().is_empty() && !one.is_empty());
+        assert_eq!(stray_card_words(["toro.eth0.dns=1.1.1.1"], 1).count(), 0, "a card setting");
     }
 }

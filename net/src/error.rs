@@ -30,8 +30,11 @@ pub enum NetError {
     /// Not allowed without an option set first (a broadcast without
     /// `set_broadcast(true)`).
     PermissionDenied,
-    /// A fixed table is full (the interface's multicast groups).
+    /// A fixed table is full (the interface's multicast groups, DNS
+    /// queries in flight).
     NoBufferSpace,
+    /// A host name has no address (or no DNS server answered).
+    NotFound,
 }
 
 impl NetError {
@@ -51,6 +54,7 @@ impl NetError {
             Self::Unreachable => "network unreachable",
             Self::PermissionDenied => "permission denied",
             Self::NoBufferSpace => "no buffer space available",
+            Self::NotFound => "failed to look up the name: no address found",
         }
     }
 }

@@ -20,7 +20,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet};
-use smoltcp::socket::{dhcpv4, icmp, tcp, udp};
+use smoltcp::socket::{dhcpv4, dns, icmp, tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Cidr,
@@ -77,6 +77,9 @@ pub struct StackConfig {
     pub random_seed: u64,
     /// IPv6 beyond the link-local address every interface gets.
     pub ipv6: crate::config::Ipv6Config,
+    /// DNS servers (`toro.dns=`): a DHCP lease's do not replace them.
+    /// With none, a lease's are used.
+    pub dns: crate::config::DnsServers,
     /// This stack's share of the ephemeral ports, `(index, count)`: it
     /// hands out only the ports `p` with `(p - EPHEMERAL_FIRST) % count ==
     /// index`. Stacks that share one address (the queue pairs of a
@@ -99,6 +102,7 @@ impl Default for StackConfig {
             ack_delay_micros: Some(1_000),
             random_seed: 0x746f_726f_6e65_7421,
             ipv6: crate::config::Ipv6Config { address: None, gateway: None, slaac: false },
+            dns: crate::config::DnsServers::default(),
             ephemeral_share: (0, 1),
         }
     }
@@ -119,6 +123,22 @@ pub struct UdpHandle(SocketHandle);
 /// An ICMP echo socket of a stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IcmpHandle(SocketHandle);
+
+/// DNS queries one stack has in flight at once.
+const DNS_QUERIES: usize = 8;
+
+/// A DNS query of a stack (`Stack::dns_start`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DnsHandle(u64);
+
+/// The record type a DNS query asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsRecord {
+    /// IPv4 addresses.
+    A,
+    /// IPv6 addresses.
+    Aaaa,
+}
 
 /// How far an outgoing connection got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,6 +233,18 @@ pub struct Stack<D: NetDevice> {
     /// Multicast groups joined, by UDP socket (`udp_join_multicast`): the
     /// interface stays in a group while any socket has it.
     memberships: Vec<(SocketHandle, IpAddress)>,
+    /// The DNS servers queries go to (`set_dns_servers`, or a DHCP
+    /// lease's when none were set).
+    dns_servers: Vec<IpAddress>,
+    /// Whether `dns_servers` were set (a lease does not replace them).
+    dns_static: bool,
+    /// The DNS socket, made with the first query.
+    dns: Option<SocketHandle>,
+    /// Queries in flight, by handle; and answers taken from smoltcp by
+    /// `dns_ready` and not yet by `dns_result`.
+    dns_queries: Vec<(DnsHandle, smoltcp::socket::dns::QueryHandle)>,
+    dns_answers: Vec<(DnsHandle, Result<Vec<IpAddress>, NetError>)>,
+    next_dns: u64,
     /// Sockets handed to the application (connections, UDP, ICMP): a set,
     /// since every socket call checks its handle here (a `Vec` scan made
     /// each wake-up pass over 1000 waiting connections 1000 x 1000
@@ -256,6 +288,12 @@ impl<D: NetDevice> Stack<D> {
             listeners: Vec::new(),
             full_ports: Vec::new(),
             memberships: Vec::new(),
+            dns_servers: Vec::new(),
+            dns_static: false,
+            dns: None,
+            dns_queries: Vec::new(),
+            dns_answers: Vec::new(),
+            next_dns: 0,
             open: BTreeSet::new(),
             closing: Vec::new(),
             now_micros,
@@ -267,6 +305,7 @@ impl<D: NetDevice> Stack<D> {
             unannounced: false,
         };
         stack.set_ipv6(config.ipv6.address, config.ipv6.gateway);
+        stack.set_dns_servers(&config.dns.to_vec());
         match addressing {
             Addressing::Static { address, gateway } => stack.set_ipv4(Some(address), gateway),
             Addressing::Dhcp => {
@@ -497,8 +536,12 @@ impl<D: NetDevice> Stack<D> {
             None => {}
             Some(dhcpv4::Event::Configured(lease)) => {
                 let (address, router) = (lease.address, lease.router);
-                log::info!("net: DHCP lease {address}, gateway {router:?}");
+                let servers: Vec<IpAddress> = lease.dns_servers.iter().map(|&s| IpAddress::Ipv4(s)).collect();
+                log::info!("net: DHCP lease {address}, gateway {router:?}, DNS {servers:?}");
                 self.set_ipv4(Some(address), router);
+                if !self.dns_static {
+                    self.use_dns_servers(&servers);
+                }
                 self.stats.dhcp_leases += 1;
             }
             Some(dhcpv4::Event::Deconfigured) => {
@@ -1021,6 +1064,100 @@ impl<D: NetDevice> Stack<D> {
             self.memberships.retain(|&(member, _)| member != handle.0);
             for group in groups {
                 self.leave_if_unused(group);
+            }
+        }
+    }
+
+    /// Sets the DNS servers (at most 4 are used; `toro.dns=`); a DHCP
+    /// lease's servers no longer replace them. An empty list clears them
+    /// and lets a lease's count again.
+    pub fn set_dns_servers(&mut self, servers: &[IpAddress]) {
+        self.dns_static = !servers.is_empty();
+        self.use_dns_servers(servers);
+    }
+
+    fn use_dns_servers(&mut self, servers: &[IpAddress]) {
+        self.dns_servers = servers.iter().copied().filter(|s| !s.is_unspecified()).take(4).collect();
+        if let Some(handle) = self.dns {
+            self.sockets.get_mut::<dns::Socket>(handle).update_servers(&self.dns_servers);
+        }
+    }
+
+    /// The DNS servers queries go to.
+    pub fn dns_servers(&self) -> &[IpAddress] {
+        &self.dns_servers
+    }
+
+    /// Starts a query for `name`'s `record`s (sent at the next poll; each
+    /// server is asked again after 1, 2, 4 s and given up after 10 s, then
+    /// the next). `AddrNotAvailable` without a DNS server, `InvalidInput`
+    /// for a name that is not one (an empty label, a label over 63 bytes,
+    /// over 255 bytes in all), `NoBufferSpace` with 8 queries in flight.
+    pub fn dns_start(&mut self, name: &str, record: DnsRecord) -> Result<DnsHandle, NetError> {
+        if self.dns_servers.is_empty() {
+            return Err(NetError::AddrNotAvailable);
+        }
+        let socket = match self.dns {
+            Some(handle) => handle,
+            None => {
+                let handle = self
+                    .sockets
+                    .add(dns::Socket::new(&self.dns_servers, (0..DNS_QUERIES).map(|_| None).collect::<Vec<_>>()));
+                self.dns = Some(handle);
+                handle
+            }
+        };
+        let kind = match record {
+            DnsRecord::A => smoltcp::wire::DnsQueryType::A,
+            DnsRecord::Aaaa => smoltcp::wire::DnsQueryType::Aaaa,
+        };
+        let socket = self.sockets.get_mut::<dns::Socket>(socket);
+        let query = socket.start_query(self.interface.context(), name, kind).map_err(|error| match error {
+            dns::StartQueryError::NoFreeSlot => NetError::NoBufferSpace,
+            dns::StartQueryError::InvalidName | dns::StartQueryError::NameTooLong => NetError::InvalidInput,
+        })?;
+        let handle = DnsHandle(self.next_dns);
+        self.next_dns += 1;
+        self.dns_queries.push((handle, query));
+        Ok(handle)
+    }
+
+    /// Whether query `handle` has its answer (or failed, or is unknown):
+    /// then `dns_result` returns at once.
+    pub fn dns_ready(&mut self, handle: DnsHandle) -> bool {
+        let Some(position) = self.dns_queries.iter().position(|&(h, _)| h == handle) else { return true };
+        let Some(socket) = self.dns else { return true };
+        let query = self.dns_queries[position].1;
+        let answer = match self.sockets.get_mut::<dns::Socket>(socket).get_query_result(query) {
+            Err(dns::GetQueryResultError::Pending) => return false,
+            Err(dns::GetQueryResultError::Failed) => Err(NetError::NotFound),
+            Ok(addresses) => Ok(addresses.iter().copied().collect()),
+        };
+        self.dns_queries.swap_remove(position);
+        self.dns_answers.push((handle, answer));
+        true
+    }
+
+    /// The addresses query `handle` found: `WouldBlock` while it waits for
+    /// its answer, `NotFound` when the name has no such record or no
+    /// server answered (smoltcp does not tell these apart), `BadHandle`
+    /// for a query already answered or cancelled.
+    pub fn dns_result(&mut self, handle: DnsHandle) -> Result<Vec<IpAddress>, NetError> {
+        if !self.dns_ready(handle) {
+            return Err(NetError::WouldBlock);
+        }
+        let position = self.dns_answers.iter().position(|&(h, _)| h == handle).ok_or(NetError::BadHandle)?;
+        self.dns_answers.swap_remove(position).1
+    }
+
+    /// Forgets query `handle` (its answer, or the query itself: a late
+    /// answer is dropped).
+    pub fn dns_cancel(&mut self, handle: DnsHandle) {
+        self.dns_answers.retain(|&(h, _)| h != handle);
+        if let Some(position) = self.dns_queries.iter().position(|&(h, _)| h == handle) {
+            let (_, query) = self.dns_queries.swap_remove(position);
+            if let Some(socket) = self.dns {
+                self.sockets.get_mut::<dns::Socket>(socket).cancel_query(query);
             }
         }
     }

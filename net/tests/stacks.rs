@@ -1,10 +1,11 @@
 //! Two stacks talking over an in-memory link: connections, the listen
-//! pool, UDP, ICMP, checksum settings and bad input (garbage frames,
-//! truncated headers, bad checksums).
+//! pool, UDP, multicast, ICMP, DNS, checksum settings and bad input
+//! (garbage frames, truncated headers, bad checksums, damaged DNS answers).
 
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address, Ipv4Cidr};
 use toro_net::{
-    Addressing, Capabilities, ConnectState, MemoryDevice, NetDevice, NetError, Stack, StackConfig, TcpHandle,
+    Addressing, Capabilities, ConnectState, DnsRecord, MemoryDevice, NetDevice, NetError, Stack, StackConfig,
+    TcpHandle, UdpHandle,
 };
 
 const SERVER_IP: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
@@ -1004,4 +1005,152 @@ fn joining_a_group_is_reported_by_igmp() {
     assert_eq!(leaves.len(), 1, "one leave");
     assert_eq!(leaves[0][30..34], [224, 0, 0, 2], "to all routers");
     assert_eq!(leaves[0][14 + usize::from(leaves[0][14] & 0x0f) * 4], 0x17, "an IGMPv2 leave");
+}
+
+/// A DNS answer to `query` (a query's payload as the resolver sent it):
+/// `addresses` for its question, or NXDOMAIN when there are none.
+fn dns_answer(query: &[u8], addresses: &[IpAddress]) -> Vec<u8> {
+    // The question: the name's labels, then type and class.
+    let mut end = 12;
+    while query[end] != 0 {
+        end += 1 + usize::from(query[end]);
+    }
+    let question = &query[12..end + 5];
+    let kind = u16::from_be_bytes([question[question.len() - 4], question[question.len() - 3]]);
+    let matching: Vec<&IpAddress> = addresses
+        .iter()
+        .filter(|address| matches!((address, kind), (IpAddress::Ipv4(_), 1) | (IpAddress::Ipv6(_), 28)))
+        .collect();
+    let mut answer = vec![query[0], query[1], 0x81, if addresses.is_empty() { 0x83 } else { 0x80 }, 0, 1];
+    answer.extend((matching.len() as u16).to_be_bytes());
+    answer.extend([0, 0, 0, 0]);
+    answer.extend(question);
+    for address in matching {
+        // A pointer to the question's name, type, class IN, TTL 60.
+        answer.extend([0xc0, 12]);
+        answer.extend(kind.to_be_bytes());
+        answer.extend([0, 1, 0, 0, 0, 60]);
+        let data: Vec<u8> = match address {
+            IpAddress::Ipv4(v4) => v4.octets().to_vec(),
+            IpAddress::Ipv6(v6) => v6.octets().to_vec(),
+        };
+        answer.extend((data.len() as u16).to_be_bytes());
+        answer.extend(data);
+    }
+    answer
+}
+
+/// The names the test's DNS server knows.
+fn dns_zone(name: &[u8]) -> Vec<IpAddress> {
+    match name {
+        b"\x04peer\x04toro\x04test\x00" => {
+            vec![IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, 7)), IpAddress::Ipv6("fd00::7".parse().unwrap())]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Answers every query the server's port 53 holds from `dns_zone`.
+fn serve_dns(link: &mut Link, server: UdpHandle) -> usize {
+    let mut buffer = [0u8; 512];
+    let mut served = 0;
+    while let Ok((count, from)) = link.server.udp_recv_from(server, &mut buffer) {
+        let query = &buffer[..count];
+        let mut end = 12;
+        while query[end] != 0 {
+            end += 1 + usize::from(query[end]);
+        }
+        let answer = dns_answer(query, &dns_zone(&query[12..=end]));
+        link.server.udp_send_to(server, &answer, from, false).unwrap();
+        served += 1;
+    }
+    served
+}
+
+/// The resolver (smoltcp's DNS socket behind `Stack::dns_*`): A and AAAA
+/// answers, NXDOMAIN and silence (`NotFound`), bad names, no server,
+/// cancelled queries; every answer damaged at random leaves it working.
+#[test]
+fn names_are_resolved_by_the_dns_servers() {
+    let mut link = Link::new(StackConfig::default());
+    assert_eq!(link.client.dns_start("peer.toro.test", DnsRecord::A), Err(NetError::AddrNotAvailable), "no server");
+    link.client.set_dns_servers(&[IpAddress::Ipv4(SERVER_IP)]);
+    assert_eq!(link.client.dns_servers(), [IpAddress::Ipv4(SERVER_IP)]);
+    for bad in ["", "a..b", &"x".repeat(64), &"abcdefg.".repeat(40)] {
+        assert_eq!(link.client.dns_start(bad, DnsRecord::A), Err(NetError::InvalidInput), "{bad:?}");
+    }
+    let (server, _) = link.server.udp_bind(53).unwrap();
+    let v4 = link.client.dns_start("peer.toro.test", DnsRecord::A).unwrap();
+    let v6 = link.client.dns_start("peer.toro.test.", DnsRecord::Aaaa).unwrap();
+    let missing = link.client.dns_start("nowhere.toro.test", DnsRecord::A).unwrap();
+    assert_eq!(link.client.dns_result(v4), Err(NetError::WouldBlock));
+    let mut served = 0;
+    for _ in 0..20 {
+        link.run(1);
+        served += serve_dns(&mut link, server);
+    }
+    assert_eq!(served, 3);
+    assert_eq!(link.client.dns_result(v4), Ok(vec![IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, 7))]));
+    assert_eq!(link.client.dns_result(v6), Ok(vec![IpAddress::Ipv6("fd00::7".parse().unwrap())]));
+    assert_eq!(link.client.dns_result(missing), Err(NetError::NotFound), "NXDOMAIN");
+    assert_eq!(link.client.dns_result(v4), Err(NetError::BadHandle), "taken already");
+    // A cancelled query's late answer is dropped; the next query works.
+    let cancelled = link.client.dns_start("peer.toro.test", DnsRecord::A).unwrap();
+    link.run(2);
+    link.client.dns_cancel(cancelled);
+    serve_dns(&mut link, server);
+    link.run(3);
+    assert!(link.client.dns_ready(cancelled));
+    assert_eq!(link.client.dns_result(cancelled), Err(NetError::BadHandle));
+    // Damaged answers (the transaction id and port kept, so they reach
+    // the parser): each query ends answered, failed or pending, never a
+    // panic; a pending one is cancelled.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut buffer = [0u8; 512];
+    for round in 0..400 {
+        let query = link.client.dns_start("peer.toro.test", DnsRecord::A).unwrap();
+        link.run(2);
+        let (count, from) = link.server.udp_recv_from(server, &mut buffer).expect("the query");
+        let mut answer = dns_answer(&buffer[..count], &dns_zone(b"\x04peer\x04toro\x04test\x00"));
+        match round % 3 {
+            0 => answer.truncate(2 + random() as usize % (answer.len() - 2)),
+            1 => {
+                for _ in 0..1 + random() % 4 {
+                    let at = 2 + random() as usize % (answer.len() - 2);
+                    answer[at] ^= (random() as u8) | 1;
+                }
+            }
+            _ => answer.extend((0..random() % 64).map(|_| random() as u8)),
+        }
+        link.server.udp_send_to(server, &answer, from, false).unwrap();
+        link.run(3);
+        match link.client.dns_result(query) {
+            Ok(_) | Err(NetError::NotFound) => {}
+            Err(NetError::WouldBlock) => link.client.dns_cancel(query),
+            other => panic!("round {round}: {other:?}"),
+        }
+        while link.server.udp_recv_from(server, &mut buffer).is_ok() {}
+    }
+    let after = link.client.dns_start("peer.toro.test", DnsRecord::A).unwrap();
+    for _ in 0..5 {
+        link.run(1);
+        serve_dns(&mut link, server);
+    }
+    assert_eq!(link.client.dns_result(after).map(|a| a.len()), Ok(1), "still resolving after the damaged answers");
+    // A silent server: the query fails after smoltcp's 10 s.
+    link.server.udp_close(server);
+    let silent = link.client.dns_start("peer.toro.test", DnsRecord::A).unwrap();
+    let mut steps = 0;
+    while !link.client.dns_ready(silent) && steps < 20_000 {
+        link.run(1);
+        steps += 1;
+    }
+    assert_eq!(link.client.dns_result(silent), Err(NetError::NotFound));
+    assert!((9_000..12_000).contains(&steps), "gave up after {steps} ms");
 }
