@@ -124,6 +124,16 @@ pub struct UdpHandle(SocketHandle);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IcmpHandle(SocketHandle);
 
+/// Addresses shown each after a space (formatted only if the log line is
+/// written).
+struct Spaced<'a>(&'a [IpAddress]);
+
+impl core::fmt::Display for Spaced<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.iter().try_for_each(|address| write!(f, " {address}"))
+    }
+}
+
 /// DNS queries one stack has in flight at once.
 const DNS_QUERIES: usize = 8;
 
@@ -537,11 +547,13 @@ impl<D: NetDevice> Stack<D> {
             Some(dhcpv4::Event::Configured(lease)) => {
                 let (address, router) = (lease.address, lease.router);
                 let servers: Vec<IpAddress> = lease.dns_servers.iter().map(|&s| IpAddress::Ipv4(s)).collect();
-                log::info!("net: DHCP lease {address}, gateway {router:?}, DNS {servers:?}");
                 self.set_ipv4(Some(address), router);
                 if !self.dns_static {
                     self.use_dns_servers(&servers);
                 }
+                // The DNS servers in use: the lease's, or those set.
+                let dns = Spaced(&self.dns_servers);
+                log::info!("net: DHCP lease {address}, gateway {router:?}, DNS servers:{dns}");
                 self.stats.dhcp_leases += 1;
             }
             Some(dhcpv4::Event::Deconfigured) => {
@@ -1081,6 +1093,11 @@ impl<D: NetDevice> Stack<D> {
         if let Some(handle) = self.dns {
             self.sockets.get_mut::<dns::Socket>(handle).update_servers(&self.dns_servers);
         }
+    }
+
+    /// Whether the address comes from DHCP.
+    pub fn uses_dhcp(&self) -> bool {
+        self.dhcp.is_some()
     }
 
     /// The DNS servers queries go to.

@@ -412,6 +412,72 @@ pub fn udp_multiqueue_test(image: &Path, accel: crate::accel::Accel) -> Result<(
     })
 }
 
+/// The DNS test's name.
+pub const DNS_TEST: &str = "dns-q35-2";
+
+/// `dns-q35-2`: tests/vm `resolve` on q35 with 2 CPUs and a 2-queue tap;
+/// dnsmasq in the namespace (on the host's side of the tap, 172.31.0.1)
+/// knows `peer.toro.test` (A 172.31.0.1, AAAA fd00:31::1) and answers
+/// NXDOMAIN for the rest of `toro.test`; the guest gets `toro.dns=` and
+/// prints `resolve: all passed` when every lookup gave what it should.
+pub fn dns_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
+    let dnsmasq = crate::setup::dnsmasq().context("dnsmasq is not installed")?;
+    let namespace = Namespace::create("dns")?;
+    namespace.add_tap("tap0", 2, true)?;
+    let host = netns::host_address(0);
+    let mut server = namespace
+        .command(&dnsmasq)
+        .args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file="])
+        .args(["--bind-interfaces", &format!("--listen-address={host}"), "--local=/toro.test/"])
+        .arg(format!("--host-record=peer.toro.test,{host},{}", netns::HOST_ADDRESS6))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting dnsmasq in the namespace")?;
+    let mut config = VmConfig::new(image.to_path_buf(), accel);
+    config.cpus = 2;
+    config.machine = qemu::Machine::Q35;
+    config.command_line = format!("{} toro.dns={host}", netns::guest_arguments()).into();
+    config.namespace = Some(namespace.name().into());
+    let mac = GUEST_MAC.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":");
+    let devices = vmm::Devices { taps: vec![vmm::Tap { name: "tap0".into(), mac: Some(mac), queues: 2 }] };
+    let (mut command, directory, _log) = vmm::command(Vmm::Qemu, &config, &devices)?;
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().context("starting QEMU")?;
+    let (lines, reader, errors) = qemu::read_output(&mut child);
+    let started = Instant::now();
+    let mut output = Vec::new();
+    let mut passed = false;
+    while started.elapsed() < Duration::from_secs(120) {
+        match lines.recv_timeout(Duration::from_millis(250)) {
+            Ok((_, line)) => {
+                passed |= line.contains("resolve: all passed");
+                let done = passed || line.contains("exit status") || line.contains("panic");
+                output.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let _ = errors.join();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&directory);
+    Ok(if passed {
+        (true, format!("ok (every lookup as expected after {:.1} s)", started.elapsed().as_secs_f64()))
+    } else {
+        let failed: Vec<&String> = output.iter().filter(|line| line.contains("FAILED")).collect();
+        (false, format!("FAILED: {failed:?}; guest printed: {}", output.join(" | ")))
+    })
+}
+
 /// Source ports [`udp_multiqueue_test`] sends from.
 pub const UDP_FLOWS: u32 = 32;
 /// The multicast group `udp-mq-q35-2`'s echo server joins (`group=`).

@@ -49,6 +49,11 @@ pub fn have_wrk() -> bool {
     ["/usr/bin/wrk", "/usr/local/bin/wrk"].iter().any(|path| std::path::Path::new(path).exists())
 }
 
+/// dnsmasq (the DNS server of the `dns-q35-2` test), if installed.
+pub fn dnsmasq() -> Option<std::path::PathBuf> {
+    ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].iter().map(std::path::PathBuf::from).find(|path| path.exists())
+}
+
 /// The version of virtiofsd `cargo xtask setup` installs.
 const VIRTIOFSD_VERSION: &str = "1.14.0";
 
@@ -160,6 +165,11 @@ pub fn ensure() -> Result<()> {
         if !have_wrk() {
             if let Err(error) = apt_install("wrk", have_wrk) {
                 eprintln!("setup: {error:#}; the wrk checks and benchmark rows will be skipped");
+            }
+        }
+        if dnsmasq().is_none() {
+            if let Err(error) = apt_install("dnsmasq-base", || dnsmasq().is_some()) {
+                eprintln!("setup: {error:#}; the DNS test will be skipped");
             }
         }
         // Shared folders (virtio-fs): virtiofsd runs as root, so it is

@@ -906,6 +906,20 @@ fn tests() -> Vec<VmTest> {
             ..vm("ping", "ping")
         },
         VmTest {
+            // DHCP against QEMU user networking's server (slirp): the
+            // lease gives the address, the gateway it then pings, and
+            // slirp's DNS server.
+            name: "ping-dhcp",
+            command_line: "toro.dhcp=1 toro.log=info count=2",
+            qemu_arguments: &["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"],
+            expect: &[
+                "net: DHCP lease 10.0.2.15/24, gateway Some(10.0.2.2), DNS servers: 10.0.2.3",
+                "ping 10.0.2.2: seq=2 time=",
+                "2 sent, 2 replies",
+            ],
+            ..vm("ping", "ping")
+        },
+        VmTest {
             name: "ping-no-gateway",
             status: 2,
             expect: &["ping: no interface has a gateway"],
@@ -1542,6 +1556,10 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
     if !udp_tests.is_empty() && !specs.iter().any(|s| s.binary == "echo") {
         specs.push(ImageSpec { package: "echo".into(), binary: "echo".into() });
     }
+    let dns_named = qemu_checks && filter.as_ref().is_none_or(|f| crate::nettest::DNS_TEST.contains(f.as_str()));
+    if dns_named && !specs.iter().any(|s| s.binary == "resolve") {
+        specs.push(ImageSpec { package: "vm-tests".into(), binary: "resolve".into() });
+    }
     let images = build::build(&specs, false)?;
     let accel = crate::choose_accel(None);
     // The lock check: every image built for this run, in every run.
@@ -1585,6 +1603,14 @@ pub fn test(arguments: &[String]) -> Result<ExitCode> {
                 None => crate::nettest::udp_multiqueue_test(&images[index], accel),
             };
             tally.record(name, result);
+        }
+    }
+    if let Some(index) = specs.iter().position(|s| s.binary == "resolve").filter(|_| dns_named) {
+        let name = crate::nettest::DNS_TEST;
+        match (crate::netns::unavailable(), crate::setup::dnsmasq()) {
+            (Some(reason), _) => println!("vm test {name} ... skipped: {reason}"),
+            (None, None) => println!("vm test {name} ... skipped: dnsmasq is not installed"),
+            (None, Some(_)) => tally.record(name, crate::nettest::dns_test(&images[index], accel)),
         }
     }
     if qemu_checks && filter.as_ref().is_none_or(|f| crate::storms::NAME.contains(f.as_str())) {

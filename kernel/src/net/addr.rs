@@ -1,4 +1,4 @@
-//! `ToSocketAddrs` like std's (without DNS), and conversions between
+//! `ToSocketAddrs` like std's (host names by DNS), and conversions between
 //! `core::net` addresses and smoltcp's.
 
 use alloc::string::String;
@@ -11,8 +11,9 @@ use crate::io::{self, ErrorKind};
 
 /// Things that name socket addresses, like `std::net::ToSocketAddrs`:
 /// `SocketAddr`s, `(IpAddr, u16)`, and strings `"10.0.2.15:80"`,
-/// `("10.0.2.15", 80)`, `("localhost", 80)`. There is no resolver: other
-/// host names are `InvalidInput`.
+/// `("10.0.2.15", 80)`, `("localhost", 80)` (127.0.0.1 then ::1), and host
+/// names, asked of the DNS servers (`super::dns`; a lookup blocks the
+/// thread, as std's does).
 pub trait ToSocketAddrs {
     /// The addresses' iterator.
     type Iter: Iterator<Item = SocketAddr>;
@@ -62,35 +63,36 @@ impl ToSocketAddrs for (Ipv6Addr, u16) {
     }
 }
 
-fn host_port(host: &str, port: u16) -> io::Result<core::option::IntoIter<SocketAddr>> {
+fn host_port(host: &str, port: u16) -> io::Result<alloc::vec::IntoIter<SocketAddr>> {
     if let Ok(address) = host.parse::<IpAddr>() {
-        return SocketAddr::new(address, port).to_socket_addrs();
+        return Ok(alloc::vec![SocketAddr::new(address, port)].into_iter());
     }
-    if host.eq_ignore_ascii_case("localhost") {
-        return SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port).to_socket_addrs();
+    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
+        let addresses = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+        return Ok(addresses.map(|address| SocketAddr::new(address, port)).to_vec().into_iter());
     }
-    Err(io::Error::from_static(ErrorKind::InvalidInput, "no resolver: give an IP address or localhost"))
+    Ok(super::dns::lookup(host, port)?.into_iter())
 }
 
 impl ToSocketAddrs for (&str, u16) {
-    type Iter = core::option::IntoIter<SocketAddr>;
+    type Iter = alloc::vec::IntoIter<SocketAddr>;
     fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
         host_port(self.0, self.1)
     }
 }
 
 impl ToSocketAddrs for (String, u16) {
-    type Iter = core::option::IntoIter<SocketAddr>;
+    type Iter = alloc::vec::IntoIter<SocketAddr>;
     fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
         host_port(&self.0, self.1)
     }
 }
 
 impl ToSocketAddrs for str {
-    type Iter = core::option::IntoIter<SocketAddr>;
+    type Iter = alloc::vec::IntoIter<SocketAddr>;
     fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
         if let Ok(address) = self.parse::<SocketAddr>() {
-            return address.to_socket_addrs();
+            return Ok(alloc::vec![address].into_iter());
         }
         let (host, port) =
             self.rsplit_once(':').ok_or(io::Error::from_static(ErrorKind::InvalidInput, "invalid socket address"))?;
@@ -101,7 +103,7 @@ impl ToSocketAddrs for str {
 }
 
 impl ToSocketAddrs for String {
-    type Iter = core::option::IntoIter<SocketAddr>;
+    type Iter = alloc::vec::IntoIter<SocketAddr>;
     fn to_socket_addrs(&self) -> io::Result<Self::Iter> {
         self.as_str().to_socket_addrs()
     }
@@ -143,9 +145,13 @@ pub(crate) fn to_ip_address(address: IpAddr) -> IpAddress {
 }
 
 pub(crate) fn from_endpoint(endpoint: IpEndpoint) -> SocketAddr {
-    let ip = match endpoint.addr {
+    SocketAddr::new(from_ip_address(endpoint.addr), endpoint.port)
+}
+
+/// smoltcp's address as std's.
+pub(crate) fn from_ip_address(address: IpAddress) -> IpAddr {
+    match address {
         IpAddress::Ipv4(v4) => IpAddr::V4(Ipv4Addr::from(v4.octets())),
         IpAddress::Ipv6(v6) => IpAddr::V6(Ipv6Addr::from(v6.octets())),
-    };
-    SocketAddr::new(ip, endpoint.port)
+    }
 }

@@ -67,6 +67,8 @@ pub(crate) enum Interest {
     UdpWritable(UdpHandle),
     /// An echo reply.
     IcmpReply(IcmpHandle),
+    /// A DNS answer (or the query's failure).
+    Dns(toro_net::DnsHandle),
 }
 
 struct Waiter {
@@ -476,6 +478,7 @@ impl Instance {
             Interest::UdpReadable(handle) => stack.udp_readable(handle),
             Interest::UdpWritable(handle) => stack.udp_writable(handle),
             Interest::IcmpReply(handle) => stack.icmp_readable(handle),
+            Interest::Dns(handle) => stack.dns_ready(handle),
         }
     }
 

@@ -12,14 +12,17 @@
 //!
 //! Blocking calls block the thread, not the CPU. Errors are `toro::io`
 //! errors with std's kinds (`ConnectionRefused`, `ConnectionReset`,
-//! `TimedOut`, `AddrInUse`, `WouldBlock`, ...). Differences from std, by
-//! design: no DNS (names other than `localhost` are `InvalidInput`); a read
+//! `TimedOut`, `AddrInUse`, `WouldBlock`, ...). Host names are resolved by
+//! DNS (`dns`: the card's servers); a failed lookup is `NotFound` (std's
+//! kind for it is unstable, `Uncategorized`). Differences from std, by
+//! design: a read
 //! or write timeout reports `TimedOut` (std says the kind is
 //! platform-specific); `TcpStream::flush` returns at once, as std's does
 //! (each write is already queued for sending).
 
 mod addr;
 mod device;
+mod dns;
 pub(crate) mod instance;
 mod tcp;
 mod udp;
@@ -76,6 +79,7 @@ pub(crate) fn to_io(error: NetError) -> io::Error {
         NetError::PermissionDenied => ErrorKind::PermissionDenied,
         // Linux's ENOBUFS, which std leaves uncategorized.
         NetError::NoBufferSpace => ErrorKind::OutOfMemory,
+        NetError::NotFound => ErrorKind::NotFound,
     };
     io::Error::from_static(kind, error.message())
 }
@@ -229,9 +233,10 @@ pub(crate) fn topology() -> &'static Topology {
 const USER_DEFAULT: Addressing =
     Addressing::Static { address: toro_net::QEMU_USER_ADDRESS, gateway: Some(toro_net::QEMU_USER_GATEWAY) };
 
-/// Card `card`'s addressing and IPv6 set-up from the command line; a bad
-/// value is reported (naming the word) and the default used.
-fn card_settings(name: &str, card: usize) -> (Addressing, toro_net::Ipv6Config) {
+/// Card `card`'s addressing, IPv6 set-up and DNS servers from the command
+/// line (its stack's `config`); a bad value is reported (naming the word)
+/// and the default used.
+fn card_settings(name: &str, card: usize, config: StackConfig) -> (Addressing, StackConfig) {
     let words = || crate::system::command_line().split_whitespace();
     // The first card defaults to QEMU user networking's address (no DHCP
     // wait there); the others ask DHCP unless given an address.
@@ -247,7 +252,14 @@ fn card_settings(name: &str, card: usize) -> (Addressing, toro_net::Ipv6Config) 
         log::warn!("net: {name}: {error}; IPv6: link-local and SLAAC only");
         toro_net::Ipv6Config { slaac: true, ..Default::default() }
     });
-    (addressing, ipv6)
+    // QEMU user networking's address comes with its DNS server (10.0.2.3).
+    let default_dns =
+        if addressing == USER_DEFAULT { toro_net::DnsServers::QEMU_USER } else { toro_net::DnsServers::default() };
+    let dns = toro_net::dns_for(words(), card).map(|dns| dns.unwrap_or(default_dns)).unwrap_or_else(|error| {
+        log::warn!("net: {name}: {error}; DNS servers: {:?}", default_dns.to_vec());
+        default_dns
+    });
+    (addressing, StackConfig { ipv6, dns, ..config })
 }
 
 /// Sets up the instances: the loopback on the boot CPU, and for every
@@ -280,8 +292,7 @@ pub(crate) fn init() {
     let mut multi_queue = Vec::new();
     for (card, found) in found_cards.into_iter().enumerate() {
         let name: &'static str = Box::leak(alloc::format!("eth{card}").into_boxed_str());
-        let (addressing, ipv6) = card_settings(name, card);
-        let nic_config = StackConfig { ipv6, ..config };
+        let (addressing, nic_config) = card_settings(name, card, config);
         let first = plans.len();
         if found.pci.is_some() {
             // One queue pair per CPU where the card has them (DHCP: one
@@ -469,6 +480,11 @@ pub struct InterfaceInfo {
     /// Its IPv6 addresses and prefixes: link-local, static (`toro.ip6`),
     /// autoconfigured (SLAAC).
     pub ipv6: Vec<(Ipv6Addr, u8)>,
+    /// Its DNS servers (`toro.dns=`, a DHCP lease's, or QEMU's 10.0.2.3
+    /// with QEMU's default address).
+    pub dns: Vec<IpAddr>,
+    /// Whether it is configured by DHCP.
+    pub dhcp: bool,
     /// The stack's counts.
     pub stack: StackStats,
     /// The device's counts.
@@ -498,6 +514,8 @@ pub fn interfaces() -> Vec<InterfaceInfo> {
                             .iter()
                             .map(|cidr| (Ipv6Addr::from(cidr.address().octets()), cidr.prefix_len()))
                             .collect(),
+                        dns: instance.stack.dns_servers().iter().map(|&server| addr::from_ip_address(server)).collect(),
+                        dhcp: instance.stack.uses_dhcp(),
                         stack: instance.stack.stats(),
                         device: instance.stack.device().stats(),
                         counters: instance.counters,

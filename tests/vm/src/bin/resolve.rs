@@ -1,0 +1,49 @@
+//! Host names resolved by DNS, as `std::net::ToSocketAddrs` resolves them
+//! (run by xtask's `dns-q35-2`: q35, 2 CPUs, a 2-queue tap whose network
+//! namespace runs dnsmasq at 172.31.0.1, given by `toro.dns=`). From each
+//! CPU (each resolves on its own queue pair): a name with an A and an
+//! AAAA record gives both, IPv4 first; the tuple form, a trailing dot and
+//! upper case say the same; a name the server does not know is
+//! `NotFound`, a malformed one `InvalidInput`; `TcpStream::connect` by
+//! name reaches the server's own TCP port 53.
+
+#![no_std]
+#![no_main]
+
+use toro::alloc::format;
+use toro::alloc::vec::Vec;
+use toro::io::ErrorKind;
+use toro::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use toro::{cpu, println, thread};
+use vm_tests::check;
+
+fn resolved<A: ToSocketAddrs>(address: A) -> Result<Vec<SocketAddr>, ErrorKind> {
+    address.to_socket_addrs().map(|addresses| addresses.collect()).map_err(|error| error.kind())
+}
+
+#[toro::main]
+fn main() -> i32 {
+    let mut ok = true;
+    let peer: [SocketAddr; 2] =
+        [(Ipv4Addr::new(172, 31, 0, 1), 53).into(), (Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 1), 53).into()];
+    for cpu in 0..cpu::count() {
+        let found = thread::spawn_on(cpu, || resolved("peer.toro.test:53")).join();
+        ok &= check(found.as_deref() == Ok(&peer[..]), &format!("peer.toro.test from cpu {cpu}: {found:?}"));
+    }
+    let same = resolved(("PEER.toro.test.", 53));
+    ok &= check(same.as_deref() == Ok(&peer[..]), &format!("(\"PEER.toro.test.\", 53): {same:?}"));
+    let missing = resolved("missing.toro.test:80");
+    ok &= check(missing == Err(ErrorKind::NotFound), &format!("missing.toro.test: {missing:?}"));
+    let bad = resolved("bad..name:80");
+    ok &= check(bad == Err(ErrorKind::InvalidInput), &format!("bad..name: {bad:?}"));
+    match TcpStream::connect("peer.toro.test:53") {
+        Ok(stream) => ok &= check(stream.peer_addr().ok() == Some(peer[0]), "connected to 172.31.0.1:53 by name"),
+        Err(error) => ok &= check(false, &format!("TcpStream::connect(\"peer.toro.test:53\"): {error}")),
+    }
+    if ok {
+        println!("resolve: all passed");
+        0
+    } else {
+        1
+    }
+}
