@@ -83,6 +83,15 @@ pub fn tcp_syn_port(frame: &[u8]) -> Option<u16> {
     (tcp.len() >= 20 && flags & (SYN | RST | ACK) == SYN).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
 }
 
+/// The destination port of `frame` if it is a TCP segment (IPv4 or IPv6
+/// as [`udp_destination_port`] reads them; the fixed 20-byte header must
+/// be there).
+pub fn tcp_destination_port(frame: &[u8]) -> Option<u16> {
+    const TCP: u8 = 6;
+    let tcp = transport(frame, TCP)?;
+    (tcp.len() >= 20).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
+}
+
 /// What a device does for the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
@@ -185,12 +194,43 @@ pub(crate) struct Port<'a, D: NetDevice> {
     pub(crate) frame: &'a mut Vec<u8>,
     pub(crate) full: &'a [u16],
     pub(crate) dropped_syns: u64,
+    /// On a queue pair of a multi-queue card: segments that belong to
+    /// another pair, set aside for it (`Stack::take_diverted`).
+    pub(crate) divert: Option<Divert<'a>>,
+}
+
+/// What a queue pair's `Port` needs to set aside TCP segments for another
+/// pair: a segment (not a SYN opening a connection) to an ephemeral port
+/// of another pair's share belongs to that pair's outgoing connection,
+/// unless the port was ever listened on here.
+pub(crate) struct Divert<'a> {
+    /// This pair's share of the ephemeral ports: (index, pairs).
+    pub(crate) share: (u16, u16),
+    /// Ports listened on here since the stack started.
+    pub(crate) listened: &'a [u16],
+    /// Segments set aside: (the owning pair's index, frame).
+    pub(crate) out: &'a mut Vec<(u16, Vec<u8>)>,
+}
+
+/// Segments one stack sets aside for other pairs before they are taken
+/// (more are dropped: the sender retransmits).
+pub(crate) const MAX_DIVERTED: usize = 256;
+
+/// The pair whose share of the ephemeral ports (ports p with
+/// (p - 49152) mod pairs = index) holds `port`, if it is not `share`'s own.
+pub fn foreign_share(port: u16, share: (u16, u16)) -> Option<u16> {
+    let (index, pairs) = share;
+    if pairs < 2 || port < crate::stack::EPHEMERAL_FIRST {
+        return None;
+    }
+    let owner = (port - crate::stack::EPHEMERAL_FIRST) % pairs;
+    (owner != index % pairs).then_some(owner)
 }
 
 impl<'a, D: NetDevice> Port<'a, D> {
-    /// A port that drops no SYN (for transmitting).
+    /// A port that drops no SYN and diverts nothing (for transmitting).
     pub(crate) fn new(device: &'a RefCell<D>, frame: &'a mut Vec<u8>) -> Self {
-        Self { device, frame, full: &[], dropped_syns: 0 }
+        Self { device, frame, full: &[], dropped_syns: 0, divert: None }
     }
 }
 
@@ -223,19 +263,33 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let frame = &mut *self.frame;
         let full = self.full;
+        let mut divert = self.divert.as_mut();
         loop {
             frame.clear();
             let taken = self.device.borrow_mut().receive(|received| {
-                let refused = !full.is_empty() && tcp_syn_port(received).is_some_and(|port| full.contains(&port));
-                if !refused {
-                    frame.extend_from_slice(received);
+                let syn = tcp_syn_port(received);
+                if !full.is_empty() && syn.is_some_and(|port| full.contains(&port)) {
+                    return Some(false);
                 }
-                !refused
+                if let Some(divert) = divert.as_mut().filter(|_| syn.is_none()) {
+                    let owner = tcp_destination_port(received).and_then(|port| {
+                        foreign_share(port, divert.share).filter(|_| !divert.listened.contains(&port))
+                    });
+                    if let Some(owner) = owner {
+                        if divert.out.len() < MAX_DIVERTED {
+                            divert.out.push((owner, received.to_vec()));
+                        }
+                        return None;
+                    }
+                }
+                frame.extend_from_slice(received);
+                Some(true)
             })?;
-            if taken {
-                return Some((RxToken { frame }, TxToken { device: self.device }));
+            match taken {
+                Some(true) => return Some((RxToken { frame }, TxToken { device: self.device })),
+                Some(false) => self.dropped_syns += 1,
+                None => {}
             }
-            self.dropped_syns += 1;
         }
     }
 

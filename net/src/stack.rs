@@ -243,6 +243,11 @@ pub struct Stack<D: NetDevice> {
     /// Multicast groups joined, by UDP socket (`udp_join_multicast`): the
     /// interface stays in a group while any socket has it.
     memberships: Vec<(SocketHandle, IpAddress)>,
+    /// Ports listened on since the stack started (`Divert`).
+    listened: Vec<u16>,
+    /// TCP segments this queue pair received for another pair's outgoing
+    /// connections (`take_diverted`).
+    diverted: Vec<(u16, Vec<u8>)>,
     /// The DNS servers queries go to (`set_dns_servers`, or a DHCP
     /// lease's when none were set).
     dns_servers: Vec<IpAddress>,
@@ -298,6 +303,8 @@ impl<D: NetDevice> Stack<D> {
             listeners: Vec::new(),
             full_ports: Vec::new(),
             memberships: Vec::new(),
+            listened: Vec::new(),
+            diverted: Vec::new(),
             dns_servers: Vec::new(),
             dns_static: false,
             dns: None,
@@ -428,8 +435,13 @@ impl<D: NetDevice> Stack<D> {
         let mut changed = false;
         let mut relearn = maintain(&mut self.interface, now);
         loop {
+            let divert = (self.config.ephemeral_share.1 > 1).then(|| crate::device::Divert {
+                share: self.config.ephemeral_share,
+                listened: &self.listened,
+                out: &mut self.diverted,
+            });
             let mut port =
-                Port { device: &self.device, frame: &mut self.frame, full: &self.full_ports, dropped_syns: 0 };
+                Port { device: &self.device, frame: &mut self.frame, full: &self.full_ports, dropped_syns: 0, divert };
             let result = self.interface.poll_ingress_single(now, &mut port, &mut self.sockets);
             self.stats.listen_drops += port.dropped_syns;
             match result {
@@ -638,6 +650,9 @@ impl<D: NetDevice> Stack<D> {
             return Err(NetError::AddrInUse);
         }
         self.listeners.push(Listener { port, pool: Vec::with_capacity(self.config.listen_pool), ttl: None });
+        if !self.listened.contains(&port) {
+            self.listened.push(port);
+        }
         top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
         Ok(port)
     }
@@ -1093,6 +1108,22 @@ impl<D: NetDevice> Stack<D> {
         if let Some(handle) = self.dns {
             self.sockets.get_mut::<dns::Socket>(handle).update_servers(&self.dns_servers);
         }
+    }
+
+    /// The TCP segments this queue pair received since the last call that
+    /// belong to another pair's outgoing connection, each with the index
+    /// of the pair whose share of the ephemeral ports holds its port (see
+    /// `StackConfig::ephemeral_share`): the host's tap picks a queue by
+    /// the flow's hash, and does not always send the answers to a
+    /// connection the guest opened to the queue it opened it from. The
+    /// caller delivers them to that pair; here smoltcp would reset them.
+    pub fn take_diverted(&mut self) -> Vec<(u16, Vec<u8>)> {
+        core::mem::take(&mut self.diverted)
+    }
+
+    /// This stack's share of the ephemeral ports: (index, pairs).
+    pub fn ephemeral_share(&self) -> (u16, u16) {
+        self.config.ephemeral_share
     }
 
     /// Whether the address comes from DHCP.

@@ -1154,3 +1154,109 @@ fn names_are_resolved_by_the_dns_servers() {
     assert_eq!(link.client.dns_result(silent), Err(NetError::NotFound));
     assert!((9_000..12_000).contains(&steps), "gave up after {steps} ms");
 }
+
+/// Two queue pairs of one card (same address and MAC, ephemeral shares 0
+/// and 1 of 2): pair 1 connects out, and the host's tap hands every TCP
+/// segment of the answer to pair 0's queue. Pair 0 sets them aside for
+/// pair 1 (`take_diverted`) instead of resetting them, and the connection
+/// carries data both ways; pair 0 sends nothing. A SYN to a port pair 0
+/// listens on is its own even in pair 1's share.
+#[test]
+fn segments_for_another_pairs_connection_are_diverted_to_it() {
+    let (server_device, pair1_device) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    let (pair0_device, pair0_wire) = MemoryDevice::pair(MAC_CLIENT, MAC_SERVER);
+    let mut server = Stack::new(server_device, statically(SERVER_IP), StackConfig::default(), 0);
+    let share = |index| StackConfig {
+        ephemeral_share: (index, 2),
+        random_seed: 3 + u64::from(index),
+        ..StackConfig::default()
+    };
+    let mut pair0 = Stack::new(pair0_device, statically(CLIENT_IP), share(0), 0);
+    let mut pair1 = Stack::new(pair1_device, statically(CLIENT_IP), share(1), 0);
+    server.tcp_listen(80).unwrap();
+    pair0.tcp_listen(49153).unwrap();
+    let client = pair1.tcp_connect(IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 80)).unwrap();
+    let port = pair1.tcp_local(client).unwrap().port;
+    assert_eq!((port - toro_net::stack::EPHEMERAL_FIRST) % 2, 1);
+    let mut now = 0;
+    let mut diverted = 0;
+    let mut step =
+        |server: &mut Stack<MemoryDevice>, pair0: &mut Stack<MemoryDevice>, pair1: &mut Stack<MemoryDevice>| {
+            now += 1_000;
+            pair1.poll(now);
+            server.poll(now);
+            // What the server sent: TCP to pair 0's queue, the rest to pair 1's.
+            let mut frames = Vec::new();
+            while let Some(frame) = pair1.device().receive(|frame| frame.to_vec()) {
+                frames.push(frame);
+            }
+            for frame in frames {
+                match toro_net::device::tcp_destination_port(&frame) {
+                    Some(_) => pair0.device().inject(&frame),
+                    None => pair1.device().inject(&frame),
+                }
+            }
+            pair0.poll(now);
+            for (owner, frame) in pair0.take_diverted() {
+                assert_eq!(owner, 1);
+                diverted += 1;
+                pair1.device().inject(&frame);
+            }
+            pair1.poll(now);
+        };
+    let mut accepted = None;
+    for _ in 0..3000 {
+        step(&mut server, &mut pair0, &mut pair1);
+        if let Ok(handle) = server.tcp_accept(80) {
+            accepted = Some(handle);
+            break;
+        }
+    }
+    let accepted = accepted.expect("the server accepted");
+    for _ in 0..5 {
+        step(&mut server, &mut pair0, &mut pair1);
+    }
+    assert_eq!(pair1.tcp_connect_state(client), Ok(ConnectState::Established));
+    assert_eq!(pair1.tcp_send(client, b"request"), Ok(7));
+    for _ in 0..5 {
+        step(&mut server, &mut pair0, &mut pair1);
+    }
+    let mut buffer = [0u8; 16];
+    assert_eq!(server.tcp_recv(accepted, &mut buffer), Ok(7));
+    assert_eq!(server.tcp_send(accepted, b"answer"), Ok(6));
+    for _ in 0..5 {
+        step(&mut server, &mut pair0, &mut pair1);
+    }
+    assert_eq!(pair1.tcp_recv(client, &mut buffer), Ok(6));
+    assert_eq!(&buffer[..6], b"answer");
+    drop(step);
+    assert!(diverted >= 2, "the SYN-ACK and the answer went through pair 0 ({diverted})");
+    let mut pair0_wire = pair0_wire;
+    let mut sent_tcp = 0;
+    while let Some(is_tcp) = pair0_wire.receive(|frame| toro_net::device::tcp_destination_port(frame).is_some()) {
+        sent_tcp += usize::from(is_tcp);
+    }
+    assert_eq!(sent_tcp, 0, "pair 0 reset nothing");
+    // A connection to 49153 (in pair 1's share, listened on by pair 0)
+    // stays on pair 0: its handshake's last ACK is not diverted.
+    let (other, _other_wire) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    let config = StackConfig { random_seed: 11, ..StackConfig::default() };
+    let mut opener = Stack::new(other, statically(SERVER_IP), config, 0);
+    let outgoing = opener.tcp_connect(IpEndpoint::new(IpAddress::Ipv4(CLIENT_IP), 49153)).unwrap();
+    for round in 1..3000u64 {
+        let at = now + round * 1_000;
+        opener.poll(at);
+        for frame in opener.device().drain_sent() {
+            pair0.device().inject(&frame);
+        }
+        pair0.poll(at);
+        assert!(pair0.take_diverted().is_empty(), "a segment for a port listened on here is not diverted");
+        while let Some(frame) = pair0_wire.receive(|frame| frame.to_vec()) {
+            opener.device().inject(&frame);
+        }
+        if pair0.tcp_accept(49153).is_ok() {
+            break;
+        }
+    }
+    assert_eq!(opener.tcp_connect_state(outgoing), Ok(ConnectState::Established));
+}

@@ -360,17 +360,8 @@ fn run_nics(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<
 pub fn udp_multiqueue_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
     let namespace = Namespace::create("udp")?;
     namespace.add_tap("tap0", 2, true)?;
-    let mut config = VmConfig::new(image.to_path_buf(), accel);
-    config.cpus = 2;
-    config.machine = qemu::Machine::Q35;
-    config.command_line = format!("{} toro.log=info group={UDP_GROUP}", netns::guest_arguments()).into();
-    config.namespace = Some(namespace.name().into());
-    let mac = GUEST_MAC.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":");
-    let devices = vmm::Devices { taps: vec![vmm::Tap { name: "tap0".into(), mac: Some(mac), queues: 2 }] };
-    let (mut command, _directory, _log) = vmm::command(Vmm::Qemu, &config, &devices)?;
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().context("starting QEMU")?;
-    let (lines, reader, errors) = qemu::read_output(&mut child);
+    let words = format!("toro.log=info group={UDP_GROUP}");
+    let (mut child, _directory, (lines, reader, errors)) = boot_on_two_queues(image, accel, &namespace, &words)?;
     let target = format!("{GUEST_ADDRESS}:7");
     let mut answer = first_echo(&namespace, &target, Duration::from_secs(60))?;
     let mut problems = Vec::new();
@@ -412,6 +403,33 @@ pub fn udp_multiqueue_test(image: &Path, accel: crate::accel::Accel) -> Result<(
     })
 }
 
+/// What [`qemu::read_output`] gives.
+type Output =
+    (std::sync::mpsc::Receiver<(Instant, String)>, std::thread::JoinHandle<()>, std::thread::JoinHandle<String>);
+
+/// Boots `image` in QEMU on q35 with 2 CPUs and `namespace`'s 2-queue
+/// `tap0`, the guest's tap arguments and `words` on its command line;
+/// the child, its run directory and its output.
+fn boot_on_two_queues(
+    image: &Path,
+    accel: crate::accel::Accel,
+    namespace: &Namespace,
+    words: &str,
+) -> Result<(std::process::Child, std::path::PathBuf, Output)> {
+    let mut config = VmConfig::new(image.to_path_buf(), accel);
+    config.cpus = 2;
+    config.machine = qemu::Machine::Q35;
+    config.command_line = format!("{} {words}", netns::guest_arguments()).into();
+    config.namespace = Some(namespace.name().into());
+    let mac = GUEST_MAC.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":");
+    let devices = vmm::Devices { taps: vec![vmm::Tap { name: "tap0".into(), mac: Some(mac), queues: 2 }] };
+    let (mut command, directory, _log) = vmm::command(Vmm::Qemu, &config, &devices)?;
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().context("starting QEMU")?;
+    let output = qemu::read_output(&mut child);
+    Ok((child, directory, output))
+}
+
 /// The DNS test's name.
 pub const DNS_TEST: &str = "dns-q35-2";
 
@@ -435,17 +453,8 @@ pub fn dns_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, Strin
         .stderr(Stdio::piped())
         .spawn()
         .context("starting dnsmasq in the namespace")?;
-    let mut config = VmConfig::new(image.to_path_buf(), accel);
-    config.cpus = 2;
-    config.machine = qemu::Machine::Q35;
-    config.command_line = format!("{} toro.dns={host}", netns::guest_arguments()).into();
-    config.namespace = Some(namespace.name().into());
-    let mac = GUEST_MAC.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":");
-    let devices = vmm::Devices { taps: vec![vmm::Tap { name: "tap0".into(), mac: Some(mac), queues: 2 }] };
-    let (mut command, directory, _log) = vmm::command(Vmm::Qemu, &config, &devices)?;
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().context("starting QEMU")?;
-    let (lines, reader, errors) = qemu::read_output(&mut child);
+    let (mut child, directory, (lines, reader, errors)) =
+        boot_on_two_queues(image, accel, &namespace, &format!("toro.dns={host} toro.log=info"))?;
     let started = Instant::now();
     let mut output = Vec::new();
     let mut passed = false;
@@ -464,17 +473,31 @@ pub fn dns_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, Strin
         }
     }
     let _ = child.kill();
-    let _ = child.wait();
+    let status = child.wait();
     let _ = reader.join();
-    let _ = errors.join();
+    let vmm_errors = errors.join().unwrap_or_default();
     let _ = server.kill();
     let _ = server.wait();
+    let dns_errors = server.stderr.take().map(|mut e| {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut e, &mut text);
+        text
+    });
     let _ = std::fs::remove_dir_all(&directory);
     Ok(if passed {
         (true, format!("ok (every lookup as expected after {:.1} s)", started.elapsed().as_secs_f64()))
     } else {
         let failed: Vec<&String> = output.iter().filter(|line| line.contains("FAILED")).collect();
-        (false, format!("FAILED: {failed:?}; guest printed: {}", output.join(" | ")))
+        (
+            false,
+            format!(
+                "FAILED after {:.1} s: {failed:?}; guest printed: {}; QEMU {status:?}, stderr: {}; dnsmasq: {}",
+                started.elapsed().as_secs_f64(),
+                output.join(" | "),
+                vmm_errors.trim(),
+                dns_errors.unwrap_or_default().trim()
+            ),
+        )
     })
 }
 

@@ -407,12 +407,24 @@ impl Instance {
     }
 
     /// Hands the datagrams this pair received for UDP sockets on other
-    /// pairs to them (one posted request per pair and pump).
+    /// pairs, and the TCP segments for their outgoing connections, to
+    /// them (one posted request per pair and pump).
     fn forward_datagrams(&mut self) {
         if self.siblings.is_empty() {
             return;
         }
         let mut frames = self.stack.device().take_forwarded();
+        // TCP segments for another pair's outgoing connection (the tap
+        // chose this queue for the answer): to the pair whose share of the
+        // ephemeral ports holds their port. The card's pairs are
+        // instances first..first + pairs, pair k the k-th.
+        let diverted = self.stack.take_diverted();
+        if !diverted.is_empty() {
+            let own = self.stack.ephemeral_share().0 as usize;
+            let lowest = self.siblings.iter().map(|&(id, _)| id).min().unwrap_or(0);
+            let first = if own == 0 { lowest - 1 } else { lowest };
+            frames.extend(diverted.into_iter().map(|(pair, frame)| (first + pair as usize, frame)));
+        }
         for (id, sibling) in &self.siblings {
             let (theirs, rest): (Vec<_>, Vec<_>) = frames.into_iter().partition(|(to, _)| to == id);
             frames = rest;

@@ -4,8 +4,10 @@
 //! CPU (each resolves on its own queue pair): a name with an A and an
 //! AAAA record gives both, IPv4 first; the tuple form, a trailing dot and
 //! upper case say the same; a name the server does not know is
-//! `NotFound`, a malformed one `InvalidInput`; `TcpStream::connect` by
-//! name reaches the server's own TCP port 53.
+//! `NotFound`, a malformed one `InvalidInput`; TCP connections from each
+//! CPU to the host all open (their answers may reach the other queue
+//! pair, which hands them over); `TcpStream::connect` by name reaches
+//! the server's own TCP port 53.
 
 #![no_std]
 #![no_main]
@@ -28,14 +30,32 @@ fn main() -> i32 {
         [(Ipv4Addr::new(172, 31, 0, 1), 53).into(), (Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 1), 53).into()];
     for cpu in 0..cpu::count() {
         let found = thread::spawn_on(cpu, || resolved("peer.toro.test:53")).join();
+        println!("resolve: peer.toro.test from cpu {cpu}: {found:?}");
         ok &= check(found.as_deref() == Ok(&peer[..]), &format!("peer.toro.test from cpu {cpu}: {found:?}"));
     }
     let same = resolved(("PEER.toro.test.", 53));
+    println!("resolve: (\"PEER.toro.test.\", 53): {same:?}");
     ok &= check(same.as_deref() == Ok(&peer[..]), &format!("(\"PEER.toro.test.\", 53): {same:?}"));
     let missing = resolved("missing.toro.test:80");
+    println!("resolve: missing.toro.test: {missing:?}");
     ok &= check(missing == Err(ErrorKind::NotFound), &format!("missing.toro.test: {missing:?}"));
     let bad = resolved("bad..name:80");
     ok &= check(bad == Err(ErrorKind::InvalidInput), &format!("bad..name: {bad:?}"));
+    println!("resolve: bad..name: {bad:?}");
+    // Outgoing connections from each CPU's queue pair: the tap may hand
+    // their answers to the other pair's queue, which passes them on.
+    for cpu in 0..cpu::count() {
+        for round in 0..4 {
+            let connected = thread::spawn_on(cpu, || {
+                let server: SocketAddr = (Ipv4Addr::new(172, 31, 0, 1), 53).into();
+                TcpStream::connect_timeout(&server, core::time::Duration::from_secs(5))
+                    .map(|stream| stream.local_addr().map(|local| local.port()).unwrap_or(0))
+                    .map_err(|error| error.kind())
+            })
+            .join();
+            ok &= check(connected.is_ok(), &format!("connect from cpu {cpu}, round {round}: {connected:?}"));
+        }
+    }
     match TcpStream::connect("peer.toro.test:53") {
         Ok(stream) => ok &= check(stream.peer_addr().ok() == Some(peer[0]), "connected to 172.31.0.1:53 by name"),
         Err(error) => ok &= check(false, &format!("TcpStream::connect(\"peer.toro.test:53\"): {error}")),
