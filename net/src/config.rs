@@ -332,8 +332,7 @@ pub fn dns_for<'a>(words: impl IntoIterator<Item = &'a str>, card: usize) -> Res
     for word in words {
         let Some(value) = value_for(word, card, "dns") else { continue };
         let mut servers = DnsServers::default();
-        let mut count = 0;
-        for text in value.split(',') {
+        for (count, text) in value.split(',').enumerate() {
             let address: core::net::IpAddr = text.parse().map_err(|_| bad())?;
             if count == servers.servers.len() || address.is_unspecified() || address.is_multicast() {
                 return Err(bad());
@@ -342,7 +341,6 @@ pub fn dns_for<'a>(words: impl IntoIterator<Item = &'a str>, card: usize) -> Res
                 core::net::IpAddr::V4(v4) => smoltcp::wire::IpAddress::Ipv4(Ipv4Address::from(v4.octets())),
                 core::net::IpAddr::V6(v6) => smoltcp::wire::IpAddress::Ipv6(Ipv6Address::from(v6.octets())),
             });
-            count += 1;
         }
         found = Some(servers);
     }
