@@ -267,8 +267,10 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
         loop {
             frame.clear();
             let taken = self.device.borrow_mut().receive(|received| {
-                let syn = tcp_syn_port(received);
-                if !full.is_empty() && syn.is_some_and(|port| full.contains(&port)) {
+                // Parsed only where a rule needs it: most stacks have no
+                // full port and no other pair.
+                let syn = (!full.is_empty() || divert.is_some()).then(|| tcp_syn_port(received)).flatten();
+                if syn.is_some_and(|port| full.contains(&port)) {
                     return Some(false);
                 }
                 if let Some(divert) = divert.as_mut().filter(|_| syn.is_none()) {
