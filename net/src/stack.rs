@@ -265,6 +265,10 @@ pub struct Stack<D: NetDevice> {
     /// each wake-up pass over 1000 waiting connections 1000 x 1000
     /// comparisons: the NIC's CPU stalled for seconds).
     open: BTreeSet<SocketHandle>,
+    /// The open ones of them that `tcp_connect` made: a listen on their
+    /// local port conflicts with them, not with accepted connections or
+    /// closing sockets (`tcp_listen`).
+    outgoing: BTreeSet<SocketHandle>,
     /// Closed sockets still in their FIN exchange, oldest first, each with
     /// the time (microseconds) it is reset if not done by then.
     closing: Vec<(SocketHandle, u64)>,
@@ -312,6 +316,7 @@ impl<D: NetDevice> Stack<D> {
             dns_answers: Vec::new(),
             next_dns: 0,
             open: BTreeSet::new(),
+            outgoing: BTreeSet::new(),
             closing: Vec::new(),
             now_micros,
             dhcp: None,
@@ -625,6 +630,23 @@ impl<D: NetDevice> Stack<D> {
             })
     }
 
+    /// Whether a listen on `port` conflicts: with a listener on it, or
+    /// with an open connection this stack opened from it. Not with the
+    /// connections a listener on it accepted, open or closing: a server
+    /// that drops its listener and listens again while they finish gets
+    /// the port, as std's `TcpListener::bind` does on Linux (it sets
+    /// `SO_REUSEADDR`; a restarted server would otherwise wait out every
+    /// TIME-WAIT). smoltcp hands a SYN only to a listening socket and a
+    /// segment of a connection only to the socket of its four-tuple, so
+    /// they share the port.
+    fn listen_conflict(&self, port: u16) -> bool {
+        self.listeners.iter().any(|listener| listener.port == port)
+            || self.outgoing.iter().any(|&handle| {
+                let socket = self.sockets.get::<tcp::Socket>(handle);
+                socket.local_endpoint().is_some_and(|endpoint| endpoint.port == port)
+            })
+    }
+
     fn ephemeral_port(&mut self, protocol: Protocol) -> Result<u16, NetError> {
         let span = u16::MAX - EPHEMERAL_FIRST + 1;
         let count = self.config.ephemeral_share.1.max(1);
@@ -646,7 +668,7 @@ impl<D: NetDevice> Stack<D> {
     /// returns the port.
     pub fn tcp_listen(&mut self, port: u16) -> Result<u16, NetError> {
         let port = if port == 0 { self.ephemeral_port(Protocol::Tcp)? } else { port };
-        if self.port_in_use(port, Protocol::Tcp) {
+        if self.listen_conflict(port) {
             return Err(NetError::AddrInUse);
         }
         self.listeners.push(Listener { port, pool: Vec::with_capacity(self.config.listen_pool), ttl: None });
@@ -711,6 +733,7 @@ impl<D: NetDevice> Stack<D> {
         })?;
         let handle = self.sockets.add(socket);
         self.open.insert(handle);
+        self.outgoing.insert(handle);
         self.stats.connected += 1;
         Ok(TcpHandle(handle))
     }
@@ -775,6 +798,16 @@ impl<D: NetDevice> Stack<D> {
         }
     }
 
+    /// Whether the connection broke without the peer's FIN (a reset, or
+    /// smoltcp's timeout) and nothing it received before is left to read:
+    /// the error `tcp_recv` and `tcp_send` now give, for `take_error`.
+    pub fn tcp_broken(&mut self, handle: TcpHandle) -> Result<bool, NetError> {
+        let socket = self.tcp(handle)?;
+        Ok(socket.state() == tcp::State::Closed
+            && socket.recv_queue() == 0
+            && socket.peek(0) == Err(tcp::RecvError::InvalidState))
+    }
+
     /// Whether `tcp_recv` would not block (data, end of stream or error).
     pub fn tcp_readable(&self, handle: TcpHandle) -> bool {
         match self.tcp_ref(handle) {
@@ -835,6 +868,7 @@ impl<D: NetDevice> Stack<D> {
         if !self.open.remove(&handle.0) {
             return;
         }
+        self.outgoing.remove(&handle.0);
         let socket = self.sockets.get_mut::<tcp::Socket>(handle.0);
         if socket.recv_queue() > 0 {
             // Unread data: like Linux, reset rather than pretend a clean end.

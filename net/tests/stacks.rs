@@ -204,6 +204,35 @@ fn connect_to_a_closed_port_is_refused_and_ports_conflict() {
     assert_eq!(link.client.tcp_connect(IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 0)), Err(NetError::InvalidInput));
 }
 
+/// A server that stops listening and listens again while its connections
+/// are open or closing gets the port (std sets `SO_REUSEADDR` on Linux);
+/// they keep their data, and new connections reach the new listener. A
+/// connection this stack opened from a port keeps a listen off it.
+#[test]
+fn a_port_is_listened_on_again_while_its_accepted_connections_live() {
+    let mut link = Link::new(StackConfig::default());
+    link.server.tcp_listen(80).unwrap();
+    let (client, server) = link.connect(80);
+    let (closing_client, closing) = link.connect(80);
+    link.server.tcp_close(closing);
+    link.server.tcp_unlisten(80);
+    link.run(2);
+    assert_eq!(link.server.tcp_listen(80), Ok(80), "an open and a closing connection do not hold the port");
+    assert_eq!(link.server.tcp_listen(80), Err(NetError::AddrInUse), "a listener does");
+    assert_eq!(transfer(&mut link, client, server, b"still here"), b"still here");
+    let mut buffer = [0u8; 8];
+    assert_eq!(link.client.tcp_recv(closing_client, &mut buffer), Ok(0), "the closed one ends cleanly");
+    let (client, server) = link.connect(80);
+    assert_eq!(transfer(&mut link, client, server, b"new"), b"new", "a new connection reaches the new listener");
+
+    let outgoing = link.client.tcp_connect(IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 80)).unwrap();
+    link.run(5);
+    let port = link.client.tcp_local(outgoing).unwrap().port;
+    assert_eq!(link.client.tcp_listen(port), Err(NetError::AddrInUse), "an outgoing connection's port");
+    link.client.tcp_close(outgoing);
+    assert_eq!(link.client.tcp_listen(port), Ok(port), "free once it is closed");
+}
+
 #[test]
 fn reset_mid_connection_reads_as_reset() {
     let mut link = Link::new(StackConfig::default());
@@ -215,6 +244,39 @@ fn reset_mid_connection_reads_as_reset() {
     assert_eq!(link.server.tcp_recv(server, &mut buffer), Err(NetError::ConnectionReset));
     assert_eq!(link.server.tcp_send(server, b"x"), Err(NetError::ConnectionReset));
     assert!(link.server.tcp_readable(server), "a reset wakes a reader");
+}
+
+/// `take_error`'s question: a reset counts once what arrived before it was
+/// read; a clean close (both FINs) never does.
+#[test]
+fn a_reset_is_pending_after_the_data_before_it_and_a_clean_close_is_not() {
+    let mut link = Link::new(StackConfig::default());
+    link.server.tcp_listen(80).unwrap();
+    let (client, server) = link.connect(80);
+    assert_eq!(link.server.tcp_broken(server), Ok(false), "an open connection");
+    link.client.tcp_send(client, b"before the reset").unwrap();
+    link.run(5);
+    link.client.tcp_abort(client);
+    link.run(5);
+    assert_eq!(link.server.tcp_broken(server), Ok(false), "data before the reset is read first");
+    let mut buffer = [0u8; 64];
+    assert_eq!(link.server.tcp_recv(server, &mut buffer), Ok(16));
+    assert_eq!(link.server.tcp_broken(server), Ok(true), "then the reset");
+    assert_eq!(link.server.tcp_recv(server, &mut buffer), Err(NetError::ConnectionReset));
+
+    // Both sides close cleanly: the peer's FIN is an end, not an error,
+    // in every state up to the socket's end (TIME-WAIT's, LAST-ACK's).
+    let (client, server) = link.connect(80);
+    link.client.tcp_shutdown_write(client).unwrap();
+    link.run(5);
+    assert_eq!(link.server.tcp_recv(server, &mut buffer), Ok(0));
+    assert_eq!(link.server.tcp_broken(server), Ok(false), "the peer's FIN");
+    link.server.tcp_shutdown_write(server).unwrap();
+    for _ in 0..200 {
+        link.run(50);
+        assert_eq!(link.server.tcp_broken(server), Ok(false), "a clean close");
+        assert_eq!(link.client.tcp_broken(client), Ok(false), "a clean close, the side that closed first");
+    }
 }
 
 /// A closed socket whose FIN exchange cannot end (a peer that never sends

@@ -19,8 +19,14 @@ use crate::io::{self, ErrorKind, Read, Write};
 /// instance the listener uses, e.g. the loopback and a NIC).
 const ACCEPT_ROTATE_MICROS: u64 = 10_000;
 
-/// A listening TCP port, like `std::net::TcpListener`.
+/// A listening TCP port, like `std::net::TcpListener`. Its clones
+/// ([`TcpListener::try_clone`]) share one listening port.
 pub struct TcpListener {
+    inner: Arc<Listener>,
+}
+
+/// The listening port a listener and its clones share.
+struct Listener {
     local: SocketAddr,
     instances: Vec<usize>,
     /// Round robin over instances for accepts from CPUs that own none.
@@ -67,27 +73,45 @@ impl TcpListener {
                 }
             }
         }
-        Ok(TcpListener {
+        let listener = Listener {
             local: SocketAddr::new(address.ip(), port),
             instances,
             next: AtomicUsize::new(0),
             nonblocking: AtomicBool::new(false),
-        })
+        };
+        Ok(TcpListener { inner: Arc::new(listener) })
+    }
+
+    /// Another handle to the same listening port, as std's: either
+    /// accepts its connections (a thread per CPU may each take a clone;
+    /// each still takes the connections that arrived on its own CPU), the
+    /// non-blocking mode and TTL are shared, and the port closes when the
+    /// last handle is dropped.
+    pub fn try_clone(&self) -> io::Result<TcpListener> {
+        Ok(TcpListener { inner: self.inner.clone() })
+    }
+
+    /// Always `Ok(None)`: a listening port here has no error to report
+    /// later (a connection that fails in its handshake never reaches
+    /// `accept`), as a Linux listener's `SO_ERROR` stays 0.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        Ok(None)
     }
 
     /// The address it listens on (with the port chosen for port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+        Ok(self.inner.local)
     }
 
     /// Waits for a connection. On a CPU that owns instances, it takes the
     /// connections that arrived there; elsewhere it goes to an owner CPU
     /// for it (and the stream's calls go there too).
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let port = self.local.port();
-        let nonblocking = self.nonblocking.load(Ordering::Relaxed);
+        let port = self.inner.local.port();
+        let nonblocking = self.inner.nonblocking.load(Ordering::Relaxed);
         let here = crate::cpu::current();
-        let local: Vec<usize> = self.instances.iter().copied().filter(|&id| instance::owner(id) == here).collect();
+        let local: Vec<usize> =
+            self.inner.instances.iter().copied().filter(|&id| instance::owner(id) == here).collect();
         // The peer's address is read in the same step as the accept: the
         // poll that follows a wait's try (`wait_on`) may take in the
         // peer's reset, after which the socket has no peer any more (a
@@ -142,10 +166,11 @@ impl TcpListener {
                 }
             }
         } else {
-            let nics: Vec<usize> = self.instances.iter().copied().filter(|id| topology().nics.contains(id)).collect();
-            let candidates = if nics.is_empty() { &self.instances } else { &nics };
-            let turn = self.next.load(Ordering::Relaxed);
-            self.next.store(turn.wrapping_add(1), Ordering::Relaxed);
+            let nics: Vec<usize> =
+                self.inner.instances.iter().copied().filter(|id| topology().nics.contains(id)).collect();
+            let candidates = if nics.is_empty() { &self.inner.instances } else { &nics };
+            let turn = self.inner.next.load(Ordering::Relaxed);
+            self.inner.next.store(turn.wrapping_add(1), Ordering::Relaxed);
             let id = candidates[turn % candidates.len()];
             let found =
                 instance::on_owner(id, || instance::wait_on(id, Interest::Accept(port), None, nonblocking, accept))
@@ -162,7 +187,7 @@ impl TcpListener {
 
     /// Makes `accept` return `WouldBlock` instead of waiting.
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        self.nonblocking.store(nonblocking, Ordering::Relaxed);
+        self.inner.nonblocking.store(nonblocking, Ordering::Relaxed);
         Ok(())
     }
 
@@ -171,8 +196,8 @@ impl TcpListener {
     /// [`TcpStream::set_ttl`]). Connections still in their handshake get
     /// it too.
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
-        let (ttl, port) = (super::ttl_byte(ttl)?, self.local.port());
-        for &id in &self.instances {
+        let (ttl, port) = (super::ttl_byte(ttl)?, self.inner.local.port());
+        for &id in &self.inner.instances {
             instance::on_owner(id, || {
                 instance::with_local(id, |i| i.stack.tcp_listen_set_ttl(port, ttl)).unwrap_or(Err(NetError::BadHandle))
             })
@@ -183,7 +208,7 @@ impl TcpListener {
 
     /// The time-to-live its connections get (64 unless set).
     pub fn ttl(&self) -> io::Result<u32> {
-        let (id, port) = (self.instances[0], self.local.port());
+        let (id, port) = (self.inner.instances[0], self.inner.local.port());
         instance::on_owner(id, || {
             instance::with_local(id, |i| i.stack.tcp_listen_ttl(port)).unwrap_or(Err(NetError::BadHandle))
         })
@@ -192,7 +217,7 @@ impl TcpListener {
     }
 }
 
-impl Drop for TcpListener {
+impl Drop for Listener {
     fn drop(&mut self) {
         let port = self.local.port();
         for &id in &self.instances {
@@ -226,11 +251,20 @@ struct Stream {
     handle: TcpHandle,
     options: super::Options,
     read_shut: AtomicBool,
+    /// A read, write or `take_error` of it (or a clone) has reported the
+    /// connection's reset: `take_error` does not report it again.
+    error_reported: AtomicBool,
 }
 
 impl TcpStream {
     fn new(instance: usize, handle: TcpHandle) -> Self {
-        let stream = Stream { instance, handle, options: super::Options::new(), read_shut: AtomicBool::new(false) };
+        let stream = Stream {
+            instance,
+            handle,
+            options: super::Options::new(),
+            read_shut: AtomicBool::new(false),
+            error_reported: AtomicBool::new(false),
+        };
         Self { inner: Arc::new(stream) }
     }
 
@@ -370,6 +404,35 @@ impl TcpStream {
         self.with(|i| i.stack.tcp_ttl(handle)).map(u32::from)
     }
 
+    /// The connection's pending error, as std's (`SO_ERROR`):
+    /// `Some(ConnectionReset)` once the peer reset the connection (or it
+    /// timed out) and no read or write of this stream or its clones has
+    /// reported that yet; then `None` again. Data that arrived before the
+    /// reset is read first: until it is, `None` (Linux reports the reset at
+    /// once). Reads and writes keep giving `ConnectionReset` after it
+    /// (Linux's give end of stream and `BrokenPipe` once it was reported).
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        if self.inner.error_reported.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let handle = self.inner.handle;
+        if !self.with(|i| i.stack.tcp_broken(handle))? {
+            return Ok(None);
+        }
+        self.inner.error_reported.store(true, Ordering::Relaxed);
+        Ok(Some(to_io(NetError::ConnectionReset)))
+    }
+
+    /// Notes that `result` reported the connection's reset (`take_error`).
+    fn noted<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(error) = &result {
+            if error.kind() == ErrorKind::ConnectionReset {
+                self.inner.error_reported.store(true, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
     /// Reads received data without taking it, as std's `peek`: the next
     /// `read` or `peek` returns the same bytes. Waits like `read` (its
     /// timeout, non-blocking mode); `Ok(0)` at the end of the stream.
@@ -389,13 +452,13 @@ impl TcpStream {
         let (id, handle) = (self.inner.instance, self.inner.handle);
         let timeout = self.inner.options.read_micros();
         let nonblocking = self.inner.options.nonblocking();
-        instance::on_owner(id, || {
+        let received = instance::on_owner(id, || {
             instance::wait_on(id, Interest::Readable(handle), timeout, nonblocking, |i| match peek {
                 true => i.stack.tcp_peek(handle, buffer),
                 false => i.stack.tcp_recv(handle, buffer),
             })
-        })
-        .map_err(wait_to_io)
+        });
+        self.noted(received.map_err(wait_to_io))
     }
 
     #[inline(never)]
@@ -406,10 +469,10 @@ impl TcpStream {
         let (id, handle) = (self.inner.instance, self.inner.handle);
         let timeout = self.inner.options.write_micros();
         let nonblocking = self.inner.options.nonblocking();
-        instance::on_owner(id, || {
+        let sent = instance::on_owner(id, || {
             instance::wait_on(id, Interest::Writable(handle), timeout, nonblocking, |i| i.stack.tcp_send(handle, data))
-        })
-        .map_err(wait_to_io)
+        });
+        self.noted(sent.map_err(wait_to_io))
     }
 }
 
@@ -469,7 +532,10 @@ impl core::fmt::Debug for TcpStream {
 
 impl core::fmt::Debug for TcpListener {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("TcpListener").field("local", &self.local).field("instances", &self.instances).finish()
+        f.debug_struct("TcpListener")
+            .field("local", &self.inner.local)
+            .field("instances", &self.inner.instances)
+            .finish()
     }
 }
 

@@ -2,7 +2,8 @@
 //! client on another CPU (every call a remote call) with payloads from 1 B
 //! to 1 MiB checked byte for byte, UDP, refused connects, timeouts,
 //! non-blocking calls, port conflicts, `peek`, `try_clone` (a clone
-//! writing from one CPU while the original reads on another), TTLs, TCP
+//! writing from one CPU while the original reads on another; a listener's
+//! clone accepting), `take_error`, TTLs, TCP
 //! and connected UDP over `::1`; and the cost of a remote call.
 
 #![no_std]
@@ -263,6 +264,40 @@ fn main() -> i32 {
     let mixed = four.connect("[::1]:7002").map_err(|e| e.kind());
     ok &= check(mixed == Err(ErrorKind::InvalidInput), "an IPv4 socket's IPv6 peer");
     println!("ipv6 loopback: ok");
+    // A listener's clone accepts on another CPU after the original is
+    // dropped; the port closes with the last handle. `take_error` reports
+    // a peer's reset once.
+    let listener = TcpListener::bind("127.0.0.1:7010").unwrap();
+    let clone = listener.try_clone().unwrap();
+    drop(listener);
+    ok &= check(
+        TcpListener::bind("127.0.0.1:7010").map(|_| ()).map_err(|e| e.kind()) == Err(ErrorKind::AddrInUse),
+        "a clone keeps the port",
+    );
+    ok &= check(clone.take_error().map(|e| e.is_none()).unwrap_or(false), "a listener has no error");
+    let accepting = thread::spawn_on(client_cpu, move || {
+        let (stream, _) = clone.accept().expect("the clone accepts");
+        drop(clone);
+        stream
+    });
+    let client = TcpStream::connect("127.0.0.1:7010").expect("connect to the clone");
+    let accepted = accepting.join();
+    ok &= check(TcpListener::bind("127.0.0.1:7010").is_ok(), "the port closes with the last clone");
+    ok &= check(accepted.take_error().map(|e| e.is_none()).unwrap_or(false), "no error on an open connection");
+    client.abort();
+    let mut byte = [0u8; 1];
+    let mut reset = None;
+    for _ in 0..100 {
+        reset = accepted.take_error().unwrap();
+        if reset.is_some() {
+            break;
+        }
+        thread::sleep(core::time::Duration::from_millis(2));
+    }
+    ok &= check(reset.map(|e| e.kind()) == Some(ErrorKind::ConnectionReset), "take_error: the peer's reset");
+    ok &= check(accepted.take_error().map(|e| e.is_none()).unwrap_or(false), "reported once");
+    ok &= check((&accepted).read(&mut byte).map_err(|e| e.kind()) == Err(ErrorKind::ConnectionReset), "read: reset");
+    println!("listener try_clone, take_error: ok");
     // Multicast and broadcast on the loopback.
     let group = Ipv4Addr::new(239, 1, 2, 3);
     let server = UdpSocket::bind("127.0.0.1:7500").unwrap();
