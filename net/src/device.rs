@@ -10,6 +10,7 @@ use core::cell::RefCell;
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, IpAddress, IpEndpoint, Ipv4Address, Ipv4Packet, Ipv6Address};
 
 /// Ethernet header: destination, source, EtherType (IEEE 802.3 clause 3.1.1).
 pub const ETHERNET_HEADER_BYTES: usize = 14;
@@ -90,6 +91,58 @@ pub fn tcp_destination_port(frame: &[u8]) -> Option<u16> {
     const TCP: u8 = 6;
     let tcp = transport(frame, TCP)?;
     (tcp.len() >= 20).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
+}
+
+/// A "port unreachable" that `frame` (Ethernet) carries back for a UDP
+/// datagram this host sent: ICMPv4 type 3 code 3 or ICMPv6 type 1 code 4
+/// with an intact checksum, whose quoted datagram is UDP. Returns the
+/// datagram's source port (the local socket's) and its destination (the
+/// peer that has no socket on that port). Only the quoted IP header and
+/// the first 8 bytes of the datagram are read: a router or host quotes no
+/// more than fits in its answer (RFC 792, RFC 4443 3.1).
+pub fn udp_port_unreachable(frame: &[u8]) -> Option<(u16, IpEndpoint)> {
+    const ICMPV4: u8 = 1;
+    const ICMPV6: u8 = 58;
+    const UDP: u8 = 17;
+    let ip = frame.get(ETHERNET_HEADER_BYTES..)?;
+    let udp_port = |udp: &[u8], at: usize| Some(u16::from_be_bytes([*udp.get(at)?, *udp.get(at + 1)?]));
+    if frame.get(12..14)? == [0x08, 0x00] {
+        let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+        let icmp = transport(frame, ICMPV4)?;
+        if !Ipv4Packet::new_checked(ip.get(..total)?).ok()?.verify_checksum() {
+            return None;
+        }
+        let header_bytes = usize::from(ip[0] & 0x0f) * 4;
+        let icmp = icmp.get(..total.checked_sub(header_bytes)?)?;
+        let packet = Icmpv4Packet::new_checked(icmp).ok()?;
+        if icmp[0] != 3 || icmp[1] != 3 || !packet.verify_checksum() {
+            return None;
+        }
+        let quoted = icmp.get(8..)?;
+        let quoted_header = usize::from(quoted.first()? & 0x0f) * 4;
+        if quoted[0] >> 4 != 4 || quoted_header < 20 || *quoted.get(9)? != UDP {
+            return None;
+        }
+        let peer = Ipv4Address::from_octets(quoted.get(16..20)?.try_into().ok()?);
+        let udp = quoted.get(quoted_header..)?;
+        Some((udp_port(udp, 0)?, IpEndpoint::new(IpAddress::Ipv4(peer), udp_port(udp, 2)?)))
+    } else {
+        let payload = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+        let icmp = transport(frame, ICMPV6)?.get(..payload)?;
+        let packet = Icmpv6Packet::new_checked(icmp).ok()?;
+        let source = Ipv6Address::from_octets(ip.get(8..24)?.try_into().ok()?);
+        let destination = Ipv6Address::from_octets(ip.get(24..40)?.try_into().ok()?);
+        if icmp[0] != 1 || icmp[1] != 4 || !packet.verify_checksum(&source, &destination) {
+            return None;
+        }
+        let quoted = icmp.get(8..)?;
+        if quoted.first()? >> 4 != 6 || *quoted.get(6)? != UDP {
+            return None;
+        }
+        let peer = Ipv6Address::from_octets(quoted.get(24..40)?.try_into().ok()?);
+        let udp = quoted.get(40..)?;
+        Some((udp_port(udp, 0)?, IpEndpoint::new(IpAddress::Ipv6(peer), udp_port(udp, 2)?)))
+    }
 }
 
 /// What a device does for the stack.
@@ -197,6 +250,11 @@ pub(crate) struct Port<'a, D: NetDevice> {
     /// On a queue pair of a multi-queue card: segments that belong to
     /// another pair, set aside for it (`Stack::take_diverted`).
     pub(crate) divert: Option<Divert<'a>>,
+    /// Connected UDP sockets: (local port, peer, index in the stack's
+    /// list). A port unreachable for one of them (`udp_port_unreachable`)
+    /// sets its flag in `refused`; the frame still goes to smoltcp.
+    pub(crate) udp_peers: &'a [(u16, IpEndpoint)],
+    pub(crate) refused: &'a mut [bool],
 }
 
 /// What a queue pair's `Port` needs to set aside TCP segments for another
@@ -230,7 +288,7 @@ pub fn foreign_share(port: u16, share: (u16, u16)) -> Option<u16> {
 impl<'a, D: NetDevice> Port<'a, D> {
     /// A port that drops no SYN and diverts nothing (for transmitting).
     pub(crate) fn new(device: &'a RefCell<D>, frame: &'a mut Vec<u8>) -> Self {
-        Self { device, frame, full: &[], dropped_syns: 0, divert: None }
+        Self { device, frame, full: &[], dropped_syns: 0, divert: None, udp_peers: &[], refused: &mut [] }
     }
 }
 
@@ -264,9 +322,23 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
         let frame = &mut *self.frame;
         let full = self.full;
         let mut divert = self.divert.as_mut();
+        let (udp_peers, refused) = (self.udp_peers, &mut *self.refused);
+        // A refusal counts only in a frame for this interface's MAC, as
+        // smoltcp takes only those (ICMP errors are unicast).
+        let mac = match udp_peers.is_empty() {
+            true => None,
+            false => Some(self.device.borrow().mac()),
+        };
         loop {
             frame.clear();
             let taken = self.device.borrow_mut().receive(|received| {
+                if mac.is_some_and(|mac| received.get(..6) == Some(&mac[..])) {
+                    if let Some(unreachable) = udp_port_unreachable(received) {
+                        for (index, peer) in udp_peers.iter().enumerate() {
+                            refused[index] |= *peer == unreachable;
+                        }
+                    }
+                }
                 // Parsed only where a rule needs it: most stacks have no
                 // full port and no other pair.
                 let syn = (!full.is_empty() || divert.is_some()).then(|| tcp_syn_port(received)).flatten();
@@ -583,5 +655,109 @@ mod neighbour_tests {
         assert!(!neighbour_discovery(&[0xff; 13]));
         assert!(!neighbour_discovery(&ipv6(58, 135)[..54]));
         assert!(neighbour_discovery(&ipv6(58, 135)[..55]));
+    }
+}
+
+#[cfg(test)]
+mod unreachable_tests {
+    use super::udp_port_unreachable;
+    use proptest::prelude::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr, IpAddress,
+        IpEndpoint, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, Ipv6Address, Ipv6Packet, Ipv6Repr,
+    };
+
+    const HOST: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
+    const PEER: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
+    const HOST6: Ipv6Address = Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+    const PEER6: Ipv6Address = Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    /// The first 8 bytes of a datagram from port 40000 to port 9.
+    const QUOTED_UDP: [u8; 8] = [0x9c, 0x40, 0x00, 0x09, 0x00, 0x10, 0x00, 0x00];
+
+    fn ethernet(ethertype: [u8; 2], payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x02; 12];
+        frame.extend_from_slice(&ethertype);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    /// The peer's ICMPv4 answer to the host's datagram, with `code`.
+    fn unreachable_v4(reason: Icmpv4DstUnreachable) -> Vec<u8> {
+        let quoted =
+            Ipv4Repr { src_addr: HOST, dst_addr: PEER, next_header: IpProtocol::Udp, payload_len: 16, hop_limit: 64 };
+        let icmp = Icmpv4Repr::DstUnreachable { reason, header: quoted, data: &QUOTED_UDP };
+        let ip = Ipv4Repr {
+            src_addr: PEER,
+            dst_addr: HOST,
+            next_header: IpProtocol::Icmp,
+            payload_len: icmp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut bytes = vec![0u8; ip.buffer_len() + icmp.buffer_len()];
+        let checksum = ChecksumCapabilities::default();
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut bytes[..]), &checksum);
+        icmp.emit(&mut Icmpv4Packet::new_unchecked(&mut bytes[ip.buffer_len()..]), &checksum);
+        ethernet([0x08, 0x00], &bytes)
+    }
+
+    fn unreachable_v6(reason: Icmpv6DstUnreachable) -> Vec<u8> {
+        let quoted =
+            Ipv6Repr { src_addr: HOST6, dst_addr: PEER6, next_header: IpProtocol::Udp, payload_len: 16, hop_limit: 64 };
+        let icmp = Icmpv6Repr::DstUnreachable { reason, header: quoted, data: &QUOTED_UDP };
+        let ip = Ipv6Repr {
+            src_addr: PEER6,
+            dst_addr: HOST6,
+            next_header: IpProtocol::Icmpv6,
+            payload_len: icmp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut bytes = vec![0u8; ip.buffer_len() + icmp.buffer_len()];
+        ip.emit(&mut Ipv6Packet::new_unchecked(&mut bytes[..]));
+        let checksum = ChecksumCapabilities::default();
+        icmp.emit(&PEER6, &HOST6, &mut Icmpv6Packet::new_unchecked(&mut bytes[40..]), &checksum);
+        ethernet([0x86, 0xdd], &bytes)
+    }
+
+    #[test]
+    fn a_port_unreachable_names_the_socket_and_the_peer() {
+        let v4 = unreachable_v4(Icmpv4DstUnreachable::PortUnreachable);
+        assert_eq!(udp_port_unreachable(&v4), Some((40000, IpEndpoint::new(IpAddress::Ipv4(PEER), 9))));
+        let v6 = unreachable_v6(Icmpv6DstUnreachable::PortUnreachable);
+        assert_eq!(udp_port_unreachable(&v6), Some((40000, IpEndpoint::new(IpAddress::Ipv6(PEER6), 9))));
+        // Ethernet padding after the packet is not part of it.
+        let mut padded = v4.clone();
+        padded.extend_from_slice(&[0; 6]);
+        assert!(udp_port_unreachable(&padded).is_some(), "padding");
+        // Other reasons (a host or network unreachable) are not a refusal.
+        assert_eq!(udp_port_unreachable(&unreachable_v4(Icmpv4DstUnreachable::HostUnreachable)), None);
+        assert_eq!(udp_port_unreachable(&unreachable_v6(Icmpv6DstUnreachable::AddrUnreachable)), None);
+        for whole in [v4, v6] {
+            for cut in 0..whole.len() {
+                assert_eq!(udp_port_unreachable(&whole[..cut]), None, "truncated at {cut}");
+            }
+            // A damaged byte fails a checksum (the ICMP message's, an
+            // IPv4 header's; IPv6 has no header checksum, but its
+            // addresses are in the ICMPv6 checksum), or the type, the
+            // version, the lengths.
+            let first = if whole[12] == 0x08 { 14 } else { 14 + 8 };
+            for at in first..whole.len() {
+                let mut damaged = whole.clone();
+                damaged[at] ^= 0x40;
+                assert_eq!(udp_port_unreachable(&damaged), None, "byte {at} damaged");
+            }
+        }
+    }
+
+    proptest! {
+        /// Any bytes: no panic.
+        #[test]
+        fn any_frame_is_read_without_panic(frame in proptest::collection::vec(any::<u8>(), 0..200), v6 in any::<bool>()) {
+            let mut frame = frame;
+            if frame.len() >= 14 {
+                frame[12..14].copy_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+            }
+            let _ = udp_port_unreachable(&frame);
+        }
     }
 }

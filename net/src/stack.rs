@@ -245,6 +245,12 @@ pub struct Stack<D: NetDevice> {
     memberships: Vec<(SocketHandle, IpAddress)>,
     /// Ports listened on since the stack started (`Divert`).
     listened: Vec<u16>,
+    /// Connected UDP sockets (`udp_set_peer`), three lists in step: the
+    /// socket, its (local port, peer), and whether a port unreachable
+    /// came back from the peer and was not reported yet (set by `Port`).
+    udp_connected: Vec<SocketHandle>,
+    udp_peers: Vec<(u16, IpEndpoint)>,
+    udp_refused: Vec<bool>,
     /// TCP segments this queue pair received for another pair's outgoing
     /// connections (`take_diverted`).
     diverted: Vec<(u16, Vec<u8>)>,
@@ -308,6 +314,9 @@ impl<D: NetDevice> Stack<D> {
             full_ports: Vec::new(),
             memberships: Vec::new(),
             listened: Vec::new(),
+            udp_connected: Vec::new(),
+            udp_peers: Vec::new(),
+            udp_refused: Vec::new(),
             diverted: Vec::new(),
             dns_servers: Vec::new(),
             dns_static: false,
@@ -445,8 +454,15 @@ impl<D: NetDevice> Stack<D> {
                 listened: &self.listened,
                 out: &mut self.diverted,
             });
-            let mut port =
-                Port { device: &self.device, frame: &mut self.frame, full: &self.full_ports, dropped_syns: 0, divert };
+            let mut port = Port {
+                device: &self.device,
+                frame: &mut self.frame,
+                full: &self.full_ports,
+                dropped_syns: 0,
+                divert,
+                udp_peers: &self.udp_peers,
+                refused: &mut self.udp_refused,
+            };
             let result = self.interface.poll_ingress_single(now, &mut port, &mut self.sockets);
             self.stats.listen_drops += port.dropped_syns;
             match result {
@@ -1005,6 +1021,8 @@ impl<D: NetDevice> Stack<D> {
         // No IP fragmentation: a datagram must fit one frame (Ethernet,
         // IPv4 and UDP headers: 14 + 20 + 8 bytes).
         let max = self.config.udp_bytes.min(self.device.borrow().capabilities().max_frame.saturating_sub(42));
+        self.udp(handle)?;
+        self.udp_refusal(handle)?;
         let socket = self.udp(handle)?;
         if data.len() > max {
             return Err(NetError::TooLarge);
@@ -1079,12 +1097,16 @@ impl<D: NetDevice> Stack<D> {
     /// Takes one datagram: its length (truncated to `buffer`, like std)
     /// and sender.
     pub fn udp_recv_from(&mut self, handle: UdpHandle, buffer: &mut [u8]) -> Result<(usize, IpEndpoint), NetError> {
+        self.udp(handle)?;
+        self.udp_refusal(handle)?;
         copy_datagram(self.udp(handle)?.recv(), buffer)
     }
 
     /// `udp_recv_from` that leaves the datagram in the socket (std's
     /// `peek_from`): the next receive takes it.
     pub fn udp_peek_from(&mut self, handle: UdpHandle, buffer: &mut [u8]) -> Result<(usize, IpEndpoint), NetError> {
+        self.udp(handle)?;
+        self.udp_refusal(handle)?;
         copy_datagram(self.udp(handle)?.peek().map(|(data, meta)| (data, *meta)), buffer)
     }
 
@@ -1100,9 +1122,50 @@ impl<D: NetDevice> Stack<D> {
         Ok(self.udp(handle)?.hop_limit().unwrap_or(DEFAULT_TTL))
     }
 
-    /// Whether a datagram waits.
+    /// Whether a datagram (or a refusal, `udp_set_peer`) waits.
     pub fn udp_readable(&mut self, handle: UdpHandle) -> bool {
-        self.udp(handle).map_or(true, |socket| socket.can_recv())
+        let refused =
+            self.udp_connected.iter().position(|&entry| entry == handle.0).is_some_and(|i| self.udp_refused[i]);
+        refused || self.udp(handle).map_or(true, |socket| socket.can_recv())
+    }
+
+    /// Sets (or, `None`, clears) the peer a UDP socket is connected to
+    /// (std's `UdpSocket::connect`): a port unreachable that comes back
+    /// for a datagram the socket sent there is then reported once, by the
+    /// next send, receive or `udp_take_error`, as `ConnectionRefused`, as
+    /// Linux reports it on a connected socket (an unconnected one never
+    /// hears of it). A new peer clears a refusal not yet reported.
+    pub fn udp_set_peer(&mut self, handle: UdpHandle, peer: Option<IpEndpoint>) -> Result<(), NetError> {
+        let port = self.udp(handle)?.endpoint().port;
+        if let Some(index) = self.udp_connected.iter().position(|&entry| entry == handle.0) {
+            self.udp_connected.swap_remove(index);
+            self.udp_peers.swap_remove(index);
+            self.udp_refused.swap_remove(index);
+        }
+        if let Some(peer) = peer {
+            self.udp_connected.push(handle.0);
+            self.udp_peers.push((port, peer));
+            self.udp_refused.push(false);
+        }
+        Ok(())
+    }
+
+    /// Takes the refusal a connected socket has not reported yet
+    /// (`udp_set_peer`), as std's `take_error`.
+    pub fn udp_take_error(&mut self, handle: UdpHandle) -> Result<Option<NetError>, NetError> {
+        self.udp(handle)?;
+        Ok(self.udp_refusal(handle).err())
+    }
+
+    /// `Err(ConnectionRefused)`, once, if a refusal waits for `handle`.
+    fn udp_refusal(&mut self, handle: UdpHandle) -> Result<(), NetError> {
+        match self.udp_connected.iter().position(|&entry| entry == handle.0) {
+            Some(index) if self.udp_refused[index] => {
+                self.udp_refused[index] = false;
+                Err(NetError::ConnectionRefused)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether a datagram can be queued.
@@ -1117,6 +1180,7 @@ impl<D: NetDevice> Stack<D> {
 
     /// Closes a UDP socket.
     pub fn udp_close(&mut self, handle: UdpHandle) {
+        let _ = self.udp_set_peer(handle, None);
         if self.open.remove(&handle.0) {
             self.sockets.remove(handle.0);
             // Its multicast groups go with it (as a closed socket's do on Linux).

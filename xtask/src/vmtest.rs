@@ -836,14 +836,14 @@ fn tests() -> Vec<VmTest> {
         VmTest {
             name: "net-loopback-2",
             memory_mib: 256,
-            expect: &["tcp echo 1048576 B: ok", "udp echo: ok", "remote socket call", "ipv6 loopback: ok", "listener try_clone, take_error: ok", "multicast, broadcast: ok", "net loopback: all passed"],
+            expect: &["tcp echo 1048576 B: ok", "udp echo: ok", "remote socket call", "ipv6 loopback: ok", "listener try_clone, take_error: ok", "udp connection refused: ok", "multicast, broadcast: ok", "net loopback: all passed"],
             ..vm("vm-tests", "net_loopback")
         },
         VmTest {
             name: "net-loopback-1",
             cpus: 1,
             memory_mib: 256,
-            expect: &["tcp echo 1048576 B: ok", "ipv6 loopback: ok", "listener try_clone, take_error: ok", "multicast, broadcast: ok", "net loopback: all passed"],
+            expect: &["tcp echo 1048576 B: ok", "ipv6 loopback: ok", "listener try_clone, take_error: ok", "udp connection refused: ok", "multicast, broadcast: ok", "net loopback: all passed"],
             ..vm("vm-tests", "net_loopback")
         },
         VmTest {

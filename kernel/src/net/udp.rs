@@ -393,7 +393,9 @@ impl UdpSocket {
     }
 
     /// Sets the peer for `send` and `recv` (IPv4 or IPv6; no packet is
-    /// sent, as with std on Linux). A socket bound to an address of one
+    /// sent, as with std on Linux). A datagram the peer refuses (an ICMP
+    /// port unreachable comes back) makes the next `send`, `recv` or
+    /// [`UdpSocket::take_error`] give `ConnectionRefused`, once. A socket bound to an address of one
     /// family cannot reach the other (`InvalidInput`; Linux: `EINVAL` for
     /// an IPv4 socket's IPv6 peer).
     pub fn connect<A: ToSocketAddrs>(&self, address: A) -> io::Result<()> {
@@ -405,7 +407,35 @@ impl UdpSocket {
             ));
         }
         self.inner.peer.write(toro_net::socket_address_words(peer));
+        // Each member hears of the peer's port unreachables from now on
+        // (`Stack::udp_set_peer`): `ConnectionRefused`, as on Linux.
+        let remote = to_endpoint(peer);
+        for &Member { instance: id, handle } in &self.inner.members {
+            instance::on_owner(id, || {
+                instance::with_local(id, |i| i.stack.udp_set_peer(handle, Some(remote)))
+                    .unwrap_or(Err(NetError::BadHandle))
+            })
+            .map_err(to_io)?;
+        }
         Ok(())
+    }
+
+    /// The socket's pending error, as std's (`SO_ERROR`): on a connected
+    /// socket, `Some(ConnectionRefused)` once the peer answered a datagram
+    /// with an ICMP port unreachable (no socket on its port) and no send
+    /// or receive reported it yet (those give `ConnectionRefused` once
+    /// too, as on Linux); then `None`. An unconnected socket has none.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        for &Member { instance: id, handle } in &self.inner.members {
+            let error = instance::on_owner(id, || {
+                instance::with_local(id, |i| i.stack.udp_take_error(handle)).unwrap_or(Err(NetError::BadHandle))
+            })
+            .map_err(to_io)?;
+            if let Some(error) = error {
+                return Ok(Some(to_io(error)));
+            }
+        }
+        Ok(None)
     }
 
     /// The peer set by `connect`.

@@ -3,7 +3,8 @@
 //! to 1 MiB checked byte for byte, UDP, refused connects, timeouts,
 //! non-blocking calls, port conflicts, `peek`, `try_clone` (a clone
 //! writing from one CPU while the original reads on another; a listener's
-//! clone accepting), `take_error`, TTLs, TCP
+//! clone accepting), `take_error` (a TCP reset; a UDP peer's port
+//! unreachable), TTLs, TCP
 //! and connected UDP over `::1`; and the cost of a remote call.
 
 #![no_std]
@@ -228,6 +229,36 @@ fn main() -> i32 {
     ok &= check(clone.peek(&mut buffer).ok() == Some(7) && clone.recv(&mut buffer).ok() == Some(7), "peek, recv");
     drop(clone);
     println!("udp peek, try_clone, ttl: ok");
+    // A connected socket hears that its peer has no socket (ICMP port
+    // unreachable): ConnectionRefused once, from recv, take_error or send;
+    // over IPv4 and IPv6, and from another CPU.
+    let refusals = |local: &'static str, peer: &'static str| {
+        let mut ok = true;
+        let socket = UdpSocket::bind(local).unwrap();
+        socket.set_read_timeout(Some(core::time::Duration::from_secs(2))).unwrap();
+        socket.connect(peer).unwrap();
+        ok &= check(socket.take_error().map(|e| e.is_none()).unwrap_or(false), "no error before sending");
+        socket.send(b"anyone?").unwrap();
+        let mut buffer = [0u8; 8];
+        let got = socket.recv(&mut buffer).map_err(|e| e.kind());
+        ok &= check(got == Err(ErrorKind::ConnectionRefused), "recv: the peer refused");
+        socket.send(b"still?").unwrap();
+        let mut error = None;
+        for _ in 0..100 {
+            error = socket.take_error().unwrap();
+            if error.is_some() {
+                break;
+            }
+            thread::sleep(core::time::Duration::from_millis(2));
+        }
+        ok &= check(error.map(|e| e.kind()) == Some(ErrorKind::ConnectionRefused), "take_error: refused");
+        ok &= check(socket.take_error().map(|e| e.is_none()).unwrap_or(false), "taken once");
+        ok
+    };
+    ok &= refusals("127.0.0.1:0", "127.0.0.1:9");
+    ok &= refusals("[::1]:0", "[::1]:9");
+    ok &= thread::spawn_on(client_cpu, move || refusals("0.0.0.0:0", "127.0.0.1:9")).join();
+    println!("udp connection refused: ok");
     client.set_nonblocking(true).unwrap();
     let mut buffer = [0u8; 8];
     const CALLS: u32 = 2000;
