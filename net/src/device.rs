@@ -69,6 +69,18 @@ pub fn udp_destination_port(frame: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]))
 }
 
+/// The source port of `frame` if it is a DNS query leaving this host: a
+/// UDP datagram to port 53 (IPv4 or IPv6, as [`udp_destination_port`]
+/// reads them). smoltcp picks a random port for each query and does not
+/// say which: a stack reads it off the query (`Stack::take_dns_ports`).
+pub fn dns_query_source_port(frame: &[u8]) -> Option<u16> {
+    const UDP: u8 = 17;
+    const DNS: u16 = 53;
+    let udp = transport(frame, UDP)?;
+    let destination = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
+    (destination == DNS).then(|| u16::from_be_bytes([udp[0], udp[1]]))
+}
+
 /// The destination port of `frame` if it opens a TCP connection: a
 /// segment with SYN set and neither ACK nor RST (RFC 9293 3.5), over IPv4
 /// or IPv6 as [`udp_destination_port`] reads them. Only the header's
@@ -255,6 +267,9 @@ pub(crate) struct Port<'a, D: NetDevice> {
     /// sets its flag in `refused`; the frame still goes to smoltcp.
     pub(crate) udp_peers: &'a [(u16, IpEndpoint)],
     pub(crate) refused: &'a mut [bool],
+    /// While DNS queries are in flight: the source ports of the queries
+    /// sent (`dns_query_source_port`).
+    pub(crate) dns_sent: Option<&'a RefCell<Vec<u16>>>,
 }
 
 /// What a queue pair's `Port` needs to set aside TCP segments for another
@@ -288,7 +303,16 @@ pub fn foreign_share(port: u16, share: (u16, u16)) -> Option<u16> {
 impl<'a, D: NetDevice> Port<'a, D> {
     /// A port that drops no SYN and diverts nothing (for transmitting).
     pub(crate) fn new(device: &'a RefCell<D>, frame: &'a mut Vec<u8>) -> Self {
-        Self { device, frame, full: &[], dropped_syns: 0, divert: None, udp_peers: &[], refused: &mut [] }
+        Self {
+            device,
+            frame,
+            full: &[],
+            dropped_syns: 0,
+            divert: None,
+            udp_peers: &[],
+            refused: &mut [],
+            dns_sent: None,
+        }
     }
 }
 
@@ -360,7 +384,9 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
                 Some(true)
             })?;
             match taken {
-                Some(true) => return Some((RxToken { frame }, TxToken { device: self.device })),
+                Some(true) => {
+                    return Some((RxToken { frame }, TxToken { device: self.device, dns_sent: self.dns_sent }))
+                }
                 Some(false) => self.dropped_syns += 1,
                 None => {}
             }
@@ -368,7 +394,7 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        self.device.borrow_mut().tx_room().then_some(TxToken { device: self.device })
+        self.device.borrow_mut().tx_room().then_some(TxToken { device: self.device, dns_sent: self.dns_sent })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -395,12 +421,20 @@ impl phy::RxToken for RxToken<'_> {
 
 pub(crate) struct TxToken<'a, D: NetDevice> {
     device: &'a RefCell<D>,
+    dns_sent: Option<&'a RefCell<Vec<u16>>>,
 }
 
 impl<D: NetDevice> phy::TxToken for TxToken<'_, D> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut f = Some(f);
-        let result = self.device.borrow_mut().transmit(len, |buffer| (f.take().expect("called once"))(buffer));
+        let dns_sent = self.dns_sent;
+        let result = self.device.borrow_mut().transmit(len, |buffer| {
+            let result = (f.take().expect("called once"))(buffer);
+            if let Some(port) = dns_sent.and_then(|_| dns_query_source_port(buffer)) {
+                dns_sent.expect("checked").borrow_mut().push(port);
+            }
+            result
+        });
         match result {
             Some(result) => result,
             // Full ring after `tx_room` said yes, or an oversized frame:

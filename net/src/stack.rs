@@ -266,6 +266,9 @@ pub struct Stack<D: NetDevice> {
     dns_queries: Vec<(DnsHandle, smoltcp::socket::dns::QueryHandle)>,
     dns_answers: Vec<(DnsHandle, Result<Vec<IpAddress>, NetError>)>,
     next_dns: u64,
+    /// Source ports of the DNS queries sent, not yet taken
+    /// (`take_dns_ports`).
+    dns_sent: RefCell<Vec<u16>>,
     /// Sockets handed to the application (connections, UDP, ICMP): a set,
     /// since every socket call checks its handle here (a `Vec` scan made
     /// each wake-up pass over 1000 waiting connections 1000 x 1000
@@ -324,6 +327,7 @@ impl<D: NetDevice> Stack<D> {
             dns_queries: Vec::new(),
             dns_answers: Vec::new(),
             next_dns: 0,
+            dns_sent: RefCell::new(Vec::new()),
             open: BTreeSet::new(),
             outgoing: BTreeSet::new(),
             closing: Vec::new(),
@@ -462,6 +466,7 @@ impl<D: NetDevice> Stack<D> {
                 divert,
                 udp_peers: &self.udp_peers,
                 refused: &mut self.udp_refused,
+                dns_sent: (!self.dns_queries.is_empty()).then_some(&self.dns_sent),
             };
             let result = self.interface.poll_ingress_single(now, &mut port, &mut self.sockets);
             self.stats.listen_drops += port.dropped_syns;
@@ -473,6 +478,7 @@ impl<D: NetDevice> Stack<D> {
             top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
         }
         let mut port = Port::new(&self.device, &mut self.frame);
+        port.dns_sent = (!self.dns_queries.is_empty()).then_some(&self.dns_sent);
         // Again, so that the address a router advertisement just gave
         // (and the flush that comes with it) is there before egress.
         relearn |= maintain(&mut self.interface, now);
@@ -1266,6 +1272,23 @@ impl<D: NetDevice> Stack<D> {
         self.next_dns += 1;
         self.dns_queries.push((handle, query));
         Ok(handle)
+    }
+
+    /// The source ports of the DNS queries sent since the last call (each
+    /// once): smoltcp picks a random one per query. On a multi-queue card
+    /// the answer may reach another queue pair, which must hand it here
+    /// (as for a UDP socket bound here).
+    pub fn take_dns_ports(&mut self) -> Vec<u16> {
+        let mut ports = core::mem::take(&mut *self.dns_sent.borrow_mut());
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// Whether DNS queries are in flight (started, their answer not yet
+    /// taken).
+    pub fn dns_pending(&self) -> bool {
+        !self.dns_queries.is_empty()
     }
 
     /// Whether query `handle` has its answer (or failed, or is unknown):

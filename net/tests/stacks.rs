@@ -1220,6 +1220,43 @@ fn serve_dns(link: &mut Link, server: UdpHandle) -> usize {
     served
 }
 
+/// The ports smoltcp picked for the queries are known to the stack (each
+/// once), so that another queue pair can hand their answers here; none
+/// while no query is in flight.
+#[test]
+fn the_ports_of_dns_queries_are_known() {
+    let mut link = Link::new(StackConfig::default());
+    link.client.set_dns_servers(&[IpAddress::Ipv4(SERVER_IP)]);
+    let (server, _) = link.server.udp_bind(53).unwrap();
+    let (other, _) = link.client.udp_bind(0).unwrap();
+    link.client.udp_send_to(other, b"not DNS", IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 9), false).unwrap();
+    link.run(5);
+    assert_eq!(link.client.take_dns_ports(), Vec::<u16>::new(), "no query in flight");
+    assert!(!link.client.dns_pending());
+    let v4 = link.client.dns_start("peer.toro.test", DnsRecord::A).unwrap();
+    let v6 = link.client.dns_start("peer.toro.test", DnsRecord::Aaaa).unwrap();
+    assert!(link.client.dns_pending());
+    let mut ports = Vec::new();
+    let mut from = Vec::new();
+    let mut buffer = [0u8; 512];
+    for _ in 0..10 {
+        link.run(1);
+        ports.extend(link.client.take_dns_ports());
+        while let Ok((count, sender)) = link.server.udp_recv_from(server, &mut buffer) {
+            from.push(sender.port);
+            let answer = dns_answer(&buffer[..count], &dns_zone(b"\x04peer\x04toro\x04test\x00"));
+            link.server.udp_send_to(server, &answer, sender, false).unwrap();
+        }
+    }
+    ports.sort_unstable();
+    from.sort_unstable();
+    assert_eq!(from.len(), 2, "both queries reached the server");
+    assert_eq!(ports, from, "the queries' ports, each once");
+    assert!(link.client.dns_ready(v4) && link.client.dns_ready(v6));
+    assert!(!link.client.dns_pending(), "answered");
+    assert!(link.client.dns_result(v4).is_ok() && link.client.dns_result(v6).is_ok());
+}
+
 /// The resolver (smoltcp's DNS socket behind `Stack::dns_*`): A and AAAA
 /// answers, NXDOMAIN and silence (`NotFound`), bad names, no server,
 /// cancelled queries; every answer damaged at random leaves it working.

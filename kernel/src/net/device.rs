@@ -58,6 +58,14 @@ impl Device {
         }
     }
 
+    /// Whether UDP `port` is bound on this pair or known bound on another.
+    pub(crate) fn udp_port_known(&self, port: u16) -> bool {
+        match self {
+            Self::Virtio(device) => device.udp_port_known(port),
+            Self::Loopback(_) => false,
+        }
+    }
+
     /// A frame another pair of the card received.
     pub(crate) fn inject(&mut self, frame: alloc::vec::Vec<u8>) {
         if let Self::Virtio(device) = self {

@@ -91,10 +91,15 @@ pub struct InstanceCounters {
     /// Pumps: polls of the stack to quiescence (each walks every socket),
     /// by the service or by a socket call.
     pub pumps: u64,
+    /// Source ports of DNS queries announced to the card's other queue
+    /// pairs, for them to hand the answers here.
+    pub dns_ports_announced: u64,
 }
 
 /// One TCP/IP instance.
 pub(crate) struct Instance {
+    /// Its index in the instance table.
+    id: usize,
     pub(crate) name: &'static str,
     pub(crate) owner: usize,
     pub(crate) stack: Stack<Device>,
@@ -117,6 +122,9 @@ pub(crate) struct Instance {
     /// waiting: a socket call that would block need not pump again before
     /// its thread blocks (see `wait_on`). Cleared by every `with_local`.
     settled: bool,
+    /// The source ports of this pair's DNS queries in flight, announced to
+    /// the other pairs as bound here (`announce_dns_ports`).
+    dns_ports: Vec<u16>,
 }
 
 /// A UDP socket of this instance that is member `member` of `group`.
@@ -368,6 +376,7 @@ impl Instance {
         self.wake_waiters();
         self.publish_udp_groups();
         self.share_neighbour_frames();
+        self.announce_dns_ports();
         self.forward_datagrams();
         if let Some(service) = self.service {
             if let Some(micros) = self.next_poll_micros() {
@@ -403,6 +412,48 @@ impl Instance {
         for (_, sibling) in &self.siblings {
             let copies = frames.clone();
             sibling.post(move |service: &mut NetService| service.inject(copies));
+        }
+    }
+
+    /// On a multi-queue card: the ports of this pair's DNS queries
+    /// (smoltcp picks one at random per query, outside the pair's share of
+    /// the ephemeral ports) are announced to the other pairs as UDP ports
+    /// bound here, so that an answer the host hands to another queue is
+    /// handed on to this pair, as a datagram for a socket here is; they
+    /// are withdrawn once no query is in flight. A port a UDP socket has is
+    /// left alone. The announcements are posted, not awaited: an answer
+    /// that reaches another pair before its announcement is dropped, and
+    /// smoltcp asks again (from the same port) after a second.
+    fn announce_dns_ports(&mut self) {
+        let sent = self.stack.take_dns_ports();
+        if self.siblings.is_empty() {
+            return;
+        }
+        let id = self.id;
+        let mut changes = Vec::new();
+        for port in sent {
+            if !self.dns_ports.contains(&port) && !self.stack.device().udp_port_known(port) {
+                self.dns_ports.push(port);
+                changes.push((port, true));
+            }
+        }
+        if !self.dns_ports.is_empty() && !self.stack.dns_pending() {
+            changes.extend(self.dns_ports.drain(..).map(|port| (port, false)));
+        }
+        for &(port, bound) in &changes {
+            self.stack.device().udp_binding(port, true, Some(id), bound);
+            self.counters.dns_ports_announced += u64::from(bound);
+        }
+        if changes.is_empty() {
+            return;
+        }
+        for (_, sibling) in &self.siblings {
+            let changes = changes.clone();
+            sibling.post(move |service: &mut NetService| {
+                for (port, bound) in changes {
+                    service.udp_binding(port, id, bound);
+                }
+            });
         }
     }
 
@@ -542,6 +593,7 @@ impl NetService {
         let device = (plan.device)(starting);
         let stack = Stack::new(device, plan.addressing, plan.config, now_micros());
         let instance = Box::new(Instance {
+            id,
             name: plan.name,
             owner: plan.owner,
             stack,
@@ -552,6 +604,7 @@ impl NetService {
             siblings: Vec::new(),
             udp_groups: Vec::new(),
             settled: false,
+            dns_ports: Vec::new(),
         });
         INSTANCES[id].store(Box::into_raw(instance) as u64, Ordering::Release);
         Self { id }

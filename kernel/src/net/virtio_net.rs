@@ -458,6 +458,11 @@ impl VirtioNet {
         }
     }
 
+    /// Whether UDP `port` is bound on this pair or on another (`udp_binding`).
+    pub(crate) fn udp_port_known(&self, port: u16) -> bool {
+        self.udp_here.contains(&port) || self.udp_elsewhere.contains_key(&port)
+    }
+
     /// The pair instance a received frame belongs to, if not this one: a
     /// datagram for a UDP port bound on another pair and not here.
     fn forward_to(&self, frame: &[u8]) -> Option<usize> {

@@ -1,8 +1,9 @@
 //! Host names resolved by DNS, as `std::net::ToSocketAddrs` resolves them
 //! (run by xtask's `dns-q35-2`: q35, 2 CPUs, a 2-queue tap whose network
 //! namespace runs dnsmasq at 172.31.0.1, given by `toro.dns=`). From each
-//! CPU (each resolves on its own queue pair): a name with an A and an
-//! AAAA record gives both, IPv4 first; the tuple form, a trailing dot and
+//! CPU (each resolves on its own queue pair, and tells the other pair its
+//! queries' ports): a name with an A and an AAAA record gives both, IPv4
+//! first; the tuple form, a trailing dot and
 //! upper case say the same; a name the server does not know is
 //! `NotFound`, a malformed one `InvalidInput`; TCP connections from each
 //! CPU to the host all open (their answers may reach the other queue
@@ -32,6 +33,13 @@ fn main() -> i32 {
         let found = thread::spawn_on(cpu, || resolved("peer.toro.test:53")).join();
         println!("resolve: peer.toro.test from cpu {cpu}: {found:?}");
         ok &= check(found.as_deref() == Ok(&peer[..]), &format!("peer.toro.test from cpu {cpu}: {found:?}"));
+    }
+    // Each queue pair told the other the ports of its queries (A and
+    // AAAA), so an answer the tap hands to the other queue reaches it.
+    for interface in toro::net::interfaces().iter().filter(|interface| interface.name.starts_with("eth0")) {
+        let announced = interface.counters.dns_ports_announced;
+        println!("resolve: {} announced {announced} DNS query ports", interface.name);
+        ok &= check(announced >= 2, &format!("{}: {announced} DNS query ports announced", interface.name));
     }
     let same = resolved(("PEER.toro.test.", 53));
     println!("resolve: (\"PEER.toro.test.\", 53): {same:?}");
