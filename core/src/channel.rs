@@ -109,7 +109,7 @@ pub fn encode_mark(previous: Option<(usize, u64)>, lane: usize) -> u64 {
 /// The mark `raw` stands for, if any.
 #[inline]
 pub fn decode_mark(raw: u64) -> Option<Mark> {
-    (raw != 0).then(|| Mark { lane: (raw >> MARK_COUNT_BITS) as usize, count: raw & ((1 << MARK_COUNT_BITS) - 1) })
+    (raw != 0).then_some(Mark { lane: (raw >> MARK_COUNT_BITS) as usize, count: raw & ((1 << MARK_COUNT_BITS) - 1) })
 }
 
 /// What the receiver sees of its lanes.

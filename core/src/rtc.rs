@@ -110,7 +110,7 @@ fn in_range(register: u8, value: u8, low: u8, high: u8) -> Result<u8, RtcError> 
 
 /// Whether `year` is a leap year in the Gregorian calendar.
 pub fn is_leap_year(year: u32) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 /// Days in `month` (1-12) of `year`.

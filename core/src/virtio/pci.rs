@@ -280,7 +280,7 @@ pub fn parse_layout(
             cfg_type::COMMON => common = Some(region),
             cfg_type::NOTIFY => {
                 let multiplier = space.read32(address, at + 16);
-                if multiplier % 2 != 0 {
+                if !multiplier.is_multiple_of(2) {
                     problem(Problem::OddMultiplier { at, multiplier });
                     continue;
                 }

@@ -1138,10 +1138,10 @@ impl<T> Lanes for LaneView<'_, T> {
     #[inline(always)]
     fn taken(&self, lane: usize) -> u64 {
         let lane = self.lanes[lane].load(Ordering::Acquire);
-        // SAFETY: as in `has_value`.
         if lane.is_null() {
             0
         } else {
+            // SAFETY: as in `has_value`.
             unsafe { (*lane).taken_here() }
         }
     }

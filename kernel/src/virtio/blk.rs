@@ -506,7 +506,7 @@ pub(crate) fn start_all() {
                 let config = blk.config();
                 log::info!(
                     "virtio-blk#{index}: {} MiB, {}-byte blocks{}{}, owner cpu {}",
-                    config.capacity * protocol::SECTOR_SIZE as u64 >> 20,
+                    (config.capacity * protocol::SECTOR_SIZE as u64) >> 20,
                     config.block_size,
                     if config.read_only { ", read-only" } else { "" },
                     if config.flush { ", flush" } else { "" },
