@@ -34,10 +34,24 @@ use crate::error::NetError;
 /// Sizes and defaults of one stack.
 #[derive(Clone, Copy, Debug)]
 pub struct StackConfig {
-    /// Receive buffer of each TCP socket (also its largest window).
+    /// Receive buffer of each TCP socket (also its largest window) beyond
+    /// the first `tcp_large_sockets`.
     pub tcp_rx_bytes: usize,
-    /// Send buffer of each TCP socket.
+    /// Send buffer of each TCP socket (the most data in flight) beyond the
+    /// first `tcp_large_sockets`.
     pub tcp_tx_bytes: usize,
+    /// Both buffers of a socket made while fewer than `tcp_large_sockets`
+    /// of the stack's TCP sockets have them. smoltcp's buffers are
+    /// allocated whole when a socket is made and never grow (Linux's are
+    /// limits, filled as data comes): one connection moves at most a
+    /// buffer per round trip, so a bulk transfer wants a large one, but
+    /// 1000 idle connections with large buffers would take 256 MiB. So a
+    /// few sockets (listening pool sockets too, so the first connections
+    /// of a port) get large buffers and the rest small ones; a large
+    /// socket's budget is freed with it.
+    pub tcp_large_bytes: usize,
+    /// How many of the stack's TCP sockets may have `tcp_large_bytes`.
+    pub tcp_large_sockets: usize,
     /// Idle listening sockets kept ready per listening port: how many
     /// SYNs one received frame batch can take before the pool grows.
     pub listen_pool: usize,
@@ -93,6 +107,8 @@ impl Default for StackConfig {
         Self {
             tcp_rx_bytes: 32 * 1024,
             tcp_tx_bytes: 32 * 1024,
+            tcp_large_bytes: 128 * 1024,
+            tcp_large_sockets: 8,
             listen_pool: 8,
             listen_backlog: 128,
             udp_packets: 64,
@@ -162,8 +178,14 @@ pub enum ConnectState {
 /// Counts shown by `/stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackStats {
-    /// Sockets in the set (listening pools, connections, closing, UDP).
+    /// Sockets in use (listening pools, connections, closing, UDP): the
+    /// set's, less the spare ones.
     pub sockets: usize,
+    /// Closed TCP sockets kept for the next connection or listening pool
+    /// socket (their buffers allocated already; at most `MAX_SPARE`).
+    pub spare: usize,
+    /// TCP sockets taken from the spares instead of allocated.
+    pub reused: u64,
     /// Connections handed out by `tcp_accept`.
     pub accepted: u64,
     /// Outgoing connections started.
@@ -281,6 +303,12 @@ pub struct Stack<D: NetDevice> {
     /// Closed sockets still in their FIN exchange, oldest first, each with
     /// the time (microseconds) it is reset if not done by then.
     closing: Vec<(SocketHandle, u64)>,
+    /// TCP sockets whose connection ended (Closed or TIME-WAIT), kept in
+    /// the set for the next socket a connect or a listening pool needs
+    /// (`take_tcp_socket`): smoltcp allocates and zeroes both buffers
+    /// whole for each new socket, which under TCG cost a connection more
+    /// than its handshake.
+    spare: Vec<SocketHandle>,
     /// The time of the last poll (microseconds).
     now_micros: u64,
     dhcp: Option<SocketHandle>,
@@ -331,6 +359,7 @@ impl<D: NetDevice> Stack<D> {
             open: BTreeSet::new(),
             outgoing: BTreeSet::new(),
             closing: Vec::new(),
+            spare: Vec::new(),
             now_micros,
             dhcp: None,
             next_port: EPHEMERAL_FIRST + (config.random_seed % 1024) as u16,
@@ -436,7 +465,8 @@ impl<D: NetDevice> Stack<D> {
     /// The stack's counts.
     pub fn stats(&self) -> StackStats {
         let mut stats = self.stats;
-        stats.sockets = self.sockets.iter().count();
+        stats.sockets = self.sockets.iter().count() - self.spare.len();
+        stats.spare = self.spare.len();
         stats.closing = self.closing.len();
         stats
     }
@@ -475,7 +505,14 @@ impl<D: NetDevice> Stack<D> {
                 PollIngressSingleResult::PacketProcessed => {}
                 PollIngressSingleResult::SocketStateChanged => changed = true,
             }
-            top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
+            top_up_listeners(
+                &mut self.listeners,
+                &mut self.sockets,
+                &mut self.spare,
+                &self.config,
+                &mut self.full_ports,
+                &mut self.stats,
+            );
         }
         let mut port = Port::new(&self.device, &mut self.frame);
         port.dns_sent = (!self.dns_queries.is_empty()).then_some(&self.dns_sent);
@@ -498,7 +535,14 @@ impl<D: NetDevice> Stack<D> {
         self.poll_dhcp();
         self.reap_closing();
         self.recycle_failed_handshakes();
-        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
+        top_up_listeners(
+            &mut self.listeners,
+            &mut self.sockets,
+            &mut self.spare,
+            &self.config,
+            &mut self.full_ports,
+            &mut self.stats,
+        );
         if changed {
             self.stats.busy_polls += 1;
         }
@@ -603,11 +647,18 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn reap_closing(&mut self) {
-        let (sockets, now, stats) = (&mut self.sockets, self.now_micros, &mut self.stats);
+        let (sockets, now, stats, spare) = (&mut self.sockets, self.now_micros, &mut self.stats, &mut self.spare);
         self.closing.retain_mut(|(handle, deadline)| {
             let socket = sockets.get_mut::<tcp::Socket>(*handle);
             if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
-                sockets.remove(*handle);
+                // A TIME-WAIT socket kept still answers a retransmitted
+                // FIN until it is used again.
+                match spare.len() < MAX_SPARE {
+                    true => spare.push(*handle),
+                    false => {
+                        sockets.remove(*handle);
+                    }
+                }
                 return false;
             }
             if now >= *deadline {
@@ -634,10 +685,6 @@ impl<D: NetDevice> Stack<D> {
                 }
             }
         }
-    }
-
-    fn new_tcp_socket(&self) -> tcp::Socket<'static> {
-        new_tcp_socket(&self.config)
     }
 
     fn port_in_use(&self, port: u16, protocol: Protocol) -> bool {
@@ -697,7 +744,14 @@ impl<D: NetDevice> Stack<D> {
         if !self.listened.contains(&port) {
             self.listened.push(port);
         }
-        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
+        top_up_listeners(
+            &mut self.listeners,
+            &mut self.sockets,
+            &mut self.spare,
+            &self.config,
+            &mut self.full_ports,
+            &mut self.stats,
+        );
         Ok(port)
     }
 
@@ -726,7 +780,14 @@ impl<D: NetDevice> Stack<D> {
         });
         let Some(position) = ready else { return Err(NetError::WouldBlock) };
         let handle = listener.pool.swap_remove(position);
-        top_up_listeners(&mut self.listeners, &mut self.sockets, &self.config, &mut self.full_ports);
+        top_up_listeners(
+            &mut self.listeners,
+            &mut self.sockets,
+            &mut self.spare,
+            &self.config,
+            &mut self.full_ports,
+            &mut self.stats,
+        );
         self.open.insert(handle);
         self.stats.accepted += 1;
         Ok(TcpHandle(handle))
@@ -748,12 +809,15 @@ impl<D: NetDevice> Stack<D> {
             return Err(NetError::InvalidInput);
         }
         let local = self.ephemeral_port(Protocol::Tcp)?;
-        let mut socket = self.new_tcp_socket();
-        socket.connect(self.interface.context(), remote, local).map_err(|error| match error {
-            tcp::ConnectError::Unaddressable => NetError::Unreachable,
-            tcp::ConnectError::InvalidState => NetError::InvalidInput,
-        })?;
-        let handle = self.sockets.add(socket);
+        let handle = take_tcp_socket(&mut self.sockets, &mut self.spare, &self.config, &mut self.stats);
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        if let Err(error) = socket.connect(self.interface.context(), remote, local) {
+            self.spare.push(handle);
+            return Err(match error {
+                tcp::ConnectError::Unaddressable => NetError::Unreachable,
+                tcp::ConnectError::InvalidState => NetError::InvalidInput,
+            });
+        }
         self.open.insert(handle);
         self.outgoing.insert(handle);
         self.stats.connected += 1;
@@ -1394,9 +1458,9 @@ impl<D: NetDevice> Stack<D> {
         }
     }
 
-    /// Sockets in the set.
+    /// Sockets in use (the set's, less the spare ones).
     pub fn sockets_in_use(&self) -> usize {
-        self.sockets.iter().count()
+        self.sockets.iter().count() - self.spare.len()
     }
 
     /// Sets smoltcp's per-socket inactivity timeout on a connection: a
@@ -1407,15 +1471,58 @@ impl<D: NetDevice> Stack<D> {
     }
 }
 
-fn new_tcp_socket(config: &StackConfig) -> tcp::Socket<'static> {
-    let rx = tcp::SocketBuffer::new(vec![0u8; config.tcp_rx_bytes]);
-    let tx = tcp::SocketBuffer::new(vec![0u8; config.tcp_tx_bytes]);
+/// Spare TCP sockets a stack keeps at most (`Stack::spare`).
+const MAX_SPARE: usize = 16;
+
+/// A TCP socket in `sockets` for a connect or a listen, its options the
+/// defaults: the last spare one (closed, its buffers allocated already)
+/// if there is one, else a new one (`new_tcp_socket`).
+fn take_tcp_socket(
+    sockets: &mut SocketSet<'static>,
+    spare: &mut Vec<SocketHandle>,
+    config: &StackConfig,
+    stats: &mut StackStats,
+) -> SocketHandle {
+    let Some(handle) = spare.pop() else { return sockets.add(new_tcp_socket(config, sockets)) };
+    stats.reused += 1;
+    let socket = sockets.get_mut::<tcp::Socket>(handle);
+    // `connect` and `listen` reset the connection's state; the options
+    // stay, so they are set back to the defaults here.
+    socket.set_hop_limit(None);
+    socket.set_timeout(None);
+    socket.set_keep_alive(None);
+    configure_tcp_socket(socket, config);
+    handle
+}
+
+/// A TCP socket for a stack whose sockets are `sockets`: with large
+/// buffers while fewer than `tcp_large_sockets` have them (see
+/// `StackConfig::tcp_large_bytes`), else small ones.
+fn new_tcp_socket(config: &StackConfig, sockets: &SocketSet<'static>) -> tcp::Socket<'static> {
+    let large = config.tcp_large_bytes;
+    let large_ones = match config.tcp_large_sockets {
+        0 => 0,
+        _ => sockets
+            .iter()
+            .filter(|(_, socket)| matches!(socket, smoltcp::socket::Socket::Tcp(tcp) if tcp.recv_capacity() == large))
+            .count(),
+    };
+    let (rx_bytes, tx_bytes) = match large_ones < config.tcp_large_sockets {
+        true => (large, large),
+        false => (config.tcp_rx_bytes, config.tcp_tx_bytes),
+    };
+    let rx = tcp::SocketBuffer::new(vec![0u8; rx_bytes]);
+    let tx = tcp::SocketBuffer::new(vec![0u8; tx_bytes]);
     let mut socket = tcp::Socket::new(rx, tx);
-    // Request/response traffic: send each write at once; ACK with the
-    // answer when it comes soon enough (`StackConfig::ack_delay_micros`).
+    configure_tcp_socket(&mut socket, config);
+    socket
+}
+
+/// Request/response traffic: send each write at once; ACK with the answer
+/// when it comes soon enough (`StackConfig::ack_delay_micros`).
+fn configure_tcp_socket(socket: &mut tcp::Socket<'static>, config: &StackConfig) {
     socket.set_nagle_enabled(false);
     socket.set_ack_delay(config.ack_delay_micros.map(Duration::from_micros));
-    socket
 }
 
 /// smoltcp's timed upkeep (SLAAC: a router advertisement's new prefix, or
@@ -1448,8 +1555,10 @@ fn maintain(interface: &mut Interface, now: Instant) -> bool {
 fn top_up_listeners(
     listeners: &mut [Listener],
     sockets: &mut SocketSet<'static>,
+    spare: &mut Vec<SocketHandle>,
     config: &StackConfig,
     full: &mut Vec<u16>,
+    stats: &mut StackStats,
 ) {
     let wanted = config.listen_pool.max(1);
     let backlog = config.listen_backlog.max(wanted);
@@ -1460,13 +1569,15 @@ fn top_up_listeners(
         };
         let mut listening = listener.pool.iter().filter(|&&handle| idle(sockets, handle)).count();
         while listening < wanted && listener.pool.len() < backlog {
-            let mut socket = new_tcp_socket(config);
+            let handle = take_tcp_socket(sockets, spare, config, stats);
+            let socket = sockets.get_mut::<tcp::Socket>(handle);
             socket.set_hop_limit(listener.ttl);
             // Fails only on port 0, which is never a listener's.
             if socket.listen(listener.port).is_err() {
+                spare.push(handle);
                 break;
             }
-            listener.pool.push(sockets.add(socket));
+            listener.pool.push(handle);
             listening += 1;
         }
         while listening > wanted {

@@ -279,6 +279,102 @@ fn a_reset_is_pending_after_the_data_before_it_and_a_clean_close_is_not() {
     }
 }
 
+/// The first `tcp_large_sockets` sockets of a stack get large buffers
+/// (a window that lets a bulk transfer run), the rest small ones, so 1000
+/// connections do not take 1000 large buffers; a large socket that goes
+/// frees its budget for the next one.
+#[test]
+fn a_few_sockets_get_large_buffers_and_the_rest_small_ones() {
+    let config = StackConfig {
+        tcp_rx_bytes: 4096,
+        tcp_tx_bytes: 4096,
+        tcp_large_bytes: 65536,
+        tcp_large_sockets: 3,
+        listen_pool: 2,
+        ..StackConfig::default()
+    };
+    let mut link = Link::new(config);
+    link.server.tcp_listen(80).unwrap();
+    // Queues as much as the send buffer takes: its size.
+    let fill = |link: &mut Link, handle| {
+        let mut queued = 0;
+        while let Ok(count) = link.server.tcp_send(handle, &[7u8; 8192]) {
+            queued += count;
+        }
+        queued
+    };
+    let connections: Vec<_> = (0..5).map(|_| link.connect(80)).collect();
+    let sizes: Vec<usize> = connections.iter().map(|&(_, server)| fill(&mut link, server)).collect();
+    // The two pool sockets made at listen time and the next one were
+    // large; the rest (the pool refilled) small.
+    assert_eq!(sizes, [65536, 65536, 65536, 4096, 4096]);
+    assert!(link.server.stats().sockets <= 3 + 5, "sockets {}", link.server.stats().sockets);
+    // The large ones close (reset, freed at once): the next sockets made
+    // (the pool refills as connections are taken) are large again.
+    for &(_, server) in &connections[..3] {
+        link.server.tcp_abort(server);
+    }
+    link.run(5);
+    let later: Vec<_> = (0..4).map(|_| link.connect(80)).collect();
+    let sizes: Vec<usize> = later.iter().map(|&(_, server)| fill(&mut link, server)).collect();
+    assert_eq!(sizes.iter().filter(|&&size| size == 65536).count(), 3, "{sizes:?}");
+    // The large window carries a transfer larger than the small buffer
+    // byte for byte.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let (client, server) = link.connect(80);
+    assert_eq!(transfer(&mut link, client, server, &data), data);
+}
+
+/// A socket whose connection ended is kept (at most 16) and serves the
+/// next connection or listening socket instead of a new allocation, with
+/// the default options again and no trace of the old connection.
+#[test]
+fn ended_connections_leave_their_sockets_for_the_next_ones() {
+    let mut link = Link::new(StackConfig::default());
+    link.server.tcp_listen(80).unwrap();
+    let (client, server) = link.connect(80);
+    link.server.tcp_set_ttl(server, 7).unwrap();
+    link.server.tcp_set_nodelay(server, false).unwrap();
+    link.server.tcp_set_timeout(server, Some(50_000)).unwrap();
+    assert_eq!(transfer(&mut link, client, server, b"first"), b"first");
+    link.server.tcp_send(server, b"left unread by nobody").unwrap();
+    link.run(5);
+    link.server.tcp_close(server);
+    link.client.tcp_close(client);
+    link.run(50);
+    let before = link.server.stats();
+    assert!(before.spare >= 1, "{before:?}");
+    // A burst: every socket it needs beyond the spares is new; once it
+    // ended, at most 16 are kept, the rest freed.
+    let mut reused = before.reused;
+    for round in 0..40 {
+        let (client, server) = link.connect(80);
+        if round == 0 {
+            assert!(link.server.stats().reused > reused, "the pool refilled from the spares");
+            reused = link.server.stats().reused;
+        }
+        assert_eq!(link.server.tcp_ttl(server), Ok(64), "the default TTL again");
+        assert_eq!(link.server.tcp_nodelay(server), Ok(true), "Nagle off again");
+        // Idle past the first connection's timeout (50 ms): no timeout now.
+        link.run(80);
+        assert_eq!(transfer(&mut link, client, server, b"next"), b"next", "round {round}");
+        let mut buffer = [0u8; 64];
+        assert_eq!(link.client.tcp_recv(client, &mut buffer), Err(NetError::WouldBlock), "nothing of the old one");
+        link.server.tcp_close(server);
+        link.client.tcp_close(client);
+        link.run(20);
+    }
+    let after = link.server.stats();
+    assert!(after.reused >= reused + 30, "{after:?}");
+    assert!(after.spare <= 16);
+    // A connect takes a spare too.
+    let spare = link.client.stats().spare;
+    let outgoing = link.client.tcp_connect(IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 80)).unwrap();
+    assert_eq!(link.client.stats().spare, spare.saturating_sub(1));
+    link.run(5);
+    assert_eq!(link.client.tcp_connect_state(outgoing), Ok(ConnectState::Established));
+}
+
 /// A closed socket whose FIN exchange cannot end (a peer that never sends
 /// its FIN; one that keeps its window shut on unsent data) is reset after
 /// `close_timeout_micros`, not kept forever.
@@ -287,6 +383,7 @@ fn a_closing_socket_that_cannot_finish_is_reset_after_its_timeout() {
     let config = StackConfig {
         tcp_rx_bytes: 4096,
         tcp_tx_bytes: 4096,
+        tcp_large_sockets: 0,
         close_timeout_micros: 2_000_000,
         ..StackConfig::default()
     };
@@ -324,7 +421,7 @@ fn a_closing_socket_that_cannot_finish_is_reset_after_its_timeout() {
 
 #[test]
 fn full_send_window_blocks_then_drains() {
-    let config = StackConfig { tcp_rx_bytes: 4096, tcp_tx_bytes: 4096, ..StackConfig::default() };
+    let config = StackConfig { tcp_rx_bytes: 4096, tcp_tx_bytes: 4096, tcp_large_sockets: 0, ..StackConfig::default() };
     let mut link = Link::new(config);
     link.server.tcp_listen(80).unwrap();
     let (client, server) = link.connect(80);
