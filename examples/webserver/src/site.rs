@@ -97,11 +97,15 @@ fn cpu_fields(cpu: usize) -> [(&'static str, u64); 12] {
 }
 
 /// One interface's figures, named as `/stats` shows them.
-fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64); 12] {
+fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64); 14] {
     [
         ("cpu", interface.cpu as u64),
         ("sockets", interface.stack.sockets as u64),
         ("closing", interface.stack.closing as u64),
+        // Ended TCP sockets kept for the next connections, and how many
+        // connections took one instead of a new allocation.
+        ("spare", interface.stack.spare as u64),
+        ("reused", interface.stack.reused),
         ("accepted", interface.stack.accepted),
         ("listen_drops", interface.stack.listen_drops),
         ("rx_frames", interface.device.rx_frames),
