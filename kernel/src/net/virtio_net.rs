@@ -464,12 +464,16 @@ impl VirtioNet {
     }
 
     /// The pair instance a received frame belongs to, if not this one: a
-    /// datagram for a UDP port bound on another pair and not here.
+    /// datagram for a UDP port bound on another pair and not here, or an
+    /// ICMP port unreachable for a datagram such a port sent (a connected
+    /// socket's refusal, `toro_net::Stack::udp_set_peer`: the tap picks a
+    /// queue for the ICMP packet by its own flow, not the datagram's).
     fn forward_to(&self, frame: &[u8]) -> Option<usize> {
         if self.udp_elsewhere.is_empty() {
             return None;
         }
-        let port = toro_net::device::udp_destination_port(frame)?;
+        let port = toro_net::device::udp_destination_port(frame)
+            .or_else(|| toro_net::device::udp_port_unreachable(frame).map(|(port, _)| port))?;
         if self.udp_here.contains(&port) {
             return None;
         }

@@ -7,7 +7,9 @@
 //! upper case say the same; a name the server does not know is
 //! `NotFound`, a malformed one `InvalidInput`; TCP connections from each
 //! CPU to the host all open (their answers may reach the other queue
-//! pair, which hands them over); `TcpStream::connect` by name reaches
+//! pair, which hands them over); a connected UDP socket on each CPU is
+//! told the host refused it (the ICMP may reach the other pair, which
+//! hands it over); `TcpStream::connect` by name reaches
 //! the server's own TCP port 53.
 
 #![no_std]
@@ -16,7 +18,7 @@
 use toro::alloc::format;
 use toro::alloc::vec::Vec;
 use toro::io::ErrorKind;
-use toro::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use toro::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use toro::{cpu, println, thread};
 use vm_tests::check;
 
@@ -63,6 +65,32 @@ fn main() -> i32 {
             .join();
             ok &= check(connected.is_ok(), &format!("connect from cpu {cpu}, round {round}: {connected:?}"));
         }
+    }
+    // A connected UDP socket on each CPU's queue pair hears that the host
+    // has nothing on port 9 (ICMP port unreachable), whichever queue the
+    // tap hands the ICMP to (it picks one by the ICMP packet's own flow,
+    // not the datagram's; the other pair hands it over).
+    for cpu in 0..cpu::count() {
+        let refused = thread::spawn_on(cpu, || {
+            let socket = UdpSocket::bind("0.0.0.0:0").map_err(|error| error.kind())?;
+            socket.connect("172.31.0.1:9").map_err(|error| error.kind())?;
+            socket.set_read_timeout(Some(core::time::Duration::from_millis(500))).map_err(|error| error.kind())?;
+            let mut buffer = [0u8; 16];
+            // Linux limits its ICMP errors to a burst of 6, then 1 a second
+            // per peer: ask a few times.
+            let mut last = Err(ErrorKind::Other);
+            for _ in 0..6 {
+                socket.send(b"anyone?").map_err(|error| error.kind())?;
+                last = socket.recv(&mut buffer).map_err(|error| error.kind());
+                if last == Err(ErrorKind::ConnectionRefused) {
+                    break;
+                }
+            }
+            last
+        })
+        .join();
+        println!("resolve: UDP to 172.31.0.1:9 from cpu {cpu}: {refused:?}");
+        ok &= check(refused == Err(ErrorKind::ConnectionRefused), &format!("UDP refusal on cpu {cpu}: {refused:?}"));
     }
     match TcpStream::connect("peer.toro.test:53") {
         Ok(stream) => ok &= check(stream.peer_addr().ok() == Some(peer[0]), "connected to 172.31.0.1:53 by name"),
