@@ -347,6 +347,43 @@ pub fn dns_for<'a>(words: impl IntoIterator<Item = &'a str>, card: usize) -> Res
     Ok(found)
 }
 
+/// How long `TcpStream::connect` without a timeout waits for an answer
+/// to its SYN by default: what Linux's 6 SYN retransmissions take (1 + 2
+/// + 4 + 8 + 16 + 32 + 64 s), after which std's connect there fails with
+/// `TimedOut`. smoltcp retransmits a SYN for ever.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 127;
+
+/// The longest `toro.tcp_connect_timeout=` takes (a day).
+const MAX_CONNECT_TIMEOUT_SECS: u64 = 86_400;
+
+/// A bad `toro.tcp_connect_timeout=` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadConnectTimeout;
+
+impl core::fmt::Display for BadConnectTimeout {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "toro.tcp_connect_timeout must be SECONDS (1-{MAX_CONNECT_TIMEOUT_SECS}) or off")
+    }
+}
+
+/// Reads `toro.tcp_connect_timeout=SECONDS|off` (the last word wins): the
+/// microseconds a connect without a timeout waits, `None` for `off` (for
+/// ever); [`DEFAULT_CONNECT_TIMEOUT_SECS`] when no word sets it.
+pub fn connect_timeout_from<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<Option<u64>, BadConnectTimeout> {
+    let mut timeout = Some(DEFAULT_CONNECT_TIMEOUT_SECS * 1_000_000);
+    for word in words {
+        let Some(value) = word.strip_prefix("toro.tcp_connect_timeout=") else { continue };
+        timeout = match value {
+            "off" => None,
+            seconds => match seconds.parse::<u64>() {
+                Ok(seconds) if (1..=MAX_CONNECT_TIMEOUT_SECS).contains(&seconds) => Some(seconds * 1_000_000),
+                _ => return Err(BadConnectTimeout),
+            },
+        };
+    }
+    Ok(timeout)
+}
+
 /// The link-local address of the interface with `mac`: fe80::/64 and the
 /// modified EUI-64 interface identifier (RFC 4291 appendix A).
 pub fn link_local(mac: [u8; 6]) -> Ipv6Cidr {
@@ -658,5 +695,22 @@ mod tests {
         }
         assert!(DnsServers::default().is_empty() && !one.is_empty());
         assert_eq!(stray_card_words(["toro.eth0.dns=1.1.1.1"], 1).count(), 0, "a card setting");
+    }
+
+    #[test]
+    fn the_connect_timeout_comes_from_the_command_line() {
+        let default = Some(DEFAULT_CONNECT_TIMEOUT_SECS * 1_000_000);
+        assert_eq!(connect_timeout_from(["toro.log=info"]), Ok(default));
+        assert_eq!(connect_timeout_from(["toro.tcp_connect_timeout=5"]), Ok(Some(5_000_000)));
+        assert_eq!(connect_timeout_from(["toro.tcp_connect_timeout=off"]), Ok(None));
+        assert_eq!(
+            connect_timeout_from(["toro.tcp_connect_timeout=off", "toro.tcp_connect_timeout=2"]),
+            Ok(Some(2_000_000))
+        );
+        for bad in ["0", "-1", "1.5", "", "86401", "99999999999999999999", "OFF", "5s"] {
+            let word = format!("toro.tcp_connect_timeout={bad}");
+            assert_eq!(connect_timeout_from([word.as_str()]), Err(BadConnectTimeout), "{bad:?}");
+        }
+        assert_eq!(BadConnectTimeout.to_string(), "toro.tcp_connect_timeout must be SECONDS (1-86400) or off");
     }
 }

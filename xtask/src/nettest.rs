@@ -453,8 +453,12 @@ pub fn dns_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, Strin
         .stderr(Stdio::piped())
         .spawn()
         .context("starting dnsmasq in the namespace")?;
-    let (mut child, directory, (lines, reader, errors)) =
-        boot_on_two_queues(image, accel, &namespace, &format!("toro.dns={host} toro.log=info"))?;
+    let (mut child, directory, (lines, reader, errors)) = boot_on_two_queues(
+        image,
+        accel,
+        &namespace,
+        &format!("toro.dns={host} toro.tcp_connect_timeout=1 toro.log=info"),
+    )?;
     let started = Instant::now();
     let mut output = Vec::new();
     let mut passed = false;

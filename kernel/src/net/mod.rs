@@ -225,6 +225,18 @@ pub(crate) struct CardRoute {
 
 static TOPOLOGY: crate::once::BootCell<Topology> = crate::once::BootCell::new();
 
+/// How long a `TcpStream::connect` without a timeout waits, microseconds
+/// (`toro.tcp_connect_timeout=`; `u64::MAX`: for ever). Written once by the
+/// boot CPU in `init`, before any socket call.
+static CONNECT_TIMEOUT_MICROS: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(toro_net::DEFAULT_CONNECT_TIMEOUT_SECS * 1_000_000);
+
+/// The timeout of a connect given none (`None`: wait for ever).
+pub(crate) fn default_connect_micros() -> Option<u64> {
+    let micros = CONNECT_TIMEOUT_MICROS.load(core::sync::atomic::Ordering::Relaxed);
+    (micros != u64::MAX).then_some(micros)
+}
+
 pub(crate) fn topology() -> &'static Topology {
     TOPOLOGY.get().expect("net::init runs before main")
 }
@@ -268,6 +280,12 @@ fn card_settings(name: &str, card: usize, config: StackConfig) -> (Addressing, S
 /// CPUs: `toro_core::dedicate::default_owner`), each card with its own
 /// address (`toro.ethK.ip=`). Boot CPU, once, after the schedulers.
 pub(crate) fn init() {
+    let timeout =
+        toro_net::connect_timeout_from(crate::system::command_line().split_whitespace()).unwrap_or_else(|error| {
+            log::warn!("net: {error}; connects wait {} s", toro_net::DEFAULT_CONNECT_TIMEOUT_SECS);
+            Some(toro_net::DEFAULT_CONNECT_TIMEOUT_SECS * 1_000_000)
+        });
+    CONNECT_TIMEOUT_MICROS.store(timeout.unwrap_or(u64::MAX), core::sync::atomic::Ordering::Relaxed);
     let config = StackConfig { random_seed: crate::time::Instant::now().ticks(), ..StackConfig::default() };
     let mut plans = vec![instance::Plan {
         name: "lo",

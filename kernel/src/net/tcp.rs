@@ -281,11 +281,14 @@ impl TcpStream {
         &self.inner.options
     }
 
-    /// Connects to the first of `address` that answers.
+    /// Connects to the first of `address` that answers. Each address has
+    /// 127 s to answer (`toro.tcp_connect_timeout=SECONDS|off`), then
+    /// `TimedOut`, as std's connect on Linux gives up after its 6 SYN
+    /// retransmissions (smoltcp alone would retransmit for ever).
     pub fn connect<A: ToSocketAddrs>(address: A) -> io::Result<TcpStream> {
         let mut last_error = None;
         for address in resolve(&address)? {
-            match Self::connect_one(&address, None) {
+            match Self::connect_one(&address, super::default_connect_micros()) {
                 Ok(stream) => return Ok(stream),
                 Err(error) => last_error = Some(error),
             }

@@ -9,7 +9,8 @@
 //! CPU to the host all open (their answers may reach the other queue
 //! pair, which hands them over); a connected UDP socket on each CPU is
 //! told the host refused it (the ICMP may reach the other pair, which
-//! hands it over); `TcpStream::connect` by name reaches
+//! hands it over); a connect to an address nobody has times out after
+//! `toro.tcp_connect_timeout=1`; `TcpStream::connect` by name reaches
 //! the server's own TCP port 53.
 
 #![no_std]
@@ -92,6 +93,15 @@ fn main() -> i32 {
         println!("resolve: UDP to 172.31.0.1:9 from cpu {cpu}: {refused:?}");
         ok &= check(refused == Err(ErrorKind::ConnectionRefused), &format!("UDP refusal on cpu {cpu}: {refused:?}"));
     }
+    // A connect to an address nobody has (no ARP answer) gives up after
+    // toro.tcp_connect_timeout=1 with TimedOut (smoltcp alone retries its
+    // SYN for ever; std on Linux gives up after 127 s).
+    let started = toro::time::Instant::now();
+    let silent = TcpStream::connect("172.31.0.99:80").map(|_| ()).map_err(|error| error.kind());
+    let waited = started.elapsed().as_millis();
+    println!("resolve: connect to 172.31.0.99:80: {silent:?} after {waited} ms");
+    ok &= check(silent == Err(ErrorKind::TimedOut), &format!("connect to nobody: {silent:?}"));
+    ok &= check((900..5000).contains(&waited), &format!("connect to nobody gave up after {waited} ms, not about 1 s"));
     match TcpStream::connect("peer.toro.test:53") {
         Ok(stream) => ok &= check(stream.peer_addr().ok() == Some(peer[0]), "connected to 172.31.0.1:53 by name"),
         Err(error) => ok &= check(false, &format!("TcpStream::connect(\"peer.toro.test:53\"): {error}")),
