@@ -348,8 +348,8 @@ pub fn dns_for<'a>(words: impl IntoIterator<Item = &'a str>, card: usize) -> Res
 }
 
 /// How long `TcpStream::connect` without a timeout waits for an answer
-/// to its SYN by default: what Linux's 6 SYN retransmissions take (1 + 2
-/// + 4 + 8 + 16 + 32 + 64 s), after which std's connect there fails with
+/// to its SYN by default: what Linux's 6 SYN retransmissions take (1, 2,
+/// 4, 8, 16, 32 and 64 s), after which std's connect there fails with
 /// `TimedOut`. smoltcp retransmits a SYN for ever.
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 127;
 

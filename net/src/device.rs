@@ -430,8 +430,11 @@ impl<D: NetDevice> phy::TxToken for TxToken<'_, D> {
         let dns_sent = self.dns_sent;
         let result = self.device.borrow_mut().transmit(len, |buffer| {
             let result = (f.take().expect("called once"))(buffer);
-            if let Some(port) = dns_sent.and_then(|_| dns_query_source_port(buffer)) {
-                dns_sent.expect("checked").borrow_mut().push(port);
+            // Read only while queries are in flight (`dns_sent` set).
+            if let Some(sent) = dns_sent {
+                if let Some(port) = dns_query_source_port(buffer) {
+                    sent.borrow_mut().push(port);
+                }
             }
             result
         });

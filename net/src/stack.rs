@@ -505,14 +505,7 @@ impl<D: NetDevice> Stack<D> {
                 PollIngressSingleResult::PacketProcessed => {}
                 PollIngressSingleResult::SocketStateChanged => changed = true,
             }
-            top_up_listeners(
-                &mut self.listeners,
-                &mut self.sockets,
-                &mut self.spare,
-                &self.config,
-                &mut self.full_ports,
-                &mut self.stats,
-            );
+            self.top_up_listeners();
         }
         let mut port = Port::new(&self.device, &mut self.frame);
         port.dns_sent = (!self.dns_queries.is_empty()).then_some(&self.dns_sent);
@@ -535,14 +528,7 @@ impl<D: NetDevice> Stack<D> {
         self.poll_dhcp();
         self.reap_closing();
         self.recycle_failed_handshakes();
-        top_up_listeners(
-            &mut self.listeners,
-            &mut self.sockets,
-            &mut self.spare,
-            &self.config,
-            &mut self.full_ports,
-            &mut self.stats,
-        );
+        self.top_up_listeners();
         if changed {
             self.stats.busy_polls += 1;
         }
@@ -646,6 +632,12 @@ impl<D: NetDevice> Stack<D> {
         }
     }
 
+    /// Refills the listening pools (`top_up_listeners`).
+    fn top_up_listeners(&mut self) {
+        let Self { listeners, sockets, spare, config, full_ports, stats, .. } = self;
+        top_up_listeners(listeners, sockets, spare, config, full_ports, stats);
+    }
+
     fn reap_closing(&mut self) {
         let (sockets, now, stats, spare) = (&mut self.sockets, self.now_micros, &mut self.stats, &mut self.spare);
         self.closing.retain_mut(|(handle, deadline)| {
@@ -744,14 +736,7 @@ impl<D: NetDevice> Stack<D> {
         if !self.listened.contains(&port) {
             self.listened.push(port);
         }
-        top_up_listeners(
-            &mut self.listeners,
-            &mut self.sockets,
-            &mut self.spare,
-            &self.config,
-            &mut self.full_ports,
-            &mut self.stats,
-        );
+        self.top_up_listeners();
         Ok(port)
     }
 
@@ -780,14 +765,7 @@ impl<D: NetDevice> Stack<D> {
         });
         let Some(position) = ready else { return Err(NetError::WouldBlock) };
         let handle = listener.pool.swap_remove(position);
-        top_up_listeners(
-            &mut self.listeners,
-            &mut self.sockets,
-            &mut self.spare,
-            &self.config,
-            &mut self.full_ports,
-            &mut self.stats,
-        );
+        self.top_up_listeners();
         self.open.insert(handle);
         self.stats.accepted += 1;
         Ok(TcpHandle(handle))
@@ -1091,7 +1069,6 @@ impl<D: NetDevice> Stack<D> {
         // No IP fragmentation: a datagram must fit one frame (Ethernet,
         // IPv4 and UDP headers: 14 + 20 + 8 bytes).
         let max = self.config.udp_bytes.min(self.device.borrow().capabilities().max_frame.saturating_sub(42));
-        self.udp(handle)?;
         self.udp_refusal(handle)?;
         let socket = self.udp(handle)?;
         if data.len() > max {
@@ -1167,7 +1144,6 @@ impl<D: NetDevice> Stack<D> {
     /// Takes one datagram: its length (truncated to `buffer`, like std)
     /// and sender.
     pub fn udp_recv_from(&mut self, handle: UdpHandle, buffer: &mut [u8]) -> Result<(usize, IpEndpoint), NetError> {
-        self.udp(handle)?;
         self.udp_refusal(handle)?;
         copy_datagram(self.udp(handle)?.recv(), buffer)
     }
@@ -1175,7 +1151,6 @@ impl<D: NetDevice> Stack<D> {
     /// `udp_recv_from` that leaves the datagram in the socket (std's
     /// `peek_from`): the next receive takes it.
     pub fn udp_peek_from(&mut self, handle: UdpHandle, buffer: &mut [u8]) -> Result<(usize, IpEndpoint), NetError> {
-        self.udp(handle)?;
         self.udp_refusal(handle)?;
         copy_datagram(self.udp(handle)?.peek().map(|(data, meta)| (data, *meta)), buffer)
     }
@@ -1227,7 +1202,8 @@ impl<D: NetDevice> Stack<D> {
         Ok(self.udp_refusal(handle).err())
     }
 
-    /// `Err(ConnectionRefused)`, once, if a refusal waits for `handle`.
+    /// `Err(ConnectionRefused)`, once, if a refusal waits for `handle`
+    /// (`Ok` for a handle that is not a connected socket's).
     fn udp_refusal(&mut self, handle: UdpHandle) -> Result<(), NetError> {
         match self.udp_connected.iter().position(|&entry| entry == handle.0) {
             Some(index) if self.udp_refused[index] => {
