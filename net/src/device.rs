@@ -12,6 +12,8 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use smoltcp::time::Instant;
 use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, IpAddress, IpEndpoint, Ipv4Address, Ipv4Packet, Ipv6Address};
 
+use crate::NetError;
+
 /// Ethernet header: destination, source, EtherType (IEEE 802.3 clause 3.1.1).
 pub const ETHERNET_HEADER_BYTES: usize = 14;
 /// The IP MTU of a standard Ethernet link.
@@ -105,20 +107,25 @@ pub fn tcp_destination_port(frame: &[u8]) -> Option<u16> {
     (tcp.len() >= 20).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
 }
 
-/// A "port unreachable" that `frame` (Ethernet) carries back for a UDP
-/// datagram this host sent: ICMPv4 type 3 code 3 or ICMPv6 type 1 code 4
-/// with an intact checksum, whose quoted datagram is UDP. Returns the
-/// datagram's source port (the local socket's) and its destination (the
-/// peer that has no socket on that port). Only the quoted IP header and
-/// the first 8 bytes of the datagram are read: a router or host quotes no
-/// more than fits in its answer (RFC 792, RFC 4443 3.1).
-pub fn udp_port_unreachable(frame: &[u8]) -> Option<(u16, IpEndpoint)> {
+/// An ICMP "destination unreachable" (ICMPv4 type 3, ICMPv6 type 1) for
+/// this host, with intact checksums (the IPv4 header's and the ICMP
+/// message's): its code, the protocol and destination of the packet it
+/// quotes, and the quoted transport header (at least its first 8 bytes:
+/// a router or host quotes no more than fits in its answer, RFC 792,
+/// RFC 4443 3.1).
+struct DestinationUnreachable<'a> {
+    v6: bool,
+    code: u8,
+    protocol: u8,
+    peer: IpAddress,
+    quoted: &'a [u8],
+}
+
+fn destination_unreachable(frame: &[u8]) -> Option<DestinationUnreachable<'_>> {
     const ICMPV4: u8 = 1;
     const ICMPV6: u8 = 58;
-    const UDP: u8 = 17;
     let ip = frame.get(ETHERNET_HEADER_BYTES..)?;
-    let udp_port = |udp: &[u8], at: usize| Some(u16::from_be_bytes([*udp.get(at)?, *udp.get(at + 1)?]));
-    if frame.get(12..14)? == [0x08, 0x00] {
+    let unreachable = if frame.get(12..14)? == [0x08, 0x00] {
         let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
         let icmp = transport(frame, ICMPV4)?;
         if !Ipv4Packet::new_checked(ip.get(..total)?).ok()?.verify_checksum() {
@@ -127,33 +134,159 @@ pub fn udp_port_unreachable(frame: &[u8]) -> Option<(u16, IpEndpoint)> {
         let header_bytes = usize::from(ip[0] & 0x0f) * 4;
         let icmp = icmp.get(..total.checked_sub(header_bytes)?)?;
         let packet = Icmpv4Packet::new_checked(icmp).ok()?;
-        if icmp[0] != 3 || icmp[1] != 3 || !packet.verify_checksum() {
+        if icmp[0] != 3 || !packet.verify_checksum() {
             return None;
         }
         let quoted = icmp.get(8..)?;
         let quoted_header = usize::from(quoted.first()? & 0x0f) * 4;
-        if quoted[0] >> 4 != 4 || quoted_header < 20 || *quoted.get(9)? != UDP {
+        if quoted[0] >> 4 != 4 || quoted_header < 20 {
             return None;
         }
         let peer = Ipv4Address::from_octets(quoted.get(16..20)?.try_into().ok()?);
-        let udp = quoted.get(quoted_header..)?;
-        Some((udp_port(udp, 0)?, IpEndpoint::new(IpAddress::Ipv4(peer), udp_port(udp, 2)?)))
+        DestinationUnreachable {
+            v6: false,
+            code: icmp[1],
+            protocol: *quoted.get(9)?,
+            peer: IpAddress::Ipv4(peer),
+            quoted: quoted.get(quoted_header..)?,
+        }
     } else {
         let payload = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
         let icmp = transport(frame, ICMPV6)?.get(..payload)?;
         let packet = Icmpv6Packet::new_checked(icmp).ok()?;
         let source = Ipv6Address::from_octets(ip.get(8..24)?.try_into().ok()?);
         let destination = Ipv6Address::from_octets(ip.get(24..40)?.try_into().ok()?);
-        if icmp[0] != 1 || icmp[1] != 4 || !packet.verify_checksum(&source, &destination) {
+        if icmp[0] != 1 || !packet.verify_checksum(&source, &destination) {
             return None;
         }
         let quoted = icmp.get(8..)?;
-        if quoted.first()? >> 4 != 6 || *quoted.get(6)? != UDP {
+        if quoted.first()? >> 4 != 6 {
             return None;
         }
         let peer = Ipv6Address::from_octets(quoted.get(24..40)?.try_into().ok()?);
-        let udp = quoted.get(40..)?;
-        Some((udp_port(udp, 0)?, IpEndpoint::new(IpAddress::Ipv6(peer), udp_port(udp, 2)?)))
+        DestinationUnreachable {
+            v6: true,
+            code: icmp[1],
+            protocol: *quoted.get(6)?,
+            peer: IpAddress::Ipv6(peer),
+            quoted: quoted.get(40..)?,
+        }
+    };
+    (unreachable.quoted.len() >= 8).then_some(unreachable)
+}
+
+/// A "port unreachable" that `frame` (Ethernet) carries back for a UDP
+/// datagram this host sent: ICMPv4 type 3 code 3 or ICMPv6 type 1 code 4
+/// with an intact checksum, whose quoted datagram is UDP. Returns the
+/// datagram's source port (the local socket's) and its destination (the
+/// peer that has no socket on that port). Only the quoted IP header and
+/// the first 8 bytes of the datagram are read.
+pub fn udp_port_unreachable(frame: &[u8]) -> Option<(u16, IpEndpoint)> {
+    const UDP: u8 = 17;
+    let unreachable = destination_unreachable(frame)?;
+    let port_unreachable = if unreachable.v6 { 4 } else { 3 };
+    if unreachable.protocol != UDP || unreachable.code != port_unreachable {
+        return None;
+    }
+    let quoted = unreachable.quoted;
+    let peer = IpEndpoint::new(unreachable.peer, u16::from_be_bytes([quoted[2], quoted[3]]));
+    Some((u16::from_be_bytes([quoted[0], quoted[1]]), peer))
+}
+
+/// What an ICMP destination unreachable that `frame` carries says of a
+/// TCP segment this host sent ([`tcp_unreachable`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpUnreachable {
+    /// The segment's source port (the local socket's).
+    pub local_port: u16,
+    /// Its destination.
+    pub peer: IpEndpoint,
+    /// Its sequence number: a connect believes only an answer to the SYN
+    /// it sent (RFC 5927 4.1; Linux checks the same).
+    pub sequence: u32,
+    /// The error a connect gets for it, as Linux maps the codes
+    /// (`icmp_err_convert`, `icmpv6_err_convert`).
+    pub error: NetError,
+}
+
+/// An ICMP destination unreachable that `frame` (Ethernet, with intact
+/// checksums) carries for a TCP segment this host sent, with the error a
+/// connect waiting for that peer gets: a network unreachable gives
+/// [`NetError::Unreachable`], a host unreachable (or one filtered by a
+/// router) [`NetError::HostUnreachable`], a port or protocol unreachable
+/// [`NetError::ConnectionRefused`], an administratively prohibited ICMPv6
+/// [`NetError::PermissionDenied`]. "Fragmentation needed" and unknown
+/// codes are not errors (`None`).
+pub fn tcp_unreachable(frame: &[u8]) -> Option<TcpUnreachable> {
+    const TCP: u8 = 6;
+    let unreachable = destination_unreachable(frame)?;
+    if unreachable.protocol != TCP {
+        return None;
+    }
+    let error = match (unreachable.v6, unreachable.code) {
+        (false, 0 | 6 | 9 | 11) | (true, 0) => NetError::Unreachable,
+        (false, 1 | 5 | 7 | 8 | 10 | 12..=15) | (true, 2 | 3) => NetError::HostUnreachable,
+        (false, 2 | 3) | (true, 4) => NetError::ConnectionRefused,
+        (true, 1 | 5 | 6) => NetError::PermissionDenied,
+        _ => return None,
+    };
+    let quoted = unreachable.quoted;
+    Some(TcpUnreachable {
+        local_port: u16::from_be_bytes([quoted[0], quoted[1]]),
+        peer: IpEndpoint::new(unreachable.peer, u16::from_be_bytes([quoted[2], quoted[3]])),
+        sequence: u32::from_be_bytes([quoted[4], quoted[5], quoted[6], quoted[7]]),
+        error,
+    })
+}
+
+/// The local port and sequence number of `frame` if it opens a TCP
+/// connection from this host (SYN without ACK or RST, as [`tcp_syn_port`]
+/// reads it): what a connect remembers to believe an ICMP answer.
+pub fn tcp_syn_sent(frame: &[u8]) -> Option<(u16, u32)> {
+    const TCP: u8 = 6;
+    tcp_syn_port(frame)?;
+    let tcp = transport(frame, TCP)?;
+    Some((u16::from_be_bytes([tcp[0], tcp[1]]), u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]])))
+}
+
+/// The address `frame` asks the link for: an ARP request's target (not a
+/// gratuitous one, which asks for its sender's own address), or an IPv6
+/// neighbour solicitation's target (not duplicate address detection,
+/// which comes from the unspecified address).
+pub fn neighbour_solicited(frame: &[u8]) -> Option<IpAddress> {
+    match frame.get(12..14)? {
+        [0x08, 0x06] => {
+            let arp = frame.get(ETHERNET_HEADER_BYTES..ETHERNET_HEADER_BYTES + 28)?;
+            let request = arp[6..8] == [0, 1];
+            let (sender, target) = (&arp[14..18], &arp[24..28]);
+            (request && sender != target).then(|| IpAddress::Ipv4(Ipv4Address::from_octets(target.try_into().unwrap())))
+        }
+        [0x86, 0xdd] => {
+            let ip = frame.get(ETHERNET_HEADER_BYTES..)?;
+            let icmp = ip.get(40..64)?;
+            let source = Ipv6Address::from_octets(ip[8..24].try_into().ok()?);
+            let solicitation = ip[6] == 58 && icmp[0] == 135 && !source.is_unspecified();
+            solicitation.then(|| IpAddress::Ipv6(Ipv6Address::from_octets(icmp[8..24].try_into().unwrap())))
+        }
+        _ => None,
+    }
+}
+
+/// The address whose owner `frame` shows on the link: an ARP packet's
+/// sender, or an IPv6 neighbour advertisement's target.
+pub fn neighbour_answer(frame: &[u8]) -> Option<IpAddress> {
+    match frame.get(12..14)? {
+        [0x08, 0x06] => {
+            let sender = frame.get(ETHERNET_HEADER_BYTES + 14..ETHERNET_HEADER_BYTES + 18)?;
+            Some(IpAddress::Ipv4(Ipv4Address::from_octets(sender.try_into().ok()?)))
+        }
+        [0x86, 0xdd] => {
+            let ip = frame.get(ETHERNET_HEADER_BYTES..)?;
+            let icmp = ip.get(40..64)?;
+            (ip[6] == 58 && icmp[0] == 136)
+                .then(|| IpAddress::Ipv6(Ipv6Address::from_octets(icmp[8..24].try_into().unwrap())))
+        }
+        _ => None,
     }
 }
 
@@ -267,9 +400,54 @@ pub(crate) struct Port<'a, D: NetDevice> {
     /// sets its flag in `refused`; the frame still goes to smoltcp.
     pub(crate) udp_peers: &'a [(u16, IpEndpoint)],
     pub(crate) refused: &'a mut [bool],
+    /// What the transmit path records (`Watch`).
+    pub(crate) watch: Watch<'a>,
+    /// While connects wait for an answer: the ICMP destination
+    /// unreachables received for TCP segments (`tcp_unreachable`), at most
+    /// `MAX_TCP_UNREACHABLE`.
+    pub(crate) tcp_unreachable: Option<&'a mut Vec<TcpUnreachable>>,
+}
+
+/// ICMP answers to TCP segments one poll keeps for the waiting connects.
+pub(crate) const MAX_TCP_UNREACHABLE: usize = 16;
+
+/// What transmitted (and, for neighbours, received) frames are read for,
+/// each only while something needs it.
+#[derive(Clone, Copy)]
+pub(crate) struct Watch<'a> {
     /// While DNS queries are in flight: the source ports of the queries
     /// sent (`dns_query_source_port`).
     pub(crate) dns_sent: Option<&'a RefCell<Vec<u16>>>,
+    /// While connects wait: the (local port, sequence number) of each SYN
+    /// sent (`tcp_syn_sent`), which an ICMP answer must quote.
+    pub(crate) syns_sent: Option<&'a RefCell<Vec<(u16, u32)>>>,
+    /// Neighbours asked for and not answered yet (`neighbour::Unresolved`),
+    /// and the time of this poll.
+    pub(crate) unresolved: Option<&'a RefCell<crate::neighbour::Unresolved>>,
+    pub(crate) now_micros: u64,
+}
+
+impl Watch<'_> {
+    /// Reads a frame about to leave.
+    fn sent(&self, frame: &[u8]) {
+        if let Some(sent) = self.dns_sent {
+            if let Some(port) = dns_query_source_port(frame) {
+                sent.borrow_mut().push(port);
+            }
+        }
+        if let Some(syns) = self.syns_sent {
+            if let Some((port, sequence)) = tcp_syn_sent(frame) {
+                let mut syns = syns.borrow_mut();
+                syns.retain(|&(known, _)| known != port);
+                syns.push((port, sequence));
+            }
+        }
+        if let Some(unresolved) = self.unresolved {
+            if let Some(address) = neighbour_solicited(frame) {
+                unresolved.borrow_mut().asked(address, self.now_micros);
+            }
+        }
+    }
 }
 
 /// What a queue pair's `Port` needs to set aside TCP segments for another
@@ -311,7 +489,8 @@ impl<'a, D: NetDevice> Port<'a, D> {
             divert: None,
             udp_peers: &[],
             refused: &mut [],
-            dns_sent: None,
+            watch: Watch { dns_sent: None, syns_sent: None, unresolved: None, now_micros: 0 },
+            tcp_unreachable: None,
         }
     }
 }
@@ -347,21 +526,29 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
         let full = self.full;
         let mut divert = self.divert.as_mut();
         let (udp_peers, refused) = (self.udp_peers, &mut *self.refused);
+        let mut tcp_unreachable = self.tcp_unreachable.as_deref_mut();
         // A refusal counts only in a frame for this interface's MAC, as
         // smoltcp takes only those (ICMP errors are unicast).
-        let mac = match udp_peers.is_empty() {
+        let mac = match udp_peers.is_empty() && tcp_unreachable.is_none() {
             true => None,
             false => Some(self.device.borrow().mac()),
         };
+        let unresolved = self.watch.unresolved.filter(|unresolved| !unresolved.borrow().is_empty());
         loop {
             frame.clear();
             let taken = self.device.borrow_mut().receive(|received| {
                 if mac.is_some_and(|mac| received.get(..6) == Some(&mac[..])) {
-                    if let Some(unreachable) = udp_port_unreachable(received) {
+                    if let Some(unreachable) = udp_peers.first().and_then(|_| udp_port_unreachable(received)) {
                         for (index, peer) in udp_peers.iter().enumerate() {
                             refused[index] |= *peer == unreachable;
                         }
                     }
+                    if let Some(reports) = tcp_unreachable.as_deref_mut().filter(|r| r.len() < MAX_TCP_UNREACHABLE) {
+                        reports.extend(self::tcp_unreachable(received));
+                    }
+                }
+                if let Some(address) = unresolved.and_then(|_| neighbour_answer(received)) {
+                    unresolved.expect("checked").borrow_mut().answered(address);
                 }
                 // Parsed only where a rule needs it: most stacks have no
                 // full port and no other pair.
@@ -370,7 +557,11 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
                     return Some(false);
                 }
                 if let Some(divert) = divert.as_mut().filter(|_| syn.is_none()) {
-                    let owner = tcp_destination_port(received).and_then(|port| {
+                    // A TCP segment, or an ICMP answer to one this pair's
+                    // sibling sent (the host queues it by its own flow).
+                    let port = tcp_destination_port(received)
+                        .or_else(|| self::tcp_unreachable(received).map(|unreachable| unreachable.local_port));
+                    let owner = port.and_then(|port| {
                         foreign_share(port, divert.share).filter(|_| !divert.listened.contains(&port))
                     });
                     if let Some(owner) = owner {
@@ -384,9 +575,7 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
                 Some(true)
             })?;
             match taken {
-                Some(true) => {
-                    return Some((RxToken { frame }, TxToken { device: self.device, dns_sent: self.dns_sent }))
-                }
+                Some(true) => return Some((RxToken { frame }, TxToken { device: self.device, watch: self.watch })),
                 Some(false) => self.dropped_syns += 1,
                 None => {}
             }
@@ -394,7 +583,7 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        self.device.borrow_mut().tx_room().then_some(TxToken { device: self.device, dns_sent: self.dns_sent })
+        self.device.borrow_mut().tx_room().then_some(TxToken { device: self.device, watch: self.watch })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -421,21 +610,16 @@ impl phy::RxToken for RxToken<'_> {
 
 pub(crate) struct TxToken<'a, D: NetDevice> {
     device: &'a RefCell<D>,
-    dns_sent: Option<&'a RefCell<Vec<u16>>>,
+    watch: Watch<'a>,
 }
 
 impl<D: NetDevice> phy::TxToken for TxToken<'_, D> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut f = Some(f);
-        let dns_sent = self.dns_sent;
+        let watch = self.watch;
         let result = self.device.borrow_mut().transmit(len, |buffer| {
             let result = (f.take().expect("called once"))(buffer);
-            // Read only while queries are in flight (`dns_sent` set).
-            if let Some(sent) = dns_sent {
-                if let Some(port) = dns_query_source_port(buffer) {
-                    sent.borrow_mut().push(port);
-                }
-            }
+            watch.sent(buffer);
             result
         });
         match result {
@@ -739,9 +923,15 @@ mod unreachable_tests {
     }
 
     fn unreachable_v6(reason: Icmpv6DstUnreachable) -> Vec<u8> {
+        unreachable_v6_quoting(reason, IpProtocol::Udp, &QUOTED_UDP)
+    }
+
+    /// The peer's ICMPv6 answer to a packet of `protocol` whose first 8
+    /// bytes were `data`.
+    fn unreachable_v6_quoting(reason: Icmpv6DstUnreachable, protocol: IpProtocol, data: &[u8]) -> Vec<u8> {
         let quoted =
-            Ipv6Repr { src_addr: HOST6, dst_addr: PEER6, next_header: IpProtocol::Udp, payload_len: 16, hop_limit: 64 };
-        let icmp = Icmpv6Repr::DstUnreachable { reason, header: quoted, data: &QUOTED_UDP };
+            Ipv6Repr { src_addr: HOST6, dst_addr: PEER6, next_header: protocol, payload_len: 20, hop_limit: 64 };
+        let icmp = Icmpv6Repr::DstUnreachable { reason, header: quoted, data };
         let ip = Ipv6Repr {
             src_addr: PEER6,
             dst_addr: HOST6,
@@ -786,15 +976,132 @@ mod unreachable_tests {
         }
     }
 
+    /// The first 8 bytes of a TCP SYN from port 40000 to port 80 with
+    /// sequence number 0x01020304.
+    const QUOTED_TCP: [u8; 8] = [0x9c, 0x40, 0x00, 0x50, 0x01, 0x02, 0x03, 0x04];
+
+    fn tcp_answer_v4(reason: Icmpv4DstUnreachable) -> Vec<u8> {
+        // The datagram answer, its quote made a TCP segment's: the quoted
+        // protocol byte and the quoted 8 bytes, then the ICMP checksum.
+        let mut frame = unreachable_v4(reason);
+        frame[14 + 20 + 8 + 9] = 6;
+        frame[14 + 20 + 8 + 20..14 + 20 + 8 + 28].copy_from_slice(&QUOTED_TCP);
+        fix_icmp_v4(&mut frame);
+        frame
+    }
+
+    fn tcp_answer_v6(reason: Icmpv6DstUnreachable) -> Vec<u8> {
+        unreachable_v6_quoting(reason, IpProtocol::Tcp, &QUOTED_TCP)
+    }
+
+    /// Recomputes the ICMPv4 checksum of a frame built by `unreachable_v4`.
+    fn fix_icmp_v4(frame: &mut [u8]) {
+        let icmp = &mut frame[14 + 20..];
+        icmp[2..4].copy_from_slice(&[0, 0]);
+        let mut sum: u32 =
+            icmp.chunks(2).map(|pair| u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0))).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    }
+
+    #[test]
+    fn an_answer_to_a_syn_names_the_connect_and_its_error() {
+        use super::{tcp_unreachable, TcpUnreachable};
+        use crate::NetError;
+        let v4 = |reason| tcp_unreachable(&tcp_answer_v4(reason)).map(|answer: TcpUnreachable| answer.error);
+        let v6 = |reason| tcp_unreachable(&tcp_answer_v6(reason)).map(|answer: TcpUnreachable| answer.error);
+        let answer = tcp_unreachable(&tcp_answer_v4(Icmpv4DstUnreachable::HostUnreachable)).expect("read");
+        assert_eq!(answer.local_port, 40000);
+        assert_eq!(answer.peer, IpEndpoint::new(IpAddress::Ipv4(PEER), 80));
+        assert_eq!(answer.sequence, 0x0102_0304);
+        assert_eq!(v4(Icmpv4DstUnreachable::HostUnreachable), Some(NetError::HostUnreachable));
+        assert_eq!(v4(Icmpv4DstUnreachable::NetUnreachable), Some(NetError::Unreachable));
+        assert_eq!(v4(Icmpv4DstUnreachable::PortUnreachable), Some(NetError::ConnectionRefused));
+        assert_eq!(v4(Icmpv4DstUnreachable::ProtoUnreachable), Some(NetError::ConnectionRefused));
+        assert_eq!(v4(Icmpv4DstUnreachable::CommProhibited), Some(NetError::HostUnreachable));
+        assert_eq!(v4(Icmpv4DstUnreachable::FragRequired), None, "path MTU discovery, not an error");
+        let answer6 = tcp_unreachable(&tcp_answer_v6(Icmpv6DstUnreachable::AddrUnreachable)).expect("read");
+        assert_eq!(answer6.peer, IpEndpoint::new(IpAddress::Ipv6(PEER6), 80));
+        assert_eq!(answer6.sequence, 0x0102_0304);
+        assert_eq!(v6(Icmpv6DstUnreachable::AddrUnreachable), Some(NetError::HostUnreachable));
+        assert_eq!(v6(Icmpv6DstUnreachable::NoRoute), Some(NetError::Unreachable));
+        assert_eq!(v6(Icmpv6DstUnreachable::PortUnreachable), Some(NetError::ConnectionRefused));
+        assert_eq!(v6(Icmpv6DstUnreachable::AdminProhibit), Some(NetError::PermissionDenied));
+        // Answers for UDP are not a connect's, and the other way round.
+        assert_eq!(tcp_unreachable(&unreachable_v4(Icmpv4DstUnreachable::HostUnreachable)), None);
+        assert_eq!(udp_port_unreachable(&tcp_answer_v4(Icmpv4DstUnreachable::PortUnreachable)), None);
+        for whole in
+            [tcp_answer_v4(Icmpv4DstUnreachable::HostUnreachable), tcp_answer_v6(Icmpv6DstUnreachable::AddrUnreachable)]
+        {
+            for cut in 0..whole.len() {
+                assert_eq!(tcp_unreachable(&whole[..cut]), None, "truncated at {cut}");
+            }
+            let first = if whole[12] == 0x08 { 14 } else { 14 + 8 };
+            for at in first..whole.len() {
+                let mut damaged = whole.clone();
+                damaged[at] ^= 0x40;
+                assert_eq!(tcp_unreachable(&damaged), None, "byte {at} damaged");
+            }
+        }
+    }
+
+    #[test]
+    fn neighbour_requests_and_answers_are_read() {
+        use super::{neighbour_answer, neighbour_solicited};
+        let arp = |operation: u8, sender: [u8; 4], target: [u8; 4]| {
+            let mut payload = vec![0, 1, 8, 0, 6, 4, 0, operation, 2, 0, 0, 0, 0, 2];
+            payload.extend_from_slice(&sender);
+            payload.extend_from_slice(&[0; 6]);
+            payload.extend_from_slice(&target);
+            ethernet([0x08, 0x06], &payload)
+        };
+        let request = arp(1, [10, 0, 0, 2], [10, 0, 0, 9]);
+        assert_eq!(neighbour_solicited(&request), Some(IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, 9))));
+        assert_eq!(neighbour_solicited(&arp(1, [10, 0, 0, 2], [10, 0, 0, 2])), None, "gratuitous");
+        assert_eq!(neighbour_solicited(&arp(2, [10, 0, 0, 9], [10, 0, 0, 2])), None, "a reply");
+        assert_eq!(
+            neighbour_answer(&arp(2, [10, 0, 0, 9], [10, 0, 0, 2])),
+            Some(IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, 9)))
+        );
+        assert_eq!(neighbour_answer(&request), Some(IpAddress::Ipv4(HOST)), "a request shows its sender");
+        let icmpv6 = |kind: u8, source: Ipv6Address, target: Ipv6Address| {
+            let mut ip = vec![0x60, 0, 0, 0, 0, 24, 58, 255];
+            ip.extend_from_slice(&source.octets());
+            ip.extend_from_slice(&PEER6.octets());
+            ip.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+            ip.extend_from_slice(&target.octets());
+            ethernet([0x86, 0xdd], &ip)
+        };
+        assert_eq!(neighbour_solicited(&icmpv6(135, HOST6, PEER6)), Some(IpAddress::Ipv6(PEER6)));
+        assert_eq!(
+            neighbour_solicited(&icmpv6(135, Ipv6Address::UNSPECIFIED, PEER6)),
+            None,
+            "duplicate address detection"
+        );
+        assert_eq!(neighbour_answer(&icmpv6(136, PEER6, PEER6)), Some(IpAddress::Ipv6(PEER6)));
+        assert_eq!(neighbour_answer(&icmpv6(135, HOST6, PEER6)), None);
+        for whole in [request, icmpv6(135, HOST6, PEER6)] {
+            for cut in 0..whole.len() {
+                assert_eq!(neighbour_solicited(&whole[..cut]), None, "truncated at {cut}");
+            }
+        }
+    }
+
     proptest! {
         /// Any bytes: no panic.
         #[test]
-        fn any_frame_is_read_without_panic(frame in proptest::collection::vec(any::<u8>(), 0..200), v6 in any::<bool>()) {
+        fn any_frame_is_read_without_panic(frame in proptest::collection::vec(any::<u8>(), 0..200), kind in 0u8..3) {
             let mut frame = frame;
             if frame.len() >= 14 {
-                frame[12..14].copy_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+                frame[12..14].copy_from_slice([[0x86, 0xdd], [0x08, 0x00], [0x08, 0x06]][usize::from(kind)].as_slice());
             }
             let _ = udp_port_unreachable(&frame);
+            let _ = super::tcp_unreachable(&frame);
+            let _ = super::tcp_syn_sent(&frame);
+            let _ = super::neighbour_solicited(&frame);
+            let _ = super::neighbour_answer(&frame);
         }
     }
 }

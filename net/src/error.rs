@@ -25,8 +25,13 @@ pub enum NetError {
     TooLarge,
     /// The handle names no socket of this stack (closed already).
     BadHandle,
-    /// No route to the destination (no address or gateway configured).
+    /// No route to the destination (no address or gateway configured), or
+    /// a router said the destination's network cannot be reached (ICMP).
     Unreachable,
+    /// The destination host cannot be reached: a router said so (ICMP),
+    /// or the host (or the gateway to it) never answered ARP or
+    /// neighbour discovery (Linux's `EHOSTUNREACH`, "no route to host").
+    HostUnreachable,
     /// Not allowed without an option set first (a broadcast without
     /// `set_broadcast(true)`).
     PermissionDenied,
@@ -52,6 +57,7 @@ impl NetError {
             Self::TooLarge => "message too large",
             Self::BadHandle => "no such socket",
             Self::Unreachable => "network unreachable",
+            Self::HostUnreachable => "no route to host",
             Self::PermissionDenied => "permission denied",
             Self::NoBufferSpace => "no buffer space available",
             Self::NotFound => "failed to look up the name: no address found",

@@ -21,6 +21,7 @@ pub mod error;
 pub mod files;
 pub mod gzip;
 pub mod http;
+pub mod neighbour;
 pub mod stack;
 pub mod virtio_net;
 

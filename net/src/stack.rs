@@ -14,7 +14,7 @@
 //! - **DHCP**: a DHCPv4 socket when no static address is given; its lease
 //!   configures the interface.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
@@ -28,7 +28,7 @@ use smoltcp::wire::{
 };
 
 use crate::config::Addressing;
-use crate::device::{NetDevice, Port};
+use crate::device::{NetDevice, Port, Watch};
 use crate::error::NetError;
 
 /// Sizes and defaults of one stack.
@@ -208,6 +208,11 @@ pub struct StackStats {
     /// SYNs dropped because their port's listen backlog was full (the
     /// client retransmits them; Linux counts these as ListenDrops).
     pub listen_drops: u64,
+    /// Connects ended before an answer because a router or the peer sent
+    /// an ICMP destination unreachable for their SYN, or because their
+    /// next hop never answered ARP or neighbour discovery
+    /// (`tcp_connect_state` gives the error).
+    pub connects_unreachable: u64,
 }
 
 /// The two port spaces.
@@ -291,6 +296,15 @@ pub struct Stack<D: NetDevice> {
     /// Source ports of the DNS queries sent, not yet taken
     /// (`take_dns_ports`).
     dns_sent: RefCell<Vec<u16>>,
+    /// While connects exist: the (local port, sequence number) of the SYNs
+    /// sent and not yet answered (`device::Watch`), the ICMP destination
+    /// unreachables received for TCP segments, and the neighbours asked
+    /// for and not answered (`fail_connects`).
+    syns_sent: RefCell<Vec<(u16, u32)>>,
+    tcp_unreachable: Vec<crate::device::TcpUnreachable>,
+    unresolved: RefCell<crate::neighbour::Unresolved>,
+    /// Why connects failed (`fail_connects`), until their socket is closed.
+    connect_errors: BTreeMap<SocketHandle, NetError>,
     /// Sockets handed to the application (connections, UDP, ICMP): a set,
     /// since every socket call checks its handle here (a `Vec` scan made
     /// each wake-up pass over 1000 waiting connections 1000 x 1000
@@ -356,6 +370,10 @@ impl<D: NetDevice> Stack<D> {
             dns_answers: Vec::new(),
             next_dns: 0,
             dns_sent: RefCell::new(Vec::new()),
+            syns_sent: RefCell::new(Vec::new()),
+            tcp_unreachable: Vec::new(),
+            unresolved: RefCell::new(crate::neighbour::Unresolved::default()),
+            connect_errors: BTreeMap::new(),
             open: BTreeSet::new(),
             outgoing: BTreeSet::new(),
             closing: Vec::new(),
@@ -482,7 +500,20 @@ impl<D: NetDevice> Stack<D> {
         // whose backlog is full is dropped before smoltcp sees it (`Port`).
         let mut changed = false;
         let mut relearn = maintain(&mut self.interface, now);
+        // Rebuilt where used: it borrows fields that calls in between change.
+        macro_rules! watch {
+            () => {{
+                let connects = !self.outgoing.is_empty();
+                Watch {
+                    dns_sent: (!self.dns_queries.is_empty()).then_some(&self.dns_sent),
+                    syns_sent: connects.then_some(&self.syns_sent),
+                    unresolved: connects.then_some(&self.unresolved),
+                    now_micros,
+                }
+            }};
+        }
         loop {
+            let connects = !self.outgoing.is_empty();
             let divert = (self.config.ephemeral_share.1 > 1).then(|| crate::device::Divert {
                 share: self.config.ephemeral_share,
                 listened: &self.listened,
@@ -496,7 +527,8 @@ impl<D: NetDevice> Stack<D> {
                 divert,
                 udp_peers: &self.udp_peers,
                 refused: &mut self.udp_refused,
-                dns_sent: (!self.dns_queries.is_empty()).then_some(&self.dns_sent),
+                watch: watch!(),
+                tcp_unreachable: connects.then_some(&mut self.tcp_unreachable),
             };
             let result = self.interface.poll_ingress_single(now, &mut port, &mut self.sockets);
             self.stats.listen_drops += port.dropped_syns;
@@ -507,8 +539,9 @@ impl<D: NetDevice> Stack<D> {
             }
             self.top_up_listeners();
         }
+        changed |= self.fail_connects();
         let mut port = Port::new(&self.device, &mut self.frame);
-        port.dns_sent = (!self.dns_queries.is_empty()).then_some(&self.dns_sent);
+        port.watch = watch!();
         // Again, so that the address a router advertisement just gave
         // (and the flush that comes with it) is there before egress.
         relearn |= maintain(&mut self.interface, now);
@@ -525,6 +558,7 @@ impl<D: NetDevice> Stack<D> {
             self.announce();
         }
         self.device.borrow_mut().flush();
+        changed |= self.fail_connects();
         self.poll_dhcp();
         self.reap_closing();
         self.recycle_failed_handshakes();
@@ -633,6 +667,71 @@ impl<D: NetDevice> Stack<D> {
     }
 
     /// Refills the listening pools (`top_up_listeners`).
+    /// Ends the connects that cannot succeed, as Linux does: one whose SYN
+    /// a router or the peer answered with an ICMP destination unreachable
+    /// (the answer must quote the SYN's port, peer and sequence number),
+    /// and one whose next hop never answered ARP or neighbour discovery
+    /// (`neighbour::Unresolved`: 3 requests over 3 s). Their socket is
+    /// closed and `tcp_connect_state` gives the error. Returns whether any
+    /// ended.
+    fn fail_connects(&mut self) -> bool {
+        let reports = core::mem::take(&mut self.tcp_unreachable);
+        let given_up = self.unresolved.get_mut().take_given_up(self.now_micros);
+        if self.syns_sent.get_mut().is_empty() && given_up.is_empty() {
+            return false;
+        }
+        let mut failed = Vec::new();
+        let mut waiting = Vec::new();
+        for &handle in &self.outgoing {
+            let socket = self.sockets.get::<tcp::Socket>(handle);
+            let (Some(local), Some(remote)) = (socket.local_endpoint(), socket.remote_endpoint()) else {
+                continue;
+            };
+            if socket.state() != tcp::State::SynSent {
+                continue;
+            }
+            let syns = self.syns_sent.get_mut();
+            let syn = syns.iter().find(|&&(port, _)| port == local.port).map(|&(_, sequence)| sequence);
+            let answer = reports.iter().find(|report| {
+                report.local_port == local.port && report.peer == remote && Some(report.sequence) == syn
+            });
+            let error = match answer {
+                Some(answer) => Some(answer.error),
+                None => {
+                    self.next_hop(remote.addr).filter(|hop| given_up.contains(hop)).map(|_| NetError::HostUnreachable)
+                }
+            };
+            match error {
+                Some(error) => failed.push((handle, error)),
+                None => waiting.push(local.port),
+            }
+        }
+        // The SYNs of connects no longer waiting are forgotten.
+        self.syns_sent.get_mut().retain(|(port, _)| waiting.contains(port));
+        for &(handle, error) in &failed {
+            forget_connect(self.sockets.get_mut::<tcp::Socket>(handle));
+            self.connect_errors.insert(handle, error);
+            self.stats.connects_unreachable += 1;
+        }
+        !failed.is_empty()
+    }
+
+    /// The neighbour a packet to `address` goes to: the address itself
+    /// on one of the interface's networks (or IPv6 link-local), else the
+    /// family's default router.
+    fn next_hop(&self, address: IpAddress) -> Option<IpAddress> {
+        let link_local = matches!(address, IpAddress::Ipv6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+        if link_local || self.interface.ip_addrs().iter().any(|cidr| cidr.contains_addr(&address)) {
+            return Some(address);
+        }
+        let routes = self.interface.routes();
+        let route = match address {
+            IpAddress::Ipv4(_) => routes.get_default_ipv4_route(),
+            IpAddress::Ipv6(_) => routes.get_default_ipv6_route(),
+        };
+        route.map(|route| route.via_router)
+    }
+
     fn top_up_listeners(&mut self) {
         let Self { listeners, sockets, spare, config, full_ports, stats, .. } = self;
         top_up_listeners(listeners, sockets, spare, config, full_ports, stats);
@@ -820,6 +919,9 @@ impl<D: NetDevice> Stack<D> {
     /// reset it (or it timed out) before it was established.
     pub fn tcp_connect_state(&self, handle: TcpHandle) -> Result<ConnectState, NetError> {
         let socket = self.tcp_ref(handle)?;
+        if let Some(&error) = self.connect_errors.get(&handle.0) {
+            return Err(error);
+        }
         match socket.state() {
             tcp::State::SynSent | tcp::State::SynReceived => Ok(ConnectState::Pending),
             tcp::State::Closed if socket.recv_queue() == 0 => Err(NetError::ConnectionRefused),
@@ -933,8 +1035,11 @@ impl<D: NetDevice> Stack<D> {
             return;
         }
         self.outgoing.remove(&handle.0);
+        self.connect_errors.remove(&handle.0);
         let socket = self.sockets.get_mut::<tcp::Socket>(handle.0);
-        if socket.recv_queue() > 0 {
+        if socket.state() == tcp::State::SynSent {
+            forget_connect(socket);
+        } else if socket.recv_queue() > 0 {
             // Unread data: like Linux, reset rather than pretend a clean end.
             socket.abort();
         } else {
@@ -958,7 +1063,10 @@ impl<D: NetDevice> Stack<D> {
     /// Resets the connection (RST) and frees the socket at the next poll.
     pub fn tcp_abort(&mut self, handle: TcpHandle) {
         if let Ok(socket) = self.tcp(handle) {
-            socket.abort();
+            // A connect not answered yet is forgotten by `tcp_close`.
+            if socket.state() != tcp::State::SynSent {
+                socket.abort();
+            }
         }
         self.tcp_close(handle);
     }
@@ -1453,6 +1561,23 @@ const MAX_SPARE: usize = 16;
 /// A TCP socket in `sockets` for a connect or a listen, its options the
 /// defaults: the last spare one (closed, its buffers allocated already)
 /// if there is one, else a new one (`new_tcp_socket`).
+/// Ends a connect that got no answer without the RST smoltcp would send
+/// (it sends one for any socket closed with a peer set). The peer never
+/// synchronized, so RFC 9293 (3.10.4, ABORT in SYN-SENT) and Linux send
+/// nothing; and a RST to a host that never answered ARP would wait for
+/// its neighbour, asking for it every second and holding back every
+/// other socket's ARP requests (smoltcp sends one a second in all).
+/// smoltcp has no call that only forgets the peer; on a closed socket
+/// `listen` does it (it resets the socket first), and `close` leaves
+/// `Listen` for `Closed`.
+fn forget_connect(socket: &mut tcp::Socket<'static>) {
+    let port = socket.local_endpoint().map(|local| local.port).filter(|&port| port != 0);
+    socket.abort();
+    if port.is_some_and(|port| socket.listen(port).is_ok()) {
+        socket.close();
+    }
+}
+
 fn take_tcp_socket(
     sockets: &mut SocketSet<'static>,
     spare: &mut Vec<SocketHandle>,

@@ -553,6 +553,150 @@ fn a_connected_udp_socket_is_told_its_peer_refused() {
     assert_eq!(link.client.udp_take_error(connected), Ok(None));
 }
 
+/// The Internet checksum (RFC 1071) of `bytes`.
+fn internet_checksum(bytes: &[u8]) -> [u8; 2] {
+    let mut sum: u32 =
+        bytes.chunks(2).map(|pair| u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// A router's ICMPv4 destination unreachable with `code`, from `router`
+/// to the client, quoting the IPv4 header and first 8 bytes of `sent`
+/// (a frame the client sent).
+fn icmp_unreachable_for(sent: &[u8], code: u8, router: Ipv4Address) -> Vec<u8> {
+    icmp_unreachable_to(sent, code, router, (MAC_CLIENT, CLIENT_IP))
+}
+
+/// [`icmp_unreachable_for`] to another host (`to`: its MAC and address).
+fn icmp_unreachable_to(sent: &[u8], code: u8, router: Ipv4Address, to: ([u8; 6], Ipv4Address)) -> Vec<u8> {
+    let mut icmp = vec![3, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&sent[14..14 + 20 + 8]);
+    let sum = internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum);
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&router.octets());
+    ip.extend_from_slice(&to.1.octets());
+    let sum = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum);
+    let mut frame = to.0.to_vec();
+    frame.extend_from_slice(&MAC_SERVER);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend(ip);
+    frame.extend(icmp);
+    frame
+}
+
+/// A connect whose SYN a router answers with an ICMP destination
+/// unreachable fails at once with the error Linux gives (`connect`'s
+/// "no route to host", "network unreachable", "connection refused"),
+/// instead of retransmitting until its timeout. An answer that does not
+/// quote the SYN's sequence number, port and peer is not believed (an
+/// off-path guess, RFC 5927), nor is "fragmentation needed".
+#[test]
+fn a_connect_answered_with_an_icmp_unreachable_fails_with_its_error() {
+    const ROUTER: Ipv4Address = Ipv4Address::new(10, 0, 0, 254);
+    let cases = [
+        (1, NetError::HostUnreachable),
+        (0, NetError::Unreachable),
+        (3, NetError::ConnectionRefused),
+        (13, NetError::HostUnreachable),
+    ];
+    for (code, error) in cases {
+        let mut link = Link::new(StackConfig::default());
+        link.server.tcp_listen(81).unwrap();
+        link.connect(81);
+        let client = link.client.tcp_connect(IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 80)).unwrap();
+        link.now += STEP_MICROS;
+        link.client.poll(link.now);
+        let sent = link.client.device().drain_sent();
+        let syn = sent.into_iter().find(|frame| toro_net::device::tcp_syn_port(frame) == Some(80)).expect("a SYN");
+        let mut other_sequence = syn.clone();
+        other_sequence[14 + 20 + 7] ^= 1;
+        let mut other_port = syn.clone();
+        other_port[14 + 20 + 3] ^= 1;
+        let fragmentation_needed = icmp_unreachable_for(&syn, 4, ROUTER);
+        for unbelieved in [
+            icmp_unreachable_for(&other_sequence, code, ROUTER),
+            icmp_unreachable_for(&other_port, code, ROUTER),
+            fragmentation_needed,
+        ] {
+            link.client.device().inject(&unbelieved);
+            link.now += STEP_MICROS;
+            link.client.poll(link.now);
+            assert_eq!(link.client.tcp_connect_state(client), Ok(ConnectState::Pending), "code {code}");
+        }
+        link.client.device().inject(&icmp_unreachable_for(&syn, code, ROUTER));
+        link.now += STEP_MICROS;
+        link.client.poll(link.now);
+        assert_eq!(link.client.tcp_connect_state(client), Err(error), "code {code}");
+        assert_eq!(link.client.stats().connects_unreachable, 1);
+        link.client.tcp_abort(client);
+        // The stack goes on connecting.
+        link.connect(81);
+    }
+}
+
+/// A connect to an address nobody has on the link fails with
+/// `HostUnreachable` after 3 unanswered ARP requests over 3 s, as Linux's
+/// ("no route to host"), and so does one routed through a gateway that
+/// never answers; smoltcp alone would ask for ever.
+#[test]
+fn a_connect_whose_next_hop_never_answers_fails_after_three_seconds() {
+    const ROUTER: Ipv4Address = Ipv4Address::new(10, 0, 0, 254);
+    let (server_device, client_device) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    let client_addressing = Addressing::Static { address: Ipv4Cidr::new(CLIENT_IP, 24), gateway: Some(ROUTER) };
+    let mut link = Link {
+        server: Stack::new(server_device, statically(SERVER_IP), StackConfig::default(), 0),
+        client: Stack::new(
+            client_device,
+            client_addressing,
+            StackConfig { random_seed: 7, ..StackConfig::default() },
+            0,
+        ),
+        now: 0,
+    };
+    link.server.tcp_listen(80).unwrap();
+    let addresses = [Ipv4Address::new(10, 0, 0, 99), Ipv4Address::new(192, 0, 2, 1)];
+    for (round, address) in addresses.into_iter().enumerate() {
+        let start = link.now;
+        let connect = link.client.tcp_connect(IpEndpoint::new(IpAddress::Ipv4(address), 80)).unwrap();
+        let mut requests = 0;
+        let ended = loop {
+            assert!(link.now - start < 10_000_000, "{address}: still pending after 10 s");
+            link.now += 10 * STEP_MICROS;
+            link.client.poll(link.now);
+            for frame in link.client.device().drain_sent() {
+                requests += usize::from(toro_net::device::neighbour_solicited(&frame).is_some());
+                link.server.device().inject(&frame);
+            }
+            link.server.poll(link.now);
+            match link.client.tcp_connect_state(connect) {
+                Ok(ConnectState::Pending) => {}
+                state => break (state, link.now - start),
+            }
+        };
+        assert_eq!(ended.0, Err(NetError::HostUnreachable), "{address}");
+        assert!((3_000_000..3_200_000).contains(&ended.1), "{address}: ended after {} us", ended.1);
+        assert!((3..=4).contains(&requests), "{address}: {requests} requests");
+        assert_eq!(link.client.stats().connects_unreachable, round as u64 + 1);
+        // Forgotten without a RST: nothing more is sent for it.
+        link.client.tcp_abort(connect);
+        for _ in 0..200 {
+            link.now += 10 * STEP_MICROS;
+            link.client.poll(link.now);
+            let sent = link.client.device().drain_sent();
+            assert!(sent.iter().all(|frame| toro_net::device::neighbour_solicited(frame).is_none()), "{address}");
+        }
+    }
+    // A neighbour that answers is reached.
+    link.connect(80);
+}
+
 /// Valid frames from the client, for the fuzzers to damage: a SYN, a
 /// request segment, a datagram.
 fn sample_frames() -> Vec<Vec<u8>> {
@@ -577,8 +721,32 @@ fn sample_frames() -> Vec<Vec<u8>> {
     frames.extend(link.client.device().drain_sent());
     frames.push(syn.expect("the client sent a SYN"));
     frames.push(igmp_general_query());
+    frames.push(host_unreachable_for_the_server());
+    // Last: the fuzz test reuses it.
     frames.push(port_unreachable_for_the_server());
     frames
+}
+
+/// The peer of the fuzzed server's connect: the client's closed port 9.
+const CONNECT_PEER: IpEndpoint = IpEndpoint { addr: IpAddress::Ipv4(CLIENT_IP), port: 9 };
+
+/// A router's ICMP host unreachable for the SYN of the server's connect
+/// to `CONNECT_PEER`.
+fn host_unreachable_for_the_server() -> Vec<u8> {
+    let mut link = Link::new(StackConfig::default());
+    link.server.tcp_connect(CONNECT_PEER).unwrap();
+    for _ in 0..10 {
+        link.now += STEP_MICROS;
+        link.server.poll(link.now);
+        for frame in link.server.device().drain_sent() {
+            if toro_net::device::tcp_syn_port(&frame) == Some(CONNECT_PEER.port) {
+                return icmp_unreachable_to(&frame, 1, Ipv4Address::new(10, 0, 0, 254), (MAC_SERVER, SERVER_IP));
+            }
+            link.client.device().inject(&frame);
+        }
+        link.client.poll(link.now);
+    }
+    panic!("the server sent no SYN");
 }
 
 /// The server's connected UDP socket in the fuzz test: port 7777, its
@@ -613,14 +781,7 @@ const GROUP: Ipv4Address = Ipv4Address::new(239, 1, 2, 3);
 /// A router's IGMPv2 general query (to 224.0.0.1, TTL 1): members answer
 /// with reports.
 fn igmp_general_query() -> Vec<u8> {
-    fn checksum(bytes: &[u8]) -> [u8; 2] {
-        let mut sum: u32 =
-            bytes.chunks(2).map(|pair| u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0))).sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        (!(sum as u16)).to_be_bytes()
-    }
+    let checksum = internet_checksum;
     let mut frame = vec![0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
     frame.extend([0x02, 0, 0x5e, 0, 0, 0xfe, 0x08, 0x00]);
     let mut ip = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 1, 2, 0, 0, 10, 0, 0, 254, 224, 0, 0, 1];
@@ -651,6 +812,9 @@ fn garbage_truncated_and_corrupt_frames_leave_the_stack_serving() {
     // A connected socket: the damaged port unreachables reach the parser.
     let (connected, _) = link.server.udp_bind(REFUSED_PORT).unwrap();
     link.server.udp_set_peer(connected, Some(CLOSED_PEER)).unwrap();
+    // A connect of the server's own: the damaged ICMP answers to its SYN
+    // and ARP frames reach the parsers that end connects.
+    link.server.tcp_connect(CONNECT_PEER).unwrap();
     let remote = IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 80);
     let waiting: Vec<_> = (0..2).map(|_| link.client.tcp_connect(remote).unwrap()).collect();
     link.run(5);

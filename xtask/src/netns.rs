@@ -21,6 +21,8 @@ pub const GUEST_ADDRESS: &str = "172.31.0.2";
 pub const PREFIX: u8 = 24;
 /// The host side's IPv6 address on the tap network (a /64 of fd00::/8).
 pub const HOST_ADDRESS6: &str = "fd00:31::1";
+/// The network [`Namespace::route_nowhere`] routes as unreachable.
+pub const UNREACHABLE_NETWORK: &str = "10.99.0.0/16";
 /// The guest's static IPv6 address there.
 pub const GUEST_ADDRESS6: &str = "fd00:31::2";
 
@@ -150,6 +152,20 @@ impl Namespace {
             bail!("could not turn off duplicate-address detection on {ifname} ({dad})");
         }
         ip(&["-n", &self.name, "link", "set", ifname, "up"])
+    }
+
+    /// Makes the namespace a router that reaches nothing beyond its taps:
+    /// IPv4 forwarding on, and `10.99.0.0/16` routed as unreachable. A
+    /// packet to that network is answered with an ICMP host unreachable,
+    /// one to any other network off the taps with a network unreachable
+    /// (the namespace has no default route).
+    pub fn route_nowhere(&self) -> Result<()> {
+        let forward = "/proc/sys/net/ipv4/ip_forward";
+        let status = self.command("sh").args(["-c", &format!("echo 1 > {forward}")]).status().context("running sh")?;
+        if !status.success() {
+            bail!("could not turn on forwarding in the namespace ({forward})");
+        }
+        ip(&["-n", &self.name, "route", "add", "unreachable", UNREACHABLE_NETWORK])
     }
 
     /// Checks from inside the namespace that the server at `url` answers a

@@ -436,12 +436,15 @@ pub const DNS_TEST: &str = "dns-q35-2";
 /// `dns-q35-2`: tests/vm `resolve` on q35 with 2 CPUs and a 2-queue tap;
 /// dnsmasq in the namespace (on the host's side of the tap, 172.31.0.1)
 /// knows `peer.toro.test` (A 172.31.0.1, AAAA fd00:31::1) and answers
-/// NXDOMAIN for the rest of `toro.test`; the guest gets `toro.dns=` and
-/// prints `resolve: all passed` when every lookup gave what it should.
+/// NXDOMAIN for the rest of `toro.test`, and the namespace routes
+/// (`Namespace::route_nowhere`), answering connects beyond it with ICMP
+/// unreachables; the guest gets `toro.dns=` and prints `resolve: all
+/// passed` when every lookup and connect gave what it should.
 pub fn dns_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
     let dnsmasq = crate::setup::dnsmasq().context("dnsmasq is not installed")?;
     let namespace = Namespace::create("dns")?;
     namespace.add_tap("tap0", 2, true)?;
+    namespace.route_nowhere()?;
     let host = netns::host_address(0);
     let mut server = namespace
         .command(&dnsmasq)

@@ -76,6 +76,7 @@ pub(crate) fn to_io(error: NetError) -> io::Error {
         NetError::AddrNotAvailable => ErrorKind::AddrNotAvailable,
         NetError::InvalidInput | NetError::TooLarge => ErrorKind::InvalidInput,
         NetError::Unreachable => ErrorKind::NetworkUnreachable,
+        NetError::HostUnreachable => ErrorKind::HostUnreachable,
         NetError::PermissionDenied => ErrorKind::PermissionDenied,
         // Linux's ENOBUFS, which std leaves uncategorized.
         NetError::NoBufferSpace => ErrorKind::OutOfMemory,

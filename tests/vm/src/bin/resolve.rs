@@ -10,8 +10,10 @@
 //! pair, which hands them over); a connected UDP socket on each CPU is
 //! told the host refused it (the ICMP may reach the other pair, which
 //! hands it over); a connect to an address nobody has times out after
-//! `toro.tcp_connect_timeout=1`; `TcpStream::connect` by name reaches
-//! the server's own TCP port 53.
+//! `toro.tcp_connect_timeout=1`, and with a longer timeout gives
+//! `HostUnreachable` once ARP gave up (3 s); connects the host answers
+//! with ICMP unreachables fail at once; `TcpStream::connect` by name
+//! reaches the server's own TCP port 53.
 
 #![no_std]
 #![no_main]
@@ -102,6 +104,51 @@ fn main() -> i32 {
     println!("resolve: connect to 172.31.0.99:80: {silent:?} after {waited} ms");
     ok &= check(silent == Err(ErrorKind::TimedOut), &format!("connect to nobody: {silent:?}"));
     ok &= check((900..5000).contains(&waited), &format!("connect to nobody gave up after {waited} ms, not about 1 s"));
+    // From both CPUs at once (each on its own queue pair and stack): a
+    // connect to an address on the link that nobody answers ARP for gives
+    // HostUnreachable after 3 requests over about 3 s, as Linux's "no
+    // route to host"; the 10 s timeout is not reached.
+    let unresolved: Vec<_> = (0..cpu::count())
+        .map(|cpu| {
+            thread::spawn_on(cpu, || {
+                let started = toro::time::Instant::now();
+                let nobody: SocketAddr = (Ipv4Addr::new(172, 31, 0, 98), 80).into();
+                let result = TcpStream::connect_timeout(&nobody, core::time::Duration::from_secs(10));
+                (result.map(|_| ()).map_err(|error| error.kind()), started.elapsed().as_millis())
+            })
+        })
+        .collect();
+    for (cpu, thread) in unresolved.into_iter().enumerate() {
+        let (result, waited) = thread.join();
+        println!("resolve: connect to 172.31.0.98:80 from cpu {cpu}: {result:?} after {waited} ms");
+        ok &= check(result == Err(ErrorKind::HostUnreachable), &format!("unresolved from cpu {cpu}: {result:?}"));
+        ok &= check((2900..6000).contains(&waited), &format!("unresolved from cpu {cpu} after {waited} ms, not 3 s"));
+    }
+    // The namespace's host routes 10.99.0.0/16 as unreachable and has no
+    // route to 10.97.0.0/16: its ICMP host and network unreachables end
+    // the connects from each CPU at once (the ICMP may reach the other
+    // queue pair, which hands it over).
+    for cpu in 0..cpu::count() {
+        for (address, expected) in [
+            (Ipv4Addr::new(10, 99, 0, 1), ErrorKind::HostUnreachable),
+            (Ipv4Addr::new(10, 97, 0, 1), ErrorKind::NetworkUnreachable),
+        ] {
+            // Linux rate-limits the ICMP errors it sends as a router to
+            // one a second per destination (a burst of 5; the UDP refusals
+            // above drew on it too): a second apart, each SYN is answered.
+            thread::sleep(core::time::Duration::from_millis(1100));
+            let (result, waited) = thread::spawn_on(cpu, move || {
+                let started = toro::time::Instant::now();
+                let beyond: SocketAddr = (address, 80).into();
+                let result = TcpStream::connect_timeout(&beyond, core::time::Duration::from_secs(5));
+                (result.map(|_| ()).map_err(|error| error.kind()), started.elapsed().as_millis())
+            })
+            .join();
+            println!("resolve: connect to {address}:80 from cpu {cpu}: {result:?} after {waited} ms");
+            ok &= check(result == Err(expected), &format!("{address} from cpu {cpu}: {result:?}"));
+            ok &= check(waited < 500, &format!("{address} from cpu {cpu} after {waited} ms, not at once"));
+        }
+    }
     match TcpStream::connect("peer.toro.test:53") {
         Ok(stream) => ok &= check(stream.peer_addr().ok() == Some(peer[0]), "connected to 172.31.0.1:53 by name"),
         Err(error) => ok &= check(false, &format!("TcpStream::connect(\"peer.toro.test:53\"): {error}")),

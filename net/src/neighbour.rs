@@ -1,0 +1,170 @@
+//! Neighbours asked for and never answered: how a connect learns that its
+//! host (or the gateway to it) is not on the link.
+//!
+//! smoltcp keeps a packet waiting for a neighbour's MAC and asks again
+//! once a second for as long as something wants to send, so a connect to
+//! an address nobody has on the link would wait out its whole timeout
+//! (127 s). Linux gives up on a neighbour after 3 unanswered requests a
+//! second apart (`ucast_solicit` 3, `retrans_time` 1 s) and fails what
+//! waited for it: a connect gets `EHOSTUNREACH`, "no route to host", after
+//! about 3 s. smoltcp's neighbour cache tells nothing of that, so the stack
+//! watches the frames instead: requests it sends (`device::neighbour_solicited`)
+//! and answers it receives (`device::neighbour_answer`).
+
+use alloc::vec::Vec;
+
+use smoltcp::wire::IpAddress;
+
+/// Requests a neighbour that never answered is given up after (Linux's
+/// default).
+pub const GIVE_UP_REQUESTS: u32 = 3;
+/// How long after the first request a neighbour is given up at the soonest.
+pub const GIVE_UP_MICROS: u64 = 3_000_000;
+/// A neighbour not asked for again for this long is forgotten (nothing
+/// waits for it any more: smoltcp asks once a second while it does).
+const FORGET_MICROS: u64 = 3_000_000;
+/// At most this many are watched; a request for another one forgets the
+/// one asked for longest ago.
+const MAX_WATCHED: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Unanswered {
+    address: IpAddress,
+    first_micros: u64,
+    last_micros: u64,
+    requests: u32,
+}
+
+/// Addresses asked for on the link and not answered yet.
+#[derive(Debug, Default)]
+pub struct Unresolved {
+    entries: Vec<Unanswered>,
+}
+
+impl Unresolved {
+    /// Whether no address waits for an answer.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A request for `address` left at `now_micros`.
+    pub fn asked(&mut self, address: IpAddress, now_micros: u64) {
+        if let Some(entry) = self.entries.iter_mut().find(|entry| entry.address == address) {
+            entry.last_micros = now_micros;
+            entry.requests += 1;
+            return;
+        }
+        if self.entries.len() == MAX_WATCHED {
+            let oldest = (0..self.entries.len()).min_by_key(|&index| self.entries[index].last_micros);
+            if let Some(index) = oldest {
+                self.entries.swap_remove(index);
+            }
+        }
+        self.entries.push(Unanswered { address, first_micros: now_micros, last_micros: now_micros, requests: 1 });
+    }
+
+    /// `address` showed itself on the link.
+    pub fn answered(&mut self, address: IpAddress) {
+        self.entries.retain(|entry| entry.address != address);
+    }
+
+    /// The addresses given up by `now_micros` (asked for at least
+    /// `GIVE_UP_REQUESTS` times over at least `GIVE_UP_MICROS`), taken out:
+    /// a later request for one starts again, as Linux resolves a failed
+    /// neighbour again for the next packet. Forgets addresses not asked
+    /// for lately.
+    pub fn take_given_up(&mut self, now_micros: u64) -> Vec<IpAddress> {
+        let mut given_up = Vec::new();
+        self.entries.retain(|entry| {
+            let failed =
+                entry.requests >= GIVE_UP_REQUESTS && now_micros.saturating_sub(entry.first_micros) >= GIVE_UP_MICROS;
+            if failed {
+                given_up.push(entry.address);
+            }
+            !failed && now_micros.saturating_sub(entry.last_micros) < FORGET_MICROS
+        });
+        given_up
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use smoltcp::wire::Ipv4Address;
+
+    fn v4(last: u8) -> IpAddress {
+        IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, last))
+    }
+
+    #[test]
+    fn three_requests_over_three_seconds_give_up() {
+        let mut unresolved = Unresolved::default();
+        unresolved.asked(v4(9), 0);
+        unresolved.asked(v4(9), 1_000_000);
+        assert!(unresolved.take_given_up(2_900_000).is_empty(), "two requests");
+        unresolved.asked(v4(9), 2_000_000);
+        assert!(unresolved.take_given_up(2_999_999).is_empty(), "not 3 s yet");
+        assert_eq!(unresolved.take_given_up(3_000_000), [v4(9)]);
+        assert!(unresolved.is_empty(), "taken out");
+        // Asked again: it starts over.
+        unresolved.asked(v4(9), 3_100_000);
+        assert!(unresolved.take_given_up(3_200_000).is_empty());
+    }
+
+    #[test]
+    fn an_answer_clears_and_silence_forgets() {
+        let mut unresolved = Unresolved::default();
+        for second in 0..3 {
+            unresolved.asked(v4(1), second * 1_000_000);
+            unresolved.asked(v4(2), second * 1_000_000);
+        }
+        unresolved.answered(v4(1));
+        assert_eq!(unresolved.take_given_up(3_000_000), [v4(2)]);
+        // Asked once, then never again: forgotten, not given up.
+        unresolved.asked(v4(3), 4_000_000);
+        assert!(unresolved.take_given_up(6_999_999).is_empty());
+        assert!(!unresolved.is_empty());
+        assert!(unresolved.take_given_up(7_000_000).is_empty());
+        assert!(unresolved.is_empty());
+    }
+
+    proptest! {
+        /// Any sequence of requests and answers: the table stays bounded,
+        /// an address is given up only after enough requests over enough
+        /// time, and never one answered since it was last asked for.
+        #[test]
+        fn bookkeeping_holds(events in proptest::collection::vec((0u8..40, any::<bool>(), 0u64..700_000), 0..400)) {
+            let mut unresolved = Unresolved::default();
+            let mut now = 0;
+            // For each address: (first request, requests) since its last answer or give-up.
+            let mut model: Vec<Option<(u64, u32)>> = vec![None; 40];
+            for (address, answer, step) in events {
+                now += step;
+                if answer {
+                    unresolved.answered(v4(address));
+                    model[usize::from(address)] = None;
+                } else {
+                    unresolved.asked(v4(address), now);
+                    let entry = &mut model[usize::from(address)];
+                    *entry = Some(entry.map_or((now, 1), |(first, requests)| (first, requests + 1)));
+                }
+                prop_assert!(unresolved.entries.len() <= MAX_WATCHED);
+                for given_up in unresolved.take_given_up(now) {
+                    let IpAddress::Ipv4(given_up) = given_up else { unreachable!() };
+                    let index = usize::from(given_up.octets()[3]);
+                    let (first, requests) = model[index].expect("given up without a request since its answer");
+                    prop_assert!(requests >= GIVE_UP_REQUESTS && now - first >= GIVE_UP_MICROS);
+                    model[index] = None;
+                }
+                // Forgotten (or dropped from a full table): the model starts over too.
+                for (index, entry) in model.iter_mut().enumerate() {
+                    let watched = unresolved.entries.iter().any(|e| e.address == v4(index as u8));
+                    if !watched {
+                        *entry = None;
+                    }
+                }
+            }
+        }
+    }
+}
