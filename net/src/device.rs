@@ -10,7 +10,9 @@ use core::cell::RefCell;
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, IpAddress, IpEndpoint, Ipv4Address, Ipv4Packet, Ipv6Address};
+use smoltcp::wire::{
+    Icmpv4Packet, Icmpv6Packet, IpAddress, IpEndpoint, IpVersion, Ipv4Address, Ipv4Packet, Ipv6Address,
+};
 
 use crate::NetError;
 
@@ -81,6 +83,34 @@ pub fn dns_query_source_port(frame: &[u8]) -> Option<u16> {
     let udp = transport(frame, UDP)?;
     let destination = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
     (destination == DNS).then(|| u16::from_be_bytes([udp[0], udp[1]]))
+}
+
+/// The group and UDP source port of `frame` if it is a UDP datagram to
+/// an IPv4 (224.0.0.0/4) or IPv6 (ff00::/8) multicast group, over IPv4 or
+/// IPv6 as [`udp_destination_port`] reads them.
+pub fn udp_multicast(frame: &[u8]) -> Option<(IpAddress, u16)> {
+    const UDP: u8 = 17;
+    let udp = transport(frame, UDP)?;
+    let ip = &frame[ETHERNET_HEADER_BYTES..];
+    let group = match frame[12..14] {
+        [0x08, 0x00] => IpAddress::Ipv4(Ipv4Address::from_octets(ip.get(16..20)?.try_into().ok()?)),
+        _ => IpAddress::Ipv6(Ipv6Address::from_octets(ip.get(24..40)?.try_into().ok()?)),
+    };
+    (group.is_multicast()).then(|| Some((group, u16::from_be_bytes([*udp.first()?, *udp.get(1)?])))).flatten()
+}
+
+/// Sets the time-to-live of `frame`'s IPv4 header to `ttl` and computes
+/// its header checksum again (smoltcp computes IPv4 header checksums in
+/// software: no device offloads them).
+pub fn set_ipv4_ttl(frame: &mut [u8], ttl: u8) {
+    let Some(ip) = frame.get_mut(ETHERNET_HEADER_BYTES..) else { return };
+    let header_bytes = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
+    if header_bytes < 20 || ip.len() < header_bytes || ip[8] == ttl {
+        return;
+    }
+    ip[8] = ttl;
+    let mut packet = Ipv4Packet::new_unchecked(&mut ip[..]);
+    packet.fill_checksum();
 }
 
 /// The destination port of `frame` if it opens a TCP connection: a
@@ -372,6 +402,14 @@ pub trait NetDevice {
     fn flush(&mut self);
     /// The device's counts.
     fn stats(&self) -> DeviceStats;
+    /// Receives `frame`, which this interface sent, as if it had arrived
+    /// (a multicast datagram looped back to the groups joined here, as
+    /// `IP_MULTICAST_LOOP` does on Linux). A device that delivers what it
+    /// sends to itself anyway (a loopback) does nothing; by default the
+    /// copy is dropped.
+    fn loop_back(&mut self, frame: Vec<u8>) {
+        let _ = frame;
+    }
 }
 
 /// smoltcp's view of a [`NetDevice`] for one poll. smoltcp answers a
@@ -425,11 +463,79 @@ pub(crate) struct Watch<'a> {
     /// and the time of this poll.
     pub(crate) unresolved: Option<&'a RefCell<crate::neighbour::Unresolved>>,
     pub(crate) now_micros: u64,
+    /// The multicast options of the UDP sockets (`Multicast`).
+    pub(crate) multicast: Option<&'a Multicast>,
+}
+
+/// What a stack does with the UDP datagrams it sends to multicast groups,
+/// which smoltcp treats as any other: the time-to-live they leave with
+/// (Linux's `IP_MULTICAST_TTL`, 1 unless a socket set another: the group
+/// stays on the link), and whether a copy is delivered to the sockets of
+/// this interface that joined the group (`IP_MULTICAST_LOOP`, on unless
+/// a socket turned it off). Options are kept by local port (each UDP
+/// socket has its own).
+#[derive(Debug, Default)]
+pub struct Multicast {
+    /// Ports whose multicast TTL is not 1.
+    pub(crate) ttls: Vec<(u16, u8)>,
+    /// Ports with loop-back turned off, for IPv4 groups (`false`) or IPv6
+    /// ones (`true`): two options on Linux (`IP_MULTICAST_LOOP`,
+    /// `IPV6_MULTICAST_LOOP`).
+    pub(crate) no_loop: Vec<(u16, bool)>,
+    /// The groups this interface joined (any socket's).
+    pub(crate) groups: Vec<IpAddress>,
+    /// A queue pair of a multi-queue card: the card's other pairs may
+    /// have joined a group this one has not, so every datagram to a group
+    /// is looped back, and the driver hands it to the pair that bound its
+    /// port (whose stack drops it if that pair has not joined the group).
+    pub(crate) every_group: bool,
+    /// Copies of the datagrams sent to a joined group, not yet looped
+    /// back (at most `MAX_LOOPED`).
+    pub(crate) looped: RefCell<Vec<Vec<u8>>>,
+}
+
+/// Looped-back multicast datagrams one poll keeps (more are not looped).
+pub(crate) const MAX_LOOPED: usize = 64;
+
+/// Linux's default `IP_MULTICAST_TTL`.
+pub const DEFAULT_MULTICAST_TTL: u8 = 1;
+
+impl Multicast {
+    /// The time-to-live multicast datagrams from `port` leave with.
+    pub fn ttl(&self, port: u16) -> u8 {
+        self.ttls.iter().find(|&&(known, _)| known == port).map_or(DEFAULT_MULTICAST_TTL, |&(_, ttl)| ttl)
+    }
+
+    /// Whether `port`'s datagrams to joined IPv4 (IPv6 when `v6`) groups
+    /// are looped back.
+    pub fn loops(&self, port: u16, v6: bool) -> bool {
+        !self.no_loop.contains(&(port, v6))
+    }
+
+    /// A datagram leaves: its TTL set, a copy kept to loop back.
+    fn sent(&self, frame: &mut [u8]) {
+        let Some((group, port)) = udp_multicast(frame) else { return };
+        match group {
+            IpAddress::Ipv4(_) => set_ipv4_ttl(frame, self.ttl(port)),
+            // Linux's IPV6_MULTICAST_HOPS, 1 (std has no call to set it).
+            // IPv6 has no header checksum, and the hop limit is not in the
+            // UDP pseudo-header.
+            IpAddress::Ipv6(_) => frame[ETHERNET_HEADER_BYTES + 7] = DEFAULT_MULTICAST_TTL,
+        }
+        let mut looped = self.looped.borrow_mut();
+        let joined = self.every_group || self.groups.contains(&group);
+        if joined && self.loops(port, group.version() == IpVersion::Ipv6) && looped.len() < MAX_LOOPED {
+            looped.push(frame.to_vec());
+        }
+    }
 }
 
 impl Watch<'_> {
-    /// Reads a frame about to leave.
-    fn sent(&self, frame: &[u8]) {
+    /// Reads a frame about to leave (and sets a multicast datagram's TTL).
+    fn sent(&self, frame: &mut [u8]) {
+        if let Some(multicast) = self.multicast {
+            multicast.sent(frame);
+        }
         if let Some(sent) = self.dns_sent {
             if let Some(port) = dns_query_source_port(frame) {
                 sent.borrow_mut().push(port);
@@ -489,7 +595,7 @@ impl<'a, D: NetDevice> Port<'a, D> {
             divert: None,
             udp_peers: &[],
             refused: &mut [],
-            watch: Watch { dns_sent: None, syns_sent: None, unresolved: None, now_micros: 0 },
+            watch: Watch { dns_sent: None, syns_sent: None, unresolved: None, now_micros: 0, multicast: None },
             tcp_unreachable: None,
         }
     }
@@ -714,6 +820,13 @@ impl NetDevice for MemoryDevice {
 
     fn rx_pending(&mut self) -> bool {
         !self.inbox.borrow().is_empty()
+    }
+
+    fn loop_back(&mut self, frame: Vec<u8>) {
+        // A loopback received the original already.
+        if !Rc::ptr_eq(&self.inbox, &self.outbox) {
+            self.inbox.borrow_mut().push_back(frame);
+        }
     }
 
     fn receive<R>(&mut self, consume: impl FnOnce(&[u8]) -> R) -> Option<R> {
@@ -1048,6 +1161,36 @@ mod unreachable_tests {
     }
 
     #[test]
+    fn multicast_datagrams_are_found_and_their_ttl_set() {
+        use super::{set_ipv4_ttl, udp_multicast};
+        let datagram = |destination: Ipv4Address| {
+            let ip = Ipv4Repr {
+                src_addr: HOST,
+                dst_addr: destination,
+                next_header: IpProtocol::Udp,
+                payload_len: 8,
+                hop_limit: 64,
+            };
+            let mut bytes = vec![0u8; 28];
+            ip.emit(&mut Ipv4Packet::new_unchecked(&mut bytes[..]), &ChecksumCapabilities::default());
+            bytes[20..28].copy_from_slice(&QUOTED_UDP);
+            ethernet([0x08, 0x00], &bytes)
+        };
+        let group = Ipv4Address::new(239, 1, 2, 3);
+        let mut frame = datagram(group);
+        assert_eq!(udp_multicast(&frame), Some((IpAddress::Ipv4(group), 40000)));
+        assert_eq!(udp_multicast(&datagram(PEER)), None, "unicast");
+        set_ipv4_ttl(&mut frame, 1);
+        let packet = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        assert_eq!(packet.hop_limit(), 1);
+        assert!(packet.verify_checksum(), "the header checksum follows the TTL");
+        for cut in 0..frame.len() {
+            let mut short = frame[..cut].to_vec();
+            set_ipv4_ttl(&mut short, 9);
+        }
+    }
+
+    #[test]
     fn neighbour_requests_and_answers_are_read() {
         use super::{neighbour_answer, neighbour_solicited};
         let arp = |operation: u8, sender: [u8; 4], target: [u8; 4]| {
@@ -1102,6 +1245,10 @@ mod unreachable_tests {
             let _ = super::tcp_syn_sent(&frame);
             let _ = super::neighbour_solicited(&frame);
             let _ = super::neighbour_answer(&frame);
+            let _ = super::udp_multicast(&frame);
+            let mut copy = frame.clone();
+            super::set_ipv4_ttl(&mut copy, 7);
+            prop_assert_eq!(copy.len(), frame.len());
         }
     }
 }

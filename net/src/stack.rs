@@ -124,6 +124,10 @@ impl Default for StackConfig {
     }
 }
 
+/// How long a closed UDP socket's datagrams may wait for a neighbour's
+/// MAC before they are dropped (a neighbour is given up after 3 s).
+const UDP_DRAIN_MICROS: u64 = 3_000_000;
+
 /// First port handed out for outgoing connections and unbound UDP sockets
 /// (IANA dynamic range, RFC 6335 section 6).
 pub const EPHEMERAL_FIRST: u16 = 49152;
@@ -303,6 +307,8 @@ pub struct Stack<D: NetDevice> {
     syns_sent: RefCell<Vec<(u16, u32)>>,
     tcp_unreachable: Vec<crate::device::TcpUnreachable>,
     unresolved: RefCell<crate::neighbour::Unresolved>,
+    /// The UDP sockets' multicast options and looped-back datagrams.
+    multicast: crate::device::Multicast,
     /// Why connects failed (`fail_connects`), until their socket is closed.
     connect_errors: BTreeMap<SocketHandle, NetError>,
     /// Sockets handed to the application (connections, UDP, ICMP): a set,
@@ -333,6 +339,11 @@ pub struct Stack<D: NetDevice> {
     frame: Vec<u8>,
     /// An IPv4 address was set and not yet announced (`announce`).
     unannounced: bool,
+    /// `poll` is polling again for looped-back datagrams.
+    looping: bool,
+    /// Closed UDP sockets whose datagrams wait to leave (for a neighbour's
+    /// MAC), each with the time (microseconds) it is dropped anyway.
+    udp_draining: Vec<(SocketHandle, u64)>,
 }
 
 fn to_instant(micros: u64) -> Instant {
@@ -374,6 +385,12 @@ impl<D: NetDevice> Stack<D> {
             tcp_unreachable: Vec::new(),
             unresolved: RefCell::new(crate::neighbour::Unresolved::default()),
             connect_errors: BTreeMap::new(),
+            looping: false,
+            udp_draining: Vec::new(),
+            multicast: crate::device::Multicast {
+                every_group: config.ephemeral_share.1 > 1,
+                ..crate::device::Multicast::default()
+            },
             open: BTreeSet::new(),
             outgoing: BTreeSet::new(),
             closing: Vec::new(),
@@ -509,6 +526,7 @@ impl<D: NetDevice> Stack<D> {
                     syns_sent: connects.then_some(&self.syns_sent),
                     unresolved: connects.then_some(&self.unresolved),
                     now_micros,
+                    multicast: Some(&self.multicast),
                 }
             }};
         }
@@ -559,12 +577,25 @@ impl<D: NetDevice> Stack<D> {
         }
         self.device.borrow_mut().flush();
         changed |= self.fail_connects();
+        let looped = core::mem::take(self.multicast.looped.get_mut());
+        let loop_back = !looped.is_empty();
+        for frame in looped {
+            self.device.borrow_mut().loop_back(frame);
+        }
         self.poll_dhcp();
         self.reap_closing();
+        self.reap_draining();
         self.recycle_failed_handshakes();
         self.top_up_listeners();
         if changed {
             self.stats.busy_polls += 1;
+        }
+        // The looped-back datagrams reach their sockets now (once: what
+        // the sockets send in turn goes out with the next poll).
+        if loop_back && !self.looping {
+            self.looping = true;
+            changed |= self.poll(now_micros);
+            self.looping = false;
         }
         changed
     }
@@ -667,6 +698,23 @@ impl<D: NetDevice> Stack<D> {
     }
 
     /// Refills the listening pools (`top_up_listeners`).
+    /// Frees the closed UDP sockets whose datagrams left (or whose time
+    /// ran out).
+    fn reap_draining(&mut self) {
+        if self.udp_draining.is_empty() {
+            return;
+        }
+        let now = self.now_micros;
+        let (sockets, multicast) = (&mut self.sockets, &mut self.multicast);
+        self.udp_draining.retain(|&(handle, deadline)| {
+            let done = sockets.get::<udp::Socket>(handle).send_queue() == 0 || now >= deadline;
+            if done {
+                remove_udp_socket(sockets, multicast, handle);
+            }
+            !done
+        });
+    }
+
     /// Ends the connects that cannot succeed, as Linux does: one whose SYN
     /// a router or the peer answered with an ICMP destination unreachable
     /// (the answer must quote the SYN's port, peer and sequence number),
@@ -1133,6 +1181,16 @@ impl<D: NetDevice> Stack<D> {
     /// Opens a UDP socket on `port` (0 picks one); returns it and its port.
     pub fn udp_bind(&mut self, port: u16) -> Result<(UdpHandle, u16), NetError> {
         let port = if port == 0 { self.ephemeral_port(Protocol::Udp)? } else { port };
+        // A closed socket still sending on the port gives it up (smoltcp
+        // would hand the new socket's datagrams to the first of the two).
+        let (sockets, multicast) = (&mut self.sockets, &mut self.multicast);
+        self.udp_draining.retain(|&(handle, _)| {
+            let holds = sockets.get::<udp::Socket>(handle).endpoint().port == port;
+            if holds {
+                remove_udp_socket(sockets, multicast, handle);
+            }
+            !holds
+        });
         if self.port_in_use(port, Protocol::Udp) {
             return Err(NetError::AddrInUse);
         }
@@ -1221,6 +1279,9 @@ impl<D: NetDevice> Stack<D> {
             })?;
         }
         self.memberships.push((handle.0, group));
+        if !self.multicast.groups.contains(&group) {
+            self.multicast.groups.push(group);
+        }
         Ok(())
     }
 
@@ -1246,6 +1307,7 @@ impl<D: NetDevice> Stack<D> {
             // Fails only for an address that is not multicast; joined
             // groups are.
             let _ = self.interface.leave_multicast_group(group);
+            self.multicast.groups.retain(|&joined| joined != group);
         }
     }
 
@@ -1273,6 +1335,45 @@ impl<D: NetDevice> Stack<D> {
     /// The socket's time-to-live.
     pub fn udp_ttl(&mut self, handle: UdpHandle) -> Result<u8, NetError> {
         Ok(self.udp(handle)?.hop_limit().unwrap_or(DEFAULT_TTL))
+    }
+
+    /// Sets the time-to-live of the socket's datagrams to IPv4 multicast
+    /// groups (1-255; 1 unless set, as Linux's `IP_MULTICAST_TTL`).
+    pub fn udp_set_multicast_ttl(&mut self, handle: UdpHandle, ttl: u8) -> Result<(), NetError> {
+        let port = self.udp_port(handle)?;
+        hop_limit(ttl)?;
+        let ttls = &mut self.multicast.ttls;
+        ttls.retain(|&(known, _)| known != port);
+        if ttl != crate::device::DEFAULT_MULTICAST_TTL {
+            ttls.push((port, ttl));
+        }
+        Ok(())
+    }
+
+    /// The time-to-live of the socket's datagrams to IPv4 groups.
+    pub fn udp_multicast_ttl(&mut self, handle: UdpHandle) -> Result<u8, NetError> {
+        let port = self.udp_port(handle)?;
+        Ok(self.multicast.ttl(port))
+    }
+
+    /// Whether the socket's datagrams to IPv4 (IPv6 when `v6`) groups
+    /// this interface joined are also delivered to the sockets here that
+    /// joined them (on unless turned off, as Linux's `IP_MULTICAST_LOOP`
+    /// and `IPV6_MULTICAST_LOOP`).
+    pub fn udp_set_multicast_loop(&mut self, handle: UdpHandle, v6: bool, on: bool) -> Result<(), NetError> {
+        let port = self.udp_port(handle)?;
+        let no_loop = &mut self.multicast.no_loop;
+        no_loop.retain(|&known| known != (port, v6));
+        if !on {
+            no_loop.push((port, v6));
+        }
+        Ok(())
+    }
+
+    /// See [`Stack::udp_set_multicast_loop`].
+    pub fn udp_multicast_loop(&mut self, handle: UdpHandle, v6: bool) -> Result<bool, NetError> {
+        let port = self.udp_port(handle)?;
+        Ok(self.multicast.loops(port, v6))
     }
 
     /// Whether a datagram (or a refusal, `udp_set_peer`) waits.
@@ -1335,8 +1436,20 @@ impl<D: NetDevice> Stack<D> {
     /// Closes a UDP socket.
     pub fn udp_close(&mut self, handle: UdpHandle) {
         let _ = self.udp_set_peer(handle, None);
+        // Datagrams `send_to` took leave first, as on Linux (its send hands
+        // them to the device at once): a sender that sent and closed at
+        // once lost them. One waiting for a neighbour's MAC keeps the
+        // socket, closed to the application, for up to `UDP_DRAIN_MICROS`.
+        if self.udp(handle).is_ok_and(|socket| socket.send_queue() > 0) {
+            self.poll(self.now_micros);
+        }
         if self.open.remove(&handle.0) {
-            self.sockets.remove(handle.0);
+            if self.sockets.get::<udp::Socket>(handle.0).send_queue() > 0 {
+                let deadline = self.now_micros.saturating_add(UDP_DRAIN_MICROS);
+                self.udp_draining.push((handle.0, deadline));
+            } else {
+                remove_udp_socket(&mut self.sockets, &mut self.multicast, handle.0);
+            }
             // Its multicast groups go with it (as a closed socket's do on Linux).
             let groups: Vec<IpAddress> =
                 self.memberships.iter().filter(|&&(member, _)| member == handle.0).map(|&(_, group)| group).collect();
@@ -1576,6 +1689,15 @@ fn forget_connect(socket: &mut tcp::Socket<'static>) {
     if port.is_some_and(|port| socket.listen(port).is_ok()) {
         socket.close();
     }
+}
+
+/// Removes a UDP socket from the set, with its multicast options (kept by
+/// port until then: datagrams a closed socket still sends keep them).
+fn remove_udp_socket(sockets: &mut SocketSet<'static>, multicast: &mut crate::device::Multicast, handle: SocketHandle) {
+    let port = sockets.get::<udp::Socket>(handle).endpoint().port;
+    multicast.ttls.retain(|&(known, _)| known != port);
+    multicast.no_loop.retain(|&(known, _)| known != port);
+    sockets.remove(handle);
 }
 
 fn take_tcp_socket(

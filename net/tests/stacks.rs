@@ -1384,6 +1384,121 @@ fn multicast_groups_and_broadcasts() {
     assert!(!link.client.is_broadcast(IpAddress::Ipv4(SERVER_IP)));
 }
 
+/// A datagram `send_to` accepted leaves even when the socket closes
+/// before the next poll (as Linux hands it to the device at once): a
+/// sender that sends and drops its socket at once lost it.
+#[test]
+fn a_datagram_sent_just_before_the_close_still_leaves() {
+    let mut link = Link::new(StackConfig::default());
+    let (server, _) = link.server.udp_bind(9000).unwrap();
+    let to_server = IpEndpoint::new(IpAddress::Ipv4(SERVER_IP), 9000);
+    // The first waits for the server's MAC (ARP) after its socket closed.
+    let (first, _) = link.client.udp_bind(0).unwrap();
+    link.client.udp_send_to(first, b"arp", to_server, false).unwrap();
+    link.client.udp_close(first);
+    let in_use = link.client.sockets_in_use();
+    link.run(10);
+    let mut buffer = [0u8; 16];
+    assert_eq!(link.server.udp_recv_from(server, &mut buffer).map(|(count, _)| count), Ok(3), "lost waiting for ARP");
+    assert_eq!(link.client.sockets_in_use(), in_use - 1, "freed once sent");
+    let (sender, _) = link.client.udp_bind(0).unwrap();
+    link.client.udp_send_to(sender, b"last words", to_server, false).unwrap();
+    link.client.udp_close(sender);
+    link.run(5);
+    assert_eq!(link.server.udp_recv_from(server, &mut buffer).map(|(count, _)| count), Ok(10), "lost at the close");
+}
+
+/// Datagrams to a group leave with the multicast TTL (1 unless set, as
+/// Linux's `IP_MULTICAST_TTL`; the IPv6 hop limit 1), not the socket's
+/// unicast TTL, and a copy reaches the sockets of the sending interface
+/// that joined the group unless loop-back was turned off
+/// (`IP_MULTICAST_LOOP`).
+#[test]
+fn multicast_datagrams_take_their_ttl_and_loop_back() {
+    let mut link = Link::new(StackConfig::default());
+    let group = IpAddress::Ipv4(GROUP);
+    let group6 = IpAddress::Ipv6("ff02::fb".parse().unwrap());
+    let (member, _) = link.server.udp_bind(5353).unwrap();
+    link.server.udp_join_multicast(member, group).unwrap();
+    link.server.udp_join_multicast(member, group6).unwrap();
+    let (sender, _) = link.server.udp_bind(0).unwrap();
+    let (listener, _) = link.client.udp_bind(5353).unwrap();
+    link.client.udp_join_multicast(listener, group).unwrap();
+    link.client.udp_join_multicast(listener, group6).unwrap();
+    link.server.udp_set_ttl(sender, 30).unwrap();
+    assert_eq!(link.server.udp_multicast_ttl(sender), Ok(1));
+    assert_eq!(link.server.udp_multicast_loop(sender, false), Ok(true));
+    assert_eq!(link.server.udp_multicast_loop(sender, true), Ok(true));
+    let mut buffer = [0u8; 32];
+    // Sends `data` to `to`: the hop limit it left with, and whether the
+    // member here and the client's listener took it.
+    let mut send = |link: &mut Link, data: &[u8], to: IpAddress| {
+        link.server.udp_send_to(sender, data, IpEndpoint::new(to, 5353), false).unwrap();
+        link.now += STEP_MICROS;
+        link.server.poll(link.now);
+        let sent = link.server.device().drain_sent();
+        let frame = sent.iter().find(|frame| toro_net::device::udp_multicast(frame).is_some()).expect("sent").clone();
+        let hops = if matches!(to, IpAddress::Ipv4(_)) { ttl_of(&frame) } else { frame[14 + 7] };
+        for frame in sent {
+            link.client.device().inject(&frame);
+        }
+        link.run(3);
+        let mut took = |stack: &mut Stack<MemoryDevice>, socket| {
+            let taken = stack.udp_recv_from(socket, &mut buffer).map(|(count, _)| buffer[..count] == *data);
+            while stack.udp_recv_from(socket, &mut buffer).is_ok() {}
+            taken == Ok(true)
+        };
+        (hops, took(&mut link.server, member), took(&mut link.client, listener))
+    };
+    assert_eq!(send(&mut link, b"scoped", group), (1, true, true), "TTL 1, looped back, and out");
+    assert_eq!(send(&mut link, b"six", group6), (1, true, true), "hop limit 1");
+    link.server.udp_set_multicast_ttl(sender, 8).unwrap();
+    assert_eq!(link.server.udp_multicast_ttl(sender), Ok(8));
+    // The client's stack checks the IPv4 header checksum: it took the
+    // datagram, so the checksum was made again with the TTL.
+    assert_eq!(send(&mut link, b"farther", group), (8, true, true));
+    link.server.udp_set_multicast_loop(sender, false, false).unwrap();
+    assert_eq!(link.server.udp_multicast_loop(sender, false), Ok(false));
+    assert_eq!(send(&mut link, b"not here", group), (8, false, true), "not looped back");
+    assert_eq!(send(&mut link, b"six here", group6), (1, true, true), "the IPv6 option is another");
+    link.server.udp_set_multicast_loop(sender, true, false).unwrap();
+    assert_eq!(send(&mut link, b"nor here", group6), (1, false, true));
+    assert_eq!(link.server.udp_set_multicast_ttl(sender, 0), Err(NetError::InvalidInput));
+    // Unicast keeps the socket's TTL (the first datagram resolves the
+    // client's MAC).
+    let to_client = IpEndpoint::new(IpAddress::Ipv4(CLIENT_IP), 5353);
+    link.server.udp_send_to(sender, b"arp", to_client, false).unwrap();
+    link.run(10);
+    link.server.udp_send_to(sender, b"one", IpEndpoint::new(IpAddress::Ipv4(CLIENT_IP), 5353), false).unwrap();
+    link.now += STEP_MICROS;
+    link.server.poll(link.now);
+    let sent = link.server.device().drain_sent();
+    assert_eq!(sent.iter().map(|frame| ttl_of(frame)).collect::<Vec<_>>(), [30]);
+    // A datagram sent just before the close leaves with the socket's
+    // options (the close sends it first).
+    let (last, _) = link.server.udp_bind(0).unwrap();
+    link.server.udp_set_multicast_loop(last, false, false).unwrap();
+    link.server.udp_set_multicast_ttl(last, 9).unwrap();
+    link.server.udp_send_to(last, b"bye", IpEndpoint::new(group, 5353), false).unwrap();
+    link.server.udp_close(last);
+    let sent = link.server.device().drain_sent();
+    let hops: Vec<u8> = sent
+        .iter()
+        .filter(|frame| toro_net::device::udp_multicast(frame).is_some())
+        .map(|frame| ttl_of(frame))
+        .collect();
+    assert_eq!(hops, [9], "sent at the close, with its TTL");
+    link.run(3);
+    assert_eq!(link.server.udp_recv_from(member, &mut [0u8; 8]), Err(NetError::WouldBlock), "and not looped back");
+    // Another socket on the port after a close starts from the defaults.
+    let port = link.server.udp_port(sender).unwrap();
+    link.server.udp_close(sender);
+    let (again, _) = link.server.udp_bind(port).unwrap();
+    assert_eq!(link.server.udp_multicast_ttl(again), Ok(1));
+    assert_eq!(link.server.udp_multicast_loop(again, false), Ok(true));
+    assert_eq!(link.server.udp_multicast_loop(again, true), Ok(true));
+}
+
 /// Joining and leaving a group is reported to the routers: an IGMPv2
 /// membership report to the group, then a leave to all routers
 /// (224.0.0.2), from the interface's MAC to the group's multicast MAC.

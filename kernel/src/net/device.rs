@@ -146,4 +146,11 @@ impl NetDevice for Device {
             Self::Virtio(device) => device.stats(),
         }
     }
+
+    fn loop_back(&mut self, frame: alloc::vec::Vec<u8>) {
+        match self {
+            Self::Loopback(device) => device.loop_back(frame),
+            Self::Virtio(device) => device.loop_back(frame),
+        }
+    }
 }

@@ -478,13 +478,7 @@ impl UdpSocket {
     /// (1-255, else `InvalidInput`, as `TcpStream::set_ttl`).
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
         let ttl = super::ttl_byte(ttl)?;
-        for &Member { instance: id, handle } in &self.inner.members {
-            instance::on_owner(id, || {
-                instance::with_local(id, |i| i.stack.udp_set_ttl(handle, ttl)).unwrap_or(Err(NetError::BadHandle))
-            })
-            .map_err(to_io)?;
-        }
-        Ok(())
+        self.each_member(|stack, handle| stack.udp_set_ttl(handle, ttl))
     }
 
     /// Allows (or again refuses) datagrams to broadcast addresses
@@ -536,6 +530,72 @@ impl UdpSocket {
     pub fn leave_multicast_v6(&self, multiaddr: &Ipv6Addr, interface: u32) -> io::Result<()> {
         let members = self.members_on_index(interface)?;
         self.leave(&members, IpAddr::V6(*multiaddr))
+    }
+
+    /// Sets the time-to-live of the socket's datagrams to IPv4 multicast
+    /// groups, on every member (1 unless set, as on Linux: a group's
+    /// datagrams stay on the link; 1-255, else `InvalidInput`). The
+    /// unicast TTL (`set_ttl`) does not apply to them. IPv6 multicast
+    /// leaves with hop limit 1 (std has no call to change it).
+    pub fn set_multicast_ttl_v4(&self, multicast_ttl_v4: u32) -> io::Result<()> {
+        let ttl = super::ttl_byte(multicast_ttl_v4)?;
+        self.each_member(|stack, handle| stack.udp_set_multicast_ttl(handle, ttl))
+    }
+
+    /// The time-to-live of its datagrams to IPv4 groups (1 unless set).
+    pub fn multicast_ttl_v4(&self) -> io::Result<u32> {
+        self.first_member(|stack, handle| stack.udp_multicast_ttl(handle)).map(u32::from)
+    }
+
+    /// Whether its datagrams to IPv4 groups are also delivered to the
+    /// sockets of the sending interface that joined the group, this one
+    /// included (on unless turned off, as on Linux).
+    pub fn set_multicast_loop_v4(&self, multicast_loop_v4: bool) -> io::Result<()> {
+        self.each_member(|stack, handle| stack.udp_set_multicast_loop(handle, false, multicast_loop_v4))
+    }
+
+    /// See [`UdpSocket::set_multicast_loop_v4`].
+    pub fn multicast_loop_v4(&self) -> io::Result<bool> {
+        self.first_member(|stack, handle| stack.udp_multicast_loop(handle, false))
+    }
+
+    /// [`UdpSocket::set_multicast_loop_v4`] for IPv6 groups (a separate
+    /// option, as on Linux).
+    pub fn set_multicast_loop_v6(&self, multicast_loop_v6: bool) -> io::Result<()> {
+        self.each_member(|stack, handle| stack.udp_set_multicast_loop(handle, true, multicast_loop_v6))
+    }
+
+    /// See [`UdpSocket::set_multicast_loop_v6`].
+    pub fn multicast_loop_v6(&self) -> io::Result<bool> {
+        self.first_member(|stack, handle| stack.udp_multicast_loop(handle, true))
+    }
+
+    /// Runs `call` on every member's stack, on its owner CPU; the first
+    /// error ends it.
+    fn each_member(
+        &self,
+        call: impl Fn(&mut toro_net::Stack<super::device::Device>, UdpHandle) -> Result<(), NetError>,
+    ) -> io::Result<()> {
+        for &Member { instance: id, handle } in &self.inner.members {
+            instance::on_owner(id, || {
+                instance::with_local(id, |i| call(&mut i.stack, handle)).unwrap_or(Err(NetError::BadHandle))
+            })
+            .map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `call` on the first member's stack (the options are the same
+    /// on every member).
+    fn first_member<R>(
+        &self,
+        call: impl FnOnce(&mut toro_net::Stack<super::device::Device>, UdpHandle) -> Result<R, NetError>,
+    ) -> io::Result<R> {
+        let Member { instance: id, handle } = self.inner.members[0];
+        instance::on_owner(id, || {
+            instance::with_local(id, |i| call(&mut i.stack, handle)).unwrap_or(Err(NetError::BadHandle))
+        })
+        .map_err(to_io)
     }
 
     /// The members on the interface whose IPv4 address is `interface`
@@ -614,12 +674,7 @@ impl UdpSocket {
 
     /// The time-to-live of its datagrams (64 unless set).
     pub fn ttl(&self) -> io::Result<u32> {
-        let Member { instance: id, handle } = self.inner.members[0];
-        instance::on_owner(id, || {
-            instance::with_local(id, |i| i.stack.udp_ttl(handle)).unwrap_or(Err(NetError::BadHandle))
-        })
-        .map(u32::from)
-        .map_err(to_io)
+        self.first_member(|stack, handle| stack.udp_ttl(handle)).map(u32::from)
     }
 }
 

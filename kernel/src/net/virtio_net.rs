@@ -492,6 +492,18 @@ impl VirtioNet {
         }
     }
 
+    /// A multicast datagram this pair sent, received as if it had arrived
+    /// (`toro_net::NetDevice::loop_back`): handed to the pair that bound
+    /// its port when that is another one (`forward_to`), else delivered
+    /// here before the queue's frames.
+    pub(crate) fn loop_back(&mut self, frame: Vec<u8>) {
+        match self.forward_to(&frame) {
+            Some(pair) if self.to_forward.len() < MAX_FORWARDED => self.to_forward.push((pair, frame)),
+            Some(_) => self.stats.rx_dropped += 1,
+            None => self.inject(frame),
+        }
+    }
+
     /// The card runs: transmits may go out (and the receive queue is
     /// notified again, in case the device ignored an earlier notification).
     pub(crate) fn go_live(&mut self) {

@@ -12,8 +12,9 @@
 //! hands it over); a connect to an address nobody has times out after
 //! `toro.tcp_connect_timeout=1`, and with a longer timeout gives
 //! `HostUnreachable` once ARP gave up (3 s); connects the host answers
-//! with ICMP unreachables fail at once; `TcpStream::connect` by name
-//! reaches the server's own TCP port 53.
+//! with ICMP unreachables fail at once; a multicast datagram sent from
+//! either CPU reaches a member socket here unless loop-back is off;
+//! `TcpStream::connect` by name reaches the server's own TCP port 53.
 
 #![no_std]
 #![no_main]
@@ -94,6 +95,42 @@ fn main() -> i32 {
         .join();
         println!("resolve: UDP to 172.31.0.1:9 from cpu {cpu}: {refused:?}");
         ok &= check(refused == Err(ErrorKind::ConnectionRefused), &format!("UDP refusal on cpu {cpu}: {refused:?}"));
+    }
+    // Multicast on a 2-queue card: a socket on 0.0.0.0 that joined a group
+    // gets a copy of what a socket here sends to it, from each CPU's
+    // queue pair (loop-back, on by default as on Linux), and none once the
+    // sender turns it off; the TTL of datagrams to groups is 1 unless set.
+    let member = UdpSocket::bind("0.0.0.0:7600").unwrap();
+    let group = Ipv4Addr::new(239, 1, 2, 4);
+    ok &= check(member.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED).is_ok(), "join 239.1.2.4");
+    member.set_read_timeout(Some(core::time::Duration::from_millis(500))).unwrap();
+    for cpu in 0..cpu::count() {
+        for looping in [true, false] {
+            let sent = thread::spawn_on(cpu, move || {
+                let sender = UdpSocket::bind("0.0.0.0:0").map_err(|error| error.kind())?;
+                let defaults = (sender.multicast_ttl_v4(), sender.multicast_loop_v4());
+                sender.set_multicast_loop_v4(looping).map_err(|error| error.kind())?;
+                sender.set_multicast_ttl_v4(4).map_err(|error| error.kind())?;
+                let set = (sender.multicast_ttl_v4(), sender.multicast_loop_v4());
+                sender.send_to(b"to the group", (group, 7600)).map_err(|error| error.kind())?;
+                let ok = matches!(defaults, (Ok(1), Ok(true))) && matches!(set, (Ok(4), Ok(l)) if l == looping);
+                Ok::<bool, ErrorKind>(ok)
+            })
+            .join();
+            ok &= check(sent == Ok(true), &format!("multicast options from cpu {cpu}: {sent:?}"));
+            let mut buffer = [0u8; 32];
+            let got = member.recv_from(&mut buffer).map(|(count, _)| &buffer[..count] == b"to the group");
+            let got = got.map_err(|error| error.kind());
+            // No second copy (one copy per datagram, on every pair).
+            thread::sleep(core::time::Duration::from_millis(200));
+            member.set_nonblocking(true).unwrap();
+            let extra = (0..8).take_while(|_| member.recv_from(&mut buffer).is_ok()).count();
+            member.set_nonblocking(false).unwrap();
+            println!("resolve: to 239.1.2.4 from cpu {cpu}, loop {looping}: {got:?}, {extra} more");
+            ok &= check(extra == 0, &format!("{extra} more copies from cpu {cpu} (loop {looping})"));
+            let expected = if looping { Ok(true) } else { Err(ErrorKind::TimedOut) };
+            ok &= check(got == expected, &format!("looped back from cpu {cpu} (loop {looping}): {got:?}"));
+        }
     }
     // A connect to an address nobody has (no ARP answer) gives up after
     // toro.tcp_connect_timeout=1 with TimedOut (smoltcp alone retries its
