@@ -697,7 +697,6 @@ impl<D: NetDevice> Stack<D> {
         }
     }
 
-    /// Refills the listening pools (`top_up_listeners`).
     /// Frees the closed UDP sockets whose datagrams left (or whose time
     /// ran out).
     fn reap_draining(&mut self) {
@@ -780,6 +779,7 @@ impl<D: NetDevice> Stack<D> {
         route.map(|route| route.via_router)
     }
 
+    /// Refills the listening pools (`top_up_listeners`).
     fn top_up_listeners(&mut self) {
         let Self { listeners, sockets, spare, config, full_ports, stats, .. } = self;
         top_up_listeners(listeners, sockets, spare, config, full_ports, stats);
@@ -1671,9 +1671,6 @@ impl<D: NetDevice> Stack<D> {
 /// Spare TCP sockets a stack keeps at most (`Stack::spare`).
 const MAX_SPARE: usize = 16;
 
-/// A TCP socket in `sockets` for a connect or a listen, its options the
-/// defaults: the last spare one (closed, its buffers allocated already)
-/// if there is one, else a new one (`new_tcp_socket`).
 /// Ends a connect that got no answer without the RST smoltcp would send
 /// (it sends one for any socket closed with a peer set). The peer never
 /// synchronized, so RFC 9293 (3.10.4, ABORT in SYN-SENT) and Linux send
@@ -1700,6 +1697,9 @@ fn remove_udp_socket(sockets: &mut SocketSet<'static>, multicast: &mut crate::de
     sockets.remove(handle);
 }
 
+/// A TCP socket in `sockets` for a connect or a listen, its options the
+/// defaults: the last spare one (closed, its buffers allocated already)
+/// if there is one, else a new one (`new_tcp_socket`).
 fn take_tcp_socket(
     sockets: &mut SocketSet<'static>,
     spare: &mut Vec<SocketHandle>,
