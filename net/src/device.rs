@@ -482,8 +482,9 @@ pub struct Multicast {
     /// ones (`true`): two options on Linux (`IP_MULTICAST_LOOP`,
     /// `IPV6_MULTICAST_LOOP`).
     pub(crate) no_loop: Vec<(u16, bool)>,
-    /// The groups this interface joined (any socket's).
-    pub(crate) groups: Vec<IpAddress>,
+    /// Multicast groups joined, by UDP socket (`Stack::udp_join_multicast`):
+    /// the interface stays in a group while any socket has it.
+    pub(crate) memberships: Vec<(smoltcp::iface::SocketHandle, IpAddress)>,
     /// A queue pair of a multi-queue card: the card's other pairs may
     /// have joined a group this one has not, so every datagram to a group
     /// is looped back, and the driver hands it to the pair that bound its
@@ -523,7 +524,7 @@ impl Multicast {
             IpAddress::Ipv6(_) => frame[ETHERNET_HEADER_BYTES + 7] = DEFAULT_MULTICAST_TTL,
         }
         let mut looped = self.looped.borrow_mut();
-        let joined = self.every_group || self.groups.contains(&group);
+        let joined = self.every_group || self.memberships.iter().any(|&(_, joined)| joined == group);
         if joined && self.loops(port, group.version() == IpVersion::Ipv6) && looped.len() < MAX_LOOPED {
             looped.push(frame.to_vec());
         }

@@ -271,9 +271,6 @@ pub struct Stack<D: NetDevice> {
     listeners: Vec<Listener>,
     /// Listening ports whose backlog is full (`top_up_listeners`).
     full_ports: Vec<u16>,
-    /// Multicast groups joined, by UDP socket (`udp_join_multicast`): the
-    /// interface stays in a group while any socket has it.
-    memberships: Vec<(SocketHandle, IpAddress)>,
     /// Ports listened on since the stack started (`Divert`).
     listened: Vec<u16>,
     /// Connected UDP sockets (`udp_set_peer`), three lists in step: the
@@ -307,7 +304,8 @@ pub struct Stack<D: NetDevice> {
     syns_sent: RefCell<Vec<(u16, u32)>>,
     tcp_unreachable: Vec<crate::device::TcpUnreachable>,
     unresolved: RefCell<crate::neighbour::Unresolved>,
-    /// The UDP sockets' multicast options and looped-back datagrams.
+    /// The UDP sockets' group memberships, multicast options and
+    /// looped-back datagrams.
     multicast: crate::device::Multicast,
     /// Why connects failed (`fail_connects`), until their socket is closed.
     connect_errors: BTreeMap<SocketHandle, NetError>,
@@ -368,7 +366,6 @@ impl<D: NetDevice> Stack<D> {
             config,
             listeners: Vec::new(),
             full_ports: Vec::new(),
-            memberships: Vec::new(),
             listened: Vec::new(),
             udp_connected: Vec::new(),
             udp_peers: Vec::new(),
@@ -1269,19 +1266,16 @@ impl<D: NetDevice> Stack<D> {
         if !group.is_multicast() {
             return Err(NetError::InvalidInput);
         }
-        if self.memberships.contains(&(handle.0, group)) {
+        if self.multicast.memberships.contains(&(handle.0, group)) {
             return Err(NetError::AddrInUse);
         }
-        if !self.memberships.iter().any(|&(_, joined)| joined == group) {
+        if !self.multicast.memberships.iter().any(|&(_, joined)| joined == group) {
             self.interface.join_multicast_group(group).map_err(|error| match error {
                 smoltcp::iface::MulticastError::GroupTableFull => NetError::NoBufferSpace,
                 smoltcp::iface::MulticastError::Unaddressable => NetError::InvalidInput,
             })?;
         }
-        self.memberships.push((handle.0, group));
-        if !self.multicast.groups.contains(&group) {
-            self.multicast.groups.push(group);
-        }
+        self.multicast.memberships.push((handle.0, group));
         Ok(())
     }
 
@@ -1290,9 +1284,13 @@ impl<D: NetDevice> Stack<D> {
     /// `handle` is not a member (Linux's `EADDRNOTAVAIL`).
     pub fn udp_leave_multicast(&mut self, handle: UdpHandle, group: IpAddress) -> Result<(), NetError> {
         self.udp(handle)?;
-        let position =
-            self.memberships.iter().position(|&entry| entry == (handle.0, group)).ok_or(NetError::AddrNotAvailable)?;
-        self.memberships.swap_remove(position);
+        let position = self
+            .multicast
+            .memberships
+            .iter()
+            .position(|&entry| entry == (handle.0, group))
+            .ok_or(NetError::AddrNotAvailable)?;
+        self.multicast.memberships.swap_remove(position);
         self.leave_if_unused(group);
         Ok(())
     }
@@ -1303,11 +1301,10 @@ impl<D: NetDevice> Stack<D> {
     }
 
     fn leave_if_unused(&mut self, group: IpAddress) {
-        if !self.memberships.iter().any(|&(_, joined)| joined == group) {
+        if !self.multicast.memberships.iter().any(|&(_, joined)| joined == group) {
             // Fails only for an address that is not multicast; joined
             // groups are.
             let _ = self.interface.leave_multicast_group(group);
-            self.multicast.groups.retain(|&joined| joined != group);
         }
     }
 
@@ -1436,13 +1433,11 @@ impl<D: NetDevice> Stack<D> {
     /// Closes a UDP socket.
     pub fn udp_close(&mut self, handle: UdpHandle) {
         let _ = self.udp_set_peer(handle, None);
-        // Datagrams `send_to` took leave first, as on Linux (its send hands
+        // Datagrams `send_to` took still leave, as on Linux (its send hands
         // them to the device at once): a sender that sent and closed at
-        // once lost them. One waiting for a neighbour's MAC keeps the
-        // socket, closed to the application, for up to `UDP_DRAIN_MICROS`.
-        if self.udp(handle).is_ok_and(|socket| socket.send_queue() > 0) {
-            self.poll(self.now_micros);
-        }
+        // once lost them. The socket, closed to the application, stays
+        // until the next polls sent them, for up to `UDP_DRAIN_MICROS`
+        // (one may wait for a neighbour's MAC).
         if self.open.remove(&handle.0) {
             if self.sockets.get::<udp::Socket>(handle.0).send_queue() > 0 {
                 let deadline = self.now_micros.saturating_add(UDP_DRAIN_MICROS);
@@ -1451,9 +1446,14 @@ impl<D: NetDevice> Stack<D> {
                 remove_udp_socket(&mut self.sockets, &mut self.multicast, handle.0);
             }
             // Its multicast groups go with it (as a closed socket's do on Linux).
-            let groups: Vec<IpAddress> =
-                self.memberships.iter().filter(|&&(member, _)| member == handle.0).map(|&(_, group)| group).collect();
-            self.memberships.retain(|&(member, _)| member != handle.0);
+            let groups: Vec<IpAddress> = self
+                .multicast
+                .memberships
+                .iter()
+                .filter(|&&(member, _)| member == handle.0)
+                .map(|&(_, group)| group)
+                .collect();
+            self.multicast.memberships.retain(|&(member, _)| member != handle.0);
             for group in groups {
                 self.leave_if_unused(group);
             }

@@ -180,9 +180,8 @@ fn close_on(member: &Member, port: u16) {
         instance::with_local(id, |i| {
             i.stack.udp_close(handle);
             i.udp_groups.retain(|entry| entry.handle != handle);
-            // The close polled the stack to send what the socket queued:
-            // wake those whose wait that poll ended, hand over what it
-            // received for other pairs.
+            // What the socket queued leaves now (the stack keeps the
+            // closed socket until it did).
             i.pump();
         });
         instance::announce_udp(id, port, false);
