@@ -415,7 +415,7 @@ impl Bench {
     /// then ends the VM with status 0.
     fn linux_boot_ms(&mut self) -> f64 {
         let config = self.linux.vm_config(self.accel, Mode::Boot);
-        match qemu::run(&config, Some(LINUX_TIMEOUT), false, &|line| line.to_string()) {
+        match linux_guest::run("bench: Linux boot", &config, LINUX_TIMEOUT) {
             Err(error) => self.fail(format!("Linux boot: {error:#}")),
             Ok(result) => {
                 let first = result.output.lines().next().unwrap_or("");
@@ -991,7 +991,7 @@ impl Bench {
         }
         let only = self.only.clone();
         let wanted = move |key: &str| only.wants(key);
-        match qemu::run(&config, Some(LINUX_WORKLOADS_TIMEOUT), false, &|line| line.to_string()) {
+        match linux_guest::run("bench: Linux workloads", &config, LINUX_WORKLOADS_TIMEOUT) {
             Err(error) => {
                 self.fail(format!("Linux workloads: {error:#}"));
                 Vec::new()

@@ -312,7 +312,28 @@ pub fn run(
     echo: bool,
     annotate: &dyn Fn(&str) -> String,
 ) -> Result<RunResult> {
-    let process = run_process(config.command(), QEMU, timeout, echo, annotate, &|_| false, LAST_LINE_GRACE)?;
+    run_within(config, timeout, None, echo, annotate)
+}
+
+/// [`run`], ending the run as timed out (with `first_line` `None`) if the
+/// guest printed nothing within `first_line_within`.
+pub fn run_within(
+    config: &VmConfig,
+    timeout: Option<Duration>,
+    first_line_within: Option<Duration>,
+    echo: bool,
+    annotate: &dyn Fn(&str) -> String,
+) -> Result<RunResult> {
+    let process = run_process_within(
+        config.command(),
+        QEMU,
+        timeout,
+        first_line_within,
+        echo,
+        annotate,
+        &|_| false,
+        LAST_LINE_GRACE,
+    )?;
     let outcome = if process.timed_out { Outcome::TimedOut } else { Outcome::from_qemu(process.code) };
     if let Outcome::QemuFailed(code) = outcome {
         bail!("{QEMU} failed (exit status {code}): {}", process.errors.trim());
@@ -375,9 +396,25 @@ pub fn run_killed_at(
 /// lines as [`run`] describes; kills it after `timeout`, or `grace` after
 /// a line for which `last_line` is true.
 pub fn run_process(
+    command: Command,
+    program: &str,
+    timeout: Option<Duration>,
+    echo: bool,
+    annotate: &dyn Fn(&str) -> String,
+    last_line: &dyn Fn(&str) -> bool,
+    grace: Duration,
+) -> Result<Process> {
+    run_process_within(command, program, timeout, None, echo, annotate, last_line, grace)
+}
+
+/// [`run_process`], also killing the VMM (as timed out) if it printed no
+/// line within `first_line_within` of its start.
+#[allow(clippy::too_many_arguments)]
+pub fn run_process_within(
     mut command: Command,
     program: &str,
     timeout: Option<Duration>,
+    first_line_within: Option<Duration>,
     echo: bool,
     annotate: &dyn Fn(&str) -> String,
     last_line: &dyn Fn(&str) -> bool,
@@ -390,7 +427,10 @@ pub fn run_process(
     let mut output = String::new();
     let mut first_line = None;
     let (mut timed_out, mut lingered) = (false, false);
-    let mut deadline = timeout.map(|t| start + t);
+    let mut deadline = match (timeout, first_line_within) {
+        (Some(t), Some(f)) => Some(start + t.min(f)),
+        (t, f) => t.or(f).map(|t| start + t),
+    };
     let mut after_last_line = false;
     loop {
         let wait = match deadline {
@@ -399,6 +439,10 @@ pub fn run_process(
         };
         match lines_rx.recv_timeout(wait) {
             Ok((when, line)) => {
+                if first_line.is_none() && first_line_within.is_some() {
+                    // The first line came: the whole run's timeout again.
+                    deadline = timeout.map(|t| start + t);
+                }
                 first_line.get_or_insert(when - start);
                 if last_line(&line) && !after_last_line {
                     after_last_line = true;
@@ -476,6 +520,41 @@ fn kill(child: &mut Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `script` run by `sh`, with a 30 s timeout and 300 ms for its first line.
+    fn run_shell(script: &str) -> Process {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script);
+        let (timeout, first_line) = (Duration::from_secs(30), Duration::from_millis(300));
+        run_process_within(
+            command,
+            "sh",
+            Some(timeout),
+            Some(first_line),
+            false,
+            &|l| l.to_string(),
+            &|_| false,
+            Duration::ZERO,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_silent_process_is_ended_at_the_first_line_limit() {
+        let started = Instant::now();
+        let process = run_shell("exec sleep 20");
+        assert!(process.timed_out);
+        assert!(process.first_line.is_none());
+        assert!(started.elapsed() < Duration::from_secs(10), "killed at the first-line limit, not the timeout");
+    }
+
+    #[test]
+    fn a_process_that_printed_runs_on_past_the_first_line_limit() {
+        let process = run_shell("echo up; sleep 1; echo done");
+        assert!(!process.timed_out);
+        assert_eq!(process.output, "up\ndone\n");
+        assert_eq!(process.code, Some(0));
+    }
 
     #[test]
     fn decodes_debug_exit_statuses() {

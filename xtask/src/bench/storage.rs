@@ -235,7 +235,11 @@ impl Bench {
             Source::Linux => self.linux.vm_config(self.accel, Mode::Disk { quick }),
         };
         config.disks = disks;
-        let result = match qemu::run(&config, Some(TIMEOUT), false, &|line| line.to_string()) {
+        let run = match source {
+            Source::Toro => qemu::run(&config, Some(TIMEOUT), false, &|line| line.to_string()),
+            Source::Linux => crate::linux_guest::run(&format!("bench: {name}"), &config, TIMEOUT),
+        };
+        let result = match run {
             Ok(result) => result,
             Err(error) => {
                 self.fail(format!("{name}: {error:#}"));
