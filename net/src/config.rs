@@ -353,31 +353,56 @@ pub fn dns_for<'a>(words: impl IntoIterator<Item = &'a str>, card: usize) -> Res
 /// `TimedOut`. smoltcp retransmits a SYN for ever.
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 127;
 
-/// The longest `toro.tcp_connect_timeout=` takes (a day).
-const MAX_CONNECT_TIMEOUT_SECS: u64 = 86_400;
+/// How long a TCP connection's peer may stay silent while data waits for
+/// its ACK before the connection ends with `TimedOut`, by default: about
+/// what Linux's 15 retransmissions take (`tcp_retries2`: 924.6 s, the
+/// figure `tcp(7)` gives). smoltcp retransmits for ever.
+pub const DEFAULT_USER_TIMEOUT_SECS: u64 = 925;
 
-/// A bad `toro.tcp_connect_timeout=` value.
+/// The longest timeout a `toro.tcp_*_timeout=` word takes (a day).
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+/// A bad `toro.tcp_connect_timeout=` or `toro.tcp_user_timeout=` value:
+/// the setting's name (`tcp_connect_timeout`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BadConnectTimeout;
+pub struct BadTimeout(pub &'static str);
 
-impl core::fmt::Display for BadConnectTimeout {
+impl core::fmt::Display for BadTimeout {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "toro.tcp_connect_timeout must be SECONDS (1-{MAX_CONNECT_TIMEOUT_SECS}) or off")
+        write!(f, "toro.{} must be SECONDS (1-{MAX_TIMEOUT_SECS}) or off", self.0)
     }
 }
 
 /// Reads `toro.tcp_connect_timeout=SECONDS|off` (the last word wins): the
 /// microseconds a connect without a timeout waits, `None` for `off` (for
 /// ever); [`DEFAULT_CONNECT_TIMEOUT_SECS`] when no word sets it.
-pub fn connect_timeout_from<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<Option<u64>, BadConnectTimeout> {
-    let mut timeout = Some(DEFAULT_CONNECT_TIMEOUT_SECS * 1_000_000);
+pub fn connect_timeout_from<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<Option<u64>, BadTimeout> {
+    timeout_from(words, "tcp_connect_timeout", DEFAULT_CONNECT_TIMEOUT_SECS)
+}
+
+/// Reads `toro.tcp_user_timeout=SECONDS|off` (the last word wins): the
+/// microseconds a connection's peer may stay silent while data waits for
+/// its ACK (Linux's `TCP_USER_TIMEOUT`, for every connection), `None` for
+/// `off` (retransmit for ever); [`DEFAULT_USER_TIMEOUT_SECS`] when no word
+/// sets it.
+pub fn user_timeout_from<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<Option<u64>, BadTimeout> {
+    timeout_from(words, "tcp_user_timeout", DEFAULT_USER_TIMEOUT_SECS)
+}
+
+fn timeout_from<'a>(
+    words: impl IntoIterator<Item = &'a str>,
+    setting: &'static str,
+    default_secs: u64,
+) -> Result<Option<u64>, BadTimeout> {
+    let mut timeout = Some(default_secs * 1_000_000);
     for word in words {
-        let Some(value) = word.strip_prefix("toro.tcp_connect_timeout=") else { continue };
+        let Some(value) = word.strip_prefix("toro.").and_then(|rest| rest.strip_prefix(setting)) else { continue };
+        let Some(value) = value.strip_prefix('=') else { continue };
         timeout = match value {
             "off" => None,
             seconds => match seconds.parse::<u64>() {
-                Ok(seconds) if (1..=MAX_CONNECT_TIMEOUT_SECS).contains(&seconds) => Some(seconds * 1_000_000),
-                _ => return Err(BadConnectTimeout),
+                Ok(seconds) if (1..=MAX_TIMEOUT_SECS).contains(&seconds) => Some(seconds * 1_000_000),
+                _ => return Err(BadTimeout(setting)),
             },
         };
     }
@@ -709,8 +734,29 @@ mod tests {
         );
         for bad in ["0", "-1", "1.5", "", "86401", "99999999999999999999", "OFF", "5s"] {
             let word = format!("toro.tcp_connect_timeout={bad}");
-            assert_eq!(connect_timeout_from([word.as_str()]), Err(BadConnectTimeout), "{bad:?}");
+            assert_eq!(connect_timeout_from([word.as_str()]), Err(BadTimeout("tcp_connect_timeout")), "{bad:?}");
         }
-        assert_eq!(BadConnectTimeout.to_string(), "toro.tcp_connect_timeout must be SECONDS (1-86400) or off");
+        assert_eq!(
+            BadTimeout("tcp_connect_timeout").to_string(),
+            "toro.tcp_connect_timeout must be SECONDS (1-86400) or off"
+        );
+    }
+
+    #[test]
+    fn the_user_timeout_comes_from_the_command_line() {
+        let default = Some(DEFAULT_USER_TIMEOUT_SECS * 1_000_000);
+        assert_eq!(user_timeout_from(["toro.tcp_connect_timeout=5"]), Ok(default), "the other setting");
+        assert_eq!(user_timeout_from(["toro.tcp_user_timeout=3"]), Ok(Some(3_000_000)));
+        assert_eq!(user_timeout_from(["toro.tcp_user_timeout=off"]), Ok(None));
+        assert_eq!(user_timeout_from(["toro.tcp_user_timeoutx=3"]), Ok(default), "a longer word is not it");
+        assert_eq!(user_timeout_from(["toro.tcp_user_timeout=0"]), Err(BadTimeout("tcp_user_timeout")));
+        assert_eq!(
+            connect_timeout_from(["toro.tcp_user_timeout=0"]),
+            Ok(Some(DEFAULT_CONNECT_TIMEOUT_SECS * 1_000_000))
+        );
+        assert_eq!(
+            BadTimeout("tcp_user_timeout").to_string(),
+            "toro.tcp_user_timeout must be SECONDS (1-86400) or off"
+        );
     }
 }

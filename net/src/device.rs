@@ -269,6 +269,25 @@ pub fn tcp_unreachable(frame: &[u8]) -> Option<TcpUnreachable> {
     })
 }
 
+/// The (destination port, source) of `frame` if it is a TCP segment with
+/// RST set (IPv4 that is not a later fragment, or IPv6 with TCP as the
+/// first header): the local port and peer of the connection it resets.
+pub fn tcp_reset(frame: &[u8]) -> Option<(u16, IpEndpoint)> {
+    const TCP: u8 = 6;
+    const RST: u8 = 0x04;
+    let tcp = transport(frame, TCP)?;
+    if tcp.get(13)? & RST == 0 {
+        return None;
+    }
+    let ip = frame.get(ETHERNET_HEADER_BYTES..)?;
+    let source = match frame.get(12..14)? {
+        [0x08, 0x00] => IpAddress::Ipv4(Ipv4Address::from_octets(ip.get(12..16)?.try_into().ok()?)),
+        _ => IpAddress::Ipv6(Ipv6Address::from_octets(ip.get(8..24)?.try_into().ok()?)),
+    };
+    let port = |at: usize| Some(u16::from_be_bytes([*tcp.get(at)?, *tcp.get(at + 1)?]));
+    Some((port(2)?, IpEndpoint::new(source, port(0)?)))
+}
+
 /// The local port and sequence number of `frame` if it opens a TCP
 /// connection from this host (SYN without ACK or RST, as [`tcp_syn_port`]
 /// reads it): what a connect remembers to believe an ICMP answer.
@@ -465,7 +484,14 @@ pub(crate) struct Watch<'a> {
     pub(crate) now_micros: u64,
     /// The multicast options of the UDP sockets (`Multicast`).
     pub(crate) multicast: Option<&'a Multicast>,
+    /// While connections wait for ACKs: the RSTs received (`tcp_reset`),
+    /// at most `MAX_RESETS` per poll.
+    pub(crate) resets: Option<&'a RefCell<Vec<(u16, IpEndpoint)>>>,
 }
+
+/// RSTs a stack notes per poll at most (`Watch::resets`); a reset beyond
+/// them that ends a connection waiting for an ACK is taken for a timeout.
+pub(crate) const MAX_RESETS: usize = 64;
 
 /// What a stack does with the UDP datagrams it sends to multicast groups,
 /// which smoltcp treats as any other: the time-to-live they leave with
@@ -596,7 +622,14 @@ impl<'a, D: NetDevice> Port<'a, D> {
             divert: None,
             udp_peers: &[],
             refused: &mut [],
-            watch: Watch { dns_sent: None, syns_sent: None, unresolved: None, now_micros: 0, multicast: None },
+            watch: Watch {
+                dns_sent: None,
+                syns_sent: None,
+                unresolved: None,
+                now_micros: 0,
+                multicast: None,
+                resets: None,
+            },
             tcp_unreachable: None,
         }
     }
@@ -641,6 +674,7 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
             false => Some(self.device.borrow().mac()),
         };
         let unresolved = self.watch.unresolved.filter(|unresolved| !unresolved.borrow().is_empty());
+        let resets = self.watch.resets;
         loop {
             frame.clear();
             let taken = self.device.borrow_mut().receive(|received| {
@@ -656,6 +690,12 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
                 }
                 if let Some(address) = unresolved.and_then(|_| neighbour_answer(received)) {
                     unresolved.expect("checked").borrow_mut().answered(address);
+                }
+                if let Some(reset) = resets.and_then(|_| tcp_reset(received)) {
+                    let mut resets = resets.expect("checked").borrow_mut();
+                    if resets.len() < MAX_RESETS {
+                        resets.push(reset);
+                    }
                 }
                 // Parsed only where a rule needs it: most stacks have no
                 // full port and no other pair.
@@ -1233,6 +1273,50 @@ mod unreachable_tests {
         }
     }
 
+    /// A TCP segment from the peer's port 80 to the host's port 40000
+    /// with `flags`, over IPv4 or IPv6 (the readers need no checksums).
+    fn tcp_segment(v6: bool, flags: u8) -> Vec<u8> {
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&80u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = flags;
+        let mut ip = Vec::new();
+        if v6 {
+            ip.extend_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
+            ip.extend_from_slice(&PEER6.octets());
+            ip.extend_from_slice(&HOST6.octets());
+        } else {
+            ip.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0]);
+            ip.extend_from_slice(&PEER.octets());
+            ip.extend_from_slice(&HOST.octets());
+        }
+        ip.extend_from_slice(&tcp);
+        ethernet(if v6 { [0x86, 0xdd] } else { [0x08, 0x00] }, &ip)
+    }
+
+    #[test]
+    fn a_reset_names_the_local_port_and_the_peer() {
+        const RST: u8 = 0x04;
+        const ACK: u8 = 0x10;
+        let v4 = IpEndpoint::new(IpAddress::Ipv4(PEER), 80);
+        let v6 = IpEndpoint::new(IpAddress::Ipv6(PEER6), 80);
+        assert_eq!(super::tcp_reset(&tcp_segment(false, RST)), Some((40000, v4)));
+        assert_eq!(super::tcp_reset(&tcp_segment(false, RST | ACK)), Some((40000, v4)));
+        assert_eq!(super::tcp_reset(&tcp_segment(true, RST | ACK)), Some((40000, v6)));
+        assert_eq!(super::tcp_reset(&tcp_segment(false, ACK)), None, "no RST");
+        assert_eq!(super::tcp_reset(&tcp_segment(true, 0x02)), None, "a SYN");
+        // A later fragment carries no TCP header.
+        let mut fragment = tcp_segment(false, RST);
+        fragment[14 + 7] = 1;
+        assert_eq!(super::tcp_reset(&fragment), None, "a later fragment");
+        for whole in [tcp_segment(false, RST), tcp_segment(true, RST)] {
+            for cut in 0..34 {
+                assert_eq!(super::tcp_reset(&whole[..cut]), None, "truncated at {cut}");
+            }
+        }
+    }
+
     proptest! {
         /// Any bytes: no panic.
         #[test]
@@ -1244,6 +1328,7 @@ mod unreachable_tests {
             let _ = udp_port_unreachable(&frame);
             let _ = super::tcp_unreachable(&frame);
             let _ = super::tcp_syn_sent(&frame);
+            let _ = super::tcp_reset(&frame);
             let _ = super::neighbour_solicited(&frame);
             let _ = super::neighbour_answer(&frame);
             let _ = super::udp_multicast(&frame);

@@ -40,6 +40,10 @@ pub enum NetError {
     NoBufferSpace,
     /// A host name has no address (or no DNS server answered).
     NotFound,
+    /// The peer stopped answering while data waited for its ACK, for
+    /// longer than the user timeout (`StackConfig::tcp_user_timeout_micros`,
+    /// Linux's `ETIMEDOUT` after `tcp_retries2`).
+    TimedOut,
 }
 
 impl NetError {
@@ -61,6 +65,7 @@ impl NetError {
             Self::PermissionDenied => "permission denied",
             Self::NoBufferSpace => "no buffer space available",
             Self::NotFound => "failed to look up the name: no address found",
+            Self::TimedOut => "connection timed out",
         }
     }
 }

@@ -27,9 +27,9 @@ pub mod virtio_net;
 
 pub use config::{
     addressing_for, addressing_from, connect_timeout_from, dns_for, ipv6_for, ipv6_from, link_local, route_card,
-    socket_address_from_words, socket_address_words, stray_card_words, udp_member, Addressing, BadConnectTimeout,
-    CardError, ConfigError, DnsServers, Ipv6Config, UdpMember, DEFAULT_CONNECT_TIMEOUT_SECS, QEMU_USER_ADDRESS,
-    QEMU_USER_GATEWAY,
+    socket_address_from_words, socket_address_words, stray_card_words, udp_member, user_timeout_from, Addressing,
+    BadTimeout, CardError, ConfigError, DnsServers, Ipv6Config, UdpMember, DEFAULT_CONNECT_TIMEOUT_SECS,
+    DEFAULT_USER_TIMEOUT_SECS, QEMU_USER_ADDRESS, QEMU_USER_GATEWAY,
 };
 pub use device::{Capabilities, DeviceStats, MemoryDevice, NetDevice};
 pub use error::NetError;

@@ -77,6 +77,14 @@ pub struct StackConfig {
     /// keeps the socket forever (smoltcp has no FIN-WAIT or orphan timer;
     /// Linux's `tcp_fin_timeout` is 60 s).
     pub close_timeout_micros: u64,
+    /// How long the peer of an open connection may stay silent while data
+    /// this side sent waits for its ACK: then the connection ends and its
+    /// reads and writes give `TimedOut` (`None`: retransmit for ever, as
+    /// smoltcp does by itself). Linux's `TCP_USER_TIMEOUT`; its default
+    /// there comes from `tcp_retries2` (about 15 min). A peer that answers
+    /// (ACKs, even of a shut window) is never timed out; an idle
+    /// connection with nothing to send is not either.
+    pub tcp_user_timeout_micros: Option<u64>,
     /// How long a TCP connection may hold back the ACK of data it received
     /// (`None`: ACK at once). A server that answers within this time sends
     /// its answer with the ACK in it, one frame instead of two (a bare ACK
@@ -115,6 +123,7 @@ impl Default for StackConfig {
             udp_bytes: 64 * 1024,
             max_closing: 1024,
             close_timeout_micros: 15_000_000,
+            tcp_user_timeout_micros: Some(crate::config::DEFAULT_USER_TIMEOUT_SECS * 1_000_000),
             ack_delay_micros: Some(1_000),
             random_seed: 0x746f_726f_6e65_7421,
             ipv6: crate::config::Ipv6Config { address: None, gateway: None, slaac: false },
@@ -217,6 +226,9 @@ pub struct StackStats {
     /// next hop never answered ARP or neighbour discovery
     /// (`tcp_connect_state` gives the error).
     pub connects_unreachable: u64,
+    /// Connections ended because their peer stayed silent longer than
+    /// `tcp_user_timeout_micros` while data waited for its ACK.
+    pub connections_timed_out: u64,
 }
 
 /// The two port spaces.
@@ -224,6 +236,14 @@ pub struct StackStats {
 enum Protocol {
     Tcp,
     Udp,
+}
+
+/// An open connection with data waiting for its ACK (`Stack::unacknowledged`).
+struct Unacknowledged {
+    handle: SocketHandle,
+    /// Its endpoints, which smoltcp forgets when the connection ends.
+    local_port: u16,
+    peer: IpEndpoint,
 }
 
 struct Listener {
@@ -309,6 +329,17 @@ pub struct Stack<D: NetDevice> {
     multicast: crate::device::Multicast,
     /// Why connects failed (`fail_connects`), until their socket is closed.
     connect_errors: BTreeMap<SocketHandle, NetError>,
+    /// Open connections with sent data not yet acknowledged, on which
+    /// smoltcp's timeout is set to the user timeout (`tcp_send` arms it,
+    /// `sweep_unacknowledged` disarms it once everything was ACKed).
+    unacknowledged: Vec<Unacknowledged>,
+    /// While `unacknowledged` has any: the RSTs received in this poll, as
+    /// (local port, peer): a connection that smoltcp closed without one
+    /// timed out (`device::Watch`).
+    resets_received: RefCell<Vec<(u16, IpEndpoint)>>,
+    /// Connections that timed out (`sweep_unacknowledged`), until closed:
+    /// their reads and writes give `TimedOut`.
+    timed_out: BTreeSet<SocketHandle>,
     /// Sockets handed to the application (connections, UDP, ICMP): a set,
     /// since every socket call checks its handle here (a `Vec` scan made
     /// each wake-up pass over 1000 waiting connections 1000 x 1000
@@ -382,6 +413,9 @@ impl<D: NetDevice> Stack<D> {
             tcp_unreachable: Vec::new(),
             unresolved: RefCell::new(crate::neighbour::Unresolved::default()),
             connect_errors: BTreeMap::new(),
+            unacknowledged: Vec::new(),
+            resets_received: RefCell::new(Vec::new()),
+            timed_out: BTreeSet::new(),
             looping: false,
             udp_draining: Vec::new(),
             multicast: crate::device::Multicast {
@@ -524,6 +558,7 @@ impl<D: NetDevice> Stack<D> {
                     unresolved: connects.then_some(&self.unresolved),
                     now_micros,
                     multicast: Some(&self.multicast),
+                    resets: (!self.unacknowledged.is_empty()).then_some(&self.resets_received),
                 }
             }};
         }
@@ -579,6 +614,7 @@ impl<D: NetDevice> Stack<D> {
         for frame in looped {
             self.device.borrow_mut().loop_back(frame);
         }
+        changed |= self.sweep_unacknowledged();
         self.poll_dhcp();
         self.reap_closing();
         self.reap_draining();
@@ -780,6 +816,38 @@ impl<D: NetDevice> Stack<D> {
     fn top_up_listeners(&mut self) {
         let Self { listeners, sockets, spare, config, full_ports, stats, .. } = self;
         top_up_listeners(listeners, sockets, spare, config, full_ports, stats);
+    }
+
+    /// Goes over the connections with data waiting for its ACK (after a
+    /// poll): one that smoltcp closed without a RST from the peer timed out
+    /// (its timeout, the user timeout, is set only on these); one whose
+    /// data was all acknowledged has its timeout taken off again. Returns
+    /// whether a connection timed out.
+    fn sweep_unacknowledged(&mut self) -> bool {
+        if self.unacknowledged.is_empty() {
+            return false;
+        }
+        let resets = core::mem::take(self.resets_received.get_mut());
+        let (sockets, timed_out, stats) = (&mut self.sockets, &mut self.timed_out, &mut self.stats);
+        let before = stats.connections_timed_out;
+        self.unacknowledged.retain(|entry| {
+            let socket = sockets.get_mut::<tcp::Socket>(entry.handle);
+            match socket.state() {
+                tcp::State::Closed => {
+                    if !resets.contains(&(entry.local_port, entry.peer)) {
+                        timed_out.insert(entry.handle);
+                        stats.connections_timed_out += 1;
+                    }
+                    false
+                }
+                _ if socket.send_queue() > 0 => true,
+                _ => {
+                    socket.set_timeout(None);
+                    false
+                }
+            }
+        });
+        stats.connections_timed_out != before
     }
 
     fn reap_closing(&mut self) {
@@ -986,7 +1054,7 @@ impl<D: NetDevice> Stack<D> {
             Ok(0) => Err(NetError::WouldBlock),
             Ok(count) => Ok(count),
             Err(tcp::RecvError::Finished) => Ok(0),
-            Err(tcp::RecvError::InvalidState) => Err(NetError::ConnectionReset),
+            Err(tcp::RecvError::InvalidState) => Err(self.broken_error(handle)),
         }
     }
 
@@ -1005,18 +1073,30 @@ impl<D: NetDevice> Stack<D> {
                 Ok(data.len())
             }
             Err(tcp::RecvError::Finished) => Ok(0),
-            Err(tcp::RecvError::InvalidState) => Err(NetError::ConnectionReset),
+            Err(tcp::RecvError::InvalidState) => Err(self.broken_error(handle)),
         }
     }
 
-    /// Whether the connection broke without the peer's FIN (a reset, or
-    /// smoltcp's timeout) and nothing it received before is left to read:
-    /// the error `tcp_recv` and `tcp_send` now give, for `take_error`.
-    pub fn tcp_broken(&mut self, handle: TcpHandle) -> Result<bool, NetError> {
+    /// The error of a connection that broke without the peer's FIN:
+    /// `TimedOut` if its peer went silent (`sweep_unacknowledged`), else
+    /// `ConnectionReset` (a reset, sent or received).
+    fn broken_error(&self, handle: TcpHandle) -> NetError {
+        match self.timed_out.contains(&handle.0) {
+            true => NetError::TimedOut,
+            false => NetError::ConnectionReset,
+        }
+    }
+
+    /// If the connection broke without the peer's FIN (a reset, or the
+    /// user timeout) and nothing it received before is left to read: the
+    /// error `tcp_recv` and `tcp_send` now give (`ConnectionReset` or
+    /// `TimedOut`), for `take_error`.
+    pub fn tcp_broken(&mut self, handle: TcpHandle) -> Result<Option<NetError>, NetError> {
         let socket = self.tcp(handle)?;
-        Ok(socket.state() == tcp::State::Closed
+        let broken = socket.state() == tcp::State::Closed
             && socket.recv_queue() == 0
-            && socket.peek(0) == Err(tcp::RecvError::InvalidState))
+            && socket.peek(0) == Err(tcp::RecvError::InvalidState);
+        Ok(broken.then(|| self.broken_error(handle)))
     }
 
     /// Whether `tcp_recv` would not block (data, end of stream or error).
@@ -1029,12 +1109,13 @@ impl<D: NetDevice> Stack<D> {
 
     /// Queues `data` for sending: how much fit (`WouldBlock` if nothing
     /// did), `BrokenPipe` after this side shut down, `ConnectionReset` if
-    /// the connection broke.
+    /// the connection broke (`TimedOut` if its peer went silent).
     pub fn tcp_send(&mut self, handle: TcpHandle, data: &[u8]) -> Result<usize, NetError> {
+        let user_timeout = self.config.tcp_user_timeout_micros.map(Duration::from_micros);
         let socket = self.tcp(handle)?;
         match socket.state() {
             tcp::State::SynSent | tcp::State::SynReceived => return Err(NetError::WouldBlock),
-            tcp::State::Closed => return Err(NetError::ConnectionReset),
+            tcp::State::Closed => return Err(self.broken_error(handle)),
             _ => {}
         }
         if !socket.may_send() {
@@ -1045,7 +1126,20 @@ impl<D: NetDevice> Stack<D> {
         }
         match socket.send_slice(data) {
             Ok(0) => Err(NetError::WouldBlock),
-            Ok(count) => Ok(count),
+            Ok(count) => {
+                // The user timeout runs while sent data waits for its ACK.
+                // smoltcp's own timeout is that, counted from the last
+                // segment the peer sent (from the first transmit when the
+                // queue was empty), but it also ends an idle connection:
+                // so it is set only while data waits.
+                if user_timeout.is_some() && socket.timeout().is_none() {
+                    if let (Some(local), Some(peer)) = (socket.local_endpoint(), socket.remote_endpoint()) {
+                        socket.set_timeout(user_timeout);
+                        self.unacknowledged.push(Unacknowledged { handle: handle.0, local_port: local.port, peer });
+                    }
+                }
+                Ok(count)
+            }
             Err(tcp::SendError::InvalidState) => Err(NetError::BrokenPipe),
         }
     }
@@ -1081,6 +1175,9 @@ impl<D: NetDevice> Stack<D> {
         }
         self.outgoing.remove(&handle.0);
         self.connect_errors.remove(&handle.0);
+        self.timed_out.remove(&handle.0);
+        // A closing socket has its own deadline (`close_timeout_micros`).
+        self.unacknowledged.retain(|entry| entry.handle != handle.0);
         let socket = self.sockets.get_mut::<tcp::Socket>(handle.0);
         if socket.state() == tcp::State::SynSent {
             forget_connect(socket);

@@ -253,15 +253,15 @@ fn a_reset_is_pending_after_the_data_before_it_and_a_clean_close_is_not() {
     let mut link = Link::new(StackConfig::default());
     link.server.tcp_listen(80).unwrap();
     let (client, server) = link.connect(80);
-    assert_eq!(link.server.tcp_broken(server), Ok(false), "an open connection");
+    assert_eq!(link.server.tcp_broken(server), Ok(None), "an open connection");
     link.client.tcp_send(client, b"before the reset").unwrap();
     link.run(5);
     link.client.tcp_abort(client);
     link.run(5);
-    assert_eq!(link.server.tcp_broken(server), Ok(false), "data before the reset is read first");
+    assert_eq!(link.server.tcp_broken(server), Ok(None), "data before the reset is read first");
     let mut buffer = [0u8; 64];
     assert_eq!(link.server.tcp_recv(server, &mut buffer), Ok(16));
-    assert_eq!(link.server.tcp_broken(server), Ok(true), "then the reset");
+    assert_eq!(link.server.tcp_broken(server), Ok(Some(NetError::ConnectionReset)), "then the reset");
     assert_eq!(link.server.tcp_recv(server, &mut buffer), Err(NetError::ConnectionReset));
 
     // Both sides close cleanly: the peer's FIN is an end, not an error,
@@ -270,12 +270,12 @@ fn a_reset_is_pending_after_the_data_before_it_and_a_clean_close_is_not() {
     link.client.tcp_shutdown_write(client).unwrap();
     link.run(5);
     assert_eq!(link.server.tcp_recv(server, &mut buffer), Ok(0));
-    assert_eq!(link.server.tcp_broken(server), Ok(false), "the peer's FIN");
+    assert_eq!(link.server.tcp_broken(server), Ok(None), "the peer's FIN");
     link.server.tcp_shutdown_write(server).unwrap();
     for _ in 0..200 {
         link.run(50);
-        assert_eq!(link.server.tcp_broken(server), Ok(false), "a clean close");
-        assert_eq!(link.client.tcp_broken(client), Ok(false), "a clean close, the side that closed first");
+        assert_eq!(link.server.tcp_broken(server), Ok(None), "a clean close");
+        assert_eq!(link.client.tcp_broken(client), Ok(None), "a clean close, the side that closed first");
     }
 }
 
@@ -417,6 +417,124 @@ fn a_closing_socket_that_cannot_finish_is_reset_after_its_timeout() {
         assert!(count > 0, "a reset, not a clean end of stream");
     }
     assert_eq!(link.client.tcp_recv(stalled, &mut buffer), Err(NetError::ConnectionReset));
+}
+
+/// A stack whose connections time out after 2 s of a silent peer.
+fn user_timeout() -> StackConfig {
+    StackConfig {
+        tcp_user_timeout_micros: Some(2_000_000),
+        tcp_rx_bytes: 4096,
+        tcp_tx_bytes: 4096,
+        tcp_large_sockets: 0,
+        ..StackConfig::default()
+    }
+}
+
+impl Link {
+    /// Polls the client only, for `micros`, dropping what it sends: the
+    /// server has vanished. Returns the client's first send error with
+    /// the time it came (from the start), or `None`.
+    fn server_gone(&mut self, client: TcpHandle, micros: u64) -> Option<(NetError, u64)> {
+        let start = self.now;
+        while self.now - start < micros {
+            self.now += 10 * STEP_MICROS;
+            self.client.poll(self.now);
+            self.client.device().drain_sent();
+            if let Err(error) = self.client.tcp_send(client, b"") {
+                return Some((error, self.now - start));
+            }
+        }
+        None
+    }
+}
+
+/// A peer that vanishes while data waits for its ACK: after the user
+/// timeout the connection ends with `TimedOut` (Linux's `ETIMEDOUT`),
+/// reads and writes say so, and it counts. Before that, a connection with
+/// nothing to send outlives a silent peer: the timeout is off once all
+/// was acknowledged.
+#[test]
+fn a_connection_whose_peer_vanished_times_out_once_data_waits() {
+    let mut link = Link::new(user_timeout());
+    link.server.tcp_listen(80).unwrap();
+    let (client, server) = link.connect(80);
+    assert_eq!(transfer(&mut link, client, server, b"request"), b"request");
+    link.run(10);
+    // Idle, with everything acknowledged: a silent peer is no reason to end.
+    assert_eq!(link.server_gone(client, 5_000_000), None, "an idle connection is not timed out");
+    let mut buffer = [0u8; 64];
+    assert_eq!(link.client.tcp_recv(client, &mut buffer), Err(NetError::WouldBlock));
+    // Data waits for an ACK that never comes.
+    assert_eq!(link.client.tcp_send(client, b"another"), Ok(7));
+    let delay = link.client.poll_delay_micros(link.now).expect("a deadline while data waits");
+    assert!(delay <= 2_000_000, "polled by the timeout at the latest ({delay} us)");
+    let (error, after) = link.server_gone(client, 10_000_000).expect("the connection timed out");
+    assert_eq!(error, NetError::TimedOut);
+    assert!((2_000_000..2_500_000).contains(&after), "timed out after {after} us");
+    assert_eq!(link.client.tcp_recv(client, &mut buffer), Err(NetError::TimedOut));
+    assert_eq!(link.client.tcp_send(client, b"x"), Err(NetError::TimedOut));
+    assert_eq!(link.client.tcp_broken(client), Ok(Some(NetError::TimedOut)), "the pending error");
+    assert_eq!(link.client.stats().connections_timed_out, 1);
+    link.client.tcp_close(client);
+    link.now += 1_000_000;
+    link.client.poll(link.now);
+    assert_eq!(link.client.stats().closing, 0, "freed once closed");
+    // A new connection on the reused socket starts without the error.
+    link.client.device().drain_sent();
+    link.server.tcp_abort(server);
+    link.run(10);
+    let (client, server) = link.connect(80);
+    assert_eq!(transfer(&mut link, client, server, b"again"), b"again");
+    assert_eq!(link.client.tcp_broken(client), Ok(None));
+}
+
+/// A peer that is there but keeps its window shut answers the window
+/// probes: however long, its connection does not time out. (smoltcp
+/// probes at intervals that double up to 60 s: a user timeout above that
+/// is always met by an answer.)
+#[test]
+fn a_peer_with_its_window_shut_is_not_timed_out() {
+    let mut link = Link::new(StackConfig { tcp_user_timeout_micros: Some(90_000_000), ..user_timeout() });
+    link.server.tcp_listen(80).unwrap();
+    let (client, server) = link.connect(80);
+    let mut sent = 0;
+    for _ in 0..100 {
+        sent += link.server.tcp_send(server, &[0x5au8; 1024]).unwrap_or(0);
+        link.run(1);
+    }
+    assert!(!link.server.tcp_writable(server), "the client's window is shut");
+    for _ in 0..30_000 {
+        link.now += 10 * STEP_MICROS;
+        link.server.poll(link.now);
+        link.client.poll(link.now);
+    }
+    assert_eq!(link.server.tcp_send(server, b"more"), Err(NetError::WouldBlock), "still open after 300 s");
+    assert_eq!(link.server.stats().connections_timed_out, 0);
+    let mut received = 0;
+    let mut buffer = [0u8; 4096];
+    for _ in 0..1_000 {
+        while let Ok(count) = link.client.tcp_recv(client, &mut buffer) {
+            received += count;
+        }
+        link.run(1);
+    }
+    assert_eq!(received, sent, "all of it arrives once the client reads");
+}
+
+/// A RST from the peer while data waits for its ACK is a reset, not a
+/// timeout.
+#[test]
+fn a_reset_while_data_waits_is_not_a_timeout() {
+    let mut link = Link::new(user_timeout());
+    link.server.tcp_listen(80).unwrap();
+    let (client, server) = link.connect(80);
+    assert_eq!(link.client.tcp_send(client, b"lost"), Ok(4));
+    assert_eq!(link.server_gone(client, 500_000), None);
+    link.server.tcp_abort(server);
+    link.run(20);
+    assert_eq!(link.client.tcp_send(client, b"x"), Err(NetError::ConnectionReset));
+    assert_eq!(link.client.tcp_broken(client), Ok(Some(NetError::ConnectionReset)));
+    assert_eq!(link.client.stats().connections_timed_out, 0);
 }
 
 #[test]

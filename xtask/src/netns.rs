@@ -168,6 +168,12 @@ impl Namespace {
         ip(&["-n", &self.name, "route", "add", "unreachable", UNREACHABLE_NETWORK])
     }
 
+    /// Drops everything the namespace sends to `address` (a blackhole
+    /// route for it): from the guest's side, a peer that went silent.
+    pub fn black_hole(&self, address: &str) -> Result<()> {
+        ip(&["-n", &self.name, "route", "add", "blackhole", &format!("{address}/32")])
+    }
+
     /// Checks from inside the namespace that the server at `url` answers a
     /// request that takes gzip with a gzip-coded page that curl decodes to
     /// what it serves uncoded (the tap tests; the bench before its gzip

@@ -430,6 +430,10 @@ fn boot_on_two_queues(
     Ok((child, directory, output))
 }
 
+/// What `resolve` prints when the namespace is to stop answering it
+/// ([`Namespace::black_hole`]): its connection's peer vanishes.
+const CUT_OFF_LINE: &str = "resolve: cut the guest off now";
+
 /// The DNS test's name.
 pub const DNS_TEST: &str = "dns-q35-2";
 
@@ -460,7 +464,7 @@ pub fn dns_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, Strin
         image,
         accel,
         &namespace,
-        &format!("toro.dns={host} toro.tcp_connect_timeout=1 toro.log=info"),
+        &format!("toro.dns={host} toro.tcp_connect_timeout=1 toro.tcp_user_timeout=3 toro.log=info"),
     )?;
     let started = Instant::now();
     let mut output = Vec::new();
@@ -468,6 +472,10 @@ pub fn dns_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, Strin
     while started.elapsed() < Duration::from_secs(120) {
         match lines.recv_timeout(Duration::from_millis(250)) {
             Ok((_, line)) => {
+                if line.contains(CUT_OFF_LINE) {
+                    // The guest's TCP peer (dnsmasq) goes silent.
+                    namespace.black_hole(netns::GUEST_ADDRESS)?;
+                }
                 passed |= line.contains("resolve: all passed");
                 let done = passed || line.contains("exit status") || line.contains("panic");
                 output.push(line);

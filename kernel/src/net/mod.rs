@@ -81,6 +81,7 @@ pub(crate) fn to_io(error: NetError) -> io::Error {
         // Linux's ENOBUFS, which std leaves uncategorized.
         NetError::NoBufferSpace => ErrorKind::OutOfMemory,
         NetError::NotFound => ErrorKind::NotFound,
+        NetError::TimedOut => ErrorKind::TimedOut,
     };
     io::Error::from_static(kind, error.message())
 }
@@ -287,7 +288,16 @@ pub(crate) fn init() {
             Some(toro_net::DEFAULT_CONNECT_TIMEOUT_SECS * 1_000_000)
         });
     CONNECT_TIMEOUT_MICROS.store(timeout.unwrap_or(u64::MAX), core::sync::atomic::Ordering::Relaxed);
-    let config = StackConfig { random_seed: crate::time::Instant::now().ticks(), ..StackConfig::default() };
+    let user_timeout =
+        toro_net::user_timeout_from(crate::system::command_line().split_whitespace()).unwrap_or_else(|error| {
+            log::warn!("net: {error}; a silent peer ends a connection after {} s", toro_net::DEFAULT_USER_TIMEOUT_SECS);
+            Some(toro_net::DEFAULT_USER_TIMEOUT_SECS * 1_000_000)
+        });
+    let config = StackConfig {
+        random_seed: crate::time::Instant::now().ticks(),
+        tcp_user_timeout_micros: user_timeout,
+        ..StackConfig::default()
+    };
     let mut plans = vec![instance::Plan {
         name: "lo",
         owner: 0,

@@ -408,32 +408,32 @@ impl TcpStream {
     }
 
     /// The connection's pending error, as std's (`SO_ERROR`):
-    /// `Some(ConnectionReset)` once the peer reset the connection (or it
-    /// timed out) and no read or write of this stream or its clones has
-    /// reported that yet; then `None` again. Data that arrived before the
+    /// `Some(ConnectionReset)` once the peer reset the connection
+    /// (`Some(TimedOut)` once its peer stayed silent past the user timeout,
+    /// `toro.tcp_user_timeout=`) and no read or write of this stream or its
+    /// clones has reported that yet; then `None` again. Data that arrived before the
     /// reset is read first: until it is, `None` (Linux reports the reset at
-    /// once). Reads and writes keep giving `ConnectionReset` after it
+    /// once). Reads and writes keep giving that error after it
     /// (Linux's give end of stream and `BrokenPipe` once it was reported).
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         if self.inner.error_reported.load(Ordering::Relaxed) {
             return Ok(None);
         }
         let handle = self.inner.handle;
-        if !self.with(|i| i.stack.tcp_broken(handle))? {
+        let Some(error) = self.with(|i| i.stack.tcp_broken(handle))? else {
             return Ok(None);
-        }
+        };
         self.inner.error_reported.store(true, Ordering::Relaxed);
-        Ok(Some(to_io(NetError::ConnectionReset)))
+        Ok(Some(to_io(error)))
     }
 
-    /// Notes that `result` reported the connection's reset (`take_error`).
-    fn noted<T>(&self, result: io::Result<T>) -> io::Result<T> {
-        if let Err(error) = &result {
-            if error.kind() == ErrorKind::ConnectionReset {
-                self.inner.error_reported.store(true, Ordering::Relaxed);
-            }
+    /// Notes that `result` reported the connection's reset or timeout
+    /// (`take_error`; not a read or write timeout, which ends one wait).
+    fn noted<T>(&self, result: Result<T, instance::WaitError>) -> io::Result<T> {
+        if let Err(instance::WaitError::Net(NetError::ConnectionReset | NetError::TimedOut)) = &result {
+            self.inner.error_reported.store(true, Ordering::Relaxed);
         }
-        result
+        result.map_err(wait_to_io)
     }
 
     /// Reads received data without taking it, as std's `peek`: the next
@@ -461,7 +461,7 @@ impl TcpStream {
                 false => i.stack.tcp_recv(handle, buffer),
             })
         });
-        self.noted(received.map_err(wait_to_io))
+        self.noted(received)
     }
 
     #[inline(never)]
@@ -475,7 +475,7 @@ impl TcpStream {
         let sent = instance::on_owner(id, || {
             instance::wait_on(id, Interest::Writable(handle), timeout, nonblocking, |i| i.stack.tcp_send(handle, data))
         });
-        self.noted(sent.map_err(wait_to_io))
+        self.noted(sent)
     }
 }
 

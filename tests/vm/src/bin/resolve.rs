@@ -14,7 +14,9 @@
 //! `HostUnreachable` once ARP gave up (3 s); connects the host answers
 //! with ICMP unreachables fail at once; a multicast datagram sent from
 //! either CPU reaches a member socket here unless loop-back is off;
-//! `TcpStream::connect` by name reaches the server's own TCP port 53.
+//! `TcpStream::connect` by name reaches the server's own TCP port 53, and
+//! once the host stops answering, that connection times out with data
+//! unacknowledged after `toro.tcp_user_timeout=3`.
 
 #![no_std]
 #![no_main]
@@ -187,7 +189,10 @@ fn main() -> i32 {
         }
     }
     match TcpStream::connect("peer.toro.test:53") {
-        Ok(stream) => ok &= check(stream.peer_addr().ok() == Some(peer[0]), "connected to 172.31.0.1:53 by name"),
+        Ok(stream) => {
+            ok &= check(stream.peer_addr().ok() == Some(peer[0]), "connected to 172.31.0.1:53 by name");
+            ok &= dead_peer(stream);
+        }
         Err(error) => ok &= check(false, &format!("TcpStream::connect(\"peer.toro.test:53\"): {error}")),
     }
     if ok {
@@ -196,4 +201,35 @@ fn main() -> i32 {
     } else {
         1
     }
+}
+
+/// The connection to dnsmasq's TCP port, whose peer then vanishes (the
+/// host routes the guest's address into a black hole on the line below):
+/// data sent after that is never acknowledged, and after
+/// `toro.tcp_user_timeout=3` the blocked read ends with `TimedOut`, as
+/// Linux's `ETIMEDOUT`; so does the next write. Before, with its data
+/// acknowledged, the idle connection outlives 4 s of silence.
+fn dead_peer(mut stream: TcpStream) -> bool {
+    use toro::io::{Read, Write};
+    let mut ok = true;
+    // Half a DNS length prefix: dnsmasq waits for the rest.
+    let sent = stream.write_all(&[0]).map_err(|error| error.kind());
+    ok &= check(sent == Ok(()), &format!("the first byte to 172.31.0.1:53: {sent:?}"));
+    // Its ACK comes long before the host acts on the line.
+    thread::sleep(core::time::Duration::from_millis(500));
+    println!("resolve: cut the guest off now");
+    thread::sleep(core::time::Duration::from_secs(4));
+    ok &= check(stream.take_error().ok().flatten().is_none(), "idle with nothing unacknowledged: no error");
+    let sent = stream.write_all(&[0]).map_err(|error| error.kind());
+    ok &= check(sent == Ok(()), &format!("the second byte: {sent:?}"));
+    let started = toro::time::Instant::now();
+    let mut buffer = [0u8; 8];
+    let read = stream.read(&mut buffer).map_err(|error| error.kind());
+    let waited = started.elapsed().as_millis();
+    println!("resolve: read from the vanished peer: {read:?} after {waited} ms");
+    ok &= check(read == Err(ErrorKind::TimedOut), &format!("read from the vanished peer: {read:?}"));
+    ok &= check((2900..8000).contains(&waited), &format!("timed out after {waited} ms, not about 3 s"));
+    let again = stream.write(&[0]).map_err(|error| error.kind());
+    ok &= check(again == Err(ErrorKind::TimedOut), &format!("a write after the timeout: {again:?}"));
+    ok
 }
