@@ -244,6 +244,10 @@ struct Unacknowledged {
     /// Its endpoints, which smoltcp forgets when the connection ends.
     local_port: u16,
     peer: IpEndpoint,
+    /// What the network said of it meanwhile: an ICMP destination
+    /// unreachable for its segments, or its next hop given up (Linux's
+    /// soft error, `sk_err_soft`): the error it ends with if it times out.
+    soft_error: Option<NetError>,
 }
 
 struct Listener {
@@ -337,9 +341,10 @@ pub struct Stack<D: NetDevice> {
     /// (local port, peer): a connection that smoltcp closed without one
     /// timed out (`device::Watch`).
     resets_received: RefCell<Vec<(u16, IpEndpoint)>>,
-    /// Connections that timed out (`sweep_unacknowledged`), until closed:
-    /// their reads and writes give `TimedOut`.
-    timed_out: BTreeSet<SocketHandle>,
+    /// Connections that timed out (`sweep_unacknowledged`), until closed,
+    /// with the error their reads and writes give: `TimedOut`, or the
+    /// soft error they had.
+    timed_out: BTreeMap<SocketHandle, NetError>,
     /// Sockets handed to the application (connections, UDP, ICMP): a set,
     /// since every socket call checks its handle here (a `Vec` scan made
     /// each wake-up pass over 1000 waiting connections 1000 x 1000
@@ -415,7 +420,7 @@ impl<D: NetDevice> Stack<D> {
             connect_errors: BTreeMap::new(),
             unacknowledged: Vec::new(),
             resets_received: RefCell::new(Vec::new()),
-            timed_out: BTreeSet::new(),
+            timed_out: BTreeMap::new(),
             looping: false,
             udp_draining: Vec::new(),
             multicast: crate::device::Multicast {
@@ -552,10 +557,11 @@ impl<D: NetDevice> Stack<D> {
         macro_rules! watch {
             () => {{
                 let connects = !self.outgoing.is_empty();
+                let waiting = connects || !self.unacknowledged.is_empty();
                 Watch {
                     dns_sent: (!self.dns_queries.is_empty()).then_some(&self.dns_sent),
                     syns_sent: connects.then_some(&self.syns_sent),
-                    unresolved: connects.then_some(&self.unresolved),
+                    unresolved: waiting.then_some(&self.unresolved),
                     now_micros,
                     multicast: Some(&self.multicast),
                     resets: (!self.unacknowledged.is_empty()).then_some(&self.resets_received),
@@ -563,7 +569,9 @@ impl<D: NetDevice> Stack<D> {
             }};
         }
         loop {
-            let connects = !self.outgoing.is_empty();
+            // Connects and connections waiting for ACKs hear of ICMP
+            // unreachables.
+            let waiting = !self.outgoing.is_empty() || !self.unacknowledged.is_empty();
             let divert = (self.config.ephemeral_share.1 > 1).then(|| crate::device::Divert {
                 share: self.config.ephemeral_share,
                 listened: &self.listened,
@@ -578,7 +586,7 @@ impl<D: NetDevice> Stack<D> {
                 udp_peers: &self.udp_peers,
                 refused: &mut self.udp_refused,
                 watch: watch!(),
-                tcp_unreachable: connects.then_some(&mut self.tcp_unreachable),
+                tcp_unreachable: waiting.then_some(&mut self.tcp_unreachable),
             };
             let result = self.interface.poll_ingress_single(now, &mut port, &mut self.sockets);
             self.stats.listen_drops += port.dropped_syns;
@@ -757,6 +765,7 @@ impl<D: NetDevice> Stack<D> {
     fn fail_connects(&mut self) -> bool {
         let reports = core::mem::take(&mut self.tcp_unreachable);
         let given_up = self.unresolved.get_mut().take_given_up(self.now_micros);
+        self.note_soft_errors(&reports, &given_up);
         if self.syns_sent.get_mut().is_empty() && given_up.is_empty() {
             return false;
         }
@@ -794,6 +803,32 @@ impl<D: NetDevice> Stack<D> {
             self.stats.connects_unreachable += 1;
         }
         !failed.is_empty()
+    }
+
+    /// What the network said of the connections waiting for ACKs (Linux's
+    /// soft errors: an established connection goes on retransmitting, and
+    /// the error is the one it ends with if it times out): an ICMP
+    /// destination unreachable for a segment between its endpoints, or
+    /// its next hop given up (`HostUnreachable`). Unlike a connect's, the
+    /// sequence number quoted is not checked (smoltcp does not say which
+    /// are in flight): a forged ICMP changes no more than that error.
+    fn note_soft_errors(&mut self, reports: &[crate::device::TcpUnreachable], given_up: &[IpAddress]) {
+        if reports.is_empty() && given_up.is_empty() {
+            return;
+        }
+        for index in 0..self.unacknowledged.len() {
+            let Unacknowledged { local_port, peer, .. } = self.unacknowledged[index];
+            let report = reports.iter().find(|report| report.local_port == local_port && report.peer == peer);
+            let error = match report {
+                Some(report) => Some(report.error),
+                None => {
+                    self.next_hop(peer.addr).filter(|hop| given_up.contains(hop)).map(|_| NetError::HostUnreachable)
+                }
+            };
+            if error.is_some() {
+                self.unacknowledged[index].soft_error = error;
+            }
+        }
     }
 
     /// The neighbour a packet to `address` goes to: the address itself
@@ -835,8 +870,16 @@ impl<D: NetDevice> Stack<D> {
             match socket.state() {
                 tcp::State::Closed => {
                     if !resets.contains(&(entry.local_port, entry.peer)) {
-                        timed_out.insert(entry.handle);
+                        timed_out.insert(entry.handle, entry.soft_error.unwrap_or(NetError::TimedOut));
                         stats.connections_timed_out += 1;
+                        // smoltcp's RST has not left if the peer's MAC is
+                        // unknown (its neighbour entry expired): Linux sends
+                        // none on a timeout, and that one would ask ARP for
+                        // the vanished peer every second, holding back other
+                        // sockets' requests, as long as the socket lives.
+                        if socket.local_endpoint().is_some() && socket.recv_queue() == 0 {
+                            forget_connect(socket);
+                        }
                     }
                     false
                 }
@@ -1078,13 +1121,11 @@ impl<D: NetDevice> Stack<D> {
     }
 
     /// The error of a connection that broke without the peer's FIN:
-    /// `TimedOut` if its peer went silent (`sweep_unacknowledged`), else
-    /// `ConnectionReset` (a reset, sent or received).
+    /// `TimedOut` (or the soft error it had, as Linux reports) if its peer
+    /// went silent (`sweep_unacknowledged`), else `ConnectionReset` (a
+    /// reset, sent or received).
     fn broken_error(&self, handle: TcpHandle) -> NetError {
-        match self.timed_out.contains(&handle.0) {
-            true => NetError::TimedOut,
-            false => NetError::ConnectionReset,
-        }
+        self.timed_out.get(&handle.0).copied().unwrap_or(NetError::ConnectionReset)
     }
 
     /// If the connection broke without the peer's FIN (a reset, or the
@@ -1135,7 +1176,9 @@ impl<D: NetDevice> Stack<D> {
                 if user_timeout.is_some() && socket.timeout().is_none() {
                     if let (Some(local), Some(peer)) = (socket.local_endpoint(), socket.remote_endpoint()) {
                         socket.set_timeout(user_timeout);
-                        self.unacknowledged.push(Unacknowledged { handle: handle.0, local_port: local.port, peer });
+                        let local_port = local.port;
+                        let entry = Unacknowledged { handle: handle.0, local_port, peer, soft_error: None };
+                        self.unacknowledged.push(entry);
                     }
                 }
                 Ok(count)
@@ -1774,6 +1817,8 @@ const MAX_SPARE: usize = 16;
 /// nothing; and a RST to a host that never answered ARP would wait for
 /// its neighbour, asking for it every second and holding back every
 /// other socket's ARP requests (smoltcp sends one a second in all).
+/// A connection that timed out is ended the same way when its RST is
+/// still waiting for the peer's MAC (`sweep_unacknowledged`).
 /// smoltcp has no call that only forgets the peer; on a closed socket
 /// `listen` does it (it resets the socket first), and `close` leaves
 /// `Listen` for `Closed`.

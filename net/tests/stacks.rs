@@ -435,12 +435,22 @@ impl Link {
     /// server has vanished. Returns the client's first send error with
     /// the time it came (from the start), or `None`.
     fn server_gone(&mut self, client: TcpHandle, micros: u64) -> Option<(NetError, u64)> {
+        self.alone(false, client, micros)
+    }
+
+    /// [`Link::server_gone`] the other way: the server alone.
+    fn client_gone(&mut self, server: TcpHandle, micros: u64) -> Option<(NetError, u64)> {
+        self.alone(true, server, micros)
+    }
+
+    fn alone(&mut self, server: bool, handle: TcpHandle, micros: u64) -> Option<(NetError, u64)> {
         let start = self.now;
         while self.now - start < micros {
             self.now += 10 * STEP_MICROS;
-            self.client.poll(self.now);
-            self.client.device().drain_sent();
-            if let Err(error) = self.client.tcp_send(client, b"") {
+            let stack = if server { &mut self.server } else { &mut self.client };
+            stack.poll(self.now);
+            stack.device().drain_sent();
+            if let Err(error) = stack.tcp_send(handle, b"") {
                 return Some((error, self.now - start));
             }
         }
@@ -486,6 +496,59 @@ fn a_connection_whose_peer_vanished_times_out_once_data_waits() {
     let (client, server) = link.connect(80);
     assert_eq!(transfer(&mut link, client, server, b"again"), b"again");
     assert_eq!(link.client.tcp_broken(client), Ok(None));
+}
+
+/// What the network said while the connection retransmitted is the error
+/// it ends with, as Linux's soft errors: a router's ICMP host unreachable
+/// for its segments gives `HostUnreachable` at the timeout (not at once:
+/// the route may come back), and a peer on the link whose ARP entry
+/// expired and who answers no ARP request gives the same. Both on an
+/// accepted connection (a connect's stack watches for them anyway).
+#[test]
+fn a_timed_out_connection_reports_what_the_network_said() {
+    const ROUTER: Ipv4Address = Ipv4Address::new(10, 0, 0, 254);
+    let mut link = Link::new(user_timeout());
+    link.server.tcp_listen(80).unwrap();
+    let (_client, server) = link.connect(80);
+    assert_eq!(link.server.tcp_send(server, b"data"), Ok(4));
+    link.now += STEP_MICROS;
+    link.server.poll(link.now);
+    let sent = link.server.device().drain_sent();
+    let segment = sent.iter().find(|frame| frame.len() > 54).expect("the data segment");
+    link.server.device().inject(&icmp_unreachable_to(segment, 1, ROUTER, (MAC_SERVER, SERVER_IP)));
+    link.now += STEP_MICROS;
+    link.server.poll(link.now);
+    assert_eq!(link.server.tcp_send(server, b""), Ok(0), "a soft error: the connection goes on");
+    let (error, after) = link.client_gone(server, 10_000_000).expect("timed out");
+    assert_eq!((error, after / 1_000_000), (NetError::HostUnreachable, 2), "after {after} us");
+    assert_eq!(link.server.tcp_broken(server), Ok(Some(NetError::HostUnreachable)));
+    assert_eq!(link.server.stats().connections_timed_out, 1);
+
+    // smoltcp keeps a neighbour 60 s; then it asks ARP, and nobody answers.
+    let mut link = Link::new(StackConfig { tcp_user_timeout_micros: Some(90_000_000), ..user_timeout() });
+    link.server.tcp_listen(80).unwrap();
+    let (_client, server) = link.connect(80);
+    assert_eq!(link.server.tcp_send(server, b"data"), Ok(4));
+    let (error, after) = link.client_gone(server, 100_000_000).expect("timed out");
+    assert_eq!((error, after / 1_000_000), (NetError::HostUnreachable, 90), "after {after} us");
+    // Ended without a RST, as Linux ends it: one to a neighbour that does
+    // not answer would wait for its ARP, asked again every second (and
+    // holding back the other sockets' requests), while the socket lives;
+    // and it lives on as a spare after the close.
+    let mut asked = 0;
+    for round in 0..2 {
+        if round == 1 {
+            link.server.tcp_close(server);
+        }
+        for _ in 0..500 {
+            link.now += 10 * STEP_MICROS;
+            link.server.poll(link.now);
+            let sent = link.server.device().drain_sent();
+            asked += sent.iter().filter(|frame| toro_net::device::neighbour_solicited(frame).is_some()).count();
+        }
+    }
+    assert_eq!(asked, 0, "ARP requests for the vanished peer after the timeout");
+    assert_eq!(link.server.stats().closing, 0);
 }
 
 /// A peer that is there but keeps its window shut answers the window
