@@ -898,6 +898,18 @@ impl<D: NetDevice> Stack<D> {
         self.closing.retain_mut(|(handle, deadline)| {
             let socket = sockets.get_mut::<tcp::Socket>(*handle);
             if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                // A reset socket that still has its peer has not sent its
+                // RST: it waits for the peer's MAC. Until the deadline;
+                // then it is dropped, as Linux drops what waits for a
+                // neighbour that never answers (smoltcp would ask ARP for
+                // it every second, holding back other sockets' requests,
+                // for as long as the socket is kept).
+                if socket.state() == tcp::State::Closed && socket.local_endpoint().is_some() {
+                    if now < *deadline {
+                        return true;
+                    }
+                    forget_connect(socket);
+                }
                 // A TIME-WAIT socket kept still answers a retransmitted
                 // FIN until it is used again.
                 match spare.len() < MAX_SPARE {
@@ -910,10 +922,11 @@ impl<D: NetDevice> Stack<D> {
             }
             if now >= *deadline {
                 // Out of time: reset. The next poll sends the RST, the
-                // reap after it finds the socket closed and frees it.
+                // reap after it finds the socket closed and frees it (or,
+                // if the RST waits for ARP, at the latest by then).
                 socket.abort();
                 stats.closing_timed_out += 1;
-                *deadline = u64::MAX;
+                *deadline = now.saturating_add(RST_ARP_WAIT_MICROS);
             }
             true
         });
@@ -1807,6 +1820,11 @@ impl<D: NetDevice> Stack<D> {
         Ok(())
     }
 }
+
+/// How long a closing socket's RST may wait for the peer's MAC after the
+/// close deadline reset it: what a neighbour is given (3 requests, 1 s
+/// apart) before it is given up.
+const RST_ARP_WAIT_MICROS: u64 = 3_000_000;
 
 /// Spare TCP sockets a stack keeps at most (`Stack::spare`).
 const MAX_SPARE: usize = 16;

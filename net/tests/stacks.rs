@@ -551,6 +551,32 @@ fn a_timed_out_connection_reports_what_the_network_said() {
     assert_eq!(link.server.stats().closing, 0);
 }
 
+/// A RST for a peer whose MAC smoltcp no longer knows waits for ARP; if
+/// nobody answers, it is dropped with the socket's close deadline, as
+/// Linux drops what waits for a neighbour that failed: the closed socket
+/// does not ask ARP for the vanished peer every second for as long as it
+/// is kept (a spare, for the next connection).
+#[test]
+fn a_reset_for_a_vanished_neighbour_is_dropped_with_its_socket() {
+    let mut link = Link::new(StackConfig { tcp_user_timeout_micros: None, ..user_timeout() });
+    link.server.tcp_listen(80).unwrap();
+    let (_client, server) = link.connect(80);
+    assert_eq!(link.server.tcp_send(server, b"data"), Ok(4));
+    // The client vanishes; its ARP entry expires (60 s) on the server.
+    assert_eq!(link.client_gone(server, 70_000_000), None, "no user timeout: retransmitting");
+    link.server.tcp_abort(server);
+    let mut asked = Vec::new();
+    for _ in 0..3_000 {
+        link.now += 10 * STEP_MICROS;
+        link.server.poll(link.now);
+        let sent = link.server.device().drain_sent();
+        asked.push(sent.iter().filter(|frame| toro_net::device::neighbour_solicited(frame).is_some()).count());
+    }
+    let late: usize = asked[2_000..].iter().sum();
+    assert_eq!(late, 0, "ARP requests 20-30 s after the abort ({} in all)", asked.iter().sum::<usize>());
+    assert_eq!(link.server.stats().closing, 0, "the socket was reaped");
+}
+
 /// A peer that is there but keeps its window shut answers the window
 /// probes: however long, its connection does not time out. (smoltcp
 /// probes at intervals that double up to 60 s: a user timeout above that
