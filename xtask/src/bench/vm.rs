@@ -29,7 +29,26 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
+    /// Starts `config`, and starts it once more if it printed nothing
+    /// within [`crate::linux_guest::FIRST_LINE_WITHIN`] (a guest kernel
+    /// that hung in its boot under TCG on a loaded host: seen with the
+    /// Linux guest, see `linux_guest::run`). Toro and the Linux guest both
+    /// print a line early in their boot, so a silent one has hung.
     pub fn spawn(config: &VmConfig) -> Result<Self> {
+        let mut running = Self::spawn_once(config)?;
+        let within = crate::linux_guest::FIRST_LINE_WITHIN;
+        if running.wait_for_line(&|_| true, running.start + within).is_none() && !running.has_exited() {
+            eprintln!(
+                "bench: the guest printed nothing in {} s (its boot hung); booting it once more",
+                within.as_secs()
+            );
+            running.kill();
+            running = Self::spawn_once(config)?;
+        }
+        Ok(running)
+    }
+
+    fn spawn_once(config: &VmConfig) -> Result<Self> {
         let mut command = config.command();
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let start = Instant::now();
