@@ -11,7 +11,8 @@ use core::cell::RefCell;
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    Icmpv4Packet, Icmpv6Packet, IpAddress, IpEndpoint, IpVersion, Ipv4Address, Ipv4Packet, Ipv6Address,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet,
+    IpAddress, IpEndpoint, IpVersion, Ipv4Address, Ipv4Cidr, Ipv4Packet, Ipv6Address,
 };
 
 use crate::NetError;
@@ -339,6 +340,80 @@ pub fn neighbour_answer(frame: &[u8]) -> Option<IpAddress> {
     }
 }
 
+/// The sender of `frame` if it is a host on the link that could teach its
+/// MAC (`neighbour::Learned`): an IPv4 packet with an intact header, sent
+/// to `mac` (unicast) from a unicast MAC, from an address inside one of
+/// `subnets` (the interface's own addresses and prefixes: not the
+/// address itself, nor the subnet's network or broadcast address) to
+/// that subnet's address of ours. Returns (sender's address, its MAC, our
+/// address). A packet from off the link came through a router and names
+/// the router's MAC, so it teaches nothing.
+pub fn ipv4_sender(frame: &[u8], mac: [u8; 6], subnets: &[Ipv4Cidr]) -> Option<(Ipv4Address, [u8; 6], Ipv4Address)> {
+    if frame.get(12..14)? != [0x08, 0x00] || frame[..6] != mac {
+        return None;
+    }
+    let source_mac: [u8; 6] = frame[6..12].try_into().ok()?;
+    if source_mac[0] & 1 != 0 || source_mac == [0; 6] {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(frame.get(ETHERNET_HEADER_BYTES..)?).ok()?;
+    let (source, destination) = (ip.src_addr(), ip.dst_addr());
+    let subnet = subnets.iter().find(|cidr| cidr.address() == destination && cidr.contains_addr(&source))?;
+    let network = subnet.network().address();
+    let special = source == destination || source == network || Some(source) == subnet.broadcast();
+    (!special && ip.version() == 4 && ip.verify_checksum()).then_some((source, source_mac, destination))
+}
+
+/// Length of an Ethernet frame carrying an ARP packet for IPv4.
+pub const ARP_FRAME_BYTES: usize = ETHERNET_HEADER_BYTES + 28;
+
+/// Writes into `out` the ARP reply that tells smoltcp `sender` is at
+/// `sender_mac`, as if that host had answered our request for it (smoltcp
+/// fills its cache from any ARP packet for one of its addresses).
+pub fn arp_reply_from(out: &mut Vec<u8>, sender: Ipv4Address, sender_mac: [u8; 6], us: Ipv4Address, mac: [u8; 6]) {
+    out.clear();
+    out.resize(ARP_FRAME_BYTES, 0);
+    let mut frame = EthernetFrame::new_unchecked(&mut out[..]);
+    frame.set_dst_addr(EthernetAddress(mac));
+    frame.set_src_addr(EthernetAddress(sender_mac));
+    frame.set_ethertype(EthernetProtocol::Arp);
+    let reply = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: EthernetAddress(sender_mac),
+        source_protocol_addr: sender,
+        target_hardware_addr: EthernetAddress(mac),
+        target_protocol_addr: us,
+    };
+    reply.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+}
+
+/// What the receive path needs to teach smoltcp the neighbours it hears
+/// from (`ipv4_sender`, `neighbour::Learned`): the ARP reply goes to
+/// smoltcp just before the frame that taught it, which waits in the
+/// stack's frame buffer meanwhile (`held`).
+pub(crate) struct Learn<'a> {
+    pub(crate) mac: [u8; 6],
+    pub(crate) subnets: &'a [Ipv4Cidr],
+    pub(crate) learned: &'a mut crate::neighbour::Learned,
+    pub(crate) reply: &'a mut Vec<u8>,
+    pub(crate) held: &'a mut bool,
+    pub(crate) now_micros: u64,
+}
+
+impl Learn<'_> {
+    /// Whether `frame`'s sender must be taught first; if so the reply is
+    /// written and the frame is held.
+    fn teaches(&mut self, frame: &[u8]) -> bool {
+        let Some((sender, sender_mac, us)) = ipv4_sender(frame, self.mac, self.subnets) else { return false };
+        if !self.learned.wants(sender, sender_mac, self.now_micros) {
+            return false;
+        }
+        arp_reply_from(self.reply, sender, sender_mac, us, self.mac);
+        *self.held = true;
+        true
+    }
+}
+
 /// What a device does for the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
@@ -463,6 +538,8 @@ pub(crate) struct Port<'a, D: NetDevice> {
     /// unreachables received for TCP segments (`tcp_unreachable`), at most
     /// `MAX_TCP_UNREACHABLE`.
     pub(crate) tcp_unreachable: Option<&'a mut Vec<TcpUnreachable>>,
+    /// Teaching smoltcp the neighbours heard from (receiving only).
+    pub(crate) learn: Option<Learn<'a>>,
 }
 
 /// ICMP answers to TCP segments one poll keeps for the waiting connects.
@@ -631,6 +708,7 @@ impl<'a, D: NetDevice> Port<'a, D> {
                 resets: None,
             },
             tcp_unreachable: None,
+            learn: None,
         }
     }
 }
@@ -662,6 +740,11 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        // The frame whose sender was just taught (`Learn`).
+        if let Some(learn) = self.learn.as_mut().filter(|learn| *learn.held) {
+            *learn.held = false;
+            return Some((RxToken { frame: &self.frame[..] }, TxToken { device: self.device, watch: self.watch }));
+        }
         let frame = &mut *self.frame;
         let full = self.full;
         let mut divert = self.divert.as_mut();
@@ -722,7 +805,15 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
                 Some(true)
             })?;
             match taken {
-                Some(true) => return Some((RxToken { frame }, TxToken { device: self.device, watch: self.watch })),
+                Some(true) => {
+                    let tx = TxToken { device: self.device, watch: self.watch };
+                    if let Some(learn) = self.learn.as_mut() {
+                        if learn.teaches(frame) {
+                            return Some((RxToken { frame: &learn.reply[..] }, tx));
+                        }
+                    }
+                    return Some((RxToken { frame }, tx));
+                }
                 Some(false) => self.dropped_syns += 1,
                 None => {}
             }
@@ -1335,6 +1426,105 @@ mod unreachable_tests {
             let mut copy = frame.clone();
             super::set_ipv4_ttl(&mut copy, 7);
             prop_assert_eq!(copy.len(), frame.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod sender_tests {
+    use super::{arp_reply_from, ipv4_sender, ARP_FRAME_BYTES};
+    use proptest::prelude::*;
+    use smoltcp::wire::{ArpPacket, ArpRepr, EthernetFrame, Ipv4Address, Ipv4Cidr, Ipv4Packet};
+
+    const US: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+    const HOST: [u8; 6] = [0x02, 0, 0, 0, 0, 9];
+    const OURS: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
+
+    fn subnets() -> [Ipv4Cidr; 1] {
+        [Ipv4Cidr::new(OURS, 24)]
+    }
+
+    /// An IPv4 packet (no payload) from `source` to `destination`, its
+    /// header checksum right, from `mac` to `to`.
+    fn packet(to: [u8; 6], mac: [u8; 6], source: Ipv4Address, destination: Ipv4Address) -> Vec<u8> {
+        let mut frame = to.to_vec();
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&[0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        frame.extend_from_slice(&source.octets());
+        frame.extend_from_slice(&destination.octets());
+        Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+        frame
+    }
+
+    #[test]
+    fn only_a_host_on_the_link_teaches_its_mac() {
+        let host = Ipv4Address::new(10, 0, 0, 9);
+        let good = packet(US, HOST, host, OURS);
+        assert_eq!(ipv4_sender(&good, US, &subnets()), Some((host, HOST, OURS)));
+        let refused = [
+            (packet([0xff; 6], HOST, host, OURS), "to the broadcast MAC"),
+            (packet([0x02, 0, 0, 0, 0, 2], HOST, host, OURS), "to another MAC"),
+            (packet(US, [0x03, 0, 0, 0, 0, 9], host, OURS), "from a multicast MAC"),
+            (packet(US, [0; 6], host, OURS), "from the zero MAC"),
+            (packet(US, HOST, Ipv4Address::new(192, 0, 2, 9), OURS), "from off the link (a router's MAC)"),
+            (packet(US, HOST, OURS, OURS), "from our own address"),
+            (packet(US, HOST, Ipv4Address::new(10, 0, 0, 0), OURS), "from the network address"),
+            (packet(US, HOST, Ipv4Address::new(10, 0, 0, 255), OURS), "from the broadcast address"),
+            (packet(US, HOST, host, Ipv4Address::new(10, 0, 0, 255)), "to the subnet's broadcast"),
+            (packet(US, HOST, host, Ipv4Address::new(10, 0, 0, 7)), "to an address not ours"),
+        ];
+        for (frame, why) in refused {
+            assert_eq!(ipv4_sender(&frame, US, &subnets()), None, "{why}");
+        }
+        assert_eq!(ipv4_sender(&good, US, &[]), None, "no IPv4 address");
+        let mut arp = good.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(ipv4_sender(&arp, US, &subnets()), None, "not IPv4");
+        for byte in 14..good.len() {
+            let mut damaged = good.clone();
+            damaged[byte] ^= 0x10;
+            assert_ne!(ipv4_sender(&damaged, US, &subnets()), Some((host, HOST, OURS)), "byte {byte} damaged");
+        }
+        for cut in 0..good.len() {
+            assert_eq!(ipv4_sender(&good[..cut], US, &subnets()), None, "truncated at {cut}");
+        }
+    }
+
+    #[test]
+    fn the_reply_is_an_arp_answer_from_the_host() {
+        let host = Ipv4Address::new(10, 0, 0, 9);
+        let mut out = vec![1, 2, 3];
+        arp_reply_from(&mut out, host, HOST, OURS, US);
+        assert_eq!(out.len(), ARP_FRAME_BYTES);
+        let frame = EthernetFrame::new_checked(&out[..]).unwrap();
+        assert_eq!(frame.dst_addr().0, US);
+        let repr = ArpRepr::parse(&ArpPacket::new_checked(frame.payload()).unwrap()).unwrap();
+        let ArpRepr::EthernetIpv4 {
+            operation, source_hardware_addr, source_protocol_addr, target_protocol_addr, ..
+        } = repr
+        else {
+            panic!("{repr:?}")
+        };
+        assert_eq!(operation, smoltcp::wire::ArpOperation::Reply);
+        assert_eq!((source_hardware_addr.0, source_protocol_addr, target_protocol_addr), (HOST, host, OURS));
+        assert_eq!(super::neighbour_answer(&out), Some(host.into()));
+    }
+
+    proptest! {
+        /// Any bytes: no panic; whatever is taken names a unicast MAC and a
+        /// host of the subnet other than ours.
+        #[test]
+        fn any_frame_is_read_without_panic(frame in proptest::collection::vec(any::<u8>(), 0..80), ip in any::<bool>()) {
+            let mut frame = frame;
+            if ip && frame.len() >= 14 {
+                frame[..6].copy_from_slice(&US);
+                frame[12..14].copy_from_slice(&[0x08, 0x00]);
+            }
+            if let Some((source, mac, us)) = ipv4_sender(&frame, US, &subnets()) {
+                prop_assert!(mac[0] & 1 == 0 && us == OURS && source != OURS);
+                prop_assert!(subnets()[0].contains_addr(&source));
+            }
         }
     }
 }

@@ -10,10 +10,12 @@
 //! about 3 s. smoltcp's neighbour cache tells nothing of that, so the stack
 //! watches the frames instead: requests it sends (`device::neighbour_solicited`)
 //! and answers it receives (`device::neighbour_answer`).
+//!
+//! Also: the neighbours learned from the frames they send (`Learned`).
 
 use alloc::vec::Vec;
 
-use smoltcp::wire::IpAddress;
+use smoltcp::wire::{IpAddress, Ipv4Address};
 
 /// Requests a neighbour that never answered is given up after (Linux's
 /// default).
@@ -87,11 +89,70 @@ impl Unresolved {
     }
 }
 
+/// How long a neighbour taught to smoltcp is believed to stay in its
+/// cache: well inside smoltcp's 60 s entry lifetime (which each frame from
+/// the neighbour renews), so a neighbour still sending is taught again
+/// before smoltcp could have let it go, even if it was evicted meanwhile.
+pub const RETEACH_MICROS: u64 = 20_000_000;
+
+/// A neighbour taught to smoltcp (`Learned`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Taught {
+    address: Ipv4Address,
+    mac: [u8; 6],
+    micros: u64,
+}
+
+/// The IPv4 neighbours whose MAC the stack took from a frame they sent
+/// and handed to smoltcp's cache as an ARP reply (`device::Port`):
+/// smoltcp fills its cache only from ARP, drops a packet whose next hop it
+/// must resolve, and asks for one neighbour a second per interface, so a
+/// server answering many hosts on its link lost each new host's first
+/// answer and made most of them wait a second or more. This mirror of what
+/// was taught (as many entries as smoltcp's cache has) keeps the teaching
+/// to one ARP reply per neighbour per `RETEACH_MICROS`, not one per frame.
+#[derive(Debug, Default)]
+pub struct Learned {
+    entries: Vec<Taught>,
+    /// Neighbours taught (new ones, changed MACs and renewals).
+    pub taught: u64,
+}
+
+impl Learned {
+    /// At most this many: smoltcp's neighbour cache size.
+    pub const CAPACITY: usize = smoltcp::config::IFACE_NEIGHBOR_CACHE_COUNT;
+
+    /// Whether smoltcp must be told now that `address` is at `mac` (a
+    /// frame from it arrived at `now_micros`); if so, it is noted as told.
+    pub fn wants(&mut self, address: Ipv4Address, mac: [u8; 6], now_micros: u64) -> bool {
+        if let Some(entry) = self.entries.iter_mut().find(|entry| entry.address == address) {
+            if entry.mac == mac && now_micros.saturating_sub(entry.micros) < RETEACH_MICROS {
+                return false;
+            }
+            *entry = Taught { address, mac, micros: now_micros };
+        } else {
+            if self.entries.len() >= Self::CAPACITY {
+                let oldest = (0..self.entries.len()).min_by_key(|&index| self.entries[index].micros);
+                if let Some(index) = oldest {
+                    self.entries.swap_remove(index);
+                }
+            }
+            self.entries.push(Taught { address, mac, micros: now_micros });
+        }
+        self.taught += 1;
+        true
+    }
+
+    /// smoltcp flushed its cache (its addresses changed): teach again.
+    pub fn forget_all(&mut self) {
+        self.entries.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use smoltcp::wire::Ipv4Address;
 
     fn v4(last: u8) -> IpAddress {
         IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, last))
@@ -129,7 +190,50 @@ mod tests {
         assert!(unresolved.is_empty());
     }
 
+    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 9];
+
+    #[test]
+    fn a_neighbour_is_taught_once_then_again_after_a_while_or_a_new_mac() {
+        let mut learned = Learned::default();
+        let host = Ipv4Address::new(10, 0, 0, 9);
+        assert!(learned.wants(host, MAC, 0));
+        assert!(!learned.wants(host, MAC, 1));
+        assert!(!learned.wants(host, MAC, RETEACH_MICROS - 1));
+        assert!(learned.wants(host, MAC, RETEACH_MICROS), "renewed before smoltcp lets it go");
+        assert!(learned.wants(host, [0x02, 0, 0, 0, 0, 8], RETEACH_MICROS + 1), "a new MAC");
+        assert_eq!(learned.taught, 3);
+        learned.forget_all();
+        assert!(learned.wants(host, [0x02, 0, 0, 0, 0, 8], RETEACH_MICROS + 2), "after a flush");
+    }
+
     proptest! {
+        /// Any arrivals: bounded by smoltcp's cache, and a neighbour is
+        /// taught whenever it was not told (with this MAC) within
+        /// `RETEACH_MICROS`, never more often.
+        #[test]
+        fn teaching_bookkeeping_holds(arrivals in proptest::collection::vec((0u16..300, 0u8..2, 0u64..400_000), 0..600)) {
+            let mut learned = Learned::default();
+            let mut now = 0;
+            let mut told: Vec<Option<([u8; 6], u64)>> = vec![None; 300];
+            for (host, mac, step) in arrivals {
+                now += step;
+                let address = Ipv4Address::from_octets([10, 0, (host >> 8) as u8, host as u8]);
+                let mac = [0x02, 0, 0, 0, 0, mac];
+                let wanted = learned.wants(address, mac, now);
+                let last = told[usize::from(host)];
+                if last.is_some_and(|(known, at)| known == mac && now - at < RETEACH_MICROS) {
+                    // Told recently, unless it was evicted since.
+                    prop_assert!(!wanted || learned.entries.len() == Learned::CAPACITY);
+                } else {
+                    prop_assert!(wanted);
+                }
+                if wanted {
+                    told[usize::from(host)] = Some((mac, now));
+                }
+                prop_assert!(learned.entries.len() <= Learned::CAPACITY);
+            }
+        }
+
         /// Any sequence of requests and answers: the table stays bounded,
         /// an address is given up only after enough requests over enough
         /// time, and never one answered since it was last asked for.

@@ -229,6 +229,9 @@ pub struct StackStats {
     /// Connections ended because their peer stayed silent longer than
     /// `tcp_user_timeout_micros` while data waited for its ACK.
     pub connections_timed_out: u64,
+    /// Neighbours on the link whose MAC was taken from a frame they sent
+    /// (`neighbour::Learned`), not asked for by ARP.
+    pub neighbours_learned: u64,
 }
 
 /// The two port spaces.
@@ -328,6 +331,14 @@ pub struct Stack<D: NetDevice> {
     syns_sent: RefCell<Vec<(u16, u32)>>,
     tcp_unreachable: Vec<crate::device::TcpUnreachable>,
     unresolved: RefCell<crate::neighbour::Unresolved>,
+    /// The IPv4 neighbours taught to smoltcp from the frames they sent
+    /// (`device::Learn`); the interface's IPv4 addresses and prefixes, as
+    /// of this poll; the ARP reply that teaches one, and whether the frame
+    /// that taught it waits in `frame` to be handed to smoltcp next.
+    learned: crate::neighbour::Learned,
+    subnets: Vec<Ipv4Cidr>,
+    teaching: Vec<u8>,
+    held: bool,
     /// The UDP sockets' group memberships, multicast options and
     /// looped-back datagrams.
     multicast: crate::device::Multicast,
@@ -417,6 +428,10 @@ impl<D: NetDevice> Stack<D> {
             syns_sent: RefCell::new(Vec::new()),
             tcp_unreachable: Vec::new(),
             unresolved: RefCell::new(crate::neighbour::Unresolved::default()),
+            learned: crate::neighbour::Learned::default(),
+            subnets: Vec::new(),
+            teaching: Vec::new(),
+            held: false,
             connect_errors: BTreeMap::new(),
             unacknowledged: Vec::new(),
             resets_received: RefCell::new(Vec::new()),
@@ -453,6 +468,8 @@ impl<D: NetDevice> Stack<D> {
 
     /// Sets (or clears) the IPv4 address and default gateway.
     pub fn set_ipv4(&mut self, address: Option<Ipv4Cidr>, gateway: Option<Ipv4Address>) {
+        // smoltcp flushes its neighbour cache with any address change.
+        self.learned.forget_all();
         self.interface.update_ip_addrs(|addresses| {
             addresses.retain(|cidr| !matches!(cidr, IpCidr::Ipv4(_)));
             if let Some(address) = address {
@@ -477,6 +494,7 @@ impl<D: NetDevice> Stack<D> {
     pub fn set_ipv6(&mut self, address: Option<Ipv6Cidr>, gateway: Option<Ipv6Address>) {
         let link_local = crate::config::link_local(self.device.borrow().mac());
         let previous = self.config.ipv6.address;
+        self.learned.forget_all();
         self.interface.update_ip_addrs(|addresses| {
             addresses
                 .retain(|cidr| *cidr != IpCidr::Ipv6(link_local) && previous.is_none_or(|p| *cidr != IpCidr::Ipv6(p)));
@@ -538,6 +556,7 @@ impl<D: NetDevice> Stack<D> {
         let mut stats = self.stats;
         stats.sockets = self.sockets.iter().count() - self.spare.len();
         stats.spare = self.spare.len();
+        stats.neighbours_learned = self.learned.taught;
         stats.closing = self.closing.len();
         stats
     }
@@ -553,6 +572,15 @@ impl<D: NetDevice> Stack<D> {
         // whose backlog is full is dropped before smoltcp sees it (`Port`).
         let mut changed = false;
         let mut relearn = maintain(&mut self.interface, now);
+        if relearn {
+            self.learned.forget_all();
+        }
+        self.subnets.clear();
+        self.subnets.extend(self.interface.ip_addrs().iter().filter_map(|cidr| match cidr {
+            IpCidr::Ipv4(cidr) => Some(*cidr),
+            _ => None,
+        }));
+        let mac = self.device.borrow().mac();
         // Rebuilt where used: it borrows fields that calls in between change.
         macro_rules! watch {
             () => {{
@@ -587,6 +615,14 @@ impl<D: NetDevice> Stack<D> {
                 refused: &mut self.udp_refused,
                 watch: watch!(),
                 tcp_unreachable: waiting.then_some(&mut self.tcp_unreachable),
+                learn: Some(crate::device::Learn {
+                    mac,
+                    subnets: &self.subnets,
+                    learned: &mut self.learned,
+                    reply: &mut self.teaching,
+                    held: &mut self.held,
+                    now_micros,
+                }),
             };
             let result = self.interface.poll_ingress_single(now, &mut port, &mut self.sockets);
             self.stats.listen_drops += port.dropped_syns;
@@ -602,7 +638,10 @@ impl<D: NetDevice> Stack<D> {
         port.watch = watch!();
         // Again, so that the address a router advertisement just gave
         // (and the flush that comes with it) is there before egress.
-        relearn |= maintain(&mut self.interface, now);
+        if maintain(&mut self.interface, now) {
+            relearn = true;
+            self.learned.forget_all();
+        }
         while self.interface.poll_egress(now, &mut port, &mut self.sockets) == PollResult::SocketStateChanged {
             changed = true;
         }

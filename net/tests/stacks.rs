@@ -904,6 +904,102 @@ fn a_connect_whose_next_hop_never_answers_fails_after_three_seconds() {
     link.connect(80);
 }
 
+/// A TCP SYN to the server's `port` from `(mac, address, source port)`, as
+/// a host on the link sends it (checksums filled in).
+fn syn_from(mac: [u8; 6], address: Ipv4Address, source_port: u16, port: u16) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&source_port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = address.octets().to_vec();
+    pseudo.extend_from_slice(&SERVER_IP.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let sum = internet_checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&sum);
+    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&address.octets());
+    ip.extend_from_slice(&SERVER_IP.octets());
+    let sum = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum);
+    let mut frame = MAC_SERVER.to_vec();
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend(ip);
+    frame.extend(tcp);
+    frame
+}
+
+/// The SYN-ACKs among `frames`: (destination MAC, destination address).
+fn syn_acks(frames: &[Vec<u8>]) -> Vec<([u8; 6], [u8; 4])> {
+    frames
+        .iter()
+        .filter(|frame| frame.len() >= 54 && frame[12..14] == [0x08, 0x00] && frame[23] == 6 && frame[47] == 0x12)
+        .map(|frame| (frame[..6].try_into().unwrap(), frame[30..34].try_into().unwrap()))
+        .collect()
+}
+
+/// Hosts on the link reach the server with no ARP round trip and no
+/// second's wait: smoltcp drops a packet whose next hop it must resolve
+/// and asks for one neighbour a second per interface, and it keeps 8
+/// neighbours by default, so before, of 32 hosts whose SYNs arrived at
+/// once (as from a host with many addresses, or after the entries expired)
+/// one ARP request went out and no SYN-ACK, and the rest waited a second
+/// each for their turn. The stack now learns a host's MAC from the frames
+/// it sends (only a valid IPv4 header, to this MAC, from an address on
+/// the link) and keeps 128 neighbours (Linux's `gc_thresh1`). A host off
+/// the link teaches nothing: its answers go through the gateway.
+#[test]
+fn hosts_on_the_link_are_answered_without_asking_arp() {
+    const GATEWAY: Ipv4Address = Ipv4Address::new(10, 0, 0, 254);
+    const HOSTS: u8 = 32;
+    let (device, _peer) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    let addressing = Addressing::Static { address: Ipv4Cidr::new(SERVER_IP, 24), gateway: Some(GATEWAY) };
+    let mut server = Stack::new(device, addressing, StackConfig::default(), 0);
+    server.tcp_listen(80).unwrap();
+    server.poll(1_000);
+    server.device().drain_sent();
+    let host = |index: u8| ([0x02, 0, 0, 0, 1, index], Ipv4Address::new(10, 0, 0, 100 + index));
+    for index in 0..HOSTS {
+        let (mac, address) = host(index);
+        server.device().inject(&syn_from(mac, address, 40_000 + u16::from(index), 80));
+    }
+    // Off the link: answered through the gateway, once it is resolved.
+    let far = Ipv4Address::new(192, 0, 2, 7);
+    server.device().inject(&syn_from([0x02, 0, 0, 0, 2, 1], far, 40_100, 80));
+    server.poll(2_000);
+    let sent = server.device().drain_sent();
+    let mut answered = syn_acks(&sent);
+    answered.sort();
+    let expected: Vec<_> = (0..HOSTS).map(|index| (host(index).0, host(index).1.octets())).collect();
+    assert_eq!(answered, expected, "every host on the link answered at once, at its own MAC");
+    let asked: Vec<_> = sent.iter().filter_map(|frame| toro_net::device::neighbour_solicited(frame)).collect();
+    assert_eq!(asked, [IpAddress::Ipv4(GATEWAY)], "ARP asked only for the gateway");
+    assert_eq!(server.stats().neighbours_learned, u64::from(HOSTS));
+    // The gateway answers: the far host's SYN-ACK goes to the gateway's MAC.
+    let gateway_mac = [0x02, 0, 0, 0, 0, 0xfe];
+    let mut reply = MAC_SERVER.to_vec();
+    reply.extend_from_slice(&gateway_mac);
+    reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    reply.extend_from_slice(&gateway_mac);
+    reply.extend_from_slice(&GATEWAY.octets());
+    reply.extend_from_slice(&MAC_SERVER);
+    reply.extend_from_slice(&SERVER_IP.octets());
+    server.device().inject(&reply);
+    let mut now = 2_000;
+    let mut far_answer = Vec::new();
+    while far_answer.is_empty() && now < 3_000_000 {
+        now += 10_000;
+        server.poll(now);
+        far_answer = syn_acks(&server.device().drain_sent());
+    }
+    assert_eq!(far_answer, [(gateway_mac, far.octets())]);
+    assert_eq!(server.stats().neighbours_learned, u64::from(HOSTS), "the far host taught nothing");
+}
+
 /// Valid frames from the client, for the fuzzers to damage: a SYN, a
 /// request segment, a datagram.
 fn sample_frames() -> Vec<Vec<u8>> {

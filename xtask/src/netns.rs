@@ -224,6 +224,37 @@ impl Namespace {
         Ok(())
     }
 
+    /// Gives the namespace's side of `ifname` (on tap network 0) `hosts`
+    /// more addresses, `172.31.0.100` on, and fetches `url` once from each
+    /// (curl `--interface`): to the guest, that many hosts on its link, of
+    /// which it saw no ARP request (the namespace asked for the guest once,
+    /// from its first address). Returns how many SYNs the namespace had to
+    /// retransmit for those connections (`TcpExt TCPSynRetrans`): a guest
+    /// that must ask ARP for each host, at most once a second, drops the
+    /// SYN-ACK of most of them and waits for the retransmitted SYN. Also
+    /// the time all the fetches took.
+    pub fn many_hosts_served(&self, ifname: &str, hosts: u32, url: &str) -> Result<(u64, std::time::Duration)> {
+        let retransmits = || -> Result<u64> {
+            let output = self.command("cat").arg("/proc/net/netstat").output().context("reading /proc/net/netstat")?;
+            crate::wrk::tcp_ext_counter(&String::from_utf8_lossy(&output.stdout), "TCPSynRetrans")
+                .context("no TcpExt TCPSynRetrans in the namespace's /proc/net/netstat")
+        };
+        let before = retransmits()?;
+        let started = std::time::Instant::now();
+        for host in 0..hosts {
+            let address = format!("172.31.0.{}", 100 + host);
+            ip(&["-n", &self.name, "address", "add", &format!("{address}/{PREFIX}"), "dev", ifname])?;
+            let output = self
+                .command("curl")
+                .args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "--interface", &address, url])
+                .output()
+                .context("running curl")?;
+            let code = String::from_utf8_lossy(&output.stdout).into_owned();
+            ensure!(output.status.success() && code == "200", "GET {url} from {address} gave {code:?}");
+        }
+        Ok((retransmits()? - before, started.elapsed()))
+    }
+
     /// `program` run inside the namespace.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         wrap(Some(&self.name), program)

@@ -672,6 +672,15 @@ pub fn udp_nics_test(image: &Path, accel: crate::accel::Accel, machine: qemu::Ma
     })
 }
 
+/// Addresses the tap tests add to the namespace's side of the tap, each a
+/// host on the guest's link that it must answer (more than smoltcp's
+/// default neighbour cache of 8).
+const LINK_HOSTS: u32 = 12;
+/// SYN retransmissions those connects may need (the host may be slow);
+/// a guest that asks ARP for each, once a second at most, needs about one
+/// per host.
+const MAX_LINK_HOST_SYN_RETRANSMITS: u64 = 2;
+
 /// Runs one tap test with the web server image; (passed, summary).
 pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(bool, String)> {
     if test.nics > 1 {
@@ -791,6 +800,31 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
         }
         if answer != "200 612" {
             problems.push(format!("after a router advertisement, GET http://[{autoconfigured}]/ gave {answer:?}"));
+        }
+        if test.stats {
+            // Hosts on the guest's link that it never saw ask ARP for it.
+            match namespace.many_hosts_served("tap0", LINK_HOSTS, &url("/")) {
+                Ok((retransmits, took)) if retransmits <= MAX_LINK_HOST_SYN_RETRANSMITS => {
+                    let learned = interface_total(&curl(&[&url("/stats")])?.1, "neighbours_learned");
+                    match learned {
+                        Some(learned) if learned >= u64::from(LINK_HOSTS) => notes.push(format!(
+                            "{LINK_HOSTS} more hosts on the link served in {:.2} s, {retransmits} SYNs \
+                             retransmitted, {learned} neighbours learned",
+                            took.as_secs_f64()
+                        )),
+                        other => problems.push(format!(
+                            "{LINK_HOSTS} more hosts on the link served in {:.2} s ({retransmits} SYNs \
+                             retransmitted), but /stats neighbours_learned is {other:?}",
+                            took.as_secs_f64()
+                        )),
+                    }
+                }
+                Ok((retransmits, _)) => problems.push(format!(
+                    "{LINK_HOSTS} more hosts on the link: {retransmits} SYNs had to be retransmitted (the guest \
+                     dropped SYN-ACKs while asking ARP for them)"
+                )),
+                Err(error) => problems.push(format!("{error:#}")),
+            }
         }
         let (_, stats) = if test.stats { curl(&[&url("/stats")])? } else { (true, String::new()) };
         let before = stats_field(&stats, "eth0", "rx_frames");

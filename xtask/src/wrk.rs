@@ -77,12 +77,18 @@ pub fn listen_overflows() -> Option<u64> {
     listen_overflows_in(&std::fs::read_to_string("/proc/net/netstat").ok()?)
 }
 
-/// `ListenOverflows` from a `/proc/net/netstat` text: the `TcpExt:` header
-/// line names the fields, the next `TcpExt:` line holds their values.
+/// `ListenOverflows` from a `/proc/net/netstat` text.
 fn listen_overflows_in(netstat: &str) -> Option<u64> {
+    tcp_ext_counter(netstat, "ListenOverflows")
+}
+
+/// The `TcpExt` counter `name` from a `/proc/net/netstat` text: the
+/// `TcpExt:` header line names the fields, the next `TcpExt:` line holds
+/// their values.
+pub fn tcp_ext_counter(netstat: &str, name: &str) -> Option<u64> {
     let mut lines = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
     let (names, values) = (lines.next()?, lines.next()?);
-    let column = names.split_whitespace().position(|name| name == "ListenOverflows")?;
+    let column = names.split_whitespace().position(|field| field == name)?;
     values.split_whitespace().nth(column)?.parse().ok()
 }
 

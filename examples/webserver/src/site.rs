@@ -97,7 +97,7 @@ fn cpu_fields(cpu: usize) -> [(&'static str, u64); 12] {
 }
 
 /// One interface's figures, named as `/stats` shows them.
-fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64); 15] {
+fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64); 16] {
     [
         ("cpu", interface.cpu as u64),
         ("sockets", interface.stack.sockets as u64),
@@ -110,6 +110,8 @@ fn interface_fields(interface: &toro::net::InterfaceInfo) -> [(&'static str, u64
         ("listen_drops", interface.stack.listen_drops),
         // Connections whose peer went silent with data unacknowledged.
         ("tcp_timed_out", interface.stack.connections_timed_out),
+        // Hosts on the link whose MAC was taken from their frames, not ARP.
+        ("neighbours_learned", interface.stack.neighbours_learned),
         ("rx_frames", interface.device.rx_frames),
         ("tx_frames", interface.device.tx_frames),
         ("tx_ring_full", interface.device.tx_ring_full),
