@@ -12,7 +12,8 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use smoltcp::time::Instant;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet,
-    IpAddress, IpEndpoint, IpVersion, Ipv4Address, Ipv4Cidr, Ipv4Packet, Ipv6Address,
+    Icmpv6Repr, IpAddress, IpEndpoint, IpProtocol, IpVersion, Ipv4Address, Ipv4Cidr, Ipv4Packet, Ipv6Address, Ipv6Cidr,
+    Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
 };
 
 use crate::NetError;
@@ -340,6 +341,16 @@ pub fn neighbour_answer(frame: &[u8]) -> Option<IpAddress> {
     }
 }
 
+/// The source MAC of `frame` if it is a unicast one (not zero) and the
+/// frame is of `ethertype`, sent to `mac`.
+fn unicast_sender(frame: &[u8], mac: [u8; 6], ethertype: [u8; 2]) -> Option<[u8; 6]> {
+    if frame.get(12..14)? != ethertype || frame[..6] != mac {
+        return None;
+    }
+    let source_mac: [u8; 6] = frame[6..12].try_into().ok()?;
+    (source_mac[0] & 1 == 0 && source_mac != [0; 6]).then_some(source_mac)
+}
+
 /// The sender of `frame` if it is a host on the link that could teach its
 /// MAC (`neighbour::Learned`): an IPv4 packet with an intact header, sent
 /// to `mac` (unicast) from a unicast MAC, from an address inside one of
@@ -349,19 +360,66 @@ pub fn neighbour_answer(frame: &[u8]) -> Option<IpAddress> {
 /// address). A packet from off the link came through a router and names
 /// the router's MAC, so it teaches nothing.
 pub fn ipv4_sender(frame: &[u8], mac: [u8; 6], subnets: &[Ipv4Cidr]) -> Option<(Ipv4Address, [u8; 6], Ipv4Address)> {
-    if frame.get(12..14)? != [0x08, 0x00] || frame[..6] != mac {
-        return None;
-    }
-    let source_mac: [u8; 6] = frame[6..12].try_into().ok()?;
-    if source_mac[0] & 1 != 0 || source_mac == [0; 6] {
-        return None;
-    }
+    let source_mac = unicast_sender(frame, mac, [0x08, 0x00])?;
     let ip = Ipv4Packet::new_checked(frame.get(ETHERNET_HEADER_BYTES..)?).ok()?;
     let (source, destination) = (ip.src_addr(), ip.dst_addr());
     let subnet = subnets.iter().find(|cidr| cidr.address() == destination && cidr.contains_addr(&source))?;
     let network = subnet.network().address();
     let special = source == destination || source == network || Some(source) == subnet.broadcast();
     (!special && ip.version() == 4 && ip.verify_checksum()).then_some((source, source_mac, destination))
+}
+
+/// [`ipv4_sender`] for IPv6: a packet sent to `mac` from a unicast MAC,
+/// from a unicast address inside one of `subnets` (the link-local one
+/// included; not the prefix's own, the subnet-router anycast address) to
+/// that subnet's address of ours; not a neighbour or router discovery
+/// message, which smoltcp reads itself. IPv6 has no header checksum: the
+/// frame is trusted as the link delivered it (its frame check sequence).
+pub fn ipv6_sender(frame: &[u8], mac: [u8; 6], subnets: &[Ipv6Cidr]) -> Option<(Ipv6Address, [u8; 6], Ipv6Address)> {
+    const ICMPV6: u8 = 58;
+    let source_mac = unicast_sender(frame, mac, [0x86, 0xdd])?;
+    let ip = Ipv6Packet::new_checked(frame.get(ETHERNET_HEADER_BYTES..)?).ok()?;
+    let (source, destination) = (ip.src_addr(), ip.dst_addr());
+    let discovery = ip.next_header() == IpProtocol::from(ICMPV6)
+        && ip.payload().first().is_some_and(|kind| (133..=137).contains(kind));
+    if ip.version() != 6 || discovery || source == destination || source.is_multicast() || source.is_unspecified() {
+        return None;
+    }
+    let subnet = subnets.iter().find(|cidr| cidr.address() == destination && cidr.contains_addr(&source))?;
+    let length = u32::from(subnet.prefix_len());
+    let mask = u128::MAX.checked_shl(128 - length).unwrap_or(0);
+    let prefix = Ipv6Address::from_octets((u128::from_be_bytes(destination.octets()) & mask).to_be_bytes());
+    (source != prefix).then_some((source, source_mac, destination))
+}
+
+/// Writes into `out` the neighbour advertisement that tells smoltcp
+/// `sender` is at `sender_mac` (override set, unsolicited), as if that host
+/// had sent it to us: smoltcp fills its cache from an advertisement's
+/// link-layer address option.
+pub fn advertisement_from(out: &mut Vec<u8>, sender: Ipv6Address, sender_mac: [u8; 6], us: Ipv6Address, mac: [u8; 6]) {
+    let advertisement = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+        flags: NdiscNeighborFlags::OVERRIDE,
+        target_addr: sender,
+        lladdr: Some(RawHardwareAddress::from(EthernetAddress(sender_mac))),
+    });
+    let ip = Ipv6Repr {
+        src_addr: sender,
+        dst_addr: us,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: advertisement.buffer_len(),
+        // Neighbour discovery messages must come with 255 (RFC 4861, 7.1.2).
+        hop_limit: 255,
+    };
+    out.clear();
+    out.resize(ETHERNET_HEADER_BYTES + ip.buffer_len() + advertisement.buffer_len(), 0);
+    let mut frame = EthernetFrame::new_unchecked(&mut out[..]);
+    frame.set_dst_addr(EthernetAddress(mac));
+    frame.set_src_addr(EthernetAddress(sender_mac));
+    frame.set_ethertype(EthernetProtocol::Ipv6);
+    let mut packet = Ipv6Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut packet);
+    let mut icmp = Icmpv6Packet::new_unchecked(packet.payload_mut());
+    advertisement.emit(&sender, &us, &mut icmp, &ChecksumCapabilities::default());
 }
 
 /// Length of an Ethernet frame carrying an ARP packet for IPv4.
@@ -394,6 +452,7 @@ pub fn arp_reply_from(out: &mut Vec<u8>, sender: Ipv4Address, sender_mac: [u8; 6
 pub(crate) struct Learn<'a> {
     pub(crate) mac: [u8; 6],
     pub(crate) subnets: &'a [Ipv4Cidr],
+    pub(crate) subnets6: &'a [Ipv6Cidr],
     pub(crate) learned: &'a mut crate::neighbour::Learned,
     pub(crate) reply: &'a mut Vec<u8>,
     pub(crate) held: &'a mut bool,
@@ -401,16 +460,22 @@ pub(crate) struct Learn<'a> {
 }
 
 impl Learn<'_> {
-    /// Whether `frame`'s sender must be taught first; if so the reply is
-    /// written and the frame is held.
-    fn teaches(&mut self, frame: &[u8]) -> bool {
-        let Some((sender, sender_mac, us)) = ipv4_sender(frame, self.mac, self.subnets) else { return false };
-        if !self.learned.wants(sender, sender_mac, self.now_micros) {
-            return false;
-        }
-        arp_reply_from(self.reply, sender, sender_mac, us, self.mac);
+    /// The sender of `frame` if it must be taught first; if so the ARP
+    /// reply (neighbour advertisement for IPv6) is written and the frame
+    /// is held.
+    fn teaches(&mut self, frame: &[u8]) -> Option<IpAddress> {
+        let sender = if let Some((sender, sender_mac, us)) = ipv4_sender(frame, self.mac, self.subnets) {
+            self.learned.wants(sender.into(), sender_mac, self.now_micros).then_some(())?;
+            arp_reply_from(self.reply, sender, sender_mac, us, self.mac);
+            IpAddress::Ipv4(sender)
+        } else {
+            let (sender, sender_mac, us) = ipv6_sender(frame, self.mac, self.subnets6)?;
+            self.learned.wants(sender.into(), sender_mac, self.now_micros).then_some(())?;
+            advertisement_from(self.reply, sender, sender_mac, us, self.mac);
+            IpAddress::Ipv6(sender)
+        };
         *self.held = true;
-        true
+        Some(sender)
     }
 }
 
@@ -808,7 +873,11 @@ impl<D: NetDevice> phy::Device for Port<'_, D> {
                 Some(true) => {
                     let tx = TxToken { device: self.device, watch: self.watch };
                     if let Some(learn) = self.learn.as_mut() {
-                        if learn.teaches(frame) {
+                        if let Some(sender) = learn.teaches(frame) {
+                            // It showed itself: not a neighbour that never answers.
+                            if let Some(unresolved) = self.watch.unresolved {
+                                unresolved.borrow_mut().answered(sender);
+                            }
                             return Some((RxToken { frame: &learn.reply[..] }, tx));
                         }
                     }
@@ -1432,9 +1501,13 @@ mod unreachable_tests {
 
 #[cfg(test)]
 mod sender_tests {
-    use super::{arp_reply_from, ipv4_sender, ARP_FRAME_BYTES};
+    use super::{advertisement_from, arp_reply_from, ipv4_sender, ipv6_sender, ARP_FRAME_BYTES};
     use proptest::prelude::*;
-    use smoltcp::wire::{ArpPacket, ArpRepr, EthernetFrame, Ipv4Address, Ipv4Cidr, Ipv4Packet};
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        ArpPacket, ArpRepr, EthernetFrame, Icmpv6Packet, Icmpv6Repr, Ipv4Address, Ipv4Cidr, Ipv4Packet, Ipv6Address,
+        Ipv6Cidr, Ipv6Packet, NdiscNeighborFlags, NdiscRepr,
+    };
 
     const US: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
     const HOST: [u8; 6] = [0x02, 0, 0, 0, 0, 9];
@@ -1511,11 +1584,80 @@ mod sender_tests {
         assert_eq!(super::neighbour_answer(&out), Some(host.into()));
     }
 
+    /// An IPv6 packet carrying `payload` (next header `next`) from `source`
+    /// to `destination`, from `mac` to `to`.
+    fn packet6(to: [u8; 6], mac: [u8; 6], source: &str, destination: &str, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = to.to_vec();
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, payload.len() as u8, next, 64]);
+        frame.extend_from_slice(&source.parse::<Ipv6Address>().unwrap().octets());
+        frame.extend_from_slice(&destination.parse::<Ipv6Address>().unwrap().octets());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn subnets6() -> [Ipv6Cidr; 2] {
+        [Ipv6Cidr::new("fd00::1".parse().unwrap(), 64), Ipv6Cidr::new("fe80::1".parse().unwrap(), 64)]
+    }
+
+    #[test]
+    fn only_a_host_on_the_link_teaches_its_mac_over_ipv6() {
+        let udp = [0u8; 8];
+        let good = packet6(US, HOST, "fd00::9", "fd00::1", 17, &udp);
+        let host: Ipv6Address = "fd00::9".parse().unwrap();
+        assert_eq!(ipv6_sender(&good, US, &subnets6()), Some((host, HOST, "fd00::1".parse().unwrap())));
+        let link_local = packet6(US, HOST, "fe80::9", "fe80::1", 17, &udp);
+        assert!(ipv6_sender(&link_local, US, &subnets6()).is_some(), "link-local");
+        let refused = [
+            (packet6([0x33, 0x33, 0, 0, 0, 1], HOST, "fd00::9", "fd00::1", 17, &udp), "to a multicast MAC"),
+            (packet6(US, [0x03, 0, 0, 0, 0, 9], "fd00::9", "fd00::1", 17, &udp), "from a multicast MAC"),
+            (packet6(US, HOST, "fd01::9", "fd00::1", 17, &udp), "from off the link"),
+            (packet6(US, HOST, "fe80::9", "fd00::1", 17, &udp), "link-local to the global address"),
+            (packet6(US, HOST, "fd00::1", "fd00::1", 17, &udp), "from our own address"),
+            (packet6(US, HOST, "fd00::", "fd00::1", 17, &udp), "from the subnet-router anycast address"),
+            (packet6(US, HOST, "::", "fd00::1", 17, &udp), "from the unspecified address"),
+            (packet6(US, HOST, "ff02::1", "fd00::1", 17, &udp), "from a multicast address"),
+            (packet6(US, HOST, "fd00::9", "fd00::7", 17, &udp), "to an address not ours"),
+            (packet6(US, HOST, "fd00::9", "fd00::1", 58, &[136, 0, 0, 0]), "a neighbour advertisement"),
+            (packet6(US, HOST, "fd00::9", "fd00::1", 58, &[133, 0, 0, 0]), "a router solicitation"),
+        ];
+        for (frame, why) in refused {
+            assert_eq!(ipv6_sender(&frame, US, &subnets6()), None, "{why}");
+        }
+        let echo = packet6(US, HOST, "fd00::9", "fd00::1", 58, &[128, 0, 0, 0]);
+        assert!(ipv6_sender(&echo, US, &subnets6()).is_some(), "an echo request teaches");
+        for cut in 0..good.len() {
+            assert_eq!(ipv6_sender(&good[..cut], US, &subnets6()), None, "truncated at {cut}");
+        }
+    }
+
+    #[test]
+    fn the_advertisement_is_a_valid_one_from_the_host() {
+        let (host, ours): (Ipv6Address, Ipv6Address) = ("fd00::9".parse().unwrap(), "fd00::1".parse().unwrap());
+        let mut out = Vec::new();
+        advertisement_from(&mut out, host, HOST, ours, US);
+        let frame = EthernetFrame::new_checked(&out[..]).unwrap();
+        assert_eq!((frame.dst_addr().0, frame.src_addr().0), (US, HOST));
+        let ip = Ipv6Packet::new_checked(frame.payload()).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr(), ip.hop_limit()), (host, ours, 255));
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        let repr = Icmpv6Repr::parse(&host, &ours, &icmp, &ChecksumCapabilities::default()).expect("checksum");
+        let Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert { flags, target_addr, lladdr }) = repr else {
+            panic!("{repr:?}")
+        };
+        assert!(flags.contains(NdiscNeighborFlags::OVERRIDE));
+        assert_eq!(target_addr, host);
+        assert_eq!(lladdr.map(|address| address.as_bytes().to_vec()), Some(HOST.to_vec()));
+        assert_eq!(super::neighbour_answer(&out), Some(host.into()));
+        // Not taken for a sender itself (it is neighbour discovery).
+        assert_eq!(ipv6_sender(&out, US, &subnets6()), None);
+    }
+
     proptest! {
         /// Any bytes: no panic; whatever is taken names a unicast MAC and a
         /// host of the subnet other than ours.
         #[test]
-        fn any_frame_is_read_without_panic(frame in proptest::collection::vec(any::<u8>(), 0..80), ip in any::<bool>()) {
+        fn any_frame_is_read_without_panic(frame in proptest::collection::vec(any::<u8>(), 0..120), ip in any::<bool>()) {
             let mut frame = frame;
             if ip && frame.len() >= 14 {
                 frame[..6].copy_from_slice(&US);
@@ -1524,6 +1666,13 @@ mod sender_tests {
             if let Some((source, mac, us)) = ipv4_sender(&frame, US, &subnets()) {
                 prop_assert!(mac[0] & 1 == 0 && us == OURS && source != OURS);
                 prop_assert!(subnets()[0].contains_addr(&source));
+            }
+            if ip && frame.len() >= 14 {
+                frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+            }
+            if let Some((source, mac, us)) = ipv6_sender(&frame, US, &subnets6()) {
+                prop_assert!(mac[0] & 1 == 0 && source != us && !source.is_multicast());
+                prop_assert!(subnets6().iter().any(|cidr| cidr.address() == us && cidr.contains_addr(&source)));
             }
         }
     }

@@ -15,7 +15,7 @@
 
 use alloc::vec::Vec;
 
-use smoltcp::wire::{IpAddress, Ipv4Address};
+use smoltcp::wire::IpAddress;
 
 /// Requests a neighbour that never answered is given up after (Linux's
 /// default).
@@ -98,13 +98,14 @@ pub const RETEACH_MICROS: u64 = 20_000_000;
 /// A neighbour taught to smoltcp (`Learned`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Taught {
-    address: Ipv4Address,
+    address: IpAddress,
     mac: [u8; 6],
     micros: u64,
 }
 
-/// The IPv4 neighbours whose MAC the stack took from a frame they sent
-/// and handed to smoltcp's cache as an ARP reply (`device::Port`):
+/// The neighbours whose MAC the stack took from a frame they sent and
+/// handed to smoltcp's cache as an ARP reply or, for IPv6, a neighbour
+/// advertisement (`device::Learn`):
 /// smoltcp fills its cache only from ARP, drops a packet whose next hop it
 /// must resolve, and asks for one neighbour a second per interface, so a
 /// server answering many hosts on its link lost each new host's first
@@ -124,7 +125,7 @@ impl Learned {
 
     /// Whether smoltcp must be told now that `address` is at `mac` (a
     /// frame from it arrived at `now_micros`); if so, it is noted as told.
-    pub fn wants(&mut self, address: Ipv4Address, mac: [u8; 6], now_micros: u64) -> bool {
+    pub fn wants(&mut self, address: IpAddress, mac: [u8; 6], now_micros: u64) -> bool {
         if let Some(entry) = self.entries.iter_mut().find(|entry| entry.address == address) {
             if entry.mac == mac && now_micros.saturating_sub(entry.micros) < RETEACH_MICROS {
                 return false;
@@ -190,12 +191,14 @@ mod tests {
         assert!(unresolved.is_empty());
     }
 
+    use smoltcp::wire::Ipv4Address;
+
     const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 9];
 
     #[test]
     fn a_neighbour_is_taught_once_then_again_after_a_while_or_a_new_mac() {
         let mut learned = Learned::default();
-        let host = Ipv4Address::new(10, 0, 0, 9);
+        let host = v4(9);
         assert!(learned.wants(host, MAC, 0));
         assert!(!learned.wants(host, MAC, 1));
         assert!(!learned.wants(host, MAC, RETEACH_MICROS - 1));
@@ -217,7 +220,7 @@ mod tests {
             let mut told: Vec<Option<([u8; 6], u64)>> = vec![None; 300];
             for (host, mac, step) in arrivals {
                 now += step;
-                let address = Ipv4Address::from_octets([10, 0, (host >> 8) as u8, host as u8]);
+                let address = IpAddress::Ipv4(Ipv4Address::from_octets([10, 0, (host >> 8) as u8, host as u8]));
                 let mac = [0x02, 0, 0, 0, 0, mac];
                 let wanted = learned.wants(address, mac, now);
                 let last = told[usize::from(host)];

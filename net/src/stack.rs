@@ -337,6 +337,7 @@ pub struct Stack<D: NetDevice> {
     /// that taught it waits in `frame` to be handed to smoltcp next.
     learned: crate::neighbour::Learned,
     subnets: Vec<Ipv4Cidr>,
+    subnets6: Vec<Ipv6Cidr>,
     teaching: Vec<u8>,
     held: bool,
     /// The UDP sockets' group memberships, multicast options and
@@ -430,6 +431,7 @@ impl<D: NetDevice> Stack<D> {
             unresolved: RefCell::new(crate::neighbour::Unresolved::default()),
             learned: crate::neighbour::Learned::default(),
             subnets: Vec::new(),
+            subnets6: Vec::new(),
             teaching: Vec::new(),
             held: false,
             connect_errors: BTreeMap::new(),
@@ -576,10 +578,13 @@ impl<D: NetDevice> Stack<D> {
             self.learned.forget_all();
         }
         self.subnets.clear();
-        self.subnets.extend(self.interface.ip_addrs().iter().filter_map(|cidr| match cidr {
-            IpCidr::Ipv4(cidr) => Some(*cidr),
-            _ => None,
-        }));
+        self.subnets6.clear();
+        for cidr in self.interface.ip_addrs() {
+            match *cidr {
+                IpCidr::Ipv4(cidr) => self.subnets.push(cidr),
+                IpCidr::Ipv6(cidr) => self.subnets6.push(cidr),
+            }
+        }
         let mac = self.device.borrow().mac();
         // Rebuilt where used: it borrows fields that calls in between change.
         macro_rules! watch {
@@ -618,6 +623,7 @@ impl<D: NetDevice> Stack<D> {
                 learn: Some(crate::device::Learn {
                     mac,
                     subnets: &self.subnets,
+                    subnets6: &self.subnets6,
                     learned: &mut self.learned,
                     reply: &mut self.teaching,
                     held: &mut self.held,

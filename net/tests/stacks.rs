@@ -904,9 +904,8 @@ fn a_connect_whose_next_hop_never_answers_fails_after_three_seconds() {
     link.connect(80);
 }
 
-/// A TCP SYN to the server's `port` from `(mac, address, source port)`, as
-/// a host on the link sends it (checksums filled in).
-fn syn_from(mac: [u8; 6], address: Ipv4Address, source_port: u16, port: u16) -> Vec<u8> {
+/// A TCP SYN header from `source_port` to `port`, its checksum left 0.
+fn syn_segment(source_port: u16, port: u16) -> Vec<u8> {
     let mut tcp = vec![0u8; 20];
     tcp[0..2].copy_from_slice(&source_port.to_be_bytes());
     tcp[2..4].copy_from_slice(&port.to_be_bytes());
@@ -914,6 +913,13 @@ fn syn_from(mac: [u8; 6], address: Ipv4Address, source_port: u16, port: u16) -> 
     tcp[12] = 5 << 4;
     tcp[13] = 0x02;
     tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    tcp
+}
+
+/// A TCP SYN to the server's `port` from `(mac, address, source port)`, as
+/// a host on the link sends it (checksums filled in).
+fn syn_from(mac: [u8; 6], address: Ipv4Address, source_port: u16, port: u16) -> Vec<u8> {
+    let mut tcp = syn_segment(source_port, port);
     let mut pseudo = address.octets().to_vec();
     pseudo.extend_from_slice(&SERVER_IP.octets());
     pseudo.extend_from_slice(&[0, 6, 0, 20]);
@@ -998,6 +1004,60 @@ fn hosts_on_the_link_are_answered_without_asking_arp() {
     }
     assert_eq!(far_answer, [(gateway_mac, far.octets())]);
     assert_eq!(server.stats().neighbours_learned, u64::from(HOSTS), "the far host taught nothing");
+}
+
+/// [`syn_from`] over IPv6, to the server's `fd00::1`.
+fn syn_from6(mac: [u8; 6], address: smoltcp::wire::Ipv6Address, source_port: u16, port: u16) -> Vec<u8> {
+    let server: smoltcp::wire::Ipv6Address = "fd00::1".parse().unwrap();
+    let mut tcp = syn_segment(source_port, port);
+    let mut pseudo = address.octets().to_vec();
+    pseudo.extend_from_slice(&server.octets());
+    pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, 6]);
+    pseudo.extend_from_slice(&tcp);
+    let sum = internet_checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&sum);
+    let mut frame = MAC_SERVER.to_vec();
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 20, 6, 64]);
+    frame.extend_from_slice(&address.octets());
+    frame.extend_from_slice(&server.octets());
+    frame.extend(tcp);
+    frame
+}
+
+/// [`hosts_on_the_link_are_answered_without_asking_arp`] over IPv6: the
+/// stack hands smoltcp a neighbour advertisement from each host, so no
+/// neighbour solicitation goes out and every SYN is answered in the same
+/// poll (before, one solicitation and no answer: smoltcp asks for one
+/// neighbour a second).
+#[test]
+fn ipv6_hosts_on_the_link_are_answered_without_soliciting_them() {
+    const HOSTS: u8 = 32;
+    let mut link = ipv6_link(statically(SERVER_IP));
+    link.server.tcp_listen(80).unwrap();
+    link.server.poll(1_000);
+    link.server.device().drain_sent();
+    let host = |index: u8| {
+        let address = smoltcp::wire::Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100 + u16::from(index));
+        ([0x02, 0, 0, 0, 1, index], address)
+    };
+    for index in 0..HOSTS {
+        let (mac, address) = host(index);
+        link.server.device().inject(&syn_from6(mac, address, 40_000 + u16::from(index), 80));
+    }
+    link.server.poll(2_000);
+    let sent = link.server.device().drain_sent();
+    let mut answered: Vec<([u8; 6], [u8; 16])> = sent
+        .iter()
+        .filter(|frame| frame.len() >= 74 && frame[12..14] == [0x86, 0xdd] && frame[20] == 6 && frame[67] == 0x12)
+        .map(|frame| (frame[..6].try_into().unwrap(), frame[38..54].try_into().unwrap()))
+        .collect();
+    answered.sort();
+    let expected: Vec<_> = (0..HOSTS).map(|index| (host(index).0, host(index).1.octets())).collect();
+    assert_eq!(answered, expected, "every host on the link answered at once, at its own MAC");
+    let asked: Vec<_> = sent.iter().filter_map(|frame| toro_net::device::neighbour_solicited(frame)).collect();
+    assert!(asked.is_empty(), "solicited {asked:?}");
+    assert_eq!(link.server.stats().neighbours_learned, u64::from(HOSTS));
 }
 
 /// Valid frames from the client, for the fuzzers to damage: a SYN, a
@@ -2100,7 +2160,6 @@ fn segments_for_another_pairs_connection_are_diverted_to_it() {
     }
     assert_eq!(pair1.tcp_recv(client, &mut buffer), Ok(6));
     assert_eq!(&buffer[..6], b"answer");
-    drop(step);
     assert!(diverted >= 2, "the SYN-ACK and the answer went through pair 0 ({diverted})");
     let mut pair0_wire = pair0_wire;
     let mut sent_tcp = 0;

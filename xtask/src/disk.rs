@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(parse(&format!("{},ro,sector=512", image.display())).unwrap().sector_size, None);
         for bad in ["sector=1000", "sector=256", "sector=x", "rw", "ro=1"] {
             let error = parse(&format!("{},{bad}", image.display())).unwrap_err().to_string();
-            assert!(error.contains(bad.split('=').last().unwrap()), "{bad}: {error}");
+            assert!(error.contains(bad.split('=').next_back().unwrap()), "{bad}: {error}");
         }
         assert!(parse("/no/such/path").is_err());
         let _ = std::fs::remove_dir_all(&dir);

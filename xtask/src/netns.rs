@@ -225,15 +225,21 @@ impl Namespace {
     }
 
     /// Gives the namespace's side of `ifname` (on tap network 0) `hosts`
-    /// more addresses, `172.31.0.100` on, and fetches `url` once from each
-    /// (curl `--interface`): to the guest, that many hosts on its link, of
-    /// which it saw no ARP request (the namespace asked for the guest once,
-    /// from its first address). Returns how many SYNs the namespace had to
-    /// retransmit for those connections (`TcpExt TCPSynRetrans`): a guest
-    /// that must ask ARP for each host, at most once a second, drops the
-    /// SYN-ACK of most of them and waits for the retransmitted SYN. Also
-    /// the time all the fetches took.
-    pub fn many_hosts_served(&self, ifname: &str, hosts: u32, url: &str) -> Result<(u64, std::time::Duration)> {
+    /// more addresses (`172.31.0.100` on, or `fd00:31::100` on when `v6`)
+    /// and fetches `url` once from each (curl `--interface`): to the guest,
+    /// that many hosts on its link, of which it saw no ARP request or
+    /// neighbour solicitation (the namespace asked for the guest once, from
+    /// its first address). Returns how many SYNs the namespace had to
+    /// retransmit for those connections (`TcpExt TCPSynRetrans`) and the
+    /// time all the fetches took: a guest that must ask for each host, at
+    /// most once a second, holds back its SYN-ACKs meanwhile.
+    pub fn many_hosts_served(
+        &self,
+        ifname: &str,
+        hosts: u32,
+        v6: bool,
+        url: &str,
+    ) -> Result<(u64, std::time::Duration)> {
         let retransmits = || -> Result<u64> {
             let output = self.command("cat").arg("/proc/net/netstat").output().context("reading /proc/net/netstat")?;
             crate::wrk::tcp_ext_counter(&String::from_utf8_lossy(&output.stdout), "TCPSynRetrans")
@@ -242,11 +248,18 @@ impl Namespace {
         let before = retransmits()?;
         let started = std::time::Instant::now();
         for host in 0..hosts {
-            let address = format!("172.31.0.{}", 100 + host);
-            ip(&["-n", &self.name, "address", "add", &format!("{address}/{PREFIX}"), "dev", ifname])?;
+            let address = match v6 {
+                false => format!("172.31.0.{}", 100 + host),
+                true => format!("fd00:31::{:x}", 0x100 + host),
+            };
+            match v6 {
+                // No duplicate address detection: usable at once.
+                true => ip(&["-n", &self.name, "address", "add", &format!("{address}/64"), "dev", ifname, "nodad"])?,
+                false => ip(&["-n", &self.name, "address", "add", &format!("{address}/{PREFIX}"), "dev", ifname])?,
+            }
             let output = self
                 .command("curl")
-                .args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "--interface", &address, url])
+                .args(["-s", "-g", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "--interface", &address, url])
                 .output()
                 .context("running curl")?;
             let code = String::from_utf8_lossy(&output.stdout).into_owned();

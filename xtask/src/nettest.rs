@@ -802,28 +802,34 @@ pub fn run(test: &TapTest, image: &Path, accel: crate::accel::Accel) -> Result<(
             problems.push(format!("after a router advertisement, GET http://[{autoconfigured}]/ gave {answer:?}"));
         }
         if test.stats {
-            // Hosts on the guest's link that it never saw ask ARP for it.
-            match namespace.many_hosts_served("tap0", LINK_HOSTS, &url("/")) {
-                Ok((retransmits, took)) if retransmits <= MAX_LINK_HOST_SYN_RETRANSMITS => {
-                    let learned = interface_total(&curl(&[&url("/stats")])?.1, "neighbours_learned");
-                    match learned {
-                        Some(learned) if learned >= u64::from(LINK_HOSTS) => notes.push(format!(
-                            "{LINK_HOSTS} more hosts on the link served in {:.2} s, {retransmits} SYNs \
-                             retransmitted, {learned} neighbours learned",
-                            took.as_secs_f64()
-                        )),
-                        other => problems.push(format!(
-                            "{LINK_HOSTS} more hosts on the link served in {:.2} s ({retransmits} SYNs \
-                             retransmitted), but /stats neighbours_learned is {other:?}",
-                            took.as_secs_f64()
-                        )),
+            // Hosts on the guest's link that it never saw ask for it.
+            let mut learned_before = interface_total(&curl(&[&url("/stats")])?.1, "neighbours_learned").unwrap_or(0);
+            for (v6, target) in [(false, url("/")), (true, format!("http://[{}]/", netns::GUEST_ADDRESS6))] {
+                let family = if v6 { "IPv6" } else { "IPv4" };
+                match namespace.many_hosts_served("tap0", LINK_HOSTS, v6, &target) {
+                    Ok((retransmits, took)) if retransmits <= MAX_LINK_HOST_SYN_RETRANSMITS => {
+                        let learned = interface_total(&curl(&[&url("/stats")])?.1, "neighbours_learned");
+                        let new = learned.map(|learned| learned.saturating_sub(learned_before));
+                        learned_before = learned.unwrap_or(learned_before);
+                        match new {
+                            Some(new) if new >= u64::from(LINK_HOSTS) => notes.push(format!(
+                                "{LINK_HOSTS} more {family} hosts on the link served in {:.2} s, {retransmits} SYNs \
+                                 retransmitted, {new} neighbours learned",
+                                took.as_secs_f64()
+                            )),
+                            other => problems.push(format!(
+                                "{LINK_HOSTS} more {family} hosts on the link served in {:.2} s ({retransmits} SYNs \
+                                 retransmitted), but /stats neighbours_learned grew by {other:?}",
+                                took.as_secs_f64()
+                            )),
+                        }
                     }
+                    Ok((retransmits, _)) => problems.push(format!(
+                        "{LINK_HOSTS} more {family} hosts on the link: {retransmits} SYNs had to be retransmitted \
+                         (the guest dropped SYN-ACKs while asking for them)"
+                    )),
+                    Err(error) => problems.push(format!("{error:#}")),
                 }
-                Ok((retransmits, _)) => problems.push(format!(
-                    "{LINK_HOSTS} more hosts on the link: {retransmits} SYNs had to be retransmitted (the guest \
-                     dropped SYN-ACKs while asking ARP for them)"
-                )),
-                Err(error) => problems.push(format!("{error:#}")),
             }
         }
         let (_, stats) = if test.stats { curl(&[&url("/stats")])? } else { (true, String::new()) };
