@@ -331,10 +331,11 @@ pub struct Stack<D: NetDevice> {
     syns_sent: RefCell<Vec<(u16, u32)>>,
     tcp_unreachable: Vec<crate::device::TcpUnreachable>,
     unresolved: RefCell<crate::neighbour::Unresolved>,
-    /// The IPv4 neighbours taught to smoltcp from the frames they sent
-    /// (`device::Learn`); the interface's IPv4 addresses and prefixes, as
-    /// of this poll; the ARP reply that teaches one, and whether the frame
-    /// that taught it waits in `frame` to be handed to smoltcp next.
+    /// The neighbours taught to smoltcp from the frames they sent
+    /// (`device::Learn`); the interface's IPv4 and IPv6 addresses and
+    /// prefixes, as of this poll; the ARP reply (or neighbour
+    /// advertisement) that teaches one, and whether the frame that taught
+    /// it waits in `frame` to be handed to smoltcp next.
     learned: crate::neighbour::Learned,
     subnets: Vec<Ipv4Cidr>,
     subnets6: Vec<Ipv6Cidr>,
