@@ -376,13 +376,15 @@ pub fn ipv4_sender(frame: &[u8], mac: [u8; 6], subnets: &[Ipv4Cidr]) -> Option<(
 /// message, which smoltcp reads itself. IPv6 has no header checksum: the
 /// frame is trusted as the link delivered it (its frame check sequence).
 pub fn ipv6_sender(frame: &[u8], mac: [u8; 6], subnets: &[Ipv6Cidr]) -> Option<(Ipv6Address, [u8; 6], Ipv6Address)> {
-    const ICMPV6: u8 = 58;
     let source_mac = unicast_sender(frame, mac, [0x86, 0xdd])?;
     let ip = Ipv6Packet::new_checked(frame.get(ETHERNET_HEADER_BYTES..)?).ok()?;
     let (source, destination) = (ip.src_addr(), ip.dst_addr());
-    let discovery = ip.next_header() == IpProtocol::from(ICMPV6)
-        && ip.payload().first().is_some_and(|kind| (133..=137).contains(kind));
-    if ip.version() != 6 || discovery || source == destination || source.is_multicast() || source.is_unspecified() {
+    if ip.version() != 6
+        || neighbour_discovery(frame)
+        || source == destination
+        || source.is_multicast()
+        || source.is_unspecified()
+    {
         return None;
     }
     let subnet = subnets.iter().find(|cidr| cidr.address() == destination && cidr.contains_addr(&source))?;

@@ -229,8 +229,9 @@ pub struct StackStats {
     /// Connections ended because their peer stayed silent longer than
     /// `tcp_user_timeout_micros` while data waited for its ACK.
     pub connections_timed_out: u64,
-    /// Neighbours on the link whose MAC was taken from a frame they sent
-    /// (`neighbour::Learned`), not asked for by ARP.
+    /// Times a neighbour on the link was taught to smoltcp from a frame it
+    /// sent (`neighbour::Learned`) instead of being asked for: each new
+    /// one, a changed MAC, and a renewal every 20 s while it sends.
     pub neighbours_learned: u64,
 }
 
