@@ -399,29 +399,41 @@ pub fn ipv6_sender(frame: &[u8], mac: [u8; 6], subnets: &[Ipv6Cidr]) -> Option<(
 /// had sent it to us: smoltcp fills its cache from an advertisement's
 /// link-layer address option.
 pub fn advertisement_from(out: &mut Vec<u8>, sender: Ipv6Address, sender_mac: [u8; 6], us: Ipv6Address, mac: [u8; 6]) {
-    let advertisement = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+    let advertisement = NdiscRepr::NeighborAdvert {
         flags: NdiscNeighborFlags::OVERRIDE,
         target_addr: sender,
         lladdr: Some(RawHardwareAddress::from(EthernetAddress(sender_mac))),
-    });
+    };
+    neighbour_discovery_frame(out, advertisement, (sender, sender_mac), (us, mac));
+}
+
+/// Writes into `out` the Ethernet frame carrying `message` from `from`
+/// to `to` (IPv6 address, MAC each), checksum filled in.
+fn neighbour_discovery_frame(
+    out: &mut Vec<u8>,
+    message: NdiscRepr,
+    from: (Ipv6Address, [u8; 6]),
+    to: (Ipv6Address, [u8; 6]),
+) {
+    let message = Icmpv6Repr::Ndisc(message);
     let ip = Ipv6Repr {
-        src_addr: sender,
-        dst_addr: us,
+        src_addr: from.0,
+        dst_addr: to.0,
         next_header: IpProtocol::Icmpv6,
-        payload_len: advertisement.buffer_len(),
+        payload_len: message.buffer_len(),
         // Neighbour discovery messages must come with 255 (RFC 4861, 7.1.2).
         hop_limit: 255,
     };
     out.clear();
-    out.resize(ETHERNET_HEADER_BYTES + ip.buffer_len() + advertisement.buffer_len(), 0);
+    out.resize(ETHERNET_HEADER_BYTES + ip.buffer_len() + message.buffer_len(), 0);
     let mut frame = EthernetFrame::new_unchecked(&mut out[..]);
-    frame.set_dst_addr(EthernetAddress(mac));
-    frame.set_src_addr(EthernetAddress(sender_mac));
+    frame.set_dst_addr(EthernetAddress(to.1));
+    frame.set_src_addr(EthernetAddress(from.1));
     frame.set_ethertype(EthernetProtocol::Ipv6);
     let mut packet = Ipv6Packet::new_unchecked(frame.payload_mut());
     ip.emit(&mut packet);
     let mut icmp = Icmpv6Packet::new_unchecked(packet.payload_mut());
-    advertisement.emit(&sender, &us, &mut icmp, &ChecksumCapabilities::default());
+    message.emit(&from.0, &to.0, &mut icmp, &ChecksumCapabilities::default());
 }
 
 /// Length of an Ethernet frame carrying an ARP packet for IPv4.
@@ -431,20 +443,52 @@ pub const ARP_FRAME_BYTES: usize = ETHERNET_HEADER_BYTES + 28;
 /// `sender_mac`, as if that host had answered our request for it (smoltcp
 /// fills its cache from any ARP packet for one of its addresses).
 pub fn arp_reply_from(out: &mut Vec<u8>, sender: Ipv4Address, sender_mac: [u8; 6], us: Ipv4Address, mac: [u8; 6]) {
+    arp_frame(out, ArpOperation::Reply, (sender, sender_mac), (us, mac), mac);
+}
+
+/// Writes into `out` an ARP request from `us` at `mac` for `target`,
+/// broadcast (the request smoltcp itself would send).
+pub fn arp_request(out: &mut Vec<u8>, target: Ipv4Address, us: Ipv4Address, mac: [u8; 6]) {
+    arp_frame(out, ArpOperation::Request, (us, mac), (target, [0; 6]), [0xff; 6]);
+}
+
+/// Writes into `out` the Ethernet frame to `to_mac` carrying an ARP
+/// `operation` from `sender` about `target` (IPv4 address, MAC each).
+fn arp_frame(
+    out: &mut Vec<u8>,
+    operation: ArpOperation,
+    sender: (Ipv4Address, [u8; 6]),
+    target: (Ipv4Address, [u8; 6]),
+    to_mac: [u8; 6],
+) {
     out.clear();
     out.resize(ARP_FRAME_BYTES, 0);
     let mut frame = EthernetFrame::new_unchecked(&mut out[..]);
-    frame.set_dst_addr(EthernetAddress(mac));
-    frame.set_src_addr(EthernetAddress(sender_mac));
+    frame.set_dst_addr(EthernetAddress(to_mac));
+    frame.set_src_addr(EthernetAddress(sender.1));
     frame.set_ethertype(EthernetProtocol::Arp);
-    let reply = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Reply,
-        source_hardware_addr: EthernetAddress(sender_mac),
-        source_protocol_addr: sender,
-        target_hardware_addr: EthernetAddress(mac),
-        target_protocol_addr: us,
+    let packet = ArpRepr::EthernetIpv4 {
+        operation,
+        source_hardware_addr: EthernetAddress(sender.1),
+        source_protocol_addr: sender.0,
+        target_hardware_addr: EthernetAddress(target.1),
+        target_protocol_addr: target.0,
     };
-    reply.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    packet.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+}
+
+/// Writes into `out` a neighbour solicitation from `us` at `mac` for
+/// `target` (a unicast address), to the target's solicited-node multicast
+/// group and its Ethernet group (RFC 4861 7.2.2, RFC 2464 7), with our
+/// link-layer address: the solicitation smoltcp itself would send.
+pub fn neighbour_solicitation(out: &mut Vec<u8>, target: Ipv6Address, us: Ipv6Address, mac: [u8; 6]) {
+    let t = target.octets();
+    let group = Ipv6Address::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | u16::from(t[13]), u16::from_be_bytes([t[14], t[15]]));
+    let solicitation = NdiscRepr::NeighborSolicit {
+        target_addr: target,
+        lladdr: Some(RawHardwareAddress::from(EthernetAddress(mac))),
+    };
+    neighbour_discovery_frame(out, solicitation, (us, mac), (group, [0x33, 0x33, 0xff, t[13], t[14], t[15]]));
 }
 
 /// What the receive path needs to teach smoltcp the neighbours it hears
@@ -1503,9 +1547,13 @@ mod unreachable_tests {
 
 #[cfg(test)]
 mod sender_tests {
-    use super::{advertisement_from, arp_reply_from, ipv4_sender, ipv6_sender, ARP_FRAME_BYTES};
+    use super::{
+        advertisement_from, arp_reply_from, arp_request, ipv4_sender, ipv6_sender, neighbour_solicitation,
+        neighbour_solicited, ARP_FRAME_BYTES,
+    };
     use proptest::prelude::*;
     use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::IpAddress;
     use smoltcp::wire::{
         ArpPacket, ArpRepr, EthernetFrame, Icmpv6Packet, Icmpv6Repr, Ipv4Address, Ipv4Cidr, Ipv4Packet, Ipv6Address,
         Ipv6Cidr, Ipv6Packet, NdiscNeighborFlags, NdiscRepr,
@@ -1530,6 +1578,46 @@ mod sender_tests {
         frame.extend_from_slice(&destination.octets());
         Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
         frame
+    }
+
+    /// The stack's own requests parse as smoltcp's would: ARP broadcast
+    /// from us for the target; the solicitation to the target's
+    /// solicited-node group with hop limit 255, our MAC in its option and
+    /// a right checksum.
+    #[test]
+    fn the_stacks_own_requests_are_well_formed() {
+        let target = Ipv4Address::new(10, 0, 0, 9);
+        let mut out = Vec::new();
+        arp_request(&mut out, target, OURS, US);
+        assert_eq!(out.len(), ARP_FRAME_BYTES);
+        assert_eq!(neighbour_solicited(&out), Some(IpAddress::Ipv4(target)));
+        let frame = EthernetFrame::new_checked(&out[..]).unwrap();
+        assert_eq!(frame.dst_addr().as_bytes(), [0xff; 6]);
+        assert_eq!(frame.src_addr().as_bytes(), US);
+        let ArpRepr::EthernetIpv4 { source_hardware_addr, source_protocol_addr, .. } =
+            ArpRepr::parse(&ArpPacket::new_checked(frame.payload()).unwrap()).unwrap()
+        else {
+            panic!("not ARP for IPv4");
+        };
+        assert_eq!((source_hardware_addr.as_bytes(), source_protocol_addr), (&US[..], OURS));
+
+        let target: Ipv6Address = "fd00::1:2:3:4567".parse().unwrap();
+        let us: Ipv6Address = "fd00::1".parse().unwrap();
+        neighbour_solicitation(&mut out, target, us, US);
+        assert_eq!(neighbour_solicited(&out), Some(IpAddress::Ipv6(target)));
+        let frame = EthernetFrame::new_checked(&out[..]).unwrap();
+        assert_eq!(frame.dst_addr().as_bytes(), [0x33, 0x33, 0xff, 0x03, 0x45, 0x67]);
+        let ip = Ipv6Packet::new_checked(frame.payload()).unwrap();
+        assert_eq!(ip.hop_limit(), 255);
+        assert_eq!(ip.src_addr(), us);
+        assert_eq!(ip.dst_addr(), "ff02::1:ff03:4567".parse::<Ipv6Address>().unwrap());
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum(&us, &ip.dst_addr()));
+        let repr = Icmpv6Repr::parse(&us, &ip.dst_addr(), &icmp, &ChecksumCapabilities::default()).unwrap();
+        let Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, lladdr: Some(lladdr) }) = repr else {
+            panic!("not a solicitation with our address: {repr:?}");
+        };
+        assert_eq!((target_addr, lladdr.as_bytes()), (target, &US[..]));
     }
 
     #[test]

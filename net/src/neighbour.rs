@@ -22,6 +22,9 @@ use smoltcp::wire::IpAddress;
 pub const GIVE_UP_REQUESTS: u32 = 3;
 /// How long after the first request a neighbour is given up at the soonest.
 pub const GIVE_UP_MICROS: u64 = 3_000_000;
+/// How long after a request for a neighbour the stack asks again itself
+/// while something still waits for it (Linux's `retrans_time`).
+pub const RETRANSMIT_MICROS: u64 = 1_000_000;
 /// A neighbour not asked for again for this long is forgotten (nothing
 /// waits for it any more: smoltcp asks once a second while it does).
 const FORGET_MICROS: u64 = 3_000_000;
@@ -63,6 +66,45 @@ impl Unresolved {
             }
         }
         self.entries.push(Unanswered { address, first_micros: now_micros, last_micros: now_micros, requests: 1 });
+    }
+
+    /// Whether `address` was asked for less than `RETRANSMIT_MICROS`
+    /// before `now_micros`.
+    pub fn asked_lately(&self, address: IpAddress, now_micros: u64) -> bool {
+        self.entries
+            .iter()
+            .any(|entry| entry.address == address && now_micros.saturating_sub(entry.last_micros) < RETRANSMIT_MICROS)
+    }
+
+    /// The addresses to ask for again at `now_micros`: asked for
+    /// `RETRANSMIT_MICROS` ago or longer, fewer than `GIVE_UP_REQUESTS`
+    /// times. smoltcp asks for one neighbour a second per interface, so
+    /// several unanswered neighbours would otherwise take turns and each
+    /// be given up only after several seconds per neighbour; Linux asks
+    /// each on its own timer.
+    pub fn due(&self, now_micros: u64) -> Vec<IpAddress> {
+        self.entries
+            .iter()
+            .filter(|entry| {
+                entry.requests < GIVE_UP_REQUESTS && now_micros.saturating_sub(entry.last_micros) >= RETRANSMIT_MICROS
+            })
+            .map(|entry| entry.address)
+            .collect()
+    }
+
+    /// When the next request of [`Unresolved::due`] or the next give-up
+    /// falls due (microseconds, absolute), if any address waits.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.entries
+            .iter()
+            .map(|entry| {
+                if entry.requests < GIVE_UP_REQUESTS {
+                    entry.last_micros.saturating_add(RETRANSMIT_MICROS)
+                } else {
+                    entry.first_micros.saturating_add(GIVE_UP_MICROS).max(entry.last_micros)
+                }
+            })
+            .min()
     }
 
     /// `address` showed itself on the link.
@@ -144,6 +186,14 @@ impl Learned {
         true
     }
 
+    /// Whether `address` was taught less than `RETEACH_MICROS` before
+    /// `now_micros`, so smoltcp's cache is believed to hold it.
+    pub fn knows(&self, address: IpAddress, now_micros: u64) -> bool {
+        self.entries
+            .iter()
+            .any(|entry| entry.address == address && now_micros.saturating_sub(entry.micros) < RETEACH_MICROS)
+    }
+
     /// smoltcp flushed its cache (its addresses changed): teach again.
     pub fn forget_all(&mut self) {
         self.entries.clear();
@@ -191,6 +241,31 @@ mod tests {
         assert!(unresolved.is_empty());
     }
 
+    #[test]
+    fn each_unanswered_neighbour_is_asked_again_on_its_own_timer() {
+        let mut unresolved = Unresolved::default();
+        unresolved.asked(v4(1), 0);
+        unresolved.asked(v4(2), 400_000);
+        assert!(unresolved.asked_lately(v4(1), 999_999));
+        assert!(!unresolved.asked_lately(v4(1), 1_000_000));
+        assert!(!unresolved.asked_lately(v4(3), 0), "never asked");
+        assert_eq!(unresolved.next_deadline(), Some(1_000_000));
+        assert!(unresolved.due(999_999).is_empty());
+        assert_eq!(unresolved.due(1_000_000), [v4(1)]);
+        assert_eq!(unresolved.due(1_400_000), [v4(1), v4(2)]);
+        unresolved.asked(v4(1), 1_000_000);
+        unresolved.asked(v4(2), 1_400_000);
+        unresolved.asked(v4(1), 2_000_000);
+        assert_eq!(unresolved.due(3_000_000), [v4(2)], "v4(1) had its 3 requests");
+        // Once asked 3 times, the next deadline is its give-up.
+        unresolved.asked(v4(2), 2_400_000);
+        assert_eq!(unresolved.next_deadline(), Some(3_000_000));
+        assert_eq!(unresolved.take_given_up(3_000_000), [v4(1)]);
+        assert_eq!(unresolved.next_deadline(), Some(3_400_000));
+        unresolved.answered(v4(2));
+        assert_eq!(unresolved.next_deadline(), None);
+    }
+
     use smoltcp::wire::Ipv4Address;
 
     const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 9];
@@ -205,7 +280,11 @@ mod tests {
         assert!(learned.wants(host, MAC, RETEACH_MICROS), "renewed before smoltcp lets it go");
         assert!(learned.wants(host, [0x02, 0, 0, 0, 0, 8], RETEACH_MICROS + 1), "a new MAC");
         assert_eq!(learned.taught, 3);
+        assert!(learned.knows(host, RETEACH_MICROS + 1));
+        assert!(!learned.knows(host, 2 * RETEACH_MICROS + 1), "not renewed for too long");
+        assert!(!learned.knows(v4(8), 0), "never taught");
         learned.forget_all();
+        assert!(!learned.knows(host, RETEACH_MICROS + 2), "flushed");
         assert!(learned.wants(host, [0x02, 0, 0, 0, 0, 8], RETEACH_MICROS + 2), "after a flush");
     }
 

@@ -233,6 +233,10 @@ pub struct StackStats {
     /// sent (`neighbour::Learned`) instead of being asked for: each new
     /// one, a changed MAC, and a renewal every 20 s while it sends.
     pub neighbours_learned: u64,
+    /// ARP requests and neighbour solicitations the stack sent itself for
+    /// the next hops that connects and datagrams wait for
+    /// (`solicit_neighbours`), besides the ones smoltcp sends.
+    pub neighbours_solicited: u64,
 }
 
 /// The two port spaces.
@@ -342,6 +346,10 @@ pub struct Stack<D: NetDevice> {
     subnets6: Vec<Ipv6Cidr>,
     teaching: Vec<u8>,
     held: bool,
+    /// Destinations that connects and datagrams went to since the last
+    /// poll, whose next hop the stack asks for itself if it is not known
+    /// (`solicit_neighbours`); at most `MAX_SOLICITING`.
+    soliciting: Vec<IpAddress>,
     /// The UDP sockets' group memberships, multicast options and
     /// looped-back datagrams.
     multicast: crate::device::Multicast,
@@ -436,6 +444,7 @@ impl<D: NetDevice> Stack<D> {
             subnets6: Vec::new(),
             teaching: Vec::new(),
             held: false,
+            soliciting: Vec::new(),
             connect_errors: BTreeMap::new(),
             unacknowledged: Vec::new(),
             resets_received: RefCell::new(Vec::new()),
@@ -592,7 +601,7 @@ impl<D: NetDevice> Stack<D> {
         macro_rules! watch {
             () => {{
                 let connects = !self.outgoing.is_empty();
-                let waiting = connects || !self.unacknowledged.is_empty();
+                let waiting = connects || !self.unacknowledged.is_empty() || !self.soliciting.is_empty();
                 Watch {
                     dns_sent: (!self.dns_queries.is_empty()).then_some(&self.dns_sent),
                     syns_sent: connects.then_some(&self.syns_sent),
@@ -653,6 +662,7 @@ impl<D: NetDevice> Stack<D> {
         while self.interface.poll_egress(now, &mut port, &mut self.sockets) == PollResult::SocketStateChanged {
             changed = true;
         }
+        self.solicit_neighbours();
         if relearn && self.ipv4().is_some() {
             // smoltcp forgot every neighbour: ask ARP for the gateway
             // again (with the announcement) now, not when a packet for it
@@ -696,10 +706,86 @@ impl<D: NetDevice> Stack<D> {
         // socket waiting for a silent peer's FIN has no timer of its own).
         let closing = self.closing.iter().map(|&(_, deadline)| deadline).min().filter(|&d| d != u64::MAX);
         let closing = closing.map(|deadline| deadline.saturating_sub(now_micros));
-        match (stack, closing) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        // The next request for, or give-up of, a neighbour something waits
+        // for (`solicit_neighbours`, `fail_connects`).
+        let waiting = !self.outgoing.is_empty() || !self.unacknowledged.is_empty();
+        let neighbour = waiting
+            .then(|| self.unresolved.get_mut().next_deadline())
+            .flatten()
+            .map(|deadline| deadline.saturating_sub(now_micros));
+        [stack, closing, neighbour].into_iter().flatten().min()
+    }
+
+    /// Notes that a connect or a datagram goes to `address`: the next poll
+    /// asks the link for its next hop unless it is known
+    /// (`solicit_neighbours`).
+    fn want_neighbour(&mut self, address: IpAddress) {
+        if !self.soliciting.contains(&address) && self.soliciting.len() < MAX_SOLICITING {
+            self.soliciting.push(address);
         }
+    }
+
+    /// Asks the link itself (ARP, or IPv6 neighbour solicitation) for the
+    /// next hops that connects and datagrams wait for, after smoltcp's own
+    /// egress. Defect fixed: smoltcp asks for one unknown neighbour a
+    /// second per interface and holds a packet for another one until its
+    /// turn, so connects to several hosts on the link at once went out
+    /// one a second (and, to hosts that never answer, failed after 3 s
+    /// per host, in turn). Linux asks for each neighbour on its own timer.
+    /// Here a destination's next hop is asked for at once, unless it was
+    /// taught to smoltcp lately (`neighbour::Learned`) or just asked for
+    /// (by smoltcp in this egress, or by us within a second); an
+    /// unanswered one is asked again once a second, 3 times in all, then
+    /// given up (`fail_connects`). The answer goes to smoltcp, which fills
+    /// its cache from any ARP reply or advertisement for one of its
+    /// addresses, and the waiting packet leaves at the next poll.
+    fn solicit_neighbours(&mut self) {
+        let now = self.now_micros;
+        let wanted = core::mem::take(&mut self.soliciting);
+        let waiting = !self.outgoing.is_empty() || !self.unacknowledged.is_empty();
+        if wanted.is_empty() && (!waiting || self.unresolved.get_mut().is_empty()) {
+            return;
+        }
+        let mut asks = self.unresolved.get_mut().due(now);
+        for address in wanted {
+            let Some(hop) = self.next_hop(address) else { continue };
+            let special = match hop {
+                IpAddress::Ipv4(v4) => v4.is_multicast() || self.is_broadcast(hop) || v4.is_loopback(),
+                IpAddress::Ipv6(v6) => v6.is_multicast() || v6.is_loopback(),
+            };
+            if special
+                || hop.is_unspecified()
+                || self.interface.has_ip_addr(hop)
+                || asks.contains(&hop)
+                || self.learned.knows(hop, now)
+                || self.unresolved.get_mut().asked_lately(hop, now)
+            {
+                continue;
+            }
+            asks.push(hop);
+        }
+        let mac = self.device.borrow().mac();
+        let mut frame = core::mem::take(&mut self.teaching);
+        for hop in asks {
+            let source = self.interface.get_source_address(&hop);
+            match (hop, source) {
+                (IpAddress::Ipv4(target), Some(IpAddress::Ipv4(us))) => {
+                    crate::device::arp_request(&mut frame, target, us, mac)
+                }
+                (IpAddress::Ipv6(target), Some(IpAddress::Ipv6(us))) if self.interface.has_ip_addr(us) => {
+                    crate::device::neighbour_solicitation(&mut frame, target, us, mac)
+                }
+                _ => continue,
+            }
+            // No transmit room: smoltcp's own request, or ours a second
+            // later, asks instead.
+            let sent = self.device.borrow_mut().transmit(frame.len(), |buffer| buffer.copy_from_slice(&frame));
+            if sent.is_some() {
+                self.unresolved.get_mut().asked(hop, now);
+                self.stats.neighbours_solicited += 1;
+            }
+        }
+        self.teaching = frame;
     }
 
     /// Sends a gratuitous ARP for the IPv4 address (RFC 5227, 2.3: an
@@ -1114,6 +1200,7 @@ impl<D: NetDevice> Stack<D> {
         self.open.insert(handle);
         self.outgoing.insert(handle);
         self.stats.connected += 1;
+        self.want_neighbour(remote.addr);
         Ok(TcpHandle(handle))
     }
 
@@ -1438,7 +1525,10 @@ impl<D: NetDevice> Stack<D> {
             return Err(NetError::TooLarge);
         }
         match socket.send_slice(data, remote) {
-            Ok(()) => Ok(data.len()),
+            Ok(()) => {
+                self.want_neighbour(remote.addr);
+                Ok(data.len())
+            }
             Err(udp::SendError::BufferFull) => Err(NetError::WouldBlock),
             Err(udp::SendError::Unaddressable) => Err(NetError::Unreachable),
         }
@@ -1875,6 +1965,9 @@ const RST_ARP_WAIT_MICROS: u64 = 3_000_000;
 
 /// Spare TCP sockets a stack keeps at most (`Stack::spare`).
 const MAX_SPARE: usize = 16;
+
+/// Destinations noted for `solicit_neighbours` between two polls, at most.
+const MAX_SOLICITING: usize = 64;
 
 /// Ends a connect that got no answer without the RST smoltcp would send
 /// (it sends one for any socket closed with a peer set). The peer never

@@ -2190,3 +2190,165 @@ fn segments_for_another_pairs_connection_are_diverted_to_it() {
     }
     assert_eq!(opener.tcp_connect_state(outgoing), Ok(ConnectState::Established));
 }
+
+/// The TCP SYNs (not SYN-ACKs) among `frames`, IPv4 and IPv6: (destination
+/// MAC, destination address).
+fn syns_to(frames: &[Vec<u8>]) -> Vec<([u8; 6], IpAddress)> {
+    let mut syns = Vec::new();
+    for frame in frames {
+        let mac: [u8; 6] = frame[..6].try_into().unwrap();
+        if frame.len() >= 54 && frame[12..14] == [0x08, 0x00] && frame[23] == 6 && frame[47] == 0x02 {
+            let address: [u8; 4] = frame[30..34].try_into().unwrap();
+            syns.push((mac, IpAddress::Ipv4(Ipv4Address::from_octets(address))));
+        } else if frame.len() >= 74 && frame[12..14] == [0x86, 0xdd] && frame[20] == 6 && frame[67] == 0x02 {
+            let address: [u8; 16] = frame[38..54].try_into().unwrap();
+            syns.push((mac, IpAddress::Ipv6(smoltcp::wire::Ipv6Address::from_octets(address))));
+        }
+    }
+    syns.sort();
+    syns
+}
+
+/// A client stack at 10.0.0.1/24 (gateway 10.0.0.254) and fd00::1/64,
+/// announced, its first frames drained.
+fn lone_client() -> Stack<MemoryDevice> {
+    let (device, _peer) = MemoryDevice::pair(MAC_SERVER, MAC_CLIENT);
+    let addressing =
+        Addressing::Static { address: Ipv4Cidr::new(SERVER_IP, 24), gateway: Some(Ipv4Address::new(10, 0, 0, 254)) };
+    let ipv6 = toro_net::Ipv6Config {
+        address: Some(smoltcp::wire::Ipv6Cidr::new("fd00::1".parse().unwrap(), 64)),
+        gateway: None,
+        slaac: false,
+    };
+    let mut stack = Stack::new(device, addressing, StackConfig { ipv6, ..StackConfig::default() }, 0);
+    stack.poll(1_000);
+    stack.device().drain_sent();
+    stack
+}
+
+/// Host `index` of 32 on the link: its MAC and its IPv4 or IPv6 address.
+fn link_host(index: u8, v6: bool) -> ([u8; 6], IpAddress) {
+    let address = if v6 {
+        IpAddress::Ipv6(smoltcp::wire::Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100 + u16::from(index)))
+    } else {
+        IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, 100 + index))
+    };
+    ([0x02, 0, 0, 0, 1, index], address)
+}
+
+/// Polls `client` once; `None` if what it asked the link for were
+/// exactly the first `hosts` of [`link_host`], else what it asked for.
+fn asked_at_once(client: &mut Stack<MemoryDevice>, hosts: u8, v6: bool) -> Option<Vec<IpAddress>> {
+    client.poll(2_000);
+    let mut asked: Vec<_> =
+        client.device().drain_sent().iter().filter_map(|frame| toro_net::device::neighbour_solicited(frame)).collect();
+    asked.sort();
+    let mut expected: Vec<_> = (0..hosts).map(|index| link_host(index, v6).1).collect();
+    expected.sort();
+    (asked != expected).then_some(asked)
+}
+
+/// Connects to 32 hosts on the link at once ask for all 32 at once, and
+/// their SYNs leave as soon as the answers are in. Defect fixed: smoltcp
+/// asks for one unknown neighbour a second per interface and holds the
+/// packets for the others until their turn, so one request went out and
+/// the 32nd SYN left 31 s later (`Stack::solicit_neighbours`).
+#[test]
+fn connects_to_many_hosts_on_the_link_ask_for_each_at_once() {
+    const HOSTS: u8 = 32;
+    for v6 in [false, true] {
+        let mut client = lone_client();
+        for index in 0..HOSTS {
+            client.tcp_connect(IpEndpoint::new(link_host(index, v6).1, 80)).unwrap();
+        }
+        assert_eq!(asked_at_once(&mut client, HOSTS, v6), None, "v6 {v6}: each host asked for once, at once");
+        // smoltcp asked for one itself.
+        assert_eq!(client.stats().neighbours_solicited, u64::from(HOSTS) - 1, "v6 {v6}");
+        let mut answer = Vec::new();
+        for index in 0..HOSTS {
+            match link_host(index, v6) {
+                (mac, IpAddress::Ipv4(address)) => {
+                    toro_net::device::arp_reply_from(&mut answer, address, mac, SERVER_IP, MAC_SERVER)
+                }
+                (mac, IpAddress::Ipv6(address)) => toro_net::device::advertisement_from(
+                    &mut answer,
+                    address,
+                    mac,
+                    "fd00::1".parse().unwrap(),
+                    MAC_SERVER,
+                ),
+            }
+            client.device().inject(&answer);
+        }
+        client.poll(3_000);
+        let syns = syns_to(&client.device().drain_sent());
+        let expected: Vec<_> = (0..HOSTS).map(|index| link_host(index, v6)).collect();
+        assert_eq!(syns, expected, "v6 {v6}: every SYN left at once, to its host's MAC");
+
+        // Datagrams too: one to each host asks for each at once.
+        let mut client = lone_client();
+        let (socket, _) = client.udp_bind(0).unwrap();
+        for index in 0..HOSTS {
+            let remote = IpEndpoint::new(link_host(index, v6).1, 9);
+            assert_eq!(client.udp_send_to(socket, b"hello", remote, false), Ok(5));
+        }
+        assert_eq!(asked_at_once(&mut client, HOSTS, v6), None, "v6 {v6}: each datagram's host asked for at once");
+    }
+}
+
+/// Connects to 32 hosts on the link that never answer all fail with
+/// `HostUnreachable` after 3 s, each host asked for 3 or 4 times, as
+/// Linux's do. Before, smoltcp's one request a second per interface made
+/// the hosts take turns: most connects were still pending after 10 s.
+#[test]
+fn connects_to_many_silent_hosts_fail_together_after_three_seconds() {
+    const HOSTS: u8 = 32;
+    for v6 in [false, true] {
+        let mut client = lone_client();
+        let connects: Vec<_> =
+            (0..HOSTS).map(|index| client.tcp_connect(IpEndpoint::new(link_host(index, v6).1, 80)).unwrap()).collect();
+        let start = 1_000;
+        let mut now = start;
+        let mut requests = std::collections::BTreeMap::new();
+        let mut ended = Vec::new();
+        while ended.len() < connects.len() {
+            assert!(
+                now - start < 10_000_000,
+                "v6 {v6}: {} connects still pending after 10 s",
+                HOSTS as usize - ended.len()
+            );
+            now += 10 * STEP_MICROS;
+            client.poll(now);
+            for frame in client.device().drain_sent() {
+                if let Some(address) = toro_net::device::neighbour_solicited(&frame) {
+                    *requests.entry(address).or_insert(0) += 1;
+                }
+            }
+            for (index, &connect) in connects.iter().enumerate() {
+                if ended.iter().any(|&(done, _)| done == index) {
+                    continue;
+                }
+                match client.tcp_connect_state(connect) {
+                    Ok(ConnectState::Pending) => {}
+                    state => {
+                        assert_eq!(state, Err(NetError::HostUnreachable), "v6 {v6}: host {index}");
+                        ended.push((index, now - start));
+                    }
+                }
+            }
+            // While any waits, the stack's own wake-ups come often enough.
+            let delay = client.poll_delay_micros(now);
+            assert!(
+                ended.len() == connects.len() || delay.is_some_and(|delay| delay <= 1_000_000),
+                "v6 {v6}: {delay:?}"
+            );
+        }
+        for (index, after) in ended {
+            assert!((3_000_000..3_200_000).contains(&after), "v6 {v6}: host {index} failed after {after} us");
+        }
+        assert_eq!(requests.len(), usize::from(HOSTS), "v6 {v6}");
+        for (address, count) in requests {
+            assert!((3..=4).contains(&count), "v6 {v6}: {address} asked for {count} times");
+        }
+    }
+}

@@ -248,15 +248,7 @@ impl Namespace {
         let before = retransmits()?;
         let started = std::time::Instant::now();
         for host in 0..hosts {
-            let address = match v6 {
-                false => format!("172.31.0.{}", 100 + host),
-                true => format!("fd00:31::{:x}", 0x100 + host),
-            };
-            match v6 {
-                // No duplicate address detection: usable at once.
-                true => ip(&["-n", &self.name, "address", "add", &format!("{address}/64"), "dev", ifname, "nodad"])?,
-                false => ip(&["-n", &self.name, "address", "add", &format!("{address}/{PREFIX}"), "dev", ifname])?,
-            }
+            let address = self.add_link_host(ifname, host, v6)?;
             let output = self
                 .command("curl")
                 .args(["-s", "-g", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "--interface", &address, url])
@@ -266,6 +258,21 @@ impl Namespace {
             ensure!(output.status.success() && code == "200", "GET {url} from {address} gave {code:?}");
         }
         Ok((retransmits()? - before, started.elapsed()))
+    }
+
+    /// Gives `ifname` its extra address number `host` (from 0):
+    /// 172.31.0.(100 + host) or fd00:31::(0x100 + host); returns it.
+    pub fn add_link_host(&self, ifname: &str, host: u32, v6: bool) -> Result<String> {
+        let address = match v6 {
+            false => format!("172.31.0.{}", 100 + host),
+            true => format!("fd00:31::{:x}", 0x100 + host),
+        };
+        match v6 {
+            // No duplicate address detection: usable at once.
+            true => ip(&["-n", &self.name, "address", "add", &format!("{address}/64"), "dev", ifname, "nodad"])?,
+            false => ip(&["-n", &self.name, "address", "add", &format!("{address}/{PREFIX}"), "dev", ifname])?,
+        }
+        Ok(address)
     }
 
     /// `program` run inside the namespace.
