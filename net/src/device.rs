@@ -394,6 +394,56 @@ pub fn ipv6_sender(frame: &[u8], mac: [u8; 6], subnets: &[Ipv6Cidr]) -> Option<(
     (source != prefix).then_some((source, source_mac, destination))
 }
 
+/// The sender of `frame` if it is an ARP request or reply for our
+/// address in one of `subnets` from a unicast MAC and an address inside
+/// that subnet (the packets smoltcp fills its cache from): (its address,
+/// its MAC).
+pub fn arp_sender(frame: &[u8], subnets: &[Ipv4Cidr]) -> Option<(Ipv4Address, [u8; 6])> {
+    if frame.get(12..14)? != [0x08, 0x06] {
+        return None;
+    }
+    let ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, target_protocol_addr, .. } =
+        ArpRepr::parse(&ArpPacket::new_checked(frame.get(ETHERNET_HEADER_BYTES..)?).ok()?).ok()?
+    else {
+        return None;
+    };
+    let subnet = subnets
+        .iter()
+        .find(|cidr| cidr.address() == target_protocol_addr && cidr.contains_addr(&source_protocol_addr))?;
+    let sender = source_protocol_addr;
+    let special =
+        sender == target_protocol_addr || sender == subnet.network().address() || Some(sender) == subnet.broadcast();
+    let known = matches!(operation, ArpOperation::Request | ArpOperation::Reply);
+    (known && !special && source_hardware_addr.is_unicast()).then_some((sender, source_hardware_addr.0))
+}
+
+/// The target of `frame` if it is a neighbour advertisement from a
+/// unicast MAC for an address inside one of `subnets`, sent by that
+/// address with the override flag and its link-layer address option:
+/// (the address, that MAC).
+pub fn advertisement_sender(frame: &[u8], subnets: &[Ipv6Cidr]) -> Option<(Ipv6Address, [u8; 6])> {
+    if frame.get(12..14)? != [0x86, 0xdd] || frame[6] & 1 != 0 {
+        return None;
+    }
+    let ip = Ipv6Packet::new_checked(frame.get(ETHERNET_HEADER_BYTES..)?).ok()?;
+    if ip.next_header() != IpProtocol::Icmpv6 || ip.hop_limit() != 255 {
+        return None;
+    }
+    let icmp = Icmpv6Packet::new_checked(ip.payload()).ok()?;
+    let repr = Icmpv6Repr::parse(&ip.src_addr(), &ip.dst_addr(), &icmp, &ChecksumCapabilities::ignored()).ok()?;
+    // smoltcp fills its cache for the sender's address, and for one it
+    // knows already only with the override flag.
+    let Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert { flags, target_addr, lladdr: Some(lladdr) }) = repr else {
+        return None;
+    };
+    if !flags.contains(NdiscNeighborFlags::OVERRIDE) || target_addr != ip.src_addr() {
+        return None;
+    }
+    let mac: [u8; 6] = lladdr.as_bytes().try_into().ok()?;
+    let on_link = subnets.iter().any(|cidr| cidr.contains_addr(&target_addr) && cidr.address() != target_addr);
+    (on_link && mac[0] & 1 == 0 && mac != [0; 6]).then_some((target_addr, mac))
+}
+
 /// Writes into `out` the neighbour advertisement that tells smoltcp
 /// `sender` is at `sender_mac` (override set, unsolicited), as if that host
 /// had sent it to us: smoltcp fills its cache from an advertisement's
@@ -510,6 +560,14 @@ impl Learn<'_> {
     /// reply (neighbour advertisement for IPv6) is written and the frame
     /// is held.
     fn teaches(&mut self, frame: &[u8]) -> Option<IpAddress> {
+        // smoltcp learns from these itself: noted as known only.
+        let answer = arp_sender(frame, self.subnets)
+            .map(|(sender, mac)| (IpAddress::Ipv4(sender), mac))
+            .or_else(|| advertisement_sender(frame, self.subnets6).map(|(target, mac)| (IpAddress::Ipv6(target), mac)));
+        if let Some((address, mac)) = answer {
+            self.learned.heard(address, mac, self.now_micros);
+            return None;
+        }
         let sender = if let Some((sender, sender_mac, us)) = ipv4_sender(frame, self.mac, self.subnets) {
             self.learned.wants(sender.into(), sender_mac, self.now_micros).then_some(())?;
             arp_reply_from(self.reply, sender, sender_mac, us, self.mac);
@@ -1548,8 +1606,8 @@ mod unreachable_tests {
 #[cfg(test)]
 mod sender_tests {
     use super::{
-        advertisement_from, arp_reply_from, arp_request, ipv4_sender, ipv6_sender, neighbour_solicitation,
-        neighbour_solicited, ARP_FRAME_BYTES,
+        advertisement_from, advertisement_sender, arp_reply_from, arp_request, arp_sender, ipv4_sender, ipv6_sender,
+        neighbour_solicitation, neighbour_solicited, ARP_FRAME_BYTES,
     };
     use proptest::prelude::*;
     use smoltcp::phy::ChecksumCapabilities;
@@ -1618,6 +1676,46 @@ mod sender_tests {
             panic!("not a solicitation with our address: {repr:?}");
         };
         assert_eq!((target_addr, lladdr.as_bytes()), (target, &US[..]));
+    }
+
+    /// The ARP packets and advertisements smoltcp fills its cache from
+    /// are read as answers; others are not.
+    #[test]
+    fn answers_for_us_from_the_link_are_read() {
+        let host = Ipv4Address::new(10, 0, 0, 9);
+        let mut frame = Vec::new();
+        arp_reply_from(&mut frame, host, HOST, OURS, US);
+        assert_eq!(arp_sender(&frame, &subnets()), Some((host, HOST)));
+        arp_request(&mut frame, OURS, host, HOST);
+        assert_eq!(arp_sender(&frame, &subnets()), Some((host, HOST)), "a request for us");
+        for (sender, target, mac, why) in [
+            (host, Ipv4Address::new(10, 0, 0, 3), HOST, "for another address"),
+            (Ipv4Address::new(192, 0, 2, 9), OURS, HOST, "from off the link"),
+            (Ipv4Address::new(10, 0, 0, 255), OURS, HOST, "from the broadcast address"),
+            (host, OURS, [0xff; 6], "from the broadcast MAC"),
+        ] {
+            arp_reply_from(&mut frame, sender, mac, target, US);
+            assert_eq!(arp_sender(&frame, &subnets()), None, "{why}");
+        }
+        arp_reply_from(&mut frame, host, HOST, OURS, US);
+        frame[21] = 9;
+        assert_eq!(arp_sender(&frame, &subnets()), None, "an unknown operation");
+
+        let ours: Ipv6Address = "fd00::1".parse().unwrap();
+        let host: Ipv6Address = "fd00::9".parse().unwrap();
+        let subnets6 = [Ipv6Cidr::new(ours, 64)];
+        advertisement_from(&mut frame, host, HOST, ours, US);
+        assert_eq!(advertisement_sender(&frame, &subnets6), Some((host, HOST)));
+        advertisement_from(&mut frame, "fd01::9".parse().unwrap(), HOST, ours, US);
+        assert_eq!(advertisement_sender(&frame, &subnets6), None, "from off the link");
+        // Without the override flag smoltcp may keep what it had.
+        advertisement_from(&mut frame, host, HOST, ours, US);
+        let mut icmp = Icmpv6Packet::new_unchecked(&mut frame[54..]);
+        icmp.set_neighbor_flags(NdiscNeighborFlags::empty());
+        icmp.fill_checksum(&host, &ours);
+        assert_eq!(advertisement_sender(&frame, &subnets6), None, "no override");
+        neighbour_solicitation(&mut frame, host, ours, US);
+        assert_eq!(advertisement_sender(&frame, &subnets6), None, "a solicitation");
     }
 
     #[test]
@@ -1763,6 +1861,15 @@ mod sender_tests {
             if let Some((source, mac, us)) = ipv6_sender(&frame, US, &subnets6()) {
                 prop_assert!(mac[0] & 1 == 0 && source != us && !source.is_multicast());
                 prop_assert!(subnets6().iter().any(|cidr| cidr.address() == us && cidr.contains_addr(&source)));
+            }
+            if let Some((target, mac)) = advertisement_sender(&frame, &subnets6()) {
+                prop_assert!(mac[0] & 1 == 0 && subnets6().iter().any(|cidr| cidr.contains_addr(&target)));
+            }
+            if ip && frame.len() >= 14 {
+                frame[12..14].copy_from_slice(&[0x08, 0x06]);
+            }
+            if let Some((sender, mac)) = arp_sender(&frame, &subnets()) {
+                prop_assert!(mac[0] & 1 == 0 && sender != OURS && subnets()[0].contains_addr(&sender));
             }
         }
     }

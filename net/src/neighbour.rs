@@ -186,6 +186,20 @@ impl Learned {
         true
     }
 
+    /// `address` showed at `mac` in an ARP packet or neighbour
+    /// advertisement for us at `now_micros`, from which smoltcp fills its
+    /// cache itself: noted as if taught (not counted), so that it is
+    /// neither taught again nor asked for while it is fresh.
+    pub fn heard(&mut self, address: IpAddress, mac: [u8; 6], now_micros: u64) {
+        let taught = self.taught;
+        if !self.wants(address, mac, now_micros) {
+            if let Some(entry) = self.entries.iter_mut().find(|entry| entry.address == address) {
+                entry.micros = now_micros;
+            }
+        }
+        self.taught = taught;
+    }
+
     /// Whether `address` was taught less than `RETEACH_MICROS` before
     /// `now_micros`, so smoltcp's cache is believed to hold it.
     pub fn knows(&self, address: IpAddress, now_micros: u64) -> bool {
@@ -280,6 +294,12 @@ mod tests {
         assert!(learned.wants(host, MAC, RETEACH_MICROS), "renewed before smoltcp lets it go");
         assert!(learned.wants(host, [0x02, 0, 0, 0, 0, 8], RETEACH_MICROS + 1), "a new MAC");
         assert_eq!(learned.taught, 3);
+        // Heard in an ARP answer: known anew, not counted as taught.
+        learned.heard(v4(7), MAC, 5);
+        assert!(learned.knows(v4(7), 5) && !learned.wants(v4(7), MAC, 6));
+        learned.heard(v4(7), MAC, RETEACH_MICROS);
+        assert!(learned.knows(v4(7), RETEACH_MICROS + 6), "renewed by a second answer");
+        assert_eq!(learned.taught, 3);
         assert!(learned.knows(host, RETEACH_MICROS + 1));
         assert!(!learned.knows(host, 2 * RETEACH_MICROS + 1), "not renewed for too long");
         assert!(!learned.knows(v4(8), 0), "never taught");
@@ -293,14 +313,27 @@ mod tests {
         /// taught whenever it was not told (with this MAC) within
         /// `RETEACH_MICROS`, never more often.
         #[test]
-        fn teaching_bookkeeping_holds(arrivals in proptest::collection::vec((0u16..300, 0u8..2, 0u64..400_000), 0..600)) {
+        fn teaching_bookkeeping_holds(
+            arrivals in proptest::collection::vec((0u16..300, 0u8..2, 0u64..400_000, 0u8..4), 0..600),
+        ) {
             let mut learned = Learned::default();
             let mut now = 0;
             let mut told: Vec<Option<([u8; 6], u64)>> = vec![None; 300];
-            for (host, mac, step) in arrivals {
+            for (host, mac, step, kind) in arrivals {
                 now += step;
                 let address = IpAddress::Ipv4(Ipv4Address::from_octets([10, 0, (host >> 8) as u8, host as u8]));
                 let mac = [0x02, 0, 0, 0, 0, mac];
+                if kind == 0 {
+                    // An ARP answer: smoltcp learned it itself; known now,
+                    // not counted as taught.
+                    let taught = learned.taught;
+                    learned.heard(address, mac, now);
+                    prop_assert_eq!(learned.taught, taught);
+                    prop_assert!(learned.knows(address, now));
+                    told[usize::from(host)] = Some((mac, now));
+                    prop_assert!(learned.entries.len() <= Learned::CAPACITY);
+                    continue;
+                }
                 let wanted = learned.wants(address, mac, now);
                 let last = told[usize::from(host)];
                 if last.is_some_and(|(known, at)| known == mac && now - at < RETEACH_MICROS) {

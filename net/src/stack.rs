@@ -746,7 +746,15 @@ impl<D: NetDevice> Stack<D> {
         if wanted.is_empty() && (!waiting || self.unresolved.get_mut().is_empty()) {
             return;
         }
-        let mut asks = self.unresolved.get_mut().due(now);
+        // Asked again unless an answer came meanwhile (the answers are
+        // watched only while something waits; `Learned` hears them all).
+        let mut asks = Vec::new();
+        for hop in self.unresolved.get_mut().due(now) {
+            match self.learned.knows(hop, now) {
+                true => self.unresolved.get_mut().answered(hop),
+                false => asks.push(hop),
+            }
+        }
         for address in wanted {
             let Some(hop) = self.next_hop(address) else { continue };
             let special = match hop {

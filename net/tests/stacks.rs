@@ -2352,3 +2352,72 @@ fn connects_to_many_silent_hosts_fail_together_after_three_seconds() {
         }
     }
 }
+
+/// A next hop that showed itself in an ARP packet or a neighbour
+/// advertisement for us (smoltcp filled its cache from it) is not asked
+/// for again by the stack when a connect goes through it: before, each
+/// connect through the gateway sent an ARP request for it (once a
+/// second at most), since only the hosts taught from their IP frames
+/// counted as known.
+#[test]
+fn neighbours_heard_in_answers_are_not_asked_for_again() {
+    let gateway = Ipv4Address::new(10, 0, 0, 254);
+    let gateway_mac = [0x02, 0, 0, 0, 0, 0xfe];
+    let mut client = lone_client();
+    let mut frame = Vec::new();
+    // The gateway answers the announcement's request; a host on the link
+    // asks for us; an IPv6 host advertises itself.
+    toro_net::device::arp_reply_from(&mut frame, gateway, gateway_mac, SERVER_IP, MAC_SERVER);
+    client.device().inject(&frame);
+    let (host_mac, host) = link_host(0, false);
+    let IpAddress::Ipv4(host4) = host else { unreachable!() };
+    toro_net::device::arp_request(&mut frame, SERVER_IP, host4, host_mac);
+    client.device().inject(&frame);
+    let (host6_mac, host6) = link_host(1, true);
+    let IpAddress::Ipv6(host6_address) = host6 else { unreachable!() };
+    toro_net::device::advertisement_from(&mut frame, host6_address, host6_mac, "fd00::1".parse().unwrap(), MAC_SERVER);
+    client.device().inject(&frame);
+    client.poll(2_000);
+    client.device().drain_sent();
+    let far = IpAddress::Ipv4(Ipv4Address::new(192, 0, 2, 1));
+    for address in [far, host, host6] {
+        client.tcp_connect(IpEndpoint::new(address, 80)).unwrap();
+    }
+    client.poll(3_000);
+    let sent = client.device().drain_sent();
+    let asked: Vec<_> = sent.iter().filter_map(|frame| toro_net::device::neighbour_solicited(frame)).collect();
+    assert!(asked.is_empty(), "asked for {asked:?}");
+    assert_eq!(client.stats().neighbours_solicited, 0);
+    let mut expected = vec![(gateway_mac, far), (host_mac, host), (host6_mac, host6)];
+    expected.sort();
+    assert_eq!(syns_to(&sent), expected, "every SYN left at once");
+}
+
+/// A host asked for for a datagram and answered is not asked for again
+/// when the next datagram goes to it a second and a half later, though no
+/// connect was waiting when its answer came (before, the stack asked
+/// again: only a waiting connect had the answers watched).
+#[test]
+fn an_answered_neighbour_is_not_asked_again_for_the_next_datagram() {
+    let mut client = lone_client();
+    let (socket, _) = client.udp_bind(0).unwrap();
+    let (mac, host) = link_host(3, false);
+    let IpAddress::Ipv4(host4) = host else { unreachable!() };
+    let remote = IpEndpoint::new(host, 9);
+    client.udp_send_to(socket, b"one", remote, false).unwrap();
+    client.poll(2_000);
+    let asked: Vec<_> =
+        client.device().drain_sent().iter().filter_map(|frame| toro_net::device::neighbour_solicited(frame)).collect();
+    assert_eq!(asked, [host]);
+    let mut answer = Vec::new();
+    toro_net::device::arp_reply_from(&mut answer, host4, mac, SERVER_IP, MAC_SERVER);
+    client.device().inject(&answer);
+    client.poll(3_000);
+    client.device().drain_sent();
+    client.udp_send_to(socket, b"two", remote, false).unwrap();
+    client.poll(1_503_000);
+    let sent = client.device().drain_sent();
+    let asked: Vec<_> = sent.iter().filter_map(|frame| toro_net::device::neighbour_solicited(frame)).collect();
+    assert!(asked.is_empty(), "asked again for {asked:?}");
+    assert!(sent.iter().any(|frame| frame[..6] == mac && frame.len() > 42), "the datagram left for the host");
+}
