@@ -1234,6 +1234,15 @@ fn write_docs(
     Ok(path)
 }
 
+/// Boots `config` with a card on a tap inside a fresh network namespace
+/// (the guest at `netns::GUEST_ADDRESS`), waits up to `timeout` for a 200
+/// from inside the namespace, then runs wrk there with `load` (threads,
+/// connections, duration).
+fn serve_on_tap(config: &VmConfig, timeout: Duration, load: (u32, u32, Duration)) -> Result<crate::wrk::Report> {
+    let load = net::Load::plain(load.0, load.1, load.2);
+    net::serve_on_tap_loads(config, timeout, 1, &[load], &mut |_| {})?.pop().context("wrk ran once")?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1279,13 +1288,4 @@ mod tests {
         assert!(text.contains("`-smp 2`"));
         assert!(text.contains("`-m 128M`"));
     }
-}
-
-/// Boots `config` with a card on a tap inside a fresh network namespace
-/// (the guest at `netns::GUEST_ADDRESS`), waits up to `timeout` for a 200
-/// from inside the namespace, then runs wrk there with `load` (threads,
-/// connections, duration).
-fn serve_on_tap(config: &VmConfig, timeout: Duration, load: (u32, u32, Duration)) -> Result<crate::wrk::Report> {
-    let load = net::Load::plain(load.0, load.1, load.2);
-    net::serve_on_tap_loads(config, timeout, 1, &[load], &mut |_| {})?.pop().context("wrk ran once")?
 }

@@ -369,53 +369,6 @@ fn check_unchanged(image: &Path, _cpus: u32) -> Result<Vec<String>> {
     Ok(if before == after { Vec::new() } else { vec![format!("{} changed on the host", image.display())] })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_checks_catch_a_guest_that_wrote_nothing_and_a_changed_image() {
-        let dir = std::env::temp_dir().join(format!("toro-disktest-{}", std::process::id()));
-        let disk = prepare_read_write(&dir).unwrap();
-        // Nothing written: every expected change is reported, the image is clean.
-        let problems = check_read_write(&disk.image, 1).unwrap();
-        assert!(problems.iter().any(|p| p.contains("/out/cpu0/f3 on the host: 0 bytes")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("/data/one is still there")), "{problems:?}");
-        assert!(!problems.iter().any(|p| p.contains("e2fsck")), "{problems:?}");
-        assert!(!problems.iter().any(|p| p.contains("/data/big")), "untouched host file reads back: {problems:?}");
-        let disk = prepare_corrupt(&dir.join("corrupt")).unwrap();
-        assert!(check_unchanged(&disk.image, 1).unwrap().is_empty());
-        std::fs::write(&disk.image, b"changed").unwrap();
-        assert_eq!(check_unchanged(&disk.image, 1).unwrap().len(), 1);
-        // The full disk's and the open limit's checks on an image the guest never touched.
-        let disk = prepare_full(&dir.join("full")).unwrap();
-        let problems = check_full(&disk.image, 1).unwrap();
-        assert!(problems.iter().any(|p| p.starts_with("/after-full on the host: 0 bytes")), "{problems:?}");
-        assert!(!problems.iter().any(|p| p.contains("/data/big") || p.contains("e2fsck")), "{problems:?}");
-        let problems = check_open_limit(&disk.image, 1).unwrap();
-        assert!(problems.iter().any(|p| p.starts_with("/limit-after on the host: 0 bytes")), "{problems:?}");
-        assert!(!problems.iter().any(|p| p.contains("/data/block") || p.contains("/limit-new")), "{problems:?}");
-        let disk = prepare_truncated(&dir.join("truncated")).unwrap();
-        assert_eq!(std::fs::metadata(&disk.image).unwrap().len(), 8 << 20);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn the_share_checks_catch_a_guest_that_wrote_nothing_and_a_changed_folder() {
-        let dir = std::env::temp_dir().join(format!("toro-sharetest-{}", std::process::id()));
-        let folder = make_tree(&dir).unwrap();
-        assert!(check_share_unchanged(&folder, 2).unwrap().is_empty());
-        let problems = check_share(&folder, 2).unwrap();
-        assert!(problems.iter().any(|p| p.contains("/out/cpu1/f3 in the folder")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("/data/one is still in the folder")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("made-link")), "{problems:?}");
-        assert!(!problems.iter().any(|p| p.contains("/data/big")), "untouched host file reads back: {problems:?}");
-        std::fs::write(folder.join("data/big"), b"changed").unwrap();
-        assert_eq!(check_share_unchanged(&folder, 2).unwrap().len(), 1);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 /// The web server's files, from a tree with a `www` root: what curl checks.
 fn make_web_tree(dir: &Path) -> Result<PathBuf> {
     let tree = dir.join("tree");
@@ -718,4 +671,51 @@ pub fn webserver_files_test(
     } else {
         (false, format!("FAILED: {}; guest printed: {}", problems.join("; "), output.join(" | ")))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checks_catch_a_guest_that_wrote_nothing_and_a_changed_image() {
+        let dir = std::env::temp_dir().join(format!("toro-disktest-{}", std::process::id()));
+        let disk = prepare_read_write(&dir).unwrap();
+        // Nothing written: every expected change is reported, the image is clean.
+        let problems = check_read_write(&disk.image, 1).unwrap();
+        assert!(problems.iter().any(|p| p.contains("/out/cpu0/f3 on the host: 0 bytes")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("/data/one is still there")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("e2fsck")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("/data/big")), "untouched host file reads back: {problems:?}");
+        let disk = prepare_corrupt(&dir.join("corrupt")).unwrap();
+        assert!(check_unchanged(&disk.image, 1).unwrap().is_empty());
+        std::fs::write(&disk.image, b"changed").unwrap();
+        assert_eq!(check_unchanged(&disk.image, 1).unwrap().len(), 1);
+        // The full disk's and the open limit's checks on an image the guest never touched.
+        let disk = prepare_full(&dir.join("full")).unwrap();
+        let problems = check_full(&disk.image, 1).unwrap();
+        assert!(problems.iter().any(|p| p.starts_with("/after-full on the host: 0 bytes")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("/data/big") || p.contains("e2fsck")), "{problems:?}");
+        let problems = check_open_limit(&disk.image, 1).unwrap();
+        assert!(problems.iter().any(|p| p.starts_with("/limit-after on the host: 0 bytes")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("/data/block") || p.contains("/limit-new")), "{problems:?}");
+        let disk = prepare_truncated(&dir.join("truncated")).unwrap();
+        assert_eq!(std::fs::metadata(&disk.image).unwrap().len(), 8 << 20);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_share_checks_catch_a_guest_that_wrote_nothing_and_a_changed_folder() {
+        let dir = std::env::temp_dir().join(format!("toro-sharetest-{}", std::process::id()));
+        let folder = make_tree(&dir).unwrap();
+        assert!(check_share_unchanged(&folder, 2).unwrap().is_empty());
+        let problems = check_share(&folder, 2).unwrap();
+        assert!(problems.iter().any(|p| p.contains("/out/cpu1/f3 in the folder")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("/data/one is still in the folder")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("made-link")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("/data/big")), "untouched host file reads back: {problems:?}");
+        std::fs::write(folder.join("data/big"), b"changed").unwrap();
+        assert_eq!(check_share_unchanged(&folder, 2).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
