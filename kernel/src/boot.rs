@@ -279,7 +279,7 @@ fn reserve_boot_memory(map: &mut MemoryMap, cpus: usize, zone_bytes: u64) -> Fra
     // Page-table frames: root and PDPT, a directory per GiB (no 1 GiB
     // pages), tables for the low 4 KiB-mapped range (image, this window),
     // tables for every stack zone; then every AP's stacks.
-    let gigabytes = map.highest_usable_address().max(4 << 30).min(paging::MAX_MAPPED) >> 30;
+    let gigabytes = map.highest_usable_address().clamp(4 << 30, paging::MAX_MAPPED) >> 30;
     let application_processors = cpus.saturating_sub(1) as u64;
     let ap_bytes = application_processors * smp::BYTES_PER_AP;
     let low_tables = (image.end + ap_bytes).max(paging::KERNEL_MAP_LIMIT) / (2 << 20) + 64;

@@ -172,13 +172,16 @@ pub(crate) fn owner(id: usize) -> usize {
     OWNERS[id].load(Ordering::Acquire)
 }
 
+/// Makes an instance's device on its owner CPU (`Plan::device`).
+pub(crate) type MakeDevice = Box<dyn FnOnce(&Starting<NetService>) -> Device + Send>;
+
 /// What `start` needs to make an instance on its CPU.
 pub(crate) struct Plan {
     pub name: &'static str,
     pub owner: usize,
     /// Makes the device on the owner CPU, in the service's `init` (it may
     /// bind its interrupts to the service there).
-    pub device: Box<dyn FnOnce(&Starting<NetService>) -> Device + Send>,
+    pub device: MakeDevice,
     pub addressing: Addressing,
     pub config: StackConfig,
     /// The instances (ids) of the other queue pairs of its card.

@@ -67,6 +67,9 @@ const CONTROL_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(1)
 
 type Frame = Box<[u8; BUFFER_BYTES]>;
 
+/// The card's control queue (`VIRTIO_NET_F_CTRL_VQ`): no state per request.
+type ControlQueue = VirtQueue<(), CONTROL_QUEUE_SIZE, 0>;
+
 /// What a card's device-wide part holds: its transport (status, features,
 /// `queue_select`, the control queue), owned by one CPU.
 pub(crate) struct Card {
@@ -83,7 +86,7 @@ pub(crate) struct Card {
     attached: u16,
     /// The control queue and its command's buffers, kept while the device
     /// may use them (set up by `start` when several pairs are used).
-    control: Option<(Box<VirtQueue<(), CONTROL_QUEUE_SIZE, 0>>, Box<[u8; 8]>)>,
+    control: Option<(Box<ControlQueue>, Box<[u8; 8]>)>,
 }
 
 impl Card {

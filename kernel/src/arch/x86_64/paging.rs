@@ -30,6 +30,8 @@ pub const KERNEL_MAP_LIMIT: u64 = 16 << 20;
 static SMALL_PAGE_LIMIT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// One PDPT: the identity map covers at most 512 GiB of physical addresses.
 pub const MAX_MAPPED: u64 = 512 * SIZE_1G;
+// `clamp(4 GiB, MAX_MAPPED)` below needs the bounds in order.
+const _: () = assert!(4 * SIZE_1G <= MAX_MAPPED);
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
@@ -167,7 +169,7 @@ pub fn init(
     let small_limit = small_pages_up_to.max(KERNEL_MAP_LIMIT).next_multiple_of(SIZE_2M).min(SIZE_1G);
     SMALL_PAGE_LIMIT.store(small_limit, core::sync::atomic::Ordering::Relaxed);
     let gigabyte_pages = has_gigabyte_pages();
-    let top = map.highest_usable_address().max(4 * SIZE_1G).min(MAX_MAPPED);
+    let top = map.highest_usable_address().clamp(4 * SIZE_1G, MAX_MAPPED);
     let gigabytes = top.div_ceil(SIZE_1G);
 
     let pml4 = frames.allocate();
