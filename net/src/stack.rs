@@ -808,47 +808,28 @@ impl<D: NetDevice> Stack<D> {
     /// it, so the frame is written here (42 bytes, no padding: the device
     /// pads).
     fn announce(&mut self) {
-        use smoltcp::wire::{
-            ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, ETHERNET_HEADER_LEN,
-        };
         let Some(address) = self.ipv4() else {
             self.unannounced = false;
             return;
         };
-        let mac = EthernetAddress(self.device.borrow().mac());
-        let arp = ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Request,
-            source_hardware_addr: mac,
-            source_protocol_addr: address,
-            target_hardware_addr: EthernetAddress([0; 6]),
-            target_protocol_addr: address,
-        };
-        let ethernet =
-            EthernetRepr { src_addr: mac, dst_addr: EthernetAddress::BROADCAST, ethertype: EthernetProtocol::Arp };
+        let mac = self.device.borrow().mac();
+        let mut gratuitous = Vec::new();
+        crate::device::arp_request(&mut gratuitous, address, address, mac);
         // And a request for the gateway, so its MAC is known before the
         // first packet for it: smoltcp drops a packet whose next hop it
         // must ask ARP for (the first SYN-ACK to QEMU's user network was
         // lost that way, and the connection waited for a retransmitted SYN).
-        let ask_gateway = self.gateway.filter(|&gateway| gateway != address).map(|gateway| ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Request,
-            source_hardware_addr: mac,
-            source_protocol_addr: address,
-            target_hardware_addr: EthernetAddress([0; 6]),
-            target_protocol_addr: gateway,
+        let ask_gateway = self.gateway.filter(|&gateway| gateway != address).map(|gateway| {
+            let mut request = Vec::new();
+            crate::device::arp_request(&mut request, gateway, address, mac);
+            request
         });
-        let length = ETHERNET_HEADER_LEN + arp.buffer_len();
         let mut device = self.device.borrow_mut();
-        let mut send = |arp: ArpRepr| {
-            device.transmit(length, |buffer| {
-                let mut frame = EthernetFrame::new_unchecked(buffer);
-                ethernet.emit(&mut frame);
-                arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
-            })
-        };
+        let mut send = |frame: &[u8]| device.transmit(frame.len(), |buffer| buffer.copy_from_slice(frame));
         // No transmit room now: the next poll tries again.
-        if send(arp).is_some() {
+        if send(&gratuitous).is_some() {
             if let Some(request) = ask_gateway {
-                let _ = send(request);
+                let _ = send(&request);
             }
             self.unannounced = false;
             self.stats.announcements += 1;
