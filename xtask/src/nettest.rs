@@ -515,7 +515,7 @@ pub fn dns_test(image: &Path, accel: crate::accel::Accel) -> Result<(bool, Strin
         let rounds: Vec<&str> = output
             .iter()
             .filter_map(|line| line.split_once("resolve: ").map(|(_, said)| said))
-            .filter(|said| said.contains("connects to hosts on the link"))
+            .filter(|said| said.contains("connects to hosts on the link") || said.contains("neighbours solicited"))
             .collect();
         (
             true,

@@ -200,6 +200,16 @@ fn main() -> i32 {
             started.elapsed().as_millis()
         );
     }
+    // The stack asked for those hosts itself: smoltcp asked for the first
+    // of each round.
+    let solicited: u64 = toro::net::interfaces()
+        .iter()
+        .filter(|interface| interface.name.starts_with("eth0"))
+        .map(|interface| interface.stack.neighbours_solicited)
+        .sum();
+    println!("resolve: {solicited} neighbours solicited by the stacks themselves");
+    let least = 4 * (u64::from(LINK_HOSTS) - 1);
+    ok &= check(solicited >= least, &format!("{solicited} neighbours solicited by the stacks, not {least} or more"));
     // The namespace's host routes 10.99.0.0/16 as unreachable and has no
     // route to 10.97.0.0/16: its ICMP host and network unreachables end
     // the connects from each CPU at once (the ICMP may reach the other
