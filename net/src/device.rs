@@ -363,10 +363,17 @@ pub fn ipv4_sender(frame: &[u8], mac: [u8; 6], subnets: &[Ipv4Cidr]) -> Option<(
     let source_mac = unicast_sender(frame, mac, [0x08, 0x00])?;
     let ip = Ipv4Packet::new_checked(frame.get(ETHERNET_HEADER_BYTES..)?).ok()?;
     let (source, destination) = (ip.src_addr(), ip.dst_addr());
-    let subnet = subnets.iter().find(|cidr| cidr.address() == destination && cidr.contains_addr(&source))?;
-    let network = subnet.network().address();
-    let special = source == destination || source == network || Some(source) == subnet.broadcast();
-    (!special && ip.version() == 4 && ip.verify_checksum()).then_some((source, source_mac, destination))
+    link_host(subnets, source, destination)?;
+    (ip.version() == 4 && ip.verify_checksum()).then_some((source, source_mac, destination))
+}
+
+/// Whether `host` is a host of the subnet of `subnets` whose address of
+/// ours is `ours`: inside it, and not our address, the network or the
+/// broadcast address. `None` if not.
+fn link_host(subnets: &[Ipv4Cidr], host: Ipv4Address, ours: Ipv4Address) -> Option<()> {
+    let subnet = subnets.iter().find(|cidr| cidr.address() == ours && cidr.contains_addr(&host))?;
+    let special = host == ours || host == subnet.network().address() || Some(host) == subnet.broadcast();
+    (!special).then_some(())
 }
 
 /// [`ipv4_sender`] for IPv6: a packet sent to `mac` from a unicast MAC,
@@ -407,14 +414,9 @@ pub fn arp_sender(frame: &[u8], subnets: &[Ipv4Cidr]) -> Option<(Ipv4Address, [u
     else {
         return None;
     };
-    let subnet = subnets
-        .iter()
-        .find(|cidr| cidr.address() == target_protocol_addr && cidr.contains_addr(&source_protocol_addr))?;
-    let sender = source_protocol_addr;
-    let special =
-        sender == target_protocol_addr || sender == subnet.network().address() || Some(sender) == subnet.broadcast();
+    link_host(subnets, source_protocol_addr, target_protocol_addr)?;
     let known = matches!(operation, ArpOperation::Request | ArpOperation::Reply);
-    (known && !special && source_hardware_addr.is_unicast()).then_some((sender, source_hardware_addr.0))
+    (known && source_hardware_addr.is_unicast()).then_some((source_protocol_addr, source_hardware_addr.0))
 }
 
 /// The target of `frame` if it is a neighbour advertisement from a

@@ -168,21 +168,29 @@ impl Learned {
     /// Whether smoltcp must be told now that `address` is at `mac` (a
     /// frame from it arrived at `now_micros`); if so, it is noted as told.
     pub fn wants(&mut self, address: IpAddress, mac: [u8; 6], now_micros: u64) -> bool {
+        let wanted = self.note(address, mac, now_micros, false);
+        self.taught += u64::from(wanted);
+        wanted
+    }
+
+    /// Notes `address` at `mac` as told at `now_micros`: always when
+    /// `renew`, else only if it was not told with this MAC within
+    /// `RETEACH_MICROS`. Whether the entry was new, changed or stale.
+    fn note(&mut self, address: IpAddress, mac: [u8; 6], now_micros: u64, renew: bool) -> bool {
         if let Some(entry) = self.entries.iter_mut().find(|entry| entry.address == address) {
-            if entry.mac == mac && now_micros.saturating_sub(entry.micros) < RETEACH_MICROS {
-                return false;
+            let fresh = entry.mac == mac && now_micros.saturating_sub(entry.micros) < RETEACH_MICROS;
+            if !fresh || renew {
+                *entry = Taught { address, mac, micros: now_micros };
             }
-            *entry = Taught { address, mac, micros: now_micros };
-        } else {
-            if self.entries.len() >= Self::CAPACITY {
-                let oldest = (0..self.entries.len()).min_by_key(|&index| self.entries[index].micros);
-                if let Some(index) = oldest {
-                    self.entries.swap_remove(index);
-                }
-            }
-            self.entries.push(Taught { address, mac, micros: now_micros });
+            return !fresh;
         }
-        self.taught += 1;
+        if self.entries.len() >= Self::CAPACITY {
+            let oldest = (0..self.entries.len()).min_by_key(|&index| self.entries[index].micros);
+            if let Some(index) = oldest {
+                self.entries.swap_remove(index);
+            }
+        }
+        self.entries.push(Taught { address, mac, micros: now_micros });
         true
     }
 
@@ -191,13 +199,7 @@ impl Learned {
     /// cache itself: noted as if taught (not counted), so that it is
     /// neither taught again nor asked for while it is fresh.
     pub fn heard(&mut self, address: IpAddress, mac: [u8; 6], now_micros: u64) {
-        let taught = self.taught;
-        if !self.wants(address, mac, now_micros) {
-            if let Some(entry) = self.entries.iter_mut().find(|entry| entry.address == address) {
-                entry.micros = now_micros;
-            }
-        }
-        self.taught = taught;
+        self.note(address, mac, now_micros, true);
     }
 
     /// Whether `address` was taught less than `RETEACH_MICROS` before
