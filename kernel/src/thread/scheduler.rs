@@ -179,7 +179,11 @@ pub(crate) struct Scheduler {
     /// Slots of a default-size stack.
     default_slots: u64,
     zone: StackZone,
-    next_slot: u64,
+    /// The zone's lowest carved slot so far: stacks are carved downward
+    /// from the zone's end, which the CPU's heap starts right after, so a
+    /// CPU's first stacks and its heap's metadata and first blocks share a
+    /// few 2 MiB pages of host memory (see `carve`).
+    carved_down_to: u64,
     next_id: u64,
     after: After,
     /// Context switches so far.
@@ -249,7 +253,7 @@ pub(crate) fn init_cpu(zone: StackZone, name: &str) {
         sized_pool: Vec::new(),
         default_slots: super::stack::default_slots(),
         zone,
-        next_slot: zone.start,
+        carved_down_to: zone.end,
         next_id: 2,
         after: After::Nothing,
         switches: 0,
@@ -378,13 +382,19 @@ impl Scheduler {
     /// slot's stays. Zone memory is never given back to smaller stacks
     /// (that would need a guard made at run time: a TLB shoot-down), only
     /// recycled whole with its block.
+    ///
+    /// Slots are taken from the zone's end down. A hypervisor that backs
+    /// guest RAM with transparent huge pages (QEMU's default) faults in,
+    /// and zeroes, a whole 2 MiB page at the first touch; taken from the
+    /// zone's start, an AP's first stacks were 14 MiB below its heap and
+    /// touched a 2 MiB page of their own.
     fn carve(&mut self, slots: u64) -> Option<*mut Control> {
         let bytes = slots.checked_mul(self.zone.slot)?;
-        if self.next_slot.checked_add(bytes)? > self.zone.end {
+        let guard = self.carved_down_to.checked_sub(bytes)?;
+        if guard < self.zone.start {
             return None;
         }
-        let guard = self.next_slot;
-        self.next_slot += bytes;
+        self.carved_down_to = guard;
         for slot in 1..slots {
             let mapped = crate::arch::paging::map_zone_guard(&self.zone, guard + slot * self.zone.slot);
             debug_assert!(mapped, "zone slots start with guards");

@@ -6,7 +6,9 @@
 //! of consecutive slots whose memory, less the first slot's guard page,
 //! holds n bytes: the guards inside the run are mapped when the run is cut
 //! (`paging::map_zone_guard`; no TLB shoot-down: the pages were not
-//! present). Runs are cut from the zone's untouched end and recycled whole
+//! present). Runs are cut from the zone's untouched part, from its top
+//! down (next to the CPU's heap, whose first blocks sit just past its
+//! metadata: few 2 MiB pages of host memory touched), and recycled whole
 //! with their control blocks (see `scheduler::Scheduler::new_control`).
 
 use core::sync::atomic::{AtomicU64, Ordering};
