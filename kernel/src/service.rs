@@ -525,6 +525,15 @@ impl<S: 'static> Starting<S> {
     pub fn cpu(&self) -> usize {
         self.handle.cpu()
     }
+
+    /// The service's handle, for `init` to keep where the value's users
+    /// find it (the network instances' `poll_by` requests) without a call
+    /// after the start. A call through it waits until `init` has returned,
+    /// so `init` itself must not make one (it would wait for itself); not
+    /// offered outside the kernel for that reason.
+    pub(crate) fn handle(&self) -> Handle<S> {
+        self.handle
+    }
 }
 
 /// Why `try_start` failed.

@@ -105,10 +105,10 @@ pub(crate) struct Instance {
     pub(crate) stack: Stack<Device>,
     pub(crate) counters: InstanceCounters,
     waiters: Vec<Waiter>,
-    /// The instance's service (set just after it started), and the TSC
+    /// The instance's service (known from its start), and the TSC
     /// deadline its poll hook last asked for (`u64::MAX`: none): a socket
     /// call that makes a timer due sooner lowers it (`pump`).
-    service: Option<Handle<NetService>>,
+    service: Handle<NetService>,
     service_deadline: u64,
     /// The other queue pairs of the same card (instance id, service):
     /// they get a copy of each neighbour-discovery frame this one
@@ -207,15 +207,15 @@ pub(crate) fn start(plans: Vec<Plan>) {
     }
     // The services run for the life of the system.
     let handles: Vec<Handle<NetService>> = started.iter().map(|(handle, _)| *handle).collect();
+    // The pairs of a multi-queue card learn each other's handles, known
+    // only now (a call to each pair's CPU); a lone instance has none.
     for (handle, siblings) in started {
+        if siblings.is_empty() {
+            continue;
+        }
         let siblings: Vec<(usize, Handle<NetService>)> =
             siblings.iter().filter_map(|&id| handles.get(id).map(|handle| (id, *handle))).collect();
-        handle.call(move |service| {
-            with_local(service.id, |instance| {
-                instance.service = Some(handle);
-                instance.siblings = siblings;
-            })
-        });
+        handle.call(move |service| with_local(service.id, |instance| instance.siblings = siblings));
     }
     PLANNED.store(total, Ordering::Release);
 }
@@ -381,13 +381,11 @@ impl Instance {
         self.share_neighbour_frames();
         self.announce_dns_ports();
         self.forward_datagrams();
-        if let Some(service) = self.service {
-            if let Some(micros) = self.next_poll_micros() {
-                let due = ticks_from_now(micros);
-                if due < self.service_deadline {
-                    self.service_deadline = due;
-                    service.poll_by(Instant::from_ticks(due));
-                }
+        if let Some(micros) = self.next_poll_micros() {
+            let due = ticks_from_now(micros);
+            if due < self.service_deadline {
+                self.service_deadline = due;
+                self.service.poll_by(Instant::from_ticks(due));
             }
         }
     }
@@ -490,18 +488,14 @@ impl Instance {
     }
 
     /// Asks the service for a pump as soon as the threads ready on this
-    /// CPU have run; pumps now before the service is known. A service
-    /// deadline already due means a poll is on its way (every deadline
-    /// kept here was given to the service, and `serve` sets the next).
+    /// CPU have run. A service deadline already due means a poll is on its
+    /// way (every deadline kept here was given to the service, and `serve`
+    /// sets the next).
     fn defer_pump(&mut self) {
-        let Some(service) = self.service else {
-            self.pump();
-            return;
-        };
         let now = Instant::now().ticks();
         if self.service_deadline > now {
             self.service_deadline = now;
-            service.poll_by(Instant::from_ticks(now));
+            self.service.poll_by(Instant::from_ticks(now));
         }
     }
 
@@ -602,7 +596,8 @@ impl NetService {
             stack,
             counters: InstanceCounters::default(),
             waiters: Vec::new(),
-            service: None,
+            // Known now, so the start needs no call to this CPU to say it.
+            service: starting.handle(),
             service_deadline: u64::MAX,
             siblings: Vec::new(),
             udp_groups: Vec::new(),
@@ -640,8 +635,8 @@ impl NetService {
         with_local(self.id, |instance| {
             let deadline = instance.serve();
             // The hook cannot return a deadline: hand it to the poll hook.
-            if let (Some(service), Some(deadline)) = (instance.service, deadline) {
-                service.poll_by(deadline);
+            if let Some(deadline) = deadline {
+                instance.service.poll_by(deadline);
             }
         });
     }
