@@ -286,7 +286,7 @@ mod tests {
                     prop_assert_eq!(gone, live.is_empty() && in_flight.is_empty());
                 }
             }
-            in_flight.extend(live.drain(..));
+            in_flight.append(&mut live);
             while let Some(weight) = in_flight.pop() {
                 prop_assert_eq!(ledger.give_back(weight), in_flight.is_empty());
             }
