@@ -517,8 +517,78 @@ fn kill(child: &mut Child) {
     let _ = child.kill();
 }
 
+/// The 2 MiB pieces of a running QEMU's guest RAM that the host has
+/// backed with memory (a page of them present in `/proc/PID/pagemap`), as
+/// offsets in MiB from the RAM's start. QEMU backs RAM with transparent
+/// huge pages: each piece the guest first touches is a host fault that
+/// zeroes it, and its 2 MiB stay in QEMU's resident memory. The RAM is the
+/// first mapping of `ram_mib` MiB (or up to 2 MiB more, QEMU's alignment).
+pub fn guest_ram_touched(pid: u32, ram_mib: u32) -> Result<Vec<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PIECE: u64 = 2 << 20;
+    const PAGE: u64 = 4096;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).context("reading QEMU's smaps")?;
+    let ram_bytes = u64::from(ram_mib) << 20;
+    let Some((start, _)) = ram_mapping(&smaps, ram_bytes) else {
+        bail!("no mapping of {ram_mib} MiB in QEMU's smaps");
+    };
+    let mut pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).context("opening QEMU's pagemap")?;
+    let mut touched = Vec::new();
+    let mut entries = vec![0u8; (PIECE / PAGE * 8) as usize];
+    for piece in (0..ram_bytes).step_by(PIECE as usize) {
+        pagemap.seek(SeekFrom::Start((start + piece) / PAGE * 8))?;
+        pagemap.read_exact(&mut entries).context("reading QEMU's pagemap")?;
+        // Bit 63 of an entry: the page is present.
+        if entries.chunks_exact(8).any(|entry| entry[7] & 0x80 != 0) {
+            touched.push(piece >> 20);
+        }
+    }
+    Ok(touched)
+}
+
+/// The first mapping in `smaps` of `bytes` to `bytes` + 2 MiB: its
+/// start and end addresses.
+fn ram_mapping(smaps: &str, bytes: u64) -> Option<(u64, u64)> {
+    let mut current = None;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Size:"), Some(kib)) => {
+                let size = kib.parse::<u64>().ok()? << 10;
+                if let Some(range) = current.filter(|_| (bytes..=bytes + (2 << 20)).contains(&size)) {
+                    return Some(range);
+                }
+            }
+            (Some(range), Some(_)) if !range.ends_with(':') => {
+                let (start, end) = range.split_once('-')?;
+                current = Some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn finds_the_guest_ram_mapping_in_smaps() {
+        let smaps = "\
+55d0c0000000-55d0c0200000 rw-p 00000000 00:00 0 
+Size:               2048 kB
+Rss:                   8 kB
+7f3a00000000-7f3a08200000 rw-p 00000000 00:00 0 
+Size:             133120 kB
+AnonHugePages:     14336 kB
+7f3b00000000-7f3b08000000 rw-p 00000000 00:00 0 
+Size:             131072 kB
+";
+        assert_eq!(ram_mapping(smaps, 128 << 20), Some((0x7f3a_0000_0000, 0x7f3a_0820_0000)));
+        assert_eq!(ram_mapping(smaps, 2 << 20), Some((0x55d0_c000_0000, 0x55d0_c020_0000)));
+        assert_eq!(ram_mapping(smaps, 512 << 20), None);
+        assert_eq!(ram_mapping("garbage\nSize: x kB\n", 128 << 20), None);
+    }
     use super::*;
 
     /// `script` run by `sh`, with a 30 s timeout and 300 ms for its first line.
